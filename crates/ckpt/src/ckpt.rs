@@ -1,0 +1,184 @@
+//! [`Ckpt`]: a store plus the clock, worker identity and limits that every
+//! job and queue shares.
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::job::{Job, JobOptions};
+use crate::model::{Checkpoint, JobRecord};
+use crate::queue::{Queue, QueueOptions};
+use crate::store::{self, OpenMode, Store};
+use crate::time::{Clock, SystemClock, Timestamp};
+use crate::validate;
+use crate::worker::{LocalProcesses, ProcessProbe, WorkerId};
+
+/// Size limits applied before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest serialised checkpoint state, in bytes (default 1 MiB).
+    pub state_bytes: usize,
+    /// History entries kept per job (default 100).
+    pub history_keep: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            state_bytes: validate::DEFAULT_STATE_LIMIT,
+            history_keep: validate::DEFAULT_HISTORY_KEEP,
+        }
+    }
+}
+
+/// The entry point: a store with a clock, a worker id and limits.
+/// Cloning is cheap and clones share the store.
+#[derive(Debug, Clone)]
+pub struct Ckpt {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    probe: Arc<dyn ProcessProbe>,
+    worker: WorkerId,
+    limits: Limits,
+}
+
+impl Ckpt {
+    /// Opens the store at `url` (creating a missing SQLite file); see
+    /// [`store::open`] for the URL forms.
+    pub fn open(url: &str) -> Result<Ckpt> {
+        Ok(Ckpt::new(store::open(url, OpenMode::CreateIfMissing)?))
+    }
+
+    /// Uses `store` with the system clock, a fresh worker id for this
+    /// process and default limits.
+    pub fn new(store: Arc<dyn Store>) -> Ckpt {
+        Ckpt {
+            store,
+            clock: Arc::new(SystemClock),
+            probe: Arc::new(LocalProcesses),
+            worker: WorkerId::for_this_process(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Replaces the clock (tests use [`ManualClock`](crate::ManualClock)).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Ckpt {
+        self.clock = clock;
+        self
+    }
+
+    /// Replaces the process probe used to detect dead local owners.
+    pub fn with_probe(mut self, probe: Arc<dyn ProcessProbe>) -> Ckpt {
+        self.probe = probe;
+        self
+    }
+
+    /// Replaces the worker id (each simulated worker in a test gets its own).
+    pub fn with_worker(mut self, worker: WorkerId) -> Ckpt {
+        self.worker = worker;
+        self
+    }
+
+    /// A copy of this handle acting as a new worker of this process.
+    pub fn new_worker(&self) -> Ckpt {
+        self.clone().with_worker(WorkerId::for_this_process())
+    }
+
+    /// Replaces the limits.
+    pub fn with_limits(mut self, limits: Limits) -> Ckpt {
+        self.limits = limits;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The current time from the clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// This handle's worker id.
+    pub fn worker(&self) -> &WorkerId {
+        &self.worker
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Acquires the job with default options: see [`Ckpt::job_with`].
+    pub fn job(&self, name: &str) -> Result<Job> {
+        self.job_with(name, JobOptions::default())
+    }
+
+    /// Acquires the job's lease (creating the job if new) and returns a
+    /// handle to resume and checkpoint it. Fails with
+    /// [`Error::Busy`](crate::Error::Busy) while another live worker holds
+    /// it; a holder on this host whose process is gone is taken over at once.
+    pub fn job_with(&self, name: &str, options: JobOptions) -> Result<Job> {
+        validate::job_name(name)?;
+        Job::acquire(self.clone(), name, options)
+    }
+
+    /// A handle on the job's work items with default options.
+    pub fn queue(&self, name: &str) -> Result<Queue> {
+        self.queue_with(name, QueueOptions::default())
+    }
+
+    /// A handle on the job's work items.
+    pub fn queue_with(&self, name: &str, options: QueueOptions) -> Result<Queue> {
+        validate::job_name(name)?;
+        Ok(Queue::new(self.clone(), name, options))
+    }
+
+    /// The job's record, or `None`.
+    pub fn get_job(&self, name: &str) -> Result<Option<JobRecord>> {
+        validate::job_name(name)?;
+        self.store.get_job(name)
+    }
+
+    /// Writes a checkpoint as an operator would (`ckpt checkpoint set`):
+    /// refused with [`Error::Busy`](crate::Error::Busy) while a live worker
+    /// holds the job, and fencing out any earlier holder.
+    pub fn set_checkpoint(&self, name: &str, checkpoint: &Checkpoint) -> Result<()> {
+        validate::job_name(name)?;
+        if let Some(state) = &checkpoint.state {
+            validate::state_size(state, self.limits.state_bytes)?;
+        }
+        let steal = self.dead_holder(name)?;
+        self.store.put_checkpoint(
+            name,
+            Some(checkpoint),
+            self.limits.history_keep,
+            steal.as_deref(),
+            self.now(),
+        )
+    }
+
+    /// Clears the job's checkpoint and history so it starts from scratch;
+    /// same refusal rules as [`Ckpt::set_checkpoint`].
+    pub fn clear_checkpoint(&self, name: &str) -> Result<()> {
+        validate::job_name(name)?;
+        let steal = self.dead_holder(name)?;
+        self.store
+            .put_checkpoint(name, None, self.limits.history_keep, steal.as_deref(), self.now())
+    }
+
+    /// True if and only if `owner` is a worker on this host whose process
+    /// is gone.
+    pub fn is_dead_local_owner(&self, owner: &str) -> bool {
+        WorkerId::parse(owner).is_some_and(|id| self.probe.is_dead(&id))
+    }
+
+    /// The job's current holder if it is a dead local process.
+    pub(crate) fn dead_holder(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .store
+            .get_job(name)?
+            .and_then(|r| r.owner)
+            .filter(|o| self.is_dead_local_owner(o)))
+    }
+}

@@ -1,0 +1,88 @@
+//! The library's error type.
+//!
+//! Every fallible operation returns [`Error`]. Variants that callers act on
+//! are distinct: [`Error::Fenced`] (this worker's lease was taken over; stop
+//! working on that job or item), [`Error::Busy`] (a live owner holds it; try
+//! later), [`Error::NotFound`], [`Error::LimitExceeded`], [`Error::SchemaTooNew`].
+
+/// Shorthand for `Result<T, ckpt::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in ckpt.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The caller's lease was lost: another worker took the job or item over
+    /// (its fencing epoch / attempt moved on), or it was finished or reset.
+    /// The write that returned this changed nothing.
+    #[error("lease lost (fenced): {0}")]
+    Fenced(String),
+    /// A live owner holds the job, or the store is locked by another writer.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The named job, item or checkpoint does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Input that can never succeed: an invalid job name, an item key that is
+    /// empty or too long, a cursor or state that is not JSON.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// A value is over its configured size limit; nothing was written.
+    #[error("{what} is {size} bytes, over the limit of {limit} bytes; nothing was saved")]
+    LimitExceeded {
+        /// What was too large (for example "checkpoint state").
+        what: &'static str,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A stored cursor or state does not decode into the caller's type.
+    /// Resuming never silently restarts from zero, so this is an error.
+    #[error("stored {what} of job '{job}' does not decode into the requested type: {reason}")]
+    Decode {
+        /// "cursor" or "state".
+        what: &'static str,
+        /// The job.
+        job: String,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The store was written by a newer ckpt. It was left untouched.
+    #[error("store {store} has schema version {found}, newer than this ckpt supports ({supported}); upgrade ckpt (the store was not modified)")]
+    SchemaTooNew {
+        /// The store, with any password redacted.
+        store: String,
+        /// The version found in the store.
+        found: i64,
+        /// The newest version this build understands.
+        supported: i64,
+    },
+    /// The target exists but is not a ckpt store (a foreign database, a
+    /// corrupt file, a text file). It was left untouched.
+    #[error("{0}")]
+    NotAStore(String),
+    /// The store could not be opened (missing directory, permissions, bad URL).
+    #[error("cannot open store: {0}")]
+    Open(String),
+    /// The backend failed (I/O error, disk full, lost connection).
+    #[error("store error: {0}")]
+    Storage(String),
+}
+
+impl Error {
+    /// True if and only if this is [`Error::Fenced`].
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Error::Fenced(_))
+    }
+
+    /// True if and only if this is [`Error::Busy`].
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::Busy(_))
+    }
+
+    /// True if and only if this is [`Error::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound(_))
+    }
+}

@@ -1,0 +1,54 @@
+//! # ckpt: durable checkpoint & resume for long-running batch work
+//!
+//! Two kinds of durable progress in one store:
+//!
+//! - **Job checkpoints** (the cursor pattern): a long loop saves its
+//!   position, items processed, stage and state; on restart it resumes
+//!   from there. See [`Job`].
+//! - **Work items** (the claim pattern): many workers share a list of items;
+//!   each item runs on exactly one live worker at a time, with leases,
+//!   retries with backoff and a dead-letter list. See [`Queue`] and
+//!   [`Runner`].
+//!
+//! Every write is fenced: a worker whose lease was taken over gets
+//! [`Error::Fenced`] and changes nothing.
+//!
+//! ```
+//! use ckpt::{Ckpt, JobOptions, CheckpointPolicy};
+//!
+//! # fn main() -> ckpt::Result<()> {
+//! let ckpt = Ckpt::open("memory://")?; // or "sqlite://ckpt.db"
+//! let options = JobOptions { policy: CheckpointPolicy::Always, ..JobOptions::default() };
+//! let mut job = ckpt.job_with("import-users", options)?;
+//! let start: u64 = job.resume_cursor()?.unwrap_or(0);
+//! for record in start..1_000 {
+//!     // ... process `record` ...
+//!     job.save(&(record + 1), record + 1)?;
+//! }
+//! job.complete()?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod ckpt;
+mod error;
+mod job;
+pub mod model;
+pub mod policy;
+mod queue;
+mod runner;
+pub mod store;
+mod time;
+pub mod validate;
+pub mod worker;
+
+pub use crate::ckpt::{Ckpt, Limits};
+pub use error::{Error, Result};
+pub use job::{Job, JobOptions};
+pub use model::{Checkpoint, ClaimedItem, ItemCounts, ItemStatus, JobRecord, JobStatus, NewItem};
+pub use policy::{CheckpointPolicy, RetryDecision, RetryPolicy};
+pub use queue::{Queue, QueueOptions};
+pub use runner::{Handler, Outcome, RunOptions, RunReport, Runner};
+pub use store::Store;
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -1,0 +1,182 @@
+use std::time::Duration;
+
+use crate::time::Timestamp;
+
+/// When a `checkpoint()` call is persisted.
+///
+/// Every policy also persists on an explicit flush and on completion.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckpointPolicy {
+    /// Persist every call.
+    Always,
+    /// Persist when `items` items or `interval` have passed since the last
+    /// save, whichever comes first (`None` disables that trigger).
+    Every {
+        /// Items between saves.
+        items: Option<u64>,
+        /// Time between saves.
+        interval: Option<Duration>,
+    },
+    /// Measure the cost of each save and space saves so that they take at
+    /// most `target_overhead` of the run time (0.01 = 1 %), never further
+    /// apart than `max_interval`.
+    Adaptive {
+        /// Largest share of run time spent saving, e.g. 0.01.
+        target_overhead: f64,
+        /// Upper bound on the time between saves.
+        max_interval: Duration,
+    },
+}
+
+impl Default for CheckpointPolicy {
+    /// Adaptive: at most 1 % overhead, at least one save every 30 s.
+    fn default() -> Self {
+        CheckpointPolicy::Adaptive {
+            target_overhead: 0.01,
+            max_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The running state a policy decides from: when the last save happened,
+/// how many items since, and the measured cost of a save.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntervalTracker {
+    last_save: Option<Timestamp>,
+    items_at_last_save: u64,
+    /// Exponentially weighted mean cost of a save, in microseconds.
+    mean_cost_us: Option<f64>,
+}
+
+impl IntervalTracker {
+    /// A tracker that has seen no save yet.
+    pub fn new() -> Self {
+        IntervalTracker {
+            last_save: None,
+            items_at_last_save: 0,
+            mean_cost_us: None,
+        }
+    }
+
+    /// The interval the adaptive policy currently asks for:
+    /// `cost * (1 - target) / target`, capped at `max_interval`.
+    pub fn adaptive_interval(&self, target_overhead: f64, max_interval: Duration) -> Duration {
+        let Some(cost_us) = self.mean_cost_us else {
+            return Duration::ZERO;
+        };
+        let target = target_overhead.clamp(1e-6, 1.0);
+        let us = cost_us * (1.0 - target) / target;
+        Duration::from_secs_f64(us / 1e6).min(max_interval)
+    }
+
+    /// True if and only if a save should happen now, with `items_processed`
+    /// items done in all.
+    pub fn is_due(&self, policy: &CheckpointPolicy, items_processed: u64, now: Timestamp) -> bool {
+        let Some(last) = self.last_save else {
+            return true;
+        };
+        let elapsed = now.since(last);
+        let items = items_processed.saturating_sub(self.items_at_last_save);
+        match policy {
+            CheckpointPolicy::Always => true,
+            CheckpointPolicy::Every { items: n, interval } => {
+                n.is_some_and(|n| items >= n) || interval.is_some_and(|t| elapsed >= t)
+            }
+            CheckpointPolicy::Adaptive {
+                target_overhead,
+                max_interval,
+            } => elapsed >= self.adaptive_interval(*target_overhead, *max_interval),
+        }
+    }
+
+    /// Records a save that finished at `now` and took `cost`.
+    pub fn record_save(&mut self, items_processed: u64, now: Timestamp, cost: Duration) {
+        const WEIGHT: f64 = 0.3;
+        let us = cost.as_secs_f64() * 1e6;
+        self.mean_cost_us = Some(match self.mean_cost_us {
+            None => us,
+            Some(mean) => mean + WEIGHT * (us - mean),
+        });
+        self.last_save = Some(now);
+        self.items_at_last_save = items_processed;
+    }
+
+    /// Mean cost of a save so far.
+    pub fn mean_cost(&self) -> Option<Duration> {
+        self.mean_cost_us.map(|us| Duration::from_secs_f64(us / 1e6))
+    }
+}
+
+impl Default for IntervalTracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Timestamp = Timestamp(1_000_000);
+
+    #[test]
+    fn first_call_is_always_due() {
+        let t = IntervalTracker::new();
+        for p in [
+            CheckpointPolicy::Always,
+            CheckpointPolicy::default(),
+            CheckpointPolicy::Every {
+                items: Some(10),
+                interval: None,
+            },
+        ] {
+            assert!(t.is_due(&p, 0, T0));
+        }
+    }
+
+    #[test]
+    fn every_n_items_or_t_whichever_first() {
+        let p = CheckpointPolicy::Every {
+            items: Some(100),
+            interval: Some(Duration::from_secs(10)),
+        };
+        let mut t = IntervalTracker::new();
+        t.record_save(0, T0, Duration::from_millis(1));
+        assert!(!t.is_due(&p, 99, T0.plus(Duration::from_secs(9))));
+        assert!(t.is_due(&p, 100, T0.plus(Duration::from_secs(1))));
+        assert!(t.is_due(&p, 5, T0.plus(Duration::from_secs(10))));
+        t.record_save(100, T0.plus(Duration::from_secs(1)), Duration::from_millis(1));
+        assert!(!t.is_due(&p, 150, T0.plus(Duration::from_secs(2))));
+    }
+
+    #[test]
+    fn adaptive_keeps_overhead_under_target() {
+        let p = CheckpointPolicy::Adaptive {
+            target_overhead: 0.01,
+            max_interval: Duration::from_secs(30),
+        };
+        let mut t = IntervalTracker::new();
+        // A 2 ms save at 1 % overhead asks for 198 ms between saves.
+        t.record_save(0, T0, Duration::from_millis(2));
+        assert_eq!(t.adaptive_interval(0.01, Duration::from_secs(30)), Duration::from_millis(198));
+        assert!(!t.is_due(&p, 1000, T0.plus(Duration::from_millis(197))));
+        assert!(t.is_due(&p, 1000, T0.plus(Duration::from_millis(198))));
+        // Overhead of saving on that schedule: cost / (interval + cost) <= 1 %.
+        let interval = t.adaptive_interval(0.01, Duration::from_secs(30)).as_secs_f64();
+        assert!(0.002 / (interval + 0.002) <= 0.01 + 1e-9);
+    }
+
+    #[test]
+    fn adaptive_interval_is_capped_and_tracks_cost() {
+        let mut t = IntervalTracker::new();
+        t.record_save(0, T0, Duration::from_secs(2));
+        // 2 s saves would want 198 s; the cap wins.
+        assert_eq!(t.adaptive_interval(0.01, Duration::from_secs(30)), Duration::from_secs(30));
+        // Cheaper saves pull the mean, and so the interval, down.
+        for _ in 0..40 {
+            t.record_save(0, T0, Duration::from_micros(100));
+        }
+        let i = t.adaptive_interval(0.01, Duration::from_secs(30));
+        assert!(i < Duration::from_millis(20), "{i:?}");
+    }
+}

@@ -1,0 +1,13 @@
+//! Pure policies: each decision is a function of its inputs and `now`.
+//!
+//! - [`RetryPolicy`]: after a failure, retry when (exponential backoff with
+//!   jitter) or give up (dead-letter).
+//! - [`CheckpointPolicy`] and [`IntervalTracker`]: when a `checkpoint()` call
+//!   is persisted (every N items, every T, or adaptively from the measured
+//!   cost of a write).
+
+mod interval;
+mod retry;
+
+pub use interval::{CheckpointPolicy, IntervalTracker};
+pub use retry::{RetryDecision, RetryPolicy};

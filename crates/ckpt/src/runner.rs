@@ -1,0 +1,343 @@
+//! [`Runner`]: runs a handler over a job's items on N threads, with
+//! prefetched claims, lease heartbeats and group-committed completions.
+//!
+//! # Architecture
+//! Worker threads only run the handler: they pop a claimed item from a local
+//! queue and push back its outcome. The calling thread is the coordinator:
+//! each round it commits every outcome that arrived (one transaction for all
+//! of them, so a durable commit is shared by many items), renews the leases
+//! it holds when a third of the lease has passed, and claims enough items to
+//! keep every worker busy plus `prefetch` in reserve. It ends when the job
+//! has no unfinished item left, waiting for retries that are due and for
+//! items held by other live workers, and taking over at once the items of
+//! dead workers on this host.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::model::{ClaimedItem, ItemChange, ItemCounts, ItemId, ItemUpdate, JobStatus};
+use crate::queue::Queue;
+
+/// How a [`Runner`] runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOptions {
+    /// Worker threads (items run at once).
+    pub workers: usize,
+    /// Items claimed ahead of the workers.
+    pub prefetch: usize,
+    /// Longest wait between two looks at the store while idle.
+    pub idle_poll: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            workers: 1,
+            prefetch: 1,
+            idle_poll: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What became of one attempt of an item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done, with optional stats (a JSON object of counters).
+    Completed(Option<Value>),
+    /// Failed with this message; retried or dead per the retry policy.
+    Failed(String),
+}
+
+/// Runs one attempt of an item.
+pub trait Handler: Sync {
+    /// Processes `item`; called from a worker thread.
+    fn handle(&self, item: &ClaimedItem) -> Outcome;
+}
+
+impl<F: Fn(&ClaimedItem) -> Outcome + Sync> Handler for F {
+    fn handle(&self, item: &ClaimedItem) -> Outcome {
+        self(item)
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunReport {
+    /// Items this run completed.
+    pub completed: u64,
+    /// Failed attempts this run recorded (retried or dead).
+    pub failed: u64,
+    /// Items this run moved to the dead-letter list.
+    pub dead: u64,
+    /// Outcomes refused because the lease had been lost to another worker.
+    pub lost: u64,
+    /// Item counts when the run ended.
+    pub counts: ItemCounts,
+    /// The job's status when the run ended.
+    pub status: Option<JobStatus>,
+}
+
+struct Finished {
+    item: ClaimedItem,
+    outcome: Outcome,
+    took: Duration,
+}
+
+#[derive(Default)]
+struct Shared {
+    ready: VecDeque<ClaimedItem>,
+    finished: Vec<Finished>,
+    running: HashMap<ItemId, ClaimedItem>,
+    stop: bool,
+}
+
+/// Runs a handler over a job's items until none is unfinished.
+#[derive(Debug)]
+pub struct Runner<'q> {
+    queue: &'q Queue,
+    options: RunOptions,
+}
+
+impl<'q> Runner<'q> {
+    /// A runner over `queue`'s items.
+    pub fn new(queue: &'q Queue, options: RunOptions) -> Self {
+        Runner { queue, options }
+    }
+
+    /// Runs until the job has no pending, running or failed item left, then
+    /// marks the job completed (or failed if any item is dead). A storage
+    /// error other than a busy store stops the run: items in flight finish,
+    /// their outcomes are not recorded, and the next run does them again.
+    pub fn run<H: Handler>(&self, handler: &H) -> Result<RunReport> {
+        let shared = Mutex::new(Shared::default());
+        let work = Condvar::new();
+        let progress = Condvar::new();
+        let workers = self.options.workers.max(1);
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| worker_loop(&shared, &work, &progress, handler));
+            }
+            let result = self.coordinate(&shared, &work, &progress);
+            lock(&shared).stop = true;
+            work.notify_all();
+            result
+        })
+    }
+
+    fn coordinate(&self, shared: &Mutex<Shared>, work: &Condvar, progress: &Condvar) -> Result<RunReport> {
+        let queue = self.queue;
+        let lease = queue.options().lease;
+        let capacity = self.options.workers.max(1) + self.options.prefetch;
+        let mut report = RunReport::default();
+        let mut unsaved: Vec<(ItemUpdate, Finished)> = Vec::new();
+        let mut last_heartbeat = Instant::now();
+        let mut last_reclaim = Instant::now();
+        queue.reclaim_dead_owners()?;
+        loop {
+            let (finished, held) = {
+                let mut g = lock(shared);
+                (std::mem::take(&mut g.finished), g.ready.len() + g.running.len())
+            };
+            let now = queue.ckpt().now();
+            for f in finished {
+                let update = self.outcome_update(&f, now);
+                unsaved.push((update, f));
+            }
+            if !unsaved.is_empty() {
+                let updates: Vec<ItemUpdate> = unsaved.iter().map(|(u, _)| u.clone()).collect();
+                match queue.apply(&updates) {
+                    Ok(results) => {
+                        for ((update, f), result) in unsaved.drain(..).zip(results) {
+                            self.record(&mut report, &update, &f, result);
+                        }
+                    }
+                    Err(Error::Busy(why)) => tracing::warn!(job = queue.job(), "store busy, will retry: {why}"),
+                    Err(e) => return Err(e),
+                }
+            }
+            if last_heartbeat.elapsed() >= lease / 3 {
+                self.heartbeat(shared)?;
+                last_heartbeat = Instant::now();
+            }
+            let mut claimed = 0;
+            if held < capacity {
+                let items = match queue.claim(capacity - held) {
+                    Err(Error::Busy(_)) => Vec::new(),
+                    other => other?,
+                };
+                claimed = items.len();
+                if claimed > 0 {
+                    lock(shared).ready.extend(items);
+                    work.notify_all();
+                }
+            }
+            if held == 0 && claimed == 0 && unsaved.is_empty() {
+                let counts = queue.counts()?;
+                if counts.unfinished() == 0 {
+                    report.counts = counts;
+                    report.status = queue.finish_if_done()?;
+                    return Ok(report);
+                }
+                if last_reclaim.elapsed() >= Duration::from_secs(1) {
+                    queue.reclaim_dead_owners()?;
+                    last_reclaim = Instant::now();
+                }
+            }
+            // With room for more items, sleep until the next one is due;
+            // with every slot taken, until a worker finishes.
+            let wait = if held + claimed < capacity {
+                self.idle_wait()?
+            } else {
+                self.options.idle_poll
+            };
+            wait_for_progress(shared, progress, wait.min(lease / 3));
+        }
+    }
+
+    /// How long to sleep when there is nothing to do: until the next item
+    /// becomes claimable, within bounds.
+    fn idle_wait(&self) -> Result<Duration> {
+        let floor = Duration::from_millis(5);
+        let next = self.queue.next_ready_at()?;
+        let now = self.queue.ckpt().now();
+        Ok(match next {
+            Some(t) => t.since(now).clamp(floor, self.options.idle_poll),
+            None => self.options.idle_poll,
+        })
+    }
+
+    fn outcome_update(&self, f: &Finished, now: crate::time::Timestamp) -> ItemUpdate {
+        match &f.outcome {
+            Outcome::Completed(stats) => ItemUpdate {
+                lease: f.item.lease.clone(),
+                change: ItemChange::Complete {
+                    stats: Some(with_duration(stats.clone(), f.took)),
+                },
+            },
+            Outcome::Failed(error) => self.queue.failure(&f.item, error, now).0,
+        }
+    }
+
+    fn record(&self, report: &mut RunReport, update: &ItemUpdate, f: &Finished, result: Result<()>) {
+        let job = self.queue.job();
+        let key = &f.item.key;
+        if let Err(e) = result {
+            report.lost += 1;
+            tracing::warn!(event = "lease_lost", job, item = %key, error = %e, "outcome discarded: another worker holds this item now");
+            return;
+        }
+        match &update.change {
+            ItemChange::Complete { .. } => {
+                report.completed += 1;
+                tracing::debug!(event = "item_completed", job, item = %key, attempt = f.item.attempt, duration_ms = f.took.as_millis() as u64);
+            }
+            ItemChange::Fail { error, retry_at } => {
+                report.failed += 1;
+                let max = self.queue.options().retry.max_attempts;
+                match retry_at {
+                    Some(t) => {
+                        let retry_in = t.since(self.queue.ckpt().now());
+                        tracing::warn!(event = "item_failed", job, item = %key, attempt = f.item.attempt, max_attempts = max, retry_in_ms = retry_in.as_millis() as u64, "item failed: {error}; retrying in {:.1}s", retry_in.as_secs_f64());
+                    }
+                    None => {
+                        report.dead += 1;
+                        tracing::error!(event = "item_dead", job, item = %key, attempt = f.item.attempt, "item failed: {error}; no attempts left, moved to the dead-letter list");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Renews the leases of every held item; items lost meanwhile are
+    /// dropped from the local queue so they are not started.
+    fn heartbeat(&self, shared: &Mutex<Shared>) -> Result<()> {
+        let held: Vec<ClaimedItem> = {
+            let g = lock(shared);
+            g.ready.iter().chain(g.running.values()).cloned().collect()
+        };
+        if held.is_empty() {
+            return Ok(());
+        }
+        let results = match self.queue.heartbeat(&held) {
+            Err(Error::Busy(_)) => return Ok(()),
+            other => other?,
+        };
+        let lost: Vec<ItemId> = held
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| r.is_err())
+            .map(|(item, _)| item.lease.id)
+            .collect();
+        if !lost.is_empty() {
+            let mut g = lock(shared);
+            g.ready.retain(|i| !lost.contains(&i.lease.id));
+            tracing::warn!(event = "lease_lost", job = self.queue.job(), items = lost.len(), "leases lost to another worker");
+        }
+        Ok(())
+    }
+}
+
+fn with_duration(stats: Option<Value>, took: Duration) -> Value {
+    let ms = took.as_millis() as u64;
+    match stats {
+        Some(Value::Object(mut map)) => {
+            map.entry("duration_ms").or_insert(json!(ms));
+            Value::Object(map)
+        }
+        Some(other) => json!({ "value": other, "duration_ms": ms }),
+        None => json!({ "duration_ms": ms }),
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn wait_for_progress(shared: &Mutex<Shared>, progress: &Condvar, timeout: Duration) {
+    let g = lock(shared);
+    if !g.finished.is_empty() || timeout.is_zero() {
+        return;
+    }
+    let _ = progress
+        .wait_timeout_while(g, timeout, |s| s.finished.is_empty())
+        .unwrap_or_else(|e| e.into_inner());
+}
+
+fn worker_loop<H: Handler>(shared: &Mutex<Shared>, work: &Condvar, progress: &Condvar, handler: &H) {
+    loop {
+        let item = {
+            let mut g = lock(shared);
+            loop {
+                if g.stop {
+                    return;
+                }
+                if let Some(item) = g.ready.pop_front() {
+                    g.running.insert(item.lease.id, item.clone());
+                    break item;
+                }
+                g = work.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(&item))).unwrap_or_else(|panic| {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Outcome::Failed(format!("handler panicked: {msg}"))
+        });
+        let took = started.elapsed();
+        let mut g = lock(shared);
+        g.running.remove(&item.lease.id);
+        g.finished.push(Finished { item, outcome, took });
+        drop(g);
+        progress.notify_one();
+    }
+}

@@ -1,0 +1,248 @@
+//! A store wrapper that fails or "crashes" at a chosen operation, to test
+//! resume paths without killing the test process.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{ItemStream, Store};
+use crate::error::{Error, Result};
+use crate::model::{
+    Checkpoint, ClaimedItem, EnqueueReport, HistoryEntry, ItemCounts, ItemRecord, ItemStatus,
+    ItemUpdate, JobLease, JobRecord, JobStatus,
+};
+use crate::time::Timestamp;
+
+/// A store operation, as counted by [`FaultStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Op {
+    EnsureJob,
+    AcquireJob,
+    RenewJob,
+    SaveCheckpoint,
+    FinishJob,
+    ReleaseJob,
+    SetJobStatus,
+    PutCheckpoint,
+    Enqueue,
+    Claim,
+    UpdateItems,
+    ExpireOwner,
+    Redrive,
+}
+
+/// What happens at the chosen call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The call fails with a storage error and changes nothing; later calls
+    /// work (a transient error).
+    Fail,
+    /// The process "dies" before the call reaches the store: the call and
+    /// every later call fail, and nothing of the call is applied.
+    CrashBefore,
+    /// The process "dies" after the store applied the call but before the
+    /// caller heard back: the call returns an error though it took effect,
+    /// and every later call fails.
+    CrashAfter,
+}
+
+/// Wraps a store; the `nth` call (1-based) of an operation gets a [`Fault`].
+/// Reads are never faulted but fail too once "crashed".
+#[derive(Debug)]
+pub struct FaultStore {
+    inner: Arc<dyn Store>,
+    plan: Mutex<HashMap<Op, (u64, Fault)>>,
+    calls: Mutex<HashMap<Op, u64>>,
+    crashed: AtomicBool,
+}
+
+impl FaultStore {
+    /// Wraps `inner` with no faults planned.
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        FaultStore {
+            inner,
+            plan: Mutex::new(HashMap::new()),
+            calls: Mutex::new(HashMap::new()),
+            crashed: AtomicBool::new(false),
+        }
+    }
+
+    /// Plans `fault` at the `nth` call of `op`.
+    pub fn inject(self, op: Op, nth: u64, fault: Fault) -> Self {
+        self.plan.lock().unwrap_or_else(|e| e.into_inner()).insert(op, (nth, fault));
+        self
+    }
+
+    /// True once a crash fault fired.
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    /// How many times `op` was called.
+    pub fn calls(&self, op: Op) -> u64 {
+        *self.calls.lock().unwrap_or_else(|e| e.into_inner()).get(&op).unwrap_or(&0)
+    }
+
+    fn dead() -> Error {
+        Error::Storage("injected crash: this store handle is dead".into())
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        if self.crashed() {
+            Err(Self::dead())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn call<T>(&self, op: Op, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_alive()?;
+        let n = {
+            let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+            let n = calls.entry(op).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let planned = self.plan.lock().unwrap_or_else(|e| e.into_inner()).get(&op).copied();
+        match planned {
+            Some((nth, fault)) if nth == n => match fault {
+                Fault::Fail => Err(Error::Storage(format!("injected failure of {op:?} #{n}"))),
+                Fault::CrashBefore => {
+                    self.crashed.store(true, Ordering::SeqCst);
+                    Err(Self::dead())
+                }
+                Fault::CrashAfter => {
+                    let _applied = f();
+                    self.crashed.store(true, Ordering::SeqCst);
+                    Err(Self::dead())
+                }
+            },
+            _ => f(),
+        }
+    }
+}
+
+impl Store for FaultStore {
+    fn describe(&self) -> String {
+        format!("fault({})", self.inner.describe())
+    }
+    fn ensure_job(&self, job: &str, now: Timestamp) -> Result<()> {
+        self.call(Op::EnsureJob, || self.inner.ensure_job(job, now))
+    }
+    fn acquire_job(
+        &self,
+        job: &str,
+        owner: &str,
+        lease_until: Timestamp,
+        steal_from: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(JobLease, JobRecord)> {
+        self.call(Op::AcquireJob, || {
+            self.inner.acquire_job(job, owner, lease_until, steal_from, now)
+        })
+    }
+    fn renew_job(&self, lease: &JobLease, lease_until: Timestamp, now: Timestamp) -> Result<()> {
+        self.call(Op::RenewJob, || self.inner.renew_job(lease, lease_until, now))
+    }
+    fn save_checkpoint(
+        &self,
+        lease: &JobLease,
+        checkpoint: &Checkpoint,
+        history_keep: usize,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.call(Op::SaveCheckpoint, || {
+            self.inner.save_checkpoint(lease, checkpoint, history_keep, lease_until, now)
+        })
+    }
+    fn finish_job(
+        &self,
+        lease: &JobLease,
+        status: JobStatus,
+        error: Option<&str>,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.call(Op::FinishJob, || self.inner.finish_job(lease, status, error, now))
+    }
+    fn release_job(&self, lease: &JobLease, now: Timestamp) -> Result<()> {
+        self.call(Op::ReleaseJob, || self.inner.release_job(lease, now))
+    }
+    fn set_job_status(&self, job: &str, status: JobStatus, now: Timestamp) -> Result<()> {
+        self.call(Op::SetJobStatus, || self.inner.set_job_status(job, status, now))
+    }
+    fn put_checkpoint(
+        &self,
+        job: &str,
+        checkpoint: Option<&Checkpoint>,
+        history_keep: usize,
+        steal_from: Option<&str>,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.call(Op::PutCheckpoint, || {
+            self.inner.put_checkpoint(job, checkpoint, history_keep, steal_from, now)
+        })
+    }
+    fn get_job(&self, job: &str) -> Result<Option<JobRecord>> {
+        self.check_alive()?;
+        self.inner.get_job(job)
+    }
+    fn list_jobs(&self) -> Result<Vec<JobRecord>> {
+        self.check_alive()?;
+        self.inner.list_jobs()
+    }
+    fn history(&self, job: &str, limit: usize) -> Result<Vec<HistoryEntry>> {
+        self.check_alive()?;
+        self.inner.history(job, limit)
+    }
+    fn enqueue(&self, job: &str, items: ItemStream<'_>, now: Timestamp) -> Result<EnqueueReport> {
+        self.call(Op::Enqueue, || self.inner.enqueue(job, items, now))
+    }
+    fn claim(
+        &self,
+        job: &str,
+        owner: &str,
+        max: usize,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<Vec<ClaimedItem>> {
+        self.call(Op::Claim, || self.inner.claim(job, owner, max, lease_until, now))
+    }
+    fn update_items(&self, updates: &[ItemUpdate], now: Timestamp) -> Result<Vec<Result<()>>> {
+        self.call(Op::UpdateItems, || self.inner.update_items(updates, now))
+    }
+    fn item_counts(&self, job: &str) -> Result<ItemCounts> {
+        self.check_alive()?;
+        self.inner.item_counts(job)
+    }
+    fn next_ready_at(&self, job: &str) -> Result<Option<Timestamp>> {
+        self.check_alive()?;
+        self.inner.next_ready_at(job)
+    }
+    fn list_items(
+        &self,
+        job: &str,
+        status: Option<ItemStatus>,
+        limit: usize,
+    ) -> Result<Vec<ItemRecord>> {
+        self.check_alive()?;
+        self.inner.list_items(job, status, limit)
+    }
+    fn running_owners(&self, job: &str) -> Result<Vec<String>> {
+        self.check_alive()?;
+        self.inner.running_owners(job)
+    }
+    fn expire_owner(&self, job: &str, owner: &str, now: Timestamp) -> Result<u64> {
+        self.call(Op::ExpireOwner, || self.inner.expire_owner(job, owner, now))
+    }
+    fn redrive(
+        &self,
+        job: &str,
+        from: ItemStatus,
+        keys: Option<&[String]>,
+        now: Timestamp,
+    ) -> Result<u64> {
+        self.call(Op::Redrive, || self.inner.redrive(job, from, keys, now))
+    }
+}

@@ -1,0 +1,217 @@
+//! The SQLite store: the embedded default, for one machine.
+//!
+//! - WAL journal, so readers never block the writer.
+//! - `synchronous=FULL` by default: a checkpoint reported saved survives
+//!   power loss. `?durability=normal` gives that up for speed: a save then
+//!   survives a crash of the process but the last moments may be lost on
+//!   power loss or an OS crash.
+//! - Every write is one `BEGIN IMMEDIATE` transaction, so several processes
+//!   can share one file; a writer waits up to the busy timeout (default 5 s,
+//!   `?busy_timeout=MILLISECONDS`) for another.
+//! - Claims commit without an fsync of their own even at `full`: losing a
+//!   claim to power loss only makes the item pending again, which a crash
+//!   does anyway; the next durable commit syncs it along.
+//! - The schema is versioned in `PRAGMA user_version` and the file is
+//!   marked as ckpt's by `PRAGMA application_id`. A file of another
+//!   application, a corrupt file, or a store of a newer ckpt is refused
+//!   before anything is written to it.
+
+mod ops;
+mod schema;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::url::{query_pairs, OpenMode};
+use crate::error::{Error, Result};
+
+pub use schema::SCHEMA_VERSION;
+
+/// What a commit survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: a committed write survives power loss.
+    Full,
+    /// `synchronous=NORMAL`: a committed write survives a crash of the
+    /// process, not necessarily power loss or an OS crash.
+    Normal,
+}
+
+/// Options from the URL's query string.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqliteOptions {
+    /// What a commit survives.
+    pub durability: Durability,
+    /// How long a writer waits for another.
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            durability: Durability::Full,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// Parses `durability=full|normal&busy_timeout=MILLISECONDS`.
+    pub fn from_query(query: &str) -> Result<Self> {
+        let mut options = SqliteOptions::default();
+        for (key, value) in query_pairs(query) {
+            match key {
+                "durability" => {
+                    options.durability = match value {
+                        "full" => Durability::Full,
+                        "normal" => Durability::Normal,
+                        _ => {
+                            return Err(Error::Open(format!(
+                                "durability must be full or normal, not {value:?}"
+                            )))
+                        }
+                    }
+                }
+                "busy_timeout" => {
+                    let ms: u64 = value.parse().map_err(|_| {
+                        Error::Open(format!("busy_timeout must be milliseconds, not {value:?}"))
+                    })?;
+                    options.busy_timeout = Duration::from_millis(ms);
+                }
+                _ => {
+                    return Err(Error::Open(format!(
+                        "unknown sqlite option {key:?} (known: durability, busy_timeout)"
+                    )))
+                }
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// A ckpt store in a SQLite file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: String,
+    options: SqliteOptions,
+}
+
+impl SqliteStore {
+    /// Opens (and, with [`OpenMode::CreateIfMissing`], creates) the store at
+    /// `path`, migrating an older schema. A foreign, corrupt or newer file
+    /// is refused and left untouched.
+    pub fn open(path: &str, options: SqliteOptions, mode: OpenMode) -> Result<Self> {
+        if path.is_empty() {
+            return Err(Error::Open("sqlite:// URL has no file path".into()));
+        }
+        let file = Path::new(path);
+        match std::fs::metadata(file) {
+            Ok(m) if m.is_dir() => {
+                return Err(Error::Open(format!("{path} is a directory, not a store file")))
+            }
+            Ok(m) if m.len() > 0 => schema::inspect_existing(file, path)?,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if mode == OpenMode::MustExist {
+                    return Err(Error::NotFound(format!("no ckpt store at {path}")));
+                }
+                let parent = file.parent().filter(|p| !p.as_os_str().is_empty());
+                if let Some(dir) = parent {
+                    if !dir.is_dir() {
+                        return Err(Error::Open(format!(
+                            "cannot create {path}: directory {} does not exist",
+                            dir.display()
+                        )));
+                    }
+                }
+            }
+            Err(e) => return Err(Error::Open(format!("{path}: {e}"))),
+        }
+        let conn = Connection::open_with_flags(
+            file,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::Open(format!("{path}: {e}")))?;
+        let store = SqliteStore {
+            conn: Mutex::new(conn),
+            path: path.to_string(),
+            options,
+        };
+        store.configure()?;
+        schema::migrate(&mut store.lock(), path)?;
+        Ok(store)
+    }
+
+    /// The durability setting.
+    pub fn durability(&self) -> Durability {
+        self.options.durability
+    }
+
+    fn configure(&self) -> Result<()> {
+        let conn = self.lock();
+        conn.busy_timeout(self.options.busy_timeout)
+            .map_err(|e| self.open_err(e))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| self.open_err(e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Open(format!(
+                "{}: cannot switch to WAL journal (got {mode})",
+                self.path
+            )));
+        }
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={}; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;",
+            self.sync_pragma()
+        ))
+        .map_err(|e| self.open_err(e))?;
+        Ok(())
+    }
+
+    fn sync_pragma(&self) -> &'static str {
+        match self.options.durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        }
+    }
+
+    fn open_err(&self, e: rusqlite::Error) -> Error {
+        match sql_err(e) {
+            Error::Storage(m) => Error::Open(format!("{}: {m}", self.path)),
+            other => other,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // The connection holds no half-applied state across a panic: an
+        // open transaction is rolled back when its guard drops.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Maps a SQLite error to the library's error.
+pub(crate) fn sql_err(e: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode as C;
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        match f.code {
+            C::DatabaseBusy | C::DatabaseLocked => {
+                return Error::Busy(format!("the store is locked by another writer ({e})"))
+            }
+            C::DiskFull => return Error::Storage(format!("disk full: {e}")),
+            C::NotADatabase | C::DatabaseCorrupt => {
+                return Error::NotAStore(format!("the store file is corrupt or not a database: {e}"))
+            }
+            C::ReadOnly | C::CannotOpen | C::PermissionDenied => {
+                return Error::Storage(format!("cannot write the store: {e}"))
+            }
+            _ => {}
+        }
+    }
+    Error::Storage(e.to_string())
+}

@@ -1,0 +1,145 @@
+//! Schema versions, migrations, and the check that a file is ours.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use super::sql_err;
+use crate::error::{Error, Result};
+
+/// `PRAGMA application_id` of a ckpt store: "ckpt" in ASCII.
+pub const APPLICATION_ID: i64 = 0x636b_7074;
+
+/// Migrations: entry `i` brings a store from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs with their checkpoints, bounded history, work items.
+    "CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL,
+        cursor TEXT,
+        items_processed INTEGER NOT NULL DEFAULT 0,
+        stage TEXT,
+        state TEXT,
+        state_bytes INTEGER NOT NULL DEFAULT 0,
+        checkpoint_at INTEGER,
+        owner TEXT,
+        lease_expires INTEGER,
+        epoch INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        saves INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        completed_at INTEGER,
+        error TEXT
+    );
+    CREATE TABLE history (
+        job_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        cursor TEXT NOT NULL,
+        items_processed INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE items (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        payload TEXT,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        claims INTEGER NOT NULL DEFAULT 0,
+        owner TEXT,
+        ready_at INTEGER,
+        last_error TEXT,
+        stats TEXT,
+        cursor TEXT,
+        enqueued_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER,
+        UNIQUE (job_id, key)
+    );
+    CREATE INDEX items_ready ON items (job_id, ready_at, id) WHERE ready_at IS NOT NULL;
+    CREATE INDEX items_status ON items (job_id, status);",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Checks, through a read-only connection, that an existing non-empty file
+/// is a ckpt store this build can use. Writes nothing.
+pub(super) fn inspect_existing(file: &Path, path: &str) -> Result<()> {
+    let not_ours = |why: String| {
+        Error::NotAStore(format!(
+            "{path} is not a ckpt store ({why}); it was left untouched"
+        ))
+    };
+    let conn = Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::Open(format!("{path}: {e}")))?;
+    let read = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
+    let probe = read("PRAGMA application_id").and_then(|app| {
+        Ok((app, read("PRAGMA user_version")?, read("SELECT count(*) FROM sqlite_master")?))
+    });
+    let (app, version, objects) = match probe {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(match sql_err(e) {
+                Error::NotAStore(_) => not_ours("not a SQLite database, or corrupt".into()),
+                Error::Busy(m) => Error::Busy(m),
+                other => Error::Open(format!("{path}: {other}")),
+            })
+        }
+    };
+    if app != APPLICATION_ID && !(app == 0 && objects == 0) {
+        return Err(not_ours(format!(
+            "a SQLite database of another application, application_id {app}"
+        )));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(too_new(path, version));
+    }
+    Ok(())
+}
+
+fn too_new(path: &str, found: i64) -> Error {
+    Error::SchemaTooNew {
+        store: format!("sqlite://{path}"),
+        found,
+        supported: SCHEMA_VERSION,
+    }
+}
+
+/// Brings the store to [`SCHEMA_VERSION`] in one transaction; safe when
+/// several processes open a new store at once.
+pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql_err)?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    if version > SCHEMA_VERSION {
+        return Err(too_new(path, version));
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_err)?;
+    // Another process may have migrated while this one waited for the lock.
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql_err)?;
+    if version > SCHEMA_VERSION {
+        return Err(too_new(path, version));
+    }
+    for sql in &MIGRATIONS[version as usize..] {
+        tx.execute_batch(sql).map_err(sql_err)?;
+    }
+    tx.execute_batch(&format!(
+        "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+    ))
+    .map_err(sql_err)?;
+    tx.commit().map_err(sql_err)
+}

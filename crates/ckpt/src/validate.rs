@@ -1,0 +1,117 @@
+//! Input checks shared by every store, so that a bad name or an oversize
+//! value is refused before anything is written.
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// Longest job name, in bytes.
+pub const MAX_JOB_NAME_BYTES: usize = 200;
+/// Longest item key, in bytes.
+pub const MAX_ITEM_KEY_BYTES: usize = 64 * 1024;
+/// Default limit on a checkpoint's serialised state: 1 MiB.
+pub const DEFAULT_STATE_LIMIT: usize = 1024 * 1024;
+/// Default number of history entries kept per job.
+pub const DEFAULT_HISTORY_KEEP: usize = 100;
+
+/// Checks a job name: 1 to 200 bytes, no control characters, no leading or
+/// trailing whitespace.
+pub fn job_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::InvalidInput("job name is empty".into()));
+    }
+    if name.len() > MAX_JOB_NAME_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "job name is {} bytes, longer than {MAX_JOB_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::InvalidInput(format!(
+            "job name {name:?} contains a control character"
+        )));
+    }
+    if name.trim() != name {
+        return Err(Error::InvalidInput(format!(
+            "job name {name:?} starts or ends with whitespace"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an item key: not empty, at most 64 KiB, no NUL.
+pub fn item_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidInput("item key is empty".into()));
+    }
+    if key.len() > MAX_ITEM_KEY_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "item key is {} bytes, longer than {MAX_ITEM_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    if key.contains('\0') {
+        return Err(Error::InvalidInput("item key contains a NUL byte".into()));
+    }
+    Ok(())
+}
+
+/// Serialises `state` and checks it against `limit`; returns the JSON text.
+pub fn state_size(state: &Value, limit: usize) -> Result<usize> {
+    let size = serde_json::to_vec(state)
+        .map_err(|e| Error::InvalidInput(format!("state does not serialise: {e}")))?
+        .len();
+    if size > limit {
+        return Err(Error::LimitExceeded {
+            what: "checkpoint state",
+            size,
+            limit,
+        });
+    }
+    Ok(size)
+}
+
+/// Parses JSON text given by a user (a cursor or state on the command line).
+pub fn parse_json(what: &str, text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| Error::InvalidInput(format!("{what} is not JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_names() {
+        assert!(job_name("import-2024/users").is_ok());
+        assert!(job_name("é ü 日本").is_ok());
+        for bad in ["", " x", "x ", "a\nb", "a\tb", "a\u{7f}b"] {
+            assert!(matches!(job_name(bad), Err(Error::InvalidInput(_))), "{bad:?}");
+        }
+        assert!(job_name(&"x".repeat(MAX_JOB_NAME_BYTES)).is_ok());
+        assert!(job_name(&"x".repeat(MAX_JOB_NAME_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn item_keys() {
+        assert!(item_key("s3://bucket/a b.csv").is_ok());
+        assert!(item_key("").is_err());
+        assert!(item_key("a\0b").is_err());
+        assert!(item_key(&"k".repeat(MAX_ITEM_KEY_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn state_limit() {
+        let v = Value::String("x".repeat(100));
+        assert_eq!(state_size(&v, 102).unwrap(), 102);
+        assert!(matches!(
+            state_size(&v, 101),
+            Err(Error::LimitExceeded { size: 102, limit: 101, .. })
+        ));
+    }
+
+    #[test]
+    fn json_text() {
+        assert_eq!(parse_json("cursor", "{\"a\":1}").unwrap()["a"], 1);
+        assert!(matches!(parse_json("cursor", "{a:1}"), Err(Error::InvalidInput(m)) if m.starts_with("cursor is not JSON")));
+    }
+}

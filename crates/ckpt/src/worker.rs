@@ -1,0 +1,153 @@
+//! Worker identity and the liveness of local owners.
+//!
+//! A worker id is `host:pid:start:nonce`: the host name, the process id, the
+//! process's start time (clock ticks since boot, from `/proc`) and a random
+//! part. The start time tells a live process from a new one that reused the
+//! pid, so a run restarted on the same host after a crash can take over the
+//! dead run's leases at once instead of sitting out the lease.
+
+use std::fmt;
+
+use rand::Rng;
+
+/// Who holds a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WorkerId {
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Process start time in clock ticks since boot (0 when unknown).
+    pub start: u64,
+    /// Random part, unique per worker within a process.
+    pub nonce: String,
+}
+
+impl WorkerId {
+    /// A new id for a worker in this process.
+    pub fn for_this_process() -> WorkerId {
+        let pid = std::process::id();
+        let nonce: u32 = rand::thread_rng().gen();
+        WorkerId {
+            host: host_name(),
+            pid,
+            start: process_start_ticks(pid).unwrap_or(0),
+            nonce: format!("{nonce:08x}"),
+        }
+    }
+
+    /// Parses the text form; `None` for an id not made by [`WorkerId`]
+    /// (for example a name chosen by a user), which is never presumed dead.
+    pub fn parse(s: &str) -> Option<WorkerId> {
+        let mut parts = s.rsplitn(4, ':');
+        let nonce = parts.next()?.to_string();
+        let start = parts.next()?.parse().ok()?;
+        let pid = parts.next()?.parse().ok()?;
+        let host = parts.next()?.to_string();
+        Some(WorkerId {
+            host,
+            pid,
+            start,
+            nonce,
+        })
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}:{}", self.host, self.pid, self.start, self.nonce)
+    }
+}
+
+/// Answers whether a process on this host is gone.
+pub trait ProcessProbe: Send + Sync + fmt::Debug {
+    /// This host's name.
+    fn host(&self) -> String;
+    /// True if and only if `owner` names a process on this host that is
+    /// certainly gone: its pid is not alive, or is alive with another start
+    /// time. Unknown or remote owners are never reported dead.
+    fn is_dead(&self, owner: &WorkerId) -> bool;
+}
+
+/// Probes the real processes of this machine (through `/proc` on Linux;
+/// elsewhere it never reports an owner dead, so leases simply expire).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalProcesses;
+
+impl ProcessProbe for LocalProcesses {
+    fn host(&self) -> String {
+        host_name()
+    }
+
+    fn is_dead(&self, owner: &WorkerId) -> bool {
+        if owner.host != host_name() || owner.start == 0 || !cfg!(target_os = "linux") {
+            return false;
+        }
+        match process_start_ticks(owner.pid) {
+            None => true,
+            Some(start) => start != owner.start,
+        }
+    }
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+        .replace(':', "_")
+}
+
+/// Start time of `pid` in clock ticks since boot, or `None` if there is no
+/// such process (or no `/proc`).
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 2 (comm) may contain spaces and parentheses: skip past its last ')'.
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // After comm, fields start at 3 (state); starttime is field 22.
+    after_comm.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_round_trips() {
+        let id = WorkerId::for_this_process();
+        assert_eq!(WorkerId::parse(&id.to_string()), Some(id.clone()));
+        assert_eq!(id.pid, std::process::id());
+        assert!(WorkerId::parse("just-a-name").is_none());
+        assert!(WorkerId::parse("h:notapid:1:x").is_none());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn probe_tells_live_from_dead() {
+        let me = WorkerId::for_this_process();
+        assert!(me.start > 0);
+        assert!(!LocalProcesses.is_dead(&me));
+        let reused_pid = WorkerId {
+            start: me.start + 1,
+            ..me.clone()
+        };
+        assert!(LocalProcesses.is_dead(&reused_pid));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let child_pid = child.id();
+        child.wait().unwrap();
+        let gone = WorkerId {
+            pid: child_pid,
+            ..me.clone()
+        };
+        assert!(LocalProcesses.is_dead(&gone));
+        let remote = WorkerId {
+            host: "another-host".into(),
+            pid: child_pid,
+            ..me
+        };
+        assert!(!LocalProcesses.is_dead(&remote));
+    }
+}
