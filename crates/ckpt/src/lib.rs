@@ -34,6 +34,7 @@
 mod ckpt;
 mod error;
 mod job;
+pub mod bench;
 pub mod model;
 pub mod policy;
 mod queue;

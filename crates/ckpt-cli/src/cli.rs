@@ -1,0 +1,152 @@
+//! Command-line definitions.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Durable checkpoint & resume for long-running batch work.
+#[derive(Debug, Parser)]
+#[command(name = "ckpt", version, about, long_about = None)]
+pub struct Cli {
+    /// Store URL: sqlite://PATH (the default store, ./ckpt.db) or memory://.
+    #[arg(long, global = true, env = "CKPT_STORE", default_value = "sqlite://ckpt.db")]
+    pub store: String,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per event.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command once per item, with durable resume: completed items are
+    /// skipped when the same command runs again.
+    Run(RunArgs),
+    /// Show a job's items by status and its checkpoint.
+    Status(StatusArgs),
+    /// Read, write or clear a job checkpoint (the cursor pattern for scripts).
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
+    /// Measure checkpoint saves and item throughput of a store.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The job's name; items and progress are kept under it.
+    #[arg(long)]
+    pub job: String,
+    /// File with one item per line ("-" or absent: standard input).
+    #[arg(long)]
+    pub items: Option<PathBuf>,
+    /// Items to run at once.
+    #[arg(short = 'j', long = "jobs", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub jobs: u32,
+    /// Retries of a failed item before it is dead (0: dead after one failure).
+    #[arg(long, default_value_t = 2)]
+    pub retries: u32,
+    /// Delay before the first retry; doubles for each later one (max 30s).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub backoff: Duration,
+    /// Lease of a claimed item; renewed while it runs. A crashed run's items
+    /// are taken over when it expires (at once on the same host).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Print the run's summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// The command; `{}` in an argument is replaced by the item, otherwise
+    /// the item is appended as the last argument.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The job.
+    pub job: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Print the job's cursor as JSON (exit 3 when there is none).
+    Get {
+        /// The job.
+        job: String,
+        /// Print the whole checkpoint (cursor, items, stage, state) as JSON.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Save a checkpoint.
+    Set {
+        /// The job.
+        job: String,
+        /// The cursor, as JSON (a number, a string in quotes, an object...).
+        cursor: String,
+        /// Items processed so far.
+        #[arg(long, default_value_t = 0)]
+        items_processed: u64,
+        /// The pipeline stage.
+        #[arg(long)]
+        stage: Option<String>,
+        /// Accumulated state, as JSON (at most 1 MiB).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Delete the checkpoint and its history, so the job starts from scratch.
+    Clear {
+        /// The job.
+        job: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Items to enqueue, claim and complete.
+    #[arg(long, default_value_t = 20_000)]
+    pub items: u64,
+    /// Worker threads claiming and completing.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Durable checkpoint saves to time.
+    #[arg(long, default_value_t = 2_000)]
+    pub saves: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m)"))
+}
+
+/// Sets up `tracing` on stderr: `RUST_LOG` if set, else info for ckpt.
+pub fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("ckpt=info,ckpt_cli=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Human => builder.without_time().compact().init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

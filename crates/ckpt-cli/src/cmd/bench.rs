@@ -1,0 +1,67 @@
+//! `ckpt bench`: measure a store. On SQLite it works in fresh files beside
+//! the named store and removes them, so a user's data is never touched.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Result;
+use ckpt::bench::{self, BenchOptions};
+use ckpt::store::{self, OpenMode, SqliteOptions, SqliteStore};
+
+use crate::cli::BenchArgs;
+
+pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
+    let options = BenchOptions {
+        items: args.items,
+        workers: args.workers,
+        saves: args.saves,
+    };
+    let report = match url.strip_prefix("sqlite://") {
+        Some(rest) => {
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let sqlite_options = SqliteOptions::from_query(query)?;
+            let dir = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let scratch = Scratch(vec![
+                dir.join(format!(".ckpt-bench-{}.db", std::process::id())),
+                dir.join(format!(".ckpt-bench-{}-raw.db", std::process::id())),
+            ]);
+            let db = scratch.0[0].to_string_lossy().into_owned();
+            let store = Arc::new(SqliteStore::open(&db, sqlite_options.clone(), OpenMode::CreateIfMissing)?);
+            let mut report = bench::run(store, &options)?;
+            let baseline = bench::sqlite_upsert_baseline(&scratch.0[1], sqlite_options.durability, args.saves)?;
+            report.store = url.to_string();
+            report.baseline_upserts_per_s = Some(baseline);
+            report.checkpoint_vs_baseline = Some(report.checkpoints_per_s / baseline);
+            report
+        }
+        None => bench::run(store::open(url, OpenMode::CreateIfMissing)?, &options)?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("store:              {}", report.store);
+    println!("checkpoint saves:   {:.0}/s (p50 {} µs, p99 {} µs, {} saves)", report.checkpoints_per_s, report.checkpoint_p50_us, report.checkpoint_p99_us, report.saves);
+    if let (Some(base), Some(ratio)) = (report.baseline_upserts_per_s, report.checkpoint_vs_baseline) {
+        println!("raw UPSERT baseline: {base:.0}/s (checkpoint/raw = {ratio:.2})");
+    }
+    println!("enqueue:            {:.0} items/s", report.enqueue_per_s);
+    println!("claim + complete:   {:.0} items/s ({} workers, {} items)", report.items_per_s, report.workers, report.items);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Files removed (with their WAL and shared-memory files) when dropped.
+struct Scratch(Vec<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = path.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! `ckpt checkpoint get|set|clear`: the cursor pattern for shell scripts.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use ckpt::store::OpenMode;
+use ckpt::validate::parse_json;
+use ckpt::Checkpoint;
+
+use crate::cli::CheckpointCommand;
+
+pub fn checkpoint(url: &str, cmd: CheckpointCommand) -> Result<ExitCode> {
+    match cmd {
+        CheckpointCommand::Get { job, full } => {
+            super::job_name(&job)?;
+            let ckpt = super::open(url, OpenMode::MustExist)?;
+            let record = ckpt.get_job(&job)?;
+            let Some(cp) = record.and_then(|r| r.checkpoint) else {
+                return Err(ckpt::Error::NotFound(format!("job '{job}' has no checkpoint")).into());
+            };
+            if full {
+                println!("{}", serde_json::to_string(&cp)?);
+            } else {
+                println!("{}", cp.cursor);
+            }
+        }
+        CheckpointCommand::Set {
+            job,
+            cursor,
+            items_processed,
+            stage,
+            state,
+        } => {
+            super::job_name(&job)?;
+            let mut cp = Checkpoint::new(parse_json("cursor", &cursor)?, items_processed);
+            cp.stage = stage;
+            cp.state = state.map(|s| parse_json("state", &s)).transpose()?;
+            let ckpt = super::open(url, OpenMode::CreateIfMissing)?;
+            ckpt.set_checkpoint(&job, &cp)?;
+        }
+        CheckpointCommand::Clear { job } => {
+            super::job_name(&job)?;
+            let ckpt = super::open(url, OpenMode::MustExist)?;
+            ckpt.clear_checkpoint(&job)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,34 @@
+//! One module per subcommand; each returns the process exit code.
+
+mod bench;
+mod checkpoint;
+mod run;
+mod status;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use ckpt::store::{self, OpenMode};
+use ckpt::Ckpt;
+
+use crate::cli::{Cli, Command};
+
+pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run::run(&cli.store, args),
+        Command::Status(args) => status::status(&cli.store, args),
+        Command::Checkpoint(cmd) => checkpoint::checkpoint(&cli.store, cmd),
+        Command::Bench(args) => bench::bench(&cli.store, args),
+    }
+}
+
+/// Opens the store named by `url`; `mode` says whether it may be created.
+pub fn open(url: &str, mode: OpenMode) -> Result<Ckpt> {
+    Ok(Ckpt::new(store::open(url, mode)?))
+}
+
+/// Validates a job name given on the command line.
+pub fn job_name(name: &str) -> Result<()> {
+    ckpt::validate::job_name(name)?;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! `ckpt run`: run a command once per item with durable resume.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, IsTerminal, Read};
+use std::path::Path;
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use ckpt::store::OpenMode;
+use ckpt::{ClaimedItem, NewItem, Outcome, QueueOptions, RetryPolicy, RunOptions, Runner};
+
+use crate::cli::RunArgs;
+use crate::exit::{Usage, FAILED};
+use crate::output::{short_duration, RunDoc};
+
+pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
+    super::job_name(&args.job)?;
+    check_command(&args.command)?;
+    let (reader, source) = open_items(args.items.as_deref())?;
+    let started = Instant::now();
+    let ckpt = super::open(url, OpenMode::CreateIfMissing)?;
+    let retry = RetryPolicy {
+        base_delay: args.backoff,
+        ..RetryPolicy::interactive(args.retries)
+    };
+    let queue = ckpt.queue_with(
+        &args.job,
+        QueueOptions {
+            lease: args.lease,
+            retry,
+        },
+    )?;
+    let enqueued = queue
+        .enqueue_stream(ItemLines::new(reader, source))
+        .context("nothing was enqueued")?;
+    let options = RunOptions {
+        workers: args.jobs as usize,
+        prefetch: args.jobs as usize,
+        ..RunOptions::default()
+    };
+    let handler = |item: &ClaimedItem| run_item(&args.command, &args.job, item);
+    let report = Runner::new(&queue, options).run(&handler)?;
+    let counts = report.counts;
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        let doc = RunDoc {
+            job: args.job.clone(),
+            status: report.status.map(|s| s.to_string()),
+            enqueued: enqueued.inserted,
+            already_known: enqueued.existing,
+            completed_now: report.completed,
+            failed_attempts: report.failed,
+            dead_now: report.dead,
+            lost_leases: report.lost,
+            items: counts,
+            seconds,
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
+    let took = short_duration(started.elapsed());
+    if counts.dead > 0 {
+        eprintln!(
+            "ckpt: job '{}' failed: {} dead item(s), {} of {} completed ({took}); see `ckpt status {}`",
+            args.job,
+            counts.dead,
+            counts.completed,
+            counts.total(),
+            args.job
+        );
+        return Ok(ExitCode::from(FAILED));
+    }
+    eprintln!(
+        "ckpt: job '{}' completed: {} items, {} run now, {} failed attempts ({took})",
+        args.job,
+        counts.completed,
+        report.completed,
+        report.failed
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses a command that cannot be found on `PATH`, before enqueueing.
+fn check_command(command: &[String]) -> Result<()> {
+    let program = &command[0];
+    if program.contains('/') || program.contains("{}") {
+        return Ok(());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| dir.join(program).is_file()) {
+        Ok(())
+    } else {
+        Err(Usage(format!("command not found: {program}")).into())
+    }
+}
+
+fn open_items(path: Option<&Path>) -> Result<(Box<dyn Read>, String)> {
+    match path {
+        Some(p) if p != Path::new("-") => {
+            let file = File::open(p)
+                .map_err(|e| Usage(format!("cannot read items file {}: {e}", p.display())))?;
+            Ok((Box::new(file), p.display().to_string()))
+        }
+        _ => {
+            let stdin = io::stdin();
+            if stdin.is_terminal() {
+                return Err(Usage(
+                    "no items: give --items FILE, or pipe one item per line on standard input".into(),
+                )
+                .into());
+            }
+            Ok((Box::new(stdin), "standard input".to_string()))
+        }
+    }
+}
+
+/// The items of a file: one per non-empty line, without its line ending.
+/// Streams: only one line is in memory at a time.
+struct ItemLines {
+    reader: BufReader<Box<dyn Read>>,
+    source: String,
+    line: u64,
+    buf: Vec<u8>,
+}
+
+impl ItemLines {
+    fn new(reader: Box<dyn Read>, source: String) -> Self {
+        ItemLines {
+            reader: BufReader::with_capacity(256 * 1024, reader),
+            source,
+            line: 0,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl Iterator for ItemLines {
+    type Item = ckpt::Result<NewItem>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.buf.clear();
+            match self.reader.read_until(b'\n', &mut self.buf) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => {
+                    return Some(Err(ckpt::Error::InvalidInput(format!(
+                        "cannot read {}: {e}",
+                        self.source
+                    ))))
+                }
+            }
+            self.line += 1;
+            let mut line = self.buf.as_slice();
+            line = line.strip_suffix(b"\n").unwrap_or(line);
+            line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                continue;
+            }
+            return Some(match std::str::from_utf8(line) {
+                Ok(s) => Ok(NewItem::key(s)),
+                Err(e) => Err(ckpt::Error::InvalidInput(format!(
+                    "{} line {}: not valid UTF-8 ({e})",
+                    self.source, self.line
+                ))),
+            });
+        }
+    }
+}
+
+/// Runs the command for one item.
+fn run_item(template: &[String], job: &str, item: &ClaimedItem) -> Outcome {
+    let mut cmd = build_command(template, &item.key);
+    cmd.env("CKPT_JOB", job)
+        .env("CKPT_ITEM", &item.key)
+        .env("CKPT_ATTEMPT", item.attempt.to_string())
+        .stdin(Stdio::null());
+    die_with_parent(&mut cmd);
+    match cmd.status() {
+        Ok(status) if status.success() => Outcome::Completed(None),
+        Ok(status) => Outcome::Failed(describe(status)),
+        Err(e) => Outcome::Failed(format!("cannot run {}: {e}", template[0])),
+    }
+}
+
+/// `{}` in an argument is replaced by the item; with no `{}` anywhere, the
+/// item is appended as the last argument.
+fn build_command(template: &[String], item: &str) -> Command {
+    let has_placeholder = template.iter().any(|a| a.contains("{}"));
+    let mut args = template.iter().map(|a| a.replace("{}", item));
+    let mut cmd = Command::new(args.next().unwrap_or_default());
+    cmd.args(args);
+    if !has_placeholder {
+        cmd.arg(item);
+    }
+    cmd
+}
+
+fn describe(status: ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("killed by signal {signal}");
+        }
+    }
+    match status.code() {
+        Some(code) => format!("exit status {code}"),
+        None => status.to_string(),
+    }
+}
+
+/// Makes the child die with this process, so that a killed `ckpt run`
+/// leaves no orphan running an item that the next run will run again.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec; it calls only
+    // async-signal-safe functions (prctl, getppid, _exit) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
+

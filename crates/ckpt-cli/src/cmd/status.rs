@@ -1,0 +1,65 @@
+//! `ckpt status JOB`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use ckpt::store::OpenMode;
+
+use crate::cli::StatusArgs;
+use crate::output::{rfc3339, short_duration, StatusDoc};
+
+pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
+    super::job_name(&args.job)?;
+    let ckpt = super::open(url, OpenMode::MustExist)?;
+    let store = ckpt.store();
+    let job = store.get_job(&args.job)?.ok_or_else(|| {
+        ckpt::Error::NotFound(format!("no job named '{}' in {}", args.job, store.describe()))
+    })?;
+    let counts = store.item_counts(&args.job)?;
+    let now = ckpt.now();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&StatusDoc::new(&job, counts, now))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("job:        {}", job.name);
+    println!("status:     {}", job.status);
+    println!(
+        "items:      {} completed, {} running, {} pending, {} failed (awaiting retry), {} dead ({} total)",
+        counts.completed,
+        counts.running,
+        counts.pending,
+        counts.failed,
+        counts.dead,
+        counts.total()
+    );
+    match (&job.checkpoint, job.checkpoint_at) {
+        (Some(cp), Some(at)) => {
+            let mut line = format!("cursor {}, {} items processed", cp.cursor, cp.items_processed);
+            if let Some(stage) = &cp.stage {
+                line.push_str(&format!(", stage {stage}"));
+            }
+            println!("checkpoint: {line}");
+            println!(
+                "saved:      {} ago ({}), {} saves, {} in history, state {} bytes",
+                short_duration(now.since(at)),
+                rfc3339(at),
+                job.saves,
+                job.history_len,
+                job.state_bytes
+            );
+        }
+        _ => println!("checkpoint: none"),
+    }
+    if let (Some(owner), Some(until)) = (&job.owner, job.lease_expires) {
+        let state = if until > now {
+            format!("lease expires in {}", short_duration(until.since(now)))
+        } else {
+            format!("lease expired {} ago", short_duration(now.since(until)))
+        };
+        println!("owner:      {owner}, {state}");
+    }
+    if let Some(error) = &job.error {
+        println!("error:      {error}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,55 @@
+//! Exit codes, mapped from errors in one place.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | the work failed: dead items after `ckpt run` |
+//! | 2 | usage error or invalid input (bad name, JSON, items file) |
+//! | 3 | not found: unknown job, no checkpoint, no store file |
+//! | 4 | store error: cannot open, not a ckpt store, newer schema, I/O |
+//! | 5 | busy or fenced: a live worker holds the job |
+
+use std::process::ExitCode;
+
+/// Exit code for dead items after a run.
+pub const FAILED: u8 = 1;
+/// Exit code for usage errors and invalid input.
+pub const USAGE: u8 = 2;
+/// Exit code for a missing job, checkpoint or store.
+pub const NOT_FOUND: u8 = 3;
+/// Exit code for store errors.
+pub const STORE: u8 = 4;
+/// Exit code for a job held by a live worker.
+pub const BUSY: u8 = 5;
+
+/// A usage error raised by the binary itself (not by clap or the library).
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// The exit code for an error.
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<Usage>().is_some() {
+        return USAGE;
+    }
+    match err.downcast_ref::<ckpt::Error>() {
+        Some(ckpt::Error::InvalidInput(_) | ckpt::Error::LimitExceeded { .. }) => USAGE,
+        Some(ckpt::Error::NotFound(_)) => NOT_FOUND,
+        Some(ckpt::Error::Busy(_) | ckpt::Error::Fenced(_)) => BUSY,
+        _ => STORE,
+    }
+}
+
+/// Prints the error as one line on stderr and returns its exit code.
+pub fn report(err: &anyhow::Error) -> ExitCode {
+    let line = format!("{err:#}").replace('\n', " ");
+    eprintln!("ckpt: error: {line}");
+    ExitCode::from(code_for(err))
+}

@@ -1,0 +1,157 @@
+//! The numbers behind `ckpt bench`: checkpoint save latency beside a raw
+//! single-row UPSERT, and claim + complete throughput.
+//!
+//! The benchmark never touches a user's data: on SQLite it works in a fresh
+//! file beside the named one and deletes it afterwards.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::job::JobOptions;
+use crate::model::NewItem;
+use crate::policy::CheckpointPolicy;
+use crate::runner::{Outcome, RunOptions, Runner};
+use crate::store::Store;
+use crate::{Ckpt, QueueOptions};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Items enqueued, claimed and completed.
+    pub items: u64,
+    /// Worker threads.
+    pub workers: usize,
+    /// Checkpoint saves timed.
+    pub saves: u64,
+}
+
+/// The results; `--json` prints this.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// The store measured (password redacted).
+    pub store: String,
+    /// Items enqueued per second (one streaming transaction).
+    pub enqueue_per_s: f64,
+    /// Items claimed and completed per second by `workers` threads.
+    pub items_per_s: f64,
+    /// Durable checkpoint saves per second, one job, one thread.
+    pub checkpoints_per_s: f64,
+    /// Median save latency in microseconds.
+    pub checkpoint_p50_us: u64,
+    /// 99th percentile save latency in microseconds.
+    pub checkpoint_p99_us: u64,
+    /// Raw single-row UPSERTs per second with the same durability (SQLite only).
+    pub baseline_upserts_per_s: Option<f64>,
+    /// `checkpoints_per_s / baseline_upserts_per_s`.
+    pub checkpoint_vs_baseline: Option<f64>,
+    /// Items, workers, saves.
+    pub items: u64,
+    /// Worker threads.
+    pub workers: usize,
+    /// Saves timed.
+    pub saves: u64,
+}
+
+/// Runs the benchmark against `store`.
+pub fn run(store: Arc<dyn Store>, options: &BenchOptions) -> Result<BenchReport> {
+    let ckpt = Ckpt::new(store.clone());
+    let suffix = format!("{:08x}", rand::random::<u32>());
+
+    // Checkpoint saves: every call persisted, each timed.
+    let mut job = ckpt.job_with(
+        &format!("bench-checkpoint-{suffix}"),
+        JobOptions {
+            policy: CheckpointPolicy::Always,
+            ..JobOptions::default()
+        },
+    )?;
+    let mut latencies = Vec::with_capacity(options.saves as usize);
+    let started = Instant::now();
+    for i in 0..options.saves {
+        let t = Instant::now();
+        job.save(&serde_json::json!({ "offset": i }), i)?;
+        latencies.push(t.elapsed());
+    }
+    let save_time = started.elapsed();
+    job.complete()?;
+    latencies.sort();
+    let pct = |p: f64| {
+        let idx = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies.get(idx).copied().unwrap_or_default().as_micros() as u64
+    };
+
+    // Items: enqueue, then claim + complete with a no-op handler.
+    let queue = ckpt.queue_with(
+        &format!("bench-items-{suffix}"),
+        QueueOptions {
+            lease: Duration::from_secs(60),
+            ..QueueOptions::default()
+        },
+    )?;
+    let started = Instant::now();
+    queue.enqueue((0..options.items).map(|i| NewItem::key(format!("item-{i}"))))?;
+    let enqueue_time = started.elapsed();
+    let workers = options.workers.max(1);
+    let started = Instant::now();
+    let handler = |_: &crate::ClaimedItem| Outcome::Completed(None);
+    let run_options = RunOptions {
+        workers,
+        prefetch: workers * 8,
+        ..RunOptions::default()
+    };
+    Runner::new(&queue, run_options).run(&handler)?;
+    let run_time = started.elapsed();
+
+    let per_s = |n: u64, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
+    let checkpoints_per_s = per_s(options.saves, save_time);
+    Ok(BenchReport {
+        store: store.describe(),
+        enqueue_per_s: per_s(options.items, enqueue_time),
+        items_per_s: per_s(options.items, run_time),
+        checkpoints_per_s,
+        checkpoint_p50_us: pct(0.50),
+        checkpoint_p99_us: pct(0.99),
+        baseline_upserts_per_s: None,
+        checkpoint_vs_baseline: None,
+        items: options.items,
+        workers,
+        saves: options.saves,
+    })
+}
+
+/// Raw rusqlite: `n` single-row UPSERTs, each its own transaction, in a
+/// fresh WAL file at `path` with the given durability. Returns the rate.
+#[cfg(feature = "sqlite")]
+pub fn sqlite_upsert_baseline(
+    path: &std::path::Path,
+    durability: crate::store::Durability,
+    n: u64,
+) -> Result<f64> {
+    use crate::store::Durability;
+    let err = |e: rusqlite::Error| crate::Error::Storage(e.to_string());
+    let conn = rusqlite::Connection::open(path).map_err(err)?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};
+         CREATE TABLE IF NOT EXISTS checkpoints (job TEXT PRIMARY KEY, cursor TEXT, items INTEGER, at INTEGER);"
+    ))
+    .map_err(err)?;
+    let mut stmt = conn
+        .prepare(
+            "INSERT INTO checkpoints (job, cursor, items, at) VALUES ('bench', ?1, ?2, ?3)
+             ON CONFLICT (job) DO UPDATE SET cursor = excluded.cursor, items = excluded.items, at = excluded.at",
+        )
+        .map_err(err)?;
+    let started = Instant::now();
+    for i in 0..n {
+        let cursor = serde_json::json!({ "offset": i }).to_string();
+        stmt.execute(rusqlite::params![cursor, i as i64, i as i64]).map_err(err)?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}
