@@ -10,7 +10,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "ckpt", version, about, long_about = None)]
 pub struct Cli {
     /// Store URL: sqlite://PATH (the default store, ./ckpt.db) or memory://.
-    #[arg(long, global = true, env = "CKPT_STORE", default_value = "sqlite://ckpt.db")]
+    #[arg(
+        long,
+        global = true,
+        env = "CKPT_STORE",
+        default_value = "sqlite://ckpt.db"
+    )]
     pub store: String,
 
     /// Log format on stderr.
@@ -139,7 +144,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Sets up `tracing` on stderr: `RUST_LOG` if set, else info for ckpt.
 pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("ckpt=info,ckpt_cli=info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("ckpt=info,ckpt_cli=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -151,7 +151,8 @@ pub fn sqlite_upsert_baseline(
     let started = Instant::now();
     for i in 0..n {
         let cursor = serde_json::json!({ "offset": i }).to_string();
-        stmt.execute(rusqlite::params![cursor, i as i64, i as i64]).map_err(err)?;
+        stmt.execute(rusqlite::params![cursor, i as i64, i as i64])
+            .map_err(err)?;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }

@@ -163,8 +163,13 @@ impl Ckpt {
     pub fn clear_checkpoint(&self, name: &str) -> Result<()> {
         validate::job_name(name)?;
         let steal = self.dead_holder(name)?;
-        self.store
-            .put_checkpoint(name, None, self.limits.history_keep, steal.as_deref(), self.now())
+        self.store.put_checkpoint(
+            name,
+            None,
+            self.limits.history_keep,
+            steal.as_deref(),
+            self.now(),
+        )
     }
 
     /// True if and only if `owner` is a worker on this host whose process

@@ -112,10 +112,17 @@ impl Job {
 
     /// The accumulated state to resume with, decoded into `T`.
     pub fn resume_state<T: DeserializeOwned>(&self) -> Result<Option<T>> {
-        self.decode("state", self.resume_checkpoint().and_then(|c| c.state.as_ref()))
+        self.decode(
+            "state",
+            self.resume_checkpoint().and_then(|c| c.state.as_ref()),
+        )
     }
 
-    fn decode<T: DeserializeOwned>(&self, what: &'static str, v: Option<&Value>) -> Result<Option<T>> {
+    fn decode<T: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        v: Option<&Value>,
+    ) -> Result<Option<T>> {
         v.map(|v| {
             T::deserialize(v).map_err(|e| Error::Decode {
                 what,
@@ -176,7 +183,8 @@ impl Job {
             return Err(e);
         }
         let cost = started.elapsed();
-        self.tracker.record_save(cp.items_processed, self.ckpt.now(), cost);
+        self.tracker
+            .record_save(cp.items_processed, self.ckpt.now(), cost);
         self.last_renewal = now;
         tracing::debug!(
             event = "checkpoint_saved",

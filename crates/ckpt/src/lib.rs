@@ -31,10 +31,10 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 mod ckpt;
 mod error;
 mod job;
-pub mod bench;
 pub mod model;
 pub mod policy;
 mod queue;

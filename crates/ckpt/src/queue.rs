@@ -77,13 +77,19 @@ impl Queue {
     /// Enqueues a fallible stream of items in one transaction: the first
     /// `Err` (or invalid key) aborts it and nothing is added. Streams
     /// without holding the items in memory on stores that allow it.
-    pub fn enqueue_stream<I: Iterator<Item = Result<NewItem>>>(&self, items: I) -> Result<EnqueueReport> {
+    pub fn enqueue_stream<I: Iterator<Item = Result<NewItem>>>(
+        &self,
+        items: I,
+    ) -> Result<EnqueueReport> {
         let mut checked = items.map(|item| {
             let item = item?;
             validate::item_key(&item.key)?;
             Ok(item)
         });
-        let report = self.ckpt.store().enqueue(&self.job, &mut checked, self.ckpt.now())?;
+        let report = self
+            .ckpt
+            .store()
+            .enqueue(&self.job, &mut checked, self.ckpt.now())?;
         tracing::debug!(event = "enqueued", job = %self.job, inserted = report.inserted, existing = report.existing);
         Ok(report)
     }
@@ -101,8 +107,12 @@ impl Queue {
         )?;
         for item in &claimed {
             match &item.taken_over_from {
-                Some(from) => tracing::info!(event = "takeover", job = %self.job, item = %item.key, from = %from, attempt = item.attempt),
-                None => tracing::debug!(event = "item_claimed", job = %self.job, item = %item.key, attempt = item.attempt),
+                Some(from) => {
+                    tracing::info!(event = "takeover", job = %self.job, item = %item.key, from = %from, attempt = item.attempt)
+                }
+                None => {
+                    tracing::debug!(event = "item_claimed", job = %self.job, item = %item.key, attempt = item.attempt)
+                }
             }
         }
         Ok(claimed)
@@ -125,7 +135,12 @@ impl Queue {
     }
 
     /// The update that fails `item` per the retry policy, and the decision.
-    pub fn failure(&self, item: &ClaimedItem, error: &str, now: Timestamp) -> (ItemUpdate, RetryDecision) {
+    pub fn failure(
+        &self,
+        item: &ClaimedItem,
+        error: &str,
+        now: Timestamp,
+    ) -> (ItemUpdate, RetryDecision) {
         let decision = self.options.retry.decide(item.attempt, now, rand::random());
         let retry_at = match decision {
             RetryDecision::RetryAt(t) => Some(t),
@@ -147,7 +162,10 @@ impl Queue {
         let lease_until = self.ckpt.now().plus(self.options.lease);
         self.apply_one(ItemUpdate {
             lease: item.lease.clone(),
-            change: ItemChange::Cursor { cursor, lease_until },
+            change: ItemChange::Cursor {
+                cursor,
+                lease_until,
+            },
         })
     }
 
@@ -155,7 +173,10 @@ impl Queue {
     /// for those lost.
     ///
     /// [`Error::Fenced`]: crate::Error::Fenced
-    pub fn heartbeat<'a, I: IntoIterator<Item = &'a ClaimedItem>>(&self, items: I) -> Result<Vec<Result<()>>> {
+    pub fn heartbeat<'a, I: IntoIterator<Item = &'a ClaimedItem>>(
+        &self,
+        items: I,
+    ) -> Result<Vec<Result<()>>> {
         let now = self.ckpt.now();
         let lease_until = now.plus(self.options.lease);
         let updates: Vec<_> = items
@@ -202,7 +223,9 @@ impl Queue {
 
     /// Re-drives dead (or failed) items back to pending with fresh attempts.
     pub fn redrive(&self, from: ItemStatus, keys: Option<&[String]>) -> Result<u64> {
-        self.ckpt.store().redrive(&self.job, from, keys, self.ckpt.now())
+        self.ckpt
+            .store()
+            .redrive(&self.job, from, keys, self.ckpt.now())
     }
 
     /// Expires the leases of running items whose owner is a process on this
@@ -212,7 +235,10 @@ impl Queue {
         let mut freed = 0;
         for owner in self.ckpt.store().running_owners(&self.job)? {
             if owner != self.owner && self.ckpt.is_dead_local_owner(&owner) {
-                let n = self.ckpt.store().expire_owner(&self.job, &owner, self.ckpt.now())?;
+                let n = self
+                    .ckpt
+                    .store()
+                    .expire_owner(&self.job, &owner, self.ckpt.now())?;
                 tracing::info!(event = "takeover", job = %self.job, from = %owner, items = n, "owner process is gone; its items are claimable now");
                 freed += n;
             }
@@ -232,7 +258,9 @@ impl Queue {
         } else {
             JobStatus::Failed
         };
-        self.ckpt.store().set_job_status(&self.job, status, self.ckpt.now())?;
+        self.ckpt
+            .store()
+            .set_job_status(&self.job, status, self.ckpt.now())?;
         Ok(Some(status))
     }
 }

@@ -129,7 +129,12 @@ impl<'q> Runner<'q> {
         })
     }
 
-    fn coordinate(&self, shared: &Mutex<Shared>, work: &Condvar, progress: &Condvar) -> Result<RunReport> {
+    fn coordinate(
+        &self,
+        shared: &Mutex<Shared>,
+        work: &Condvar,
+        progress: &Condvar,
+    ) -> Result<RunReport> {
         let queue = self.queue;
         let lease = queue.options().lease;
         let capacity = self.options.workers.max(1) + self.options.prefetch;
@@ -141,7 +146,10 @@ impl<'q> Runner<'q> {
         loop {
             let (finished, held) = {
                 let mut g = lock(shared);
-                (std::mem::take(&mut g.finished), g.ready.len() + g.running.len())
+                (
+                    std::mem::take(&mut g.finished),
+                    g.ready.len() + g.running.len(),
+                )
             };
             let now = queue.ckpt().now();
             for f in finished {
@@ -156,7 +164,9 @@ impl<'q> Runner<'q> {
                             self.record(&mut report, &update, &f, result);
                         }
                     }
-                    Err(Error::Busy(why)) => tracing::warn!(job = queue.job(), "store busy, will retry: {why}"),
+                    Err(Error::Busy(why)) => {
+                        tracing::warn!(job = queue.job(), "store busy, will retry: {why}")
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -223,7 +233,13 @@ impl<'q> Runner<'q> {
         }
     }
 
-    fn record(&self, report: &mut RunReport, update: &ItemUpdate, f: &Finished, result: Result<()>) {
+    fn record(
+        &self,
+        report: &mut RunReport,
+        update: &ItemUpdate,
+        f: &Finished,
+        result: Result<()>,
+    ) {
         let job = self.queue.job();
         let key = &f.item.key;
         if let Err(e) = result {
@@ -277,7 +293,12 @@ impl<'q> Runner<'q> {
         if !lost.is_empty() {
             let mut g = lock(shared);
             g.ready.retain(|i| !lost.contains(&i.lease.id));
-            tracing::warn!(event = "lease_lost", job = self.queue.job(), items = lost.len(), "leases lost to another worker");
+            tracing::warn!(
+                event = "lease_lost",
+                job = self.queue.job(),
+                items = lost.len(),
+                "leases lost to another worker"
+            );
         }
         Ok(())
     }
@@ -309,7 +330,12 @@ fn wait_for_progress(shared: &Mutex<Shared>, progress: &Condvar, timeout: Durati
         .unwrap_or_else(|e| e.into_inner());
 }
 
-fn worker_loop<H: Handler>(shared: &Mutex<Shared>, work: &Condvar, progress: &Condvar, handler: &H) {
+fn worker_loop<H: Handler>(
+    shared: &Mutex<Shared>,
+    work: &Condvar,
+    progress: &Condvar,
+    handler: &H,
+) {
     loop {
         let item = {
             let mut g = lock(shared);
@@ -325,18 +351,23 @@ fn worker_loop<H: Handler>(shared: &Mutex<Shared>, work: &Condvar, progress: &Co
             }
         };
         let started = Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(&item))).unwrap_or_else(|panic| {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Outcome::Failed(format!("handler panicked: {msg}"))
-        });
+        let outcome =
+            catch_unwind(AssertUnwindSafe(|| handler.handle(&item))).unwrap_or_else(|panic| {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Outcome::Failed(format!("handler panicked: {msg}"))
+            });
         let took = started.elapsed();
         let mut g = lock(shared);
         g.running.remove(&item.lease.id);
-        g.finished.push(Finished { item, outcome, took });
+        g.finished.push(Finished {
+            item,
+            outcome,
+            took,
+        });
         drop(g);
         progress.notify_one();
     }

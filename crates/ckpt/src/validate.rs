@@ -85,7 +85,10 @@ mod tests {
         assert!(job_name("import-2024/users").is_ok());
         assert!(job_name("é ü 日本").is_ok());
         for bad in ["", " x", "x ", "a\nb", "a\tb", "a\u{7f}b"] {
-            assert!(matches!(job_name(bad), Err(Error::InvalidInput(_))), "{bad:?}");
+            assert!(
+                matches!(job_name(bad), Err(Error::InvalidInput(_))),
+                "{bad:?}"
+            );
         }
         assert!(job_name(&"x".repeat(MAX_JOB_NAME_BYTES)).is_ok());
         assert!(job_name(&"x".repeat(MAX_JOB_NAME_BYTES + 1)).is_err());
@@ -105,13 +108,19 @@ mod tests {
         assert_eq!(state_size(&v, 102).unwrap(), 102);
         assert!(matches!(
             state_size(&v, 101),
-            Err(Error::LimitExceeded { size: 102, limit: 101, .. })
+            Err(Error::LimitExceeded {
+                size: 102,
+                limit: 101,
+                ..
+            })
         ));
     }
 
     #[test]
     fn json_text() {
         assert_eq!(parse_json("cursor", "{\"a\":1}").unwrap()["a"], 1);
-        assert!(matches!(parse_json("cursor", "{a:1}"), Err(Error::InvalidInput(m)) if m.starts_with("cursor is not JSON")));
+        assert!(
+            matches!(parse_json("cursor", "{a:1}"), Err(Error::InvalidInput(m)) if m.starts_with("cursor is not JSON"))
+        );
     }
 }

@@ -55,7 +55,11 @@ impl WorkerId {
 
 impl fmt::Display for WorkerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}:{}", self.host, self.pid, self.start, self.nonce)
+        write!(
+            f,
+            "{}:{}:{}:{}",
+            self.host, self.pid, self.start, self.nonce
+        )
     }
 }
 

@@ -21,15 +21,26 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
         Some(rest) => {
             let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
             let sqlite_options = SqliteOptions::from_query(query)?;
-            let dir = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let dir = Path::new(path)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             let scratch = Scratch(vec![
                 dir.join(format!(".ckpt-bench-{}.db", std::process::id())),
                 dir.join(format!(".ckpt-bench-{}-raw.db", std::process::id())),
             ]);
             let db = scratch.0[0].to_string_lossy().into_owned();
-            let store = Arc::new(SqliteStore::open(&db, sqlite_options.clone(), OpenMode::CreateIfMissing)?);
+            let store = Arc::new(SqliteStore::open(
+                &db,
+                sqlite_options.clone(),
+                OpenMode::CreateIfMissing,
+            )?);
             let mut report = bench::run(store, &options)?;
-            let baseline = bench::sqlite_upsert_baseline(&scratch.0[1], sqlite_options.durability, args.saves)?;
+            let baseline = bench::sqlite_upsert_baseline(
+                &scratch.0[1],
+                sqlite_options.durability,
+                args.saves,
+            )?;
             report.store = url.to_string();
             report.baseline_upserts_per_s = Some(baseline);
             report.checkpoint_vs_baseline = Some(report.checkpoints_per_s / baseline);
@@ -42,12 +53,20 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("store:              {}", report.store);
-    println!("checkpoint saves:   {:.0}/s (p50 {} µs, p99 {} µs, {} saves)", report.checkpoints_per_s, report.checkpoint_p50_us, report.checkpoint_p99_us, report.saves);
-    if let (Some(base), Some(ratio)) = (report.baseline_upserts_per_s, report.checkpoint_vs_baseline) {
+    println!(
+        "checkpoint saves:   {:.0}/s (p50 {} µs, p99 {} µs, {} saves)",
+        report.checkpoints_per_s, report.checkpoint_p50_us, report.checkpoint_p99_us, report.saves
+    );
+    if let (Some(base), Some(ratio)) =
+        (report.baseline_upserts_per_s, report.checkpoint_vs_baseline)
+    {
         println!("raw UPSERT baseline: {base:.0}/s (checkpoint/raw = {ratio:.2})");
     }
     println!("enqueue:            {:.0} items/s", report.enqueue_per_s);
-    println!("claim + complete:   {:.0} items/s ({} workers, {} items)", report.items_per_s, report.workers, report.items);
+    println!(
+        "claim + complete:   {:.0} items/s ({} workers, {} items)",
+        report.items_per_s, report.workers, report.items
+    );
     Ok(ExitCode::SUCCESS)
 }
 

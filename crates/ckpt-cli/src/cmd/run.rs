@@ -72,10 +72,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     }
     eprintln!(
         "ckpt: job '{}' completed: {} items, {} run now, {} failed attempts ({took})",
-        args.job,
-        counts.completed,
-        report.completed,
-        report.failed
+        args.job, counts.completed, report.completed, report.failed
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -105,7 +102,8 @@ fn open_items(path: Option<&Path>) -> Result<(Box<dyn Read>, String)> {
             let stdin = io::stdin();
             if stdin.is_terminal() {
                 return Err(Usage(
-                    "no items: give --items FILE, or pipe one item per line on standard input".into(),
+                    "no items: give --items FILE, or pipe one item per line on standard input"
+                        .into(),
                 )
                 .into());
             }
@@ -234,4 +232,3 @@ fn die_with_parent(cmd: &mut Command) {
 
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent(_cmd: &mut Command) {}
-

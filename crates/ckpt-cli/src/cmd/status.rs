@@ -13,12 +13,19 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
     let ckpt = super::open(url, OpenMode::MustExist)?;
     let store = ckpt.store();
     let job = store.get_job(&args.job)?.ok_or_else(|| {
-        ckpt::Error::NotFound(format!("no job named '{}' in {}", args.job, store.describe()))
+        ckpt::Error::NotFound(format!(
+            "no job named '{}' in {}",
+            args.job,
+            store.describe()
+        ))
     })?;
     let counts = store.item_counts(&args.job)?;
     let now = ckpt.now();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&StatusDoc::new(&job, counts, now))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&StatusDoc::new(&job, counts, now))?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!("job:        {}", job.name);
@@ -34,7 +41,10 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
     );
     match (&job.checkpoint, job.checkpoint_at) {
         (Some(cp), Some(at)) => {
-            let mut line = format!("cursor {}, {} items processed", cp.cursor, cp.items_processed);
+            let mut line = format!(
+                "cursor {}, {} items processed",
+                cp.cursor, cp.items_processed
+            );
             if let Some(stage) = &cp.stage {
                 line.push_str(&format!(", stage {stage}"));
             }

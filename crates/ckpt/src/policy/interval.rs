@@ -103,7 +103,8 @@ impl IntervalTracker {
 
     /// Mean cost of a save so far.
     pub fn mean_cost(&self) -> Option<Duration> {
-        self.mean_cost_us.map(|us| Duration::from_secs_f64(us / 1e6))
+        self.mean_cost_us
+            .map(|us| Duration::from_secs_f64(us / 1e6))
     }
 }
 
@@ -145,7 +146,11 @@ mod tests {
         assert!(!t.is_due(&p, 99, T0.plus(Duration::from_secs(9))));
         assert!(t.is_due(&p, 100, T0.plus(Duration::from_secs(1))));
         assert!(t.is_due(&p, 5, T0.plus(Duration::from_secs(10))));
-        t.record_save(100, T0.plus(Duration::from_secs(1)), Duration::from_millis(1));
+        t.record_save(
+            100,
+            T0.plus(Duration::from_secs(1)),
+            Duration::from_millis(1),
+        );
         assert!(!t.is_due(&p, 150, T0.plus(Duration::from_secs(2))));
     }
 
@@ -158,11 +163,16 @@ mod tests {
         let mut t = IntervalTracker::new();
         // A 2 ms save at 1 % overhead asks for 198 ms between saves.
         t.record_save(0, T0, Duration::from_millis(2));
-        assert_eq!(t.adaptive_interval(0.01, Duration::from_secs(30)), Duration::from_millis(198));
+        assert_eq!(
+            t.adaptive_interval(0.01, Duration::from_secs(30)),
+            Duration::from_millis(198)
+        );
         assert!(!t.is_due(&p, 1000, T0.plus(Duration::from_millis(197))));
         assert!(t.is_due(&p, 1000, T0.plus(Duration::from_millis(198))));
         // Overhead of saving on that schedule: cost / (interval + cost) <= 1 %.
-        let interval = t.adaptive_interval(0.01, Duration::from_secs(30)).as_secs_f64();
+        let interval = t
+            .adaptive_interval(0.01, Duration::from_secs(30))
+            .as_secs_f64();
         assert!(0.002 / (interval + 0.002) <= 0.01 + 1e-9);
     }
 
@@ -171,7 +181,10 @@ mod tests {
         let mut t = IntervalTracker::new();
         t.record_save(0, T0, Duration::from_secs(2));
         // 2 s saves would want 198 s; the cap wins.
-        assert_eq!(t.adaptive_interval(0.01, Duration::from_secs(30)), Duration::from_secs(30));
+        assert_eq!(
+            t.adaptive_interval(0.01, Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
         // Cheaper saves pull the mean, and so the interval, down.
         for _ in 0..40 {
             t.record_save(0, T0, Duration::from_micros(100));

@@ -99,11 +99,23 @@ mod tests {
     fn jitter_stays_in_bounds_and_last_attempt_is_dead() {
         let p = RetryPolicy::default();
         let now = Timestamp(1_000_000);
-        assert_eq!(p.decide(1, now, 0.0), RetryDecision::RetryAt(Timestamp(1_004_000)));
-        assert_eq!(p.decide(1, now, 1.0), RetryDecision::RetryAt(Timestamp(1_006_000)));
-        assert_eq!(p.decide(2, now, 0.5), RetryDecision::RetryAt(Timestamp(1_010_000)));
+        assert_eq!(
+            p.decide(1, now, 0.0),
+            RetryDecision::RetryAt(Timestamp(1_004_000))
+        );
+        assert_eq!(
+            p.decide(1, now, 1.0),
+            RetryDecision::RetryAt(Timestamp(1_006_000))
+        );
+        assert_eq!(
+            p.decide(2, now, 0.5),
+            RetryDecision::RetryAt(Timestamp(1_010_000))
+        );
         assert_eq!(p.decide(3, now, 0.5), RetryDecision::Dead);
-        assert_eq!(RetryPolicy::interactive(0).decide(1, now, 0.5), RetryDecision::Dead);
+        assert_eq!(
+            RetryPolicy::interactive(0).decide(1, now, 0.5),
+            RetryDecision::Dead
+        );
         assert_eq!(RetryPolicy::interactive(2).max_attempts, 3);
     }
 }

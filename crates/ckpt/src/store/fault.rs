@@ -70,7 +70,10 @@ impl FaultStore {
 
     /// Plans `fault` at the `nth` call of `op`.
     pub fn inject(self, op: Op, nth: u64, fault: Fault) -> Self {
-        self.plan.lock().unwrap_or_else(|e| e.into_inner()).insert(op, (nth, fault));
+        self.plan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(op, (nth, fault));
         self
     }
 
@@ -81,7 +84,12 @@ impl FaultStore {
 
     /// How many times `op` was called.
     pub fn calls(&self, op: Op) -> u64 {
-        *self.calls.lock().unwrap_or_else(|e| e.into_inner()).get(&op).unwrap_or(&0)
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&op)
+            .unwrap_or(&0)
     }
 
     fn dead() -> Error {
@@ -104,7 +112,12 @@ impl FaultStore {
             *n += 1;
             *n
         };
-        let planned = self.plan.lock().unwrap_or_else(|e| e.into_inner()).get(&op).copied();
+        let planned = self
+            .plan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&op)
+            .copied();
         match planned {
             Some((nth, fault)) if nth == n => match fault {
                 Fault::Fail => Err(Error::Storage(format!("injected failure of {op:?} #{n}"))),
@@ -139,11 +152,14 @@ impl Store for FaultStore {
         now: Timestamp,
     ) -> Result<(JobLease, JobRecord)> {
         self.call(Op::AcquireJob, || {
-            self.inner.acquire_job(job, owner, lease_until, steal_from, now)
+            self.inner
+                .acquire_job(job, owner, lease_until, steal_from, now)
         })
     }
     fn renew_job(&self, lease: &JobLease, lease_until: Timestamp, now: Timestamp) -> Result<()> {
-        self.call(Op::RenewJob, || self.inner.renew_job(lease, lease_until, now))
+        self.call(Op::RenewJob, || {
+            self.inner.renew_job(lease, lease_until, now)
+        })
     }
     fn save_checkpoint(
         &self,
@@ -154,7 +170,8 @@ impl Store for FaultStore {
         now: Timestamp,
     ) -> Result<()> {
         self.call(Op::SaveCheckpoint, || {
-            self.inner.save_checkpoint(lease, checkpoint, history_keep, lease_until, now)
+            self.inner
+                .save_checkpoint(lease, checkpoint, history_keep, lease_until, now)
         })
     }
     fn finish_job(
@@ -164,13 +181,17 @@ impl Store for FaultStore {
         error: Option<&str>,
         now: Timestamp,
     ) -> Result<()> {
-        self.call(Op::FinishJob, || self.inner.finish_job(lease, status, error, now))
+        self.call(Op::FinishJob, || {
+            self.inner.finish_job(lease, status, error, now)
+        })
     }
     fn release_job(&self, lease: &JobLease, now: Timestamp) -> Result<()> {
         self.call(Op::ReleaseJob, || self.inner.release_job(lease, now))
     }
     fn set_job_status(&self, job: &str, status: JobStatus, now: Timestamp) -> Result<()> {
-        self.call(Op::SetJobStatus, || self.inner.set_job_status(job, status, now))
+        self.call(Op::SetJobStatus, || {
+            self.inner.set_job_status(job, status, now)
+        })
     }
     fn put_checkpoint(
         &self,
@@ -181,7 +202,8 @@ impl Store for FaultStore {
         now: Timestamp,
     ) -> Result<()> {
         self.call(Op::PutCheckpoint, || {
-            self.inner.put_checkpoint(job, checkpoint, history_keep, steal_from, now)
+            self.inner
+                .put_checkpoint(job, checkpoint, history_keep, steal_from, now)
         })
     }
     fn get_job(&self, job: &str) -> Result<Option<JobRecord>> {
@@ -207,7 +229,9 @@ impl Store for FaultStore {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> Result<Vec<ClaimedItem>> {
-        self.call(Op::Claim, || self.inner.claim(job, owner, max, lease_until, now))
+        self.call(Op::Claim, || {
+            self.inner.claim(job, owner, max, lease_until, now)
+        })
     }
     fn update_items(&self, updates: &[ItemUpdate], now: Timestamp) -> Result<Vec<Result<()>>> {
         self.call(Op::UpdateItems, || self.inner.update_items(updates, now))

@@ -194,7 +194,10 @@ impl Inner {
 
     fn apply(&mut self, u: &ItemUpdate, now: Timestamp) -> Result<()> {
         let id = u.lease.id;
-        let Some(row) = usize::try_from(id - 1).ok().and_then(|i| self.items.get_mut(i)) else {
+        let Some(row) = usize::try_from(id - 1)
+            .ok()
+            .and_then(|i| self.items.get_mut(i))
+        else {
             return Err(Error::Fenced(format!("item {id} does not exist")));
         };
         let rec = &mut row.record;
@@ -246,7 +249,9 @@ impl Store for MemoryStore {
 
     fn ensure_job(&self, job: &str, now: Timestamp) -> Result<()> {
         let mut g = self.lock();
-        g.jobs.entry(job.to_string()).or_insert_with(|| new_job(job, now));
+        g.jobs
+            .entry(job.to_string())
+            .or_insert_with(|| new_job(job, now));
         Ok(())
     }
 
@@ -259,7 +264,10 @@ impl Store for MemoryStore {
         now: Timestamp,
     ) -> Result<(JobLease, JobRecord)> {
         let mut g = self.lock();
-        let row = g.jobs.entry(job.to_string()).or_insert_with(|| new_job(job, now));
+        let row = g
+            .jobs
+            .entry(job.to_string())
+            .or_insert_with(|| new_job(job, now));
         let r = &mut row.record;
         if held_by_live_owner(r, Some(owner), steal_from, now) {
             return Err(busy(r));
@@ -282,7 +290,10 @@ impl Store for MemoryStore {
 
     fn renew_job(&self, lease: &JobLease, lease_until: Timestamp, now: Timestamp) -> Result<()> {
         let mut g = self.lock();
-        let row = g.jobs.get_mut(&lease.job).ok_or_else(|| fenced_job(lease, None))?;
+        let row = g
+            .jobs
+            .get_mut(&lease.job)
+            .ok_or_else(|| fenced_job(lease, None))?;
         row.check_lease(lease)?;
         row.record.lease_expires = Some(lease_until);
         row.record.updated_at = now;
@@ -298,7 +309,10 @@ impl Store for MemoryStore {
         now: Timestamp,
     ) -> Result<()> {
         let mut g = self.lock();
-        let row = g.jobs.get_mut(&lease.job).ok_or_else(|| fenced_job(lease, None))?;
+        let row = g
+            .jobs
+            .get_mut(&lease.job)
+            .ok_or_else(|| fenced_job(lease, None))?;
         row.check_lease(lease)?;
         row.write_checkpoint(checkpoint, history_keep, now);
         row.record.lease_expires = Some(lease_until);
@@ -313,7 +327,10 @@ impl Store for MemoryStore {
         now: Timestamp,
     ) -> Result<()> {
         let mut g = self.lock();
-        let row = g.jobs.get_mut(&lease.job).ok_or_else(|| fenced_job(lease, None))?;
+        let row = g
+            .jobs
+            .get_mut(&lease.job)
+            .ok_or_else(|| fenced_job(lease, None))?;
         row.check_lease(lease)?;
         let r = &mut row.record;
         r.status = status;
@@ -328,7 +345,10 @@ impl Store for MemoryStore {
 
     fn release_job(&self, lease: &JobLease, now: Timestamp) -> Result<()> {
         let mut g = self.lock();
-        let row = g.jobs.get_mut(&lease.job).ok_or_else(|| fenced_job(lease, None))?;
+        let row = g
+            .jobs
+            .get_mut(&lease.job)
+            .ok_or_else(|| fenced_job(lease, None))?;
         row.check_lease(lease)?;
         let r = &mut row.record;
         r.owner = None;
@@ -357,7 +377,10 @@ impl Store for MemoryStore {
     ) -> Result<()> {
         let mut g = self.lock();
         let row = match checkpoint {
-            Some(_) => g.jobs.entry(job.to_string()).or_insert_with(|| new_job(job, now)),
+            Some(_) => g
+                .jobs
+                .entry(job.to_string())
+                .or_insert_with(|| new_job(job, now)),
             None => g.job_mut(job)?,
         };
         if held_by_live_owner(&row.record, None, steal_from, now) {
@@ -405,7 +428,9 @@ impl Store for MemoryStore {
         // Collect first so that an error in the stream leaves the store as it was.
         let items: Vec<_> = items.collect::<Result<_>>()?;
         let mut g = self.lock();
-        g.jobs.entry(job.to_string()).or_insert_with(|| new_job(job, now));
+        g.jobs
+            .entry(job.to_string())
+            .or_insert_with(|| new_job(job, now));
         let mut report = EnqueueReport::default();
         for item in items {
             let key = (job.to_string(), item.key.clone());
@@ -516,8 +541,7 @@ impl Store for MemoryStore {
 
     fn next_ready_at(&self, job: &str) -> Result<Option<Timestamp>> {
         let g = self.lock();
-        Ok(g
-            .ready
+        Ok(g.ready
             .range((job.to_string(), i64::MIN, 0)..=(job.to_string(), i64::MAX, ItemId::MAX))
             .next()
             .map(|(_, t, _)| Timestamp(*t)))

@@ -32,11 +32,7 @@ pub fn redact_url(url: &str) -> String {
     if !userinfo.contains(':') {
         return url.to_string();
     }
-    format!(
-        "{}{user}:***{}",
-        &url[..scheme_end + 3],
-        &rest[at..]
-    )
+    format!("{}{user}:***{}", &url[..scheme_end + 3], &rest[at..])
 }
 
 /// The query parameters of a URL, as `(key, value)` pairs.
@@ -89,7 +85,10 @@ mod tests {
             redact_url("postgres://bob:s3cret@db:5432/x?sslmode=require"),
             "postgres://bob:***@db:5432/x?sslmode=require"
         );
-        assert_eq!(redact_url("redis://:pw@127.0.0.1/0"), "redis://:***@127.0.0.1/0");
+        assert_eq!(
+            redact_url("redis://:pw@127.0.0.1/0"),
+            "redis://:***@127.0.0.1/0"
+        );
         assert_eq!(redact_url("postgres://bob@db/x"), "postgres://bob@db/x");
         assert_eq!(redact_url("sqlite://ckpt.db"), "sqlite://ckpt.db");
         assert_eq!(redact_url("no scheme"), "no scheme");
@@ -97,9 +96,16 @@ mod tests {
 
     #[test]
     fn bad_urls_are_clear_errors() {
-        let e = open("ckpt.db", OpenMode::MustExist).unwrap_err().to_string();
+        let e = open("ckpt.db", OpenMode::MustExist)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no scheme"), "{e}");
-        let e = open("mysql://u:pw@h/db", OpenMode::MustExist).unwrap_err().to_string();
-        assert!(e.contains("unsupported store scheme") && !e.contains("pw"), "{e}");
+        let e = open("mysql://u:pw@h/db", OpenMode::MustExist)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unsupported store scheme") && !e.contains("pw"),
+            "{e}"
+        );
     }
 }

@@ -111,7 +111,9 @@ impl SqliteStore {
         let file = Path::new(path);
         match std::fs::metadata(file) {
             Ok(m) if m.is_dir() => {
-                return Err(Error::Open(format!("{path} is a directory, not a store file")))
+                return Err(Error::Open(format!(
+                    "{path} is a directory, not a store file"
+                )))
             }
             Ok(m) if m.len() > 0 => schema::inspect_existing(file, path)?,
             Ok(_) => {}
@@ -205,7 +207,9 @@ pub(crate) fn sql_err(e: rusqlite::Error) -> Error {
             }
             C::DiskFull => return Error::Storage(format!("disk full: {e}")),
             C::NotADatabase | C::DatabaseCorrupt => {
-                return Error::NotAStore(format!("the store file is corrupt or not a database: {e}"))
+                return Error::NotAStore(format!(
+                    "the store file is corrupt or not a database: {e}"
+                ))
             }
             C::ReadOnly | C::CannotOpen | C::PermissionDenied => {
                 return Error::Storage(format!("cannot write the store: {e}"))

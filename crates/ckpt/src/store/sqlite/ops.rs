@@ -6,7 +6,8 @@ use serde_json::Value;
 use super::{sql_err, Durability, SqliteStore};
 use crate::error::{Error, Result};
 use crate::model::{
-    Checkpoint, ClaimedItem, EnqueueReport, HistoryEntry, ItemChange, ItemCounts, ItemLease, ItemRecord, ItemStatus, ItemUpdate, JobLease, JobRecord, JobStatus,
+    Checkpoint, ClaimedItem, EnqueueReport, HistoryEntry, ItemChange, ItemCounts, ItemLease,
+    ItemRecord, ItemStatus, ItemUpdate, JobLease, JobRecord, JobStatus,
 };
 use crate::store::memory::fenced_item;
 use crate::store::{ItemStream, Store};
@@ -156,10 +157,16 @@ fn held_by_live_owner(
 fn check_lease(tx: &Transaction<'_>, lease: &JobLease) -> Result<i64> {
     let row: Option<(i64, Option<String>, i64)> = tx
         .prepare_cached("SELECT id, owner, epoch FROM jobs WHERE name = ?1")
-        .and_then(|mut s| s.query_row([&lease.job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional())
+        .and_then(|mut s| {
+            s.query_row([&lease.job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
         .map_err(sql_err)?;
     match row {
-        None => Err(Error::Fenced(format!("job '{}' no longer exists", lease.job))),
+        None => Err(Error::Fenced(format!(
+            "job '{}' no longer exists",
+            lease.job
+        ))),
         Some((id, owner, epoch))
             if owner.as_deref() == Some(lease.owner.as_str()) && epoch as u64 == lease.epoch =>
         {
@@ -247,9 +254,12 @@ impl SqliteStore {
         if self.durability() == Durability::Normal {
             return Self::transact(&mut conn, f);
         }
-        conn.execute_batch("PRAGMA synchronous=NORMAL").map_err(sql_err)?;
+        conn.execute_batch("PRAGMA synchronous=NORMAL")
+            .map_err(sql_err)?;
         let out = Self::transact(&mut conn, f);
-        let restored = conn.execute_batch("PRAGMA synchronous=FULL").map_err(sql_err);
+        let restored = conn
+            .execute_batch("PRAGMA synchronous=FULL")
+            .map_err(sql_err);
         let out = out?;
         restored?;
         Ok(out)
@@ -266,9 +276,17 @@ impl SqliteStore {
                 cursor,
                 lease_until,
             } => tx
-                .prepare_cached(&format!("UPDATE items SET ready_at = ?4, cursor = ?5 {fence}"))
+                .prepare_cached(&format!(
+                    "UPDATE items SET ready_at = ?4, cursor = ?5 {fence}"
+                ))
                 .and_then(|mut s| {
-                    s.execute(params![l.id, l.owner, l.token as i64, lease_until.0, to_json(cursor)])
+                    s.execute(params![
+                        l.id,
+                        l.owner,
+                        l.token as i64,
+                        lease_until.0,
+                        to_json(cursor)
+                    ])
                 }),
             ItemChange::Complete { stats } => tx
                 .prepare_cached(&format!(
@@ -276,7 +294,13 @@ impl SqliteStore {
                          finished_at = ?5 {fence}"
                 ))
                 .and_then(|mut s| {
-                    s.execute(params![l.id, l.owner, l.token as i64, opt_json(stats.as_ref()), now.0])
+                    s.execute(params![
+                        l.id,
+                        l.owner,
+                        l.token as i64,
+                        opt_json(stats.as_ref()),
+                        now.0
+                    ])
                 }),
             ItemChange::Fail { error, retry_at } => tx
                 .prepare_cached(&format!(
@@ -285,7 +309,14 @@ impl SqliteStore {
                          finished_at = CASE WHEN ?4 IS NULL THEN ?6 ELSE finished_at END {fence}"
                 ))
                 .and_then(|mut s| {
-                    s.execute(params![l.id, l.owner, l.token as i64, retry_at.map(|t| t.0), error, now.0])
+                    s.execute(params![
+                        l.id,
+                        l.owner,
+                        l.token as i64,
+                        retry_at.map(|t| t.0),
+                        error,
+                        now.0
+                    ])
                 }),
         }
         .map_err(sql_err)?;
@@ -294,7 +325,10 @@ impl SqliteStore {
         }
         let current: Option<(String, String, Option<String>)> = tx
             .prepare_cached("SELECT key, status, owner FROM items WHERE id = ?1")
-            .and_then(|mut s| s.query_row([l.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional())
+            .and_then(|mut s| {
+                s.query_row([l.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
             .map_err(sql_err)?;
         Err(match current {
             None => Error::Fenced(format!("item {} does not exist", l.id)),
@@ -514,7 +548,12 @@ impl Store for SqliteStore {
             for item in items {
                 let item = item?;
                 let n = insert
-                    .execute(params![id, item.key, opt_json(item.payload.as_ref()), now.0])
+                    .execute(params![
+                        id,
+                        item.key,
+                        opt_json(item.payload.as_ref()),
+                        now.0
+                    ])
                     .map_err(sql_err)?;
                 if n == 1 {
                     report.inserted += 1;
@@ -616,7 +655,9 @@ impl Store for SqliteStore {
             .map_err(sql_err)?;
         let mut counts = ItemCounts::default();
         let rows = stmt
-            .query_map([job], |r| Ok((status_col(r, 0, ItemStatus::parse)?, r.get::<_, i64>(1)?)))
+            .query_map([job], |r| {
+                Ok((status_col(r, 0, ItemStatus::parse)?, r.get::<_, i64>(1)?))
+            })
             .map_err(sql_err)?;
         for row in rows {
             let (status, n) = row.map_err(sql_err)?;
@@ -655,7 +696,10 @@ impl Store for SqliteStore {
             ))
             .map_err(sql_err)?;
         let rows = stmt
-            .query_map(params![id, status.map(ItemStatus::as_str), limit as i64], item_from_row)
+            .query_map(
+                params![id, status.map(ItemStatus::as_str), limit as i64],
+                item_from_row,
+            )
             .map_err(sql_err)?;
         rows.collect::<rusqlite::Result<_>>().map_err(sql_err)
     }
@@ -714,7 +758,9 @@ impl Store for SqliteStore {
                         .prepare_cached(&format!("{sql} AND key = ?3"))
                         .map_err(sql_err)?;
                     for key in keys {
-                        moved += stmt.execute(params![id, from.as_str(), key]).map_err(sql_err)? as u64;
+                        moved += stmt
+                            .execute(params![id, from.as_str(), key])
+                            .map_err(sql_err)? as u64;
                     }
                 }
             }
@@ -730,4 +776,3 @@ impl Store for SqliteStore {
         })
     }
 }
-

@@ -81,7 +81,11 @@ pub(super) fn inspect_existing(file: &Path, path: &str) -> Result<()> {
     .map_err(|e| Error::Open(format!("{path}: {e}")))?;
     let read = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
     let probe = read("PRAGMA application_id").and_then(|app| {
-        Ok((app, read("PRAGMA user_version")?, read("SELECT count(*) FROM sqlite_master")?))
+        Ok((
+            app,
+            read("PRAGMA user_version")?,
+            read("SELECT count(*) FROM sqlite_master")?,
+        ))
     });
     let (app, version, objects) = match probe {
         Ok(v) => v,

@@ -1,0 +1,402 @@
+//! Conformance: work items (the claim pattern).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ckpt::model::{ItemChange, ItemUpdate};
+use ckpt::{
+    Ckpt, Error, ItemStatus, JobStatus, ManualClock, NewItem, Outcome, RetryDecision, RunOptions,
+    Runner,
+};
+use serde_json::json;
+
+use super::{dead_local_worker, queue_options, worker, T0};
+use crate::Fixture;
+
+fn keys(n: usize) -> Vec<NewItem> {
+    (0..n)
+        .map(|i| NewItem::key(format!("item-{i:04}")))
+        .collect()
+}
+
+pub fn claims_are_exclusive_across_workers(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let q = worker(f, &clock, "setup")
+        .queue_with("exclusive", queue_options(3))
+        .unwrap();
+    assert_eq!(q.enqueue(keys(400)).unwrap().inserted, 400);
+    let seen = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+    std::thread::scope(|s| {
+        for w in 0..6 {
+            let ckpt = worker(f, &clock, &format!("w{w}"));
+            let seen = seen.clone();
+            s.spawn(move || {
+                let q = ckpt.queue_with("exclusive", queue_options(3)).unwrap();
+                loop {
+                    let batch = q.claim(7).unwrap();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    for item in &batch {
+                        *seen.lock().unwrap().entry(item.key.clone()).or_default() += 1;
+                        q.complete(item, None).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 400, "every item claimed");
+    assert!(seen.values().all(|&n| n == 1), "no item claimed twice");
+    let counts = q.counts().unwrap();
+    assert_eq!((counts.completed, counts.unfinished()), (400, 0));
+}
+
+pub fn pending_items_come_in_enqueue_order(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let q = worker(f, &clock, "a")
+        .queue_with("order", queue_options(3))
+        .unwrap();
+    let names = ["zeta", "alpha", "mid", "beta"];
+    q.enqueue(names.iter().map(|k| NewItem::key(*k))).unwrap();
+    let got: Vec<String> = q.claim(10).unwrap().into_iter().map(|i| i.key).collect();
+    assert_eq!(got, names);
+    assert!(q.claim(10).unwrap().is_empty(), "nothing left to claim");
+}
+
+pub fn expired_lease_is_taken_over_and_zombie_is_fenced(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let a = worker(f, &clock, "a")
+        .queue_with("takeover", queue_options(5))
+        .unwrap();
+    let b = worker(f, &clock, "b")
+        .queue_with("takeover", queue_options(5))
+        .unwrap();
+    a.enqueue([NewItem::key("big-file")]).unwrap();
+    let held = a.claim(1).unwrap().pop().unwrap();
+    assert_eq!(held.attempt, 1);
+    clock.advance(Duration::from_secs(9));
+    assert!(
+        b.claim(1).unwrap().is_empty(),
+        "a live lease is never shared"
+    );
+    clock.advance(Duration::from_secs(1));
+    let taken = b
+        .claim(1)
+        .unwrap()
+        .pop()
+        .expect("expired lease is claimable");
+    assert_eq!(taken.key, "big-file");
+    assert_eq!(taken.attempt, 2, "a takeover counts as an attempt");
+    assert_eq!(
+        taken.taken_over_from.as_deref(),
+        Some(held.lease.owner.as_str())
+    );
+    assert!(a.complete(&held, None).unwrap_err().is_fenced());
+    assert_eq!(a.counts().unwrap().running, 1, "the zombie changed nothing");
+    b.complete(&taken, Some(json!({"records_total": 7})))
+        .unwrap();
+    let item = &b.items(None, 10).unwrap()[0];
+    assert_eq!(item.status, ItemStatus::Completed);
+    assert_eq!(item.stats, Some(json!({"records_total": 7})));
+}
+
+pub fn zombie_item_writes_change_nothing(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let a = worker(f, &clock, "a")
+        .queue_with("zombie-items", queue_options(5))
+        .unwrap();
+    let b = worker(f, &clock, "b")
+        .queue_with("zombie-items", queue_options(5))
+        .unwrap();
+    a.enqueue([NewItem::key("k")]).unwrap();
+    let zombie = a.claim(1).unwrap().pop().unwrap();
+    clock.advance(Duration::from_secs(11));
+    let live = b.claim(1).unwrap().pop().unwrap();
+    b.save_cursor(&live, json!({"line": 10})).unwrap();
+    let before = b.items(None, 10).unwrap();
+    assert!(a.heartbeat([&zombie]).unwrap()[0]
+        .as_ref()
+        .unwrap_err()
+        .is_fenced());
+    assert!(a
+        .save_cursor(&zombie, json!({"line": 99}))
+        .unwrap_err()
+        .is_fenced());
+    assert!(a.fail(&zombie, "boom").unwrap_err().is_fenced());
+    assert!(a.complete(&zombie, None).unwrap_err().is_fenced());
+    assert_eq!(b.items(None, 10).unwrap(), before, "no zombie write landed");
+    // A batch mixes fenced and current leases: the current one still applies.
+    let results = b
+        .apply(&[
+            ItemUpdate {
+                lease: zombie.lease.clone(),
+                change: ItemChange::Complete { stats: None },
+            },
+            ItemUpdate {
+                lease: live.lease.clone(),
+                change: ItemChange::Complete { stats: None },
+            },
+        ])
+        .unwrap();
+    assert!(results[0].as_ref().unwrap_err().is_fenced());
+    assert!(results[1].is_ok());
+    assert_eq!(b.counts().unwrap().completed, 1);
+}
+
+pub fn dead_local_owner_items_are_freed_at_once(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let dead = Ckpt::new((f.another)())
+        .with_clock(Arc::new(clock.clone()))
+        .with_worker(dead_local_worker());
+    let live = Ckpt::new((f.another)()).with_clock(Arc::new(clock.clone()));
+    let remote = worker(f, &clock, "remote");
+    let qd = dead.queue_with("dead-owner", queue_options(3)).unwrap();
+    let qr = remote.queue_with("dead-owner", queue_options(3)).unwrap();
+    let ql = live.queue_with("dead-owner", queue_options(3)).unwrap();
+    qd.enqueue(keys(3)).unwrap();
+    assert_eq!(qd.claim(2).unwrap().len(), 2);
+    assert_eq!(qr.claim(1).unwrap().len(), 1);
+    assert_eq!(ql.store_owners(), 2);
+    // Only the local owner whose process is gone is freed; the remote
+    // owner's lease is left to expire.
+    assert_eq!(ql.reclaim_dead_owners().unwrap(), 2);
+    let taken = ql.claim(5).unwrap();
+    assert_eq!(taken.len(), 2);
+    assert!(taken
+        .iter()
+        .all(|i| i.taken_over_from.as_deref() == Some(&*dead.worker().to_string())));
+}
+
+/// Test-only helper: number of distinct owners of running items.
+trait Owners {
+    fn store_owners(&self) -> usize;
+}
+
+impl Owners for ckpt::Queue {
+    fn store_owners(&self) -> usize {
+        self.ckpt()
+            .store()
+            .running_owners(self.job())
+            .unwrap()
+            .len()
+    }
+}
+
+pub fn retry_backoff_dead_letter_and_redrive(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let q = worker(f, &clock, "a")
+        .queue_with("retries", queue_options(3))
+        .unwrap();
+    q.enqueue([NewItem::key("flaky")]).unwrap();
+    let mut expected_delay = Duration::from_secs(10);
+    for attempt in 1..=2 {
+        let item = q.claim(1).unwrap().pop().unwrap();
+        assert_eq!(item.attempt, attempt);
+        let decision = q.fail(&item, &format!("error {attempt}")).unwrap();
+        assert_eq!(
+            decision,
+            RetryDecision::RetryAt(clock_now(&clock).plus(expected_delay))
+        );
+        let rec = &q.items(None, 1).unwrap()[0];
+        assert_eq!(rec.status, ItemStatus::Failed);
+        assert_eq!(
+            rec.last_error.as_deref(),
+            Some(&*format!("error {attempt}"))
+        );
+        clock.advance(expected_delay - Duration::from_millis(1));
+        assert!(q.claim(1).unwrap().is_empty(), "not before its retry time");
+        clock.advance(Duration::from_millis(1));
+        expected_delay *= 2;
+    }
+    let last = q.claim(1).unwrap().pop().unwrap();
+    assert_eq!(last.attempt, 3);
+    assert_eq!(q.fail(&last, "final").unwrap(), RetryDecision::Dead);
+    let counts = q.counts().unwrap();
+    assert_eq!((counts.dead, counts.unfinished()), (1, 0));
+    clock.advance(Duration::from_secs(3600));
+    assert!(
+        q.claim(1).unwrap().is_empty(),
+        "dead items are never claimed"
+    );
+    assert_eq!(q.finish_if_done().unwrap(), Some(JobStatus::Failed));
+    // Redrive: back to pending with fresh attempts.
+    assert_eq!(
+        q.redrive(ItemStatus::Dead, Some(&["nope".to_string()]))
+            .unwrap(),
+        0
+    );
+    assert_eq!(q.redrive(ItemStatus::Dead, None).unwrap(), 1);
+    let again = q.claim(1).unwrap().pop().unwrap();
+    assert_eq!(again.attempt, 1);
+    assert_ne!(
+        again.lease.token, last.lease.token,
+        "fencing token never repeats"
+    );
+    q.complete(&again, None).unwrap();
+    assert_eq!(q.finish_if_done().unwrap(), Some(JobStatus::Completed));
+}
+
+fn clock_now(clock: &ManualClock) -> ckpt::Timestamp {
+    use ckpt::Clock;
+    clock.now()
+}
+
+pub fn enqueue_is_idempotent_per_key(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let q = worker(f, &clock, "a")
+        .queue_with("idempotent", queue_options(3))
+        .unwrap();
+    let r = q
+        .enqueue([NewItem::key("a"), NewItem::key("b"), NewItem::key("a")])
+        .unwrap();
+    assert_eq!((r.inserted, r.existing), (2, 1));
+    let a = q.claim(1).unwrap().pop().unwrap();
+    q.complete(&a, None).unwrap();
+    let mut with_payload = NewItem::key("a");
+    with_payload.payload = Some(json!({"changed": true}));
+    let r = q
+        .enqueue([with_payload, NewItem::key("b"), NewItem::key("c")])
+        .unwrap();
+    assert_eq!((r.inserted, r.existing), (1, 2));
+    let items = q.items(None, 10).unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!(
+        items[0].status,
+        ItemStatus::Completed,
+        "re-enqueue does not reset status"
+    );
+    assert_eq!(items[0].payload, None, "nor the payload");
+    let bad = q.enqueue([NewItem::key("")]).unwrap_err();
+    assert!(matches!(bad, Error::InvalidInput(_)));
+}
+
+pub fn failed_enqueue_stream_adds_nothing(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let q = worker(f, &clock, "a")
+        .queue_with("atomic-enqueue", queue_options(3))
+        .unwrap();
+    let stream = (0..100).map(|i| {
+        if i == 60 {
+            Err(Error::InvalidInput("line 61 is not UTF-8".into()))
+        } else {
+            Ok(NewItem::key(format!("k{i}")))
+        }
+    });
+    let err = q.enqueue_stream(stream).unwrap_err();
+    assert!(err.to_string().contains("line 61"));
+    assert_eq!(q.counts().unwrap().total(), 0);
+    assert!(
+        q.ckpt().get_job("atomic-enqueue").unwrap().is_none(),
+        "not even the job was created"
+    );
+}
+
+pub fn per_item_cursor_survives_a_takeover(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let a = worker(f, &clock, "a")
+        .queue_with("item-cursor", queue_options(5))
+        .unwrap();
+    let b = worker(f, &clock, "b")
+        .queue_with("item-cursor", queue_options(5))
+        .unwrap();
+    a.enqueue([NewItem::key("huge.csv")]).unwrap();
+    let first = a.claim(1).unwrap().pop().unwrap();
+    assert_eq!(first.cursor, None);
+    a.save_cursor(&first, json!({"line": 50_000})).unwrap();
+    clock.advance(Duration::from_secs(9));
+    a.save_cursor(&first, json!({"line": 90_000})).unwrap();
+    clock.advance(Duration::from_secs(9));
+    assert!(
+        b.claim(1).unwrap().is_empty(),
+        "saving a cursor renewed the lease"
+    );
+    clock.advance(Duration::from_secs(2));
+    let retry = b.claim(1).unwrap().pop().unwrap();
+    assert_eq!(
+        retry.cursor,
+        Some(json!({"line": 90_000})),
+        "the retry resumes inside the item"
+    );
+}
+
+pub fn runner_completes_every_item_with_retries(f: &Fixture) {
+    let ckpt = Ckpt::new((f.another)());
+    let mut options = queue_options(3);
+    options.retry.base_delay = Duration::from_millis(5);
+    let q = ckpt.queue_with("runner", options).unwrap();
+    q.enqueue(keys(120)).unwrap();
+    let runs = Mutex::new(HashMap::<String, u32>::new());
+    let handler = |item: &ckpt::ClaimedItem| {
+        *runs.lock().unwrap().entry(item.key.clone()).or_default() += 1;
+        if item.key.ends_with('7') && item.attempt == 1 {
+            Outcome::Failed("transient".into())
+        } else if item.key == "item-0099" {
+            panic!("handler bug")
+        } else {
+            Outcome::Completed(Some(json!({"records_total": 1})))
+        }
+    };
+    let report = Runner::new(
+        &q,
+        RunOptions {
+            workers: 4,
+            prefetch: 4,
+            idle_poll: Duration::from_millis(20),
+        },
+    )
+    .run(&handler)
+    .unwrap();
+    let runs = runs.into_inner().unwrap();
+    assert_eq!(runs.len(), 120);
+    assert_eq!(runs["item-0007"], 2, "failed once, retried once");
+    assert_eq!(runs["item-0001"], 1);
+    assert_eq!(
+        runs["item-0099"], 3,
+        "a panicking handler is a failed attempt"
+    );
+    assert_eq!(report.completed, 119);
+    assert_eq!(report.dead, 1);
+    assert_eq!(report.counts.completed, 119);
+    assert_eq!(report.status, Some(JobStatus::Failed));
+    let dead = q.items(Some(ItemStatus::Dead), 10).unwrap();
+    assert!(dead[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("handler bug"));
+    let done = &q.items(Some(ItemStatus::Completed), 1).unwrap()[0];
+    let stats = done.stats.as_ref().unwrap();
+    assert_eq!(stats["records_total"], 1);
+    assert!(
+        stats["duration_ms"].is_u64(),
+        "the runner adds the duration"
+    );
+}
+
+pub fn next_ready_at_tracks_retries(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let q = worker(f, &clock, "a")
+        .queue_with("next-ready", queue_options(3))
+        .unwrap();
+    assert_eq!(q.next_ready_at().unwrap(), None);
+    q.enqueue([NewItem::key("x")]).unwrap();
+    assert!(q.next_ready_at().unwrap().unwrap() <= T0);
+    let item = q.claim(1).unwrap().pop().unwrap();
+    assert_eq!(
+        q.next_ready_at().unwrap(),
+        Some(T0.plus(Duration::from_secs(10))),
+        "lease expiry"
+    );
+    q.fail(&item, "e").unwrap();
+    assert_eq!(
+        q.next_ready_at().unwrap(),
+        Some(T0.plus(Duration::from_secs(10))),
+        "retry time"
+    );
+    clock.advance(Duration::from_secs(10));
+    let item = q.claim(1).unwrap().pop().unwrap();
+    q.complete(&item, None).unwrap();
+    assert_eq!(q.next_ready_at().unwrap(), None);
+}

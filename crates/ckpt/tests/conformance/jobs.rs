@@ -1,0 +1,268 @@
+//! Conformance: job checkpoints (the cursor pattern).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ckpt::store::{Fault, FaultStore, Op, Store};
+use ckpt::{Checkpoint, CheckpointPolicy, Ckpt, Error, JobOptions, JobStatus, ManualClock};
+use serde_json::{json, Value};
+
+use super::{dead_local_worker, limited, worker, T0};
+use crate::Fixture;
+
+fn every_call() -> JobOptions {
+    JobOptions {
+        lease: Duration::from_secs(10),
+        policy: CheckpointPolicy::Always,
+    }
+}
+
+pub fn job_lease_is_exclusive_and_fences_zombies(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let a = worker(f, &clock, "a");
+    let b = worker(f, &clock, "b");
+    let mut zombie = a.job_with("fenced", every_call()).unwrap();
+    assert_eq!(zombie.record().attempts, 1);
+    zombie.save(&10, 10).unwrap();
+    assert!(b.job_with("fenced", every_call()).unwrap_err().is_busy());
+    clock.advance(Duration::from_secs(10));
+    let mut live = b.job_with("fenced", every_call()).unwrap();
+    assert_eq!(live.resume_cursor::<u64>().unwrap(), Some(10));
+    assert_eq!(live.record().attempts, 2);
+    assert!(
+        live.lease().epoch > zombie.lease().epoch,
+        "a takeover bumps the epoch"
+    );
+    // The paused worker wakes up: every write is refused and changes nothing.
+    assert!(zombie.save(&999, 999).unwrap_err().is_fenced());
+    clock.advance(Duration::from_secs(5));
+    assert!(zombie.heartbeat().unwrap_err().is_fenced());
+    assert!(zombie.complete().unwrap_err().is_fenced());
+    let rec = b.get_job("fenced").unwrap().unwrap();
+    assert_eq!(rec.checkpoint.unwrap().cursor, json!(10));
+    assert_eq!(rec.status, JobStatus::Running);
+    live.save(&11, 11).unwrap();
+    live.complete().unwrap();
+    let rec = b.get_job("fenced").unwrap().unwrap();
+    assert_eq!((rec.status, rec.owner), (JobStatus::Completed, None));
+    assert!(rec.completed_at.is_some());
+}
+
+pub fn dead_local_job_owner_is_taken_over_at_once(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let crashed = Ckpt::new((f.another)())
+        .with_clock(Arc::new(clock.clone()))
+        .with_worker(dead_local_worker());
+    let mut job = crashed.job_with("crashed-here", every_call()).unwrap();
+    job.save(&"page-7", 70).unwrap();
+    drop(job); // the lease is still held, as after a crash
+    let restarted = Ckpt::new((f.another)()).with_clock(Arc::new(clock.clone()));
+    let resumed = restarted.job_with("crashed-here", every_call()).unwrap();
+    assert_eq!(
+        resumed.resume_cursor::<String>().unwrap().as_deref(),
+        Some("page-7")
+    );
+    // A holder on another host is not presumed dead.
+    let other = worker(f, &clock, "elsewhere");
+    assert!(other
+        .job_with("crashed-here", every_call())
+        .unwrap_err()
+        .is_busy());
+}
+
+pub fn history_is_bounded_newest_first(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let c = limited(f, &clock, 5, 1024);
+    let mut job = c.job_with("history", every_call()).unwrap();
+    for i in 1..=12u64 {
+        clock.advance(Duration::from_secs(1));
+        job.save(&json!({"offset": i * 100}), i * 100).unwrap();
+    }
+    let history = c.store().history("history", 100).unwrap();
+    let seqs: Vec<u64> = history.iter().map(|h| h.seq).collect();
+    assert_eq!(seqs, [12, 11, 10, 9, 8]);
+    assert_eq!(history[0].cursor, json!({"offset": 1200}));
+    assert_eq!(history[0].items_processed, 1200);
+    assert_eq!(history[0].at, T0.plus(Duration::from_secs(12)));
+    let rec = c.get_job("history").unwrap().unwrap();
+    assert_eq!((rec.history_len, rec.saves), (5, 12));
+    assert_eq!(c.store().history("history", 2).unwrap().len(), 2);
+}
+
+pub fn oversize_state_is_refused_and_previous_kept(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let c = limited(f, &clock, 10, 100);
+    let mut job = c.job_with("big-state", every_call()).unwrap();
+    let small = Checkpoint::new(json!(1), 1).with_state(json!({"sum": 1}));
+    job.checkpoint(small.clone()).unwrap();
+    let big = Checkpoint::new(json!(2), 2).with_state(Value::String("x".repeat(200)));
+    let err = job.checkpoint(big.clone()).unwrap_err();
+    assert!(
+        matches!(err, Error::LimitExceeded { limit: 100, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("over the limit"));
+    let rec = c.get_job("big-state").unwrap().unwrap();
+    assert_eq!(rec.checkpoint, Some(small));
+    assert_eq!(rec.state_bytes, 9);
+    assert!(matches!(
+        c.set_checkpoint("big-state", &big),
+        Err(Error::LimitExceeded { .. })
+    ));
+    // The job goes on after the refusal.
+    job.save(&3, 3).unwrap();
+}
+
+pub fn completed_and_failed_jobs_keep_their_checkpoint(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let c = worker(f, &clock, "a");
+    let mut job = c.job_with("lifecycle", every_call()).unwrap();
+    assert_eq!(
+        job.resume_cursor::<u64>().unwrap(),
+        None,
+        "a new job has no checkpoint"
+    );
+    job.checkpoint(
+        Checkpoint::new(json!(5), 5)
+            .with_stage("load")
+            .with_state(json!([1, 2])),
+    )
+    .unwrap();
+    job.fail("disk full").unwrap();
+    let rec = c.get_job("lifecycle").unwrap().unwrap();
+    assert_eq!(
+        (rec.status, rec.error.as_deref()),
+        (JobStatus::Failed, Some("disk full"))
+    );
+    let job = c.job_with("lifecycle", every_call()).unwrap();
+    assert_eq!(
+        job.resume_checkpoint().unwrap().stage.as_deref(),
+        Some("load")
+    );
+    assert_eq!(job.resume_state::<Vec<u8>>().unwrap(), Some(vec![1, 2]));
+    assert_eq!(
+        job.record().status,
+        JobStatus::Running,
+        "acquiring a failed job resumes it"
+    );
+    job.complete().unwrap();
+    let rec = c.get_job("lifecycle").unwrap().unwrap();
+    assert_eq!(rec.status, JobStatus::Completed);
+    assert_eq!(
+        rec.checkpoint.unwrap().cursor,
+        json!(5),
+        "the final checkpoint is kept"
+    );
+    let again = c.job_with("lifecycle", every_call()).unwrap();
+    assert!(again.was_completed());
+}
+
+pub fn undecodable_cursor_is_an_error_not_a_restart(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let c = worker(f, &clock, "a");
+    let mut job = c.job_with("decode", every_call()).unwrap();
+    job.save(&json!({"page": "abc"}), 1).unwrap();
+    job.release().unwrap();
+    let job = c.job_with("decode", every_call()).unwrap();
+    let err = job.resume_cursor::<u64>().unwrap_err();
+    assert!(matches!(err, Error::Decode { what: "cursor", .. }), "{err}");
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Cursor {
+        page: String,
+    }
+    assert_eq!(
+        job.resume_cursor::<Cursor>().unwrap(),
+        Some(Cursor { page: "abc".into() })
+    );
+}
+
+pub fn operator_writes_respect_live_owners(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let op = worker(f, &clock, "operator");
+    let w = worker(f, &clock, "worker");
+    assert!(op.clear_checkpoint("ops").unwrap_err().is_not_found());
+    op.set_checkpoint("ops", &Checkpoint::new(json!(1), 1))
+        .unwrap();
+    let mut job = w.job_with("ops", every_call()).unwrap();
+    assert_eq!(job.resume_cursor::<u64>().unwrap(), Some(1));
+    assert!(op
+        .set_checkpoint("ops", &Checkpoint::new(json!(2), 2))
+        .unwrap_err()
+        .is_busy());
+    assert!(op.clear_checkpoint("ops").unwrap_err().is_busy());
+    clock.advance(Duration::from_secs(11));
+    op.clear_checkpoint("ops").unwrap();
+    assert!(
+        job.save(&3, 3).unwrap_err().is_fenced(),
+        "an operator write fences the old holder"
+    );
+    let rec = op.get_job("ops").unwrap().unwrap();
+    assert_eq!((rec.checkpoint, rec.history_len), (None, 0));
+}
+
+/// Runs records 1..=100, saving after each; returns the records processed.
+fn cursor_loop(c: &Ckpt, processed: &mut Vec<u64>) -> Result<(), Error> {
+    let mut job = c.job_with("resume", every_call())?;
+    let start = job.resume_cursor::<u64>()?.unwrap_or(0);
+    for record in start + 1..=100 {
+        processed.push(record);
+        job.save(&record, record)?;
+    }
+    job.complete()
+}
+
+fn crash_and_resume(f: &Fixture, fault: Fault) -> (Vec<u64>, Vec<u64>) {
+    let clock = ManualClock::new(T0);
+    let faulty: Arc<dyn Store> =
+        Arc::new(FaultStore::new((f.another)()).inject(Op::SaveCheckpoint, 30, fault));
+    let first = Ckpt::new(faulty).with_clock(Arc::new(clock.clone()));
+    let mut before = Vec::new();
+    assert!(
+        cursor_loop(&first, &mut before).is_err(),
+        "the injected crash stops the loop"
+    );
+    clock.advance(Duration::from_secs(10)); // the crashed worker's lease expires
+    let mut after = Vec::new();
+    cursor_loop(&worker(f, &clock, "restarted"), &mut after).unwrap();
+    let all: BTreeSet<u64> = before.iter().chain(&after).copied().collect();
+    assert_eq!(all.len(), 100, "no record lost");
+    (before, after)
+}
+
+pub fn crash_after_save_resumes_from_it(f: &Fixture) {
+    let (before, after) = crash_and_resume(f, Fault::CrashAfter);
+    assert_eq!(before.last(), Some(&30));
+    assert_eq!(
+        after.first(),
+        Some(&31),
+        "the save landed, so record 30 is not redone"
+    );
+}
+
+pub fn crash_before_save_resumes_from_previous(f: &Fixture) {
+    let (before, after) = crash_and_resume(f, Fault::CrashBefore);
+    assert_eq!(before.last(), Some(&30));
+    assert_eq!(
+        after.first(),
+        Some(&30),
+        "only the unsaved record runs again"
+    );
+}
+
+pub fn schema_version_mismatch_is_refused(f: &Fixture) {
+    let Some(make_newer) = &f.newer_schema else {
+        eprintln!("skipped: this store has no persistent schema");
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let c = worker(f, &clock, "a");
+    c.set_checkpoint("kept", &Checkpoint::new(json!(1), 1))
+        .unwrap();
+    let err = make_newer();
+    assert!(
+        matches!(err, Error::SchemaTooNew { found: 999, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade ckpt"));
+}

@@ -1,0 +1,145 @@
+//! SQLite-specific tests: opening foreign, corrupt, missing and newer files.
+
+use std::path::Path;
+
+use ckpt::store::{self, OpenMode, SqliteOptions, SqliteStore};
+use ckpt::{Checkpoint, Ckpt, Error};
+use serde_json::json;
+
+fn open(path: &Path, mode: OpenMode) -> Result<SqliteStore, Error> {
+    SqliteStore::open(path.to_str().unwrap(), SqliteOptions::default(), mode)
+}
+
+#[test]
+fn text_file_is_refused_and_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "these are my notes, not a database\n".repeat(200)).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let err = open(&path, OpenMode::CreateIfMissing).unwrap_err();
+    assert!(matches!(err, Error::NotAStore(_)), "{err}");
+    assert!(err.to_string().contains("not a ckpt store"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no -wal or -shm left behind"
+    );
+}
+
+#[test]
+fn foreign_sqlite_database_is_refused_and_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (1);",
+    )
+    .unwrap();
+    drop(conn);
+    let before = std::fs::read(&path).unwrap();
+    let err = open(&path, OpenMode::CreateIfMissing).unwrap_err();
+    assert!(err.to_string().contains("another application"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn corrupt_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.db");
+    let store = open(&path, OpenMode::CreateIfMissing).unwrap();
+    Ckpt::new(std::sync::Arc::new(store))
+        .set_checkpoint("j", &Checkpoint::new(json!(1), 1))
+        .unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[..16].copy_from_slice(b"garbage garbage!");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = open(&path, OpenMode::MustExist).unwrap_err();
+    assert!(matches!(err, Error::NotAStore(_)), "{err}");
+}
+
+#[test]
+fn newer_schema_is_refused_and_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.db");
+    drop(open(&path, OpenMode::CreateIfMissing).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA user_version = 7; PRAGMA journal_mode = DELETE;")
+        .unwrap();
+    drop(conn);
+    let before = std::fs::read(&path).unwrap();
+    let err = open(&path, OpenMode::CreateIfMissing).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::SchemaTooNew {
+                found: 7,
+                supported: store::SCHEMA_VERSION,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "a newer store is never rewritten"
+    );
+}
+
+#[test]
+fn missing_store_and_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.db");
+    let err = open(&path, OpenMode::MustExist).unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(!path.exists(), "a read-only open creates nothing");
+    let err = open(
+        &dir.path().join("no/such/dir/x.db"),
+        OpenMode::CreateIfMissing,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Open(ref m) if m.contains("does not exist")),
+        "{err}"
+    );
+    let err = open(dir.path(), OpenMode::CreateIfMissing).unwrap_err();
+    assert!(err.to_string().contains("is a directory"), "{err}");
+}
+
+#[test]
+fn url_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("sqlite://{}", dir.path().join("x.db").display());
+    let s = store::open(
+        &format!("{base}?durability=normal&busy_timeout=100"),
+        OpenMode::CreateIfMissing,
+    )
+    .unwrap();
+    assert!(s.describe().ends_with("x.db"));
+    for bad in ["?durability=maybe", "?busy_timeout=soon", "?colour=blue"] {
+        let err = store::open(&format!("{base}{bad}"), OpenMode::CreateIfMissing).unwrap_err();
+        assert!(matches!(err, Error::Open(_)), "{bad}: {err}");
+    }
+    let err = store::open("sqlite://", OpenMode::CreateIfMissing).unwrap_err();
+    assert!(err.to_string().contains("no file path"), "{err}");
+}
+
+#[test]
+fn store_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.db");
+    let c = Ckpt::new(std::sync::Arc::new(
+        open(&path, OpenMode::CreateIfMissing).unwrap(),
+    ));
+    let mut job = c.job("reopen").unwrap();
+    job.checkpoint(Checkpoint::new(json!({"k": "v"}), 3))
+        .unwrap();
+    job.release().unwrap();
+    drop(c);
+    let c = Ckpt::new(std::sync::Arc::new(
+        open(&path, OpenMode::MustExist).unwrap(),
+    ));
+    let rec = c.get_job("reopen").unwrap().unwrap();
+    assert_eq!(rec.checkpoint.unwrap().cursor, json!({"k": "v"}));
+}

@@ -1,0 +1,104 @@
+//! One test binary: the conformance suite run against every store, plus
+//! store-specific tests.
+
+mod conformance;
+mod sqlite;
+
+use std::sync::Arc;
+
+use ckpt::store::{MemoryStore, Store};
+
+/// A store under test and whatever keeps it alive.
+pub struct Fixture {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Opens another handle on the same data (another connection for
+    /// SQLite, so threads contend like processes do).
+    pub another: Box<dyn Fn() -> Arc<dyn Store>>,
+    /// Marks the store as written by a newer ckpt and returns the error of
+    /// opening it again; `None` for stores without a persistent schema.
+    pub newer_schema: Option<Box<dyn Fn() -> ckpt::Error>>,
+    _guard: Option<tempfile::TempDir>,
+}
+
+pub fn memory() -> Fixture {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let same = store.clone();
+    Fixture {
+        store,
+        another: Box::new(move || same.clone()),
+        newer_schema: None,
+        _guard: None,
+    }
+}
+
+pub fn sqlite() -> Fixture {
+    use ckpt::store::{OpenMode, SqliteOptions, SqliteStore};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ckpt.db").to_string_lossy().into_owned();
+    let open = {
+        let path = path.clone();
+        move || -> Arc<dyn Store> {
+            Arc::new(
+                SqliteStore::open(&path, SqliteOptions::default(), OpenMode::CreateIfMissing)
+                    .expect("open sqlite store"),
+            )
+        }
+    };
+    let store = open();
+    let newer_path = path.clone();
+    Fixture {
+        store,
+        another: Box::new(open),
+        newer_schema: Some(Box::new(move || {
+            let conn = rusqlite::Connection::open(&newer_path).unwrap();
+            conn.execute_batch("PRAGMA user_version = 999").unwrap();
+            drop(conn);
+            SqliteStore::open(&newer_path, SqliteOptions::default(), OpenMode::MustExist)
+                .expect_err("a newer schema must be refused")
+        })),
+        _guard: Some(dir),
+    }
+}
+
+/// Runs every conformance test against the store made by `$make`.
+macro_rules! conformance_suite {
+    ($store:ident, $make:expr) => {
+        mod $store {
+            conformance_suite!(@tests $make;
+                claims_are_exclusive_across_workers,
+                pending_items_come_in_enqueue_order,
+                expired_lease_is_taken_over_and_zombie_is_fenced,
+                zombie_item_writes_change_nothing,
+                dead_local_owner_items_are_freed_at_once,
+                retry_backoff_dead_letter_and_redrive,
+                enqueue_is_idempotent_per_key,
+                failed_enqueue_stream_adds_nothing,
+                job_lease_is_exclusive_and_fences_zombies,
+                dead_local_job_owner_is_taken_over_at_once,
+                history_is_bounded_newest_first,
+                oversize_state_is_refused_and_previous_kept,
+                per_item_cursor_survives_a_takeover,
+                completed_and_failed_jobs_keep_their_checkpoint,
+                undecodable_cursor_is_an_error_not_a_restart,
+                operator_writes_respect_live_owners,
+                crash_after_save_resumes_from_it,
+                crash_before_save_resumes_from_previous,
+                runner_completes_every_item_with_retries,
+                next_ready_at_tracks_retries,
+                schema_version_mismatch_is_refused,
+            );
+        }
+    };
+    (@tests $make:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                crate::conformance::$test(&$make);
+            }
+        )*
+    };
+}
+
+conformance_suite!(memory, crate::memory());
+conformance_suite!(sqlite_store, crate::sqlite());
