@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use ckpt::{Checkpoint, CheckpointPolicy, Ckpt, JobOptions, JobStatus};
+use ckpt::{Checkpoint, CheckpointPolicy, Ckpt, JobOptions};
 use serde::{Deserialize, Serialize};
 
 const JOB: &str = "example/cursor-loop";
@@ -145,20 +145,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             last_saved = record + 1;
         }
     }
+    let expected = N * (N + 1) * (2 * N + 1) / 6; // Σ i² for i in 1..=N
+    println!("sum = {} (expected {expected})", state.sum);
+    if state.sum != expected {
+        // `fail` flushes the last checkpoint and marks the job failed; a
+        // later run resumes from that checkpoint (or use --fresh).
+        job.fail("wrong sum")?;
+        eprintln!("WRONG RESULT: job marked failed");
+        std::process::exit(1);
+    }
     // `complete` flushes the final checkpoint and marks the job completed.
     job.complete()?;
 
     let record = ckpt.get_job(JOB)?.ok_or("job vanished")?;
     println!(
-        "done: status {}, {} checkpoints saved in all, {} attempt(s)",
+        "sum is correct; job {}, {} checkpoints saved in all, {} attempt(s)",
         record.status, record.saves, record.attempts
     );
-    let expected = N * (N + 1) * (2 * N + 1) / 6; // Σ i² for i in 1..=N
-    println!("sum = {} (expected {expected})", state.sum);
-    if state.sum != expected || record.status != JobStatus::Completed {
-        eprintln!("WRONG RESULT");
-        std::process::exit(1);
-    }
-    println!("sum is correct");
     Ok(())
 }

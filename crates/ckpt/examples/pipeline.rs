@@ -30,6 +30,9 @@ const JOB: &str = "example/pipeline";
 const ORDERS: u64 = 1_000;
 const CUSTOMERS: u64 = 40;
 const STAGES: [&str; 3] = ["extract", "transform", "load"];
+/// How many positions each stage has.
+const STAGE_LEN: [u64; 3] = [ORDERS, CUSTOMERS, CUSTOMERS];
+const USAGE: &str = "usage: pipeline [STORE_URL] [--crash-in extract|transform|load] [--fresh]";
 
 /// Intermediate and final results, carried in the checkpoint's state.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,13 +48,12 @@ struct State {
     loaded_cents: u64,
 }
 
-/// How many positions stage `s` has.
-fn stage_len(s: usize) -> u64 {
-    if s == 0 {
-        ORDERS
-    } else {
-        CUSTOMERS
-    }
+/// The checkpoint for "at `pos` of `stage`, with `st` accumulated".
+fn snapshot(stage: usize, pos: u64, items: u64, st: &State) -> serde_json::Result<Checkpoint> {
+    let state = serde_json::to_value(st)?;
+    Ok(Checkpoint::new(pos.into(), items)
+        .with_stage(STAGES[stage])
+        .with_state(state))
 }
 
 /// Processes position `pos` of stage `s`. The same function serves the
@@ -91,18 +93,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--crash-in" => {
-                crash_in = args
+                let stage = args
                     .next()
-                    .and_then(|s| STAGES.iter().position(|x| *x == s))
+                    .and_then(|s| STAGES.iter().position(|x| *x == s));
+                crash_in = Some(stage.ok_or(USAGE)?);
             }
             "--fresh" => fresh = true,
             u if u.contains("://") => url = u.to_string(),
-            _ => {
-                eprintln!(
-                    "usage: pipeline [STORE_URL] [--crash-in extract|transform|load] [--fresh]"
-                );
-                std::process::exit(2);
-            }
+            _ => return Err(USAGE.into()),
         }
     }
     println!("store: {url}");
@@ -136,22 +134,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Where to resume: the stage in progress and the position inside it.
     let cp = job.resume_checkpoint().cloned();
-    let mut stage = match cp.as_ref().and_then(|c| c.stage.as_deref()) {
-        Some(name) => STAGES
-            .iter()
-            .position(|s| *s == name)
-            .ok_or("unknown stage in checkpoint")?,
-        None => 0,
-    };
+    let name = cp
+        .as_ref()
+        .and_then(|c| c.stage.as_deref())
+        .unwrap_or(STAGES[0]);
+    let mut stage = STAGES
+        .iter()
+        .position(|s| *s == name)
+        .ok_or("unknown stage")?;
     let mut pos: u64 = job.resume_cursor()?.unwrap_or(0);
     let mut items = cp.as_ref().map_or(0, |c| c.items_processed);
     let mut st: State = job.resume_state()?.unwrap_or_default();
+    let attempt = job.record().attempts;
     match &cp {
-        Some(_) => println!(
-            "resuming in stage '{}' at position {pos} (attempt {})",
-            STAGES[stage],
-            job.record().attempts
-        ),
+        Some(_) => println!("resuming in stage '{name}' at position {pos} (attempt {attempt})"),
         None => println!("starting a new run"),
     }
     for done in &STAGES[..stage] {
@@ -159,7 +155,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     while stage < STAGES.len() {
-        let len = stage_len(stage);
+        let len = STAGE_LEN[stage];
         println!("  {:9}: running positions {pos}..{len}", STAGES[stage]);
         while pos < len {
             if crash_in == Some(stage) && pos == len / 2 + 5 {
@@ -169,20 +165,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             step(stage, pos, &mut st);
             pos += 1;
             items += 1;
-            let cp = Checkpoint::new(pos.into(), items)
-                .with_stage(STAGES[stage])
-                .with_state(serde_json::to_value(&st)?);
-            job.checkpoint(cp)?;
+            // Persisted only when the policy says a save is due.
+            job.checkpoint(snapshot(stage, pos, items, &st)?)?;
         }
-        stage += 1;
+        (stage, pos) = (stage + 1, 0);
         if stage < STAGES.len() {
             // Stage boundary: persist "next stage, position 0" right away so
             // that a crash from now on never redoes the finished stage.
-            pos = 0;
-            let cp = Checkpoint::new(pos.into(), items)
-                .with_stage(STAGES[stage])
-                .with_state(serde_json::to_value(&st)?);
-            job.checkpoint(cp)?;
+            job.checkpoint(snapshot(stage, pos, items, &st)?)?;
             job.flush()?;
         }
     }
@@ -190,14 +180,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Check against a straight run without checkpoints.
     let mut expected = State::default();
-    for s in 0..STAGES.len() {
-        (0..stage_len(s)).for_each(|p| step(s, p, &mut expected));
+    for (s, len) in STAGE_LEN.into_iter().enumerate() {
+        (0..len).for_each(|p| step(s, p, &mut expected));
     }
     let record = ckpt.get_job(JOB)?.ok_or("job vanished")?;
     println!(
-        "done: {} valid and {} rejected orders, loaded {} rows = {} cents; state {} bytes, {} saves, {} attempt(s)",
-        st.valid, st.rejected, st.loaded_rows, st.loaded_cents, record.state_bytes, record.saves, record.attempts
+        "done: {} valid + {} rejected orders; loaded {} rows = {} cents",
+        st.valid, st.rejected, st.loaded_rows, st.loaded_cents
     );
+    let (bytes, saves, attempts) = (record.state_bytes, record.saves, record.attempts);
+    println!("state {bytes} bytes; {saves} checkpoints saved in all; {attempts} attempt(s)");
     if st != expected {
         eprintln!("WRONG RESULT: expected {expected:?}");
         std::process::exit(1);

@@ -178,6 +178,12 @@ impl Ckpt {
         WorkerId::parse(owner).is_some_and(|id| self.probe.is_dead(&id))
     }
 
+    /// Kills the processes a dead local `owner` left running (see
+    /// [`WORKER_ENV`](crate::worker::WORKER_ENV)); returns how many.
+    pub fn kill_orphans_of(&self, owner: &str) -> usize {
+        WorkerId::parse(owner).map_or(0, |id| self.probe.kill_orphans(&id))
+    }
+
     /// The job's current holder if it is a dead local process.
     pub(crate) fn dead_holder(&self, name: &str) -> Result<Option<String>> {
         Ok(self

@@ -67,12 +67,13 @@ impl Job {
             },
             other => other?,
         };
+        let resumed_items = record.checkpoint.as_ref().map_or(0, |c| c.items_processed);
         Ok(Job {
             ckpt,
             lease,
             record,
             options,
-            tracker: IntervalTracker::new(),
+            tracker: IntervalTracker::starting_at(now, resumed_items),
             pending: None,
             last_renewal: now,
         })
@@ -148,6 +149,14 @@ impl Job {
         }
         self.heartbeat()?;
         Ok(false)
+    }
+
+    /// True if and only if the policy would persist a checkpoint with
+    /// `items_processed` items done now: lets a loop build an expensive
+    /// state only when it will be saved.
+    pub fn is_due(&self, items_processed: u64) -> bool {
+        self.tracker
+            .is_due(&self.options.policy, items_processed, self.ckpt.now())
     }
 
     /// Shorthand for [`checkpoint`](Job::checkpoint) with a serialisable

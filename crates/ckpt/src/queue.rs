@@ -54,6 +54,11 @@ impl Queue {
         }
     }
 
+    /// This queue's worker id, as stored in the `owner` of its items.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
     /// The job's name.
     pub fn job(&self) -> &str {
         &self.job
@@ -230,16 +235,19 @@ impl Queue {
 
     /// Expires the leases of running items whose owner is a process on this
     /// host that is gone, so they are claimable now rather than when their
-    /// lease runs out. Returns how many items were freed.
+    /// lease runs out, after killing the processes it left running. Returns
+    /// how many items were freed.
     pub fn reclaim_dead_owners(&self) -> Result<u64> {
         let mut freed = 0;
         for owner in self.ckpt.store().running_owners(&self.job)? {
             if owner != self.owner && self.ckpt.is_dead_local_owner(&owner) {
+                // Its orphaned commands must not run on beside the retries.
+                let orphans = self.ckpt.kill_orphans_of(&owner);
                 let n = self
                     .ckpt
                     .store()
                     .expire_owner(&self.job, &owner, self.ckpt.now())?;
-                tracing::info!(event = "takeover", job = %self.job, from = %owner, items = n, "owner process is gone; its items are claimable now");
+                tracing::info!(event = "takeover", job = %self.job, from = %owner, items = n, orphans_killed = orphans, "owner process is gone; its items are claimable now");
                 freed += n;
             }
         }

@@ -94,6 +94,10 @@ struct Shared {
     finished: Vec<Finished>,
     running: HashMap<ItemId, ClaimedItem>,
     stop: bool,
+    /// Outcomes worth waking the coordinator for.
+    batch: usize,
+    /// Below this many ready items the coordinator is woken to refill.
+    low_water: usize,
 }
 
 /// Runs a handler over a job's items until none is unfinished.
@@ -114,10 +118,14 @@ impl<'q> Runner<'q> {
     /// error other than a busy store stops the run: items in flight finish,
     /// their outcomes are not recorded, and the next run does them again.
     pub fn run<H: Handler>(&self, handler: &H) -> Result<RunReport> {
-        let shared = Mutex::new(Shared::default());
+        let workers = self.options.workers.max(1);
+        let shared = Mutex::new(Shared {
+            batch: workers,
+            low_water: self.options.prefetch.div_ceil(2).max(1),
+            ..Shared::default()
+        });
         let work = Condvar::new();
         let progress = Condvar::new();
-        let workers = self.options.workers.max(1);
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| worker_loop(&shared, &work, &progress, handler));
@@ -142,6 +150,10 @@ impl<'q> Runner<'q> {
         let mut unsaved: Vec<(ItemUpdate, Finished)> = Vec::new();
         let mut last_heartbeat = Instant::now();
         let mut last_reclaim = Instant::now();
+        queue
+            .ckpt()
+            .store()
+            .ensure_job(queue.job(), queue.ckpt().now())?;
         queue.reclaim_dead_owners()?;
         loop {
             let (finished, held) = {
@@ -368,7 +380,13 @@ fn worker_loop<H: Handler>(
             outcome,
             took,
         });
+        // Wake the coordinator once a batch is worth a commit, or when the
+        // local queue runs low and the workers would soon starve; between
+        // the two, outcomes pile up and share one durable commit.
+        let wake = g.finished.len() >= g.batch || g.ready.len() < g.low_water;
         drop(g);
-        progress.notify_one();
+        if wake {
+            progress.notify_one();
+        }
     }
 }

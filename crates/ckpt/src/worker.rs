@@ -63,7 +63,14 @@ impl fmt::Display for WorkerId {
     }
 }
 
-/// Answers whether a process on this host is gone.
+/// The environment variable that marks a process as working for a worker:
+/// `CKPT_WORKER=<worker id>`. `ckpt run` sets it on every command it
+/// starts; when that worker is found dead, its marked processes (and their
+/// descendants, which inherit the variable) are killed before its items are
+/// taken over, so an orphan never runs an item at the same time as its retry.
+pub const WORKER_ENV: &str = "CKPT_WORKER";
+
+/// Answers whether a process on this host is gone, and cleans up after it.
 pub trait ProcessProbe: Send + Sync + fmt::Debug {
     /// This host's name.
     fn host(&self) -> String;
@@ -71,6 +78,9 @@ pub trait ProcessProbe: Send + Sync + fmt::Debug {
     /// certainly gone: its pid is not alive, or is alive with another start
     /// time. Unknown or remote owners are never reported dead.
     fn is_dead(&self, owner: &WorkerId) -> bool;
+    /// Kills the processes left running by a dead `owner`: those whose
+    /// environment holds [`WORKER_ENV`]` = owner`. Returns how many.
+    fn kill_orphans(&self, owner: &WorkerId) -> usize;
 }
 
 /// Probes the real processes of this machine (through `/proc` on Linux;
@@ -91,6 +101,36 @@ impl ProcessProbe for LocalProcesses {
             None => true,
             Some(start) => start != owner.start,
         }
+    }
+
+    fn kill_orphans(&self, owner: &WorkerId) -> usize {
+        let marker = format!("{WORKER_ENV}={owner}\0").into_bytes();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        let mut killed = 0;
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            if environ
+                .windows(marker.len())
+                .any(|w| w == marker.as_slice())
+            {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                    killed += 1;
+                }
+            }
+        }
+        killed
     }
 }
 
@@ -153,5 +193,36 @@ mod tests {
             ..me
         };
         assert!(!LocalProcesses.is_dead(&remote));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn orphans_of_a_dead_worker_are_killed() {
+        let dead = WorkerId {
+            nonce: "orphan-test".into(),
+            ..WorkerId::for_this_process()
+        };
+        let spawn = |id: &WorkerId| {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .env(WORKER_ENV, id.to_string())
+                .spawn()
+                .unwrap()
+        };
+        let mut orphan = spawn(&dead);
+        let other = WorkerId {
+            nonce: "someone-else".into(),
+            ..dead.clone()
+        };
+        let mut bystander = spawn(&other);
+        assert_eq!(LocalProcesses.kill_orphans(&dead), 1);
+        let status = orphan.wait().unwrap();
+        assert!(!status.success());
+        assert!(
+            bystander.try_wait().unwrap().is_none(),
+            "other workers' processes live on"
+        );
+        bystander.kill().unwrap();
+        bystander.wait().unwrap();
     }
 }

@@ -69,12 +69,27 @@ impl IntervalTracker {
         Duration::from_secs_f64(us / 1e6).min(max_interval)
     }
 
+    /// A tracker for a job acquired at `now` with `items_processed` items
+    /// already done: the fixed policies count from there, so the first save
+    /// of `Every { items: 500 }` comes after 500 more items. The adaptive
+    /// policy still saves on the first call, to measure the cost of a save.
+    pub fn starting_at(now: Timestamp, items_processed: u64) -> Self {
+        IntervalTracker {
+            last_save: Some(now),
+            items_at_last_save: items_processed,
+            mean_cost_us: None,
+        }
+    }
+
     /// True if and only if a save should happen now, with `items_processed`
     /// items done in all.
     pub fn is_due(&self, policy: &CheckpointPolicy, items_processed: u64, now: Timestamp) -> bool {
         let Some(last) = self.last_save else {
             return true;
         };
+        if self.mean_cost_us.is_none() && matches!(policy, CheckpointPolicy::Adaptive { .. }) {
+            return true;
+        }
         let elapsed = now.since(last);
         let items = items_processed.saturating_sub(self.items_at_last_save);
         match policy {
@@ -133,6 +148,22 @@ mod tests {
         ] {
             assert!(t.is_due(&p, 0, T0));
         }
+    }
+
+    #[test]
+    fn fixed_policies_count_from_the_acquire() {
+        let p = CheckpointPolicy::Every {
+            items: Some(500),
+            interval: None,
+        };
+        let t = IntervalTracker::starting_at(T0, 7_000);
+        assert!(!t.is_due(&p, 7_001, T0));
+        assert!(!t.is_due(&p, 7_499, T0));
+        assert!(t.is_due(&p, 7_500, T0));
+        assert!(
+            t.is_due(&CheckpointPolicy::default(), 7_001, T0),
+            "adaptive measures first"
+        );
     }
 
     #[test]

@@ -1,0 +1,23 @@
+//! Integration tests of the `ckpt` binary: real processes, real SQLite files.
+//!
+//! One test binary; its modules live in `tests/cli/` (a crate root resolves
+//! `mod` declarations beside itself, hence the `#[path]`s). Each test works
+//! in its own temporary directory, so the tests run in parallel safely.
+
+#[path = "cli/util.rs"]
+mod util;
+
+#[path = "cli/checkpoint.rs"]
+mod checkpoint;
+#[path = "cli/concurrent.rs"]
+mod concurrent;
+#[path = "cli/crash.rs"]
+mod crash;
+#[path = "cli/errors.rs"]
+mod errors;
+#[path = "cli/resume.rs"]
+mod resume;
+#[path = "cli/retry.rs"]
+mod retry;
+#[path = "cli/run.rs"]
+mod run;

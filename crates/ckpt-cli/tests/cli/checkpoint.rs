@@ -1,0 +1,220 @@
+//! `ckpt checkpoint get|set|clear` and the checkpoint in `ckpt status`.
+
+use serde_json::json;
+
+use crate::util::Sandbox;
+
+#[test]
+fn set_get_full_status_clear() {
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args([
+            "checkpoint",
+            "set",
+            "J",
+            r#"{"offset":5}"#,
+            "--items-processed",
+            "5",
+        ])
+        .args(["--stage", "load", "--state", r#"{"sum":3}"#])
+        .run()
+        .success();
+    assert!(sb.db().is_file(), "set creates the store");
+
+    let out = sb.ckpt().args(["checkpoint", "get", "J"]).run();
+    out.success();
+    assert_eq!(out.stdout, "{\"offset\":5}\n");
+
+    let out = sb.ckpt().args(["checkpoint", "get", "J", "--full"]).run();
+    out.success();
+    assert_eq!(
+        out.json(),
+        json!({"cursor": {"offset": 5}, "items_processed": 5, "stage": "load", "state": {"sum": 3}})
+    );
+
+    let status = sb.status("J");
+    let cp = &status["checkpoint"];
+    assert_eq!(cp["cursor"], json!({"offset": 5}));
+    assert_eq!(cp["items_processed"], 5);
+    assert_eq!(cp["stage"], "load");
+    assert_eq!(cp["state"], json!({"sum": 3}));
+    assert_eq!(cp["saves"], 1);
+    let age = cp["age_seconds"].as_f64().expect("age_seconds is a number");
+    assert!((0.0..60.0).contains(&age), "age_seconds {age}");
+    let human = sb.ckpt().args(["status", "J"]).run();
+    human.success();
+    assert!(
+        human
+            .stdout
+            .contains(r#"checkpoint: cursor {"offset":5}, 5 items processed, stage load"#),
+        "{}",
+        human.stdout
+    );
+
+    // A second save replaces the first.
+    sb.ckpt()
+        .args([
+            "checkpoint",
+            "set",
+            "J",
+            "\"page-2\"",
+            "--items-processed",
+            "9",
+        ])
+        .run()
+        .success();
+    let out = sb.ckpt().args(["checkpoint", "get", "J", "--full"]).run();
+    out.success();
+    assert_eq!(
+        out.json(),
+        json!({"cursor": "page-2", "items_processed": 9, "stage": null, "state": null})
+    );
+    assert_eq!(sb.status("J")["checkpoint"]["saves"], 2);
+
+    sb.ckpt().args(["checkpoint", "clear", "J"]).run().success();
+    let line = sb.ckpt().args(["checkpoint", "get", "J"]).run().error(3);
+    assert!(line.contains("no checkpoint"), "{line}");
+    let out = sb.ckpt().args(["checkpoint", "get", "J", "--full"]).run();
+    out.error(3);
+    assert!(sb.status("J")["checkpoint"].is_null());
+}
+
+#[test]
+fn store_from_env_for_checkpoint_commands() {
+    let sb = Sandbox::new();
+    let url = format!("sqlite://{}", sb.join("env.db").display());
+    sb.ckpt_bare()
+        .env("CKPT_STORE", &url)
+        .args(["checkpoint", "set", "J", "42"])
+        .run()
+        .success();
+    let out = sb
+        .ckpt_bare()
+        .env("CKPT_STORE", &url)
+        .args(["checkpoint", "get", "J"])
+        .run();
+    out.success();
+    assert_eq!(out.stdout, "42\n");
+    // --store wins over CKPT_STORE.
+    let out = sb
+        .ckpt()
+        .env("CKPT_STORE", &url)
+        .args(["checkpoint", "get", "J"])
+        .run();
+    out.error(3);
+}
+
+#[test]
+fn get_on_a_job_without_checkpoint_exits_3() {
+    let sb = Sandbox::new();
+    // The job exists (it has items) but never saved a checkpoint.
+    sb.ckpt()
+        .args(["run", "--job", "J", "--", "true"])
+        .stdin("a\n")
+        .run()
+        .success();
+    let before = sb.dump();
+    let line = sb.ckpt().args(["checkpoint", "get", "J"]).run().error(3);
+    assert!(line.contains("'J' has no checkpoint"), "{line}");
+    // An unknown job is not found either.
+    let line = sb
+        .ckpt()
+        .args(["checkpoint", "get", "other"])
+        .run()
+        .error(3);
+    assert!(line.contains("other"), "{line}");
+    assert_eq!(sb.dump(), before, "get wrote nothing");
+}
+
+#[test]
+fn clear_of_an_unknown_job_exits_3_and_creates_nothing() {
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "1"])
+        .run()
+        .success();
+    let before = sb.dump();
+    sb.ckpt()
+        .args(["checkpoint", "clear", "nope"])
+        .run()
+        .error(3);
+    assert_eq!(sb.dump(), before, "no job was created");
+}
+
+#[test]
+fn cursor_that_is_not_json_exits_2() {
+    let sb = Sandbox::new();
+    // No store yet: a refused save does not create one.
+    let line = sb
+        .ckpt()
+        .args(["checkpoint", "set", "J", "{offset:5}"])
+        .run()
+        .error(2);
+    assert!(line.contains("cursor is not JSON"), "{line}");
+    assert!(!sb.db().exists(), "the store was not created");
+
+    // With a store and a checkpoint: both are kept.
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "7"])
+        .run()
+        .success();
+    let before = sb.dump();
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "not json"])
+        .run()
+        .error(2);
+    let line = sb
+        .ckpt()
+        .args(["checkpoint", "set", "J", "8", "--state", "{"])
+        .run()
+        .error(2);
+    assert!(line.contains("state is not JSON"), "{line}");
+    assert_eq!(sb.dump(), before);
+    let out = sb.ckpt().args(["checkpoint", "get", "J"]).run();
+    out.success();
+    assert_eq!(out.stdout, "7\n");
+}
+
+#[test]
+fn large_state_round_trips() {
+    let sb = Sandbox::new();
+    // As large as one command-line argument can be on Linux (128 KiB).
+    let state = json!({ "blob": "x".repeat(120 * 1024) }).to_string();
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "1", "--state", &state])
+        .run()
+        .success();
+    let out = sb.ckpt().args(["checkpoint", "get", "J", "--full"]).run();
+    out.success();
+    assert_eq!(
+        out.json()["state"]["blob"].as_str().map(str::len),
+        Some(120 * 1024)
+    );
+    assert_eq!(sb.status("J")["checkpoint"]["state_bytes"], state.len());
+}
+
+/// The 1 MiB state limit cannot be reached from the command line: Linux
+/// refuses a single argument over 128 KiB (MAX_ARG_STRLEN) before `ckpt`
+/// starts, so `--state` cannot carry a state between 128 KiB and 1 MiB
+/// either, and the limit's error path is unreachable from the CLI.
+#[test]
+#[ignore = "bug: --state over 128 KiB cannot be passed as one argument on Linux (E2BIG); needs --state @FILE or --state - (stdin)"]
+fn state_over_one_mib_exits_2_and_keeps_the_previous_checkpoint() {
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "1", "--state", r#"{"sum":1}"#])
+        .run()
+        .success();
+    let before = sb.dump();
+    let big = json!({ "blob": "x".repeat(1024 * 1024) }).to_string();
+    let line = sb
+        .ckpt()
+        .args(["checkpoint", "set", "J", "2", "--state", &big])
+        .run()
+        .error(2);
+    assert!(line.contains("over the limit"), "{line}");
+    assert_eq!(sb.dump(), before, "the previous checkpoint is kept");
+    let out = sb.ckpt().args(["checkpoint", "get", "J", "--full"]).run();
+    out.success();
+    assert_eq!(out.json()["state"], json!({"sum": 1}));
+}

@@ -1,0 +1,413 @@
+//! Bad input: one `ckpt: error:` line, the documented exit code, no panic,
+//! and the store (or the file that is not one) left exactly as it was.
+
+use std::path::Path;
+
+use crate::util::{dump_db, item_counts, Sandbox};
+
+const STORE_ERROR: i32 = 4;
+
+/// Commands that open the store: one reader, two writers.
+fn store_commands(sb: &Sandbox) -> Vec<crate::util::Ckpt> {
+    vec![
+        sb.ckpt().args(["status", "J"]),
+        sb.ckpt().args(["checkpoint", "set", "J", "1"]),
+        sb.ckpt()
+            .args(["run", "--job", "J", "--", "sh", "-c", "echo ran >> log"])
+            .stdin("a\n"),
+    ]
+}
+
+fn assert_no_sidecars(db: &Path) {
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        assert!(
+            !Path::new(&p).exists(),
+            "{} was created",
+            Path::new(&p).display()
+        );
+    }
+}
+
+#[test]
+fn missing_store_directory() {
+    let sb = Sandbox::new();
+    let dir = sb.join("missing");
+    let url = format!("sqlite://{}/x.db", dir.display());
+    for args in [
+        vec!["checkpoint", "set", "J", "1"],
+        vec!["run", "--job", "J", "--", "true"],
+    ] {
+        let line = sb
+            .ckpt_bare()
+            .arg("--store")
+            .arg(&url)
+            .args(&args)
+            .stdin("a\n")
+            .run()
+            .error(STORE_ERROR);
+        assert!(line.contains("does not exist"), "{line}");
+    }
+    assert!(!dir.exists(), "the directory was not created");
+
+    let line = sb
+        .ckpt_bare()
+        .args([
+            "--store",
+            "sqlite:///nonexistent/dir/x.db",
+            "checkpoint",
+            "set",
+            "J",
+            "1",
+        ])
+        .run()
+        .error(STORE_ERROR);
+    assert!(line.contains("/nonexistent/dir"), "{line}");
+    assert!(!Path::new("/nonexistent").exists());
+}
+
+#[test]
+fn text_file_as_store_is_refused_and_untouched() {
+    let sb = Sandbox::new();
+    let text = b"these are my notes, not a database\n".repeat(200);
+    sb.write("ckpt.db", &text);
+    for cmd in store_commands(&sb) {
+        let line = cmd.run().error(STORE_ERROR);
+        assert!(line.contains("is not a ckpt store"), "{line}");
+        assert!(line.contains("left untouched"), "{line}");
+    }
+    assert_eq!(
+        std::fs::read(sb.db()).unwrap(),
+        text,
+        "the file is byte-for-byte unchanged"
+    );
+    assert_no_sidecars(&sb.db());
+    assert!(sb.lines("log").is_empty(), "no item ran");
+}
+
+#[test]
+fn foreign_sqlite_database_is_refused_and_untouched() {
+    let sb = Sandbox::new();
+    {
+        let conn = rusqlite::Connection::open(sb.db()).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY, name TEXT);
+             INSERT INTO jobs (name) VALUES ('J'), ('payroll');",
+        )
+        .unwrap();
+    }
+    let bytes = std::fs::read(sb.db()).unwrap();
+    for cmd in store_commands(&sb) {
+        let line = cmd.run().error(STORE_ERROR);
+        assert!(line.contains("not a ckpt store"), "{line}");
+        assert!(line.contains("another application"), "{line}");
+    }
+    assert_eq!(
+        std::fs::read(sb.db()).unwrap(),
+        bytes,
+        "the file is byte-for-byte unchanged"
+    );
+    assert_no_sidecars(&sb.db());
+    assert!(sb.lines("log").is_empty(), "no item ran");
+}
+
+#[test]
+fn store_of_a_newer_schema_is_refused_and_untouched() {
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "1"])
+        .run()
+        .success();
+    {
+        let conn = rusqlite::Connection::open(sb.db()).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99;").unwrap();
+        // Closing the last connection folds the WAL into the main file.
+    }
+    let bytes = std::fs::read(sb.db()).unwrap();
+    let before = sb.dump();
+    assert!(before.starts_with("user_version=99 "), "{before}");
+    for cmd in store_commands(&sb).into_iter().chain([
+        sb.ckpt().args(["checkpoint", "clear", "J"]),
+        sb.ckpt().args(["checkpoint", "get", "J"]),
+    ]) {
+        let line = cmd.run().error(STORE_ERROR);
+        assert!(line.contains("newer"), "{line}");
+        assert!(line.contains("upgrade"), "{line}");
+        assert!(line.contains("99"), "{line}");
+    }
+    assert_eq!(
+        std::fs::read(sb.db()).unwrap(),
+        bytes,
+        "the main file is byte-for-byte unchanged"
+    );
+    assert_eq!(sb.dump(), before, "the content is unchanged");
+    assert!(sb.lines("log").is_empty(), "no item ran");
+}
+
+#[test]
+fn reading_commands_on_a_missing_store_exit_3_and_create_nothing() {
+    let sb = Sandbox::new();
+    for args in [
+        vec!["status", "J"],
+        vec!["status", "J", "--json"],
+        vec!["checkpoint", "get", "J"],
+        vec!["checkpoint", "clear", "J"],
+    ] {
+        let line = sb.ckpt().args(&args).run().error(3);
+        assert!(line.contains("no ckpt store at"), "{line}");
+        assert!(!sb.db().exists(), "{args:?} created the store");
+        assert_no_sidecars(&sb.db());
+    }
+}
+
+#[test]
+fn unknown_job_exits_3() {
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "1"])
+        .run()
+        .success();
+    let before = sb.dump();
+    for json in [false, true] {
+        let mut cmd = sb.ckpt().args(["status", "nope"]);
+        if json {
+            cmd = cmd.arg("--json");
+        }
+        let line = cmd.run().error(3);
+        assert!(line.contains("no job named 'nope'"), "{line}");
+    }
+    assert_eq!(sb.dump(), before);
+}
+
+#[test]
+fn invalid_job_names_exit_2_before_touching_the_store() {
+    let sb = Sandbox::new();
+    let long = "x".repeat(201);
+    for name in ["", "a\u{1}b", "tab\there", " padded", long.as_str()] {
+        for args in [
+            vec!["status", name],
+            vec!["checkpoint", "set", name, "1"],
+            vec!["checkpoint", "get", name],
+            vec!["run", "--job", name, "--", "true"],
+        ] {
+            let line = sb.ckpt().args(&args).stdin("a\n").run().error(2);
+            assert!(line.contains("job name"), "{line}");
+            assert!(!sb.db().exists(), "{args:?} created the store");
+        }
+    }
+    // 200 bytes is still fine.
+    sb.ckpt()
+        .args(["checkpoint", "set", &"x".repeat(200), "1"])
+        .run()
+        .success();
+    let before = sb.dump();
+    sb.ckpt()
+        .args(["checkpoint", "set", &long, "1"])
+        .run()
+        .error(2);
+    assert_eq!(sb.dump(), before);
+}
+
+#[test]
+fn invalid_utf8_items_file_names_the_line_and_enqueues_nothing() {
+    let sb = Sandbox::new();
+    // Line 2 is blank: line numbers count every line of the file.
+    let file = sb.write("items.txt", b"a\n\n\xff\xfeb\nc\n");
+    let run = || {
+        sb.ckpt()
+            .args(["run", "--job", "J", "--items"])
+            .arg(&file)
+            .args(["--", "sh", "-c", "echo ran >> log"])
+            .run()
+    };
+
+    let line = run().error(2);
+    assert!(line.contains("line 3"), "{line}");
+    assert!(line.contains("UTF-8"), "{line}");
+    assert!(sb.lines("log").is_empty(), "nothing ran");
+    // Not even the job was created.
+    sb.ckpt().args(["status", "J"]).run().error(3);
+
+    // On a job with items already: nothing is added.
+    sb.ckpt()
+        .args(["run", "--job", "J", "--", "true"])
+        .stdin("x\ny\n")
+        .run()
+        .success();
+    let before = sb.dump();
+    run().error(2);
+    assert_eq!(sb.dump(), before, "the store is unchanged");
+    assert_eq!(item_counts(&sb.status("J")), (0, 0, 2, 0, 0));
+    assert!(sb.lines("log").is_empty(), "nothing ran");
+}
+
+#[test]
+fn invalid_item_key_enqueues_nothing() {
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args(["run", "--job", "J", "--", "true"])
+        .stdin("x\n")
+        .run()
+        .success();
+    let before = sb.dump();
+    let line = sb
+        .ckpt()
+        .args(["run", "--job", "J", "--", "sh", "-c", "echo ran >> log"])
+        .stdin(&b"ok\nnul\0inside\n"[..])
+        .run()
+        .error(2);
+    assert!(line.contains("NUL"), "{line}");
+    assert_eq!(sb.dump(), before);
+    assert!(sb.lines("log").is_empty(), "nothing ran");
+}
+
+#[test]
+fn missing_items_file_exits_2() {
+    let sb = Sandbox::new();
+    let line = sb
+        .ckpt()
+        .args([
+            "run",
+            "--job",
+            "J",
+            "--items",
+            "no-such-file.txt",
+            "--",
+            "true",
+        ])
+        .run()
+        .error(2);
+    assert!(line.contains("no-such-file.txt"), "{line}");
+    assert!(!sb.db().exists(), "the store was not created");
+}
+
+#[test]
+fn command_not_found_exits_2_before_enqueueing() {
+    let sb = Sandbox::new();
+    let line = sb
+        .ckpt()
+        .args(["run", "--job", "J", "--", "no-such-command-ckpt-test", "{}"])
+        .stdin("a\n")
+        .run()
+        .error(2);
+    assert!(
+        line.contains("command not found: no-such-command-ckpt-test"),
+        "{line}"
+    );
+    assert!(!sb.db().exists(), "the store was not created");
+
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "1"])
+        .run()
+        .success();
+    let before = sb.dump();
+    sb.ckpt()
+        .args(["run", "--job", "J", "--", "no-such-command-ckpt-test"])
+        .stdin("a\n")
+        .run()
+        .error(2);
+    assert_eq!(sb.dump(), before, "no item was enqueued");
+}
+
+#[test]
+fn unknown_store_scheme_and_url_without_scheme() {
+    let sb = Sandbox::new();
+    let line = sb
+        .ckpt_bare()
+        .args(["--store", "mysql://h/db", "status", "J"])
+        .run()
+        .error(STORE_ERROR);
+    assert!(line.contains("unsupported store scheme"), "{line}");
+    let line = sb
+        .ckpt_bare()
+        .args(["--store", "ckpt.db", "status", "J"])
+        .run()
+        .error(STORE_ERROR);
+    assert!(line.contains("no scheme"), "{line}");
+    let line = sb
+        .ckpt_bare()
+        .args([
+            "--store",
+            "sqlite://x.db?durability=fast",
+            "checkpoint",
+            "set",
+            "J",
+            "1",
+        ])
+        .run()
+        .error(STORE_ERROR);
+    assert!(line.contains("durability"), "{line}");
+    assert!(!sb.join("x.db").exists());
+}
+
+#[test]
+fn password_in_store_url_is_never_printed() {
+    let sb = Sandbox::new();
+    let url = "postgres://u:secret@h/db";
+    let outs = [
+        sb.ckpt_bare().args(["--store", url, "status", "J"]).run(),
+        sb.ckpt_bare()
+            .args(["--store", url, "checkpoint", "set", "J", "1"])
+            .run(),
+        sb.ckpt_bare()
+            .env("CKPT_STORE", url)
+            .args(["run", "--job", "J", "--", "true"])
+            .stdin("a\n")
+            .run(),
+    ];
+    for out in outs {
+        let line = out.error(STORE_ERROR);
+        assert!(!out.stderr.contains("secret"), "{}", out.stderr);
+        assert!(line.contains("postgres://u:***@h/db"), "{line}");
+    }
+}
+
+#[test]
+fn store_is_a_directory() {
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.db()).unwrap();
+    let line = sb
+        .ckpt()
+        .args(["checkpoint", "set", "J", "1"])
+        .run()
+        .error(STORE_ERROR);
+    assert!(line.contains("is a directory"), "{line}");
+    assert_eq!(
+        std::fs::read_dir(sb.db()).unwrap().count(),
+        0,
+        "nothing written inside"
+    );
+}
+
+#[test]
+fn usage_errors_from_the_parser_exit_2() {
+    let sb = Sandbox::new();
+    for args in [
+        vec!["run", "--job", "J"],                          // no command
+        vec!["run", "--job", "J", "-j", "0", "--", "true"], // -j out of range
+        vec!["run", "--job", "J", "--backoff", "soon", "--", "true"],
+        vec!["frobnicate"],
+    ] {
+        let out = sb.ckpt().args(&args).stdin("a\n").run();
+        out.code(2);
+        assert!(out.stderr.contains("error:"), "{args:?}: {}", out.stderr);
+    }
+    assert!(!sb.db().exists());
+}
+
+/// The "unchanged" checks above are only meaningful if a dump shows a change.
+#[test]
+fn dump_shows_a_change() {
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "1"])
+        .run()
+        .success();
+    let one = dump_db(&sb.db());
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "2"])
+        .run()
+        .success();
+    assert_ne!(dump_db(&sb.db()), one, "a change shows in the dump");
+}
