@@ -199,10 +199,10 @@ impl<'q> Runner<'q> {
                 }
             }
             if held == 0 && claimed == 0 && unsaved.is_empty() {
-                let counts = queue.counts()?;
-                if counts.unfinished() == 0 {
-                    report.counts = counts;
+                // An index lookup, where counting would scan every item.
+                if queue.next_ready_at()?.is_none() {
                     report.status = queue.finish_if_done()?;
+                    report.counts = queue.counts()?;
                     return Ok(report);
                 }
                 if last_reclaim.elapsed() >= Duration::from_secs(1) {

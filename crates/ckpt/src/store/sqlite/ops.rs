@@ -181,42 +181,81 @@ fn check_lease(tx: &Transaction<'_>, lease: &JobLease) -> Result<i64> {
     }
 }
 
+/// Whose write a checkpoint is.
+enum Writer<'a> {
+    /// A lease holder: the write is fenced on owner and epoch, and renews
+    /// the lease until the given time.
+    Holder(&'a JobLease, Timestamp),
+    /// An operator, on the job with this id (ownership checked by the caller).
+    Operator(i64),
+}
+
+/// Writes the checkpoint, appends it to the history and trims the history:
+/// three statements, the first of which is also the fencing check.
 fn write_checkpoint(
     tx: &Transaction<'_>,
-    job_id: i64,
+    writer: Writer<'_>,
     cp: &Checkpoint,
     history_keep: usize,
     now: Timestamp,
 ) -> Result<()> {
+    const SET: &str = "UPDATE jobs SET cursor = ?2, items_processed = ?3, stage = ?4, state = ?5,
+         state_bytes = ?6, checkpoint_at = ?7, updated_at = ?7, saves = saves + 1,
+         status = CASE status WHEN 'completed' THEN 'running' ELSE status END,
+         completed_at = CASE status WHEN 'completed' THEN NULL ELSE completed_at END";
     let state = opt_json(cp.state.as_ref());
     let cursor = to_json(&cp.cursor);
-    let saves: i64 = tx
-        .prepare_cached(
-            "UPDATE jobs SET cursor = ?2, items_processed = ?3, stage = ?4, state = ?5,
-                 state_bytes = ?6, checkpoint_at = ?7, updated_at = ?7, saves = saves + 1,
-                 status = CASE status WHEN 'completed' THEN 'running' ELSE status END,
-                 completed_at = CASE status WHEN 'completed' THEN NULL ELSE completed_at END
-             WHERE id = ?1 RETURNING saves",
-        )
-        .and_then(|mut s| {
-            s.query_row(
-                params![
-                    job_id,
-                    cursor,
-                    cp.items_processed as i64,
-                    cp.stage,
-                    state,
-                    state.as_ref().map_or(0, |s| s.len() as i64),
-                    now.0
-                ],
-                |r| r.get(0),
-            )
-        })
-        .map_err(sql_err)?;
+    let state_len = state.as_ref().map_or(0, |s| s.len() as i64);
+    let items = cp.items_processed as i64;
+    let row = |r: &Row<'_>| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?));
+    let updated: Option<(i64, i64)> = match &writer {
+        Writer::Holder(lease, lease_until) => tx
+            .prepare_cached(&format!(
+                "{SET}, lease_expires = ?8 WHERE name = ?1 AND owner = ?9 AND epoch = ?10
+                 RETURNING id, saves"
+            ))
+            .and_then(|mut s| {
+                s.query_row(
+                    params![
+                        lease.job,
+                        cursor,
+                        items,
+                        cp.stage,
+                        state,
+                        state_len,
+                        now.0,
+                        lease_until.0,
+                        lease.owner,
+                        lease.epoch as i64
+                    ],
+                    row,
+                )
+                .optional()
+            }),
+        Writer::Operator(id) => tx
+            .prepare_cached(&format!("{SET} WHERE id = ?1 RETURNING id, saves"))
+            .and_then(|mut s| {
+                s.query_row(
+                    params![id, cursor, items, cp.stage, state, state_len, now.0],
+                    row,
+                )
+                .optional()
+            }),
+    }
+    .map_err(sql_err)?;
+    let Some((job_id, saves)) = updated else {
+        return Err(match writer {
+            Writer::Holder(lease, _) => match check_lease(tx, lease) {
+                Err(e) => e,
+                Ok(_) => Error::Fenced(format!("job '{}' changed hands", lease.job)),
+            },
+            Writer::Operator(id) => Error::NotFound(format!("job id {id}")),
+        });
+    };
     tx.prepare_cached(
         "INSERT INTO history (job_id, seq, cursor, items_processed, at) VALUES (?1, ?2, ?3, ?4, ?5)",
     )
-    .and_then(|mut s| s.execute(params![job_id, saves, cursor, cp.items_processed as i64, now.0]))
+    .and_then(|mut s| s.execute(params![job_id, saves, cursor, items, now.0]))
     .map_err(sql_err)?;
     let keep = i64::try_from(history_keep).unwrap_or(i64::MAX);
     if saves > keep {
@@ -401,12 +440,13 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> Result<()> {
         self.write(|tx| {
-            let id = check_lease(tx, lease)?;
-            write_checkpoint(tx, id, checkpoint, history_keep, now)?;
-            tx.prepare_cached("UPDATE jobs SET lease_expires = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![id, lease_until.0]))
-                .map_err(sql_err)
-                .map(drop)
+            write_checkpoint(
+                tx,
+                Writer::Holder(lease, lease_until),
+                checkpoint,
+                history_keep,
+                now,
+            )
         })
     }
 
@@ -477,7 +517,7 @@ impl Store for SqliteStore {
                 return Err(busy(&current));
             }
             match checkpoint {
-                Some(cp) => write_checkpoint(tx, id, cp, history_keep, now)?,
+                Some(cp) => write_checkpoint(tx, Writer::Operator(id), cp, history_keep, now)?,
                 None => {
                     tx.prepare_cached("DELETE FROM history WHERE job_id = ?1")
                         .and_then(|mut s| s.execute([id]))
