@@ -49,6 +49,7 @@ pub struct Job {
     tracker: IntervalTracker,
     pending: Option<Checkpoint>,
     last_renewal: Timestamp,
+    taken_over_from: Option<String>,
 }
 
 impl Job {
@@ -57,16 +58,22 @@ impl Job {
         let owner = ckpt.worker().to_string();
         let now = ckpt.now();
         let until = now.plus(options.lease);
+        // Who held it before: a crashed or paused worker whose lease lapsed,
+        // or a dead process on this host. Read first, for the takeover report.
+        let previous = store.get_job(name)?.and_then(|r| r.owner);
         let (lease, record) = match store.acquire_job(name, &owner, until, None, now) {
-            Err(Error::Busy(why)) => match ckpt.dead_holder(name)? {
-                Some(dead) => {
-                    tracing::info!(event = "takeover", job = name, from = %dead, "taking over job of a dead local worker");
-                    store.acquire_job(name, &owner, until, Some(&dead), now)?
+            Err(Error::Busy(why)) => match previous.as_deref() {
+                Some(holder) if ckpt.is_dead_local_owner(holder) => {
+                    store.acquire_job(name, &owner, until, Some(holder), now)?
                 }
-                None => return Err(Error::Busy(why)),
+                _ => return Err(Error::Busy(why)),
             },
             other => other?,
         };
+        let taken_over_from = previous.filter(|p| *p != owner);
+        if let Some(from) = &taken_over_from {
+            tracing::info!(event = "takeover", job = name, from = %from, epoch = lease.epoch, "took the job over from its previous holder");
+        }
         let resumed_items = record.checkpoint.as_ref().map_or(0, |c| c.items_processed);
         Ok(Job {
             ckpt,
@@ -76,7 +83,15 @@ impl Job {
             tracker: IntervalTracker::starting_at(now, resumed_items),
             pending: None,
             last_renewal: now,
+            taken_over_from,
         })
+    }
+
+    /// The worker this one took the job over from, when the job was still
+    /// held at acquire time (its lease had lapsed, or its process on this
+    /// host was gone).
+    pub fn taken_over_from(&self) -> Option<&str> {
+        self.taken_over_from.as_deref()
     }
 
     /// The job's name.

@@ -203,11 +203,25 @@ mod tests {
             ..WorkerId::for_this_process()
         };
         let spawn = |id: &WorkerId| {
-            std::process::Command::new("sleep")
+            let child = std::process::Command::new("sleep")
                 .arg("30")
                 .env(WORKER_ENV, id.to_string())
                 .spawn()
-                .unwrap()
+                .unwrap();
+            // spawn() returns while the child is still inside execve, when
+            // its /proc environ reads empty: wait until the exec is done.
+            let marker = format!("{WORKER_ENV}={id}\0").into_bytes();
+            let environ = format!("/proc/{}/environ", child.id());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !std::fs::read(&environ)
+                .unwrap_or_default()
+                .windows(marker.len())
+                .any(|w| w == marker.as_slice())
+            {
+                assert!(std::time::Instant::now() < deadline, "child never exec'd");
+                std::thread::yield_now();
+            }
+            child
         };
         let mut orphan = spawn(&dead);
         let other = WorkerId {
