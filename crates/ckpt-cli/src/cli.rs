@@ -110,7 +110,9 @@ pub enum CheckpointCommand {
         /// The pipeline stage.
         #[arg(long)]
         stage: Option<String>,
-        /// Accumulated state, as JSON (at most 1 MiB).
+        /// Accumulated state, as JSON (at most 1 MiB); `@FILE` reads it from
+        /// a file and `-` from standard input (one argument holds at most
+        /// 128 KiB on Linux).
         #[arg(long)]
         state: Option<String>,
     },

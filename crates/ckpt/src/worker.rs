@@ -104,36 +104,50 @@ impl ProcessProbe for LocalProcesses {
     }
 
     fn kill_orphans(&self, owner: &WorkerId) -> usize {
-        let marker = format!("{WORKER_ENV}={owner}\0").into_bytes();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return 0;
-        };
+        // An orphan may fork while /proc is scanned: scan again until a
+        // scan kills nothing (bounded, in case something keeps respawning).
         let mut killed = 0;
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-                continue;
-            };
-            if environ
-                .windows(marker.len())
-                .any(|w| w == marker.as_slice())
-            {
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
-                    killed += 1;
-                }
+        for _ in 0..5 {
+            let n = kill_marked(owner);
+            killed += n;
+            if n == 0 {
+                break;
             }
         }
         killed
     }
 }
 
+/// One scan of `/proc`: kills the processes marked as working for `owner`.
+fn kill_marked(owner: &WorkerId) -> usize {
+    let marker = format!("{WORKER_ENV}={owner}\0").into_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .windows(marker.len())
+            .any(|w| w == marker.as_slice())
+        {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
 /// This machine's host name.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -146,13 +160,17 @@ pub fn host_name() -> String {
 }
 
 /// Start time of `pid` in clock ticks since boot, or `None` if there is no
-/// such process (or no `/proc`).
+/// such process (or no `/proc`). A zombie (exited, not yet reaped by its
+/// parent) counts as no process: it will never renew a lease again.
 pub fn process_start_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Field 2 (comm) may contain spaces and parentheses: skip past its last ')'.
-    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
     // After comm, fields start at 3 (state); starttime is field 22.
-    after_comm.split_whitespace().nth(22 - 3)?.parse().ok()
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(22 - 4)?.parse().ok()
 }
 
 #[cfg(test)]

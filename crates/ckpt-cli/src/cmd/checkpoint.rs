@@ -8,6 +8,7 @@ use ckpt::validate::parse_json;
 use ckpt::Checkpoint;
 
 use crate::cli::CheckpointCommand;
+use crate::exit::Usage;
 
 pub fn checkpoint(url: &str, cmd: CheckpointCommand) -> Result<ExitCode> {
     match cmd {
@@ -34,7 +35,9 @@ pub fn checkpoint(url: &str, cmd: CheckpointCommand) -> Result<ExitCode> {
             super::job_name(&job)?;
             let mut cp = Checkpoint::new(parse_json("cursor", &cursor)?, items_processed);
             cp.stage = stage;
-            cp.state = state.map(|s| parse_json("state", &s)).transpose()?;
+            cp.state = state
+                .map(|s| read_state_arg(&s).and_then(|text| Ok(parse_json("state", &text)?)))
+                .transpose()?;
             let ckpt = super::open(url, OpenMode::CreateIfMissing)?;
             ckpt.set_checkpoint(&job, &cp)?;
         }
@@ -45,4 +48,25 @@ pub fn checkpoint(url: &str, cmd: CheckpointCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The text of `--state`: inline JSON, `@FILE`, or `-` for standard input.
+fn read_state_arg(arg: &str) -> Result<String> {
+    use std::io::Read;
+    let from = |what: String, r: std::io::Result<String>| {
+        r.map_err(|e| anyhow::Error::new(Usage(format!("cannot read state from {what}: {e}"))))
+    };
+    match arg {
+        "-" => {
+            let mut text = String::new();
+            from(
+                "standard input".into(),
+                std::io::stdin().read_to_string(&mut text).map(|_| text),
+            )
+        }
+        _ => match arg.strip_prefix('@') {
+            Some(path) => from(path.to_string(), std::fs::read_to_string(path)),
+            None => Ok(arg.to_string()),
+        },
+    }
 }

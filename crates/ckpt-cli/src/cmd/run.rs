@@ -176,7 +176,16 @@ impl Iterator for ItemLines {
                 continue;
             }
             return Some(match std::str::from_utf8(line) {
-                Ok(s) => Ok(NewItem::key(s)),
+                Ok(s) => match ckpt::validate::item_key(s) {
+                    Ok(()) => Ok(NewItem::key(s)),
+                    Err(ckpt::Error::InvalidInput(why)) | Err(ckpt::Error::NotFound(why)) => {
+                        Err(ckpt::Error::InvalidInput(format!(
+                            "{} line {}: {why}",
+                            self.source, self.line
+                        )))
+                    }
+                    Err(other) => Err(other),
+                },
                 Err(e) => Err(ckpt::Error::InvalidInput(format!(
                     "{} line {}: not valid UTF-8 ({e})",
                     self.source, self.line

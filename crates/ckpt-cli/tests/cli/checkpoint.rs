@@ -193,12 +193,9 @@ fn large_state_round_trips() {
     assert_eq!(sb.status("J")["checkpoint"]["state_bytes"], state.len());
 }
 
-/// The 1 MiB state limit cannot be reached from the command line: Linux
-/// refuses a single argument over 128 KiB (MAX_ARG_STRLEN) before `ckpt`
-/// starts, so `--state` cannot carry a state between 128 KiB and 1 MiB
-/// either, and the limit's error path is unreachable from the CLI.
+/// A state over the 1 MiB limit, given as `--state @FILE` (Linux refuses a
+/// single argument over 128 KiB), is refused and the old checkpoint kept.
 #[test]
-#[ignore = "bug: --state over 128 KiB cannot be passed as one argument on Linux (E2BIG); needs --state @FILE or --state - (stdin)"]
 fn state_over_one_mib_exits_2_and_keeps_the_previous_checkpoint() {
     let sb = Sandbox::new();
     sb.ckpt()
@@ -207,9 +204,12 @@ fn state_over_one_mib_exits_2_and_keeps_the_previous_checkpoint() {
         .success();
     let before = sb.dump();
     let big = json!({ "blob": "x".repeat(1024 * 1024) }).to_string();
+    let file = sb.path().join("big-state.json");
+    std::fs::write(&file, &big).unwrap();
     let line = sb
         .ckpt()
-        .args(["checkpoint", "set", "J", "2", "--state", &big])
+        .args(["checkpoint", "set", "J", "2", "--state"])
+        .arg(format!("@{}", file.display()))
         .run()
         .error(2);
     assert!(line.contains("over the limit"), "{line}");

@@ -1,5 +1,6 @@
-//! A `ckpt run` killed with SIGKILL: its children die with it, and the next
-//! run on this host takes over its items at once and finishes the job.
+//! A `ckpt run` killed with SIGKILL: the next run on this host kills the
+//! commands the dead run left behind, takes its items over at once (not
+//! after the 30 s lease) and finishes the job.
 
 use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
@@ -11,11 +12,22 @@ const SIGKILL: i32 = 9;
 
 /// Each item records "PID ITEM" in `started`, waits while the file `go` is
 /// missing, then logs the item. Removing `go` parks the items that start
-/// afterwards, so the test knows some are in flight when it kills the run.
+/// afterwards, so the test knows which are in flight when it kills the run.
 const SCRIPT: &str = r#"echo "$$ $0" >> started
 while [ ! -e go ]; do sleep 0.01; done
 sleep 0.05
 echo "$0" >> log"#;
+
+/// `(pid, item)` of the `started` lines.
+fn started(sb: &Sandbox) -> Vec<(u32, String)> {
+    sb.lines("started")
+        .iter()
+        .map(|l| {
+            let (pid, item) = l.split_once(' ').expect("PID ITEM");
+            (pid.parse().expect("a pid"), item.to_string())
+        })
+        .collect()
+}
 
 #[test]
 fn sigkill_mid_run_then_rerun_takes_over_and_completes() {
@@ -45,53 +57,42 @@ fn sigkill_mid_run_then_rerun_takes_over_and_completes() {
 
     first.kill().unwrap(); // SIGKILL
     let status = first.wait().unwrap(); // reaped: its pid is gone, not a zombie
-    assert_eq!(
-        status.signal(),
-        Some(SIGKILL),
-        "killed by SIGKILL: {status:?}"
-    );
+    assert_eq!(status.signal(), Some(SIGKILL), "{status:?}");
+    let parked: Vec<(u32, String)> = started(&sb).split_off(started_before);
+    assert!(!parked.is_empty());
 
-    // The killed run's children die with it (PR_SET_PDEATHSIG): the parked
-    // ones would otherwise loop until `go` exists again.
-    let started = sb.lines("started");
-    let pids: Vec<u32> = started
-        .iter()
-        .map(|l| l.split(' ').next().unwrap().parse().expect("a pid"))
-        .collect();
+    // The same command again, with the parked commands of the dead run still
+    // waiting for `go`: the rerun kills them before taking their items over.
+    let began = Instant::now();
+    let rerun = command().start();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !pids.iter().all(|&p| process_gone(p)) {
+    while !parked.iter().all(|(pid, _)| process_gone(*pid)) {
         if Instant::now() > deadline {
-            let alive: Vec<u32> = pids.iter().copied().filter(|&p| !process_gone(p)).collect();
+            let alive: Vec<u32> = parked
+                .iter()
+                .map(|(pid, _)| *pid)
+                .filter(|&pid| !process_gone(pid))
+                .collect();
             for pid in &alive {
                 let _ = std::process::Command::new("kill")
                     .args(["-9", &pid.to_string()])
                     .status();
             }
-            panic!("children of the killed run still alive 10 s after the kill: {alive:?}");
+            sb.write("go", "");
+            let out = rerun.wait(Duration::from_secs(30));
+            panic!(
+                "commands of the killed run still alive 10 s into the rerun: {alive:?}\n{}",
+                out.stderr
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     let logged_by_first = sb.lines("log");
-    let parked: Vec<String> = started
-        .iter()
-        .skip(started_before)
-        .map(|l| l.split(' ').nth(1).unwrap().to_string())
-        .collect();
-    assert!(!parked.is_empty());
-    for item in &parked {
-        assert!(
-            !logged_by_first.contains(item),
-            "parked item {item} was logged before the rerun"
-        );
-    }
-
-    // The same command again finishes the job promptly: the dead run's
-    // leases (30 s) are taken over at once because its pid is gone.
     sb.write("go", "");
-    let began = Instant::now();
-    let out = command().run();
+    let out = rerun.wait(Duration::from_secs(60));
     let took = began.elapsed();
     out.success();
+    // The dead run's leases (30 s) are taken over at once: its pid is gone.
     assert!(
         took < Duration::from_secs(15),
         "the rerun took {took:?}; it waited for a lease?"
@@ -107,7 +108,7 @@ fn sigkill_mid_run_then_rerun_takes_over_and_completes() {
     assert_eq!(item_counts(&status), (0, 0, 40, 0, 0));
 
     // Every item logged; an item logged twice was logged by the killed run
-    // (finished, but its completion not yet committed).
+    // (finished, but its completion not yet committed when it was killed).
     let log = sb.lines("log");
     let times = counts(&log);
     let expected: BTreeSet<&String> = all.iter().collect();
@@ -122,7 +123,8 @@ fn sigkill_mid_run_then_rerun_takes_over_and_completes() {
             );
         }
     }
-    for item in &parked {
+    // The parked commands were killed, not left to finish beside their retry.
+    for (_, item) in &parked {
         assert_eq!(times[item], 1, "parked item {item} ran once, in the rerun");
     }
 }

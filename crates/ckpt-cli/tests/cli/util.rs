@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -143,6 +145,88 @@ pub fn dump_db(path: &Path) -> String {
     out
 }
 
+/// A pipe read to its end on a thread, into a buffer readable meanwhile.
+struct Pipe {
+    buf: Arc<Mutex<Vec<u8>>>,
+    thread: JoinHandle<()>,
+}
+
+impl Pipe {
+    fn drain(mut pipe: impl Read + Send + 'static) -> Pipe {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buf);
+        let thread = std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        Pipe { buf, thread }
+    }
+
+    /// What was read so far.
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+    }
+
+    /// Everything, once the writers have closed the pipe.
+    fn finish(self) -> String {
+        self.thread.join().expect("pipe reader");
+        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+    }
+}
+
+/// A `ckpt` command running in the background.
+pub struct Running {
+    describe: String,
+    child: Child,
+    feeder: Option<JoinHandle<()>>,
+    stdout: Pipe,
+    stderr: Pipe,
+}
+
+impl Running {
+    /// Waits for the command to exit; kills it and fails the test if it is
+    /// still running after `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> Out {
+        let describe = self.describe;
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for ckpt") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                // Not joined: a child of `ckpt` may still hold the pipe.
+                panic!(
+                    "{describe} still running after {timeout:?}; killed. stderr:\n{}",
+                    self.stderr.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if let Some(feeder) = self.feeder {
+            feeder.join().expect("stdin feeder");
+        }
+        let stdout = self.stdout.finish();
+        let stderr = self.stderr.finish();
+        let code = match status.code() {
+            Some(code) => code,
+            None => panic!("{describe} was killed: {status:?}; stderr:\n{stderr}"),
+        };
+        Out {
+            describe,
+            code,
+            stdout,
+            stderr,
+        }
+    }
+}
+
 /// A `ckpt` command being built.
 pub struct Ckpt {
     cmd: Command,
@@ -176,8 +260,14 @@ impl Ckpt {
         self
     }
 
-    /// Runs the command to the end, capturing its output.
-    pub fn run(mut self) -> Out {
+    /// Runs the command to the end, capturing its output; kills it and
+    /// fails the test if it runs for longer than a minute.
+    pub fn run(self) -> Out {
+        self.start().wait(Duration::from_secs(60))
+    }
+
+    /// Starts the command in the background, capturing its output.
+    pub fn start(mut self) -> Running {
         let describe = format!("{:?}", self.cmd);
         self.cmd
             .stdin(if self.stdin.is_some() {
@@ -198,19 +288,14 @@ impl Ckpt {
                 let _ = pipe.write_all(&bytes);
             })
         });
-        let output = child.wait_with_output().expect("wait for ckpt");
-        if let Some(feeder) = feeder {
-            feeder.join().expect("stdin feeder");
-        }
-        let code = match output.status.code() {
-            Some(code) => code,
-            None => panic!("{describe} was killed: {:?}", output.status),
-        };
-        Out {
+        let stdout = Pipe::drain(child.stdout.take().expect("piped stdout"));
+        let stderr = Pipe::drain(child.stderr.take().expect("piped stderr"));
+        Running {
             describe,
-            code,
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            child,
+            feeder,
+            stdout,
+            stderr,
         }
     }
 

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 
+use super::rules::{busy, fenced_item, fenced_job, held_by_live_owner};
 use super::{ItemStream, Store};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -85,50 +86,6 @@ fn new_job(job: &str, now: Timestamp) -> JobRow {
     }
 }
 
-fn held_by_live_owner(
-    r: &JobRecord,
-    owner: Option<&str>,
-    steal_from: Option<&str>,
-    now: Timestamp,
-) -> bool {
-    match (&r.owner, r.lease_expires) {
-        (Some(o), Some(exp)) => {
-            exp > now && Some(o.as_str()) != owner && Some(o.as_str()) != steal_from
-        }
-        _ => false,
-    }
-}
-
-fn busy(r: &JobRecord) -> Error {
-    Error::Busy(format!(
-        "job '{}' is held by {} until {} ms",
-        r.name,
-        r.owner.as_deref().unwrap_or("?"),
-        r.lease_expires.map(|t| t.0).unwrap_or(0)
-    ))
-}
-
-fn fenced_job(lease: &JobLease, r: Option<&JobRecord>) -> Error {
-    match r {
-        None => Error::Fenced(format!("job '{}' no longer exists", lease.job)),
-        Some(r) => Error::Fenced(format!(
-            "job '{}' moved to epoch {} (owner {}); this worker held epoch {}",
-            lease.job,
-            r.epoch,
-            r.owner.as_deref().unwrap_or("none"),
-            lease.epoch
-        )),
-    }
-}
-
-/// The error for an update whose lease is no longer current.
-pub(crate) fn fenced_item(key: &str, status: ItemStatus, owner: Option<&str>) -> Error {
-    Error::Fenced(format!(
-        "item '{key}' is {status} (owner {}): this worker's lease on it was lost",
-        owner.unwrap_or("none")
-    ))
-}
-
 fn state_bytes(cp: &Checkpoint) -> u64 {
     cp.state
         .as_ref()
@@ -142,7 +99,7 @@ impl JobRow {
         if r.owner.as_deref() == Some(lease.owner.as_str()) && r.epoch == lease.epoch {
             Ok(())
         } else {
-            Err(fenced_job(lease, Some(r)))
+            Err(fenced_job(lease, Some((r.epoch, r.owner.as_deref()))))
         }
     }
 
@@ -270,7 +227,7 @@ impl Store for MemoryStore {
             .or_insert_with(|| new_job(job, now));
         let r = &mut row.record;
         if held_by_live_owner(r, Some(owner), steal_from, now) {
-            return Err(busy(r));
+            return Err(busy(r, now));
         }
         r.epoch += 1;
         r.attempts += 1;
@@ -384,7 +341,7 @@ impl Store for MemoryStore {
             None => g.job_mut(job)?,
         };
         if held_by_live_owner(&row.record, None, steal_from, now) {
-            return Err(busy(&row.record));
+            return Err(busy(&row.record, now));
         }
         match checkpoint {
             Some(cp) => row.write_checkpoint(cp, history_keep, now),

@@ -13,6 +13,7 @@
 
 mod fault;
 mod memory;
+mod rules;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod url;

@@ -116,6 +116,12 @@ impl SqliteStore {
                 )))
             }
             Ok(m) if m.len() > 0 => schema::inspect_existing(file, path)?,
+            // An empty file holds no store: a read must not turn it into one.
+            Ok(_) if mode == OpenMode::MustExist => {
+                return Err(Error::NotFound(format!(
+                    "no ckpt store at {path} (the file is empty)"
+                )))
+            }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if mode == OpenMode::MustExist {
@@ -159,9 +165,19 @@ impl SqliteStore {
         let conn = self.lock();
         conn.busy_timeout(self.options.busy_timeout)
             .map_err(|e| self.open_err(e))?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(|e| self.open_err(e))?;
+        // Switching to WAL takes an exclusive lock and does not wait on the
+        // busy handler, so several processes opening a new store at once
+        // retry here until the busy timeout runs out.
+        let deadline = std::time::Instant::now() + self.options.busy_timeout;
+        let mode: String = loop {
+            match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+                Ok(mode) => break mode,
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(self.open_err(e)),
+            }
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::Open(format!(
                 "{}: cannot switch to WAL journal (got {mode})",
@@ -195,6 +211,11 @@ impl SqliteStore {
         // open transaction is rolled back when its guard drops.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
 }
 
 /// Maps a SQLite error to the library's error.

@@ -9,7 +9,7 @@ use crate::model::{
     Checkpoint, ClaimedItem, EnqueueReport, HistoryEntry, ItemChange, ItemCounts, ItemLease,
     ItemRecord, ItemStatus, ItemUpdate, JobLease, JobRecord, JobStatus,
 };
-use crate::store::memory::fenced_item;
+use crate::store::rules::{busy, fenced_item, fenced_job, held_by_live_owner};
 use crate::store::{ItemStream, Store};
 use crate::time::Timestamp;
 
@@ -130,29 +130,6 @@ fn ensure_job(conn: &Connection, job: &str, now: Timestamp) -> Result<i64> {
     job_id(conn, job)?.ok_or_else(|| Error::Storage(format!("job '{job}' vanished")))
 }
 
-fn busy(r: &JobRecord) -> Error {
-    Error::Busy(format!(
-        "job '{}' is held by {} until {} ms",
-        r.name,
-        r.owner.as_deref().unwrap_or("?"),
-        r.lease_expires.map(|t| t.0).unwrap_or(0)
-    ))
-}
-
-fn held_by_live_owner(
-    r: &JobRecord,
-    owner: Option<&str>,
-    steal_from: Option<&str>,
-    now: Timestamp,
-) -> bool {
-    match (&r.owner, r.lease_expires) {
-        (Some(o), Some(exp)) => {
-            exp > now && Some(o.as_str()) != owner && Some(o.as_str()) != steal_from
-        }
-        _ => false,
-    }
-}
-
 /// Checks the lease inside a transaction; `Fenced` unless current.
 fn check_lease(tx: &Transaction<'_>, lease: &JobLease) -> Result<i64> {
     let row: Option<(i64, Option<String>, i64)> = tx
@@ -163,21 +140,13 @@ fn check_lease(tx: &Transaction<'_>, lease: &JobLease) -> Result<i64> {
         })
         .map_err(sql_err)?;
     match row {
-        None => Err(Error::Fenced(format!(
-            "job '{}' no longer exists",
-            lease.job
-        ))),
         Some((id, owner, epoch))
             if owner.as_deref() == Some(lease.owner.as_str()) && epoch as u64 == lease.epoch =>
         {
             Ok(id)
         }
-        Some((_, owner, epoch)) => Err(Error::Fenced(format!(
-            "job '{}' moved to epoch {epoch} (owner {}); this worker held epoch {}",
-            lease.job,
-            owner.as_deref().unwrap_or("none"),
-            lease.epoch
-        ))),
+        Some((_, owner, epoch)) => Err(fenced_job(lease, Some((epoch as u64, owner.as_deref())))),
+        None => Err(fenced_job(lease, None)),
     }
 }
 
@@ -401,7 +370,7 @@ impl Store for SqliteStore {
             let id = ensure_job(tx, job, now)?;
             let current = get_job(tx, job)?.ok_or_else(|| Error::NotFound(job.to_string()))?;
             if held_by_live_owner(&current, Some(owner), steal_from, now) {
-                return Err(busy(&current));
+                return Err(busy(&current, now));
             }
             tx.prepare_cached(
                 "UPDATE jobs SET epoch = epoch + 1, attempts = attempts + 1, owner = ?2,
@@ -514,7 +483,7 @@ impl Store for SqliteStore {
             };
             let current = get_job(tx, job)?.ok_or_else(|| Error::NotFound(job.to_string()))?;
             if held_by_live_owner(&current, None, steal_from, now) {
-                return Err(busy(&current));
+                return Err(busy(&current, now));
             }
             match checkpoint {
                 Some(cp) => write_checkpoint(tx, Writer::Operator(id), cp, history_keep, now)?,

@@ -79,14 +79,20 @@ pub(super) fn inspect_existing(file: &Path, path: &str) -> Result<()> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| Error::Open(format!("{path}: {e}")))?;
-    let read = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
-    let probe = read("PRAGMA application_id").and_then(|app| {
-        Ok((
-            app,
-            read("PRAGMA user_version")?,
-            read("SELECT count(*) FROM sqlite_master")?,
-        ))
-    });
+    // One statement, so one snapshot: another process may be creating the
+    // store right now, and must not be caught half-way.
+    let probe = conn.query_row(
+        "SELECT a.application_id, v.user_version, (SELECT count(*) FROM sqlite_master)
+         FROM pragma_application_id a, pragma_user_version v",
+        [],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        },
+    );
     let (app, version, objects) = match probe {
         Ok(v) => v,
         Err(e) => {
