@@ -84,6 +84,7 @@ macro_rules! conformance_suite {
                 operator_writes_respect_live_owners,
                 crash_after_save_resumes_from_it,
                 crash_before_save_resumes_from_previous,
+                transient_store_failure_loses_nothing,
                 runner_completes_every_item_with_retries,
                 next_ready_at_tracks_retries,
                 schema_version_mismatch_is_refused,

@@ -266,3 +266,28 @@ pub fn schema_version_mismatch_is_refused(f: &Fixture) {
     );
     assert!(err.to_string().contains("upgrade ckpt"));
 }
+
+pub fn transient_store_failure_loses_nothing(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let flaky: Arc<dyn Store> =
+        Arc::new(FaultStore::new((f.another)()).inject(Op::SaveCheckpoint, 2, Fault::Fail));
+    let c = Ckpt::new(flaky).with_clock(Arc::new(clock.clone()));
+    let mut job = c.job_with("flaky", every_call()).unwrap();
+    job.save(&1, 1).unwrap();
+    let err = job.save(&2, 2).unwrap_err();
+    assert!(matches!(err, Error::Storage(_)), "{err}");
+    assert_eq!(
+        c.get_job("flaky")
+            .unwrap()
+            .unwrap()
+            .checkpoint
+            .unwrap()
+            .cursor,
+        json!(1),
+        "the failed save changed nothing"
+    );
+    job.save(&3, 3).unwrap();
+    job.complete().unwrap();
+    let rec = c.get_job("flaky").unwrap().unwrap();
+    assert_eq!((rec.checkpoint.unwrap().cursor, rec.saves), (json!(3), 2));
+}
