@@ -110,15 +110,13 @@ impl Queue {
             now.plus(self.options.lease),
             now,
         )?;
+        let mut taken_over = 0;
         for item in &claimed {
-            match &item.taken_over_from {
-                Some(from) => {
-                    tracing::info!(event = "takeover", job = %self.job, item = %item.key, from = %from, attempt = item.attempt)
-                }
-                None => {
-                    tracing::debug!(event = "item_claimed", job = %self.job, item = %item.key, attempt = item.attempt)
-                }
-            }
+            tracing::debug!(event = "item_claimed", job = %self.job, item = %item.key, attempt = item.attempt, from = item.taken_over_from.as_deref());
+            taken_over += usize::from(item.taken_over_from.is_some());
+        }
+        if taken_over > 0 {
+            tracing::info!(event = "takeover", job = %self.job, items = taken_over, "took over {taken_over} item(s) whose previous lease had expired or whose owner was gone");
         }
         Ok(claimed)
     }
