@@ -11,10 +11,22 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let args = cli::Cli::parse();
     cli::init_logging(&args);
     match cmd::dispatch(args) {
         Ok(code) => code,
         Err(err) => exit::report(&err),
+    }
+}
+
+/// Rust ignores SIGPIPE, so `ckpt status | head -1` would panic on the
+/// closed pipe. Like other Unix tools, ckpt instead ends quietly when its
+/// reader goes away.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

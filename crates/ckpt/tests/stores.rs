@@ -18,21 +18,21 @@ pub struct Fixture {
     /// Marks the store as written by a newer ckpt and returns the error of
     /// opening it again; `None` for stores without a persistent schema.
     pub newer_schema: Option<Box<dyn Fn() -> ckpt::Error>>,
-    _guard: Option<tempfile::TempDir>,
+    _guard: Option<Box<dyn std::any::Any>>,
 }
 
-pub fn memory() -> Fixture {
+pub fn memory() -> Option<Fixture> {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let same = store.clone();
-    Fixture {
+    Some(Fixture {
         store,
         another: Box::new(move || same.clone()),
         newer_schema: None,
         _guard: None,
-    }
+    })
 }
 
-pub fn sqlite() -> Fixture {
+pub fn sqlite() -> Option<Fixture> {
     use ckpt::store::{OpenMode, SqliteOptions, SqliteStore};
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("ckpt.db").to_string_lossy().into_owned();
@@ -47,7 +47,7 @@ pub fn sqlite() -> Fixture {
     };
     let store = open();
     let newer_path = path.clone();
-    Fixture {
+    Some(Fixture {
         store,
         another: Box::new(open),
         newer_schema: Some(Box::new(move || {
@@ -57,8 +57,76 @@ pub fn sqlite() -> Fixture {
             SqliteStore::open(&newer_path, SqliteOptions::default(), OpenMode::MustExist)
                 .expect_err("a newer schema must be refused")
         })),
-        _guard: Some(dir),
+        _guard: Some(Box::new(dir)),
+    })
+}
+
+/// True when a missing server must fail the tests (CI) instead of skipping.
+pub fn services_required() -> bool {
+    std::env::var("CKPT_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// A fresh schema on the test PostgreSQL server, dropped afterwards; `None`
+/// (the test is skipped, with the reason printed) when there is no server
+/// and `CKPT_REQUIRE_SERVICES` is not `1`.
+#[cfg(feature = "postgres")]
+pub fn postgres() -> Option<Fixture> {
+    use ckpt::store::{OpenMode, PgStore};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let base = std::env::var("CKPT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let schema = format!(
+        "ckpt_test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}schema={schema}&pool_size=4");
+    let store = match PgStore::open(&url, OpenMode::CreateIfMissing) {
+        Ok(store) => Arc::new(store),
+        Err(e) if services_required() => {
+            panic!("CKPT_REQUIRE_SERVICES=1 but PostgreSQL is not usable: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: PostgreSQL is not available ({e}); start it or set CKPT_TEST_POSTGRES_URL");
+            return None;
+        }
+    };
+    struct DropSchema(Arc<PgStore>);
+    impl Drop for DropSchema {
+        fn drop(&mut self) {
+            let _ = self.0.drop_schema();
+        }
     }
+    let open = {
+        let url = url.clone();
+        move || -> Arc<dyn Store> {
+            Arc::new(PgStore::open(&url, OpenMode::MustExist).expect("open postgres store"))
+        }
+    };
+    let newer_url = url.clone();
+    let raw_url = base.clone();
+    let newer_schema = schema.clone();
+    Some(Fixture {
+        store: store.clone(),
+        another: Box::new(open),
+        newer_schema: Some(Box::new(move || {
+            let mut client = postgres::Client::connect(&raw_url, postgres::NoTls).unwrap();
+            client
+                .batch_execute(&format!(
+                    "UPDATE {newer_schema}.ckpt_meta SET value = '999' WHERE key = 'schema_version'"
+                ))
+                .unwrap();
+            PgStore::open(&newer_url, OpenMode::MustExist)
+                .expect_err("a newer schema must be refused")
+        })),
+        _guard: Some(Box::new(DropSchema(store))),
+    })
 }
 
 /// Runs every conformance test against the store made by `$make`.
@@ -95,7 +163,9 @@ macro_rules! conformance_suite {
         $(
             #[test]
             fn $test() {
-                crate::conformance::$test(&$make);
+                if let Some(fixture) = $make {
+                    crate::conformance::$test(&fixture);
+                }
             }
         )*
     };
@@ -103,3 +173,5 @@ macro_rules! conformance_suite {
 
 conformance_suite!(memory, crate::memory());
 conformance_suite!(sqlite_store, crate::sqlite());
+#[cfg(feature = "postgres")]
+conformance_suite!(postgres_store, crate::postgres());

@@ -411,3 +411,46 @@ fn dump_shows_a_change() {
         .success();
     assert_ne!(dump_db(&sb.db()), one, "a change shows in the dump");
 }
+
+/// `ckpt ... | head -c1`: a reader that goes away is not an error, and
+/// never a panic.
+#[test]
+fn closed_stdout_pipe_is_not_a_panic() {
+    let sb = Sandbox::new();
+    let state = sb.write(
+        "state.json",
+        serde_json::json!({ "x": "y".repeat(256 * 1024) }).to_string(),
+    );
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "1", "--state"])
+        .arg(format!("@{}", state.display()))
+        .run()
+        .success();
+    let mut child = std::process::Command::new(crate::util::BIN)
+        .args([
+            "--store",
+            &sb.store_url(),
+            "checkpoint",
+            "get",
+            "J",
+            "--full",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before reading anything
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc_sigpipe()),
+        "{:?} {stderr}",
+        out.status
+    );
+}
+
+fn libc_sigpipe() -> i32 {
+    13
+}

@@ -13,6 +13,8 @@
 
 mod fault;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod rules;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -22,6 +24,8 @@ use std::sync::Arc;
 
 pub use fault::{Fault, FaultStore, Op};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PgStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteOptions, SqliteStore, SCHEMA_VERSION};
 pub use url::{redact_url, OpenMode};

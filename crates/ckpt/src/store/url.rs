@@ -59,6 +59,8 @@ pub(super) fn open(url: &str, mode: OpenMode) -> Result<Arc<dyn Store>> {
             let options = super::sqlite::SqliteOptions::from_query(query)?;
             Ok(Arc::new(super::SqliteStore::open(path, options, mode)?))
         }
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Arc::new(super::PgStore::open(url, mode)?)),
         other => Err(Error::Open(format!(
             "unsupported store scheme {other:?} in {}; this build supports: {}",
             redact_url(url),
@@ -67,12 +69,16 @@ pub(super) fn open(url: &str, mode: OpenMode) -> Result<Arc<dyn Store>> {
     }
 }
 
-fn supported_schemes() -> &'static str {
+fn supported_schemes() -> String {
+    let mut schemes = Vec::new();
     if cfg!(feature = "sqlite") {
-        "sqlite://, memory://"
-    } else {
-        "memory://"
+        schemes.push("sqlite://");
     }
+    if cfg!(feature = "postgres") {
+        schemes.push("postgres://");
+    }
+    schemes.push("memory://");
+    schemes.join(", ")
 }
 
 #[cfg(test)]

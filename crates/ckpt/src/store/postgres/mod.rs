@@ -1,0 +1,218 @@
+//! The PostgreSQL store: many machines share one job.
+//!
+//! - Everything lives in one schema (default `ckpt`, `?schema=NAME` in the
+//!   URL), created and migrated on first open under a transaction-level
+//!   advisory lock, so several processes opening a new store at once is safe.
+//! - Claims are one statement: `FOR UPDATE SKIP LOCKED` picks ready items
+//!   (pending, due for a retry, or with an expired lease) and the same
+//!   statement takes them, so no separate rescuer is needed.
+//! - Commits are durable as PostgreSQL's own settings make them
+//!   (`synchronous_commit` on by default: a saved checkpoint survives a crash
+//!   of the database server).
+//! - The driver is async (tokio-postgres with a deadpool pool); the store
+//!   owns a small tokio runtime and blocks on it, so it must not be called
+//!   from inside an async task (use `spawn_blocking`).
+//! - URLs: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=ckpt&pool_size=16]`;
+//!   other query parameters go to the driver. TLS is not supported yet. A
+//!   password never appears in messages: they carry the redacted URL.
+
+mod ops;
+mod schema;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use super::url::{query_pairs, redact_url, OpenMode};
+use crate::error::{Error, Result};
+
+/// A ckpt store in a PostgreSQL schema.
+#[derive(Debug)]
+pub struct PgStore {
+    runtime: tokio::runtime::Runtime,
+    pool: Pool,
+    schema: String,
+    url: String,
+}
+
+impl PgStore {
+    /// Connects to the server named by `url` and opens (with
+    /// [`OpenMode::CreateIfMissing`], creates) the store in its schema.
+    pub fn open(url: &str, mode: OpenMode) -> Result<PgStore> {
+        let redacted = redact_url(url);
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut schema = "ckpt".to_string();
+        let mut pool_size = 16usize;
+        let mut driver_params = Vec::new();
+        for (key, value) in query_pairs(query) {
+            match key {
+                "schema" => schema = value.to_string(),
+                "pool_size" => {
+                    pool_size = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        Error::Open(format!(
+                            "pool_size must be a positive number, not {value:?}"
+                        ))
+                    })?
+                }
+                _ => driver_params.push(format!("{key}={value}")),
+            }
+        }
+        if !is_identifier(&schema) {
+            return Err(Error::Open(format!(
+                "schema {schema:?} must be a lowercase SQL identifier ([a-z_][a-z0-9_]*, at most 63 bytes)"
+            )));
+        }
+        let conn_str = if driver_params.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", driver_params.join("&"))
+        };
+        let mut config: tokio_postgres::Config =
+            conn_str.parse().map_err(|e: tokio_postgres::Error| {
+                Error::Open(format!("{redacted}: {}", scrub(&e.to_string(), url)))
+            })?;
+        config.options(format!("-c search_path={schema}"));
+        config.application_name("ckpt");
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(10)))
+            .wait_timeout(Some(Duration::from_secs(60)))
+            .build()
+            .map_err(|e| Error::Open(format!("{redacted}: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ckpt-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Open(format!("cannot start the PostgreSQL driver: {e}")))?;
+        let store = PgStore {
+            runtime,
+            pool,
+            schema,
+            url: redacted,
+        };
+        store.block(schema::migrate(&store, mode))?;
+        Ok(store)
+    }
+
+    /// The schema the store lives in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Deletes the whole store: `DROP SCHEMA … CASCADE`. Irreversible.
+    pub fn drop_schema(&self) -> Result<()> {
+        self.block(async {
+            let client = self.client().await?;
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+                .await
+                .map_err(pg_err)
+        })
+    }
+
+    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    async fn client(&self) -> Result<Object> {
+        self.pool.get().await.map_err(|e| {
+            Error::Storage(format!("cannot connect to PostgreSQL at {}: {e}", self.url))
+        })
+    }
+}
+
+/// True for a lowercase SQL identifier that needs no quoting.
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some('a'..='z' | '_'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+        && s.len() <= 63
+}
+
+/// Removes the URL's password from a driver message, whatever it says.
+fn scrub(message: &str, url: &str) -> String {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, pw)| pw)
+        .filter(|pw| !pw.is_empty());
+    match password {
+        Some(pw) => message.replace(pw, "***"),
+        None => message.to_string(),
+    }
+}
+
+/// Maps a driver error to the library's error.
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        if *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+            || *code == SqlState::LOCK_NOT_AVAILABLE
+        {
+            return Error::Busy(format!("PostgreSQL: {}", db.message()));
+        }
+        if *code == SqlState::DISK_FULL {
+            return Error::Storage(format!("disk full: {}", db.message()));
+        }
+        return Error::Storage(format!("PostgreSQL: {} ({})", db.message(), code.code()));
+    }
+    if e.is_closed() {
+        return Error::Storage(format!("lost connection to PostgreSQL: {e}"));
+    }
+    Error::Storage(format!("PostgreSQL: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier("ckpt"));
+        assert!(is_identifier("ckpt_test_01"));
+        for bad in ["", "Ckpt", "1abc", "a-b", "a;drop", &"x".repeat(64)] {
+            assert!(!is_identifier(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_scrubbed_from_driver_messages() {
+        let url = "postgres://bob:hunter2@db/x";
+        assert_eq!(
+            scrub("bad password hunter2 given", url),
+            "bad password *** given"
+        );
+        assert_eq!(scrub("nothing", "postgres://bob@db/x"), "nothing");
+    }
+
+    #[test]
+    fn bad_options_are_clear_errors_without_secrets() {
+        for (url, want) in [
+            ("postgres://u:pw1@127.0.0.1/db?schema=Bad-Name", "schema"),
+            ("postgres://u:pw1@127.0.0.1/db?pool_size=0", "pool_size"),
+            ("postgres://u:pw1@127.0.0.1:notaport/db", "127.0.0.1"),
+        ] {
+            let err = PgStore::open(url, OpenMode::MustExist)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{url}: {err}");
+            assert!(!err.contains("pw1"), "{url}: {err}");
+        }
+    }
+}

@@ -1,0 +1,759 @@
+//! The [`Store`] operations in PostgreSQL's dialect.
+
+use deadpool_postgres::GenericClient;
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use super::{pg_err, PgStore};
+use crate::error::{Error, Result};
+use crate::model::{
+    Checkpoint, ClaimedItem, EnqueueReport, HistoryEntry, ItemChange, ItemCounts, ItemLease,
+    ItemRecord, ItemStatus, ItemUpdate, JobLease, JobRecord, JobStatus,
+};
+use crate::store::rules::{busy, fenced_item, fenced_job, held_by_live_owner};
+use crate::store::{ItemStream, Store};
+use crate::time::Timestamp;
+
+const JOB_COLUMNS: &str = "name, status, cursor, items_processed, stage, state, checkpoint_at, \
+     owner, lease_expires, epoch, attempts, saves, \
+     (SELECT count(*) FROM history h WHERE h.job_id = jobs.id), state_bytes, \
+     created_at, updated_at, completed_at, error";
+
+const ITEM_COLUMNS: &str = "id, key, payload, status, attempts, owner, ready_at, last_error, \
+     stats, cursor, enqueued_at, started_at, finished_at";
+
+/// Items sent to the server per statement while enqueueing.
+const ENQUEUE_BATCH: usize = 5_000;
+
+fn status<T>(s: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+    parse(s).ok_or_else(|| Error::Storage(format!("unknown status {s:?} in the store")))
+}
+
+fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp)
+}
+
+fn job_from_row(r: &Row) -> Result<JobRecord> {
+    let checkpoint = r.get::<_, Option<Value>>(2).map(|cursor| Checkpoint {
+        cursor,
+        items_processed: r.get::<_, i64>(3) as u64,
+        stage: r.get(4),
+        state: r.get(5),
+    });
+    Ok(JobRecord {
+        name: r.get(0),
+        status: status(r.get(1), JobStatus::parse)?,
+        checkpoint,
+        checkpoint_at: ts(r.get(6)),
+        owner: r.get(7),
+        lease_expires: ts(r.get(8)),
+        epoch: r.get::<_, i64>(9) as u64,
+        attempts: r.get::<_, i32>(10) as u32,
+        saves: r.get::<_, i64>(11) as u64,
+        history_len: r.get::<_, i64>(12) as u64,
+        state_bytes: r.get::<_, i64>(13) as u64,
+        created_at: Timestamp(r.get(14)),
+        updated_at: Timestamp(r.get(15)),
+        completed_at: ts(r.get(16)),
+        error: r.get(17),
+    })
+}
+
+fn item_from_row(r: &Row) -> Result<ItemRecord> {
+    let status = status(r.get(3), ItemStatus::parse)?;
+    let ready_at = match status {
+        ItemStatus::Running | ItemStatus::Failed => ts(r.get(6)),
+        _ => None,
+    };
+    Ok(ItemRecord {
+        id: r.get(0),
+        key: r.get(1),
+        payload: r.get(2),
+        status,
+        attempts: r.get::<_, i32>(4) as u32,
+        owner: r.get(5),
+        ready_at,
+        last_error: r.get(7),
+        stats: r.get(8),
+        cursor: r.get(9),
+        enqueued_at: Timestamp(r.get(10)),
+        started_at: ts(r.get(11)),
+        finished_at: ts(r.get(12)),
+    })
+}
+
+async fn job_id(c: &impl GenericClient, job: &str) -> Result<Option<i64>> {
+    Ok(c.query_opt("SELECT id FROM jobs WHERE name = $1", &[&job])
+        .await
+        .map_err(pg_err)?
+        .map(|r| r.get(0)))
+}
+
+async fn get_job(c: &impl GenericClient, job: &str, lock: bool) -> Result<Option<JobRecord>> {
+    let suffix = if lock { " FOR UPDATE" } else { "" };
+    c.query_opt(
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE name = $1{suffix}"),
+        &[&job],
+    )
+    .await
+    .map_err(pg_err)?
+    .map(|r| job_from_row(&r))
+    .transpose()
+}
+
+async fn ensure_job(c: &impl GenericClient, job: &str, now: Timestamp) -> Result<i64> {
+    c.execute(
+        "INSERT INTO jobs (name, status, created_at, updated_at) VALUES ($1, 'running', $2, $2)
+         ON CONFLICT (name) DO NOTHING",
+        &[&job, &now.0],
+    )
+    .await
+    .map_err(pg_err)?;
+    job_id(c, job)
+        .await?
+        .ok_or_else(|| Error::Storage(format!("job '{job}' vanished")))
+}
+
+/// Checks the lease (locking the job row); `Fenced` unless current.
+async fn check_lease(c: &impl GenericClient, lease: &JobLease) -> Result<i64> {
+    let row = c
+        .query_opt(
+            "SELECT id, owner, epoch FROM jobs WHERE name = $1 FOR UPDATE",
+            &[&lease.job],
+        )
+        .await
+        .map_err(pg_err)?;
+    match row.map(|r| {
+        (
+            r.get::<_, i64>(0),
+            r.get::<_, Option<String>>(1),
+            r.get::<_, i64>(2),
+        )
+    }) {
+        Some((id, owner, epoch))
+            if owner.as_deref() == Some(lease.owner.as_str()) && epoch as u64 == lease.epoch =>
+        {
+            Ok(id)
+        }
+        Some((_, owner, epoch)) => Err(fenced_job(lease, Some((epoch as u64, owner.as_deref())))),
+        None => Err(fenced_job(lease, None)),
+    }
+}
+
+async fn write_checkpoint(
+    c: &impl GenericClient,
+    job_id: i64,
+    cp: &Checkpoint,
+    history_keep: usize,
+    now: Timestamp,
+) -> Result<()> {
+    let state_bytes = cp
+        .state
+        .as_ref()
+        .map_or(0, |s| serde_json::to_vec(s).map_or(0, |v| v.len() as i64));
+    let saves: i64 = c
+        .query_one(
+            "UPDATE jobs SET cursor = $2, items_processed = $3, stage = $4, state = $5,
+                 state_bytes = $6, checkpoint_at = $7, updated_at = $7, saves = saves + 1,
+                 completed_at = CASE status WHEN 'completed' THEN NULL ELSE completed_at END,
+                 status = CASE status WHEN 'completed' THEN 'running' ELSE status END
+             WHERE id = $1 RETURNING saves",
+            &[
+                &job_id,
+                &cp.cursor,
+                &(cp.items_processed as i64),
+                &cp.stage,
+                &cp.state,
+                &state_bytes,
+                &now.0,
+            ],
+        )
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    c.execute(
+        "INSERT INTO history (job_id, seq, cursor, items_processed, at) VALUES ($1, $2, $3, $4, $5)",
+        &[&job_id, &saves, &cp.cursor, &(cp.items_processed as i64), &now.0],
+    )
+    .await
+    .map_err(pg_err)?;
+    let keep = i64::try_from(history_keep).unwrap_or(i64::MAX);
+    if saves > keep {
+        c.execute(
+            "DELETE FROM history WHERE job_id = $1 AND seq <= $2",
+            &[&job_id, &(saves - keep)],
+        )
+        .await
+        .map_err(pg_err)?;
+    }
+    Ok(())
+}
+
+async fn apply_update(c: &impl GenericClient, u: &ItemUpdate, now: Timestamp) -> Result<()> {
+    let l = &u.lease;
+    let token = l.token as i64;
+    let fence = "WHERE id = $1 AND status = 'running' AND owner = $2 AND claims = $3";
+    let changed = match &u.change {
+        ItemChange::Heartbeat { lease_until } => {
+            c.execute(
+                &format!("UPDATE items SET ready_at = $4 {fence}"),
+                &[&l.id, &l.owner, &token, &lease_until.0],
+            )
+            .await
+        }
+        ItemChange::Cursor {
+            cursor,
+            lease_until,
+        } => {
+            c.execute(
+                &format!("UPDATE items SET ready_at = $4, cursor = $5 {fence}"),
+                &[&l.id, &l.owner, &token, &lease_until.0, cursor],
+            )
+            .await
+        }
+        ItemChange::Complete { stats } => {
+            c.execute(
+                &format!(
+                    "UPDATE items SET status = 'completed', ready_at = NULL, stats = $4,
+                         finished_at = $5 {fence}"
+                ),
+                &[&l.id, &l.owner, &token, stats, &now.0],
+            )
+            .await
+        }
+        ItemChange::Fail { error, retry_at } => {
+            let retry: Option<i64> = retry_at.map(|t| t.0);
+            c.execute(
+                &format!(
+                    "UPDATE items SET status = CASE WHEN $4::BIGINT IS NULL THEN 'dead' ELSE 'failed' END,
+                         ready_at = $4, last_error = $5,
+                         finished_at = CASE WHEN $4::BIGINT IS NULL THEN $6 ELSE finished_at END {fence}"
+                ),
+                &[&l.id, &l.owner, &token, &retry, error, &now.0],
+            )
+            .await
+        }
+    }
+    .map_err(pg_err)?;
+    if changed == 1 {
+        return Ok(());
+    }
+    let current = c
+        .query_opt(
+            "SELECT key, status, owner FROM items WHERE id = $1",
+            &[&l.id],
+        )
+        .await
+        .map_err(pg_err)?;
+    Err(match current {
+        None => Error::Fenced(format!("item {} does not exist", l.id)),
+        Some(r) => fenced_item(
+            r.get(0),
+            ItemStatus::parse(r.get(1)).unwrap_or(ItemStatus::Pending),
+            r.get(2),
+        ),
+    })
+}
+
+/// Runs `$body` (an async block body evaluating to a `Result`) inside one
+/// transaction on a pooled connection, with `$tx` bound to the transaction;
+/// commits on `Ok`, rolls back on `Err` (the transaction is dropped).
+macro_rules! in_tx {
+    ($store:expr, |$tx:ident| $body:block) => {
+        $store.block(async {
+            let mut client = $store.client().await?;
+            let transaction = client.transaction().await.map_err(pg_err)?;
+            let $tx = &transaction;
+            let out = async { $body }.await?;
+            transaction.commit().await.map_err(pg_err)?;
+            Ok(out)
+        })
+    };
+}
+
+impl Store for PgStore {
+    fn describe(&self) -> String {
+        format!("{} (schema {})", self.url, self.schema)
+    }
+
+    fn ensure_job(&self, job: &str, now: Timestamp) -> Result<()> {
+        self.block(async {
+            let c = self.client().await?;
+            ensure_job(&c, job, now).await.map(drop)
+        })
+    }
+
+    fn acquire_job(
+        &self,
+        job: &str,
+        owner: &str,
+        lease_until: Timestamp,
+        steal_from: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(JobLease, JobRecord)> {
+        in_tx!(self, |tx| {
+            let id = ensure_job(tx, job, now).await?;
+            let current = get_job(tx, job, true)
+                .await?
+                .ok_or_else(|| Error::NotFound(job.to_string()))?;
+            if held_by_live_owner(&current, Some(owner), steal_from, now) {
+                return Err(busy(&current, now));
+            }
+            tx.execute(
+                "UPDATE jobs SET epoch = epoch + 1, attempts = attempts + 1, owner = $2,
+                         lease_expires = $3, updated_at = $4,
+                         status = CASE status WHEN 'failed' THEN 'running' ELSE status END
+                     WHERE id = $1",
+                &[&id, &owner, &lease_until.0, &now.0],
+            )
+            .await
+            .map_err(pg_err)?;
+            let record = get_job(tx, job, false)
+                .await?
+                .ok_or_else(|| Error::NotFound(job.to_string()))?;
+            let lease = JobLease {
+                job: job.to_string(),
+                owner: owner.to_string(),
+                epoch: record.epoch,
+            };
+            Ok((lease, record))
+        })
+    }
+
+    fn renew_job(&self, lease: &JobLease, lease_until: Timestamp, now: Timestamp) -> Result<()> {
+        in_tx!(self, |tx| {
+            let id = check_lease(tx, lease).await?;
+            tx.execute(
+                "UPDATE jobs SET lease_expires = $2, updated_at = $3 WHERE id = $1",
+                &[&id, &lease_until.0, &now.0],
+            )
+            .await
+            .map_err(pg_err)
+            .map(drop)
+        })
+    }
+
+    fn save_checkpoint(
+        &self,
+        lease: &JobLease,
+        checkpoint: &Checkpoint,
+        history_keep: usize,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<()> {
+        in_tx!(self, |tx| {
+            let id = check_lease(tx, lease).await?;
+            write_checkpoint(tx, id, checkpoint, history_keep, now).await?;
+            tx.execute(
+                "UPDATE jobs SET lease_expires = $2 WHERE id = $1",
+                &[&id, &lease_until.0],
+            )
+            .await
+            .map_err(pg_err)
+            .map(drop)
+        })
+    }
+
+    fn finish_job(
+        &self,
+        lease: &JobLease,
+        status: JobStatus,
+        error: Option<&str>,
+        now: Timestamp,
+    ) -> Result<()> {
+        in_tx!(self, |tx| {
+            let id = check_lease(tx, lease).await?;
+            let completed_at = (status == JobStatus::Completed).then_some(now.0);
+            tx.execute(
+                "UPDATE jobs SET status = $2, error = $3, completed_at = $4, owner = NULL,
+                         lease_expires = NULL, epoch = epoch + 1, updated_at = $5 WHERE id = $1",
+                &[&id, &status.as_str(), &error, &completed_at, &now.0],
+            )
+            .await
+            .map_err(pg_err)
+            .map(drop)
+        })
+    }
+
+    fn release_job(&self, lease: &JobLease, now: Timestamp) -> Result<()> {
+        in_tx!(self, |tx| {
+            let id = check_lease(tx, lease).await?;
+            tx.execute(
+                "UPDATE jobs SET owner = NULL, lease_expires = NULL, epoch = epoch + 1,
+                         updated_at = $2 WHERE id = $1",
+                &[&id, &now.0],
+            )
+            .await
+            .map_err(pg_err)
+            .map(drop)
+        })
+    }
+
+    fn set_job_status(&self, job: &str, status: JobStatus, now: Timestamp) -> Result<()> {
+        self.block(async {
+            let c = self.client().await?;
+            let completed_at = (status == JobStatus::Completed).then_some(now.0);
+            let n = c
+                .execute(
+                    "UPDATE jobs SET status = $2, completed_at = $3, updated_at = $4 WHERE name = $1",
+                    &[&job, &status.as_str(), &completed_at, &now.0],
+                )
+                .await
+                .map_err(pg_err)?;
+            if n == 0 {
+                return Err(Error::NotFound(format!("job '{job}'")));
+            }
+            Ok(())
+        })
+    }
+
+    fn put_checkpoint(
+        &self,
+        job: &str,
+        checkpoint: Option<&Checkpoint>,
+        history_keep: usize,
+        steal_from: Option<&str>,
+        now: Timestamp,
+    ) -> Result<()> {
+        in_tx!(self, |tx| {
+            let id = match checkpoint {
+                Some(_) => ensure_job(tx, job, now).await?,
+                None => job_id(tx, job)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("job '{job}'")))?,
+            };
+            let current = get_job(tx, job, true)
+                .await?
+                .ok_or_else(|| Error::NotFound(job.to_string()))?;
+            if held_by_live_owner(&current, None, steal_from, now) {
+                return Err(busy(&current, now));
+            }
+            match checkpoint {
+                Some(cp) => write_checkpoint(tx, id, cp, history_keep, now).await?,
+                None => {
+                    tx.execute("DELETE FROM history WHERE job_id = $1", &[&id])
+                        .await
+                        .map_err(pg_err)?;
+                    tx.execute(
+                            "UPDATE jobs SET cursor = NULL, items_processed = 0, stage = NULL,
+                                 state = NULL, state_bytes = 0, checkpoint_at = NULL,
+                                 status = 'running', completed_at = NULL, error = NULL WHERE id = $1",
+                            &[&id],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                }
+            }
+            tx.execute(
+                "UPDATE jobs SET owner = NULL, lease_expires = NULL, epoch = epoch + 1,
+                         updated_at = $2 WHERE id = $1",
+                &[&id, &now.0],
+            )
+            .await
+            .map_err(pg_err)
+            .map(drop)
+        })
+    }
+
+    fn get_job(&self, job: &str) -> Result<Option<JobRecord>> {
+        self.block(async { get_job(&self.client().await?, job, false).await })
+    }
+
+    fn list_jobs(&self) -> Result<Vec<JobRecord>> {
+        self.block(async {
+            let c = self.client().await?;
+            c.query(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY name"),
+                &[],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(job_from_row)
+            .collect()
+        })
+    }
+
+    fn history(&self, job: &str, limit: usize) -> Result<Vec<HistoryEntry>> {
+        self.block(async {
+            let c = self.client().await?;
+            let rows = c
+                .query(
+                    "SELECT h.seq, h.cursor, h.items_processed, h.at FROM history h
+                     JOIN jobs j ON j.id = h.job_id WHERE j.name = $1 ORDER BY h.seq DESC LIMIT $2",
+                    &[&job, &(limit.min(i64::MAX as usize) as i64)],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(rows
+                .iter()
+                .map(|r| HistoryEntry {
+                    seq: r.get::<_, i64>(0) as u64,
+                    cursor: r.get(1),
+                    items_processed: r.get::<_, i64>(2) as u64,
+                    at: Timestamp(r.get(3)),
+                })
+                .collect())
+        })
+    }
+
+    fn enqueue(&self, job: &str, items: ItemStream<'_>, now: Timestamp) -> Result<EnqueueReport> {
+        self.block(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let id = ensure_job(&tx, job, now).await?;
+            let insert = tx
+                .prepare(
+                    "WITH ins AS (
+                         INSERT INTO items (job_id, key, payload, status, ready_at, enqueued_at)
+                         SELECT $1, t.key, t.payload, 'pending', 0, $4
+                         FROM unnest($2::TEXT[], $3::JSONB[]) AS t(key, payload)
+                         ON CONFLICT (job_id, key) DO NOTHING RETURNING 1)
+                     SELECT count(*) FROM ins",
+                )
+                .await
+                .map_err(pg_err)?;
+            let mut report = EnqueueReport::default();
+            let mut keys = Vec::with_capacity(ENQUEUE_BATCH);
+            let mut payloads: Vec<Option<Value>> = Vec::with_capacity(ENQUEUE_BATCH);
+            let mut done = false;
+            while !done {
+                keys.clear();
+                payloads.clear();
+                while keys.len() < ENQUEUE_BATCH {
+                    match items.next() {
+                        Some(item) => {
+                            let item = item?;
+                            keys.push(item.key);
+                            payloads.push(item.payload);
+                        }
+                        None => {
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                if keys.is_empty() {
+                    break;
+                }
+                let params: [&(dyn ToSql + Sync); 4] = [&id, &keys, &payloads, &now.0];
+                let inserted: i64 = tx.query_one(&insert, &params).await.map_err(pg_err)?.get(0);
+                report.inserted += inserted as u64;
+                report.existing += keys.len() as u64 - inserted as u64;
+            }
+            if report.inserted > 0 {
+                tx.execute(
+                    "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = $2
+                     WHERE id = $1 AND status = 'completed'",
+                    &[&id, &now.0],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            tx.commit().await.map_err(pg_err)?;
+            Ok(report)
+        })
+    }
+
+    fn claim(
+        &self,
+        job: &str,
+        owner: &str,
+        max: usize,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<Vec<ClaimedItem>> {
+        self.block(async {
+            let c = self.client().await?;
+            // One statement: pick ready items nobody else is claiming right
+            // now (SKIP LOCKED), take them, and report their previous owner.
+            let rows = c
+                .query(
+                    "WITH ready AS (
+                         SELECT id, status AS old_status, owner AS old_owner FROM items
+                         WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
+                           AND ready_at IS NOT NULL AND ready_at <= $2
+                         ORDER BY ready_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                     UPDATE items i SET status = 'running', owner = $4, attempts = i.attempts + 1,
+                         claims = i.claims + 1, ready_at = $5, started_at = $2
+                     FROM ready WHERE i.id = ready.id
+                     RETURNING i.id, i.key, i.payload, i.cursor, i.attempts, i.claims,
+                         ready.old_status, ready.old_owner",
+                    &[
+                        &job,
+                        &now.0,
+                        &(max.min(i64::MAX as usize) as i64),
+                        &owner,
+                        &lease_until.0,
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            let mut claimed: Vec<ClaimedItem> = rows
+                .iter()
+                .map(|r| ClaimedItem {
+                    lease: ItemLease {
+                        id: r.get(0),
+                        owner: owner.to_string(),
+                        token: r.get::<_, i64>(5) as u64,
+                    },
+                    job: job.to_string(),
+                    key: r.get(1),
+                    attempt: r.get::<_, i32>(4) as u32,
+                    payload: r.get(2),
+                    cursor: r.get(3),
+                    lease_expires: lease_until,
+                    taken_over_from: if r.get::<_, &str>(6) == "running" {
+                        r.get(7)
+                    } else {
+                        None
+                    },
+                })
+                .collect();
+            claimed.sort_by_key(|i| i.lease.id);
+            Ok(claimed)
+        })
+    }
+
+    fn update_items(&self, updates: &[ItemUpdate], now: Timestamp) -> Result<Vec<Result<()>>> {
+        in_tx!(self, |tx| {
+            let mut results = Vec::with_capacity(updates.len());
+            for u in updates {
+                results.push(match apply_update(tx, u, now).await {
+                    Err(Error::Fenced(m)) => Err(Error::Fenced(m)),
+                    Err(other) => return Err(other),
+                    Ok(()) => Ok(()),
+                });
+            }
+            Ok(results)
+        })
+    }
+
+    fn item_counts(&self, job: &str) -> Result<ItemCounts> {
+        self.block(async {
+            let c = self.client().await?;
+            let rows = c
+                .query(
+                    "SELECT i.status, count(*) FROM items i JOIN jobs j ON j.id = i.job_id
+                     WHERE j.name = $1 GROUP BY i.status",
+                    &[&job],
+                )
+                .await
+                .map_err(pg_err)?;
+            let mut counts = ItemCounts::default();
+            for r in rows {
+                counts.add(
+                    status(r.get(0), ItemStatus::parse)?,
+                    r.get::<_, i64>(1) as u64,
+                );
+            }
+            Ok(counts)
+        })
+    }
+
+    fn next_ready_at(&self, job: &str) -> Result<Option<Timestamp>> {
+        self.block(async {
+            let c = self.client().await?;
+            let row = c
+                .query_one(
+                    "SELECT min(ready_at) FROM items
+                     WHERE job_id = (SELECT id FROM jobs WHERE name = $1) AND ready_at IS NOT NULL",
+                    &[&job],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(ts(row.get(0)))
+        })
+    }
+
+    fn list_items(
+        &self,
+        job: &str,
+        status: Option<ItemStatus>,
+        limit: usize,
+    ) -> Result<Vec<ItemRecord>> {
+        self.block(async {
+            let c = self.client().await?;
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT {ITEM_COLUMNS} FROM items
+                         WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
+                           AND ($2::TEXT IS NULL OR status = $2) ORDER BY id LIMIT $3"
+                    ),
+                    &[
+                        &job,
+                        &status.map(ItemStatus::as_str),
+                        &(limit.min(i64::MAX as usize) as i64),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            rows.iter().map(item_from_row).collect()
+        })
+    }
+
+    fn running_owners(&self, job: &str) -> Result<Vec<String>> {
+        self.block(async {
+            let c = self.client().await?;
+            let rows = c
+                .query(
+                    "SELECT DISTINCT owner FROM items
+                     WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
+                       AND status = 'running' AND owner IS NOT NULL ORDER BY owner",
+                    &[&job],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn expire_owner(&self, job: &str, owner: &str, now: Timestamp) -> Result<u64> {
+        self.block(async {
+            let c = self.client().await?;
+            c.execute(
+                "UPDATE items SET ready_at = LEAST(ready_at, $3)
+                 WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
+                   AND status = 'running' AND owner = $2",
+                &[&job, &owner, &now.0],
+            )
+            .await
+            .map_err(pg_err)
+        })
+    }
+
+    fn redrive(
+        &self,
+        job: &str,
+        from: ItemStatus,
+        keys: Option<&[String]>,
+        now: Timestamp,
+    ) -> Result<u64> {
+        in_tx!(self, |tx| {
+            let id = job_id(tx, job)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
+            let moved = tx
+                    .execute(
+                        "UPDATE items SET status = 'pending', attempts = 0, ready_at = 0,
+                             finished_at = NULL
+                         WHERE job_id = $1 AND status = $2 AND ($3::TEXT[] IS NULL OR key = ANY($3))",
+                        &[&id, &from.as_str(), &keys.map(<[String]>::to_vec)],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+            if moved > 0 {
+                tx.execute(
+                    "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = $2
+                         WHERE id = $1",
+                    &[&id, &now.0],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            Ok(moved)
+        })
+    }
+}

@@ -1,0 +1,162 @@
+//! Schema versions and migrations of the PostgreSQL store.
+
+use super::{pg_err, PgStore};
+use crate::error::{Error, Result};
+use crate::store::OpenMode;
+
+/// Migrations: entry `i` brings a store from version `i` to `i + 1`.
+/// Unqualified names resolve to the store's schema (the connection's
+/// `search_path`).
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs with their checkpoints, bounded history, work items.
+    "CREATE TABLE ckpt_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE jobs (
+        id BIGSERIAL PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL,
+        cursor JSONB,
+        items_processed BIGINT NOT NULL DEFAULT 0,
+        stage TEXT,
+        state JSONB,
+        state_bytes BIGINT NOT NULL DEFAULT 0,
+        checkpoint_at BIGINT,
+        owner TEXT,
+        lease_expires BIGINT,
+        epoch BIGINT NOT NULL DEFAULT 0,
+        attempts INT NOT NULL DEFAULT 0,
+        saves BIGINT NOT NULL DEFAULT 0,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        completed_at BIGINT,
+        error TEXT
+    );
+    CREATE TABLE history (
+        job_id BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        cursor JSONB NOT NULL,
+        items_processed BIGINT NOT NULL,
+        at BIGINT NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    );
+    CREATE TABLE items (
+        id BIGSERIAL PRIMARY KEY,
+        job_id BIGINT NOT NULL,
+        key TEXT NOT NULL,
+        payload JSONB,
+        status TEXT NOT NULL,
+        attempts INT NOT NULL DEFAULT 0,
+        claims BIGINT NOT NULL DEFAULT 0,
+        owner TEXT,
+        ready_at BIGINT,
+        last_error TEXT,
+        stats JSONB,
+        cursor JSONB,
+        enqueued_at BIGINT NOT NULL,
+        started_at BIGINT,
+        finished_at BIGINT,
+        UNIQUE (job_id, key)
+    );
+    CREATE INDEX items_ready ON items (job_id, ready_at, id) WHERE ready_at IS NOT NULL;
+    CREATE INDEX items_status ON items (job_id, status);",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The store's version, or `None` when its schema holds no ckpt store.
+async fn stored_version(
+    client: &impl deadpool_postgres::GenericClient,
+    schema: &str,
+) -> Result<Option<i64>> {
+    let has_meta: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.tables
+                            WHERE table_schema = $1 AND table_name = 'ckpt_meta')",
+            &[&schema],
+        )
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    if !has_meta {
+        let tables: i64 = client
+            .query_one(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1",
+                &[&schema],
+            )
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        if tables > 0 {
+            return Err(Error::NotAStore(format!(
+                "schema \"{schema}\" holds {tables} table(s) of another application, not a ckpt store; it was left untouched (choose another with ?schema=NAME)"
+            )));
+        }
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            "SELECT value FROM ckpt_meta WHERE key = 'schema_version'",
+            &[],
+        )
+        .await
+        .map_err(pg_err)?;
+    let version = row
+        .and_then(|r| r.get::<_, String>(0).parse::<i64>().ok())
+        .ok_or_else(|| {
+            Error::NotAStore(format!("schema \"{schema}\" has a damaged ckpt_meta table"))
+        })?;
+    Ok(Some(version))
+}
+
+fn too_new(store: &PgStore, found: i64) -> Error {
+    Error::SchemaTooNew {
+        store: format!("{} (schema {})", store.url, store.schema),
+        found,
+        supported: SCHEMA_VERSION,
+    }
+}
+
+/// Checks the store and brings it to [`SCHEMA_VERSION`]; creates it when
+/// missing and `mode` allows.
+pub(super) async fn migrate(store: &PgStore, mode: OpenMode) -> Result<()> {
+    let schema = store.schema.as_str();
+    let mut client = store.client().await?;
+    // Fast path: already current, no lock needed.
+    match stored_version(&client, schema).await? {
+        Some(v) if v == SCHEMA_VERSION => return Ok(()),
+        Some(v) if v > SCHEMA_VERSION => return Err(too_new(store, v)),
+        None if mode == OpenMode::MustExist => {
+            return Err(Error::NotFound(format!(
+                "no ckpt store in schema \"{schema}\" at {}",
+                store.url
+            )))
+        }
+        _ => {}
+    }
+    let tx = client.transaction().await.map_err(pg_err)?;
+    // Serialise migrations of this schema across processes.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('ckpt-migrate:' || $1))",
+        &[&schema],
+    )
+    .await
+    .map_err(pg_err)?;
+    let version = stored_version(&tx, schema).await?.unwrap_or(0);
+    if version > SCHEMA_VERSION {
+        return Err(too_new(store, version));
+    }
+    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .await
+        .map_err(pg_err)?;
+    for sql in &MIGRATIONS[version as usize..] {
+        tx.batch_execute(sql).await.map_err(pg_err)?;
+    }
+    tx.execute(
+        "INSERT INTO ckpt_meta (key, value) VALUES ('application', 'ckpt'), ('schema_version', $1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        &[&SCHEMA_VERSION.to_string()],
+    )
+    .await
+    .map_err(pg_err)?;
+    tx.commit().await.map_err(pg_err)
+}
