@@ -135,6 +135,7 @@ macro_rules! conformance_suite {
         mod $store {
             conformance_suite!(@tests $make;
                 claims_are_exclusive_across_workers,
+                one_store_handle_shared_by_threads,
                 pending_items_come_in_enqueue_order,
                 expired_lease_is_taken_over_and_zombie_is_fenced,
                 zombie_item_writes_change_nothing,

@@ -400,3 +400,36 @@ pub fn next_ready_at_tracks_retries(f: &Fixture) {
     q.complete(&item, None).unwrap();
     assert_eq!(q.next_ready_at().unwrap(), None);
 }
+
+pub fn one_store_handle_shared_by_threads(f: &Fixture) {
+    let setup = Ckpt::new(f.store.clone());
+    let q = setup.queue_with("shared-handle", queue_options(3)).unwrap();
+    q.enqueue(keys(200)).unwrap();
+    let done = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            // Same store handle, a worker id of its own.
+            let q = setup
+                .new_worker()
+                .queue_with("shared-handle", queue_options(3))
+                .unwrap();
+            let done = &done;
+            s.spawn(move || loop {
+                let batch = q.claim(3).unwrap();
+                if batch.is_empty() {
+                    break;
+                }
+                for item in &batch {
+                    done.lock().unwrap().push(item.key.clone());
+                    q.complete(item, None).unwrap();
+                }
+            });
+        }
+    });
+    let mut done = done.into_inner().unwrap();
+    done.sort();
+    let claimed = done.len();
+    done.dedup();
+    assert_eq!((claimed, done.len()), (200, 200), "each item exactly once");
+    assert_eq!(q.counts().unwrap().completed, 200);
+}

@@ -10,7 +10,7 @@
 //!   (`synchronous_commit` on by default: a saved checkpoint survives a crash
 //!   of the database server).
 //! - The driver is async (tokio-postgres with a deadpool pool); the store
-//!   owns a small tokio runtime and blocks on it, so it must not be called
+//!   owns a current-thread tokio runtime and blocks on it, so it must not be called
 //!   from inside an async task (use `spawn_blocking`).
 //! - URLs: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=ckpt&pool_size=16]`;
 //!   other query parameters go to the driver. TLS is not supported yet. A
@@ -92,9 +92,9 @@ impl PgStore {
             .wait_timeout(Some(Duration::from_secs(60)))
             .build()
             .map_err(|e| Error::Open(format!("{redacted}: {e}")))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("ckpt-postgres")
+        // A current-thread runtime: the connection is driven by the thread
+        // that waits for it, with no hand-off between threads per round trip.
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::Open(format!("cannot start the PostgreSQL driver: {e}")))?;

@@ -15,6 +15,45 @@ use crate::store::rules::{busy, fenced_item, fenced_job, held_by_live_owner};
 use crate::store::{ItemStream, Store};
 use crate::time::Timestamp;
 
+/// Statements through the connection's prepared-statement cache: one round
+/// trip per statement instead of a parse and an execute.
+trait Cached: GenericClient {
+    async fn cquery(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.query(&stmt, params).await
+    }
+    async fn cquery_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.query_one(&stmt, params).await
+    }
+    async fn cquery_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.query_opt(&stmt, params).await
+    }
+    async fn cexecute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.execute(&stmt, params).await
+    }
+}
+
+impl<T: GenericClient> Cached for T {}
+
 const JOB_COLUMNS: &str = "name, status, cursor, items_processed, stage, state, checkpoint_at, \
      owner, lease_expires, epoch, attempts, saves, \
      (SELECT count(*) FROM history h WHERE h.job_id = jobs.id), state_bytes, \
@@ -84,7 +123,7 @@ fn item_from_row(r: &Row) -> Result<ItemRecord> {
 }
 
 async fn job_id(c: &impl GenericClient, job: &str) -> Result<Option<i64>> {
-    Ok(c.query_opt("SELECT id FROM jobs WHERE name = $1", &[&job])
+    Ok(c.cquery_opt("SELECT id FROM jobs WHERE name = $1", &[&job])
         .await
         .map_err(pg_err)?
         .map(|r| r.get(0)))
@@ -92,7 +131,7 @@ async fn job_id(c: &impl GenericClient, job: &str) -> Result<Option<i64>> {
 
 async fn get_job(c: &impl GenericClient, job: &str, lock: bool) -> Result<Option<JobRecord>> {
     let suffix = if lock { " FOR UPDATE" } else { "" };
-    c.query_opt(
+    c.cquery_opt(
         &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE name = $1{suffix}"),
         &[&job],
     )
@@ -103,7 +142,7 @@ async fn get_job(c: &impl GenericClient, job: &str, lock: bool) -> Result<Option
 }
 
 async fn ensure_job(c: &impl GenericClient, job: &str, now: Timestamp) -> Result<i64> {
-    c.execute(
+    c.cexecute(
         "INSERT INTO jobs (name, status, created_at, updated_at) VALUES ($1, 'running', $2, $2)
          ON CONFLICT (name) DO NOTHING",
         &[&job, &now.0],
@@ -118,7 +157,7 @@ async fn ensure_job(c: &impl GenericClient, job: &str, now: Timestamp) -> Result
 /// Checks the lease (locking the job row); `Fenced` unless current.
 async fn check_lease(c: &impl GenericClient, lease: &JobLease) -> Result<i64> {
     let row = c
-        .query_opt(
+        .cquery_opt(
             "SELECT id, owner, epoch FROM jobs WHERE name = $1 FOR UPDATE",
             &[&lease.job],
         )
@@ -153,7 +192,7 @@ async fn write_checkpoint(
         .as_ref()
         .map_or(0, |s| serde_json::to_vec(s).map_or(0, |v| v.len() as i64));
     let saves: i64 = c
-        .query_one(
+        .cquery_one(
             "UPDATE jobs SET cursor = $2, items_processed = $3, stage = $4, state = $5,
                  state_bytes = $6, checkpoint_at = $7, updated_at = $7, saves = saves + 1,
                  completed_at = CASE status WHEN 'completed' THEN NULL ELSE completed_at END,
@@ -172,15 +211,15 @@ async fn write_checkpoint(
         .await
         .map_err(pg_err)?
         .get(0);
-    c.execute(
-        "INSERT INTO history (job_id, seq, cursor, items_processed, at) VALUES ($1, $2, $3, $4, $5)",
+    c.cexecute(
+"INSERT INTO history (job_id, seq, cursor, items_processed, at) VALUES ($1, $2, $3, $4, $5)",
         &[&job_id, &saves, &cp.cursor, &(cp.items_processed as i64), &now.0],
     )
     .await
     .map_err(pg_err)?;
     let keep = i64::try_from(history_keep).unwrap_or(i64::MAX);
     if saves > keep {
-        c.execute(
+        c.cexecute(
             "DELETE FROM history WHERE job_id = $1 AND seq <= $2",
             &[&job_id, &(saves - keep)],
         )
@@ -196,8 +235,8 @@ async fn apply_update(c: &impl GenericClient, u: &ItemUpdate, now: Timestamp) ->
     let fence = "WHERE id = $1 AND status = 'running' AND owner = $2 AND claims = $3";
     let changed = match &u.change {
         ItemChange::Heartbeat { lease_until } => {
-            c.execute(
-                &format!("UPDATE items SET ready_at = $4 {fence}"),
+            c.cexecute(
+&format!("UPDATE items SET ready_at = $4 {fence}"),
                 &[&l.id, &l.owner, &token, &lease_until.0],
             )
             .await
@@ -206,15 +245,15 @@ async fn apply_update(c: &impl GenericClient, u: &ItemUpdate, now: Timestamp) ->
             cursor,
             lease_until,
         } => {
-            c.execute(
-                &format!("UPDATE items SET ready_at = $4, cursor = $5 {fence}"),
+            c.cexecute(
+&format!("UPDATE items SET ready_at = $4, cursor = $5 {fence}"),
                 &[&l.id, &l.owner, &token, &lease_until.0, cursor],
             )
             .await
         }
         ItemChange::Complete { stats } => {
-            c.execute(
-                &format!(
+            c.cexecute(
+&format!(
                     "UPDATE items SET status = 'completed', ready_at = NULL, stats = $4,
                          finished_at = $5 {fence}"
                 ),
@@ -224,8 +263,8 @@ async fn apply_update(c: &impl GenericClient, u: &ItemUpdate, now: Timestamp) ->
         }
         ItemChange::Fail { error, retry_at } => {
             let retry: Option<i64> = retry_at.map(|t| t.0);
-            c.execute(
-                &format!(
+            c.cexecute(
+&format!(
                     "UPDATE items SET status = CASE WHEN $4::BIGINT IS NULL THEN 'dead' ELSE 'failed' END,
                          ready_at = $4, last_error = $5,
                          finished_at = CASE WHEN $4::BIGINT IS NULL THEN $6 ELSE finished_at END {fence}"
@@ -240,7 +279,7 @@ async fn apply_update(c: &impl GenericClient, u: &ItemUpdate, now: Timestamp) ->
         return Ok(());
     }
     let current = c
-        .query_opt(
+        .cquery_opt(
             "SELECT key, status, owner FROM items WHERE id = $1",
             &[&l.id],
         )
@@ -258,16 +297,27 @@ async fn apply_update(c: &impl GenericClient, u: &ItemUpdate, now: Timestamp) ->
 
 /// Runs `$body` (an async block body evaluating to a `Result`) inside one
 /// transaction on a pooled connection, with `$tx` bound to the transaction;
-/// commits on `Ok`, rolls back on `Err` (the transaction is dropped).
+/// commits on `Ok`, rolls back on `Err`.
 macro_rules! in_tx {
     ($store:expr, |$tx:ident| $body:block) => {
         $store.block(async {
             let mut client = $store.client().await?;
             let transaction = client.transaction().await.map_err(pg_err)?;
             let $tx = &transaction;
-            let out = async { $body }.await?;
-            transaction.commit().await.map_err(pg_err)?;
-            Ok(out)
+            match async { $body }.await {
+                Ok(out) => {
+                    transaction.commit().await.map_err(pg_err)?;
+                    Ok(out)
+                }
+                Err(e) => {
+                    // Roll back now: a dropped transaction only queues its
+                    // ROLLBACK, and on this current-thread runtime nothing
+                    // may drive the connection to send it for a while, so
+                    // the row locks would stay held.
+                    let _ = transaction.rollback().await;
+                    Err(e)
+                }
+            }
         })
     };
 }
@@ -300,7 +350,7 @@ impl Store for PgStore {
             if held_by_live_owner(&current, Some(owner), steal_from, now) {
                 return Err(busy(&current, now));
             }
-            tx.execute(
+            tx.cexecute(
                 "UPDATE jobs SET epoch = epoch + 1, attempts = attempts + 1, owner = $2,
                          lease_expires = $3, updated_at = $4,
                          status = CASE status WHEN 'failed' THEN 'running' ELSE status END
@@ -324,7 +374,7 @@ impl Store for PgStore {
     fn renew_job(&self, lease: &JobLease, lease_until: Timestamp, now: Timestamp) -> Result<()> {
         in_tx!(self, |tx| {
             let id = check_lease(tx, lease).await?;
-            tx.execute(
+            tx.cexecute(
                 "UPDATE jobs SET lease_expires = $2, updated_at = $3 WHERE id = $1",
                 &[&id, &lease_until.0, &now.0],
             )
@@ -342,16 +392,57 @@ impl Store for PgStore {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> Result<()> {
-        in_tx!(self, |tx| {
-            let id = check_lease(tx, lease).await?;
-            write_checkpoint(tx, id, checkpoint, history_keep, now).await?;
-            tx.execute(
-                "UPDATE jobs SET lease_expires = $2 WHERE id = $1",
-                &[&id, &lease_until.0],
-            )
-            .await
-            .map_err(pg_err)
-            .map(drop)
+        // One statement, so one round trip and one commit: the fenced
+        // UPDATE (which is the fencing check), the history append and the
+        // history trim. All three see the same snapshot, so the trim never
+        // touches the entry being appended.
+        self.block(async {
+            let c = self.client().await?;
+            let state_bytes = checkpoint
+                .state
+                .as_ref()
+                .map_or(0, |s| serde_json::to_vec(s).map_or(0, |v| v.len() as i64));
+            let keep = i64::try_from(history_keep).unwrap_or(i64::MAX);
+            let saved = c
+                .cquery_opt(
+                    "WITH saved AS (
+                         UPDATE jobs SET cursor = $2, items_processed = $3, stage = $4, state = $5,
+                             state_bytes = $6, checkpoint_at = $7, updated_at = $7,
+                             saves = saves + 1, lease_expires = $8,
+                             completed_at = CASE status WHEN 'completed' THEN NULL ELSE completed_at END,
+                             status = CASE status WHEN 'completed' THEN 'running' ELSE status END
+                         WHERE name = $1 AND owner = $9 AND epoch = $10
+                         RETURNING id, saves),
+                     appended AS (
+                         INSERT INTO history (job_id, seq, cursor, items_processed, at)
+                         SELECT id, saves, $2, $3, $7 FROM saved RETURNING seq),
+                     trimmed AS (
+                         DELETE FROM history h USING saved
+                         WHERE h.job_id = saved.id AND h.seq <= saved.saves - $11 RETURNING 1)
+                     SELECT id FROM saved",
+                    &[
+                        &lease.job,
+                        &checkpoint.cursor,
+                        &(checkpoint.items_processed as i64),
+                        &checkpoint.stage,
+                        &checkpoint.state,
+                        &state_bytes,
+                        &now.0,
+                        &lease_until.0,
+                        &lease.owner,
+                        &(lease.epoch as i64),
+                        &keep,
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            match saved {
+                Some(_) => Ok(()),
+                None => Err(check_lease(&c, lease)
+                    .await
+                    .err()
+                    .unwrap_or_else(|| Error::Fenced(format!("job '{}' changed hands", lease.job)))),
+            }
         })
     }
 
@@ -365,7 +456,7 @@ impl Store for PgStore {
         in_tx!(self, |tx| {
             let id = check_lease(tx, lease).await?;
             let completed_at = (status == JobStatus::Completed).then_some(now.0);
-            tx.execute(
+            tx.cexecute(
                 "UPDATE jobs SET status = $2, error = $3, completed_at = $4, owner = NULL,
                          lease_expires = NULL, epoch = epoch + 1, updated_at = $5 WHERE id = $1",
                 &[&id, &status.as_str(), &error, &completed_at, &now.0],
@@ -379,7 +470,7 @@ impl Store for PgStore {
     fn release_job(&self, lease: &JobLease, now: Timestamp) -> Result<()> {
         in_tx!(self, |tx| {
             let id = check_lease(tx, lease).await?;
-            tx.execute(
+            tx.cexecute(
                 "UPDATE jobs SET owner = NULL, lease_expires = NULL, epoch = epoch + 1,
                          updated_at = $2 WHERE id = $1",
                 &[&id, &now.0],
@@ -395,8 +486,8 @@ impl Store for PgStore {
             let c = self.client().await?;
             let completed_at = (status == JobStatus::Completed).then_some(now.0);
             let n = c
-                .execute(
-                    "UPDATE jobs SET status = $2, completed_at = $3, updated_at = $4 WHERE name = $1",
+                .cexecute(
+"UPDATE jobs SET status = $2, completed_at = $3, updated_at = $4 WHERE name = $1",
                     &[&job, &status.as_str(), &completed_at, &now.0],
                 )
                 .await
@@ -432,11 +523,11 @@ impl Store for PgStore {
             match checkpoint {
                 Some(cp) => write_checkpoint(tx, id, cp, history_keep, now).await?,
                 None => {
-                    tx.execute("DELETE FROM history WHERE job_id = $1", &[&id])
+                    tx.cexecute("DELETE FROM history WHERE job_id = $1", &[&id])
                         .await
                         .map_err(pg_err)?;
-                    tx.execute(
-                            "UPDATE jobs SET cursor = NULL, items_processed = 0, stage = NULL,
+                    tx.cexecute(
+"UPDATE jobs SET cursor = NULL, items_processed = 0, stage = NULL,
                                  state = NULL, state_bytes = 0, checkpoint_at = NULL,
                                  status = 'running', completed_at = NULL, error = NULL WHERE id = $1",
                             &[&id],
@@ -445,7 +536,7 @@ impl Store for PgStore {
                         .map_err(pg_err)?;
                 }
             }
-            tx.execute(
+            tx.cexecute(
                 "UPDATE jobs SET owner = NULL, lease_expires = NULL, epoch = epoch + 1,
                          updated_at = $2 WHERE id = $1",
                 &[&id, &now.0],
@@ -463,7 +554,7 @@ impl Store for PgStore {
     fn list_jobs(&self) -> Result<Vec<JobRecord>> {
         self.block(async {
             let c = self.client().await?;
-            c.query(
+            c.cquery(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY name"),
                 &[],
             )
@@ -479,7 +570,7 @@ impl Store for PgStore {
         self.block(async {
             let c = self.client().await?;
             let rows = c
-                .query(
+                .cquery(
                     "SELECT h.seq, h.cursor, h.items_processed, h.at FROM history h
                      JOIN jobs j ON j.id = h.job_id WHERE j.name = $1 ORDER BY h.seq DESC LIMIT $2",
                     &[&job, &(limit.min(i64::MAX as usize) as i64)],
@@ -499,21 +590,14 @@ impl Store for PgStore {
     }
 
     fn enqueue(&self, job: &str, items: ItemStream<'_>, now: Timestamp) -> Result<EnqueueReport> {
-        self.block(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg_err)?;
-            let id = ensure_job(&tx, job, now).await?;
-            let insert = tx
-                .prepare(
-                    "WITH ins AS (
+        in_tx!(self, |tx| {
+            let id = ensure_job(tx, job, now).await?;
+            let insert = "WITH ins AS (
                          INSERT INTO items (job_id, key, payload, status, ready_at, enqueued_at)
                          SELECT $1, t.key, t.payload, 'pending', 0, $4
                          FROM unnest($2::TEXT[], $3::JSONB[]) AS t(key, payload)
                          ON CONFLICT (job_id, key) DO NOTHING RETURNING 1)
-                     SELECT count(*) FROM ins",
-                )
-                .await
-                .map_err(pg_err)?;
+                     SELECT count(*) FROM ins";
             let mut report = EnqueueReport::default();
             let mut keys = Vec::with_capacity(ENQUEUE_BATCH);
             let mut payloads: Vec<Option<Value>> = Vec::with_capacity(ENQUEUE_BATCH);
@@ -538,12 +622,12 @@ impl Store for PgStore {
                     break;
                 }
                 let params: [&(dyn ToSql + Sync); 4] = [&id, &keys, &payloads, &now.0];
-                let inserted: i64 = tx.query_one(&insert, &params).await.map_err(pg_err)?.get(0);
+                let inserted: i64 = tx.cquery_one(insert, &params).await.map_err(pg_err)?.get(0);
                 report.inserted += inserted as u64;
                 report.existing += keys.len() as u64 - inserted as u64;
             }
             if report.inserted > 0 {
-                tx.execute(
+                tx.cexecute(
                     "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = $2
                      WHERE id = $1 AND status = 'completed'",
                     &[&id, &now.0],
@@ -551,7 +635,6 @@ impl Store for PgStore {
                 .await
                 .map_err(pg_err)?;
             }
-            tx.commit().await.map_err(pg_err)?;
             Ok(report)
         })
     }
@@ -569,7 +652,7 @@ impl Store for PgStore {
             // One statement: pick ready items nobody else is claiming right
             // now (SKIP LOCKED), take them, and report their previous owner.
             let rows = c
-                .query(
+                .cquery(
                     "WITH ready AS (
                          SELECT id, status AS old_status, owner AS old_owner FROM items
                          WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
@@ -634,7 +717,7 @@ impl Store for PgStore {
         self.block(async {
             let c = self.client().await?;
             let rows = c
-                .query(
+                .cquery(
                     "SELECT i.status, count(*) FROM items i JOIN jobs j ON j.id = i.job_id
                      WHERE j.name = $1 GROUP BY i.status",
                     &[&job],
@@ -656,7 +739,7 @@ impl Store for PgStore {
         self.block(async {
             let c = self.client().await?;
             let row = c
-                .query_one(
+                .cquery_one(
                     "SELECT min(ready_at) FROM items
                      WHERE job_id = (SELECT id FROM jobs WHERE name = $1) AND ready_at IS NOT NULL",
                     &[&job],
@@ -676,7 +759,7 @@ impl Store for PgStore {
         self.block(async {
             let c = self.client().await?;
             let rows = c
-                .query(
+                .cquery(
                     &format!(
                         "SELECT {ITEM_COLUMNS} FROM items
                          WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
@@ -698,7 +781,7 @@ impl Store for PgStore {
         self.block(async {
             let c = self.client().await?;
             let rows = c
-                .query(
+                .cquery(
                     "SELECT DISTINCT owner FROM items
                      WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
                        AND status = 'running' AND owner IS NOT NULL ORDER BY owner",
@@ -713,7 +796,7 @@ impl Store for PgStore {
     fn expire_owner(&self, job: &str, owner: &str, now: Timestamp) -> Result<u64> {
         self.block(async {
             let c = self.client().await?;
-            c.execute(
+            c.cexecute(
                 "UPDATE items SET ready_at = LEAST(ready_at, $3)
                  WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
                    AND status = 'running' AND owner = $2",
@@ -736,8 +819,8 @@ impl Store for PgStore {
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
             let moved = tx
-                    .execute(
-                        "UPDATE items SET status = 'pending', attempts = 0, ready_at = 0,
+                    .cexecute(
+"UPDATE items SET status = 'pending', attempts = 0, ready_at = 0,
                              finished_at = NULL
                          WHERE job_id = $1 AND status = $2 AND ($3::TEXT[] IS NULL OR key = ANY($3))",
                         &[&id, &from.as_str(), &keys.map(<[String]>::to_vec)],
@@ -745,7 +828,7 @@ impl Store for PgStore {
                     .await
                     .map_err(pg_err)?;
             if moved > 0 {
-                tx.execute(
+                tx.cexecute(
                     "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = $2
                          WHERE id = $1",
                     &[&id, &now.0],

@@ -134,29 +134,41 @@ pub(super) async fn migrate(store: &PgStore, mode: OpenMode) -> Result<()> {
         _ => {}
     }
     let tx = client.transaction().await.map_err(pg_err)?;
-    // Serialise migrations of this schema across processes.
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('ckpt-migrate:' || $1))",
-        &[&schema],
-    )
-    .await
-    .map_err(pg_err)?;
-    let version = stored_version(&tx, schema).await?.unwrap_or(0);
-    if version > SCHEMA_VERSION {
-        return Err(too_new(store, version));
-    }
-    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+    let migrated = async {
+        // Serialise migrations of this schema across processes.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('ckpt-migrate:' || $1))",
+            &[&schema],
+        )
         .await
         .map_err(pg_err)?;
-    for sql in &MIGRATIONS[version as usize..] {
-        tx.batch_execute(sql).await.map_err(pg_err)?;
+        let version = stored_version(&tx, schema).await?.unwrap_or(0);
+        if version > SCHEMA_VERSION {
+            return Err(too_new(store, version));
+        }
+        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .await
+            .map_err(pg_err)?;
+        for sql in &MIGRATIONS[version as usize..] {
+            tx.batch_execute(sql).await.map_err(pg_err)?;
+        }
+        tx.execute(
+            "INSERT INTO ckpt_meta (key, value) VALUES ('application', 'ckpt'), ('schema_version', $1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&SCHEMA_VERSION.to_string()],
+        )
+        .await
+        .map_err(pg_err)?;
+        Ok::<_, Error>(())
     }
-    tx.execute(
-        "INSERT INTO ckpt_meta (key, value) VALUES ('application', 'ckpt'), ('schema_version', $1)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        &[&SCHEMA_VERSION.to_string()],
-    )
-    .await
-    .map_err(pg_err)?;
-    tx.commit().await.map_err(pg_err)
+    .await;
+    match migrated {
+        Ok(()) => tx.commit().await.map_err(pg_err),
+        Err(e) => {
+            // Release the advisory lock now rather than whenever the
+            // dropped transaction's ROLLBACK gets sent.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
 }
