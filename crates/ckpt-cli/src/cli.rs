@@ -134,6 +134,9 @@ pub struct BenchArgs {
     /// Durable checkpoint saves to time.
     #[arg(long, default_value_t = 2_000)]
     pub saves: u64,
+    /// Items a worker claims and completes at once.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch: u64,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -16,6 +16,7 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
         items: args.items,
         workers: args.workers,
         saves: args.saves,
+        batch: args.batch as usize,
     };
     let report = match url.strip_prefix("sqlite://") {
         Some(rest) => {
@@ -30,12 +31,14 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
                 dir.join(format!(".ckpt-bench-{}-raw.db", std::process::id())),
             ]);
             let db = scratch.0[0].to_string_lossy().into_owned();
-            let store = Arc::new(SqliteStore::open(
-                &db,
-                sqlite_options.clone(),
-                OpenMode::CreateIfMissing,
-            )?);
-            let mut report = bench::run(store, &options)?;
+            let open = || -> ckpt::Result<Arc<dyn ckpt::Store>> {
+                Ok(Arc::new(SqliteStore::open(
+                    &db,
+                    sqlite_options.clone(),
+                    OpenMode::CreateIfMissing,
+                )?))
+            };
+            let mut report = bench::run(open()?, &open, &options)?;
             let baseline = bench::sqlite_upsert_baseline(
                 &scratch.0[1],
                 sqlite_options.durability,
@@ -46,7 +49,20 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
             report.checkpoint_vs_baseline = Some(report.checkpoints_per_s / baseline);
             report
         }
-        None => bench::run(store::open(url, OpenMode::CreateIfMissing)?, &options)?,
+        None => {
+            let store = store::open(url, OpenMode::CreateIfMissing)?;
+            let memory = url.starts_with("memory:");
+            // Each worker gets its own connection, like another process;
+            // a memory store can only be shared.
+            let open = || -> ckpt::Result<Arc<dyn ckpt::Store>> {
+                if memory {
+                    Ok(store.clone())
+                } else {
+                    store::open(url, OpenMode::MustExist)
+                }
+            };
+            bench::run(store.clone(), &open, &options)?
+        }
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -64,8 +80,12 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
     }
     println!("enqueue:            {:.0} items/s", report.enqueue_per_s);
     println!(
-        "claim + complete:   {:.0} items/s ({} workers, {} items)",
-        report.items_per_s, report.workers, report.items
+        "claim + complete:   {:.0} items/s ({} workers, batches of {}, {} items)",
+        report.items_per_s, report.workers, report.batch, report.items
+    );
+    println!(
+        "through the Runner: {:.0} items/s ({} threads, as `ckpt run` does)",
+        report.runner_items_per_s, report.workers
     );
     Ok(ExitCode::SUCCESS)
 }

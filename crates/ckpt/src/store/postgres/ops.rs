@@ -295,6 +295,80 @@ async fn apply_update(c: &impl GenericClient, u: &ItemUpdate, now: Timestamp) ->
     })
 }
 
+/// Keeps a fenced result as the update's outcome; any other error aborts
+/// the whole batch.
+fn fenced_or_fail(r: Result<()>) -> Result<Result<()>> {
+    match r {
+        Ok(()) => Ok(Ok(())),
+        Err(Error::Fenced(m)) => Ok(Err(Error::Fenced(m))),
+        Err(other) => Err(other),
+    }
+}
+
+/// Completes the items at `indexes` of `updates` (distinct items) in one
+/// statement, fenced row by row; fills their slots of `results`.
+async fn complete_batch(
+    tx: &deadpool_postgres::Transaction<'_>,
+    updates: &[ItemUpdate],
+    indexes: &[usize],
+    now: Timestamp,
+    results: &mut [Option<Result<()>>],
+) -> Result<()> {
+    let mut ids = Vec::with_capacity(indexes.len());
+    let mut owners = Vec::with_capacity(indexes.len());
+    let mut tokens = Vec::with_capacity(indexes.len());
+    let mut stats: Vec<Option<Value>> = Vec::with_capacity(indexes.len());
+    for &i in indexes {
+        let u = &updates[i];
+        ids.push(u.lease.id);
+        owners.push(u.lease.owner.as_str());
+        tokens.push(u.lease.token as i64);
+        stats.push(match &u.change {
+            ItemChange::Complete { stats } => stats.clone(),
+            _ => None,
+        });
+    }
+    let applied: std::collections::HashSet<i64> = tx
+        .cquery(
+            "UPDATE items i SET status = 'completed', ready_at = NULL, stats = u.stats,
+                 finished_at = $5
+             FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::JSONB[])
+                 AS u(id, owner, token, stats)
+             WHERE i.id = u.id AND i.status = 'running' AND i.owner = u.owner
+               AND i.claims = u.token
+             RETURNING i.id",
+            &[&ids, &owners, &tokens, &stats, &now.0],
+        )
+        .await
+        .map_err(pg_err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for &i in indexes {
+        let l = &updates[i].lease;
+        results[i] = Some(if applied.contains(&l.id) {
+            Ok(())
+        } else {
+            let current = tx
+                .cquery_opt(
+                    "SELECT key, status, owner FROM items WHERE id = $1",
+                    &[&l.id],
+                )
+                .await
+                .map_err(pg_err)?;
+            Err(match current {
+                None => Error::Fenced(format!("item {} does not exist", l.id)),
+                Some(r) => fenced_item(
+                    r.get(0),
+                    ItemStatus::parse(r.get(1)).unwrap_or(ItemStatus::Pending),
+                    r.get(2),
+                ),
+            })
+        });
+    }
+    Ok(())
+}
+
 /// Runs `$body` (an async block body evaluating to a `Result`) inside one
 /// transaction on a pooled connection, with `$tx` bound to the transaction;
 /// commits on `Ok`, rolls back on `Err`.
@@ -701,15 +775,25 @@ impl Store for PgStore {
 
     fn update_items(&self, updates: &[ItemUpdate], now: Timestamp) -> Result<Vec<Result<()>>> {
         in_tx!(self, |tx| {
-            let mut results = Vec::with_capacity(updates.len());
-            for u in updates {
-                results.push(match apply_update(tx, u, now).await {
-                    Err(Error::Fenced(m)) => Err(Error::Fenced(m)),
-                    Err(other) => return Err(other),
-                    Ok(()) => Ok(()),
-                });
+            // Completions, the bulk of a group commit, go in one statement;
+            // the other changes (rarer) one statement each.
+            let (batched, single): (Vec<usize>, Vec<usize>) = (0..updates.len())
+                .partition(|&i| matches!(updates[i].change, ItemChange::Complete { .. }));
+            let mut results: Vec<Option<Result<()>>> = (0..updates.len()).map(|_| None).collect();
+            let mut ids: Vec<i64> = batched.iter().map(|&i| updates[i].lease.id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() == batched.len() && !batched.is_empty() {
+                complete_batch(tx, updates, &batched, now, &mut results).await?;
+            } else {
+                for &i in &batched {
+                    results[i] = Some(fenced_or_fail(apply_update(tx, &updates[i], now).await)?);
+                }
             }
-            Ok(results)
+            for &i in &single {
+                results[i] = Some(fenced_or_fail(apply_update(tx, &updates[i], now).await)?);
+            }
+            Ok(results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect())
         })
     }
 
