@@ -50,7 +50,9 @@ pub struct BenchReport {
     pub checkpoint_p50_us: u64,
     /// 99th percentile save latency in microseconds.
     pub checkpoint_p99_us: u64,
-    /// Raw single-row UPSERTs per second with the same durability (SQLite only).
+    /// The baseline: raw single-row writes per second with the same
+    /// durability (SQLite: an UPSERT per transaction; PostgreSQL: an UPDATE
+    /// round trip). `None` for the memory store.
     pub baseline_upserts_per_s: Option<f64>,
     /// `checkpoints_per_s / baseline_upserts_per_s`.
     pub checkpoint_vs_baseline: Option<f64>,

@@ -113,6 +113,45 @@ impl PgStore {
         &self.schema
     }
 
+    /// The benchmark baseline: `n` raw single-row `UPDATE` round trips
+    /// (prepared, autocommit, so durable as the server makes commits) on a
+    /// scratch table in this schema, which is dropped afterwards. Returns
+    /// updates per second.
+    pub fn update_baseline(&self, n: u64) -> Result<f64> {
+        self.block(async {
+            let client = self.client().await?;
+            let table = format!("bench_raw_{}", std::process::id());
+            client
+                .batch_execute(&format!(
+                    "CREATE TABLE {table} (job TEXT PRIMARY KEY, cursor JSONB, items BIGINT, at BIGINT);
+                     INSERT INTO {table} VALUES ('bench', '0', 0, 0)"
+                ))
+                .await
+                .map_err(pg_err)?;
+            let update = client
+                .prepare(&format!(
+                    "UPDATE {table} SET cursor = $1, items = $2, at = $2 WHERE job = 'bench'"
+                ))
+                .await
+                .map_err(pg_err)?;
+            let started = std::time::Instant::now();
+            let mut result = Ok(());
+            for i in 0..n as i64 {
+                let cursor = serde_json::json!({ "offset": i });
+                if let Err(e) = client.execute(&update, &[&cursor, &i]).await {
+                    result = Err(pg_err(e));
+                    break;
+                }
+            }
+            let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let dropped = client
+                .batch_execute(&format!("DROP TABLE {table}"))
+                .await
+                .map_err(pg_err);
+            result.and(dropped).map(|()| rate)
+        })
+    }
+
     /// Deletes the whole store: `DROP SCHEMA … CASCADE`. Irreversible.
     pub fn drop_schema(&self) -> Result<()> {
         self.block(async {
