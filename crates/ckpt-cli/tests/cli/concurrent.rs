@@ -60,13 +60,9 @@ fn three_processes_run_each_item_exactly_once_in_total() {
 }
 
 /// Several processes creating the same new store at once: every one must
-/// open it. Fails intermittently (a few % of the processes) on two races in
-/// `SqliteStore::open`: `PRAGMA journal_mode=WAL` returns SQLITE_BUSY at once
-/// (the busy timeout does not apply) while another process switches the new
-/// file to WAL, giving exit 5; and `inspect_existing` reads application_id,
-/// user_version and the schema in three separate snapshots, so a migration
-/// committed in between looks like "a SQLite database of another
-/// application, application_id 0", giving exit 4.
+/// open it. (This once failed a few % of the time: `PRAGMA journal_mode=WAL`
+/// does not wait on the busy timeout, and the store probe read its three
+/// values in separate snapshots.)
 #[test]
 fn fresh_store_opened_by_several_processes_at_once() {
     let sb = Sandbox::new();
