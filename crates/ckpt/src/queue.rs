@@ -255,18 +255,6 @@ impl Queue {
     /// If no item is unfinished, marks the job completed (no dead items) or
     /// failed (some dead) and returns that status; otherwise `None`.
     pub fn finish_if_done(&self) -> Result<Option<JobStatus>> {
-        let counts = self.counts()?;
-        if counts.unfinished() > 0 {
-            return Ok(None);
-        }
-        let status = if counts.dead == 0 {
-            JobStatus::Completed
-        } else {
-            JobStatus::Failed
-        };
-        self.ckpt
-            .store()
-            .set_job_status(&self.job, status, self.ckpt.now())?;
-        Ok(Some(status))
+        self.ckpt.store().finish_if_done(&self.job, self.ckpt.now())
     }
 }

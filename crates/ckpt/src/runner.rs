@@ -182,8 +182,9 @@ impl<'q> Runner<'q> {
                     Err(e) => return Err(e),
                 }
             }
-            if last_heartbeat.elapsed() >= lease / 3 {
-                self.heartbeat(shared)?;
+            // A heartbeat that found the store busy is retried next round,
+            // not a third of a lease later.
+            if last_heartbeat.elapsed() >= lease / 3 && self.heartbeat(shared)? {
                 last_heartbeat = Instant::now();
             }
             let mut claimed = 0;
@@ -283,28 +284,32 @@ impl<'q> Runner<'q> {
     }
 
     /// Renews the leases of every held item; items lost meanwhile are
-    /// dropped from the local queue so they are not started.
-    fn heartbeat(&self, shared: &Mutex<Shared>) -> Result<()> {
+    /// dropped from the local queue so they are not started. Returns false
+    /// when the store was busy and nothing was renewed.
+    fn heartbeat(&self, shared: &Mutex<Shared>) -> Result<bool> {
         let held: Vec<ClaimedItem> = {
             let g = lock(shared);
             g.ready.iter().chain(g.running.values()).cloned().collect()
         };
         if held.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let results = match self.queue.heartbeat(&held) {
-            Err(Error::Busy(_)) => return Ok(()),
+            Err(Error::Busy(_)) => return Ok(false),
             other => other?,
         };
-        let lost: Vec<ItemId> = held
+        // A lease is its item and its fencing token: a newer claim of the
+        // same item is not lost.
+        let lost: Vec<(ItemId, u64)> = held
             .iter()
             .zip(results)
             .filter(|(_, r)| r.is_err())
-            .map(|(item, _)| item.lease.id)
+            .map(|(item, _)| (item.lease.id, item.lease.token))
             .collect();
         if !lost.is_empty() {
             let mut g = lock(shared);
-            g.ready.retain(|i| !lost.contains(&i.lease.id));
+            g.ready
+                .retain(|i| !lost.contains(&(i.lease.id, i.lease.token)));
             tracing::warn!(
                 event = "lease_lost",
                 job = self.queue.job(),
@@ -312,7 +317,7 @@ impl<'q> Runner<'q> {
                 "leases lost to another worker"
             );
         }
-        Ok(())
+        Ok(true)
     }
 }
 

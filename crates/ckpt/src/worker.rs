@@ -105,26 +105,28 @@ impl ProcessProbe for LocalProcesses {
 
     fn kill_orphans(&self, owner: &WorkerId) -> usize {
         // An orphan may fork while /proc is scanned: scan again until a
-        // scan kills nothing (bounded, in case something keeps respawning).
-        let mut killed = 0;
+        // scan finds no new process (bounded, in case something keeps
+        // respawning). A killed process can still show up in the next scan
+        // while it dies, so count each pid once.
+        let mut killed = std::collections::HashSet::new();
         for _ in 0..5 {
-            let n = kill_marked(owner);
-            killed += n;
-            if n == 0 {
+            let before = killed.len();
+            kill_marked(owner, &mut killed);
+            if killed.len() == before {
                 break;
             }
         }
-        killed
+        killed.len()
     }
 }
 
-/// One scan of `/proc`: kills the processes marked as working for `owner`.
-fn kill_marked(owner: &WorkerId) -> usize {
+/// One scan of `/proc`: kills the processes marked as working for `owner`
+/// and adds their pids to `killed`.
+fn kill_marked(owner: &WorkerId, killed: &mut std::collections::HashSet<i32>) {
     let marker = format!("{WORKER_ENV}={owner}\0").into_bytes();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return;
     };
-    let mut killed = 0;
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -142,12 +144,12 @@ fn kill_marked(owner: &WorkerId) -> usize {
         {
             // SAFETY: kill(2) has no memory-safety preconditions.
             if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
-                killed += 1;
+                killed.insert(pid);
             }
         }
     }
-    killed
 }
+
 /// This machine's host name.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -23,7 +23,7 @@ pub enum Op {
     SaveCheckpoint,
     FinishJob,
     ReleaseJob,
-    SetJobStatus,
+    FinishIfDone,
     PutCheckpoint,
     Enqueue,
     Claim,
@@ -188,10 +188,8 @@ impl Store for FaultStore {
     fn release_job(&self, lease: &JobLease, now: Timestamp) -> Result<()> {
         self.call(Op::ReleaseJob, || self.inner.release_job(lease, now))
     }
-    fn set_job_status(&self, job: &str, status: JobStatus, now: Timestamp) -> Result<()> {
-        self.call(Op::SetJobStatus, || {
-            self.inner.set_job_status(job, status, now)
-        })
+    fn finish_if_done(&self, job: &str, now: Timestamp) -> Result<Option<JobStatus>> {
+        self.call(Op::FinishIfDone, || self.inner.finish_if_done(job, now))
     }
     fn put_checkpoint(
         &self,

@@ -199,6 +199,10 @@ impl Inner {
     }
 }
 
+fn self_items(items: &[ItemRow], id: ItemId) -> &ItemRow {
+    &items[(id - 1) as usize]
+}
+
 impl Store for MemoryStore {
     fn describe(&self) -> String {
         "memory://".to_string()
@@ -315,13 +319,29 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn set_job_status(&self, job: &str, status: JobStatus, now: Timestamp) -> Result<()> {
+    fn finish_if_done(&self, job: &str, now: Timestamp) -> Result<Option<JobStatus>> {
         let mut g = self.lock();
+        let row = g
+            .jobs
+            .get(job)
+            .ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
+        let mut counts = ItemCounts::default();
+        for id in &row.items {
+            counts.add(g.items[(id - 1) as usize].record.status, 1);
+        }
+        if counts.unfinished() > 0 {
+            return Ok(None);
+        }
+        let status = if counts.dead == 0 {
+            JobStatus::Completed
+        } else {
+            JobStatus::Failed
+        };
         let r = &mut g.job_mut(job)?.record;
         r.status = status;
         r.completed_at = (status == JobStatus::Completed).then_some(now);
         r.updated_at = now;
-        Ok(())
+        Ok(Some(status))
     }
 
     fn put_checkpoint(
@@ -445,8 +465,12 @@ impl Store for MemoryStore {
         let ids: Vec<ItemId> = g
             .ready
             .range((job.to_string(), i64::MIN, 0)..=(job.to_string(), now.0, ItemId::MAX))
-            .take(max)
             .map(|(_, _, id)| *id)
+            .filter(|id| {
+                let r = &self_items(&g.items, *id).record;
+                !(r.status == ItemStatus::Running && r.owner.as_deref() == Some(owner))
+            })
+            .take(max)
             .collect();
         let mut claimed = Vec::with_capacity(ids.len());
         for id in ids {

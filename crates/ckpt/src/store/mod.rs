@@ -110,10 +110,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// bumps the epoch. Fenced.
     fn release_job(&self, lease: &JobLease, now: Timestamp) -> Result<()>;
 
-    /// Sets the status of a job that is driven by its items (no lease is
-    /// involved): `ckpt run` marks its job completed or failed this way.
+    /// Finishes a job that is driven by its items (no lease is involved),
+    /// atomically: if none of its items is pending, running or failed, sets
+    /// the job completed (no dead item) or failed (some dead) and returns
+    /// that status; otherwise changes nothing and returns `None` (an item
+    /// enqueued meanwhile keeps the job running).
     /// [`Error::NotFound`](crate::Error::NotFound) for an unknown job.
-    fn set_job_status(&self, job: &str, status: JobStatus, now: Timestamp) -> Result<()>;
+    fn finish_if_done(&self, job: &str, now: Timestamp) -> Result<Option<JobStatus>>;
 
     /// Writes (`Some`) or clears (`None`) the checkpoint without a lease, as
     /// an operator would. Refused with [`Error::Busy`](crate::Error::Busy)
@@ -151,10 +154,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Claims up to `max` ready items for `owner` until `lease_until`, in one
     /// transaction. Ready means: pending; failed with its retry time `<= now`;
-    /// or running with its lease expired (`<= now`): a takeover. Pending
-    /// items come in enqueue order. Each claim bumps the item's attempt
-    /// count, the fencing token of its lease. No item is ever held by two
-    /// live leases.
+    /// or running with its lease expired (`<= now`) under another owner: a
+    /// takeover. (An owner never re-claims its own running items: a late
+    /// heartbeat must not make it run an item twice.) Pending items come in
+    /// enqueue order. Each claim bumps the item's attempt count and its
+    /// claim count, the fencing token of the lease, which nothing resets. No
+    /// item is ever held by two live leases.
     fn claim(
         &self,
         job: &str,

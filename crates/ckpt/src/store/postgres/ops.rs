@@ -555,21 +555,31 @@ impl Store for PgStore {
         })
     }
 
-    fn set_job_status(&self, job: &str, status: JobStatus, now: Timestamp) -> Result<()> {
-        self.block(async {
-            let c = self.client().await?;
-            let completed_at = (status == JobStatus::Completed).then_some(now.0);
-            let n = c
-                .cexecute(
-"UPDATE jobs SET status = $2, completed_at = $3, updated_at = $4 WHERE name = $1",
-                    &[&job, &status.as_str(), &completed_at, &now.0],
+    fn finish_if_done(&self, job: &str, now: Timestamp) -> Result<Option<JobStatus>> {
+        in_tx!(self, |tx| {
+            // Lock the job row: an enqueue takes the same lock (its
+            // `ensure_job` upsert), so none can slip in between the check
+            // and the status change.
+            let id = job_id(tx, job)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
+            tx.cexecute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id])
+                .await
+                .map_err(pg_err)?;
+            let row = tx
+                .cquery_opt(
+                    "UPDATE jobs SET status = CASE WHEN d.dead THEN 'failed' ELSE 'completed' END,
+                         completed_at = CASE WHEN d.dead THEN NULL ELSE $2::BIGINT END, updated_at = $2
+                     FROM (SELECT EXISTS (SELECT 1 FROM items WHERE job_id = $1 AND status = 'dead')
+                           AS dead) d
+                     WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM items
+                         WHERE job_id = $1 AND ready_at IS NOT NULL)
+                     RETURNING status",
+                    &[&id, &now.0],
                 )
                 .await
                 .map_err(pg_err)?;
-            if n == 0 {
-                return Err(Error::NotFound(format!("job '{job}'")));
-            }
-            Ok(())
+            Ok(row.and_then(|r| JobStatus::parse(r.get(0))))
         })
     }
 
@@ -731,6 +741,7 @@ impl Store for PgStore {
                          SELECT id, status AS old_status, owner AS old_owner FROM items
                          WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
                            AND ready_at IS NOT NULL AND ready_at <= $2
+                           AND NOT (status = 'running' AND owner = $4)
                          ORDER BY ready_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
                      UPDATE items i SET status = 'running', owner = $4, attempts = i.attempts + 1,
                          claims = i.claims + 1, ready_at = $5, started_at = $2

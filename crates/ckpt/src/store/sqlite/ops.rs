@@ -452,19 +452,24 @@ impl Store for SqliteStore {
         })
     }
 
-    fn set_job_status(&self, job: &str, status: JobStatus, now: Timestamp) -> Result<()> {
+    fn finish_if_done(&self, job: &str, now: Timestamp) -> Result<Option<JobStatus>> {
+        // One conditional UPDATE under the write lock: no enqueue can slip
+        // in between the check and the status change.
         self.write(|tx| {
-            let completed_at = (status == JobStatus::Completed).then_some(now.0);
-            let n = tx
+            let id = job_id(tx, job)?.ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
+            let status: Option<String> = tx
                 .prepare_cached(
-                    "UPDATE jobs SET status = ?2, completed_at = ?3, updated_at = ?4 WHERE name = ?1",
+                    "UPDATE jobs SET status = CASE WHEN dead THEN 'failed' ELSE 'completed' END,
+                         completed_at = CASE WHEN dead THEN NULL ELSE ?2 END, updated_at = ?2
+                     FROM (SELECT EXISTS (SELECT 1 FROM items WHERE job_id = ?1 AND status = 'dead')
+                           AS dead)
+                     WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM items
+                         WHERE job_id = ?1 AND ready_at IS NOT NULL)
+                     RETURNING status",
                 )
-                .and_then(|mut s| s.execute(params![job, status.as_str(), completed_at, now.0]))
+                .and_then(|mut s| s.query_row(params![id, now.0], |r| r.get(0)).optional())
                 .map_err(sql_err)?;
-            if n == 0 {
-                return Err(Error::NotFound(format!("job '{job}'")));
-            }
-            Ok(())
+            Ok(status.and_then(|s| JobStatus::parse(&s)))
         })
     }
 
@@ -598,11 +603,12 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "SELECT id, key, payload, cursor, status, owner, attempts, claims FROM items
                      WHERE job_id = ?1 AND ready_at IS NOT NULL AND ready_at <= ?2
+                       AND NOT (status = 'running' AND owner = ?4)
                      ORDER BY ready_at, id LIMIT ?3",
                 )
                 .map_err(sql_err)?;
             let rows = select
-                .query_map(params![id, now.0, max as i64], |r| {
+                .query_map(params![id, now.0, max as i64, owner], |r| {
                     let status: String = r.get(4)?;
                     let owner: Option<String> = r.get(5)?;
                     Ok(ClaimedItem {
