@@ -82,6 +82,10 @@ pub fn expired_lease_is_taken_over_and_zombie_is_fenced(f: &Fixture) {
         "a live lease is never shared"
     );
     clock.advance(Duration::from_secs(1));
+    assert!(
+        a.claim(1).unwrap().is_empty(),
+        "a worker never re-claims its own running item, even with its lease expired"
+    );
     let taken = b
         .claim(1)
         .unwrap()
