@@ -7,13 +7,20 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Durable checkpoint & resume for long-running batch work.
 #[derive(Debug, Parser)]
-#[command(name = "ckpt", version, about, long_about = None)]
+#[command(
+    name = "ckpt",
+    version,
+    about = "Durable checkpoint & resume for long-running batch work",
+    long_about = None
+)]
 pub struct Cli {
-    /// Store URL: sqlite://PATH (the default store, ./ckpt.db) or memory://.
+    /// Store URL: sqlite://PATH (the default store, ./ckpt.db),
+    /// postgres://USER@HOST/DB[?schema=NAME] or memory://.
     #[arg(
         long,
         global = true,
         env = "CKPT_STORE",
+        hide_env_values = true,
         default_value = "sqlite://ckpt.db"
     )]
     pub store: String,
@@ -42,6 +49,8 @@ pub enum Command {
     Run(RunArgs),
     /// Show a job's items by status and its checkpoint.
     Status(StatusArgs),
+    /// Re-drive dead (or failed) items: back to pending with fresh attempts.
+    Retry(RetryArgs),
     /// Read, write or clear a job checkpoint (the cursor pattern for scripts).
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
@@ -68,7 +77,7 @@ pub struct RunArgs {
     pub backoff: Duration,
     /// Lease of a claimed item; renewed while it runs. A crashed run's items
     /// are taken over when it expires (at once on the same host).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_lease)]
     pub lease: Duration,
     /// Print the run's summary as JSON on stdout.
     #[arg(long)]
@@ -77,6 +86,20 @@ pub struct RunArgs {
     /// the item is appended as the last argument.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The job.
+    pub job: String,
+    /// Re-drive dead items (the default).
+    #[arg(long, conflicts_with = "failed")]
+    pub dead: bool,
+    /// Re-drive failed items now instead of at their retry time.
+    #[arg(long)]
+    pub failed: bool,
+    /// Only these items (by key); all of them when none is given.
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +167,19 @@ pub struct BenchArgs {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m)"))
+}
+
+/// A lease is renewed every third of it and must outlast a busy store
+/// (writers wait up to 5 s for each other): below a second, live workers
+/// would lose their items to each other.
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    let lease = parse_duration(s)?;
+    if lease < Duration::from_secs(1) {
+        return Err(format!(
+            "{s} is too short: a lease must be at least 1s (default 30s)"
+        ));
+    }
+    Ok(lease)
 }
 
 /// Sets up `tracing` on stderr: `RUST_LOG` if set, else info for ckpt.

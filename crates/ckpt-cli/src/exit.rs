@@ -53,3 +53,36 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
     eprintln!("ckpt: error: {line}");
     ExitCode::from(code_for(err))
 }
+
+/// Reports a command-line error as one line (help and version print as
+/// usual) and returns the exit code.
+pub fn usage(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = err.print();
+        return ExitCode::from(
+            if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                USAGE
+            } else {
+                0
+            },
+        );
+    }
+    // clap's message is its first paragraph, sometimes over several lines
+    // ("the following required arguments were not provided:" then names).
+    let rendered = err.render().to_string();
+    let paragraph: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let message = paragraph.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    eprintln!("ckpt: error: {message} (see ckpt --help)");
+    ExitCode::from(USAGE)
+}

@@ -8,11 +8,14 @@ mod output;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 
 fn main() -> ExitCode {
     restore_sigpipe();
-    let args = cli::Cli::parse();
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => return exit::usage(e),
+    };
     cli::init_logging(&args);
     match cmd::dispatch(args) {
         Ok(code) => code,

@@ -15,6 +15,8 @@ mod concurrent;
 mod crash;
 #[path = "cli/errors.rs"]
 mod errors;
+#[path = "cli/ops.rs"]
+mod ops;
 #[path = "cli/postgres.rs"]
 mod postgres;
 #[path = "cli/resume.rs"]

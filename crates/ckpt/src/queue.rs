@@ -224,8 +224,14 @@ impl Queue {
         self.ckpt.store().list_items(&self.job, status, limit)
     }
 
-    /// Re-drives dead (or failed) items back to pending with fresh attempts.
+    /// Re-drives dead (or failed) items back to pending with fresh attempts;
+    /// any other `from` is [`Error::InvalidInput`](crate::Error::InvalidInput).
     pub fn redrive(&self, from: ItemStatus, keys: Option<&[String]>) -> Result<u64> {
+        if !matches!(from, ItemStatus::Dead | ItemStatus::Failed) {
+            return Err(crate::Error::InvalidInput(format!(
+                "only dead or failed items can be re-driven, not {from} ones"
+            )));
+        }
         self.ckpt
             .store()
             .redrive(&self.job, from, keys, self.ckpt.now())

@@ -38,6 +38,11 @@ pub fn checkpoint(url: &str, cmd: CheckpointCommand) -> Result<ExitCode> {
             cp.state = state
                 .map(|s| read_state_arg(&s).and_then(|text| Ok(parse_json("state", &text)?)))
                 .transpose()?;
+            // Checked before the store is opened, so that bad input never
+            // creates a store.
+            if let Some(state) = &cp.state {
+                ckpt::validate::state_size(state, ckpt::validate::DEFAULT_STATE_LIMIT)?;
+            }
             let ckpt = super::open(url, OpenMode::CreateIfMissing)?;
             ckpt.set_checkpoint(&job, &cp)?;
         }

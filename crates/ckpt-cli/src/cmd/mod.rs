@@ -2,6 +2,8 @@
 
 mod bench;
 mod checkpoint;
+mod items;
+mod retry;
 mod run;
 mod status;
 
@@ -17,6 +19,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(&cli.store, args),
         Command::Status(args) => status::status(&cli.store, args),
+        Command::Retry(args) => retry::retry(&cli.store, args),
         Command::Checkpoint(cmd) => checkpoint::checkpoint(&cli.store, cmd),
         Command::Bench(args) => bench::bench(&cli.store, args),
     }

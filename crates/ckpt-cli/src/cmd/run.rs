@@ -1,15 +1,14 @@
 //! `ckpt run`: run a command once per item with durable resume.
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ckpt::store::OpenMode;
-use ckpt::{ClaimedItem, NewItem, Outcome, QueueOptions, RetryPolicy, RunOptions, Runner};
+use ckpt::{ClaimedItem, Outcome, QueueOptions, RetryPolicy, RunOptions, Runner};
 
+use super::items::ItemsFile;
 use crate::cli::RunArgs;
 use crate::exit::{Usage, FAILED};
 use crate::output::{short_duration, RunDoc};
@@ -21,11 +20,16 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         // Spawning by absolute path spares every item a walk of PATH.
         command[0] = program.to_string_lossy().into_owned();
     }
-    let (reader, source) = open_items(args.items.as_deref())?;
+    // Every line is checked before the store is touched, so a bad items
+    // file leaves the store as it was (and creates none).
+    let items = ItemsFile::open(args.items.as_deref())?;
+    items.check()?;
     let started = Instant::now();
     let ckpt = super::open(url, OpenMode::CreateIfMissing)?;
     let retry = RetryPolicy {
         base_delay: args.backoff,
+        // A long --backoff is taken as asked, not capped at 30 s.
+        max_delay: args.backoff.max(RetryPolicy::interactive(0).max_delay),
         ..RetryPolicy::interactive(args.retries)
     };
     let queue = ckpt.queue_with(
@@ -35,9 +39,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             retry,
         },
     )?;
-    let enqueued = queue
-        .enqueue_stream(ItemLines::new(reader, source))
-        .context("nothing was enqueued")?;
+    let enqueued = items.enqueue(&queue)?;
     let options = RunOptions {
         workers: args.jobs as usize,
         // Claiming ahead lets completions pile up and share one durable
@@ -109,90 +111,6 @@ fn is_executable(path: &Path) -> bool {
     }
     #[cfg(not(unix))]
     path.is_file()
-}
-
-fn open_items(path: Option<&Path>) -> Result<(Box<dyn Read>, String)> {
-    match path {
-        Some(p) if p != Path::new("-") => {
-            let file = File::open(p)
-                .map_err(|e| Usage(format!("cannot read items file {}: {e}", p.display())))?;
-            Ok((Box::new(file), p.display().to_string()))
-        }
-        _ => {
-            let stdin = io::stdin();
-            if stdin.is_terminal() {
-                return Err(Usage(
-                    "no items: give --items FILE, or pipe one item per line on standard input"
-                        .into(),
-                )
-                .into());
-            }
-            Ok((Box::new(stdin), "standard input".to_string()))
-        }
-    }
-}
-
-/// The items of a file: one per non-empty line, without its line ending.
-/// Streams: only one line is in memory at a time.
-struct ItemLines {
-    reader: BufReader<Box<dyn Read>>,
-    source: String,
-    line: u64,
-    buf: Vec<u8>,
-}
-
-impl ItemLines {
-    fn new(reader: Box<dyn Read>, source: String) -> Self {
-        ItemLines {
-            reader: BufReader::with_capacity(256 * 1024, reader),
-            source,
-            line: 0,
-            buf: Vec::new(),
-        }
-    }
-}
-
-impl Iterator for ItemLines {
-    type Item = ckpt::Result<NewItem>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            self.buf.clear();
-            match self.reader.read_until(b'\n', &mut self.buf) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(e) => {
-                    return Some(Err(ckpt::Error::InvalidInput(format!(
-                        "cannot read {}: {e}",
-                        self.source
-                    ))))
-                }
-            }
-            self.line += 1;
-            let mut line = self.buf.as_slice();
-            line = line.strip_suffix(b"\n").unwrap_or(line);
-            line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.is_empty() {
-                continue;
-            }
-            return Some(match std::str::from_utf8(line) {
-                Ok(s) => match ckpt::validate::item_key(s) {
-                    Ok(()) => Ok(NewItem::key(s)),
-                    Err(ckpt::Error::InvalidInput(why)) | Err(ckpt::Error::NotFound(why)) => {
-                        Err(ckpt::Error::InvalidInput(format!(
-                            "{} line {}: {why}",
-                            self.source, self.line
-                        )))
-                    }
-                    Err(other) => Err(other),
-                },
-                Err(e) => Err(ckpt::Error::InvalidInput(format!(
-                    "{} line {}: not valid UTF-8 ({e})",
-                    self.source, self.line
-                ))),
-            });
-        }
-    }
 }
 
 /// Runs the command for one item.

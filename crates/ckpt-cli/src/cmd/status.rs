@@ -8,6 +8,9 @@ use ckpt::store::OpenMode;
 use crate::cli::StatusArgs;
 use crate::output::{rfc3339, short_duration, StatusDoc};
 
+/// Dead items listed by the human output.
+const DEAD_SHOWN: usize = 10;
+
 pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
     super::job_name(&args.job)?;
     let ckpt = super::open(url, OpenMode::MustExist)?;
@@ -70,6 +73,16 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
     }
     if let Some(error) = &job.error {
         println!("error:      {error}");
+    }
+    if counts.dead > 0 {
+        println!("dead items (retry them with `ckpt retry {}`):", job.name);
+        for item in store.list_items(&args.job, Some(ckpt::ItemStatus::Dead), DEAD_SHOWN)? {
+            let error = item.last_error.as_deref().unwrap_or("no error recorded");
+            println!("  {}: {error} (after {} attempts)", item.key, item.attempts);
+        }
+        if counts.dead > DEAD_SHOWN as u64 {
+            println!("  ... and {} more", counts.dead - DEAD_SHOWN as u64);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
