@@ -111,12 +111,25 @@ impl Queue {
             now,
         )?;
         let mut taken_over = 0;
+        let mut previous_owners = Vec::new();
         for item in &claimed {
             tracing::debug!(event = "item_claimed", job = %self.job, item = %item.key, attempt = item.attempt, from = item.taken_over_from.as_deref());
-            taken_over += usize::from(item.taken_over_from.is_some());
+            if let Some(from) = &item.taken_over_from {
+                taken_over += 1;
+                if !previous_owners.contains(from) {
+                    previous_owners.push(from.clone());
+                }
+            }
         }
         if taken_over > 0 {
             tracing::info!(event = "takeover", job = %self.job, items = taken_over, "took over {taken_over} item(s) whose previous lease had expired or whose owner was gone");
+        }
+        // A dead local owner may have left commands running on these items:
+        // they must not run beside the retries.
+        for owner in previous_owners {
+            if self.ckpt.is_dead_local_owner(&owner) {
+                self.ckpt.kill_orphans_of(&owner);
+            }
         }
         Ok(claimed)
     }

@@ -150,15 +150,32 @@ fn kill_marked(owner: &WorkerId, killed: &mut std::collections::HashSet<i32>) {
     }
 }
 
-/// This machine's host name.
+/// This host as worker ids name it: the host name, plus (on Linux) a short
+/// tag of the boot and of the pid namespace. Two containers that share a
+/// host name but not their pids, or a machine after a reboot, are then other
+/// hosts, whose workers are never presumed dead from a pid check.
 pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".to_string())
-        .replace(':', "_")
+        .replace(':', "_");
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let pid_ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if boot.is_empty() && pid_ns.is_empty() {
+        return name;
+    }
+    // FNV-1a: a stable tag, the same in every process of this host.
+    let tag = format!("{boot}{pid_ns}")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{name}~{:08x}", tag as u32)
 }
 
 /// Start time of `pid` in clock ticks since boot, or `None` if there is no

@@ -143,3 +143,43 @@ fn store_survives_reopen() {
     let rec = c.get_job("reopen").unwrap().unwrap();
     assert_eq!(rec.checkpoint.unwrap().cursor, json!({"k": "v"}));
 }
+
+#[test]
+fn foreign_wal_database_gets_no_wal_or_shm_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE users (id INTEGER PRIMARY KEY);")
+        .unwrap();
+    drop(conn); // a clean close checkpoints and removes the WAL
+    let before = std::fs::read(&path).unwrap();
+    let err = open(&path, OpenMode::MustExist).unwrap_err();
+    assert!(err.to_string().contains("another application"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["app.db"], "nothing created beside it");
+}
+
+#[test]
+fn tiny_file_is_not_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.db");
+    std::fs::write(&path, "hi").unwrap();
+    let err = open(&path, OpenMode::CreateIfMissing).unwrap_err();
+    assert!(matches!(err, Error::NotAStore(_)), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"hi");
+}
+
+#[test]
+fn store_with_pending_wal_is_recognised() {
+    // A store still being written by another process has its header
+    // changes in the WAL, not yet in the main file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.db");
+    let first = open(&path, OpenMode::CreateIfMissing).unwrap();
+    let second = open(&path, OpenMode::MustExist).unwrap();
+    drop((first, second));
+}

@@ -98,6 +98,8 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
     path: String,
     options: SqliteOptions,
+    /// True while the connection may be at `synchronous=NORMAL` for a claim.
+    relaxed: std::sync::atomic::AtomicBool,
 }
 
 impl SqliteStore {
@@ -150,6 +152,7 @@ impl SqliteStore {
             conn: Mutex::new(conn),
             path: path.to_string(),
             options,
+            relaxed: std::sync::atomic::AtomicBool::new(false),
         };
         store.configure()?;
         schema::migrate(&mut store.lock(), path)?;

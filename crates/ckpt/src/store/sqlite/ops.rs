@@ -1,5 +1,7 @@
 //! The [`Store`] operations in SQLite's dialect.
 
+use std::sync::atomic::Ordering;
+
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 use serde_json::Value;
 
@@ -239,6 +241,13 @@ impl SqliteStore {
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits it.
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.lock();
+        // A claim that could not switch back to FULL must not leave later
+        // durable writes unsynced.
+        if self.relaxed.load(Ordering::SeqCst) {
+            conn.execute_batch("PRAGMA synchronous=FULL")
+                .map_err(sql_err)?;
+            self.relaxed.store(false, Ordering::SeqCst);
+        }
         Self::transact(&mut conn, f)
     }
 
@@ -262,15 +271,14 @@ impl SqliteStore {
         if self.durability() == Durability::Normal {
             return Self::transact(&mut conn, f);
         }
+        self.relaxed.store(true, Ordering::SeqCst);
         conn.execute_batch("PRAGMA synchronous=NORMAL")
             .map_err(sql_err)?;
         let out = Self::transact(&mut conn, f);
-        let restored = conn
-            .execute_batch("PRAGMA synchronous=FULL")
-            .map_err(sql_err);
-        let out = out?;
-        restored?;
-        Ok(out)
+        if conn.execute_batch("PRAGMA synchronous=FULL").is_ok() {
+            self.relaxed.store(false, Ordering::SeqCst);
+        }
+        out
     }
 
     fn apply_update(&self, tx: &Transaction<'_>, u: &ItemUpdate, now: Timestamp) -> Result<()> {

@@ -66,14 +66,55 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// Checks, through a read-only connection, that an existing non-empty file
-/// is a ckpt store this build can use. Writes nothing.
+/// Checks that an existing non-empty file is a ckpt store this build can
+/// use, changing nothing: not the file, and no `-wal`/`-shm` files beside a
+/// foreign database. The 100-byte header answers when no write-ahead log is
+/// pending; otherwise a read-only connection does.
 pub(super) fn inspect_existing(file: &Path, path: &str) -> Result<()> {
     let not_ours = |why: String| {
         Error::NotAStore(format!(
             "{path} is not a ckpt store ({why}); it was left untouched"
         ))
     };
+    let mut header = [0u8; 100];
+    let read = std::fs::File::open(file).and_then(|mut f| {
+        use std::io::Read;
+        f.read_exact(&mut header)
+    });
+    match read {
+        Ok(()) if header.starts_with(b"SQLite format 3\0") => {}
+        Ok(()) => return Err(not_ours("not a SQLite database".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(not_ours("not a SQLite database".into()))
+        }
+        Err(e) => return Err(Error::Open(format!("{path}: {e}"))),
+    }
+    let field = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let (app, version, pages) = (
+        i64::from(field(68) as i32),
+        i64::from(field(60) as i32),
+        field(28),
+    );
+    if app == APPLICATION_ID {
+        return match version > SCHEMA_VERSION {
+            true => Err(too_new(path, version)),
+            false => Ok(()),
+        };
+    }
+    let mut wal = file.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal_pending = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+    if !wal_pending {
+        // The header is the whole truth: a database without tables has one page.
+        return match (app, pages) {
+            (0, 0..=1) => Ok(()),
+            _ => Err(not_ours(format!(
+                "a SQLite database of another application, application_id {app}"
+            ))),
+        };
+    }
     let conn = Connection::open_with_flags(
         file,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
