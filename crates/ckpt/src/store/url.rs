@@ -36,6 +36,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The query parameters of a URL, as `(key, value)` pairs.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn query_pairs(query: &str) -> Vec<(&str, &str)> {
     query
         .split('&')
@@ -44,6 +45,10 @@ pub(crate) fn query_pairs(query: &str) -> Vec<(&str, &str)> {
         .collect()
 }
 
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(unused_variables)
+)]
 pub(super) fn open(url: &str, mode: OpenMode) -> Result<Arc<dyn Store>> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {
         Error::Open(format!(
