@@ -68,6 +68,7 @@ fn work(ckpt: &Ckpt, job: &str, log_dir: &Path) -> Result<(), Box<dyn std::error
         workers: THREADS,
         prefetch: 2,
         idle_poll: Duration::from_millis(50),
+        ..RunOptions::default()
     };
     let report = Runner::new(&queue, run).run(&handler)?;
     let done = done.into_inner().unwrap_or_else(|e| e.into_inner());

@@ -65,7 +65,11 @@ pub enum Error {
     /// The store could not be opened (missing directory, permissions, bad URL).
     #[error("cannot open store: {0}")]
     Open(String),
-    /// The backend failed (I/O error, disk full, lost connection).
+    /// The store cannot be reached right now (connection refused or lost);
+    /// retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend failed (I/O error, disk full, corrupt data).
     #[error("store error: {0}")]
     Storage(String),
 }
@@ -79,6 +83,12 @@ impl Error {
     /// True if and only if this is [`Error::Busy`].
     pub fn is_busy(&self) -> bool {
         matches!(self, Error::Busy(_))
+    }
+
+    /// True if and only if retrying later may succeed: [`Error::Busy`] or
+    /// [`Error::Unavailable`].
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Busy(_) | Error::Unavailable(_))
     }
 
     /// True if and only if this is [`Error::NotFound`].

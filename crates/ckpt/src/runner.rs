@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::{ClaimedItem, ItemChange, ItemCounts, ItemId, ItemUpdate, JobStatus};
 use crate::queue::Queue;
 
@@ -32,6 +32,9 @@ pub struct RunOptions {
     pub prefetch: usize,
     /// Longest wait between two looks at the store while idle.
     pub idle_poll: Duration,
+    /// How long the store may stay busy or unreachable (retried with
+    /// backoff) before the run gives up.
+    pub max_outage: Duration,
 }
 
 impl Default for RunOptions {
@@ -40,6 +43,7 @@ impl Default for RunOptions {
             workers: 1,
             prefetch: 1,
             idle_poll: Duration::from_millis(500),
+            max_outage: Duration::from_secs(300),
         }
     }
 }
@@ -114,9 +118,10 @@ impl<'q> Runner<'q> {
     }
 
     /// Runs until the job has no pending, running or failed item left, then
-    /// marks the job completed (or failed if any item is dead). A storage
-    /// error other than a busy store stops the run: items in flight finish,
-    /// their outcomes are not recorded, and the next run does them again.
+    /// marks the job completed (or failed if any item is dead). A busy or
+    /// unreachable store is retried with backoff for up to `max_outage`;
+    /// any other storage error stops the run: items in flight finish, their
+    /// outcomes are not recorded, and the next run does them again.
     pub fn run<H: Handler>(&self, handler: &H) -> Result<RunReport> {
         let workers = self.options.workers.max(1);
         let shared = Mutex::new(Shared {
@@ -155,70 +160,89 @@ impl<'q> Runner<'q> {
             .store()
             .ensure_job(queue.job(), queue.ckpt().now())?;
         queue.reclaim_dead_owners()?;
+        let mut outage: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(100);
         loop {
-            let (finished, held) = {
-                let mut g = lock(shared);
-                (
-                    std::mem::take(&mut g.finished),
-                    g.ready.len() + g.running.len(),
-                )
-            };
-            let now = queue.ckpt().now();
-            for f in finished {
-                let update = self.outcome_update(&f, now);
-                unsaved.push((update, f));
-            }
-            if !unsaved.is_empty() {
-                let updates: Vec<ItemUpdate> = unsaved.iter().map(|(u, _)| u.clone()).collect();
-                match queue.apply(&updates) {
-                    Ok(results) => {
-                        for ((update, f), result) in unsaved.drain(..).zip(results) {
-                            self.record(&mut report, &update, &f, result);
-                        }
-                    }
-                    Err(Error::Busy(why)) => {
-                        tracing::warn!(job = queue.job(), "store busy, will retry: {why}")
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            // A heartbeat that found the store busy is retried next round,
-            // not a third of a lease later.
-            if last_heartbeat.elapsed() >= lease / 3 && self.heartbeat(shared)? {
-                last_heartbeat = Instant::now();
-            }
-            let mut claimed = 0;
-            if held < capacity {
-                let items = match queue.claim(capacity - held) {
-                    Err(Error::Busy(_)) => Vec::new(),
-                    other => other?,
+            let mut round = || -> Result<Option<RunReport>> {
+                let (finished, held) = {
+                    let mut g = lock(shared);
+                    (
+                        std::mem::take(&mut g.finished),
+                        g.ready.len() + g.running.len(),
+                    )
                 };
-                claimed = items.len();
-                if claimed > 0 {
-                    lock(shared).ready.extend(items);
-                    work.notify_all();
+                let now = queue.ckpt().now();
+                for f in finished {
+                    let update = self.outcome_update(&f, now);
+                    unsaved.push((update, f));
                 }
-            }
-            if held == 0 && claimed == 0 && unsaved.is_empty() {
-                // An index lookup, where counting would scan every item.
-                if queue.next_ready_at()?.is_none() {
-                    report.status = queue.finish_if_done()?;
-                    report.counts = queue.counts()?;
-                    return Ok(report);
+                if !unsaved.is_empty() {
+                    // On error the outcomes stay in `unsaved` for the next round.
+                    let updates: Vec<ItemUpdate> = unsaved.iter().map(|(u, _)| u.clone()).collect();
+                    let results = queue.apply(&updates)?;
+                    for ((update, f), result) in unsaved.drain(..).zip(results) {
+                        self.record(&mut report, &update, &f, result);
+                    }
                 }
-                if last_reclaim.elapsed() >= Duration::from_secs(1) {
-                    queue.reclaim_dead_owners()?;
-                    last_reclaim = Instant::now();
+                if last_heartbeat.elapsed() >= lease / 3 {
+                    self.heartbeat(shared)?;
+                    last_heartbeat = Instant::now();
                 }
-            }
-            // With room for more items, sleep until the next one is due;
-            // with every slot taken, until a worker finishes.
-            let wait = if held + claimed < capacity {
-                self.idle_wait()?
-            } else {
-                self.options.idle_poll
+                let mut claimed = 0;
+                if held < capacity {
+                    let items = queue.claim(capacity - held)?;
+                    claimed = items.len();
+                    if claimed > 0 {
+                        lock(shared).ready.extend(items);
+                        work.notify_all();
+                    }
+                }
+                if held == 0 && claimed == 0 && unsaved.is_empty() {
+                    // An index lookup, where counting would scan every item.
+                    if queue.next_ready_at()?.is_none() {
+                        report.status = queue.finish_if_done()?;
+                        report.counts = queue.counts()?;
+                        return Ok(Some(report.clone()));
+                    }
+                    if last_reclaim.elapsed() >= Duration::from_secs(1) {
+                        queue.reclaim_dead_owners()?;
+                        last_reclaim = Instant::now();
+                    }
+                }
+                // With room for more items, sleep until the next one is due;
+                // with every slot taken, until a worker finishes.
+                let wait = if held + claimed < capacity {
+                    self.idle_wait()?
+                } else {
+                    self.options.idle_poll
+                };
+                wait_for_progress(shared, progress, wait.min(lease / 3));
+                Ok(None)
             };
-            wait_for_progress(shared, progress, wait.min(lease / 3));
+            match round() {
+                Ok(Some(report)) => return Ok(report),
+                Ok(None) => {
+                    outage = None;
+                    backoff = Duration::from_millis(100);
+                }
+                // A busy store or a lost connection: keep the outcomes and
+                // the items in hand, and try again with backoff. Items keep
+                // running meanwhile; a lease that lapses is fenced later.
+                Err(e) if e.is_transient() => {
+                    let since = *outage.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.options.max_outage {
+                        return Err(e);
+                    }
+                    tracing::warn!(
+                        job = queue.job(),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "store unavailable, will retry: {e}"
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -284,20 +308,16 @@ impl<'q> Runner<'q> {
     }
 
     /// Renews the leases of every held item; items lost meanwhile are
-    /// dropped from the local queue so they are not started. Returns false
-    /// when the store was busy and nothing was renewed.
-    fn heartbeat(&self, shared: &Mutex<Shared>) -> Result<bool> {
+    /// dropped from the local queue so they are not started.
+    fn heartbeat(&self, shared: &Mutex<Shared>) -> Result<()> {
         let held: Vec<ClaimedItem> = {
             let g = lock(shared);
             g.ready.iter().chain(g.running.values()).cloned().collect()
         };
         if held.is_empty() {
-            return Ok(true);
+            return Ok(());
         }
-        let results = match self.queue.heartbeat(&held) {
-            Err(Error::Busy(_)) => return Ok(false),
-            other => other?,
-        };
+        let results = self.queue.heartbeat(&held)?;
         // A lease is its item and its fencing token: a newer claim of the
         // same item is not lost.
         let lost: Vec<(ItemId, u64)> = held
@@ -317,7 +337,7 @@ impl<'q> Runner<'q> {
                 "leases lost to another worker"
             );
         }
-        Ok(true)
+        Ok(())
     }
 }
 

@@ -155,6 +155,7 @@ macro_rules! conformance_suite {
                 crash_before_save_resumes_from_previous,
                 transient_store_failure_loses_nothing,
                 runner_completes_every_item_with_retries,
+                runner_rides_out_a_store_outage,
                 next_ready_at_tracks_retries,
                 schema_version_mismatch_is_refused,
             );

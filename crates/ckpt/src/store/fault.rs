@@ -35,8 +35,8 @@ pub enum Op {
 /// What happens at the chosen call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// The call fails with a storage error and changes nothing; later calls
-    /// work (a transient error).
+    /// The call fails with [`Error::Unavailable`] and changes nothing;
+    /// later calls work (a transient outage).
     Fail,
     /// The process "dies" before the call reaches the store: the call and
     /// every later call fail, and nothing of the call is applied.
@@ -120,7 +120,9 @@ impl FaultStore {
             .copied();
         match planned {
             Some((nth, fault)) if nth == n => match fault {
-                Fault::Fail => Err(Error::Storage(format!("injected failure of {op:?} #{n}"))),
+                Fault::Fail => Err(Error::Unavailable(format!(
+                    "injected outage at {op:?} #{n}"
+                ))),
                 Fault::CrashBefore => {
                     self.crashed.store(true, Ordering::SeqCst);
                     Err(Self::dead())

@@ -348,6 +348,7 @@ pub fn runner_completes_every_item_with_retries(f: &Fixture) {
             workers: 4,
             prefetch: 4,
             idle_poll: Duration::from_millis(20),
+            ..RunOptions::default()
         },
     )
     .run(&handler)
@@ -436,4 +437,39 @@ pub fn one_store_handle_shared_by_threads(f: &Fixture) {
     done.dedup();
     assert_eq!((claimed, done.len()), (200, 200), "each item exactly once");
     assert_eq!(q.counts().unwrap().completed, 200);
+}
+
+pub fn runner_rides_out_a_store_outage(f: &Fixture) {
+    use ckpt::store::{Fault, FaultStore, Op, Store};
+    // The first commit of outcomes and the second claim fail as if the
+    // server were restarting: the run retries and loses nothing.
+    let flaky: Arc<dyn Store> = Arc::new(
+        FaultStore::new((f.another)())
+            .inject(Op::UpdateItems, 1, Fault::Fail)
+            .inject(Op::Claim, 2, Fault::Fail),
+    );
+    let q = Ckpt::new(flaky)
+        .queue_with("outage", queue_options(3))
+        .unwrap();
+    q.enqueue(keys(40)).unwrap();
+    let runs = Mutex::new(HashMap::<String, u32>::new());
+    let handler = |item: &ckpt::ClaimedItem| {
+        *runs.lock().unwrap().entry(item.key.clone()).or_default() += 1;
+        Outcome::Completed(None)
+    };
+    let options = RunOptions {
+        workers: 2,
+        prefetch: 2,
+        idle_poll: Duration::from_millis(20),
+        ..RunOptions::default()
+    };
+    let report = Runner::new(&q, options).run(&handler).unwrap();
+    assert_eq!(report.counts.completed, 40);
+    assert_eq!(report.status, Some(JobStatus::Completed));
+    let runs = runs.into_inner().unwrap();
+    assert_eq!(runs.len(), 40);
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "nothing ran twice: {runs:?}"
+    );
 }

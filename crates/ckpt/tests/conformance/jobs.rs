@@ -275,7 +275,7 @@ pub fn transient_store_failure_loses_nothing(f: &Fixture) {
     let mut job = c.job_with("flaky", every_call()).unwrap();
     job.save(&1, 1).unwrap();
     let err = job.save(&2, 2).unwrap_err();
-    assert!(matches!(err, Error::Storage(_)), "{err}");
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
     assert_eq!(
         c.get_job("flaky")
             .unwrap()

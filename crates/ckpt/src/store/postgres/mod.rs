@@ -169,7 +169,7 @@ impl PgStore {
 
     async fn client(&self) -> Result<Object> {
         self.pool.get().await.map_err(|e| {
-            Error::Storage(format!("cannot connect to PostgreSQL at {}: {e}", self.url))
+            Error::Unavailable(format!("cannot connect to PostgreSQL at {}: {e}", self.url))
         })
     }
 }
@@ -206,13 +206,20 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
         {
             return Error::Busy(format!("PostgreSQL: {}", db.message()));
         }
+        if *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CRASH_SHUTDOWN
+            || *code == SqlState::CANNOT_CONNECT_NOW
+        {
+            return Error::Unavailable(format!("PostgreSQL is restarting: {}", db.message()));
+        }
         if *code == SqlState::DISK_FULL {
             return Error::Storage(format!("disk full: {}", db.message()));
         }
         return Error::Storage(format!("PostgreSQL: {} ({})", db.message(), code.code()));
     }
-    if e.is_closed() {
-        return Error::Storage(format!("lost connection to PostgreSQL: {e}"));
+    let io_failure = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io_failure {
+        return Error::Unavailable(format!("lost connection to PostgreSQL: {e}"));
     }
     Error::Storage(format!("PostgreSQL: {e}"))
 }
