@@ -188,24 +188,90 @@ impl Job {
         let Some(cp) = self.pending.take() else {
             return Ok(());
         };
+        let store = self.ckpt.store().clone();
+        self.persist(cp, |lease, cp, keep, until, now| {
+            store.save_checkpoint(lease, cp, keep, until, now)
+        })
+    }
+
+    /// Saves `checkpoint` and runs `f` (the caller's own writes) in one
+    /// SQLite transaction of `store`, the job's store: both commit or
+    /// neither does, so a crash never leaves the writes without the
+    /// checkpoint or the checkpoint without the writes (exactly-once for a
+    /// sink in the same database). `f` runs first; if the lease was lost,
+    /// the transaction rolls back, the caller's writes with it, and the
+    /// result is [`Error::Fenced`]. Always persists, whatever the policy.
+    #[cfg(feature = "sqlite")]
+    pub fn checkpoint_with_sqlite<T>(
+        &mut self,
+        store: &crate::store::SqliteStore,
+        checkpoint: Checkpoint,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.same_store(store)?;
+        self.pending = None;
+        self.persist(checkpoint, |lease, cp, keep, until, now| {
+            store.save_checkpoint_with(lease, cp, keep, until, now, f)
+        })
+    }
+
+    /// [`checkpoint_with_sqlite`](Job::checkpoint_with_sqlite) for
+    /// PostgreSQL: `f` gets a [`PgTx`](crate::store::PgTx) on the
+    /// transaction that also saves the checkpoint.
+    #[cfg(feature = "postgres")]
+    pub fn checkpoint_with_postgres<T>(
+        &mut self,
+        store: &crate::store::PgStore,
+        checkpoint: Checkpoint,
+        f: impl FnOnce(&mut crate::store::PgTx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.same_store(store)?;
+        self.pending = None;
+        self.persist(checkpoint, |lease, cp, keep, until, now| {
+            store.save_checkpoint_with(lease, cp, keep, until, now, f)
+        })
+    }
+
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    fn same_store(&self, store: &dyn crate::Store) -> Result<()> {
+        if store.describe() == self.ckpt.store().describe() {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput(format!(
+                "the transaction's store {} is not the job's store {}",
+                store.describe(),
+                self.ckpt.store().describe()
+            )))
+        }
+    }
+
+    /// Validates `cp`, saves it through `save` and records the cost.
+    fn persist<T>(
+        &mut self,
+        cp: Checkpoint,
+        save: impl FnOnce(&JobLease, &Checkpoint, usize, Timestamp, Timestamp) -> Result<T>,
+    ) -> Result<T> {
         if let Some(state) = &cp.state {
             validate::state_size(state, self.ckpt.limits().state_bytes)?;
         }
         let started = Instant::now();
         let now = self.ckpt.now();
-        let result = self.ckpt.store().save_checkpoint(
+        let result = save(
             &self.lease,
             &cp,
             self.ckpt.limits().history_keep,
             now.plus(self.options.lease),
             now,
         );
-        if let Err(e) = result {
-            if e.is_fenced() {
-                tracing::warn!(event = "lease_lost", job = self.name(), error = %e);
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                if e.is_fenced() {
+                    tracing::warn!(event = "lease_lost", job = self.name(), error = %e);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         let cost = started.elapsed();
         self.tracker
             .record_save(cp.items_processed, self.ckpt.now(), cost);
@@ -217,7 +283,7 @@ impl Job {
             items_processed = cp.items_processed,
             write_us = cost.as_micros() as u64,
         );
-        Ok(())
+        Ok(out)
     }
 
     /// Renews the lease if a third of it has passed since the last renewal.

@@ -142,6 +142,56 @@ impl Queue {
         })
     }
 
+    /// Completes `item` and runs `f` (the caller's own writes for it) in one
+    /// SQLite transaction of `store`, the queue's store: both commit or
+    /// neither does. If the lease was lost, everything rolls back and the
+    /// result is [`Error::Fenced`](crate::Error::Fenced).
+    #[cfg(feature = "sqlite")]
+    pub fn complete_with_sqlite<T>(
+        &self,
+        store: &crate::store::SqliteStore,
+        item: &ClaimedItem,
+        stats: Option<Value>,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.same_store(store)?;
+        let update = ItemUpdate {
+            lease: item.lease.clone(),
+            change: ItemChange::Complete { stats },
+        };
+        store.update_item_with(&update, self.ckpt.now(), f)
+    }
+
+    /// [`complete_with_sqlite`](Queue::complete_with_sqlite) for PostgreSQL.
+    #[cfg(feature = "postgres")]
+    pub fn complete_with_postgres<T>(
+        &self,
+        store: &crate::store::PgStore,
+        item: &ClaimedItem,
+        stats: Option<Value>,
+        f: impl FnOnce(&mut crate::store::PgTx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.same_store(store)?;
+        let update = ItemUpdate {
+            lease: item.lease.clone(),
+            change: ItemChange::Complete { stats },
+        };
+        store.update_item_with(&update, self.ckpt.now(), f)
+    }
+
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    fn same_store(&self, store: &dyn crate::Store) -> Result<()> {
+        if store.describe() == self.ckpt.store().describe() {
+            Ok(())
+        } else {
+            Err(crate::Error::InvalidInput(format!(
+                "the transaction's store {} is not the queue's store {}",
+                store.describe(),
+                self.ckpt.store().describe()
+            )))
+        }
+    }
+
     /// Fails a claimed item: it is retried with backoff, or moved to the
     /// dead-letter list once its attempts are used up. Fenced.
     pub fn fail(&self, item: &ClaimedItem, error: &str) -> Result<RetryDecision> {

@@ -2,6 +2,7 @@
 //! store-specific tests.
 
 mod conformance;
+mod exactly_once;
 mod sqlite;
 
 use std::sync::Arc;

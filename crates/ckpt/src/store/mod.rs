@@ -25,7 +25,7 @@ use std::sync::Arc;
 pub use fault::{Fault, FaultStore, Op};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
-pub use postgres::PgStore;
+pub use postgres::{PgRow, PgStore, PgToSql, PgTx};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteOptions, SqliteStore, SCHEMA_VERSION};
 pub use url::{redact_url, OpenMode};

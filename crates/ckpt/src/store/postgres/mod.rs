@@ -19,6 +19,10 @@
 mod ops;
 mod schema;
 
+pub use ops::PgTx;
+pub use tokio_postgres::types::ToSql as PgToSql;
+pub use tokio_postgres::Row as PgRow;
+
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
@@ -73,7 +77,9 @@ impl PgStore {
             conn_str.parse().map_err(|e: tokio_postgres::Error| {
                 Error::Open(format!("{redacted}: {}", scrub(&e.to_string(), url)))
             })?;
-        config.options(format!("-c search_path={schema}"));
+        // The store's schema first, then `public`, where a caller's own tables
+        // (written in the same transaction as a checkpoint) usually live.
+        config.options(format!("-c search_path={schema},public"));
         config.application_name("ckpt");
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));

@@ -369,6 +369,189 @@ async fn complete_batch(
     Ok(())
 }
 
+/// Saves a checkpoint in one statement, so one round trip (and, outside a
+/// transaction, one commit): the fenced UPDATE (which is the fencing check),
+/// the history append and the history trim. All three see the same
+/// snapshot, so the trim never touches the entry being appended.
+async fn save_fenced(
+    c: &impl GenericClient,
+    lease: &JobLease,
+    checkpoint: &Checkpoint,
+    history_keep: usize,
+    lease_until: Timestamp,
+    now: Timestamp,
+) -> Result<()> {
+    let state_bytes = checkpoint
+        .state
+        .as_ref()
+        .map_or(0, |s| serde_json::to_vec(s).map_or(0, |v| v.len() as i64));
+    let keep = i64::try_from(history_keep).unwrap_or(i64::MAX);
+    let saved = c
+        .cquery_opt(
+            "WITH saved AS (
+                 UPDATE jobs SET cursor = $2, items_processed = $3, stage = $4, state = $5,
+                     state_bytes = $6, checkpoint_at = $7, updated_at = $7,
+                     saves = saves + 1, lease_expires = $8,
+                     completed_at = CASE status WHEN 'completed' THEN NULL ELSE completed_at END,
+                     status = CASE status WHEN 'completed' THEN 'running' ELSE status END
+                 WHERE name = $1 AND owner = $9 AND epoch = $10
+                 RETURNING id, saves),
+             appended AS (
+                 INSERT INTO history (job_id, seq, cursor, items_processed, at)
+                 SELECT id, saves, $2, $3, $7 FROM saved RETURNING seq),
+             trimmed AS (
+                 DELETE FROM history h USING saved
+                 WHERE h.job_id = saved.id AND h.seq <= saved.saves - $11 RETURNING 1)
+             SELECT id FROM saved",
+            &[
+                &lease.job,
+                &checkpoint.cursor,
+                &(checkpoint.items_processed as i64),
+                &checkpoint.stage,
+                &checkpoint.state,
+                &state_bytes,
+                &now.0,
+                &lease_until.0,
+                &lease.owner,
+                &(lease.epoch as i64),
+                &keep,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+    match saved {
+        Some(_) => Ok(()),
+        None => Err(check_lease(c, lease)
+            .await
+            .err()
+            .unwrap_or_else(|| Error::Fenced(format!("job '{}' changed hands", lease.job)))),
+    }
+}
+
+/// The caller's side of a transaction that also saves a checkpoint or
+/// completes an item (exactly-once for a sink in the same database). Its
+/// statements run on the transaction's connection; the store commits after
+/// its own fenced write, or rolls everything back.
+pub struct PgTx<'a> {
+    store: &'a PgStore,
+    client: &'a deadpool_postgres::Object,
+}
+
+impl PgTx<'_> {
+    /// Runs a statement; returns the rows changed.
+    pub fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        self.store
+            .block(self.client.execute(sql, params))
+            .map_err(pg_err)
+    }
+
+    /// Runs a query; returns its rows.
+    pub fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        self.store
+            .block(self.client.query(sql, params))
+            .map_err(pg_err)
+    }
+}
+
+/// The store's own write in a caller's transaction.
+enum StoreWrite<'a> {
+    Checkpoint {
+        lease: &'a JobLease,
+        checkpoint: &'a Checkpoint,
+        history_keep: usize,
+        lease_until: Timestamp,
+        now: Timestamp,
+    },
+    Item {
+        update: &'a ItemUpdate,
+        now: Timestamp,
+    },
+}
+
+impl PgStore {
+    /// Runs `f` and then `write` in one transaction on one connection:
+    /// commits when both succeed, rolls back otherwise.
+    fn with_caller_tx<T>(
+        &self,
+        f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
+        write: StoreWrite<'_>,
+    ) -> Result<T> {
+        let client = self.block(self.client())?;
+        self.block(client.batch_execute("BEGIN")).map_err(pg_err)?;
+        let result = f(&mut PgTx {
+            store: self,
+            client: &client,
+        })
+        .and_then(|out| {
+            let written = match write {
+                StoreWrite::Checkpoint {
+                    lease,
+                    checkpoint,
+                    history_keep,
+                    lease_until,
+                    now,
+                } => self.block(save_fenced(
+                    &client,
+                    lease,
+                    checkpoint,
+                    history_keep,
+                    lease_until,
+                    now,
+                )),
+                StoreWrite::Item { update, now } => self.block(apply_update(&client, update, now)),
+            };
+            written.map(|()| out)
+        });
+        match result {
+            Ok(out) => {
+                self.block(client.batch_execute("COMMIT")).map_err(pg_err)?;
+                Ok(out)
+            }
+            Err(e) => {
+                if self.block(client.batch_execute("ROLLBACK")).is_err() {
+                    // Never hand a connection stuck in a transaction back to the pool.
+                    drop(deadpool_postgres::Object::take(client));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` and saves the checkpoint in one transaction, fenced like
+    /// [`Store::save_checkpoint`]: see `Job::checkpoint_with_postgres`.
+    pub fn save_checkpoint_with<T>(
+        &self,
+        lease: &JobLease,
+        checkpoint: &Checkpoint,
+        history_keep: usize,
+        lease_until: Timestamp,
+        now: Timestamp,
+        f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.with_caller_tx(
+            f,
+            StoreWrite::Checkpoint {
+                lease,
+                checkpoint,
+                history_keep,
+                lease_until,
+                now,
+            },
+        )
+    }
+
+    /// Runs `f` and applies `update` in one transaction; a fenced update
+    /// rolls everything back: see `Queue::complete_with_postgres`.
+    pub fn update_item_with<T>(
+        &self,
+        update: &ItemUpdate,
+        now: Timestamp,
+        f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.with_caller_tx(f, StoreWrite::Item { update, now })
+    }
+}
+
 /// Runs `$body` (an async block body evaluating to a `Result`) inside one
 /// transaction on a pooled connection, with `$tx` bound to the transaction;
 /// commits on `Ok`, rolls back on `Err`.
@@ -466,57 +649,9 @@ impl Store for PgStore {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> Result<()> {
-        // One statement, so one round trip and one commit: the fenced
-        // UPDATE (which is the fencing check), the history append and the
-        // history trim. All three see the same snapshot, so the trim never
-        // touches the entry being appended.
         self.block(async {
             let c = self.client().await?;
-            let state_bytes = checkpoint
-                .state
-                .as_ref()
-                .map_or(0, |s| serde_json::to_vec(s).map_or(0, |v| v.len() as i64));
-            let keep = i64::try_from(history_keep).unwrap_or(i64::MAX);
-            let saved = c
-                .cquery_opt(
-                    "WITH saved AS (
-                         UPDATE jobs SET cursor = $2, items_processed = $3, stage = $4, state = $5,
-                             state_bytes = $6, checkpoint_at = $7, updated_at = $7,
-                             saves = saves + 1, lease_expires = $8,
-                             completed_at = CASE status WHEN 'completed' THEN NULL ELSE completed_at END,
-                             status = CASE status WHEN 'completed' THEN 'running' ELSE status END
-                         WHERE name = $1 AND owner = $9 AND epoch = $10
-                         RETURNING id, saves),
-                     appended AS (
-                         INSERT INTO history (job_id, seq, cursor, items_processed, at)
-                         SELECT id, saves, $2, $3, $7 FROM saved RETURNING seq),
-                     trimmed AS (
-                         DELETE FROM history h USING saved
-                         WHERE h.job_id = saved.id AND h.seq <= saved.saves - $11 RETURNING 1)
-                     SELECT id FROM saved",
-                    &[
-                        &lease.job,
-                        &checkpoint.cursor,
-                        &(checkpoint.items_processed as i64),
-                        &checkpoint.stage,
-                        &checkpoint.state,
-                        &state_bytes,
-                        &now.0,
-                        &lease_until.0,
-                        &lease.owner,
-                        &(lease.epoch as i64),
-                        &keep,
-                    ],
-                )
-                .await
-                .map_err(pg_err)?;
-            match saved {
-                Some(_) => Ok(()),
-                None => Err(check_lease(&c, lease)
-                    .await
-                    .err()
-                    .unwrap_or_else(|| Error::Fenced(format!("job '{}' changed hands", lease.job)))),
-            }
+            save_fenced(&c, lease, checkpoint, history_keep, lease_until, now).await
         })
     }
 

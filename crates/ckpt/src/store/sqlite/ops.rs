@@ -281,6 +281,45 @@ impl SqliteStore {
         out
     }
 
+    /// Runs `f` and saves the checkpoint in one transaction, fenced like
+    /// [`Store::save_checkpoint`]: see `Job::checkpoint_with_sqlite`.
+    pub fn save_checkpoint_with<T>(
+        &self,
+        lease: &JobLease,
+        checkpoint: &Checkpoint,
+        history_keep: usize,
+        lease_until: Timestamp,
+        now: Timestamp,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.write(|tx| {
+            let out = f(tx)?;
+            write_checkpoint(
+                tx,
+                Writer::Holder(lease, lease_until),
+                checkpoint,
+                history_keep,
+                now,
+            )?;
+            Ok(out)
+        })
+    }
+
+    /// Runs `f` and applies `update` in one transaction; a fenced update
+    /// rolls the whole transaction back: see `Queue::complete_with_sqlite`.
+    pub fn update_item_with<T>(
+        &self,
+        update: &ItemUpdate,
+        now: Timestamp,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.write(|tx| {
+            let out = f(tx)?;
+            self.apply_update(tx, update, now)?;
+            Ok(out)
+        })
+    }
+
     fn apply_update(&self, tx: &Transaction<'_>, u: &ItemUpdate, now: Timestamp) -> Result<()> {
         let l = &u.lease;
         let fence = "WHERE id = ?1 AND status = 'running' AND owner = ?2 AND claims = ?3";
