@@ -59,7 +59,7 @@ fn options() -> JobOptions {
 
 /// Records 1..=100 into the sink, the checkpoint after each; the first run
 /// "crashes" inside the transaction of record 40; a second worker resumes.
-pub fn cursor_loop_with_sink(sink: &dyn Sink) {
+fn cursor_loop_with_sink(sink: &dyn Sink) {
     let clock = ManualClock::new(T0);
     let first = sink.ckpt(&clock, "first");
     let mut job = first.job_with("sink-job", options()).unwrap();
@@ -96,7 +96,7 @@ pub fn cursor_loop_with_sink(sink: &dyn Sink) {
 
 /// Items completed together with their sink rows; one completion crashes
 /// and is retried by another worker after the lease expires.
-pub fn items_with_sink(sink: &dyn Sink) {
+fn items_with_sink(sink: &dyn Sink) {
     let clock = ManualClock::new(T0);
     let a = sink
         .ckpt(&clock, "a")
@@ -123,14 +123,14 @@ pub fn items_with_sink(sink: &dyn Sink) {
     assert_eq!(a.counts().unwrap().completed, 20);
 }
 
-pub struct SqliteSink {
+struct SqliteSink {
     store: Arc<ckpt::store::SqliteStore>,
     path: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl SqliteSink {
-    pub fn new() -> SqliteSink {
+    fn new() -> SqliteSink {
         use ckpt::store::{OpenMode, SqliteOptions, SqliteStore};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ckpt.db");
@@ -211,14 +211,14 @@ mod postgres_sink {
     use super::*;
     use ckpt::store::{OpenMode, PgStore};
 
-    pub struct PgSink {
+    struct PgSink {
         store: Arc<PgStore>,
         base: String,
         table: String,
     }
 
     impl PgSink {
-        pub fn new(tag: &str) -> Option<PgSink> {
+        fn new(tag: &str) -> Option<PgSink> {
             let fixture = crate::postgres()?;
             drop(fixture); // only to learn that the server is there
             let base = std::env::var("CKPT_TEST_POSTGRES_URL")
