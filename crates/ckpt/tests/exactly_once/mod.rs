@@ -168,8 +168,7 @@ impl Sink for SqliteSink {
         crash: bool,
     ) -> ckpt::Result<()> {
         job.checkpoint_with_sqlite(&self.store, cp, |tx| {
-            tx.execute("INSERT INTO sink (row) VALUES (?1)", [row])
-                .map_err(|e| Error::Storage(e.to_string()))?;
+            tx.execute("INSERT INTO sink (row) VALUES (?1)", [row])?;
             crash_if(crash)
         })
     }
@@ -182,8 +181,7 @@ impl Sink for SqliteSink {
         crash: bool,
     ) -> ckpt::Result<()> {
         q.complete_with_sqlite(&self.store, item, None, |tx| {
-            tx.execute("INSERT INTO sink (row) VALUES (?1)", [row])
-                .map_err(|e| Error::Storage(e.to_string()))?;
+            tx.execute("INSERT INTO sink (row) VALUES (?1)", [row])?;
             crash_if(crash)
         })
     }

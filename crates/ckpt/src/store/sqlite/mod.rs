@@ -243,3 +243,11 @@ pub(crate) fn sql_err(e: rusqlite::Error) -> Error {
     }
     Error::Storage(e.to_string())
 }
+
+/// Lets the closures of `Job::checkpoint_with_sqlite` and
+/// `Queue::complete_with_sqlite` use `?` on their own statements.
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        sql_err(e)
+    }
+}
