@@ -305,7 +305,13 @@ impl Queue {
     /// lease runs out, after killing the processes it left running. Returns
     /// how many items were freed.
     pub fn reclaim_dead_owners(&self) -> Result<u64> {
-        let mut freed = 0;
+        let mut freed = self
+            .ckpt
+            .store()
+            .expire_lost_owners(&self.job, self.ckpt.now())?;
+        if freed > 0 {
+            tracing::info!(event = "takeover", job = %self.job, items = freed, "owners whose sessions ended; their items are claimable now");
+        }
         for owner in self.ckpt.store().running_owners(&self.job)? {
             if owner != self.owner && self.ckpt.is_dead_local_owner(&owner) {
                 // Its orphaned commands must not run on beside the retries.

@@ -3,6 +3,8 @@
 
 mod conformance;
 mod exactly_once;
+#[cfg(feature = "postgres")]
+mod sessions;
 mod sqlite;
 
 use std::sync::Arc;

@@ -257,6 +257,10 @@ impl Store for FaultStore {
         self.check_alive()?;
         self.inner.running_owners(job)
     }
+    fn expire_lost_owners(&self, job: &str, now: Timestamp) -> Result<u64> {
+        self.check_alive()?;
+        self.inner.expire_lost_owners(job, now)
+    }
     fn expire_owner(&self, job: &str, owner: &str, now: Timestamp) -> Result<u64> {
         self.call(Op::ExpireOwner, || self.inner.expire_owner(job, owner, now))
     }

@@ -200,6 +200,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// known to be dead), so the next claim takes them over. Returns how many.
     fn expire_owner(&self, job: &str, owner: &str, now: Timestamp) -> Result<u64>;
 
+    /// Expires the leases of running items whose owner the store itself
+    /// knows to be gone, wherever it ran (PostgreSQL: its session's advisory
+    /// lock was released, as when its process or connection died). Returns
+    /// how many. Stores that cannot tell return 0 and leave it to lease
+    /// expiry and the local process check.
+    fn expire_lost_owners(&self, job: &str, now: Timestamp) -> Result<u64> {
+        let _ = (job, now);
+        Ok(0)
+    }
+
     /// Moves items of status `from` (dead or failed) back to pending with
     /// their attempt count reset: all of them, or only those in `keys`.
     /// Returns how many moved.

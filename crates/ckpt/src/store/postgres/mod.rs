@@ -39,6 +39,13 @@ pub struct PgStore {
     pool: Pool,
     schema: String,
     url: String,
+    /// This store's liveness: a session-level advisory lock on
+    /// `liveness_key`, held by a connection of its own for as long as the
+    /// store lives (taken on the first claim or acquire). Items and jobs it
+    /// holds carry the key; when the lock is free, their owner is gone.
+    liveness: std::sync::Mutex<Option<tokio_postgres::Client>>,
+    liveness_key: i64,
+    config: tokio_postgres::Config,
 }
 
 impl PgStore {
@@ -85,7 +92,7 @@ impl PgStore {
             config.connect_timeout(Duration::from_secs(5));
         }
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -109,6 +116,9 @@ impl PgStore {
             pool,
             schema,
             url: redacted,
+            liveness: std::sync::Mutex::new(None),
+            liveness_key: rand::random::<i64>() & i64::MAX,
+            config,
         };
         store.block(schema::migrate(&store, mode))?;
         Ok(store)
@@ -167,6 +177,30 @@ impl PgStore {
                 .await
                 .map_err(pg_err)
         })
+    }
+
+    /// The key of this store's liveness lock, taking the lock first if
+    /// needed.
+    pub(crate) fn liveness_key(&self) -> Result<i64> {
+        // Held across the connect: a second session locking the same key
+        // would wait for the first forever.
+        let mut held = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_none() {
+            let client = self.block(async {
+                let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
+                    Error::Unavailable(format!("cannot connect to PostgreSQL at {}: {e}", self.url))
+                })?;
+                // The lock lives as long as this connection: keep it driven.
+                self.runtime.spawn(connection);
+                client
+                    .execute("SELECT pg_advisory_lock($1)", &[&self.liveness_key])
+                    .await
+                    .map_err(pg_err)?;
+                Ok::<_, Error>(client)
+            })?;
+            *held = Some(client);
+        }
+        Ok(self.liveness_key)
     }
 
     fn block<F: std::future::Future>(&self, f: F) -> F::Output {

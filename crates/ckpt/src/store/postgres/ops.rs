@@ -15,6 +15,30 @@ use crate::store::rules::{busy, fenced_item, fenced_job, held_by_live_owner};
 use crate::store::{ItemStream, Store};
 use crate::time::Timestamp;
 
+/// Whether the session that holds `job_id`'s lease still holds its
+/// liveness lock (true when the holder carries no key: an operator write
+/// or an older ckpt).
+async fn holder_session_alive(c: &impl GenericClient, job_id: i64) -> Result<bool> {
+    Ok(c.cquery_one(
+        &format!(
+            "SELECT owner_key IS NULL OR EXISTS ({LIVE_LOCK} = jobs.owner_key)
+             FROM jobs WHERE id = $1"
+        ),
+        &[&job_id],
+    )
+    .await
+    .map_err(pg_err)?
+    .get(0))
+}
+
+/// Selects the keys of the liveness locks held right now in this database:
+/// a session-level `pg_advisory_lock(bigint)` shows in `pg_locks` with the
+/// key's high half in `classid`, its low half in `objid` and `objsubid` 1.
+const LIVE_LOCK: &str = "SELECT 1 FROM pg_locks l
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND ((l.classid::BIGINT << 32) | l.objid::BIGINT)";
+
 /// Statements through the connection's prepared-statement cache: one round
 /// trip per statement instead of a parse and an execute.
 trait Cached: GenericClient {
@@ -599,20 +623,23 @@ impl Store for PgStore {
         steal_from: Option<&str>,
         now: Timestamp,
     ) -> Result<(JobLease, JobRecord)> {
+        let key = self.liveness_key()?;
         in_tx!(self, |tx| {
             let id = ensure_job(tx, job, now).await?;
             let current = get_job(tx, job, true)
                 .await?
                 .ok_or_else(|| Error::NotFound(job.to_string()))?;
-            if held_by_live_owner(&current, Some(owner), steal_from, now) {
+            if held_by_live_owner(&current, Some(owner), steal_from, now)
+                && holder_session_alive(tx, id).await?
+            {
                 return Err(busy(&current, now));
             }
             tx.cexecute(
                 "UPDATE jobs SET epoch = epoch + 1, attempts = attempts + 1, owner = $2,
-                         lease_expires = $3, updated_at = $4,
+                         lease_expires = $3, updated_at = $4, owner_key = $5,
                          status = CASE status WHEN 'failed' THEN 'running' ELSE status END
                      WHERE id = $1",
-                &[&id, &owner, &lease_until.0, &now.0],
+                &[&id, &owner, &lease_until.0, &now.0, &key],
             )
             .await
             .map_err(pg_err)?;
@@ -866,6 +893,7 @@ impl Store for PgStore {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> Result<Vec<ClaimedItem>> {
+        let key = self.liveness_key()?;
         self.block(async {
             let c = self.client().await?;
             // One statement: pick ready items nobody else is claiming right
@@ -879,7 +907,7 @@ impl Store for PgStore {
                            AND NOT (status = 'running' AND owner = $4)
                          ORDER BY ready_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
                      UPDATE items i SET status = 'running', owner = $4, attempts = i.attempts + 1,
-                         claims = i.claims + 1, ready_at = $5, started_at = $2
+                         claims = i.claims + 1, ready_at = $5, started_at = $2, owner_key = $6
                      FROM ready WHERE i.id = ready.id
                      RETURNING i.id, i.key, i.payload, i.cursor, i.attempts, i.claims,
                          ready.old_status, ready.old_owner",
@@ -889,6 +917,7 @@ impl Store for PgStore {
                         &(max.min(i64::MAX as usize) as i64),
                         &owner,
                         &lease_until.0,
+                        &key,
                     ],
                 )
                 .await
@@ -1020,6 +1049,23 @@ impl Store for PgStore {
                 .await
                 .map_err(pg_err)?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn expire_lost_owners(&self, job: &str, now: Timestamp) -> Result<u64> {
+        self.block(async {
+            let c = self.client().await?;
+            c.cexecute(
+                &format!(
+                    "UPDATE items SET ready_at = $2
+                     WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
+                       AND status = 'running' AND ready_at > $2 AND owner_key IS NOT NULL
+                       AND NOT EXISTS ({LIVE_LOCK} = items.owner_key)"
+                ),
+                &[&job, &now.0],
+            )
+            .await
+            .map_err(pg_err)
         })
     }
 

@@ -58,6 +58,9 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX items_ready ON items (job_id, ready_at, id) WHERE ready_at IS NOT NULL;
     CREATE INDEX items_status ON items (job_id, status);",
+    // 2: the liveness lock key of an owner's session, for fast crash detection.
+    "ALTER TABLE items ADD COLUMN owner_key BIGINT;
+    ALTER TABLE jobs ADD COLUMN owner_key BIGINT;",
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,115 @@
+//! Crash detection through the store: a worker whose session ended is
+//! taken over at once, wherever it ran.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ckpt::{CheckpointPolicy, Ckpt, JobOptions, ManualClock, NewItem};
+
+use crate::conformance::{queue_options, T0};
+
+fn worker_id(name: &str) -> ckpt::worker::WorkerId {
+    ckpt::worker::WorkerId {
+        host: "elsewhere".into(),
+        pid: 1,
+        start: 1,
+        nonce: name.into(),
+    }
+}
+
+fn options() -> JobOptions {
+    JobOptions {
+        lease: Duration::from_secs(10),
+        policy: CheckpointPolicy::Always,
+    }
+}
+
+/// PostgreSQL knows when a worker's session ended (its liveness lock is
+/// released), wherever that worker ran: its items and job are taken over at
+/// once instead of when their (long) leases expire.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_detects_an_ended_session_at_once() {
+    use ckpt::store::{OpenMode, PgStore};
+    let Some(fixture) = crate::postgres() else {
+        return;
+    };
+    let url = {
+        let base = std::env::var("CKPT_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!(
+            "{base}{sep}schema={}",
+            fixture
+                .store
+                .describe()
+                .rsplit("schema ")
+                .next()
+                .unwrap()
+                .trim_end_matches(')')
+        )
+    };
+    let clock = ManualClock::new(T0);
+    let long = ckpt::QueueOptions {
+        lease: Duration::from_secs(3600),
+        ..queue_options(3)
+    };
+    let on = |name: &str| {
+        Ckpt::new(Arc::new(PgStore::open(&url, OpenMode::MustExist).unwrap()))
+            .with_clock(Arc::new(clock.clone()))
+            .with_worker(worker_id(name))
+    };
+    let crashed = on("crashed");
+    let alive = on("alive");
+    let rescuer = on("rescuer");
+    let q = crashed.queue_with("sessions", long.clone()).unwrap();
+    q.enqueue((0..4).map(|i| NewItem::key(format!("k{i}"))))
+        .unwrap();
+    assert_eq!(q.claim(3).unwrap().len(), 3);
+    let mut job = crashed
+        .job_with(
+            "sessions-job",
+            JobOptions {
+                lease: Duration::from_secs(3600),
+                ..options()
+            },
+        )
+        .unwrap();
+    job.save(&1, 1).unwrap();
+    let live_item = alive
+        .queue_with("sessions", long.clone())
+        .unwrap()
+        .claim(1)
+        .unwrap();
+    assert_eq!(live_item.len(), 1);
+    drop((q, job, crashed)); // the process "dies": its connections close
+    let r = rescuer.queue_with("sessions", long).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut freed = 0;
+    while freed == 0 && std::time::Instant::now() < deadline {
+        freed = r.reclaim_dead_owners().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(freed, 3, "only the ended session's items are freed");
+    let taken = r.claim(10).unwrap();
+    assert_eq!(taken.len(), 3);
+    assert!(taken.iter().all(|i| i
+        .taken_over_from
+        .as_deref()
+        .is_some_and(|o| o.ends_with(":crashed"))));
+    let resumed = rescuer
+        .job_with(
+            "sessions-job",
+            JobOptions {
+                lease: Duration::from_secs(3600),
+                ..options()
+            },
+        )
+        .expect("the job of an ended session is taken over before its lease expires");
+    assert_eq!(resumed.resume_cursor::<u64>().unwrap(), Some(1));
+    // The live session's lease is respected.
+    assert!(on("other")
+        .job_with("sessions-job", options())
+        .unwrap_err()
+        .is_busy());
+}
