@@ -17,6 +17,11 @@ use crate::runner::{Outcome, RunOptions, Runner};
 use crate::store::Store;
 use crate::{Ckpt, QueueOptions};
 
+/// Jobs checkpointing at once in the concurrent measurement.
+pub const CONCURRENT_JOBS: usize = 64;
+/// Saves per job in the concurrent measurement.
+pub const CONCURRENT_SAVES: u64 = 50;
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -56,6 +61,12 @@ pub struct BenchReport {
     pub baseline_upserts_per_s: Option<f64>,
     /// `checkpoints_per_s / baseline_upserts_per_s`.
     pub checkpoint_vs_baseline: Option<f64>,
+    /// Jobs checkpointing at once, one thread each, in one process.
+    pub concurrent_jobs: usize,
+    /// Their saves per second in all (group commit where the store has it).
+    pub concurrent_checkpoints_per_s: f64,
+    /// The same with a commit per save (PostgreSQL with group commit off).
+    pub concurrent_checkpoints_per_s_separate: Option<f64>,
     /// Items, workers, saves.
     pub items: u64,
     /// Worker threads.
@@ -163,6 +174,8 @@ pub fn run(
     Runner::new(&runner_queue, run_options).run(&handler)?;
     let run_time = started.elapsed();
 
+    let concurrent = concurrent_saves(store.clone(), CONCURRENT_JOBS, CONCURRENT_SAVES)?;
+
     let per_s = |n: u64, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
     let checkpoints_per_s = per_s(options.saves, save_time);
     Ok(BenchReport {
@@ -175,11 +188,51 @@ pub fn run(
         checkpoint_p99_us: pct(0.99),
         baseline_upserts_per_s: None,
         checkpoint_vs_baseline: None,
+        concurrent_jobs: CONCURRENT_JOBS,
+        concurrent_checkpoints_per_s: concurrent,
+        concurrent_checkpoints_per_s_separate: None,
         items: options.items,
         workers,
         saves: options.saves,
         batch: options.batch,
     })
+}
+
+/// `jobs` jobs checkpointing at once, one thread each, all through `store`
+/// (one process): `per_job` durable saves each. Returns saves per second.
+pub fn concurrent_saves(store: Arc<dyn Store>, jobs: usize, per_job: u64) -> Result<f64> {
+    let ckpt = Ckpt::new(store);
+    let suffix = format!("{:08x}", rand::random::<u32>());
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..jobs)
+            .map(|j| {
+                let ckpt = ckpt.new_worker();
+                let name = format!("bench-concurrent-{suffix}-{j}");
+                s.spawn(move || -> Result<()> {
+                    let mut job = ckpt.job_with(
+                        &name,
+                        JobOptions {
+                            policy: CheckpointPolicy::Always,
+                            ..JobOptions::default()
+                        },
+                    )?;
+                    for i in 0..per_job {
+                        job.save(&i, i)?;
+                    }
+                    job.complete()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(crate::Error::Storage("bench thread panicked".into())))
+            })
+            .collect::<Result<Vec<()>>>()
+    })?;
+    Ok((jobs as u64 * per_job) as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
 
 /// Raw rusqlite: `n` single-row UPSERTs, each its own transaction, in a

@@ -56,6 +56,18 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
             };
             let mut report = bench::run(pg.clone(), &open, &options)?;
             let baseline = pg.update_baseline(args.saves)?;
+            let separate = PgStore::open(
+                &format!(
+                    "{url}{}group_commit=off",
+                    if url.contains('?') { '&' } else { '?' }
+                ),
+                OpenMode::MustExist,
+            )?;
+            report.concurrent_checkpoints_per_s_separate = Some(bench::concurrent_saves(
+                Arc::new(separate),
+                bench::CONCURRENT_JOBS,
+                bench::CONCURRENT_SAVES,
+            )?);
             report.baseline_upserts_per_s = Some(baseline);
             report.checkpoint_vs_baseline = Some(report.checkpoints_per_s / baseline);
             report
@@ -88,6 +100,16 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
         (report.baseline_upserts_per_s, report.checkpoint_vs_baseline)
     {
         println!("raw baseline:       {base:.0}/s single-row writes (checkpoint/raw = {ratio:.2})");
+    }
+    match report.concurrent_checkpoints_per_s_separate {
+        Some(separate) => println!(
+            "{} jobs at once:     {:.0} saves/s with group commit, {separate:.0}/s with a commit each",
+            report.concurrent_jobs, report.concurrent_checkpoints_per_s
+        ),
+        None => println!(
+            "{} jobs at once:     {:.0} saves/s",
+            report.concurrent_jobs, report.concurrent_checkpoints_per_s
+        ),
     }
     println!("enqueue:            {:.0} items/s", report.enqueue_per_s);
     println!(

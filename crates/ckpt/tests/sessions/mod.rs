@@ -113,3 +113,54 @@ fn postgres_detects_an_ended_session_at_once() {
         .unwrap_err()
         .is_busy());
 }
+
+/// Many jobs saving at once through one store share transactions (group
+/// commit); each still gets its own result, and a fenced save is refused
+/// alone while the others in its batch commit.
+#[test]
+fn grouped_saves_keep_their_own_results() {
+    let Some(fixture) = crate::postgres() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let shared = fixture.store.clone();
+    let on = |name: &str| {
+        Ckpt::new(shared.clone())
+            .with_clock(Arc::new(clock.clone()))
+            .with_worker(worker_id(name))
+    };
+    // A zombie: its job was taken over by another worker.
+    let mut zombie = on("zombie").job_with("grouped-zombie", options()).unwrap();
+    clock.advance(Duration::from_secs(10));
+    let _live = on("live").job_with("grouped-zombie", options()).unwrap();
+    let fenced = std::thread::scope(|s| {
+        let savers: Vec<_> = (0..16)
+            .map(|j| {
+                let ckpt = on(&format!("w{j}"));
+                s.spawn(move || {
+                    let mut job = ckpt.job_with(&format!("grouped-{j}"), options()).unwrap();
+                    for i in 0..20u64 {
+                        job.save(&i, i).unwrap();
+                    }
+                    job.complete().unwrap();
+                })
+            })
+            .collect();
+        let zombie_saves: Vec<bool> = (0..20)
+            .map(|i: u64| zombie.save(&(1000 + i), i).unwrap_err().is_fenced())
+            .collect();
+        for t in savers {
+            t.join().unwrap();
+        }
+        zombie_saves
+    });
+    assert!(fenced.iter().all(|&f| f), "every zombie save refused");
+    let reader = on("reader");
+    for j in 0..16 {
+        let rec = reader.get_job(&format!("grouped-{j}")).unwrap().unwrap();
+        assert_eq!(rec.checkpoint.unwrap().cursor, serde_json::json!(19));
+        assert_eq!((rec.saves, rec.history_len), (20, 20));
+    }
+    let rec = reader.get_job("grouped-zombie").unwrap().unwrap();
+    assert!(rec.checkpoint.is_none(), "no zombie save landed");
+}

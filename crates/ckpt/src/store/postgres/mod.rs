@@ -12,10 +12,13 @@
 //! - The driver is async (tokio-postgres with a deadpool pool); the store
 //!   owns a current-thread tokio runtime and blocks on it, so it must not be called
 //!   from inside an async task (use `spawn_blocking`).
-//! - URLs: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=ckpt&pool_size=16]`;
+//! - Checkpoint saves of several threads share transactions (group
+//!   commit); `?group_commit=off` gives each its own.
+//! - URLs: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=ckpt&pool_size=16&group_commit=on]`;
 //!   other query parameters go to the driver. TLS is not supported yet. A
 //!   password never appears in messages: they carry the redacted URL.
 
+mod group;
 mod ops;
 mod schema;
 
@@ -46,6 +49,9 @@ pub struct PgStore {
     liveness: std::sync::Mutex<Option<tokio_postgres::Client>>,
     liveness_key: i64,
     config: tokio_postgres::Config,
+    group: group::GroupCommit,
+    /// Whether saves of several threads share transactions (`?group_commit=on`, the default).
+    pub(crate) group_commit: bool,
 }
 
 impl PgStore {
@@ -56,10 +62,22 @@ impl PgStore {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut schema = "ckpt".to_string();
         let mut pool_size = 16usize;
+        let mut group_commit = true;
         let mut driver_params = Vec::new();
         for (key, value) in query_pairs(query) {
             match key {
                 "schema" => schema = value.to_string(),
+                "group_commit" => {
+                    group_commit = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => {
+                            return Err(Error::Open(format!(
+                                "group_commit must be on or off, not {value:?}"
+                            )))
+                        }
+                    }
+                }
                 "pool_size" => {
                     pool_size = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                         Error::Open(format!(
@@ -119,6 +137,8 @@ impl PgStore {
             liveness: std::sync::Mutex::new(None),
             liveness_key: rand::random::<i64>() & i64::MAX,
             config,
+            group: group::GroupCommit::default(),
+            group_commit,
         };
         store.block(schema::migrate(&store, mode))?;
         Ok(store)

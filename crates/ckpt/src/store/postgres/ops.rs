@@ -397,7 +397,7 @@ async fn complete_batch(
 /// transaction, one commit): the fenced UPDATE (which is the fencing check),
 /// the history append and the history trim. All three see the same
 /// snapshot, so the trim never touches the entry being appended.
-async fn save_fenced(
+pub(super) async fn save_fenced(
     c: &impl GenericClient,
     lease: &JobLease,
     checkpoint: &Checkpoint,
@@ -676,6 +676,9 @@ impl Store for PgStore {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> Result<()> {
+        if self.group_commit {
+            return self.save_grouped(lease, checkpoint, history_keep, lease_until, now);
+        }
         self.block(async {
             let c = self.client().await?;
             save_fenced(&c, lease, checkpoint, history_keep, lease_until, now).await
