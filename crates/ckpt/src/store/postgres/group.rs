@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use futures_util::future::join_all;
 
-use super::ops::save_fenced;
+use super::sql::save_fenced;
 use super::{pg_err, PgStore};
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, JobLease};

@@ -21,10 +21,12 @@
 mod group;
 mod ops;
 mod schema;
+mod sql;
+mod tx;
 
-pub use ops::PgTx;
 pub use tokio_postgres::types::ToSql as PgToSql;
 pub use tokio_postgres::Row as PgRow;
+pub use tx::PgTx;
 
 use std::time::Duration;
 
