@@ -17,6 +17,7 @@
 //!   before anything is written to it.
 
 mod ops;
+mod rows;
 mod schema;
 
 use std::path::Path;

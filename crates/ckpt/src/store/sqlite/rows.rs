@@ -1,0 +1,89 @@
+//! Reading SQLite rows into the model's records.
+
+use rusqlite::Row;
+use serde_json::Value;
+
+use crate::model::{Checkpoint, ItemRecord, ItemStatus, JobRecord, JobStatus};
+use crate::time::Timestamp;
+
+pub(super) fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Value>> {
+    let text: Option<String> = row.get(idx)?;
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+        })
+    })
+    .transpose()
+}
+
+pub(super) fn status_col<T>(
+    row: &Row<'_>,
+    idx: usize,
+    parse: fn(&str) -> Option<T>,
+) -> rusqlite::Result<T> {
+    let s: String = row.get(idx)?;
+    parse(&s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Text,
+            format!("unknown status {s:?}").into(),
+        )
+    })
+}
+
+pub(super) fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp)
+}
+
+pub(super) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    let cursor = json_col(row, 2)?;
+    let checkpoint = match cursor {
+        Some(cursor) => Some(Checkpoint {
+            cursor,
+            items_processed: row.get::<_, i64>(3)? as u64,
+            stage: row.get(4)?,
+            state: json_col(row, 5)?,
+        }),
+        None => None,
+    };
+    Ok(JobRecord {
+        name: row.get(0)?,
+        status: status_col(row, 1, JobStatus::parse)?,
+        checkpoint,
+        checkpoint_at: ts(row.get(6)?),
+        owner: row.get(7)?,
+        lease_expires: ts(row.get(8)?),
+        epoch: row.get::<_, i64>(9)? as u64,
+        attempts: row.get::<_, i64>(10)? as u32,
+        saves: row.get::<_, i64>(11)? as u64,
+        history_len: row.get::<_, i64>(12)? as u64,
+        state_bytes: row.get::<_, i64>(13)? as u64,
+        created_at: Timestamp(row.get(14)?),
+        updated_at: Timestamp(row.get(15)?),
+        completed_at: ts(row.get(16)?),
+        error: row.get(17)?,
+    })
+}
+
+pub(super) fn item_from_row(row: &Row<'_>) -> rusqlite::Result<ItemRecord> {
+    let status = status_col(row, 3, ItemStatus::parse)?;
+    let ready_at = match status {
+        ItemStatus::Running | ItemStatus::Failed => ts(row.get(6)?),
+        _ => None,
+    };
+    Ok(ItemRecord {
+        id: row.get(0)?,
+        key: row.get(1)?,
+        payload: json_col(row, 2)?,
+        status,
+        attempts: row.get::<_, i64>(4)? as u32,
+        owner: row.get(5)?,
+        ready_at,
+        last_error: row.get(7)?,
+        stats: json_col(row, 8)?,
+        cursor: json_col(row, 9)?,
+        enqueued_at: Timestamp(row.get(10)?),
+        started_at: ts(row.get(11)?),
+        finished_at: ts(row.get(12)?),
+    })
+}
