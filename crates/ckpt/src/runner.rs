@@ -216,7 +216,15 @@ impl<'q> Runner<'q> {
                 } else {
                     self.options.idle_poll
                 };
-                wait_for_progress(shared, progress, wait.min(lease / 3));
+                let wait = wait.min(lease / 3);
+                // With nothing in hand no worker can make progress: wait for
+                // the store's signal that items arrived, where it has one.
+                let signalled = (held + claimed == 0)
+                    .then(|| queue.ckpt().store().wait_for_items(queue.job(), wait))
+                    .flatten();
+                if signalled.is_none() {
+                    wait_for_progress(shared, progress, wait);
+                }
                 Ok(None)
             };
             match round() {

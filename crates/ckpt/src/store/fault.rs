@@ -257,6 +257,9 @@ impl Store for FaultStore {
         self.check_alive()?;
         self.inner.running_owners(job)
     }
+    fn wait_for_items(&self, job: &str, timeout: std::time::Duration) -> Option<bool> {
+        self.inner.wait_for_items(job, timeout)
+    }
     fn expire_lost_owners(&self, job: &str, now: Timestamp) -> Result<u64> {
         self.check_alive()?;
         self.inner.expire_lost_owners(job, now)

@@ -200,6 +200,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// known to be dead), so the next claim takes them over. Returns how many.
     fn expire_owner(&self, job: &str, owner: &str, now: Timestamp) -> Result<u64>;
 
+    /// Blocks up to `timeout` (real time) until the store signals that
+    /// items of `job` may have become claimable: `Some(true)` when signalled,
+    /// `Some(false)` on timeout, `None` at once when the store cannot signal
+    /// (the caller then polls). A signal is a hint, never a promise.
+    fn wait_for_items(&self, job: &str, timeout: std::time::Duration) -> Option<bool> {
+        let _ = (job, timeout);
+        None
+    }
+
     /// Expires the leases of running items whose owner the store itself
     /// knows to be gone, wherever it ran (PostgreSQL: its session's advisory
     /// lock was released, as when its process or connection died). Returns

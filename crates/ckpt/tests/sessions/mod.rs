@@ -164,3 +164,59 @@ fn grouped_saves_keep_their_own_results() {
     let rec = reader.get_job("grouped-zombie").unwrap().unwrap();
     assert!(rec.checkpoint.is_none(), "no zombie save landed");
 }
+
+/// An idle runner wakes on LISTEN/NOTIFY when items arrive, long before its
+/// next poll.
+#[test]
+fn idle_runner_wakes_when_items_arrive() {
+    use ckpt::{ItemStatus, Outcome, RunOptions, Runner};
+    let Some(fixture) = crate::postgres() else {
+        return;
+    };
+    // One item failed with its retry an hour away keeps the runner waiting;
+    // with a 10-minute lease, its polls are 30 s apart.
+    let slow = ckpt::QueueOptions {
+        lease: Duration::from_secs(600),
+        retry: ckpt::RetryPolicy {
+            base_delay: Duration::from_secs(3600),
+            ..ckpt::RetryPolicy::default()
+        },
+    };
+    let setup = Ckpt::new((fixture.another)());
+    let q = setup.queue_with("wake", slow.clone()).unwrap();
+    q.enqueue([NewItem::key("later")]).unwrap();
+    let item = q.claim(1).unwrap().pop().unwrap();
+    q.fail(&item, "not yet").unwrap();
+    let runner_store = (fixture.another)();
+    let started = std::time::Instant::now();
+    let report = std::thread::scope(|s| {
+        let runner = s.spawn(|| {
+            let q = Ckpt::new(runner_store).queue_with("wake", slow).unwrap();
+            let options = RunOptions {
+                idle_poll: Duration::from_secs(30),
+                ..RunOptions::default()
+            };
+            Runner::new(&q, options).run(&|_: &ckpt::ClaimedItem| Outcome::Completed(None))
+        });
+        std::thread::sleep(Duration::from_millis(300)); // the runner is idle by now
+        q.enqueue([NewItem::key("now")]).unwrap();
+        // Wait for "now" to complete, then release the waiting item.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while q.counts().unwrap().completed < 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Checked after the join: a failing assertion here would leave
+        // the runner waiting for the hour-away item.
+        let woke_in_time = q.counts().unwrap().completed == 1;
+        q.redrive(ItemStatus::Failed, None).unwrap();
+        (woke_in_time, runner.join().unwrap().unwrap())
+    });
+    let (woke_in_time, report) = report;
+    assert!(woke_in_time, "the new item ran before the next poll");
+    assert_eq!(report.counts.completed, 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "woken by notifications, not by 30 s polls: {:?}",
+        started.elapsed()
+    );
+}

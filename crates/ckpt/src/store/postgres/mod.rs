@@ -19,6 +19,7 @@
 //!   password never appears in messages: they carry the redacted URL.
 
 mod group;
+mod notify;
 mod ops;
 mod schema;
 mod sql;
@@ -52,6 +53,10 @@ pub struct PgStore {
     liveness_key: i64,
     config: tokio_postgres::Config,
     group: group::GroupCommit,
+    /// Notifications of claimable items, fed by a LISTEN thread started on
+    /// the first wait; dropping the sender stops that thread.
+    wakeups: std::sync::Arc<notify::Wakeups>,
+    listener: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
     /// Whether saves of several threads share transactions (`?group_commit=on`, the default).
     pub(crate) group_commit: bool,
 }
@@ -140,10 +145,17 @@ impl PgStore {
             liveness_key: rand::random::<i64>() & i64::MAX,
             config,
             group: group::GroupCommit::default(),
+            wakeups: Default::default(),
+            listener: std::sync::Mutex::new(None),
             group_commit,
         };
         store.block(schema::migrate(&store, mode))?;
         Ok(store)
+    }
+
+    /// The LISTEN/NOTIFY channel of this store.
+    pub(crate) fn channel(&self) -> String {
+        notify::channel(&self.schema)
     }
 
     /// The schema the store lives in.
@@ -223,6 +235,26 @@ impl PgStore {
             *held = Some(client);
         }
         Ok(self.liveness_key)
+    }
+
+    /// Waits up to `timeout` for a notification that items of `job` became
+    /// claimable; starts listening on the first call. False on timeout.
+    pub(crate) fn wait_for_items_notified(&self, job: &str, timeout: Duration) -> bool {
+        {
+            let mut listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+            if listener.is_none() {
+                *listener = Some(notify::listen(
+                    self.config.clone(),
+                    &self.schema,
+                    self.wakeups.clone(),
+                ));
+                // Let it subscribe first, so that a notification right
+                // after this call is not missed.
+                drop(listener);
+                self.wakeups.wait_listening(Duration::from_secs(2));
+            }
+        }
+        self.wakeups.wait(job, timeout)
     }
 
     fn block<F: std::future::Future>(&self, f: F) -> F::Output {

@@ -326,6 +326,10 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(pg_err)?;
+                // Delivered at commit, to runners idle on this job.
+                tx.cexecute("SELECT pg_notify($1, $2)", &[&self.channel(), &job])
+                    .await
+                    .map_err(pg_err)?;
             }
             Ok(report)
         })
@@ -498,6 +502,10 @@ impl Store for PgStore {
         })
     }
 
+    fn wait_for_items(&self, job: &str, timeout: std::time::Duration) -> Option<bool> {
+        Some(self.wait_for_items_notified(job, timeout))
+    }
+
     fn expire_lost_owners(&self, job: &str, now: Timestamp) -> Result<u64> {
         self.block(async {
             let c = self.client().await?;
@@ -557,6 +565,9 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(pg_err)?;
+                tx.cexecute("SELECT pg_notify($1, $2)", &[&self.channel(), &job])
+                    .await
+                    .map_err(pg_err)?;
             }
             Ok(moved)
         })
