@@ -184,6 +184,21 @@ impl Ckpt {
         WorkerId::parse(owner).map_or(0, |id| self.probe.kill_orphans(&id))
     }
 
+    /// Refuses a transaction on a store other than this handle's own: the
+    /// caller's writes and ckpt's must land in the same database.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn check_same_store(&self, store: &dyn Store) -> Result<()> {
+        if store.describe() == self.store.describe() {
+            Ok(())
+        } else {
+            Err(crate::Error::InvalidInput(format!(
+                "the transaction's store {} is not this job's store {}",
+                store.describe(),
+                self.store.describe()
+            )))
+        }
+    }
+
     /// The job's current holder if it is a dead local process.
     pub(crate) fn dead_holder(&self, name: &str) -> Result<Option<String>> {
         Ok(self

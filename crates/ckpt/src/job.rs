@@ -208,7 +208,7 @@ impl Job {
         checkpoint: Checkpoint,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        self.same_store(store)?;
+        self.ckpt.check_same_store(store)?;
         self.pending = None;
         self.persist(checkpoint, |lease, cp, keep, until, now| {
             store.save_checkpoint_with(lease, cp, keep, until, now, f)
@@ -225,24 +225,11 @@ impl Job {
         checkpoint: Checkpoint,
         f: impl FnOnce(&mut crate::store::PgTx<'_>) -> Result<T>,
     ) -> Result<T> {
-        self.same_store(store)?;
+        self.ckpt.check_same_store(store)?;
         self.pending = None;
         self.persist(checkpoint, |lease, cp, keep, until, now| {
             store.save_checkpoint_with(lease, cp, keep, until, now, f)
         })
-    }
-
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    fn same_store(&self, store: &dyn crate::Store) -> Result<()> {
-        if store.describe() == self.ckpt.store().describe() {
-            Ok(())
-        } else {
-            Err(Error::InvalidInput(format!(
-                "the transaction's store {} is not the job's store {}",
-                store.describe(),
-                self.ckpt.store().describe()
-            )))
-        }
     }
 
     /// Validates `cp`, saves it through `save` and records the cost.

@@ -154,7 +154,7 @@ impl Queue {
         stats: Option<Value>,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        self.same_store(store)?;
+        self.ckpt.check_same_store(store)?;
         let update = ItemUpdate {
             lease: item.lease.clone(),
             change: ItemChange::Complete { stats },
@@ -171,25 +171,12 @@ impl Queue {
         stats: Option<Value>,
         f: impl FnOnce(&mut crate::store::PgTx<'_>) -> Result<T>,
     ) -> Result<T> {
-        self.same_store(store)?;
+        self.ckpt.check_same_store(store)?;
         let update = ItemUpdate {
             lease: item.lease.clone(),
             change: ItemChange::Complete { stats },
         };
         store.update_item_with(&update, self.ckpt.now(), f)
-    }
-
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    fn same_store(&self, store: &dyn crate::Store) -> Result<()> {
-        if store.describe() == self.ckpt.store().describe() {
-            Ok(())
-        } else {
-            Err(crate::Error::InvalidInput(format!(
-                "the transaction's store {} is not the queue's store {}",
-                store.describe(),
-                self.ckpt.store().describe()
-            )))
-        }
     }
 
     /// Fails a claimed item: it is retried with backoff, or moved to the
