@@ -220,3 +220,51 @@ fn idle_runner_wakes_when_items_arrive() {
         started.elapsed()
     );
 }
+
+/// A panic inside the caller's part of a shared transaction rolls it back:
+/// the pooled connection is not left inside a transaction for the next user.
+#[test]
+fn panic_in_a_caller_transaction_leaves_the_pool_clean() {
+    use ckpt::store::{OpenMode, PgStore};
+    let Some(fixture) = crate::postgres() else {
+        return;
+    };
+    let schema = fixture.store.describe();
+    let schema = schema
+        .rsplit("schema ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')');
+    let base = std::env::var("CKPT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let sep = if base.contains('?') { '&' } else { '?' };
+    // One connection in the pool: the next call must get the same one.
+    let store = Arc::new(
+        PgStore::open(
+            &format!("{base}{sep}schema={schema}&pool_size=1"),
+            OpenMode::MustExist,
+        )
+        .unwrap(),
+    );
+    let ckpt = Ckpt::new(store.clone());
+    let mut job = ckpt.job_with("panicky", options()).unwrap();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = job.checkpoint_with_postgres(
+            &store,
+            ckpt::Checkpoint::new(serde_json::json!(1), 1),
+            |tx| {
+                tx.execute("SELECT 1", &[])?;
+                panic!("caller bug");
+                #[allow(unreachable_code)]
+                Ok(())
+            },
+        );
+    }));
+    assert!(panicked.is_err());
+    // Autocommit work on the same (only) connection is committed and seen
+    // from another connection.
+    job.save(&2, 2).unwrap();
+    let other = Ckpt::new(fixture.store.clone());
+    let rec = other.get_job("panicky").unwrap().unwrap();
+    assert_eq!(rec.checkpoint.unwrap().cursor, serde_json::json!(2));
+}

@@ -28,26 +28,52 @@ pub(super) struct Save {
     done: Arc<Slot>,
 }
 
-#[derive(Default)]
+/// Where a waiting save stands.
+enum Turn {
+    Waiting,
+    /// Its batch ran: here is its result.
+    Done(Result<()>),
+    /// The previous leader's own save is done: this caller leads now.
+    Lead,
+}
+
 struct Slot {
-    result: Mutex<Option<Result<()>>>,
+    turn: Mutex<Turn>,
     ready: Condvar,
 }
 
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            turn: Mutex::new(Turn::Waiting),
+            ready: Condvar::new(),
+        }
+    }
+}
+
 impl Slot {
-    fn set(&self, r: Result<()>) {
-        *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    fn set(&self, turn: Turn) {
+        *self.turn.lock().unwrap_or_else(|e| e.into_inner()) = turn;
         self.ready.notify_all();
     }
 
-    fn wait(&self) -> Result<()> {
-        let mut g = self.result.lock().unwrap_or_else(|e| e.into_inner());
+    /// Waits until this save is done (`Some`) or its caller must lead (`None`).
+    fn wait(&self) -> Option<Result<()>> {
+        let mut g = self.turn.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(r) = g.take() {
-                return r;
+            match std::mem::replace(&mut *g, Turn::Waiting) {
+                Turn::Done(r) => return Some(r),
+                Turn::Lead => return None,
+                Turn::Waiting => g = self.ready.wait(g).unwrap_or_else(|e| e.into_inner()),
             }
-            g = self.ready.wait(g).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(
+            *self.turn.lock().unwrap_or_else(|e| e.into_inner()),
+            Turn::Done(_)
+        )
     }
 }
 
@@ -92,10 +118,20 @@ impl PgStore {
             g.0.push(save);
             if g.1 {
                 drop(g);
-                return done.wait();
+                if let Some(result) = done.wait() {
+                    return result;
+                }
+                // Handed the lead: this caller's save is still queued.
+            } else {
+                g.1 = true;
             }
-            g.1 = true;
         }
+        self.lead(&done)
+    }
+
+    /// Runs batches until this caller's own save is done, then hands the
+    /// lead to the next queued save (so no caller serves others forever).
+    fn lead(&self, mine: &Slot) -> Result<()> {
         loop {
             let batch = {
                 let mut g = self.group.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -108,17 +144,26 @@ impl PgStore {
             match self.save_batch(&batch) {
                 Ok(results) => {
                     for (save, r) in batch.iter().zip(results) {
-                        save.done.set(r);
+                        save.done.set(Turn::Done(r));
                     }
                 }
                 Err(e) => {
                     for save in &batch {
-                        save.done.set(Err(replicate(&e)));
+                        save.done.set(Turn::Done(Err(replicate(&e))));
                     }
                 }
             }
+            if mine.is_done() {
+                let mut g = self.group.state.lock().unwrap_or_else(|e| e.into_inner());
+                match g.0.first() {
+                    Some(next) => next.done.set(Turn::Lead),
+                    None => g.1 = false,
+                }
+                break;
+            }
         }
-        done.wait()
+        mine.wait()
+            .unwrap_or_else(|| Err(Error::Storage("group commit lost a save".into())))
     }
 
     /// Runs the saves in one transaction (or alone, for a batch of one);

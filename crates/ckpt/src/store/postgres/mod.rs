@@ -56,7 +56,7 @@ pub struct PgStore {
     /// Notifications of claimable items, fed by a LISTEN thread started on
     /// the first wait; dropping the sender stops that thread.
     wakeups: std::sync::Arc<notify::Wakeups>,
-    listener: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    listener: std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::time::Instant)>>,
     /// Whether saves of several threads share transactions (`?group_commit=on`, the default).
     pub(crate) group_commit: bool,
 }
@@ -219,7 +219,9 @@ impl PgStore {
         // Held across the connect: a second session locking the same key
         // would wait for the first forever.
         let mut held = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
-        if held.is_none() {
+        // A closed connection released the lock: take it again at once, or
+        // other workers would take this live worker's items over.
+        if held.as_ref().is_none_or(|c| c.is_closed()) {
             let client = self.block(async {
                 let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
                     Error::Unavailable(format!("cannot connect to PostgreSQL at {}: {e}", self.url))
@@ -238,23 +240,32 @@ impl PgStore {
     }
 
     /// Waits up to `timeout` for a notification that items of `job` became
-    /// claimable; starts listening on the first call. False on timeout.
-    pub(crate) fn wait_for_items_notified(&self, job: &str, timeout: Duration) -> bool {
-        {
+    /// claimable: `Some(true)` when one came, `Some(false)` on timeout,
+    /// `None` when nothing is listening (the caller then polls). Starts the
+    /// listener on the first call, and again (at most every 5 s) after it
+    /// ended.
+    pub(crate) fn wait_for_items_notified(&self, job: &str, timeout: Duration) -> Option<bool> {
+        if !self.wakeups.is_listening() {
             let mut listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());
-            if listener.is_none() {
-                *listener = Some(notify::listen(
-                    self.config.clone(),
-                    &self.schema,
-                    self.wakeups.clone(),
+            let due = listener
+                .as_ref()
+                .is_none_or(|(_, started)| started.elapsed() >= Duration::from_secs(5));
+            if due {
+                // Replacing the old sender stops the old thread, if any.
+                *listener = Some((
+                    notify::listen(self.config.clone(), &self.schema, self.wakeups.clone()),
+                    std::time::Instant::now(),
                 ));
+                drop(listener);
                 // Let it subscribe first, so that a notification right
                 // after this call is not missed.
-                drop(listener);
                 self.wakeups.wait_listening(Duration::from_secs(2));
             }
+            if !self.wakeups.is_listening() {
+                return None;
+            }
         }
-        self.wakeups.wait(job, timeout)
+        Some(self.wakeups.wait(job, timeout))
     }
 
     fn block<F: std::future::Future>(&self, f: F) -> F::Output {

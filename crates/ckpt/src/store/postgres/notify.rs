@@ -31,6 +31,11 @@ impl Wakeups {
         self.changed.notify_all();
     }
 
+    /// True while a listener is subscribed.
+    pub(super) fn is_listening(&self) -> bool {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
     /// Waits up to `timeout` until the listener is subscribed; true if it is.
     pub(super) fn wait_listening(&self, timeout: Duration) -> bool {
         let g = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -123,6 +128,9 @@ pub(super) fn listen(
                 wakeups.set_listening(false);
                 drop(client);
             });
+            // Do not wait for the blocked `recv`: it ends when the store
+            // drops or replaces this listener.
+            runtime.shutdown_background();
         });
     if spawned.is_err() {
         tracing::warn!("cannot start the LISTEN thread; idle runners will poll");

@@ -165,9 +165,9 @@ impl Store for PgStore {
 
     fn finish_if_done(&self, job: &str, now: Timestamp) -> Result<Option<JobStatus>> {
         in_tx!(self, |tx| {
-            // Lock the job row: an enqueue takes the same lock (its
-            // `ensure_job` upsert), so none can slip in between the check
-            // and the status change.
+            // Lock the job row: enqueue and redrive take the same lock
+            // before adding or reviving items, so none can slip in between
+            // the check and the status change.
             let id = job_id(tx, job)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
@@ -284,6 +284,11 @@ impl Store for PgStore {
     fn enqueue(&self, job: &str, items: ItemStream<'_>, now: Timestamp) -> Result<EnqueueReport> {
         in_tx!(self, |tx| {
             let id = ensure_job(tx, job, now).await?;
+            // Lock the job row, as `finish_if_done` does: a job is never
+            // marked done while items are being added to it.
+            tx.cexecute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id])
+                .await
+                .map_err(pg_err)?;
             let insert = "WITH ins AS (
                          INSERT INTO items (job_id, key, payload, status, ready_at, enqueued_at)
                          SELECT $1, t.key, t.payload, 'pending', 0, $4
@@ -503,7 +508,7 @@ impl Store for PgStore {
     }
 
     fn wait_for_items(&self, job: &str, timeout: std::time::Duration) -> Option<bool> {
-        Some(self.wait_for_items_notified(job, timeout))
+        self.wait_for_items_notified(job, timeout)
     }
 
     fn expire_lost_owners(&self, job: &str, now: Timestamp) -> Result<u64> {
@@ -548,6 +553,9 @@ impl Store for PgStore {
             let id = job_id(tx, job)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
+            tx.cexecute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id])
+                .await
+                .map_err(pg_err)?;
             let moved = tx
                     .cexecute(
 "UPDATE items SET status = 'pending', attempts = 0, ready_at = 0,

@@ -59,11 +59,24 @@ impl PgStore {
     ) -> Result<T> {
         let client = self.block(self.client())?;
         self.block(client.batch_execute("BEGIN")).map_err(pg_err)?;
-        let result = f(&mut PgTx {
-            store: self,
-            client: &client,
-        })
-        .and_then(|out| {
+        // A panic in the caller's code must not hand a connection that is
+        // inside a transaction back to the pool: roll back, then re-raise.
+        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            f(&mut PgTx {
+                store: self,
+                client: &client,
+            })
+        }));
+        let called = match called {
+            Ok(r) => r,
+            Err(panic) => {
+                if self.block(client.batch_execute("ROLLBACK")).is_err() {
+                    drop(deadpool_postgres::Object::take(client));
+                }
+                std::panic::resume_unwind(panic);
+            }
+        };
+        let result = called.and_then(|out| {
             let written = match write {
                 StoreWrite::Checkpoint {
                     lease,
