@@ -104,6 +104,26 @@ impl PgStore {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> Result<()> {
+        // Fast path: nobody is saving, so save directly, without copying
+        // the checkpoint into the queue; then pass the lead to whoever
+        // queued meanwhile.
+        {
+            let mut g = self.group.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !g.1 {
+                g.1 = true;
+                drop(g);
+                let result = self.block(async {
+                    let client = self.client().await?;
+                    save_fenced(&client, lease, checkpoint, history_keep, lease_until, now).await
+                });
+                let mut g = self.group.state.lock().unwrap_or_else(|e| e.into_inner());
+                match g.0.first() {
+                    Some(next) => next.done.set(Turn::Lead),
+                    None => g.1 = false,
+                }
+                return result;
+            }
+        }
         let done = Arc::new(Slot::default());
         let save = Save {
             lease: lease.clone(),
