@@ -17,6 +17,8 @@ mod crash;
 mod errors;
 #[path = "cli/ops.rs"]
 mod ops;
+#[path = "cli/pg_restart.rs"]
+mod pg_restart;
 #[path = "cli/postgres.rs"]
 mod postgres;
 #[path = "cli/resume.rs"]

@@ -1,0 +1,225 @@
+//! `ckpt run` survives a PostgreSQL restart in the middle of a run.
+//!
+//! Restarting the shared test server would break the tests running beside
+//! this one, so this test starts a private cluster of its own (`initdb` and
+//! `pg_ctl` from the installed server, in a temporary folder, on a free
+//! port). Skipped, with the reason printed, when no server binaries are
+//! installed, unless `CKPT_REQUIRE_SERVICES=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::{item_counts, items, wait_until, Sandbox};
+
+/// A PostgreSQL cluster of this test's own, stopped when the guard goes.
+struct PrivateCluster {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    // Holds the folder (and so the cluster's files) until the guard goes.
+    _dir: tempfile::TempDir,
+}
+
+/// The newest installed server's `bin` folder (Debian's layout).
+fn server_bin() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").is_file() && bin.join("pg_ctl").is_file())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl PrivateCluster {
+    fn start() -> Option<PrivateCluster> {
+        let Some(bin) = server_bin() else {
+            if std::env::var("CKPT_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+                panic!("CKPT_REQUIRE_SERVICES=1 but no PostgreSQL server binaries (initdb, pg_ctl) are installed");
+            }
+            eprintln!("skipped: no PostgreSQL server binaries (initdb, pg_ctl) are installed");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        if is_root() {
+            // initdb refuses to run as root: the cluster belongs to the
+            // `postgres` user, who must be able to reach its folder.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            let chown = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .status()
+                .unwrap();
+            assert!(chown.success(), "chown of the cluster folder failed");
+        }
+        let port = free_port();
+        let cluster = PrivateCluster {
+            bin,
+            data,
+            port,
+            _dir: dir,
+        };
+        cluster.pg(
+            "initdb",
+            &[
+                "-D",
+                cluster.data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+            ],
+        );
+        cluster.pg_ctl_start();
+        Some(cluster)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs one of the server's programs, as `postgres` when we are root.
+    fn pg(&self, program: &str, args: &[&str]) {
+        let exe = self.bin.join(program);
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn pg_ctl_start(&self) {
+        let data = self.data.to_str().unwrap();
+        let log = self.data.join("server.log");
+        let options = format!(
+            "-p {} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port
+        );
+        self.pg(
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) {
+        self.pg(
+            "pg_ctl",
+            &["-D", self.data.to_str().unwrap(), "-m", mode, "-w", "stop"],
+        );
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let exe = self.bin.join("pg_ctl");
+        let data = self.data.to_str().unwrap_or_default().to_string();
+        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
+        let _ = if is_root() {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&exe)
+                .args(args)
+                .output()
+        } else {
+            Command::new(&exe).args(args).output()
+        };
+    }
+}
+
+/// A port nothing listens on right now (the kernel's pick).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn log_path(sb: &Sandbox) -> PathBuf {
+    sb.join("log")
+}
+
+fn lines_in(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}
+
+#[test]
+fn a_run_survives_a_postgres_restart_and_loses_nothing() {
+    let Some(cluster) = PrivateCluster::start() else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let all = items("r", 80);
+    let file = sb.write_items("items.txt", &all);
+    let running = sb
+        .ckpt_bare()
+        .args(["--store", &cluster.url(), "run", "--job", "J", "--items"])
+        .arg(&file)
+        .args([
+            "-j",
+            "4",
+            "--",
+            "sh",
+            "-c",
+            r#"sleep 0.1; echo "$0" >> log"#,
+        ])
+        .start();
+    let log = log_path(&sb);
+    wait_until(Duration::from_secs(30), "a quarter of the items run", || {
+        lines_in(&log) >= all.len() / 4
+    });
+    // A fast shutdown ends every session (the liveness locks with them),
+    // and the server stays down long enough for claims, completions and
+    // heartbeats to fail and be retried.
+    cluster.pg_ctl_stop("fast");
+    let done_while_up = lines_in(&log);
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.pg_ctl_start();
+    let out = running.wait(Duration::from_secs(120));
+    out.success();
+    assert!(
+        done_while_up < all.len(),
+        "the restart came after the run had finished; the test proves nothing"
+    );
+
+    // Nothing lost: every item ran to its end at least once (an item in
+    // flight during the outage may run again, never zero times).
+    let mut logged = sb.lines("log");
+    logged.sort();
+    logged.dedup();
+    let mut expected = all.clone();
+    expected.sort();
+    assert_eq!(logged, expected);
+    let status = sb
+        .ckpt_bare()
+        .args(["--store", &cluster.url(), "status", "J", "--json"])
+        .run();
+    status.success();
+    let status = status.json();
+    assert_eq!(status["status"], "completed");
+    assert_eq!(item_counts(&status), (0, 0, 80, 0, 0));
+}
