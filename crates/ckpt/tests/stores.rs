@@ -149,6 +149,7 @@ macro_rules! conformance_suite {
                 job_lease_is_exclusive_and_fences_zombies,
                 dead_local_job_owner_is_taken_over_at_once,
                 history_is_bounded_newest_first,
+                a_cut_history_bound_is_applied,
                 oversize_state_is_refused_and_previous_kept,
                 per_item_cursor_survives_a_takeover,
                 completed_and_failed_jobs_keep_their_checkpoint,

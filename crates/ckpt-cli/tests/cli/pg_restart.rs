@@ -189,9 +189,11 @@ fn a_run_survives_a_postgres_restart_and_loses_nothing() {
         ])
         .start();
     let log = log_path(&sb);
-    wait_until(Duration::from_secs(30), "a quarter of the items run", || {
-        lines_in(&log) >= all.len() / 4
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "a quarter of the items run",
+        || lines_in(&log) >= all.len() / 4,
+    );
     // A fast shutdown ends every session (the liveness locks with them),
     // and the server stays down long enough for claims, completions and
     // heartbeats to fail and be retried.

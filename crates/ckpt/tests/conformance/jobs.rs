@@ -90,6 +90,34 @@ pub fn history_is_bounded_newest_first(f: &Fixture) {
     assert_eq!(c.store().history("history", 2).unwrap().len(), 2);
 }
 
+/// A job whose history bound is cut (a new release, a new setting) ends up
+/// within the new bound, not the old one, after enough saves.
+pub fn a_cut_history_bound_is_applied(f: &Fixture) {
+    let clock = ManualClock::new(T0);
+    let mut job = limited(f, &clock, 40, 1024)
+        .job_with("cut", every_call())
+        .unwrap();
+    for i in 1..=60u64 {
+        job.save(&i, i).unwrap();
+    }
+    job.release().unwrap();
+    let c = limited(f, &clock, 3, 1024);
+    assert_eq!(c.get_job("cut").unwrap().unwrap().history_len, 40);
+    let mut job = c.job_with("cut", every_call()).unwrap();
+    for i in 61..=400u64 {
+        job.save(&i, i).unwrap();
+    }
+    let seqs: Vec<u64> = c
+        .store()
+        .history("cut", 1000)
+        .unwrap()
+        .iter()
+        .map(|h| h.seq)
+        .collect();
+    assert_eq!(seqs, [400, 399, 398]);
+    assert_eq!(c.get_job("cut").unwrap().unwrap().history_len, 3);
+}
+
 pub fn oversize_state_is_refused_and_previous_kept(f: &Fixture) {
     let clock = ManualClock::new(T0);
     let c = limited(f, &clock, 10, 100);

@@ -247,15 +247,35 @@ pub(super) async fn write_checkpoint(
     .map_err(pg_err)?;
     let keep = i64::try_from(history_keep).unwrap_or(i64::MAX);
     if saves > keep {
+        let lowest = if saves % TRIM_SWEEP_EVERY == 0 {
+            i64::MIN
+        } else {
+            saves - keep - TRIM_WINDOW
+        };
         c.cexecute(
-            "DELETE FROM history WHERE job_id = $1 AND seq <= $2",
-            &[&job_id, &(saves - keep)],
+            "DELETE FROM history WHERE job_id = $1 AND seq <= $2 AND seq > $3",
+            &[&job_id, &(saves - keep), &lowest],
         )
         .await
         .map_err(pg_err)?;
     }
     Ok(())
 }
+
+/// How far below the newest entry to drop a save's history trim looks.
+///
+/// Why not simply `seq <= saves - keep`: every trimmed entry stays in the
+/// index as a dead tuple until VACUUM, and an open-ended range walks all of
+/// them on every save, so a long run's saves slowed down in proportion to
+/// the saves since the last autovacuum (measured: 0.3 ms → 3 ms after 80 k
+/// saves). A save drops one entry; the window also covers a small cut of
+/// `history_keep` at once.
+pub(super) const TRIM_WINDOW: i64 = 8;
+
+/// Every this many saves the trim sweeps the whole range, so entries
+/// below the window (after `history_keep` was cut by more than the window)
+/// go too. The sweep's cost is spread over the saves between.
+pub(super) const TRIM_SWEEP_EVERY: i64 = 256;
 
 pub(super) async fn apply_update(
     c: &impl GenericClient,
@@ -433,7 +453,12 @@ pub(super) async fn save_fenced(
                  SELECT id, saves, $2, $3, $7 FROM saved RETURNING seq),
              trimmed AS (
                  DELETE FROM history h USING saved
-                 WHERE h.job_id = saved.id AND h.seq <= saved.saves - $11 RETURNING 1)
+                 WHERE h.job_id = saved.id AND h.seq <= saved.saves - $11
+                   AND h.seq > saved.saves - $11 - $12 RETURNING 1),
+             swept AS (
+                 DELETE FROM history h USING saved
+                 WHERE saved.saves % $13 = 0 AND h.job_id = saved.id
+                   AND h.seq <= saved.saves - $11 - $12 RETURNING 1)
              SELECT id FROM saved",
             &[
                 &lease.job,
@@ -447,6 +472,8 @@ pub(super) async fn save_fenced(
                 &lease.owner,
                 &(lease.epoch as i64),
                 &keep,
+                &TRIM_WINDOW,
+                &TRIM_SWEEP_EVERY,
             ],
         )
         .await
