@@ -401,6 +401,42 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
+    fn truncate_history(&self, job: &str, keep: usize) -> Result<u64> {
+        let mut g = self.lock();
+        let row = g.job_mut(job)?;
+        let mut removed = 0;
+        while row.history.len() > keep {
+            row.history.pop_front();
+            removed += 1;
+        }
+        row.record.history_len = row.history.len() as u64;
+        Ok(removed)
+    }
+
+    fn delete_job(&self, job: &str, completed_before: Timestamp) -> Result<bool> {
+        let mut g = self.lock();
+        let Some(row) = g.jobs.get(job) else {
+            return Ok(false);
+        };
+        let finished_in_time = row.record.status == JobStatus::Completed
+            && row.record.completed_at.is_some_and(|t| t <= completed_before);
+        let all_done = row
+            .items
+            .iter()
+            .all(|id| g.items[(id - 1) as usize].record.status == ItemStatus::Completed);
+        if !(finished_in_time && all_done) {
+            return Ok(false);
+        }
+        let row = g.jobs.remove(job).expect("checked above");
+        // Item rows stay in the vector (ids are its indices) but nothing
+        // reaches them any more: the job row and the key map were the ways in.
+        for id in row.items {
+            let key = g.items[(id - 1) as usize].record.key.clone();
+            g.keys.remove(&(job.to_string(), key));
+        }
+        Ok(true)
+    }
+
     fn enqueue(&self, job: &str, items: ItemStream<'_>, now: Timestamp) -> Result<EnqueueReport> {
         // Collect first so that an error in the stream leaves the store as it was.
         let items: Vec<_> = items.collect::<Result<_>>()?;

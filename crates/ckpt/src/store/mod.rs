@@ -143,6 +143,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The newest `limit` history entries of the job, newest first.
     fn history(&self, job: &str, limit: usize) -> Result<Vec<HistoryEntry>>;
 
+    /// Keeps only the newest `keep` history entries of the job, in one
+    /// transaction; returns how many were removed. Not fenced (an operator
+    /// write): a running worker's next save appends as usual.
+    /// [`Error::NotFound`](crate::Error::NotFound) when there is no such job.
+    fn truncate_history(&self, job: &str, keep: usize) -> Result<u64>;
+
+    /// Deletes the job with its checkpoint, history and items, atomically,
+    /// but only if it is completed, finished at or before
+    /// `completed_before`, and has no unfinished (pending, running, failed)
+    /// or dead item; the check and the delete are one transaction, so an
+    /// enqueue racing it either reopens the job first (and nothing is
+    /// deleted) or comes after (and creates a new job). Returns whether it
+    /// deleted; a missing job is `Ok(false)`.
+    fn delete_job(&self, job: &str, completed_before: Timestamp) -> Result<bool>;
+
     // ----- items -----
 
     /// Adds the items to the job (creating the job if needed), in one

@@ -6,9 +6,11 @@
 
 mod items;
 mod jobs;
+mod operator;
 
 pub use items::*;
 pub use jobs::*;
+pub use operator::*;
 
 use std::sync::Arc;
 use std::time::Duration;

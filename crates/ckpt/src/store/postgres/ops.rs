@@ -281,14 +281,73 @@ impl Store for PgStore {
         })
     }
 
-    fn enqueue(&self, job: &str, items: ItemStream<'_>, now: Timestamp) -> Result<EnqueueReport> {
+    fn truncate_history(&self, job: &str, keep: usize) -> Result<u64> {
         in_tx!(self, |tx| {
-            let id = ensure_job(tx, job, now).await?;
-            // Lock the job row, as `finish_if_done` does: a job is never
-            // marked done while items are being added to it.
-            tx.cexecute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id])
+            let id = job_id(tx, job)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
+            tx.cexecute(
+                "DELETE FROM history WHERE job_id = $1 AND seq NOT IN
+                     (SELECT seq FROM history WHERE job_id = $1 ORDER BY seq DESC LIMIT $2)",
+                &[&id, &i64::try_from(keep).unwrap_or(i64::MAX)],
+            )
+            .await
+            .map_err(pg_err)
+        })
+    }
+
+    fn delete_job(&self, job: &str, completed_before: Timestamp) -> Result<bool> {
+        in_tx!(self, |tx| {
+            // Lock first, check after: the row lock orders this against
+            // enqueue and finish_if_done, and the check, a statement of its
+            // own, sees whatever they committed while this waited.
+            let locked = tx
+                .cquery_opt("SELECT id FROM jobs WHERE name = $1 FOR UPDATE", &[&job])
                 .await
                 .map_err(pg_err)?;
+            let Some(id) = locked.map(|r| r.get::<_, i64>(0)) else {
+                return Ok(false);
+            };
+            let deletable = tx
+                .cquery_opt(
+                    "SELECT 1 FROM jobs WHERE id = $1 AND status = 'completed'
+                         AND completed_at <= $2
+                         AND NOT EXISTS (SELECT 1 FROM items
+                                         WHERE job_id = $1 AND status <> 'completed')",
+                    &[&id, &completed_before.0],
+                )
+                .await
+                .map_err(pg_err)?
+                .is_some();
+            if !deletable {
+                return Ok(false);
+            }
+            for sql in [
+                "DELETE FROM items WHERE job_id = $1",
+                "DELETE FROM history WHERE job_id = $1",
+                "DELETE FROM jobs WHERE id = $1",
+            ] {
+                tx.cexecute(sql, &[&id]).await.map_err(pg_err)?;
+            }
+            Ok(true)
+        })
+    }
+
+    fn enqueue(&self, job: &str, items: ItemStream<'_>, now: Timestamp) -> Result<EnqueueReport> {
+        in_tx!(self, |tx| {
+            let mut id = ensure_job(tx, job, now).await?;
+            // Lock the job row, as `finish_if_done` does: a job is never
+            // marked done while items are being added to it. If a prune
+            // deleted the row while this waited for the lock, the job is
+            // created afresh (the delete has committed: it is seen now).
+            while tx
+                .cexecute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id])
+                .await
+                .map_err(pg_err)?
+                == 0
+            {
+                id = ensure_job(tx, job, now).await?;
+            }
             let insert = "WITH ins AS (
                          INSERT INTO items (job_id, key, payload, status, ready_at, enqueued_at)
                          SELECT $1, t.key, t.payload, 'pending', 0, $4

@@ -519,6 +519,46 @@ impl Store for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(sql_err)
     }
 
+    fn truncate_history(&self, job: &str, keep: usize) -> Result<u64> {
+        self.write(|tx| {
+            let id = job_id(tx, job)?.ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
+            tx.prepare_cached(
+                "DELETE FROM history WHERE job_id = ?1 AND seq NOT IN
+                     (SELECT seq FROM history WHERE job_id = ?1 ORDER BY seq DESC LIMIT ?2)",
+            )
+            .and_then(|mut s| s.execute(params![id, i64::try_from(keep).unwrap_or(i64::MAX)]))
+            .map(|n| n as u64)
+            .map_err(sql_err)
+        })
+    }
+
+    fn delete_job(&self, job: &str, completed_before: Timestamp) -> Result<bool> {
+        self.write(|tx| {
+            let id: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT id FROM jobs WHERE name = ?1 AND status = 'completed'
+                         AND completed_at <= ?2
+                         AND NOT EXISTS (SELECT 1 FROM items
+                                         WHERE job_id = jobs.id AND status <> 'completed')",
+                )
+                .and_then(|mut s| s.query_row(params![job, completed_before.0], |r| r.get(0)).optional())
+                .map_err(sql_err)?;
+            let Some(id) = id else {
+                return Ok(false);
+            };
+            for sql in [
+                "DELETE FROM items WHERE job_id = ?1",
+                "DELETE FROM history WHERE job_id = ?1",
+                "DELETE FROM jobs WHERE id = ?1",
+            ] {
+                tx.prepare_cached(sql)
+                    .and_then(|mut s| s.execute([id]))
+                    .map_err(sql_err)?;
+            }
+            Ok(true)
+        })
+    }
+
     fn enqueue(&self, job: &str, items: ItemStream<'_>, now: Timestamp) -> Result<EnqueueReport> {
         self.write(|tx| {
             let id = ensure_job(tx, job, now)?;
