@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod ops;
+pub use ops::*;
+
 /// Durable checkpoint & resume for long-running batch work.
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +59,25 @@ pub enum Command {
     Checkpoint(CheckpointCommand),
     /// Measure checkpoint saves and item throughput of a store.
     Bench(BenchArgs),
+    /// List every job: status, progress, checkpoint age, history, state size.
+    Jobs(JobsArgs),
+    /// Show a job: its checkpoint, history and recent failures.
+    Show(ShowArgs),
+    /// List a job's items with attempts, owner, last error and stats.
+    Items(ItemsArgs),
+    /// Clear a job's checkpoint so it starts from scratch.
+    Reset(ResetArgs),
+    /// Delete completed jobs (and their items) finished before a cutoff.
+    Prune(PruneArgs),
+    /// Maintain checkpoint histories.
+    #[command(subcommand)]
+    History(HistoryCommand),
+    /// Check every job for problems; exit 1 when there are findings.
+    Doctor(DoctorArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff).
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -165,7 +187,7 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m)"))
 }
 

@@ -15,6 +15,8 @@ mod concurrent;
 mod crash;
 #[path = "cli/errors.rs"]
 mod errors;
+#[path = "cli/inspect.rs"]
+mod inspect;
 #[path = "cli/ops.rs"]
 mod ops;
 #[path = "cli/pg_restart.rs"]

@@ -172,6 +172,22 @@ impl Ckpt {
         )
     }
 
+    /// Clears the checkpoint even while a live worker holds the job: the
+    /// lease is taken from it (the epoch moves on), so its next save or
+    /// renewal fails with [`Error::Fenced`](crate::Error::Fenced) and
+    /// changes nothing. For operators (`ckpt reset --force`).
+    pub fn clear_checkpoint_forced(&self, name: &str) -> Result<()> {
+        validate::job_name(name)?;
+        let holder = self.store.get_job(name)?.and_then(|r| r.owner);
+        self.store.put_checkpoint(
+            name,
+            None,
+            self.limits.history_keep,
+            holder.as_deref(),
+            self.now(),
+        )
+    }
+
     /// True if and only if `owner` is a worker on this host whose process
     /// is gone.
     pub fn is_dead_local_owner(&self, owner: &str) -> bool {

@@ -263,11 +263,19 @@ impl Job {
         self.tracker
             .record_save(cp.items_processed, self.ckpt.now(), cost);
         self.last_renewal = now;
+        // The store trims the history to `history_keep` on every save, so
+        // its length follows without a read.
+        let keep = self.ckpt.limits().history_keep as u64;
+        self.record.saves += 1;
+        self.record.history_len = (self.record.history_len + 1).min(keep);
+        metrics::counter!("ckpt_checkpoints_total", "job" => self.lease.job.clone()).increment(1);
+        metrics::histogram!("ckpt_checkpoint_write_seconds").record(cost.as_secs_f64());
         tracing::debug!(
             event = "checkpoint_saved",
             job = self.name(),
             cursor = %cp.cursor,
             items_processed = cp.items_processed,
+            history_length = self.record.history_len,
             write_us = cost.as_micros() as u64,
         );
         Ok(out)

@@ -34,6 +34,7 @@
 pub mod bench;
 mod ckpt;
 mod error;
+pub mod inspect;
 mod job;
 pub mod model;
 pub mod policy;

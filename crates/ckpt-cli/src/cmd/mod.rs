@@ -2,7 +2,11 @@
 
 mod bench;
 mod checkpoint;
+mod docs;
+mod doctor;
+mod inspect;
 mod items;
+mod maintain;
 mod retry;
 mod run;
 mod status;
@@ -22,6 +26,15 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Retry(args) => retry::retry(&cli.store, args),
         Command::Checkpoint(cmd) => checkpoint::checkpoint(&cli.store, cmd),
         Command::Bench(args) => bench::bench(&cli.store, args),
+        Command::Jobs(args) => inspect::jobs(&cli.store, args),
+        Command::Show(args) => inspect::show(&cli.store, args),
+        Command::Items(args) => inspect::items(&cli.store, args),
+        Command::Reset(args) => maintain::reset(&cli.store, args),
+        Command::Prune(args) => maintain::prune(&cli.store, args),
+        Command::History(cmd) => maintain::history(&cli.store, cmd),
+        Command::Doctor(args) => doctor::doctor(&cli.store, args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man => docs::man(),
     }
 }
 

@@ -1,0 +1,279 @@
+//! `ckpt jobs`, `ckpt show JOB`, `ckpt items JOB`: read-only views.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use ckpt::inspect::{job_summaries, JobSummary};
+use ckpt::store::OpenMode;
+use ckpt::{Ckpt, ItemStatus, Timestamp};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cli::{ItemsArgs, JobsArgs, ShowArgs};
+use crate::output::{rfc3339, short_duration};
+
+/// Failures listed by `show`.
+const FAILURES_SHOWN: usize = 10;
+
+pub fn jobs(url: &str, args: JobsArgs) -> Result<ExitCode> {
+    let ckpt = super::open(url, OpenMode::MustExist)?;
+    let now = ckpt.now();
+    let jobs = job_summaries(ckpt.store().as_ref(), now)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if jobs.is_empty() {
+        eprintln!("ckpt: no jobs in {}", ckpt.store().describe());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 7]> = jobs
+        .iter()
+        .map(|j| {
+            [
+                j.name.clone(),
+                j.status.to_string(),
+                progress(j),
+                j.items.dead.to_string(),
+                j.checkpoint_at
+                    .map_or("-".into(), |t| format!("{} ago", short_duration(now.since(t)))),
+                j.history_len.to_string(),
+                bytes(j.state_bytes),
+            ]
+        })
+        .collect();
+    print_table(
+        &["JOB", "STATUS", "PROGRESS", "DEAD", "CHECKPOINT", "HISTORY", "STATE"],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// "1200/5000 (24%)" for item jobs, "1200 processed" for cursor jobs.
+fn progress(j: &JobSummary) -> String {
+    match j.progress() {
+        Some((done, total)) => format!("{done}/{total} ({}%)", done * 100 / total),
+        None if j.checkpoint_at.is_some() => format!("{} processed", j.items_processed),
+        None => "-".into(),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..=1023 => format!("{n} B"),
+        1024..=1_048_575 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn not_found(ckpt: &Ckpt, job: &str) -> anyhow::Error {
+    ckpt::Error::NotFound(format!(
+        "no job named '{job}' in {}",
+        ckpt.store().describe()
+    ))
+    .into()
+}
+
+/// `ckpt show --json`.
+#[derive(Debug, Serialize)]
+struct ShowDoc {
+    #[serde(flatten)]
+    summary: JobSummary,
+    cursor: Option<Value>,
+    state: Option<Value>,
+    history: Vec<HistoryDoc>,
+    failures: Vec<FailureDoc>,
+}
+
+#[derive(Debug, Serialize)]
+struct HistoryDoc {
+    seq: u64,
+    cursor: Value,
+    items_processed: u64,
+    at: String,
+}
+
+#[derive(Debug, Serialize)]
+struct FailureDoc {
+    key: String,
+    status: ItemStatus,
+    attempts: u32,
+    last_error: Option<String>,
+    retry_at: Option<String>,
+}
+
+pub fn show(url: &str, args: ShowArgs) -> Result<ExitCode> {
+    super::job_name(&args.job)?;
+    let ckpt = super::open(url, OpenMode::MustExist)?;
+    let store = ckpt.store();
+    let now = ckpt.now();
+    let record = store
+        .get_job(&args.job)?
+        .ok_or_else(|| not_found(&ckpt, &args.job))?;
+    let summary = JobSummary::new(&record, store.item_counts(&args.job)?, now);
+    let history = store.history(&args.job, args.history)?;
+    let mut failures = store.list_items(&args.job, Some(ItemStatus::Dead), FAILURES_SHOWN)?;
+    failures.extend(store.list_items(&args.job, Some(ItemStatus::Failed), FAILURES_SHOWN)?);
+    failures.truncate(FAILURES_SHOWN);
+    let doc = ShowDoc {
+        summary,
+        cursor: record.checkpoint.as_ref().map(|c| c.cursor.clone()),
+        state: record.checkpoint.as_ref().and_then(|c| c.state.clone()),
+        history: history
+            .iter()
+            .map(|h| HistoryDoc {
+                seq: h.seq,
+                cursor: h.cursor.clone(),
+                items_processed: h.items_processed,
+                at: rfc3339(h.at),
+            })
+            .collect(),
+        failures: failures
+            .iter()
+            .map(|i| FailureDoc {
+                key: i.key.clone(),
+                status: i.status,
+                attempts: i.attempts,
+                last_error: i.last_error.clone(),
+                retry_at: (i.status == ItemStatus::Failed)
+                    .then_some(i.ready_at)
+                    .flatten()
+                    .map(rfc3339),
+            })
+            .collect(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_show(&doc, now);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_show(doc: &ShowDoc, now: Timestamp) {
+    let s = &doc.summary;
+    println!("job:        {}", s.name);
+    println!("status:     {}", s.status);
+    if let Some(error) = &s.error {
+        println!("error:      {error}");
+    }
+    if s.items.total() > 0 {
+        println!(
+            "items:      {} completed, {} running, {} pending, {} failed, {} dead ({} total)",
+            s.items.completed,
+            s.items.running,
+            s.items.pending,
+            s.items.failed,
+            s.items.dead,
+            s.items.total()
+        );
+    }
+    match (&doc.cursor, s.checkpoint_at) {
+        (Some(cursor), Some(at)) => {
+            let stage = s
+                .stage
+                .as_ref()
+                .map_or(String::new(), |st| format!(", stage {st}"));
+            println!(
+                "checkpoint: cursor {cursor}, {} items processed{stage}",
+                s.items_processed
+            );
+            println!(
+                "saved:      {} ago ({}), {} saves, state {}",
+                short_duration(now.since(at)),
+                rfc3339(at),
+                s.saves,
+                bytes(s.state_bytes)
+            );
+        }
+        _ => println!("checkpoint: none"),
+    }
+    match (&s.owner, s.lease_expires) {
+        (Some(owner), Some(until)) if until > now => println!(
+            "owner:      {owner} (lease for {} more)",
+            short_duration(until.since(now))
+        ),
+        (Some(owner), _) => println!("owner:      {owner} (lease expired: worker gone?)"),
+        _ => {}
+    }
+    if !doc.history.is_empty() {
+        println!("history ({} of {}, newest first):", doc.history.len(), s.history_len);
+        for h in &doc.history {
+            println!(
+                "  #{:<6} {}  cursor {}, {} processed",
+                h.seq, h.at, h.cursor, h.items_processed
+            );
+        }
+    }
+    if !doc.failures.is_empty() {
+        println!("recent failures:");
+        for f in &doc.failures {
+            println!(
+                "  {} ({}, attempt {}): {}",
+                f.key,
+                f.status,
+                f.attempts,
+                f.last_error.as_deref().unwrap_or("-")
+            );
+        }
+    }
+}
+
+pub fn items(url: &str, args: ItemsArgs) -> Result<ExitCode> {
+    super::job_name(&args.job)?;
+    let ckpt = super::open(url, OpenMode::MustExist)?;
+    let store = ckpt.store();
+    if store.get_job(&args.job)?.is_none() {
+        return Err(not_found(&ckpt, &args.job));
+    }
+    let items = store.list_items(&args.job, args.status.map(Into::into), args.limit)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 6]> = items
+        .iter()
+        .map(|i| {
+            [
+                i.key.clone(),
+                i.status.to_string(),
+                i.attempts.to_string(),
+                i.owner.clone().unwrap_or_else(|| "-".into()),
+                i.last_error
+                    .as_deref()
+                    .map_or("-".into(), |e| e.lines().next().unwrap_or("").to_string()),
+                i.stats.as_ref().map_or("-".into(), Value::to_string),
+            ]
+        })
+        .collect();
+    print_table(
+        &["KEY", "STATUS", "ATTEMPTS", "OWNER", "LAST ERROR", "STATS"],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,192 @@
+//! `ckpt reset`, `ckpt prune`, `ckpt history truncate`: repair and upkeep.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use ckpt::inspect::job_summaries;
+use ckpt::store::OpenMode;
+use ckpt::{JobStatus, Timestamp};
+use serde::Serialize;
+
+use crate::cli::{HistoryCommand, PruneArgs, ResetArgs};
+use crate::exit::Usage;
+use crate::output::{rfc3339, short_duration};
+
+pub fn reset(url: &str, args: ResetArgs) -> Result<ExitCode> {
+    super::job_name(&args.job)?;
+    let ckpt = super::open(url, OpenMode::MustExist)?;
+    let now = ckpt.now();
+    let job = ckpt.get_job(&args.job)?.ok_or_else(|| {
+        ckpt::Error::NotFound(format!(
+            "no job named '{}' in {}",
+            args.job,
+            ckpt.store().describe()
+        ))
+    })?;
+    if !args.yes {
+        let what = match &job.checkpoint {
+            Some(cp) => format!(
+                "cursor {}, {} items processed, {} history entries",
+                cp.cursor, cp.items_processed, job.history_len
+            ),
+            None => "no checkpoint".to_string(),
+        };
+        if !confirm(&format!(
+            "Reset job '{}' ({what}) so it starts from scratch?",
+            args.job
+        ))? {
+            eprintln!("ckpt: nothing changed");
+            return Ok(ExitCode::from(crate::exit::FAILED));
+        }
+    }
+    let held_live = job.owner.is_some() && job.lease_expires.is_some_and(|t| t > now);
+    if args.force {
+        ckpt.clear_checkpoint_forced(&args.job)?;
+    } else {
+        // Refuses (exit 5) while a live worker holds the job.
+        ckpt.clear_checkpoint(&args.job).map_err(|e| match e {
+            ckpt::Error::Busy(why) => ckpt::Error::Busy(format!(
+                "{why} (add --force to take the job from that worker)"
+            )),
+            other => other,
+        })?;
+    }
+    let fenced = if args.force && held_live {
+        format!(
+            "; its holder {} is fenced off",
+            job.owner.as_deref().unwrap_or("")
+        )
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "ckpt: job '{}' reset: checkpoint and history cleared, it starts from scratch{fenced}",
+        args.job
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks on the terminal; refuses when there is none to ask on.
+fn confirm(question: &str) -> Result<bool> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(Usage(
+            "standard input is not a terminal, so ckpt cannot ask: add --yes to confirm".into(),
+        )
+        .into());
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+/// `ckpt prune --json`.
+#[derive(Debug, Serialize)]
+struct PruneDoc {
+    dry_run: bool,
+    cutoff: String,
+    deleted: Vec<PrunedJob>,
+    kept_not_completed: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct PrunedJob {
+    job: String,
+    completed_at: String,
+    items: u64,
+}
+
+pub fn prune(url: &str, args: PruneArgs) -> Result<ExitCode> {
+    let ckpt = super::open(url, OpenMode::MustExist)?;
+    let store = ckpt.store();
+    let now = ckpt.now();
+    let cutoff = Timestamp(
+        now.0
+            .saturating_sub(i64::try_from(args.completed_before.as_millis()).unwrap_or(i64::MAX)),
+    );
+    let jobs = job_summaries(store.as_ref(), now)?;
+    let mut deleted = Vec::new();
+    let mut kept = 0;
+    for job in &jobs {
+        let due = job.status == JobStatus::Completed
+            && job.completed_at.is_some_and(|t| t <= cutoff)
+            && job.items.unfinished() == 0
+            && job.items.dead == 0;
+        if !due {
+            if job.status != JobStatus::Completed {
+                kept += 1;
+            }
+            continue;
+        }
+        // The store checks again, in the same transaction as the delete:
+        // a job reopened since the listing is left alone.
+        if args.dry_run || store.delete_job(&job.name, cutoff)? {
+            deleted.push(PrunedJob {
+                job: job.name.clone(),
+                completed_at: job.completed_at.map(rfc3339).unwrap_or_default(),
+                items: job.items.total(),
+            });
+        }
+    }
+    if args.json {
+        let doc = PruneDoc {
+            dry_run: args.dry_run,
+            cutoff: rfc3339(cutoff),
+            deleted,
+            kept_not_completed: kept,
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    for job in &deleted {
+        println!(
+            "{verb} {} (completed {}, {} items)",
+            job.job, job.completed_at, job.items
+        );
+    }
+    eprintln!(
+        "ckpt: {} job(s) completed before {} ago {verb}; {kept} running or failed job(s) kept{}",
+        deleted.len(),
+        short_duration(args.completed_before),
+        if args.dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn history(url: &str, cmd: HistoryCommand) -> Result<ExitCode> {
+    let HistoryCommand::Truncate { job, keep } = cmd;
+    let ckpt = super::open(url, OpenMode::MustExist)?;
+    let store = ckpt.store();
+    let names = match job {
+        Some(job) => {
+            super::job_name(&job)?;
+            vec![job]
+        }
+        None => store.list_jobs()?.into_iter().map(|j| j.name).collect(),
+    };
+    let mut total = 0;
+    for name in &names {
+        let removed = store.truncate_history(name, keep)?;
+        if removed > 0 {
+            println!("{name}: {removed} history entries removed");
+        }
+        total += removed;
+    }
+    eprintln!(
+        "ckpt: {total} history entries removed from {} job(s); each keeps at most {keep}",
+        names.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,369 @@
+//! The inspect and repair commands: jobs, show, items, reset, prune,
+//! history truncate, doctor, completions and the man page.
+
+use serde_json::{json, Value};
+
+use crate::util::Sandbox;
+
+/// A store with: `files` (an item job: 2 completed, 1 dead), `import` (a
+/// cursor job with 5 saves).
+fn seeded() -> Sandbox {
+    let sb = Sandbox::new();
+    let file = sb.write("items.txt", "a\nb\nbad\n");
+    sb.ckpt()
+        .args(["run", "--job", "files", "--retries", "0", "--items"])
+        .arg(&file)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            r#"[ "$0" != bad ] || { echo "no such file: $0" >&2; exit 3; }"#,
+        ])
+        .run()
+        .code(1);
+    for i in 1..=5 {
+        sb.ckpt()
+            .args(["checkpoint", "set", "import", &format!(r#"{{"page":{i}}}"#)])
+            .args(["--items-processed", &(i * 100).to_string()])
+            .args(["--state", r#"{"sum":12}"#])
+            .run()
+            .success();
+    }
+    sb
+}
+
+/// Sets columns of a job or item row directly, to stage what only time or
+/// another host would otherwise produce.
+fn sql(sb: &Sandbox, statement: &str) {
+    let conn = rusqlite::Connection::open(sb.db()).unwrap();
+    let changed = conn.execute(statement, []).unwrap();
+    assert!(changed > 0, "{statement} changed nothing");
+}
+
+fn job<'a>(jobs: &'a Value, name: &str) -> &'a Value {
+    jobs.as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == name)
+        .unwrap_or_else(|| panic!("no job {name} in {jobs}"))
+}
+
+#[test]
+fn jobs_lists_progress_checkpoint_history_and_state() {
+    let sb = seeded();
+    let out = sb.ckpt().args(["jobs", "--json"]).run();
+    out.success();
+    let jobs = out.json();
+    assert_eq!(jobs.as_array().unwrap().len(), 2);
+    let files = job(&jobs, "files");
+    assert_eq!(files["status"], "failed");
+    assert_eq!(
+        files["items"],
+        json!({"pending": 0, "running": 0, "completed": 2, "failed": 0, "dead": 1})
+    );
+    let import = job(&jobs, "import");
+    assert_eq!(import["status"], "running");
+    assert_eq!(import["items_processed"], 500);
+    assert_eq!(import["saves"], 5);
+    assert_eq!(import["history_len"], 5);
+    assert_eq!(import["state_bytes"], r#"{"sum":12}"#.len());
+    assert!(import["checkpoint_age_seconds"].as_f64().unwrap() >= 0.0);
+
+    let out = sb.ckpt().args(["jobs"]).run();
+    out.success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("JOB"), "{}", out.stdout);
+    let files_line = lines.iter().find(|l| l.starts_with("files")).unwrap();
+    assert!(files_line.contains("2/3 (66%)"), "{files_line}");
+    let import_line = lines.iter().find(|l| l.starts_with("import")).unwrap();
+    assert!(import_line.contains("500 processed"), "{import_line}");
+}
+
+#[test]
+fn show_prints_checkpoint_history_and_failures() {
+    let sb = seeded();
+    let out = sb.ckpt().args(["show", "import", "--json"]).run();
+    out.success();
+    let doc = out.json();
+    assert_eq!(doc["cursor"], json!({"page": 5}));
+    assert_eq!(doc["state"], json!({"sum": 12}));
+    let seqs: Vec<u64> = doc["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [5, 4, 3, 2, 1]);
+    assert_eq!(doc["history"][0]["cursor"], json!({"page": 5}));
+    assert_eq!(doc["history"][0]["items_processed"], 500);
+
+    let out = sb.ckpt().args(["show", "import", "--history", "2"]).run();
+    out.success();
+    assert!(out.stdout.contains("history (2 of 5"), "{}", out.stdout);
+    assert!(out.stdout.contains(r#"cursor {"page":5}"#), "{}", out.stdout);
+
+    let doc = sb.ckpt().args(["show", "files", "--json"]).run().json();
+    let failures = doc["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0]["key"], "bad");
+    assert_eq!(failures[0]["status"], "dead");
+    assert!(
+        failures[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("exit status 3"),
+        "{doc}"
+    );
+    let out = sb.ckpt().args(["show", "files"]).run();
+    assert!(out.stdout.contains("recent failures:"), "{}", out.stdout);
+
+    let err = sb.ckpt().args(["show", "nope"]).run().error(3);
+    assert!(err.contains("no job named 'nope'"), "{err}");
+    sb.ckpt().args(["show", " padded"]).run().error(2);
+}
+
+#[test]
+fn items_filters_by_status() {
+    let sb = seeded();
+    let out = sb
+        .ckpt()
+        .args(["items", "files", "--status", "dead", "--json"])
+        .run();
+    out.success();
+    let items = out.json();
+    assert_eq!(items.as_array().unwrap().len(), 1);
+    assert_eq!(items[0]["key"], "bad");
+    assert_eq!(items[0]["attempts"], 1);
+    assert!(items[0]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("exit status 3"));
+
+    let all = sb.ckpt().args(["items", "files", "--json"]).run().json();
+    let keys: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["a", "b", "bad"], "enqueue order");
+
+    let out = sb.ckpt().args(["items", "files"]).run();
+    out.success();
+    assert!(out.stdout.starts_with("KEY"), "{}", out.stdout);
+    assert_eq!(out.stdout.lines().count(), 4);
+
+    sb.ckpt()
+        .args(["items", "files", "--status", "sleeping"])
+        .run()
+        .error(2);
+    sb.ckpt().args(["items", "nope"]).run().error(3);
+}
+
+#[test]
+fn reset_asks_refuses_a_live_holder_and_clears() {
+    let sb = seeded();
+    let before = sb.dump();
+    // No terminal to ask on, and no --yes: refused, nothing changed.
+    let err = sb.ckpt().args(["reset", "import"]).stdin("y\n").run().error(2);
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(sb.dump(), before);
+
+    // A worker on another host holds the job, its lease current.
+    sql(
+        &sb,
+        "UPDATE jobs SET owner = 'elsewhere~w:1:1:x', lease_expires = 99999999999999
+         WHERE name = 'import'",
+    );
+    let held = sb.dump();
+    let err = sb.ckpt().args(["reset", "import", "--yes"]).run().error(5);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(sb.dump(), held, "a refused reset changes nothing");
+
+    let out = sb.ckpt().args(["reset", "import", "--yes", "--force"]).run();
+    out.success();
+    assert!(out.stderr.contains("fenced off"), "{}", out.stderr);
+    sb.ckpt().args(["checkpoint", "get", "import"]).run().code(3);
+    let doc = sb.ckpt().args(["show", "import", "--json"]).run().json();
+    assert_eq!(doc["history"], json!([]));
+    assert_eq!(doc["owner"], Value::Null, "the holder lost the job");
+
+    sb.ckpt().args(["reset", "nope", "--yes"]).run().error(3);
+}
+
+#[test]
+fn prune_deletes_only_completed_jobs_past_the_cutoff() {
+    let sb = seeded();
+    let file = sb.write("ok.txt", "x\ny\n");
+    sb.ckpt()
+        .args(["run", "--job", "done", "--items"])
+        .arg(&file)
+        .args(["--", "true"])
+        .run()
+        .success();
+    // Completed just now: a cutoff of an hour keeps it.
+    let doc = sb
+        .ckpt()
+        .args(["prune", "--completed-before", "1h", "--json"])
+        .run()
+        .json();
+    assert_eq!(doc["deleted"], json!([]));
+
+    let before = sb.dump();
+    let out = sb
+        .ckpt()
+        .args(["prune", "--completed-before", "0s", "--dry-run"])
+        .run();
+    out.success();
+    assert!(out.stdout.contains("would delete done"), "{}", out.stdout);
+    assert!(!out.stdout.contains("files"), "a failed job is never pruned");
+    assert!(out.stderr.contains("dry run"), "{}", out.stderr);
+    assert_eq!(sb.dump(), before, "--dry-run changes nothing");
+
+    let doc = sb
+        .ckpt()
+        .args(["prune", "--completed-before", "0s", "--json"])
+        .run()
+        .json();
+    assert_eq!(doc["dry_run"], false);
+    assert_eq!(doc["deleted"].as_array().unwrap().len(), 1);
+    assert_eq!(doc["deleted"][0]["job"], "done");
+    assert_eq!(doc["deleted"][0]["items"], 2);
+    assert_eq!(doc["kept_not_completed"], 2);
+    sb.ckpt().args(["status", "done"]).run().error(3);
+    let jobs = sb.ckpt().args(["jobs", "--json"]).run().json();
+    let names: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["files", "import"]);
+
+    sb.ckpt()
+        .args(["prune", "--completed-before", "soon"])
+        .run()
+        .error(2);
+}
+
+#[test]
+fn history_truncate_keeps_the_newest_entries() {
+    let sb = seeded();
+    let out = sb
+        .ckpt()
+        .args(["history", "truncate", "import", "--keep", "2"])
+        .run();
+    out.success();
+    assert!(out.stdout.contains("import: 3 history entries removed"));
+    let doc = sb.ckpt().args(["show", "import", "--json"]).run().json();
+    let seqs: Vec<u64> = doc["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [5, 4]);
+    assert_eq!(doc["cursor"], json!({"page": 5}), "the checkpoint stays");
+    // Every job at once.
+    sb.ckpt()
+        .args(["history", "truncate", "--keep", "0"])
+        .run()
+        .success();
+    let doc = sb.ckpt().args(["show", "import", "--json"]).run().json();
+    assert_eq!(doc["history"], json!([]));
+    sb.ckpt()
+        .args(["history", "truncate", "nope", "--keep", "1"])
+        .run()
+        .error(3);
+    sb.ckpt()
+        .args(["history", "truncate", "import", "--keep", "-1"])
+        .run()
+        .error(2);
+}
+
+#[test]
+fn doctor_is_quiet_when_healthy_and_names_each_finding() {
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args(["checkpoint", "set", "fine", "1"])
+        .run()
+        .success();
+    let out = sb.ckpt().args(["doctor"]).run();
+    out.success();
+    assert!(out.stderr.contains("healthy"), "{}", out.stderr);
+    let doc = sb.ckpt().args(["doctor", "--json"]).run().json();
+    assert_eq!(doc["healthy"], true);
+    assert_eq!(doc["findings"], json!([]));
+
+    let sb = seeded();
+    // A running item whose lease ran out (its worker died elsewhere).
+    sql(
+        &sb,
+        "UPDATE items SET status = 'running', owner = 'elsewhere~w:1:1:x', ready_at = 1,
+             finished_at = NULL WHERE key = 'a'",
+    );
+    let out = sb
+        .ckpt()
+        .args(["doctor", "--stale", "0s", "--max-history", "3"])
+        .args(["--max-state", "8", "--json"])
+        .run();
+    out.code(1);
+    let doc = out.json();
+    assert_eq!(doc["healthy"], false);
+    let mut found: Vec<(String, String)> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["job"].as_str().unwrap().to_string(),
+                f["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    let expected = [
+        ("files", "dead_items"),
+        ("files", "expired_leases"),
+        ("import", "excessive_history"),
+        ("import", "large_state"),
+        ("import", "stale_checkpoint"),
+    ]
+    .map(|(j, k)| (j.to_string(), k.to_string()));
+    assert_eq!(found, expected);
+
+    // The defaults (10m, 100, 1MiB) see only the dead item and the lease.
+    let out = sb.ckpt().args(["doctor"]).run();
+    out.code(1);
+    assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
+    assert!(out.stdout.contains("files: dead items: 1 dead item(s)"));
+    sb.ckpt()
+        .args(["doctor", "--max-state", "lots"])
+        .run()
+        .error(2);
+    // No store: an error, not "healthy".
+    let empty = Sandbox::new();
+    empty.ckpt().args(["doctor"]).run().error(3);
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_definitions() {
+    let sb = Sandbox::new();
+    let out = sb.ckpt_bare().args(["completions", "bash"]).run();
+    out.success();
+    assert!(out.stdout.contains("complete -F"), "{}", out.stdout);
+    for sub in ["doctor", "prune", "history", "run"] {
+        assert!(out.stdout.contains(sub), "completion for {sub}");
+    }
+    let out = sb.ckpt_bare().args(["completions", "zsh"]).run();
+    out.success();
+    assert!(out.stdout.starts_with("#compdef ckpt"), "{}", out.stdout);
+    let out = sb.ckpt_bare().args(["man"]).run();
+    out.success();
+    assert!(out.stdout.starts_with(".ie"), "roff: {}", &out.stdout[..80]);
+    assert!(out.stdout.contains(".TH ckpt"), "{}", out.stdout);
+    sb.ckpt_bare()
+        .args(["completions", "cmd.exe"])
+        .run()
+        .error(2);
+}

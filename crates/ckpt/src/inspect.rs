@@ -1,0 +1,276 @@
+//! Read-only views for operators: one summary per job, and the health
+//! checks behind `ckpt doctor` (the thresholds of the checkpoint operations
+//! guide: stale after 10 minutes, more than 100 history entries, state over
+//! 1 MiB).
+//!
+//! Both the CLI and `ckpt serve` build on these, so a job looks the same in
+//! `ckpt jobs --json`, `/api/jobs` and the dashboard.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::model::{ItemCounts, ItemStatus, JobRecord, JobStatus};
+use crate::store::Store;
+use crate::time::Timestamp;
+
+/// One job at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobSummary {
+    /// The job's name.
+    pub name: String,
+    /// Running, completed or failed.
+    pub status: JobStatus,
+    /// Items by status.
+    pub items: ItemCounts,
+    /// Items processed, as the last checkpoint says (cursor jobs).
+    pub items_processed: u64,
+    /// The last checkpoint's stage.
+    pub stage: Option<String>,
+    /// When the last checkpoint was saved.
+    pub checkpoint_at: Option<Timestamp>,
+    /// Seconds since then.
+    pub checkpoint_age_seconds: Option<f64>,
+    /// Checkpoints saved in all.
+    pub saves: u64,
+    /// Entries in the bounded history.
+    pub history_len: u64,
+    /// Size of the saved state.
+    pub state_bytes: u64,
+    /// The worker holding the job's lease (cursor jobs).
+    pub owner: Option<String>,
+    /// When that lease expires.
+    pub lease_expires: Option<Timestamp>,
+    /// Starts and resumes of the job.
+    pub attempts: u32,
+    /// When the job was created.
+    pub created_at: Timestamp,
+    /// When the job record last changed.
+    pub updated_at: Timestamp,
+    /// When it completed.
+    pub completed_at: Option<Timestamp>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl JobSummary {
+    /// The summary of `job` with its item counts, as seen at `now`.
+    pub fn new(job: &JobRecord, items: ItemCounts, now: Timestamp) -> JobSummary {
+        JobSummary {
+            name: job.name.clone(),
+            status: job.status,
+            items,
+            items_processed: job.checkpoint.as_ref().map_or(0, |c| c.items_processed),
+            stage: job.checkpoint.as_ref().and_then(|c| c.stage.clone()),
+            checkpoint_at: job.checkpoint_at,
+            checkpoint_age_seconds: job.checkpoint_at.map(|t| now.since(t).as_secs_f64()),
+            saves: job.saves,
+            history_len: job.history_len,
+            state_bytes: job.state_bytes,
+            owner: job.owner.clone(),
+            lease_expires: job.lease_expires,
+            attempts: job.attempts,
+            created_at: job.created_at,
+            updated_at: job.updated_at,
+            completed_at: job.completed_at,
+            error: job.error.clone(),
+        }
+    }
+
+    /// Work done out of work known: items when the job has items,
+    /// otherwise nothing to measure against (`None`).
+    pub fn progress(&self) -> Option<(u64, u64)> {
+        let total = self.items.total();
+        (total > 0).then_some((self.items.completed, total))
+    }
+}
+
+/// Every job's summary, ordered by name.
+pub fn job_summaries(store: &dyn Store, now: Timestamp) -> Result<Vec<JobSummary>> {
+    store
+        .list_jobs()?
+        .iter()
+        .map(|job| Ok(JobSummary::new(job, store.item_counts(&job.name)?, now)))
+        .collect()
+}
+
+/// One job's summary, or `None` when there is no such job.
+pub fn job_summary(store: &dyn Store, job: &str, now: Timestamp) -> Result<Option<JobSummary>> {
+    match store.get_job(job)? {
+        Some(record) => Ok(Some(JobSummary::new(
+            &record,
+            store.item_counts(job)?,
+            now,
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// Thresholds of `ckpt doctor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DoctorOptions {
+    /// A running job whose last checkpoint (or, never saved, whose last
+    /// change) is older than this is stale.
+    pub stale: Duration,
+    /// More history entries than this is excessive.
+    pub max_history: u64,
+    /// State larger than this is large.
+    pub max_state_bytes: u64,
+}
+
+impl Default for DoctorOptions {
+    /// The operations guide's thresholds: 10 minutes, 100 entries, 1 MiB.
+    fn default() -> Self {
+        DoctorOptions {
+            stale: Duration::from_secs(600),
+            max_history: 100,
+            max_state_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// What a finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// A running job's checkpoint is older than the threshold.
+    StaleCheckpoint,
+    /// More history entries than the threshold.
+    ExcessiveHistory,
+    /// State larger than the threshold.
+    LargeState,
+    /// Items in the dead-letter list.
+    DeadItems,
+    /// Running items (or a job) whose lease expired: their worker is gone
+    /// and nobody has taken them over yet.
+    ExpiredLeases,
+}
+
+/// One problem `ckpt doctor` found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    /// The job it concerns.
+    pub job: String,
+    /// What kind of problem.
+    pub kind: FindingKind,
+    /// A sentence for people, with the numbers and what to do.
+    pub message: String,
+}
+
+/// Running items looked at per job for expired leases; a job with more
+/// running items than this is checked on the first this many.
+const LEASE_SCAN: usize = 10_000;
+
+/// Checks every job against `options` at `now`.
+pub fn doctor(store: &dyn Store, options: &DoctorOptions, now: Timestamp) -> Result<Vec<Finding>> {
+    let mut findings = Vec::new();
+    for job in store.list_jobs()? {
+        let counts = store.item_counts(&job.name)?;
+        findings.extend(check_job(store, &job, counts, options, now)?);
+    }
+    Ok(findings)
+}
+
+fn check_job(
+    store: &dyn Store,
+    job: &JobRecord,
+    counts: ItemCounts,
+    options: &DoctorOptions,
+    now: Timestamp,
+) -> Result<Vec<Finding>> {
+    let mut found = Vec::new();
+    let mut add = |kind, message: String| {
+        found.push(Finding {
+            job: job.name.clone(),
+            kind,
+            message,
+        })
+    };
+    // An item job's progress is its items; its record changes only on
+    // enqueue and finish, so only a cursor job (no items) can be stale by
+    // its checkpoint. Item jobs with dead workers show as expired leases.
+    if job.status == JobStatus::Running && counts.total() == 0 {
+        let last = job.checkpoint_at.unwrap_or(job.updated_at);
+        let age = now.since(last);
+        if age > options.stale {
+            let what = if job.checkpoint_at.is_some() {
+                "last checkpoint"
+            } else {
+                "no checkpoint yet; last change"
+            };
+            add(
+                FindingKind::StaleCheckpoint,
+                format!(
+                    "running, {what} {} ago (threshold {}): is its worker alive? `ckpt show {}`",
+                    humanize(age),
+                    humanize(options.stale),
+                    job.name
+                ),
+            );
+        }
+    }
+    if job.history_len > options.max_history {
+        add(
+            FindingKind::ExcessiveHistory,
+            format!(
+                "{} history entries (threshold {}): `ckpt history truncate {} --keep {}`",
+                job.history_len, options.max_history, job.name, options.max_history
+            ),
+        );
+    }
+    if job.state_bytes > options.max_state_bytes {
+        add(
+            FindingKind::LargeState,
+            format!(
+                "state is {} bytes (threshold {}): keep large data outside the checkpoint",
+                job.state_bytes, options.max_state_bytes
+            ),
+        );
+    }
+    if counts.dead > 0 {
+        add(
+            FindingKind::DeadItems,
+            format!(
+                "{} dead item(s): `ckpt items {} --status dead`, then `ckpt retry {} --dead`",
+                counts.dead, job.name, job.name
+            ),
+        );
+    }
+    let mut expired = 0u64;
+    if counts.running > 0 {
+        expired = store
+            .list_items(&job.name, Some(ItemStatus::Running), LEASE_SCAN)?
+            .iter()
+            .filter(|item| item.ready_at.is_some_and(|t| t <= now))
+            .count() as u64;
+    }
+    let job_lease_expired = job.status == JobStatus::Running
+        && job.owner.is_some()
+        && job.lease_expires.is_some_and(|t| t <= now);
+    if expired > 0 || job_lease_expired {
+        let what = match (expired, job_lease_expired) {
+            (0, _) => "the job's lease".to_string(),
+            (n, false) => format!("{n} running item(s)"),
+            (n, true) => format!("the job's lease and {n} running item(s)"),
+        };
+        add(
+            FindingKind::ExpiredLeases,
+            format!(
+                "{what} expired: the worker is gone; the next worker takes over (or `ckpt reset {} --force`)",
+                job.name
+            ),
+        );
+    }
+    Ok(found)
+}
+
+/// "12m 5s": seconds precision is enough for thresholds of minutes.
+fn humanize(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m {}s", secs / 60, secs % 60),
+        _ => format!("{}h {}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
