@@ -98,11 +98,7 @@ pub fn job_summaries(store: &dyn Store, now: Timestamp) -> Result<Vec<JobSummary
 /// One job's summary, or `None` when there is no such job.
 pub fn job_summary(store: &dyn Store, job: &str, now: Timestamp) -> Result<Option<JobSummary>> {
     match store.get_job(job)? {
-        Some(record) => Ok(Some(JobSummary::new(
-            &record,
-            store.item_counts(job)?,
-            now,
-        ))),
+        Some(record) => Ok(Some(JobSummary::new(&record, store.item_counts(job)?, now))),
         None => Ok(None),
     }
 }

@@ -35,15 +35,24 @@ pub fn jobs(url: &str, args: JobsArgs) -> Result<ExitCode> {
                 j.status.to_string(),
                 progress(j),
                 j.items.dead.to_string(),
-                j.checkpoint_at
-                    .map_or("-".into(), |t| format!("{} ago", short_duration(now.since(t)))),
+                j.checkpoint_at.map_or("-".into(), |t| {
+                    format!("{} ago", short_duration(now.since(t)))
+                }),
                 j.history_len.to_string(),
                 bytes(j.state_bytes),
             ]
         })
         .collect();
     print_table(
-        &["JOB", "STATUS", "PROGRESS", "DEAD", "CHECKPOINT", "HISTORY", "STATE"],
+        &[
+            "JOB",
+            "STATUS",
+            "PROGRESS",
+            "DEAD",
+            "CHECKPOINT",
+            "HISTORY",
+            "STATE",
+        ],
         &rows,
     );
     Ok(ExitCode::SUCCESS)
@@ -222,7 +231,11 @@ fn print_show(doc: &ShowDoc, now: Timestamp) {
         _ => {}
     }
     if !doc.history.is_empty() {
-        println!("history ({} of {}, newest first):", doc.history.len(), s.history_len);
+        println!(
+            "history ({} of {}, newest first):",
+            doc.history.len(),
+            s.history_len
+        );
         for h in &doc.history {
             println!(
                 "  #{:<6} {}  cursor {}, {} processed",

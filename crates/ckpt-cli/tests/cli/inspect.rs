@@ -100,7 +100,11 @@ fn show_prints_checkpoint_history_and_failures() {
     let out = sb.ckpt().args(["show", "import", "--history", "2"]).run();
     out.success();
     assert!(out.stdout.contains("history (2 of 5"), "{}", out.stdout);
-    assert!(out.stdout.contains(r#"cursor {"page":5}"#), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(r#"cursor {"page":5}"#),
+        "{}",
+        out.stdout
+    );
 
     let doc = sb.ckpt().args(["show", "files", "--json"]).run().json();
     let failures = doc["failures"].as_array().unwrap();
@@ -165,7 +169,12 @@ fn reset_asks_refuses_a_live_holder_and_clears() {
     let sb = seeded();
     let before = sb.dump();
     // No terminal to ask on, and no --yes: refused, nothing changed.
-    let err = sb.ckpt().args(["reset", "import"]).stdin("y\n").run().error(2);
+    let err = sb
+        .ckpt()
+        .args(["reset", "import"])
+        .stdin("y\n")
+        .run()
+        .error(2);
     assert!(err.contains("--yes"), "{err}");
     assert_eq!(sb.dump(), before);
 
@@ -180,10 +189,16 @@ fn reset_asks_refuses_a_live_holder_and_clears() {
     assert!(err.contains("--force"), "{err}");
     assert_eq!(sb.dump(), held, "a refused reset changes nothing");
 
-    let out = sb.ckpt().args(["reset", "import", "--yes", "--force"]).run();
+    let out = sb
+        .ckpt()
+        .args(["reset", "import", "--yes", "--force"])
+        .run();
     out.success();
     assert!(out.stderr.contains("fenced off"), "{}", out.stderr);
-    sb.ckpt().args(["checkpoint", "get", "import"]).run().code(3);
+    sb.ckpt()
+        .args(["checkpoint", "get", "import"])
+        .run()
+        .code(3);
     let doc = sb.ckpt().args(["show", "import", "--json"]).run().json();
     assert_eq!(doc["history"], json!([]));
     assert_eq!(doc["owner"], Value::Null, "the holder lost the job");
@@ -216,7 +231,10 @@ fn prune_deletes_only_completed_jobs_past_the_cutoff() {
         .run();
     out.success();
     assert!(out.stdout.contains("would delete done"), "{}", out.stdout);
-    assert!(!out.stdout.contains("files"), "a failed job is never pruned");
+    assert!(
+        !out.stdout.contains("files"),
+        "a failed job is never pruned"
+    );
     assert!(out.stderr.contains("dry run"), "{}", out.stderr);
     assert_eq!(sb.dump(), before, "--dry-run changes nothing");
 

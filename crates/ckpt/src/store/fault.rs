@@ -221,10 +221,14 @@ impl Store for FaultStore {
         self.inner.history(job, limit)
     }
     fn truncate_history(&self, job: &str, keep: usize) -> Result<u64> {
-        self.call(Op::TruncateHistory, || self.inner.truncate_history(job, keep))
+        self.call(Op::TruncateHistory, || {
+            self.inner.truncate_history(job, keep)
+        })
     }
     fn delete_job(&self, job: &str, completed_before: Timestamp) -> Result<bool> {
-        self.call(Op::DeleteJob, || self.inner.delete_job(job, completed_before))
+        self.call(Op::DeleteJob, || {
+            self.inner.delete_job(job, completed_before)
+        })
     }
     fn enqueue(&self, job: &str, items: ItemStream<'_>, now: Timestamp) -> Result<EnqueueReport> {
         self.call(Op::Enqueue, || self.inner.enqueue(job, items, now))

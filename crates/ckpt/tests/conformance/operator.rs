@@ -53,7 +53,9 @@ pub fn delete_job_only_when_completed_before_the_cutoff(f: &Fixture) {
     q.enqueue([NewItem::key("x"), NewItem::key("y")]).unwrap();
     let store = c.store();
     // Running, with pending items: never.
-    assert!(!store.delete_job("done", T0.plus(Duration::from_secs(1))).unwrap());
+    assert!(!store
+        .delete_job("done", T0.plus(Duration::from_secs(1)))
+        .unwrap());
     for item in q.claim(2).unwrap() {
         q.complete(&item, None).unwrap();
     }
