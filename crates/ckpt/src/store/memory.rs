@@ -419,7 +419,10 @@ impl Store for MemoryStore {
             return Ok(false);
         };
         let finished_in_time = row.record.status == JobStatus::Completed
-            && row.record.completed_at.is_some_and(|t| t <= completed_before);
+            && row
+                .record
+                .completed_at
+                .is_some_and(|t| t <= completed_before);
         let all_done = row
             .items
             .iter()

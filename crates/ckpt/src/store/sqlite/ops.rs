@@ -541,7 +541,10 @@ impl Store for SqliteStore {
                          AND NOT EXISTS (SELECT 1 FROM items
                                          WHERE job_id = jobs.id AND status <> 'completed')",
                 )
-                .and_then(|mut s| s.query_row(params![job, completed_before.0], |r| r.get(0)).optional())
+                .and_then(|mut s| {
+                    s.query_row(params![job, completed_before.0], |r| r.get(0))
+                        .optional()
+                })
                 .map_err(sql_err)?;
             let Some(id) = id else {
                 return Ok(false);
