@@ -78,6 +78,20 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff).
     Man,
+    /// Serve a dashboard, a JSON API and Prometheus metrics over HTTP.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Loopback by default: the API is plain HTTP,
+    /// and GET requests need no token.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub listen: String,
+    /// Bearer token that mutating requests (retry) must carry; without one
+    /// they are refused. Prefer CKPT_TOKEN: arguments show in `ps`.
+    #[arg(long, env = "CKPT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +118,21 @@ pub struct RunArgs {
     /// Print the run's summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// After SIGTERM or SIGINT, how long running commands may take to
+    /// finish before they are killed; their items then go back to pending.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Print no progress and no summary (errors and warnings still go to
+    /// stderr).
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// How often a progress line is printed when stderr is not a terminal.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, hide = true)]
+    pub progress_interval: Duration,
+    /// Serve this run's Prometheus metrics (item attempts and durations,
+    /// checkpoint writes) at http://ADDR/metrics while it runs.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     /// The command; `{}` in an argument is replaced by the item, otherwise
     /// the item is appended as the last argument.
     #[arg(last = true, required = true, num_args = 1..)]
@@ -211,7 +240,7 @@ pub fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| EnvFilter::new("ckpt=info,ckpt_cli=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::progress::LogWriter)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {

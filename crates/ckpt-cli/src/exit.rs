@@ -8,6 +8,8 @@
 //! | 3 | not found: unknown job, no checkpoint, no store file |
 //! | 4 | store error: cannot open, not a ckpt store, newer schema, I/O |
 //! | 5 | busy or fenced: a live worker holds the job |
+//! | 130 | `ckpt run` stopped by SIGINT (Ctrl-C) |
+//! | 143 | `ckpt run` stopped by SIGTERM |
 
 use std::process::ExitCode;
 

@@ -100,6 +100,10 @@ pub struct RunDoc {
     pub failed_attempts: u64,
     pub dead_now: u64,
     pub lost_leases: u64,
+    /// Items given back unfinished because the run was stopped.
+    pub released_now: u64,
+    /// "SIGTERM" or "SIGINT" when a signal stopped the run, else null.
+    pub stopped_by: Option<String>,
     pub items: ItemCounts,
     pub seconds: f64,
 }

@@ -7,6 +7,8 @@
 #[path = "cli/util.rs"]
 mod util;
 
+#[path = "cli/browser.rs"]
+mod browser;
 #[path = "cli/checkpoint.rs"]
 mod checkpoint;
 #[path = "cli/concurrent.rs"]
@@ -23,9 +25,17 @@ mod ops;
 mod pg_restart;
 #[path = "cli/postgres.rs"]
 mod postgres;
+#[path = "cli/progress.rs"]
+mod progress;
+#[path = "cli/redis.rs"]
+mod redis;
 #[path = "cli/resume.rs"]
 mod resume;
 #[path = "cli/retry.rs"]
 mod retry;
 #[path = "cli/run.rs"]
 mod run;
+#[path = "cli/serve.rs"]
+mod serve;
+#[path = "cli/signals.rs"]
+mod signals;

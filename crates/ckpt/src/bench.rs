@@ -57,7 +57,7 @@ pub struct BenchReport {
     pub checkpoint_p99_us: u64,
     /// The baseline: raw single-row writes per second with the same
     /// durability (SQLite: an UPSERT per transaction; PostgreSQL: an UPDATE
-    /// round trip). `None` for the memory store.
+    /// round trip; Redis: a `SET` round trip). `None` for the memory store.
     pub baseline_upserts_per_s: Option<f64>,
     /// `checkpoints_per_s / baseline_upserts_per_s`.
     pub checkpoint_vs_baseline: Option<f64>,

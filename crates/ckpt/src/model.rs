@@ -221,6 +221,8 @@ pub struct ClaimedItem {
     /// The owner this item was taken over from, if its previous lease
     /// expired or its owner died.
     pub taken_over_from: Option<String>,
+    /// When the item was enqueued (for the lead time: enqueue to completion).
+    pub enqueued_at: Timestamp,
 }
 
 /// Proof that a worker holds an item. `token` is the fencing token: the
@@ -263,6 +265,12 @@ pub enum ItemChange {
         /// When it may be claimed again; `None` moves it to the dead list.
         retry_at: Option<Timestamp>,
     },
+    /// Give the item back unfinished, as if this claim had not happened: it
+    /// is pending again (claimable at once, in enqueue order) and the
+    /// attempt the claim counted is taken back. Its cursor, last error and
+    /// claim count (the fencing token) are kept. For a worker that stops
+    /// before or while running an item (a graceful shutdown).
+    Release,
 }
 
 /// A fenced change: applied only if the item is still running under `lease`.

@@ -110,10 +110,14 @@ impl Queue {
             now.plus(self.options.lease),
             now,
         )?;
+        if !claimed.is_empty() {
+            metrics::counter!("ckpt_item_attempts_total", "job" => self.job.clone())
+                .increment(claimed.len() as u64);
+        }
         let mut taken_over = 0;
         let mut previous_owners = Vec::new();
         for item in &claimed {
-            tracing::debug!(event = "item_claimed", job = %self.job, item = %item.key, attempt = item.attempt, from = item.taken_over_from.as_deref());
+            tracing::debug!(event = "item_claimed", job = %self.job, key = %item.key, attempt = item.attempt, owner = %self.owner, from = item.taken_over_from.as_deref());
             if let Some(from) = &item.taken_over_from {
                 taken_over += 1;
                 if !previous_owners.contains(from) {
@@ -139,7 +143,27 @@ impl Queue {
         self.apply_one(ItemUpdate {
             lease: item.lease.clone(),
             change: ItemChange::Complete { stats },
+        })?;
+        self.completed(item);
+        Ok(())
+    }
+
+    /// Gives a claimed item back unfinished: pending again, claimable at
+    /// once, and the attempt its claim counted taken back (for a worker
+    /// that stops before it could finish the item). Fenced.
+    pub fn release(&self, item: &ClaimedItem) -> Result<()> {
+        self.apply_one(ItemUpdate {
+            lease: item.lease.clone(),
+            change: ItemChange::Release,
         })
+    }
+
+    /// Emits the completion of `item` (event and lead-time metric).
+    fn completed(&self, item: &ClaimedItem) {
+        let lead = self.ckpt.now().since(item.enqueued_at);
+        metrics::histogram!("ckpt_item_lead_time_seconds", "job" => self.job.clone())
+            .record(lead.as_secs_f64());
+        tracing::debug!(event = "item_completed", job = %self.job, key = %item.key, attempt = item.attempt);
     }
 
     /// Completes `item` and runs `f` (the caller's own writes for it) in one
@@ -159,7 +183,9 @@ impl Queue {
             lease: item.lease.clone(),
             change: ItemChange::Complete { stats },
         };
-        store.update_item_with(&update, self.ckpt.now(), f)
+        let out = store.update_item_with(&update, self.ckpt.now(), f)?;
+        self.completed(item);
+        Ok(out)
     }
 
     /// [`complete_with_sqlite`](Queue::complete_with_sqlite) for PostgreSQL.
@@ -176,7 +202,9 @@ impl Queue {
             lease: item.lease.clone(),
             change: ItemChange::Complete { stats },
         };
-        store.update_item_with(&update, self.ckpt.now(), f)
+        let out = store.update_item_with(&update, self.ckpt.now(), f)?;
+        self.completed(item);
+        Ok(out)
     }
 
     /// Fails a claimed item: it is retried with backoff, or moved to the
@@ -254,7 +282,7 @@ impl Queue {
         let mut results = self.apply(std::slice::from_ref(&update))?;
         let result = results.pop().unwrap_or(Ok(()));
         if let Err(e) = &result {
-            tracing::warn!(event = "lease_lost", job = %self.job, item = update.lease.id, error = %e);
+            tracing::warn!(event = "lease_lost", job = %self.job, item_id = update.lease.id, error = %e);
         }
         result
     }

@@ -11,10 +11,31 @@
 //! has no unfinished item left, waiting for retries that are due and for
 //! items held by other live workers, and taking over at once the items of
 //! dead workers on this host.
+//!
+//! # Stopping
+//! A [`StopSignal`] (see [`Runner::stop_handle`]) ends a run early and
+//! cleanly: the coordinator stops claiming and gives back, unfinished, the
+//! items claimed but not started ([`ItemChange::Release`]: pending again,
+//! no attempt counted); workers start nothing new; the items running finish
+//! and their outcomes are committed as usual, an [`Outcome::Interrupted`]
+//! being given back like an unstarted item. The run then returns a report
+//! with `stopped` set, holding nothing in the store.
+//!
+//! # Events and metrics
+//! `tracing` events (field `event`): `item_claimed` (by [`Queue::claim`]),
+//! `item_completed`, `item_failed`, `item_dead`, `item_released`,
+//! `lease_lost`, `takeover`. Metrics through the `metrics` facade (no-ops
+//! unless the program installs a recorder): `ckpt_item_attempts_total`
+//! (counter, label `job`, one per claim), `ckpt_item_duration_seconds`
+//! (histogram, labels `job` and `outcome`: completed, failed, dead,
+//! interrupted, lost; the run time of one attempt) and
+//! `ckpt_item_lead_time_seconds` (histogram, label `job`: from enqueue to
+//! completion).
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -22,6 +43,7 @@ use serde_json::{json, Value};
 use crate::error::Result;
 use crate::model::{ClaimedItem, ItemChange, ItemCounts, ItemId, ItemUpdate, JobStatus};
 use crate::queue::Queue;
+use crate::shutdown::{StopSignal, Wake};
 
 /// How a [`Runner`] runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +77,12 @@ pub enum Outcome {
     Completed(Option<Value>),
     /// Failed with this message; retried or dead per the retry policy.
     Failed(String),
+    /// Not finished because the run is stopping (the handler was told to
+    /// stop, or its work was killed at shutdown), with a note on why: the
+    /// item is given back, pending again with no attempt counted, and is
+    /// not a failure. Meant for a stopping run: an item given back while
+    /// the run goes on is claimed again at once.
+    Interrupted(String),
 }
 
 /// Runs one attempt of an item.
@@ -80,16 +108,72 @@ pub struct RunReport {
     pub dead: u64,
     /// Outcomes refused because the lease had been lost to another worker.
     pub lost: u64,
+    /// Items this run gave back unfinished when it stopped (claimed but not
+    /// started, or [`Outcome::Interrupted`]): pending again, no attempt
+    /// counted.
+    pub released: u64,
+    /// True if and only if the run ended because its [`StopSignal`] was
+    /// stopped, rather than because no item was left.
+    pub stopped: bool,
     /// Item counts when the run ended.
     pub counts: ItemCounts,
     /// The job's status when the run ended.
     pub status: Option<JobStatus>,
 }
 
+/// Live counts of a run's committed outcomes, readable from another thread
+/// while it runs (for progress displays). Clones share the counts.
+#[derive(Debug, Clone, Default)]
+pub struct RunProgress {
+    inner: Arc<ProgressCounts>,
+}
+
+#[derive(Debug, Default)]
+struct ProgressCounts {
+    completed: AtomicU64,
+    failed: AtomicU64,
+    dead: AtomicU64,
+    released: AtomicU64,
+    lost: AtomicU64,
+}
+
+impl RunProgress {
+    /// Items completed so far by this run.
+    pub fn completed(&self) -> u64 {
+        self.inner.completed.load(Ordering::Relaxed)
+    }
+
+    /// Failed attempts recorded so far (retried or dead).
+    pub fn failed(&self) -> u64 {
+        self.inner.failed.load(Ordering::Relaxed)
+    }
+
+    /// Items moved to the dead-letter list so far.
+    pub fn dead(&self) -> u64 {
+        self.inner.dead.load(Ordering::Relaxed)
+    }
+
+    /// Items given back unfinished so far.
+    pub fn released(&self) -> u64 {
+        self.inner.released.load(Ordering::Relaxed)
+    }
+
+    /// Outcomes refused because the lease was lost.
+    pub fn lost(&self) -> u64 {
+        self.inner.lost.load(Ordering::Relaxed)
+    }
+
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 struct Finished {
     item: ClaimedItem,
     outcome: Outcome,
     took: Duration,
+    /// False for an item given back without having been started.
+    started: bool,
 }
 
 #[derive(Default)]
@@ -98,56 +182,105 @@ struct Shared {
     finished: Vec<Finished>,
     running: HashMap<ItemId, ClaimedItem>,
     stop: bool,
+    /// Set by a stop request, so that the coordinator's wait ends at once.
+    woken: bool,
     /// Outcomes worth waking the coordinator for.
     batch: usize,
     /// Below this many ready items the coordinator is woken to refill.
     low_water: usize,
 }
 
-/// Runs a handler over a job's items until none is unfinished.
+/// What the coordinator and the workers share.
+#[derive(Default)]
+struct State {
+    shared: Mutex<Shared>,
+    /// Workers wait here for items.
+    work: Condvar,
+    /// The coordinator waits here for outcomes.
+    progress: Condvar,
+}
+
+impl Wake for State {
+    fn wake(&self) {
+        lock(&self.shared).woken = true;
+        self.progress.notify_all();
+        self.work.notify_all();
+    }
+}
+
+/// Runs a handler over a job's items until none is unfinished, or until
+/// it is told to stop.
 #[derive(Debug)]
 pub struct Runner<'q> {
     queue: &'q Queue,
     options: RunOptions,
+    stop: StopSignal,
+    progress: RunProgress,
 }
 
 impl<'q> Runner<'q> {
     /// A runner over `queue`'s items.
     pub fn new(queue: &'q Queue, options: RunOptions) -> Self {
-        Runner { queue, options }
+        Runner {
+            queue,
+            options,
+            stop: StopSignal::new(),
+            progress: RunProgress::default(),
+        }
+    }
+
+    /// A handle that stops this runner from any thread: see
+    /// [`StopSignal`]. Stopping it before [`run`](Runner::run) makes the run
+    /// return at once.
+    pub fn stop_handle(&self) -> StopSignal {
+        self.stop.clone()
+    }
+
+    /// Watches `stop` instead of a signal of its own, for example
+    /// [`Signals::stop_signal`](crate::shutdown::Signals::stop_signal).
+    pub fn with_stop(mut self, stop: StopSignal) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Live counts of this runner's outcomes (shared with clones).
+    pub fn progress(&self) -> RunProgress {
+        self.progress.clone()
     }
 
     /// Runs until the job has no pending, running or failed item left, then
-    /// marks the job completed (or failed if any item is dead). A busy or
-    /// unreachable store is retried with backoff for up to `max_outage`;
-    /// any other storage error stops the run: items in flight finish, their
-    /// outcomes are not recorded, and the next run does them again.
+    /// marks the job completed (or failed if any item is dead); or, once the
+    /// [`StopSignal`] is stopped, until the items running have finished (see
+    /// the module docs). A busy or unreachable store is retried with backoff
+    /// for up to `max_outage`; any other storage error stops the run: items
+    /// in flight finish, their outcomes are not recorded, and the next run
+    /// does them again.
     pub fn run<H: Handler>(&self, handler: &H) -> Result<RunReport> {
         let workers = self.options.workers.max(1);
-        let shared = Mutex::new(Shared {
-            batch: workers,
-            low_water: self.options.prefetch.div_ceil(2).max(1),
-            ..Shared::default()
+        let state = Arc::new(State {
+            shared: Mutex::new(Shared {
+                batch: workers,
+                low_water: self.options.prefetch.div_ceil(2).max(1),
+                ..Shared::default()
+            }),
+            ..State::default()
         });
-        let work = Condvar::new();
-        let progress = Condvar::new();
+        let waker: Arc<dyn Wake> = state.clone();
+        self.stop.register(Arc::downgrade(&waker));
+        let state = &*state;
         std::thread::scope(|scope| {
             for _ in 0..workers {
-                scope.spawn(|| worker_loop(&shared, &work, &progress, handler));
+                scope.spawn(|| worker_loop(state, &self.stop, handler));
             }
-            let result = self.coordinate(&shared, &work, &progress);
-            lock(&shared).stop = true;
-            work.notify_all();
+            let result = self.coordinate(state);
+            lock(&state.shared).stop = true;
+            state.work.notify_all();
             result
         })
     }
 
-    fn coordinate(
-        &self,
-        shared: &Mutex<Shared>,
-        work: &Condvar,
-        progress: &Condvar,
-    ) -> Result<RunReport> {
+    fn coordinate(&self, state: &State) -> Result<RunReport> {
+        let (shared, work, progress) = (&state.shared, &state.work, &state.progress);
         let queue = self.queue;
         let lease = queue.options().lease;
         let capacity = self.options.workers.max(1) + self.options.prefetch;
@@ -164,16 +297,42 @@ impl<'q> Runner<'q> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let mut round = || -> Result<Option<RunReport>> {
-                let (finished, held) = {
+                let (stopping, finished, unstarted, held) = {
                     let mut g = lock(shared);
+                    // Read under the lock after clearing `woken`: a stop
+                    // requested from now on wakes the wait below.
+                    g.woken = false;
+                    let stopping = self.stop.is_stopped();
+                    // Under the lock that workers take an item under: an
+                    // item is either started or given back, never both.
+                    let unstarted: Vec<ClaimedItem> = if stopping {
+                        g.ready.drain(..).collect()
+                    } else {
+                        Vec::new()
+                    };
                     (
+                        stopping,
                         std::mem::take(&mut g.finished),
+                        unstarted,
                         g.ready.len() + g.running.len(),
                     )
                 };
                 let now = queue.ckpt().now();
                 for f in finished {
                     let update = self.outcome_update(&f, now);
+                    unsaved.push((update, f));
+                }
+                for item in unstarted {
+                    let update = ItemUpdate {
+                        lease: item.lease.clone(),
+                        change: ItemChange::Release,
+                    };
+                    let f = Finished {
+                        item,
+                        outcome: Outcome::Interrupted("not started: the run is stopping".into()),
+                        took: Duration::ZERO,
+                        started: false,
+                    };
                     unsaved.push((update, f));
                 }
                 if !unsaved.is_empty() {
@@ -187,6 +346,17 @@ impl<'q> Runner<'q> {
                 if last_heartbeat.elapsed() >= lease / 3 {
                     self.heartbeat(shared)?;
                     last_heartbeat = Instant::now();
+                }
+                if stopping {
+                    // Claim nothing more; wait for the running items.
+                    if held == 0 && unsaved.is_empty() {
+                        report.stopped = true;
+                        report.status = queue.finish_if_done()?;
+                        report.counts = queue.counts()?;
+                        return Ok(Some(report.clone()));
+                    }
+                    wait_for_progress(shared, progress, self.options.idle_poll.min(lease / 3));
+                    return Ok(None);
                 }
                 let mut claimed = 0;
                 if held < capacity {
@@ -275,6 +445,10 @@ impl<'q> Runner<'q> {
                 },
             },
             Outcome::Failed(error) => self.queue.failure(&f.item, error, now).0,
+            Outcome::Interrupted(_) => ItemUpdate {
+                lease: f.item.lease.clone(),
+                change: ItemChange::Release,
+            },
         }
     }
 
@@ -287,28 +461,61 @@ impl<'q> Runner<'q> {
     ) {
         let job = self.queue.job();
         let key = &f.item.key;
+        let attempt = f.item.attempt;
+        let counts = &self.progress.inner;
+        let duration = |outcome: &'static str| {
+            if f.started {
+                metrics::histogram!("ckpt_item_duration_seconds", "job" => job.to_string(), "outcome" => outcome)
+                    .record(f.took.as_secs_f64());
+            }
+        };
         if let Err(e) = result {
             report.lost += 1;
-            tracing::warn!(event = "lease_lost", job, item = %key, error = %e, "outcome discarded: another worker holds this item now");
+            RunProgress::add(&counts.lost);
+            duration("lost");
+            tracing::warn!(event = "lease_lost", job, key = %key, attempt, error = %e, "outcome discarded: another worker holds this item now");
             return;
         }
         match &update.change {
             ItemChange::Complete { .. } => {
                 report.completed += 1;
-                tracing::debug!(event = "item_completed", job, item = %key, attempt = f.item.attempt, duration_ms = f.took.as_millis() as u64);
+                RunProgress::add(&counts.completed);
+                duration("completed");
+                let lead = self.queue.ckpt().now().since(f.item.enqueued_at);
+                metrics::histogram!("ckpt_item_lead_time_seconds", "job" => job.to_string())
+                    .record(lead.as_secs_f64());
+                tracing::debug!(event = "item_completed", job, key = %key, attempt, duration_ms = f.took.as_millis() as u64);
             }
             ItemChange::Fail { error, retry_at } => {
                 report.failed += 1;
+                RunProgress::add(&counts.failed);
                 let max = self.queue.options().retry.max_attempts;
                 match retry_at {
                     Some(t) => {
+                        duration("failed");
                         let retry_in = t.since(self.queue.ckpt().now());
-                        tracing::warn!(event = "item_failed", job, item = %key, attempt = f.item.attempt, max_attempts = max, retry_in_ms = retry_in.as_millis() as u64, "item failed: {error}; retrying in {:.1}s", retry_in.as_secs_f64());
+                        tracing::warn!(event = "item_failed", job, key = %key, attempt, max_attempts = max, retry_in_ms = retry_in.as_millis() as u64, "item failed: {error}; retrying in {:.1}s", retry_in.as_secs_f64());
                     }
                     None => {
                         report.dead += 1;
-                        tracing::error!(event = "item_dead", job, item = %key, attempt = f.item.attempt, "item failed: {error}; no attempts left, moved to the dead-letter list");
+                        RunProgress::add(&counts.dead);
+                        duration("dead");
+                        tracing::error!(event = "item_dead", job, key = %key, attempt, "item failed: {error}; no attempts left, moved to the dead-letter list");
                     }
+                }
+            }
+            ItemChange::Release => {
+                report.released += 1;
+                RunProgress::add(&counts.released);
+                let why = match &f.outcome {
+                    Outcome::Interrupted(why) => why.as_str(),
+                    _ => "",
+                };
+                if f.started {
+                    duration("interrupted");
+                    tracing::info!(event = "item_released", job, key = %key, attempt, started = true, duration_ms = f.took.as_millis() as u64, "item interrupted ({why}); back to pending, attempt not counted");
+                } else {
+                    tracing::debug!(event = "item_released", job, key = %key, attempt, started = false, "item given back unstarted");
                 }
             }
             _ => {}
@@ -367,20 +574,16 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 
 fn wait_for_progress(shared: &Mutex<Shared>, progress: &Condvar, timeout: Duration) {
     let g = lock(shared);
-    if !g.finished.is_empty() || timeout.is_zero() {
+    if !g.finished.is_empty() || g.woken || timeout.is_zero() {
         return;
     }
     let _ = progress
-        .wait_timeout_while(g, timeout, |s| s.finished.is_empty())
+        .wait_timeout_while(g, timeout, |s| s.finished.is_empty() && !s.woken)
         .unwrap_or_else(|e| e.into_inner());
 }
 
-fn worker_loop<H: Handler>(
-    shared: &Mutex<Shared>,
-    work: &Condvar,
-    progress: &Condvar,
-    handler: &H,
-) {
+fn worker_loop<H: Handler>(state: &State, stop: &StopSignal, handler: &H) {
+    let (shared, work, progress) = (&state.shared, &state.work, &state.progress);
     loop {
         let item = {
             let mut g = lock(shared);
@@ -388,9 +591,13 @@ fn worker_loop<H: Handler>(
                 if g.stop {
                     return;
                 }
-                if let Some(item) = g.ready.pop_front() {
-                    g.running.insert(item.lease.id, item.clone());
-                    break item;
+                // A stopping run starts nothing new: the coordinator gives
+                // the ready items back.
+                if !stop.is_stopped() {
+                    if let Some(item) = g.ready.pop_front() {
+                        g.running.insert(item.lease.id, item.clone());
+                        break item;
+                    }
                 }
                 g = work.wait(g).unwrap_or_else(|e| e.into_inner());
             }
@@ -412,6 +619,7 @@ fn worker_loop<H: Handler>(
             item,
             outcome,
             took,
+            started: true,
         });
         // Wake the coordinator once a batch is worth a commit, or when the
         // local queue runs low and the workers would soon starve; between

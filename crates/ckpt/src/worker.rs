@@ -104,25 +104,35 @@ impl ProcessProbe for LocalProcesses {
     }
 
     fn kill_orphans(&self, owner: &WorkerId) -> usize {
-        // An orphan may fork while /proc is scanned: scan again until a
-        // scan finds no new process (bounded, in case something keeps
-        // respawning). A killed process can still show up in the next scan
-        // while it dies, so count each pid once.
-        let mut killed = std::collections::HashSet::new();
-        for _ in 0..5 {
-            let before = killed.len();
-            kill_marked(owner, &mut killed);
-            if killed.len() == before {
-                break;
-            }
-        }
-        killed.len()
+        signal_marked(owner, libc::SIGKILL)
     }
 }
 
-/// One scan of `/proc`: kills the processes marked as working for `owner`
-/// and adds their pids to `killed`.
-fn kill_marked(owner: &WorkerId, killed: &mut std::collections::HashSet<i32>) {
+/// Sends `signal` to every process of this host marked as working for
+/// `owner` (its environment holds [`WORKER_ENV`]` = owner`: the commands it
+/// started and their descendants), scanning `/proc` again until a scan
+/// finds no new one. Returns how many processes were signalled; 0 where
+/// there is no `/proc`. `ckpt run` uses it to stop its own commands at
+/// shutdown.
+pub fn signal_marked(owner: &WorkerId, signal: i32) -> usize {
+    // A process may fork while /proc is scanned: scan again until a scan
+    // finds no new process (bounded, in case something keeps respawning).
+    // A signalled process can still show up in the next scan while it
+    // dies, so each pid is signalled and counted once.
+    let mut killed = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let before = killed.len();
+        kill_marked(owner, signal, &mut killed);
+        if killed.len() == before {
+            break;
+        }
+    }
+    killed.len()
+}
+
+/// One scan of `/proc`: sends `signal` to the processes marked as working
+/// for `owner` and adds their pids to `killed`.
+fn kill_marked(owner: &WorkerId, signal: i32, killed: &mut std::collections::HashSet<i32>) {
     let marker = format!("{WORKER_ENV}={owner}\0").into_bytes();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
@@ -142,8 +152,11 @@ fn kill_marked(owner: &WorkerId, killed: &mut std::collections::HashSet<i32>) {
             .windows(marker.len())
             .any(|w| w == marker.as_slice())
         {
+            if killed.contains(&pid) {
+                continue;
+            }
             // SAFETY: kill(2) has no memory-safety preconditions.
-            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+            if unsafe { libc::kill(pid, signal) } == 0 {
                 killed.insert(pid);
             }
         }

@@ -132,6 +132,93 @@ pub fn postgres() -> Option<Fixture> {
     })
 }
 
+/// A fresh key prefix on the test Redis server, whose keys are deleted
+/// afterwards; `None` (the test is skipped, with the reason printed) when
+/// there is no server and `CKPT_REQUIRE_SERVICES` is not `1`.
+#[cfg(feature = "redis")]
+pub fn redis() -> Option<Fixture> {
+    use ckpt::store::{OpenMode, RedisStore};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let base = std::env::var("CKPT_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_string());
+    let prefix = format!(
+        "ckpt_test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}prefix={prefix}");
+    let store = match RedisStore::open(&url, OpenMode::CreateIfMissing) {
+        Ok(store) => Arc::new(store),
+        Err(e) if services_required() => {
+            panic!("CKPT_REQUIRE_SERVICES=1 but Redis is not usable: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: Redis is not available ({e}); start it or set CKPT_TEST_REDIS_URL");
+            return None;
+        }
+    };
+    /// Deletes every key under the prefix (SCAN: in tests only).
+    struct DeleteKeys {
+        base: String,
+        prefix: String,
+    }
+    impl Drop for DeleteKeys {
+        fn drop(&mut self) {
+            let Ok(mut conn) =
+                redis::Client::open(self.base.as_str()).and_then(|c| c.get_connection())
+            else {
+                return;
+            };
+            let keys: Vec<String> = redis::cmd("SCAN")
+                .cursor_arg(0)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .clone()
+                .iter(&mut conn)
+                .map(|it| it.filter_map(Result::ok).collect())
+                .unwrap_or_default();
+            for chunk in keys.chunks(500) {
+                let _ = redis::cmd("UNLINK").arg(chunk).exec(&mut conn);
+            }
+        }
+    }
+    let open = {
+        let url = url.clone();
+        move || -> Arc<dyn Store> {
+            Arc::new(RedisStore::open(&url, OpenMode::MustExist).expect("open redis store"))
+        }
+    };
+    let newer_url = url.clone();
+    let raw_url = base.clone();
+    let meta = format!("{prefix}:meta");
+    Some(Fixture {
+        store,
+        another: Box::new(open),
+        newer_schema: Some(Box::new(move || {
+            let mut conn = redis::Client::open(raw_url.as_str())
+                .and_then(|c| c.get_connection())
+                .unwrap();
+            redis::cmd("HSET")
+                .arg(&meta)
+                .arg("schema_version")
+                .arg(999)
+                .exec(&mut conn)
+                .unwrap();
+            RedisStore::open(&newer_url, OpenMode::MustExist)
+                .expect_err("a newer schema must be refused")
+        })),
+        _guard: Some(Box::new(DeleteKeys { base, prefix })),
+    })
+}
+
 /// Runs every conformance test against the store made by `$make`.
 macro_rules! conformance_suite {
     ($store:ident, $make:expr) => {
@@ -163,6 +250,8 @@ macro_rules! conformance_suite {
                 transient_store_failure_loses_nothing,
                 runner_completes_every_item_with_retries,
                 runner_rides_out_a_store_outage,
+                release_gives_an_item_back_uncharged,
+                stopped_runner_finishes_running_items_and_gives_back_the_rest,
                 next_ready_at_tracks_retries,
                 schema_version_mismatch_is_refused,
             );
@@ -184,3 +273,5 @@ conformance_suite!(memory, crate::memory());
 conformance_suite!(sqlite_store, crate::sqlite());
 #[cfg(feature = "postgres")]
 conformance_suite!(postgres_store, crate::postgres());
+#[cfg(feature = "redis")]
+conformance_suite!(redis_store, crate::redis());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use ckpt::bench::{self, BenchOptions};
-use ckpt::store::{self, OpenMode, PgStore, SqliteOptions, SqliteStore};
+use ckpt::store::{self, OpenMode, PgStore, RedisStore, SqliteOptions, SqliteStore};
 
 use crate::cli::BenchArgs;
 
@@ -68,6 +68,17 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
                 bench::CONCURRENT_JOBS,
                 bench::CONCURRENT_SAVES,
             )?);
+            report.baseline_upserts_per_s = Some(baseline);
+            report.checkpoint_vs_baseline = Some(report.checkpoints_per_s / baseline);
+            report
+        }
+        None if url.starts_with("redis://") => {
+            let redis = Arc::new(RedisStore::open(url, OpenMode::CreateIfMissing)?);
+            let open = || -> ckpt::Result<Arc<dyn ckpt::Store>> {
+                Ok(Arc::new(RedisStore::open(url, OpenMode::MustExist)?))
+            };
+            let mut report = bench::run(redis.clone(), &open, &options)?;
+            let baseline = redis.set_baseline(args.saves)?;
             report.baseline_upserts_per_s = Some(baseline);
             report.checkpoint_vs_baseline = Some(report.checkpoints_per_s / baseline);
             report

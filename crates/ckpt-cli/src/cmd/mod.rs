@@ -35,6 +35,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Doctor(args) => doctor::doctor(&cli.store, args),
         Command::Completions(args) => docs::completions(args),
         Command::Man => docs::man(),
+        Command::Serve(args) => crate::serve::serve(&cli.store, args),
     }
 }
 

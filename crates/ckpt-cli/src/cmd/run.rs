@@ -1,17 +1,29 @@
 //! `ckpt run`: run a command once per item with durable resume.
+//!
+//! SIGTERM and SIGINT stop a run gracefully (see [`children`]): nothing new
+//! starts, the items claimed ahead are given back, the running commands
+//! get `--grace` to finish, every outcome is committed, and ckpt exits 143
+//! (SIGTERM) or 130 (SIGINT) holding nothing in the store.
 
+mod children;
+
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use ckpt::shutdown::{signal_name, Signals};
 use ckpt::store::OpenMode;
 use ckpt::{ClaimedItem, Outcome, QueueOptions, RetryPolicy, RunOptions, Runner};
 
+use self::children::Children;
 use super::items::ItemsFile;
 use crate::cli::RunArgs;
 use crate::exit::{Usage, FAILED};
 use crate::output::{short_duration, RunDoc};
+use crate::progress::{self, Progress};
 
 pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     super::job_name(&args.job)?;
@@ -24,6 +36,10 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     // file leaves the store as it was (and creates none).
     let items = ItemsFile::open(args.items.as_deref())?;
     items.check()?;
+    if let Some(addr) = &args.metrics_listen {
+        let bound = crate::serve::metrics::spawn_metrics_listener(addr)?;
+        tracing::info!("serving this run's metrics on http://{bound}/metrics");
+    }
     let started = Instant::now();
     let ckpt = super::open(url, OpenMode::CreateIfMissing)?;
     let retry = RetryPolicy {
@@ -49,10 +65,44 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         ..RunOptions::default()
     };
     let worker = queue.owner().to_string();
-    let handler = |item: &ClaimedItem| run_item(&command, &args.job, &worker, item);
-    let report = Runner::new(&queue, options).run(&handler)?;
+    // From here on SIGTERM and SIGINT stop the run instead of killing ckpt
+    // (before, nothing is held: the enqueue is idempotent).
+    let signals = Signals::install().context("cannot install the signal handlers")?;
+    signals.exit_on_repeat(false);
+    let children = Children::new(&worker);
+    {
+        let (children, grace) = (Arc::clone(&children), args.grace);
+        std::thread::Builder::new()
+            .name("ckpt-shutdown".into())
+            .spawn(move || children::supervise(children, signals, grace))
+            .context("cannot start the shutdown thread")?;
+    }
+    let runner = Runner::new(&queue, options).with_stop(signals.stop_signal());
+    let mode = if args.quiet {
+        progress::Mode::Quiet
+    } else if std::io::stderr().is_terminal() {
+        progress::Mode::Bar
+    } else {
+        progress::Mode::Lines(args.progress_interval)
+    };
+    let start = progress::Start {
+        job: args.job.clone(),
+        // Where the job stands: earlier runs' work counts as progress.
+        counts: match mode {
+            progress::Mode::Quiet => Default::default(),
+            _ => queue.counts()?,
+        },
+        stop: signals.stop_signal(),
+    };
+    let display = Progress::start(mode, start, runner.progress());
+    let handler =
+        |item: &ClaimedItem| run_item(&command, &args.job, &worker, item, &children, &signals);
+    let report = runner.run(&handler);
+    display.finish();
+    let report = report?;
     let counts = report.counts;
     let seconds = started.elapsed().as_secs_f64();
+    let stopped_by = report.stopped.then(|| signals.signal()).flatten();
     if args.json {
         let doc = RunDoc {
             job: args.job.clone(),
@@ -63,12 +113,29 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             failed_attempts: report.failed,
             dead_now: report.dead,
             lost_leases: report.lost,
+            released_now: report.released,
+            stopped_by: stopped_by.map(signal_name),
             items: counts,
             seconds,
         };
         println!("{}", serde_json::to_string_pretty(&doc)?);
     }
     let took = short_duration(started.elapsed());
+    if report.stopped {
+        let by = stopped_by.map_or_else(|| "a stop request".to_string(), signal_name);
+        eprintln!(
+            "ckpt: job '{}' stopped by {by}: {} completed now, {} given back unfinished, {} failed attempts; {} of {} completed in all ({took}); run the same command again to resume",
+            args.job,
+            report.completed,
+            report.released,
+            report.failed,
+            counts.completed,
+            counts.total()
+        );
+        // 128 + the signal, as a shell reports a process it ended.
+        let code = stopped_by.map_or(FAILED, |sig| (128 + sig) as u8);
+        return Ok(ExitCode::from(code));
+    }
     if counts.dead > 0 {
         eprintln!(
             "ckpt: job '{}' failed: {} dead item(s), {} of {} completed ({took}); see `ckpt status {}`",
@@ -80,10 +147,12 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(FAILED));
     }
-    eprintln!(
-        "ckpt: job '{}' completed: {} items, {} run now, {} failed attempts ({took})",
-        args.job, counts.completed, report.completed, report.failed
-    );
+    if !args.quiet {
+        eprintln!(
+            "ckpt: job '{}' completed: {} items, {} run now, {} failed attempts ({took})",
+            args.job, counts.completed, report.completed, report.failed
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -117,20 +186,38 @@ fn is_executable(path: &Path) -> bool {
 ///
 /// The child is marked with `CKPT_WORKER`: if this process is killed, the
 /// next run on this host kills the marked children (and their descendants)
-/// before it takes their items over. (`PR_SET_PDEATHSIG` would kill only the
-/// direct child, and would force a full `fork` instead of `posix_spawn`,
-/// which costs about a third more per item.)
-fn run_item(template: &[String], job: &str, worker: &str, item: &ClaimedItem) -> Outcome {
+/// before it takes their items over; at a graceful shutdown this process
+/// stops them the same way. (`PR_SET_PDEATHSIG` would kill only the direct
+/// child, and would force a full `fork` instead of `posix_spawn`, which
+/// costs about a third more per item.)
+fn run_item(
+    template: &[String],
+    job: &str,
+    worker: &str,
+    item: &ClaimedItem,
+    children: &Children,
+    signals: &Signals,
+) -> Outcome {
     let mut cmd = build_command(template, &item.key);
     cmd.env("CKPT_JOB", job)
         .env("CKPT_ITEM", &item.key)
         .env("CKPT_ATTEMPT", item.attempt.to_string())
         .env(ckpt::worker::WORKER_ENV, worker)
         .stdin(Stdio::null());
-    match cmd.status() {
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => return Outcome::Failed(format!("cannot run {}: {e}", template[0])),
+    };
+    children.started(&child);
+    let status = child.wait();
+    children.exited(&child);
+    match status {
         Ok(status) if status.success() => Outcome::Completed(None),
-        Ok(status) => Outcome::Failed(describe(status)),
-        Err(e) => Outcome::Failed(format!("cannot run {}: {e}", template[0])),
+        Ok(status) => match children.interrupted(status, signals) {
+            Some(why) => Outcome::Interrupted(format!("{}: {why}", describe(status))),
+            None => Outcome::Failed(describe(status)),
+        },
+        Err(e) => Outcome::Failed(format!("cannot wait for {}: {e}", template[0])),
     }
 }
 

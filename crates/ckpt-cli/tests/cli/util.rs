@@ -58,6 +58,7 @@ impl Sandbox {
         let mut cmd = Command::new(BIN);
         cmd.current_dir(self.path())
             .env_remove("CKPT_STORE")
+            .env_remove("CKPT_TOKEN")
             .env_remove("RUST_LOG")
             .env_remove("CKPT_JOB")
             .env_remove("CKPT_ITEM")
@@ -189,6 +190,32 @@ pub struct Running {
 }
 
 impl Running {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the command wrote to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.text()
+    }
+
+    /// Sends `signal` to `ckpt` alone (not to the commands it runs).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// Sends `signal` to the process group `ckpt` leads (see
+    /// [`Ckpt::own_process_group`]), its commands included: what a Ctrl-C
+    /// at a terminal does.
+    pub fn signal_group(&self, signal: i32) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(-(self.child.id() as i32), signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
     /// Waits for the command to exit; kills it and fails the test if it is
     /// still running after `timeout`.
     pub fn wait(mut self, timeout: Duration) -> Out {
@@ -250,6 +277,15 @@ impl Ckpt {
 
     pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Ckpt {
         self.cmd.env(key, value);
+        self
+    }
+
+    /// Runs `ckpt` in a new process group of its own (as a shell runs a
+    /// foreground job), so that the test can signal it and its commands
+    /// together without signalling itself.
+    pub fn own_process_group(mut self) -> Ckpt {
+        use std::os::unix::process::CommandExt;
+        self.cmd.process_group(0);
         self
     }
 

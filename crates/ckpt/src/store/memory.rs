@@ -193,6 +193,11 @@ impl Inner {
                     }
                 }
             }
+            ItemChange::Release => {
+                rec.status = ItemStatus::Pending;
+                rec.attempts = rec.attempts.saturating_sub(1);
+                Some(PENDING_READY_AT)
+            }
         };
         self.set_ready(id, ready);
         Ok(())
@@ -538,6 +543,7 @@ impl Store for MemoryStore {
                 cursor: rec.cursor.clone(),
                 lease_expires: lease_until,
                 taken_over_from,
+                enqueued_at: rec.enqueued_at,
             });
         }
         Ok(claimed)

@@ -15,6 +15,8 @@ mod fault;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
 mod rules;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -22,6 +24,8 @@ mod url;
 
 use std::sync::Arc;
 
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
 pub use fault::{Fault, FaultStore, Op};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
@@ -251,9 +255,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// - `sqlite://PATH[?durability=full|normal&busy_timeout=DURATION_MS]`: the
 ///   embedded default. `sqlite://ckpt.db` is relative to the working
 ///   directory, `sqlite:///var/lib/ckpt.db` absolute.
+/// - `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=ckpt&ttl=7d]`
+///   (feature `redis`): a store on a Redis server under a key prefix; a
+///   completed job's keys expire after `ttl` (`off`: never). See
+///   `RedisStore` and `docs/REDIS.md`.
 /// - `memory://`: a fresh in-memory store, gone when the process exits.
 ///
-/// `mode` says whether a missing SQLite file may be created.
+/// `mode` says whether a missing SQLite file (or PostgreSQL schema, or
+/// Redis prefix) may be created.
 pub fn open(url: &str, mode: OpenMode) -> Result<Arc<dyn Store>> {
     url::open(url, mode)
 }

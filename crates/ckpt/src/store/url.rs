@@ -36,7 +36,10 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The query parameters of a URL, as `(key, value)` pairs.
-#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "redis")),
+    allow(dead_code)
+)]
 pub(crate) fn query_pairs(query: &str) -> Vec<(&str, &str)> {
     query
         .split('&')
@@ -45,10 +48,8 @@ pub(crate) fn query_pairs(query: &str) -> Vec<(&str, &str)> {
         .collect()
 }
 
-#[cfg_attr(
-    not(any(feature = "sqlite", feature = "postgres")),
-    allow(unused_variables)
-)]
+// `rest` is read by the SQLite arm only; `mode` by every persistent store.
+#[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
 pub(super) fn open(url: &str, mode: OpenMode) -> Result<Arc<dyn Store>> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {
         Error::Open(format!(
@@ -66,6 +67,8 @@ pub(super) fn open(url: &str, mode: OpenMode) -> Result<Arc<dyn Store>> {
         }
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => Ok(Arc::new(super::PgStore::open(url, mode)?)),
+        #[cfg(feature = "redis")]
+        "redis" => Ok(Arc::new(super::RedisStore::open(url, mode)?)),
         other => Err(Error::Open(format!(
             "unsupported store scheme {other:?} in {}; this build supports: {}",
             redact_url(url),
@@ -81,6 +84,9 @@ fn supported_schemes() -> String {
     }
     if cfg!(feature = "postgres") {
         schemes.push("postgres://");
+    }
+    if cfg!(feature = "redis") {
+        schemes.push("redis://");
     }
     schemes.push("memory://");
     schemes.join(", ")

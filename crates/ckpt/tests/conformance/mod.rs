@@ -7,10 +7,12 @@
 mod items;
 mod jobs;
 mod operator;
+mod shutdown;
 
 pub use items::*;
 pub use jobs::*;
 pub use operator::*;
+pub use shutdown::*;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -313,7 +313,9 @@ impl Store for PgStore {
                     "SELECT 1 FROM jobs WHERE id = $1 AND status = 'completed'
                          AND completed_at <= $2
                          AND NOT EXISTS (SELECT 1 FROM items
-                                         WHERE job_id = $1 AND status <> 'completed')",
+                                         WHERE job_id = $1 AND ready_at IS NOT NULL)
+                         AND NOT EXISTS (SELECT 1 FROM items
+                                         WHERE job_id = $1 AND status = 'dead')",
                     &[&id, &completed_before.0],
                 )
                 .await
@@ -424,7 +426,7 @@ impl Store for PgStore {
                          claims = i.claims + 1, ready_at = $5, started_at = $2, owner_key = $6
                      FROM ready WHERE i.id = ready.id
                      RETURNING i.id, i.key, i.payload, i.cursor, i.attempts, i.claims,
-                         ready.old_status, ready.old_owner",
+                         ready.old_status, ready.old_owner, i.enqueued_at",
                     &[
                         &job,
                         &now.0,
@@ -455,6 +457,7 @@ impl Store for PgStore {
                     } else {
                         None
                     },
+                    enqueued_at: Timestamp(r.get(8)),
                 })
                 .collect();
             claimed.sort_by_key(|i| i.lease.id);
@@ -536,7 +539,8 @@ impl Store for PgStore {
                     &format!(
                         "SELECT {ITEM_COLUMNS} FROM items
                          WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
-                           AND ($2::TEXT IS NULL OR status = $2) ORDER BY id LIMIT $3"
+                           AND ($2::TEXT IS NULL OR status = $2){} ORDER BY id LIMIT $3",
+                        status.map_or("", status_index_hint)
                     ),
                     &[
                         &job,
@@ -557,7 +561,8 @@ impl Store for PgStore {
                 .cquery(
                     "SELECT DISTINCT owner FROM items
                      WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
-                       AND status = 'running' AND owner IS NOT NULL ORDER BY owner",
+                       AND status = 'running' AND ready_at IS NOT NULL AND owner IS NOT NULL
+                     ORDER BY owner",
                     &[&job],
                 )
                 .await
@@ -593,7 +598,7 @@ impl Store for PgStore {
             c.cexecute(
                 "UPDATE items SET ready_at = LEAST(ready_at, $3)
                  WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
-                   AND status = 'running' AND owner = $2",
+                   AND status = 'running' AND ready_at IS NOT NULL AND owner = $2",
                 &[&job, &owner, &now.0],
             )
             .await
@@ -617,9 +622,10 @@ impl Store for PgStore {
                 .map_err(pg_err)?;
             let moved = tx
                     .cexecute(
-"UPDATE items SET status = 'pending', attempts = 0, ready_at = 0,
+&format!("UPDATE items SET status = 'pending', attempts = 0, ready_at = 0,
                              finished_at = NULL
-                         WHERE job_id = $1 AND status = $2 AND ($3::TEXT[] IS NULL OR key = ANY($3))",
+                         WHERE job_id = $1 AND status = $2 AND ($3::TEXT[] IS NULL OR key = ANY($3)){}",
+                         status_index_hint(from)),
                         &[&id, &from.as_str(), &keys.map(<[String]>::to_vec)],
                     )
                     .await
@@ -638,5 +644,19 @@ impl Store for PgStore {
             }
             Ok(moved)
         })
+    }
+}
+
+/// A condition implied by `status = X` that names the column of a partial
+/// index, so the planner can use it (it cannot see through a parameter):
+/// unfinished items are exactly those with a `ready_at` (items_ready), dead
+/// ones are in items_dead. Completed items have no index of their own.
+fn status_index_hint(status: ItemStatus) -> &'static str {
+    match status {
+        ItemStatus::Pending | ItemStatus::Running | ItemStatus::Failed => {
+            " AND ready_at IS NOT NULL"
+        }
+        ItemStatus::Dead => " AND status = 'dead'",
+        ItemStatus::Completed => "",
     }
 }

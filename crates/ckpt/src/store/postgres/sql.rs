@@ -325,6 +325,16 @@ pub(super) async fn apply_update(
             )
             .await
         }
+        ItemChange::Release => {
+            c.cexecute(
+                &format!(
+                    "UPDATE items SET status = 'pending', ready_at = 0,
+                         attempts = GREATEST(attempts - 1, 0) {fence}"
+                ),
+                &[&l.id, &l.owner, &token],
+            )
+            .await
+        }
     }
     .map_err(pg_err)?;
     if changed == 1 {

@@ -296,6 +296,12 @@ impl SqliteStore {
                         now.0
                     ])
                 }),
+            ItemChange::Release => tx
+                .prepare_cached(&format!(
+                    "UPDATE items SET status = 'pending', ready_at = 0,
+                         attempts = max(attempts - 1, 0) {fence}"
+                ))
+                .and_then(|mut s| s.execute(params![l.id, l.owner, l.token as i64])),
         }
         .map_err(sql_err)?;
         if changed == 1 {
@@ -614,7 +620,8 @@ impl Store for SqliteStore {
             };
             let mut select = tx
                 .prepare_cached(
-                    "SELECT id, key, payload, cursor, status, owner, attempts, claims FROM items
+                    "SELECT id, key, payload, cursor, status, owner, attempts, claims, enqueued_at
+                     FROM items
                      WHERE job_id = ?1 AND ready_at IS NOT NULL AND ready_at <= ?2
                        AND NOT (status = 'running' AND owner = ?4)
                      ORDER BY ready_at, id LIMIT ?3",
@@ -637,6 +644,7 @@ impl Store for SqliteStore {
                         cursor: json_col(r, 3)?,
                         lease_expires: lease_until,
                         taken_over_from: if status == "running" { owner } else { None },
+                        enqueued_at: Timestamp(r.get(8)?),
                     })
                 })
                 .map_err(sql_err)?

@@ -1,0 +1,217 @@
+//! The commands `ckpt run` has running, and how they are stopped at
+//! shutdown.
+//!
+//! The commands run in ckpt's own process group, as with `xargs` and GNU
+//! parallel: a Ctrl-C at the terminal reaches them as well as ckpt, while a
+//! signal sent to ckpt alone (`kill -TERM <pid>`) does not. After the first
+//! SIGTERM or SIGINT, ckpt starts nothing new and waits up to `--grace` for
+//! the running commands. Then it sends SIGTERM to them and their
+//! descendants, and SIGKILL to whatever is left [`KILL_AFTER`] later (or at
+//! once on a second signal). An item whose command was stopped this way is
+//! given back unfinished, not failed.
+
+use std::collections::HashSet;
+use std::process::{Child, ExitStatus};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ckpt::shutdown::{signal_name, Signals};
+use ckpt::worker::{signal_marked, WorkerId};
+
+/// How long commands have between the SIGTERM that ends the grace period
+/// and the SIGKILL.
+pub const KILL_AFTER: Duration = Duration::from_secs(2);
+
+/// How long a command that died of SIGINT or SIGTERM waits for ckpt's own
+/// stop request: a terminal's Ctrl-C reaches both, in either order.
+const SIGNAL_RACE: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Commands run undisturbed.
+    Running,
+    /// The grace period is over: commands got SIGTERM.
+    Terminating,
+    /// SIGKILL is being sent.
+    Killing,
+    /// Every command and descendant was sent SIGKILL.
+    Killed,
+}
+
+struct State {
+    pids: HashSet<u32>,
+    phase: Phase,
+}
+
+/// The commands running for one worker.
+pub struct Children {
+    /// Marks the commands and their descendants (`CKPT_WORKER`), on Linux.
+    worker: Option<WorkerId>,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Children {
+    pub fn new(worker: &str) -> Arc<Children> {
+        Arc::new(Children {
+            worker: WorkerId::parse(worker),
+            state: Mutex::new(State {
+                pids: HashSet::new(),
+                phase: Phase::Running,
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a command just started; one started while commands are
+    /// being stopped gets the same signal at once.
+    pub fn started(&self, child: &Child) {
+        let mut g = self.lock();
+        g.pids.insert(child.id());
+        match g.phase {
+            Phase::Running => {}
+            Phase::Terminating => signal(child.id(), libc::SIGTERM),
+            Phase::Killing | Phase::Killed => signal(child.id(), libc::SIGKILL),
+        }
+    }
+
+    /// Unregisters a command that exited.
+    pub fn exited(&self, child: &Child) {
+        self.lock().pids.remove(&child.id());
+        self.changed.notify_all();
+    }
+
+    /// Decides whether a command that failed with `status` was interrupted
+    /// by the shutdown (its item is then given back) rather than failed.
+    /// Returns the reason, after making sure that nothing the command
+    /// started is left running.
+    pub fn interrupted(&self, status: ExitStatus, signals: &Signals) -> Option<String> {
+        if self.lock().phase > Phase::Running {
+            self.wait_killed();
+            return Some("stopped at shutdown after the grace period".into());
+        }
+        let by = interrupt_signal(status)?;
+        // A Ctrl-C at the terminal: the command and ckpt got it together.
+        if signals.is_requested() || signals.wait(1, Some(SIGNAL_RACE)) {
+            return Some(format!("{} during shutdown", by));
+        }
+        None
+    }
+
+    /// Sends SIGTERM to the running commands and their descendants.
+    fn terminate(&self) {
+        let pids = {
+            let mut g = self.lock();
+            g.phase = g.phase.max(Phase::Terminating);
+            g.pids.clone()
+        };
+        self.signal_all(&pids, libc::SIGTERM);
+    }
+
+    /// Sends SIGKILL to the running commands and their descendants, and
+    /// wakes the items waiting for that.
+    fn kill(&self) {
+        let pids = {
+            let mut g = self.lock();
+            g.phase = g.phase.max(Phase::Killing);
+            g.pids.clone()
+        };
+        self.signal_all(&pids, libc::SIGKILL);
+        self.lock().phase = Phase::Killed;
+        self.changed.notify_all();
+    }
+
+    fn signal_all(&self, pids: &HashSet<u32>, sig: i32) {
+        for &pid in pids {
+            signal(pid, sig);
+        }
+        if let Some(worker) = &self.worker {
+            signal_marked(worker, sig);
+        }
+    }
+
+    /// Waits until no command is running, or `until`; true if none is.
+    fn wait_exited(&self, until: Instant, signals: &Signals) -> bool {
+        let mut g = self.lock();
+        loop {
+            if g.pids.is_empty() {
+                return true;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || signals.count() >= 2 {
+                return false;
+            }
+            // Short waits: a second signal is noticed within them.
+            let step = left.min(Duration::from_millis(50));
+            g = self
+                .changed
+                .wait_timeout(g, step)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits until the SIGKILL sweep is done.
+    fn wait_killed(&self) {
+        let mut g = self.lock();
+        while g.phase != Phase::Killed {
+            g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Runs on its own thread for the whole run: after the first signal, waits
+/// for the grace period (or a second signal), then stops the commands.
+pub fn supervise(children: Arc<Children>, signals: Signals, grace: Duration) {
+    signals.wait(1, None);
+    let first = signals.signal().map_or_else(String::new, signal_name);
+    tracing::info!(
+        event = "shutdown",
+        signal = %first,
+        grace_ms = grace.as_millis() as u64,
+        "{first} received: starting no new item; running commands have {} to finish (a second signal kills them now)",
+        humantime::format_duration(grace)
+    );
+    if !signals.wait(2, Some(grace)) {
+        let running = children.lock().pids.len();
+        if running > 0 {
+            tracing::warn!(
+                event = "grace_expired",
+                commands = running,
+                "grace period over: sending SIGTERM to {running} running command(s)"
+            );
+        }
+        children.terminate();
+        children.wait_exited(Instant::now() + KILL_AFTER, &signals);
+    } else {
+        tracing::warn!(
+            event = "shutdown_forced",
+            "second signal: killing the running commands now"
+        );
+    }
+    children.kill();
+}
+
+/// SIGINT or SIGTERM, by which `status` says the command died (or exited
+/// 130 or 143, as shells do when they catch one).
+fn interrupt_signal(status: ExitStatus) -> Option<&'static str> {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.signal(), status.code()) {
+        (Some(libc::SIGINT), _) | (_, Some(130)) => Some("SIGINT"),
+        (Some(libc::SIGTERM), _) | (_, Some(143)) => Some("SIGTERM"),
+        _ => None,
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Progress of `ckpt run` on stderr: a bar with rate and ETA on a terminal,
+//! a plain line every few seconds otherwise, nothing with `--quiet`.
+//!
+//! The counts are the job's, not only this run's: the start position is
+//! what the store held as completed when the run began (earlier runs, a
+//! crashed one included) and the total is every item of the job, so a
+//! resumed run shows its true overall progress. The rate and the ETA are
+//! this run's.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ckpt::{ItemCounts, RunProgress, StopSignal};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Nothing.
+    Quiet,
+    /// An indicatif bar, redrawn a few times a second (stderr is a terminal).
+    Bar,
+    /// One line per interval.
+    Lines(Duration),
+}
+
+/// What the job looked like when the run began.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub job: String,
+    pub counts: ItemCounts,
+    /// Once stopped, the reports say that the run is stopping.
+    pub stop: StopSignal,
+}
+
+/// The numbers one progress report shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// Completed items of the job, earlier runs included.
+    pub done: u64,
+    /// All items of the job.
+    pub total: u64,
+    /// Dead items of the job.
+    pub dead: u64,
+    /// Failed attempts in this run.
+    pub failed: u64,
+    /// Items completed per second by this run.
+    pub rate: f64,
+    /// Time left at this rate; `None` while the rate is unknown.
+    pub eta: Option<Duration>,
+    /// The run is stopping (waiting for its running commands).
+    pub stopping: bool,
+}
+
+impl Snapshot {
+    pub fn new(start: &Start, live: &RunProgress, elapsed: Duration) -> Snapshot {
+        let stopping = start.stop.is_stopped();
+        let start = &start.counts;
+        let total = start.total();
+        let done = (start.completed + live.completed()).min(total);
+        let dead = (start.dead + live.dead()).min(total - done);
+        let secs = elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            live.completed() as f64 / secs
+        } else {
+            0.0
+        };
+        let left = total - done - dead;
+        let eta = if left == 0 {
+            Some(Duration::ZERO)
+        } else if rate > 0.0 {
+            Some(Duration::from_secs_f64(left as f64 / rate))
+        } else {
+            None
+        };
+        Snapshot {
+            done,
+            total,
+            dead,
+            failed: live.failed(),
+            rate,
+            eta,
+            stopping,
+        }
+    }
+
+    fn percent(&self) -> f64 {
+        if self.total == 0 {
+            100.0
+        } else {
+            self.done as f64 * 100.0 / self.total as f64
+        }
+    }
+
+    /// "56 items/s, eta 1m07s, 0 dead, 3 failed attempts[, stopping]"
+    fn details(&self) -> String {
+        let eta = self.eta.map_or_else(|| "unknown".to_string(), compact);
+        format!(
+            "{} items/s, eta {eta}, {} dead, {} failed attempts{}",
+            rate(self.rate),
+            self.dead,
+            self.failed,
+            if self.stopping { ", stopping" } else { "" }
+        )
+    }
+
+    /// `ckpt: J: 1234/5000 done (24.7%), 56 items/s, eta 1m07s, 0 dead, 3 failed attempts`
+    pub fn line(&self, job: &str) -> String {
+        format!(
+            "ckpt: {job}: {}/{} done ({:.1}%), {}",
+            self.done,
+            self.total,
+            self.percent(),
+            self.details()
+        )
+    }
+}
+
+fn rate(r: f64) -> String {
+    if r >= 10.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{r:.1}")
+    }
+}
+
+/// "45s", "1m07s", "2h03m".
+pub fn compact(d: Duration) -> String {
+    let s = d.as_secs_f64().round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// The bar being shown, if any: log lines are printed around it.
+static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+fn current_bar() -> Option<ProgressBar> {
+    BAR.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The log writer: stderr, with the progress bar (if one is shown) hidden
+/// while a log line is written, so the two never mix.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogWriter;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> LogWriter {
+        LogWriter
+    }
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match current_bar() {
+            Some(bar) => bar.suspend(|| io::stderr().write(buf)),
+            None => io::stderr().write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match current_bar() {
+            Some(bar) => bar.suspend(|| io::stderr().write_all(buf)),
+            None => io::stderr().write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+/// A progress display running on its own thread until [`finish`](Progress::finish).
+pub struct Progress {
+    done: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Progress {
+    pub fn start(mode: Mode, start: Start, live: RunProgress) -> Progress {
+        let done = Arc::new((Mutex::new(false), Condvar::new()));
+        let began = Instant::now();
+        let thread = match mode {
+            Mode::Quiet => None,
+            Mode::Lines(every) => {
+                let done = Arc::clone(&done);
+                Some(std::thread::spawn(move || {
+                    while !wait(&done, every) {
+                        let snap = Snapshot::new(&start, &live, began.elapsed());
+                        eprintln!("{}", snap.line(&start.job));
+                    }
+                }))
+            }
+            Mode::Bar => {
+                let bar = new_bar(&start);
+                *BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
+                let done = Arc::clone(&done);
+                Some(std::thread::spawn(move || {
+                    loop {
+                        let snap = Snapshot::new(&start, &live, began.elapsed());
+                        bar.set_position(snap.done);
+                        bar.set_message(snap.details());
+                        if wait(&done, Duration::from_millis(200)) {
+                            break;
+                        }
+                    }
+                    *BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    bar.finish_and_clear();
+                }))
+            }
+        };
+        Progress { done, thread }
+    }
+
+    /// Stops the display (a bar is cleared) before the summary is printed.
+    pub fn finish(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        *self.done.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.done.1.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn new_bar(start: &Start) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(start.counts.total()),
+        ProgressDrawTarget::stderr_with_hz(5),
+    );
+    let style = ProgressStyle::with_template(
+        "{prefix}: [{elapsed_precise}] [{bar:30}] {pos}/{len} ({percent}%) {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("ckpt: {}", start.job));
+    bar.set_position(start.counts.completed);
+    bar
+}
+
+/// Waits up to `timeout` for the display to be finished; true if it was.
+fn wait(done: &(Mutex<bool>, Condvar), timeout: Duration) -> bool {
+    let g = done.0.lock().unwrap_or_else(|e| e.into_inner());
+    let (g, _) = done
+        .1
+        .wait_timeout_while(g, timeout, |finished| !*finished)
+        .unwrap_or_else(|e| e.into_inner());
+    *g
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_durations() {
+        assert_eq!(compact(Duration::from_secs(0)), "0s");
+        assert_eq!(compact(Duration::from_secs(45)), "45s");
+        assert_eq!(compact(Duration::from_secs(67)), "1m07s");
+        assert_eq!(compact(Duration::from_secs(2 * 3600 + 3 * 60 + 9)), "2h03m");
+    }
+
+    #[test]
+    fn a_line_counts_earlier_runs_and_this_run() {
+        let start = Start {
+            job: "J".into(),
+            counts: ItemCounts {
+                pending: 3766,
+                completed: 1234,
+                ..ItemCounts::default()
+            },
+            stop: StopSignal::new(),
+        };
+        let live = RunProgress::default();
+        let snap = Snapshot::new(&start, &live, Duration::from_secs(10));
+        assert_eq!(snap.done, 1234);
+        assert_eq!(snap.total, 5000);
+        assert_eq!(snap.eta, None, "no rate yet");
+        assert_eq!(
+            snap.line("J"),
+            "ckpt: J: 1234/5000 done (24.7%), 0.0 items/s, eta unknown, 0 dead, 0 failed attempts"
+        );
+        start.stop.stop();
+        let snap = Snapshot::new(&start, &live, Duration::from_secs(10));
+        assert!(snap.line("J").ends_with(", 0 failed attempts, stopping"));
+    }
+
+    #[test]
+    fn eta_from_this_runs_rate() {
+        let snap = Snapshot {
+            done: 1234,
+            total: 5000,
+            dead: 0,
+            failed: 3,
+            rate: 56.0,
+            eta: Some(Duration::from_secs_f64((5000.0 - 1234.0) / 56.0)),
+            stopping: false,
+        };
+        assert_eq!(
+            snap.line("J"),
+            "ckpt: J: 1234/5000 done (24.7%), 56 items/s, eta 1m07s, 0 dead, 3 failed attempts"
+        );
+    }
+}

@@ -1,0 +1,316 @@
+//! The JSON API. Errors are `{"error": "..."}` with a fitting status.
+//!
+//! - `GET /api/info`: the store (password redacted), the version, whether
+//!   mutations are enabled.
+//! - `GET /api/jobs`: every job's [`JobSummary`], ordered by name.
+//! - `GET /api/jobs/{job}`: the summary, the checkpoint, the history
+//!   (newest first, at most [`HISTORY_SHOWN`]) and the dead and failed items
+//!   (at most [`FAILURES_SHOWN`] of each, in enqueue order).
+//! - `GET /api/jobs/{job}/items?status=S&limit=N`: items, in enqueue order.
+//! - `POST /api/jobs/{job}/retry` with an optional body
+//!   `{"status": "dead" | "failed", "keys": [...]}` (default: every dead
+//!   item): `{"moved": N}`. Needs the bearer token.
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ckpt::inspect::{self, JobSummary};
+use ckpt::model::{HistoryEntry, ItemRecord};
+use ckpt::{Checkpoint, ItemStatus};
+use serde::{Deserialize, Serialize};
+
+use super::auth::Authorized;
+use super::{AppState, STORE_TIMEOUT};
+
+/// History entries in a job's detail.
+pub const HISTORY_SHOWN: usize = 100;
+/// Dead items, and failed items, in a job's detail.
+pub const FAILURES_SHOWN: usize = 100;
+/// Items listed when no `limit` is given.
+const DEFAULT_ITEMS: usize = 100;
+/// The largest `limit` accepted.
+const MAX_ITEMS: usize = 10_000;
+
+/// An error answered as `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+}
+
+impl From<ckpt::Error> for ApiError {
+    /// The library's messages never hold a store password.
+    fn from(err: ckpt::Error) -> ApiError {
+        use ckpt::Error as E;
+        let status = match &err {
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::InvalidInput(_) | E::LimitExceeded { .. } => StatusCode::BAD_REQUEST,
+            E::Fenced(_) => StatusCode::CONFLICT,
+            // Busy here means the store is locked by a writer: try again.
+            E::Busy(_) | E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, err.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), "{}", self.message);
+        }
+        let mut response = no_store(
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        );
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// A response that is never cached: job data changes all the time.
+fn no_store(status: StatusCode, body: impl IntoResponse) -> Response {
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn ok(body: impl Serialize) -> Response {
+    no_store(StatusCode::OK, Json(body))
+}
+
+/// The job named in the path, checked like a job name on the command line.
+fn job_name(name: &str) -> Result<(), ApiError> {
+    ckpt::validate::job_name(name).map_err(ApiError::from)
+}
+
+fn unknown_job(job: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no job named '{job}'"))
+}
+
+/// `GET /api/info`.
+#[derive(Debug, Serialize)]
+pub struct Info {
+    /// The store URL, any password redacted.
+    pub store: String,
+    /// This ckpt's version.
+    pub version: &'static str,
+    /// Whether `POST` requests are accepted (a token is configured).
+    pub mutations: bool,
+}
+
+pub async fn info(State(state): State<AppState>) -> Response {
+    ok(Info {
+        store: state.ckpt.store().describe(),
+        version: env!("CARGO_PKG_VERSION"),
+        mutations: state.token.is_some(),
+    })
+}
+
+/// `GET /api/jobs`.
+pub async fn jobs(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let summaries = state
+        .blocking(STORE_TIMEOUT, |ckpt| {
+            inspect::job_summaries(ckpt.store().as_ref(), ckpt.now())
+        })
+        .await?;
+    Ok(ok(summaries))
+}
+
+/// `GET /api/jobs/{job}`: a [`JobSummary`] with more.
+#[derive(Debug, Serialize)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub summary: JobSummary,
+    /// The fencing epoch.
+    pub epoch: u64,
+    /// The last checkpoint: cursor, items processed, stage, state.
+    pub checkpoint: Option<Checkpoint>,
+    /// Newest first.
+    pub history: Vec<HistoryEntry>,
+    /// Dead items with their last error, in enqueue order.
+    pub dead_items: Vec<ItemRecord>,
+    /// Items waiting for a retry, with their last error and retry time
+    /// (`ready_at`), in enqueue order.
+    pub failed_items: Vec<ItemRecord>,
+}
+
+pub async fn job(
+    State(state): State<AppState>,
+    Path(job): Path<String>,
+) -> Result<Response, ApiError> {
+    job_name(&job)?;
+    let name = job.clone();
+    let detail = state
+        .blocking(STORE_TIMEOUT, move |ckpt| {
+            let store = ckpt.store();
+            let Some(record) = store.get_job(&name)? else {
+                return Ok(None);
+            };
+            let counts = store.item_counts(&name)?;
+            let list = |status, n| {
+                if n == 0 {
+                    Ok(Vec::new())
+                } else {
+                    store.list_items(&name, Some(status), FAILURES_SHOWN)
+                }
+            };
+            Ok(Some(JobDetail {
+                summary: JobSummary::new(&record, counts, ckpt.now()),
+                epoch: record.epoch,
+                checkpoint: record.checkpoint.clone(),
+                history: store.history(&name, HISTORY_SHOWN)?,
+                dead_items: list(ItemStatus::Dead, counts.dead)?,
+                failed_items: list(ItemStatus::Failed, counts.failed)?,
+            }))
+        })
+        .await?;
+    detail.map(ok).ok_or_else(|| unknown_job(&job))
+}
+
+/// The query of `GET /api/jobs/{job}/items`; checked by hand for clear
+/// messages.
+#[derive(Debug, Deserialize)]
+pub struct ItemsQuery {
+    status: Option<String>,
+    limit: Option<String>,
+}
+
+pub async fn items(
+    State(state): State<AppState>,
+    Path(job): Path<String>,
+    query: Result<Query<ItemsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    job_name(&job)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let status = match query.status.as_deref() {
+        None | Some("") | Some("all") => None,
+        Some(s) => Some(ItemStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!("unknown status {s:?}: use one of {}", statuses()))
+        })?),
+    };
+    let limit = match query.limit.as_deref() {
+        None | Some("") => DEFAULT_ITEMS,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_ITEMS).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("limit {s:?} is not a number from 1 to {MAX_ITEMS}"))
+            })?,
+    };
+    let name = job.clone();
+    let items = state
+        .blocking(STORE_TIMEOUT, move |ckpt| {
+            let store = ckpt.store();
+            if store.get_job(&name)?.is_none() {
+                return Ok(None);
+            }
+            store.list_items(&name, status, limit).map(Some)
+        })
+        .await?;
+    items.map(ok).ok_or_else(|| unknown_job(&job))
+}
+
+fn statuses() -> String {
+    ItemStatus::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The body of `POST /api/jobs/{job}/retry`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// "dead" (the default) or "failed".
+    status: Option<String>,
+    /// Only these items; every item of that status when absent.
+    keys: Option<Vec<String>>,
+}
+
+/// `{"moved": N}`.
+#[derive(Debug, Serialize)]
+pub struct Moved {
+    pub moved: u64,
+}
+
+pub async fn retry(
+    _auth: Authorized,
+    State(state): State<AppState>,
+    Path(job): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    job_name(&job)?;
+    let request: RetryRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RetryRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!(
+                r#"the body is not a retry request ({e}); expected {{"status": "dead" | "failed", "keys": [...]}}, both optional"#
+            ))
+        })?
+    };
+    let from = match request.status.as_deref() {
+        None | Some("dead") => ItemStatus::Dead,
+        Some("failed") => ItemStatus::Failed,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "only dead or failed items can be retried, not {other:?}"
+            )))
+        }
+    };
+    if request.keys.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ApiError::bad_request(
+            "keys is empty: leave it out to retry every item",
+        ));
+    }
+    let name = job.clone();
+    let keys = request.keys;
+    let moved = state
+        .blocking(STORE_TIMEOUT, move |ckpt| {
+            if ckpt.get_job(&name)?.is_none() {
+                return Ok(None);
+            }
+            ckpt.queue(&name)?.redrive(from, keys.as_deref()).map(Some)
+        })
+        .await?
+        .ok_or_else(|| unknown_job(&job))?;
+    tracing::info!(
+        event = "retry",
+        job = %job,
+        "{moved} {from} item(s) back to pending (requested over HTTP)"
+    );
+    Ok(ok(Moved { moved }))
+}

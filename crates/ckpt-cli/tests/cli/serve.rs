@@ -1,0 +1,1084 @@
+//! `ckpt serve`: the JSON API, its token, `/healthz` and `/metrics`, against
+//! real `ckpt serve` processes on real SQLite stores; and
+//! `ckpt run --metrics-listen`.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ckpt::{
+    Checkpoint, Ckpt, Clock as _, ManualClock, NewItem, QueueOptions, RetryPolicy, Timestamp,
+};
+use serde_json::{json, Value};
+
+use crate::util::{item_counts, process_gone, wait_until, Out, Running, Sandbox};
+
+// ----- a `ckpt serve` process -----
+
+/// A running `ckpt serve` on a port it chose itself (`--listen
+/// 127.0.0.1:0`); killed if the test ends without [`Server::stop`].
+pub struct Server {
+    running: Option<Running>,
+    pid: u32,
+    base: String,
+}
+
+impl Server {
+    /// `ckpt --store <sandbox store> serve --listen 127.0.0.1:0 ARGS...`,
+    /// once it answers `/healthz`.
+    pub fn start(sb: &Sandbox, args: &[&str]) -> Server {
+        Server::start_with(sb, &sb.store_url(), args, &[])
+    }
+
+    /// Like [`Server::start`], with another store URL and environment.
+    pub fn start_with(sb: &Sandbox, store: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = sb
+            .ckpt_bare()
+            .args(["--store", store, "serve", "--listen", "127.0.0.1:0"])
+            .args(args);
+        for (k, v) in env {
+            cmd = cmd.env(k, v);
+        }
+        let running = cmd.start();
+        let pid = running.pid();
+        let mut server = Server {
+            running: Some(running),
+            pid,
+            base: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stderr = server.stderr();
+            if let Some(addr) = listening_on(&stderr) {
+                server.base = format!("http://{addr}");
+                break;
+            }
+            assert!(
+                !process_gone(pid),
+                "ckpt serve exited before listening:\n{stderr}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "ckpt serve not listening after 30 s:\n{stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        wait_until(Duration::from_secs(30), "/healthz to answer 200", || {
+            server.try_get("/healthz").is_some_and(|r| r.status == 200)
+        });
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// What the server logged so far.
+    pub fn stderr(&self) -> String {
+        self.running
+            .as_ref()
+            .map(Running::stderr_so_far)
+            .unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        http(agent().get(&self.url(path)).call(), path)
+    }
+
+    fn try_get(&self, path: &str) -> Option<Resp> {
+        let mut res = agent().get(&self.url(path)).call().ok()?;
+        Some(Resp::read(&mut res))
+    }
+
+    /// `POST path` with an optional bearer token and JSON body.
+    pub fn post(&self, path: &str, token: Option<&str>, body: Option<&str>) -> Resp {
+        let mut req = agent().post(&self.url(path));
+        if let Some(token) = token {
+            req = req.header("Authorization", &format!("Bearer {token}"));
+        }
+        let result = match body {
+            Some(body) => req.header("Content-Type", "application/json").send(body),
+            None => req.send_empty(),
+        };
+        http(result, path)
+    }
+
+    /// SIGTERM, then the exit: a graceful stop exits 0 within seconds.
+    pub fn stop(mut self) -> Out {
+        let running = self.running.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+        }
+        let out = running.wait(Duration::from_secs(15));
+        out.success();
+        assert!(
+            out.stderr.contains("stopping"),
+            "no stop message:\n{}",
+            out.stderr
+        );
+        out
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.running.is_some() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The address in `listening on http://ADDR/`.
+fn listening_on(stderr: &str) -> Option<String> {
+    let rest = &stderr[stderr.find("listening on http://")? + "listening on http://".len()..];
+    Some(rest[..rest.find('/')?].to_string())
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub content_type: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+impl Resp {
+    fn read(res: &mut ureq::http::Response<ureq::Body>) -> Resp {
+        let headers = res
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect::<BTreeMap<_, _>>();
+        Resp {
+            status: res.status().as_u16(),
+            content_type: headers.get("content-type").cloned().unwrap_or_default(),
+            headers,
+            body: res.body_mut().read_to_string().expect("read the body"),
+        }
+    }
+
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// Asserts the status and, for JSON, returns the document.
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "status; body: {}", self.body);
+        if self.content_type.starts_with("application/json") {
+            self.json()
+        } else {
+            Value::Null
+        }
+    }
+
+    /// Asserts a JSON error with this status whose message contains `words`.
+    #[track_caller]
+    pub fn error(&self, status: u16, words: &str) {
+        let doc = self.expect(status);
+        let message = doc["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error in {doc}"));
+        assert!(
+            message.contains(words),
+            "{message:?} should contain {words:?}"
+        );
+    }
+}
+
+#[track_caller]
+fn http(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>, path: &str) -> Resp {
+    let mut res = result.unwrap_or_else(|e| panic!("request {path}: {e}"));
+    Resp::read(&mut res)
+}
+
+/// `name` as one path segment.
+pub fn encode(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+// ----- fixtures, written through the library into the sandbox store -----
+
+/// An item job: keys a..e; a and b completed, c and d dead (with `<b>` in
+/// an error, to show it stays text), e pending.
+pub fn items_job(sb: &Sandbox, job: &str) {
+    let ckpt = Ckpt::open(&sb.store_url()).expect("open the store");
+    let queue = ckpt
+        .queue_with(
+            job,
+            QueueOptions {
+                retry: RetryPolicy::interactive(0),
+                ..QueueOptions::default()
+            },
+        )
+        .unwrap();
+    queue
+        .enqueue(["a", "b", "c", "d", "e"].map(NewItem::key))
+        .unwrap();
+    let claimed = queue.claim(4).unwrap();
+    let keys: Vec<&str> = claimed.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["a", "b", "c", "d"]);
+    queue.complete(&claimed[0], None).unwrap();
+    queue.complete(&claimed[1], None).unwrap();
+    queue.fail(&claimed[2], "exit status 3").unwrap();
+    queue
+        .fail(&claimed[3], "<b>not bold</b> & timeout")
+        .unwrap();
+}
+
+/// A cursor job with three checkpoints (100, 200, 300) and a state, saved
+/// with `ckpt checkpoint set`.
+pub fn cursor_job(sb: &Sandbox, job: &str) {
+    for n in [100, 200, 300] {
+        sb.ckpt()
+            .args(["checkpoint", "set", job, &n.to_string()])
+            .args(["--items-processed", &n.to_string(), "--stage", "load"])
+            .args(["--state", r#"{"rows":1200}"#])
+            .run()
+            .success();
+    }
+}
+
+/// A running cursor job whose only checkpoint was saved 20 minutes ago.
+pub fn stale_job(sb: &Sandbox, job: &str) {
+    let past = Timestamp(ckpt::SystemClock.now().millis() - 20 * 60 * 1000);
+    let ckpt = Ckpt::open(&sb.store_url())
+        .unwrap()
+        .with_clock(Arc::new(ManualClock::new(past)));
+    ckpt.set_checkpoint(job, &Checkpoint::new(json!(7), 7))
+        .unwrap();
+}
+
+// ----- the API -----
+
+#[test]
+fn api_lists_jobs_and_shows_one_with_history_and_failures() {
+    let sb = Sandbox::new();
+    let items = "batch/2026 run";
+    items_job(&sb, items);
+    cursor_job(&sb, "export");
+    let server = Server::start(&sb, &[]);
+
+    let jobs = server.get("/api/jobs").expect(200);
+    let names: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["batch/2026 run", "export"], "ordered by name");
+    let job = &jobs[0];
+    assert_eq!(job["status"], "running");
+    assert_eq!(
+        job["items"],
+        json!({"pending": 1, "running": 0, "completed": 2, "failed": 0, "dead": 2})
+    );
+    assert_eq!(job["checkpoint_age_seconds"], Value::Null);
+    let export = &jobs[1];
+    assert_eq!(export["items_processed"], 300);
+    assert_eq!(export["stage"], "load");
+    assert_eq!(export["saves"], 3);
+    assert_eq!(export["history_len"], 3);
+    assert_eq!(export["state_bytes"], r#"{"rows":1200}"#.len());
+    let age = export["checkpoint_age_seconds"].as_f64().unwrap();
+    assert!((0.0..120.0).contains(&age), "age {age}");
+
+    // One job: the summary, the checkpoint, the history newest first.
+    let detail = server.get("/api/jobs/export").expect(200);
+    assert_eq!(detail["name"], "export");
+    assert_eq!(detail["saves"], 3);
+    assert_eq!(
+        detail["checkpoint"],
+        json!({"cursor": 300, "items_processed": 300, "stage": "load", "state": {"rows": 1200}})
+    );
+    let history = detail["history"].as_array().unwrap();
+    let seqs: Vec<u64> = history.iter().map(|h| h["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [3, 2, 1]);
+    let cursors: Vec<&Value> = history.iter().map(|h| &h["cursor"]).collect();
+    assert_eq!(cursors, [&json!(300), &json!(200), &json!(100)]);
+    assert_eq!(detail["dead_items"], json!([]));
+
+    // The item job, by its name with a space and a slash in it.
+    let path = format!("/api/jobs/{}", encode(items));
+    assert_eq!(path, "/api/jobs/batch%2F2026%20run");
+    let detail = server.get(&path).expect(200);
+    assert_eq!(detail["name"], items);
+    assert_eq!(detail["checkpoint"], Value::Null);
+    assert_eq!(detail["history"], json!([]));
+    let dead: Vec<(&str, &str)> = detail["dead_items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["key"].as_str().unwrap(),
+                i["last_error"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        dead,
+        [("c", "exit status 3"), ("d", "<b>not bold</b> & timeout")]
+    );
+    assert_eq!(detail["failed_items"], json!([]));
+
+    // Items by status, with a limit.
+    let keys = |doc: &Value| -> Vec<String> {
+        doc.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let dead = server.get(&format!("{path}/items?status=dead")).expect(200);
+    assert_eq!(keys(&dead), ["c", "d"]);
+    assert!(dead
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["status"] == "dead" && i["attempts"] == 1));
+    let done = server
+        .get(&format!("{path}/items?status=completed"))
+        .expect(200);
+    assert_eq!(keys(&done), ["a", "b"]);
+    let first = server
+        .get(&format!("{path}/items?status=completed&limit=1"))
+        .expect(200);
+    assert_eq!(keys(&first), ["a"]);
+    let all = server.get(&format!("{path}/items")).expect(200);
+    assert_eq!(keys(&all), ["a", "b", "c", "d", "e"]);
+    let pending = server
+        .get(&format!("{path}/items?status=pending"))
+        .expect(200);
+    assert_eq!(keys(&pending), ["e"]);
+
+    // Refusals.
+    server
+        .get(&format!("{path}/items?status=zombie"))
+        .error(400, "unknown status \"zombie\"");
+    server
+        .get(&format!("{path}/items?limit=0"))
+        .error(400, "limit");
+    server
+        .get(&format!("{path}/items?limit=many"))
+        .error(400, "limit");
+    server
+        .get("/api/jobs/nope")
+        .error(404, "no job named 'nope'");
+    server
+        .get("/api/jobs/nope/items?status=dead")
+        .error(404, "no job named 'nope'");
+    server.get("/api/jobs/%20padded").error(400, "whitespace");
+    server.get("/api/nothing").error(404, "no such endpoint");
+    let info = server.get("/api/info").expect(200);
+    assert_eq!(info["store"], sb.store_url());
+    assert_eq!(info["mutations"], false);
+    server.stop();
+}
+
+#[test]
+fn retry_needs_a_configured_token_and_the_right_one() {
+    let sb = Sandbox::new();
+    items_job(&sb, "J");
+
+    // No token configured: mutations are disabled, whatever is sent.
+    let server = Server::start(&sb, &[]);
+    for token in [None, Some("anything")] {
+        server
+            .post("/api/jobs/J/retry", token, None)
+            .error(403, "start ckpt serve with --token");
+    }
+    server.stop();
+    assert_eq!(
+        item_counts(&sb.status("J")),
+        (1, 0, 2, 0, 2),
+        "nothing moved"
+    );
+
+    // A token from CKPT_TOKEN.
+    let server = Server::start_with(&sb, &sb.store_url(), &[], &[("CKPT_TOKEN", "s3cret")]);
+    assert_eq!(server.get("/api/info").expect(200)["mutations"], true);
+    let missing = server.post("/api/jobs/J/retry", None, None);
+    missing.error(401, "Authorization: Bearer");
+    assert_eq!(
+        missing.headers["www-authenticate"],
+        r#"Bearer realm="ckpt""#
+    );
+    server
+        .post("/api/jobs/J/retry", Some("s3cre"), None)
+        .error(403, "wrong token");
+    server
+        .post("/api/jobs/J/retry", Some("s3cret2"), None)
+        .error(403, "wrong token");
+    let basic = agent()
+        .post(&server.url("/api/jobs/J/retry"))
+        .header("Authorization", "Basic czNjcmV0")
+        .send_empty();
+    http(basic, "basic").error(401, "Bearer");
+    assert_eq!(
+        item_counts(&sb.status("J")),
+        (1, 0, 2, 0, 2),
+        "nothing moved"
+    );
+
+    // With the token: bad requests are refused before anything moves.
+    let token = Some("s3cret");
+    server
+        .post(
+            "/api/jobs/J/retry",
+            token,
+            Some(r#"{"status":"completed"}"#),
+        )
+        .error(400, "only dead or failed");
+    server
+        .post("/api/jobs/J/retry", token, Some(r#"{"keyz":["c"]}"#))
+        .error(400, "unknown field");
+    server
+        .post("/api/jobs/J/retry", token, Some("not json"))
+        .error(400, "not a retry request");
+    server
+        .post("/api/jobs/J/retry", token, Some(r#"{"keys":[]}"#))
+        .error(400, "keys is empty");
+    server
+        .post("/api/jobs/nope/retry", token, None)
+        .error(404, "no job named 'nope'");
+    assert_eq!(
+        item_counts(&sb.status("J")),
+        (1, 0, 2, 0, 2),
+        "nothing moved"
+    );
+
+    // One key, then the rest (no body: every dead item).
+    let moved = server
+        .post(
+            "/api/jobs/J/retry",
+            token,
+            Some(r#"{"status":"dead","keys":["d"]}"#),
+        )
+        .expect(200);
+    assert_eq!(moved, json!({"moved": 1}));
+    assert_eq!(item_counts(&sb.status("J")), (2, 0, 2, 0, 1));
+    let moved = server.post("/api/jobs/J/retry", token, None).expect(200);
+    assert_eq!(moved, json!({"moved": 1}));
+    let status = sb.status("J");
+    assert_eq!(item_counts(&status), (3, 0, 2, 0, 0));
+    let moved = server.post("/api/jobs/J/retry", token, None).expect(200);
+    assert_eq!(moved, json!({"moved": 0}), "nothing left to move");
+
+    // Failed items (awaiting a retry an hour away) move with "failed".
+    let ckpt = Ckpt::open(&sb.store_url()).unwrap();
+    let queue = ckpt
+        .queue_with(
+            "J",
+            QueueOptions {
+                retry: RetryPolicy {
+                    base_delay: Duration::from_secs(3600),
+                    max_delay: Duration::from_secs(3600),
+                    ..RetryPolicy::interactive(5)
+                },
+                ..QueueOptions::default()
+            },
+        )
+        .unwrap();
+    let claimed = queue.claim(1).unwrap();
+    queue.fail(&claimed[0], "flaky").unwrap();
+    assert_eq!(item_counts(&sb.status("J")), (2, 0, 2, 1, 0));
+    let detail = server.get("/api/jobs/J").expect(200);
+    assert_eq!(detail["failed_items"][0]["key"], claimed[0].key.as_str());
+    assert_eq!(detail["failed_items"][0]["last_error"], "flaky");
+    let moved = server
+        .post("/api/jobs/J/retry", token, Some(r#"{"status":"failed"}"#))
+        .expect(200);
+    assert_eq!(moved, json!({"moved": 1}));
+    assert_eq!(item_counts(&sb.status("J")), (3, 0, 2, 0, 0));
+
+    let out = server.stop();
+    assert!(
+        out.stderr.contains("wrong token"),
+        "refusals are logged:\n{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("s3cret"), "the token is never logged");
+}
+
+#[test]
+fn retry_with_a_token_given_as_an_option() {
+    let sb = Sandbox::new();
+    items_job(&sb, "J");
+    let server = Server::start(&sb, &["--token", "opt-token"]);
+    server
+        .post("/api/jobs/J/retry", Some("s3cret"), None)
+        .error(403, "wrong token");
+    let moved = server
+        .post("/api/jobs/J/retry", Some("opt-token"), None)
+        .expect(200);
+    assert_eq!(moved, json!({"moved": 2}));
+    assert_eq!(item_counts(&sb.status("J")), (3, 0, 2, 0, 0));
+    server.stop();
+}
+
+// ----- PostgreSQL, and health -----
+
+/// A fresh schema on the test server, dropped when this guard goes; `None`
+/// (with the reason printed) when no server is reachable, unless
+/// `CKPT_REQUIRE_SERVICES=1`.
+struct PgSchema {
+    base: String,
+    schema: String,
+}
+
+impl PgSchema {
+    fn new(tag: &str) -> Option<PgSchema> {
+        let base = std::env::var("CKPT_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        if let Err(e) = postgres::Client::connect(&base, postgres::NoTls) {
+            assert!(
+                std::env::var("CKPT_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "CKPT_REQUIRE_SERVICES=1 but PostgreSQL is not reachable: {e}"
+            );
+            eprintln!("skipped: PostgreSQL is not reachable ({e})");
+            return None;
+        }
+        let schema = format!("ckpt_serve_{tag}_{}", std::process::id());
+        Some(PgSchema { base, schema })
+    }
+
+    fn url(&self) -> String {
+        let sep = if self.base.contains('?') { '&' } else { '?' };
+        format!("{}{sep}schema={}", self.base, self.schema)
+    }
+
+    fn drop_schema(&self) {
+        let mut client = postgres::Client::connect(&self.base, postgres::NoTls).unwrap();
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .unwrap();
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(&self.base, postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
+        }
+    }
+}
+
+/// PostgreSQL's store runs a runtime of its own: every call from the
+/// server goes through the blocking pool. When the store stops answering
+/// (its schema dropped under it), `/healthz` says so in one line, the API
+/// answers 5xx and `/metrics` has `ckpt_store_up 0` and no job series.
+#[test]
+fn serve_on_postgres_then_healthz_503_when_the_store_fails() {
+    let Some(pg) = PgSchema::new("health") else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let store = pg.url();
+    let file = sb.write_items("items.txt", &["good".into(), "bad".into()]);
+    let out = sb
+        .ckpt_bare()
+        .args([
+            "--store",
+            &store,
+            "run",
+            "--job",
+            "J",
+            "--retries",
+            "0",
+            "--items",
+        ])
+        .arg(&file)
+        .args(["--", "sh", "-c", r#"[ "$0" = good ]"#])
+        .run();
+    out.code(1);
+    sb.ckpt_bare()
+        .args(["--store", &store, "checkpoint", "set", "export", "42"])
+        .run()
+        .success();
+    let server = Server::start_with(&sb, &store, &["--token", "t"], &[]);
+
+    let ok = server.get("/healthz");
+    assert_eq!((ok.status, ok.body.as_str()), (200, "ok\n"));
+    assert!(ok.content_type.starts_with("text/plain"));
+    let jobs = server.get("/api/jobs").expect(200);
+    assert_eq!(jobs[0]["name"], "J");
+    assert_eq!(jobs[0]["items"]["dead"], 1);
+    assert_eq!(jobs[1]["name"], "export");
+    assert_eq!(jobs[1]["saves"], 1);
+    let detail = server.get("/api/jobs/J").expect(200);
+    assert_eq!(detail["dead_items"][0]["key"], "bad");
+    assert_eq!(detail["dead_items"][0]["last_error"], "exit status 1");
+    let body = server.get("/metrics").body;
+    promtool_check_metrics(&body);
+    let m = parse(&body);
+    assert_eq!(
+        value(&m, "ckpt_items", &[("job", "J"), ("status", "dead")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&m, "ckpt_checkpoints_total", &[("job", "export")]),
+        Some(1.0)
+    );
+    let moved = server
+        .post("/api/jobs/J/retry", Some("t"), None)
+        .expect(200);
+    assert_eq!(moved, json!({"moved": 1}));
+    let out = sb
+        .ckpt_bare()
+        .args(["--store", &store, "status", "J", "--json"])
+        .run();
+    out.success();
+    assert_eq!(item_counts(&out.json()), (1, 0, 1, 0, 0));
+
+    pg.drop_schema();
+    let down = server.get("/healthz");
+    assert_eq!(down.status, 503, "{}", down.body);
+    assert_eq!(down.body.lines().count(), 1, "one line: {:?}", down.body);
+    assert!(down.body.len() > 10, "a reason: {:?}", down.body);
+    let res = server.get("/api/jobs");
+    assert!(res.status >= 500, "{} {}", res.status, res.body);
+    assert!(res.json()["error"].is_string());
+    let body = server.get("/metrics").body;
+    promtool_check_metrics(&body);
+    let m = parse(&body);
+    assert_eq!(value(&m, "ckpt_store_up", &[]), Some(0.0));
+    assert!(
+        m.iter().all(|s| !s.labels.contains_key("job")),
+        "no job series while the store fails: {m:?}"
+    );
+    let out = server.stop();
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
+// ----- metrics -----
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// The samples of an exposition (comments skipped; label values unescaped).
+fn parse(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a sample line");
+        let value: f64 = value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), BTreeMap::new()),
+            Some((name, rest)) => (
+                name.to_string(),
+                parse_labels(rest.strip_suffix('}').unwrap()),
+            ),
+        };
+        samples.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut chars = text.chars().peekable();
+    while chars.peek().is_some() {
+        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+        assert_eq!(chars.next(), Some('"'), "label {key} in {text}");
+        let mut value = String::new();
+        loop {
+            match chars.next().expect("a closed label value") {
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(c) => value.push(c),
+                    None => panic!("dangling escape in {text}"),
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.insert(key, value);
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    labels
+}
+
+/// The value of the series with exactly these labels.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let found: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.name == name && s.labels == want)
+        .map(|s| s.value)
+        .collect();
+    assert!(found.len() <= 1, "{name} {labels:?} appears twice");
+    found.first().copied()
+}
+
+/// `promtool`, when installed; without it the check is skipped (and fails
+/// with CKPT_REQUIRE_SERVICES=1).
+fn promtool() -> Option<std::path::PathBuf> {
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("promtool"))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CKPT_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "promtool is not on PATH and CKPT_REQUIRE_SERVICES=1 (apt-get install prometheus)"
+        );
+        eprintln!(
+            "skipping the promtool check: promtool is not on PATH (apt-get install prometheus)"
+        );
+    }
+    found
+}
+
+/// `promtool check metrics` on `text`: must pass without a lint.
+fn promtool_check_metrics(text: &str) {
+    let Some(promtool) = promtool() else { return };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics failed ({}):\n{}{}\n--- exposition\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn metrics_show_every_job_from_the_store_and_drop_pruned_ones() {
+    let sb = Sandbox::new();
+    let items = r#"items "quoted" job"#;
+    items_job(&sb, items);
+    cursor_job(&sb, "export");
+    stale_job(&sb, "stale");
+    let ckpt = Ckpt::open(&sb.store_url()).unwrap();
+    ckpt.job("gone").unwrap().complete().unwrap();
+    let server = Server::start(&sb, &[]);
+
+    let res = server.get("/metrics");
+    assert_eq!(res.status, 200);
+    assert_eq!(res.content_type, "text/plain; version=0.0.4; charset=utf-8");
+    promtool_check_metrics(&res.body);
+    for family in [
+        "# TYPE ckpt_checkpoints_total counter",
+        "# TYPE ckpt_items gauge",
+        "# TYPE ckpt_checkpoint_age_seconds gauge",
+        "# TYPE ckpt_checkpoint_history_size gauge",
+        "# TYPE ckpt_checkpoint_state_bytes gauge",
+        "# TYPE ckpt_job_running gauge",
+        "# TYPE ckpt_store_up gauge",
+        "# HELP ckpt_checkpoints_total ",
+    ] {
+        assert!(res.body.contains(family), "no {family:?} in\n{}", res.body);
+    }
+    let m = parse(&res.body);
+    fn job(name: &str) -> [(&'static str, &str); 1] {
+        [("job", name)]
+    }
+    assert_eq!(value(&m, "ckpt_store_up", &[]), Some(1.0));
+
+    // The item job, its name escaped and read back intact.
+    for (status, n) in [
+        ("pending", 1.0),
+        ("running", 0.0),
+        ("completed", 2.0),
+        ("failed", 0.0),
+        ("dead", 2.0),
+    ] {
+        assert_eq!(
+            value(&m, "ckpt_items", &[("job", items), ("status", status)]),
+            Some(n),
+            "{status}"
+        );
+    }
+    assert_eq!(value(&m, "ckpt_job_running", &job(items)), Some(1.0));
+    assert_eq!(value(&m, "ckpt_checkpoints_total", &job(items)), Some(0.0));
+    assert_eq!(
+        value(&m, "ckpt_checkpoint_age_seconds", &job(items)),
+        None,
+        "no checkpoint, no age"
+    );
+
+    // The cursor job.
+    let status = sb.status("export");
+    assert_eq!(
+        value(&m, "ckpt_checkpoints_total", &job("export")),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(&m, "ckpt_checkpoint_history_size", &job("export")),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(&m, "ckpt_checkpoint_state_bytes", &job("export")),
+        Some(13.0)
+    );
+    assert_eq!(status["checkpoint"]["state_bytes"], 13);
+    assert_eq!(
+        value(&m, "ckpt_checkpoint_items_processed", &job("export")),
+        Some(300.0)
+    );
+    let age = value(&m, "ckpt_checkpoint_age_seconds", &job("export")).unwrap();
+    assert!((0.0..120.0).contains(&age), "age {age}");
+    for status in ["pending", "running", "completed", "failed", "dead"] {
+        assert_eq!(
+            value(&m, "ckpt_items", &[("job", "export"), ("status", status)]),
+            Some(0.0)
+        );
+    }
+
+    // The stale job: running, its checkpoint 20 minutes old.
+    assert_eq!(value(&m, "ckpt_job_running", &job("stale")), Some(1.0));
+    let age = value(&m, "ckpt_checkpoint_age_seconds", &job("stale")).unwrap();
+    assert!((1200.0..1500.0).contains(&age), "age {age}");
+
+    // The completed job, then pruned: its series go with it.
+    assert_eq!(value(&m, "ckpt_job_running", &job("gone")), Some(0.0));
+    assert!(ckpt
+        .store()
+        .delete_job("gone", ckpt.now().plus(Duration::from_secs(1)))
+        .unwrap());
+    let res = server.get("/metrics");
+    promtool_check_metrics(&res.body);
+    let m = parse(&res.body);
+    let stale: Vec<&Sample> = m
+        .iter()
+        .filter(|s| s.labels.get("job").map(String::as_str) == Some("gone"))
+        .collect();
+    assert!(stale.is_empty(), "series of a pruned job: {stale:?}");
+    assert_eq!(value(&m, "ckpt_job_running", &job("export")), Some(1.0));
+    server.stop();
+}
+
+#[test]
+fn metrics_of_an_empty_store_are_valid() {
+    let sb = Sandbox::new();
+    Ckpt::open(&sb.store_url()).unwrap();
+    let server = Server::start(&sb, &[]);
+    let res = server.get("/metrics");
+    promtool_check_metrics(&res.body);
+    let m = parse(&res.body);
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!(value(&m, "ckpt_store_up", &[]), Some(1.0));
+    assert_eq!(server.get("/api/jobs").expect(200), json!([]));
+    server.stop();
+}
+
+// ----- the dashboard's files -----
+
+#[test]
+fn dashboard_is_served_from_the_binary_with_a_strict_policy() {
+    let sb = Sandbox::new();
+    cursor_job(&sb, "export");
+    let server = Server::start(&sb, &[]);
+    let page = server.get("/");
+    assert_eq!(page.status, 200);
+    assert_eq!(page.content_type, "text/html; charset=utf-8");
+    assert!(page
+        .body
+        .contains(r#"<script src="/assets/app.js" defer></script>"#));
+    let csp = &page.headers["content-security-policy"];
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    assert!(
+        !page.body.contains("http://") && !page.body.contains("https://"),
+        "no CDN"
+    );
+    let js = server.get("/assets/app.js");
+    assert_eq!(js.status, 200);
+    assert!(js.content_type.starts_with("text/javascript"));
+    assert!(!js.body.contains("innerHTML"), "data goes in as text only");
+    let css = server.get("/assets/style.css");
+    assert_eq!(css.status, 200);
+    assert!(css.content_type.starts_with("text/css"));
+    assert_eq!(server.get("/assets/secret.txt").status, 404);
+    assert_eq!(server.get("/nothing/here").status, 404);
+    server.stop();
+}
+
+// ----- failures at start -----
+
+#[test]
+fn serve_start_failures_are_one_line_with_their_exit_code() {
+    let sb = Sandbox::new();
+    // No store file: read commands never create one.
+    let out = sb.ckpt().args(["serve", "--listen", "127.0.0.1:0"]).run();
+    assert!(out.error(3).contains("no ckpt store"), "{}", out.stderr);
+    assert!(!sb.db().exists());
+
+    cursor_job(&sb, "export");
+    // The port is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = sb.ckpt().args(["serve", "--listen", &addr]).run();
+    let line = out.error(2);
+    assert!(
+        line.contains(&format!("cannot listen on {addr}")) && line.contains("in use"),
+        "{line}"
+    );
+    let out = sb
+        .ckpt()
+        .args(["serve", "--listen", "not-an-address"])
+        .run();
+    assert!(out.error(2).contains("cannot listen on not-an-address"));
+
+    // An empty token is a mistake, not "no token".
+    let out = sb.ckpt().args(["serve"]).env("CKPT_TOKEN", "").run();
+    assert!(out.error(2).contains("token is empty"));
+
+    // A password in the store URL is never shown.
+    let out = sb
+        .ckpt_bare()
+        .args(["--store", "postgres://ckpt:hunter2@127.0.0.1:1/db", "serve"])
+        .run();
+    let line = out.error(4);
+    assert!(
+        !line.contains("hunter2") && line.contains("ckpt:***@"),
+        "{line}"
+    );
+}
+
+// ----- `ckpt run --metrics-listen` -----
+
+#[test]
+fn run_serves_its_metrics_while_it_runs() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &["one".into(), "two".into()]);
+    // "two" waits for the file `go`.
+    let script = r#"[ "$0" = one ] || while [ ! -e go ]; do sleep 0.02; done"#;
+    let run = sb
+        .ckpt()
+        .args([
+            "run",
+            "--job",
+            "J",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--items",
+        ])
+        .arg(&file)
+        .args(["--", "sh", "-c", script])
+        .start();
+    let mut addr = None;
+    wait_until(Duration::from_secs(30), "the metrics address", || {
+        let stderr = run.stderr_so_far();
+        addr = stderr
+            .find("metrics on http://")
+            .map(|i| &stderr[i + "metrics on http://".len()..])
+            .and_then(|rest| rest.split('/').next())
+            .map(str::to_string);
+        addr.is_some()
+    });
+    let url = format!("http://{}/metrics", addr.unwrap());
+    let completed = [("job", "J"), ("outcome", "completed")];
+    let mut res = None;
+    wait_until(Duration::from_secs(30), "item one's duration", || {
+        let r = http(agent().get(&url).call(), "/metrics");
+        let done = value(
+            &parse(&r.body),
+            "ckpt_item_duration_seconds_count",
+            &completed,
+        );
+        res = Some(r);
+        done == Some(1.0)
+    });
+    let res = res.unwrap();
+    assert_eq!(res.status, 200);
+    assert_eq!(res.content_type, "text/plain; version=0.0.4; charset=utf-8");
+    promtool_check_metrics(&res.body);
+    let m = parse(&res.body);
+    // Both items were claimed at once; "two" is still running.
+    assert_eq!(
+        value(&m, "ckpt_item_attempts_total", &[("job", "J")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&m, "ckpt_item_lead_time_seconds_count", &[("job", "J")]),
+        Some(1.0)
+    );
+    assert!(
+        res.body
+            .contains("# TYPE ckpt_item_duration_seconds histogram")
+            && res.body.contains(
+                r#"ckpt_item_duration_seconds_bucket{job="J",outcome="completed",le="+Inf"} 1"#
+            ),
+        "item durations are a histogram with buckets:\n{}",
+        res.body
+    );
+    assert!(
+        !res.body.contains("ckpt_store_up"),
+        "a run serves its own metrics, not the store's"
+    );
+    sb.write("go", "");
+    run.wait(Duration::from_secs(60)).success();
+    assert_eq!(item_counts(&sb.status("J")), (0, 0, 2, 0, 0));
+}
+
+#[test]
+fn run_with_a_taken_metrics_port_fails_before_touching_the_store() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &["one".into()]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "J", "--metrics-listen", &addr, "--items"])
+        .arg(&file)
+        .args(["--", "true"])
+        .run();
+    assert!(out.error(2).contains(&format!("cannot listen on {addr}")));
+    assert!(!sb.db().exists(), "no store was created");
+}

@@ -1,0 +1,243 @@
+//! Graceful shutdown of `ckpt run`: SIGTERM and SIGINT stop claiming, let
+//! the running commands finish within `--grace`, give back everything not
+//! finished (pending again, no attempt counted) and exit 143 or 130, with
+//! nothing left running in the store. A rerun completes the rest.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::util::{assert_each_once, item_counts, items, process_gone, wait_until, Sandbox};
+
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
+
+/// Each item records "PID ITEM" in `started`. Items named `quick…` then
+/// finish at once; the others wait for the file `go`. A finished item logs
+/// "ITEM ATTEMPT".
+const SCRIPT: &str = r#"echo "$$ $0" >> started
+case "$0" in
+  quick*) ;;
+  *) while [ ! -e go ]; do sleep 0.01; done ;;
+esac
+echo "$0 $CKPT_ATTEMPT" >> log"#;
+
+fn run_command(sb: &Sandbox, file: &PathBuf, extra: &[&str]) -> crate::util::Ckpt {
+    sb.ckpt()
+        .args(["run", "--job", "J", "--items"])
+        .arg(file)
+        .args(["-j", "2"])
+        .args(extra)
+        .args(["--", "sh", "-c", SCRIPT])
+}
+
+/// `(item, attempt)` of the `log` lines.
+fn logged(sb: &Sandbox) -> Vec<(String, u32)> {
+    sb.lines("log")
+        .iter()
+        .map(|l| {
+            let (item, attempt) = l.split_once(' ').expect("ITEM ATTEMPT");
+            (item.to_string(), attempt.parse().expect("an attempt"))
+        })
+        .collect()
+}
+
+/// `(pid, item)` of the `started` lines.
+fn started(sb: &Sandbox) -> Vec<(u32, String)> {
+    sb.lines("started")
+        .iter()
+        .map(|l| {
+            let (pid, item) = l.split_once(' ').expect("PID ITEM");
+            (pid.parse().expect("a pid"), item.to_string())
+        })
+        .collect()
+}
+
+/// `(key, status, attempts)` of every item, read from the store file.
+fn stored_items(sb: &Sandbox) -> Vec<(String, String, u32)> {
+    let conn =
+        rusqlite::Connection::open_with_flags(sb.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the store");
+    let mut stmt = conn
+        .prepare("SELECT key, status, attempts FROM items ORDER BY id")
+        .expect("select items");
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query items");
+    rows.map(|r| r.expect("an item")).collect()
+}
+
+/// Asserts that every pending item has no attempt counted.
+#[track_caller]
+fn assert_pending_uncharged(sb: &Sandbox) {
+    for (key, status, attempts) in stored_items(sb) {
+        if status == "pending" {
+            assert_eq!(attempts, 0, "{key} was given back without an attempt");
+        }
+    }
+}
+
+/// Waits until ckpt reports the signal (from then on it starts nothing).
+fn wait_for_shutdown(run: &crate::util::Running) {
+    wait_until(Duration::from_secs(20), "ckpt to report the signal", || {
+        run.stderr_so_far().contains("starting no new item")
+    });
+}
+
+#[test]
+fn sigterm_lets_running_commands_finish_and_gives_back_the_rest() {
+    let sb = Sandbox::new();
+    let mut all = items("quick", 4);
+    all.extend(items("slow", 16));
+    let file = sb.write_items("items.txt", &all);
+
+    let run = run_command(&sb, &file, &[]).start();
+    wait_until(
+        Duration::from_secs(30),
+        "4 quick items and 2 slow ones",
+        || sb.lines("log").len() == 4 && sb.lines("started").len() == 6,
+    );
+    run.signal(SIGTERM); // ckpt alone: its commands go on
+    wait_for_shutdown(&run);
+    sb.write("go", ""); // the two running commands may finish now
+    let out = run.wait(Duration::from_secs(60));
+    out.code(143);
+    assert!(
+        out.stderr.contains("stopped by SIGTERM"),
+        "a summary says why it stopped:\n{}",
+        out.stderr
+    );
+
+    // The commands that were running finished and count as completed;
+    // nothing was started after the signal.
+    let log = logged(&sb);
+    assert_eq!(log.len(), 6, "{log:?}");
+    let running_then: Vec<String> = started(&sb)
+        .into_iter()
+        .map(|(_, item)| item)
+        .filter(|item| item.starts_with("slow"))
+        .collect();
+    assert_eq!(running_then.len(), 2);
+    for item in &running_then {
+        assert!(log.contains(&(item.clone(), 1)), "{item} finished: {log:?}");
+    }
+    assert_eq!(
+        sb.lines("started").len(),
+        6,
+        "nothing started after SIGTERM"
+    );
+    let status = sb.status("J");
+    assert_eq!(item_counts(&status), (14, 0, 6, 0, 0), "{status}");
+    assert_pending_uncharged(&sb);
+
+    // The rerun completes the rest and runs no finished item again.
+    run_command(&sb, &file, &[]).run().success();
+    let log = logged(&sb);
+    let names: Vec<String> = log.iter().map(|(i, _)| i.clone()).collect();
+    assert_each_once(&names, &all);
+    assert!(
+        log.iter().all(|(_, a)| *a == 1),
+        "first attempts only: {log:?}"
+    );
+    assert_eq!(item_counts(&sb.status("J")), (0, 0, 20, 0, 0));
+}
+
+#[test]
+fn commands_still_running_after_the_grace_period_are_killed_and_their_items_given_back() {
+    let sb = Sandbox::new();
+    let mut all = items("quick", 2);
+    all.extend(items("slow", 4));
+    let file = sb.write_items("items.txt", &all);
+
+    let run = run_command(&sb, &file, &["--grace", "1s"]).start();
+    wait_until(
+        Duration::from_secs(30),
+        "2 quick items and 2 slow ones",
+        || sb.lines("log").len() == 2 && sb.lines("started").len() == 4,
+    );
+    run.signal(SIGTERM);
+    let out = run.wait(Duration::from_secs(60));
+    out.code(143);
+    assert!(out.stderr.contains("grace period over"), "{}", out.stderr);
+    assert!(!out.stderr.contains("item failed"), "{}", out.stderr);
+
+    let killed: Vec<(u32, String)> = started(&sb)
+        .into_iter()
+        .filter(|(_, item)| item.starts_with("slow"))
+        .collect();
+    assert_eq!(killed.len(), 2, "{killed:?}");
+    for (pid, item) in &killed {
+        assert!(process_gone(*pid), "the command of {item} was killed");
+    }
+    let status = sb.status("J");
+    assert_eq!(item_counts(&status), (4, 0, 2, 0, 0), "{status}");
+    assert_pending_uncharged(&sb);
+
+    // The rerun runs the killed items again, as their first attempt.
+    sb.write("go", "");
+    run_command(&sb, &file, &[]).run().success();
+    let log = logged(&sb);
+    let names: Vec<String> = log.iter().map(|(i, _)| i.clone()).collect();
+    assert_each_once(&names, &all);
+    for (_, item) in &killed {
+        assert!(
+            log.contains(&(item.clone(), 1)),
+            "{item} rerun as attempt 1: {log:?}"
+        );
+    }
+    assert_eq!(item_counts(&sb.status("J")), (0, 0, 6, 0, 0));
+}
+
+#[test]
+fn a_second_signal_kills_the_commands_at_once() {
+    let sb = Sandbox::new();
+    let all = items("slow", 5);
+    let file = sb.write_items("items.txt", &all);
+
+    // A grace period longer than the test's patience.
+    let run = run_command(&sb, &file, &["--grace", "1h"]).start();
+    wait_until(Duration::from_secs(30), "2 items to start", || {
+        sb.lines("started").len() == 2
+    });
+    run.signal(SIGTERM);
+    wait_for_shutdown(&run);
+    run.signal(SIGTERM);
+    let out = run.wait(Duration::from_secs(60));
+    out.code(143);
+    assert!(out.stderr.contains("second signal"), "{}", out.stderr);
+    for (pid, item) in started(&sb) {
+        assert!(process_gone(pid), "the command of {item} was killed");
+    }
+    assert_eq!(item_counts(&sb.status("J")), (5, 0, 0, 0, 0));
+    assert_pending_uncharged(&sb);
+    assert!(sb.lines("log").is_empty());
+}
+
+#[test]
+fn ctrl_c_stops_commands_and_ckpt_together_and_exits_130() {
+    let sb = Sandbox::new();
+    let all = items("slow", 5);
+    let file = sb.write_items("items.txt", &all);
+
+    // As at a terminal: ckpt and its commands in one foreground group.
+    let run = run_command(&sb, &file, &[]).own_process_group().start();
+    wait_until(Duration::from_secs(30), "2 items to start", || {
+        sb.lines("started").len() == 2
+    });
+    run.signal_group(SIGINT);
+    let out = run.wait(Duration::from_secs(60));
+    out.code(130);
+    assert!(out.stderr.contains("stopped by SIGINT"), "{}", out.stderr);
+    // Interrupted, not failed: no attempt is charged.
+    assert!(!out.stderr.contains("item failed"), "{}", out.stderr);
+    assert_eq!(item_counts(&sb.status("J")), (5, 0, 0, 0, 0));
+    assert_pending_uncharged(&sb);
+
+    sb.write("go", "");
+    run_command(&sb, &file, &[]).run().success();
+    let log = logged(&sb);
+    assert!(
+        log.iter().all(|(_, a)| *a == 1),
+        "first attempts only: {log:?}"
+    );
+    assert_eq!(log.len(), 5);
+}

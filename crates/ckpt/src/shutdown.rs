@@ -1,0 +1,329 @@
+//! Graceful shutdown: a [`StopSignal`] that tells a [`Runner`](crate::Runner)
+//! to stop, and [`Signals`], which turns SIGTERM and SIGINT into a stop
+//! request instead of an abrupt death.
+//!
+//! A process that is told to stop (a Kubernetes eviction, a deploy,
+//! `systemctl stop`, Ctrl-C) gets SIGTERM or SIGINT, and usually some
+//! seconds before a SIGKILL. Used well, those seconds save the progress made
+//! since the last checkpoint:
+//!
+//! ```no_run
+//! use ckpt::shutdown::Signals;
+//! use ckpt::{CheckpointPolicy, Ckpt, JobOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let stop = Signals::install()?; // SIGTERM and SIGINT now request a stop
+//! let ckpt = Ckpt::open("sqlite://ckpt.db")?;
+//! let mut job = ckpt.job_with("export", JobOptions::default())?;
+//! let mut next: u64 = job.resume_cursor()?.unwrap_or(0);
+//! while next < 1_000_000 {
+//!     if stop.is_requested() {
+//!         // Saves the latest checkpoint now, whatever the policy, and gives
+//!         // up the lease so that the next worker resumes at once. (`flush`
+//!         // alone saves and keeps the lease until it expires.)
+//!         job.release()?;
+//!         std::process::exit(stop.exit_code().unwrap_or(1));
+//!     }
+//!     next += 1; // ... process record `next` ...
+//!     job.save(&next, next)?; // persisted when the policy says so
+//! }
+//! job.complete()?;
+//! # Ok(()) }
+//! ```
+//!
+//! For the claim pattern, hand [`Signals::stop_signal`] to
+//! [`Runner::with_stop`](crate::Runner::with_stop): the runner then stops
+//! claiming, lets running items finish, gives the items it holds back
+//! unfinished and returns a report that says it stopped.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// Something to wake when a stop is requested (a running [`Runner`](crate::Runner)).
+pub(crate) trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
+#[derive(Default)]
+struct StopInner {
+    stopped: AtomicBool,
+    wakers: Mutex<Vec<Weak<dyn Wake>>>,
+}
+
+/// A cloneable "please stop" flag shared between whoever decides to stop (a
+/// signal handler thread, a UI, a test) and the [`Runner`](crate::Runner)s
+/// that watch it. Once stopped it stays stopped.
+///
+/// A runner that sees it stops claiming items, lets the items already
+/// running finish (their outcomes are recorded as usual), gives the items
+/// it claimed but had not started back unfinished (pending again, no attempt
+/// counted), commits all of that and returns a report with
+/// [`stopped`](crate::RunReport::stopped) set.
+#[derive(Clone, Default)]
+pub struct StopSignal {
+    inner: Arc<StopInner>,
+}
+
+impl StopSignal {
+    /// A signal not stopped yet.
+    pub fn new() -> StopSignal {
+        StopSignal::default()
+    }
+
+    /// Requests the stop, and wakes the runners watching this signal.
+    pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        let wakers: Vec<Arc<dyn Wake>> = self.wakers().iter().filter_map(Weak::upgrade).collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// True if and only if a stop was requested.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Registers `w` to be woken by [`stop`](StopSignal::stop), for as long
+    /// as it lives.
+    pub(crate) fn register(&self, w: Weak<dyn Wake>) {
+        let mut wakers = self.wakers();
+        wakers.retain(|w| w.strong_count() > 0);
+        wakers.push(w);
+    }
+
+    fn wakers(&self) -> std::sync::MutexGuard<'_, Vec<Weak<dyn Wake>>> {
+        self.inner.wakers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl fmt::Debug for StopSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StopSignal")
+            .field("stopped", &self.is_stopped())
+            .finish()
+    }
+}
+
+/// SIGTERM.
+pub const SIGTERM: i32 = signal_hook::consts::SIGTERM;
+/// SIGINT.
+pub const SIGINT: i32 = signal_hook::consts::SIGINT;
+
+#[derive(Default)]
+struct Received {
+    /// The first signal received.
+    first: Option<i32>,
+    /// How many were received in all.
+    count: usize,
+}
+
+struct State {
+    /// Set by the signal handler itself, so it is true as soon as the
+    /// signal is delivered, before the handling thread runs.
+    requested: Arc<AtomicBool>,
+    received: Mutex<Received>,
+    changed: Condvar,
+    stop: StopSignal,
+    exit_on_repeat: AtomicBool,
+}
+
+static STATE: OnceLock<State> = OnceLock::new();
+
+/// A handle on this process's SIGTERM and SIGINT, once
+/// [`install`](Signals::install)ed: instead of ending the process, the first
+/// of them requests a stop ([`is_requested`](Signals::is_requested) becomes
+/// true, and [`stop_signal`](Signals::stop_signal) is stopped).
+///
+/// A second signal ends the process at once, as if no handler were
+/// installed (the usual "press Ctrl-C twice"), unless
+/// [`exit_on_repeat(false)`](Signals::exit_on_repeat) says that the program
+/// handles repeats itself (see [`count`](Signals::count) and
+/// [`wait`](Signals::wait)).
+///
+/// The handlers stay installed for the life of the process: installing
+/// again returns a handle on the same state.
+#[derive(Clone, Copy)]
+pub struct Signals {
+    state: &'static State,
+}
+
+impl Signals {
+    /// Installs the handlers (once per process; later calls return a handle
+    /// on the same state). Fails only if the operating system refuses to
+    /// install a signal handler.
+    pub fn install() -> std::io::Result<Signals> {
+        static INSTALL: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = STATE.get() {
+            return Ok(Signals { state });
+        }
+        let requested = Arc::new(AtomicBool::new(false));
+        for sig in [SIGTERM, SIGINT] {
+            signal_hook::flag::register(sig, Arc::clone(&requested))?;
+        }
+        let mut iter = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+        let state = STATE.get_or_init(|| State {
+            requested,
+            received: Mutex::new(Received::default()),
+            changed: Condvar::new(),
+            stop: StopSignal::new(),
+            exit_on_repeat: AtomicBool::new(true),
+        });
+        std::thread::Builder::new()
+            .name("ckpt-signals".into())
+            .spawn(move || {
+                for sig in iter.forever() {
+                    handle(state, sig);
+                }
+            })?;
+        Ok(Signals { state })
+    }
+
+    /// True if and only if SIGTERM or SIGINT was received.
+    pub fn is_requested(&self) -> bool {
+        self.state.requested.load(Ordering::SeqCst)
+    }
+
+    /// The first signal received (`SIGTERM` or `SIGINT`), if any.
+    pub fn signal(&self) -> Option<i32> {
+        self.received().first
+    }
+
+    /// How many signals were received in all.
+    pub fn count(&self) -> usize {
+        self.received().count
+    }
+
+    /// The conventional exit status of a process stopped by the first
+    /// signal: 128 + its number (143 for SIGTERM, 130 for SIGINT).
+    pub fn exit_code(&self) -> Option<i32> {
+        self.signal().map(|s| 128 + s)
+    }
+
+    /// A [`StopSignal`] stopped by the first signal, for a
+    /// [`Runner`](crate::Runner).
+    pub fn stop_signal(&self) -> StopSignal {
+        self.state.stop.clone()
+    }
+
+    /// Whether a second signal ends the process at once (the default), or
+    /// is only counted.
+    pub fn exit_on_repeat(&self, yes: bool) -> &Self {
+        self.state.exit_on_repeat.store(yes, Ordering::SeqCst);
+        self
+    }
+
+    /// Blocks until at least `count` signals were received in all (true),
+    /// or `timeout` passed (false); `None` waits without limit.
+    pub fn wait(&self, count: usize, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut g = self.received();
+        while g.count < count {
+            match deadline {
+                None => {
+                    g = self
+                        .state
+                        .changed
+                        .wait(g)
+                        .unwrap_or_else(|e| e.into_inner())
+                }
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    g = self
+                        .state
+                        .changed
+                        .wait_timeout(g, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+        true
+    }
+
+    fn received(&self) -> std::sync::MutexGuard<'_, Received> {
+        self.state.received()
+    }
+}
+
+impl State {
+    fn received(&self) -> std::sync::MutexGuard<'_, Received> {
+        self.received.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl fmt::Debug for Signals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signals")
+            .field("signal", &self.signal())
+            .field("count", &self.count())
+            .finish()
+    }
+}
+
+/// Runs on the handling thread for each signal received.
+fn handle(state: &'static State, sig: i32) {
+    let first = state.received().first.is_none();
+    if first {
+        // Before the count moves: whoever sees a signal counted knows the
+        // stop signal is already stopped.
+        state.stop.stop();
+    }
+    {
+        let mut g = state.received();
+        g.first.get_or_insert(sig);
+        g.count += 1;
+    }
+    state.changed.notify_all();
+    if first {
+        tracing::debug!(event = "shutdown_requested", signal = %signal_name(sig));
+    } else if state.exit_on_repeat.load(Ordering::SeqCst) {
+        // What the signal would have done without a handler: end the process.
+        let _ = signal_hook::low_level::emulate_default_handler(sig);
+        std::process::exit(128 + sig);
+    }
+}
+
+/// "SIGTERM", "SIGINT" or the number.
+pub fn signal_name(sig: i32) -> String {
+    signal_hook::low_level::signal_name(sig)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("signal {sig}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Counter(Mutex<u32>);
+
+    impl Wake for Counter {
+        fn wake(&self) {
+            *self.0.lock().unwrap() += 1;
+        }
+    }
+
+    #[test]
+    fn stop_wakes_live_registrations_only() {
+        let stop = StopSignal::new();
+        let live = Arc::new(Counter(Mutex::new(0)));
+        let gone = Arc::new(Counter(Mutex::new(0)));
+        let live_dyn: Arc<dyn Wake> = live.clone();
+        let gone_dyn: Arc<dyn Wake> = gone.clone();
+        stop.register(Arc::downgrade(&live_dyn));
+        stop.register(Arc::downgrade(&gone_dyn));
+        drop(gone_dyn);
+        drop(gone);
+        let clone = stop.clone();
+        assert!(!clone.is_stopped());
+        stop.stop();
+        assert!(clone.is_stopped(), "clones share the flag");
+        assert_eq!(*live.0.lock().unwrap(), 1);
+    }
+}

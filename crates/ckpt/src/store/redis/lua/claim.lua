@@ -1,0 +1,67 @@
+-- ARGV: name, owner, max (> 0), lease_until, now. Returns {'ok'} or
+-- {'ok', job number, then per claimed item: seq, key, payload, cursor,
+-- attempts, claims, previous owner if taken over, enqueued_at}.
+local name, owner, max, until_, now = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local n = job_num(name)
+if not n then
+  return {'ok'}
+end
+local out = {'ok', n}
+local claimed = 0
+
+local function take(seq, rec)
+  local previous = false
+  if rec.status == 'running' then
+    previous = rec.owner or false
+  end
+  move(n, seq, rec.status, 'running', until_)
+  rec.status = 'running'
+  rec.owner = owner
+  rec.attempts = tostring(tonumber(rec.attempts) + 1)
+  rec.claims = tostring(tonumber(rec.claims) + 1)
+  rec.ready_at = until_
+  rec.started_at = now
+  put_item(n, seq, rec)
+  claimed = claimed + 1
+  local o = #out
+  out[o + 1] = seq
+  out[o + 2] = rec.key
+  out[o + 3] = rec.payload or false
+  out[o + 4] = rec.cursor or false
+  out[o + 5] = rec.attempts
+  out[o + 6] = rec.claims
+  out[o + 7] = previous
+  out[o + 8] = rec.enqueued_at
+end
+
+-- Pending items first (their ready time is 0), in enqueue order.
+for _, seq in ipairs(redis.call('ZRANGE', jk(n, 'pending'), 0, max - 1)) do
+  local rec = get_item(n, seq)
+  if rec then
+    take(seq, rec)
+  else
+    redis.call('ZREM', jk(n, 'pending'), seq)
+  end
+end
+
+-- Then items due for a retry, or with an expired lease of another owner,
+-- by ready time. An owner never re-claims its own running items.
+local due, skip = jk(n, 'due'), 0
+while claimed < max do
+  local seqs = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', skip, max - claimed)
+  if #seqs == 0 then
+    break
+  end
+  for _, seq in ipairs(seqs) do
+    local rec = get_item(n, seq)
+    if not rec then
+      redis.call('ZREM', due, seq)
+    elseif rec.status == 'running' and rec.owner == owner then
+      skip = skip + 1
+    else
+      take(seq, rec)
+    end
+  end
+end
+retention(n)
+return out

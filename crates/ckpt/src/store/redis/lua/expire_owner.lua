@@ -1,0 +1,19 @@
+-- ARGV: name, owner, now. Expires the leases of the owner's running items.
+-- Returns {'ok', how many}.
+local n, owner, now = job_num(ARGV[3]), ARGV[4], ARGV[5]
+if not n then
+  return {'ok', 0}
+end
+local count = 0
+for _, seq in ipairs(redis.call('ZRANGE', jk(n, 'running'), 0, -1)) do
+  local rec = get_item(n, seq)
+  if rec and rec.owner == owner then
+    count = count + 1
+    if not rec.ready_at or tonumber(rec.ready_at) > tonumber(now) then
+      rec.ready_at = now
+      put_item(n, seq, rec)
+      redis.call('ZADD', jk(n, 'due'), now, seq)
+    end
+  end
+end
+return {'ok', count}

@@ -1,0 +1,26 @@
+-- ARGV: name, status ('' for all), limit (> 0). Returns {'ok'} or
+-- {'ok', job number, then seq and record per item}, in enqueue order.
+local n, status, limit = job_num(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+if not n then
+  return {'ok'}
+end
+local seqs
+if status ~= '' then
+  seqs = redis.call('ZRANGE', jk(n, status), 0, limit - 1)
+else
+  seqs = {}
+  for _, s in ipairs(STATUSES) do
+    for _, seq in ipairs(redis.call('ZRANGE', jk(n, s), 0, limit - 1)) do
+      seqs[#seqs + 1] = tonumber(seq)
+    end
+  end
+  table.sort(seqs)
+end
+local out = {'ok', n}
+local items = jk(n, 'items')
+for i = 1, math.min(#seqs, limit) do
+  local seq = tostring(seqs[i])
+  out[#out + 1] = seq
+  out[#out + 1] = redis.call('HGET', items, seq)
+end
+return out

@@ -1,0 +1,16 @@
+-- ARGV[3]: '1' to create the store when missing. Returns the meta hash's
+-- type, application and schema version, as found after the call.
+local meta = P .. ':meta'
+local t = redis.call('TYPE', meta)
+if type(t) == 'table' then
+  t = t.ok
+end
+if t == 'none' and ARGV[3] == '1' then
+  redis.call('HSET', meta, 'application', 'ckpt', 'schema_version', ARGV[4])
+  t = 'hash'
+end
+if t ~= 'hash' then
+  return {t}
+end
+local f = redis.call('HMGET', meta, 'application', 'schema_version')
+return {t, f[1], f[2]}

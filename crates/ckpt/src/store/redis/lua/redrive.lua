@@ -1,0 +1,38 @@
+-- ARGV: name, from status, now, 'all' or 'keys', then the keys to redrive.
+-- Returns {'notfound'} or {'ok', how many moved}.
+local n, from, now = job_num(ARGV[3]), ARGV[4], ARGV[5]
+if not n then
+  return {'notfound'}
+end
+local seqs
+if ARGV[6] == 'keys' then
+  seqs = {}
+  for i = 7, #ARGV do
+    local seq = redis.call('HGET', jk(n, 'keys'), ARGV[i])
+    if seq and redis.call('ZSCORE', jk(n, from), seq) then
+      seqs[#seqs + 1] = seq
+    end
+  end
+else
+  seqs = redis.call('ZRANGE', jk(n, from), 0, -1)
+end
+local moved = 0
+for _, seq in ipairs(seqs) do
+  local rec = get_item(n, seq)
+  if rec and rec.status == from then
+    rec.status = 'pending'
+    rec.attempts = '0'
+    rec.finished_at = nil
+    rec.ready_at = nil
+    put_item(n, seq, rec)
+    move(n, seq, from, 'pending', nil)
+    moved = moved + 1
+  end
+end
+if moved > 0 then
+  local k = jk(n)
+  redis.call('HSET', k, 'status', 'running', 'updated_at', now)
+  redis.call('HDEL', k, 'completed_at')
+  retention(n)
+end
+return {'ok', moved}

@@ -1,0 +1,158 @@
+//! A lost connection: transient errors, then the store recovers.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::model::{ItemChange, ItemUpdate};
+
+/// A TCP proxy to the test server that can cut every connection through
+/// it and refuse new ones, as a network failure or a server restart would.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let proxy = Proxy {
+            port: listener.local_addr().unwrap().port(),
+            up: Arc::new(AtomicBool::new(true)),
+            stop: Arc::new(AtomicBool::new(false)),
+            streams: Arc::default(),
+        };
+        let (up, stop, streams) = (proxy.up.clone(), proxy.stop.clone(), proxy.streams.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let client = match listener.accept() {
+                    Ok((client, _)) => client,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                if !up.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection close
+                }
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let mut held = streams.lock().unwrap();
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+                        continue;
+                    };
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+                held.extend([client, server]);
+            }
+        });
+        proxy
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for s in self.streams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+}
+
+/// `url` with its host and port replaced by `addr`.
+fn with_addr(url: &str, addr: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let userinfo = authority.rfind('@').map_or("", |at| &authority[..=at]);
+    format!("{scheme}://{userinfo}{addr}{tail}")
+}
+
+#[test]
+fn a_lost_connection_is_unavailable_and_the_store_recovers() {
+    let Some(s) = Scratch::new("lost") else {
+        return;
+    };
+    let base = base_url();
+    let (_, rest) = base.split_once("://").unwrap();
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let host_port = authority.rsplit('@').next().unwrap();
+    let host_port = if host_port.contains(':') {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:6379")
+    };
+    let target = host_port.to_socket_addrs().unwrap().next().unwrap();
+    let proxy = Proxy::start(target);
+    let url = with_addr(&s.url(""), &format!("127.0.0.1:{}", proxy.port));
+    let store = RedisStore::open(&url, OpenMode::CreateIfMissing).unwrap();
+    enqueue(&store, "j", &["a", "b"], T0);
+    let lease = T0.plus(Duration::from_secs(10));
+    let held = store.claim("j", "w", 1, lease, T0).unwrap().pop().unwrap();
+
+    proxy.cut();
+    for _ in 0..3 {
+        let err = store.item_counts("j").unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        assert!(err.is_transient());
+        let err = store
+            .update_items(
+                &[ItemUpdate {
+                    lease: held.lease.clone(),
+                    change: ItemChange::Complete { stats: None },
+                }],
+                T0,
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    }
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let counts = loop {
+        match store.item_counts("j") {
+            Ok(counts) => break counts,
+            Err(Error::Unavailable(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("the store did not come back: {e:?}"),
+        }
+    };
+    assert_eq!((counts.pending, counts.running), (1, 1), "nothing was lost");
+    let done = store
+        .update_items(
+            &[ItemUpdate {
+                lease: held.lease,
+                change: ItemChange::Complete { stats: None },
+            }],
+            T0,
+        )
+        .unwrap();
+    assert!(done[0].is_ok(), "the lease survived the outage");
+}

@@ -1,0 +1,216 @@
+//! Items: claim indexes, large enqueues, release, the key layout.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::*;
+use crate::model::{ItemChange, ItemStatus, ItemUpdate};
+
+#[test]
+fn finished_items_leave_the_claim_indexes() {
+    let Some(mut s) = Scratch::new("indexes") else {
+        return;
+    };
+    let store = s.open("");
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    enqueue(&store, "j", &refs, T0);
+    let lease = T0.plus(Duration::from_secs(10));
+    let claimed = store.claim("j", "w", 250, lease, T0).unwrap();
+    let updates: Vec<ItemUpdate> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ItemUpdate {
+            lease: c.lease.clone(),
+            change: if i < 240 {
+                ItemChange::Complete { stats: None }
+            } else {
+                ItemChange::Fail {
+                    error: "x".into(),
+                    retry_at: None,
+                }
+            },
+        })
+        .collect();
+    store.update_items(&updates, T0).unwrap();
+    let zcard = |s: &mut Scratch, part: &str| -> u64 {
+        let key = format!("{}:job:1:{part}", s.prefix);
+        s.raw(::redis::cmd("ZCARD").arg(key))
+    };
+    // Claims read `pending` and `due` only.
+    assert_eq!(zcard(&mut s, "pending"), 50);
+    assert_eq!(zcard(&mut s, "due"), 0);
+    assert_eq!(zcard(&mut s, "completed"), 240);
+    assert_eq!(zcard(&mut s, "dead"), 10);
+    let counts = store.item_counts("j").unwrap();
+    assert_eq!(
+        (counts.pending, counts.completed, counts.dead),
+        (50, 240, 10)
+    );
+    // Listing by status reads that status's set, in enqueue order.
+    let dead = store.list_items("j", Some(ItemStatus::Dead), 100).unwrap();
+    let dead: Vec<&str> = dead.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(dead, refs[240..250]);
+    let first = store.list_items("j", None, 3).unwrap();
+    assert_eq!(
+        first.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+        ["k0", "k1", "k2"]
+    );
+}
+
+#[test]
+fn a_large_enqueue_is_one_transaction_over_several_scripts() {
+    let Some(_s) = Scratch::new("large") else {
+        return;
+    };
+    let store = _s.open("");
+    let n = 2 * ENQUEUE_BATCH + 123;
+    // Every key twice, the copies in other batches than the originals.
+    let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    let mut stream = keys
+        .iter()
+        .chain(keys.iter().take(ENQUEUE_BATCH))
+        .map(|k| Ok(NewItem::key(k.clone())));
+    let report = store.enqueue("big", &mut stream, T0).unwrap();
+    assert_eq!(
+        (report.inserted, report.existing),
+        (n as u64, ENQUEUE_BATCH as u64)
+    );
+    assert_eq!(store.item_counts("big").unwrap().pending, n as u64);
+    let first = store.claim("big", "w", 2, T0.plus(Duration::from_secs(10)), T0);
+    let first: Vec<String> = first.unwrap().into_iter().map(|c| c.key).collect();
+    assert_eq!(first, ["k0", "k1"], "enqueue order across scripts");
+    let mut again = keys.iter().map(|k| Ok(NewItem::key(k.clone())));
+    let report = store.enqueue("big", &mut again, T0).unwrap();
+    assert_eq!((report.inserted, report.existing), (0, n as u64));
+}
+
+#[test]
+fn a_released_item_is_pending_again_with_its_attempt_taken_back() {
+    let Some(s) = Scratch::new("release") else {
+        return;
+    };
+    let store = s.open("");
+    enqueue(&store, "j", &["a", "b"], T0);
+    let lease = T0.plus(Duration::from_secs(10));
+    let held = store.claim("j", "w", 2, lease, T0).unwrap();
+    let a = &held[0];
+    let cursor = ItemChange::Cursor {
+        cursor: serde_json::json!({"line": 7}),
+        lease_until: lease,
+    };
+    let release = |lease: &crate::model::ItemLease| ItemUpdate {
+        lease: lease.clone(),
+        change: ItemChange::Release,
+    };
+    let results = store
+        .update_items(
+            &[
+                ItemUpdate {
+                    lease: a.lease.clone(),
+                    change: cursor,
+                },
+                release(&a.lease),
+            ],
+            T0,
+        )
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let rec = &store.list_items("j", None, 1).unwrap()[0];
+    assert_eq!((rec.status, rec.attempts), (ItemStatus::Pending, 0));
+    assert_eq!(rec.cursor, Some(serde_json::json!({"line": 7})));
+    assert_eq!(store.next_ready_at("j").unwrap(), Some(Timestamp(0)));
+    // A second release with the same lease is fenced.
+    let again = store.update_items(&[release(&a.lease)], T0).unwrap();
+    assert!(again[0].as_ref().unwrap_err().is_fenced());
+    let retaken = store.claim("j", "w", 5, lease, T0).unwrap();
+    assert_eq!(retaken.len(), 1, "b is still held");
+    assert_eq!((retaken[0].key.as_str(), retaken[0].attempt), ("a", 1));
+    assert_eq!(retaken[0].cursor, Some(serde_json::json!({"line": 7})));
+    assert!(
+        retaken[0].lease.token > a.lease.token,
+        "the token never repeats"
+    );
+    assert_eq!(retaken[0].enqueued_at, T0);
+}
+
+#[test]
+fn key_layout_is_as_documented() {
+    let Some(mut s) = Scratch::new("layout") else {
+        return;
+    };
+    let store = s.open("");
+    enqueue(&store, "job one", &["a", "b", "c", "d", "e"], T0);
+    let lease = T0.plus(Duration::from_secs(10));
+    let c = store.claim("job one", "w", 4, lease, T0).unwrap();
+    let change = |i: usize, change| ItemUpdate {
+        lease: c[i].lease.clone(),
+        change,
+    };
+    store
+        .update_items(
+            &[
+                change(0, ItemChange::Complete { stats: None }),
+                change(
+                    1,
+                    ItemChange::Fail {
+                        error: "x".into(),
+                        retry_at: Some(lease),
+                    },
+                ),
+                change(
+                    2,
+                    ItemChange::Fail {
+                        error: "x".into(),
+                        retry_at: None,
+                    },
+                ),
+            ],
+            T0,
+        )
+        .unwrap();
+    store
+        .put_checkpoint(
+            "job one",
+            Some(&crate::Checkpoint::new(serde_json::json!(1), 1)),
+            10,
+            None,
+            T0,
+        )
+        .unwrap();
+    let mut types = BTreeMap::new();
+    for k in s.keys() {
+        let t: String = s.raw(::redis::cmd("TYPE").arg(format!("{}:{k}", s.prefix)));
+        types.insert(k, t);
+    }
+    let expected: BTreeMap<String, String> = [
+        ("meta", "hash"),
+        ("jobseq", "string"),
+        ("jobs", "zset"),
+        ("name:job one", "string"),
+        ("job:1", "hash"),
+        ("job:1:history", "list"),
+        ("job:1:keys", "hash"),
+        ("job:1:items", "hash"),
+        ("job:1:pending", "zset"),
+        ("job:1:running", "zset"),
+        ("job:1:completed", "zset"),
+        ("job:1:failed", "zset"),
+        ("job:1:dead", "zset"),
+        ("job:1:due", "zset"),
+    ]
+    .into_iter()
+    .map(|(k, t)| (k.to_string(), t.to_string()))
+    .collect();
+    assert_eq!(types, expected);
+    // Ids carry the job's number; records are JSON with string values.
+    assert_eq!(c[0].lease.id, 1 << 32 | 1);
+    let raw: String = s.raw(
+        ::redis::cmd("HGET")
+            .arg(format!("{}:job:1:items", s.prefix))
+            .arg(1),
+    );
+    let record: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(record["status"], "completed");
+    assert_eq!(record["claims"], "1");
+}
