@@ -61,6 +61,14 @@ const MIGRATIONS: &[&str] = &[
     // 2: the liveness lock key of an owner's session, for fast crash detection.
     "ALTER TABLE items ADD COLUMN owner_key BIGINT;
     ALTER TABLE jobs ADD COLUMN owner_key BIGINT;",
+    // 3: no index on every item's status. Every claim and completion
+    // changes the status, so that index cost two index insertions per item
+    // (measured: claim + complete 1.3-1.5x faster without it). Unfinished
+    // items are found through items_ready (ready_at is set exactly while an
+    // item is pending, running or failed), dead ones through a small
+    // partial index; counting by status scans the job's items.
+    "DROP INDEX items_status;
+    CREATE INDEX items_dead ON items (job_id, id) WHERE status = 'dead';",
 ];
 
 /// The schema version this build writes.
