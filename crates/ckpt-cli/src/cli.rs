@@ -18,7 +18,8 @@ pub use ops::*;
 )]
 pub struct Cli {
     /// Store URL: sqlite://PATH (the default store, ./ckpt.db),
-    /// postgres://USER@HOST/DB[?schema=NAME] or memory://.
+    /// postgres://USER@HOST/DB[?schema=NAME],
+    /// redis://HOST:PORT/DB[?prefix=NAME&ttl=7d] or memory://.
     #[arg(
         long,
         global = true,

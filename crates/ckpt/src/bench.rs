@@ -77,12 +77,31 @@ pub struct BenchReport {
     pub batch: usize,
 }
 
+/// Rounds the saves and the baseline alternate in, so that a noisy
+/// neighbour slows both alike instead of whichever ran during the noise.
+const ROUNDS: u64 = 10;
+
+/// A baseline: `n` raw single-row writes with the store's durability,
+/// returning their rate per second.
+pub type Baseline<'a> = &'a mut dyn FnMut(u64) -> Result<f64>;
+
 /// Runs the benchmark against `store`; `connect` opens another handle on
 /// the same store for each worker (another connection, like another process).
 pub fn run(
     store: Arc<dyn Store>,
     connect: &(dyn Fn() -> Result<Arc<dyn Store>> + Sync),
     options: &BenchOptions,
+) -> Result<BenchReport> {
+    run_with_baseline(store, connect, options, None)
+}
+
+/// [`run`], with the checkpoint saves timed in rounds alternating with
+/// rounds of `baseline`, which the report compares them with.
+pub fn run_with_baseline(
+    store: Arc<dyn Store>,
+    connect: &(dyn Fn() -> Result<Arc<dyn Store>> + Sync),
+    options: &BenchOptions,
+    mut baseline: Option<Baseline<'_>>,
 ) -> Result<BenchReport> {
     let ckpt = Ckpt::new(store.clone());
     let suffix = format!("{:08x}", rand::random::<u32>());
@@ -96,13 +115,29 @@ pub fn run(
         },
     )?;
     let mut latencies = Vec::with_capacity(options.saves as usize);
-    let started = Instant::now();
-    for i in 0..options.saves {
-        let t = Instant::now();
-        job.save(&serde_json::json!({ "offset": i }), i)?;
-        latencies.push(t.elapsed());
+    let mut save_time = Duration::ZERO;
+    let mut baseline_time = Duration::ZERO;
+    let rounds = ROUNDS.min(options.saves.max(1));
+    let mut done = 0;
+    for round in 0..rounds {
+        let chunk = if round + 1 == rounds {
+            options.saves - done
+        } else {
+            options.saves / rounds
+        };
+        let started = Instant::now();
+        for i in done..done + chunk {
+            let t = Instant::now();
+            job.save(&serde_json::json!({ "offset": i }), i)?;
+            latencies.push(t.elapsed());
+        }
+        save_time += started.elapsed();
+        done += chunk;
+        if let Some(baseline) = baseline.as_mut() {
+            let rate = baseline(chunk)?;
+            baseline_time += Duration::from_secs_f64(chunk as f64 / rate.max(1e-9));
+        }
     }
-    let save_time = started.elapsed();
     job.complete()?;
     latencies.sort();
     let pct = |p: f64| {
@@ -178,6 +213,9 @@ pub fn run(
 
     let per_s = |n: u64, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
     let checkpoints_per_s = per_s(options.saves, save_time);
+    let baseline_upserts_per_s = baseline
+        .is_some()
+        .then(|| per_s(options.saves, baseline_time));
     Ok(BenchReport {
         store: store.describe(),
         enqueue_per_s: per_s(options.items, enqueue_time),
@@ -186,8 +224,8 @@ pub fn run(
         checkpoints_per_s,
         checkpoint_p50_us: pct(0.50),
         checkpoint_p99_us: pct(0.99),
-        baseline_upserts_per_s: None,
-        checkpoint_vs_baseline: None,
+        baseline_upserts_per_s,
+        checkpoint_vs_baseline: baseline_upserts_per_s.map(|b| checkpoints_per_s / b),
         concurrent_jobs: CONCURRENT_JOBS,
         concurrent_checkpoints_per_s: concurrent,
         concurrent_checkpoints_per_s_separate: None,

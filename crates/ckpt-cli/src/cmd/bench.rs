@@ -38,15 +38,11 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
                     OpenMode::CreateIfMissing,
                 )?))
             };
-            let mut report = bench::run(open()?, &open, &options)?;
-            let baseline = bench::sqlite_upsert_baseline(
-                &scratch.0[1],
-                sqlite_options.durability,
-                args.saves,
-            )?;
+            let mut baseline =
+                |n| bench::sqlite_upsert_baseline(&scratch.0[1], sqlite_options.durability, n);
+            let mut report =
+                bench::run_with_baseline(open()?, &open, &options, Some(&mut baseline))?;
             report.store = url.to_string();
-            report.baseline_upserts_per_s = Some(baseline);
-            report.checkpoint_vs_baseline = Some(report.checkpoints_per_s / baseline);
             report
         }
         None if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
@@ -54,8 +50,9 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
             let open = || -> ckpt::Result<Arc<dyn ckpt::Store>> {
                 Ok(Arc::new(PgStore::open(url, OpenMode::MustExist)?))
             };
-            let mut report = bench::run(pg.clone(), &open, &options)?;
-            let baseline = pg.update_baseline(args.saves)?;
+            let mut baseline = |n| pg.update_baseline(n);
+            let mut report =
+                bench::run_with_baseline(pg.clone(), &open, &options, Some(&mut baseline))?;
             let separate = PgStore::open(
                 &format!(
                     "{url}{}group_commit=off",
@@ -68,8 +65,6 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
                 bench::CONCURRENT_JOBS,
                 bench::CONCURRENT_SAVES,
             )?);
-            report.baseline_upserts_per_s = Some(baseline);
-            report.checkpoint_vs_baseline = Some(report.checkpoints_per_s / baseline);
             report
         }
         None if url.starts_with("redis://") => {
@@ -77,11 +72,8 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
             let open = || -> ckpt::Result<Arc<dyn ckpt::Store>> {
                 Ok(Arc::new(RedisStore::open(url, OpenMode::MustExist)?))
             };
-            let mut report = bench::run(redis.clone(), &open, &options)?;
-            let baseline = redis.set_baseline(args.saves)?;
-            report.baseline_upserts_per_s = Some(baseline);
-            report.checkpoint_vs_baseline = Some(report.checkpoints_per_s / baseline);
-            report
+            let mut baseline = |n| redis.set_baseline(n);
+            bench::run_with_baseline(redis.clone(), &open, &options, Some(&mut baseline))?
         }
         None => {
             let store = store::open(url, OpenMode::CreateIfMissing)?;

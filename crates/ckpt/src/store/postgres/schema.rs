@@ -69,6 +69,15 @@ const MIGRATIONS: &[&str] = &[
     // partial index; counting by status scans the job's items.
     "DROP INDEX items_status;
     CREATE INDEX items_dead ON items (job_id, id) WHERE status = 'dead';",
+    // 4: the history becomes a ring of `history_keep` slots per job, written
+    // in place (see sql::HISTORY_SWEEP_EVERY). Existing entries keep their
+    // sequence number as their slot: below `history_keep` that is the slot a
+    // ring gives them, above it they are swept as they age.
+    "ALTER TABLE history ADD COLUMN slot BIGINT;
+    UPDATE history SET slot = seq;
+    ALTER TABLE history ALTER COLUMN slot SET NOT NULL;
+    ALTER TABLE history DROP CONSTRAINT history_pkey;
+    ALTER TABLE history ADD PRIMARY KEY (job_id, slot);",
 ];
 
 /// The schema version this build writes.
