@@ -187,9 +187,19 @@ impl Signals {
         self.state.requested.load(Ordering::SeqCst)
     }
 
-    /// The first signal received (`SIGTERM` or `SIGINT`), if any.
+    /// The first signal received (`SIGTERM` or `SIGINT`), if any. Once
+    /// [`is_requested`](Signals::is_requested) is true this names the
+    /// signal: the handler flags the request at once and the handling
+    /// thread records which signal a moment later, so this waits for it.
     pub fn signal(&self) -> Option<i32> {
-        self.received().first
+        let received = self.received();
+        if received.first.is_some() || !self.is_requested() {
+            return received.first;
+        }
+        self.state
+            .changed
+            .wait_timeout_while(received, Duration::from_secs(5), |r| r.first.is_none())
+            .map_or_else(|e| e.into_inner().0.first, |(r, _)| r.first)
     }
 
     /// How many signals were received in all.
@@ -269,17 +279,21 @@ impl fmt::Debug for Signals {
 
 /// Runs on the handling thread for each signal received.
 fn handle(state: &'static State, sig: i32) {
-    let first = state.received().first.is_none();
+    // The signal is recorded before the stop can be seen, so whoever sees
+    // the stop (a runner returning, then its caller asking for the exit
+    // code) finds which signal it was.
+    let first = {
+        let mut g = state.received();
+        let first = g.first.is_none();
+        g.first.get_or_insert(sig);
+        first
+    };
     if first {
         // Before the count moves: whoever sees a signal counted knows the
         // stop signal is already stopped.
         state.stop.stop();
     }
-    {
-        let mut g = state.received();
-        g.first.get_or_insert(sig);
-        g.count += 1;
-    }
+    state.received().count += 1;
     state.changed.notify_all();
     if first {
         tracing::debug!(event = "shutdown_requested", signal = %signal_name(sig));

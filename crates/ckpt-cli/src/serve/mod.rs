@@ -73,7 +73,9 @@ impl AppState {
 
 /// `ckpt serve`.
 pub fn serve(url: &str, args: ServeArgs) -> Result<ExitCode> {
-    let token = match args.token {
+    // A token read from a file or a Kubernetes secret often ends in a
+    // newline; the header's token is trimmed too, so compare them alike.
+    let token = match args.token.map(|t| t.trim().to_string()) {
         Some(t) if t.is_empty() => {
             return Err(Usage(
                 "the token is empty: give --token (or CKPT_TOKEN) a value, or leave it unset to disable mutations"

@@ -361,6 +361,24 @@ fn password_in_store_url_is_never_printed() {
         assert!(!out.stderr.contains("secret"), "{}", out.stderr);
         assert!(line.contains("postgres://u:***@h/db"), "{line}");
     }
+    // Not percent-encoded, or given as a query parameter: still hidden.
+    for (url, secret) in [
+        ("postgres://u:se/cr?et@127.0.0.1:1/db", "se/cr?et"),
+        ("postgres://u@127.0.0.1:1/db?password=hunter2", "hunter2"),
+        ("redis://:Ab3/x+Yz9@127.0.0.1:1/0", "Ab3/x+Yz9"),
+        ("redis://:Ab3?xYz9@127.0.0.1:1/0", "xYz9"),
+    ] {
+        for args in [vec!["jobs"], vec!["doctor", "--json"], vec!["serve"]] {
+            let out = sb.ckpt_bare().args(["--store", url]).args(&args).run();
+            assert_ne!(out.code, 0, "{url} {args:?}");
+            assert!(
+                !out.stderr.contains(secret) && !out.stdout.contains(secret),
+                "{url} {args:?}: {}{}",
+                out.stdout,
+                out.stderr
+            );
+        }
+    }
 }
 
 #[test]

@@ -529,7 +529,8 @@ fn retry_needs_a_configured_token_and_the_right_one() {
 fn retry_with_a_token_given_as_an_option() {
     let sb = Sandbox::new();
     items_job(&sb, "J");
-    let server = Server::start(&sb, &["--token", "opt-token"]);
+    // With the trailing newline a token file or secret often has.
+    let server = Server::start(&sb, &["--token", "opt-token\n"]);
     server
         .post("/api/jobs/J/retry", Some("s3cret"), None)
         .error(403, "wrong token");

@@ -18,21 +18,79 @@ pub enum OpenMode {
 /// `url` with the password of any `user:password@` part replaced by `***`,
 /// for logs and error messages.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
+    let mut out = match password_range(url) {
+        Some(pw) => format!("{}***{}", &url[..pw.start], &url[pw.end..]),
+        None => url.to_string(),
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &authority[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    if !userinfo.contains(':') {
-        return url.to_string();
+    // A password may also come as a query parameter (`?password=`, which
+    // the PostgreSQL driver accepts); mask every value whose key says so.
+    for range in query_secret_ranges(&out).into_iter().rev() {
+        out.replace_range(range, "***");
     }
-    format!("{}{user}:***{}", &url[..scheme_end + 3], &rest[at..])
+    out
+}
+
+/// The byte ranges of the values of query parameters whose key names a
+/// secret (`pass`, `secret` or `token` anywhere in the key, any case).
+fn query_secret_ranges(url: &str) -> Vec<std::ops::Range<usize>> {
+    let from = password_range(url).map_or(0, |pw| pw.end);
+    let Some(q) = url[from..].find('?').map(|i| from + i + 1) else {
+        return Vec::new();
+    };
+    let mut ranges = Vec::new();
+    let mut start = q;
+    for pair in url[q..].split('&') {
+        if let Some((key, value)) = pair.split_once('=') {
+            let key = key.to_ascii_lowercase();
+            let secret = ["pass", "secret", "token"].iter().any(|s| key.contains(s));
+            if secret && !value.is_empty() {
+                let value_start = start + key.len() + 1;
+                ranges.push(value_start..value_start + value.len());
+            }
+        }
+        start += pair.len() + 1;
+    }
+    ranges
+}
+
+/// Where the password of `url` is, if it has one.
+///
+/// The userinfo ends at the *last* `@`: a password copied in without
+/// percent-encoding may hold `/`, `?`, `#` or `@`, and ending it at the
+/// first of those would print the rest of it. When a query happens to hold
+/// an `@` this redacts more than the password, which is the safe mistake.
+pub(crate) fn password_range(url: &str) -> Option<std::ops::Range<usize>> {
+    let start = url.find("://")? + 3;
+    let at = start + url[start..].rfind('@')?;
+    let colon = start + url[start..at].find(':')?;
+    Some(colon + 1..at)
+}
+
+/// `url` split into the part before its query and the query, looking for
+/// the `?` only after the password, which may hold one.
+#[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
+pub(crate) fn split_query(url: &str) -> (&str, &str) {
+    let from = password_range(url).map_or(0, |pw| pw.end);
+    match url[from..].find('?') {
+        Some(i) => (&url[..from + i], &url[from + i + 1..]),
+        None => (url, ""),
+    }
+}
+
+/// `message` with the password of `url` replaced by `***` (driver errors
+/// may quote the URL they were given).
+#[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
+pub(crate) fn scrub(message: &str, url: &str) -> String {
+    let mut out = message.to_string();
+    let secrets = password_range(url)
+        .into_iter()
+        .chain(query_secret_ranges(url))
+        .map(|r| &url[r])
+        .filter(|s| !s.is_empty());
+    for secret in secrets {
+        out = out.replace(secret, "***");
+    }
+    out
 }
 
 /// The query parameters of a URL, as `(key, value)` pairs.
@@ -109,6 +167,45 @@ mod tests {
         assert_eq!(redact_url("postgres://bob@db/x"), "postgres://bob@db/x");
         assert_eq!(redact_url("sqlite://ckpt.db"), "sqlite://ckpt.db");
         assert_eq!(redact_url("no scheme"), "no scheme");
+        // Passwords that were not percent-encoded: nothing of them shows.
+        for (url, secret) in [
+            ("redis://:Ab3/x+Yz9@redis.internal:6379/0", "Ab3/x+Yz9"),
+            ("redis://:Ab3?xYz9@redis.internal:6379/0", "Ab3?xYz9"),
+            ("postgres://bob:p@ss#w/rd@db/x?schema=s", "p@ss#w/rd"),
+        ] {
+            let redacted = redact_url(url);
+            assert!(!redacted.contains(secret), "{redacted}");
+            assert!(redacted.contains("***@"), "{redacted}");
+            let (base, query) = split_query(url);
+            assert!(base.ends_with(
+                &url[url.rfind('@').unwrap()..url.len() - query.len()].trim_end_matches('?')
+            ));
+            assert!(!query.contains(secret));
+            assert_eq!(
+                scrub(&format!("bad URL {url}"), url),
+                format!("bad URL {redacted}")
+            );
+        }
+        assert_eq!(
+            redact_url("postgres://bob@db/x?schema=s&password=hunter2&sslmode=require"),
+            "postgres://bob@db/x?schema=s&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://bob:a@db/x?PassWord=b&auth_token=c"),
+            "postgres://bob:***@db/x?PassWord=***&auth_token=***"
+        );
+        assert_eq!(
+            scrub("failed for hunter2", "postgres://bob@db/x?password=hunter2"),
+            "failed for ***"
+        );
+        assert_eq!(
+            split_query("postgres://db/x?schema=s"),
+            ("postgres://db/x", "schema=s")
+        );
+        assert_eq!(
+            split_query("redis://:a?b@h/0?ttl=1d"),
+            ("redis://:a?b@h/0", "ttl=1d")
+        );
     }
 
     #[test]

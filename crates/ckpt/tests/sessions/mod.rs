@@ -268,3 +268,122 @@ fn panic_in_a_caller_transaction_leaves_the_pool_clean() {
     let rec = other.get_job("panicky").unwrap().unwrap();
     assert_eq!(rec.checkpoint.unwrap().cursor, serde_json::json!(2));
 }
+
+/// A store written by schema 2 (status index, history keyed by sequence)
+/// is upgraded on open: the status index goes, the dead-items index is
+/// built (outside the migration's transaction), the history becomes a ring,
+/// and nothing of the data changes.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_upgrades_a_schema_2_store_in_place() {
+    use ckpt::store::{OpenMode, PgStore};
+    let Some(fixture) = crate::postgres() else {
+        return;
+    };
+    let schema = fixture
+        .store
+        .describe()
+        .rsplit("schema ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
+    let base = std::env::var("CKPT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let url = format!(
+        "{base}{}schema={schema}",
+        if base.contains('?') { '&' } else { '?' }
+    );
+    let clock = ManualClock::new(T0);
+    let c = Ckpt::new(fixture.store.clone())
+        .with_clock(Arc::new(clock.clone()))
+        .with_worker(worker_id("old"));
+    let mut job = c.job_with("import", options()).unwrap();
+    for i in 1..=5u64 {
+        job.save(&i, i * 10).unwrap();
+    }
+    job.release().unwrap();
+    let q = c.queue_with("files", queue_options(1)).unwrap();
+    q.enqueue([NewItem::key("a"), NewItem::key("b")]).unwrap();
+    let bad = q.claim(1).unwrap().pop().unwrap();
+    q.fail(&bad, "boom").unwrap();
+
+    // Back to schema 2, as an older ckpt left it.
+    let mut sql = postgres::Client::connect(&base, postgres::NoTls).unwrap();
+    sql.batch_execute(&format!(
+        "SET search_path = {schema};
+         ALTER TABLE history DROP CONSTRAINT history_pkey;
+         ALTER TABLE history DROP COLUMN slot;
+         ALTER TABLE history ADD PRIMARY KEY (job_id, seq);
+         DROP INDEX items_dead;
+         CREATE INDEX items_status ON items (job_id, status);
+         UPDATE ckpt_meta SET value = '2' WHERE key = 'schema_version';"
+    ))
+    .unwrap();
+
+    // A read-only open upgrades it.
+    let store = Arc::new(PgStore::open(&url, OpenMode::MustExist).unwrap());
+    let indexes: Vec<String> = sql
+        .query(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'items'
+             ORDER BY 1",
+            &[&schema],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(indexes.contains(&"items_dead".to_string()), "{indexes:?}");
+    assert!(
+        !indexes.contains(&"items_status".to_string()),
+        "{indexes:?}"
+    );
+    let valid: bool = sql
+        .query_one(
+            "SELECT bool_and(i.indisvalid) FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indexrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1",
+            &[&schema],
+        )
+        .unwrap()
+        .get(0);
+    assert!(valid, "every index is valid");
+    let version: String = sql
+        .query_one(
+            &format!("SELECT value FROM {schema}.ckpt_meta WHERE key = 'schema_version'"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, "4");
+
+    // The data is as it was, and the ring goes on from the old history.
+    let c = Ckpt::new(store.clone())
+        .with_clock(Arc::new(clock.clone()))
+        .with_worker(worker_id("new"));
+    let seqs = |c: &Ckpt| -> Vec<u64> {
+        c.store()
+            .history("import", 100)
+            .unwrap()
+            .iter()
+            .map(|h| h.seq)
+            .collect()
+    };
+    assert_eq!(seqs(&c), [5, 4, 3, 2, 1]);
+    let mut job = c.job_with("import", options()).unwrap();
+    assert_eq!(job.resume_cursor::<u64>().unwrap(), Some(5));
+    for i in 6..=8u64 {
+        job.save(&i, i * 10).unwrap();
+    }
+    assert_eq!(seqs(&c), [8, 7, 6, 5, 4, 3, 2, 1]);
+    let q = c.queue_with("files", queue_options(1)).unwrap();
+    let counts = q.counts().unwrap();
+    assert_eq!((counts.pending, counts.dead), (1, 1));
+    let dead = c
+        .store()
+        .list_items("files", Some(ckpt::ItemStatus::Dead), 10)
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].key, "a");
+}

@@ -35,7 +35,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use super::url::{query_pairs, redact_url, OpenMode};
+use super::url::{query_pairs, redact_url, scrub, split_query, OpenMode};
 use crate::error::{Error, Result};
 
 /// A ckpt store in a PostgreSQL schema.
@@ -66,7 +66,7 @@ impl PgStore {
     /// [`OpenMode::CreateIfMissing`], creates) the store in its schema.
     pub fn open(url: &str, mode: OpenMode) -> Result<PgStore> {
         let redacted = redact_url(url);
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let (base, query) = split_query(url);
         let mut schema = "ckpt".to_string();
         let mut pool_size = 16usize;
         let mut group_commit = true;
@@ -285,20 +285,6 @@ fn is_identifier(s: &str) -> bool {
     matches!(chars.next(), Some('a'..='z' | '_'))
         && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
         && s.len() <= 63
-}
-
-/// Removes the URL's password from a driver message, whatever it says.
-fn scrub(message: &str, url: &str) -> String {
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, pw)| pw)
-        .filter(|pw| !pw.is_empty());
-    match password {
-        Some(pw) => message.replace(pw, "***"),
-        None => message.to_string(),
-    }
 }
 
 /// Maps a driver error to the library's error.

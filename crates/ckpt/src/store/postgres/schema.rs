@@ -65,10 +65,10 @@ const MIGRATIONS: &[&str] = &[
     // changes the status, so that index cost two index insertions per item
     // (measured: claim + complete 1.3-1.5x faster without it). Unfinished
     // items are found through items_ready (ready_at is set exactly while an
-    // item is pending, running or failed), dead ones through a small
-    // partial index; counting by status scans the job's items.
-    "DROP INDEX items_status;
-    CREATE INDEX items_dead ON items (job_id, id) WHERE status = 'dead';",
+    // item is pending, running or failed), dead ones through the small
+    // partial index DEAD_INDEX, built after this commits; counting by status
+    // scans the job's items.
+    "DROP INDEX items_status;",
     // 4: the history becomes a ring of `history_keep` slots per job, written
     // in place (see sql::HISTORY_SWEEP_EVERY). Existing entries keep their
     // sequence number as their slot: below `history_keep` that is the slot a
@@ -79,6 +79,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE history DROP CONSTRAINT history_pkey;
     ALTER TABLE history ADD PRIMARY KEY (job_id, slot);",
 ];
+
+/// The dead-letter index of schema 3. It is built with CONCURRENTLY, outside
+/// the migration's transaction, so that upgrading a store of millions of
+/// items does not lock the items table (and every worker) for the scan.
+const DEAD_INDEX: &str =
+    "CREATE INDEX CONCURRENTLY IF NOT EXISTS items_dead ON items (job_id, id) WHERE status = 'dead'";
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -179,11 +185,22 @@ pub(super) async fn migrate(store: &PgStore, mode: OpenMode) -> Result<()> {
         )
         .await
         .map_err(pg_err)?;
-        Ok::<_, Error>(())
+        Ok::<_, Error>(version)
     }
     .await;
     match migrated {
-        Ok(()) => tx.commit().await.map_err(pg_err),
+        Ok(version) => {
+            tx.commit().await.map_err(pg_err)?;
+            if version < 3 {
+                // Another process upgrading at the same moment may build it
+                // too; the loser's error changes nothing, and without the
+                // index dead items are still found, by a scan.
+                if let Err(e) = client.batch_execute(DEAD_INDEX).await {
+                    tracing::warn!(error = %e, "could not build the dead-items index; dead items are found by a scan until it is built by hand in the store's schema: {DEAD_INDEX}");
+                }
+            }
+            Ok(())
+        }
         Err(e) => {
             // Release the advisory lock now rather than whenever the
             // dropped transaction's ROLLBACK gets sent.

@@ -57,7 +57,7 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 
-use super::url::{query_pairs, redact_url, OpenMode};
+use super::url::{query_pairs, redact_url, scrub, split_query, OpenMode};
 use crate::error::{Error, Result};
 use scripts::Lua;
 
@@ -146,7 +146,12 @@ fn parse_ttl(value: &str) -> Result<Option<Duration>> {
         "d" => 86_400_000,
         _ => return Err(bad()),
     };
-    let ms = number.checked_mul(ms_per_unit).ok_or_else(bad)?;
+    // Redis refuses expiry times past 2^63 ms; a century is plenty.
+    const CENTURY_MS: u64 = 100 * 365 * 86_400_000;
+    let ms = number
+        .checked_mul(ms_per_unit)
+        .filter(|&ms| ms <= CENTURY_MS)
+        .ok_or_else(bad)?;
     Ok((ms > 0).then(|| Duration::from_millis(ms)))
 }
 
@@ -158,7 +163,7 @@ impl RedisStore {
     /// [`OpenMode::CreateIfMissing`], creates) the store under its prefix.
     pub fn open(url: &str, mode: OpenMode) -> Result<RedisStore> {
         let redacted = redact_url(url);
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let (base, query) = split_query(url);
         let options = RedisOptions::from_query(query)?;
         let client = ::redis::Client::open(base)
             .map_err(|e| Error::Open(format!("{redacted}: {}", scrub(&e.to_string(), url))))?;
@@ -347,20 +352,6 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         self.block(pipe.query_async::<Vec<Value>>(&mut conn))
             .map_err(|e| redis_err(e, &self.url))
-    }
-}
-
-/// Removes the URL's password from a driver message, whatever it says.
-fn scrub(message: &str, url: &str) -> String {
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, pw)| pw)
-        .filter(|pw| !pw.is_empty());
-    match password {
-        Some(pw) => message.replace(pw, "***"),
-        None => message.to_string(),
     }
 }
 

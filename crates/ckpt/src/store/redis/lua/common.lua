@@ -47,6 +47,12 @@ local function ensure_job(name, now)
     return n
   end
   n = tostring(redis.call('INCR', P .. ':jobseq'))
+  -- A counter behind the jobs (deleted, evicted, partly restored) would
+  -- hand out a live job's number and overwrite it: refuse before writing.
+  if redis.call('EXISTS', jk(n)) == 1 then
+    error('ckpt: the job counter ' .. P .. ':jobseq is behind existing job ' .. n
+      .. '; the store is damaged (a key was deleted or evicted)')
+  end
   redis.call('SET', P .. ':name:' .. name, n)
   redis.call('HSET', jk(n), 'name', name, 'status', 'running', 'epoch', '0', 'attempts', '0',
     'saves', '0', 'state_bytes', '0', 'items', '0', 'created_at', now, 'updated_at', now)

@@ -214,3 +214,21 @@ fn key_layout_is_as_documented() {
     assert_eq!(record["status"], "completed");
     assert_eq!(record["claims"], "1");
 }
+
+#[test]
+fn a_job_counter_behind_the_jobs_is_refused_not_reused() {
+    let Some(mut s) = Scratch::new("jobseq") else {
+        return;
+    };
+    let store = s.open("");
+    enqueue(&store, "first", &["a"], T0);
+    let before = store.get_job("first").unwrap().unwrap();
+    // An operator (or eviction) loses the counter.
+    let _: u64 = s.raw(::redis::cmd("DEL").arg(format!("{}:jobseq", s.prefix)));
+    let err = store.ensure_job("second", T0).unwrap_err();
+    assert!(err.to_string().contains("damaged"), "{err}");
+    assert!(store.get_job("second").unwrap().is_none());
+    // The live job is untouched.
+    assert_eq!(store.get_job("first").unwrap().unwrap(), before);
+    assert_eq!(store.item_counts("first").unwrap().pending, 1);
+}

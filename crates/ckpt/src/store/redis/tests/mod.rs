@@ -187,6 +187,8 @@ fn url_options_and_their_errors() {
         ("ttl=-1", "ttl"),
         ("ttl=d", "ttl"),
         ("ttl=99999999999999999999d", "ttl"),
+        ("ttl=200000000000d", "ttl"),
+        ("ttl=36501d", "ttl"),
         ("schema=x", "unknown parameter"),
     ] {
         let err = RedisOptions::from_query(query).unwrap_err();
