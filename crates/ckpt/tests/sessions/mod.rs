@@ -269,6 +269,9 @@ fn panic_in_a_caller_transaction_leaves_the_pool_clean() {
     assert_eq!(rec.checkpoint.unwrap().cursor, serde_json::json!(2));
 }
 
+/// The PostgreSQL schema version of this build.
+const SCHEMA_LATEST: &str = "5";
+
 /// A store written by schema 2 (status index, history keyed by sequence)
 /// is upgraded on open: the status index goes, the dead-items index is
 /// built (outside the migration's transaction), the history becomes a ring,
@@ -317,6 +320,7 @@ fn postgres_upgrades_a_schema_2_store_in_place() {
          ALTER TABLE history ADD PRIMARY KEY (job_id, seq);
          DROP INDEX items_dead;
          CREATE INDEX items_status ON items (job_id, status);
+         ALTER TABLE jobs DROP COLUMN items_total;
          UPDATE ckpt_meta SET value = '2' WHERE key = 'schema_version';"
     ))
     .unwrap();
@@ -356,7 +360,7 @@ fn postgres_upgrades_a_schema_2_store_in_place() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(version, "4");
+    assert_eq!(version, SCHEMA_LATEST);
 
     // The data is as it was, and the ring goes on from the old history.
     let c = Ckpt::new(store.clone())
@@ -386,4 +390,14 @@ fn postgres_upgrades_a_schema_2_store_in_place() {
         .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].key, "a");
+    // Counts come from the total the upgrade computed and enqueue keeps.
+    q.enqueue([NewItem::key("b"), NewItem::key("c")]).unwrap();
+    for item in q.claim(5).unwrap() {
+        q.complete(&item, None).unwrap();
+    }
+    let counts = q.counts().unwrap();
+    assert_eq!(
+        (counts.pending, counts.completed, counts.dead, counts.total()),
+        (0, 2, 1, 3)
+    );
 }

@@ -386,6 +386,12 @@ impl Store for PgStore {
             }
             if report.inserted > 0 {
                 tx.cexecute(
+                    "UPDATE jobs SET items_total = items_total + $2 WHERE id = $1",
+                    &[&id, &(report.inserted as i64)],
+                )
+                .await
+                .map_err(pg_err)?;
+                tx.cexecute(
                     "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = $2
                      WHERE id = $1 AND status = 'completed'",
                     &[&id, &now.0],
@@ -490,13 +496,29 @@ impl Store for PgStore {
     }
 
     fn item_counts(&self, job: &str) -> Result<ItemCounts> {
-        self.block(async {
-            let c = self.client().await?;
-            let rows = c
+        in_tx!(self, |tx| {
+            // Completed items are counted as the rest of the job's total
+            // (kept by enqueue), so a job of millions of finished items is
+            // counted through the small indexes of its unfinished and dead
+            // items, not by a scan. One snapshot (REPEATABLE READ) for all.
+            tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .await
+                .map_err(pg_err)?;
+            let Some(row) = tx
+                .cquery_opt("SELECT id, items_total FROM jobs WHERE name = $1", &[&job])
+                .await
+                .map_err(pg_err)?
+            else {
+                return Ok(ItemCounts::default());
+            };
+            let id: i64 = row.get(0);
+            let rows = tx
                 .cquery(
-                    "SELECT i.status, count(*) FROM items i JOIN jobs j ON j.id = i.job_id
-                     WHERE j.name = $1 GROUP BY i.status",
-                    &[&job],
+                    "SELECT status, count(*) FROM items
+                     WHERE job_id = $1 AND ready_at IS NOT NULL GROUP BY status
+                     UNION ALL
+                     SELECT 'dead', count(*) FROM items WHERE job_id = $1 AND status = 'dead'",
+                    &[&id],
                 )
                 .await
                 .map_err(pg_err)?;
@@ -507,6 +529,9 @@ impl Store for PgStore {
                     r.get::<_, i64>(1) as u64,
                 );
             }
+            let total = row.get::<_, i64>(1) as u64;
+            counts.completed =
+                total.saturating_sub(counts.pending + counts.running + counts.failed + counts.dead);
             Ok(counts)
         })
     }

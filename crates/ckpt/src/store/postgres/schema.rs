@@ -78,6 +78,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE history ALTER COLUMN slot SET NOT NULL;
     ALTER TABLE history DROP CONSTRAINT history_pkey;
     ALTER TABLE history ADD PRIMARY KEY (job_id, slot);",
+    // 5: each job's item count, kept by enqueue (items are only ever deleted
+    // with their job), so counting completed items needs no scan.
+    "ALTER TABLE jobs ADD COLUMN items_total BIGINT NOT NULL DEFAULT 0;
+    UPDATE jobs SET items_total = (SELECT count(*) FROM items WHERE items.job_id = jobs.id)
+    WHERE EXISTS (SELECT 1 FROM items WHERE items.job_id = jobs.id);",
 ];
 
 /// The dead-letter index of schema 3. It is built with CONCURRENTLY, outside
