@@ -241,3 +241,38 @@ fn ctrl_c_stops_commands_and_ckpt_together_and_exits_130() {
     );
     assert_eq!(log.len(), 5);
 }
+
+#[test]
+fn a_third_signal_exits_even_while_the_store_is_locked() {
+    let sb = Sandbox::new();
+    let all = items("slow", 4);
+    let file = sb.write_items("items.txt", &all);
+    let run = run_command(&sb, &file, &["--grace", "1h"]).start();
+    wait_until(Duration::from_secs(30), "2 items to start", || {
+        sb.lines("started").len() == 2
+    });
+    // Another process holds the store's write lock: ckpt can commit nothing
+    // and would retry for minutes.
+    let locker = rusqlite::Connection::open(sb.db()).unwrap();
+    locker.busy_timeout(Duration::from_secs(10)).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    run.signal(SIGTERM);
+    wait_for_shutdown(&run);
+    run.signal(SIGTERM); // kills the commands
+    wait_until(Duration::from_secs(20), "the commands to be killed", || {
+        run.stderr_so_far().contains("killing the running commands now")
+    });
+    let before = std::time::Instant::now();
+    run.signal(SIGTERM);
+    let out = run.wait(Duration::from_secs(30));
+    out.code(143);
+    assert!(out.stderr.contains("exiting now"), "{}", out.stderr);
+    assert!(before.elapsed() < Duration::from_secs(20));
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+
+    // What the forced exit left running is taken over by the next run.
+    sb.write("go", "");
+    run_command(&sb, &file, &[]).run().success();
+    assert_eq!(item_counts(&sb.status("J")), (0, 0, 4, 0, 0));
+}

@@ -176,6 +176,8 @@ pub fn supervise(children: Arc<Children>, signals: Signals, grace: Duration) {
         "{first} received: starting no new item; running commands have {} to finish (a second signal kills them now)",
         humantime::format_duration(grace)
     );
+    // Signals already acted on; the one after them forces the exit.
+    let acted_on;
     if !signals.wait(2, Some(grace)) {
         let running = children.lock().pids.len();
         if running > 0 {
@@ -187,13 +189,26 @@ pub fn supervise(children: Arc<Children>, signals: Signals, grace: Duration) {
         }
         children.terminate();
         children.wait_exited(Instant::now() + KILL_AFTER, &signals);
+        // A signal during that wait meant "kill now", which follows.
+        acted_on = signals.count().min(2);
     } else {
+        acted_on = 2;
         tracing::warn!(
             event = "shutdown_forced",
             "second signal: killing the running commands now"
         );
     }
     children.kill();
+    // The run now commits what finished and gives back the rest, which
+    // waits for the store if it is unreachable. One more signal ends ckpt
+    // at once; the next run takes over what this one still holds.
+    if signals.wait(acted_on + 1, None) {
+        tracing::error!(
+            event = "exit_forced",
+            "another signal: exiting now; items still marked running are taken over by the next run"
+        );
+        std::process::exit(signals.exit_code().unwrap_or(130));
+    }
 }
 
 /// SIGINT or SIGTERM, by which `status` says the command died (or exited
