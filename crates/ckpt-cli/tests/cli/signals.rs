@@ -260,7 +260,8 @@ fn a_third_signal_exits_even_while_the_store_is_locked() {
     wait_for_shutdown(&run);
     run.signal(SIGTERM); // kills the commands
     wait_until(Duration::from_secs(20), "the commands to be killed", || {
-        run.stderr_so_far().contains("killing the running commands now")
+        run.stderr_so_far()
+            .contains("killing the running commands now")
     });
     let before = std::time::Instant::now();
     run.signal(SIGTERM);

@@ -432,7 +432,12 @@ impl Store for MemoryStore {
             .items
             .iter()
             .all(|id| g.items[(id - 1) as usize].record.status == ItemStatus::Completed);
-        if !(finished_in_time && all_done) {
+        let held = row.record.owner.is_some()
+            && row
+                .record
+                .lease_expires
+                .is_some_and(|t| t > completed_before);
+        if !(finished_in_time && all_done) || held {
             return Ok(false);
         }
         let row = g.jobs.remove(job).expect("checked above");

@@ -155,8 +155,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Deletes the job with its checkpoint, history and items, atomically,
     /// but only if it is completed, finished at or before
-    /// `completed_before`, and has no unfinished (pending, running, failed)
-    /// or dead item; the check and the delete are one transaction, so an
+    /// `completed_before`, not leased past `completed_before` (a worker that
+    /// took the completed job up again), and has no unfinished (pending,
+    /// running, failed) or dead item; the check and the delete are one transaction, so an
     /// enqueue racing it either reopens the job first (and nothing is
     /// deleted) or comes after (and creates a new job). Returns whether it
     /// deleted; a missing job is `Ok(false)`.

@@ -94,9 +94,20 @@ pub fn delete_job_spares_failed_and_running_jobs(f: &Fixture) {
     let mut job = c.job_with("cursor", every_call()).unwrap();
     job.save(&1u64, 1).unwrap();
     assert!(!c.store().delete_job("cursor", later).unwrap());
-    // Once completed it may go.
+    // Once completed it may go, but not while a worker holds it again.
     job.complete().unwrap();
-    assert!(c.store().delete_job("cursor", later).unwrap());
+    let held = c.job_with("cursor", every_call()).unwrap();
+    assert!(held.was_completed());
+    let lease_end = c.get_job("cursor").unwrap().unwrap().lease_expires.unwrap();
+    assert!(!c
+        .store()
+        .delete_job("cursor", ckpt::Timestamp(lease_end.0 - 1))
+        .unwrap());
+    assert!(c.get_job("cursor").unwrap().is_some());
+    assert!(
+        c.store().delete_job("cursor", later).unwrap(),
+        "its lease ended before the cutoff"
+    );
     assert!(c.get_job("cursor").unwrap().is_none());
     // Redriven and completed, the failed job may go too.
     assert_eq!(q.redrive(ItemStatus::Dead, None).unwrap(), 1);

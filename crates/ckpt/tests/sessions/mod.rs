@@ -397,7 +397,12 @@ fn postgres_upgrades_a_schema_2_store_in_place() {
     }
     let counts = q.counts().unwrap();
     assert_eq!(
-        (counts.pending, counts.completed, counts.dead, counts.total()),
+        (
+            counts.pending,
+            counts.completed,
+            counts.dead,
+            counts.total()
+        ),
         (0, 2, 1, 3)
     );
 }

@@ -312,6 +312,7 @@ impl Store for PgStore {
                 .cquery_opt(
                     "SELECT 1 FROM jobs WHERE id = $1 AND status = 'completed'
                          AND completed_at <= $2
+                         AND (owner IS NULL OR lease_expires IS NULL OR lease_expires <= $2)
                          AND NOT EXISTS (SELECT 1 FROM items
                                          WHERE job_id = $1 AND ready_at IS NOT NULL)
                          AND NOT EXISTS (SELECT 1 FROM items

@@ -544,6 +544,7 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "SELECT id FROM jobs WHERE name = ?1 AND status = 'completed'
                          AND completed_at <= ?2
+                         AND (owner IS NULL OR lease_expires IS NULL OR lease_expires <= ?2)
                          AND NOT EXISTS (SELECT 1 FROM items
                                          WHERE job_id = jobs.id AND status <> 'completed')",
                 )

@@ -6,8 +6,13 @@ local n = job_num(name)
 if not n then
   return {'ok', 0}
 end
-local f = redis.call('HMGET', jk(n), 'status', 'completed_at')
+local f = redis.call('HMGET', jk(n), 'status', 'completed_at', 'owner', 'lease_expires')
 if f[1] ~= 'completed' or not f[2] or tonumber(f[2]) > tonumber(ARGV[4]) then
+  return {'ok', 0}
+end
+-- A worker that took the completed job up again, its lease current at the
+-- cutoff: not idle long enough.
+if f[3] and f[3] ~= '' and f[4] and f[4] ~= '' and tonumber(f[4]) > tonumber(ARGV[4]) then
   return {'ok', 0}
 end
 for _, s in ipairs({'pending', 'running', 'failed', 'dead'}) do
