@@ -19,6 +19,8 @@ mod crash;
 mod errors;
 #[path = "cli/inspect.rs"]
 mod inspect;
+#[path = "cli/metrics.rs"]
+mod metrics;
 #[path = "cli/ops.rs"]
 mod ops;
 #[path = "cli/pg_restart.rs"]
