@@ -63,5 +63,9 @@ while claimed < max do
     end
   end
 end
-retention(n)
+-- A claim that took nothing changed nothing: it must not restart a
+-- completed job's countdown (a poller would keep it alive forever).
+if claimed > 0 then
+  retention(n)
+end
 return out

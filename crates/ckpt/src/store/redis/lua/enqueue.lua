@@ -21,6 +21,8 @@ end
 if inserted > 0 then
   reopen(n)
   redis.call('HSET', k, 'updated_at', now)
+  -- Only a change moves the retention: re-enqueueing known keys (a cron
+  -- rerun of a finished job) must not restart its countdown.
+  retention(n)
 end
-retention(n)
 return {'ok', inserted, existing}

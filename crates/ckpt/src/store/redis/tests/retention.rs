@@ -223,3 +223,37 @@ fn an_expired_job_is_gone_and_starts_afresh() {
     assert!(stale[0].as_ref().unwrap_err().is_fenced());
     assert_eq!(store.item_counts("j").unwrap().running, 1);
 }
+
+#[test]
+fn operations_that_change_nothing_do_not_restart_the_countdown() {
+    let Some(mut s) = Scratch::new("noop-ttl") else {
+        return;
+    };
+    let store = s.open("&ttl=1h");
+    enqueue(&store, "done", &["a", "b"], T0);
+    let lease = T0.plus(Duration::from_secs(10));
+    store.claim("done", "w", 2, lease, T0).unwrap();
+    complete_all(&store, "done", lease);
+    assert_eq!(
+        store.finish_if_done("done", lease).unwrap(),
+        Some(JobStatus::Completed)
+    );
+    // Real time has to pass for a PTTL to go down, so that a restarted
+    // countdown shows as a higher one.
+    std::thread::sleep(Duration::from_millis(200));
+    let before = *job_ttls(&s.pttls(), "done", 1).get("job:1").unwrap();
+    assert!(before > 0 && before < 3_600_000 - 100, "{before}");
+    // A poller's empty claim and a cron rerun's known keys.
+    assert!(store
+        .claim("done", "w2", 10, lease, lease)
+        .unwrap()
+        .is_empty());
+    assert_eq!(enqueue(&store, "done", &["a", "b"], lease), 0);
+    let after = job_ttls(&s.pttls(), "done", 1);
+    for (k, t) in &after {
+        assert!(
+            *t > 0 && *t <= before,
+            "{k}: PTTL {t} was restarted (before {before})"
+        );
+    }
+}
