@@ -13,7 +13,8 @@ use crate::error::Result;
 use crate::job::JobOptions;
 use crate::model::{ItemChange, ItemUpdate, NewItem};
 use crate::policy::CheckpointPolicy;
-use crate::runner::{Outcome, RunOptions, Runner};
+use crate::queue::Outcome;
+use crate::runner::{RunOptions, Runner};
 use crate::store::Store;
 use crate::{Ckpt, QueueOptions};
 

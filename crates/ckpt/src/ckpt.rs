@@ -1,12 +1,14 @@
 //! [`Ckpt`]: a store plus the clock, worker identity and limits that every
 //! job and queue shares.
+//!
+//! `Ckpt::job` and `Ckpt::queue`, which hand out a [`Job`](crate::Job) or a
+//! [`Queue`](crate::Queue), are written beside those types: they depend on
+//! `Ckpt`, not the other way round.
 
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::job::{Job, JobOptions};
 use crate::model::{Checkpoint, JobRecord};
-use crate::queue::{Queue, QueueOptions};
 use crate::store::{self, OpenMode, Store};
 use crate::time::{Clock, SystemClock, Timestamp};
 use crate::validate;
@@ -109,31 +111,6 @@ impl Ckpt {
         &self.limits
     }
 
-    /// Acquires the job with default options: see [`Ckpt::job_with`].
-    pub fn job(&self, name: &str) -> Result<Job> {
-        self.job_with(name, JobOptions::default())
-    }
-
-    /// Acquires the job's lease (creating the job if new) and returns a
-    /// handle to resume and checkpoint it. Fails with
-    /// [`Error::Busy`](crate::Error::Busy) while another live worker holds
-    /// it; a holder on this host whose process is gone is taken over at once.
-    pub fn job_with(&self, name: &str, options: JobOptions) -> Result<Job> {
-        validate::job_name(name)?;
-        Job::acquire(self.clone(), name, options)
-    }
-
-    /// A handle on the job's work items with default options.
-    pub fn queue(&self, name: &str) -> Result<Queue> {
-        self.queue_with(name, QueueOptions::default())
-    }
-
-    /// A handle on the job's work items.
-    pub fn queue_with(&self, name: &str, options: QueueOptions) -> Result<Queue> {
-        validate::job_name(name)?;
-        Ok(Queue::new(self.clone(), name, options))
-    }
-
     /// The job's record, or `None`.
     pub fn get_job(&self, name: &str) -> Result<Option<JobRecord>> {
         validate::job_name(name)?;
@@ -202,7 +179,6 @@ impl Ckpt {
 
     /// Refuses a transaction on a store other than this handle's own: the
     /// caller's writes and ckpt's must land in the same database.
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn check_same_store(&self, store: &dyn Store) -> Result<()> {
         if store.describe() == self.store.describe() {
             Ok(())

@@ -11,6 +11,7 @@ use crate::ckpt::Ckpt;
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, JobLease, JobRecord, JobStatus};
 use crate::policy::{CheckpointPolicy, IntervalTracker};
+use crate::store::{SharedTx, TxWrite};
 use crate::time::Timestamp;
 use crate::validate;
 
@@ -195,40 +196,30 @@ impl Job {
     }
 
     /// Saves `checkpoint` and runs `f` (the caller's own writes) in one
-    /// SQLite transaction of `store`, the job's store: both commit or
-    /// neither does, so a crash never leaves the writes without the
+    /// transaction of `store`, which must be this job's store: both commit
+    /// or neither does, so a crash never leaves the writes without the
     /// checkpoint or the checkpoint without the writes (exactly-once for a
-    /// sink in the same database). `f` runs first; if the lease was lost,
+    /// sink in the same database). `f` runs first, on the store's
+    /// [`SharedTx::Tx`] (a `rusqlite::Transaction` for SQLite, a
+    /// [`PgTx`](crate::store::PgTx) for PostgreSQL); if the lease was lost,
     /// the transaction rolls back, the caller's writes with it, and the
     /// result is [`Error::Fenced`]. Always persists, whatever the policy.
-    #[cfg(feature = "sqlite")]
-    pub fn checkpoint_with_sqlite<T>(
+    pub fn checkpoint_with<S: SharedTx, T>(
         &mut self,
-        store: &crate::store::SqliteStore,
+        store: &S,
         checkpoint: Checkpoint,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+        f: impl FnOnce(&mut S::Tx<'_>) -> Result<T>,
     ) -> Result<T> {
         self.ckpt.check_same_store(store)?;
         self.pending = None;
         self.persist(checkpoint, |lease, cp, keep, until, now| {
-            store.save_checkpoint_with(lease, cp, keep, until, now, f)
-        })
-    }
-
-    /// [`checkpoint_with_sqlite`](Job::checkpoint_with_sqlite) for
-    /// PostgreSQL: `f` gets a [`PgTx`](crate::store::PgTx) on the
-    /// transaction that also saves the checkpoint.
-    #[cfg(feature = "postgres")]
-    pub fn checkpoint_with_postgres<T>(
-        &mut self,
-        store: &crate::store::PgStore,
-        checkpoint: Checkpoint,
-        f: impl FnOnce(&mut crate::store::PgTx<'_>) -> Result<T>,
-    ) -> Result<T> {
-        self.ckpt.check_same_store(store)?;
-        self.pending = None;
-        self.persist(checkpoint, |lease, cp, keep, until, now| {
-            store.save_checkpoint_with(lease, cp, keep, until, now, f)
+            let write = TxWrite::SaveCheckpoint {
+                lease,
+                checkpoint: cp,
+                history_keep: keep,
+                lease_until: until,
+            };
+            store.with_tx(write, now, f)
         })
     }
 
@@ -324,5 +315,21 @@ impl Job {
         self.flush()?;
         let now = self.ckpt.now();
         self.ckpt.store().release_job(&self.lease, now)
+    }
+}
+
+impl Ckpt {
+    /// Acquires the job with default options: see [`Ckpt::job_with`].
+    pub fn job(&self, name: &str) -> Result<Job> {
+        self.job_with(name, JobOptions::default())
+    }
+
+    /// Acquires the job's lease (creating the job if new) and returns a
+    /// handle to resume and checkpoint it. Fails with
+    /// [`Error::Busy`](crate::Error::Busy) while another live worker holds
+    /// it; a holder on this host whose process is gone is taken over at once.
+    pub fn job_with(&self, name: &str, options: JobOptions) -> Result<Job> {
+        validate::job_name(name)?;
+        Job::acquire(self.clone(), name, options)
     }
 }

@@ -5,8 +5,11 @@
 //! - [`CheckpointPolicy`] and [`IntervalTracker`]: when a `checkpoint()` call
 //!   is persisted (every N items, every T, or adaptively from the measured
 //!   cost of a write).
+//! - [`retention`]: which jobs a prune deletes, as a plan that
+//!   `--dry-run` prints and the real prune executes.
 
 mod interval;
+pub mod retention;
 mod retry;
 
 pub use interval::{CheckpointPolicy, IntervalTracker};

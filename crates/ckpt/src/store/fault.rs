@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{ItemStream, Store};
+use super::{ItemSignals, ItemStore, ItemStream, JobStore, OwnerSessions, Store};
 use crate::error::{Error, Result};
 use crate::model::{
     Checkpoint, ClaimedItem, EnqueueReport, HistoryEntry, ItemCounts, ItemRecord, ItemStatus,
@@ -144,6 +144,28 @@ impl Store for FaultStore {
     fn describe(&self) -> String {
         format!("fault({})", self.inner.describe())
     }
+    fn item_signals(&self) -> Option<&dyn ItemSignals> {
+        self.inner.item_signals()
+    }
+    /// The inner store's, failing too once "crashed".
+    fn owner_sessions(&self) -> Option<&dyn OwnerSessions> {
+        self.inner
+            .owner_sessions()
+            .map(|_| self as &dyn OwnerSessions)
+    }
+}
+
+impl OwnerSessions for FaultStore {
+    fn expire_lost_owners(&self, job: &str, now: Timestamp) -> Result<u64> {
+        self.check_alive()?;
+        match self.inner.owner_sessions() {
+            Some(sessions) => sessions.expire_lost_owners(job, now),
+            None => Ok(0),
+        }
+    }
+}
+
+impl JobStore for FaultStore {
     fn ensure_job(&self, job: &str, now: Timestamp) -> Result<()> {
         self.call(Op::EnsureJob, || self.inner.ensure_job(job, now))
     }
@@ -192,9 +214,6 @@ impl Store for FaultStore {
     fn release_job(&self, lease: &JobLease, now: Timestamp) -> Result<()> {
         self.call(Op::ReleaseJob, || self.inner.release_job(lease, now))
     }
-    fn finish_if_done(&self, job: &str, now: Timestamp) -> Result<Option<JobStatus>> {
-        self.call(Op::FinishIfDone, || self.inner.finish_if_done(job, now))
-    }
     fn put_checkpoint(
         &self,
         job: &str,
@@ -230,6 +249,9 @@ impl Store for FaultStore {
             self.inner.delete_job(job, completed_before)
         })
     }
+}
+
+impl ItemStore for FaultStore {
     fn enqueue(&self, job: &str, items: ItemStream<'_>, now: Timestamp) -> Result<EnqueueReport> {
         self.call(Op::Enqueue, || self.inner.enqueue(job, items, now))
     }
@@ -247,6 +269,9 @@ impl Store for FaultStore {
     }
     fn update_items(&self, updates: &[ItemUpdate], now: Timestamp) -> Result<Vec<Result<()>>> {
         self.call(Op::UpdateItems, || self.inner.update_items(updates, now))
+    }
+    fn finish_if_done(&self, job: &str, now: Timestamp) -> Result<Option<JobStatus>> {
+        self.call(Op::FinishIfDone, || self.inner.finish_if_done(job, now))
     }
     fn item_counts(&self, job: &str) -> Result<ItemCounts> {
         self.check_alive()?;
@@ -268,13 +293,6 @@ impl Store for FaultStore {
     fn running_owners(&self, job: &str) -> Result<Vec<String>> {
         self.check_alive()?;
         self.inner.running_owners(job)
-    }
-    fn wait_for_items(&self, job: &str, timeout: std::time::Duration) -> Option<bool> {
-        self.inner.wait_for_items(job, timeout)
-    }
-    fn expire_lost_owners(&self, job: &str, now: Timestamp) -> Result<u64> {
-        self.check_alive()?;
-        self.inner.expire_lost_owners(job, now)
     }
     fn expire_owner(&self, job: &str, owner: &str, now: Timestamp) -> Result<u64> {
         self.call(Op::ExpireOwner, || self.inner.expire_owner(job, owner, now))

@@ -1,9 +1,6 @@
-//! Store URLs: parsing, opening, and redacting passwords for messages.
+//! Store URL helpers shared by the backends: query strings, and keeping
+//! passwords out of messages. Opening a store from its URL is `open`'s.
 
-use std::sync::Arc;
-
-use super::{MemoryStore, Store};
-use crate::error::{Error, Result};
 
 /// Whether opening may create a store that does not exist yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,50 +103,6 @@ pub(crate) fn query_pairs(query: &str) -> Vec<(&str, &str)> {
         .collect()
 }
 
-// `rest` is read by the SQLite arm only; `mode` by every persistent store.
-#[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
-pub(super) fn open(url: &str, mode: OpenMode) -> Result<Arc<dyn Store>> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-        Error::Open(format!(
-            "store URL {:?} has no scheme; expected sqlite://PATH or memory://",
-            redact_url(url)
-        ))
-    })?;
-    match scheme {
-        "memory" => Ok(Arc::new(MemoryStore::new())),
-        #[cfg(feature = "sqlite")]
-        "sqlite" => {
-            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-            let options = super::sqlite::SqliteOptions::from_query(query)?;
-            Ok(Arc::new(super::SqliteStore::open(path, options, mode)?))
-        }
-        #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Arc::new(super::PgStore::open(url, mode)?)),
-        #[cfg(feature = "redis")]
-        "redis" => Ok(Arc::new(super::RedisStore::open(url, mode)?)),
-        other => Err(Error::Open(format!(
-            "unsupported store scheme {other:?} in {}; this build supports: {}",
-            redact_url(url),
-            supported_schemes()
-        ))),
-    }
-}
-
-fn supported_schemes() -> String {
-    let mut schemes = Vec::new();
-    if cfg!(feature = "sqlite") {
-        schemes.push("sqlite://");
-    }
-    if cfg!(feature = "postgres") {
-        schemes.push("postgres://");
-    }
-    if cfg!(feature = "redis") {
-        schemes.push("redis://");
-    }
-    schemes.push("memory://");
-    schemes.join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,21 +158,6 @@ mod tests {
         assert_eq!(
             split_query("redis://:a?b@h/0?ttl=1d"),
             ("redis://:a?b@h/0", "ttl=1d")
-        );
-    }
-
-    #[test]
-    fn bad_urls_are_clear_errors() {
-        let e = open("ckpt.db", OpenMode::MustExist)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("no scheme"), "{e}");
-        let e = open("mysql://u:pw@h/db", OpenMode::MustExist)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("unsupported store scheme") && !e.contains("pw"),
-            "{e}"
         );
     }
 }

@@ -16,18 +16,24 @@
 //!   application, a corrupt file, or a store of a newer ckpt is refused
 //!   before anything is written to it.
 
-mod ops;
+mod conn;
+mod items;
+mod jobs;
 mod rows;
 mod schema;
+mod tx;
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
 use super::url::{query_pairs, OpenMode};
+use super::{ItemSignals, OwnerSessions, Store};
 use crate::error::{Error, Result};
+
+pub(crate) use conn::sql_err;
 
 pub use schema::SCHEMA_VERSION;
 
@@ -164,89 +170,27 @@ impl SqliteStore {
     pub fn durability(&self) -> Durability {
         self.options.durability
     }
+}
 
-    fn configure(&self) -> Result<()> {
-        let conn = self.lock();
-        conn.busy_timeout(self.options.busy_timeout)
-            .map_err(|e| self.open_err(e))?;
-        // Switching to WAL takes an exclusive lock and does not wait on the
-        // busy handler, so several processes opening a new store at once
-        // retry here until the busy timeout runs out.
-        let deadline = std::time::Instant::now() + self.options.busy_timeout;
-        let mode: String = loop {
-            match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
-                Ok(mode) => break mode,
-                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(self.open_err(e)),
-            }
-        };
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::Open(format!(
-                "{}: cannot switch to WAL journal (got {mode})",
-                self.path
-            )));
-        }
-        conn.execute_batch(&format!(
-            "PRAGMA synchronous={}; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;",
-            self.sync_pragma()
-        ))
-        .map_err(|e| self.open_err(e))?;
-        Ok(())
+impl Store for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite://{}", self.path)
     }
 
-    fn sync_pragma(&self) -> &'static str {
-        match self.options.durability {
-            Durability::Full => "FULL",
-            Durability::Normal => "NORMAL",
-        }
+    /// None: idle workers poll, which on one machine costs an index lookup.
+    fn item_signals(&self) -> Option<&dyn ItemSignals> {
+        None
     }
 
-    fn open_err(&self, e: rusqlite::Error) -> Error {
-        match sql_err(e) {
-            Error::Storage(m) => Error::Open(format!("{}: {m}", self.path)),
-            other => other,
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // The connection holds no half-applied state across a panic: an
-        // open transaction is rolled back when its guard drops.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// None: every owner is a process on this machine, found dead by the
+    /// local process check.
+    fn owner_sessions(&self) -> Option<&dyn OwnerSessions> {
+        None
     }
 }
 
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _)
-        if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
-}
-
-/// Maps a SQLite error to the library's error.
-pub(crate) fn sql_err(e: rusqlite::Error) -> Error {
-    use rusqlite::ErrorCode as C;
-    if let rusqlite::Error::SqliteFailure(f, _) = &e {
-        match f.code {
-            C::DatabaseBusy | C::DatabaseLocked => {
-                return Error::Busy(format!("the store is locked by another writer ({e})"))
-            }
-            C::DiskFull => return Error::Storage(format!("disk full: {e}")),
-            C::NotADatabase | C::DatabaseCorrupt => {
-                return Error::NotAStore(format!(
-                    "the store file is corrupt or not a database: {e}"
-                ))
-            }
-            C::ReadOnly | C::CannotOpen | C::PermissionDenied => {
-                return Error::Storage(format!("cannot write the store: {e}"))
-            }
-            _ => {}
-        }
-    }
-    Error::Storage(e.to_string())
-}
-
-/// Lets the closures of `Job::checkpoint_with_sqlite` and
-/// `Queue::complete_with_sqlite` use `?` on their own statements.
+/// Lets the closures of `Job::checkpoint_with` and `Queue::complete_with`
+/// use `?` on their own statements.
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         sql_err(e)

@@ -4,7 +4,30 @@ use rusqlite::Row;
 use serde_json::Value;
 
 use crate::model::{Checkpoint, ItemRecord, ItemStatus, JobRecord, JobStatus};
+use crate::store::machine::shown_ready_at;
 use crate::time::Timestamp;
+
+/// The columns [`job_from_row`] reads, in order.
+pub(super) const JOB_COLUMNS: &str =
+    "name, status, cursor, items_processed, stage, state, checkpoint_at, \
+     owner, lease_expires, epoch, attempts, saves, \
+     (SELECT count(*) FROM history h WHERE h.job_id = jobs.id), state_bytes, \
+     created_at, updated_at, completed_at, error";
+
+/// The columns [`item_from_row`] reads, in order.
+pub(super) const ITEM_COLUMNS: &str =
+    "id, key, payload, status, attempts, owner, ready_at, last_error, \
+     stats, cursor, enqueued_at, started_at, finished_at";
+
+/// A JSON value as stored: its text.
+pub(super) fn to_json(v: &Value) -> String {
+    // Serialising a `Value` cannot fail: its map keys are strings.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+pub(super) fn opt_json(v: Option<&Value>) -> Option<String> {
+    v.map(to_json)
+}
 
 pub(super) fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Value>> {
     let text: Option<String> = row.get(idx)?;
@@ -67,10 +90,7 @@ pub(super) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
 
 pub(super) fn item_from_row(row: &Row<'_>) -> rusqlite::Result<ItemRecord> {
     let status = status_col(row, 3, ItemStatus::parse)?;
-    let ready_at = match status {
-        ItemStatus::Running | ItemStatus::Failed => ts(row.get(6)?),
-        _ => None,
-    };
+    let ready_at = shown_ready_at(status, ts(row.get(6)?));
     Ok(ItemRecord {
         id: row.get(0)?,
         key: row.get(1)?,

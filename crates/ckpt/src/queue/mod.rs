@@ -1,9 +1,22 @@
 //! [`Queue`]: the claim pattern. Many workers share a job's items; each item
 //! runs on exactly one live worker at a time.
+//!
+//! # Architecture
+//! A `Queue` is one worker's handle on one job's items. It claims items
+//! ([`Queue::claim`]), and records how their attempts ended
+//! ([`Queue::settle`] in `settle`, for one item or a batch that shares one
+//! durable commit): the outcome becomes a change per the retry policy, the
+//! change is applied fenced, and the event and metrics for it are emitted
+//! there, once. The [`Runner`](crate::Runner) drives a queue and never
+//! calls the store itself.
 
 use std::time::Duration;
 
 use serde_json::Value;
+
+mod settle;
+
+pub use settle::{Attempt, Outcome, Settled};
 
 use crate::ckpt::Ckpt;
 use crate::error::Result;
@@ -12,6 +25,8 @@ use crate::model::{
     JobStatus, NewItem,
 };
 use crate::policy::{RetryDecision, RetryPolicy};
+use crate::store::machine::Redrive;
+use crate::store::{SharedTx, TxWrite};
 use crate::time::Timestamp;
 use crate::validate;
 
@@ -140,101 +155,66 @@ impl Queue {
 
     /// Completes a claimed item with optional stats. Fenced.
     pub fn complete(&self, item: &ClaimedItem, stats: Option<Value>) -> Result<()> {
-        self.apply_one(ItemUpdate {
-            lease: item.lease.clone(),
-            change: ItemChange::Complete { stats },
-        })?;
-        self.completed(item);
-        Ok(())
+        match self.settle_one(item, Outcome::Completed(stats))? {
+            Settled::Lost(e) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Gives a claimed item back unfinished: pending again, claimable at
     /// once, and the attempt its claim counted taken back (for a worker
     /// that stops before it could finish the item). Fenced.
     pub fn release(&self, item: &ClaimedItem) -> Result<()> {
-        self.apply_one(ItemUpdate {
-            lease: item.lease.clone(),
-            change: ItemChange::Release,
-        })
-    }
-
-    /// Emits the completion of `item` (event and lead-time metric).
-    fn completed(&self, item: &ClaimedItem) {
-        let lead = self.ckpt.now().since(item.enqueued_at);
-        metrics::histogram!("ckpt_item_lead_time_seconds", "job" => self.job.clone())
-            .record(lead.as_secs_f64());
-        tracing::debug!(event = "item_completed", job = %self.job, key = %item.key, attempt = item.attempt);
-    }
-
-    /// Completes `item` and runs `f` (the caller's own writes for it) in one
-    /// SQLite transaction of `store`, the queue's store: both commit or
-    /// neither does. If the lease was lost, everything rolls back and the
-    /// result is [`Error::Fenced`](crate::Error::Fenced).
-    #[cfg(feature = "sqlite")]
-    pub fn complete_with_sqlite<T>(
-        &self,
-        store: &crate::store::SqliteStore,
-        item: &ClaimedItem,
-        stats: Option<Value>,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
-    ) -> Result<T> {
-        self.ckpt.check_same_store(store)?;
-        let update = ItemUpdate {
-            lease: item.lease.clone(),
-            change: ItemChange::Complete { stats },
-        };
-        let out = store.update_item_with(&update, self.ckpt.now(), f)?;
-        self.completed(item);
-        Ok(out)
-    }
-
-    /// [`complete_with_sqlite`](Queue::complete_with_sqlite) for PostgreSQL.
-    #[cfg(feature = "postgres")]
-    pub fn complete_with_postgres<T>(
-        &self,
-        store: &crate::store::PgStore,
-        item: &ClaimedItem,
-        stats: Option<Value>,
-        f: impl FnOnce(&mut crate::store::PgTx<'_>) -> Result<T>,
-    ) -> Result<T> {
-        self.ckpt.check_same_store(store)?;
-        let update = ItemUpdate {
-            lease: item.lease.clone(),
-            change: ItemChange::Complete { stats },
-        };
-        let out = store.update_item_with(&update, self.ckpt.now(), f)?;
-        self.completed(item);
-        Ok(out)
+        match self.settle_one(item, Outcome::Interrupted("given back".into()))? {
+            Settled::Lost(e) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Fails a claimed item: it is retried with backoff, or moved to the
     /// dead-letter list once its attempts are used up. Fenced.
     pub fn fail(&self, item: &ClaimedItem, error: &str) -> Result<RetryDecision> {
-        let (update, decision) = self.failure(item, error, self.ckpt.now());
-        self.apply_one(update)?;
-        Ok(decision)
+        match self.settle_one(item, Outcome::Failed(error.to_string()))? {
+            Settled::Retrying(at) => Ok(RetryDecision::RetryAt(at)),
+            Settled::Lost(e) => Err(e),
+            _ => Ok(RetryDecision::Dead),
+        }
     }
 
-    /// The update that fails `item` per the retry policy, and the decision.
-    pub fn failure(
+    /// Completes `item` and runs `f` (the caller's own writes for it) in one
+    /// transaction of `store`, the queue's store: both commit or neither
+    /// does. `f` runs first, on the store's [`SharedTx::Tx`]. If the lease
+    /// was lost, everything rolls back and the result is
+    /// [`Error::Fenced`](crate::Error::Fenced).
+    pub fn complete_with<S: SharedTx, T>(
         &self,
+        store: &S,
         item: &ClaimedItem,
-        error: &str,
-        now: Timestamp,
-    ) -> (ItemUpdate, RetryDecision) {
-        let decision = self.options.retry.decide(item.attempt, now, rand::random());
-        let retry_at = match decision {
-            RetryDecision::RetryAt(t) => Some(t),
-            RetryDecision::Dead => None,
+        stats: Option<Value>,
+        f: impl FnOnce(&mut S::Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.ckpt.check_same_store(store)?;
+        let attempt = Attempt {
+            item: item.clone(),
+            outcome: Outcome::Completed(stats),
+            ran_for: None,
         };
-        let update = ItemUpdate {
-            lease: item.lease.clone(),
-            change: ItemChange::Fail {
-                error: error.to_string(),
-                retry_at,
-            },
-        };
-        (update, decision)
+        let now = self.ckpt.now();
+        let verdict = self.verdict(&attempt, now);
+        let update = verdict.update(item);
+        let result = store.with_tx(TxWrite::UpdateItem(&update), now, f);
+        // A refused completion is this queue's event (lease lost); the
+        // caller's own error is the caller's to report.
+        match &result {
+            Ok(_) => {
+                self.record(&attempt, verdict, Ok(()));
+            }
+            Err(crate::Error::Fenced(why)) => {
+                self.record(&attempt, verdict, Err(crate::Error::Fenced(why.clone())));
+            }
+            Err(_) => {}
+        }
+        result
     }
 
     /// Saves a per-item cursor, so that a retry of this item resumes inside
@@ -287,6 +267,23 @@ impl Queue {
         result
     }
 
+    /// Creates the job if it is new (so that a run over no items can still
+    /// finish it), leaving an existing job as it is.
+    pub fn ensure_job(&self) -> Result<()> {
+        self.ckpt.store().ensure_job(&self.job, self.ckpt.now())
+    }
+
+    /// Waits up to `timeout` for the store's signal that items may have
+    /// become claimable: `Some(true)` when signalled, `Some(false)` on
+    /// timeout, `None` at once when the store has no signal (or it is down):
+    /// then the caller polls.
+    pub fn wait_for_items(&self, timeout: Duration) -> Option<bool> {
+        self.ckpt
+            .store()
+            .item_signals()?
+            .wait_for_items(&self.job, timeout)
+    }
+
     /// Item counts by status.
     pub fn counts(&self) -> Result<ItemCounts> {
         self.ckpt.store().item_counts(&self.job)
@@ -305,7 +302,7 @@ impl Queue {
     /// Re-drives dead (or failed) items back to pending with fresh attempts;
     /// any other `from` is [`Error::InvalidInput`](crate::Error::InvalidInput).
     pub fn redrive(&self, from: ItemStatus, keys: Option<&[String]>) -> Result<u64> {
-        if !matches!(from, ItemStatus::Dead | ItemStatus::Failed) {
+        if !Redrive::applies_to(from) {
             return Err(crate::Error::InvalidInput(format!(
                 "only dead or failed items can be re-driven, not {from} ones"
             )));
@@ -320,10 +317,10 @@ impl Queue {
     /// lease runs out, after killing the processes it left running. Returns
     /// how many items were freed.
     pub fn reclaim_dead_owners(&self) -> Result<u64> {
-        let mut freed = self
-            .ckpt
-            .store()
-            .expire_lost_owners(&self.job, self.ckpt.now())?;
+        let mut freed = match self.ckpt.store().owner_sessions() {
+            Some(sessions) => sessions.expire_lost_owners(&self.job, self.ckpt.now())?,
+            None => 0,
+        };
         if freed > 0 {
             tracing::info!(event = "takeover", job = %self.job, items = freed, "owners whose sessions ended; their items are claimable now");
         }
@@ -346,5 +343,18 @@ impl Queue {
     /// failed (some dead) and returns that status; otherwise `None`.
     pub fn finish_if_done(&self) -> Result<Option<JobStatus>> {
         self.ckpt.store().finish_if_done(&self.job, self.ckpt.now())
+    }
+}
+
+impl Ckpt {
+    /// A handle on the job's work items with default options.
+    pub fn queue(&self, name: &str) -> Result<Queue> {
+        self.queue_with(name, QueueOptions::default())
+    }
+
+    /// A handle on the job's work items.
+    pub fn queue_with(&self, name: &str, options: QueueOptions) -> Result<Queue> {
+        validate::job_name(name)?;
+        Ok(Queue::new(self.clone(), name, options))
     }
 }

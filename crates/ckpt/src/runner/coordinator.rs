@@ -1,0 +1,269 @@
+//! The coordinator: the calling thread of [`Runner::run`], which alone
+//! talks to the queue while the workers run the handler.
+
+use std::time::{Duration, Instant};
+
+use super::workers::State;
+use super::{RunProgress, RunReport, Runner};
+use crate::error::Result;
+use crate::model::{ClaimedItem, ItemId};
+use crate::queue::{Attempt, Outcome, Settled};
+
+/// One run's coordinator: what it holds between rounds.
+pub(super) struct Coordinator<'r, 'q> {
+    runner: &'r Runner<'q>,
+    state: &'r State,
+    report: RunReport,
+    /// Ended attempts not yet recorded (kept across a store outage).
+    unsaved: Vec<Attempt>,
+    last_heartbeat: Instant,
+    last_reclaim: Instant,
+    /// Items held at most: one per worker, plus the prefetch.
+    capacity: usize,
+}
+
+/// What a round found in the shared state.
+struct Snapshot {
+    stopping: bool,
+    /// Items claimed and not yet recorded: ready or running.
+    held: usize,
+}
+
+impl<'r, 'q> Coordinator<'r, 'q> {
+    pub(super) fn new(runner: &'r Runner<'q>, state: &'r State) -> Self {
+        Coordinator {
+            runner,
+            state,
+            report: RunReport::default(),
+            unsaved: Vec::new(),
+            last_heartbeat: Instant::now(),
+            last_reclaim: Instant::now(),
+            capacity: runner.options.workers.max(1) + runner.options.prefetch,
+        }
+    }
+
+    /// Runs rounds until the job has nothing left for this run, riding out
+    /// a busy or unreachable store for up to `max_outage`.
+    pub(super) fn run(mut self) -> Result<RunReport> {
+        let queue = self.runner.queue;
+        queue.ensure_job()?;
+        queue.reclaim_dead_owners()?;
+        let mut outage: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.round() {
+                Ok(Some(report)) => return Ok(report),
+                Ok(None) => {
+                    outage = None;
+                    backoff = Duration::from_millis(100);
+                }
+                // A busy store or a lost connection: keep the outcomes and
+                // the items in hand, and try again with backoff. Items keep
+                // running meanwhile; a lease that lapses is fenced later.
+                Err(e) if e.is_transient() => {
+                    let since = *outage.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.runner.options.max_outage {
+                        return Err(e);
+                    }
+                    tracing::warn!(
+                        job = queue.job(),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "store unavailable, will retry: {e}"
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One round: record what ended, renew leases, then either wind down
+    /// (stopping), claim more, or finish; then wait. `Some` when the run
+    /// is over.
+    fn round(&mut self) -> Result<Option<RunReport>> {
+        let snapshot = self.collect();
+        self.record()?;
+        let lease = self.runner.queue.options().lease;
+        if self.last_heartbeat.elapsed() >= lease / 3 {
+            self.heartbeat()?;
+            self.last_heartbeat = Instant::now();
+        }
+        if snapshot.stopping {
+            // Claim nothing more; wait for the running items.
+            if snapshot.held == 0 && self.unsaved.is_empty() {
+                self.report.stopped = true;
+                return self.finish().map(Some);
+            }
+            let poll = self.runner.options.idle_poll.min(lease / 3);
+            self.state.wait_for_progress(poll);
+            return Ok(None);
+        }
+        let claimed = self.refill(snapshot.held)?;
+        let in_hand = snapshot.held + claimed;
+        if in_hand == 0 && self.unsaved.is_empty() {
+            // An index lookup, where counting would scan every item.
+            if self.runner.queue.next_ready_at()?.is_none() {
+                return self.finish().map(Some);
+            }
+            if self.last_reclaim.elapsed() >= Duration::from_secs(1) {
+                self.runner.queue.reclaim_dead_owners()?;
+                self.last_reclaim = Instant::now();
+            }
+        }
+        self.wait(in_hand)?;
+        Ok(None)
+    }
+
+    /// Takes the attempts that ended and, when stopping, the items not
+    /// started (given back unstarted), into `unsaved`.
+    fn collect(&mut self) -> Snapshot {
+        let mut g = self.state.lock();
+        // Read under the lock after clearing `woken`: a stop requested from
+        // now on wakes the wait of this round.
+        g.woken = false;
+        let stopping = self.runner.stop.is_stopped();
+        self.unsaved.append(&mut g.finished);
+        if stopping {
+            // Under the lock that workers take an item under: an item is
+            // either started or given back, never both.
+            self.unsaved.extend(g.ready.drain(..).map(|item| Attempt {
+                item,
+                outcome: Outcome::Interrupted("not started: the run is stopping".into()),
+                ran_for: None,
+            }));
+        }
+        Snapshot {
+            stopping,
+            held: g.ready.len() + g.running.len(),
+        }
+    }
+
+    /// Records the unsaved attempts in one transaction. On error they stay
+    /// unsaved, for the next round.
+    fn record(&mut self) -> Result<()> {
+        if self.unsaved.is_empty() {
+            return Ok(());
+        }
+        let settled = self.runner.queue.settle(&self.unsaved)?;
+        self.unsaved.clear();
+        let counts = &self.runner.progress;
+        let report = &mut self.report;
+        for s in settled {
+            match s {
+                Settled::Completed => {
+                    report.completed += 1;
+                    RunProgress::add(&counts.inner.completed);
+                }
+                Settled::Retrying(_) => {
+                    report.failed += 1;
+                    RunProgress::add(&counts.inner.failed);
+                }
+                Settled::Dead => {
+                    report.failed += 1;
+                    report.dead += 1;
+                    RunProgress::add(&counts.inner.failed);
+                    RunProgress::add(&counts.inner.dead);
+                }
+                Settled::Released => {
+                    report.released += 1;
+                    RunProgress::add(&counts.inner.released);
+                }
+                Settled::Lost(_) => {
+                    report.lost += 1;
+                    RunProgress::add(&counts.inner.lost);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims enough items to fill every slot; returns how many.
+    fn refill(&mut self, held: usize) -> Result<usize> {
+        if held >= self.capacity {
+            return Ok(0);
+        }
+        let items = self.runner.queue.claim(self.capacity - held)?;
+        let claimed = items.len();
+        if claimed > 0 {
+            self.state.lock().ready.extend(items);
+            self.state.work.notify_all();
+        }
+        Ok(claimed)
+    }
+
+    /// Sleeps until there is something to do: with room for more items,
+    /// until the next one is due (or the store signals new ones, when this
+    /// run holds none); with every slot taken, until a worker finishes.
+    fn wait(&self, in_hand: usize) -> Result<()> {
+        let queue = self.runner.queue;
+        let wait = if in_hand < self.capacity {
+            self.idle_wait()?
+        } else {
+            self.runner.options.idle_poll
+        };
+        let wait = wait.min(queue.options().lease / 3);
+        // With nothing in hand no worker can make progress: wait for the
+        // store's signal that items arrived, where it has one.
+        let signalled = (in_hand == 0).then(|| queue.wait_for_items(wait)).flatten();
+        if signalled.is_none() {
+            self.state.wait_for_progress(wait);
+        }
+        Ok(())
+    }
+
+    /// How long to sleep when there is nothing to do: until the next item
+    /// becomes claimable, within bounds.
+    fn idle_wait(&self) -> Result<Duration> {
+        let floor = Duration::from_millis(5);
+        let poll = self.runner.options.idle_poll;
+        let queue = self.runner.queue;
+        let next = queue.next_ready_at()?;
+        let now = queue.ckpt().now();
+        Ok(match next {
+            Some(t) => t.since(now).clamp(floor, poll),
+            None => poll,
+        })
+    }
+
+    /// Marks the job done if nothing is left, and reports.
+    fn finish(&mut self) -> Result<RunReport> {
+        self.report.status = self.runner.queue.finish_if_done()?;
+        self.report.counts = self.runner.queue.counts()?;
+        Ok(self.report.clone())
+    }
+
+    /// Renews the leases of every held item; items lost meanwhile are
+    /// dropped from the local queue so they are not started.
+    fn heartbeat(&self) -> Result<()> {
+        let held: Vec<ClaimedItem> = {
+            let g = self.state.lock();
+            g.ready.iter().chain(g.running.values()).cloned().collect()
+        };
+        if held.is_empty() {
+            return Ok(());
+        }
+        let results = self.runner.queue.heartbeat(&held)?;
+        // A lease is its item and its fencing token: a newer claim of the
+        // same item is not lost.
+        let lost: Vec<(ItemId, u64)> = held
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| r.is_err())
+            .map(|(item, _)| (item.lease.id, item.lease.token))
+            .collect();
+        if !lost.is_empty() {
+            self.state
+                .lock()
+                .ready
+                .retain(|i| !lost.contains(&(i.lease.id, i.lease.token)));
+            tracing::warn!(
+                event = "lease_lost",
+                job = self.runner.queue.job(),
+                items = lost.len(),
+                "leases lost to another worker"
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,223 @@
+//! [`Runner`]: runs a handler over a job's items on N threads, with
+//! prefetched claims, lease heartbeats and group-committed completions.
+//!
+//! # Architecture
+//! Worker threads only run the handler: they pop a claimed item from a local
+//! queue and push back its outcome. The calling thread is the coordinator:
+//! each round it commits every outcome that arrived (one transaction for all
+//! of them, so a durable commit is shared by many items), renews the leases
+//! it holds when a third of the lease has passed, and claims enough items to
+//! keep every worker busy plus `prefetch` in reserve. It ends when the job
+//! has no unfinished item left, waiting for retries that are due and for
+//! items held by other live workers, and taking over at once the items of
+//! dead workers on this host.
+//!
+//! # Stopping
+//! A [`StopSignal`] (see [`Runner::stop_handle`]) ends a run early and
+//! cleanly: the coordinator stops claiming and gives back, unfinished, the
+//! items claimed but not started ([`ItemChange::Release`]: pending again,
+//! no attempt counted); workers start nothing new; the items running finish
+//! and their outcomes are committed as usual, an [`Outcome::Interrupted`]
+//! being given back like an unstarted item. The run then returns a report
+//! with `stopped` set, holding nothing in the store.
+//!
+//! # Layout
+//! `coordinator` holds the loop of the calling thread; `workers` the worker
+//! threads and the state they share with it. The coordinator talks only to
+//! the [`Queue`]: it claims, renews and records outcomes there
+//! ([`Queue::settle`], which also emits the events and metrics of each
+//! outcome), never to the store directly.
+
+mod coordinator;
+mod workers;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::model::{ClaimedItem, ItemCounts, JobStatus};
+use crate::queue::{Outcome, Queue};
+use crate::shutdown::{StopSignal, Wake};
+use coordinator::Coordinator;
+use workers::{worker_loop, Shared, State};
+
+/// How a [`Runner`] runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOptions {
+    /// Worker threads (items run at once).
+    pub workers: usize,
+    /// Items claimed ahead of the workers.
+    pub prefetch: usize,
+    /// Longest wait between two looks at the store while idle.
+    pub idle_poll: Duration,
+    /// How long the store may stay busy or unreachable (retried with
+    /// backoff) before the run gives up.
+    pub max_outage: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            workers: 1,
+            prefetch: 1,
+            idle_poll: Duration::from_millis(500),
+            max_outage: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Runs one attempt of an item.
+pub trait Handler: Sync {
+    /// Processes `item`; called from a worker thread.
+    fn handle(&self, item: &ClaimedItem) -> Outcome;
+}
+
+impl<F: Fn(&ClaimedItem) -> Outcome + Sync> Handler for F {
+    fn handle(&self, item: &ClaimedItem) -> Outcome {
+        self(item)
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunReport {
+    /// Items this run completed.
+    pub completed: u64,
+    /// Failed attempts this run recorded (retried or dead).
+    pub failed: u64,
+    /// Items this run moved to the dead-letter list.
+    pub dead: u64,
+    /// Outcomes refused because the lease had been lost to another worker.
+    pub lost: u64,
+    /// Items this run gave back unfinished when it stopped (claimed but not
+    /// started, or [`Outcome::Interrupted`]): pending again, no attempt
+    /// counted.
+    pub released: u64,
+    /// True if and only if the run ended because its [`StopSignal`] was
+    /// stopped, rather than because no item was left.
+    pub stopped: bool,
+    /// Item counts when the run ended.
+    pub counts: ItemCounts,
+    /// The job's status when the run ended.
+    pub status: Option<JobStatus>,
+}
+
+/// Live counts of a run's committed outcomes, readable from another thread
+/// while it runs (for progress displays). Clones share the counts.
+#[derive(Debug, Clone, Default)]
+pub struct RunProgress {
+    inner: Arc<ProgressCounts>,
+}
+
+#[derive(Debug, Default)]
+struct ProgressCounts {
+    completed: AtomicU64,
+    failed: AtomicU64,
+    dead: AtomicU64,
+    released: AtomicU64,
+    lost: AtomicU64,
+}
+
+impl RunProgress {
+    /// Items completed so far by this run.
+    pub fn completed(&self) -> u64 {
+        self.inner.completed.load(Ordering::Relaxed)
+    }
+
+    /// Failed attempts recorded so far (retried or dead).
+    pub fn failed(&self) -> u64 {
+        self.inner.failed.load(Ordering::Relaxed)
+    }
+
+    /// Items moved to the dead-letter list so far.
+    pub fn dead(&self) -> u64 {
+        self.inner.dead.load(Ordering::Relaxed)
+    }
+
+    /// Items given back unfinished so far.
+    pub fn released(&self) -> u64 {
+        self.inner.released.load(Ordering::Relaxed)
+    }
+
+    /// Outcomes refused because the lease was lost.
+    pub fn lost(&self) -> u64 {
+        self.inner.lost.load(Ordering::Relaxed)
+    }
+
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs a handler over a job's items until none is unfinished, or until
+/// it is told to stop.
+#[derive(Debug)]
+pub struct Runner<'q> {
+    queue: &'q Queue,
+    options: RunOptions,
+    stop: StopSignal,
+    progress: RunProgress,
+}
+
+impl<'q> Runner<'q> {
+    /// A runner over `queue`'s items.
+    pub fn new(queue: &'q Queue, options: RunOptions) -> Self {
+        Runner {
+            queue,
+            options,
+            stop: StopSignal::new(),
+            progress: RunProgress::default(),
+        }
+    }
+
+    /// A handle that stops this runner from any thread: see
+    /// [`StopSignal`]. Stopping it before [`run`](Runner::run) makes the run
+    /// return at once.
+    pub fn stop_handle(&self) -> StopSignal {
+        self.stop.clone()
+    }
+
+    /// Watches `stop` instead of a signal of its own, for example
+    /// [`Signals::stop_signal`](crate::shutdown::Signals::stop_signal).
+    pub fn with_stop(mut self, stop: StopSignal) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Live counts of this runner's outcomes (shared with clones).
+    pub fn progress(&self) -> RunProgress {
+        self.progress.clone()
+    }
+
+    /// Runs until the job has no pending, running or failed item left, then
+    /// marks the job completed (or failed if any item is dead); or, once the
+    /// [`StopSignal`] is stopped, until the items running have finished (see
+    /// the module docs). A busy or unreachable store is retried with backoff
+    /// for up to `max_outage`; any other storage error stops the run: items
+    /// in flight finish, their outcomes are not recorded, and the next run
+    /// does them again.
+    pub fn run<H: Handler>(&self, handler: &H) -> Result<RunReport> {
+        let workers = self.options.workers.max(1);
+        let state = Arc::new(State {
+            shared: Mutex::new(Shared {
+                batch: workers,
+                low_water: self.options.prefetch.div_ceil(2).max(1),
+                ..Shared::default()
+            }),
+            ..State::default()
+        });
+        let waker: Arc<dyn Wake> = state.clone();
+        self.stop.register(Arc::downgrade(&waker));
+        let state = &*state;
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| worker_loop(state, &self.stop, handler));
+            }
+            let result = Coordinator::new(self, state).run();
+            state.lock().stop = true;
+            state.work.notify_all();
+            result
+        })
+    }
+}

@@ -1,0 +1,116 @@
+//! The worker threads and what they share with the coordinator.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::Handler;
+use crate::model::{ClaimedItem, ItemId};
+use crate::queue::{Attempt, Outcome};
+use crate::shutdown::{StopSignal, Wake};
+
+/// The local queue of claimed items and the outcomes coming back.
+#[derive(Default)]
+pub(super) struct Shared {
+    /// Claimed, not started.
+    pub ready: VecDeque<ClaimedItem>,
+    /// Ended, not yet recorded.
+    pub finished: Vec<Attempt>,
+    /// Started, not ended.
+    pub running: HashMap<ItemId, ClaimedItem>,
+    /// Set when the run ends: workers return.
+    pub stop: bool,
+    /// Set by a stop request, so that the coordinator's wait ends at once.
+    pub woken: bool,
+    /// Outcomes worth waking the coordinator for.
+    pub batch: usize,
+    /// Below this many ready items the coordinator is woken to refill.
+    pub low_water: usize,
+}
+
+/// What the coordinator and the workers share.
+#[derive(Default)]
+pub(super) struct State {
+    pub shared: Mutex<Shared>,
+    /// Workers wait here for items.
+    pub work: Condvar,
+    /// The coordinator waits here for outcomes.
+    pub progress: Condvar,
+}
+
+impl Wake for State {
+    fn wake(&self) {
+        self.lock().woken = true;
+        self.progress.notify_all();
+        self.work.notify_all();
+    }
+}
+
+impl State {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits up to `timeout` for an outcome or a stop request.
+    pub(super) fn wait_for_progress(&self, timeout: Duration) {
+        let g = self.lock();
+        if !g.finished.is_empty() || g.woken || timeout.is_zero() {
+            return;
+        }
+        let _ = self
+            .progress
+            .wait_timeout_while(g, timeout, |s| s.finished.is_empty() && !s.woken)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+/// One worker thread: takes ready items, runs the handler, hands back the
+/// outcome, until the run ends.
+pub(super) fn worker_loop<H: Handler>(state: &State, stop: &StopSignal, handler: &H) {
+    loop {
+        let item = {
+            let mut g = state.lock();
+            loop {
+                if g.stop {
+                    return;
+                }
+                // A stopping run starts nothing new: the coordinator gives
+                // the ready items back.
+                if !stop.is_stopped() {
+                    if let Some(item) = g.ready.pop_front() {
+                        g.running.insert(item.lease.id, item.clone());
+                        break item;
+                    }
+                }
+                g = state.work.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let started = Instant::now();
+        let outcome =
+            catch_unwind(AssertUnwindSafe(|| handler.handle(&item))).unwrap_or_else(|panic| {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Outcome::Failed(format!("handler panicked: {msg}"))
+            });
+        let took = started.elapsed();
+        let mut g = state.lock();
+        g.running.remove(&item.lease.id);
+        g.finished.push(Attempt {
+            item,
+            outcome,
+            ran_for: Some(took),
+        });
+        // Wake the coordinator once a batch is worth a commit, or when the
+        // local queue runs low and the workers would soon starve; between
+        // the two, outcomes pile up and share one durable commit.
+        let wake = g.finished.len() >= g.batch || g.ready.len() < g.low_water;
+        drop(g);
+        if wake {
+            state.progress.notify_one();
+        }
+    }
+}

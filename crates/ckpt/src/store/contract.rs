@@ -1,0 +1,298 @@
+//! The storage contract: what every store promises, method by method.
+//!
+//! A store is two small traits cut along the seam between the two kinds of
+//! progress: [`JobStore`] (a job's lease and checkpoint: the cursor
+//! pattern) and [`ItemStore`] (a job's work items: the claim pattern).
+//! [`Store`] is both, plus a description for messages and the optional
+//! abilities a store may have, each a trait of its own:
+//!
+//! - [`ItemSignals`]: wakes idle workers when items arrive (PostgreSQL's
+//!   LISTEN/NOTIFY), so they need not poll;
+//! - [`OwnerSessions`]: knows when a worker's session ended, wherever it
+//!   ran (PostgreSQL's session advisory locks), so its items are freed at
+//!   once instead of when their leases expire;
+//! - [`SharedTx`]: lets the caller's own writes commit in the same
+//!   transaction as a checkpoint or a completion (exactly-once for a sink
+//!   in the store's database).
+//!
+//! # What every method promises
+//!
+//! Every method is atomic: it applies entirely or not at all, and
+//! concurrent callers (threads, or processes sharing the store) see it
+//! applied as a whole. Methods that take a lease are *fenced*: they change
+//! nothing and return [`Error::Fenced`](crate::Error::Fenced) unless the
+//! lease is still current (same owner and epoch for a job; same owner and
+//! claim token for an item). Input is validated by the layers above; a
+//! store trusts the names and sizes it is given. A store reports time only
+//! through the `now` it is given: every decision that depends on time
+//! compares with that `now`.
+//!
+//! The values a change writes into an item are computed by the item state
+//! machine ([`machine`](super::machine)), the same for every store; a
+//! store binds them into its own fenced statement.
+
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::model::{
+    Checkpoint, ClaimedItem, EnqueueReport, HistoryEntry, ItemCounts, ItemRecord, ItemStatus,
+    ItemUpdate, JobLease, JobRecord, JobStatus, NewItem,
+};
+use crate::time::Timestamp;
+
+/// A stream of items to enqueue; an `Err` aborts the whole enqueue.
+pub type ItemStream<'a> = &'a mut dyn Iterator<Item = Result<NewItem>>;
+
+/// A job's record, lease and checkpoint: the cursor pattern.
+pub trait JobStore: Send + Sync + std::fmt::Debug {
+    /// Creates the job (status running, no checkpoint, no owner) unless it
+    /// exists; an existing job is left exactly as it is.
+    fn ensure_job(&self, job: &str, now: Timestamp) -> Result<()>;
+
+    /// Takes the job's lease for `owner` until `lease_until`, creating the
+    /// job if needed, and returns the lease with the record as it now is.
+    ///
+    /// Succeeds if the job has no owner, its lease expired (`<= now`), or
+    /// its owner equals `owner` or `steal_from`. Then the epoch and the
+    /// attempt count go up by one (fencing out the previous holder) and a
+    /// failed job becomes running again; a completed job stays completed.
+    /// Otherwise returns [`Error::Busy`](crate::Error::Busy).
+    fn acquire_job(
+        &self,
+        job: &str,
+        owner: &str,
+        lease_until: Timestamp,
+        steal_from: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(JobLease, JobRecord)>;
+
+    /// Renews the job's lease. Fenced.
+    fn renew_job(&self, lease: &JobLease, lease_until: Timestamp, now: Timestamp) -> Result<()>;
+
+    /// Saves a checkpoint, appends it to the history, trims the history to
+    /// its newest `history_keep` entries and renews the lease, in one
+    /// transaction that is durable when this returns (per the store's
+    /// durability setting). Fenced: a stale lease changes nothing. A
+    /// completed job becomes running again.
+    fn save_checkpoint(
+        &self,
+        lease: &JobLease,
+        checkpoint: &Checkpoint,
+        history_keep: usize,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<()>;
+
+    /// Sets the job's status and gives up the lease (bumping the epoch so no
+    /// later write with this lease succeeds). `Completed` sets
+    /// `completed_at`; `Failed` records `error`. The checkpoint is kept.
+    /// Fenced.
+    fn finish_job(
+        &self,
+        lease: &JobLease,
+        status: JobStatus,
+        error: Option<&str>,
+        now: Timestamp,
+    ) -> Result<()>;
+
+    /// Gives up the lease, leaving status and checkpoint as they are, and
+    /// bumps the epoch. Fenced.
+    fn release_job(&self, lease: &JobLease, now: Timestamp) -> Result<()>;
+
+    /// Writes (`Some`) or clears (`None`) the checkpoint without a lease, as
+    /// an operator would. Refused with [`Error::Busy`](crate::Error::Busy)
+    /// while a live owner holds the job (lease not expired, owner not in
+    /// `steal_from`). Bumps the epoch, so any earlier holder is fenced out.
+    /// Writing appends to the history like a save; clearing also empties the
+    /// history. Writing creates the job if needed; clearing an unknown job is
+    /// [`Error::NotFound`](crate::Error::NotFound).
+    fn put_checkpoint(
+        &self,
+        job: &str,
+        checkpoint: Option<&Checkpoint>,
+        history_keep: usize,
+        steal_from: Option<&str>,
+        now: Timestamp,
+    ) -> Result<()>;
+
+    /// The job's record, or `None`.
+    fn get_job(&self, job: &str) -> Result<Option<JobRecord>>;
+
+    /// Every job, ordered by name.
+    fn list_jobs(&self) -> Result<Vec<JobRecord>>;
+
+    /// The newest `limit` history entries of the job, newest first.
+    fn history(&self, job: &str, limit: usize) -> Result<Vec<HistoryEntry>>;
+
+    /// Keeps only the newest `keep` history entries of the job, in one
+    /// transaction; returns how many were removed. Not fenced (an operator
+    /// write): a running worker's next save appends as usual.
+    /// [`Error::NotFound`](crate::Error::NotFound) when there is no such job.
+    fn truncate_history(&self, job: &str, keep: usize) -> Result<u64>;
+
+    /// Deletes the job with its checkpoint, history and items, atomically,
+    /// but only if [`retention::deletable`](crate::policy::retention::deletable)
+    /// holds for it at `completed_before` (completed by then, not leased
+    /// past it, every item completed). The check and the delete are one
+    /// transaction, so an enqueue racing it either reopens the job first
+    /// (and nothing is deleted) or comes after (and creates a new job).
+    /// Returns whether it deleted; a missing job is `Ok(false)`.
+    fn delete_job(&self, job: &str, completed_before: Timestamp) -> Result<bool>;
+}
+
+/// A job's work items: the claim pattern.
+pub trait ItemStore: Send + Sync + std::fmt::Debug {
+    /// Adds the items to the job (creating the job if needed), in one
+    /// transaction over the whole stream: if the stream yields an `Err`,
+    /// nothing is added and that error is returned. Idempotent per key: an
+    /// existing key is neither duplicated nor changed. A job that was
+    /// completed becomes running again if a new item arrives.
+    fn enqueue(&self, job: &str, items: ItemStream<'_>, now: Timestamp) -> Result<EnqueueReport>;
+
+    /// Claims up to `max` ready items for `owner` until `lease_until`, in one
+    /// transaction. Ready means [`machine::claimable`](super::machine::claimable):
+    /// pending; failed with its retry time `<= now`; or running with its
+    /// lease expired (`<= now`) under another owner: a takeover. (An owner
+    /// never re-claims its own running items: a late heartbeat must not
+    /// make it run an item twice.) Pending items come in enqueue order.
+    /// Each claim writes [`machine::Claim`](super::machine::Claim): the
+    /// attempt count and the claim count (the fencing token, which nothing
+    /// resets) go up by one. No item is ever held by two live leases.
+    fn claim(
+        &self,
+        job: &str,
+        owner: &str,
+        max: usize,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<Vec<ClaimedItem>>;
+
+    /// Applies fenced changes to claimed items in one transaction, durable
+    /// when this returns. Each update applies only if its item is running
+    /// under exactly that lease (owner and claim token), and then writes the
+    /// [`ItemPatch`](super::machine::ItemPatch) of its change; the result
+    /// for an update that does not is [`Error::Fenced`](crate::Error::Fenced)
+    /// and the others still apply, in order. The outer `Err` is a storage
+    /// failure, in which case nothing applied.
+    fn update_items(&self, updates: &[ItemUpdate], now: Timestamp) -> Result<Vec<Result<()>>>;
+
+    /// Finishes a job that is driven by its items (no lease is involved),
+    /// atomically: if none of its items is pending, running or failed, sets
+    /// the job completed (no dead item) or failed (some dead) and returns
+    /// that status; otherwise changes nothing and returns `None` (an item
+    /// enqueued meanwhile keeps the job running).
+    /// [`Error::NotFound`](crate::Error::NotFound) for an unknown job.
+    fn finish_if_done(&self, job: &str, now: Timestamp) -> Result<Option<JobStatus>>;
+
+    /// Item counts by status (all zero for an unknown job).
+    fn item_counts(&self, job: &str) -> Result<ItemCounts>;
+
+    /// The earliest time at which some unfinished item of the job becomes
+    /// claimable (`None` when no item is unfinished).
+    fn next_ready_at(&self, job: &str) -> Result<Option<Timestamp>>;
+
+    /// Items of the job, optionally of one status, in enqueue order, at most
+    /// `limit`.
+    fn list_items(
+        &self,
+        job: &str,
+        status: Option<ItemStatus>,
+        limit: usize,
+    ) -> Result<Vec<ItemRecord>>;
+
+    /// Distinct owners of the job's running items, ordered.
+    fn running_owners(&self, job: &str) -> Result<Vec<String>>;
+
+    /// Expires the leases of every running item of `owner` in the job (it is
+    /// known to be dead), so the next claim takes them over. Returns how many.
+    fn expire_owner(&self, job: &str, owner: &str, now: Timestamp) -> Result<u64>;
+
+    /// Moves items of status `from` (dead or failed) back to pending with
+    /// their attempt count reset ([`machine::Redrive`](super::machine::Redrive)):
+    /// all of them, or only those in `keys`. Returns how many moved; a job
+    /// that had items moved is running again.
+    /// [`Error::NotFound`](crate::Error::NotFound) for an unknown job.
+    fn redrive(
+        &self,
+        job: &str,
+        from: ItemStatus,
+        keys: Option<&[String]>,
+        now: Timestamp,
+    ) -> Result<u64>;
+}
+
+/// A store: jobs and items, with its optional abilities.
+///
+/// The abilities are answered, not defaulted: each store says whether it
+/// has them, and a caller that gets `None` falls back (polls; waits for
+/// leases to expire) knowing that it must.
+pub trait Store: JobStore + ItemStore {
+    /// A description for messages: the URL with any password redacted.
+    fn describe(&self) -> String;
+
+    /// The store's wake-up signal for idle workers, if it has one.
+    fn item_signals(&self) -> Option<&dyn ItemSignals>;
+
+    /// The store's knowledge of which owners' sessions ended, if it has it.
+    fn owner_sessions(&self) -> Option<&dyn OwnerSessions>;
+}
+
+/// A store that can wake idle workers when items may have become
+/// claimable (enqueued, or re-driven).
+pub trait ItemSignals: Send + Sync {
+    /// Blocks up to `timeout` (real time) until the store signals that
+    /// items of `job` may have become claimable: `Some(true)` when
+    /// signalled, `Some(false)` on timeout, `None` at once when the signal
+    /// is down right now (the caller then polls). A signal is a hint,
+    /// never a promise: the caller still claims to find out.
+    fn wait_for_items(&self, job: &str, timeout: Duration) -> Option<bool>;
+}
+
+/// A store that knows when a worker's session with it ended, on any host.
+pub trait OwnerSessions: Send + Sync {
+    /// Expires the leases of the job's running items whose owner's session
+    /// ended (its process or its connection died), so the next claim takes
+    /// them over at once rather than when their leases expire. Returns how
+    /// many.
+    fn expire_lost_owners(&self, job: &str, now: Timestamp) -> Result<u64>;
+}
+
+/// The store's own write in a transaction shared with the caller.
+#[derive(Debug, Clone, Copy)]
+pub enum TxWrite<'a> {
+    /// [`JobStore::save_checkpoint`], fenced the same way.
+    SaveCheckpoint {
+        /// The lease the save is fenced on.
+        lease: &'a JobLease,
+        /// What to save.
+        checkpoint: &'a Checkpoint,
+        /// History entries to keep.
+        history_keep: usize,
+        /// The renewed lease's expiry.
+        lease_until: Timestamp,
+    },
+    /// One update of [`ItemStore::update_items`], fenced the same way.
+    UpdateItem(&'a ItemUpdate),
+}
+
+/// A store whose transactions a caller may share: the caller's own writes
+/// and the store's fenced write commit together or not at all, so a crash
+/// never leaves rows without their checkpoint (duplicated on resume) nor a
+/// checkpoint without its rows (lost). SQLite and PostgreSQL have it.
+pub trait SharedTx: Store {
+    /// The caller's handle on the open transaction.
+    type Tx<'t>;
+
+    /// Opens a transaction, runs `f` in it (the caller's writes), then the
+    /// store's own `write`, and commits only if both succeeded. Otherwise
+    /// everything is rolled back and the error returned: `f`'s own error,
+    /// or [`Error::Fenced`](crate::Error::Fenced) when the lease behind
+    /// `write` was lost (a zombie's writes vanish with its refused
+    /// checkpoint). Durable when this returns, as the store's commits are.
+    fn with_tx<T>(
+        &self,
+        write: TxWrite<'_>,
+        now: Timestamp,
+        f: impl FnOnce(&mut Self::Tx<'_>) -> Result<T>,
+    ) -> Result<T>;
+}

@@ -1,0 +1,150 @@
+//! The SQLite connection: configuring it, and the transactions every
+//! write runs in.
+
+use std::sync::atomic::Ordering;
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use super::{Durability, SqliteStore};
+use crate::error::{Error, Result};
+
+impl SqliteStore {
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits it.
+    pub(super) fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.write_mut(|tx| f(tx))
+    }
+
+    /// [`write`](Self::write), with the transaction lent mutably (for a
+    /// caller's closure, which may open savepoints).
+    pub(super) fn write_mut<T>(
+        &self,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.lock();
+        // A claim that could not switch back to FULL must not leave later
+        // durable writes unsynced.
+        if self.relaxed.load(Ordering::SeqCst) {
+            conn.execute_batch("PRAGMA synchronous=FULL")
+                .map_err(sql_err)?;
+            self.relaxed.store(false, Ordering::SeqCst);
+        }
+        Self::transact(&mut conn, f)
+    }
+
+    fn transact<T>(
+        conn: &mut Connection,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err)?;
+        // On an error (or a panic) the transaction rolls back when dropped.
+        let out = f(&mut tx)?;
+        tx.commit().map_err(sql_err)?;
+        Ok(out)
+    }
+
+    /// Like [`write`](Self::write), but the commit is not fsynced on its
+    /// own (`synchronous=NORMAL` for this transaction only): for writes
+    /// whose loss on power failure is harmless, such as claims.
+    pub(super) fn write_unsynced<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let f = |tx: &mut Transaction<'_>| f(tx);
+        let mut conn = self.lock();
+        if self.durability() == Durability::Normal {
+            return Self::transact(&mut conn, f);
+        }
+        self.relaxed.store(true, Ordering::SeqCst);
+        conn.execute_batch("PRAGMA synchronous=NORMAL")
+            .map_err(sql_err)?;
+        let out = Self::transact(&mut conn, f);
+        if conn.execute_batch("PRAGMA synchronous=FULL").is_ok() {
+            self.relaxed.store(false, Ordering::SeqCst);
+        }
+        out
+    }
+
+    pub(super) fn configure(&self) -> Result<()> {
+        let conn = self.lock();
+        conn.busy_timeout(self.options.busy_timeout)
+            .map_err(|e| self.open_err(e))?;
+        // Switching to WAL takes an exclusive lock and does not wait on the
+        // busy handler, so several processes opening a new store at once
+        // retry here until the busy timeout runs out.
+        let deadline = std::time::Instant::now() + self.options.busy_timeout;
+        let mode: String = loop {
+            match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+                Ok(mode) => break mode,
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(self.open_err(e)),
+            }
+        };
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Open(format!(
+                "{}: cannot switch to WAL journal (got {mode})",
+                self.path
+            )));
+        }
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={}; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;",
+            self.sync_pragma()
+        ))
+        .map_err(|e| self.open_err(e))?;
+        Ok(())
+    }
+
+    fn sync_pragma(&self) -> &'static str {
+        match self.options.durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        }
+    }
+
+    pub(super) fn open_err(&self, e: rusqlite::Error) -> Error {
+        match sql_err(e) {
+            Error::Storage(m) => Error::Open(format!("{}: {m}", self.path)),
+            other => other,
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Connection> {
+        // The connection holds no half-applied state across a panic: an
+        // open transaction is rolled back when its guard drops.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub(super) fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
+/// Maps a SQLite error to the library's error.
+pub(crate) fn sql_err(e: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode as C;
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        match f.code {
+            C::DatabaseBusy | C::DatabaseLocked => {
+                return Error::Busy(format!("the store is locked by another writer ({e})"))
+            }
+            C::DiskFull => return Error::Storage(format!("disk full: {e}")),
+            C::NotADatabase | C::DatabaseCorrupt => {
+                return Error::NotAStore(format!(
+                    "the store file is corrupt or not a database: {e}"
+                ))
+            }
+            C::ReadOnly | C::CannotOpen | C::PermissionDenied => {
+                return Error::Storage(format!("cannot write the store: {e}"))
+            }
+            _ => {}
+        }
+    }
+    Error::Storage(e.to_string())
+}
+

@@ -1,0 +1,355 @@
+//! [`ItemStore`] in SQLite's dialect: the item state machine's values bound
+//! into one fenced statement per change.
+
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use super::jobs::{ensure_job, job_id};
+use super::rows::{item_from_row, json_col, opt_json, status_col, ts, ITEM_COLUMNS};
+use super::{sql_err, SqliteStore};
+use crate::error::{Error, Result};
+use crate::model::{
+    ClaimedItem, EnqueueReport, ItemCounts, ItemLease, ItemRecord, ItemStatus, ItemUpdate,
+    JobStatus,
+};
+use crate::store::machine::{Claim, ItemPatch, ItemState, Redrive};
+use crate::store::rules::fenced_item;
+use crate::store::{ItemStore, ItemStream};
+use crate::time::Timestamp;
+
+/// Applies one fenced update: the change's [`ItemPatch`] in one
+/// statement whose `WHERE` is the fence ([`ItemState::holds`]); a fenced
+/// update changes nothing and says why.
+///
+/// [`ItemState::holds`]: crate::store::machine::ItemState::holds
+pub(super) fn apply_update(tx: &Transaction<'_>, u: &ItemUpdate, now: Timestamp) -> Result<()> {
+    let l = &u.lease;
+    let p = ItemPatch::new(&u.change, now);
+    let changed = tx
+        .prepare_cached(
+            "UPDATE items SET status = ?4, ready_at = ?5, attempts = max(attempts - ?6, 0),
+                 cursor = coalesce(?7, cursor), stats = coalesce(?8, stats),
+                 last_error = coalesce(?9, last_error), finished_at = coalesce(?10, finished_at)
+             WHERE id = ?1 AND status = 'running' AND owner = ?2 AND claims = ?3",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                l.id,
+                l.owner,
+                l.token as i64,
+                p.status.as_str(),
+                p.ready_at.map(|t| t.0),
+                p.attempts_back,
+                opt_json(p.cursor.as_ref()),
+                opt_json(p.stats.as_ref()),
+                p.last_error,
+                p.finished_at.map(|t| t.0),
+            ])
+        })
+        .map_err(sql_err)?;
+    if changed == 1 {
+        return Ok(());
+    }
+    let current: Option<(String, String, Option<String>)> = tx
+        .prepare_cached("SELECT key, status, owner FROM items WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([l.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .map_err(sql_err)?;
+    Err(match current {
+        None => Error::Fenced(format!("item {} does not exist", l.id)),
+        Some((key, status, owner)) => fenced_item(
+            &key,
+            ItemStatus::parse(&status).unwrap_or(ItemStatus::Pending),
+            owner.as_deref(),
+        ),
+    })
+}
+
+impl ItemStore for SqliteStore {
+    fn enqueue(&self, job: &str, items: ItemStream<'_>, now: Timestamp) -> Result<EnqueueReport> {
+        let enqueued = ItemState::enqueued();
+        self.write(|tx| {
+            let id = ensure_job(tx, job, now)?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO items (job_id, key, payload, status, ready_at, enqueued_at)
+                     VALUES (?1, ?2, ?3, ?5, ?6, ?4) ON CONFLICT (job_id, key) DO NOTHING",
+                )
+                .map_err(sql_err)?;
+            let mut report = EnqueueReport::default();
+            for item in items {
+                let item = item?;
+                let n = insert
+                    .execute(params![
+                        id,
+                        item.key,
+                        opt_json(item.payload.as_ref()),
+                        now.0,
+                        enqueued.status.as_str(),
+                        enqueued.ready_at.map(|t| t.0),
+                    ])
+                    .map_err(sql_err)?;
+                if n == 1 {
+                    report.inserted += 1;
+                } else {
+                    report.existing += 1;
+                }
+            }
+            if report.inserted > 0 {
+                tx.prepare_cached(
+                    "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = ?2
+                     WHERE id = ?1 AND status = 'completed'",
+                )
+                .and_then(|mut s| s.execute(params![id, now.0]))
+                .map_err(sql_err)?;
+            }
+            Ok(report)
+        })
+    }
+
+    fn claim(
+        &self,
+        job: &str,
+        owner: &str,
+        max: usize,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<Vec<ClaimedItem>> {
+        let claim = Claim {
+            owner,
+            lease_until,
+            now,
+        };
+        self.write_unsynced(|tx| {
+            let Some(id) = job_id(tx, job)? else {
+                return Ok(Vec::new());
+            };
+            // machine::claimable, as a WHERE clause on the ready index.
+            let mut select = tx
+                .prepare_cached(
+                    "SELECT id, key, payload, cursor, status, owner, attempts, claims, enqueued_at
+                     FROM items
+                     WHERE job_id = ?1 AND ready_at IS NOT NULL AND ready_at <= ?2
+                       AND NOT (status = 'running' AND owner = ?4)
+                     ORDER BY ready_at, id LIMIT ?3",
+                )
+                .map_err(sql_err)?;
+            let claimed = select
+                .query_map(params![id, now.0, max as i64, owner], |r| {
+                    let status = status_col(r, 4, ItemStatus::parse)?;
+                    let previous: Option<String> = r.get(5)?;
+                    Ok(ClaimedItem {
+                        lease: ItemLease {
+                            id: r.get(0)?,
+                            owner: owner.to_string(),
+                            token: r.get::<_, i64>(7)? as u64 + 1,
+                        },
+                        job: job.to_string(),
+                        key: r.get(1)?,
+                        attempt: r.get::<_, i64>(6)? as u32 + 1,
+                        payload: json_col(r, 2)?,
+                        cursor: json_col(r, 3)?,
+                        lease_expires: lease_until,
+                        taken_over_from: claim.taken_over_from(status, previous.as_deref()),
+                        enqueued_at: Timestamp(r.get(8)?),
+                    })
+                })
+                .map_err(sql_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(sql_err)?;
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE items SET status = ?2, owner = ?3, attempts = attempts + 1,
+                         claims = claims + 1, ready_at = ?4, started_at = ?5 WHERE id = ?1",
+                )
+                .map_err(sql_err)?;
+            for item in &claimed {
+                update
+                    .execute(params![
+                        item.lease.id,
+                        Claim::STATUS.as_str(),
+                        claim.owner,
+                        claim.lease_until.0,
+                        claim.now.0
+                    ])
+                    .map_err(sql_err)?;
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn update_items(&self, updates: &[ItemUpdate], now: Timestamp) -> Result<Vec<Result<()>>> {
+        self.write(|tx| {
+            let mut results = Vec::with_capacity(updates.len());
+            for u in updates {
+                results.push(match apply_update(tx, u, now) {
+                    Err(Error::Fenced(m)) => Err(Error::Fenced(m)),
+                    Err(other) => return Err(other),
+                    Ok(()) => Ok(()),
+                });
+            }
+            Ok(results)
+        })
+    }
+
+    fn finish_if_done(&self, job: &str, now: Timestamp) -> Result<Option<JobStatus>> {
+        // One conditional UPDATE under the write lock: no enqueue can slip
+        // in between the check and the status change.
+        self.write(|tx| {
+            let id = job_id(tx, job)?.ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
+            let status: Option<String> = tx
+                .prepare_cached(
+                    "UPDATE jobs SET status = CASE WHEN dead THEN 'failed' ELSE 'completed' END,
+                         completed_at = CASE WHEN dead THEN NULL ELSE ?2 END, updated_at = ?2
+                     FROM (SELECT EXISTS (SELECT 1 FROM items WHERE job_id = ?1 AND status = 'dead')
+                           AS dead)
+                     WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM items
+                         WHERE job_id = ?1 AND ready_at IS NOT NULL)
+                     RETURNING status",
+                )
+                .and_then(|mut s| s.query_row(params![id, now.0], |r| r.get(0)).optional())
+                .map_err(sql_err)?;
+            Ok(status.and_then(|s| JobStatus::parse(&s)))
+        })
+    }
+
+    fn item_counts(&self, job: &str) -> Result<ItemCounts> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT i.status, count(*) FROM items i JOIN jobs j ON j.id = i.job_id
+                 WHERE j.name = ?1 GROUP BY i.status",
+            )
+            .map_err(sql_err)?;
+        let mut counts = ItemCounts::default();
+        let rows = stmt
+            .query_map([job], |r| {
+                Ok((status_col(r, 0, ItemStatus::parse)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(sql_err)?;
+        for row in rows {
+            let (status, n) = row.map_err(sql_err)?;
+            counts.add(status, n as u64);
+        }
+        Ok(counts)
+    }
+
+    fn next_ready_at(&self, job: &str) -> Result<Option<Timestamp>> {
+        let conn = self.lock();
+        let Some(id) = job_id(&conn, job)? else {
+            return Ok(None);
+        };
+        conn.prepare_cached(
+            "SELECT min(ready_at) FROM items WHERE job_id = ?1 AND ready_at IS NOT NULL",
+        )
+        .and_then(|mut s| s.query_row([id], |r| r.get::<_, Option<i64>>(0)))
+        .map(ts)
+        .map_err(sql_err)
+    }
+
+    fn list_items(
+        &self,
+        job: &str,
+        status: Option<ItemStatus>,
+        limit: usize,
+    ) -> Result<Vec<ItemRecord>> {
+        let conn = self.lock();
+        let Some(id) = job_id(&conn, job)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS} FROM items WHERE job_id = ?1
+                 AND (?2 IS NULL OR status = ?2) ORDER BY id LIMIT ?3"
+            ))
+            .map_err(sql_err)?;
+        let rows = stmt
+            .query_map(
+                params![id, status.map(ItemStatus::as_str), limit as i64],
+                item_from_row,
+            )
+            .map_err(sql_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(sql_err)
+    }
+
+    fn running_owners(&self, job: &str) -> Result<Vec<String>> {
+        let conn = self.lock();
+        let Some(id) = job_id(&conn, job)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT DISTINCT owner FROM items WHERE job_id = ?1 AND status = 'running'
+                 AND owner IS NOT NULL ORDER BY owner",
+            )
+            .map_err(sql_err)?;
+        let rows = stmt.query_map([id], |r| r.get(0)).map_err(sql_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(sql_err)
+    }
+
+    fn expire_owner(&self, job: &str, owner: &str, now: Timestamp) -> Result<u64> {
+        self.write(|tx| {
+            let Some(id) = job_id(tx, job)? else {
+                return Ok(0);
+            };
+            // machine::expired_ready_at: never later than it was.
+            tx.prepare_cached(
+                "UPDATE items SET ready_at = min(ready_at, ?3)
+                 WHERE job_id = ?1 AND status = 'running' AND owner = ?2",
+            )
+            .and_then(|mut s| s.execute(params![id, owner, now.0]))
+            .map(|n| n as u64)
+            .map_err(sql_err)
+        })
+    }
+
+    fn redrive(
+        &self,
+        job: &str,
+        from: ItemStatus,
+        keys: Option<&[String]>,
+        now: Timestamp,
+    ) -> Result<u64> {
+        self.write(|tx| {
+            let id = job_id(tx, job)?.ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
+            let sql = "UPDATE items SET status = ?3, attempts = ?4, ready_at = ?5,
+                           finished_at = NULL WHERE job_id = ?1 AND status = ?2";
+            let (status, attempts, ready_at) = (
+                Redrive::STATUS.as_str(),
+                Redrive::ATTEMPTS,
+                Redrive::READY_AT.0,
+            );
+            let mut moved = 0u64;
+            match keys {
+                None => {
+                    moved += tx
+                        .prepare_cached(sql)
+                        .and_then(|mut s| {
+                            s.execute(params![id, from.as_str(), status, attempts, ready_at])
+                        })
+                        .map_err(sql_err)? as u64;
+                }
+                Some(keys) => {
+                    let mut stmt = tx
+                        .prepare_cached(&format!("{sql} AND key = ?6"))
+                        .map_err(sql_err)?;
+                    for key in keys {
+                        moved += stmt
+                            .execute(params![id, from.as_str(), status, attempts, ready_at, key])
+                            .map_err(sql_err)? as u64;
+                    }
+                }
+            }
+            if moved > 0 {
+                tx.prepare_cached(
+                    "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = ?2
+                     WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![id, now.0]))
+                .map_err(sql_err)?;
+            }
+            Ok(moved)
+        })
+    }
+}
