@@ -6,19 +6,38 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ckpt::store::SharedTx;
 use ckpt::{Checkpoint, CheckpointPolicy, Ckpt, Error, JobOptions, ManualClock, NewItem};
 use serde_json::json;
 
 use crate::conformance::{queue_options, T0};
 
 /// A sink table in the store's own database, written in the store's
-/// transactions.
-trait Sink {
-    fn ckpt(&self, clock: &ManualClock, worker: &str) -> Ckpt;
+/// transactions through the library's generic [`SharedTx`] API.
+struct Sink<S: SharedTx> {
+    store: Arc<S>,
+    /// Inserts one row in the open transaction.
+    insert: Box<dyn for<'t> Fn(&mut S::Tx<'t>, &str) -> ckpt::Result<()>>,
+    /// Every row of the sink, sorted.
+    rows: Box<dyn Fn() -> Vec<String>>,
+}
+
+impl<S: SharedTx + 'static> Sink<S> {
+    fn ckpt(&self, clock: &ManualClock, worker: &str) -> Ckpt {
+        Ckpt::new(self.store.clone())
+            .with_clock(Arc::new(clock.clone()))
+            .with_worker(worker_id(worker))
+    }
+
     /// Saves `cp` and, in the same transaction, inserts `row`; then fails
     /// the transaction (before its commit) when `crash` is set.
-    fn save(&self, job: &mut ckpt::Job, cp: Checkpoint, row: &str, crash: bool)
-        -> ckpt::Result<()>;
+    fn save(&self, job: &mut ckpt::Job, cp: Checkpoint, row: &str, crash: bool) -> ckpt::Result<()> {
+        job.checkpoint_with(&*self.store, cp, |tx| {
+            (self.insert)(tx, row)?;
+            crash_if(crash)
+        })
+    }
+
     /// Completes `item` and inserts `row` in one transaction.
     fn complete(
         &self,
@@ -26,9 +45,16 @@ trait Sink {
         item: &ckpt::ClaimedItem,
         row: &str,
         crash: bool,
-    ) -> ckpt::Result<()>;
-    /// Every row of the sink, sorted.
-    fn rows(&self) -> Vec<String>;
+    ) -> ckpt::Result<()> {
+        q.complete_with(&*self.store, item, None, |tx| {
+            (self.insert)(tx, row)?;
+            crash_if(crash)
+        })
+    }
+
+    fn rows(&self) -> Vec<String> {
+        (self.rows)()
+    }
 }
 
 fn crash_if(crash: bool) -> ckpt::Result<()> {
@@ -59,7 +85,7 @@ fn options() -> JobOptions {
 
 /// Records 1..=100 into the sink, the checkpoint after each; the first run
 /// "crashes" inside the transaction of record 40; a second worker resumes.
-fn cursor_loop_with_sink(sink: &dyn Sink) {
+fn cursor_loop_with_sink<S: SharedTx + 'static>(sink: &Sink<S>) {
     let clock = ManualClock::new(T0);
     let first = sink.ckpt(&clock, "first");
     let mut job = first.job_with("sink-job", options()).unwrap();
@@ -96,7 +122,7 @@ fn cursor_loop_with_sink(sink: &dyn Sink) {
 
 /// Items completed together with their sink rows; one completion crashes
 /// and is retried by another worker after the lease expires.
-fn items_with_sink(sink: &dyn Sink) {
+fn items_with_sink<S: SharedTx + 'static>(sink: &Sink<S>) {
     let clock = ManualClock::new(T0);
     let a = sink
         .ckpt(&clock, "a")
@@ -123,85 +149,46 @@ fn items_with_sink(sink: &dyn Sink) {
     assert_eq!(a.counts().unwrap().completed, 20);
 }
 
-struct SqliteSink {
-    store: Arc<ckpt::store::SqliteStore>,
-    path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl SqliteSink {
-    fn new() -> SqliteSink {
-        use ckpt::store::{OpenMode, SqliteOptions, SqliteStore};
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ckpt.db");
-        let store = Arc::new(
-            SqliteStore::open(
-                path.to_str().unwrap(),
-                SqliteOptions::default(),
-                OpenMode::CreateIfMissing,
-            )
-            .unwrap(),
-        );
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("CREATE TABLE sink (row TEXT NOT NULL)")
-            .unwrap();
-        SqliteSink {
-            store,
-            path,
-            _dir: dir,
-        }
-    }
-}
-
-impl Sink for SqliteSink {
-    fn ckpt(&self, clock: &ManualClock, worker: &str) -> Ckpt {
-        Ckpt::new(self.store.clone())
-            .with_clock(Arc::new(clock.clone()))
-            .with_worker(worker_id(worker))
-    }
-
-    fn save(
-        &self,
-        job: &mut ckpt::Job,
-        cp: Checkpoint,
-        row: &str,
-        crash: bool,
-    ) -> ckpt::Result<()> {
-        job.checkpoint_with_sqlite(&self.store, cp, |tx| {
+/// A sink table in the store's SQLite file.
+fn sqlite_sink() -> (Sink<ckpt::store::SqliteStore>, tempfile::TempDir) {
+    use ckpt::store::{OpenMode, SqliteOptions, SqliteStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.db");
+    let store = Arc::new(
+        SqliteStore::open(
+            path.to_str().unwrap(),
+            SqliteOptions::default(),
+            OpenMode::CreateIfMissing,
+        )
+        .unwrap(),
+    );
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE sink (row TEXT NOT NULL)")
+        .unwrap();
+    let sink = Sink {
+        store,
+        insert: Box::new(|tx: &mut rusqlite::Transaction<'_>, row: &str| {
             tx.execute("INSERT INTO sink (row) VALUES (?1)", [row])?;
-            crash_if(crash)
-        })
-    }
-
-    fn complete(
-        &self,
-        q: &ckpt::Queue,
-        item: &ckpt::ClaimedItem,
-        row: &str,
-        crash: bool,
-    ) -> ckpt::Result<()> {
-        q.complete_with_sqlite(&self.store, item, None, |tx| {
-            tx.execute("INSERT INTO sink (row) VALUES (?1)", [row])?;
-            crash_if(crash)
-        })
-    }
-
-    fn rows(&self) -> Vec<String> {
-        let conn = rusqlite::Connection::open(&self.path).unwrap();
-        let mut stmt = conn.prepare("SELECT row FROM sink ORDER BY row").unwrap();
-        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
-        rows.map(Result::unwrap).collect()
-    }
+            Ok(())
+        }),
+        rows: Box::new(move || {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            let mut stmt = conn.prepare("SELECT row FROM sink ORDER BY row").unwrap();
+            let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+            rows.map(Result::unwrap).collect()
+        }),
+    };
+    (sink, dir)
 }
 
 #[test]
 fn sqlite_cursor_loop_with_sink() {
-    cursor_loop_with_sink(&SqliteSink::new());
+    cursor_loop_with_sink(&sqlite_sink().0);
 }
 
 #[test]
 fn sqlite_items_with_sink() {
-    items_with_sink(&SqliteSink::new());
+    items_with_sink(&sqlite_sink().0);
 }
 
 #[cfg(feature = "postgres")]
@@ -209,38 +196,14 @@ mod postgres_sink {
     use super::*;
     use ckpt::store::{OpenMode, PgStore};
 
-    struct PgSink {
+    /// Drops the store's schema and the sink table.
+    struct Cleanup {
         store: Arc<PgStore>,
         base: String,
         table: String,
     }
 
-    impl PgSink {
-        fn new(tag: &str) -> Option<PgSink> {
-            let fixture = crate::postgres()?;
-            drop(fixture); // only to learn that the server is there
-            let base = std::env::var("CKPT_TEST_POSTGRES_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-            let schema = format!("ckpt_sink_{tag}_{}", std::process::id());
-            let sep = if base.contains('?') { '&' } else { '?' };
-            let store = Arc::new(
-                PgStore::open(
-                    &format!("{base}{sep}schema={schema}"),
-                    OpenMode::CreateIfMissing,
-                )
-                .unwrap(),
-            );
-            let table = format!("public.sink_{tag}_{}", std::process::id());
-            let mut c = postgres::Client::connect(&base, postgres::NoTls).unwrap();
-            c.batch_execute(&format!(
-                "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (row TEXT NOT NULL)"
-            ))
-            .unwrap();
-            Some(PgSink { store, base, table })
-        }
-    }
-
-    impl Drop for PgSink {
+    impl Drop for Cleanup {
         fn drop(&mut self) {
             let _ = self.store.drop_schema();
             if let Ok(mut c) = postgres::Client::connect(&self.base, postgres::NoTls) {
@@ -249,61 +212,58 @@ mod postgres_sink {
         }
     }
 
-    impl Sink for PgSink {
-        fn ckpt(&self, clock: &ManualClock, worker: &str) -> Ckpt {
-            Ckpt::new(self.store.clone())
-                .with_clock(Arc::new(clock.clone()))
-                .with_worker(worker_id(worker))
-        }
-
-        fn save(
-            &self,
-            job: &mut ckpt::Job,
-            cp: Checkpoint,
-            row: &str,
-            crash: bool,
-        ) -> ckpt::Result<()> {
-            let sql = format!("INSERT INTO {} (row) VALUES ($1)", self.table);
-            job.checkpoint_with_postgres(&self.store, cp, |tx| {
-                tx.execute(&sql, &[&row])?;
-                crash_if(crash)
-            })
-        }
-
-        fn complete(
-            &self,
-            q: &ckpt::Queue,
-            item: &ckpt::ClaimedItem,
-            row: &str,
-            crash: bool,
-        ) -> ckpt::Result<()> {
-            let sql = format!("INSERT INTO {} (row) VALUES ($1)", self.table);
-            q.complete_with_postgres(&self.store, item, None, |tx| {
-                tx.execute(&sql, &[&row])?;
-                crash_if(crash)
-            })
-        }
-
-        fn rows(&self) -> Vec<String> {
-            let mut c = postgres::Client::connect(&self.base, postgres::NoTls).unwrap();
-            c.query(&format!("SELECT row FROM {} ORDER BY row", self.table), &[])
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect()
-        }
+    /// A sink table in `public`, beside the store's schema.
+    fn pg_sink(tag: &str) -> Option<(Sink<PgStore>, Cleanup)> {
+        let fixture = crate::postgres()?;
+        drop(fixture); // only to learn that the server is there
+        let base = std::env::var("CKPT_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        let schema = format!("ckpt_sink_{tag}_{}", std::process::id());
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let store = Arc::new(
+            PgStore::open(
+                &format!("{base}{sep}schema={schema}"),
+                OpenMode::CreateIfMissing,
+            )
+            .unwrap(),
+        );
+        let table = format!("public.sink_{tag}_{}", std::process::id());
+        let mut c = postgres::Client::connect(&base, postgres::NoTls).unwrap();
+        c.batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (row TEXT NOT NULL)"
+        ))
+        .unwrap();
+        let insert = format!("INSERT INTO {table} (row) VALUES ($1)");
+        let select = format!("SELECT row FROM {table} ORDER BY row");
+        let rows_base = base.clone();
+        let sink = Sink {
+            store: store.clone(),
+            insert: Box::new(move |tx: &mut ckpt::store::PgTx<'_>, row: &str| {
+                tx.execute(&insert, &[&row])?;
+                Ok(())
+            }),
+            rows: Box::new(move || {
+                let mut c = postgres::Client::connect(&rows_base, postgres::NoTls).unwrap();
+                c.query(&select, &[])
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect()
+            }),
+        };
+        Some((sink, Cleanup { store, base, table }))
     }
 
     #[test]
     fn postgres_cursor_loop_with_sink() {
-        if let Some(sink) = PgSink::new("loop") {
+        if let Some((sink, _cleanup)) = pg_sink("loop") {
             cursor_loop_with_sink(&sink);
         }
     }
 
     #[test]
     fn postgres_items_with_sink() {
-        if let Some(sink) = PgSink::new("items") {
+        if let Some((sink, _cleanup)) = pg_sink("items") {
             items_with_sink(&sink);
         }
     }

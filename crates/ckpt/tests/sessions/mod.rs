@@ -249,8 +249,8 @@ fn panic_in_a_caller_transaction_leaves_the_pool_clean() {
     let ckpt = Ckpt::new(store.clone());
     let mut job = ckpt.job_with("panicky", options()).unwrap();
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let _ = job.checkpoint_with_postgres(
-            &store,
+        let _ = job.checkpoint_with(
+            &*store,
             ckpt::Checkpoint::new(serde_json::json!(1), 1),
             |tx| {
                 tx.execute("SELECT 1", &[])?;

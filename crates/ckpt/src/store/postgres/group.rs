@@ -12,8 +12,9 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use futures_util::future::join_all;
 
-use super::sql::save_fenced;
-use super::{pg_err, PgStore};
+use super::checkpoint::save_fenced;
+use super::conn::pg_err;
+use super::PgStore;
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, JobLease};
 use crate::time::Timestamp;

@@ -18,11 +18,15 @@
 //!   other query parameters go to the driver. TLS is not supported yet. A
 //!   password never appears in messages: they carry the redacted URL.
 
+mod checkpoint;
+mod conn;
 mod group;
+mod items;
+mod jobs;
 mod notify;
-mod ops;
+mod patch;
+mod rows;
 mod schema;
-mod sql;
 mod tx;
 
 pub use tokio_postgres::types::ToSql as PgToSql;
@@ -31,12 +35,13 @@ pub use tx::PgTx;
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
-use tokio_postgres::error::SqlState;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 use super::url::{query_pairs, redact_url, scrub, split_query, OpenMode};
+use super::{ItemSignals, OwnerSessions, Store};
 use crate::error::{Error, Result};
+use conn::pg_err;
 
 /// A ckpt store in a PostgreSQL schema.
 #[derive(Debug)]
@@ -212,70 +217,21 @@ impl PgStore {
                 .map_err(pg_err)
         })
     }
+}
 
-    /// The key of this store's liveness lock, taking the lock first if
-    /// needed.
-    pub(crate) fn liveness_key(&self) -> Result<i64> {
-        // Held across the connect: a second session locking the same key
-        // would wait for the first forever.
-        let mut held = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
-        // A closed connection released the lock: take it again at once, or
-        // other workers would take this live worker's items over.
-        if held.as_ref().is_none_or(|c| c.is_closed()) {
-            let client = self.block(async {
-                let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
-                    Error::Unavailable(format!("cannot connect to PostgreSQL at {}: {e}", self.url))
-                })?;
-                // The lock lives as long as this connection: keep it driven.
-                self.runtime.spawn(connection);
-                client
-                    .execute("SELECT pg_advisory_lock($1)", &[&self.liveness_key])
-                    .await
-                    .map_err(pg_err)?;
-                Ok::<_, Error>(client)
-            })?;
-            *held = Some(client);
-        }
-        Ok(self.liveness_key)
+impl Store for PgStore {
+    fn describe(&self) -> String {
+        format!("{} (schema {})", self.url, self.schema)
     }
 
-    /// Waits up to `timeout` for a notification that items of `job` became
-    /// claimable: `Some(true)` when one came, `Some(false)` on timeout,
-    /// `None` when nothing is listening (the caller then polls). Starts the
-    /// listener on the first call, and again (at most every 5 s) after it
-    /// ended.
-    pub(crate) fn wait_for_items_notified(&self, job: &str, timeout: Duration) -> Option<bool> {
-        if !self.wakeups.is_listening() {
-            let mut listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());
-            let due = listener
-                .as_ref()
-                .is_none_or(|(_, started)| started.elapsed() >= Duration::from_secs(5));
-            if due {
-                // Replacing the old sender stops the old thread, if any.
-                *listener = Some((
-                    notify::listen(self.config.clone(), &self.schema, self.wakeups.clone()),
-                    std::time::Instant::now(),
-                ));
-                drop(listener);
-                // Let it subscribe first, so that a notification right
-                // after this call is not missed.
-                self.wakeups.wait_listening(Duration::from_secs(2));
-            }
-            if !self.wakeups.is_listening() {
-                return None;
-            }
-        }
-        Some(self.wakeups.wait(job, timeout))
+    /// LISTEN/NOTIFY: enqueue and redrive notify at commit.
+    fn item_signals(&self) -> Option<&dyn ItemSignals> {
+        Some(self)
     }
 
-    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.runtime.block_on(f)
-    }
-
-    async fn client(&self) -> Result<Object> {
-        self.pool.get().await.map_err(|e| {
-            Error::Unavailable(format!("cannot connect to PostgreSQL at {}: {e}", self.url))
-        })
+    /// Session advisory locks: an owner whose lock is free is gone.
+    fn owner_sessions(&self) -> Option<&dyn OwnerSessions> {
+        Some(self)
     }
 }
 
@@ -285,34 +241,6 @@ fn is_identifier(s: &str) -> bool {
     matches!(chars.next(), Some('a'..='z' | '_'))
         && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
         && s.len() <= 63
-}
-
-/// Maps a driver error to the library's error.
-pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
-    if let Some(db) = e.as_db_error() {
-        let code = db.code();
-        if *code == SqlState::T_R_SERIALIZATION_FAILURE
-            || *code == SqlState::T_R_DEADLOCK_DETECTED
-            || *code == SqlState::LOCK_NOT_AVAILABLE
-        {
-            return Error::Busy(format!("PostgreSQL: {}", db.message()));
-        }
-        if *code == SqlState::ADMIN_SHUTDOWN
-            || *code == SqlState::CRASH_SHUTDOWN
-            || *code == SqlState::CANNOT_CONNECT_NOW
-        {
-            return Error::Unavailable(format!("PostgreSQL is restarting: {}", db.message()));
-        }
-        if *code == SqlState::DISK_FULL {
-            return Error::Storage(format!("disk full: {}", db.message()));
-        }
-        return Error::Storage(format!("PostgreSQL: {} ({})", db.message(), code.code()));
-    }
-    let io_failure = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-    if e.is_closed() || io_failure {
-        return Error::Unavailable(format!("lost connection to PostgreSQL: {e}"));
-    }
-    Error::Storage(format!("PostgreSQL: {e}"))
 }
 
 #[cfg(test)]

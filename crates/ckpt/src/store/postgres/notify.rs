@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use futures_util::future::poll_fn;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use super::PgStore;
+use crate::store::ItemSignals;
+
 /// Notifications seen so far, per job, and whether the listener still runs.
 #[derive(Debug, Default)]
 pub(super) struct Wakeups {
@@ -136,4 +139,32 @@ pub(super) fn listen(
         tracing::warn!("cannot start the LISTEN thread; idle runners will poll");
     }
     stop
+}
+
+impl ItemSignals for PgStore {
+    /// Starts the listener on the first call, and again (at most every
+    /// 5 s) after it ended; `None` while it is down.
+    fn wait_for_items(&self, job: &str, timeout: Duration) -> Option<bool> {
+        if !self.wakeups.is_listening() {
+            let mut listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+            let due = listener
+                .as_ref()
+                .is_none_or(|(_, started)| started.elapsed() >= Duration::from_secs(5));
+            if due {
+                // Replacing the old sender stops the old thread, if any.
+                *listener = Some((
+                    listen(self.config.clone(), &self.schema, self.wakeups.clone()),
+                    std::time::Instant::now(),
+                ));
+                drop(listener);
+                // Let it subscribe first, so that a notification right
+                // after this call is not missed.
+                self.wakeups.wait_listening(Duration::from_secs(2));
+            }
+            if !self.wakeups.is_listening() {
+                return None;
+            }
+        }
+        Some(self.wakeups.wait(job, timeout))
+    }
 }

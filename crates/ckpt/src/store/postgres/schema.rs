@@ -1,6 +1,7 @@
 //! Schema versions and migrations of the PostgreSQL store.
 
-use super::{pg_err, PgStore};
+use super::conn::pg_err;
+use super::PgStore;
 use crate::error::{Error, Result};
 use crate::store::OpenMode;
 

@@ -3,10 +3,12 @@
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::sql::{apply_update, save_fenced};
-use super::{pg_err, PgStore};
+use super::checkpoint::save_fenced;
+use super::conn::pg_err;
+use super::patch::apply_update;
+use super::PgStore;
 use crate::error::Result;
-use crate::model::{Checkpoint, ItemUpdate, JobLease};
+use crate::store::{SharedTx, TxWrite};
 use crate::time::Timestamp;
 
 /// The caller's side of a transaction that also saves a checkpoint or
@@ -34,28 +36,15 @@ impl PgTx<'_> {
     }
 }
 
-/// The store's own write in a caller's transaction.
-enum StoreWrite<'a> {
-    Checkpoint {
-        lease: &'a JobLease,
-        checkpoint: &'a Checkpoint,
-        history_keep: usize,
-        lease_until: Timestamp,
-        now: Timestamp,
-    },
-    Item {
-        update: &'a ItemUpdate,
-        now: Timestamp,
-    },
-}
+impl SharedTx for PgStore {
+    /// A handle on the transaction's connection: `execute` and `query`.
+    type Tx<'t> = PgTx<'t>;
 
-impl PgStore {
-    /// Runs `f` and then `write` in one transaction on one connection:
-    /// commits when both succeed, rolls back otherwise.
-    fn with_caller_tx<T>(
+    fn with_tx<T>(
         &self,
+        write: TxWrite<'_>,
+        now: Timestamp,
         f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
-        write: StoreWrite<'_>,
     ) -> Result<T> {
         let client = self.block(self.client())?;
         self.block(client.batch_execute("BEGIN")).map_err(pg_err)?;
@@ -78,12 +67,11 @@ impl PgStore {
         };
         let result = called.and_then(|out| {
             let written = match write {
-                StoreWrite::Checkpoint {
+                TxWrite::SaveCheckpoint {
                     lease,
                     checkpoint,
                     history_keep,
                     lease_until,
-                    now,
                 } => self.block(save_fenced(
                     &client,
                     lease,
@@ -92,7 +80,7 @@ impl PgStore {
                     lease_until,
                     now,
                 )),
-                StoreWrite::Item { update, now } => self.block(apply_update(&client, update, now)),
+                TxWrite::UpdateItem(update) => self.block(apply_update(&client, update, now)),
             };
             written.map(|()| out)
         });
@@ -109,39 +97,5 @@ impl PgStore {
                 Err(e)
             }
         }
-    }
-
-    /// Runs `f` and saves the checkpoint in one transaction, fenced like
-    /// [`Store::save_checkpoint`]: see `Job::checkpoint_with_postgres`.
-    pub fn save_checkpoint_with<T>(
-        &self,
-        lease: &JobLease,
-        checkpoint: &Checkpoint,
-        history_keep: usize,
-        lease_until: Timestamp,
-        now: Timestamp,
-        f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
-    ) -> Result<T> {
-        self.with_caller_tx(
-            f,
-            StoreWrite::Checkpoint {
-                lease,
-                checkpoint,
-                history_keep,
-                lease_until,
-                now,
-            },
-        )
-    }
-
-    /// Runs `f` and applies `update` in one transaction; a fenced update
-    /// rolls everything back: see `Queue::complete_with_postgres`.
-    pub fn update_item_with<T>(
-        &self,
-        update: &ItemUpdate,
-        now: Timestamp,
-        f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
-    ) -> Result<T> {
-        self.with_caller_tx(f, StoreWrite::Item { update, now })
     }
 }

@@ -46,8 +46,10 @@
 //! together once it is completed, nobody holds it and none of its items is
 //! unfinished.
 
+mod conn;
 mod decode;
-mod ops;
+mod items;
+mod jobs;
 mod scripts;
 #[cfg(test)]
 mod tests;
@@ -55,11 +57,11 @@ mod tests;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 
 use super::url::{query_pairs, redact_url, scrub, split_query, OpenMode};
+use super::{ItemSignals, OwnerSessions, Store};
 use crate::error::{Error, Result};
-use scripts::Lua;
+use conn::redis_err;
 
 /// Items per script while enqueueing; larger enqueues send several scripts
 /// in one `MULTI`/`EXEC`.
@@ -319,76 +321,23 @@ impl RedisStore {
         format!("{} (prefix {})", self.url, self.prefix)
     }
 
-    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.runtime.block_on(f)
-    }
 
-    /// Runs `lua` with the prefix, the retention and `args`; returns its
-    /// reply.
-    fn call(&self, lua: &Lua, args: Vec<String>) -> Result<Value> {
-        let mut invocation = lua.script().prepare_invoke();
-        invocation.arg(&self.prefix).arg(&self.ttl_ms);
-        for arg in args {
-            invocation.arg(arg);
-        }
-        let mut conn = self.conn.clone();
-        self.block(invocation.invoke_async::<Value>(&mut conn))
-            .map_err(|e| redis_err(e, &self.url))
-    }
 
-    /// Runs `lua` once per argument list, all in one `MULTI`/`EXEC`, so
-    /// that no other client's command runs in between; returns the replies.
-    fn call_atomic(&self, lua: &Lua, arg_lists: Vec<Vec<String>>) -> Result<Vec<Value>> {
-        let mut pipe = ::redis::pipe();
-        pipe.atomic();
-        for args in arg_lists {
-            pipe.cmd("EVAL")
-                .arg(lua.code())
-                .arg(0)
-                .arg(&self.prefix)
-                .arg(&self.ttl_ms)
-                .arg(args);
-        }
-        let mut conn = self.conn.clone();
-        self.block(pipe.query_async::<Vec<Value>>(&mut conn))
-            .map_err(|e| redis_err(e, &self.url))
-    }
 }
 
-/// Maps a driver error to the library's error; `url` is only used for the
-/// message, and its password never appears there.
-pub(crate) fn redis_err(e: RedisError, url: &str) -> Error {
-    let redacted = redact_url(url);
-    let message = scrub(&e.to_string(), url);
-    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
-        return Error::Unavailable(format!("cannot reach Redis at {redacted}: {message}"));
+impl Store for RedisStore {
+    fn describe(&self) -> String {
+        self.describe_store()
     }
-    match e.kind() {
-        ErrorKind::Server(
-            ServerErrorKind::BusyLoading
-            | ServerErrorKind::TryAgain
-            | ServerErrorKind::MasterDown
-            | ServerErrorKind::ClusterDown
-            | ServerErrorKind::ReadOnly,
-        ) => {
-            return Error::Unavailable(format!(
-                "Redis at {redacted} cannot take writes right now: {message}"
-            ))
-        }
-        ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig => {
-            return Error::Open(format!("{redacted}: {message}"))
-        }
-        _ => {}
+
+    /// None: idle workers poll (a claim reads two small sorted sets).
+    fn item_signals(&self) -> Option<&dyn ItemSignals> {
+        None
     }
-    match e.code() {
-        // A long script of another client, or a server still starting.
-        Some("BUSY" | "LOADING") => {
-            Error::Unavailable(format!("Redis at {redacted} is busy: {message}"))
-        }
-        Some("OOM") => Error::Storage(format!(
-            "Redis at {redacted} is out of memory (maxmemory): {message}"
-        )),
-        Some("NOAUTH" | "WRONGPASS" | "NOPERM") => Error::Open(format!("{redacted}: {message}")),
-        _ => Error::Storage(format!("Redis at {redacted}: {message}")),
+
+    /// None: Redis cannot tell a dead client from an idle one; owners on
+    /// other hosts are taken over when their leases expire.
+    fn owner_sessions(&self) -> Option<&dyn OwnerSessions> {
+        None
     }
 }

@@ -1,13 +1,15 @@
--- ARGV: name, from status, now, 'all' or 'keys', then the keys to redrive.
--- Returns {'notfound'} or {'ok', how many moved}.
+-- ARGV: name, from status, now, the redriven status and attempt count (the
+-- item state machine's Redrive values), 'all' or 'keys', then the keys to
+-- redrive. Returns {'notfound'} or {'ok', how many moved}.
 local n, from, now = job_num(ARGV[3]), ARGV[4], ARGV[5]
+local to, attempts = ARGV[6], ARGV[7]
 if not n then
   return {'notfound'}
 end
 local seqs
-if ARGV[6] == 'keys' then
+if ARGV[8] == 'keys' then
   seqs = {}
-  for i = 7, #ARGV do
+  for i = 9, #ARGV do
     local seq = redis.call('HGET', jk(n, 'keys'), ARGV[i])
     if seq and redis.call('ZSCORE', jk(n, from), seq) then
       seqs[#seqs + 1] = seq
@@ -20,12 +22,12 @@ local moved = 0
 for _, seq in ipairs(seqs) do
   local rec = get_item(n, seq)
   if rec and rec.status == from then
-    rec.status = 'pending'
-    rec.attempts = '0'
+    rec.status = to
+    rec.attempts = attempts
     rec.finished_at = nil
     rec.ready_at = nil
     put_item(n, seq, rec)
-    move(n, seq, from, 'pending', nil)
+    move(n, seq, from, to, nil)
     moved = moved + 1
   end
 end

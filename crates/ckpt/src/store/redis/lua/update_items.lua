@@ -1,15 +1,15 @@
--- ARGV: now, then per update: job number, seq, owner, claim token, change,
--- a, b. Changes: 'heartbeat' (b: lease_until), 'cursor' (a: cursor,
--- b: lease_until), 'complete' (a: stats, optional), 'fail' (a: error,
--- b: retry_at, optional; none: dead), 'release' (back to pending, the
--- claim's attempt taken back). Returns {'ok', result per update}:
--- {'ok'}, {'fenced', key, status, owner} or {'gone'}.
-local now = ARGV[3]
+-- ARGV: then per update: job number, item number, owner, claim token, and
+-- the change's values as the item state machine computed them (the
+-- caller's ItemPatch): status, ready_at, attempts taken back, cursor,
+-- stats, last error, finished_at. Optional values arrive as '' (keep the
+-- stored value) or '+' .. value. A pending item's ready time is its place
+-- in the `pending` set (enqueue order), so it is not stored.
+-- Returns {'ok', result per update}: {'ok'}, {'fenced', key, status,
+-- owner} or {'gone'}.
 local out = {'ok'}
 local touched = {}
-for i = 4, #ARGV, 7 do
-  local n, seq, owner, token, change, a, b =
-    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+for i = 3, #ARGV, 11 do
+  local n, seq, owner, token = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local rec = nil
   if redis.call('EXISTS', jk(n)) == 1 then
     rec = get_item(n, seq)
@@ -19,35 +19,18 @@ for i = 4, #ARGV, 7 do
   elseif rec.status ~= 'running' or rec.owner ~= owner or rec.claims ~= token then
     out[#out + 1] = {'fenced', rec.key, rec.status, rec.owner or false}
   else
-    if change == 'heartbeat' or change == 'cursor' then
-      if change == 'cursor' then
-        rec.cursor = a
-      end
-      rec.ready_at = b
-      move(n, seq, 'running', 'running', b)
-    elseif change == 'release' then
-      rec.status = 'pending'
-      rec.attempts = tostring(math.max(tonumber(rec.attempts) - 1, 0))
-      rec.ready_at = nil
-      move(n, seq, 'running', 'pending', nil)
-    elseif change == 'complete' then
-      rec.status = 'completed'
-      rec.stats = opt(a)
-      rec.finished_at = now
-      rec.ready_at = nil
-      move(n, seq, 'running', 'completed', nil)
-    else
-      local retry_at = opt(b)
-      rec.last_error = a
-      rec.ready_at = retry_at
-      if retry_at then
-        rec.status = 'failed'
-      else
-        rec.status = 'dead'
-        rec.finished_at = now
-      end
-      move(n, seq, 'running', rec.status, retry_at)
+    local status, ready_at = ARGV[i + 4], opt(ARGV[i + 5])
+    if status == 'pending' then
+      ready_at = nil
     end
+    rec.status = status
+    rec.ready_at = ready_at
+    rec.attempts = tostring(math.max(tonumber(rec.attempts) - tonumber(ARGV[i + 6]), 0))
+    rec.cursor = opt(ARGV[i + 7]) or rec.cursor
+    rec.stats = opt(ARGV[i + 8]) or rec.stats
+    rec.last_error = opt(ARGV[i + 9]) or rec.last_error
+    rec.finished_at = opt(ARGV[i + 10]) or rec.finished_at
+    move(n, seq, 'running', status, ready_at)
     put_item(n, seq, rec)
     touched[n] = true
     out[#out + 1] = {'ok'}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::model::{ItemChange, ItemUpdate, NewItem};
-use crate::store::Store;
+use crate::store::{ItemStore, JobStore, Store};
 use crate::time::Timestamp;
 
 pub(super) const T0: Timestamp = Timestamp(1_700_000_000_000);

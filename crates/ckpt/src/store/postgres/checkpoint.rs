@@ -1,0 +1,151 @@
+//! Writing a job's checkpoint and its history ring, shared by saves,
+//! operator writes, group commit and caller transactions.
+
+use deadpool_postgres::GenericClient;
+
+use super::conn::{pg_err, Cached};
+use super::jobs::check_lease;
+use crate::error::{Error, Result};
+use crate::model::{Checkpoint, JobLease};
+use crate::time::Timestamp;
+
+pub(super) async fn write_checkpoint(
+    c: &impl GenericClient,
+    job_id: i64,
+    cp: &Checkpoint,
+    history_keep: usize,
+    now: Timestamp,
+) -> Result<()> {
+    let state_bytes = cp
+        .state
+        .as_ref()
+        .map_or(0, |s| serde_json::to_vec(s).map_or(0, |v| v.len() as i64));
+    let saves: i64 = c
+        .cquery_one(
+            "UPDATE jobs SET cursor = $2, items_processed = $3, stage = $4, state = $5,
+                 state_bytes = $6, checkpoint_at = $7, updated_at = $7, saves = saves + 1,
+                 completed_at = CASE status WHEN 'completed' THEN NULL ELSE completed_at END,
+                 status = CASE status WHEN 'completed' THEN 'running' ELSE status END
+             WHERE id = $1 RETURNING saves",
+            &[
+                &job_id,
+                &cp.cursor,
+                &(cp.items_processed as i64),
+                &cp.stage,
+                &cp.state,
+                &state_bytes,
+                &now.0,
+            ],
+        )
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    let keep = i64::try_from(history_keep).unwrap_or(i64::MAX);
+    if keep > 0 {
+        c.cexecute(
+            "INSERT INTO history (job_id, slot, seq, cursor, items_processed, at)
+             VALUES ($1, $2::BIGINT % $6::BIGINT, $2, $3, $4, $5)
+             ON CONFLICT (job_id, slot) DO UPDATE SET seq = excluded.seq,
+                 cursor = excluded.cursor, items_processed = excluded.items_processed,
+                 at = excluded.at",
+            &[
+                &job_id,
+                &saves,
+                &cp.cursor,
+                &(cp.items_processed as i64),
+                &now.0,
+                &keep,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+    }
+    if saves % HISTORY_SWEEP_EVERY == 0 || keep == 0 {
+        c.cexecute(
+            "DELETE FROM history WHERE job_id = $1 AND seq <= $2",
+            &[&job_id, &(saves - keep)],
+        )
+        .await
+        .map_err(pg_err)?;
+    }
+    Ok(())
+}
+
+/// The history is a ring: save number `seq` goes to slot `seq % keep`,
+/// overwriting the entry `keep` saves older, so a save writes one row in
+/// place (a HOT update: no index entry, no dead index tuple) instead of
+/// inserting one and deleting another. The delete-based trim cost more
+/// than the job row's own update (an index insertion, and an index range
+/// that walked every dead tuple since the last VACUUM: 0.3 ms → 3 ms after
+/// 80 k saves).
+///
+/// Entries outside the ring's slots (after `history_keep` was cut, or left
+/// by schema v3) are swept every this many saves.
+pub(super) const HISTORY_SWEEP_EVERY: i64 = 256;
+
+/// Saves a checkpoint in one statement, so one round trip (and, outside a
+/// transaction, one commit): the fenced UPDATE (which is the fencing check),
+/// the history write into its ring slot and, every
+/// [`HISTORY_SWEEP_EVERY`] saves, the sweep. All see the same snapshot; the
+/// sweep skips the slot being written, so no row is modified twice.
+pub(super) async fn save_fenced(
+    c: &impl GenericClient,
+    lease: &JobLease,
+    checkpoint: &Checkpoint,
+    history_keep: usize,
+    lease_until: Timestamp,
+    now: Timestamp,
+) -> Result<()> {
+    let state_bytes = checkpoint
+        .state
+        .as_ref()
+        .map_or(0, |s| serde_json::to_vec(s).map_or(0, |v| v.len() as i64));
+    let keep = i64::try_from(history_keep).unwrap_or(i64::MAX);
+    let saved = c
+        .cquery_opt(
+            "WITH saved AS (
+                 UPDATE jobs SET cursor = $2, items_processed = $3, stage = $4, state = $5,
+                     state_bytes = $6, checkpoint_at = $7, updated_at = $7,
+                     saves = saves + 1, lease_expires = $8,
+                     completed_at = CASE status WHEN 'completed' THEN NULL ELSE completed_at END,
+                     status = CASE status WHEN 'completed' THEN 'running' ELSE status END
+                 WHERE name = $1 AND owner = $9 AND epoch = $10
+                 RETURNING id, saves),
+             appended AS (
+                 INSERT INTO history (job_id, slot, seq, cursor, items_processed, at)
+                 SELECT id, saves % $11, saves, $2, $3, $7 FROM saved WHERE $11 > 0
+                 ON CONFLICT (job_id, slot) DO UPDATE SET seq = excluded.seq,
+                     cursor = excluded.cursor, items_processed = excluded.items_processed,
+                     at = excluded.at
+                 RETURNING seq),
+             swept AS (
+                 DELETE FROM history h USING saved
+                 WHERE (saved.saves % $12 = 0 OR $11 = 0) AND h.job_id = saved.id
+                   AND h.seq <= saved.saves - $11
+                   AND h.slot <> saved.saves % GREATEST($11, 1) RETURNING 1)
+             SELECT id FROM saved",
+            &[
+                &lease.job,
+                &checkpoint.cursor,
+                &(checkpoint.items_processed as i64),
+                &checkpoint.stage,
+                &checkpoint.state,
+                &state_bytes,
+                &now.0,
+                &lease_until.0,
+                &lease.owner,
+                &(lease.epoch as i64),
+                &keep,
+                &HISTORY_SWEEP_EVERY,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+    match saved {
+        Some(_) => Ok(()),
+        None => Err(check_lease(c, lease)
+            .await
+            .err()
+            .unwrap_or_else(|| Error::Fenced(format!("job '{}' changed hands", lease.job)))),
+    }
+}

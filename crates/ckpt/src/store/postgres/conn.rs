@@ -1,0 +1,143 @@
+//! The PostgreSQL connections: the pool every statement goes through, the
+//! liveness connection, the statement cache, transactions and errors.
+
+use deadpool_postgres::{GenericClient, Object};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use super::PgStore;
+use crate::error::{Error, Result};
+
+impl PgStore {
+    /// The key of this store's liveness lock, taking the lock first if
+    /// needed.
+    pub(crate) fn liveness_key(&self) -> Result<i64> {
+        // Held across the connect: a second session locking the same key
+        // would wait for the first forever.
+        let mut held = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
+        // A closed connection released the lock: take it again at once, or
+        // other workers would take this live worker's items over.
+        if held.as_ref().is_none_or(|c| c.is_closed()) {
+            let client = self.block(async {
+                let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
+                    Error::Unavailable(format!("cannot connect to PostgreSQL at {}: {e}", self.url))
+                })?;
+                // The lock lives as long as this connection: keep it driven.
+                self.runtime.spawn(connection);
+                client
+                    .execute("SELECT pg_advisory_lock($1)", &[&self.liveness_key])
+                    .await
+                    .map_err(pg_err)?;
+                Ok::<_, Error>(client)
+            })?;
+            *held = Some(client);
+        }
+        Ok(self.liveness_key)
+    }
+
+    pub(super) fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    pub(super) async fn client(&self) -> Result<Object> {
+        self.pool.get().await.map_err(|e| {
+            Error::Unavailable(format!("cannot connect to PostgreSQL at {}: {e}", self.url))
+        })
+    }
+}
+
+/// Statements through the connection's prepared-statement cache: one round
+/// trip per statement instead of a parse and an execute.
+pub(super) trait Cached: GenericClient {
+    async fn cquery(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.query(&stmt, params).await
+    }
+    async fn cquery_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.query_one(&stmt, params).await
+    }
+    async fn cquery_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.query_opt(&stmt, params).await
+    }
+    async fn cexecute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.execute(&stmt, params).await
+    }
+}
+
+impl<T: GenericClient> Cached for T {}
+
+/// Runs `$body` (an async block body evaluating to a `Result`) inside one
+/// transaction on a pooled connection, with `$tx` bound to the transaction;
+/// commits on `Ok`, rolls back on `Err`.
+macro_rules! in_tx {
+    ($store:expr, |$tx:ident| $body:block) => {
+        $store.block(async {
+            let mut client = $store.client().await?;
+            let transaction = client.transaction().await.map_err(pg_err)?;
+            let $tx = &transaction;
+            match async { $body }.await {
+                Ok(out) => {
+                    transaction.commit().await.map_err(pg_err)?;
+                    Ok(out)
+                }
+                Err(e) => {
+                    // Roll back now: a dropped transaction only queues its
+                    // ROLLBACK, and on this current-thread runtime nothing
+                    // may drive the connection to send it for a while, so
+                    // the row locks would stay held.
+                    let _ = transaction.rollback().await;
+                    Err(e)
+                }
+            }
+        })
+    };
+}
+pub(super) use in_tx;
+
+/// Maps a driver error to the library's error.
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        if *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+            || *code == SqlState::LOCK_NOT_AVAILABLE
+        {
+            return Error::Busy(format!("PostgreSQL: {}", db.message()));
+        }
+        if *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CRASH_SHUTDOWN
+            || *code == SqlState::CANNOT_CONNECT_NOW
+        {
+            return Error::Unavailable(format!("PostgreSQL is restarting: {}", db.message()));
+        }
+        if *code == SqlState::DISK_FULL {
+            return Error::Storage(format!("disk full: {}", db.message()));
+        }
+        return Error::Storage(format!("PostgreSQL: {} ({})", db.message(), code.code()));
+    }
+    let io_failure = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io_failure {
+        return Error::Unavailable(format!("lost connection to PostgreSQL: {e}"));
+    }
+    Error::Storage(format!("PostgreSQL: {e}"))
+}

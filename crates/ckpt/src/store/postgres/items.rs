@@ -1,0 +1,419 @@
+//! [`ItemStore`] in PostgreSQL's dialect: the item state machine's values
+//! bound into one fenced statement per change (or one per batch), claims
+//! by `FOR UPDATE SKIP LOCKED`, and [`OwnerSessions`] through the liveness
+//! locks.
+
+use deadpool_postgres::GenericClient;
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+
+use super::conn::{in_tx, pg_err, Cached};
+use super::patch::{apply_update, fenced_or_fail, update_batch};
+use super::jobs::{ensure_job, job_id, LIVE_LOCK};
+use super::rows::{item_from_row, status, ts, ITEM_COLUMNS};
+use super::PgStore;
+use crate::error::{Error, Result};
+use crate::model::{
+    ClaimedItem, EnqueueReport, ItemCounts, ItemLease, ItemRecord, ItemStatus, ItemUpdate,
+    JobStatus,
+};
+use crate::store::machine::{Claim, ItemState, Redrive};
+use crate::store::{ItemStore, ItemStream, OwnerSessions};
+use crate::time::Timestamp;
+
+/// Items sent to the server per statement while enqueueing.
+const ENQUEUE_BATCH: usize = 5_000;
+
+impl ItemStore for PgStore {
+    fn enqueue(&self, job: &str, items: ItemStream<'_>, now: Timestamp) -> Result<EnqueueReport> {
+        let enqueued = ItemState::enqueued();
+        in_tx!(self, |tx| {
+            let mut id = ensure_job(tx, job, now).await?;
+            // Lock the job row, as `finish_if_done` does: a job is never
+            // marked done while items are being added to it. If a prune
+            // deleted the row while this waited for the lock, the job is
+            // created afresh (the delete has committed: it is seen now).
+            while tx
+                .cexecute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id])
+                .await
+                .map_err(pg_err)?
+                == 0
+            {
+                id = ensure_job(tx, job, now).await?;
+            }
+            let insert = "WITH ins AS (
+                         INSERT INTO items (job_id, key, payload, status, ready_at, enqueued_at)
+                         SELECT $1, t.key, t.payload, $5, $6, $4
+                         FROM unnest($2::TEXT[], $3::JSONB[]) AS t(key, payload)
+                         ON CONFLICT (job_id, key) DO NOTHING RETURNING 1)
+                     SELECT count(*) FROM ins";
+            let mut report = EnqueueReport::default();
+            let mut keys = Vec::with_capacity(ENQUEUE_BATCH);
+            let mut payloads: Vec<Option<Value>> = Vec::with_capacity(ENQUEUE_BATCH);
+            let mut done = false;
+            while !done {
+                keys.clear();
+                payloads.clear();
+                while keys.len() < ENQUEUE_BATCH {
+                    match items.next() {
+                        Some(item) => {
+                            let item = item?;
+                            keys.push(item.key);
+                            payloads.push(item.payload);
+                        }
+                        None => {
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                if keys.is_empty() {
+                    break;
+                }
+                let params: [&(dyn ToSql + Sync); 6] = [
+                    &id,
+                    &keys,
+                    &payloads,
+                    &now.0,
+                    &enqueued.status.as_str(),
+                    &enqueued.ready_at.map(|t| t.0),
+                ];
+                let inserted: i64 = tx.cquery_one(insert, &params).await.map_err(pg_err)?.get(0);
+                report.inserted += inserted as u64;
+                report.existing += keys.len() as u64 - inserted as u64;
+            }
+            if report.inserted > 0 {
+                tx.cexecute(
+                    "UPDATE jobs SET items_total = items_total + $2 WHERE id = $1",
+                    &[&id, &(report.inserted as i64)],
+                )
+                .await
+                .map_err(pg_err)?;
+                tx.cexecute(
+                    "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = $2
+                     WHERE id = $1 AND status = 'completed'",
+                    &[&id, &now.0],
+                )
+                .await
+                .map_err(pg_err)?;
+                // Delivered at commit, to runners idle on this job.
+                tx.cexecute("SELECT pg_notify($1, $2)", &[&self.channel(), &job])
+                    .await
+                    .map_err(pg_err)?;
+            }
+            Ok(report)
+        })
+    }
+
+    fn claim(
+        &self,
+        job: &str,
+        owner: &str,
+        max: usize,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<Vec<ClaimedItem>> {
+        let key = self.liveness_key()?;
+        let claim = Claim {
+            owner,
+            lease_until,
+            now,
+        };
+        self.block(async {
+            let c = self.client().await?;
+            // One statement: pick ready items (machine::claimable) nobody else
+            // is claiming right now (SKIP LOCKED), write the claim's values,
+            // and report their previous owner.
+            let rows = c
+                .cquery(
+                    "WITH ready AS (
+                         SELECT id, status AS old_status, owner AS old_owner FROM items
+                         WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
+                           AND ready_at IS NOT NULL AND ready_at <= $2
+                           AND NOT (status = 'running' AND owner = $4)
+                         ORDER BY ready_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                     UPDATE items i SET status = $7, owner = $4, attempts = i.attempts + 1,
+                         claims = i.claims + 1, ready_at = $5, started_at = $2, owner_key = $6
+                     FROM ready WHERE i.id = ready.id
+                     RETURNING i.id, i.key, i.payload, i.cursor, i.attempts, i.claims,
+                         ready.old_status, ready.old_owner, i.enqueued_at",
+                    &[
+                        &job,
+                        &claim.now.0,
+                        &(max.min(i64::MAX as usize) as i64),
+                        &claim.owner,
+                        &claim.lease_until.0,
+                        &key,
+                        &Claim::STATUS.as_str(),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            let mut claimed: Vec<ClaimedItem> = rows
+                .iter()
+                .map(|r| ClaimedItem {
+                    lease: ItemLease {
+                        id: r.get(0),
+                        owner: owner.to_string(),
+                        token: r.get::<_, i64>(5) as u64,
+                    },
+                    job: job.to_string(),
+                    key: r.get(1),
+                    attempt: r.get::<_, i32>(4) as u32,
+                    payload: r.get(2),
+                    cursor: r.get(3),
+                    lease_expires: lease_until,
+                    taken_over_from: claim.taken_over_from(
+                        ItemStatus::parse(r.get(6)).unwrap_or(ItemStatus::Pending),
+                        r.get(7),
+                    ),
+                    enqueued_at: Timestamp(r.get(8)),
+                })
+                .collect();
+            claimed.sort_by_key(|i| i.lease.id);
+            Ok(claimed)
+        })
+    }
+
+    fn update_items(&self, updates: &[ItemUpdate], now: Timestamp) -> Result<Vec<Result<()>>> {
+        in_tx!(self, |tx| {
+            let mut ids: Vec<i64> = updates.iter().map(|u| u.lease.id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() == updates.len() && updates.len() > 1 {
+                // Distinct items (a group commit, a heartbeat of every held
+                // item): one statement for all.
+                return update_batch(tx, updates, now).await;
+            }
+            // One item, or the same item twice: in order, one statement each.
+            let mut results = Vec::with_capacity(updates.len());
+            for u in updates {
+                results.push(fenced_or_fail(apply_update(tx, u, now).await)?);
+            }
+            Ok(results)
+        })
+    }
+
+    fn finish_if_done(&self, job: &str, now: Timestamp) -> Result<Option<JobStatus>> {
+        in_tx!(self, |tx| {
+            // Lock the job row: enqueue and redrive take the same lock
+            // before adding or reviving items, so none can slip in between
+            // the check and the status change.
+            let id = job_id(tx, job)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
+            tx.cexecute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id])
+                .await
+                .map_err(pg_err)?;
+            let row = tx
+                .cquery_opt(
+                    "UPDATE jobs SET status = CASE WHEN d.dead THEN 'failed' ELSE 'completed' END,
+                         completed_at = CASE WHEN d.dead THEN NULL ELSE $2::BIGINT END, updated_at = $2
+                     FROM (SELECT EXISTS (SELECT 1 FROM items WHERE job_id = $1 AND status = 'dead')
+                           AS dead) d
+                     WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM items
+                         WHERE job_id = $1 AND ready_at IS NOT NULL)
+                     RETURNING status",
+                    &[&id, &now.0],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(row.and_then(|r| JobStatus::parse(r.get(0))))
+        })
+    }
+
+    fn item_counts(&self, job: &str) -> Result<ItemCounts> {
+        in_tx!(self, |tx| {
+            // Completed items are counted as the rest of the job's total
+            // (kept by enqueue), so a job of millions of finished items is
+            // counted through the small indexes of its unfinished and dead
+            // items, not by a scan. One snapshot (REPEATABLE READ) for all.
+            tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .await
+                .map_err(pg_err)?;
+            let Some(row) = tx
+                .cquery_opt("SELECT id, items_total FROM jobs WHERE name = $1", &[&job])
+                .await
+                .map_err(pg_err)?
+            else {
+                return Ok(ItemCounts::default());
+            };
+            let id: i64 = row.get(0);
+            let rows = tx
+                .cquery(
+                    "SELECT status, count(*) FROM items
+                     WHERE job_id = $1 AND ready_at IS NOT NULL GROUP BY status
+                     UNION ALL
+                     SELECT 'dead', count(*) FROM items WHERE job_id = $1 AND status = 'dead'",
+                    &[&id],
+                )
+                .await
+                .map_err(pg_err)?;
+            let mut counts = ItemCounts::default();
+            for r in rows {
+                counts.add(
+                    status(r.get(0), ItemStatus::parse)?,
+                    r.get::<_, i64>(1) as u64,
+                );
+            }
+            let total = row.get::<_, i64>(1) as u64;
+            counts.completed =
+                total.saturating_sub(counts.pending + counts.running + counts.failed + counts.dead);
+            Ok(counts)
+        })
+    }
+
+    fn next_ready_at(&self, job: &str) -> Result<Option<Timestamp>> {
+        self.block(async {
+            let c = self.client().await?;
+            let row = c
+                .cquery_one(
+                    "SELECT min(ready_at) FROM items
+                     WHERE job_id = (SELECT id FROM jobs WHERE name = $1) AND ready_at IS NOT NULL",
+                    &[&job],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(ts(row.get(0)))
+        })
+    }
+
+    fn list_items(
+        &self,
+        job: &str,
+        status: Option<ItemStatus>,
+        limit: usize,
+    ) -> Result<Vec<ItemRecord>> {
+        self.block(async {
+            let c = self.client().await?;
+            let rows = c
+                .cquery(
+                    &format!(
+                        "SELECT {ITEM_COLUMNS} FROM items
+                         WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
+                           AND ($2::TEXT IS NULL OR status = $2){} ORDER BY id LIMIT $3",
+                        status.map_or("", status_index_hint)
+                    ),
+                    &[
+                        &job,
+                        &status.map(ItemStatus::as_str),
+                        &(limit.min(i64::MAX as usize) as i64),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            rows.iter().map(item_from_row).collect()
+        })
+    }
+
+    fn running_owners(&self, job: &str) -> Result<Vec<String>> {
+        self.block(async {
+            let c = self.client().await?;
+            let rows = c
+                .cquery(
+                    "SELECT DISTINCT owner FROM items
+                     WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
+                       AND status = 'running' AND ready_at IS NOT NULL AND owner IS NOT NULL
+                     ORDER BY owner",
+                    &[&job],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn expire_owner(&self, job: &str, owner: &str, now: Timestamp) -> Result<u64> {
+        self.block(async {
+            let c = self.client().await?;
+            c.cexecute(
+                "UPDATE items SET ready_at = LEAST(ready_at, $3)
+                 WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
+                   AND status = 'running' AND ready_at IS NOT NULL AND owner = $2",
+                &[&job, &owner, &now.0],
+            )
+            .await
+            .map_err(pg_err)
+        })
+    }
+
+    fn redrive(
+        &self,
+        job: &str,
+        from: ItemStatus,
+        keys: Option<&[String]>,
+        now: Timestamp,
+    ) -> Result<u64> {
+        in_tx!(self, |tx| {
+            let id = job_id(tx, job)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
+            tx.cexecute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id])
+                .await
+                .map_err(pg_err)?;
+            let moved = tx
+                    .cexecute(
+&format!("UPDATE items SET status = $4, attempts = $5, ready_at = $6,
+                             finished_at = NULL
+                         WHERE job_id = $1 AND status = $2 AND ($3::TEXT[] IS NULL OR key = ANY($3)){}",
+                         status_index_hint(from)),
+                        &[
+                            &id,
+                            &from.as_str(),
+                            &keys.map(<[String]>::to_vec),
+                            &Redrive::STATUS.as_str(),
+                            &(Redrive::ATTEMPTS as i32),
+                            &Redrive::READY_AT.0,
+                        ],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+            if moved > 0 {
+                tx.cexecute(
+                    "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = $2
+                         WHERE id = $1",
+                    &[&id, &now.0],
+                )
+                .await
+                .map_err(pg_err)?;
+                tx.cexecute("SELECT pg_notify($1, $2)", &[&self.channel(), &job])
+                    .await
+                    .map_err(pg_err)?;
+            }
+            Ok(moved)
+        })
+    }
+}
+
+impl OwnerSessions for PgStore {
+    fn expire_lost_owners(&self, job: &str, now: Timestamp) -> Result<u64> {
+        self.block(async {
+            let c = self.client().await?;
+            c.cexecute(
+                &format!(
+                    "UPDATE items SET ready_at = $2
+                     WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
+                       AND status = 'running' AND ready_at > $2 AND owner_key IS NOT NULL
+                       AND NOT EXISTS ({LIVE_LOCK} = items.owner_key)"
+                ),
+                &[&job, &now.0],
+            )
+            .await
+            .map_err(pg_err)
+        })
+    }
+}
+
+/// A condition implied by `status = X` that names the column of a partial
+/// index, so the planner can use it (it cannot see through a parameter):
+/// unfinished items are exactly those with a `ready_at` (items_ready), dead
+/// ones are in items_dead. Completed items have no index of their own.
+fn status_index_hint(status: ItemStatus) -> &'static str {
+    match status {
+        ItemStatus::Pending | ItemStatus::Running | ItemStatus::Failed => {
+            " AND ready_at IS NOT NULL"
+        }
+        ItemStatus::Dead => " AND status = 'dead'",
+        ItemStatus::Completed => "",
+    }
+}

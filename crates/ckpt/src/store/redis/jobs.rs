@@ -1,0 +1,238 @@
+//! [`JobStore`] on Redis: each operation one script (see `lua/`).
+
+use redis::Value;
+
+use super::conn::{count_arg, to_json, unexpected};
+use super::decode::{int, job_record, opt_arg, string, tagged, text};
+use super::scripts::{self, Lua};
+use super::RedisStore;
+use crate::error::{Error, Result};
+use crate::model::{Checkpoint, HistoryEntry, JobLease, JobRecord, JobStatus};
+use crate::store::rules::{busy, fenced_job};
+use crate::store::JobStore;
+use crate::time::Timestamp;
+
+/// The size of a checkpoint's serialised state, as the other stores count it.
+fn state_bytes(cp: &Checkpoint) -> u64 {
+    cp.state
+        .as_ref()
+        .map(|s| serde_json::to_vec(s).map_or(0, |v| v.len()) as u64)
+        .unwrap_or(0)
+}
+
+/// The arguments describing a checkpoint: cursor, items processed, stage,
+/// state and its size.
+fn checkpoint_args(cp: &Checkpoint) -> Result<Vec<String>> {
+    let state = cp.state.as_ref().map(to_json).transpose()?;
+    Ok(vec![
+        to_json(&cp.cursor)?,
+        cp.items_processed.to_string(),
+        opt_arg(cp.stage.as_deref()),
+        opt_arg(state.as_deref()),
+        state_bytes(cp).to_string(),
+    ])
+}
+
+impl RedisStore {
+    /// Runs a fenced job script: `ok`, or the fencing error.
+    fn fenced_call(&self, lua: &Lua, lease: &JobLease, more: Vec<String>) -> Result<()> {
+        let mut args = vec![
+            lease.job.clone(),
+            lease.owner.clone(),
+            lease.epoch.to_string(),
+        ];
+        args.extend(more);
+        let reply = self.call(lua, args)?;
+        let (tag, rest) = tagged(&reply)?;
+        match tag.as_str() {
+            "ok" => Ok(()),
+            "fenced" => Err(match rest {
+                [] => fenced_job(lease, None),
+                [epoch, owner, ..] => {
+                    let owner = text(owner)?;
+                    fenced_job(lease, Some((int(epoch)? as u64, owner.as_deref())))
+                }
+                _ => return Err(unexpected("fenced")),
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A reply of `ok` with a job record, or `busy` with the holder's.
+    fn record_or_busy(&self, reply: &Value, now: Timestamp) -> Result<JobRecord> {
+        let (tag, rest) = tagged(reply)?;
+        match (tag.as_str(), rest) {
+            ("ok", [record]) => job_record(record),
+            ("busy", [record]) => Err(busy(&job_record(record)?, now)),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+}
+
+impl JobStore for RedisStore {
+    fn ensure_job(&self, job: &str, now: Timestamp) -> Result<()> {
+        let reply = self.call(
+            &scripts::ENSURE_JOB,
+            vec![job.to_string(), now.0.to_string()],
+        )?;
+        tagged(&reply).map(drop)
+    }
+
+    fn acquire_job(
+        &self,
+        job: &str,
+        owner: &str,
+        lease_until: Timestamp,
+        steal_from: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(JobLease, JobRecord)> {
+        let reply = self.call(
+            &scripts::ACQUIRE_JOB,
+            vec![
+                job.to_string(),
+                owner.to_string(),
+                lease_until.0.to_string(),
+                opt_arg(steal_from),
+                now.0.to_string(),
+            ],
+        )?;
+        let record = self.record_or_busy(&reply, now)?;
+        let lease = JobLease {
+            job: job.to_string(),
+            owner: owner.to_string(),
+            epoch: record.epoch,
+        };
+        Ok((lease, record))
+    }
+
+    fn renew_job(&self, lease: &JobLease, lease_until: Timestamp, now: Timestamp) -> Result<()> {
+        self.fenced_call(
+            &scripts::RENEW_JOB,
+            lease,
+            vec![lease_until.0.to_string(), now.0.to_string()],
+        )
+    }
+
+    fn save_checkpoint(
+        &self,
+        lease: &JobLease,
+        checkpoint: &Checkpoint,
+        history_keep: usize,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut args = checkpoint_args(checkpoint)?;
+        args.extend([
+            count_arg(history_keep),
+            lease_until.0.to_string(),
+            now.0.to_string(),
+        ]);
+        self.fenced_call(&scripts::SAVE_CHECKPOINT, lease, args)
+    }
+
+    fn finish_job(
+        &self,
+        lease: &JobLease,
+        status: JobStatus,
+        error: Option<&str>,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.fenced_call(
+            &scripts::FINISH_JOB,
+            lease,
+            vec![
+                status.as_str().to_string(),
+                opt_arg(error),
+                now.0.to_string(),
+            ],
+        )
+    }
+
+    fn release_job(&self, lease: &JobLease, now: Timestamp) -> Result<()> {
+        self.fenced_call(&scripts::RELEASE_JOB, lease, vec![now.0.to_string()])
+    }
+
+    fn put_checkpoint(
+        &self,
+        job: &str,
+        checkpoint: Option<&Checkpoint>,
+        history_keep: usize,
+        steal_from: Option<&str>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut args = vec![job.to_string()];
+        match checkpoint {
+            Some(cp) => {
+                args.push("1".to_string());
+                args.extend(checkpoint_args(cp)?);
+            }
+            None => args.extend(["0", "null", "0", "", "", "0"].map(String::from)),
+        }
+        args.extend([
+            count_arg(history_keep),
+            opt_arg(steal_from),
+            now.0.to_string(),
+        ]);
+        let reply = self.call(&scripts::PUT_CHECKPOINT, args)?;
+        match tagged(&reply)? {
+            (tag, _) if tag == "ok" => Ok(()),
+            (tag, _) if tag == "notfound" => Err(Error::NotFound(format!("job '{job}'"))),
+            (tag, [record]) if tag == "busy" => Err(busy(&job_record(record)?, now)),
+            (tag, _) => Err(unexpected(&tag)),
+        }
+    }
+
+    fn get_job(&self, job: &str) -> Result<Option<JobRecord>> {
+        let reply = self.call(&scripts::GET_JOB, vec![job.to_string()])?;
+        match tagged(&reply)? {
+            (tag, [record]) if tag == "ok" => job_record(record).map(Some),
+            (tag, _) if tag == "notfound" => Ok(None),
+            (tag, _) => Err(unexpected(&tag)),
+        }
+    }
+
+    fn list_jobs(&self) -> Result<Vec<JobRecord>> {
+        let reply = self.call(&scripts::LIST_JOBS, Vec::new())?;
+        match tagged(&reply)? {
+            (tag, records) if tag == "ok" => records.iter().map(job_record).collect(),
+            (tag, _) => Err(unexpected(&tag)),
+        }
+    }
+
+    fn history(&self, job: &str, limit: usize) -> Result<Vec<HistoryEntry>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let reply = self.call(&scripts::HISTORY, vec![job.to_string(), count_arg(limit)])?;
+        match tagged(&reply)? {
+            (tag, entries) if tag == "ok" => entries
+                .iter()
+                .map(|e| {
+                    serde_json::from_str(&string(e)?).map_err(|e| {
+                        Error::Storage(format!("malformed history entry in the Redis store: {e}"))
+                    })
+                })
+                .collect(),
+            (tag, _) => Err(unexpected(&tag)),
+        }
+    }
+
+    fn truncate_history(&self, job: &str, keep: usize) -> Result<u64> {
+        let reply = self.call(
+            &scripts::TRUNCATE_HISTORY,
+            vec![job.to_string(), count_arg(keep)],
+        )?;
+        match tagged(&reply)? {
+            (tag, _) if tag == "notfound" => Err(Error::NotFound(format!("job '{job}'"))),
+            _ => Self::ok_count(&reply),
+        }
+    }
+
+    fn delete_job(&self, job: &str, completed_before: Timestamp) -> Result<bool> {
+        let reply = self.call(
+            &scripts::DELETE_JOB,
+            vec![job.to_string(), completed_before.0.to_string()],
+        )?;
+        Ok(Self::ok_count(&reply)? == 1)
+    }
+}
