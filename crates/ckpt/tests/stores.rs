@@ -1,15 +1,29 @@
 //! One test binary: the conformance suite run against every store, plus
 //! store-specific tests.
 
+use std::sync::Arc;
+
+use ckpt::store::{MemoryStore, Store};
+use rstest_reuse::{self, template};
+
+/// Every store the conformance suite runs on: a test marked
+/// `#[apply(every_store)]` runs once per case. Adding a store to ckpt
+/// means adding its line here (and its fixture below), nothing else.
+#[template]
+#[rstest::rstest]
+#[case::memory(crate::memory())]
+#[case::sqlite(crate::sqlite())]
+#[case::postgres(crate::postgres())]
+#[case::redis(crate::redis())]
+fn every_store(#[case] store: Option<Fixture>) {}
+
+// After the template: a `macro_rules!` underneath, seen by the modules that
+// follow it.
 mod conformance;
 mod exactly_once;
 #[cfg(feature = "postgres")]
 mod sessions;
 mod sqlite;
-
-use std::sync::Arc;
-
-use ckpt::store::{MemoryStore, Store};
 
 /// A store under test and whatever keeps it alive.
 pub struct Fixture {
@@ -72,6 +86,12 @@ pub fn services_required() -> bool {
 /// A fresh schema on the test PostgreSQL server, dropped afterwards; `None`
 /// (the test is skipped, with the reason printed) when there is no server
 /// and `CKPT_REQUIRE_SERVICES` is not `1`.
+#[cfg(not(feature = "postgres"))]
+pub fn postgres() -> Option<Fixture> {
+    eprintln!("skipped: this build has no PostgreSQL store (feature `postgres`)");
+    None
+}
+
 #[cfg(feature = "postgres")]
 pub fn postgres() -> Option<Fixture> {
     use ckpt::store::{OpenMode, PgStore};
@@ -135,6 +155,12 @@ pub fn postgres() -> Option<Fixture> {
 /// A fresh key prefix on the test Redis server, whose keys are deleted
 /// afterwards; `None` (the test is skipped, with the reason printed) when
 /// there is no server and `CKPT_REQUIRE_SERVICES` is not `1`.
+#[cfg(not(feature = "redis"))]
+pub fn redis() -> Option<Fixture> {
+    eprintln!("skipped: this build has no Redis store (feature `redis`)");
+    None
+}
+
 #[cfg(feature = "redis")]
 pub fn redis() -> Option<Fixture> {
     use ckpt::store::{OpenMode, RedisStore};
@@ -218,60 +244,3 @@ pub fn redis() -> Option<Fixture> {
         _guard: Some(Box::new(DeleteKeys { base, prefix })),
     })
 }
-
-/// Runs every conformance test against the store made by `$make`.
-macro_rules! conformance_suite {
-    ($store:ident, $make:expr) => {
-        mod $store {
-            conformance_suite!(@tests $make;
-                claims_are_exclusive_across_workers,
-                one_store_handle_shared_by_threads,
-                pending_items_come_in_enqueue_order,
-                expired_lease_is_taken_over_and_zombie_is_fenced,
-                zombie_item_writes_change_nothing,
-                dead_local_owner_items_are_freed_at_once,
-                retry_backoff_dead_letter_and_redrive,
-                enqueue_is_idempotent_per_key,
-                failed_enqueue_stream_adds_nothing,
-                job_lease_is_exclusive_and_fences_zombies,
-                dead_local_job_owner_is_taken_over_at_once,
-                history_is_bounded_newest_first,
-                a_cut_history_bound_is_applied,
-                history_truncate_keeps_the_newest,
-                delete_job_only_when_completed_before_the_cutoff,
-                delete_job_spares_failed_and_running_jobs,
-                oversize_state_is_refused_and_previous_kept,
-                per_item_cursor_survives_a_takeover,
-                completed_and_failed_jobs_keep_their_checkpoint,
-                undecodable_cursor_is_an_error_not_a_restart,
-                operator_writes_respect_live_owners,
-                crash_after_save_resumes_from_it,
-                crash_before_save_resumes_from_previous,
-                transient_store_failure_loses_nothing,
-                runner_completes_every_item_with_retries,
-                runner_rides_out_a_store_outage,
-                release_gives_an_item_back_uncharged,
-                stopped_runner_finishes_running_items_and_gives_back_the_rest,
-                next_ready_at_tracks_retries,
-                schema_version_mismatch_is_refused,
-            );
-        }
-    };
-    (@tests $make:expr; $($test:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $test() {
-                if let Some(fixture) = $make {
-                    crate::conformance::$test(&fixture);
-                }
-            }
-        )*
-    };
-}
-
-conformance_suite!(memory, crate::memory());
-conformance_suite!(sqlite_store, crate::sqlite());
-#[cfg(feature = "postgres")]
-conformance_suite!(postgres_store, crate::postgres());
-#[cfg(feature = "redis")]
-conformance_suite!(redis_store, crate::redis());

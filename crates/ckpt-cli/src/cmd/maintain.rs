@@ -4,9 +4,8 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Result;
-use ckpt::inspect::job_summaries;
+use ckpt::policy::retention;
 use ckpt::store::OpenMode;
-use ckpt::{JobStatus, Timestamp};
 use serde::Serialize;
 
 use crate::cli::{HistoryCommand, PruneArgs, ResetArgs};
@@ -99,42 +98,34 @@ struct PrunedJob {
     items: u64,
 }
 
+/// `ckpt prune`: the retention plan (one rule, `ckpt::policy::retention`),
+/// printed with `--dry-run`, executed otherwise.
 pub fn prune(url: &str, args: PruneArgs) -> Result<ExitCode> {
     let ckpt = super::open(url, OpenMode::MustExist)?;
     let store = ckpt.store();
-    let now = ckpt.now();
-    let cutoff = Timestamp(
-        now.0
-            .saturating_sub(i64::try_from(args.completed_before.as_millis()).unwrap_or(i64::MAX)),
-    );
-    let jobs = job_summaries(store.as_ref(), now)?;
+    let jobs = store.list_jobs()?;
+    let counts = jobs
+        .iter()
+        .map(|job| store.item_counts(&job.name))
+        .collect::<ckpt::Result<Vec<_>>>()?;
+    let plan = retention::plan(jobs.iter().zip(&counts), ckpt.now(), args.completed_before);
     let mut deleted = Vec::new();
-    let mut kept = 0;
-    for job in &jobs {
-        let due = job.status == JobStatus::Completed
-            && job.completed_at.is_some_and(|t| t <= cutoff)
-            && job.items.unfinished() == 0
-            && job.items.dead == 0;
-        if !due {
-            if job.status != JobStatus::Completed {
-                kept += 1;
-            }
-            continue;
-        }
-        // The store checks again, in the same transaction as the delete:
-        // a job reopened since the listing is left alone.
-        if args.dry_run || store.delete_job(&job.name, cutoff)? {
+    for target in &plan.delete {
+        // The store applies the same rule again, in the transaction that
+        // deletes: a job that changed since the listing is left alone.
+        if args.dry_run || store.delete_job(&target.job, plan.cutoff)? {
             deleted.push(PrunedJob {
-                job: job.name.clone(),
-                completed_at: job.completed_at.map(rfc3339).unwrap_or_default(),
-                items: job.items.total(),
+                job: target.job.clone(),
+                completed_at: rfc3339(target.completed_at),
+                items: target.items,
             });
         }
     }
+    let kept = plan.kept_not_completed;
     if args.json {
         let doc = PruneDoc {
             dry_run: args.dry_run,
-            cutoff: rfc3339(cutoff),
+            cutoff: rfc3339(plan.cutoff),
             deleted,
             kept_not_completed: kept,
         };

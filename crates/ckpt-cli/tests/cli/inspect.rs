@@ -206,6 +206,50 @@ fn reset_asks_refuses_a_live_holder_and_clears() {
     sb.ckpt().args(["reset", "nope", "--yes"]).run().error(3);
 }
 
+/// `prune --dry-run` lists exactly what `prune` deletes, even for a
+/// completed job that a worker took up again: its lease, current past the
+/// cutoff, spares it in both (a listing that ignored the lease once showed
+/// it as deleted while the store kept it).
+#[test]
+fn prune_dry_run_and_prune_agree_on_a_held_completed_job() {
+    let sb = Sandbox::new();
+    let file = sb.write("ok.txt", "x\ny\n");
+    for job in ["held", "idle"] {
+        sb.ckpt()
+            .args(["run", "--job", job, "--items"])
+            .arg(&file)
+            .args(["--", "true"])
+            .run()
+            .success();
+    }
+    sql(
+        &sb,
+        "UPDATE jobs SET owner = 'elsewhere~w:1:1:x', lease_expires = 99999999999999
+         WHERE name = 'held'",
+    );
+    let prune = |dry_run: bool| {
+        let mut cmd = sb
+            .ckpt()
+            .args(["prune", "--completed-before", "0s", "--json"]);
+        if dry_run {
+            cmd = cmd.arg("--dry-run");
+        }
+        let doc = cmd.run().json();
+        let jobs: Vec<String> = doc["deleted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["job"].as_str().unwrap().to_string())
+            .collect();
+        jobs
+    };
+    let planned = prune(true);
+    assert_eq!(planned, ["idle"], "the held job is not listed");
+    assert_eq!(prune(false), planned, "prune deletes what --dry-run listed");
+    sb.ckpt().args(["status", "held"]).run().success();
+    sb.ckpt().args(["status", "idle"]).run().error(3);
+}
+
 #[test]
 fn prune_deletes_only_completed_jobs_past_the_cutoff() {
     let sb = seeded();

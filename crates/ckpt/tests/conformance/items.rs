@@ -12,7 +12,8 @@ use ckpt::{
 use serde_json::json;
 
 use super::{dead_local_worker, queue_options, worker, T0};
-use crate::Fixture;
+use crate::{every_store, Fixture};
+use rstest_reuse::apply;
 
 fn keys(n: usize) -> Vec<NewItem> {
     (0..n)
@@ -20,7 +21,9 @@ fn keys(n: usize) -> Vec<NewItem> {
         .collect()
 }
 
-pub fn claims_are_exclusive_across_workers(f: &Fixture) {
+#[apply(every_store)]
+fn claims_are_exclusive_across_workers(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let q = worker(f, &clock, "setup")
         .queue_with("exclusive", queue_options(3))
@@ -53,7 +56,9 @@ pub fn claims_are_exclusive_across_workers(f: &Fixture) {
     assert_eq!((counts.completed, counts.unfinished()), (400, 0));
 }
 
-pub fn pending_items_come_in_enqueue_order(f: &Fixture) {
+#[apply(every_store)]
+fn pending_items_come_in_enqueue_order(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let q = worker(f, &clock, "a")
         .queue_with("order", queue_options(3))
@@ -65,7 +70,9 @@ pub fn pending_items_come_in_enqueue_order(f: &Fixture) {
     assert!(q.claim(10).unwrap().is_empty(), "nothing left to claim");
 }
 
-pub fn expired_lease_is_taken_over_and_zombie_is_fenced(f: &Fixture) {
+#[apply(every_store)]
+fn expired_lease_is_taken_over_and_zombie_is_fenced(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let a = worker(f, &clock, "a")
         .queue_with("takeover", queue_options(5))
@@ -106,7 +113,9 @@ pub fn expired_lease_is_taken_over_and_zombie_is_fenced(f: &Fixture) {
     assert_eq!(item.stats, Some(json!({"records_total": 7})));
 }
 
-pub fn zombie_item_writes_change_nothing(f: &Fixture) {
+#[apply(every_store)]
+fn zombie_item_writes_change_nothing(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let a = worker(f, &clock, "a")
         .queue_with("zombie-items", queue_options(5))
@@ -149,7 +158,9 @@ pub fn zombie_item_writes_change_nothing(f: &Fixture) {
     assert_eq!(b.counts().unwrap().completed, 1);
 }
 
-pub fn dead_local_owner_items_are_freed_at_once(f: &Fixture) {
+#[apply(every_store)]
+fn dead_local_owner_items_are_freed_at_once(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let dead = Ckpt::new((f.another)())
         .with_clock(Arc::new(clock.clone()))
@@ -188,7 +199,9 @@ impl Owners for ckpt::Queue {
     }
 }
 
-pub fn retry_backoff_dead_letter_and_redrive(f: &Fixture) {
+#[apply(every_store)]
+fn retry_backoff_dead_letter_and_redrive(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let q = worker(f, &clock, "a")
         .queue_with("retries", queue_options(3))
@@ -247,7 +260,9 @@ fn clock_now(clock: &ManualClock) -> ckpt::Timestamp {
     clock.now()
 }
 
-pub fn enqueue_is_idempotent_per_key(f: &Fixture) {
+#[apply(every_store)]
+fn enqueue_is_idempotent_per_key(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let q = worker(f, &clock, "a")
         .queue_with("idempotent", queue_options(3))
@@ -276,7 +291,9 @@ pub fn enqueue_is_idempotent_per_key(f: &Fixture) {
     assert!(matches!(bad, Error::InvalidInput(_)));
 }
 
-pub fn failed_enqueue_stream_adds_nothing(f: &Fixture) {
+#[apply(every_store)]
+fn failed_enqueue_stream_adds_nothing(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let q = worker(f, &clock, "a")
         .queue_with("atomic-enqueue", queue_options(3))
@@ -297,7 +314,9 @@ pub fn failed_enqueue_stream_adds_nothing(f: &Fixture) {
     );
 }
 
-pub fn per_item_cursor_survives_a_takeover(f: &Fixture) {
+#[apply(every_store)]
+fn per_item_cursor_survives_a_takeover(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let a = worker(f, &clock, "a")
         .queue_with("item-cursor", queue_options(5))
@@ -325,7 +344,9 @@ pub fn per_item_cursor_survives_a_takeover(f: &Fixture) {
     );
 }
 
-pub fn runner_completes_every_item_with_retries(f: &Fixture) {
+#[apply(every_store)]
+fn runner_completes_every_item_with_retries(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let ckpt = Ckpt::new((f.another)());
     let mut options = queue_options(3);
     options.retry.base_delay = Duration::from_millis(5);
@@ -380,7 +401,9 @@ pub fn runner_completes_every_item_with_retries(f: &Fixture) {
     );
 }
 
-pub fn next_ready_at_tracks_retries(f: &Fixture) {
+#[apply(every_store)]
+fn next_ready_at_tracks_retries(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let q = worker(f, &clock, "a")
         .queue_with("next-ready", queue_options(3))
@@ -406,7 +429,9 @@ pub fn next_ready_at_tracks_retries(f: &Fixture) {
     assert_eq!(q.next_ready_at().unwrap(), None);
 }
 
-pub fn one_store_handle_shared_by_threads(f: &Fixture) {
+#[apply(every_store)]
+fn one_store_handle_shared_by_threads(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let setup = Ckpt::new(f.store.clone());
     let q = setup.queue_with("shared-handle", queue_options(3)).unwrap();
     q.enqueue(keys(200)).unwrap();
@@ -439,7 +464,9 @@ pub fn one_store_handle_shared_by_threads(f: &Fixture) {
     assert_eq!(q.counts().unwrap().completed, 200);
 }
 
-pub fn runner_rides_out_a_store_outage(f: &Fixture) {
+#[apply(every_store)]
+fn runner_rides_out_a_store_outage(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     use ckpt::store::{Fault, FaultStore, Op, Store};
     // The first commit of outcomes and the second claim fail as if the
     // server were restarting: the run retries and loses nothing.

@@ -9,7 +9,8 @@ use ckpt::{Checkpoint, CheckpointPolicy, Ckpt, Error, JobOptions, JobStatus, Man
 use serde_json::{json, Value};
 
 use super::{dead_local_worker, limited, worker, T0};
-use crate::Fixture;
+use crate::{every_store, Fixture};
+use rstest_reuse::apply;
 
 fn every_call() -> JobOptions {
     JobOptions {
@@ -18,7 +19,9 @@ fn every_call() -> JobOptions {
     }
 }
 
-pub fn job_lease_is_exclusive_and_fences_zombies(f: &Fixture) {
+#[apply(every_store)]
+fn job_lease_is_exclusive_and_fences_zombies(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let a = worker(f, &clock, "a");
     let b = worker(f, &clock, "b");
@@ -49,7 +52,9 @@ pub fn job_lease_is_exclusive_and_fences_zombies(f: &Fixture) {
     assert!(rec.completed_at.is_some());
 }
 
-pub fn dead_local_job_owner_is_taken_over_at_once(f: &Fixture) {
+#[apply(every_store)]
+fn dead_local_job_owner_is_taken_over_at_once(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let crashed = Ckpt::new((f.another)())
         .with_clock(Arc::new(clock.clone()))
@@ -71,7 +76,9 @@ pub fn dead_local_job_owner_is_taken_over_at_once(f: &Fixture) {
         .is_busy());
 }
 
-pub fn history_is_bounded_newest_first(f: &Fixture) {
+#[apply(every_store)]
+fn history_is_bounded_newest_first(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let c = limited(f, &clock, 5, 1024);
     let mut job = c.job_with("history", every_call()).unwrap();
@@ -92,7 +99,9 @@ pub fn history_is_bounded_newest_first(f: &Fixture) {
 
 /// A job whose history bound is cut (a new release, a new setting) ends up
 /// within the new bound, not the old one, after enough saves.
-pub fn a_cut_history_bound_is_applied(f: &Fixture) {
+#[apply(every_store)]
+fn a_cut_history_bound_is_applied(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let mut job = limited(f, &clock, 40, 1024)
         .job_with("cut", every_call())
@@ -118,7 +127,9 @@ pub fn a_cut_history_bound_is_applied(f: &Fixture) {
     assert_eq!(c.get_job("cut").unwrap().unwrap().history_len, 3);
 }
 
-pub fn oversize_state_is_refused_and_previous_kept(f: &Fixture) {
+#[apply(every_store)]
+fn oversize_state_is_refused_and_previous_kept(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let c = limited(f, &clock, 10, 100);
     let mut job = c.job_with("big-state", every_call()).unwrap();
@@ -142,7 +153,9 @@ pub fn oversize_state_is_refused_and_previous_kept(f: &Fixture) {
     job.save(&3, 3).unwrap();
 }
 
-pub fn completed_and_failed_jobs_keep_their_checkpoint(f: &Fixture) {
+#[apply(every_store)]
+fn completed_and_failed_jobs_keep_their_checkpoint(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let c = worker(f, &clock, "a");
     let mut job = c.job_with("lifecycle", every_call()).unwrap();
@@ -186,7 +199,9 @@ pub fn completed_and_failed_jobs_keep_their_checkpoint(f: &Fixture) {
     assert!(again.was_completed());
 }
 
-pub fn undecodable_cursor_is_an_error_not_a_restart(f: &Fixture) {
+#[apply(every_store)]
+fn undecodable_cursor_is_an_error_not_a_restart(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let c = worker(f, &clock, "a");
     let mut job = c.job_with("decode", every_call()).unwrap();
@@ -205,7 +220,9 @@ pub fn undecodable_cursor_is_an_error_not_a_restart(f: &Fixture) {
     );
 }
 
-pub fn operator_writes_respect_live_owners(f: &Fixture) {
+#[apply(every_store)]
+fn operator_writes_respect_live_owners(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let op = worker(f, &clock, "operator");
     let w = worker(f, &clock, "worker");
@@ -258,7 +275,9 @@ fn crash_and_resume(f: &Fixture, fault: Fault) -> (Vec<u64>, Vec<u64>) {
     (before, after)
 }
 
-pub fn crash_after_save_resumes_from_it(f: &Fixture) {
+#[apply(every_store)]
+fn crash_after_save_resumes_from_it(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let (before, after) = crash_and_resume(f, Fault::CrashAfter);
     assert_eq!(before.last(), Some(&30));
     assert_eq!(
@@ -268,7 +287,9 @@ pub fn crash_after_save_resumes_from_it(f: &Fixture) {
     );
 }
 
-pub fn crash_before_save_resumes_from_previous(f: &Fixture) {
+#[apply(every_store)]
+fn crash_before_save_resumes_from_previous(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let (before, after) = crash_and_resume(f, Fault::CrashBefore);
     assert_eq!(before.last(), Some(&30));
     assert_eq!(
@@ -278,7 +299,9 @@ pub fn crash_before_save_resumes_from_previous(f: &Fixture) {
     );
 }
 
-pub fn schema_version_mismatch_is_refused(f: &Fixture) {
+#[apply(every_store)]
+fn schema_version_mismatch_is_refused(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let Some(make_newer) = &f.newer_schema else {
         eprintln!("skipped: this store has no persistent schema");
         return;
@@ -295,7 +318,9 @@ pub fn schema_version_mismatch_is_refused(f: &Fixture) {
     assert!(err.to_string().contains("upgrade ckpt"));
 }
 
-pub fn transient_store_failure_loses_nothing(f: &Fixture) {
+#[apply(every_store)]
+fn transient_store_failure_loses_nothing(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let flaky: Arc<dyn Store> =
         Arc::new(FaultStore::new((f.another)()).inject(Op::SaveCheckpoint, 2, Fault::Fail));

@@ -1,5 +1,11 @@
 //! The conformance suite: every store must pass every test here.
 //!
+//! A conformance test is a function marked `#[apply(every_store)]`: it is
+//! written once and runs on every store of the `every_store` template (in
+//! `stores.rs`), with no list to keep. It takes `store: Option<Fixture>`
+//! (`None`: that store's server is not available here, and the test
+//! returns at once after the fixture printed why).
+//!
 //! Tests drive time with a `ManualClock`, so no test sleeps. Workers are
 //! separate `Ckpt` handles with their own worker ids; for SQLite each gets
 //! its own connection, so they contend like processes do.
@@ -8,11 +14,6 @@ mod items;
 mod jobs;
 mod operator;
 mod shutdown;
-
-pub use items::*;
-pub use jobs::*;
-pub use operator::*;
-pub use shutdown::*;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,8 @@ use std::time::Duration;
 use ckpt::{ItemStatus, JobStatus, ManualClock, NewItem};
 
 use super::{limited, queue_options, worker, T0};
-use crate::Fixture;
+use crate::{every_store, Fixture};
+use rstest_reuse::apply;
 
 fn every_call() -> ckpt::JobOptions {
     ckpt::JobOptions {
@@ -14,7 +15,9 @@ fn every_call() -> ckpt::JobOptions {
     }
 }
 
-pub fn history_truncate_keeps_the_newest(f: &Fixture) {
+#[apply(every_store)]
+fn history_truncate_keeps_the_newest(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let c = limited(f, &clock, 100, 1024);
     let mut job = c.job_with("trunc", every_call()).unwrap();
@@ -46,7 +49,9 @@ pub fn history_truncate_keeps_the_newest(f: &Fixture) {
         .is_not_found());
 }
 
-pub fn delete_job_only_when_completed_before_the_cutoff(f: &Fixture) {
+#[apply(every_store)]
+fn delete_job_only_when_completed_before_the_cutoff(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let c = worker(f, &clock, "a");
     let q = c.queue_with("done", queue_options(1)).unwrap();
@@ -78,7 +83,9 @@ pub fn delete_job_only_when_completed_before_the_cutoff(f: &Fixture) {
     assert!(store.history("done", 10).unwrap().is_empty());
 }
 
-pub fn delete_job_spares_failed_and_running_jobs(f: &Fixture) {
+#[apply(every_store)]
+fn delete_job_spares_failed_and_running_jobs(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let c = worker(f, &clock, "a");
     let later = T0.plus(Duration::from_secs(86_400 * 365));
@@ -115,4 +122,75 @@ pub fn delete_job_spares_failed_and_running_jobs(f: &Fixture) {
     q.complete(&item, None).unwrap();
     assert_eq!(q.finish_if_done().unwrap(), Some(JobStatus::Completed));
     assert!(c.store().delete_job("dead", later).unwrap());
+}
+
+/// The prune plan (`ckpt::policy::retention`) and each store's guarded
+/// delete apply one rule: what the plan lists (what `ckpt prune --dry-run`
+/// prints) is exactly what the store deletes, including a completed job
+/// that a worker took up again past the cutoff.
+#[apply(every_store)]
+fn prune_plan_agrees_with_delete_job(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    use ckpt::policy::retention;
+    const DAY: Duration = Duration::from_secs(86_400);
+    let clock = ManualClock::new(T0);
+    let c = worker(f, &clock, "a");
+    // Completed at T0: goes.
+    let q = c.queue_with("old", queue_options(1)).unwrap();
+    q.enqueue([NewItem::key("x")]).unwrap();
+    let item = q.claim(1).unwrap().pop().unwrap();
+    q.complete(&item, None).unwrap();
+    assert_eq!(q.finish_if_done().unwrap(), Some(JobStatus::Completed));
+    // Failed with a dead item: stays.
+    let q = c.queue_with("failed", queue_options(1)).unwrap();
+    q.enqueue([NewItem::key("bad")]).unwrap();
+    let item = q.claim(1).unwrap().pop().unwrap();
+    q.fail(&item, "boom").unwrap();
+    assert_eq!(q.finish_if_done().unwrap(), Some(JobStatus::Failed));
+    // Running: stays.
+    c.job_with("running", every_call())
+        .unwrap()
+        .save(&1u64, 1)
+        .unwrap();
+    // Completed, then taken up again with a lease that lapsed long ago: goes.
+    let mut job = c.job_with("lapsed", every_call()).unwrap();
+    job.save(&1u64, 1).unwrap();
+    job.complete().unwrap();
+    drop(c.job_with("lapsed", every_call()).unwrap());
+    // Completed, then taken up again at T0 + 20 d for 10 days: held past
+    // the cutoff, stays.
+    let mut job = c.job_with("held", every_call()).unwrap();
+    job.save(&1u64, 1).unwrap();
+    job.complete().unwrap();
+    clock.advance(20 * DAY);
+    let long = ckpt::JobOptions {
+        lease: 10 * DAY,
+        ..every_call()
+    };
+    drop(c.job_with("held", long).unwrap());
+    // Completed at T0 + 25 d: too recent, stays.
+    clock.advance(5 * DAY);
+    let mut job = c.job_with("recent", every_call()).unwrap();
+    job.save(&1u64, 1).unwrap();
+    job.complete().unwrap();
+
+    clock.advance(5 * DAY);
+    let store = c.store();
+    let jobs = store.list_jobs().unwrap();
+    let counts: Vec<_> = jobs
+        .iter()
+        .map(|j| store.item_counts(&j.name).unwrap())
+        .collect();
+    let plan = retention::plan(jobs.iter().zip(&counts), c.now(), 7 * DAY);
+    let planned: Vec<&str> = plan.delete.iter().map(|t| t.job.as_str()).collect();
+    assert_eq!(planned, ["lapsed", "old"]);
+    let mut deleted = Vec::new();
+    for job in &jobs {
+        if store.delete_job(&job.name, plan.cutoff).unwrap() {
+            deleted.push(job.name.as_str());
+        }
+    }
+    assert_eq!(deleted, planned, "the store deletes exactly the plan");
+    let left: Vec<String> = store.list_jobs().unwrap().into_iter().map(|j| j.name).collect();
+    assert_eq!(left, ["failed", "held", "recent", "running"]);
 }

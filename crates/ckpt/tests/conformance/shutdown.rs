@@ -9,7 +9,8 @@ use ckpt::{ItemStatus, ManualClock, NewItem, Outcome, RunOptions, Runner};
 use serde_json::json;
 
 use super::{queue_options, worker, T0};
-use crate::Fixture;
+use crate::{every_store, Fixture};
+use rstest_reuse::apply;
 
 fn items(n: usize) -> Vec<NewItem> {
     (0..n).map(|i| NewItem::key(format!("r-{i:04}"))).collect()
@@ -24,7 +25,9 @@ fn states(q: &ckpt::Queue) -> HashMap<String, (ItemStatus, u32)> {
         .collect()
 }
 
-pub fn release_gives_an_item_back_uncharged(f: &Fixture) {
+#[apply(every_store)]
+fn release_gives_an_item_back_uncharged(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let a = worker(f, &clock, "a")
         .queue_with("release", queue_options(3))
@@ -85,7 +88,9 @@ pub fn release_gives_an_item_back_uncharged(f: &Fixture) {
     assert_eq!(states(&b)["r-0000"], (ItemStatus::Completed, 2));
 }
 
-pub fn stopped_runner_finishes_running_items_and_gives_back_the_rest(f: &Fixture) {
+#[apply(every_store)]
+fn stopped_runner_finishes_running_items_and_gives_back_the_rest(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
     let clock = ManualClock::new(T0);
     let q = worker(f, &clock, "runner")
         .queue_with("stopping", queue_options(3))
