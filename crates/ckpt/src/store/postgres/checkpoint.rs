@@ -1,12 +1,13 @@
-//! Writing a job's checkpoint and its history ring, shared by saves,
-//! operator writes, group commit and caller transactions.
+//! Writing a job's checkpoint and its history ring, fenced on the job's
+//! lease; shared by saves, operator writes, group commit and caller
+//! transactions.
 
 use deadpool_postgres::GenericClient;
 
 use super::conn::{pg_err, Cached};
-use super::jobs::check_lease;
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, JobLease};
+use crate::store::rules::fenced_job;
 use crate::time::Timestamp;
 
 pub(super) async fn write_checkpoint(
@@ -147,5 +148,31 @@ pub(super) async fn save_fenced(
             .await
             .err()
             .unwrap_or_else(|| Error::Fenced(format!("job '{}' changed hands", lease.job)))),
+    }
+}
+
+/// Checks the lease (locking the job row); `Fenced` unless current.
+pub(super) async fn check_lease(c: &impl GenericClient, lease: &JobLease) -> Result<i64> {
+    let row = c
+        .cquery_opt(
+            "SELECT id, owner, epoch FROM jobs WHERE name = $1 FOR UPDATE",
+            &[&lease.job],
+        )
+        .await
+        .map_err(pg_err)?;
+    match row.map(|r| {
+        (
+            r.get::<_, i64>(0),
+            r.get::<_, Option<String>>(1),
+            r.get::<_, i64>(2),
+        )
+    }) {
+        Some((id, owner, epoch))
+            if owner.as_deref() == Some(lease.owner.as_str()) && epoch as u64 == lease.epoch =>
+        {
+            Ok(id)
+        }
+        Some((_, owner, epoch)) => Err(fenced_job(lease, Some((epoch as u64, owner.as_deref())))),
+        None => Err(fenced_job(lease, None)),
     }
 }

@@ -3,14 +3,14 @@
 
 use deadpool_postgres::GenericClient;
 
-use super::checkpoint::{save_fenced, write_checkpoint};
+use super::checkpoint::{check_lease, save_fenced, write_checkpoint};
 use super::conn::{in_tx, pg_err, Cached};
 use super::rows::{job_from_row, JOB_COLUMNS};
 use super::PgStore;
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, HistoryEntry, JobLease, JobRecord, JobStatus};
 use crate::policy::retention;
-use crate::store::rules::{busy, fenced_job, held_by_live_owner};
+use crate::store::rules::{busy, held_by_live_owner};
 use crate::store::JobStore;
 use crate::time::Timestamp;
 
@@ -72,32 +72,6 @@ pub(super) async fn ensure_job(c: &impl GenericClient, job: &str, now: Timestamp
     job_id(c, job)
         .await?
         .ok_or_else(|| Error::Storage(format!("job '{job}' vanished")))
-}
-
-/// Checks the lease (locking the job row); `Fenced` unless current.
-pub(super) async fn check_lease(c: &impl GenericClient, lease: &JobLease) -> Result<i64> {
-    let row = c
-        .cquery_opt(
-            "SELECT id, owner, epoch FROM jobs WHERE name = $1 FOR UPDATE",
-            &[&lease.job],
-        )
-        .await
-        .map_err(pg_err)?;
-    match row.map(|r| {
-        (
-            r.get::<_, i64>(0),
-            r.get::<_, Option<String>>(1),
-            r.get::<_, i64>(2),
-        )
-    }) {
-        Some((id, owner, epoch))
-            if owner.as_deref() == Some(lease.owner.as_str()) && epoch as u64 == lease.epoch =>
-        {
-            Ok(id)
-        }
-        Some((_, owner, epoch)) => Err(fenced_job(lease, Some((epoch as u64, owner.as_deref())))),
-        None => Err(fenced_job(lease, None)),
-    }
 }
 
 impl JobStore for PgStore {
