@@ -87,7 +87,7 @@ fn confirm(question: &str) -> Result<bool> {
 #[derive(Debug, Serialize)]
 struct PruneDoc {
     dry_run: bool,
-    cutoff: String,
+    completed_before: String,
     deleted: Vec<PrunedJob>,
     kept_not_completed: usize,
 }
@@ -134,7 +134,7 @@ pub fn prune(url: &str, args: PruneArgs) -> Result<ExitCode> {
     if args.json {
         let doc = PruneDoc {
             dry_run: args.dry_run,
-            cutoff: rfc3339(cutoff),
+            completed_before: rfc3339(cutoff),
             deleted,
             kept_not_completed: kept,
         };
