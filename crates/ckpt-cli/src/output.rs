@@ -1,16 +1,22 @@
 //! Output shapes: the JSON documents `--json` prints are their own types,
 //! so that human wording can change without breaking scripts.
+//!
+//! The documents of jobs, items and checkpoints are the library's
+//! [`ckpt::json`] types; the documents of single commands are here. All
+//! follow the conventions of [`ckpt::json`]: times are RFC 3339 strings in
+//! `*_at` fields, durations seconds in `*_seconds`, sizes `*_bytes`, a job's
+//! name is `job`. They are stable as those are: fields may be added, none
+//! renamed or retyped without a major version.
 
 use std::time::Duration;
 
-use ckpt::{ItemCounts, JobRecord, Timestamp};
+use ckpt::bench::BenchReport;
+use ckpt::inspect::Finding;
+use ckpt::json::ItemCountsJson;
 use serde::Serialize;
-use serde_json::Value;
 
-/// RFC 3339 UTC with milliseconds.
-pub fn rfc3339(t: Timestamp) -> String {
-    humantime::format_rfc3339_millis(t.to_system_time()).to_string()
-}
+/// The one time formatter, shared with the JSON documents.
+pub use ckpt::json::rfc3339;
 
 /// "3.2s", "4m 5s": a short human duration.
 pub fn short_duration(d: Duration) -> String {
@@ -22,74 +28,7 @@ pub fn short_duration(d: Duration) -> String {
     }
 }
 
-/// `ckpt status --json`.
-#[derive(Debug, Serialize)]
-pub struct StatusDoc {
-    pub job: String,
-    pub status: String,
-    pub items: ItemCounts,
-    pub checkpoint: Option<CheckpointDoc>,
-    pub owner: Option<String>,
-    pub lease_expires_at: Option<String>,
-    pub attempts: u32,
-    pub epoch: u64,
-    pub created_at: String,
-    pub updated_at: String,
-    pub completed_at: Option<String>,
-    pub error: Option<String>,
-}
-
-/// A checkpoint in JSON output.
-#[derive(Debug, Serialize)]
-pub struct CheckpointDoc {
-    pub cursor: Value,
-    pub items_processed: u64,
-    pub stage: Option<String>,
-    pub state: Option<Value>,
-    pub saved_at: Option<String>,
-    pub age_seconds: Option<f64>,
-    pub history_len: u64,
-    pub state_bytes: u64,
-    pub saves: u64,
-}
-
-impl StatusDoc {
-    pub fn new(job: &JobRecord, items: ItemCounts, now: Timestamp) -> Self {
-        StatusDoc {
-            job: job.name.clone(),
-            status: job.status.to_string(),
-            items,
-            checkpoint: CheckpointDoc::new(job, now),
-            owner: job.owner.clone(),
-            lease_expires_at: job.lease_expires.map(rfc3339),
-            attempts: job.attempts,
-            epoch: job.epoch,
-            created_at: rfc3339(job.created_at),
-            updated_at: rfc3339(job.updated_at),
-            completed_at: job.completed_at.map(rfc3339),
-            error: job.error.clone(),
-        }
-    }
-}
-
-impl CheckpointDoc {
-    pub fn new(job: &JobRecord, now: Timestamp) -> Option<Self> {
-        let cp = job.checkpoint.as_ref()?;
-        Some(CheckpointDoc {
-            cursor: cp.cursor.clone(),
-            items_processed: cp.items_processed,
-            stage: cp.stage.clone(),
-            state: cp.state.clone(),
-            saved_at: job.checkpoint_at.map(rfc3339),
-            age_seconds: job.checkpoint_at.map(|t| now.since(t).as_secs_f64()),
-            history_len: job.history_len,
-            state_bytes: job.state_bytes,
-            saves: job.saves,
-        })
-    }
-}
-
-/// `ckpt run --json`.
+/// `ckpt run --json`: what this run did, and where the job stands.
 #[derive(Debug, Serialize)]
 pub struct RunDoc {
     pub job: String,
@@ -104,6 +43,65 @@ pub struct RunDoc {
     pub released_now: u64,
     /// "SIGTERM" or "SIGINT" when a signal stopped the run, else null.
     pub stopped_by: Option<String>,
-    pub items: ItemCounts,
-    pub seconds: f64,
+    /// The job's items by status at the end (earlier runs' work included).
+    pub items: ItemCountsJson,
+    /// How long this run took.
+    pub elapsed_seconds: f64,
+}
+
+/// `ckpt doctor --json`.
+#[derive(Debug, Serialize)]
+pub struct DoctorDoc<'a> {
+    /// True if and only if there are no findings.
+    pub healthy: bool,
+    pub jobs_checked: usize,
+    /// `{"job", "kind", "message"}` each; `kind` is one of
+    /// `stale_checkpoint`, `excessive_history`, `large_state`,
+    /// `dead_items`, `expired_leases`.
+    pub findings: &'a [Finding],
+}
+
+/// `ckpt bench --json`: the [`BenchReport`] with its latencies in seconds
+/// (`*_seconds`) like every other duration in JSON output.
+#[derive(Debug, Serialize)]
+pub struct BenchDoc {
+    pub store: String,
+    pub enqueue_per_s: f64,
+    pub items_per_s: f64,
+    pub runner_items_per_s: f64,
+    pub checkpoints_per_s: f64,
+    pub checkpoint_p50_seconds: f64,
+    pub checkpoint_p99_seconds: f64,
+    pub baseline_upserts_per_s: Option<f64>,
+    pub checkpoint_vs_baseline: Option<f64>,
+    pub concurrent_jobs: usize,
+    pub concurrent_checkpoints_per_s: f64,
+    pub concurrent_checkpoints_per_s_separate: Option<f64>,
+    pub items: u64,
+    pub workers: usize,
+    pub saves: u64,
+    pub batch: usize,
+}
+
+impl From<&BenchReport> for BenchDoc {
+    fn from(r: &BenchReport) -> Self {
+        BenchDoc {
+            store: r.store.clone(),
+            enqueue_per_s: r.enqueue_per_s,
+            items_per_s: r.items_per_s,
+            runner_items_per_s: r.runner_items_per_s,
+            checkpoints_per_s: r.checkpoints_per_s,
+            checkpoint_p50_seconds: r.checkpoint_p50_us as f64 / 1e6,
+            checkpoint_p99_seconds: r.checkpoint_p99_us as f64 / 1e6,
+            baseline_upserts_per_s: r.baseline_upserts_per_s,
+            checkpoint_vs_baseline: r.checkpoint_vs_baseline,
+            concurrent_jobs: r.concurrent_jobs,
+            concurrent_checkpoints_per_s: r.concurrent_checkpoints_per_s,
+            concurrent_checkpoints_per_s_separate: r.concurrent_checkpoints_per_s_separate,
+            items: r.items,
+            workers: r.workers,
+            saves: r.saves,
+            batch: r.batch,
+        }
+    }
 }

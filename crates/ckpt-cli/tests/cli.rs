@@ -41,3 +41,5 @@ mod run;
 mod serve;
 #[path = "cli/signals.rs"]
 mod signals;
+#[path = "cli/vocabulary.rs"]
+mod vocabulary;

@@ -1,22 +1,24 @@
-//! Read-only views for operators: one summary per job, and the health
-//! checks behind `ckpt doctor` (the thresholds of the checkpoint operations
-//! guide: stale after 10 minutes, more than 100 history entries, state over
-//! 1 MiB).
+//! Read-only views for operators: one summary per job, the JSON documents
+//! of jobs, and the health checks behind `ckpt doctor` (the thresholds of
+//! the checkpoint operations guide: stale after 10 minutes, more than 100
+//! history entries, state over 1 MiB).
 //!
 //! Both the CLI and `ckpt serve` build on these, so a job looks the same in
-//! `ckpt jobs --json`, `/api/jobs` and the dashboard.
+//! `ckpt jobs --json`, `ckpt show --json`, the API and the dashboard.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::json::{HistoryJson, ItemJson, JobDetailJson, JobJson};
 use crate::model::{ItemCounts, ItemStatus, JobRecord, JobStatus};
 use crate::store::Store;
 use crate::time::Timestamp;
 
-/// One job at a glance.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One job at a glance, typed: what the CLI's tables, `ckpt doctor` and
+/// the metrics read. Its JSON counterpart is [`JobJson`].
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobSummary {
     /// The job's name.
     pub name: String,
@@ -101,6 +103,52 @@ pub fn job_summary(store: &dyn Store, job: &str, now: Timestamp) -> Result<Optio
         Some(record) => Ok(Some(JobSummary::new(&record, store.item_counts(job)?, now))),
         None => Ok(None),
     }
+}
+
+/// Every job's JSON document, ordered by name: `ckpt jobs --json` and
+/// `GET /api/jobs`.
+pub fn job_documents(store: &dyn Store, now: Timestamp) -> Result<Vec<JobJson>> {
+    store
+        .list_jobs()?
+        .iter()
+        .map(|job| Ok(JobJson::new(job, store.item_counts(&job.name)?, now)))
+        .collect()
+}
+
+/// One job's full JSON document, or `None` when there is no such job: the
+/// newest `history_limit` history entries, and the first `items_limit`
+/// dead items and as many failed items. `ckpt status --json`, `ckpt show
+/// --json` and `GET /api/jobs/{job}` all print it.
+pub fn job_detail(
+    store: &dyn Store,
+    job: &str,
+    now: Timestamp,
+    history_limit: usize,
+    items_limit: usize,
+) -> Result<Option<JobDetailJson>> {
+    let Some(record) = store.get_job(job)? else {
+        return Ok(None);
+    };
+    let counts = store.item_counts(job)?;
+    let items = |status, n| -> Result<Vec<ItemJson>> {
+        if n == 0 || items_limit == 0 {
+            return Ok(Vec::new());
+        }
+        let list = store.list_items(job, Some(status), items_limit)?;
+        Ok(list.iter().map(ItemJson::new).collect())
+    };
+    let history = if history_limit == 0 {
+        Vec::new()
+    } else {
+        store.history(job, history_limit)?
+    };
+    Ok(Some(JobDetailJson {
+        summary: JobJson::new(&record, counts, now),
+        state: record.checkpoint.as_ref().and_then(|c| c.state.clone()),
+        history: history.iter().map(HistoryJson::new).collect(),
+        dead_items: items(ItemStatus::Dead, counts.dead)?,
+        failed_items: items(ItemStatus::Failed, counts.failed)?,
+    }))
 }
 
 /// Thresholds of `ckpt doctor`.
@@ -268,5 +316,114 @@ fn humanize(d: Duration) -> String {
         0..=59 => format!("{secs}s"),
         60..=3599 => format!("{}m {}s", secs / 60, secs % 60),
         _ => format!("{}h {}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::json::rfc3339;
+    use crate::{
+        CheckpointPolicy, Ckpt, JobOptions, ManualClock, NewItem, QueueOptions, RetryPolicy,
+    };
+
+    const T: Timestamp = Timestamp(1_700_000_000_000);
+
+    fn queue_options(max_attempts: u32) -> QueueOptions {
+        QueueOptions {
+            lease: Duration::from_secs(30),
+            retry: RetryPolicy {
+                max_attempts,
+                jitter: 0.0,
+                ..RetryPolicy::default()
+            },
+        }
+    }
+
+    #[test]
+    fn job_detail_names_each_item_time_by_what_it_means() {
+        let ckpt = Ckpt::open("memory://")
+            .unwrap()
+            .with_clock(Arc::new(ManualClock::new(T)));
+        let once = ckpt.queue_with("q", queue_options(1)).unwrap();
+        let thrice = ckpt.queue_with("q", queue_options(3)).unwrap();
+        once.enqueue(["a", "b", "c", "d", "e"].map(NewItem::key))
+            .unwrap();
+        let a = once.claim(1).unwrap().remove(0);
+        once.fail(&a, "a broke").unwrap(); // dead: one attempt allowed
+        let b = thrice.claim(1).unwrap().remove(0);
+        thrice.fail(&b, "b broke").unwrap(); // failed: retried in 5 s
+        let c = thrice.claim(1).unwrap().remove(0); // running: leased for 30 s
+        let d = thrice.claim(1).unwrap().remove(0);
+        thrice.complete(&d, None).unwrap();
+        assert_eq!(
+            (a.key.as_str(), c.key.as_str(), d.key.as_str()),
+            ("a", "c", "d")
+        );
+
+        let store = ckpt.store().as_ref();
+        let detail = job_detail(store, "q", T, 10, 10).unwrap().expect("job q");
+        assert_eq!(detail.summary.job, "q");
+        assert_eq!(detail.summary.items.total, 5);
+        assert_eq!(detail.summary.cursor, None);
+        let [dead] = &detail.dead_items[..] else {
+            panic!("{:?}", detail.dead_items)
+        };
+        assert_eq!(
+            (dead.key.as_str(), dead.last_error.as_deref()),
+            ("a", Some("a broke"))
+        );
+        assert_eq!((&dead.retry_at, &dead.lease_expires_at), (&None, &None));
+        assert!(dead.finished_at.is_some());
+        let [failed] = &detail.failed_items[..] else {
+            panic!("{:?}", detail.failed_items)
+        };
+        assert_eq!(
+            failed.retry_at,
+            Some(rfc3339(T.plus(Duration::from_secs(5))))
+        );
+        assert_eq!(failed.lease_expires_at, None);
+
+        let running = store
+            .list_items("q", Some(ItemStatus::Running), 10)
+            .unwrap();
+        let running = crate::json::ItemJson::new(&running[0]);
+        assert_eq!(running.key, "c");
+        assert_eq!(
+            running.lease_expires_at,
+            Some(rfc3339(T.plus(Duration::from_secs(30))))
+        );
+        assert_eq!(running.retry_at, None);
+
+        let bare = job_detail(store, "q", T, 0, 0).unwrap().unwrap();
+        assert!(bare.dead_items.is_empty() && bare.failed_items.is_empty());
+        assert!(job_detail(store, "nope", T, 10, 10).unwrap().is_none());
+    }
+
+    #[test]
+    fn job_detail_holds_the_newest_history_and_the_state() {
+        let ckpt = Ckpt::open("memory://")
+            .unwrap()
+            .with_clock(Arc::new(ManualClock::new(T)));
+        let options = JobOptions {
+            policy: CheckpointPolicy::Always,
+            ..JobOptions::default()
+        };
+        let mut job = ckpt.job_with("export", options).unwrap();
+        job.save(&1u64, 1).unwrap();
+        job.save(&2u64, 2).unwrap();
+        let store = ckpt.store().as_ref();
+        let detail = job_detail(store, "export", T, 1, 10).unwrap().unwrap();
+        assert_eq!(detail.history.len(), 1);
+        assert_eq!(detail.history[0].seq, 2);
+        assert_eq!(detail.history[0].saved_at, rfc3339(T));
+        assert_eq!(detail.summary.cursor, Some(serde_json::json!(2)));
+        assert_eq!(detail.summary.checkpoint_at, Some(rfc3339(T)));
+        assert_eq!(detail.summary.checkpoint_age_seconds, Some(0.0));
+        assert_eq!(detail.state, None);
+        let list = job_documents(store, T).unwrap();
+        assert_eq!(list, vec![detail.summary]);
     }
 }

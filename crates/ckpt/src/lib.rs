@@ -13,6 +13,9 @@
 //! Every write is fenced: a worker whose lease was taken over gets
 //! [`Error::Fenced`] and changes nothing.
 //!
+//! The JSON documents that the `ckpt` command and its HTTP API print are
+//! the stable, documented types of [`json`].
+//!
 //! ```
 //! use ckpt::{Ckpt, JobOptions, CheckpointPolicy};
 //!
@@ -36,6 +39,7 @@ mod ckpt;
 mod error;
 pub mod inspect;
 mod job;
+pub mod json;
 pub mod model;
 pub mod policy;
 mod queue;

@@ -1,7 +1,8 @@
 //! The stored records: job checkpoints and work items.
 //!
-//! These types are what a [`Store`](crate::Store) reads and writes. They are
-//! serialisable so that `--json` output can reuse them.
+//! These types are what a [`Store`](crate::Store) reads and writes. The JSON
+//! that ckpt prints is built from them by the stable types of
+//! [`json`](crate::json), so these can change without the output changing.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

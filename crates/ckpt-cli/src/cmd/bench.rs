@@ -10,6 +10,7 @@ use ckpt::bench::{self, BenchOptions};
 use ckpt::store::{self, OpenMode, PgStore, RedisStore, SqliteOptions, SqliteStore};
 
 use crate::cli::BenchArgs;
+use crate::output::BenchDoc;
 
 pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
     let options = BenchOptions {
@@ -91,7 +92,8 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let doc = BenchDoc::from(&report);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!("store:              {}", report.store);

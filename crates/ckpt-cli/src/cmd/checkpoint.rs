@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use ckpt::json::CheckpointJson;
 use ckpt::store::OpenMode;
 use ckpt::validate::parse_json;
 use ckpt::Checkpoint;
@@ -20,7 +21,7 @@ pub fn checkpoint(url: &str, cmd: CheckpointCommand) -> Result<ExitCode> {
                 return Err(ckpt::Error::NotFound(format!("job '{job}' has no checkpoint")).into());
             };
             if full {
-                println!("{}", serde_json::to_string(&cp)?);
+                println!("{}", serde_json::to_string(&CheckpointJson::from(&cp))?);
             } else {
                 println!("{}", cp.cursor);
             }

@@ -5,16 +5,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use ckpt::inspect::{doctor as check, DoctorOptions, Finding};
 use ckpt::store::OpenMode;
-use serde::Serialize;
 
 use crate::cli::DoctorArgs;
-
-#[derive(Debug, Serialize)]
-struct DoctorDoc<'a> {
-    healthy: bool,
-    jobs_checked: usize,
-    findings: &'a [Finding],
-}
+use crate::output::DoctorDoc;
 
 /// Exit 0 when healthy, 1 when there are findings (like `grep -q`, so a
 /// cron line or probe can act on it), other codes for errors.

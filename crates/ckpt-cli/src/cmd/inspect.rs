@@ -3,26 +3,29 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use ckpt::inspect::{job_summaries, JobSummary};
+use ckpt::inspect::{job_detail, job_documents, job_summaries, JobSummary};
+use ckpt::json::ItemJson;
+use ckpt::model::{HistoryEntry, ItemRecord};
 use ckpt::store::OpenMode;
 use ckpt::{Ckpt, ItemStatus, Timestamp};
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::{ItemsArgs, JobsArgs, ShowArgs};
 use crate::output::{rfc3339, short_duration};
 
-/// Failures listed by `show`.
+/// Failures listed by `show`: the dead items, then the failed ones, this
+/// many in all (`--json`: this many of each).
 const FAILURES_SHOWN: usize = 10;
 
 pub fn jobs(url: &str, args: JobsArgs) -> Result<ExitCode> {
     let ckpt = super::open(url, OpenMode::MustExist)?;
     let now = ckpt.now();
-    let jobs = job_summaries(ckpt.store().as_ref(), now)?;
     if args.json {
+        let jobs = job_documents(ckpt.store().as_ref(), now)?;
         println!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let jobs = job_summaries(ckpt.store().as_ref(), now)?;
     if jobs.is_empty() {
         eprintln!("ckpt: no jobs in {}", ckpt.store().describe());
         return Ok(ExitCode::SUCCESS);
@@ -108,39 +111,18 @@ fn not_found(ckpt: &Ckpt, job: &str) -> anyhow::Error {
     .into()
 }
 
-/// `ckpt show --json`.
-#[derive(Debug, Serialize)]
-struct ShowDoc {
-    #[serde(flatten)]
-    summary: JobSummary,
-    cursor: Option<Value>,
-    state: Option<Value>,
-    history: Vec<HistoryDoc>,
-    failures: Vec<FailureDoc>,
-}
-
-#[derive(Debug, Serialize)]
-struct HistoryDoc {
-    seq: u64,
-    cursor: Value,
-    items_processed: u64,
-    at: String,
-}
-
-#[derive(Debug, Serialize)]
-struct FailureDoc {
-    key: String,
-    status: ItemStatus,
-    attempts: u32,
-    last_error: Option<String>,
-    retry_at: Option<String>,
-}
-
 pub fn show(url: &str, args: ShowArgs) -> Result<ExitCode> {
     super::job_name(&args.job)?;
     let ckpt = super::open(url, OpenMode::MustExist)?;
     let store = ckpt.store();
     let now = ckpt.now();
+    if args.json {
+        // The same document as `ckpt status --json` and the API's.
+        let detail = job_detail(store.as_ref(), &args.job, now, args.history, FAILURES_SHOWN)?
+            .ok_or_else(|| not_found(&ckpt, &args.job))?;
+        println!("{}", serde_json::to_string_pretty(&detail)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let record = store
         .get_job(&args.job)?
         .ok_or_else(|| not_found(&ckpt, &args.job))?;
@@ -149,43 +131,18 @@ pub fn show(url: &str, args: ShowArgs) -> Result<ExitCode> {
     let mut failures = store.list_items(&args.job, Some(ItemStatus::Dead), FAILURES_SHOWN)?;
     failures.extend(store.list_items(&args.job, Some(ItemStatus::Failed), FAILURES_SHOWN)?);
     failures.truncate(FAILURES_SHOWN);
-    let doc = ShowDoc {
-        summary,
-        cursor: record.checkpoint.as_ref().map(|c| c.cursor.clone()),
-        state: record.checkpoint.as_ref().and_then(|c| c.state.clone()),
-        history: history
-            .iter()
-            .map(|h| HistoryDoc {
-                seq: h.seq,
-                cursor: h.cursor.clone(),
-                items_processed: h.items_processed,
-                at: rfc3339(h.at),
-            })
-            .collect(),
-        failures: failures
-            .iter()
-            .map(|i| FailureDoc {
-                key: i.key.clone(),
-                status: i.status,
-                attempts: i.attempts,
-                last_error: i.last_error.clone(),
-                retry_at: (i.status == ItemStatus::Failed)
-                    .then_some(i.ready_at)
-                    .flatten()
-                    .map(rfc3339),
-            })
-            .collect(),
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    print_show(&doc, now);
+    let cursor = record.checkpoint.as_ref().map(|c| &c.cursor);
+    print_show(&summary, cursor, &history, &failures, now);
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_show(doc: &ShowDoc, now: Timestamp) {
-    let s = &doc.summary;
+fn print_show(
+    s: &JobSummary,
+    cursor: Option<&Value>,
+    history: &[HistoryEntry],
+    failures: &[ItemRecord],
+    now: Timestamp,
+) {
     println!("job:        {}", s.name);
     println!("status:     {}", s.status);
     if let Some(error) = &s.error {
@@ -202,7 +159,7 @@ fn print_show(doc: &ShowDoc, now: Timestamp) {
             s.items.total()
         );
     }
-    match (&doc.cursor, s.checkpoint_at) {
+    match (cursor, s.checkpoint_at) {
         (Some(cursor), Some(at)) => {
             let stage = s
                 .stage
@@ -230,22 +187,25 @@ fn print_show(doc: &ShowDoc, now: Timestamp) {
         (Some(owner), _) => println!("owner:      {owner} (lease expired: worker gone?)"),
         _ => {}
     }
-    if !doc.history.is_empty() {
+    if !history.is_empty() {
         println!(
             "history ({} of {}, newest first):",
-            doc.history.len(),
+            history.len(),
             s.history_len
         );
-        for h in &doc.history {
+        for h in history {
             println!(
                 "  #{:<6} {}  cursor {}, {} processed",
-                h.seq, h.at, h.cursor, h.items_processed
+                h.seq,
+                rfc3339(h.at),
+                h.cursor,
+                h.items_processed
             );
         }
     }
-    if !doc.failures.is_empty() {
+    if !failures.is_empty() {
         println!("recent failures:");
-        for f in &doc.failures {
+        for f in failures {
             println!(
                 "  {} ({}, attempt {}): {}",
                 f.key,
@@ -266,7 +226,8 @@ pub fn items(url: &str, args: ItemsArgs) -> Result<ExitCode> {
     }
     let items = store.list_items(&args.job, args.status.map(Into::into), args.limit)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        let docs: Vec<ItemJson> = items.iter().map(ItemJson::new).collect();
+        println!("{}", serde_json::to_string_pretty(&docs)?);
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<[String; 6]> = items

@@ -86,7 +86,7 @@ fn confirm(question: &str) -> Result<bool> {
 #[derive(Debug, Serialize)]
 struct PruneDoc {
     dry_run: bool,
-    cutoff: String,
+    completed_before: String,
     deleted: Vec<PrunedJob>,
     kept_not_completed: usize,
 }
@@ -95,7 +95,9 @@ struct PruneDoc {
 struct PrunedJob {
     job: String,
     completed_at: String,
-    items: u64,
+    /// Its items (all completed). Not `items`: that name is an object of
+    /// counts in every other document.
+    items_total: u64,
 }
 
 /// `ckpt prune`: the retention plan (one rule, `ckpt::policy::retention`),
@@ -117,7 +119,7 @@ pub fn prune(url: &str, args: PruneArgs) -> Result<ExitCode> {
             deleted.push(PrunedJob {
                 job: target.job.clone(),
                 completed_at: rfc3339(target.completed_at),
-                items: target.items,
+                items_total: target.items,
             });
         }
     }
@@ -125,7 +127,7 @@ pub fn prune(url: &str, args: PruneArgs) -> Result<ExitCode> {
     if args.json {
         let doc = PruneDoc {
             dry_run: args.dry_run,
-            cutoff: rfc3339(plan.cutoff),
+            completed_before: rfc3339(plan.cutoff),
             deleted,
             kept_not_completed: kept,
         };
@@ -140,7 +142,7 @@ pub fn prune(url: &str, args: PruneArgs) -> Result<ExitCode> {
     for job in &deleted {
         println!(
             "{verb} {} (completed {}, {} items)",
-            job.job, job.completed_at, job.items
+            job.job, job.completed_at, job.items_total
         );
     }
     eprintln!(

@@ -115,8 +115,8 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             lost_leases: report.lost,
             released_now: report.released,
             stopped_by: stopped_by.map(signal_name),
-            items: counts,
-            seconds,
+            items: counts.into(),
+            elapsed_seconds: seconds,
         };
         println!("{}", serde_json::to_string_pretty(&doc)?);
     }

@@ -6,31 +6,36 @@ use anyhow::Result;
 use ckpt::store::OpenMode;
 
 use crate::cli::StatusArgs;
-use crate::output::{rfc3339, short_duration, StatusDoc};
+use crate::output::{rfc3339, short_duration};
 
-/// Dead items listed by the human output.
+/// Dead items listed by the human output, and dead and failed items by
+/// `--json`.
 const DEAD_SHOWN: usize = 10;
+/// History entries in the `--json` document (as `ckpt show`'s default).
+const HISTORY_SHOWN: usize = 20;
 
 pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
     super::job_name(&args.job)?;
     let ckpt = super::open(url, OpenMode::MustExist)?;
     let store = ckpt.store();
-    let job = store.get_job(&args.job)?.ok_or_else(|| {
+    let not_found = || {
         ckpt::Error::NotFound(format!(
             "no job named '{}' in {}",
             args.job,
             store.describe()
         ))
-    })?;
-    let counts = store.item_counts(&args.job)?;
+    };
     let now = ckpt.now();
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&StatusDoc::new(&job, counts, now))?
-        );
+        // The same document as `ckpt show --json` and the API's.
+        let detail =
+            ckpt::inspect::job_detail(store.as_ref(), &args.job, now, HISTORY_SHOWN, DEAD_SHOWN)?
+                .ok_or_else(not_found)?;
+        println!("{}", serde_json::to_string_pretty(&detail)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let job = store.get_job(&args.job)?.ok_or_else(not_found)?;
+    let counts = store.item_counts(&args.job)?;
     println!("job:        {}", job.name);
     println!("status:     {}", job.status);
     println!(

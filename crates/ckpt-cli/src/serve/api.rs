@@ -2,14 +2,20 @@
 //!
 //! - `GET /api/info`: the store (password redacted), the version, whether
 //!   mutations are enabled.
-//! - `GET /api/jobs`: every job's [`JobSummary`], ordered by name.
-//! - `GET /api/jobs/{job}`: the summary, the checkpoint, the history
-//!   (newest first, at most [`HISTORY_SHOWN`]) and the dead and failed items
-//!   (at most [`FAILURES_SHOWN`] of each, in enqueue order).
-//! - `GET /api/jobs/{job}/items?status=S&limit=N`: items, in enqueue order.
+//! - `GET /api/jobs`: every job's [`JobJson`](ckpt::json::JobJson),
+//!   ordered by name.
+//! - `GET /api/jobs/{job}`: the job's
+//!   [`JobDetailJson`](ckpt::json::JobDetailJson), with the history (newest
+//!   first, at most [`HISTORY_SHOWN`]) and the dead and failed items (at
+//!   most [`FAILURES_SHOWN`] of each, in enqueue order).
+//! - `GET /api/jobs/{job}/items?status=S&limit=N`: an array of
+//!   [`ItemJson`](ckpt::json::ItemJson), in enqueue order.
 //! - `POST /api/jobs/{job}/retry` with an optional body
 //!   `{"status": "dead" | "failed", "keys": [...]}` (default: every dead
 //!   item): `{"moved": N}`. Needs the bearer token.
+//!
+//! The documents are the stable types of [`ckpt::json`], the same the
+//! `--json` options print.
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -17,9 +23,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ckpt::inspect::{self, JobSummary};
-use ckpt::model::{HistoryEntry, ItemRecord};
-use ckpt::{Checkpoint, ItemStatus};
+use ckpt::inspect;
+use ckpt::json::ItemJson;
+use ckpt::ItemStatus;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Authorized;
@@ -141,30 +147,13 @@ pub async fn info(State(state): State<AppState>) -> Response {
 pub async fn jobs(State(state): State<AppState>) -> Result<Response, ApiError> {
     let summaries = state
         .blocking(STORE_TIMEOUT, |ckpt| {
-            inspect::job_summaries(ckpt.store().as_ref(), ckpt.now())
+            inspect::job_documents(ckpt.store().as_ref(), ckpt.now())
         })
         .await?;
     Ok(ok(summaries))
 }
 
-/// `GET /api/jobs/{job}`: a [`JobSummary`] with more.
-#[derive(Debug, Serialize)]
-pub struct JobDetail {
-    #[serde(flatten)]
-    pub summary: JobSummary,
-    /// The fencing epoch.
-    pub epoch: u64,
-    /// The last checkpoint: cursor, items processed, stage, state.
-    pub checkpoint: Option<Checkpoint>,
-    /// Newest first.
-    pub history: Vec<HistoryEntry>,
-    /// Dead items with their last error, in enqueue order.
-    pub dead_items: Vec<ItemRecord>,
-    /// Items waiting for a retry, with their last error and retry time
-    /// (`ready_at`), in enqueue order.
-    pub failed_items: Vec<ItemRecord>,
-}
-
+/// `GET /api/jobs/{job}`.
 pub async fn job(
     State(state): State<AppState>,
     Path(job): Path<String>,
@@ -173,26 +162,13 @@ pub async fn job(
     let name = job.clone();
     let detail = state
         .blocking(STORE_TIMEOUT, move |ckpt| {
-            let store = ckpt.store();
-            let Some(record) = store.get_job(&name)? else {
-                return Ok(None);
-            };
-            let counts = store.item_counts(&name)?;
-            let list = |status, n| {
-                if n == 0 {
-                    Ok(Vec::new())
-                } else {
-                    store.list_items(&name, Some(status), FAILURES_SHOWN)
-                }
-            };
-            Ok(Some(JobDetail {
-                summary: JobSummary::new(&record, counts, ckpt.now()),
-                epoch: record.epoch,
-                checkpoint: record.checkpoint.clone(),
-                history: store.history(&name, HISTORY_SHOWN)?,
-                dead_items: list(ItemStatus::Dead, counts.dead)?,
-                failed_items: list(ItemStatus::Failed, counts.failed)?,
-            }))
+            inspect::job_detail(
+                ckpt.store().as_ref(),
+                &name,
+                ckpt.now(),
+                HISTORY_SHOWN,
+                FAILURES_SHOWN,
+            )
         })
         .await?;
     detail.map(ok).ok_or_else(|| unknown_job(&job))
@@ -236,7 +212,8 @@ pub async fn items(
             if store.get_job(&name)?.is_none() {
                 return Ok(None);
             }
-            store.list_items(&name, status, limit).map(Some)
+            let items = store.list_items(&name, status, limit)?;
+            Ok(Some(items.iter().map(ItemJson::new).collect::<Vec<_>>()))
         })
         .await?;
     items.map(ok).ok_or_else(|| unknown_job(&job))

@@ -403,6 +403,41 @@ fn dashboard_shows_jobs_and_retries_dead_items_with_the_token() {
         .find_all(r#"tr[data-job="thumbs"] .dead-note"#)
         .is_empty());
 
+    // A cursor job's page: its cursor, state and history, and every time
+    // read from the API's RFC 3339 strings.
+    page.click(r#"tr[data-job="export"] a"#);
+    page.wait_text("#job-name", "export");
+    page.wait_text("#cursor", "300");
+    assert_eq!(
+        page.script("return document.getElementById('state').textContent"),
+        json!("{\n  \"rows\": 1200\n}")
+    );
+    let texts = |css: &str| -> Vec<String> {
+        let js = format!(
+            "return Array.from(document.querySelectorAll({css:?})).map(e => e.textContent)"
+        );
+        serde_json::from_value(page.script(&js)).unwrap()
+    };
+    let saved = texts("#history tbody td:nth-child(2)");
+    assert_eq!(saved.len(), 3, "{saved:?}");
+    let facts = texts("#job-facts dt, #job-facts dd");
+    let fact = |name: &str| {
+        let i = facts.iter().position(|f| f == name).expect(name);
+        facts[i + 1].clone()
+    };
+    let last = fact("Last checkpoint");
+    assert!(last.contains(" ago ("), "{last}");
+    for time in saved
+        .iter()
+        .chain([&last, &fact("Created"), &fact("Updated")])
+    {
+        assert!(
+            time.chars().any(|c| c.is_ascii_digit()) && !time.contains("Invalid"),
+            "a time the page could not read: {time:?}"
+        );
+    }
+    assert_eq!(fact("Completed"), "—", "a null time");
+
     drop(page);
     drop(driver);
     server.stop();

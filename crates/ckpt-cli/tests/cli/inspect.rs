@@ -44,7 +44,7 @@ fn job<'a>(jobs: &'a Value, name: &str) -> &'a Value {
     jobs.as_array()
         .unwrap()
         .iter()
-        .find(|j| j["name"] == name)
+        .find(|j| j["job"] == name)
         .unwrap_or_else(|| panic!("no job {name} in {jobs}"))
 }
 
@@ -59,7 +59,7 @@ fn jobs_lists_progress_checkpoint_history_and_state() {
     assert_eq!(files["status"], "failed");
     assert_eq!(
         files["items"],
-        json!({"pending": 0, "running": 0, "completed": 2, "failed": 0, "dead": 1})
+        json!({"pending": 0, "running": 0, "completed": 2, "failed": 0, "dead": 1, "total": 3})
     );
     let import = job(&jobs, "import");
     assert_eq!(import["status"], "running");
@@ -107,7 +107,8 @@ fn show_prints_checkpoint_history_and_failures() {
     );
 
     let doc = sb.ckpt().args(["show", "files", "--json"]).run().json();
-    let failures = doc["failures"].as_array().unwrap();
+    assert_eq!(doc["failed_items"], json!([]));
+    let failures = doc["dead_items"].as_array().unwrap();
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0]["key"], "bad");
     assert_eq!(failures[0]["status"], "dead");
@@ -290,7 +291,7 @@ fn prune_deletes_only_completed_jobs_past_the_cutoff() {
     assert_eq!(doc["dry_run"], false);
     assert_eq!(doc["deleted"].as_array().unwrap().len(), 1);
     assert_eq!(doc["deleted"][0]["job"], "done");
-    assert_eq!(doc["deleted"][0]["items"], 2);
+    assert_eq!(doc["deleted"][0]["items_total"], 2);
     assert_eq!(doc["kept_not_completed"], 2);
     sb.ckpt().args(["status", "done"]).run().error(3);
     let jobs = sb.ckpt().args(["jobs", "--json"]).run().json();
@@ -298,7 +299,7 @@ fn prune_deletes_only_completed_jobs_past_the_cutoff() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|j| j["name"].as_str().unwrap())
+        .map(|j| j["job"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["files", "import"]);
 

@@ -203,7 +203,7 @@ fn metrics_show_every_job_from_the_store_and_drop_pruned_ones() {
         value(&m, "ckpt_checkpoint_state_bytes", &job("export")),
         Some(13.0)
     );
-    assert_eq!(status["checkpoint"]["state_bytes"], 13);
+    assert_eq!(status["state_bytes"], 13);
     assert_eq!(
         value(&m, "ckpt_checkpoint_items_processed", &job("export")),
         Some(300.0)

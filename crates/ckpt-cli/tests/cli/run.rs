@@ -41,7 +41,7 @@ fn runs_every_item_once_and_reports_completed() {
         .keys()
         .map(String::as_str)
         .collect();
-    for key in ["job", "status", "items", "checkpoint"] {
+    for key in ["job", "status", "items", "cursor", "checkpoint_at"] {
         assert!(keys.contains(&key), "status --json lacks {key:?}: {status}");
     }
     let mut item_keys: Vec<&str> = status["items"]
@@ -53,13 +53,13 @@ fn runs_every_item_once_and_reports_completed() {
     item_keys.sort_unstable();
     assert_eq!(
         item_keys,
-        ["completed", "dead", "failed", "pending", "running"]
+        ["completed", "dead", "failed", "pending", "running", "total"]
     );
     assert_eq!(status["job"], "J");
     assert_eq!(status["status"], "completed");
     assert_eq!(item_counts(&status), (0, 0, 25, 0, 0));
     assert!(
-        status["checkpoint"].is_null(),
+        status["checkpoint_at"].is_null(),
         "no checkpoint was saved: {status}"
     );
 

@@ -287,14 +287,14 @@ fn api_lists_jobs_and_shows_one_with_history_and_failures() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|j| j["name"].as_str().unwrap())
+        .map(|j| j["job"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["batch/2026 run", "export"], "ordered by name");
     let job = &jobs[0];
     assert_eq!(job["status"], "running");
     assert_eq!(
         job["items"],
-        json!({"pending": 1, "running": 0, "completed": 2, "failed": 0, "dead": 2})
+        json!({"pending": 1, "running": 0, "completed": 2, "failed": 0, "dead": 2, "total": 5})
     );
     assert_eq!(job["checkpoint_age_seconds"], Value::Null);
     let export = &jobs[1];
@@ -308,11 +308,17 @@ fn api_lists_jobs_and_shows_one_with_history_and_failures() {
 
     // One job: the summary, the checkpoint, the history newest first.
     let detail = server.get("/api/jobs/export").expect(200);
-    assert_eq!(detail["name"], "export");
+    assert_eq!(detail["job"], "export");
     assert_eq!(detail["saves"], 3);
+    let checkpoint = ["cursor", "items_processed", "stage", "state"].map(|k| &detail[k]);
     assert_eq!(
-        detail["checkpoint"],
-        json!({"cursor": 300, "items_processed": 300, "stage": "load", "state": {"rows": 1200}})
+        checkpoint,
+        [
+            &json!(300),
+            &json!(300),
+            &json!("load"),
+            &json!({"rows": 1200})
+        ]
     );
     let history = detail["history"].as_array().unwrap();
     let seqs: Vec<u64> = history.iter().map(|h| h["seq"].as_u64().unwrap()).collect();
@@ -325,8 +331,9 @@ fn api_lists_jobs_and_shows_one_with_history_and_failures() {
     let path = format!("/api/jobs/{}", encode(items));
     assert_eq!(path, "/api/jobs/batch%2F2026%20run");
     let detail = server.get(&path).expect(200);
-    assert_eq!(detail["name"], items);
-    assert_eq!(detail["checkpoint"], Value::Null);
+    assert_eq!(detail["job"], items);
+    assert_eq!(detail["checkpoint_at"], Value::Null);
+    assert_eq!(detail["cursor"], Value::Null);
     assert_eq!(detail["history"], json!([]));
     let dead: Vec<(&str, &str)> = detail["dead_items"]
         .as_array()
@@ -626,9 +633,9 @@ fn serve_on_postgres_then_healthz_503_when_the_store_fails() {
     assert_eq!((ok.status, ok.body.as_str()), (200, "ok\n"));
     assert!(ok.content_type.starts_with("text/plain"));
     let jobs = server.get("/api/jobs").expect(200);
-    assert_eq!(jobs[0]["name"], "J");
+    assert_eq!(jobs[0]["job"], "J");
     assert_eq!(jobs[0]["items"]["dead"], 1);
-    assert_eq!(jobs[1]["name"], "export");
+    assert_eq!(jobs[1]["job"], "export");
     assert_eq!(jobs[1]["saves"], 1);
     let detail = server.get("/api/jobs/J").expect(200);
     assert_eq!(detail["dead_items"][0]["key"], "bad");

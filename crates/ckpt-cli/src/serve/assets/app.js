@@ -69,9 +69,11 @@
     return `${(perSecond * 60).toFixed(1)}/min`;
   }
 
-  function fmtTime(millis) {
-    if (millis === null || millis === undefined) return '—';
-    return new Date(millis).toLocaleString();
+  // Times arrive as RFC 3339 strings (`2026-11-30T10:49:23.123Z`) or null.
+  function fmtTime(rfc3339) {
+    if (rfc3339 === null || rfc3339 === undefined) return '—';
+    const date = new Date(rfc3339);
+    return isNaN(date.getTime()) ? rfc3339 : date.toLocaleString();
   }
 
   function fmtJson(value) {
@@ -80,14 +82,10 @@
 
   // ----- progress, rate and ETA -----
 
-  function total(items) {
-    return items.pending + items.running + items.completed + items.failed + items.dead;
-  }
-
   // Item jobs: completed of all items; cursor jobs: items processed.
   function progressOf(job) {
     const c = job.items;
-    const all = total(c);
+    const all = c.total;
     if (all > 0) {
       return {
         kind: 'items',
@@ -103,19 +101,19 @@
   function record(job) {
     const now = Date.now();
     const done = progressOf(job).done;
-    let list = samples.get(job.name) || [];
+    let list = samples.get(job.job) || [];
     // Work went backwards (a retry, a reset): measure afresh.
     if (list.length && done < list[list.length - 1].done) list = [];
     list.push({ t: now, done });
     while (list.length > 2 && now - list[0].t > RATE_WINDOW_MS) list.shift();
-    samples.set(job.name, list);
+    samples.set(job.job, list);
   }
 
   // Items per second over the window; null before two polls, or when the
   // job is not running.
   function rateOf(job) {
     if (job.status !== 'running') return null;
-    const list = samples.get(job.name) || [];
+    const list = samples.get(job.job) || [];
     if (list.length < 2) return null;
     const first = list[0];
     const last = list[list.length - 1];
@@ -207,8 +205,8 @@
   function renderJobs(jobs) {
     const rows = jobs.map((job) => {
       record(job);
-      const row = el('tr', { 'data-job': job.name, class: isStale(job) ? 'stale' : '' },
-        el('td', {}, el('a', { href: jobHref(job.name) }, job.name)),
+      const row = el('tr', { 'data-job': job.job, class: isStale(job) ? 'stale' : '' },
+        el('td', {}, el('a', { href: jobHref(job.job) }, job.job)),
         el('td', {}, statusBadge(job.status)),
         progressCell(job),
         el('td', { class: 'num rate' }, fmtRate(rateOf(job))),
@@ -219,7 +217,7 @@
       );
       row.addEventListener('click', (event) => {
         if (event.target.closest('a')) return;
-        location.hash = jobHref(job.name);
+        location.hash = jobHref(job.job);
       });
       return row;
     });
@@ -233,8 +231,8 @@
   function renderJob(job) {
     record(job);
     current = job;
-    document.title = `${job.name} · ckpt`;
-    $('job-name').textContent = job.name;
+    document.title = `${job.job} · ckpt`;
+    $('job-name').textContent = job.job;
     const status = $('job-status');
     status.textContent = job.status;
     status.className = `badge status-${job.status}`;
@@ -269,7 +267,7 @@
       ['History entries', fmtInt(job.history_len)],
       ['State size', fmtBytes(job.state_bytes)],
       ['Owner', job.owner || '—'],
-      ['Lease expires', fmtTime(job.lease_expires)],
+      ['Lease expires', fmtTime(job.lease_expires_at)],
       ['Attempts', fmtInt(job.attempts)],
       ['Created', fmtTime(job.created_at)],
       ['Updated', fmtTime(job.updated_at)],
@@ -283,7 +281,7 @@
     }
 
     renderItems('dead-items', 'no-dead', job.dead_items, (item) => fmtTime(item.finished_at));
-    renderItems('failed-items', 'no-failed', job.failed_items, (item) => fmtTime(item.ready_at));
+    renderItems('failed-items', 'no-failed', job.failed_items, (item) => fmtTime(item.retry_at));
     if (job.items.dead > job.dead_items.length) {
       $('no-dead').textContent = `… and ${fmtInt(job.items.dead - job.dead_items.length)} more dead items.`;
       show($('no-dead'), true);
@@ -293,11 +291,10 @@
     updateButtons();
 
     const cp = $('checkpoint');
-    if (job.checkpoint) {
-      const state = job.checkpoint.state === null || job.checkpoint.state === undefined
-        ? 'none' : fmtJson(job.checkpoint.state);
+    if (job.checkpoint_at !== null) {
+      const state = job.state === null || job.state === undefined ? 'none' : fmtJson(job.state);
       cp.replaceChildren(
-        el('h3', {}, 'Cursor'), el('pre', { id: 'cursor' }, fmtJson(job.checkpoint.cursor)),
+        el('h3', {}, 'Cursor'), el('pre', { id: 'cursor' }, fmtJson(job.cursor)),
         el('h3', {}, 'State'),
         el('pre', { id: 'state' }, state.length > STATE_SHOWN
           ? `${state.slice(0, STATE_SHOWN)}\n… (${fmtBytes(job.state_bytes)} in all)` : state));
@@ -307,7 +304,7 @@
 
     $('history').tBodies[0].replaceChildren(...job.history.map((h) => el('tr', {},
       el('td', { class: 'num' }, fmtInt(h.seq)),
-      el('td', {}, fmtTime(h.at)),
+      el('td', {}, fmtTime(h.saved_at)),
       el('td', { class: 'num' }, fmtInt(h.items_processed)),
       el('td', {}, el('code', {}, JSON.stringify(h.cursor))))));
     show($('history'), job.history.length > 0);
@@ -359,7 +356,7 @@
 
   async function retry(status) {
     if (!current) return;
-    const name = current.name;
+    const name = current.job;
     const token = $('token').value.trim();
     const headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
     if (token) headers.Authorization = `Bearer ${token}`;
