@@ -4,6 +4,7 @@
 mod cli;
 mod cmd;
 mod exit;
+mod exporter;
 mod output;
 mod progress;
 mod serve;

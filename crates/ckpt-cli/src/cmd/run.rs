@@ -37,7 +37,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     let items = ItemsFile::open(args.items.as_deref())?;
     items.check()?;
     if let Some(addr) = &args.metrics_listen {
-        let bound = crate::serve::metrics::spawn_metrics_listener(addr)?;
+        let bound = crate::exporter::spawn_metrics_listener(addr)?;
         tracing::info!("serving this run's metrics on http://{bound}/metrics");
     }
     let started = Instant::now();

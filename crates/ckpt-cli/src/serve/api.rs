@@ -20,8 +20,8 @@
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
 use ckpt::inspect;
 use ckpt::json::ItemJson;
@@ -29,6 +29,7 @@ use ckpt::ItemStatus;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Authorized;
+use super::error::{no_store, ApiError};
 use super::{AppState, STORE_TIMEOUT};
 
 /// History entries in a job's detail.
@@ -39,77 +40,6 @@ pub const FAILURES_SHOWN: usize = 100;
 const DEFAULT_ITEMS: usize = 100;
 /// The largest `limit` accepted.
 const MAX_ITEMS: usize = 10_000;
-
-/// An error answered as `{"error": message}`.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
-    }
-
-    pub fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
-    }
-}
-
-impl From<ckpt::Error> for ApiError {
-    /// The library's messages never hold a store password.
-    fn from(err: ckpt::Error) -> ApiError {
-        use ckpt::Error as E;
-        let status = match &err {
-            E::NotFound(_) => StatusCode::NOT_FOUND,
-            E::InvalidInput(_) | E::LimitExceeded { .. } => StatusCode::BAD_REQUEST,
-            E::Fenced(_) => StatusCode::CONFLICT,
-            // Busy here means the store is locked by a writer: try again.
-            E::Busy(_) | E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, err.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::warn!(status = self.status.as_u16(), "{}", self.message);
-        }
-        let mut response = no_store(
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        );
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
-    }
-}
-
-/// A response that is never cached: job data changes all the time.
-fn no_store(status: StatusCode, body: impl IntoResponse) -> Response {
-    let mut response = (status, body).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
 
 fn ok(body: impl Serialize) -> Response {
     no_store(StatusCode::OK, Json(body))

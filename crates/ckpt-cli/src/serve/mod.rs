@@ -15,7 +15,8 @@
 mod api;
 mod assets;
 mod auth;
-pub mod metrics;
+mod error;
+mod metrics;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use ckpt::Ckpt;
 
 use crate::cli::ServeArgs;
 use crate::exit::Usage;
+use error::ApiError;
 
 /// How long `/healthz` waits for the store.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,7 +53,7 @@ pub struct AppState {
 impl AppState {
     /// Runs `f` with the store on the blocking pool, giving up after
     /// `timeout` (the call itself then finishes in the background).
-    async fn blocking<T, F>(&self, timeout: Duration, f: F) -> Result<T, api::ApiError>
+    async fn blocking<T, F>(&self, timeout: Duration, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&Ckpt) -> ckpt::Result<T> + Send + 'static,
@@ -59,11 +61,9 @@ impl AppState {
         let ckpt = self.ckpt.clone();
         let task = tokio::task::spawn_blocking(move || f(&ckpt));
         match tokio::time::timeout(timeout, task).await {
-            Ok(Ok(result)) => result.map_err(api::ApiError::from),
-            Ok(Err(join)) => Err(api::ApiError::internal(format!(
-                "the store call failed: {join}"
-            ))),
-            Err(_) => Err(api::ApiError::unavailable(format!(
+            Ok(Ok(result)) => result.map_err(ApiError::from),
+            Ok(Err(join)) => Err(ApiError::internal(format!("the store call failed: {join}"))),
+            Err(_) => Err(ApiError::unavailable(format!(
                 "the store did not answer within {}s",
                 timeout.as_secs()
             ))),
@@ -87,8 +87,8 @@ pub fn serve(url: &str, args: ServeArgs) -> Result<ExitCode> {
     };
     // Read-only at start, like the other read commands: a missing store is
     // an error (exit 3) rather than a new empty one.
-    let ckpt = crate::cmd::open(url, OpenMode::MustExist)?;
-    let handle = metrics::install_recorder()?;
+    let ckpt = Ckpt::new(ckpt::store::open(url, OpenMode::MustExist)?);
+    let handle = crate::exporter::install_recorder()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ckpt-serve")
@@ -130,7 +130,7 @@ async fn run(listen: &str, state: AppState) -> Result<()> {
             "listening on {addr}, not on loopback: anyone who can reach it can read every job (plain HTTP, no TLS)"
         );
     }
-    metrics::spawn_upkeep(state.metrics.clone());
+    crate::exporter::spawn_upkeep(state.metrics.clone());
     let app = router(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -212,7 +212,7 @@ async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) ->
 
 async fn not_found(uri: axum::http::Uri) -> Response {
     if uri.path().starts_with("/api/") {
-        api::ApiError::new(
+        ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no such endpoint: {}", uri.path()),
         )

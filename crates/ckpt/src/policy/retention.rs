@@ -60,7 +60,10 @@ pub fn plan<'a>(
     now: Timestamp,
     older_than: Duration,
 ) -> PrunePlan {
-    let cutoff = Timestamp(now.0.saturating_sub(crate::time::duration_millis(older_than)));
+    let cutoff = Timestamp(
+        now.0
+            .saturating_sub(crate::time::duration_millis(older_than)),
+    );
     let mut plan = PrunePlan {
         cutoff,
         delete: Vec::new(),
@@ -126,7 +129,13 @@ mod tests {
         let failed = job("failed", JobStatus::Failed, None);
         let running = job("running", JobStatus::Running, None);
         let dead_item = job("dead-item", JobStatus::Completed, Some(30));
-        let counts = [done(3), done(1), done(0), done(0), ItemCounts { dead: 1, ..done(2) }];
+        let counts = [
+            done(3),
+            done(1),
+            done(0),
+            done(0),
+            ItemCounts { dead: 1, ..done(2) },
+        ];
         let jobs = [&old, &recent, &failed, &running, &dead_item];
         let plan = plan(jobs.into_iter().zip(counts.iter()), NOW, week);
         assert_eq!(plan.cutoff, Timestamp(NOW.0 - 7 * DAY));

@@ -131,7 +131,12 @@ impl Queue {
 
     /// Emits the event and metrics of `verdict` having been applied (`Ok`)
     /// or refused (`Err`) for `attempt`; says what it was.
-    pub(super) fn record(&self, attempt: &Attempt, verdict: Verdict, result: Result<()>) -> Settled {
+    pub(super) fn record(
+        &self,
+        attempt: &Attempt,
+        verdict: Verdict,
+        result: Result<()>,
+    ) -> Settled {
         let job = self.job.as_str();
         let key = attempt.item.key.as_str();
         let n = attempt.item.attempt;
@@ -160,12 +165,27 @@ impl Queue {
                 ran("failed");
                 let max = self.options.retry.max_attempts;
                 let retry_in = at.since(self.ckpt.now());
-                tracing::warn!(event = "item_failed", job, key, attempt = n, max_attempts = max, retry_in_ms = retry_in.as_millis() as u64, "item failed: {error}; retrying in {:.1}s", retry_in.as_secs_f64());
+                tracing::warn!(
+                    event = "item_failed",
+                    job,
+                    key,
+                    attempt = n,
+                    max_attempts = max,
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "item failed: {error}; retrying in {:.1}s",
+                    retry_in.as_secs_f64()
+                );
                 Settled::Retrying(at)
             }
             Verdict::Dead(error) => {
                 ran("dead");
-                tracing::error!(event = "item_dead", job, key, attempt = n, "item failed: {error}; no attempts left, moved to the dead-letter list");
+                tracing::error!(
+                    event = "item_dead",
+                    job,
+                    key,
+                    attempt = n,
+                    "item failed: {error}; no attempts left, moved to the dead-letter list"
+                );
                 Settled::Dead
             }
             Verdict::Release => {
@@ -175,9 +195,24 @@ impl Queue {
                 };
                 if attempt.ran_for.is_some() {
                     ran("interrupted");
-                    tracing::info!(event = "item_released", job, key, attempt = n, started = true, duration_ms, "item interrupted ({why}); back to pending, attempt not counted");
+                    tracing::info!(
+                        event = "item_released",
+                        job,
+                        key,
+                        attempt = n,
+                        started = true,
+                        duration_ms,
+                        "item interrupted ({why}); back to pending, attempt not counted"
+                    );
                 } else {
-                    tracing::debug!(event = "item_released", job, key, attempt = n, started = false, "item given back unstarted");
+                    tracing::debug!(
+                        event = "item_released",
+                        job,
+                        key,
+                        attempt = n,
+                        started = false,
+                        "item given back unstarted"
+                    );
                 }
                 Settled::Released
             }

@@ -29,8 +29,8 @@
 
 use serde_json::Value;
 
-use crate::model::{ItemLease, ItemStatus};
 use crate::model::ItemChange;
+use crate::model::{ItemLease, ItemStatus};
 use crate::time::Timestamp;
 
 /// The ready time of a pending item: earlier than any lease or retry time,
@@ -82,7 +82,13 @@ impl ItemState {
     /// True if and only if `owner` may claim this item at `now`: see
     /// [`claimable`].
     pub fn claimable_by(&self, owner: &str, now: Timestamp) -> bool {
-        claimable(self.status, self.ready_at, self.owner.as_deref(), owner, now)
+        claimable(
+            self.status,
+            self.ready_at,
+            self.owner.as_deref(),
+            owner,
+            now,
+        )
     }
 
     /// The fence of every update: true if and only if the item is running
@@ -154,8 +160,7 @@ pub fn claimable(
     claimer: &str,
     now: Timestamp,
 ) -> bool {
-    ready_at.is_some_and(|t| t <= now)
-        && !(status == ItemStatus::Running && owner == Some(claimer))
+    ready_at.is_some_and(|t| t <= now) && !(status == ItemStatus::Running && owner == Some(claimer))
 }
 
 /// The ready time of a running item whose owner is gone, expired at `now`:
@@ -350,7 +355,10 @@ mod tests {
         assert_eq!(s.ready_at, Some(LATER));
         assert_eq!(s.started_at, Some(NOW));
         assert_eq!(shown_ready_at(s.status, s.ready_at), Some(LATER));
-        assert!(!s.holds(&lease("a", 2)), "an older or newer token is fenced");
+        assert!(
+            !s.holds(&lease("a", 2)),
+            "an older or newer token is fenced"
+        );
         assert!(!s.holds(&lease("b", 1)), "another owner is fenced");
     }
 
@@ -387,7 +395,10 @@ mod tests {
     fn heartbeat_and_cursor_renew_the_lease() {
         let until = Timestamp(LATER.0 + 5);
         let s = after(ItemChange::Heartbeat { lease_until: until });
-        assert_eq!((s.status, s.ready_at, s.attempts), (ItemStatus::Running, Some(until), 1));
+        assert_eq!(
+            (s.status, s.ready_at, s.attempts),
+            (ItemStatus::Running, Some(until), 1)
+        );
         let s = after(ItemChange::Cursor {
             cursor: json!({"page": 3}),
             lease_until: until,
@@ -457,7 +468,11 @@ mod tests {
         assert_eq!(s.status, ItemStatus::Pending);
         assert_eq!(s.ready_at, Some(PENDING_READY_AT));
         assert_eq!((s.attempts, s.claims), (0, 1));
-        assert_eq!(s.cursor, Some(json!(7)), "the cursor is kept for the next attempt");
+        assert_eq!(
+            s.cursor,
+            Some(json!(7)),
+            "the cursor is kept for the next attempt"
+        );
         assert!(s.claimable_by("a", NOW));
         // Never below zero, even if a store held no attempt.
         let mut zero = ItemState::enqueued();
@@ -477,6 +492,10 @@ mod tests {
         assert_eq!(early.ready_at, Some(Timestamp(5)));
         let mut pending = ItemState::enqueued();
         pending.expire(NOW);
-        assert_eq!(pending.ready_at, Some(PENDING_READY_AT), "only running items expire");
+        assert_eq!(
+            pending.ready_at,
+            Some(PENDING_READY_AT),
+            "only running items expire"
+        );
     }
 }

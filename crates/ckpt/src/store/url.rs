@@ -1,7 +1,6 @@
 //! Store URL helpers shared by the backends: query strings, and keeping
 //! passwords out of messages. Opening a store from its URL is `open`'s.
 
-
 /// Whether opening may create a store that does not exist yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {

@@ -191,6 +191,11 @@ fn prune_plan_agrees_with_delete_job(store: Option<Fixture>) {
         }
     }
     assert_eq!(deleted, planned, "the store deletes exactly the plan");
-    let left: Vec<String> = store.list_jobs().unwrap().into_iter().map(|j| j.name).collect();
+    let left: Vec<String> = store
+        .list_jobs()
+        .unwrap()
+        .into_iter()
+        .map(|j| j.name)
+        .collect();
     assert_eq!(left, ["failed", "held", "recent", "running"]);
 }

@@ -12,12 +12,14 @@ use serde_json::json;
 
 use crate::conformance::{queue_options, T0};
 
+/// Inserts one row into the sink, in the store's open transaction.
+type Insert<S> = Box<dyn for<'t> Fn(&mut <S as SharedTx>::Tx<'t>, &str) -> ckpt::Result<()>>;
+
 /// A sink table in the store's own database, written in the store's
 /// transactions through the library's generic [`SharedTx`] API.
 struct Sink<S: SharedTx> {
     store: Arc<S>,
-    /// Inserts one row in the open transaction.
-    insert: Box<dyn for<'t> Fn(&mut S::Tx<'t>, &str) -> ckpt::Result<()>>,
+    insert: Insert<S>,
     /// Every row of the sink, sorted.
     rows: Box<dyn Fn() -> Vec<String>>,
 }
@@ -31,7 +33,13 @@ impl<S: SharedTx + 'static> Sink<S> {
 
     /// Saves `cp` and, in the same transaction, inserts `row`; then fails
     /// the transaction (before its commit) when `crash` is set.
-    fn save(&self, job: &mut ckpt::Job, cp: Checkpoint, row: &str, crash: bool) -> ckpt::Result<()> {
+    fn save(
+        &self,
+        job: &mut ckpt::Job,
+        cp: Checkpoint,
+        row: &str,
+        crash: bool,
+    ) -> ckpt::Result<()> {
         job.checkpoint_with(&*self.store, cp, |tx| {
             (self.insert)(tx, row)?;
             crash_if(crash)

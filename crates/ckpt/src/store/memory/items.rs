@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use super::{ItemRow, MemoryStore};
 use crate::error::{Error, Result};
 use crate::model::{
-    ClaimedItem, EnqueueReport, ItemCounts, ItemId, ItemLease, ItemRecord, ItemStatus,
-    ItemUpdate, JobStatus,
+    ClaimedItem, EnqueueReport, ItemCounts, ItemId, ItemLease, ItemRecord, ItemStatus, ItemUpdate,
+    JobStatus,
 };
 use crate::store::machine::{Claim, ItemPatch, ItemState};
 use crate::store::rules::fenced_item;

@@ -8,8 +8,8 @@ use serde_json::Value;
 use tokio_postgres::types::ToSql;
 
 use super::conn::{in_tx, pg_err, Cached};
-use super::patch::{apply_update, fenced_or_fail, update_batch};
 use super::jobs::{ensure_job, job_id, LIVE_LOCK};
+use super::patch::{apply_update, fenced_or_fail, update_batch};
 use super::rows::{item_from_row, status, ts, ITEM_COLUMNS};
 use super::PgStore;
 use crate::error::{Error, Result};

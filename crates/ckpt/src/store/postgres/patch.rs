@@ -142,4 +142,3 @@ pub(super) async fn update_batch(
     }
     Ok(results)
 }
-

@@ -320,9 +320,6 @@ impl RedisStore {
     fn describe_store(&self) -> String {
         format!("{} (prefix {})", self.url, self.prefix)
     }
-
-
-
 }
 
 impl Store for RedisStore {

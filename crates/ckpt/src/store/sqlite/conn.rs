@@ -147,4 +147,3 @@ pub(crate) fn sql_err(e: rusqlite::Error) -> Error {
     }
     Error::Storage(e.to_string())
 }
-
