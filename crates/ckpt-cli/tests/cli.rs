@@ -39,6 +39,8 @@ mod retry;
 mod run;
 #[path = "cli/serve.rs"]
 mod serve;
+#[path = "cli/server.rs"]
+mod server;
 #[path = "cli/signals.rs"]
 mod signals;
 #[path = "cli/vocabulary.rs"]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ckpt::{Ckpt, NewItem};
 use serde_json::{json, Value};
 
-use crate::serve::{cursor_job, items_job, stale_job, Server};
+use crate::server::{cursor_job, items_job, stale_job, Server};
 use crate::util::{item_counts, Sandbox};
 
 const CHROMIUM: &str = "/usr/bin/chromium";

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use ckpt::Ckpt;
 
-use crate::serve::{agent, cursor_job, http, items_job, stale_job, Server};
+use crate::server::{agent, cursor_job, http, items_job, stale_job, Server};
 use crate::util::{item_counts, wait_until, Sandbox};
 
 // ----- metrics -----

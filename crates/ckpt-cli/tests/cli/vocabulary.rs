@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use ckpt::{Checkpoint, CheckpointPolicy, Ckpt, JobOptions, NewItem, QueueOptions, RetryPolicy};
 use serde_json::{json, Value};
 
-use crate::serve::Server;
+use crate::server::Server;
 use crate::util::Sandbox;
 
 /// Keys whose values are the user's own JSON, not ckpt's vocabulary.
