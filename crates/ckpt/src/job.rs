@@ -201,7 +201,7 @@ impl Job {
     /// checkpoint or the checkpoint without the writes (exactly-once for a
     /// sink in the same database). `f` runs first, on the store's
     /// [`SharedTx::Tx`] (a `rusqlite::Transaction` for SQLite, a
-    /// [`PgTx`](crate::store::PgTx) for PostgreSQL); if the lease was lost,
+    /// `PgTx` for PostgreSQL); if the lease was lost,
     /// the transaction rolls back, the caller's writes with it, and the
     /// result is [`Error::Fenced`]. Always persists, whatever the policy.
     pub fn checkpoint_with<S: SharedTx, T>(

@@ -16,6 +16,27 @@
 //! The JSON documents that the `ckpt` command and its HTTP API print are
 //! the stable, documented types of [`json`].
 //!
+//! # Architecture
+//!
+//! Dependencies point one way, down this list (no module imports one
+//! above it; `.ci/module-cycles.py` checks that there are no cycles):
+//!
+//! - [`Job`] (cursor pattern) and [`Runner`] → [`Queue`] (claim pattern):
+//!   what a worker does. The runner's coordinator talks only to its queue;
+//!   the queue turns outcomes into fenced changes and emits their events
+//!   and metrics, once ([`Queue::settle`]).
+//! - [`Ckpt`]: a store with the clock, worker identity and limits that jobs
+//!   and queues share (`Ckpt::job` and `Ckpt::queue` are written beside
+//!   `Job` and `Queue`, so `Ckpt` knows neither).
+//! - [`policy`]: pure decisions from their inputs and `now`: retry backoff,
+//!   checkpoint interval, retention.
+//! - [`store`]: the storage contract ([`JobStore`], [`ItemStore`], the
+//!   capability traits), the item state machine (`store::machine`) and the
+//!   backends, which differ only in dialect.
+//! - [`model`], [`time`](Timestamp), [`Error`]: the records, timestamps and
+//!   errors everything shares. [`inspect`] and [`json`] are read-only views
+//!   for operators and `--json`.
+//!
 //! ```
 //! use ckpt::{Ckpt, JobOptions, CheckpointPolicy};
 //!

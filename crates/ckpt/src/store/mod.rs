@@ -2,7 +2,7 @@
 //!
 //! # Architecture
 //!
-//! - [`contract`](self#traits): the traits every backend implements, each
+//! - `contract`: the traits every backend implements, each
 //!   method's atomicity and fencing written where it is declared.
 //!   [`JobStore`] (leases and checkpoints) and [`ItemStore`] (work items)
 //!   are cut along the seam between the cursor and the claim patterns;

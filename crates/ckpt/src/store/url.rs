@@ -7,7 +7,7 @@ pub enum OpenMode {
     /// Create the store if missing (commands that write: `ckpt run`,
     /// `ckpt checkpoint set`).
     CreateIfMissing,
-    /// Fail with [`Error::NotFound`] if missing (commands that only read).
+    /// Fail with [`Error::NotFound`](crate::Error::NotFound) if missing (commands that only read).
     MustExist,
 }
 
