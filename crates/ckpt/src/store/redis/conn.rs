@@ -4,7 +4,7 @@
 
 use ::redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 
-use super::decode::{int, tagged};
+use super::rows::{int, tagged};
 use super::scripts::Lua;
 use super::RedisStore;
 use crate::error::{Error, Result};

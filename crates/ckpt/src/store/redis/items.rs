@@ -4,7 +4,7 @@
 use redis::Value;
 
 use super::conn::{count_arg, to_json, unexpected};
-use super::decode::{
+use super::rows::{
     int, item_id, item_record, opt_arg, opt_value, split_item_id, string, tagged, text,
 };
 use super::scripts;

@@ -3,7 +3,7 @@
 use redis::Value;
 
 use super::conn::{count_arg, to_json, unexpected};
-use super::decode::{int, job_record, opt_arg, string, tagged, text};
+use super::rows::{int, job_record, opt_arg, string, tagged, text};
 use super::scripts::{self, Lua};
 use super::RedisStore;
 use crate::error::{Error, Result};

@@ -47,9 +47,10 @@
 //! unfinished.
 
 mod conn;
-mod decode;
 mod items;
 mod jobs;
+mod rows;
+mod schema;
 mod scripts;
 #[cfg(test)]
 mod tests;
@@ -261,60 +262,6 @@ impl RedisStore {
             result.and(deleted).map(|()| rate)
         })
         .map_err(|e| redis_err(e, &self.url))
-    }
-
-    fn check_schema(&self, mode: OpenMode) -> Result<()> {
-        let create = if mode == OpenMode::CreateIfMissing {
-            "1"
-        } else {
-            "0"
-        };
-        let reply = self.call(
-            &scripts::OPEN,
-            vec![create.to_string(), Self::SCHEMA_VERSION.to_string()],
-        )?;
-        let fields = decode::texts(&reply)?;
-        let meta = format!("{}:meta", self.prefix);
-        match fields.first().and_then(|t| t.as_deref()) {
-            Some("hash") => {}
-            Some("none") => {
-                return Err(Error::NotFound(format!(
-                    "no ckpt store with prefix \"{}\" at {}",
-                    self.prefix, self.url
-                )))
-            }
-            other => {
-                return Err(Error::NotAStore(format!(
-                    "key \"{meta}\" at {} is a {}, not a ckpt store's metadata; it was left untouched (choose another prefix with ?prefix=NAME)",
-                    self.url,
-                    other.unwrap_or("?")
-                )))
-            }
-        }
-        if fields.get(1).and_then(|a| a.as_deref()) != Some("ckpt") {
-            return Err(Error::NotAStore(format!(
-                "key \"{meta}\" at {} belongs to another application, not ckpt; it was left untouched (choose another prefix with ?prefix=NAME)",
-                self.url
-            )));
-        }
-        let version = fields
-            .get(2)
-            .and_then(|v| v.as_deref())
-            .and_then(|v| v.parse::<i64>().ok())
-            .ok_or_else(|| {
-                Error::NotAStore(format!(
-                    "key \"{meta}\" at {} has no valid schema_version",
-                    self.url
-                ))
-            })?;
-        if version > Self::SCHEMA_VERSION {
-            return Err(Error::SchemaTooNew {
-                store: self.describe_store(),
-                found: version,
-                supported: Self::SCHEMA_VERSION,
-            });
-        }
-        Ok(())
     }
 
     fn describe_store(&self) -> String {
