@@ -45,3 +45,5 @@ mod server;
 mod signals;
 #[path = "cli/vocabulary.rs"]
 mod vocabulary;
+#[path = "cli/webdriver.rs"]
+mod webdriver;

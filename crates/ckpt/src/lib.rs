@@ -18,24 +18,26 @@
 //!
 //! # Architecture
 //!
-//! Dependencies point one way, down this list (no module imports one
-//! above it; `.ci/module-cycles.py` checks that there are no cycles):
+//! No two modules import each other, directly or through others
+//! (`.ci/module-cycles.py` checks it in CI). From the top:
 //!
-//! - [`Job`] (cursor pattern) and [`Runner`] → [`Queue`] (claim pattern):
-//!   what a worker does. The runner's coordinator talks only to its queue;
-//!   the queue turns outcomes into fenced changes and emits their events
-//!   and metrics, once ([`Queue::settle`]).
+//! - [`Runner`] runs a handler over a [`Queue`]'s items (the claim pattern);
+//!   its coordinator talks only to the queue, which turns outcomes into
+//!   fenced changes and emits their events and metrics, once
+//!   ([`Queue::settle`]). [`Job`] is the cursor pattern.
 //! - [`Ckpt`]: a store with the clock, worker identity and limits that jobs
 //!   and queues share (`Ckpt::job` and `Ckpt::queue` are written beside
 //!   `Job` and `Queue`, so `Ckpt` knows neither).
-//! - [`policy`]: pure decisions from their inputs and `now`: retry backoff,
-//!   checkpoint interval, retention.
+//! - [`inspect`] and [`json`]: read-only views over a store, for operators
+//!   and `--json`.
 //! - [`store`]: the storage contract ([`JobStore`], [`ItemStore`], the
 //!   capability traits), the item state machine (`store::machine`) and the
 //!   backends, which differ only in dialect.
-//! - [`model`], [`time`](Timestamp), [`Error`]: the records, timestamps and
-//!   errors everything shares. [`inspect`] and [`json`] are read-only views
-//!   for operators and `--json`.
+//! - [`policy`]: pure decisions from their inputs and `now` (retry backoff,
+//!   checkpoint interval, retention; the stores apply retention's rule when
+//!   they delete).
+//! - [`model`], [`Timestamp`] and [`Clock`], [`Error`]: the records, time
+//!   and errors everything shares.
 //!
 //! ```
 //! use ckpt::{Ckpt, JobOptions, CheckpointPolicy};

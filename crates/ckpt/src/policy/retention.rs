@@ -5,7 +5,10 @@
 //! `ckpt prune` executes. Each store's
 //! [`delete_job`](crate::store::JobStore::delete_job) applies the same rule
 //! again, in the transaction that deletes, so a job that changed since the
-//! listing (reopened by an enqueue, taken up by a worker) is spared.
+//! listing (reopened by an enqueue, taken up by a worker) is spared. The
+//! memory, SQLite and PostgreSQL stores call [`deletable`]; Redis restates
+//! it in its `delete_job` script (it must decide inside the script), and a
+//! conformance test holds every store to the plan.
 
 use std::time::Duration;
 

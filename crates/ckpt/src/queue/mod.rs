@@ -165,10 +165,12 @@ impl Queue {
     /// once, and the attempt its claim counted taken back (for a worker
     /// that stops before it could finish the item). Fenced.
     pub fn release(&self, item: &ClaimedItem) -> Result<()> {
-        match self.settle_one(item, Outcome::Interrupted("given back".into()))? {
-            Settled::Lost(e) => Err(e),
-            _ => Ok(()),
-        }
+        // Not an outcome to record (the caller may or may not have started
+        // the item): the change alone, as the runner's stop does it.
+        self.apply_one(ItemUpdate {
+            lease: item.lease.clone(),
+            change: ItemChange::Release,
+        })
     }
 
     /// Fails a claimed item: it is retried with backoff, or moved to the

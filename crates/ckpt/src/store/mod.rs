@@ -13,15 +13,19 @@
 //! - `machine`: the item state machine, pure: what claim, heartbeat,
 //!   cursor, complete, fail, release, takeover and redrive write, and the
 //!   claimable and fence predicates. Every backend applies or binds its
-//!   values; none restates them. `rules`: the job ownership rules and the
-//!   errors they produce.
-//! - The backends, each laid out the same way: `mod.rs` (the store type,
-//!   its options and how it connects), `schema.rs` (creating and
-//!   migrating), `rows.rs` (reading records), `jobs.rs` ([`JobStore`]),
-//!   `items.rs` ([`ItemStore`]), and `tx.rs` ([`SharedTx`]) where it has
-//!   one. [`MemoryStore`] (tests, development), [`SqliteStore`] (the
-//!   embedded default), `PgStore` (feature `postgres`) and `RedisStore`
-//!   (feature `redis`).
+//!   values; the predicates and the lease expiry are written in a backend
+//!   only as the `WHERE` clause or expression of its dialect. `rules`: the
+//!   job ownership rules and the errors they produce.
+//! - The backends, laid out alike: `mod.rs` (the store type, its options,
+//!   opening), `conn.rs` (connections, transactions, errors), `schema.rs`
+//!   (creating and migrating), `rows.rs` (reading records), `jobs.rs`
+//!   ([`JobStore`]), `items.rs` ([`ItemStore`]) and, where the store can
+//!   share its transactions, `tx.rs` ([`SharedTx`]); plus what a dialect
+//!   needs of its own (PostgreSQL: `patch.rs` for batched item changes,
+//!   `checkpoint.rs`, group commit, LISTEN/NOTIFY; Redis: the Lua
+//!   scripts). [`MemoryStore`] (tests, development: `mod`, `jobs`,
+//!   `items`), [`SqliteStore`] (the embedded default), `PgStore` (feature
+//!   `postgres`) and `RedisStore` (feature `redis`).
 //! - `open`: a store from its URL ([`open()`]); `url`: URL helpers
 //!   (redacting passwords, query strings), used by the backends.
 //! - [`FaultStore`] wraps any store and fails or "crashes" at a chosen
@@ -31,8 +35,9 @@
 //! [`Queue`](crate::Queue), [`Runner`](crate::Runner)) validate input and
 //! apply the policies; a store only stores, atomically and fenced.
 //!
-//! Adding a store means: its dialect (the six files above), its URL scheme
-//! in `open`, and one line in the conformance suite's list of stores.
+//! Adding a store means: its dialect (the files above), its URL scheme in
+//! `open`, and in the tests its fixture and one line in the conformance
+//! suite's `every_store` template.
 
 mod contract;
 mod fault;

@@ -13,6 +13,7 @@
 mod items;
 mod jobs;
 mod operator;
+mod runner;
 mod shutdown;
 
 use std::sync::Arc;

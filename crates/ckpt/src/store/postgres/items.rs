@@ -132,8 +132,8 @@ impl ItemStore for PgStore {
                            AND ready_at IS NOT NULL AND ready_at <= $2
                            AND NOT (status = 'running' AND owner = $4)
                          ORDER BY ready_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
-                     UPDATE items i SET status = $7, owner = $4, attempts = i.attempts + 1,
-                         claims = i.claims + 1, ready_at = $5, started_at = $2, owner_key = $6
+                     UPDATE items i SET status = $7, owner = $4, attempts = i.attempts + $8,
+                         claims = i.claims + $9, ready_at = $5, started_at = $2, owner_key = $6
                      FROM ready WHERE i.id = ready.id
                      RETURNING i.id, i.key, i.payload, i.cursor, i.attempts, i.claims,
                          ready.old_status, ready.old_owner, i.enqueued_at",
@@ -145,6 +145,8 @@ impl ItemStore for PgStore {
                         &claim.lease_until.0,
                         &key,
                         &Claim::STATUS.as_str(),
+                        &(Claim::ATTEMPTS_ADDED as i32),
+                        &(Claim::CLAIMS_ADDED as i64),
                     ],
                 )
                 .await

@@ -14,7 +14,7 @@ use crate::model::{
     ClaimedItem, EnqueueReport, ItemCounts, ItemLease, ItemRecord, ItemStatus, ItemUpdate,
     JobStatus, NewItem,
 };
-use crate::store::machine::{ItemPatch, Redrive};
+use crate::store::machine::{Claim, ItemPatch, Redrive};
 use crate::store::rules::fenced_item;
 use crate::store::{ItemStore, ItemStream};
 use crate::time::Timestamp;
@@ -111,14 +111,22 @@ impl ItemStore for RedisStore {
         if max == 0 {
             return Ok(Vec::new());
         }
+        let claim = Claim {
+            owner,
+            lease_until,
+            now,
+        };
         let reply = self.call(
             &scripts::CLAIM,
             vec![
                 job.to_string(),
-                owner.to_string(),
+                claim.owner.to_string(),
                 count_arg(max),
-                lease_until.0.to_string(),
-                now.0.to_string(),
+                claim.lease_until.0.to_string(),
+                claim.now.0.to_string(),
+                Claim::STATUS.as_str().to_string(),
+                Claim::ATTEMPTS_ADDED.to_string(),
+                Claim::CLAIMS_ADDED.to_string(),
             ],
         )?;
         let (tag, rest) = tagged(&reply)?;
@@ -129,11 +137,13 @@ impl ItemStore for RedisStore {
             return Ok(Vec::new());
         };
         let job_num = int(job_num)?;
-        if rest.len() % 8 != 0 {
+        if rest.len() % 9 != 0 {
             return Err(unexpected("a claim of odd length"));
         }
-        rest.chunks(8)
+        rest.chunks(9)
             .map(|c| {
+                let previous = ItemStatus::parse(&string(&c[6])?)
+                    .ok_or_else(|| unexpected("an item status"))?;
                 Ok(ClaimedItem {
                     lease: ItemLease {
                         id: item_id(job_num, int(&c[0])?)?,
@@ -146,8 +156,8 @@ impl ItemStore for RedisStore {
                     payload: opt_value("payload", &c[2])?,
                     cursor: opt_value("cursor", &c[3])?,
                     lease_expires: lease_until,
-                    taken_over_from: text(&c[6])?,
-                    enqueued_at: Timestamp(int(&c[7])?),
+                    taken_over_from: claim.taken_over_from(previous, text(&c[7])?.as_deref()),
+                    enqueued_at: Timestamp(int(&c[8])?),
                 })
             })
             .collect()

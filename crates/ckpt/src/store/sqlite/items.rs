@@ -143,11 +143,11 @@ impl ItemStore for SqliteStore {
                         lease: ItemLease {
                             id: r.get(0)?,
                             owner: owner.to_string(),
-                            token: r.get::<_, i64>(7)? as u64 + 1,
+                            token: r.get::<_, i64>(7)? as u64 + Claim::CLAIMS_ADDED,
                         },
                         job: job.to_string(),
                         key: r.get(1)?,
-                        attempt: r.get::<_, i64>(6)? as u32 + 1,
+                        attempt: r.get::<_, i64>(6)? as u32 + Claim::ATTEMPTS_ADDED,
                         payload: json_col(r, 2)?,
                         cursor: json_col(r, 3)?,
                         lease_expires: lease_until,
@@ -160,8 +160,8 @@ impl ItemStore for SqliteStore {
                 .map_err(sql_err)?;
             let mut update = tx
                 .prepare_cached(
-                    "UPDATE items SET status = ?2, owner = ?3, attempts = attempts + 1,
-                         claims = claims + 1, ready_at = ?4, started_at = ?5 WHERE id = ?1",
+                    "UPDATE items SET status = ?2, owner = ?3, attempts = attempts + ?6,
+                         claims = claims + ?7, ready_at = ?4, started_at = ?5 WHERE id = ?1",
                 )
                 .map_err(sql_err)?;
             for item in &claimed {
@@ -171,7 +171,9 @@ impl ItemStore for SqliteStore {
                         Claim::STATUS.as_str(),
                         claim.owner,
                         claim.lease_until.0,
-                        claim.now.0
+                        claim.now.0,
+                        Claim::ATTEMPTS_ADDED,
+                        Claim::CLAIMS_ADDED as i64,
                     ])
                     .map_err(sql_err)?;
             }

@@ -1,7 +1,10 @@
--- ARGV: name, owner, max (> 0), lease_until, now. Returns {'ok'} or
--- {'ok', job number, then per claimed item: seq, key, payload, cursor,
--- attempts, claims, previous owner if taken over, enqueued_at}.
+-- ARGV: name, owner, max (> 0), lease_until, now, then the claim's values
+-- as the item state machine gives them (its Claim): the new status and
+-- what the attempt and claim counts go up by. Returns {'ok'} or {'ok', job
+-- number, then per claimed item: seq, key, payload, cursor, attempts,
+-- claims, previous status, previous owner, enqueued_at}.
 local name, owner, max, until_, now = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local status, attempts_added, claims_added = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 local n = job_num(name)
 if not n then
   return {'ok'}
@@ -10,15 +13,12 @@ local out = {'ok', n}
 local claimed = 0
 
 local function take(seq, rec)
-  local previous = false
-  if rec.status == 'running' then
-    previous = rec.owner or false
-  end
-  move(n, seq, rec.status, 'running', until_)
-  rec.status = 'running'
+  local previous_status, previous_owner = rec.status, rec.owner or false
+  move(n, seq, rec.status, status, until_)
+  rec.status = status
   rec.owner = owner
-  rec.attempts = tostring(tonumber(rec.attempts) + 1)
-  rec.claims = tostring(tonumber(rec.claims) + 1)
+  rec.attempts = tostring(tonumber(rec.attempts) + attempts_added)
+  rec.claims = tostring(tonumber(rec.claims) + claims_added)
   rec.ready_at = until_
   rec.started_at = now
   put_item(n, seq, rec)
@@ -30,8 +30,9 @@ local function take(seq, rec)
   out[o + 4] = rec.cursor or false
   out[o + 5] = rec.attempts
   out[o + 6] = rec.claims
-  out[o + 7] = previous
-  out[o + 8] = rec.enqueued_at
+  out[o + 7] = previous_status
+  out[o + 8] = previous_owner
+  out[o + 9] = rec.enqueued_at
 end
 
 -- Pending items first (their ready time is 0), in enqueue order.

@@ -23,9 +23,10 @@
 //! [`ItemPatch`] (heartbeat, cursor, complete, fail, release), a
 //! [`Redrive`]. The memory store applies them to an [`ItemState`]; SQLite,
 //! PostgreSQL and the Redis scripts bind the same values into one fenced
-//! statement each, so a backend writes only its dialect. The predicates a
-//! backend writes as a `WHERE` clause ([`claimable`], [`ItemState::holds`])
-//! are here too, as the definition those clauses implement.
+//! statement (or script) each, so a backend writes only its dialect. The
+//! predicates and the expiry a backend writes as a `WHERE` clause or an
+//! expression ([`claimable`], [`ItemState::holds`], [`expired_ready_at`])
+//! are here too, as the definition those implement.
 
 use serde_json::Value;
 
@@ -103,9 +104,9 @@ impl ItemState {
     /// item was running under another owner whose lease had lapsed.
     pub fn claim(&mut self, claim: &Claim<'_>) -> Option<String> {
         let taken_over_from = claim.taken_over_from(self.status, self.owner.as_deref());
-        self.status = ItemStatus::Running;
-        self.attempts += 1;
-        self.claims += 1;
+        self.status = Claim::STATUS;
+        self.attempts += Claim::ATTEMPTS_ADDED;
+        self.claims += Claim::CLAIMS_ADDED;
         self.owner = Some(claim.owner.to_string());
         self.ready_at = Some(claim.lease_until);
         self.started_at = Some(claim.now);
@@ -181,7 +182,8 @@ pub fn shown_ready_at(status: ItemStatus, ready_at: Option<Timestamp>) -> Option
 
 /// What a claim writes: status running, `owner`, ready until
 /// `lease_until`, started `now`; the attempt count and the claim count
-/// (the new lease's fencing token) each go up by one.
+/// (the new lease's fencing token) each go up by one. Stores bind these
+/// values, the increments included, into their claim statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim<'a> {
     /// The claiming worker.
@@ -195,6 +197,10 @@ pub struct Claim<'a> {
 impl Claim<'_> {
     /// The status every claimed item gets.
     pub const STATUS: ItemStatus = ItemStatus::Running;
+    /// Attempts a claim counts (a release takes it back).
+    pub const ATTEMPTS_ADDED: u32 = 1;
+    /// What a claim adds to the claim count, the lease's fencing token.
+    pub const CLAIMS_ADDED: u64 = 1;
 
     /// Whom an item in `status` held by `owner` is taken over from: its
     /// owner if it was running (a lapsed lease), else nobody.
@@ -308,194 +314,4 @@ impl Redrive {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    const NOW: Timestamp = Timestamp(1_000_000);
-    const LATER: Timestamp = Timestamp(1_030_000);
-
-    fn lease(owner: &str, token: u64) -> ItemLease {
-        ItemLease {
-            id: 1,
-            owner: owner.into(),
-            token,
-        }
-    }
-
-    fn claimed(owner: &str) -> ItemState {
-        let mut s = ItemState::enqueued();
-        s.claim(&Claim {
-            owner,
-            lease_until: LATER,
-            now: NOW,
-        });
-        s
-    }
-
-    fn after(change: ItemChange) -> ItemState {
-        let mut s = claimed("a");
-        assert!(s.holds(&lease("a", 1)));
-        s.apply(&ItemPatch::new(&change, NOW));
-        s
-    }
-
-    #[test]
-    fn enqueued_items_are_claimable_at_once_by_anyone() {
-        let s = ItemState::enqueued();
-        assert!(s.claimable_by("a", Timestamp(0)));
-        assert_eq!(shown_ready_at(s.status, s.ready_at), None);
-    }
-
-    #[test]
-    fn a_claim_counts_an_attempt_and_a_new_fencing_token() {
-        let s = claimed("a");
-        assert_eq!(s.status, ItemStatus::Running);
-        assert_eq!((s.attempts, s.claims), (1, 1));
-        assert_eq!(s.ready_at, Some(LATER));
-        assert_eq!(s.started_at, Some(NOW));
-        assert_eq!(shown_ready_at(s.status, s.ready_at), Some(LATER));
-        assert!(
-            !s.holds(&lease("a", 2)),
-            "an older or newer token is fenced"
-        );
-        assert!(!s.holds(&lease("b", 1)), "another owner is fenced");
-    }
-
-    #[test]
-    fn a_running_item_is_taken_over_only_by_others_and_only_once_lapsed() {
-        let s = claimed("a");
-        assert!(!s.claimable_by("b", NOW), "the lease is live");
-        assert!(s.claimable_by("b", LATER), "lapsed: takeover");
-        assert!(!s.claimable_by("a", LATER), "never by its own owner");
-        let mut s = s;
-        let from = s.claim(&Claim {
-            owner: "b",
-            lease_until: Timestamp(LATER.0 + 10),
-            now: LATER,
-        });
-        assert_eq!(from.as_deref(), Some("a"));
-        assert_eq!((s.attempts, s.claims), (2, 2));
-        assert!(!s.holds(&lease("a", 1)), "the zombie is fenced");
-        assert!(s.holds(&lease("b", 2)));
-    }
-
-    #[test]
-    fn a_pending_or_failed_item_is_not_a_takeover() {
-        let claim = Claim {
-            owner: "b",
-            lease_until: LATER,
-            now: NOW,
-        };
-        assert_eq!(claim.taken_over_from(ItemStatus::Pending, None), None);
-        assert_eq!(claim.taken_over_from(ItemStatus::Failed, Some("a")), None);
-    }
-
-    #[test]
-    fn heartbeat_and_cursor_renew_the_lease() {
-        let until = Timestamp(LATER.0 + 5);
-        let s = after(ItemChange::Heartbeat { lease_until: until });
-        assert_eq!(
-            (s.status, s.ready_at, s.attempts),
-            (ItemStatus::Running, Some(until), 1)
-        );
-        let s = after(ItemChange::Cursor {
-            cursor: json!({"page": 3}),
-            lease_until: until,
-        });
-        assert_eq!(s.ready_at, Some(until));
-        assert_eq!(s.cursor, Some(json!({"page": 3})));
-        assert!(s.holds(&lease("a", 1)), "still held by the same lease");
-    }
-
-    #[test]
-    fn complete_finishes_with_stats() {
-        let s = after(ItemChange::Complete {
-            stats: Some(json!({"records": 9})),
-        });
-        assert_eq!(s.status, ItemStatus::Completed);
-        assert_eq!(s.ready_at, None);
-        assert_eq!(s.finished_at, Some(NOW));
-        assert_eq!(s.stats, Some(json!({"records": 9})));
-        assert!(!s.claimable_by("b", Timestamp(i64::MAX)));
-    }
-
-    #[test]
-    fn fail_with_a_retry_time_waits_for_it() {
-        let retry = Timestamp(NOW.0 + 10_000);
-        let s = after(ItemChange::Fail {
-            error: "boom".into(),
-            retry_at: Some(retry),
-        });
-        assert_eq!(s.status, ItemStatus::Failed);
-        assert_eq!(s.ready_at, Some(retry));
-        assert_eq!(s.last_error.as_deref(), Some("boom"));
-        assert_eq!(s.finished_at, None);
-        assert!(!s.claimable_by("a", NOW));
-        assert!(s.claimable_by("a", retry), "its own owner may retry it");
-        assert_eq!(shown_ready_at(s.status, s.ready_at), Some(retry));
-    }
-
-    #[test]
-    fn fail_without_a_retry_is_dead_and_redrive_revives_it() {
-        let mut s = after(ItemChange::Fail {
-            error: "boom".into(),
-            retry_at: None,
-        });
-        assert_eq!(s.status, ItemStatus::Dead);
-        assert_eq!((s.ready_at, s.finished_at), (None, Some(NOW)));
-        assert!(Redrive::applies_to(s.status));
-        s.redrive();
-        assert_eq!(s.status, ItemStatus::Pending);
-        assert_eq!((s.attempts, s.claims), (0, 1), "the token is never reset");
-        assert_eq!((s.ready_at, s.finished_at), (Some(PENDING_READY_AT), None));
-        assert_eq!(s.last_error.as_deref(), Some("boom"));
-        assert!(!Redrive::applies_to(ItemStatus::Running));
-        assert!(!Redrive::applies_to(ItemStatus::Completed));
-    }
-
-    #[test]
-    fn release_gives_the_item_back_uncharged() {
-        let mut s = claimed("a");
-        s.apply(&ItemPatch::new(
-            &ItemChange::Cursor {
-                cursor: json!(7),
-                lease_until: LATER,
-            },
-            NOW,
-        ));
-        s.apply(&ItemPatch::new(&ItemChange::Release, NOW));
-        assert_eq!(s.status, ItemStatus::Pending);
-        assert_eq!(s.ready_at, Some(PENDING_READY_AT));
-        assert_eq!((s.attempts, s.claims), (0, 1));
-        assert_eq!(
-            s.cursor,
-            Some(json!(7)),
-            "the cursor is kept for the next attempt"
-        );
-        assert!(s.claimable_by("a", NOW));
-        // Never below zero, even if a store held no attempt.
-        let mut zero = ItemState::enqueued();
-        zero.apply(&ItemPatch::new(&ItemChange::Release, NOW));
-        assert_eq!(zero.attempts, 0);
-    }
-
-    #[test]
-    fn expiring_a_gone_owner_never_extends_a_lease() {
-        let mut s = claimed("a");
-        s.expire(NOW);
-        assert_eq!(s.ready_at, Some(NOW));
-        assert!(s.claimable_by("b", NOW));
-        let mut early = claimed("a");
-        early.ready_at = Some(Timestamp(5));
-        early.expire(NOW);
-        assert_eq!(early.ready_at, Some(Timestamp(5)));
-        let mut pending = ItemState::enqueued();
-        pending.expire(NOW);
-        assert_eq!(
-            pending.ready_at,
-            Some(PENDING_READY_AT),
-            "only running items expire"
-        );
-    }
-}
+mod tests;

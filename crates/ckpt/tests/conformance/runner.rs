@@ -1,0 +1,113 @@
+//! Conformance: the Runner over each store: every item done, retries, and a
+//! store outage ridden out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ckpt::{Ckpt, ItemStatus, JobStatus, NewItem, Outcome, RunOptions, Runner};
+use serde_json::json;
+
+use super::queue_options;
+use crate::{every_store, Fixture};
+use rstest_reuse::apply;
+
+fn keys(n: usize) -> Vec<NewItem> {
+    (0..n)
+        .map(|i| NewItem::key(format!("item-{i:04}")))
+        .collect()
+}
+
+#[apply(every_store)]
+fn runner_completes_every_item_with_retries(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let ckpt = Ckpt::new((f.another)());
+    let mut options = queue_options(3);
+    options.retry.base_delay = Duration::from_millis(5);
+    let q = ckpt.queue_with("runner", options).unwrap();
+    q.enqueue(keys(120)).unwrap();
+    let runs = Mutex::new(HashMap::<String, u32>::new());
+    let handler = |item: &ckpt::ClaimedItem| {
+        *runs.lock().unwrap().entry(item.key.clone()).or_default() += 1;
+        if item.key.ends_with('7') && item.attempt == 1 {
+            Outcome::Failed("transient".into())
+        } else if item.key == "item-0099" {
+            panic!("handler bug")
+        } else {
+            Outcome::Completed(Some(json!({"records_total": 1})))
+        }
+    };
+    let report = Runner::new(
+        &q,
+        RunOptions {
+            workers: 4,
+            prefetch: 4,
+            idle_poll: Duration::from_millis(20),
+            ..RunOptions::default()
+        },
+    )
+    .run(&handler)
+    .unwrap();
+    let runs = runs.into_inner().unwrap();
+    assert_eq!(runs.len(), 120);
+    assert_eq!(runs["item-0007"], 2, "failed once, retried once");
+    assert_eq!(runs["item-0001"], 1);
+    assert_eq!(
+        runs["item-0099"], 3,
+        "a panicking handler is a failed attempt"
+    );
+    assert_eq!(report.completed, 119);
+    assert_eq!(report.dead, 1);
+    assert_eq!(report.counts.completed, 119);
+    assert_eq!(report.status, Some(JobStatus::Failed));
+    let dead = q.items(Some(ItemStatus::Dead), 10).unwrap();
+    assert!(dead[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("handler bug"));
+    let done = &q.items(Some(ItemStatus::Completed), 1).unwrap()[0];
+    let stats = done.stats.as_ref().unwrap();
+    assert_eq!(stats["records_total"], 1);
+    assert!(
+        stats["duration_ms"].is_u64(),
+        "the runner adds the duration"
+    );
+}
+
+#[apply(every_store)]
+fn runner_rides_out_a_store_outage(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    use ckpt::store::{Fault, FaultStore, Op, Store};
+    // The first commit of outcomes and the second claim fail as if the
+    // server were restarting: the run retries and loses nothing.
+    let flaky: Arc<dyn Store> = Arc::new(
+        FaultStore::new((f.another)())
+            .inject(Op::UpdateItems, 1, Fault::Fail)
+            .inject(Op::Claim, 2, Fault::Fail),
+    );
+    let q = Ckpt::new(flaky)
+        .queue_with("outage", queue_options(3))
+        .unwrap();
+    q.enqueue(keys(40)).unwrap();
+    let runs = Mutex::new(HashMap::<String, u32>::new());
+    let handler = |item: &ckpt::ClaimedItem| {
+        *runs.lock().unwrap().entry(item.key.clone()).or_default() += 1;
+        Outcome::Completed(None)
+    };
+    let options = RunOptions {
+        workers: 2,
+        prefetch: 2,
+        idle_poll: Duration::from_millis(20),
+        ..RunOptions::default()
+    };
+    let report = Runner::new(&q, options).run(&handler).unwrap();
+    assert_eq!(report.counts.completed, 40);
+    assert_eq!(report.status, Some(JobStatus::Completed));
+    let runs = runs.into_inner().unwrap();
+    assert_eq!(runs.len(), 40);
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "nothing ran twice: {runs:?}"
+    );
+}
