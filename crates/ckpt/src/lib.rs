@@ -55,4 +55,4 @@ pub use queue::{Queue, QueueOptions};
 pub use runner::{Handler, Outcome, RunOptions, RunProgress, RunReport, Runner};
 pub use shutdown::StopSignal;
 pub use store::Store;
-pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use time::{Alarm, Clock, ManualClock, SystemClock, Timestamp};

@@ -9,5 +9,5 @@
 mod interval;
 mod retry;
 
-pub use interval::{CheckpointPolicy, IntervalTracker};
+pub use interval::{CheckpointPolicy, IntervalTracker, NextDue};
 pub use retry::{RetryDecision, RetryPolicy};
