@@ -200,9 +200,10 @@ pub enum CheckpointCommand {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Items to enqueue, claim and complete.
-    #[arg(long, default_value_t = 20_000)]
-    pub items: u64,
+    /// Items to enqueue, claim and complete [default: 20000]; with
+    /// --checkpoint-loop, items per loop [default: 5000000].
+    #[arg(long)]
+    pub items: Option<u64>,
     /// Worker threads claiming and completing.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
@@ -212,6 +213,21 @@ pub struct BenchArgs {
     /// Items a worker claims and completes at once.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch: u64,
+    /// Measure instead what `checkpoint()` and `is_due()` cost a tight loop
+    /// when no save is due, against the same loop without ckpt.
+    #[arg(long)]
+    pub checkpoint_loop: bool,
+    /// With --checkpoint-loop: CPU work per item, in nanoseconds.
+    #[arg(
+        long,
+        value_name = "NS",
+        default_value_t = 270,
+        requires = "checkpoint_loop"
+    )]
+    pub work_ns: u64,
+    /// With --checkpoint-loop: rounds, each running every variant once.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), requires = "checkpoint_loop")]
+    pub rounds: u32,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

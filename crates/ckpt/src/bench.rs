@@ -1,5 +1,7 @@
 //! The numbers behind `ckpt bench`: checkpoint save latency beside a raw
-//! single-row UPSERT, and claim + complete throughput.
+//! single-row UPSERT, and claim + complete throughput; and, with
+//! `--checkpoint-loop`, what `checkpoint()` and `is_due()` cost a tight
+//! loop ([`checkpoint_loop`]).
 //!
 //! The benchmark never touches a user's data: on SQLite it works in a fresh
 //! file beside the named one and deletes it afterwards.
@@ -17,6 +19,10 @@ use crate::queue::Outcome;
 use crate::runner::{RunOptions, Runner};
 use crate::store::Store;
 use crate::{Ckpt, QueueOptions};
+
+mod cursor_loop;
+
+pub use cursor_loop::{checkpoint_loop, LoopOptions, LoopReport, LoopVariant};
 
 /// Jobs checkpointing at once in the concurrent measurement.
 pub const CONCURRENT_JOBS: usize = 64;

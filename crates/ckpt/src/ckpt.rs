@@ -101,6 +101,11 @@ impl Ckpt {
         self.clock.now()
     }
 
+    /// The clock itself, for arming alarms.
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
     /// This handle's worker id.
     pub fn worker(&self) -> &WorkerId {
         &self.worker

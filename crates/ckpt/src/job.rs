@@ -15,6 +15,10 @@ use crate::store::{SharedTx, TxWrite};
 use crate::time::Timestamp;
 use crate::validate;
 
+mod pace;
+
+use pace::Pacer;
+
 /// How a job is held and checkpointed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobOptions {
@@ -51,6 +55,13 @@ pub struct Job {
     pending: Option<Checkpoint>,
     last_renewal: Timestamp,
     taken_over_from: Option<String>,
+    /// When the next save or renewal may fall due, for the hot path.
+    pacer: Pacer,
+    /// True only while dropping `pending` would free nothing, so that the
+    /// hot path may overwrite it without its drop (see
+    /// [`pace::store_pending`]). Emptying `pending` keeps it true; storing
+    /// a checkpoint goes through `store_pending`, which sets it.
+    pending_plain: bool,
 }
 
 impl Job {
@@ -76,7 +87,7 @@ impl Job {
             tracing::info!(event = "takeover", job = name, from = %from, epoch = lease.epoch, "took the job over from its previous holder");
         }
         let resumed_items = record.checkpoint.as_ref().map_or(0, |c| c.items_processed);
-        Ok(Job {
+        let mut job = Job {
             ckpt,
             lease,
             record,
@@ -85,7 +96,11 @@ impl Job {
             pending: None,
             last_renewal: now,
             taken_over_from,
-        })
+            pacer: Pacer::new(),
+            pending_plain: true,
+        };
+        job.rearm();
+        Ok(job)
     }
 
     /// The worker this one took the job over from, when the job was still
@@ -153,26 +168,66 @@ impl Job {
     /// Records progress; persists it if the policy says a save is due.
     /// Returns whether it was persisted. Between saves, renews the lease
     /// when a third of it has passed.
+    ///
+    /// Made to be called after every item: when neither a save nor a
+    /// renewal is due, it only moves `checkpoint` into place (the previous
+    /// unsaved one is dropped) after one atomic load and one compare,
+    /// without reading the clock. The job's clock raises a flag when a
+    /// deadline passes (see [`Clock::arm`](crate::Clock::arm)); then, or
+    /// when an item-count trigger is reached, the clock and the policy
+    /// decide as before.
+    #[inline]
     pub fn checkpoint(&mut self, checkpoint: Checkpoint) -> Result<bool> {
+        if self.pacer.quiet(checkpoint.items_processed) {
+            pace::store_pending(&mut self.pending, &mut self.pending_plain, checkpoint);
+            return Ok(false);
+        }
+        self.checkpoint_checked(checkpoint)
+    }
+
+    /// `checkpoint()` when something may be due: the policy decides with
+    /// the clock's time.
+    #[cold]
+    #[inline(never)]
+    fn checkpoint_checked(&mut self, checkpoint: Checkpoint) -> Result<bool> {
         let now = self.ckpt.now();
         let due = self
             .tracker
             .is_due(&self.options.policy, checkpoint.items_processed, now);
-        self.pending = Some(checkpoint);
-        if due {
-            self.flush()?;
-            return Ok(true);
-        }
-        self.heartbeat()?;
-        Ok(false)
+        pace::store_pending(&mut self.pending, &mut self.pending_plain, checkpoint);
+        let result = if due {
+            self.flush().map(|()| true)
+        } else {
+            self.heartbeat().map(|()| false)
+        };
+        // Whatever happened (a save, a renewal, a flag raised early, an
+        // error), the deadlines follow from the state as it is now.
+        self.rearm();
+        result
     }
 
     /// True if and only if the policy would persist a checkpoint with
     /// `items_processed` items done now: lets a loop build an expensive
-    /// state only when it will be saved.
+    /// state only when it will be saved. Costs one atomic load and one
+    /// compare while no save can be due (see [`checkpoint`](Job::checkpoint)).
+    #[inline]
     pub fn is_due(&self, items_processed: u64) -> bool {
+        self.pacer.may_save(items_processed) && self.is_due_checked(items_processed)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn is_due_checked(&self, items_processed: u64) -> bool {
         self.tracker
             .is_due(&self.options.policy, items_processed, self.ckpt.now())
+    }
+
+    /// Arms the pacer for the next save and renewal the policy and the
+    /// lease ask for, from the last save and renewal.
+    fn rearm(&mut self) {
+        let next = self.tracker.next_due(&self.options.policy);
+        let renew_at = self.last_renewal.first_after(self.options.lease / 3);
+        self.pacer.arm(self.ckpt.clock(), next, renew_at);
     }
 
     /// Shorthand for [`checkpoint`](Job::checkpoint) with a serialisable
@@ -254,6 +309,7 @@ impl Job {
         self.tracker
             .record_save(cp.items_processed, self.ckpt.now(), cost);
         self.last_renewal = now;
+        self.rearm();
         // The store trims the history to `history_keep` on every save, so
         // its length follows without a read.
         let keep = self.ckpt.limits().history_keep as u64;
@@ -283,6 +339,7 @@ impl Job {
             .store()
             .renew_job(&self.lease, now.plus(self.options.lease), now)?;
         self.last_renewal = now;
+        self.rearm();
         Ok(())
     }
 

@@ -104,6 +104,40 @@ impl IntervalTracker {
         }
     }
 
+    /// When [`is_due`](IntervalTracker::is_due) next turns true if nothing
+    /// is saved meanwhile: the first item count, and the first time, at
+    /// which it does. For every `items_processed` and every `now` from the
+    /// last save on, `is_due` is true if and only if `items_processed >=
+    /// items` or `now >= at` (at the `u64::MAX` and `i64::MAX` edges it
+    /// may say due where `is_due` does not, never the reverse). A caller
+    /// can thus wait for the count or an alarm and consult `is_due` only
+    /// then, without missing a save.
+    pub fn next_due(&self, policy: &CheckpointPolicy) -> NextDue {
+        let Some(last) = self.last_save else {
+            return NextDue::NOW;
+        };
+        let after = |interval: Duration| last.first_after(interval).ok_or(NextDue::NOW);
+        let next = match policy {
+            CheckpointPolicy::Always => Err(NextDue::NOW),
+            CheckpointPolicy::Adaptive { .. } if self.mean_cost_us.is_none() => Err(NextDue::NOW),
+            CheckpointPolicy::Every { items: Some(0), .. } => Err(NextDue::NOW),
+            CheckpointPolicy::Every { items, interval } => {
+                interval.map(after).transpose().map(|at| NextDue {
+                    items: items.map_or(u64::MAX, |n| self.items_at_last_save.saturating_add(n)),
+                    at,
+                })
+            }
+            CheckpointPolicy::Adaptive {
+                target_overhead,
+                max_interval,
+            } => after(self.adaptive_interval(*target_overhead, *max_interval)).map(|at| NextDue {
+                items: u64::MAX,
+                at: Some(at),
+            }),
+        };
+        next.unwrap_or_else(|now| now)
+    }
+
     /// Records a save that finished at `now` and took `cost`.
     pub fn record_save(&mut self, items_processed: u64, now: Timestamp, cost: Duration) {
         const WEIGHT: f64 = 0.3;
@@ -121,6 +155,21 @@ impl IntervalTracker {
         self.mean_cost_us
             .map(|us| Duration::from_secs_f64(us / 1e6))
     }
+}
+
+/// When a policy next asks for a save: see [`IntervalTracker::next_due`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextDue {
+    /// Due once `items_processed` reaches this; `0` is at every call,
+    /// `u64::MAX` never by count.
+    pub items: u64,
+    /// Due once the clock shows this; `None` is never by time.
+    pub at: Option<Timestamp>,
+}
+
+impl NextDue {
+    /// Due at every call, whatever the count and the time.
+    pub const NOW: NextDue = NextDue { items: 0, at: None };
 }
 
 impl Default for IntervalTracker {
@@ -205,6 +254,62 @@ mod tests {
             .adaptive_interval(0.01, Duration::from_secs(30))
             .as_secs_f64();
         assert!(0.002 / (interval + 0.002) <= 0.01 + 1e-9);
+    }
+
+    /// `next_due` against `is_due` at every count and time around the
+    /// deadlines, for every kind of policy, before and after saves.
+    #[test]
+    fn next_due_agrees_with_is_due() {
+        let policies = [
+            CheckpointPolicy::Always,
+            CheckpointPolicy::default(),
+            CheckpointPolicy::Adaptive {
+                target_overhead: 1.0,
+                max_interval: Duration::from_secs(30),
+            },
+            CheckpointPolicy::Every {
+                items: Some(100),
+                interval: Some(Duration::from_micros(10_500)),
+            },
+            CheckpointPolicy::Every {
+                items: Some(0),
+                interval: None,
+            },
+            CheckpointPolicy::Every {
+                items: None,
+                interval: Some(Duration::ZERO),
+            },
+            CheckpointPolicy::Every {
+                items: None,
+                interval: Some(Duration::from_secs(1)),
+            },
+            CheckpointPolicy::Every {
+                items: Some(7),
+                interval: None,
+            },
+        ];
+        let mut trackers = vec![IntervalTracker::new(), IntervalTracker::starting_at(T0, 50)];
+        let mut saved = IntervalTracker::starting_at(T0, 50);
+        saved.record_save(60, T0, Duration::from_micros(123));
+        trackers.push(saved.clone());
+        saved.record_save(300, T0, Duration::from_secs(5));
+        trackers.push(saved);
+        for p in &policies {
+            for t in &trackers {
+                let next = t.next_due(p);
+                for items in (0..400).chain([u64::MAX - 1]) {
+                    for ms in (-20..1_100).chain([30_000, 30_001]) {
+                        let now = Timestamp(T0.0 + ms);
+                        let predicted = items >= next.items || next.at.is_some_and(|at| now >= at);
+                        assert_eq!(
+                            t.is_due(p, items, now),
+                            predicted,
+                            "{p:?} {t:?} items {items} at {ms} ms: {next:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -12,5 +12,5 @@ mod interval;
 pub mod retention;
 mod retry;
 
-pub use interval::{CheckpointPolicy, IntervalTracker};
+pub use interval::{CheckpointPolicy, IntervalTracker, NextDue};
 pub use retry::{RetryDecision, RetryPolicy};
