@@ -364,3 +364,70 @@ fn store_pending_keeps_the_latest_checkpoint() {
         }
     }
 }
+
+/// A manual clock that counts how often it is read.
+#[derive(Debug)]
+struct Counted(ManualClock, Arc<std::sync::atomic::AtomicU64>);
+
+impl Clock for Counted {
+    fn now(&self) -> Timestamp {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.now()
+    }
+    fn arm(&self, alarm: &Arc<crate::time::Alarm>, flag: u8, at: Timestamp) {
+        self.0.arm(alarm, flag, at);
+    }
+}
+
+/// The README's promise: while no save or renewal is due, `checkpoint()`
+/// and `is_due()` neither read the clock nor call the store; the first call
+/// after a deadline does both.
+#[test]
+fn the_no_save_path_reads_neither_the_clock_nor_the_store() {
+    let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = reads.clone();
+    let mut f = fixture_on(CheckpointPolicy::default(), Duration::from_secs(60), |c| {
+        Arc::new(Counted(c.clone(), counter.clone()))
+    });
+    // The first call saves, to measure what a save costs.
+    assert!(f.job.checkpoint(Checkpoint::new(json!(0), 0)).unwrap());
+    let store_calls = |f: &Fixture| {
+        [Op::SaveCheckpoint, Op::RenewJob]
+            .iter()
+            .map(|op| f.store.calls(*op))
+            .sum::<u64>()
+    };
+    let (clock_reads, calls) = (
+        reads.load(std::sync::atomic::Ordering::SeqCst),
+        store_calls(&f),
+    );
+    for i in 1..=10_000u64 {
+        assert!(!f.job.is_due(i));
+        assert!(!f.job.checkpoint(Checkpoint::new(json!(i), i)).unwrap());
+    }
+    assert_eq!(
+        reads.load(std::sync::atomic::Ordering::SeqCst),
+        clock_reads,
+        "no clock read"
+    );
+    assert_eq!(store_calls(&f), calls, "no store call");
+    // Past the deadline (at most max_interval), the next call saves.
+    f.clock.advance(Duration::from_secs(30));
+    assert!(f.job.is_due(10_001));
+    assert!(f
+        .job
+        .checkpoint(Checkpoint::new(json!(10_001), 10_001))
+        .unwrap());
+    assert!(reads.load(std::sync::atomic::Ordering::SeqCst) > clock_reads);
+    assert_eq!(store_calls(&f), calls + 1);
+    assert_eq!(
+        f.store
+            .get_job("paced")
+            .unwrap()
+            .unwrap()
+            .checkpoint
+            .unwrap()
+            .cursor,
+        json!(10_001)
+    );
+}
