@@ -79,7 +79,7 @@ pub use job::{Job, JobOptions};
 pub use model::{Checkpoint, ClaimedItem, ItemCounts, ItemStatus, JobRecord, JobStatus, NewItem};
 pub use policy::{CheckpointPolicy, RetryDecision, RetryPolicy};
 pub use queue::{Attempt, Outcome, Queue, QueueOptions, Settled};
-pub use runner::{Handler, RunOptions, RunProgress, RunReport, Runner};
+pub use runner::{Fence, Handler, RunOptions, RunProgress, RunReport, Runner};
 pub use shutdown::StopSignal;
 pub use store::{ItemStore, JobStore, Store};
 pub use time::{Alarm, Clock, ManualClock, SystemClock, Timestamp};

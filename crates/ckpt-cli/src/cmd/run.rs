@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use ckpt::shutdown::{signal_name, Signals};
 use ckpt::store::OpenMode;
-use ckpt::{ClaimedItem, Outcome, QueueOptions, RetryPolicy, RunOptions, Runner};
+use ckpt::{ClaimedItem, Fence, Handler, Outcome, QueueOptions, RetryPolicy, RunOptions, Runner};
 
 use self::children::Children;
 use super::items::ItemsFile;
@@ -95,8 +95,13 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         stop: signals.stop_signal(),
     };
     let display = Progress::start(mode, start, runner.progress());
-    let handler =
-        |item: &ClaimedItem| run_item(&command, &args.job, &worker, item, &children, &signals);
+    let handler = CommandHandler {
+        template: &command,
+        job: &args.job,
+        worker: &worker,
+        children: &children,
+        signals: &signals,
+    };
     let report = runner.run(&handler);
     display.finish();
     let report = report?;
@@ -182,6 +187,25 @@ fn is_executable(path: &Path) -> bool {
     path.is_file()
 }
 
+/// Runs the command for each item.
+struct CommandHandler<'a> {
+    template: &'a [String],
+    job: &'a str,
+    worker: &'a str,
+    children: &'a Arc<Children>,
+    signals: &'a Signals,
+}
+
+impl Handler for CommandHandler<'_> {
+    fn handle(&self, item: &ClaimedItem) -> Outcome {
+        self.handle_fenced(item, &Fence::new(children::KILL_AFTER))
+    }
+
+    fn handle_fenced(&self, item: &ClaimedItem, fence: &Fence) -> Outcome {
+        run_item(self, item, fence)
+    }
+}
+
 /// Runs the command for one item.
 ///
 /// The child is marked with `CKPT_WORKER`: if this process is killed, the
@@ -190,14 +214,13 @@ fn is_executable(path: &Path) -> bool {
 /// stops them the same way. (`PR_SET_PDEATHSIG` would kill only the direct
 /// child, and would force a full `fork` instead of `posix_spawn`, which
 /// costs about a third more per item.)
-fn run_item(
-    template: &[String],
-    job: &str,
-    worker: &str,
-    item: &ClaimedItem,
-    children: &Children,
-    signals: &Signals,
-) -> Outcome {
+///
+/// When the item's lease can no longer be proven ours, `fence` trips: the
+/// command gets SIGTERM, and SIGKILL after the fence's grace, so it is gone
+/// before another worker may take the item over; the item is given back.
+fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcome {
+    let (template, job, worker, children, signals) =
+        (h.template, h.job, h.worker, h.children, h.signals);
     let mut cmd = build_command(template, &item.key);
     cmd.env("CKPT_JOB", job)
         .env("CKPT_ITEM", &item.key)
@@ -209,8 +232,18 @@ fn run_item(
         Err(e) => return Outcome::Failed(format!("cannot run {}: {e}", template[0])),
     };
     children.started(&child);
+    {
+        let (children, pid, grace) = (Arc::clone(children), child.id(), fence.kill_grace());
+        fence.on_lost(move |_| children.stop_one(pid, grace));
+    }
     let status = child.wait();
     children.exited(&child);
+    // A command that finished before it could be stopped completed (the
+    // completion is refused if the item was taken meanwhile).
+    let succeeded = status.as_ref().is_ok_and(|s| s.success());
+    if let (false, Some(why)) = (succeeded, fence.reason()) {
+        return Outcome::Interrupted(format!("stopped: {why}"));
+    }
     match status {
         Ok(status) if status.success() => Outcome::Completed(None),
         Ok(status) => match children.interrupted(status, signals) {

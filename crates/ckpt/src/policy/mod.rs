@@ -5,9 +5,12 @@
 //! - [`CheckpointPolicy`] and [`IntervalTracker`]: when a `checkpoint()` call
 //!   is persisted (every N items, every T, or adaptively from the measured
 //!   cost of a write).
+//! - [`fence`]: when a lease holder renews, and when it must stop work it
+//!   can no longer prove it owns (self-fencing).
 //! - [`retention`]: which jobs a prune deletes, as a plan that
 //!   `--dry-run` prints and the real prune executes.
 
+pub mod fence;
 mod interval;
 pub mod retention;
 mod retry;

@@ -3,16 +3,20 @@
 
 use std::time::{Duration, Instant};
 
+use super::fence::Watchdog;
 use super::workers::State;
 use super::{RunProgress, RunReport, Runner};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{ClaimedItem, ItemId};
+use crate::policy::fence::FenceReason;
 use crate::queue::{Attempt, Outcome, Settled};
 
 /// One run's coordinator: what it holds between rounds.
 pub(super) struct Coordinator<'r, 'q> {
     runner: &'r Runner<'q>,
     state: &'r State,
+    /// Fences the items whose leases go unconfirmed.
+    dog: &'r Watchdog,
     report: RunReport,
     /// Ended attempts not yet recorded (kept across a store outage).
     unsaved: Vec<Attempt>,
@@ -30,10 +34,11 @@ struct Snapshot {
 }
 
 impl<'r, 'q> Coordinator<'r, 'q> {
-    pub(super) fn new(runner: &'r Runner<'q>, state: &'r State) -> Self {
+    pub(super) fn new(runner: &'r Runner<'q>, state: &'r State, dog: &'r Watchdog) -> Self {
         Coordinator {
             runner,
             state,
+            dog,
             report: RunReport::default(),
             unsaved: Vec::new(),
             last_heartbeat: Instant::now(),
@@ -85,9 +90,14 @@ impl<'r, 'q> Coordinator<'r, 'q> {
         let snapshot = self.collect();
         self.record()?;
         let lease = self.runner.queue.options().lease;
-        if self.last_heartbeat.elapsed() >= lease / 3 {
-            self.heartbeat()?;
-            self.last_heartbeat = Instant::now();
+        // Renew on schedule, and at once when the store's liveness session
+        // was replaced: leases written under the old one must move.
+        if self.last_heartbeat.elapsed() >= self.dog.timings().renew_after
+            || self.dog.wants_renewal()
+        {
+            let sent = Instant::now();
+            self.heartbeat(sent)?;
+            self.last_heartbeat = sent;
         }
         if snapshot.stopping {
             // Claim nothing more; wait for the running items.
@@ -146,7 +156,9 @@ impl<'r, 'q> Coordinator<'r, 'q> {
             return Ok(());
         }
         let settled = self.runner.queue.settle(&self.unsaved)?;
-        self.unsaved.clear();
+        for attempt in self.unsaved.drain(..) {
+            self.dog.release(&attempt.item.lease);
+        }
         let counts = &self.runner.progress;
         let report = &mut self.report;
         for s in settled {
@@ -183,7 +195,12 @@ impl<'r, 'q> Coordinator<'r, 'q> {
         if held >= self.capacity {
             return Ok(0);
         }
+        let (sent, session) = (Instant::now(), self.dog.session_before());
         let items = self.runner.queue.claim(self.capacity - held)?;
+        let by = self.dog.confirmation(sent, session);
+        for item in &items {
+            self.dog.hold(&item.lease, by);
+        }
         let claimed = items.len();
         if claimed > 0 {
             self.state.lock().ready.extend(items);
@@ -233,9 +250,10 @@ impl<'r, 'q> Coordinator<'r, 'q> {
         Ok(self.report.clone())
     }
 
-    /// Renews the leases of every held item; items lost meanwhile are
-    /// dropped from the local queue so they are not started.
-    fn heartbeat(&self) -> Result<()> {
+    /// Renews the leases of every held item, in a write sent at `sent`;
+    /// items lost meanwhile are dropped from the local queue so they are
+    /// not started, and the running ones are fenced (their work stopped).
+    fn heartbeat(&self, sent: Instant) -> Result<()> {
         let held: Vec<ClaimedItem> = {
             let g = self.state.lock();
             g.ready.iter().chain(g.running.values()).cloned().collect()
@@ -243,26 +261,39 @@ impl<'r, 'q> Coordinator<'r, 'q> {
         if held.is_empty() {
             return Ok(());
         }
+        let session = self.dog.session_before();
         let results = self.runner.queue.heartbeat(&held)?;
+        let by = self.dog.confirmation(sent, session);
         // A lease is its item and its fencing token: a newer claim of the
         // same item is not lost.
-        let lost: Vec<(ItemId, u64)> = held
-            .iter()
-            .zip(results)
-            .filter(|(_, r)| r.is_err())
-            .map(|(item, _)| (item.lease.id, item.lease.token))
-            .collect();
+        let mut lost: Vec<(ItemId, u64)> = Vec::new();
+        for (item, result) in held.iter().zip(results) {
+            match result {
+                Ok(()) => self.dog.confirm(&item.lease, by),
+                Err(e) => {
+                    let why = match e {
+                        Error::Fenced(m) => m,
+                        other => other.to_string(),
+                    };
+                    let why = format!("its lease was taken: {why}");
+                    self.dog.lost(&item.lease, FenceReason::TakenOver, &why);
+                    lost.push((item.lease.id, item.lease.token));
+                }
+            }
+        }
         if !lost.is_empty() {
-            self.state
-                .lock()
-                .ready
-                .retain(|i| !lost.contains(&(i.lease.id, i.lease.token)));
-            tracing::warn!(
-                event = "lease_lost",
-                job = self.runner.queue.job(),
-                items = lost.len(),
-                "leases lost to another worker"
-            );
+            let dropped: std::collections::VecDeque<ClaimedItem> = {
+                let mut g = self.state.lock();
+                let (gone, kept) = g
+                    .ready
+                    .drain(..)
+                    .partition(|i| lost.contains(&(i.lease.id, i.lease.token)));
+                g.ready = kept;
+                gone
+            };
+            for item in &dropped {
+                self.dog.release(&item.lease);
+            }
         }
         Ok(())
     }

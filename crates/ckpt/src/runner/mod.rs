@@ -29,6 +29,7 @@
 //! outcome), never to the store directly.
 
 mod coordinator;
+mod fence;
 mod workers;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,8 @@ use crate::model::{ClaimedItem, ItemCounts, JobStatus};
 use crate::queue::{Outcome, Queue};
 use crate::shutdown::{StopSignal, Wake};
 use coordinator::Coordinator;
+pub use fence::Fence;
+use fence::Watchdog;
 use workers::{worker_loop, Shared, State};
 
 /// How a [`Runner`] runs.
@@ -71,6 +74,19 @@ impl Default for RunOptions {
 pub trait Handler: Sync {
     /// Processes `item`; called from a worker thread.
     fn handle(&self, item: &ClaimedItem) -> Outcome;
+
+    /// Processes `item`, stopping its work when `fence` trips: the runner
+    /// trips it when it can no longer prove that the item's lease is its
+    /// own (a renewal was refused, or none was confirmed in time), early
+    /// enough that work stopped within [`Fence::kill_grace`] is gone before
+    /// another worker may take the item. The default calls
+    /// [`handle`](Handler::handle), whose work cannot be stopped from
+    /// outside: its outcome is still refused once the lease is lost, but
+    /// the work itself runs on. `ckpt run` stops its command here.
+    fn handle_fenced(&self, item: &ClaimedItem, fence: &Fence) -> Outcome {
+        let _ = fence;
+        self.handle(item)
+    }
 }
 
 impl<F: Fn(&ClaimedItem) -> Outcome + Sync> Handler for F {
@@ -210,13 +226,25 @@ impl<'q> Runner<'q> {
         let waker: Arc<dyn Wake> = state.clone();
         self.stop.register(Arc::downgrade(&waker));
         let state = &*state;
+        let dog = &Watchdog::new(
+            self.queue.options().lease,
+            self.queue.job(),
+            Arc::clone(self.queue.ckpt().store()),
+        );
         std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("ckpt-fence".into())
+                .spawn_scoped(scope, || dog.watch())
+                .map_err(|e| {
+                    crate::Error::Storage(format!("cannot start the fence thread: {e}"))
+                })?;
             for _ in 0..workers {
-                scope.spawn(|| worker_loop(state, &self.stop, handler));
+                scope.spawn(|| worker_loop(state, dog, &self.stop, handler));
             }
-            let result = Coordinator::new(self, state).run();
+            let result = Coordinator::new(self, state, dog).run();
             state.lock().stop = true;
             state.work.notify_all();
+            dog.stop();
             result
         })
     }

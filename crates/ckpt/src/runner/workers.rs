@@ -5,6 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::fence::{Fence, Watchdog};
 use super::Handler;
 use crate::model::{ClaimedItem, ItemId};
 use crate::queue::{Attempt, Outcome};
@@ -67,7 +68,12 @@ impl State {
 
 /// One worker thread: takes ready items, runs the handler, hands back the
 /// outcome, until the run ends.
-pub(super) fn worker_loop<H: Handler>(state: &State, stop: &StopSignal, handler: &H) {
+pub(super) fn worker_loop<H: Handler>(
+    state: &State,
+    dog: &Watchdog,
+    stop: &StopSignal,
+    handler: &H,
+) {
     loop {
         let item = {
             let mut g = state.lock();
@@ -86,9 +92,25 @@ pub(super) fn worker_loop<H: Handler>(state: &State, stop: &StopSignal, handler:
                 g = state.work.wait(g).unwrap_or_else(|e| e.into_inner());
             }
         };
+        // A lease lost while the item waited is not started at all.
+        let fence = dog
+            .fence(&item.lease)
+            .unwrap_or_else(|| Fence::new(dog.timings().kill_grace()));
+        if let Some(why) = fence.reason() {
+            let mut g = state.lock();
+            g.running.remove(&item.lease.id);
+            g.finished.push(Attempt {
+                item,
+                outcome: Outcome::Interrupted(format!("not started: {why}")),
+                ran_for: None,
+            });
+            drop(g);
+            state.progress.notify_one();
+            continue;
+        }
         let started = Instant::now();
-        let outcome =
-            catch_unwind(AssertUnwindSafe(|| handler.handle(&item))).unwrap_or_else(|panic| {
+        let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle_fenced(&item, &fence)))
+            .unwrap_or_else(|panic| {
                 let msg = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())

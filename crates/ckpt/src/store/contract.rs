@@ -9,8 +9,8 @@
 //! - [`ItemSignals`]: wakes idle workers when items arrive (PostgreSQL's
 //!   LISTEN/NOTIFY), so they need not poll;
 //! - [`OwnerSessions`]: knows when a worker's session ended, wherever it
-//!   ran (PostgreSQL's session advisory locks), so its items are freed at
-//!   once instead of when their leases expire;
+//!   ran (PostgreSQL's session advisory locks), so its items are taken
+//!   over within a short grace instead of when their leases expire;
 //! - [`SharedTx`]: lets the caller's own writes commit in the same
 //!   transaction as a checkpoint or a completion (exactly-once for a sink
 //!   in the store's database).
@@ -249,12 +249,35 @@ pub trait ItemSignals: Send + Sync {
 }
 
 /// A store that knows when a worker's session with it ended, on any host.
+///
+/// A session can end while its process lives on (a dropped connection, a
+/// server restart), so an ended session is not taken as death at once: its
+/// leases are shortened to [`session_grace`](OwnerSessions::session_grace),
+/// and the owner, which re-establishes its session and renews its leases
+/// under the new one, stops the work of any lease still written under a
+/// session it has not confirmed alive within that grace (the runner's
+/// watchdog asks [`session_confirmed`](OwnerSessions::session_confirmed)).
 pub trait OwnerSessions: Send + Sync {
-    /// Expires the leases of the job's running items whose owner's session
-    /// ended (its process or its connection died), so the next claim takes
-    /// them over at once rather than when their leases expire. Returns how
-    /// many.
+    /// Shortens the leases of the job's running items whose owner's
+    /// session ended to at most `now +` [`session_grace`](Self::session_grace),
+    /// so that they are taken over then rather than when their leases
+    /// expire. Leases renewed under a newer session of the same owner are
+    /// not touched. Returns how many were shortened.
     fn expire_lost_owners(&self, job: &str, now: Timestamp) -> Result<u64>;
+
+    /// How long after its last confirmation a session that ended may have
+    /// its leases taken over.
+    fn session_grace(&self) -> Duration;
+
+    /// This process's current session with the store (an id local to this
+    /// process), if one is established right now. Writes made while this
+    /// stays the same were made under it.
+    fn current_session(&self) -> Option<u64>;
+
+    /// When a check that session `id` was alive was last sent (it
+    /// succeeded), on this process's monotonic clock; `None` for a session
+    /// never confirmed or long gone.
+    fn session_confirmed(&self, id: u64) -> Option<std::time::Instant>;
 }
 
 /// The store's own write in a transaction shared with the caller.

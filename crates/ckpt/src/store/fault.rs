@@ -163,6 +163,19 @@ impl OwnerSessions for FaultStore {
             None => Ok(0),
         }
     }
+    fn session_grace(&self) -> std::time::Duration {
+        self.inner
+            .owner_sessions()
+            .map_or(std::time::Duration::ZERO, |s| s.session_grace())
+    }
+    /// None once "crashed": its session is gone.
+    fn current_session(&self) -> Option<u64> {
+        self.check_alive().ok()?;
+        self.inner.owner_sessions()?.current_session()
+    }
+    fn session_confirmed(&self, id: u64) -> Option<std::time::Instant> {
+        self.inner.owner_sessions()?.session_confirmed(id)
+    }
 }
 
 impl JobStore for FaultStore {

@@ -1,5 +1,6 @@
 //! Crash detection through the store: a worker whose session ended is
-//! taken over at once, wherever it ran.
+//! taken over after the session grace, wherever it ran; one whose session
+//! was only replaced keeps its leases.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,11 +26,11 @@ fn options() -> JobOptions {
 }
 
 /// PostgreSQL knows when a worker's session ended (its liveness lock is
-/// released), wherever that worker ran: its items and job are taken over at
-/// once instead of when their (long) leases expire.
+/// released), wherever that worker ran: its items and job are taken over
+/// after the session grace instead of when their (long) leases expire.
 #[cfg(feature = "postgres")]
 #[test]
-fn postgres_detects_an_ended_session_at_once() {
+fn postgres_takes_over_an_ended_session_after_its_grace() {
     use ckpt::store::{OpenMode, PgStore};
     let Some(fixture) = crate::postgres() else {
         return;
@@ -90,7 +91,23 @@ fn postgres_detects_an_ended_session_at_once() {
         freed = r.reclaim_dead_owners().unwrap();
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(freed, 3, "only the ended session's items are freed");
+    assert_eq!(freed, 3, "only the ended session's items are shortened");
+    assert!(
+        r.claim(10).unwrap().is_empty(),
+        "not before the grace: the owner may still be stopping its work"
+    );
+    let busy = rescuer
+        .job_with(
+            "sessions-job",
+            JobOptions {
+                lease: Duration::from_secs(3600),
+                ..options()
+            },
+        )
+        .unwrap_err();
+    assert!(busy.is_busy(), "{busy}");
+    assert!(busy.to_string().contains("expires in 5.0s"), "{busy}");
+    clock.advance(rescuer.store().owner_sessions().unwrap().session_grace());
     let taken = r.claim(10).unwrap();
     assert_eq!(taken.len(), 3);
     assert!(taken.iter().all(|i| i
@@ -105,7 +122,7 @@ fn postgres_detects_an_ended_session_at_once() {
                 ..options()
             },
         )
-        .expect("the job of an ended session is taken over before its lease expires");
+        .expect("the job of an ended session is taken over after the grace");
     assert_eq!(resumed.resume_cursor::<u64>().unwrap(), Some(1));
     // The live session's lease is respected.
     assert!(on("other")
@@ -405,4 +422,103 @@ fn postgres_upgrades_a_schema_2_store_in_place() {
         ),
         (0, 2, 1, 3)
     );
+}
+
+/// A worker whose liveness connection is terminated (the process lives on)
+/// re-establishes its session under a new key and renews its leases under
+/// it: a rescuer that saw the old session end can shorten only what was not
+/// yet renewed, and the renewal wins.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_keeps_the_leases_of_a_replaced_session() {
+    use ckpt::store::{OpenMode, PgStore};
+    let Some(fixture) = crate::postgres() else {
+        return;
+    };
+    let schema = fixture
+        .store
+        .describe()
+        .rsplit("schema ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
+    let base = std::env::var("CKPT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}schema={schema}");
+    let clock = ManualClock::new(T0);
+    let long = ckpt::QueueOptions {
+        lease: Duration::from_secs(3600),
+        ..queue_options(3)
+    };
+    let on = |name: &str| {
+        Ckpt::new(Arc::new(PgStore::open(&url, OpenMode::MustExist).unwrap()))
+            .with_clock(Arc::new(clock.clone()))
+            .with_worker(worker_id(name))
+    };
+    let owner = on("owner");
+    let rescuer = on("rescuer");
+    let q = owner.queue_with("replaced", long.clone()).unwrap();
+    q.enqueue((0..2).map(|i| NewItem::key(format!("k{i}"))))
+        .unwrap();
+    let held = q.claim(2).unwrap();
+    assert_eq!(held.len(), 2);
+    let sessions = owner.store().owner_sessions().unwrap();
+    let first = sessions.current_session().unwrap();
+    // Terminate the session that holds the owner's liveness lock.
+    let terminated = terminate_liveness_backend(&base, &schema, "replaced");
+    assert_eq!(terminated, 1, "one liveness session to terminate");
+    // The rescuer sees the session end and shortens both leases.
+    let r = rescuer.queue_with("replaced", long).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut shortened = 0;
+    while shortened == 0 && std::time::Instant::now() < deadline {
+        shortened = r.reclaim_dead_owners().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(shortened, 2);
+    // The owner is re-established under a new session...
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sessions.current_session().is_none_or(|s| s == first) {
+        assert!(std::time::Instant::now() < deadline, "no new session");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = sessions.current_session().unwrap();
+    assert!(second > first);
+    assert!(sessions.session_confirmed(second).is_some());
+    // ...renews under it, and the shortening is undone.
+    assert!(q.heartbeat(&held).unwrap().iter().all(|r| r.is_ok()));
+    // Seen again from the rescuer: the new session is alive, nothing to do.
+    assert_eq!(r.reclaim_dead_owners().unwrap(), 0);
+    clock.advance(Duration::from_secs(60));
+    assert!(
+        r.claim(10).unwrap().is_empty(),
+        "a live owner's renewed leases are not taken"
+    );
+    assert!(q.heartbeat(&held).unwrap().iter().all(|r| r.is_ok()));
+}
+
+/// Terminates (with `psql`, as an operator would) the backend holding the
+/// liveness lock written on the items of `job` in `schema`; returns how many
+/// were terminated.
+#[cfg(feature = "postgres")]
+fn terminate_liveness_backend(base: &str, schema: &str, job: &str) -> u64 {
+    let sql = format!(
+        "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+           AND ((l.classid::BIGINT << 32) | l.objid::BIGINT) IN
+               (SELECT owner_key FROM {schema}.items
+                WHERE job_id = (SELECT id FROM {schema}.jobs WHERE name = '{job}'))"
+    );
+    let out = std::process::Command::new("psql")
+        .args([base, "-Atc", &sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }

@@ -79,6 +79,40 @@ impl Children {
         }
     }
 
+    /// Stops one command whose lease was lost: SIGTERM to it (and its
+    /// process group, when it leads one), then SIGKILL `grace` later if it
+    /// has not been reaped by then. Only a pid still registered is
+    /// signalled, so a reaped command's reused pid is never hit.
+    pub fn stop_one(self: &Arc<Self>, pid: u32, grace: Duration) {
+        if !self.lock().pids.contains(&pid) {
+            return;
+        }
+        signal_tree(pid, libc::SIGTERM);
+        let children = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("ckpt-fence-kill".into())
+            .spawn(move || {
+                let until = Instant::now() + grace;
+                let mut g = children.lock();
+                while g.pids.contains(&pid) {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        signal_tree(pid, libc::SIGKILL);
+                        return;
+                    }
+                    g = children
+                        .changed
+                        .wait_timeout(g, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            });
+        if spawned.is_err() {
+            // No thread for the grace: kill now rather than never.
+            signal_tree(pid, libc::SIGKILL);
+        }
+    }
+
     /// Unregisters a command that exited.
     pub fn exited(&self, child: &Child) {
         self.lock().pids.remove(&child.id());
@@ -219,6 +253,20 @@ fn interrupt_signal(status: ExitStatus) -> Option<&'static str> {
         (Some(libc::SIGINT), _) | (_, Some(130)) => Some("SIGINT"),
         (Some(libc::SIGTERM), _) | (_, Some(143)) => Some("SIGTERM"),
         _ => None,
+    }
+}
+
+/// Sends `sig` to the process group `pid` leads, or to `pid` alone when it
+/// leads none.
+fn signal_tree(pid: u32, sig: i32) {
+    let Ok(p) = i32::try_from(pid) else { return };
+    // SAFETY: getpgid(2) and kill(2) have no memory-safety preconditions.
+    unsafe {
+        if libc::getpgid(p) == p {
+            libc::kill(-p, sig);
+        } else {
+            libc::kill(p, sig);
+        }
     }
 }
 

@@ -4,36 +4,21 @@
 use deadpool_postgres::{GenericClient, Object};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use super::PgStore;
 use crate::error::{Error, Result};
 
 impl PgStore {
-    /// The key of this store's liveness lock, taking the lock first if
-    /// needed.
+    /// The key of this store's current liveness session, establishing one
+    /// first if needed (see [`liveness`](super::liveness)).
     pub(crate) fn liveness_key(&self) -> Result<i64> {
-        // Held across the connect: a second session locking the same key
-        // would wait for the first forever.
-        let mut held = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
-        // A closed connection released the lock: take it again at once, or
-        // other workers would take this live worker's items over.
-        if held.as_ref().is_none_or(|c| c.is_closed()) {
-            let client = self.block(async {
-                let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
-                    Error::Unavailable(format!("cannot connect to PostgreSQL at {}: {e}", self.url))
-                })?;
-                // The lock lives as long as this connection: keep it driven.
-                self.runtime.spawn(connection);
-                client
-                    .execute("SELECT pg_advisory_lock($1)", &[&self.liveness_key])
-                    .await
-                    .map_err(pg_err)?;
-                Ok::<_, Error>(client)
-            })?;
-            *held = Some(client);
-        }
-        Ok(self.liveness_key)
+        let wait = self
+            .config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(std::time::Duration::from_secs(5));
+        Ok(self.liveness.session(&self.config, &self.url, wait)?.key)
     }
 
     pub(super) fn block<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -129,6 +114,17 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
             || *code == SqlState::CANNOT_CONNECT_NOW
         {
             return Error::Unavailable(format!("PostgreSQL is restarting: {}", db.message()));
+        }
+        // The server ended this session (idle_session_timeout, or
+        // idle_in_transaction_session_timeout): the next connection works.
+        if *code == SqlState::IDLE_SESSION_TIMEOUT
+            || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+        {
+            return Error::Unavailable(format!(
+                "PostgreSQL ended an idle session: {} ({})",
+                db.message(),
+                code.code()
+            ));
         }
         if *code == SqlState::DISK_FULL {
             return Error::Storage(format!("disk full: {}", db.message()));

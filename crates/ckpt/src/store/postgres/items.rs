@@ -9,6 +9,7 @@ use tokio_postgres::types::ToSql;
 
 use super::conn::{in_tx, pg_err, Cached};
 use super::jobs::{ensure_job, job_id, LIVE_LOCK};
+use super::liveness::SESSION_GRACE;
 use super::patch::{apply_update, fenced_or_fail, update_batch};
 use super::rows::{item_from_row, status, ts, ITEM_COLUMNS};
 use super::PgStore;
@@ -178,6 +179,19 @@ impl ItemStore for PgStore {
     }
 
     fn update_items(&self, updates: &[ItemUpdate], now: Timestamp) -> Result<Vec<Result<()>>> {
+        // A renewal is made under this process's current liveness session.
+        let renews = updates.iter().any(|u| {
+            matches!(
+                u.change,
+                crate::model::ItemChange::Heartbeat { .. }
+                    | crate::model::ItemChange::Cursor { .. }
+            )
+        });
+        let key = if renews {
+            Some(self.liveness_key()?)
+        } else {
+            None
+        };
         in_tx!(self, |tx| {
             let mut ids: Vec<i64> = updates.iter().map(|u| u.lease.id).collect();
             ids.sort_unstable();
@@ -185,12 +199,12 @@ impl ItemStore for PgStore {
             if ids.len() == updates.len() && updates.len() > 1 {
                 // Distinct items (a group commit, a heartbeat of every held
                 // item): one statement for all.
-                return update_batch(tx, updates, now).await;
+                return update_batch(tx, updates, key, now).await;
             }
             // One item, or the same item twice: in order, one statement each.
             let mut results = Vec::with_capacity(updates.len());
             for u in updates {
-                results.push(fenced_or_fail(apply_update(tx, u, now).await)?);
+                results.push(fenced_or_fail(apply_update(tx, u, key, now).await)?);
             }
             Ok(results)
         })
@@ -389,20 +403,36 @@ impl ItemStore for PgStore {
 
 impl OwnerSessions for PgStore {
     fn expire_lost_owners(&self, job: &str, now: Timestamp) -> Result<u64> {
+        let grace = SESSION_GRACE.as_millis() as i64;
         self.block(async {
             let c = self.client().await?;
+            // The key is re-checked on the row (a renewal under a newer
+            // session changes it), so only leases written under the ended
+            // session are shortened.
             c.cexecute(
                 &format!(
-                    "UPDATE items SET ready_at = $2
+                    "UPDATE items SET ready_at = $2::BIGINT + $3::BIGINT
                      WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
-                       AND status = 'running' AND ready_at > $2 AND owner_key IS NOT NULL
+                       AND status = 'running' AND ready_at > $2::BIGINT + $3::BIGINT AND owner_key IS NOT NULL
                        AND NOT EXISTS ({LIVE_LOCK} = items.owner_key)"
                 ),
-                &[&job, &now.0],
+                &[&job, &now.0, &grace],
             )
             .await
             .map_err(pg_err)
         })
+    }
+
+    fn session_grace(&self) -> std::time::Duration {
+        SESSION_GRACE
+    }
+
+    fn current_session(&self) -> Option<u64> {
+        self.liveness.current()
+    }
+
+    fn session_confirmed(&self, id: u64) -> Option<std::time::Instant> {
+        self.liveness.confirmed(id)
     }
 }
 

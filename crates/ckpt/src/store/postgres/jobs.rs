@@ -5,6 +5,7 @@ use deadpool_postgres::GenericClient;
 
 use super::checkpoint::{check_lease, save_fenced, write_checkpoint};
 use super::conn::{in_tx, pg_err, Cached};
+use super::liveness::SESSION_GRACE;
 use super::rows::{job_from_row, JOB_COLUMNS};
 use super::PgStore;
 use crate::error::{Error, Result};
@@ -96,10 +97,26 @@ impl JobStore for PgStore {
             let current = get_job(tx, job, true)
                 .await?
                 .ok_or_else(|| Error::NotFound(job.to_string()))?;
-            if held_by_live_owner(&current, Some(owner), steal_from, now)
-                && holder_session_alive(tx, id).await?
-            {
-                return Err(busy(&current, now));
+            if held_by_live_owner(&current, Some(owner), steal_from, now) {
+                if !holder_session_alive(tx, id).await? {
+                    // The holder's session ended, but its process may live
+                    // on: shorten its lease to the session grace, within
+                    // which a live holder renews under a new session (and
+                    // is then left alone) or stops.
+                    let grace = SESSION_GRACE.as_millis() as i64;
+                    tx.cexecute(
+                        "UPDATE jobs SET lease_expires = $2::BIGINT + $3::BIGINT
+                         WHERE id = $1 AND lease_expires > $2::BIGINT + $3::BIGINT",
+                        &[&id, &now.0, &grace],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                    let current = get_job(tx, job, false)
+                        .await?
+                        .ok_or_else(|| Error::NotFound(job.to_string()))?;
+                    return Ok::<_, Error>(Err(busy(&current, now)));
+                }
+                return Ok(Err(busy(&current, now)));
             }
             tx.cexecute(
                 "UPDATE jobs SET epoch = epoch + 1, attempts = attempts + 1, owner = $2,
@@ -118,16 +135,18 @@ impl JobStore for PgStore {
                 owner: owner.to_string(),
                 epoch: record.epoch,
             };
-            Ok((lease, record))
-        })
+            Ok(Ok((lease, record)))
+        })?
     }
 
     fn renew_job(&self, lease: &JobLease, lease_until: Timestamp, now: Timestamp) -> Result<()> {
+        // A renewal moves the lease to the current liveness session.
+        let key = self.liveness_key()?;
         in_tx!(self, |tx| {
             let id = check_lease(tx, lease).await?;
             tx.cexecute(
-                "UPDATE jobs SET lease_expires = $2, updated_at = $3 WHERE id = $1",
-                &[&id, &lease_until.0, &now.0],
+                "UPDATE jobs SET lease_expires = $2, updated_at = $3, owner_key = $4 WHERE id = $1",
+                &[&id, &lease_until.0, &now.0, &key],
             )
             .await
             .map_err(pg_err)

@@ -23,6 +23,7 @@ mod conn;
 mod group;
 mod items;
 mod jobs;
+mod liveness;
 mod notify;
 mod patch;
 mod rows;
@@ -50,12 +51,9 @@ pub struct PgStore {
     pool: Pool,
     schema: String,
     url: String,
-    /// This store's liveness: a session-level advisory lock on
-    /// `liveness_key`, held by a connection of its own for as long as the
-    /// store lives (taken on the first claim or acquire). Items and jobs it
-    /// holds carry the key; when the lock is free, their owner is gone.
-    liveness: std::sync::Mutex<Option<tokio_postgres::Client>>,
-    liveness_key: i64,
+    /// This store's liveness session (see [`liveness`]), started on the
+    /// first claim or acquire. Items and jobs it holds carry its key.
+    liveness: std::sync::Arc<liveness::Liveness>,
     config: tokio_postgres::Config,
     group: group::GroupCommit,
     /// Notifications of claimable items, fed by a LISTEN thread started on
@@ -146,8 +144,7 @@ impl PgStore {
             pool,
             schema,
             url: redacted,
-            liveness: std::sync::Mutex::new(None),
-            liveness_key: rand::random::<i64>() & i64::MAX,
+            liveness: Default::default(),
             config,
             group: group::GroupCommit::default(),
             wakeups: Default::default(),

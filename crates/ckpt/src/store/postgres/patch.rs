@@ -16,9 +16,14 @@ use crate::time::Timestamp;
 /// whose `WHERE` is the fence
 /// ([`ItemState::holds`](crate::store::machine::ItemState::holds)); a
 /// fenced update changes nothing and says why.
+///
+/// `session_key` (the writer's current liveness key) replaces the row's
+/// `owner_key` when given: a renewal moves the lease to the session it was
+/// made under.
 pub(super) async fn apply_update(
     c: &impl GenericClient,
     u: &ItemUpdate,
+    session_key: Option<i64>,
     now: Timestamp,
 ) -> Result<()> {
     let l = &u.lease;
@@ -27,7 +32,8 @@ pub(super) async fn apply_update(
         .cexecute(
             "UPDATE items SET status = $4, ready_at = $5, attempts = GREATEST(attempts - $6, 0),
                  cursor = COALESCE($7, cursor), stats = COALESCE($8, stats),
-                 last_error = COALESCE($9, last_error), finished_at = COALESCE($10, finished_at)
+                 last_error = COALESCE($9, last_error), finished_at = COALESCE($10, finished_at),
+                 owner_key = COALESCE($11, owner_key)
              WHERE id = $1 AND status = 'running' AND owner = $2 AND claims = $3",
             &[
                 &l.id,
@@ -40,6 +46,7 @@ pub(super) async fn apply_update(
                 &p.stats,
                 &p.last_error,
                 &p.finished_at.map(|t| t.0),
+                &session_key,
             ],
         )
         .await
@@ -82,6 +89,7 @@ pub(super) fn fenced_or_fail(r: Result<()>) -> Result<Result<()>> {
 pub(super) async fn update_batch(
     tx: &deadpool_postgres::Transaction<'_>,
     updates: &[ItemUpdate],
+    session_key: Option<i64>,
     now: Timestamp,
 ) -> Result<Vec<Result<()>>> {
     let n = updates.len();
@@ -114,7 +122,8 @@ pub(super) async fn update_batch(
                  attempts = GREATEST(i.attempts - u.back, 0),
                  cursor = COALESCE(u.cursor, i.cursor), stats = COALESCE(u.stats, i.stats),
                  last_error = COALESCE(u.last_error, i.last_error),
-                 finished_at = COALESCE(u.finished_at, i.finished_at)
+                 finished_at = COALESCE(u.finished_at, i.finished_at),
+                 owner_key = COALESCE($11, i.owner_key)
              FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[],
                          $6::INT[], $7::JSONB[], $8::JSONB[], $9::TEXT[], $10::BIGINT[])
                  AS u(id, owner, token, status, ready_at, back, cursor, stats, last_error,
@@ -123,8 +132,17 @@ pub(super) async fn update_batch(
                AND i.claims = u.token
              RETURNING i.id",
             &[
-                &ids, &owners, &tokens, &statuses, &ready, &back, &cursors, &stats, &errors,
+                &ids,
+                &owners,
+                &tokens,
+                &statuses,
+                &ready,
+                &back,
+                &cursors,
+                &stats,
+                &errors,
                 &finished,
+                &session_key,
             ],
         )
         .await

@@ -80,7 +80,7 @@ impl SharedTx for PgStore {
                     lease_until,
                     now,
                 )),
-                TxWrite::UpdateItem(update) => self.block(apply_update(&client, update, now)),
+                TxWrite::UpdateItem(update) => self.block(apply_update(&client, update, None, now)),
             };
             written.map(|()| out)
         });

@@ -1,0 +1,465 @@
+//! Self-fencing of running items: a [`Fence`] per held item, and the
+//! watchdog thread that trips it when the item's lease can no longer be
+//! proven this worker's own.
+//!
+//! The watchdog runs beside the coordinator rather than inside it because
+//! the coordinator may be stuck in a store call (a server that stopped
+//! answering, a TCP connection that hangs) exactly when fencing matters: the
+//! deadline must be kept no matter what the store does. It reads only the
+//! monotonic clock and the confirmations the coordinator hands it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::model::ItemLease;
+use crate::policy::fence::{FenceReason, FenceTimings};
+use crate::store::Store;
+
+type Hook = Box<dyn FnOnce(&str) + Send>;
+
+#[derive(Default)]
+struct FenceState {
+    lost: Option<(FenceReason, String)>,
+    hooks: Vec<Hook>,
+}
+
+struct FenceInner {
+    state: Mutex<FenceState>,
+    tripped: Condvar,
+    kill_grace: Duration,
+}
+
+/// Tripped when this worker can no longer prove that an item's lease is its
+/// own: the handler must stop the item's work at once, because another
+/// worker may take the item over once the lease lapses.
+///
+/// A [`Handler`](super::Handler) gets it in
+/// [`handle_fenced`](super::Handler::handle_fenced). Work that can be
+/// stopped from outside (a child process) registers a hook with
+/// [`on_lost`](Fence::on_lost); work that runs in the handler's own thread
+/// checks [`is_lost`](Fence::is_lost) between steps. The runner trips the
+/// fence early enough that the work has [`kill_grace`](Fence::kill_grace)
+/// to end and is still gone before the lease lapses.
+#[derive(Clone)]
+pub struct Fence {
+    inner: Arc<FenceInner>,
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fence")
+            .field("lost", &self.reason())
+            .finish()
+    }
+}
+
+impl Fence {
+    /// A fence that is not tripped; the work it guards gets `kill_grace`
+    /// between a polite stop and a forced one.
+    pub fn new(kill_grace: Duration) -> Fence {
+        Fence {
+            inner: Arc::new(FenceInner {
+                state: Mutex::new(FenceState::default()),
+                tripped: Condvar::new(),
+                kill_grace,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FenceState> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True once the lease is lost.
+    pub fn is_lost(&self) -> bool {
+        self.lock().lost.is_some()
+    }
+
+    /// Why the lease is lost, once it is.
+    pub fn reason(&self) -> Option<String> {
+        self.lock().lost.as_ref().map(|(_, why)| why.clone())
+    }
+
+    /// How long the work may take to stop after a polite request (SIGTERM)
+    /// before it must be forced (SIGKILL).
+    pub fn kill_grace(&self) -> Duration {
+        self.inner.kill_grace
+    }
+
+    /// Runs `hook` with the reason when the fence trips (at once if it has
+    /// tripped already). Hooks run on the thread that trips the fence, so
+    /// they must be quick (send a signal, start a timer thread).
+    pub fn on_lost(&self, hook: impl FnOnce(&str) + Send + 'static) {
+        let mut g = self.lock();
+        match &g.lost {
+            Some((_, why)) => {
+                let why = why.clone();
+                drop(g);
+                hook(&why);
+            }
+            None => g.hooks.push(Box::new(hook)),
+        }
+    }
+
+    /// Waits up to `timeout` for the fence to trip; true if it has.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let g = self.lock();
+        let (g, _) = self
+            .inner
+            .tripped
+            .wait_timeout_while(g, timeout, |s| s.lost.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        g.lost.is_some()
+    }
+
+    /// Trips the fence (once: later calls change nothing) and runs the
+    /// hooks. Returns whether this call tripped it.
+    pub fn trip(&self, reason: FenceReason, why: &str) -> bool {
+        let hooks = {
+            let mut g = self.lock();
+            if g.lost.is_some() {
+                return false;
+            }
+            g.lost = Some((reason, why.to_string()));
+            std::mem::take(&mut g.hooks)
+        };
+        self.inner.tripped.notify_all();
+        for hook in hooks {
+            hook(why);
+        }
+        true
+    }
+}
+
+/// A held item's lease as the watchdog sees it.
+struct Held {
+    /// When the last write that confirmed the lease was sent.
+    confirmed: Instant,
+    /// The liveness session that write was made under, when the store has
+    /// sessions and it is known for sure (`None`: unknown, so the write's
+    /// own send time is all that bounds a shortening of the lease).
+    session: Option<u64>,
+    fence: Fence,
+}
+
+/// A write that confirmed leases: when it was sent, and the liveness
+/// session it was made under (see [`Watchdog::session_around`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Confirmation {
+    pub sent: Instant,
+    pub session: Option<u64>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    held: HashMap<(i64, u64), Held>,
+    stop: bool,
+}
+
+/// The leases a run holds, and the thread that fences those not confirmed
+/// in time. Keyed by item and fencing token: a newer claim of the same item
+/// is another lease.
+pub(super) struct Watchdog {
+    timings: FenceTimings,
+    /// Timings over the store's session grace, when it has sessions.
+    session_timings: Option<FenceTimings>,
+    store: Arc<dyn Store>,
+    state: Mutex<WatchState>,
+    changed: Condvar,
+    job: String,
+}
+
+fn key(lease: &ItemLease) -> (i64, u64) {
+    (lease.id, lease.token)
+}
+
+impl Watchdog {
+    pub(super) fn new(lease: Duration, job: &str, store: Arc<dyn Store>) -> Watchdog {
+        let session_timings = store
+            .owner_sessions()
+            .map(|s| FenceTimings::for_lease(s.session_grace()));
+        Watchdog {
+            timings: FenceTimings::for_lease(lease),
+            session_timings,
+            store,
+            state: Mutex::new(WatchState::default()),
+            changed: Condvar::new(),
+            job: job.to_string(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, WatchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn timings(&self) -> FenceTimings {
+        self.timings
+    }
+
+    /// The store's current liveness session, read before a write.
+    pub(super) fn session_before(&self) -> Option<u64> {
+        self.store.owner_sessions()?.current_session()
+    }
+
+    /// A write sent at `sent`, with the session read before it: the write
+    /// was made under that session if it is still current now (sessions
+    /// only ever move on), else under some session not known for sure.
+    pub(super) fn confirmation(&self, sent: Instant, before: Option<u64>) -> Confirmation {
+        let after = self.session_before();
+        Confirmation {
+            sent,
+            session: before.filter(|b| Some(*b) == after),
+        }
+    }
+
+    /// True when some held lease was last written under a session other
+    /// than the current one: it should be renewed under the current one now.
+    pub(super) fn wants_renewal(&self) -> bool {
+        if self.session_timings.is_none() {
+            return false;
+        }
+        let current = self.session_before();
+        self.lock()
+            .held
+            .values()
+            .any(|h| !h.fence.is_lost() && (h.session.is_none() || h.session != current))
+    }
+
+    /// Starts watching a lease granted by a claim.
+    pub(super) fn hold(&self, lease: &ItemLease, by: Confirmation) {
+        let fence = Fence::new(self.timings.kill_grace());
+        self.lock().held.insert(
+            key(lease),
+            Held {
+                confirmed: by.sent,
+                session: by.session,
+                fence,
+            },
+        );
+        self.changed.notify_all();
+    }
+
+    /// The fence of a held lease (`None` once it was let go).
+    pub(super) fn fence(&self, lease: &ItemLease) -> Option<Fence> {
+        self.lock().held.get(&key(lease)).map(|h| h.fence.clone())
+    }
+
+    /// A renewal was confirmed.
+    pub(super) fn confirm(&self, lease: &ItemLease, by: Confirmation) {
+        if let Some(h) = self.lock().held.get_mut(&key(lease)) {
+            if by.sent >= h.confirmed {
+                h.confirmed = by.sent;
+                h.session = by.session;
+            }
+        }
+    }
+
+    /// How long ago `h`'s lease was last proven: by its own renewal, or —
+    /// on a store with sessions — by its session, whichever runs out first
+    /// (as the time until the work must be told to stop), with the reason.
+    fn until_stop(&self, h: &Held, now: Instant) -> (Duration, FenceReason, Duration) {
+        let since = now.saturating_duration_since(h.confirmed);
+        let by_lease = (
+            self.timings.until_stop(since),
+            FenceReason::Unconfirmed,
+            since,
+        );
+        let Some(st) = &self.session_timings else {
+            return by_lease;
+        };
+        // A lease written under a session that was alive at some instant
+        // can only be shortened after that instant; the write itself proves
+        // at least its own send time.
+        let proven = h
+            .session
+            .and_then(|id| self.store.owner_sessions()?.session_confirmed(id))
+            .map_or(h.confirmed, |at| at.max(h.confirmed));
+        let since_session = now.saturating_duration_since(proven);
+        let by_session = (
+            st.until_stop(since_session),
+            FenceReason::SessionLost,
+            since_session,
+        );
+        if by_session.0 < by_lease.0 {
+            by_session
+        } else {
+            by_lease
+        }
+    }
+
+    /// Stops watching a lease (its outcome was recorded).
+    pub(super) fn release(&self, lease: &ItemLease) {
+        self.lock().held.remove(&key(lease));
+    }
+
+    /// Trips the fence of a lease the store refused.
+    pub(super) fn lost(&self, lease: &ItemLease, reason: FenceReason, why: &str) {
+        let fence = self.fence(lease);
+        if let Some(fence) = fence {
+            self.trip(&fence, lease, reason, why);
+        }
+    }
+
+    fn trip(&self, fence: &Fence, lease: &ItemLease, reason: FenceReason, why: &str) {
+        if fence.trip(reason, why) {
+            metrics::counter!("ckpt_lease_lost_total", "job" => self.job.clone(), "reason" => reason.as_str())
+                .increment(1);
+            tracing::warn!(
+                event = "lease_lost",
+                job = %self.job,
+                item_id = lease.id,
+                reason = reason.as_str(),
+                "stopping item {}: {why}",
+                lease.id
+            );
+        }
+    }
+
+    /// Ends [`watch`](Self::watch).
+    pub(super) fn stop(&self) {
+        self.lock().stop = true;
+        self.changed.notify_all();
+    }
+
+    /// The watchdog thread: trips the fence of every lease not confirmed
+    /// within [`FenceTimings::term_after`], until stopped.
+    pub(super) fn watch(&self) {
+        let mut g = self.lock();
+        loop {
+            if g.stop {
+                return;
+            }
+            let now = Instant::now();
+            // Sessions are confirmed by another thread: look again soon
+            // even when no deadline is near.
+            let mut next = if self.session_timings.is_some() {
+                Duration::from_millis(250)
+            } else {
+                Duration::from_secs(3600)
+            };
+            let mut due = Vec::new();
+            for (k, h) in &g.held {
+                if h.fence.is_lost() {
+                    continue;
+                }
+                let (left, reason, since) = self.until_stop(h, now);
+                if left.is_zero() {
+                    due.push((*k, h.fence.clone(), reason, since));
+                } else {
+                    next = next.min(left);
+                }
+            }
+            if !due.is_empty() {
+                drop(g);
+                for ((id, token), fence, reason, since) in due {
+                    let lease = ItemLease {
+                        id,
+                        token,
+                        owner: String::new(),
+                    };
+                    let since = humantime::format_duration(round_ms(since));
+                    let why = match reason {
+                        FenceReason::SessionLost => format!(
+                            "the liveness session its lease was written under was last confirmed {since} ago: another worker may take it over"
+                        ),
+                        _ => format!(
+                            "its lease was last confirmed {since} ago (lease {}): the store did not confirm a renewal in time, so another worker may take it over",
+                            humantime::format_duration(self.timings.lease)
+                        ),
+                    };
+                    self.trip(&fence, &lease, reason, &why);
+                }
+                g = self.lock();
+                continue;
+            }
+            g = self
+                .changed
+                .wait_timeout(g, next)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_fence_trips_once_and_runs_every_hook() {
+        let fence = Fence::new(Duration::from_millis(10));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = Arc::clone(&ran);
+        fence.on_lost(move |why| {
+            assert_eq!(why, "gone");
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        assert!(!fence.is_lost());
+        assert!(!fence.wait(Duration::from_millis(1)));
+        assert!(fence.trip(FenceReason::TakenOver, "gone"));
+        assert!(!fence.trip(FenceReason::Unconfirmed, "again"));
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        assert_eq!(fence.reason().as_deref(), Some("gone"));
+        assert!(fence.wait(Duration::ZERO));
+        // A hook registered after the trip runs at once.
+        let r = Arc::clone(&ran);
+        fence.on_lost(move |_| {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(ran.load(Ordering::SeqCst), 2);
+    }
+
+    fn lease(id: i64, token: u64) -> ItemLease {
+        ItemLease {
+            id,
+            token,
+            owner: "w".into(),
+        }
+    }
+
+    #[test]
+    fn the_watchdog_trips_unconfirmed_leases_and_spares_confirmed_ones() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::MemoryStore::new());
+        let dog = Arc::new(Watchdog::new(Duration::from_millis(500), "j", store));
+        let thread = {
+            let dog = Arc::clone(&dog);
+            std::thread::spawn(move || dog.watch())
+        };
+        let start = Instant::now();
+        let at = |sent| Confirmation {
+            sent,
+            session: None,
+        };
+        dog.hold(&lease(1, 1), at(start));
+        dog.hold(&lease(2, 1), at(start));
+        let (stale, fresh) = (
+            dog.fence(&lease(1, 1)).unwrap(),
+            dog.fence(&lease(2, 1)).unwrap(),
+        );
+        // Keep confirming lease 2 while lease 1 goes unconfirmed.
+        while !stale.is_lost() {
+            dog.confirm(&lease(2, 1), at(Instant::now()));
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(start.elapsed() < Duration::from_secs(10), "never tripped");
+        }
+        let tripped_after = start.elapsed();
+        assert!(
+            tripped_after >= dog.timings().term_after,
+            "tripped after {tripped_after:?}, before term_after"
+        );
+        assert!(!fresh.is_lost());
+        assert!(stale.reason().unwrap().contains("last confirmed"));
+        // Another token of the same item is another lease.
+        assert!(dog.fence(&lease(1, 2)).is_none());
+        dog.release(&lease(1, 1));
+        assert!(dog.fence(&lease(1, 1)).is_none());
+        dog.stop();
+        thread.join().unwrap();
+    }
+}

@@ -1,0 +1,271 @@
+//! The liveness session: how other workers learn, on any host, that this
+//! one is gone — without taking a dropped connection for a dead process.
+//!
+//! A keeper thread holds a connection of its own with a session-level
+//! advisory lock on a random key, and pings it every [`PING_EVERY`]. The
+//! items and jobs this store's workers hold carry the key (`owner_key`).
+//! When the lock is free, the session ended: the process died, or only its
+//! connection did (`pg_terminate_backend`, an idle-session timeout, a
+//! server restart or failover, a network cut).
+//!
+//! Both must be safe, so a free lock is not taken as death at once. A
+//! worker that finds an owner's lock free only shortens the owner's leases
+//! to [`SESSION_GRACE`] from now ([`OwnerSessions::expire_lost_owners`]).
+//! The owner, for its part, re-establishes a lost session at once (under a
+//! new key) and renews its leases under it; and stops the work of any lease
+//! still written under a session that it has not confirmed alive for
+//! [`SESSION_GRACE`] less a margin (the runner's watchdog asks
+//! [`OwnerSessions::session_confirmed`]). Since a session's last confirmed
+//! ping was sent before the session ended, and so before anyone could find
+//! its lock free, the owner's work is gone before the shortened leases
+//! lapse. A crashed worker's items are then taken over after about
+//! [`SESSION_GRACE`], instead of after their whole lease.
+//!
+//! A key is never reused: a lease renewed under the new session cannot be
+//! shortened by a worker that saw the old one end (the shortening is
+//! conditional on the key).
+//!
+//! [`OwnerSessions::expire_lost_owners`]: crate::store::OwnerSessions::expire_lost_owners
+//! [`OwnerSessions::session_confirmed`]: crate::store::OwnerSessions::session_confirmed
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::NoTls;
+
+use crate::error::{Error, Result};
+
+/// How long after its last confirmed ping a lost session's leases may be
+/// taken over. The owner stops their work before that.
+pub const SESSION_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the keeper pings its session.
+pub const PING_EVERY: Duration = Duration::from_millis(500);
+
+/// How long a ping may take before the session counts as lost.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sessions whose last confirmation is remembered (older ones count as
+/// never confirmed: their leases are long fenced).
+const REMEMBERED: usize = 8;
+
+/// A liveness session: its id in this process and its lock key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Session {
+    pub id: u64,
+    pub key: i64,
+}
+
+#[derive(Default)]
+struct State {
+    current: Option<Session>,
+    /// (session id, when its last successful ping was sent), newest last.
+    confirmed: VecDeque<(u64, Instant)>,
+    last_error: Option<String>,
+    started: bool,
+}
+
+/// The liveness of one store: the keeper thread and what it found.
+#[derive(Default)]
+pub(crate) struct Liveness {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl std::fmt::Debug for Liveness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Liveness")
+            .field("current", &self.lock().current)
+            .finish()
+    }
+}
+
+impl Liveness {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current session, starting the keeper on first use and waiting
+    /// up to `wait` for a session when there is none right now.
+    pub(crate) fn session(
+        self: &Arc<Self>,
+        config: &tokio_postgres::Config,
+        url: &str,
+        wait: Duration,
+    ) -> Result<Session> {
+        let mut g = self.lock();
+        if !g.started {
+            g.started = true;
+            let (weak, config, url) = (Arc::downgrade(self), config.clone(), url.to_string());
+            std::thread::Builder::new()
+                .name("ckpt-pg-liveness".into())
+                .spawn(move || keep(weak, config, url))
+                .map_err(|e| {
+                    Error::Unavailable(format!("cannot start the liveness thread: {e}"))
+                })?;
+        }
+        let (g, _) = self
+            .changed
+            .wait_timeout_while(g, wait, |s| s.current.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        g.current.ok_or_else(|| {
+            Error::Unavailable(format!(
+                "cannot keep a liveness session with PostgreSQL at {url}: {}",
+                g.last_error.as_deref().unwrap_or("no answer")
+            ))
+        })
+    }
+
+    /// The current session's id, if one is established (never waits).
+    pub(crate) fn current(&self) -> Option<u64> {
+        self.lock().current.map(|s| s.id)
+    }
+
+    /// When a ping confirming session `id` alive was last sent.
+    pub(crate) fn confirmed(&self, id: u64) -> Option<Instant> {
+        self.lock()
+            .confirmed
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == id)
+            .map(|(_, at)| *at)
+    }
+
+    fn confirm(&self, id: u64, sent: Instant) {
+        let mut g = self.lock();
+        match g.confirmed.iter_mut().find(|(s, _)| *s == id) {
+            Some(entry) => entry.1 = entry.1.max(sent),
+            None => {
+                g.confirmed.push_back((id, sent));
+                while g.confirmed.len() > REMEMBERED {
+                    g.confirmed.pop_front();
+                }
+            }
+        }
+    }
+
+    fn set_current(&self, session: Option<Session>, error: Option<String>) {
+        let mut g = self.lock();
+        g.current = session;
+        if error.is_some() {
+            g.last_error = error;
+        }
+        drop(g);
+        self.changed.notify_all();
+    }
+}
+
+/// The keeper thread: connects, locks a fresh key, pings until the session
+/// fails, and starts over at once; ends when the store is dropped.
+fn keep(liveness: Weak<Liveness>, config: tokio_postgres::Config, url: String) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        if let Some(l) = liveness.upgrade() {
+            l.set_current(None, Some("cannot start a driver thread".into()));
+        }
+        return;
+    };
+    let mut next_id = 0u64;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if liveness.strong_count() == 0 {
+            return;
+        }
+        let key = rand::random::<i64>() & i64::MAX;
+        let sent = Instant::now();
+        let connected = runtime.block_on(async {
+            let (client, connection) = config.connect(NoTls).await?;
+            let driver = tokio::spawn(connection);
+            let locked: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .await?
+                .get(0);
+            Ok::<_, tokio_postgres::Error>((client, driver, locked))
+        });
+        let (client, driver) = match connected {
+            Ok((client, driver, true)) => (client, driver),
+            Ok((_, driver, false)) => {
+                // A random 63-bit key already locked: draw another.
+                driver.abort();
+                continue;
+            }
+            Err(e) => {
+                let Some(l) = liveness.upgrade() else { return };
+                // Driver errors name no password (its config's Debug
+                // redacts it); the URL here is the redacted one.
+                let why = format!("{url}: {e}");
+                tracing::debug!(error = %why, "liveness session: cannot connect");
+                l.set_current(None, Some(why));
+                drop(l);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        next_id += 1;
+        let session = Session { id: next_id, key };
+        {
+            let Some(l) = liveness.upgrade() else { return };
+            l.confirm(session.id, sent);
+            l.set_current(Some(session), None);
+        }
+        if next_id > 1 {
+            tracing::info!(
+                event = "session_restored",
+                "liveness session with PostgreSQL re-established"
+            );
+        }
+        // Ping until the session fails or the store goes.
+        loop {
+            std::thread::sleep(PING_EVERY);
+            let Some(l) = liveness.upgrade() else {
+                driver.abort();
+                return;
+            };
+            let sent = Instant::now();
+            let ok = runtime.block_on(async {
+                matches!(
+                    tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await,
+                    Ok(Ok(_))
+                )
+            });
+            if ok {
+                l.confirm(session.id, sent);
+                continue;
+            }
+            tracing::warn!(
+                event = "session_lost",
+                "liveness session with PostgreSQL lost; re-establishing it"
+            );
+            l.set_current(None, Some("the liveness session ended".into()));
+            driver.abort();
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confirmations_are_kept_per_session_newest_wins() {
+        let l = Liveness::default();
+        let t0 = Instant::now();
+        l.confirm(1, t0);
+        l.confirm(1, t0 + Duration::from_millis(5));
+        l.confirm(1, t0 + Duration::from_millis(2));
+        assert_eq!(l.confirmed(1), Some(t0 + Duration::from_millis(5)));
+        assert_eq!(l.confirmed(2), None);
+        for id in 2..=(REMEMBERED as u64 + 1) {
+            l.confirm(id, t0);
+        }
+        // The oldest session is forgotten: never confirmed, so fenced.
+        assert_eq!(l.confirmed(1), None);
+        assert!(l.confirmed(REMEMBERED as u64 + 1).is_some());
+    }
+}
