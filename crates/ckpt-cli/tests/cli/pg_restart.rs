@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::util::{item_counts, items, wait_until, Sandbox};
 
 /// A PostgreSQL cluster of this test's own, stopped when the guard goes.
-struct PrivateCluster {
+pub(crate) struct PrivateCluster {
     bin: PathBuf,
     data: PathBuf,
     port: u16,
@@ -38,7 +38,7 @@ fn is_root() -> bool {
 }
 
 impl PrivateCluster {
-    fn start() -> Option<PrivateCluster> {
+    pub(crate) fn start() -> Option<PrivateCluster> {
         let Some(bin) = server_bin() else {
             if std::env::var("CKPT_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
                 panic!("CKPT_REQUIRE_SERVICES=1 but no PostgreSQL server binaries (initdb, pg_ctl) are installed");
@@ -83,7 +83,7 @@ impl PrivateCluster {
         Some(cluster)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
@@ -106,7 +106,7 @@ impl PrivateCluster {
         );
     }
 
-    fn pg_ctl_start(&self) {
+    pub(crate) fn pg_ctl_start(&self) {
         let data = self.data.to_str().unwrap();
         let log = self.data.join("server.log");
         let options = format!(
@@ -128,7 +128,7 @@ impl PrivateCluster {
         );
     }
 
-    fn pg_ctl_stop(&self, mode: &str) {
+    pub(crate) fn pg_ctl_stop(&self, mode: &str) {
         self.pg(
             "pg_ctl",
             &["-D", self.data.to_str().unwrap(), "-m", mode, "-w", "stop"],

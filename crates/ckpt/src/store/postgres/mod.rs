@@ -115,7 +115,11 @@ impl PgStore {
         // The store's schema first, then `public`, where a caller's own tables
         // (written in the same transaction as a checkpoint) usually live.
         config.options(format!("-c search_path={schema},public"));
-        config.application_name("ckpt");
+        // Operators find ckpt's sessions in pg_stat_activity by this name,
+        // unless the URL names them otherwise.
+        if config.get_application_name().is_none() {
+            config.application_name("ckpt");
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }

@@ -1,0 +1,93 @@
+//! A run stopped with SIGSTOP past its lease (alone, or with its whole
+//! process group), a second run takes its items over, then SIGCONT: the
+//! stopped run's commands must be gone before the second run starts them.
+
+use std::time::Duration;
+
+use super::{recorder_run, ChaosStore, Ledger};
+use crate::util::{items, wait_until, Sandbox};
+
+const SIGSTOP: i32 = libc::SIGSTOP;
+const SIGCONT: i32 = libc::SIGCONT;
+
+/// Whom the SIGSTOP and SIGCONT reach.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    /// `kill -STOP PID`: ckpt alone; its commands run on.
+    Run,
+    /// `kill -STOP -PGID`: ckpt and whatever shares its process group.
+    Group,
+}
+
+fn sigstop_past_the_lease(sb: &Sandbox, store: Option<ChaosStore>, target: Target) {
+    let Some(store) = store else { return };
+    let keys = items("s", 6);
+    let file = sb.write_items("items.txt", &keys);
+    let ledger = sb.join("ledger");
+    // Executions of 4 s (80 ticks) under a 2 s lease.
+    let a = recorder_run(sb, &store, &file, "2s", 2, 80, "A")
+        .own_process_group()
+        .start();
+    wait_until(Duration::from_secs(30), "run A to start two items", || {
+        Ledger::read(&ledger)
+            .by_key
+            .values()
+            .filter(|e| !e.is_empty())
+            .count()
+            >= 2
+    });
+    let pid = a.pid() as i32;
+    let signal = |sig| match target {
+        Target::Run => a.signal(sig),
+        Target::Group => a.signal_group(sig),
+    };
+    signal(SIGSTOP);
+    let b = recorder_run(sb, &store, &file, "2s", 2, 80, "B").start();
+    // Stopped well past its lease: B takes its items over meanwhile.
+    std::thread::sleep(Duration::from_secs(5));
+    signal(SIGCONT);
+    let out_b = b.wait(Duration::from_secs(120));
+    let out_a = a.wait(Duration::from_secs(120));
+    out_b.no_panic();
+    out_a.no_panic();
+    assert_eq!(out_b.code, 0, "run B: {}", out_b.stderr);
+    assert_eq!(out_a.code, 0, "run A (pid {pid}): {}", out_a.stderr);
+    // Two items were running in A at the stop: at most those run again.
+    Ledger::read(&ledger).assert_sound(&format!("sigstop {target:?}"), &keys, 2);
+}
+
+#[test]
+fn sigstop_of_a_run_on_sqlite() {
+    let sb = Sandbox::new();
+    sigstop_past_the_lease(&sb, ChaosStore::sqlite(&sb), Target::Run);
+}
+
+#[test]
+fn sigstop_of_a_run_on_postgres() {
+    let sb = Sandbox::new();
+    sigstop_past_the_lease(&sb, ChaosStore::postgres("stop_run"), Target::Run);
+}
+
+#[test]
+fn sigstop_of_a_run_on_redis() {
+    let sb = Sandbox::new();
+    sigstop_past_the_lease(&sb, ChaosStore::redis("stop_run"), Target::Run);
+}
+
+#[test]
+fn sigstop_of_a_process_group_on_sqlite() {
+    let sb = Sandbox::new();
+    sigstop_past_the_lease(&sb, ChaosStore::sqlite(&sb), Target::Group);
+}
+
+#[test]
+fn sigstop_of_a_process_group_on_postgres() {
+    let sb = Sandbox::new();
+    sigstop_past_the_lease(&sb, ChaosStore::postgres("stop_group"), Target::Group);
+}
+
+#[test]
+fn sigstop_of_a_process_group_on_redis() {
+    let sb = Sandbox::new();
+    sigstop_past_the_lease(&sb, ChaosStore::redis("stop_group"), Target::Group);
+}
