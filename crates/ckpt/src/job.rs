@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::ckpt::Ckpt;
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, JobLease, JobRecord, JobStatus};
+use crate::policy::fence::{FenceReason, FenceTimings};
 use crate::policy::{CheckpointPolicy, IntervalTracker};
 use crate::store::{SharedTx, TxWrite};
 use crate::time::Timestamp;
@@ -226,8 +227,20 @@ impl Job {
     /// lease ask for, from the last save and renewal.
     fn rearm(&mut self) {
         let next = self.tracker.next_due(&self.options.policy);
-        let renew_at = self.last_renewal.first_after(self.options.lease / 3);
+        let renew_at = self.last_renewal.first_after(self.renew_every());
         self.pacer.arm(self.ckpt.clock(), next, renew_at);
+    }
+
+    /// How often the lease is renewed between saves: a third of the lease;
+    /// on a store with liveness sessions, also a third of the session
+    /// grace, so that after a replaced session the lease moves to the new
+    /// one before another worker may take it over.
+    fn renew_every(&self) -> Duration {
+        let every = FenceTimings::for_lease(self.options.lease).renew_after;
+        match self.ckpt.store().owner_sessions() {
+            Some(s) => every.min(s.session_grace() / 3),
+            None => every,
+        }
     }
 
     /// Shorthand for [`checkpoint`](Job::checkpoint) with a serialisable
@@ -330,14 +343,51 @@ impl Job {
 
     /// Renews the lease if a third of it has passed since the last renewal.
     /// Call it from loops whose items take longer than the lease.
+    ///
+    /// Self-fencing: when renewals keep failing (the store is unreachable)
+    /// until the lease can no longer be proven this worker's own (see
+    /// [`FenceTimings`]), it returns [`Error::Fenced`]: the loop must stop,
+    /// because another worker may take the job over once the lease lapses.
+    /// (`checkpoint()` renews through here, so it says the same.)
     pub fn heartbeat(&mut self) -> Result<()> {
         let now = self.ckpt.now();
-        if now.since(self.last_renewal) < self.options.lease / 3 {
+        let since = now.since(self.last_renewal);
+        if since < self.renew_every() {
             return Ok(());
         }
-        self.ckpt
+        let renewed = self
+            .ckpt
             .store()
-            .renew_job(&self.lease, now.plus(self.options.lease), now)?;
+            .renew_job(&self.lease, now.plus(self.options.lease), now);
+        match renewed {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => {
+                let timings = FenceTimings::for_lease(self.options.lease);
+                if timings.must_stop(since) {
+                    metrics::counter!("ckpt_lease_lost_total", "job" => self.lease.job.clone(), "reason" => FenceReason::Unconfirmed.as_str())
+                        .increment(1);
+                    let why = format!(
+                        "job '{}': the lease was last renewed {} ago and cannot be renewed now ({e}); another worker may take the job over: stop",
+                        self.name(),
+                        humantime::format_duration(Duration::from_millis(since.as_millis() as u64))
+                    );
+                    tracing::warn!(
+                        event = "lease_lost",
+                        job = self.name(),
+                        reason = FenceReason::Unconfirmed.as_str(),
+                        "{why}"
+                    );
+                    return Err(Error::Fenced(why));
+                }
+                return Err(e);
+            }
+            Err(e) => {
+                if e.is_fenced() {
+                    tracing::warn!(event = "lease_lost", job = self.name(), reason = FenceReason::TakenOver.as_str(), error = %e);
+                }
+                return Err(e);
+            }
+        }
         self.last_renewal = now;
         self.rearm();
         Ok(())

@@ -344,3 +344,37 @@ fn transient_store_failure_loses_nothing(store: Option<Fixture>) {
     let rec = c.get_job("flaky").unwrap().unwrap();
     assert_eq!((rec.checkpoint.unwrap().cursor, rec.saves), (json!(3), 2));
 }
+
+/// A cursor loop whose renewals keep failing stops itself before its lease
+/// can lapse: `heartbeat()` (and so `checkpoint()`) says the lease is lost
+/// once it can no longer be proven, not only once another worker took it.
+#[apply(every_store)]
+fn a_loop_that_cannot_renew_is_told_to_stop_before_its_lease_lapses(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let lease = Duration::from_secs(30);
+    let options = JobOptions {
+        lease,
+        policy: CheckpointPolicy::Always,
+    };
+    let timings = ckpt::policy::fence::FenceTimings::for_lease(lease);
+    for (late, told_to_stop) in [(timings.renew_after, false), (timings.term_after, true)] {
+        let clock = ManualClock::new(T0);
+        let faulty: Arc<dyn Store> =
+            Arc::new(FaultStore::new((f.another)()).inject(Op::RenewJob, 1, Fault::Fail));
+        let ckpt = Ckpt::new(faulty).with_clock(Arc::new(clock.clone()));
+        let mut job = ckpt
+            .job_with(&format!("unrenewed-{told_to_stop}"), options.clone())
+            .unwrap();
+        clock.advance(late);
+        let err = job.heartbeat().unwrap_err();
+        assert_eq!(err.is_fenced(), told_to_stop, "{late:?} late: {err}");
+        assert_eq!(err.is_transient(), !told_to_stop, "{late:?} late: {err}");
+        if told_to_stop {
+            assert!(err.to_string().contains("stop"), "{err}");
+            // Before the lease lapses: nobody else could have it yet.
+            assert!(late < lease);
+        }
+        // The outage ends: the next renewal works and the loop goes on.
+        job.heartbeat().unwrap();
+    }
+}

@@ -175,7 +175,10 @@ impl Ledger {
                     .is_some_and(|e| e.iter().any(|x| x.done))
             })
             .collect();
-        assert!(missing.is_empty(), "{scenario}: never completed: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{scenario}: never completed: {missing:?}"
+        );
         assert!(
             self.duplicates() <= max_duplicates,
             "{scenario}: {} re-runs, more than the {max_duplicates} in flight at the fault",

@@ -108,7 +108,11 @@ fn idle_session_timeout_is_an_outage_not_a_failure() {
     impl Drop for DropDb {
         fn drop(&mut self) {
             let _ = std::process::Command::new("psql")
-                .args([&self.0, "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.1)])
+                .args([
+                    &self.0,
+                    "-c",
+                    &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.1),
+                ])
                 .output();
         }
     }
@@ -154,7 +158,14 @@ fn restart_mid_run(mode: &str) {
     let ledger = sb.join("ledger");
     let run = |host: &str| {
         sb.ckpt_bare()
-            .args(["--store", &cluster.url(), "run", "--job", "chaos", "--items"])
+            .args([
+                "--store",
+                &cluster.url(),
+                "run",
+                "--job",
+                "chaos",
+                "--items",
+            ])
             .arg(&file)
             .args(["-j", "4", "--retries", "10", "--"])
             .args(["sh", "-c", super::RECORDER, "_", "{}"])
