@@ -247,6 +247,12 @@ pub enum ItemChange {
         /// New expiry.
         lease_until: Timestamp,
     },
+    /// The attempt starts running now (and the lease is renewed): from here
+    /// on it counts, even if its worker dies without a word.
+    Start {
+        /// New expiry.
+        lease_until: Timestamp,
+    },
     /// Save a per-item cursor (and renew the lease).
     Cursor {
         /// The cursor.

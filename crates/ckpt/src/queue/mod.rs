@@ -115,16 +115,50 @@ impl Queue {
     }
 
     /// Claims up to `max` ready items (pending, due for a retry, or with an
-    /// expired lease) for this worker.
+    /// expired lease) for this worker, which starts them now: each claim
+    /// counts an attempt.
     pub fn claim(&self, max: usize) -> Result<Vec<ClaimedItem>> {
+        self.claim_as(max, true)
+    }
+
+    /// Claims up to `max` ready items ahead of starting them: mark each
+    /// with [`start`](Queue::start) when it starts. If this worker dies or
+    /// gives them back before that, they cost no attempt: attempts count
+    /// executions. (The [`Runner`](crate::Runner) claims this way.)
+    pub fn claim_ahead(&self, max: usize) -> Result<Vec<ClaimedItem>> {
+        self.claim_as(max, false)
+    }
+
+    /// Records that `items`, claimed ahead, start running now (and renews
+    /// their leases); one result per item, [`Error::Fenced`] for those lost.
+    ///
+    /// [`Error::Fenced`]: crate::Error::Fenced
+    pub fn start<'a, I: IntoIterator<Item = &'a ClaimedItem>>(
+        &self,
+        items: I,
+    ) -> Result<Vec<Result<()>>> {
+        let lease_until = self.ckpt.now().plus(self.options.lease);
+        let updates: Vec<_> = items
+            .into_iter()
+            .map(|item| ItemUpdate {
+                lease: item.lease.clone(),
+                change: ItemChange::Start { lease_until },
+            })
+            .collect();
+        self.apply(&updates)
+    }
+
+    fn claim_as(&self, max: usize, started: bool) -> Result<Vec<ClaimedItem>> {
         let now = self.ckpt.now();
         let claimed = self.ckpt.store().claim(
             &self.job,
             &self.owner,
             max,
             now.plus(self.options.lease),
+            started,
             now,
         )?;
+        let claimed = self.bury_exhausted(claimed)?;
         if !claimed.is_empty() {
             metrics::counter!("ckpt_item_attempts_total", "job" => self.job.clone())
                 .increment(claimed.len() as u64);
@@ -151,6 +185,32 @@ impl Queue {
             }
         }
         Ok(claimed)
+    }
+
+    /// Moves to the dead-letter list, without running them, the claimed
+    /// items whose attempts are used up already: each of them started as
+    /// often as the retry policy allows and never came back (its worker
+    /// died while running it, every time). Returns the others.
+    fn bury_exhausted(&self, claimed: Vec<ClaimedItem>) -> Result<Vec<ClaimedItem>> {
+        let max = self.options.retry.max_attempts;
+        let (exhausted, runnable): (Vec<_>, Vec<_>) =
+            claimed.into_iter().partition(|i| i.attempt > max);
+        if exhausted.is_empty() {
+            return Ok(runnable);
+        }
+        let attempts: Vec<Attempt> = exhausted
+            .into_iter()
+            .map(|item| Attempt {
+                outcome: Outcome::Failed(format!(
+                    "started {} time(s) and its worker never reported back (it died while running it each time); not run again",
+                    item.attempt - 1
+                )),
+                item,
+                ran_for: None,
+            })
+            .collect();
+        self.settle(&attempts)?;
+        Ok(runnable)
     }
 
     /// Completes a claimed item with optional stats. Fenced.

@@ -20,6 +20,8 @@ pub(super) struct Coordinator<'r, 'q> {
     report: RunReport,
     /// Ended attempts not yet recorded (kept across a store outage).
     unsaved: Vec<Attempt>,
+    /// Starts not yet recorded (kept across a store outage).
+    starts: Vec<ClaimedItem>,
     last_heartbeat: Instant,
     last_reclaim: Instant,
     /// Items held at most: one per worker, plus the prefetch.
@@ -41,6 +43,7 @@ impl<'r, 'q> Coordinator<'r, 'q> {
             dog,
             report: RunReport::default(),
             unsaved: Vec::new(),
+            starts: Vec::new(),
             last_heartbeat: Instant::now(),
             last_reclaim: Instant::now(),
             capacity: runner.options.workers.max(1) + runner.options.prefetch,
@@ -134,6 +137,7 @@ impl<'r, 'q> Coordinator<'r, 'q> {
         g.woken = false;
         let stopping = self.runner.stop.is_stopped();
         self.unsaved.append(&mut g.finished);
+        self.starts.append(&mut g.started);
         if stopping {
             // Under the lock that workers take an item under: an item is
             // either started or given back, never both.
@@ -152,6 +156,12 @@ impl<'r, 'q> Coordinator<'r, 'q> {
     /// Records the unsaved attempts in one transaction. On error they stay
     /// unsaved, for the next round.
     fn record(&mut self) -> Result<()> {
+        if !self.starts.is_empty() {
+            // Before the outcomes: an item may have started and ended in
+            // one round. A start refused (the lease lost) needs nothing.
+            self.runner.queue.start(&self.starts)?;
+            self.starts.clear();
+        }
         if self.unsaved.is_empty() {
             return Ok(());
         }
@@ -196,7 +206,7 @@ impl<'r, 'q> Coordinator<'r, 'q> {
             return Ok(0);
         }
         let (sent, session) = (Instant::now(), self.dog.session_before());
-        let items = self.runner.queue.claim(self.capacity - held)?;
+        let items = self.runner.queue.claim_ahead(self.capacity - held)?;
         let by = self.dog.confirmation(sent, session);
         for item in &items {
             self.dog.hold(&item.lease, by);

@@ -239,7 +239,7 @@ impl<'q> Runner<'q> {
                     crate::Error::Storage(format!("cannot start the fence thread: {e}"))
                 })?;
             for _ in 0..workers {
-                scope.spawn(|| worker_loop(state, dog, &self.stop, handler));
+                scope.spawn(|| worker_loop(self.queue, state, dog, &self.stop, handler));
             }
             let result = Coordinator::new(self, state, dog).run();
             state.lock().stop = true;

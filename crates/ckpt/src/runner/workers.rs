@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::fence::{Fence, Watchdog};
 use super::Handler;
 use crate::model::{ClaimedItem, ItemId};
+use crate::queue::Queue;
 use crate::queue::{Attempt, Outcome};
 use crate::shutdown::{StopSignal, Wake};
 
@@ -20,6 +21,9 @@ pub(super) struct Shared {
     pub finished: Vec<Attempt>,
     /// Started, not ended.
     pub running: HashMap<ItemId, ClaimedItem>,
+    /// Started, the start not yet recorded in the store (claimed ahead:
+    /// the coordinator records starts in its next round).
+    pub started: Vec<ClaimedItem>,
     /// Set when the run ends: workers return.
     pub stop: bool,
     /// Set by a stop request, so that the coordinator's wait ends at once.
@@ -69,6 +73,7 @@ impl State {
 /// One worker thread: takes ready items, runs the handler, hands back the
 /// outcome, until the run ends.
 pub(super) fn worker_loop<H: Handler>(
+    queue: &Queue,
     state: &State,
     dog: &Watchdog,
     stop: &StopSignal,
@@ -108,6 +113,7 @@ pub(super) fn worker_loop<H: Handler>(
             state.progress.notify_one();
             continue;
         }
+        record_start(queue, state, &item);
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle_fenced(&item, &fence)))
             .unwrap_or_else(|panic| {
@@ -135,4 +141,25 @@ pub(super) fn worker_loop<H: Handler>(
             state.progress.notify_one();
         }
     }
+}
+
+/// Records that `item` starts, so that its attempt counts even if this
+/// process dies while it runs. An item claimed for the first time is
+/// recorded by the coordinator's next round (no round trip before it
+/// starts); one claimed before (a retry, or taken over from a worker that
+/// died, perhaps *because* of this item) is recorded before it starts, so
+/// that an item that kills its worker every time still runs out of
+/// attempts. If the store cannot record it now, the coordinator retries.
+fn record_start(queue: &Queue, state: &State, item: &ClaimedItem) {
+    if item.lease.token > 1 {
+        match queue.start(std::iter::once(item)) {
+            // Recorded; or refused because the lease is lost, which the
+            // next heartbeat finds and fences.
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(job = queue.job(), key = %item.key, error = %e, "cannot record the start now; the coordinator retries");
+            }
+        }
+    }
+    state.lock().started.push(item.clone());
 }

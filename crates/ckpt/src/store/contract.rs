@@ -156,14 +156,19 @@ pub trait ItemStore: Send + Sync + std::fmt::Debug {
     /// never re-claims its own running items: a late heartbeat must not
     /// make it run an item twice.) Pending items come in enqueue order.
     /// Each claim writes [`machine::Claim`](super::machine::Claim): the
-    /// attempt count and the claim count (the fencing token, which nothing
-    /// resets) go up by one. No item is ever held by two live leases.
+    /// claim count (the fencing token, which nothing resets) goes up by
+    /// one, the attempt count by one unless the item is taken over from a
+    /// claim that never started it; `started` says whether the caller
+    /// starts the items now or claims them ahead (then marking each with
+    /// [`ItemChange::Start`](crate::model::ItemChange::Start) when it
+    /// does). No item is ever held by two live leases.
     fn claim(
         &self,
         job: &str,
         owner: &str,
         max: usize,
         lease_until: Timestamp,
+        started: bool,
         now: Timestamp,
     ) -> Result<Vec<ClaimedItem>>;
 

@@ -274,10 +274,11 @@ impl ItemStore for FaultStore {
         owner: &str,
         max: usize,
         lease_until: Timestamp,
+        started: bool,
         now: Timestamp,
     ) -> Result<Vec<ClaimedItem>> {
         self.call(Op::Claim, || {
-            self.inner.claim(job, owner, max, lease_until, now)
+            self.inner.claim(job, owner, max, lease_until, started, now)
         })
     }
     fn update_items(&self, updates: &[ItemUpdate], now: Timestamp) -> Result<Vec<Result<()>>> {

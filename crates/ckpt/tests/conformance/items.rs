@@ -403,3 +403,70 @@ fn one_store_handle_shared_by_threads(store: Option<Fixture>) {
     assert_eq!((claimed, done.len()), (200, 200), "each item exactly once");
     assert_eq!(q.counts().unwrap().completed, 200);
 }
+
+/// Attempts count executions: items claimed ahead by a worker that died
+/// before starting them cost no attempt when taken over; one it started
+/// does; and an item that "kills" its worker every time it starts ends up
+/// dead after its attempts, without being run again.
+#[apply(every_store)]
+fn attempts_count_executions_and_a_poison_item_ends_dead(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ManualClock::new(T0);
+    let opts = queue_options(3);
+    let lease = opts.lease;
+    let setup = worker(f, &clock, "setup")
+        .queue_with("executions", opts.clone())
+        .unwrap();
+    setup
+        .enqueue(vec![NewItem::key("ahead"), NewItem::key("poison")])
+        .unwrap();
+    // Worker 1 claims both ahead, starts only "poison", and dies.
+    let w1 = worker(f, &clock, "w1")
+        .queue_with("executions", opts.clone())
+        .unwrap();
+    let held = w1.claim_ahead(2).unwrap();
+    assert_eq!(held.iter().map(|i| i.attempt).collect::<Vec<_>>(), [1, 1]);
+    let poison = held.iter().find(|i| i.key == "poison").unwrap();
+    assert!(w1.start([poison]).unwrap().iter().all(|r| r.is_ok()));
+    // Each later worker takes both over and starts "poison" again, which
+    // kills it each time.
+    let mut dead_at = None;
+    for round in 2..=5 {
+        clock.advance(lease);
+        let w = worker(f, &clock, &format!("w{round}"))
+            .queue_with("executions", opts.clone())
+            .unwrap();
+        let taken = w.claim_ahead(2).unwrap();
+        let ahead = taken.iter().find(|i| i.key == "ahead").unwrap();
+        assert_eq!(
+            ahead.attempt, 1,
+            "round {round}: never started, never charged"
+        );
+        match taken.iter().find(|i| i.key == "poison") {
+            Some(p) => {
+                assert_eq!(p.attempt, round, "round {round}: each start counted");
+                assert!(w.start([p]).unwrap().iter().all(|r| r.is_ok()));
+            }
+            None => {
+                dead_at = Some(round);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        dead_at,
+        Some(4),
+        "three started attempts, then dead without a fourth run"
+    );
+    let dead = setup.items(Some(ItemStatus::Dead), 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].key, "poison");
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("never reported back")),
+        "{:?}",
+        dead[0].last_error
+    );
+}

@@ -57,7 +57,8 @@ pub struct ItemState {
     pub last_error: Option<String>,
     /// Stats saved on completion.
     pub stats: Option<Value>,
-    /// When it was last claimed.
+    /// When its current (or last) attempt started running; `None` while
+    /// it is claimed but not started yet (claimed ahead of the workers).
     pub started_at: Option<Timestamp>,
     /// When it completed or went dead.
     pub finished_at: Option<Timestamp>,
@@ -104,12 +105,12 @@ impl ItemState {
     /// item was running under another owner whose lease had lapsed.
     pub fn claim(&mut self, claim: &Claim<'_>) -> Option<String> {
         let taken_over_from = claim.taken_over_from(self.status, self.owner.as_deref());
+        self.attempts += Claim::attempts_added(self.status, self.started_at.is_some());
         self.status = Claim::STATUS;
-        self.attempts += Claim::ATTEMPTS_ADDED;
         self.claims += Claim::CLAIMS_ADDED;
         self.owner = Some(claim.owner.to_string());
         self.ready_at = Some(claim.lease_until);
-        self.started_at = Some(claim.now);
+        self.started_at = claim.started_at();
         taken_over_from
     }
 
@@ -129,6 +130,9 @@ impl ItemState {
         }
         if let Some(at) = patch.finished_at {
             self.finished_at = Some(at);
+        }
+        if let Some(at) = patch.started_at {
+            self.started_at = Some(at);
         }
     }
 
@@ -181,17 +185,28 @@ pub fn shown_ready_at(status: ItemStatus, ready_at: Option<Timestamp>) -> Option
 }
 
 /// What a claim writes: status running, `owner`, ready until
-/// `lease_until`, started `now`; the attempt count and the claim count
-/// (the new lease's fencing token) each go up by one. Stores bind these
-/// values, the increments included, into their claim statement.
+/// `lease_until`, started now ([`Claim::started`]) or not yet (claimed
+/// ahead: `started_at` cleared, until an [`ItemChange::Start`] says the
+/// attempt runs); the claim count (the new
+/// lease's fencing token) goes up by one, and the attempt count by
+/// [`Claim::attempts_added`]. Stores bind these values, the increments
+/// included, into their claim statement.
+///
+/// Attempts count executions: a claim counts one, but a takeover of an
+/// item whose previous claim never started it (claimed ahead by a run that
+/// died or was stopped) counts none, the previous claim's count standing
+/// for the attempt that never ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim<'a> {
     /// The claiming worker.
     pub owner: &'a str,
     /// The lease's expiry: the item's new ready time.
     pub lease_until: Timestamp,
-    /// When the claim happens: the item's `started_at`.
+    /// When the claim happens.
     pub now: Timestamp,
+    /// Whether the claimer starts the items now (else it claims them ahead
+    /// and marks each with [`ItemChange::Start`] when it starts it).
+    pub started: bool,
 }
 
 impl Claim<'_> {
@@ -199,8 +214,26 @@ impl Claim<'_> {
     pub const STATUS: ItemStatus = ItemStatus::Running;
     /// Attempts a claim counts (a release takes it back).
     pub const ATTEMPTS_ADDED: u32 = 1;
+    /// Attempts a claim counts when it takes over a running item that its
+    /// previous claim never started.
+    pub const ATTEMPTS_ADDED_UNSTARTED: u32 = 0;
+
+    /// Attempts a claim of an item in `status` counts, `started` saying
+    /// whether its current attempt ever started (see the type's docs).
+    pub fn attempts_added(status: ItemStatus, started: bool) -> u32 {
+        if status == ItemStatus::Running && !started {
+            Self::ATTEMPTS_ADDED_UNSTARTED
+        } else {
+            Self::ATTEMPTS_ADDED
+        }
+    }
     /// What a claim adds to the claim count, the lease's fencing token.
     pub const CLAIMS_ADDED: u64 = 1;
+
+    /// The `started_at` a claim writes: now, or nothing (claimed ahead).
+    pub fn started_at(&self) -> Option<Timestamp> {
+        self.started.then_some(self.now)
+    }
 
     /// Whom an item in `status` held by `owner` is taken over from: its
     /// owner if it was running (a lapsed lease), else nobody.
@@ -234,12 +267,15 @@ pub struct ItemPatch {
     pub last_error: Option<String>,
     /// When it finished (completed or dead).
     pub finished_at: Option<Timestamp>,
+    /// When its attempt started running (only a start writes it).
+    pub started_at: Option<Timestamp>,
 }
 
 impl ItemPatch {
     /// The values `change` writes into a running item at `now`:
     ///
     /// - heartbeat: still running, ready (its lease) until `lease_until`;
+    /// - start: the same, and started now;
     /// - cursor: the same, and the cursor saved;
     /// - complete: completed, finished now, the stats saved;
     /// - fail with a retry time: failed, ready at that time, the error kept;
@@ -256,9 +292,14 @@ impl ItemPatch {
             stats: None,
             last_error: None,
             finished_at: None,
+            started_at: None,
         };
         match change {
             ItemChange::Heartbeat { lease_until } => running(*lease_until),
+            ItemChange::Start { lease_until } => ItemPatch {
+                started_at: Some(now),
+                ..running(*lease_until)
+            },
             ItemChange::Cursor {
                 cursor,
                 lease_until,

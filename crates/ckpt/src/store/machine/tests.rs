@@ -20,6 +20,7 @@ fn claimed(owner: &str) -> ItemState {
         owner,
         lease_until: LATER,
         now: NOW,
+        started: true,
     });
     s
 }
@@ -64,6 +65,7 @@ fn a_running_item_is_taken_over_only_by_others_and_only_once_lapsed() {
         owner: "b",
         lease_until: Timestamp(LATER.0 + 10),
         now: LATER,
+        started: true,
     });
     assert_eq!(from.as_deref(), Some("a"));
     assert_eq!((s.attempts, s.claims), (2, 2));
@@ -77,6 +79,7 @@ fn a_pending_or_failed_item_is_not_a_takeover() {
         owner: "b",
         lease_until: LATER,
         now: NOW,
+        started: true,
     };
     assert_eq!(claim.taken_over_from(ItemStatus::Pending, None), None);
     assert_eq!(claim.taken_over_from(ItemStatus::Failed, Some("a")), None);
@@ -187,5 +190,61 @@ fn expiring_a_gone_owner_never_extends_a_lease() {
         pending.ready_at,
         Some(PENDING_READY_AT),
         "only running items expire"
+    );
+}
+
+#[test]
+fn attempts_count_executions_not_claims_ahead() {
+    let ahead = |owner, now: Timestamp, lease_until: Timestamp| Claim {
+        owner,
+        lease_until,
+        now,
+        started: false,
+    };
+    let mut s = ItemState::enqueued();
+    s.claim(&ahead("a", NOW, LATER));
+    assert_eq!(s.attempts, 1, "the claim counts the attempt it is for");
+    assert_eq!(s.started_at, None, "claimed ahead: not started");
+    // Its worker dies before starting it: the takeover counts nothing new.
+    s.claim(&ahead("b", LATER, Timestamp(LATER.0 + 10)));
+    assert_eq!(s.attempts, 1);
+    assert_eq!(s.claims, 2);
+    // Started this time, then its worker dies: the next takeover counts.
+    let lease = ItemLease {
+        id: 1,
+        owner: "b".into(),
+        token: 2,
+    };
+    assert!(s.holds(&lease));
+    s.apply(&ItemPatch::new(
+        &ItemChange::Start {
+            lease_until: Timestamp(LATER.0 + 10),
+        },
+        Timestamp(LATER.0 + 1),
+    ));
+    assert_eq!(s.started_at, Some(Timestamp(LATER.0 + 1)));
+    assert_eq!(s.status, ItemStatus::Running);
+    s.claim(&ahead(
+        "c",
+        Timestamp(LATER.0 + 10),
+        Timestamp(LATER.0 + 20),
+    ));
+    assert_eq!(s.attempts, 2);
+    // A claim that starts at once records the start.
+    let mut t = ItemState::enqueued();
+    t.claim(&Claim {
+        owner: "a",
+        lease_until: LATER,
+        now: NOW,
+        started: true,
+    });
+    assert_eq!(t.started_at, Some(NOW));
+    assert_eq!(
+        Claim::attempts_added(ItemStatus::Failed, false),
+        Claim::ATTEMPTS_ADDED
+    );
+    assert_eq!(
+        Claim::attempts_added(ItemStatus::Running, false),
+        Claim::ATTEMPTS_ADDED_UNSTARTED
     );
 }

@@ -56,6 +56,7 @@ impl ItemStore for MemoryStore {
         owner: &str,
         max: usize,
         lease_until: Timestamp,
+        started: bool,
         now: Timestamp,
     ) -> Result<Vec<ClaimedItem>> {
         let mut g = self.lock();
@@ -70,6 +71,7 @@ impl ItemStore for MemoryStore {
             owner,
             lease_until,
             now,
+            started,
         };
         let mut claimed = Vec::with_capacity(ids.len());
         for id in ids {

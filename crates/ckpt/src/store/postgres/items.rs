@@ -112,6 +112,7 @@ impl ItemStore for PgStore {
         owner: &str,
         max: usize,
         lease_until: Timestamp,
+        started: bool,
         now: Timestamp,
     ) -> Result<Vec<ClaimedItem>> {
         let key = self.liveness_key()?;
@@ -119,6 +120,7 @@ impl ItemStore for PgStore {
             owner,
             lease_until,
             now,
+            started,
         };
         self.block(async {
             let c = self.client().await?;
@@ -128,13 +130,16 @@ impl ItemStore for PgStore {
             let rows = c
                 .cquery(
                     "WITH ready AS (
-                         SELECT id, status AS old_status, owner AS old_owner FROM items
+                         SELECT id, status AS old_status, owner AS old_owner,
+                             started_at IS NOT NULL AS old_started FROM items
                          WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
                            AND ready_at IS NOT NULL AND ready_at <= $2
                            AND NOT (status = 'running' AND owner = $4)
                          ORDER BY ready_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
-                     UPDATE items i SET status = $7, owner = $4, attempts = i.attempts + $8,
-                         claims = i.claims + $9, ready_at = $5, started_at = $2, owner_key = $6
+                     UPDATE items i SET status = $7, owner = $4, attempts = i.attempts + CASE
+                             WHEN ready.old_status = 'running' AND NOT ready.old_started THEN $10::INT
+                             ELSE $8::INT END,
+                         claims = i.claims + $9, ready_at = $5, started_at = $11::BIGINT, owner_key = $6
                      FROM ready WHERE i.id = ready.id
                      RETURNING i.id, i.key, i.payload, i.cursor, i.attempts, i.claims,
                          ready.old_status, ready.old_owner, i.enqueued_at",
@@ -148,6 +153,8 @@ impl ItemStore for PgStore {
                         &Claim::STATUS.as_str(),
                         &(Claim::ATTEMPTS_ADDED as i32),
                         &(Claim::CLAIMS_ADDED as i64),
+                        &(Claim::ATTEMPTS_ADDED_UNSTARTED as i32),
+                        &claim.started_at().map(|t| t.0),
                     ],
                 )
                 .await

@@ -46,7 +46,7 @@ impl RedisStore {
 
 /// The script arguments of one update: the item, its lease, and its
 /// change's [`ItemPatch`].
-fn update_args(u: &ItemUpdate, now: Timestamp) -> Result<[String; 11]> {
+fn update_args(u: &ItemUpdate, now: Timestamp) -> Result<[String; 12]> {
     let (job_num, seq) = split_item_id(u.lease.id).unwrap_or((0, 0));
     let p = ItemPatch::new(&u.change, now);
     let json = |v: &Option<serde_json::Value>| v.as_ref().map(to_json).transpose();
@@ -63,6 +63,7 @@ fn update_args(u: &ItemUpdate, now: Timestamp) -> Result<[String; 11]> {
         opt_arg(json(&p.stats)?.as_deref()),
         opt_arg(p.last_error.as_deref()),
         opt_arg(time(p.finished_at).as_deref()),
+        opt_arg(time(p.started_at).as_deref()),
     ])
 }
 
@@ -106,6 +107,7 @@ impl ItemStore for RedisStore {
         owner: &str,
         max: usize,
         lease_until: Timestamp,
+        started: bool,
         now: Timestamp,
     ) -> Result<Vec<ClaimedItem>> {
         if max == 0 {
@@ -115,6 +117,7 @@ impl ItemStore for RedisStore {
             owner,
             lease_until,
             now,
+            started,
         };
         let reply = self.call(
             &scripts::CLAIM,
@@ -127,6 +130,10 @@ impl ItemStore for RedisStore {
                 Claim::STATUS.as_str().to_string(),
                 Claim::ATTEMPTS_ADDED.to_string(),
                 Claim::CLAIMS_ADDED.to_string(),
+                Claim::ATTEMPTS_ADDED_UNSTARTED.to_string(),
+                claim
+                    .started_at()
+                    .map_or_else(String::new, |t| t.0.to_string()),
             ],
         )?;
         let (tag, rest) = tagged(&reply)?;

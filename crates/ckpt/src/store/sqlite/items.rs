@@ -28,7 +28,8 @@ pub(super) fn apply_update(tx: &Transaction<'_>, u: &ItemUpdate, now: Timestamp)
         .prepare_cached(
             "UPDATE items SET status = ?4, ready_at = ?5, attempts = max(attempts - ?6, 0),
                  cursor = coalesce(?7, cursor), stats = coalesce(?8, stats),
-                 last_error = coalesce(?9, last_error), finished_at = coalesce(?10, finished_at)
+                 last_error = coalesce(?9, last_error), finished_at = coalesce(?10, finished_at),
+                 started_at = coalesce(?11, started_at)
              WHERE id = ?1 AND status = 'running' AND owner = ?2 AND claims = ?3",
         )
         .and_then(|mut s| {
@@ -43,6 +44,7 @@ pub(super) fn apply_update(tx: &Transaction<'_>, u: &ItemUpdate, now: Timestamp)
                 opt_json(p.stats.as_ref()),
                 p.last_error,
                 p.finished_at.map(|t| t.0),
+                p.started_at.map(|t| t.0),
             ])
         })
         .map_err(sql_err)?;
@@ -114,12 +116,14 @@ impl ItemStore for SqliteStore {
         owner: &str,
         max: usize,
         lease_until: Timestamp,
+        started: bool,
         now: Timestamp,
     ) -> Result<Vec<ClaimedItem>> {
         let claim = Claim {
             owner,
             lease_until,
             now,
+            started,
         };
         self.write_unsynced(|tx| {
             let Some(id) = job_id(tx, job)? else {
@@ -128,7 +132,8 @@ impl ItemStore for SqliteStore {
             // machine::claimable, as a WHERE clause on the ready index.
             let mut select = tx
                 .prepare_cached(
-                    "SELECT id, key, payload, cursor, status, owner, attempts, claims, enqueued_at
+                    "SELECT id, key, payload, cursor, status, owner, attempts, claims, enqueued_at,
+                         started_at IS NOT NULL
                      FROM items
                      WHERE job_id = ?1 AND ready_at IS NOT NULL AND ready_at <= ?2
                        AND NOT (status = 'running' AND owner = ?4)
@@ -139,45 +144,49 @@ impl ItemStore for SqliteStore {
                 .query_map(params![id, now.0, max as i64, owner], |r| {
                     let status = status_col(r, 4, ItemStatus::parse)?;
                     let previous: Option<String> = r.get(5)?;
-                    Ok(ClaimedItem {
-                        lease: ItemLease {
-                            id: r.get(0)?,
-                            owner: owner.to_string(),
-                            token: r.get::<_, i64>(7)? as u64 + Claim::CLAIMS_ADDED,
+                    let added = Claim::attempts_added(status, r.get(9)?);
+                    Ok((
+                        added,
+                        ClaimedItem {
+                            lease: ItemLease {
+                                id: r.get(0)?,
+                                owner: owner.to_string(),
+                                token: r.get::<_, i64>(7)? as u64 + Claim::CLAIMS_ADDED,
+                            },
+                            job: job.to_string(),
+                            key: r.get(1)?,
+                            attempt: r.get::<_, i64>(6)? as u32 + added,
+                            payload: json_col(r, 2)?,
+                            cursor: json_col(r, 3)?,
+                            lease_expires: lease_until,
+                            taken_over_from: claim.taken_over_from(status, previous.as_deref()),
+                            enqueued_at: Timestamp(r.get(8)?),
                         },
-                        job: job.to_string(),
-                        key: r.get(1)?,
-                        attempt: r.get::<_, i64>(6)? as u32 + Claim::ATTEMPTS_ADDED,
-                        payload: json_col(r, 2)?,
-                        cursor: json_col(r, 3)?,
-                        lease_expires: lease_until,
-                        taken_over_from: claim.taken_over_from(status, previous.as_deref()),
-                        enqueued_at: Timestamp(r.get(8)?),
-                    })
+                    ))
                 })
                 .map_err(sql_err)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(sql_err)?;
             let mut update = tx
                 .prepare_cached(
-                    "UPDATE items SET status = ?2, owner = ?3, attempts = attempts + ?6,
-                         claims = claims + ?7, ready_at = ?4, started_at = ?5 WHERE id = ?1",
+                    "UPDATE items SET status = ?2, owner = ?3, attempts = attempts + ?5,
+                         claims = claims + ?6, ready_at = ?4, started_at = ?7 WHERE id = ?1",
                 )
                 .map_err(sql_err)?;
-            for item in &claimed {
+            for (added, item) in &claimed {
                 update
                     .execute(params![
                         item.lease.id,
                         Claim::STATUS.as_str(),
                         claim.owner,
                         claim.lease_until.0,
-                        claim.now.0,
-                        Claim::ATTEMPTS_ADDED,
+                        added,
                         Claim::CLAIMS_ADDED as i64,
+                        claim.started_at().map(|t| t.0),
                     ])
                     .map_err(sql_err)?;
             }
-            Ok(claimed)
+            Ok(claimed.into_iter().map(|(_, item)| item).collect())
         })
     }
 

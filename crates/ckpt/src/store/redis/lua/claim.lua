@@ -1,10 +1,18 @@
 -- ARGV: name, owner, max (> 0), lease_until, now, then the claim's values
--- as the item state machine gives them (its Claim): the new status and
--- what the attempt and claim counts go up by. Returns {'ok'} or {'ok', job
+-- as the item state machine gives them (its Claim): the new status, what
+-- the attempt and claim counts go up by, and what the attempt count goes up
+-- by instead when a running item whose attempt never started is taken
+-- over. Returns {'ok'} or {'ok', job
 -- number, then per claimed item: seq, key, payload, cursor, attempts,
 -- claims, previous status, previous owner, enqueued_at}.
 local name, owner, max, until_, now = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local status, attempts_added, claims_added = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local attempts_added_unstarted = tonumber(ARGV[11])
+-- '' for items claimed ahead (not started yet), else the start time.
+local started_at = ARGV[12]
+if started_at == '' then
+  started_at = nil
+end
 local n = job_num(name)
 if not n then
   return {'ok'}
@@ -15,12 +23,16 @@ local claimed = 0
 local function take(seq, rec)
   local previous_status, previous_owner = rec.status, rec.owner or false
   move(n, seq, rec.status, status, until_)
+  local added = attempts_added
+  if rec.status == 'running' and not rec.started_at then
+    added = attempts_added_unstarted
+  end
   rec.status = status
   rec.owner = owner
-  rec.attempts = tostring(tonumber(rec.attempts) + attempts_added)
+  rec.attempts = tostring(tonumber(rec.attempts) + added)
   rec.claims = tostring(tonumber(rec.claims) + claims_added)
   rec.ready_at = until_
-  rec.started_at = now
+  rec.started_at = started_at
   put_item(n, seq, rec)
   claimed = claimed + 1
   local o = #out

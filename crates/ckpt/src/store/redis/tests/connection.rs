@@ -114,7 +114,11 @@ fn a_lost_connection_is_unavailable_and_the_store_recovers() {
     let store = RedisStore::open(&url, OpenMode::CreateIfMissing).unwrap();
     enqueue(&store, "j", &["a", "b"], T0);
     let lease = T0.plus(Duration::from_secs(10));
-    let held = store.claim("j", "w", 1, lease, T0).unwrap().pop().unwrap();
+    let held = store
+        .claim("j", "w", 1, lease, true, T0)
+        .unwrap()
+        .pop()
+        .unwrap();
 
     proxy.cut();
     for _ in 0..3 {

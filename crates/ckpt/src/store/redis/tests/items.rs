@@ -16,7 +16,7 @@ fn finished_items_leave_the_claim_indexes() {
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     enqueue(&store, "j", &refs, T0);
     let lease = T0.plus(Duration::from_secs(10));
-    let claimed = store.claim("j", "w", 250, lease, T0).unwrap();
+    let claimed = store.claim("j", "w", 250, lease, true, T0).unwrap();
     let updates: Vec<ItemUpdate> = claimed
         .iter()
         .enumerate()
@@ -77,7 +77,7 @@ fn a_large_enqueue_is_one_transaction_over_several_scripts() {
         (n as u64, ENQUEUE_BATCH as u64)
     );
     assert_eq!(store.item_counts("big").unwrap().pending, n as u64);
-    let first = store.claim("big", "w", 2, T0.plus(Duration::from_secs(10)), T0);
+    let first = store.claim("big", "w", 2, T0.plus(Duration::from_secs(10)), true, T0);
     let first: Vec<String> = first.unwrap().into_iter().map(|c| c.key).collect();
     assert_eq!(first, ["k0", "k1"], "enqueue order across scripts");
     let mut again = keys.iter().map(|k| Ok(NewItem::key(k.clone())));
@@ -93,7 +93,7 @@ fn a_released_item_is_pending_again_with_its_attempt_taken_back() {
     let store = s.open("");
     enqueue(&store, "j", &["a", "b"], T0);
     let lease = T0.plus(Duration::from_secs(10));
-    let held = store.claim("j", "w", 2, lease, T0).unwrap();
+    let held = store.claim("j", "w", 2, lease, true, T0).unwrap();
     let a = &held[0];
     let cursor = ItemChange::Cursor {
         cursor: serde_json::json!({"line": 7}),
@@ -123,7 +123,7 @@ fn a_released_item_is_pending_again_with_its_attempt_taken_back() {
     // A second release with the same lease is fenced.
     let again = store.update_items(&[release(&a.lease)], T0).unwrap();
     assert!(again[0].as_ref().unwrap_err().is_fenced());
-    let retaken = store.claim("j", "w", 5, lease, T0).unwrap();
+    let retaken = store.claim("j", "w", 5, lease, true, T0).unwrap();
     assert_eq!(retaken.len(), 1, "b is still held");
     assert_eq!((retaken[0].key.as_str(), retaken[0].attempt), ("a", 1));
     assert_eq!(retaken[0].cursor, Some(serde_json::json!({"line": 7})));
@@ -142,7 +142,7 @@ fn key_layout_is_as_documented() {
     let store = s.open("");
     enqueue(&store, "job one", &["a", "b", "c", "d", "e"], T0);
     let lease = T0.plus(Duration::from_secs(10));
-    let c = store.claim("job one", "w", 4, lease, T0).unwrap();
+    let c = store.claim("job one", "w", 4, lease, true, T0).unwrap();
     let change = |i: usize, change| ItemUpdate {
         lease: c[i].lease.clone(),
         change,

@@ -129,7 +129,14 @@ pub(super) fn enqueue(store: &RedisStore, job: &str, keys: &[&str], now: Timesta
 /// Claims and completes every claimable item, as a worker of its own.
 pub(super) fn complete_all(store: &RedisStore, job: &str, now: Timestamp) {
     loop {
-        let claimed = store.claim(job, "finisher", 100, now.plus(Duration::from_secs(10)), now);
+        let claimed = store.claim(
+            job,
+            "finisher",
+            100,
+            now.plus(Duration::from_secs(10)),
+            true,
+            now,
+        );
         let claimed = claimed.unwrap();
         if claimed.is_empty() {
             return;

@@ -16,7 +16,7 @@ fn completed_job_keys_expire_and_running_ones_never_do() {
     // Job 1, driven by items: one of each status but dead.
     enqueue(&store, "items", &["a", "b", "c", "d"], T0);
     let lease = T0.plus(Duration::from_secs(10));
-    let claimed = store.claim("items", "w", 3, lease, T0).unwrap();
+    let claimed = store.claim("items", "w", 3, lease, true, T0).unwrap();
     let update = |i: usize, change| ItemUpdate {
         lease: claimed[i].lease.clone(),
         change,
@@ -122,7 +122,11 @@ fn a_completed_job_with_unfinished_items_does_not_expire_until_they_finish() {
         JobStatus::Completed
     );
     assert!(s.pttls().values().all(|&t| t == -1), "{:?}", s.pttls());
-    let item = store.claim("j", "w", 1, lease, T0).unwrap().pop().unwrap();
+    let item = store
+        .claim("j", "w", 1, lease, true, T0)
+        .unwrap()
+        .pop()
+        .unwrap();
     assert!(
         s.pttls().values().all(|&t| t == -1),
         "running: {:?}",
@@ -171,7 +175,11 @@ fn an_expired_job_is_gone_and_starts_afresh() {
     let store = s.open("&ttl=200ms");
     enqueue(&store, "j", &["a"], T0);
     let lease = T0.plus(Duration::from_secs(10));
-    let old = store.claim("j", "w", 1, lease, T0).unwrap().pop().unwrap();
+    let old = store
+        .claim("j", "w", 1, lease, true, T0)
+        .unwrap()
+        .pop()
+        .unwrap();
     store
         .update_items(
             &[ItemUpdate {
@@ -209,7 +217,11 @@ fn an_expired_job_is_gone_and_starts_afresh() {
     assert_eq!(store.item_counts("j").unwrap().total(), 0);
     // The same key again is a new item of a new job, with a new id.
     assert_eq!(enqueue(&store, "j", &["a"], T0), 1);
-    let new = store.claim("j", "w", 1, lease, T0).unwrap().pop().unwrap();
+    let new = store
+        .claim("j", "w", 1, lease, true, T0)
+        .unwrap()
+        .pop()
+        .unwrap();
     assert_ne!(new.lease.id, old.lease.id);
     let stale = store
         .update_items(
@@ -232,7 +244,7 @@ fn operations_that_change_nothing_do_not_restart_the_countdown() {
     let store = s.open("&ttl=1h");
     enqueue(&store, "done", &["a", "b"], T0);
     let lease = T0.plus(Duration::from_secs(10));
-    store.claim("done", "w", 2, lease, T0).unwrap();
+    store.claim("done", "w", 2, lease, true, T0).unwrap();
     complete_all(&store, "done", lease);
     assert_eq!(
         store.finish_if_done("done", lease).unwrap(),
@@ -245,7 +257,7 @@ fn operations_that_change_nothing_do_not_restart_the_countdown() {
     assert!(before > 0 && before < 3_600_000 - 100, "{before}");
     // A poller's empty claim and a cron rerun's known keys.
     assert!(store
-        .claim("done", "w2", 10, lease, lease)
+        .claim("done", "w2", 10, lease, true, lease)
         .unwrap()
         .is_empty());
     assert_eq!(enqueue(&store, "done", &["a", "b"], lease), 0);
