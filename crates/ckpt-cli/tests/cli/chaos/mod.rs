@@ -11,8 +11,10 @@
 //!
 //! Scenarios: `stop` (SIGSTOP of a run, and of its process group, past its
 //! lease), `postgres` (connections terminated, idle-session timeout, server
-//! restarts).
+//! restarts), `kills` (`kill -9` again and again; an item that kills its
+//! run every time).
 
+mod kills;
 mod postgres;
 mod stop;
 
