@@ -6,8 +6,10 @@
 //! (SIGTERM) or 130 (SIGINT) holding nothing in the store.
 
 mod children;
+pub mod sentinel;
 
 use std::io::IsTerminal;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use ckpt::store::OpenMode;
 use ckpt::{ClaimedItem, Outcome, QueueOptions, RetryPolicy, RunOptions, Runner};
 
 use self::children::Children;
+use self::sentinel::Sentinel;
 use super::items::ItemsFile;
 use crate::cli::RunArgs;
 use crate::exit::{Usage, FAILED};
@@ -42,6 +45,13 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     }
     let started = Instant::now();
     let ckpt = super::open(url, OpenMode::CreateIfMissing)?;
+    // Stops this run's commands if ckpt dies; the worker id names it, so a
+    // rerun on this host waits for it before taking the items over.
+    let sentinel = Sentinel::spawn()?;
+    let ckpt = {
+        let id = sentinel.name_in(ckpt.worker().clone());
+        ckpt.with_worker(id)
+    };
     let retry = RetryPolicy {
         base_delay: args.backoff,
         // A long --backoff is taken as asked, not capped at 30 s.
@@ -69,7 +79,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     // (before, nothing is held: the enqueue is idempotent).
     let signals = Signals::install().context("cannot install the signal handlers")?;
     signals.exit_on_repeat(false);
-    let children = Children::new(&worker);
+    let children = Children::new(&worker, sentinel);
     {
         let (children, grace) = (Arc::clone(&children), args.grace);
         std::thread::Builder::new()
@@ -184,12 +194,12 @@ fn is_executable(path: &Path) -> bool {
 
 /// Runs the command for one item.
 ///
-/// The child is marked with `CKPT_WORKER`: if this process is killed, the
-/// next run on this host kills the marked children (and their descendants)
-/// before it takes their items over; at a graceful shutdown this process
-/// stops them the same way. (`PR_SET_PDEATHSIG` would kill only the direct
-/// child, and would force a full `fork` instead of `posix_spawn`, which
-/// costs about a third more per item.)
+/// The child leads a process group of its own, which the [`Sentinel`]
+/// kills if this process dies, and is marked with `CKPT_WORKER` (the next
+/// run on this host also kills marked processes of a dead run before it
+/// takes their items over). `process_group(0)` keeps std's `posix_spawn`
+/// path; `pre_exec` (or `PR_SET_PDEATHSIG`, which would also kill only the
+/// direct child) would force a full `fork`, about a third more per item.
 fn run_item(
     template: &[String],
     job: &str,
@@ -203,7 +213,8 @@ fn run_item(
         .env("CKPT_ITEM", &item.key)
         .env("CKPT_ATTEMPT", item.attempt.to_string())
         .env(ckpt::worker::WORKER_ENV, worker)
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => return Outcome::Failed(format!("cannot run {}: {e}", template[0])),
