@@ -24,6 +24,16 @@ use crate::util::{assert_no_overlap, executions, items, process_gone, wait_until
 const INNER: &str = r#"KEY=$1
 t() { date +%s.%N; }
 echo "$KEY start $(t) $$" >> times
+# Is an earlier copy of this item still alive on this host? (A zombie is
+# not: it runs no code.)
+if [ -e keypids ]; then
+  while read -r k p; do
+    [ "$k" = "$KEY" ] || continue
+    s=$(cut -d' ' -f3 "/proc/$p/stat" 2>/dev/null)
+    if [ -n "$s" ] && [ "$s" != Z ]; then echo "$KEY $$ overlaps $p" >> overlaps; fi
+  done < keypids
+fi
+echo "$KEY $$" >> keypids
 echo $$ >> pids
 case "$KEY" in
   stubborn*) trap '' TERM ;;
@@ -32,6 +42,7 @@ esac
 if [ -e park ]; then
   sleep 60 &
   echo $! >> pids
+  echo "$KEY $!" >> keypids
   wait $!
 elif [ -e slow ]; then
   sleep 3
@@ -172,6 +183,7 @@ fn rerun_after_kill9(sb: &Sandbox, url: &str, wrapper: &[&str], args: &[&str]) -
     out.success();
     let duplicates = assert_no_overlap(&sb.lines("times"), &keys);
     assert_eq!(duplicates, 3, "the 3 parked items ran again, nothing else");
+    assert_eq!(sb.lines("overlaps"), Vec::<String>::new());
     out.stderr.clone()
 }
 
@@ -207,6 +219,49 @@ fn rerun_on_the_same_host_after_kill9_never_overlaps_on_postgres() {
     let began = Instant::now();
     rerun_after_kill9(&sb, &pg.url(), &[], &[]);
     assert!(began.elapsed() < Duration::from_secs(25));
+}
+
+/// Kills a run whose three parked commands ignore SIGTERM (the sentinel
+/// needs its SIGKILL, 0.5 s later) and reruns at once on this host: the
+/// rerun must wait for the sentinel before it takes the items over. Each
+/// command checks, as it starts, that no earlier copy of its item is alive.
+fn rerun_waits_for_the_sentinel(url: &str) {
+    let sb = Sandbox::new();
+    let keys = items("stubborn", 3);
+    sb.write_items("items.txt", &keys);
+    start_park_and_kill(&sb, url, 3, &["-j", "3"]);
+    std::fs::remove_file(sb.join("park")).unwrap();
+    run(&sb, url, &[], &["-j", "3"]).run().success();
+    assert_eq!(sb.lines("overlaps"), Vec::<String>::new());
+    let by_key = executions(&sb.lines("times"));
+    for key in &keys {
+        let runs = &by_key[key];
+        assert_eq!(runs.len(), 2, "{key}: {runs:?}");
+        assert!(runs[0].end.is_none(), "killed by SIGKILL: {runs:?}");
+        assert!(runs[1].end.is_some(), "rerun to its end: {runs:?}");
+    }
+}
+
+#[test]
+fn rerun_on_the_same_host_waits_for_the_sentinel_on_sqlite() {
+    let sb = Sandbox::new();
+    rerun_waits_for_the_sentinel(&sb.store_url());
+}
+
+#[test]
+fn rerun_on_the_same_host_waits_for_the_sentinel_on_redis() {
+    let Some(redis) = RedisPrefix::new("orphans_wait") else {
+        return;
+    };
+    rerun_waits_for_the_sentinel(&redis.url());
+}
+
+#[test]
+fn rerun_on_the_same_host_waits_for_the_sentinel_on_postgres() {
+    let Some(pg) = PgSchema::new("orphans_wait") else {
+        return;
+    };
+    rerun_waits_for_the_sentinel(&pg.url());
 }
 
 /// `unshare` gives the rerun other UTS and pid namespaces: another host
