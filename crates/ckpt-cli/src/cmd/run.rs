@@ -47,10 +47,19 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     let ckpt = super::open(url, OpenMode::CreateIfMissing)?;
     // Stops this run's commands if ckpt dies; the worker id names it, so a
     // rerun on this host waits for it before taking the items over.
-    let sentinel = Sentinel::spawn()?;
-    let ckpt = {
-        let id = sentinel.name_in(ckpt.worker().clone());
-        ckpt.with_worker(id)
+    let sentinel = match Sentinel::spawn() {
+        Ok(sentinel) => Some(sentinel),
+        Err(e) => {
+            tracing::warn!(event = "no_sentinel", error = %format!("{e:#}"), "if ckpt dies, its commands live on");
+            None
+        }
+    };
+    let ckpt = match &sentinel {
+        Some(sentinel) => {
+            let id = sentinel.name_in(ckpt.worker().clone());
+            ckpt.with_worker(id)
+        }
+        None => ckpt,
     };
     let retry = RetryPolicy {
         base_delay: args.backoff,

@@ -54,14 +54,16 @@ struct State {
 pub struct Children {
     /// Marks the commands and their descendants (`CKPT_WORKER`), on Linux.
     worker: Option<WorkerId>,
-    sentinel: Sentinel,
+    sentinel: Option<Sentinel>,
     state: Mutex<State>,
     changed: Condvar,
 }
 
 impl Children {
-    pub fn new(worker: &str, sentinel: Sentinel) -> Arc<Children> {
-        sentinel.worker(worker);
+    pub fn new(worker: &str, sentinel: Option<Sentinel>) -> Arc<Children> {
+        if let Some(sentinel) = &sentinel {
+            sentinel.worker(worker);
+        }
         Arc::new(Children {
             worker: WorkerId::parse(worker),
             sentinel,
@@ -81,7 +83,9 @@ impl Children {
     /// Registers a command just started; one started while commands are
     /// being stopped gets the same signal at once.
     pub fn started(&self, child: &Child) {
-        self.sentinel.started(child.id());
+        if let Some(sentinel) = &self.sentinel {
+            sentinel.started(child.id());
+        }
         let mut g = self.lock();
         g.pids.insert(child.id());
         if g.interrupted {
@@ -97,7 +101,9 @@ impl Children {
     /// Unregisters a command that exited and was reaped.
     pub fn exited(&self, child: &Child) {
         self.lock().pids.remove(&child.id());
-        self.sentinel.reaped(child.id());
+        if let Some(sentinel) = &self.sentinel {
+            sentinel.reaped(child.id());
+        }
         self.changed.notify_all();
     }
 
