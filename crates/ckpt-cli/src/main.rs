@@ -14,6 +14,12 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == cmd::SENTINEL_ARG)
+    {
+        return cmd::sentinel();
+    }
     restore_sigpipe();
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,

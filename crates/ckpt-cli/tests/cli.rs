@@ -25,6 +25,8 @@ mod inspect;
 mod metrics;
 #[path = "cli/ops.rs"]
 mod ops;
+#[path = "cli/orphans.rs"]
+mod orphans;
 #[path = "cli/pg_restart.rs"]
 mod pg_restart;
 #[path = "cli/postgres.rs"]

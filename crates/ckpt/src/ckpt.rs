@@ -12,7 +12,7 @@ use crate::model::{Checkpoint, JobRecord};
 use crate::store::{self, OpenMode, Store};
 use crate::time::{Clock, SystemClock, Timestamp};
 use crate::validate;
-use crate::worker::{LocalProcesses, ProcessProbe, WorkerId};
+use crate::worker::{LocalProcesses, ProcessProbe, WorkerId, SENTINEL_PATIENCE};
 
 /// Size limits applied before anything is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +174,19 @@ impl Ckpt {
     /// is gone.
     pub fn is_dead_local_owner(&self, owner: &str) -> bool {
         WorkerId::parse(owner).is_some_and(|id| self.probe.is_dead(&id))
+    }
+
+    /// Waits while `owner` is a local process that is gone and whose
+    /// sentinel is still stopping the commands it left (see
+    /// [`ProcessProbe::is_stopping`]), at most [`SENTINEL_PATIENCE`].
+    pub fn wait_while_stopping(&self, owner: &str) {
+        let Some(id) = WorkerId::parse(owner) else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + SENTINEL_PATIENCE;
+        while self.probe.is_stopping(&id) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// Kills the processes a dead local `owner` left running (see

@@ -5,8 +5,15 @@
 //! part. The start time tells a live process from a new one that reused the
 //! pid, so a run restarted on the same host after a crash can take over the
 //! dead run's leases at once instead of sitting out the lease.
+//!
+//! A worker whose commands outlive it unless a helper process kills them
+//! (`ckpt run` and its sentinel) names that helper in the nonce:
+//! `nonce.SPID.SSTART` (see [`WorkerId::with_sentinel`]). Such a worker
+//! counts as dead only once the helper is gone too, so its items are not
+//! taken over while the helper may still be stopping its commands.
 
 use std::fmt;
+use std::time::Duration;
 
 use rand::Rng;
 
@@ -34,6 +41,28 @@ impl WorkerId {
             start: process_start_ticks(pid).unwrap_or(0),
             nonce: format!("{nonce:08x}"),
         }
+    }
+
+    /// This id with a sentinel: the process (pid and start time, as for the
+    /// worker itself) that stops the worker's commands if the worker dies.
+    /// It is written into the nonce (`nonce.SPID.SSTART`), so the text form
+    /// and [`WorkerId::parse`] are unchanged; an id that names a sentinel is
+    /// [dead](ProcessProbe::is_dead) only once both processes are gone.
+    pub fn with_sentinel(mut self, pid: u32, start: u64) -> WorkerId {
+        let base = self.nonce.split('.').next().unwrap_or_default().to_string();
+        self.nonce = format!("{base}.{pid}.{start}");
+        self
+    }
+
+    /// The sentinel named by this id (pid, start time), if any; see
+    /// [`WorkerId::with_sentinel`]. Ids made before sentinels existed name
+    /// none.
+    pub fn sentinel(&self) -> Option<(u32, u64)> {
+        let mut parts = self.nonce.splitn(3, '.');
+        let _nonce = parts.next()?;
+        let pid = parts.next()?.parse().ok()?;
+        let start = parts.next()?.parse().ok()?;
+        Some((pid, start))
     }
 
     /// Parses the text form; `None` for an id not made by [`WorkerId`]
@@ -70,17 +99,34 @@ impl fmt::Display for WorkerId {
 /// taken over, so an orphan never runs an item at the same time as its retry.
 pub const WORKER_ENV: &str = "CKPT_WORKER";
 
+/// How long a worker waits for the sentinel of a dead local owner to stop
+/// the owner's commands before it runs the owner's items
+/// ([`Ckpt::wait_while_stopping`](crate::Ckpt::wait_while_stopping)):
+/// longer than a sentinel takes (SIGTERM, SIGKILL 0.5 s later, then the
+/// wait for the process groups to empty, given up after 10 s).
+pub const SENTINEL_PATIENCE: Duration = Duration::from_secs(15);
+
 /// Answers whether a process on this host is gone, and cleans up after it.
 pub trait ProcessProbe: Send + Sync + fmt::Debug {
     /// This host's name.
     fn host(&self) -> String;
     /// True if and only if `owner` names a process on this host that is
     /// certainly gone: its pid is not alive, or is alive with another start
-    /// time. Unknown or remote owners are never reported dead.
+    /// time; and so is its sentinel, if it names one. Unknown or remote
+    /// owners, and processes this one may not inspect, are never reported
+    /// dead.
     fn is_dead(&self, owner: &WorkerId) -> bool;
     /// Kills the processes left running by a dead `owner`: those whose
     /// environment holds [`WORKER_ENV`]` = owner`. Returns how many.
     fn kill_orphans(&self, owner: &WorkerId) -> usize;
+    /// True if and only if `owner` is a process on this host that is gone
+    /// while its sentinel (see [`WorkerId::with_sentinel`]) still runs,
+    /// stopping the commands `owner` left: its items must not run again
+    /// until the sentinel is done. The default knows no sentinels.
+    fn is_stopping(&self, owner: &WorkerId) -> bool {
+        let _ = owner;
+        false
+    }
 }
 
 /// Probes the real processes of this machine (through `/proc` on Linux;
@@ -97,14 +143,23 @@ impl ProcessProbe for LocalProcesses {
         if owner.host != host_name() || owner.start == 0 || !cfg!(target_os = "linux") {
             return false;
         }
-        match process_start_ticks(owner.pid) {
-            None => true,
-            Some(start) => start != owner.start,
-        }
+        is_gone(owner.pid, owner.start)
+            && owner
+                .sentinel()
+                .is_none_or(|(pid, start)| start != 0 && is_gone(pid, start))
     }
 
     fn kill_orphans(&self, owner: &WorkerId) -> usize {
         signal_marked(owner, libc::SIGKILL)
+    }
+
+    fn is_stopping(&self, owner: &WorkerId) -> bool {
+        if owner.host != host_name() || owner.start == 0 || !cfg!(target_os = "linux") {
+            return false;
+        }
+        owner.sentinel().is_some_and(|(pid, start)| {
+            start != 0 && !is_gone(pid, start) && is_gone(owner.pid, owner.start)
+        })
     }
 }
 
@@ -191,102 +246,67 @@ pub fn host_name() -> String {
     format!("{name}~{:08x}", tag as u32)
 }
 
-/// Start time of `pid` in clock ticks since boot, or `None` if there is no
-/// such process (or no `/proc`). A zombie (exited, not yet reaped by its
-/// parent) counts as no process: it will never renew a lease again.
-pub fn process_start_ticks(pid: u32) -> Option<u64> {
+/// True if and only if the process `pid` that started at `start` (clock
+/// ticks since boot) certainly runs no more: `kill(pid, 0)` finds no such
+/// pid, or `/proc` shows that pid exited (a zombie) or belongs to a process
+/// started at another time (the pid was reused). A pid that exists but
+/// cannot be inspected (another user's process under `hidepid`, or no
+/// `/proc`) counts as running: nothing is judged dead for being unreadable.
+pub fn is_gone(pid: u32, start: u64) -> bool {
+    let Ok(id) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if id <= 0 {
+        // kill(0, ...) and kill(-1, ...) name groups, not this process.
+        return false;
+    }
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    if unsafe { libc::kill(id, 0) } != 0 {
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::ESRCH) => return true,
+            // It exists, owned by another user: the start time may still
+            // tell that the pid was reused.
+            Some(libc::EPERM) => {}
+            _ => return false,
+        }
+    }
+    match read_stat(pid) {
+        Some(Stat::Exited) => true,
+        Some(Stat::Running { start: now }) => now != start,
+        None => false,
+    }
+}
+
+/// What `/proc/PID/stat` says about a process.
+enum Stat {
+    /// A zombie: it exited and waits to be reaped.
+    Exited,
+    /// Alive, started at `start` clock ticks since boot.
+    Running { start: u64 },
+}
+
+/// `None` if the file cannot be read or parsed.
+fn read_stat(pid: u32) -> Option<Stat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Field 2 (comm) may contain spaces and parentheses: skip past its last ')'.
     let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
     // After comm, fields start at 3 (state); starttime is field 22.
     if matches!(fields.next()?, "Z" | "X" | "x") {
-        return None;
+        return Some(Stat::Exited);
     }
-    fields.nth(22 - 4)?.parse().ok()
+    let start = fields.nth(22 - 4)?.parse().ok()?;
+    Some(Stat::Running { start })
+}
+
+/// Start time of `pid` in clock ticks since boot, or `None` if there is no
+/// such process (or no `/proc`). A zombie (exited, not yet reaped by its
+/// parent) counts as no process: it will never renew a lease again.
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    match read_stat(pid)? {
+        Stat::Running { start } => Some(start),
+        Stat::Exited => None,
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn id_round_trips() {
-        let id = WorkerId::for_this_process();
-        assert_eq!(WorkerId::parse(&id.to_string()), Some(id.clone()));
-        assert_eq!(id.pid, std::process::id());
-        assert!(WorkerId::parse("just-a-name").is_none());
-        assert!(WorkerId::parse("h:notapid:1:x").is_none());
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn probe_tells_live_from_dead() {
-        let me = WorkerId::for_this_process();
-        assert!(me.start > 0);
-        assert!(!LocalProcesses.is_dead(&me));
-        let reused_pid = WorkerId {
-            start: me.start + 1,
-            ..me.clone()
-        };
-        assert!(LocalProcesses.is_dead(&reused_pid));
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let child_pid = child.id();
-        child.wait().unwrap();
-        let gone = WorkerId {
-            pid: child_pid,
-            ..me.clone()
-        };
-        assert!(LocalProcesses.is_dead(&gone));
-        let remote = WorkerId {
-            host: "another-host".into(),
-            pid: child_pid,
-            ..me
-        };
-        assert!(!LocalProcesses.is_dead(&remote));
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn orphans_of_a_dead_worker_are_killed() {
-        let dead = WorkerId {
-            nonce: "orphan-test".into(),
-            ..WorkerId::for_this_process()
-        };
-        let spawn = |id: &WorkerId| {
-            let child = std::process::Command::new("sleep")
-                .arg("30")
-                .env(WORKER_ENV, id.to_string())
-                .spawn()
-                .unwrap();
-            // spawn() returns while the child is still inside execve, when
-            // its /proc environ reads empty: wait until the exec is done.
-            let marker = format!("{WORKER_ENV}={id}\0").into_bytes();
-            let environ = format!("/proc/{}/environ", child.id());
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while !std::fs::read(&environ)
-                .unwrap_or_default()
-                .windows(marker.len())
-                .any(|w| w == marker.as_slice())
-            {
-                assert!(std::time::Instant::now() < deadline, "child never exec'd");
-                std::thread::yield_now();
-            }
-            child
-        };
-        let mut orphan = spawn(&dead);
-        let other = WorkerId {
-            nonce: "someone-else".into(),
-            ..dead.clone()
-        };
-        let mut bystander = spawn(&other);
-        assert_eq!(LocalProcesses.kill_orphans(&dead), 1);
-        let status = orphan.wait().unwrap();
-        assert!(!status.success());
-        assert!(
-            bystander.try_wait().unwrap().is_none(),
-            "other workers' processes live on"
-        );
-        bystander.kill().unwrap();
-        bystander.wait().unwrap();
-    }
-}
+mod tests;

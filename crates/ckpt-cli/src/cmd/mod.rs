@@ -39,6 +39,14 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The hidden first argument of the sentinel process `ckpt run` starts.
+pub use run::sentinel::ARG as SENTINEL_ARG;
+
+/// The sentinel process: see `run::sentinel`.
+pub fn sentinel() -> ExitCode {
+    run::sentinel::main()
+}
+
 /// Opens the store named by `url`; `mode` says whether it may be created.
 pub fn open(url: &str, mode: OpenMode) -> Result<Ckpt> {
     Ok(Ckpt::new(store::open(url, mode)?))

@@ -6,8 +6,10 @@
 //! (SIGTERM) or 130 (SIGINT) holding nothing in the store.
 
 mod children;
+pub mod sentinel;
 
 use std::io::IsTerminal;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use ckpt::store::OpenMode;
 use ckpt::{ClaimedItem, Fence, Handler, Outcome, QueueOptions, RetryPolicy, RunOptions, Runner};
 
 use self::children::Children;
+use self::sentinel::Sentinel;
 use super::items::ItemsFile;
 use crate::cli::RunArgs;
 use crate::exit::{Usage, FAILED};
@@ -42,6 +45,22 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     }
     let started = Instant::now();
     let ckpt = super::open(url, OpenMode::CreateIfMissing)?;
+    // Stops this run's commands if ckpt dies; the worker id names it, so a
+    // rerun on this host waits for it before taking the items over.
+    let sentinel = match Sentinel::spawn() {
+        Ok(sentinel) => Some(sentinel),
+        Err(e) => {
+            tracing::warn!(event = "no_sentinel", error = %format!("{e:#}"), "if ckpt dies, its commands live on");
+            None
+        }
+    };
+    let ckpt = match &sentinel {
+        Some(sentinel) => {
+            let id = sentinel.name_in(ckpt.worker().clone());
+            ckpt.with_worker(id)
+        }
+        None => ckpt,
+    };
     let retry = RetryPolicy {
         base_delay: args.backoff,
         // A long --backoff is taken as asked, not capped at 30 s.
@@ -69,7 +88,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     // (before, nothing is held: the enqueue is idempotent).
     let signals = Signals::install().context("cannot install the signal handlers")?;
     signals.exit_on_repeat(false);
-    let children = Children::new(&worker);
+    let children = Children::new(&worker, sentinel);
     {
         let (children, grace) = (Arc::clone(&children), args.grace);
         std::thread::Builder::new()
@@ -208,16 +227,17 @@ impl Handler for CommandHandler<'_> {
 
 /// Runs the command for one item.
 ///
-/// The child is marked with `CKPT_WORKER`: if this process is killed, the
-/// next run on this host kills the marked children (and their descendants)
-/// before it takes their items over; at a graceful shutdown this process
-/// stops them the same way. (`PR_SET_PDEATHSIG` would kill only the direct
-/// child, and would force a full `fork` instead of `posix_spawn`, which
-/// costs about a third more per item.)
+/// The child leads a process group of its own, which the [`Sentinel`]
+/// kills if this process dies, and is marked with `CKPT_WORKER` (the next
+/// run on this host also kills marked processes of a dead run before it
+/// takes their items over). `process_group(0)` keeps std's `posix_spawn`
+/// path; `pre_exec` (or `PR_SET_PDEATHSIG`, which would also kill only the
+/// direct child) would force a full `fork`, about a third more per item.
 ///
 /// When the item's lease can no longer be proven ours, `fence` trips: the
-/// command gets SIGTERM, and SIGKILL after the fence's grace, so it is gone
-/// before another worker may take the item over; the item is given back.
+/// command's group gets SIGTERM, and SIGKILL after the fence's grace, so it
+/// is gone before another worker may take the item over; the item is given
+/// back.
 fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcome {
     let (template, job, worker, children, signals) =
         (h.template, h.job, h.worker, h.children, h.signals);
@@ -226,7 +246,8 @@ fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcom
         .env("CKPT_ITEM", &item.key)
         .env("CKPT_ATTEMPT", item.attempt.to_string())
         .env(ckpt::worker::WORKER_ENV, worker)
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => return Outcome::Failed(format!("cannot run {}: {e}", template[0])),

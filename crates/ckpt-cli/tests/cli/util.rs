@@ -55,7 +55,21 @@ impl Sandbox {
     /// `ckpt ...` with no `--store` (and no `CKPT_STORE` from the
     /// environment of the test run).
     pub fn ckpt_bare(&self) -> Ckpt {
-        let mut cmd = Command::new(BIN);
+        self.ckpt_via(&[])
+    }
+
+    /// `WRAPPER... ckpt ...` with no `--store`: `ckpt` started through
+    /// another program (`unshare`, `setpriv`), which must exec it with the
+    /// arguments that follow.
+    pub fn ckpt_via(&self, wrapper: &[&str]) -> Ckpt {
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(BIN),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(BIN);
+                cmd
+            }
+        };
         cmd.current_dir(self.path())
             .env_remove("CKPT_STORE")
             .env_remove("CKPT_TOKEN")
@@ -485,4 +499,85 @@ pub fn process_gone(pid: u32) -> bool {
             matches!(state, Some("Z" | "X" | "x"))
         }
     }
+}
+
+/// One execution of an item's command, from `KEY start T ID` and
+/// `KEY end T ID` lines (T in seconds, ID telling executions apart).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Execution {
+    pub id: String,
+    pub start: f64,
+    /// `None` if it never logged its end.
+    pub end: Option<f64>,
+}
+
+/// The executions of each key, by start time, parsed from `KEY start T ID`
+/// and `KEY end T ID` lines (other lines are an error).
+pub fn executions(lines: &[String]) -> BTreeMap<String, Vec<Execution>> {
+    let mut by_key: BTreeMap<String, Vec<Execution>> = BTreeMap::new();
+    for line in lines {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let [key, what, t, id] = parts[..] else {
+            panic!("not `KEY start|end T ID`: {line:?}");
+        };
+        let t: f64 = t.parse().unwrap_or_else(|_| panic!("bad time in {line:?}"));
+        let runs = by_key.entry(key.to_string()).or_default();
+        match what {
+            "start" => runs.push(Execution {
+                id: id.to_string(),
+                start: t,
+                end: None,
+            }),
+            "end" => {
+                let run = runs
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.id == id && r.end.is_none())
+                    .unwrap_or_else(|| panic!("an end without a start: {line:?}"));
+                run.end = Some(t);
+            }
+            _ => panic!("not `KEY start|end T ID`: {line:?}"),
+        }
+    }
+    for runs in by_key.values_mut() {
+        runs.sort_by(|a, b| a.start.total_cmp(&b.start));
+    }
+    by_key
+}
+
+/// Asserts that no two executions of one key overlapped in time (an
+/// execution that never logged its end overlaps every later one) and
+/// that every key in `keys` has a finished execution. Returns how many
+/// executions were duplicates (all but one per key).
+#[track_caller]
+pub fn assert_no_overlap(lines: &[String], keys: &[String]) -> usize {
+    let by_key = executions(lines);
+    let mut duplicates = 0;
+    for (key, runs) in &by_key {
+        for pair in runs.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            match a.end {
+                Some(end) => assert!(
+                    end <= b.start,
+                    "{key}: execution {} ran until {end:.3}, after {} started at {:.3} ({:.3} s of overlap): {runs:?}",
+                    a.id,
+                    b.id,
+                    b.start,
+                    end - b.start
+                ),
+                None => panic!(
+                    "{key}: execution {} never ended, and {} started at {:.3}: {runs:?}",
+                    a.id, b.id, b.start
+                ),
+            }
+        }
+        duplicates += runs.len().saturating_sub(1);
+    }
+    for key in keys {
+        let finished = by_key
+            .get(key)
+            .is_some_and(|runs| runs.iter().any(|r| r.end.is_some()));
+        assert!(finished, "{key} never ran to its end: {by_key:?}");
+    }
+    duplicates
 }

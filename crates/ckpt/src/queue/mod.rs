@@ -178,8 +178,11 @@ impl Queue {
             tracing::info!(event = "takeover", job = %self.job, items = taken_over, "took over {taken_over} item(s) whose previous lease had expired or whose owner was gone");
         }
         // A dead local owner may have left commands running on these items:
-        // they must not run beside the retries.
+        // they must not run beside the retries. Its sentinel, if it names
+        // one, is stopping them: wait for it (a store that frees the items
+        // of an ended session can hand them out before it is done).
         for owner in previous_owners {
+            self.ckpt.wait_while_stopping(&owner);
             if self.ckpt.is_dead_local_owner(&owner) {
                 self.ckpt.kill_orphans_of(&owner);
             }

@@ -1,22 +1,26 @@
 //! The commands `ckpt run` has running, and how they are stopped at
 //! shutdown.
 //!
-//! The commands run in ckpt's own process group, as with `xargs` and GNU
-//! parallel: a Ctrl-C at the terminal reaches them as well as ckpt, while a
-//! signal sent to ckpt alone (`kill -TERM <pid>`) does not. After the first
-//! SIGTERM or SIGINT, ckpt starts nothing new and waits up to `--grace` for
-//! the running commands. Then it sends SIGTERM to them and their
-//! descendants, and SIGKILL to whatever is left [`KILL_AFTER`] later (or at
-//! once on a second signal). An item whose command was stopped this way is
-//! given back unfinished, not failed.
+//! Each command runs in a process group of its own (as GNU parallel's jobs
+//! do), which the [`Sentinel`] kills if ckpt dies. ckpt passes SIGINT on to
+//! those groups, so a Ctrl-C at the terminal still reaches the commands as
+//! well as ckpt, while SIGTERM sent to ckpt (`kill -TERM <pid>`) does not.
+//! After the first SIGTERM or SIGINT, ckpt starts nothing new and waits up
+//! to `--grace` for the running commands. Then it sends SIGTERM to their
+//! process groups (and to their marked descendants), and SIGKILL to
+//! whatever is left [`KILL_AFTER`] later (or at once on a second signal).
+//! An item whose command was stopped this way is given back unfinished,
+//! not failed.
 
 use std::collections::HashSet;
 use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ckpt::shutdown::{signal_name, Signals};
+use ckpt::shutdown::{signal_name, Signals, SIGINT};
 use ckpt::worker::{signal_marked, WorkerId};
+
+use super::sentinel::Sentinel;
 
 /// How long commands have between the SIGTERM that ends the grace period
 /// and the SIGKILL.
@@ -39,25 +43,34 @@ enum Phase {
 }
 
 struct State {
+    /// The running commands; each leads a process group of its own.
     pids: HashSet<u32>,
     phase: Phase,
+    /// SIGINT was passed on to the commands (a Ctrl-C).
+    interrupted: bool,
 }
 
 /// The commands running for one worker.
 pub struct Children {
     /// Marks the commands and their descendants (`CKPT_WORKER`), on Linux.
     worker: Option<WorkerId>,
+    sentinel: Option<Sentinel>,
     state: Mutex<State>,
     changed: Condvar,
 }
 
 impl Children {
-    pub fn new(worker: &str) -> Arc<Children> {
+    pub fn new(worker: &str, sentinel: Option<Sentinel>) -> Arc<Children> {
+        if let Some(sentinel) = &sentinel {
+            sentinel.worker(worker);
+        }
         Arc::new(Children {
             worker: WorkerId::parse(worker),
+            sentinel,
             state: Mutex::new(State {
                 pids: HashSet::new(),
                 phase: Phase::Running,
+                interrupted: false,
             }),
             changed: Condvar::new(),
         })
@@ -70,24 +83,30 @@ impl Children {
     /// Registers a command just started; one started while commands are
     /// being stopped gets the same signal at once.
     pub fn started(&self, child: &Child) {
+        if let Some(sentinel) = &self.sentinel {
+            sentinel.started(child.id());
+        }
         let mut g = self.lock();
         g.pids.insert(child.id());
+        if g.interrupted {
+            signal_group(child.id(), SIGINT);
+        }
         match g.phase {
             Phase::Running => {}
-            Phase::Terminating => signal(child.id(), libc::SIGTERM),
-            Phase::Killing | Phase::Killed => signal(child.id(), libc::SIGKILL),
+            Phase::Terminating => signal_group(child.id(), libc::SIGTERM),
+            Phase::Killing | Phase::Killed => signal_group(child.id(), libc::SIGKILL),
         }
     }
 
-    /// Stops one command whose lease was lost: SIGTERM to it (and its
-    /// process group, when it leads one), then SIGKILL `grace` later if it
-    /// has not been reaped by then. Only a pid still registered is
-    /// signalled, so a reaped command's reused pid is never hit.
+    /// Stops one command whose lease was lost: SIGTERM to its process
+    /// group, then SIGKILL `grace` later if it has not been reaped by then.
+    /// Only a pid still registered is signalled, so a reaped command's
+    /// reused pid is never hit.
     pub fn stop_one(self: &Arc<Self>, pid: u32, grace: Duration) {
         if !self.lock().pids.contains(&pid) {
             return;
         }
-        signal_tree(pid, libc::SIGTERM);
+        signal_group(pid, libc::SIGTERM);
         let children = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name("ckpt-fence-kill".into())
@@ -97,7 +116,7 @@ impl Children {
                 while g.pids.contains(&pid) {
                     let left = until.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        signal_tree(pid, libc::SIGKILL);
+                        signal_group(pid, libc::SIGKILL);
                         return;
                     }
                     g = children
@@ -109,13 +128,16 @@ impl Children {
             });
         if spawned.is_err() {
             // No thread for the grace: kill now rather than never.
-            signal_tree(pid, libc::SIGKILL);
+            signal_group(pid, libc::SIGKILL);
         }
     }
 
-    /// Unregisters a command that exited.
+    /// Unregisters a command that exited and was reaped.
     pub fn exited(&self, child: &Child) {
         self.lock().pids.remove(&child.id());
+        if let Some(sentinel) = &self.sentinel {
+            sentinel.reaped(child.id());
+        }
         self.changed.notify_all();
     }
 
@@ -134,6 +156,20 @@ impl Children {
             return Some(format!("{} during shutdown", by));
         }
         None
+    }
+
+    /// Passes SIGINT on to the running commands' process groups (and to
+    /// those started from now on): with a group of their own, a Ctrl-C at
+    /// the terminal reaches ckpt alone.
+    fn interrupt(&self) {
+        let pids = {
+            let mut g = self.lock();
+            g.interrupted = true;
+            g.pids.clone()
+        };
+        for pid in pids {
+            signal_group(pid, SIGINT);
+        }
     }
 
     /// Sends SIGTERM to the running commands and their descendants.
@@ -161,7 +197,7 @@ impl Children {
 
     fn signal_all(&self, pids: &HashSet<u32>, sig: i32) {
         for &pid in pids {
-            signal(pid, sig);
+            signal_group(pid, sig);
         }
         if let Some(worker) = &self.worker {
             signal_marked(worker, sig);
@@ -202,6 +238,9 @@ impl Children {
 /// for the grace period (or a second signal), then stops the commands.
 pub fn supervise(children: Arc<Children>, signals: Signals, grace: Duration) {
     signals.wait(1, None);
+    if signals.signal() == Some(SIGINT) {
+        children.interrupt();
+    }
     let first = signals.signal().map_or_else(String::new, signal_name);
     tracing::info!(
         event = "shutdown",
@@ -256,25 +295,14 @@ fn interrupt_signal(status: ExitStatus) -> Option<&'static str> {
     }
 }
 
-/// Sends `sig` to the process group `pid` leads, or to `pid` alone when it
-/// leads none.
-fn signal_tree(pid: u32, sig: i32) {
-    let Ok(p) = i32::try_from(pid) else { return };
-    // SAFETY: getpgid(2) and kill(2) have no memory-safety preconditions.
-    unsafe {
-        if libc::getpgid(p) == p {
-            libc::kill(-p, sig);
-        } else {
-            libc::kill(p, sig);
-        }
-    }
-}
-
-fn signal(pid: u32, sig: i32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe {
-            libc::kill(pid, sig);
+/// Sends `sig` to the process group that `pgid` leads.
+fn signal_group(pgid: u32, sig: i32) {
+    if let Ok(pgid) = i32::try_from(pgid) {
+        if pgid > 1 {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe {
+                libc::kill(-pgid, sig);
+            }
         }
     }
 }

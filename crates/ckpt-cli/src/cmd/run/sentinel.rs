@@ -1,0 +1,277 @@
+//! The sentinel: one small process per `ckpt run` that stops the run's
+//! commands if the run dies, however it dies (`kill -9`, OOM killer, a
+//! crash), on any host.
+//!
+//! Each command runs in a process group of its own. `ckpt run` starts the
+//! sentinel (the `ckpt` binary again, with the hidden first argument
+//! [`ARG`]) in a session of its own, so that neither a signal to ckpt's
+//! process group nor the terminal's SIGHUP reaches it, and keeps one end of
+//! a socket pair whose other end is the sentinel's standard input. Over it
+//! ckpt writes:
+//!
+//! - `=WORKER` once: the worker id its commands carry in `CKPT_WORKER`;
+//! - `+PGID` when a command starts;
+//! - `-PGID` when that command has exited and was reaped.
+//!
+//! End of file means that ckpt is gone (the kernel closes the socket of a
+//! dead process). The sentinel then sends SIGTERM to every group still
+//! registered (and to every process still marked with the worker id, the
+//! same sweep as before sentinels existed), SIGKILL [`KILL_AFTER`] later
+//! to what is left, waits until those groups are empty and exits. A normal
+//! exit of ckpt leaves nothing registered, and the sentinel just exits.
+//!
+//! The worker id names the sentinel (`WorkerId::with_sentinel`), so a rerun
+//! on this host does not take the dead run's items over while the sentinel
+//! may still be stopping their commands.
+//!
+//! Sending uses `send(MSG_NOSIGNAL)`: `ckpt` restores the default SIGPIPE
+//! action, and a sentinel that died must cost a warning, not the run.
+
+use std::collections::BTreeSet;
+use std::io::{self, BufRead};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ckpt::worker::{process_start_ticks, signal_marked, WorkerId};
+
+/// The hidden first argument that makes `ckpt` a sentinel.
+pub const ARG: &str = "__sentinel";
+
+/// How long the commands of a dead run have between SIGTERM and SIGKILL.
+const KILL_AFTER: Duration = Duration::from_millis(500);
+
+/// How long the sentinel waits, after SIGKILL, for the groups to empty (a
+/// process in uninterruptible sleep dies when its system call ends).
+const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
+
+/// `ckpt run`'s side: the sentinel process and the socket to it.
+pub struct Sentinel {
+    child: Child,
+    start: u64,
+    socket: Mutex<Option<UnixStream>>,
+}
+
+impl Sentinel {
+    /// Starts the sentinel of this run.
+    pub fn spawn() -> Result<Sentinel> {
+        let (ours, theirs) = UnixStream::pair().context("cannot create the sentinel's socket")?;
+        let exe = std::env::current_exe().context("cannot find the ckpt executable")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg(ARG)
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null());
+        // SAFETY: setsid(2) is async-signal-safe. The full fork that
+        // pre_exec implies is paid once per run, never per item.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().context("cannot start the sentinel process")?;
+        // Read now: the child exists from the fork on, with its start time.
+        let start = process_start_ticks(child.id()).unwrap_or(0);
+        Ok(Sentinel {
+            child,
+            start,
+            socket: Mutex::new(Some(ours)),
+        })
+    }
+
+    /// `id` naming this sentinel.
+    pub fn name_in(&self, id: WorkerId) -> WorkerId {
+        id.with_sentinel(self.child.id(), self.start)
+    }
+
+    /// Tells the sentinel the worker id its commands are marked with.
+    pub fn worker(&self, worker: &str) {
+        self.send(&format!("={worker}\n"));
+    }
+
+    /// Registers the process group of a command just started.
+    pub fn started(&self, pgid: u32) {
+        self.send(&format!("+{pgid}\n"));
+    }
+
+    /// Unregisters the process group of a command that was reaped.
+    pub fn reaped(&self, pgid: u32) {
+        self.send(&format!("-{pgid}\n"));
+    }
+
+    fn send(&self, msg: &str) {
+        let mut socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = socket.as_ref() else {
+            return;
+        };
+        let mut bytes = msg.as_bytes();
+        while !bytes.is_empty() {
+            // SAFETY: the pointer and length describe `bytes`, alive here.
+            let n = unsafe {
+                libc::send(
+                    s.as_raw_fd(),
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::warn!(
+                    event = "sentinel_lost",
+                    error = %e,
+                    "the sentinel process is gone: if ckpt dies now, its commands live on"
+                );
+                *socket = None;
+                return;
+            }
+            bytes = &bytes[n as usize..];
+        }
+    }
+
+    /// Closes the socket and waits for the sentinel to exit: with nothing
+    /// registered, it exits at once.
+    pub fn close(&mut self) {
+        self.socket.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The sentinel process: reads standard input until ckpt is gone, then
+/// stops what ckpt left running.
+pub fn main() -> ExitCode {
+    // No terminal reaches this session; these are ignored in case a
+    // process group or session signal is sent by hand.
+    // SAFETY: signal(2) with SIG_IGN, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let mut groups = BTreeSet::new();
+    let mut worker = None;
+    for line in io::stdin().lock().split(b'\n') {
+        let Ok(line) = line else {
+            break;
+        };
+        let line = String::from_utf8_lossy(&line);
+        let (op, arg) = line.split_at(line.len().min(1));
+        match op {
+            "=" => worker = WorkerId::parse(arg),
+            "+" | "-" => {
+                if let Ok(pgid) = arg.parse::<i32>() {
+                    if pgid > 1 {
+                        if op == "+" {
+                            groups.insert(pgid);
+                        } else {
+                            groups.remove(&pgid);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if groups.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    // ckpt died with commands running.
+    let left = stop(&groups, worker.as_ref());
+    if left > 0 {
+        eprintln!(
+            "ckpt sentinel: {left} process group(s) of a dead `ckpt run` still alive {} after SIGKILL",
+            humantime::format_duration(GIVE_UP_AFTER)
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM, then SIGKILL, to `groups` (and to the processes marked with
+/// `worker`); returns how many groups are still alive in the end.
+fn stop(groups: &BTreeSet<i32>, worker: Option<&WorkerId>) -> usize {
+    let signal = |groups: &BTreeSet<i32>, sig: i32| {
+        for &pgid in groups {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe {
+                libc::kill(-pgid, sig);
+            }
+        }
+        if let Some(worker) = worker {
+            signal_marked(worker, sig);
+        }
+    };
+    signal(groups, libc::SIGTERM);
+    let alive = wait_empty(groups.clone(), Instant::now() + KILL_AFTER);
+    if alive.is_empty() {
+        return 0;
+    }
+    signal(&alive, libc::SIGKILL);
+    wait_empty(alive, Instant::now() + GIVE_UP_AFTER).len()
+}
+
+/// Polls until every group in `groups` is empty, or `until`; returns the
+/// groups still alive.
+fn wait_empty(mut groups: BTreeSet<i32>, until: Instant) -> BTreeSet<i32> {
+    loop {
+        groups.retain(|&pgid| group_alive(pgid));
+        if groups.is_empty() || Instant::now() >= until {
+            return groups;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// True if a process of group `pgid` may still run code. `kill(-pgid, 0)`
+/// also finds zombies (exited, never reaped: an init that does not reap
+/// orphans keeps them forever), so `/proc` is asked which members are
+/// zombies; when it cannot tell, the group counts as alive.
+fn group_alive(pgid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the group exists.
+    if unsafe { libc::kill(-pgid, 0) } != 0
+        && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After comm: state, ppid, pgrp.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+        if group == Some(pgid) && !matches!(state, Some("Z" | "X" | "x")) {
+            return true;
+        }
+    }
+    false
+}
