@@ -257,6 +257,10 @@ fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcom
         let (children, pid, grace) = (Arc::clone(children), child.id(), fence.kill_grace());
         fence.on_lost(move |_| children.stop_one(pid, grace));
     }
+    {
+        let (children, pid) = (Arc::clone(children), child.id());
+        fence.on_deadline(move |term, kill| children.deadline(pid, term, kill));
+    }
     let status = child.wait();
     children.exited(&child);
     // A command that finished before it could be stopped completed (the

@@ -17,11 +17,16 @@ use crate::policy::fence::{FenceReason, FenceTimings};
 use crate::store::Store;
 
 type Hook = Box<dyn FnOnce(&str) + Send>;
+type DeadlineHook = Arc<dyn Fn(Instant, Instant) + Send + Sync>;
 
 #[derive(Default)]
 struct FenceState {
     lost: Option<(FenceReason, String)>,
     hooks: Vec<Hook>,
+    /// When the work must be told to stop, and when it must be gone, as
+    /// things stand (moves later with each confirmation).
+    deadline: Option<(Instant, Instant)>,
+    deadline_hooks: Vec<DeadlineHook>,
 }
 
 struct FenceInner {
@@ -99,6 +104,43 @@ impl Fence {
                 hook(&why);
             }
             None => g.hooks.push(Box::new(hook)),
+        }
+    }
+
+    /// Runs `hook(term, kill)` whenever the fence's deadline moves (and at
+    /// once with the current one): by `term` the work must be told to stop,
+    /// by `kill` it must be gone, unless the lease is confirmed again
+    /// meanwhile. For a watchdog outside this process that must enforce the
+    /// deadline even if this process is stopped or hung (`ckpt run`'s
+    /// sentinel). Hooks run on the runner's watchdog thread: keep them
+    /// quick.
+    pub fn on_deadline(&self, hook: impl Fn(Instant, Instant) + Send + Sync + 'static) {
+        let hook: DeadlineHook = Arc::new(hook);
+        let now = {
+            let mut g = self.lock();
+            g.deadline_hooks.push(Arc::clone(&hook));
+            g.deadline
+        };
+        if let Some((term, kill)) = now {
+            hook(term, kill);
+        }
+    }
+
+    /// Moves the deadline; the hooks hear of moves of 20 ms or more.
+    pub(super) fn set_deadline(&self, term: Instant, kill: Instant) {
+        let hooks = {
+            let mut g = self.lock();
+            let moved = g.deadline.is_none_or(|(t, _)| {
+                t.max(term).duration_since(t.min(term)) >= Duration::from_millis(20)
+            });
+            if !moved || g.lost.is_some() {
+                return;
+            }
+            g.deadline = Some((term, kill));
+            g.deadline_hooks.clone()
+        };
+        for hook in hooks {
+            hook(term, kill);
         }
     }
 
@@ -253,6 +295,9 @@ impl Watchdog {
                 h.session = by.session;
             }
         }
+        // The deadline moved: publish it now (a sentinel outside this
+        // process enforces the old one otherwise).
+        self.changed.notify_all();
     }
 
     /// How long ago `h`'s lease was last proven: by its own renewal, or —
@@ -348,6 +393,8 @@ impl Watchdog {
                     due.push((*k, h.fence.clone(), reason, since));
                 } else {
                     next = next.min(left);
+                    let term = now + left;
+                    h.fence.set_deadline(term, term + h.fence.kill_grace());
                 }
             }
             if !due.is_empty() {

@@ -132,6 +132,15 @@ impl Children {
         }
     }
 
+    /// Tells the sentinel the fence deadline of the command `pid` (which
+    /// leads its process group), while it is registered.
+    pub fn deadline(&self, pid: u32, term: std::time::Instant, kill: std::time::Instant) {
+        let g = self.lock();
+        if let (true, Some(sentinel)) = (g.pids.contains(&pid), &self.sentinel) {
+            sentinel.deadline(pid, term, kill);
+        }
+    }
+
     /// Unregisters a command that exited and was reaped.
     pub fn exited(&self, child: &Child) {
         self.lock().pids.remove(&child.id());

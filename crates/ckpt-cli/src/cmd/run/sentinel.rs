@@ -11,7 +11,18 @@
 //!
 //! - `=WORKER` once: the worker id its commands carry in `CKPT_WORKER`;
 //! - `+PGID` when a command starts;
+//! - `@PGID TERM KILL` when its fence deadline moves: by `TERM` (ms of
+//!   `CLOCK_BOOTTIME`) the command must be told to stop, by `KILL` it must
+//!   be gone, because its item's lease can no longer be proven after that
+//!   (see `ckpt::policy::fence`);
 //! - `-PGID` when that command has exited and was reaped.
+//!
+//! The sentinel enforces the deadlines itself: SIGTERM to the group at
+//! `TERM`, SIGKILL at `KILL`. ckpt's own watchdog does the same, but a
+//! `ckpt run` that is stopped (SIGSTOP, a debugger) or hung cannot, while
+//! its commands run on; the sentinel, in its own session, is not stopped
+//! with it. `CLOCK_BOOTTIME` keeps counting while the machine sleeps, so a
+//! laptop that wakes up past the deadline kills at once.
 //!
 //! End of file means that ckpt is gone (the kernel closes the socket of a
 //! dead process). The sentinel then sends SIGTERM to every group still
@@ -27,8 +38,8 @@
 //! Sending uses `send(MSG_NOSIGNAL)`: `ckpt` restores the default SIGPIPE
 //! action, and a sentinel that died must cost a warning, not the run.
 
-use std::collections::BTreeSet;
-use std::io::{self, BufRead};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -100,6 +111,16 @@ impl Sentinel {
         self.send(&format!("+{pgid}\n"));
     }
 
+    /// Tells the sentinel when the command of group `pgid` must be told to
+    /// stop (`term`) and be gone (`kill`).
+    pub fn deadline(&self, pgid: u32, term: Instant, kill: Instant) {
+        self.send(&format!(
+            "@{pgid} {} {}\n",
+            boottime_ms(term),
+            boottime_ms(kill)
+        ));
+    }
+
     /// Unregisters the process group of a command that was reaped.
     pub fn reaped(&self, pgid: u32) {
         self.send(&format!("-{pgid}\n"));
@@ -163,30 +184,39 @@ pub fn main() -> ExitCode {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    let mut groups = BTreeSet::new();
+    let mut groups: BTreeMap<i32, Option<Deadline>> = BTreeMap::new();
     let mut worker = None;
-    for line in io::stdin().lock().split(b'\n') {
-        let Ok(line) = line else {
-            break;
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        enforce(&mut groups);
+        let wait_ms = next_deadline(&groups).map_or(-1, |at| (at - now_ms()).clamp(0, 60_000));
+        let mut fds = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
         };
-        let line = String::from_utf8_lossy(&line);
-        let (op, arg) = line.split_at(line.len().min(1));
-        match op {
-            "=" => worker = WorkerId::parse(arg),
-            "+" | "-" => {
-                if let Ok(pgid) = arg.parse::<i32>() {
-                    if pgid > 1 {
-                        if op == "+" {
-                            groups.insert(pgid);
-                        } else {
-                            groups.remove(&pgid);
-                        }
-                    }
-                }
-            }
-            _ => {}
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let ready = unsafe { libc::poll(&mut fds, 1, wait_ms as i32) };
+        if ready <= 0 {
+            continue; // a deadline (or EINTR): enforce, then wait again
+        }
+        // SAFETY: reads into `buf`, which is valid for its length.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            break; // end of file: ckpt is gone
+        }
+        pending.extend_from_slice(&buf[..n as usize]);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            apply(&line, &mut groups, &mut worker);
         }
     }
+    let groups: BTreeSet<i32> = groups.into_keys().collect();
     if groups.is_empty() {
         return ExitCode::SUCCESS;
     }
@@ -200,6 +230,108 @@ pub fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// When a registered command must be told to stop, and be gone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Deadline {
+    term_ms: i64,
+    kill_ms: i64,
+    termed: bool,
+    killed: bool,
+}
+
+/// Applies one line of the protocol.
+fn apply(line: &str, groups: &mut BTreeMap<i32, Option<Deadline>>, worker: &mut Option<WorkerId>) {
+    let (op, arg) = line.split_at(line.len().min(1));
+    match op {
+        "=" => *worker = WorkerId::parse(arg),
+        "+" | "-" => {
+            if let Some(pgid) = arg.parse::<i32>().ok().filter(|&p| p > 1) {
+                if op == "+" {
+                    groups.insert(pgid, None);
+                } else {
+                    groups.remove(&pgid);
+                }
+            }
+        }
+        "@" => {
+            let mut f = arg.split(' ').map(|x| x.parse::<i64>().ok());
+            if let (Some(Some(pgid)), Some(Some(term_ms)), Some(Some(kill_ms))) =
+                (f.next(), f.next(), f.next())
+            {
+                if let Some(slot) = groups.get_mut(&(pgid as i32)) {
+                    *slot = Some(Deadline {
+                        term_ms,
+                        kill_ms,
+                        termed: false,
+                        killed: false,
+                    });
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The earliest deadline not yet acted on.
+fn next_deadline(groups: &BTreeMap<i32, Option<Deadline>>) -> Option<i64> {
+    groups
+        .values()
+        .flatten()
+        .filter_map(|d| match (d.termed, d.killed) {
+            (false, _) => Some(d.term_ms),
+            (true, false) => Some(d.kill_ms),
+            _ => None,
+        })
+        .min()
+}
+
+/// Signals the groups whose deadlines passed: their leases can no longer
+/// be proven, and ckpt (stopped, or hung) did not stop them itself.
+fn enforce(groups: &mut BTreeMap<i32, Option<Deadline>>) {
+    let now = now_ms();
+    for (&pgid, d) in groups.iter_mut() {
+        let Some(d) = d else { continue };
+        let sig = if !d.killed && now >= d.kill_ms {
+            d.termed = true;
+            d.killed = true;
+            libc::SIGKILL
+        } else if !d.termed && now >= d.term_ms {
+            d.termed = true;
+            libc::SIGTERM
+        } else {
+            continue;
+        };
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(-pgid, sig);
+        }
+    }
+}
+
+/// Now on `CLOCK_BOOTTIME`, in ms.
+fn now_ms() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts);
+    }
+    ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000
+}
+
+/// `at` on `CLOCK_BOOTTIME`, in ms.
+fn boottime_ms(at: Instant) -> i64 {
+    let now = Instant::now();
+    let base = now_ms();
+    if at >= now {
+        base + at.duration_since(now).as_millis() as i64
+    } else {
+        base - now.duration_since(at).as_millis() as i64
+    }
 }
 
 /// SIGTERM, then SIGKILL, to `groups` (and to the processes marked with
