@@ -190,6 +190,12 @@ pub enum CheckpointCommand {
         /// 128 KiB on Linux).
         #[arg(long)]
         state: Option<String>,
+        /// Compare-and-set: write only if the stored cursor equals this JSON
+        /// (key order and spacing do not matter; `1` and `1.0` differ), or
+        /// `none` for "no checkpoint yet". Otherwise nothing is written and
+        /// the exit code is 5, naming the stored cursor.
+        #[arg(long, value_name = "OLD_CURSOR")]
+        expect: Option<String>,
     },
     /// Delete the checkpoint and its history, so the job starts from scratch.
     Clear {

@@ -3,7 +3,8 @@
 //! Every fallible operation returns [`Error`]. Variants that callers act on
 //! are distinct: [`Error::Fenced`] (this worker's lease was taken over; stop
 //! working on that job or item), [`Error::Busy`] (a live owner holds it; try
-//! later), [`Error::NotFound`], [`Error::LimitExceeded`], [`Error::SchemaTooNew`].
+//! later), [`Error::NotFound`], [`Error::LimitExceeded`], [`Error::SchemaTooNew`],
+//! [`Error::CursorMismatch`] (a compare-and-set found another cursor).
 
 /// Shorthand for `Result<T, ckpt::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -48,6 +49,22 @@ pub enum Error {
         /// The decoder's message.
         reason: String,
     },
+    /// A compare-and-set checkpoint write found another cursor than the
+    /// one it expected (another writer got there first); nothing was
+    /// written.
+    #[error("job '{job}': the stored cursor is {}, not the expected {}; nothing was written",
+        .stored.as_deref().unwrap_or("none (no checkpoint)"),
+        .expected.as_deref().unwrap_or("none (no checkpoint)"))]
+    CursorMismatch {
+        /// The job.
+        job: String,
+        /// The stored cursor as canonical JSON, `None` when there is no
+        /// checkpoint.
+        stored: Option<String>,
+        /// The expected cursor as canonical JSON, `None` for "no
+        /// checkpoint".
+        expected: Option<String>,
+    },
     /// The store was written by a newer ckpt. It was left untouched.
     #[error("store {store} has schema version {found}, newer than this ckpt supports ({supported}); upgrade ckpt (the store was not modified)")]
     SchemaTooNew {
@@ -89,6 +106,11 @@ impl Error {
     /// [`Error::Unavailable`].
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Busy(_) | Error::Unavailable(_))
+    }
+
+    /// True if and only if this is [`Error::CursorMismatch`].
+    pub fn is_cursor_mismatch(&self) -> bool {
+        matches!(self, Error::CursorMismatch { .. })
     }
 
     /// True if and only if this is [`Error::NotFound`].

@@ -35,8 +35,8 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::model::{
-    Checkpoint, ClaimedItem, EnqueueReport, HistoryEntry, ItemCounts, ItemRecord, ItemStatus,
-    ItemUpdate, JobLease, JobRecord, JobStatus, NewItem,
+    Checkpoint, ClaimedItem, EnqueueReport, Expect, HistoryEntry, ItemCounts, ItemRecord,
+    ItemStatus, ItemUpdate, JobLease, JobRecord, JobStatus, NewItem,
 };
 use crate::time::Timestamp;
 
@@ -106,10 +106,25 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// Writing appends to the history like a save; clearing also empties the
     /// history. Writing creates the job if needed; clearing an unknown job is
     /// [`Error::NotFound`](crate::Error::NotFound).
+    ///
+    /// A compare-and-set when `expect` is not [`Expect::Anything`]: in the
+    /// same atomic step, the stored cursor (none when the job is missing or
+    /// has no checkpoint) is compared as canonical JSON text
+    /// ([`Expect::is_met_by`]); if it does not meet `expect`, nothing is
+    /// written (not even the job created) and the result is
+    /// [`Error::CursorMismatch`](crate::Error::CursorMismatch) naming the
+    /// stored cursor. Of writers racing from the same expectation, exactly
+    /// one wins. A live owner is refused first (`Busy`).
+    ///
+    /// History follows commit order: each write's history entry has the
+    /// next `seq`, and its `at` (and the job's `checkpoint_at`) is never
+    /// before the previous save's, even when a writer that read its `now`
+    /// earlier commits later.
     fn put_checkpoint(
         &self,
         job: &str,
         checkpoint: Option<&Checkpoint>,
+        expect: &Expect,
         history_keep: usize,
         steal_from: Option<&str>,
         now: Timestamp,

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use super::{ItemSignals, ItemStore, ItemStream, JobStore, OwnerSessions, Store};
 use crate::error::{Error, Result};
 use crate::model::{
-    Checkpoint, ClaimedItem, EnqueueReport, HistoryEntry, ItemCounts, ItemRecord, ItemStatus,
-    ItemUpdate, JobLease, JobRecord, JobStatus,
+    Checkpoint, ClaimedItem, EnqueueReport, Expect, HistoryEntry, ItemCounts, ItemRecord,
+    ItemStatus, ItemUpdate, JobLease, JobRecord, JobStatus,
 };
 use crate::time::Timestamp;
 
@@ -218,13 +218,14 @@ impl JobStore for FaultStore {
         &self,
         job: &str,
         checkpoint: Option<&Checkpoint>,
+        expect: &Expect,
         history_keep: usize,
         steal_from: Option<&str>,
         now: Timestamp,
     ) -> Result<()> {
         self.call(Op::PutCheckpoint, || {
             self.inner
-                .put_checkpoint(job, checkpoint, history_keep, steal_from, now)
+                .put_checkpoint(job, checkpoint, expect, history_keep, steal_from, now)
         })
     }
     fn get_job(&self, job: &str) -> Result<Option<JobRecord>> {
