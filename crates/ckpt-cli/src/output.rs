@@ -59,6 +59,28 @@ pub struct DoctorDoc<'a> {
     /// `stale_checkpoint`, `excessive_history`, `large_state`,
     /// `dead_items`, `expired_leases`.
     pub findings: &'a [Finding],
+    /// The store file's check (SQLite), `null` for a server store. Only a
+    /// passed check is printed: a failed one is an error (exit 4).
+    pub file_check: Option<FileCheckDoc>,
+}
+
+/// `file_check` in `ckpt doctor --json`.
+#[derive(Debug, Serialize)]
+pub struct FileCheckDoc {
+    /// `"quick_check"`.
+    pub check: &'static str,
+    pub ok: bool,
+    pub seconds: f64,
+}
+
+impl From<&ckpt::store::FileCheck> for FileCheckDoc {
+    fn from(c: &ckpt::store::FileCheck) -> Self {
+        FileCheckDoc {
+            check: c.check,
+            ok: c.is_ok(),
+            seconds: c.took.as_secs_f64(),
+        }
+    }
 }
 
 /// `ckpt bench --json`: the [`BenchReport`] with its latencies in seconds

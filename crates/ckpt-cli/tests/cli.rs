@@ -13,6 +13,8 @@ mod browser;
 mod checkpoint;
 #[path = "cli/concurrent.rs"]
 mod concurrent;
+#[path = "cli/corrupt.rs"]
+mod corrupt;
 #[path = "cli/crash.rs"]
 mod crash;
 #[path = "cli/errors.rs"]

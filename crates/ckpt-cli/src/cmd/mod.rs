@@ -20,6 +20,11 @@ use ckpt::Ckpt;
 use crate::cli::{Cli, Command};
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let url = cli.store.clone();
+    command(cli).map_err(|e| name_corrupt_file(e, &url))
+}
+
+fn command(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(&cli.store, args),
         Command::Status(args) => status::status(&cli.store, args),
@@ -36,6 +41,23 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Completions(args) => docs::completions(args),
         Command::Man => docs::man(),
         Command::Serve(args) => crate::serve::serve(&cli.store, args),
+    }
+}
+
+/// Names the store file in a corruption error found deep in a read, which
+/// does not know the file's path.
+fn name_corrupt_file(err: anyhow::Error, url: &str) -> anyhow::Error {
+    let unnamed = matches!(
+        err.downcast_ref::<ckpt::Error>(),
+        Some(ckpt::Error::Corrupt { path: None, .. })
+    );
+    let Some(path) = url.strip_prefix("sqlite://").filter(|_| unnamed) else {
+        return err;
+    };
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    match err.downcast::<ckpt::Error>() {
+        Ok(e) => e.with_store_path(path).into(),
+        Err(e) => e,
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{ItemSignals, ItemStore, ItemStream, JobStore, OwnerSessions, Store};
+use super::{FileCheck, ItemSignals, ItemStore, ItemStream, JobStore, OwnerSessions, Store};
 use crate::error::{Error, Result};
 use crate::model::{
     Checkpoint, ClaimedItem, EnqueueReport, Expect, HistoryEntry, ItemCounts, ItemRecord,
@@ -152,6 +152,9 @@ impl Store for FaultStore {
         self.inner
             .owner_sessions()
             .map(|_| self as &dyn OwnerSessions)
+    }
+    fn check_files(&self, full: bool) -> Option<Result<FileCheck>> {
+        self.inner.check_files(full)
     }
 }
 
