@@ -6,10 +6,11 @@
 //! (SIGTERM) or 130 (SIGINT) holding nothing in the store.
 
 mod children;
+mod template;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::process::{ExitCode, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,6 +20,7 @@ use ckpt::store::OpenMode;
 use ckpt::{ClaimedItem, Outcome, QueueOptions, RetryPolicy, RunOptions, Runner};
 
 use self::children::Children;
+use self::template::build_command;
 use super::items::ItemsFile;
 use crate::cli::RunArgs;
 use crate::exit::{Usage, FAILED};
@@ -219,19 +221,6 @@ fn run_item(
         },
         Err(e) => Outcome::Failed(format!("cannot wait for {}: {e}", template[0])),
     }
-}
-
-/// `{}` in an argument is replaced by the item; with no `{}` anywhere, the
-/// item is appended as the last argument.
-fn build_command(template: &[String], item: &str) -> Command {
-    let has_placeholder = template.iter().any(|a| a.contains("{}"));
-    let mut args = template.iter().map(|a| a.replace("{}", item));
-    let mut cmd = Command::new(args.next().unwrap_or_default());
-    cmd.args(args);
-    if !has_placeholder {
-        cmd.arg(item);
-    }
-    cmd
 }
 
 fn describe(status: ExitStatus) -> String {
