@@ -45,6 +45,8 @@ mod serve;
 mod server;
 #[path = "cli/signals.rs"]
 mod signals;
+#[path = "cli/terminal.rs"]
+mod terminal;
 #[path = "cli/vocabulary.rs"]
 mod vocabulary;
 #[path = "cli/webdriver.rs"]

@@ -7,7 +7,7 @@ use ckpt::inspect::{doctor as check, DoctorOptions, Finding};
 use ckpt::store::{FileCheck, OpenMode};
 
 use crate::cli::DoctorArgs;
-use crate::output::{DoctorDoc, FileCheckDoc};
+use crate::output::{shown, DoctorDoc, FileCheckDoc};
 
 /// Exit 0 when healthy, 1 when there are findings (like `grep -q`, so a
 /// cron line or probe can act on it), other codes for errors.
@@ -39,7 +39,7 @@ pub fn doctor(url: &str, args: DoctorArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         for f in &findings {
-            println!("{}: {}: {}", f.job, kind(f), f.message);
+            println!("{}: {}: {}", shown(&f.job), kind(f), shown(&f.message));
         }
         let file = file_check
             .as_ref()

@@ -186,7 +186,7 @@ fn pristine_store_is_healthy_and_doctor_says_how_long_its_check_took() {
     let check = &out.json()["file_check"];
     assert_eq!(check["check"], "integrity_check");
     assert_eq!(check["ok"], true);
-    assert!(check["seconds"].as_f64().unwrap() >= 0.0, "{check}");
+    assert!(check["elapsed_seconds"].as_f64().unwrap() >= 0.0, "{check}");
 }
 
 /// Nine distinct corruptions, each named by `ckpt doctor`.
