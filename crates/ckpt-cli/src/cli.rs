@@ -134,8 +134,10 @@ pub struct RunArgs {
     /// checkpoint writes) at http://ADDR/metrics while it runs.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
-    /// The command; `{}` in an argument is replaced by the item, otherwise
-    /// the item is appended as the last argument.
+    /// The command; `{}` in an argument is replaced by the item, `{q}`
+    /// by the item quoted for a shell, otherwise the item is appended as the
+    /// last argument. Never put `{}` inside `sh -c '…'`: pass it as an
+    /// argument (`sh -c 'do "$1"' _ {}`) or use `{q}`.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
 }
@@ -190,6 +192,12 @@ pub enum CheckpointCommand {
         /// 128 KiB on Linux).
         #[arg(long)]
         state: Option<String>,
+        /// Compare-and-set: write only if the stored cursor equals this JSON
+        /// (key order and spacing do not matter; `1` and `1.0` differ), or
+        /// `none` for "no checkpoint yet". Otherwise nothing is written and
+        /// the exit code is 5, naming the stored cursor.
+        #[arg(long, value_name = "OLD_CURSOR")]
+        expect: Option<String>,
     },
     /// Delete the checkpoint and its history, so the job starts from scratch.
     Clear {

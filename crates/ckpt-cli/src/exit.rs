@@ -7,7 +7,7 @@
 //! | 2 | usage error or invalid input (bad name, JSON, items file) |
 //! | 3 | not found: unknown job, no checkpoint, no store file |
 //! | 4 | store error: cannot open, not a ckpt store, newer schema, I/O |
-//! | 5 | busy or fenced: a live worker holds the job |
+//! | 5 | busy or fenced: a live worker holds the job; or `--expect` found another cursor |
 //! | 130 | `ckpt run` stopped by SIGINT (Ctrl-C) |
 //! | 143 | `ckpt run` stopped by SIGTERM |
 
@@ -21,7 +21,8 @@ pub const USAGE: u8 = 2;
 pub const NOT_FOUND: u8 = 3;
 /// Exit code for store errors.
 pub const STORE: u8 = 4;
-/// Exit code for a job held by a live worker.
+/// Exit code for a job held by a live worker, or a compare-and-set that
+/// found another cursor: another writer got there first.
 pub const BUSY: u8 = 5;
 
 /// A usage error raised by the binary itself (not by clap or the library).
@@ -44,7 +45,9 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<ckpt::Error>() {
         Some(ckpt::Error::InvalidInput(_) | ckpt::Error::LimitExceeded { .. }) => USAGE,
         Some(ckpt::Error::NotFound(_)) => NOT_FOUND,
-        Some(ckpt::Error::Busy(_) | ckpt::Error::Fenced(_)) => BUSY,
+        Some(
+            ckpt::Error::Busy(_) | ckpt::Error::Fenced(_) | ckpt::Error::CursorMismatch { .. },
+        ) => BUSY,
         _ => STORE,
     }
 }
@@ -52,7 +55,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
 /// Prints the error as one line on stderr and returns its exit code.
 pub fn report(err: &anyhow::Error) -> ExitCode {
     let line = format!("{err:#}").replace('\n', " ");
-    eprintln!("ckpt: error: {line}");
+    eprintln!("ckpt: error: {}", crate::output::shown(&line));
     ExitCode::from(code_for(err))
 }
 
@@ -85,6 +88,9 @@ pub fn usage(err: clap::Error) -> ExitCode {
         .collect();
     let message = paragraph.join(" ");
     let message = message.strip_prefix("error: ").unwrap_or(&message);
-    eprintln!("ckpt: error: {message} (see ckpt --help)");
+    eprintln!(
+        "ckpt: error: {} (see ckpt --help)",
+        crate::output::shown(message)
+    );
     ExitCode::from(USAGE)
 }

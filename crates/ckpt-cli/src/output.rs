@@ -8,6 +8,7 @@
 //! name is `job`. They are stable as those are: fields may be added, none
 //! renamed or retyped without a major version.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use ckpt::bench::BenchReport;
@@ -17,6 +18,33 @@ use serde::Serialize;
 
 /// The one time formatter, shared with the JSON documents.
 pub use ckpt::json::rfc3339;
+
+/// User data (item keys, errors, stages, owners) as human output prints
+/// it: control characters (C0 such as ESC, newline and tab; DEL; C1) and
+/// the bidirectional overrides are shown escaped (`\u{1b}`, `\n`), so
+/// that data cannot recolour, move the cursor, retitle the terminal or
+/// reorder what is shown. Everything else is printed as it is. JSON output
+/// needs none of this: serde escapes control characters already.
+pub fn shown(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(needs_escape) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
 
 /// "3.2s", "4m 5s": a short human duration.
 pub fn short_duration(d: Duration) -> String {
@@ -59,6 +87,28 @@ pub struct DoctorDoc<'a> {
     /// `stale_checkpoint`, `excessive_history`, `large_state`,
     /// `dead_items`, `expired_leases`.
     pub findings: &'a [Finding],
+    /// The store file's check (SQLite), `null` for a server store. Only a
+    /// passed check is printed: a failed one is an error (exit 4).
+    pub file_check: Option<FileCheckDoc>,
+}
+
+/// `file_check` in `ckpt doctor --json`.
+#[derive(Debug, Serialize)]
+pub struct FileCheckDoc {
+    /// `"quick_check"`.
+    pub check: &'static str,
+    pub ok: bool,
+    pub elapsed_seconds: f64,
+}
+
+impl From<&ckpt::store::FileCheck> for FileCheckDoc {
+    fn from(c: &ckpt::store::FileCheck) -> Self {
+        FileCheckDoc {
+            check: c.check,
+            ok: c.is_ok(),
+            elapsed_seconds: c.took.as_secs_f64(),
+        }
+    }
 }
 
 /// `ckpt bench --json`: the [`BenchReport`] with its latencies in seconds
@@ -103,5 +153,22 @@ impl From<&BenchReport> for BenchDoc {
             saves: r.saves,
             batch: r.batch,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(shown("plain key é 日本"), "plain key é 日本");
+        assert_eq!(shown("\u{1b}[31mRED\nx\ty\r"), "\\u{1b}[31mRED\\nx\\ty\\r");
+        assert_eq!(
+            shown("del\u{7f} csi\u{9b} bell\u{7}"),
+            "del\\u{7f} csi\\u{9b} bell\\u{7}"
+        );
+        assert_eq!(shown("a\u{202e}b"), "a\\u{202e}b");
+        assert!(matches!(shown("ok"), std::borrow::Cow::Borrowed(_)));
     }
 }

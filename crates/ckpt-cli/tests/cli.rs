@@ -15,6 +15,8 @@ mod chaos;
 mod checkpoint;
 #[path = "cli/concurrent.rs"]
 mod concurrent;
+#[path = "cli/corrupt.rs"]
+mod corrupt;
 #[path = "cli/crash.rs"]
 mod crash;
 #[path = "cli/errors.rs"]
@@ -47,6 +49,8 @@ mod serve;
 mod server;
 #[path = "cli/signals.rs"]
 mod signals;
+#[path = "cli/terminal.rs"]
+mod terminal;
 #[path = "cli/vocabulary.rs"]
 mod vocabulary;
 #[path = "cli/webdriver.rs"]

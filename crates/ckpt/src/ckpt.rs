@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::model::{Checkpoint, JobRecord};
+use crate::model::{Checkpoint, Expect, JobRecord};
 use crate::store::{self, OpenMode, Store};
 use crate::time::{Clock, SystemClock, Timestamp};
 use crate::validate;
@@ -126,6 +126,19 @@ impl Ckpt {
     /// refused with [`Error::Busy`](crate::Error::Busy) while a live worker
     /// holds the job, and fencing out any earlier holder.
     pub fn set_checkpoint(&self, name: &str, checkpoint: &Checkpoint) -> Result<()> {
+        self.set_checkpoint_if(name, checkpoint, &Expect::Anything)
+    }
+
+    /// [`Ckpt::set_checkpoint`] as a compare-and-set (`ckpt checkpoint set
+    /// --expect`): writes only if the stored cursor meets `expect`, in the
+    /// same atomic step, else [`Error::CursorMismatch`](crate::Error::CursorMismatch)
+    /// naming the stored cursor, and nothing is written.
+    pub fn set_checkpoint_if(
+        &self,
+        name: &str,
+        checkpoint: &Checkpoint,
+        expect: &Expect,
+    ) -> Result<()> {
         validate::job_name(name)?;
         if let Some(state) = &checkpoint.state {
             validate::state_size(state, self.limits.state_bytes)?;
@@ -134,6 +147,7 @@ impl Ckpt {
         self.store.put_checkpoint(
             name,
             Some(checkpoint),
+            expect,
             self.limits.history_keep,
             steal.as_deref(),
             self.now(),
@@ -148,6 +162,7 @@ impl Ckpt {
         self.store.put_checkpoint(
             name,
             None,
+            &Expect::Anything,
             self.limits.history_keep,
             steal.as_deref(),
             self.now(),
@@ -164,6 +179,7 @@ impl Ckpt {
         self.store.put_checkpoint(
             name,
             None,
+            &Expect::Anything,
             self.limits.history_keep,
             holder.as_deref(),
             self.now(),

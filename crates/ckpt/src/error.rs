@@ -3,7 +3,8 @@
 //! Every fallible operation returns [`Error`]. Variants that callers act on
 //! are distinct: [`Error::Fenced`] (this worker's lease was taken over; stop
 //! working on that job or item), [`Error::Busy`] (a live owner holds it; try
-//! later), [`Error::NotFound`], [`Error::LimitExceeded`], [`Error::SchemaTooNew`].
+//! later), [`Error::NotFound`], [`Error::LimitExceeded`], [`Error::SchemaTooNew`],
+//! [`Error::CursorMismatch`] (a compare-and-set found another cursor).
 
 /// Shorthand for `Result<T, ckpt::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -48,6 +49,22 @@ pub enum Error {
         /// The decoder's message.
         reason: String,
     },
+    /// A compare-and-set checkpoint write found another cursor than the
+    /// one it expected (another writer got there first); nothing was
+    /// written.
+    #[error("job '{job}': the stored cursor is {}, not the expected {}; nothing was written",
+        .stored.as_deref().unwrap_or("none (no checkpoint)"),
+        .expected.as_deref().unwrap_or("none (no checkpoint)"))]
+    CursorMismatch {
+        /// The job.
+        job: String,
+        /// The stored cursor as canonical JSON, `None` when there is no
+        /// checkpoint.
+        stored: Option<String>,
+        /// The expected cursor as canonical JSON, `None` for "no
+        /// checkpoint".
+        expected: Option<String>,
+    },
     /// The store was written by a newer ckpt. It was left untouched.
     #[error("store {store} has schema version {found}, newer than this ckpt supports ({supported}); upgrade ckpt (the store was not modified)")]
     SchemaTooNew {
@@ -62,6 +79,16 @@ pub enum Error {
     /// corrupt file, a text file). It was left untouched.
     #[error("{0}")]
     NotAStore(String),
+    /// The store's file is damaged (SQLite reported corruption, or a row
+    /// does not read back as ckpt wrote it). Nothing was changed; the
+    /// message names the file and the next step.
+    #[error("{}", corrupt_message(.path.as_deref(), .detail))]
+    Corrupt {
+        /// The store file, when known (see [`Error::with_store_path`]).
+        path: Option<String>,
+        /// What SQLite or the row decoder said.
+        detail: String,
+    },
     /// The store could not be opened (missing directory, permissions, bad URL).
     #[error("cannot open store: {0}")]
     Open(String),
@@ -91,8 +118,40 @@ impl Error {
         matches!(self, Error::Busy(_) | Error::Unavailable(_))
     }
 
+    /// True if and only if this is [`Error::CursorMismatch`].
+    pub fn is_cursor_mismatch(&self) -> bool {
+        matches!(self, Error::CursorMismatch { .. })
+    }
+
+    /// True if and only if this is [`Error::Corrupt`].
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, Error::Corrupt { .. })
+    }
+
+    /// Names the store file in an [`Error::Corrupt`] that does not name one
+    /// yet (a read deep in a store does not know its path); other errors
+    /// are returned as they are.
+    pub fn with_store_path(self, path: &str) -> Error {
+        match self {
+            Error::Corrupt { path: None, detail } => Error::Corrupt {
+                path: Some(path.to_string()),
+                detail,
+            },
+            other => other,
+        }
+    }
+
     /// True if and only if this is [`Error::NotFound`].
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound(_))
     }
+}
+
+fn corrupt_message(path: Option<&str>, detail: &str) -> String {
+    let file = path.unwrap_or("FILE");
+    format!(
+        "the store file is corrupt: {} ({detail}); it was left untouched: restore it from a \
+         backup, or salvage what is readable with `sqlite3 {file} .recover | sqlite3 recovered.db`",
+        path.unwrap_or("(path unknown)")
+    )
 }

@@ -76,7 +76,9 @@ pub mod worker;
 pub use crate::ckpt::{Ckpt, Limits};
 pub use error::{Error, Result};
 pub use job::{Job, JobOptions};
-pub use model::{Checkpoint, ClaimedItem, ItemCounts, ItemStatus, JobRecord, JobStatus, NewItem};
+pub use model::{
+    Checkpoint, ClaimedItem, Expect, ItemCounts, ItemStatus, JobRecord, JobStatus, NewItem,
+};
 pub use policy::{CheckpointPolicy, RetryDecision, RetryPolicy};
 pub use queue::{Attempt, Outcome, Queue, QueueOptions, Settled};
 pub use runner::{Fence, Handler, RunOptions, RunProgress, RunReport, Runner};

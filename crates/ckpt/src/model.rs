@@ -84,6 +84,54 @@ pub struct Checkpoint {
     pub state: Option<Value>,
 }
 
+/// What an operator's checkpoint write expects to find: the compare of a
+/// compare-and-set ([`JobStore::put_checkpoint`](crate::store::JobStore::put_checkpoint)).
+///
+/// Cursors are compared as canonical JSON text (object keys sorted, no
+/// spaces), so `{"a":1,"b":2}` equals `{"b":2,"a":1}`; numbers compare by
+/// their JSON form, so `1` and `1.0` differ (a cursor read back with
+/// `ckpt checkpoint get` is printed in the form it was stored, so passing
+/// back what was read always matches).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Expect {
+    /// Write whatever is stored (no compare).
+    #[default]
+    Anything,
+    /// Write only if the job has no checkpoint: it does not exist yet, or
+    /// its checkpoint was cleared.
+    NoCheckpoint,
+    /// Write only if the stored cursor equals this one.
+    Cursor(Value),
+}
+
+impl Expect {
+    /// The expected cursor's canonical JSON text, `None` for
+    /// [`Expect::NoCheckpoint`] and [`Expect::Anything`].
+    pub fn cursor_text(&self) -> Option<String> {
+        match self {
+            Expect::Cursor(v) => Some(canonical_json(v)),
+            _ => None,
+        }
+    }
+
+    /// True if and only if a job whose stored cursor is `stored` (`None`:
+    /// no checkpoint, or no job) meets this expectation.
+    pub fn is_met_by(&self, stored: Option<&Value>) -> bool {
+        match (self, stored) {
+            (Expect::Anything, _) => true,
+            (Expect::NoCheckpoint, stored) => stored.is_none(),
+            (Expect::Cursor(_), None) => false,
+            (Expect::Cursor(want), Some(have)) => canonical_json(want) == canonical_json(have),
+        }
+    }
+}
+
+/// A value's canonical JSON text: keys sorted (serde_json's map is
+/// ordered), no whitespace. The form stores keep cursors in.
+pub fn canonical_json(v: &Value) -> String {
+    v.to_string()
+}
+
 impl Checkpoint {
     /// A checkpoint with this cursor, no stage and no state.
     pub fn new(cursor: Value, items_processed: u64) -> Self {

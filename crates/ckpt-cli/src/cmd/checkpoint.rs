@@ -6,7 +6,7 @@ use anyhow::Result;
 use ckpt::json::CheckpointJson;
 use ckpt::store::OpenMode;
 use ckpt::validate::parse_json;
-use ckpt::Checkpoint;
+use ckpt::{Checkpoint, Expect};
 
 use crate::cli::CheckpointCommand;
 use crate::exit::Usage;
@@ -32,8 +32,14 @@ pub fn checkpoint(url: &str, cmd: CheckpointCommand) -> Result<ExitCode> {
             items_processed,
             stage,
             state,
+            expect,
         } => {
             super::job_name(&job)?;
+            let expect = match expect.as_deref() {
+                None => Expect::Anything,
+                Some("none") => Expect::NoCheckpoint,
+                Some(text) => Expect::Cursor(parse_json("--expect cursor", text)?),
+            };
             let mut cp = Checkpoint::new(parse_json("cursor", &cursor)?, items_processed);
             cp.stage = stage;
             cp.state = state
@@ -45,7 +51,7 @@ pub fn checkpoint(url: &str, cmd: CheckpointCommand) -> Result<ExitCode> {
                 ckpt::validate::state_size(state, ckpt::validate::DEFAULT_STATE_LIMIT)?;
             }
             let ckpt = super::open(url, OpenMode::CreateIfMissing)?;
-            ckpt.set_checkpoint(&job, &cp)?;
+            ckpt.set_checkpoint_if(&job, &cp, &expect)?;
         }
         CheckpointCommand::Clear { job } => {
             super::job_name(&job)?;

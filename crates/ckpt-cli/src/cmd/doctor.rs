@@ -4,15 +4,24 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use ckpt::inspect::{doctor as check, DoctorOptions, Finding};
-use ckpt::store::OpenMode;
+use ckpt::store::{FileCheck, OpenMode};
 
 use crate::cli::DoctorArgs;
-use crate::output::DoctorDoc;
+use crate::output::{shown, DoctorDoc, FileCheckDoc};
 
 /// Exit 0 when healthy, 1 when there are findings (like `grep -q`, so a
 /// cron line or probe can act on it), other codes for errors.
+///
+/// A store kept in a file (SQLite) is checked first with `PRAGMA
+/// quick_check` (`--full`: `integrity_check`) and every stored value read
+/// back; damage is an error naming the file (exit 4), before any
+/// job is looked at.
 pub fn doctor(url: &str, args: DoctorArgs) -> Result<ExitCode> {
     let ckpt = super::open(url, OpenMode::MustExist)?;
+    let file_check = ckpt.store().check_files(args.full).transpose()?;
+    if let Some(err) = file_check.as_ref().and_then(FileCheck::error) {
+        return Err(err.into());
+    }
     let options = DoctorOptions {
         stale: args.stale,
         max_history: args.max_history,
@@ -24,18 +33,23 @@ pub fn doctor(url: &str, args: DoctorArgs) -> Result<ExitCode> {
         let doc = DoctorDoc {
             healthy: findings.is_empty(),
             jobs_checked,
+            file_check: file_check.as_ref().map(FileCheckDoc::from),
             findings: &findings,
         };
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         for f in &findings {
-            println!("{}: {}: {}", f.job, kind(f), f.message);
+            println!("{}: {}: {}", shown(&f.job), kind(f), shown(&f.message));
         }
+        let file = file_check
+            .as_ref()
+            .map(|c| format!("; store file {} ok in {} ms", c.check, c.took.as_millis()))
+            .unwrap_or_default();
         if findings.is_empty() {
-            eprintln!("ckpt: healthy: {jobs_checked} job(s) checked, no findings");
+            eprintln!("ckpt: healthy: {jobs_checked} job(s) checked, no findings{file}");
         } else {
             eprintln!(
-                "ckpt: {} finding(s) in {jobs_checked} job(s) checked",
+                "ckpt: {} finding(s) in {jobs_checked} job(s) checked{file}",
                 findings.len()
             );
         }

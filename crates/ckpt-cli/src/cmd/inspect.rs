@@ -11,7 +11,7 @@ use ckpt::{Ckpt, ItemStatus, Timestamp};
 use serde_json::Value;
 
 use crate::cli::{ItemsArgs, JobsArgs, ShowArgs};
-use crate::output::{rfc3339, short_duration};
+use crate::output::{rfc3339, short_duration, shown};
 
 /// Failures listed by `show`: the dead items, then the failed ones, this
 /// many in all (`--json`: this many of each).
@@ -78,8 +78,13 @@ fn bytes(n: u64) -> String {
     }
 }
 
-/// Left-aligned columns, two spaces apart.
+/// Left-aligned columns, two spaces apart; every cell [`shown`].
 fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|row| row.clone().map(|cell| shown(&cell).into_owned()))
+        .collect();
+    let rows = rows.as_slice();
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -146,7 +151,7 @@ fn print_show(
     println!("job:        {}", s.name);
     println!("status:     {}", s.status);
     if let Some(error) = &s.error {
-        println!("error:      {error}");
+        println!("error:      {}", shown(error));
     }
     if s.items.total() > 0 {
         println!(
@@ -164,7 +169,7 @@ fn print_show(
             let stage = s
                 .stage
                 .as_ref()
-                .map_or(String::new(), |st| format!(", stage {st}"));
+                .map_or(String::new(), |st| format!(", stage {}", shown(st)));
             println!(
                 "checkpoint: cursor {cursor}, {} items processed{stage}",
                 s.items_processed
@@ -181,10 +186,11 @@ fn print_show(
     }
     match (&s.owner, s.lease_expires) {
         (Some(owner), Some(until)) if until > now => println!(
-            "owner:      {owner} (lease for {} more)",
+            "owner:      {} (lease for {} more)",
+            shown(owner),
             short_duration(until.since(now))
         ),
-        (Some(owner), _) => println!("owner:      {owner} (lease expired: worker gone?)"),
+        (Some(owner), _) => println!("owner:      {} (lease expired: worker gone?)", shown(owner)),
         _ => {}
     }
     if !history.is_empty() {
@@ -208,10 +214,10 @@ fn print_show(
         for f in failures {
             println!(
                 "  {} ({}, attempt {}): {}",
-                f.key,
+                shown(&f.key),
                 f.status,
                 f.attempts,
-                f.last_error.as_deref().unwrap_or("-")
+                shown(f.last_error.as_deref().unwrap_or("-"))
             );
         }
     }

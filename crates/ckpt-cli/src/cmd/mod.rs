@@ -20,6 +20,11 @@ use ckpt::Ckpt;
 use crate::cli::{Cli, Command};
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let url = cli.store.clone();
+    command(cli).map_err(|e| name_corrupt_file(e, &url))
+}
+
+fn command(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(&cli.store, args),
         Command::Status(args) => status::status(&cli.store, args),
@@ -45,6 +50,23 @@ pub use run::sentinel::ARG as SENTINEL_ARG;
 /// The sentinel process: see `run::sentinel`.
 pub fn sentinel() -> ExitCode {
     run::sentinel::main()
+}
+
+/// Names the store file in a corruption error found deep in a read, which
+/// does not know the file's path.
+fn name_corrupt_file(err: anyhow::Error, url: &str) -> anyhow::Error {
+    let unnamed = matches!(
+        err.downcast_ref::<ckpt::Error>(),
+        Some(ckpt::Error::Corrupt { path: None, .. })
+    );
+    let Some(path) = url.strip_prefix("sqlite://").filter(|_| unnamed) else {
+        return err;
+    };
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    match err.downcast::<ckpt::Error>() {
+        Ok(e) => e.with_store_path(path).into(),
+        Err(e) => e,
+    }
 }
 
 /// Opens the store named by `url`; `mode` says whether it may be created.

@@ -7,11 +7,12 @@
 
 mod children;
 pub mod sentinel;
+mod template;
 
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::process::{ExitCode, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +23,7 @@ use ckpt::{ClaimedItem, Fence, Handler, Outcome, QueueOptions, RetryPolicy, RunO
 
 use self::children::Children;
 use self::sentinel::Sentinel;
+use self::template::build_command;
 use super::items::ItemsFile;
 use crate::cli::RunArgs;
 use crate::exit::{Usage, FAILED};
@@ -277,19 +279,6 @@ fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcom
         },
         Err(e) => Outcome::Failed(format!("cannot wait for {}: {e}", template[0])),
     }
-}
-
-/// `{}` in an argument is replaced by the item; with no `{}` anywhere, the
-/// item is appended as the last argument.
-fn build_command(template: &[String], item: &str) -> Command {
-    let has_placeholder = template.iter().any(|a| a.contains("{}"));
-    let mut args = template.iter().map(|a| a.replace("{}", item));
-    let mut cmd = Command::new(args.next().unwrap_or_default());
-    cmd.args(args);
-    if !has_placeholder {
-        cmd.arg(item);
-    }
-    cmd
 }
 
 fn describe(status: ExitStatus) -> String {

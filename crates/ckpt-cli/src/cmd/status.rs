@@ -6,7 +6,7 @@ use anyhow::Result;
 use ckpt::store::OpenMode;
 
 use crate::cli::StatusArgs;
-use crate::output::{rfc3339, short_duration};
+use crate::output::{rfc3339, short_duration, shown};
 
 /// Dead items listed by the human output, and dead and failed items by
 /// `--json`.
@@ -54,7 +54,7 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
                 cp.cursor, cp.items_processed
             );
             if let Some(stage) = &cp.stage {
-                line.push_str(&format!(", stage {stage}"));
+                line.push_str(&format!(", stage {}", shown(stage)));
             }
             println!("checkpoint: {line}");
             println!(
@@ -74,16 +74,21 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
         } else {
             format!("lease expired {} ago", short_duration(now.since(until)))
         };
-        println!("owner:      {owner}, {state}");
+        println!("owner:      {}, {state}", shown(owner));
     }
     if let Some(error) = &job.error {
-        println!("error:      {error}");
+        println!("error:      {}", shown(error));
     }
     if counts.dead > 0 {
         println!("dead items (retry them with `ckpt retry {}`):", job.name);
         for item in store.list_items(&args.job, Some(ckpt::ItemStatus::Dead), DEAD_SHOWN)? {
             let error = item.last_error.as_deref().unwrap_or("no error recorded");
-            println!("  {}: {error} (after {} attempts)", item.key, item.attempts);
+            println!(
+                "  {}: {} (after {} attempts)",
+                shown(&item.key),
+                shown(error),
+                item.attempts
+            );
         }
         if counts.dead > DEAD_SHOWN as u64 {
             println!("  ... and {} more", counts.dead - DEAD_SHOWN as u64);

@@ -221,3 +221,92 @@ fn state_over_one_mib_exits_2_and_keeps_the_previous_checkpoint() {
     out.success();
     assert_eq!(out.json()["state"], json!({"sum": 1}));
 }
+
+/// `--expect`: a compare-and-set; a mismatch exits 5 naming the stored
+/// cursor and writes nothing.
+#[test]
+fn set_with_expect_writes_only_on_the_expected_cursor() {
+    let sb = Sandbox::new();
+    let set = |cursor: &str, expect: &str| {
+        sb.ckpt()
+            .args(["checkpoint", "set", "J", cursor, "--expect", expect])
+            .run()
+    };
+    set(r#"{"b":2,"a":1}"#, "none").success();
+    let before = sb.dump();
+    let line = set("9", "none").error(5);
+    assert!(
+        line.contains(r#"the stored cursor is {"a":1,"b":2}"#)
+            && line.contains("nothing was written"),
+        "{line}"
+    );
+    let line = set("9", r#"{"a":1}"#).error(5);
+    assert!(line.contains(r#"not the expected {"a":1}"#), "{line}");
+    assert_eq!(sb.dump(), before, "a refused write changes nothing");
+    // Key order and spacing do not matter.
+    set("2", r#"{ "a": 1, "b": 2 }"#).success();
+    let out = sb.ckpt().args(["checkpoint", "get", "J"]).run();
+    out.success();
+    assert_eq!(out.stdout, "2\n");
+    // `none` also means a cleared checkpoint, and an unknown job.
+    let line = set("3", "1").error(5);
+    assert!(line.contains("the stored cursor is 2"), "{line}");
+    sb.ckpt().args(["checkpoint", "clear", "J"]).run().success();
+    set("3", "none").success();
+    let line = sb
+        .ckpt()
+        .args(["checkpoint", "set", "K", "1", "--expect", "0"])
+        .run()
+        .error(5);
+    assert!(line.contains("the stored cursor is none"), "{line}");
+    let out = sb.ckpt().args(["checkpoint", "get", "K"]).run();
+    out.error(3);
+}
+
+#[test]
+fn set_with_bad_expect_json_is_a_usage_error() {
+    let sb = Sandbox::new();
+    let line = sb
+        .ckpt()
+        .args(["checkpoint", "set", "J", "1", "--expect", "{oops"])
+        .run()
+        .error(2);
+    assert!(line.contains("--expect cursor is not JSON"), "{line}");
+    assert!(!sb.db().exists(), "bad input creates no store");
+}
+
+/// Shell writers racing from the same old cursor: exactly one wins, the
+/// others exit 5 and name the winner's cursor.
+#[test]
+fn racing_writers_with_expect_have_one_winner() {
+    const N: usize = 6;
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "0"])
+        .run()
+        .success();
+    let running: Vec<_> = (1..=N)
+        .map(|i| {
+            sb.ckpt()
+                .args(["checkpoint", "set", "J", &i.to_string(), "--expect", "0"])
+                .start()
+        })
+        .collect();
+    let outs: Vec<_> = running
+        .into_iter()
+        .map(|r| r.wait(std::time::Duration::from_secs(60)))
+        .collect();
+    let winners: Vec<usize> = (0..N).filter(|i| outs[*i].code == 0).collect();
+    assert_eq!(winners.len(), 1, "{outs:?}");
+    let won = (winners[0] + 1).to_string();
+    for out in outs.iter().filter(|o| o.code != 0) {
+        let line = out.error(5);
+        assert!(
+            line.contains(&format!("the stored cursor is {won}")),
+            "{line}"
+        );
+    }
+    let out = sb.ckpt().args(["checkpoint", "get", "J"]).run();
+    assert_eq!(out.stdout.trim(), won);
+    assert_eq!(sb.status("J")["saves"], 2);
+}

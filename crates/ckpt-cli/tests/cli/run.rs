@@ -256,3 +256,75 @@ fn default_store_is_ckpt_db_in_the_working_directory() {
     out.success();
     assert_eq!(out.json()["items"]["completed"], 1);
 }
+
+/// Keys an attacker could put in an items file.
+fn hostile_keys() -> Vec<String> {
+    [
+        "a; touch PWNED1",
+        "$(touch PWNED2)",
+        "`touch PWNED3`",
+        "it's ' ; touch PWNED4 ; '",
+        "*",
+        "-n",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[track_caller]
+fn assert_no_injection(sb: &Sandbox) {
+    let pwned: Vec<_> = std::fs::read_dir(sb.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("PWNED"))
+        .collect();
+    assert!(pwned.is_empty(), "an item ran as shell code: {pwned:?}");
+}
+
+/// `{q}` is the item quoted for the shell: inside `sh -c '…'` it is one
+/// word, printed literally, never run.
+#[test]
+fn q_placeholder_is_shell_quoted() {
+    let sb = Sandbox::new();
+    let keys = hostile_keys();
+    let file = sb.write_items("items.txt", &keys);
+    sb.ckpt()
+        .args(["run", "--job", "J", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", r#"printf '%s\n' {q} >> log"#])
+        .run()
+        .success();
+    assert_each_once(&sb.lines("log"), &keys);
+    assert_no_injection(&sb);
+}
+
+/// The form the README recommends: the item as a positional parameter.
+#[test]
+fn item_as_a_positional_parameter_is_safe() {
+    let sb = Sandbox::new();
+    let keys = hostile_keys();
+    let file = sb.write_items("items.txt", &keys);
+    sb.ckpt()
+        .args(["run", "--job", "J", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", r#"printf '%s\n' "$1" >> log"#, "_", "{}"])
+        .run()
+        .success();
+    assert_each_once(&sb.lines("log"), &keys);
+    assert_no_injection(&sb);
+}
+
+/// What the README warns about: `{}` pasted into a shell string is code.
+#[test]
+fn bare_placeholder_inside_a_shell_string_is_injection() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &["a; touch PWNED".to_string()]);
+    sb.ckpt()
+        .args(["run", "--job", "J", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", "echo {}"])
+        .run()
+        .success();
+    assert!(sb.join("PWNED").exists(), "the warned-about injection");
+}

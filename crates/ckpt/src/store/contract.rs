@@ -35,8 +35,8 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::model::{
-    Checkpoint, ClaimedItem, EnqueueReport, HistoryEntry, ItemCounts, ItemRecord, ItemStatus,
-    ItemUpdate, JobLease, JobRecord, JobStatus, NewItem,
+    Checkpoint, ClaimedItem, EnqueueReport, Expect, HistoryEntry, ItemCounts, ItemRecord,
+    ItemStatus, ItemUpdate, JobLease, JobRecord, JobStatus, NewItem,
 };
 use crate::time::Timestamp;
 
@@ -106,10 +106,25 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// Writing appends to the history like a save; clearing also empties the
     /// history. Writing creates the job if needed; clearing an unknown job is
     /// [`Error::NotFound`](crate::Error::NotFound).
+    ///
+    /// A compare-and-set when `expect` is not [`Expect::Anything`]: in the
+    /// same atomic step, the stored cursor (none when the job is missing or
+    /// has no checkpoint) is compared as canonical JSON text
+    /// ([`Expect::is_met_by`]); if it does not meet `expect`, nothing is
+    /// written (not even the job created) and the result is
+    /// [`Error::CursorMismatch`](crate::Error::CursorMismatch) naming the
+    /// stored cursor. Of writers racing from the same expectation, exactly
+    /// one wins. A live owner is refused first (`Busy`).
+    ///
+    /// History follows commit order: each write's history entry has the
+    /// next `seq`, and its `at` (and the job's `checkpoint_at`) is never
+    /// before the previous save's, even when a writer that read its `now`
+    /// earlier commits later.
     fn put_checkpoint(
         &self,
         job: &str,
         checkpoint: Option<&Checkpoint>,
+        expect: &Expect,
         history_keep: usize,
         steal_from: Option<&str>,
         now: Timestamp,
@@ -240,6 +255,53 @@ pub trait Store: JobStore + ItemStore {
 
     /// The store's knowledge of which owners' sessions ended, if it has it.
     fn owner_sessions(&self) -> Option<&dyn OwnerSessions>;
+
+    /// Checks the store's own files for damage, reading only: `Some` for a
+    /// store that keeps its data in a file (SQLite: `PRAGMA quick_check`,
+    /// or with `full` the slower `integrity_check`, which also checks that
+    /// indexes match their rows), `None` for a store on a server, whose
+    /// server checks its own storage.
+    /// `Err` only when the check could not run (corruption so bad that it
+    /// stops the check is [`Error::Corrupt`](crate::Error::Corrupt)).
+    fn check_files(&self, full: bool) -> Option<Result<FileCheck>> {
+        let _ = full;
+        None
+    }
+}
+
+/// What [`Store::check_files`] found.
+#[derive(Debug, Clone)]
+pub struct FileCheck {
+    /// The file checked.
+    pub path: String,
+    /// The check that ran (`"quick_check"` or `"integrity_check"`).
+    pub check: &'static str,
+    /// How long it took.
+    pub took: Duration,
+    /// The problems it reported; empty when the file is sound.
+    pub problems: Vec<String>,
+}
+
+impl FileCheck {
+    /// True if and only if the check found no problem.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The problems as an [`Error::Corrupt`](crate::Error::Corrupt) naming
+    /// the file, or `None` when there are none.
+    pub fn error(&self) -> Option<crate::Error> {
+        let first = self.problems.first()?;
+        Some(crate::Error::Corrupt {
+            path: Some(self.path.clone()),
+            detail: format!(
+                "PRAGMA {} and a read of every row found {} problem(s) in {} ms, the first: {first}",
+                self.check,
+                self.problems.len(),
+                self.took.as_millis()
+            ),
+        })
+    }
 }
 
 /// A store that can wake idle workers when items may have become

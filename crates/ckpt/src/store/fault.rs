@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{ItemSignals, ItemStore, ItemStream, JobStore, OwnerSessions, Store};
+use super::{FileCheck, ItemSignals, ItemStore, ItemStream, JobStore, OwnerSessions, Store};
 use crate::error::{Error, Result};
 use crate::model::{
-    Checkpoint, ClaimedItem, EnqueueReport, HistoryEntry, ItemCounts, ItemRecord, ItemStatus,
-    ItemUpdate, JobLease, JobRecord, JobStatus,
+    Checkpoint, ClaimedItem, EnqueueReport, Expect, HistoryEntry, ItemCounts, ItemRecord,
+    ItemStatus, ItemUpdate, JobLease, JobRecord, JobStatus,
 };
 use crate::time::Timestamp;
 
@@ -153,6 +153,9 @@ impl Store for FaultStore {
             .owner_sessions()
             .map(|_| self as &dyn OwnerSessions)
     }
+    fn check_files(&self, full: bool) -> Option<Result<FileCheck>> {
+        self.inner.check_files(full)
+    }
 }
 
 impl OwnerSessions for FaultStore {
@@ -231,13 +234,14 @@ impl JobStore for FaultStore {
         &self,
         job: &str,
         checkpoint: Option<&Checkpoint>,
+        expect: &Expect,
         history_keep: usize,
         steal_from: Option<&str>,
         now: Timestamp,
     ) -> Result<()> {
         self.call(Op::PutCheckpoint, || {
             self.inner
-                .put_checkpoint(job, checkpoint, history_keep, steal_from, now)
+                .put_checkpoint(job, checkpoint, expect, history_keep, steal_from, now)
         })
     }
     fn get_job(&self, job: &str) -> Result<Option<JobRecord>> {

@@ -2,7 +2,7 @@
 //! backends differ only in how they read and write.
 
 use crate::error::Error;
-use crate::model::{ItemStatus, JobLease, JobRecord};
+use crate::model::{Expect, ItemStatus, JobLease, JobRecord};
 use crate::time::Timestamp;
 
 /// True if and only if a live owner other than `owner` and `steal_from`
@@ -51,4 +51,34 @@ pub(crate) fn fenced_item(key: &str, status: ItemStatus, owner: Option<&str>) ->
         "item '{key}' is {status} (owner {}): this worker's lease on it was lost",
         owner.unwrap_or("none")
     ))
+}
+
+/// `Ok` if the job's stored cursor (`record` is `None` when there is no
+/// job) meets `expect`, else [`Error::CursorMismatch`] naming both.
+pub(crate) fn check_expected(
+    job: &str,
+    record: Option<&JobRecord>,
+    expect: &Expect,
+) -> Result<(), Error> {
+    let stored = record
+        .and_then(|r| r.checkpoint.as_ref())
+        .map(|c| &c.cursor);
+    if expect.is_met_by(stored) {
+        Ok(())
+    } else {
+        Err(cursor_mismatch(
+            job,
+            stored.map(crate::model::canonical_json),
+            expect,
+        ))
+    }
+}
+
+/// The error for a compare-and-set that found `stored` (canonical JSON).
+pub(crate) fn cursor_mismatch(job: &str, stored: Option<String>, expect: &Expect) -> Error {
+    Error::CursorMismatch {
+        job: job.to_string(),
+        stored,
+        expected: expect.cursor_text(),
+    }
 }

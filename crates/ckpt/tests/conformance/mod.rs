@@ -10,6 +10,7 @@
 //! separate `Ckpt` handles with their own worker ids; for SQLite each gets
 //! its own connection, so they contend like processes do.
 
+mod cas;
 mod items;
 mod jobs;
 mod operator;

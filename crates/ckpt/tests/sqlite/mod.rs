@@ -55,6 +55,18 @@ fn corrupt_store_is_refused() {
     bytes[..16].copy_from_slice(b"garbage garbage!");
     std::fs::write(&path, &bytes).unwrap();
     let err = open(&path, OpenMode::MustExist).unwrap_err();
+    // The header's application id still says ckpt: named as damage.
+    let path_text = path.display().to_string();
+    assert!(
+        matches!(&err, Error::Corrupt { path: Some(p), .. } if *p == path_text),
+        "{err}"
+    );
+    assert!(err.to_string().contains(".recover"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "left untouched");
+    // Without it, the file is just not a store.
+    bytes[68..72].copy_from_slice(&[0; 4]);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = open(&path, OpenMode::MustExist).unwrap_err();
     assert!(matches!(err, Error::NotAStore(_)), "{err}");
 }
 

@@ -6,7 +6,7 @@
 //! Every item's command is [`RECORDER`]: it appends a line per tick
 //! (`KEY EXECUTION NANOS`) to a shared ledger while it runs, and a final
 //! `done` line. An execution's interval is its first to its last tick, so
-//! an overlap is caught to within one tick ([`TICK`]); a killed execution
+//! an overlap is caught to within one tick (50 ms); a killed execution
 //! simply stops ticking. [`Ledger`] reads the file back and checks.
 //!
 //! Scenarios: `stop` (SIGSTOP of a run, and of its process group, past its
@@ -22,9 +22,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::util::Sandbox;
-
-/// Time between two ticks of an execution, in seconds (as `sleep` takes it).
-pub const TICK: &str = "0.05";
 
 /// The command of every item: `sh -c RECORDER _ KEY`, with `LEDGER` (file)
 /// and `TICKS` (how many ticks the execution runs) in the environment, and
@@ -164,9 +161,13 @@ impl Ledger {
             self.closest_handover_ms()
                 .map_or_else(|| "-".to_string(), |g| format!("{g:.0} ms"))
         );
+        let shown: Vec<String> = overlaps
+            .iter()
+            .map(|o| format!("{}: {} and {} for {:.0} ms", o.key, o.a, o.b, o.overlap_ms))
+            .collect();
         assert!(
             overlaps.is_empty(),
-            "{scenario}: executions of one item overlapped: {overlaps:#?}"
+            "{scenario}: executions of one item overlapped: {shown:#?}"
         );
         let missing: Vec<_> = keys
             .iter()

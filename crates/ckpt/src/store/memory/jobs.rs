@@ -4,9 +4,9 @@ use std::collections::VecDeque;
 
 use super::{Inner, JobRow, MemoryStore};
 use crate::error::{Error, Result};
-use crate::model::{Checkpoint, HistoryEntry, ItemStatus, JobLease, JobRecord, JobStatus};
+use crate::model::{Checkpoint, Expect, HistoryEntry, ItemStatus, JobLease, JobRecord, JobStatus};
 use crate::policy::retention;
-use crate::store::rules::{busy, fenced_job, held_by_live_owner};
+use crate::store::rules::{busy, check_expected, fenced_job, held_by_live_owner};
 use crate::store::JobStore;
 use crate::time::Timestamp;
 
@@ -53,6 +53,9 @@ impl JobRow {
 
     fn write_checkpoint(&mut self, cp: &Checkpoint, history_keep: usize, now: Timestamp) {
         let r = &mut self.record;
+        // History follows commit order: a writer whose `now` was read
+        // before an earlier commit's does not step back in time.
+        let now = r.checkpoint_at.map_or(now, |at| at.max(now));
         r.saves += 1;
         r.state_bytes = state_bytes(cp);
         r.checkpoint = Some(cp.clone());
@@ -186,18 +189,21 @@ impl JobStore for MemoryStore {
         &self,
         job: &str,
         checkpoint: Option<&Checkpoint>,
+        expect: &Expect,
         history_keep: usize,
         steal_from: Option<&str>,
         now: Timestamp,
     ) -> Result<()> {
         let mut g = self.lock();
+        let existing = g.jobs.get(job).map(|row| &row.record);
+        if let Some(r) = existing.filter(|r| held_by_live_owner(r, None, steal_from, now)) {
+            return Err(busy(r, now));
+        }
+        check_expected(job, existing, expect)?;
         let row = match checkpoint {
             Some(_) => g.job_entry(job, now),
             None => g.job_mut(job)?,
         };
-        if held_by_live_owner(&row.record, None, steal_from, now) {
-            return Err(busy(&row.record, now));
-        }
         match checkpoint {
             Some(cp) => row.write_checkpoint(cp, history_keep, now),
             None => {

@@ -21,13 +21,17 @@ pub(super) async fn write_checkpoint(
         .state
         .as_ref()
         .map_or(0, |s| serde_json::to_vec(s).map_or(0, |v| v.len() as i64));
-    let saves: i64 = c
+    // `checkpoint_at` never steps back, and the history entry takes it:
+    // history follows commit order even when this writer read its `now`
+    // before an earlier commit's.
+    let row = c
         .cquery_one(
             "UPDATE jobs SET cursor = $2, items_processed = $3, stage = $4, state = $5,
-                 state_bytes = $6, checkpoint_at = $7, updated_at = $7, saves = saves + 1,
+                 state_bytes = $6, checkpoint_at = GREATEST($7, checkpoint_at), updated_at = $7,
+                 saves = saves + 1,
                  completed_at = CASE status WHEN 'completed' THEN NULL ELSE completed_at END,
                  status = CASE status WHEN 'completed' THEN 'running' ELSE status END
-             WHERE id = $1 RETURNING saves",
+             WHERE id = $1 RETURNING saves, checkpoint_at",
             &[
                 &job_id,
                 &cp.cursor,
@@ -39,8 +43,8 @@ pub(super) async fn write_checkpoint(
             ],
         )
         .await
-        .map_err(pg_err)?
-        .get(0);
+        .map_err(pg_err)?;
+    let (saves, at): (i64, i64) = (row.get(0), row.get(1));
     let keep = i64::try_from(history_keep).unwrap_or(i64::MAX);
     if keep > 0 {
         c.cexecute(
@@ -54,7 +58,7 @@ pub(super) async fn write_checkpoint(
                 &saves,
                 &cp.cursor,
                 &(cp.items_processed as i64),
-                &now.0,
+                &at,
                 &keep,
             ],
         )
@@ -106,15 +110,15 @@ pub(super) async fn save_fenced(
         .cquery_opt(
             "WITH saved AS (
                  UPDATE jobs SET cursor = $2, items_processed = $3, stage = $4, state = $5,
-                     state_bytes = $6, checkpoint_at = $7, updated_at = $7,
-                     saves = saves + 1, lease_expires = $8,
+                     state_bytes = $6, checkpoint_at = GREATEST($7, checkpoint_at),
+                     updated_at = $7, saves = saves + 1, lease_expires = $8,
                      completed_at = CASE status WHEN 'completed' THEN NULL ELSE completed_at END,
                      status = CASE status WHEN 'completed' THEN 'running' ELSE status END
                  WHERE name = $1 AND owner = $9 AND epoch = $10
-                 RETURNING id, saves),
+                 RETURNING id, saves, checkpoint_at),
              appended AS (
                  INSERT INTO history (job_id, slot, seq, cursor, items_processed, at)
-                 SELECT id, saves % $11, saves, $2, $3, $7 FROM saved WHERE $11 > 0
+                 SELECT id, saves % $11, saves, $2, $3, checkpoint_at FROM saved WHERE $11 > 0
                  ON CONFLICT (job_id, slot) DO UPDATE SET seq = excluded.seq,
                      cursor = excluded.cursor, items_processed = excluded.items_processed,
                      at = excluded.at

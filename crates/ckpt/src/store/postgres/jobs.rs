@@ -9,9 +9,9 @@ use super::liveness::SESSION_GRACE;
 use super::rows::{job_from_row, JOB_COLUMNS};
 use super::PgStore;
 use crate::error::{Error, Result};
-use crate::model::{Checkpoint, HistoryEntry, JobLease, JobRecord, JobStatus};
+use crate::model::{Checkpoint, Expect, HistoryEntry, JobLease, JobRecord, JobStatus};
 use crate::policy::retention;
-use crate::store::rules::{busy, held_by_live_owner};
+use crate::store::rules::{busy, check_expected, held_by_live_owner};
 use crate::store::JobStore;
 use crate::time::Timestamp;
 
@@ -210,6 +210,7 @@ impl JobStore for PgStore {
         &self,
         job: &str,
         checkpoint: Option<&Checkpoint>,
+        expect: &Expect,
         history_keep: usize,
         steal_from: Option<&str>,
         now: Timestamp,
@@ -227,6 +228,10 @@ impl JobStore for PgStore {
             if held_by_live_owner(&current, None, steal_from, now) {
                 return Err(busy(&current, now));
             }
+            // The row is locked (FOR UPDATE), so the compare and the write
+            // are one step; on a mismatch the rollback also undoes the
+            // job's creation.
+            check_expected(job, Some(&current), expect)?;
             match checkpoint {
                 Some(cp) => write_checkpoint(tx, id, cp, history_keep, now).await?,
                 None => {

@@ -7,8 +7,8 @@ use super::rows::{int, job_record, opt_arg, string, tagged, text};
 use super::scripts::{self, Lua};
 use super::RedisStore;
 use crate::error::{Error, Result};
-use crate::model::{Checkpoint, HistoryEntry, JobLease, JobRecord, JobStatus};
-use crate::store::rules::{busy, fenced_job};
+use crate::model::{Checkpoint, Expect, HistoryEntry, JobLease, JobRecord, JobStatus};
+use crate::store::rules::{busy, cursor_mismatch, fenced_job};
 use crate::store::JobStore;
 use crate::time::Timestamp;
 
@@ -156,6 +156,7 @@ impl JobStore for RedisStore {
         &self,
         job: &str,
         checkpoint: Option<&Checkpoint>,
+        expect: &Expect,
         history_keep: usize,
         steal_from: Option<&str>,
         now: Timestamp,
@@ -173,9 +174,19 @@ impl JobStore for RedisStore {
             opt_arg(steal_from),
             now.0.to_string(),
         ]);
+        args.extend(match expect {
+            Expect::Anything => ["any".to_string(), String::new()],
+            Expect::NoCheckpoint => ["none".to_string(), String::new()],
+            Expect::Cursor(v) => ["cursor".to_string(), to_json(v)?],
+        });
         let reply = self.call(&scripts::PUT_CHECKPOINT, args)?;
         match tagged(&reply)? {
             (tag, _) if tag == "ok" => Ok(()),
+            (tag, stored) if tag == "mismatch" => Err(cursor_mismatch(
+                job,
+                stored.first().map(string).transpose()?,
+                expect,
+            )),
             (tag, _) if tag == "notfound" => Err(Error::NotFound(format!("job '{job}'"))),
             (tag, [record]) if tag == "busy" => Err(busy(&job_record(record)?, now)),
             (tag, _) => Err(unexpected(&tag)),

@@ -109,7 +109,7 @@ impl SqliteStore {
     pub(super) fn open_err(&self, e: rusqlite::Error) -> Error {
         match sql_err(e) {
             Error::Storage(m) => Error::Open(format!("{}: {m}", self.path)),
-            other => other,
+            other => other.with_store_path(&self.path),
         }
     }
 
@@ -135,15 +135,30 @@ pub(crate) fn sql_err(e: rusqlite::Error) -> Error {
             }
             C::DiskFull => return Error::Storage(format!("disk full: {e}")),
             C::NotADatabase | C::DatabaseCorrupt => {
-                return Error::NotAStore(format!(
-                    "the store file is corrupt or not a database: {e}"
-                ))
+                return Error::Corrupt {
+                    path: None,
+                    detail: e.to_string(),
+                }
             }
             C::ReadOnly | C::CannotOpen | C::PermissionDenied => {
                 return Error::Storage(format!("cannot write the store: {e}"))
             }
             _ => {}
         }
+    }
+    // ckpt wrote every column with its type and valid JSON: a value that
+    // does not read back ("invalid utf-8", a blob for a text) is damage.
+    if matches!(
+        e,
+        rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::Utf8Error(..)
+    ) {
+        return Error::Corrupt {
+            path: None,
+            detail: format!("a row does not read back: {e}"),
+        };
     }
     Error::Storage(e.to_string())
 }

@@ -7,9 +7,9 @@ use serde_json::Value;
 use super::rows::{job_from_row, json_col, opt_json, to_json, JOB_COLUMNS};
 use super::{sql_err, SqliteStore};
 use crate::error::{Error, Result};
-use crate::model::{Checkpoint, HistoryEntry, JobLease, JobRecord, JobStatus};
+use crate::model::{Checkpoint, Expect, HistoryEntry, JobLease, JobRecord, JobStatus};
 use crate::policy::retention;
-use crate::store::rules::{busy, fenced_job, held_by_live_owner};
+use crate::store::rules::{busy, check_expected, fenced_job, held_by_live_owner};
 use crate::store::JobStore;
 use crate::time::Timestamp;
 
@@ -74,19 +74,26 @@ pub(super) fn write_checkpoint(
     now: Timestamp,
 ) -> Result<()> {
     const SET: &str = "UPDATE jobs SET cursor = ?2, items_processed = ?3, stage = ?4, state = ?5,
-         state_bytes = ?6, checkpoint_at = ?7, updated_at = ?7, saves = saves + 1,
+         state_bytes = ?6, checkpoint_at = max(?7, coalesce(checkpoint_at, ?7)),
+         updated_at = ?7, saves = saves + 1,
          status = CASE status WHEN 'completed' THEN 'running' ELSE status END,
          completed_at = CASE status WHEN 'completed' THEN NULL ELSE completed_at END";
     let state = opt_json(cp.state.as_ref());
     let cursor = to_json(&cp.cursor);
     let state_len = state.as_ref().map_or(0, |s| s.len() as i64);
     let items = cp.items_processed as i64;
-    let row = |r: &Row<'_>| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?));
-    let updated: Option<(i64, i64)> = match &writer {
+    let row = |r: &Row<'_>| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    };
+    let updated: Option<(i64, i64, i64)> = match &writer {
         Writer::Holder(lease, lease_until) => tx
             .prepare_cached(&format!(
                 "{SET}, lease_expires = ?8 WHERE name = ?1 AND owner = ?9 AND epoch = ?10
-                 RETURNING id, saves"
+                 RETURNING id, saves, checkpoint_at"
             ))
             .and_then(|mut s| {
                 s.query_row(
@@ -107,7 +114,9 @@ pub(super) fn write_checkpoint(
                 .optional()
             }),
         Writer::Operator(id) => tx
-            .prepare_cached(&format!("{SET} WHERE id = ?1 RETURNING id, saves"))
+            .prepare_cached(&format!(
+                "{SET} WHERE id = ?1 RETURNING id, saves, checkpoint_at"
+            ))
             .and_then(|mut s| {
                 s.query_row(
                     params![id, cursor, items, cp.stage, state, state_len, now.0],
@@ -117,7 +126,10 @@ pub(super) fn write_checkpoint(
             }),
     }
     .map_err(sql_err)?;
-    let Some((job_id, saves)) = updated else {
+    // `at` is the stored `checkpoint_at`, which never steps back: history
+    // follows commit order even when this writer read its `now` before an
+    // earlier commit's.
+    let Some((job_id, saves, at)) = updated else {
         return Err(match writer {
             Writer::Holder(lease, _) => match check_lease(tx, lease) {
                 Err(e) => e,
@@ -129,7 +141,7 @@ pub(super) fn write_checkpoint(
     tx.prepare_cached(
         "INSERT INTO history (job_id, seq, cursor, items_processed, at) VALUES (?1, ?2, ?3, ?4, ?5)",
     )
-    .and_then(|mut s| s.execute(params![job_id, saves, cursor, items, now.0]))
+    .and_then(|mut s| s.execute(params![job_id, saves, cursor, items, at]))
     .map_err(sql_err)?;
     let keep = i64::try_from(history_keep).unwrap_or(i64::MAX);
     if saves > keep {
@@ -243,6 +255,7 @@ impl JobStore for SqliteStore {
         &self,
         job: &str,
         checkpoint: Option<&Checkpoint>,
+        expect: &Expect,
         history_keep: usize,
         steal_from: Option<&str>,
         now: Timestamp,
@@ -256,6 +269,10 @@ impl JobStore for SqliteStore {
             if held_by_live_owner(&current, None, steal_from, now) {
                 return Err(busy(&current, now));
             }
+            // The transaction is IMMEDIATE (it holds the write lock), so
+            // the compare and the write are one step; on a mismatch the
+            // rollback also undoes the job's creation.
+            check_expected(job, Some(&current), expect)?;
             match checkpoint {
                 Some(cp) => write_checkpoint(tx, Writer::Operator(id), cp, history_keep, now)?,
                 None => {

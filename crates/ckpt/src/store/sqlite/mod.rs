@@ -15,7 +15,11 @@
 //!   marked as ckpt's by `PRAGMA application_id`. A file of another
 //!   application, a corrupt file, or a store of a newer ckpt is refused
 //!   before anything is written to it.
+//! - Damage is named: SQLite's corruption errors, and rows that do not read
+//!   back as ckpt wrote them, are [`Error::Corrupt`] with the file's path;
+//!   [`SqliteStore::check_file`] looks at every page and every value.
 
+mod check;
 mod conn;
 mod items;
 mod jobs;
@@ -30,7 +34,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use super::url::{query_pairs, OpenMode};
-use super::{ItemSignals, OwnerSessions, Store};
+use super::{FileCheck, ItemSignals, OwnerSessions, Store};
 use crate::error::{Error, Result};
 
 pub(crate) use conn::sql_err;
@@ -162,7 +166,7 @@ impl SqliteStore {
             relaxed: std::sync::atomic::AtomicBool::new(false),
         };
         store.configure()?;
-        schema::migrate(&mut store.lock(), path)?;
+        schema::migrate(&mut store.lock(), path).map_err(|e| e.with_store_path(path))?;
         Ok(store)
     }
 
@@ -186,6 +190,10 @@ impl Store for SqliteStore {
     /// local process check.
     fn owner_sessions(&self) -> Option<&dyn OwnerSessions> {
         None
+    }
+
+    fn check_files(&self, full: bool) -> Option<Result<FileCheck>> {
+        Some(self.check_file(full))
     }
 }
 

@@ -81,8 +81,16 @@ pub(super) fn inspect_existing(file: &Path, path: &str) -> Result<()> {
         use std::io::Read;
         f.read_exact(&mut header)
     });
+    let ckpt_id = i32::from_be_bytes([header[68], header[69], header[70], header[71]]);
     match read {
         Ok(()) if header.starts_with(b"SQLite format 3\0") => {}
+        // The rest of the header still says ckpt: a damaged store.
+        Ok(()) if i64::from(ckpt_id) == APPLICATION_ID => {
+            return Err(Error::Corrupt {
+                path: Some(path.to_string()),
+                detail: "its SQLite header is damaged".into(),
+            })
+        }
         Ok(()) => return Err(not_ours("not a SQLite database".into())),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             return Err(not_ours("not a SQLite database".into()))
@@ -138,7 +146,7 @@ pub(super) fn inspect_existing(file: &Path, path: &str) -> Result<()> {
         Ok(v) => v,
         Err(e) => {
             return Err(match sql_err(e) {
-                Error::NotAStore(_) => not_ours("not a SQLite database, or corrupt".into()),
+                Error::Corrupt { .. } => not_ours("not a SQLite database, or corrupt".into()),
                 Error::Busy(m) => Error::Busy(m),
                 other => Error::Open(format!("{path}: {other}")),
             })

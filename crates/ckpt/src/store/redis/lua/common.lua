@@ -143,6 +143,12 @@ end
 -- Writes a checkpoint, appends it to the history and trims the history.
 local function write_checkpoint(n, cursor, items_processed, stage, state, state_bytes, keep, now)
   local k = jk(n)
+  -- History follows commit order: a writer whose `now` was read before an
+  -- earlier commit's does not step back in time.
+  local prev = redis.call('HGET', k, 'checkpoint_at')
+  if prev and tonumber(prev) > tonumber(now) then
+    now = prev
+  end
   local saves = redis.call('HINCRBY', k, 'saves', 1)
   redis.call('HSET', k, 'cursor', cursor, 'items_processed', items_processed,
     'state_bytes', state_bytes, 'checkpoint_at', now, 'updated_at', now)

@@ -1,7 +1,30 @@
 -- ARGV: name, '1' to write or '0' to clear, cursor, items_processed,
 -- stage (optional), state (optional), state_bytes, history_keep,
--- steal_from (optional), now.
+-- steal_from (optional), now, expect ('any', 'none' or 'cursor'),
+-- expected cursor (canonical JSON text, when 'cursor').
 local name, write, steal, now = ARGV[3], ARGV[4] == '1', opt(ARGV[11]), ARGV[12]
+local expect, expected = ARGV[13], ARGV[14]
+local found = job_num(name)
+if found and held_by_live_owner(found, nil, steal, now) then
+  return {'busy', job_reply(found)}
+end
+-- Compare-and-set: the stored cursor (canonical JSON text, as written)
+-- against the expected one, before anything is written.
+if expect ~= 'any' then
+  local stored = found and redis.call('HGET', jk(found), 'cursor') or false
+  local met
+  if expect == 'none' then
+    met = not stored
+  else
+    met = stored == expected
+  end
+  if not met then
+    if stored then
+      return {'mismatch', stored}
+    end
+    return {'mismatch'}
+  end
+end
 local n
 if write then
   n = ensure_job(name, now)
@@ -10,9 +33,6 @@ else
   if not n then
     return {'notfound'}
   end
-end
-if held_by_live_owner(n, nil, steal, now) then
-  return {'busy', job_reply(n)}
 end
 local k = jk(n)
 if write then

@@ -173,6 +173,7 @@ fn key_layout_is_as_documented() {
         .put_checkpoint(
             "job one",
             Some(&crate::Checkpoint::new(serde_json::json!(1), 1)),
+            &crate::model::Expect::Anything,
             10,
             None,
             T0,

@@ -1,0 +1,95 @@
+//! User data printed to a terminal cannot drive it: control characters in
+//! item keys, errors and stages are shown escaped; JSON stays JSON.
+
+use ckpt::{Ckpt, NewItem};
+
+use crate::util::Sandbox;
+
+/// ESC (a colour sequence), a newline, BEL, DEL, a C1 CSI and a
+/// right-to-left override.
+const KEY: &str = "\u{1b}[31mRED\nsecond line\u{7}\u{7f}\u{9b}2J\u{202e}txt";
+
+#[track_caller]
+fn assert_no_raw_controls(what: &str, text: &str) {
+    let raw: Vec<char> = text
+        .chars()
+        .filter(|&c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
+        .collect();
+    assert!(raw.is_empty(), "{what} printed raw {raw:?}:\n{text}");
+}
+
+#[test]
+fn keys_errors_and_stages_are_escaped_in_human_output() {
+    let sb = Sandbox::new();
+    let ckpt = Ckpt::open(&sb.store_url()).unwrap();
+    ckpt.queue("J")
+        .unwrap()
+        .enqueue([NewItem::key(KEY)])
+        .unwrap();
+    let mut cp = ckpt::Checkpoint::new(serde_json::json!("\u{1b}]0;title\u{7}"), 1);
+    cp.stage = Some("load\u{1b}[2J".into());
+    ckpt.set_checkpoint("C", &cp).unwrap();
+    drop(ckpt);
+    // The command fails, so the key is in the run's log lines too. (What
+    // the command itself prints is its own business, as with xargs.)
+    let empty = sb.write("empty.txt", "");
+    let run = sb
+        .ckpt()
+        .args(["run", "--job", "J", "--retries", "0", "--items"])
+        .arg(&empty)
+        .args(["--", "sh", "-c", "exit 3"])
+        .run();
+    run.code(1);
+    assert_no_raw_controls("ckpt run (stderr)", &run.stderr);
+    assert!(run.stderr.contains("item_dead"), "{}", run.stderr);
+
+    let items = sb.ckpt().args(["items", "J"]).run();
+    items.success();
+    assert_no_raw_controls("ckpt items", &items.stdout);
+    assert_eq!(
+        items.stdout.lines().count(),
+        2,
+        "one row per item:\n{}",
+        items.stdout
+    );
+    assert!(
+        items
+            .stdout
+            .contains(r"\u{1b}[31mRED\nsecond line\u{7}\u{7f}\u{9b}2J\u{202e}txt"),
+        "{}",
+        items.stdout
+    );
+    for args in [
+        &["status", "J"][..],
+        &["show", "J"],
+        &["status", "C"],
+        &["show", "C"],
+        &["jobs"],
+    ] {
+        let out = sb.ckpt().args(args).run();
+        out.success();
+        assert_no_raw_controls(&format!("ckpt {args:?}"), &out.stdout);
+    }
+    // An error line naming user data (here a file name).
+    let line = sb
+        .ckpt()
+        .args([
+            "run",
+            "--job",
+            "J",
+            "--items",
+            "no\u{1b}[31mfile",
+            "--",
+            "true",
+        ])
+        .run()
+        .error(2);
+    assert_no_raw_controls("an error line", &line);
+    assert!(line.contains(r"no\u{1b}[31mfile"), "{line}");
+
+    // JSON output is JSON, with the key exactly as it is.
+    let out = sb.ckpt().args(["items", "J", "--json"]).run();
+    out.success();
+    assert_eq!(out.json()[0]["key"], KEY);
+    assert!(!out.stdout.contains('\u{1b}'), "JSON escapes ESC");
+}
