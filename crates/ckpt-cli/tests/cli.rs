@@ -11,6 +11,8 @@ mod util;
 mod browser;
 #[path = "cli/checkpoint.rs"]
 mod checkpoint;
+#[path = "cli/clock_skew.rs"]
+mod clock_skew;
 #[path = "cli/concurrent.rs"]
 mod concurrent;
 #[path = "cli/crash.rs"]

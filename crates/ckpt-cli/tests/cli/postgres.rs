@@ -7,13 +7,13 @@ use std::time::Duration;
 use crate::util::{assert_each_once, item_counts, items, Sandbox};
 
 /// A fresh schema on the test server, dropped when this guard goes.
-struct PgSchema {
+pub(crate) struct PgSchema {
     base: String,
     schema: String,
 }
 
 impl PgSchema {
-    fn new(tag: &str) -> Option<PgSchema> {
+    pub(crate) fn new(tag: &str) -> Option<PgSchema> {
         let base = std::env::var("CKPT_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
         if let Err(e) = postgres::Client::connect(&base, postgres::NoTls) {
@@ -27,7 +27,7 @@ impl PgSchema {
         Some(PgSchema { base, schema })
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let sep = if self.base.contains('?') { '&' } else { '?' };
         format!("{}{sep}schema={}", self.base, self.schema)
     }

@@ -17,13 +17,13 @@ const SIGKILL: i32 = 9;
 const SEVEN_DAYS_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// A key prefix of this test's own; its keys are deleted when this goes.
-struct RedisPrefix {
+pub(crate) struct RedisPrefix {
     base: String,
     prefix: String,
 }
 
 impl RedisPrefix {
-    fn new(tag: &str) -> Option<RedisPrefix> {
+    pub(crate) fn new(tag: &str) -> Option<RedisPrefix> {
         let base = std::env::var("CKPT_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_string());
         let reachable = redis::Client::open(base.as_str())
@@ -42,7 +42,7 @@ impl RedisPrefix {
         Some(p)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let sep = if self.base.contains('?') { '&' } else { '?' };
         format!("{}{sep}prefix={}", self.base, self.prefix)
     }

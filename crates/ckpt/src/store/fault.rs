@@ -153,6 +153,11 @@ impl Store for FaultStore {
             .owner_sessions()
             .map(|_| self as &dyn OwnerSessions)
     }
+    /// The inner store's (never faulted, but failing once "crashed").
+    fn server_time(&self) -> Result<Option<Timestamp>> {
+        self.check_alive()?;
+        self.inner.server_time()
+    }
 }
 
 impl OwnerSessions for FaultStore {

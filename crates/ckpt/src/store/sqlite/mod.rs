@@ -187,6 +187,12 @@ impl Store for SqliteStore {
     fn owner_sessions(&self) -> Option<&dyn OwnerSessions> {
         None
     }
+
+    /// None: the file is used by processes of one machine, whose clock is
+    /// the store's.
+    fn server_time(&self) -> Result<Option<crate::time::Timestamp>> {
+        Ok(None)
+    }
 }
 
 /// Lets the closures of `Job::checkpoint_with` and `Queue::complete_with`
