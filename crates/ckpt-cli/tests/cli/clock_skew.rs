@@ -24,15 +24,16 @@ use crate::postgres::PgSchema;
 use crate::redis::RedisPrefix;
 use crate::util::{item_counts, items, wait_until, Sandbox, BIN};
 
-/// Logs "ITEM start|end SECONDS PID" with the real clock; sleeps 2 s. A
+/// Logs "ITEM start|end SECONDS PID RUN" with the real clock (`RUN` is
+/// the name of the run, from its environment); sleeps 2 s. A
 /// command stopped by SIGTERM or SIGINT logs its end too; one killed
 /// outright never ends, as far as the check of overlaps knows.
 const COMMAND: &str = r#"
 t() { env -u LD_PRELOAD -u FAKETIME date +%s.%N; }
-trap 'echo "$0 end $(t) $$" >> log; exit 143' TERM INT
-echo "$0 start $(t) $$" >> log
+trap 'echo "$0 end $(t) $$ $RUN" >> log; exit 143' TERM INT
+echo "$0 start $(t) $$ $RUN" >> log
 sleep 2
-echo "$0 end $(t) $$" >> log
+echo "$0 end $(t) $$ $RUN" >> log
 "#;
 
 /// True if `faketime` shifts this machine's clock for a child process
@@ -100,6 +101,7 @@ impl Run {
         cmd.current_dir(sb.path())
             .env_remove("CKPT_STORE")
             .env_remove("RUST_LOG")
+            .env("RUN", name)
             .args(["--store", url, "run", "--job", "J", "--items"])
             .arg(sb.join("items.txt"))
             .args(["-j", "2", "--lease", "6s", "--", "sh", "-c", COMMAND])
@@ -146,7 +148,7 @@ fn executions(log: &Path) -> BTreeMap<String, Vec<Execution>> {
     let mut by_pid: BTreeMap<(String, String), Execution> = BTreeMap::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let [item, what, at, pid] = f[..] else {
+        let [item, what, at, pid, _run] = f[..] else {
             panic!("bad log line {line:?}");
         };
         let at: f64 = at
@@ -196,19 +198,35 @@ fn overlaps(runs: &BTreeMap<String, Vec<Execution>>) -> Vec<String> {
     found
 }
 
-/// A, then B (+45 s) and C (-45 s) once A runs its first items; all three
-/// share 16 items of 2 s each.
+/// How many items the runs share: two first claims' worth (a run with
+/// `-j 2` claims up to 10 ahead), so that the last run finds none pending.
+const ITEMS: usize = 20;
+
+/// The runs start one after the other, each once the log shows the
+/// previous one running commands: C (-45 s) claims first, then A (system
+/// clock), then B (+45 s), which finds nothing pending. Where leases were
+/// judged by each claimer's clock, A took C's live items at once (C's
+/// leases had ended 39 s before they were written) and B took A's (by B's
+/// clock they had ended 39 s ago): both overlapped.
 fn skewed_runs_never_overlap(url: &str) {
     let sb = Sandbox::new();
-    let all = items("clk", 16);
+    let all = items("clk", ITEMS);
     sb.write_items("items.txt", &all);
+    let started = |sb: &Sandbox, run: &str| {
+        sb.lines("log")
+            .iter()
+            .any(|l| l.contains(" start ") && l.ends_with(&format!(" {run}")))
+    };
+    let c = Run::start(&sb, url, "c", Some("-45s"));
+    wait_until(Duration::from_secs(30), "run C starts commands", || {
+        started(&sb, "c")
+    });
     let a = Run::start(&sb, url, "a", None);
-    wait_until(Duration::from_secs(30), "run A starts items", || {
-        !sb.lines("log").is_empty()
+    wait_until(Duration::from_secs(30), "run A starts commands", || {
+        started(&sb, "a")
     });
     let b = Run::start(&sb, url, "b", Some("+45s"));
-    let c = Run::start(&sb, url, "c", Some("-45s"));
-    let mut runs = [a, b, c];
+    let mut runs = [c, a, b];
     let started = Instant::now();
     while !runs.iter_mut().all(Run::done) && started.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(50));
@@ -260,9 +278,9 @@ fn skewed_runs_never_overlap(url: &str) {
     status.success();
     let status = status.json();
     assert_eq!(status["status"], "completed");
-    assert_eq!(item_counts(&status), (0, 0, 16, 0, 0));
+    assert_eq!(item_counts(&status), (0, 0, ITEMS as u64, 0, 0));
     let dups: usize = runs.values().map(|e| e.len() - 1).sum();
-    let ran: Vec<String> = ["a", "b", "c"]
+    let ran: Vec<String> = ["c", "a", "b"]
         .iter()
         .map(|name| {
             let err = std::fs::read_to_string(sb.join(&format!("{name}.err"))).unwrap();
@@ -276,8 +294,8 @@ fn skewed_runs_never_overlap(url: &str) {
         })
         .collect();
     eprintln!(
-        "{url}: 16 items, {} executions (by run: {}), {dups} sequential re-runs, 0 overlaps",
-        16 + dups,
+        "{url}: {ITEMS} items, {} executions (by run: {}), {dups} sequential re-runs, 0 overlaps",
+        ITEMS + dups,
         ran.join(" ")
     );
 }

@@ -135,6 +135,31 @@ fn a_job_held_by_a_live_worker_is_busy_for_one_45s_ahead(#[case] store: Option<F
     held.complete().unwrap();
 }
 
+#[rstest]
+#[case::postgres(crate::postgres())]
+#[case::redis(crate::redis())]
+fn a_job_held_by_a_worker_45s_behind_is_busy_for_others(#[case] store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let opts = ckpt::JobOptions {
+        lease: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let held = worker(f, "c", BEHIND)
+        .job_with("cursor", opts.clone())
+        .unwrap();
+    let until = held.record().lease_expires.expect("a lease");
+    let server_now = f.store.server_time().unwrap().unwrap();
+    assert!(
+        near(until, server_now.plus(Duration::from_secs(20)), 1_000),
+        "lease until {until:?}, server time {server_now:?}"
+    );
+    for (name, skew) in [("a", 0), ("b", AHEAD)] {
+        let taken = worker(f, name, skew).job_with("cursor", opts.clone());
+        assert!(matches!(taken, Err(Error::Busy(_))), "{name}: {taken:?}");
+    }
+    held.complete().unwrap();
+}
+
 /// A worker 45 s behind writes leases that end when they should in store
 /// time: not already expired (others would take its live items at once),
 /// not 45 s late; and once one ends, another worker takes the item.
