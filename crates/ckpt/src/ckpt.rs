@@ -43,8 +43,8 @@ impl Default for Limits {
 /// retry time and timestamp this handle writes is on the one timeline that
 /// every host sharing the store compares with. Hosts' clocks may disagree
 /// by any amount; each must run at real rate within 1% (see
-/// [`offset`](crate::time::offset) for the assumption and how the offset
-/// is measured and kept fresh).
+/// [`Offset`] for the assumption and how the offset is measured and kept
+/// fresh).
 #[derive(Debug, Clone)]
 pub struct Ckpt {
     store: Arc<dyn Store>,

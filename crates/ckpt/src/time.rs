@@ -93,7 +93,7 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     }
 
     /// True if and only if this clock runs at real rate (within the bound
-    /// of [`offset`]'s clock assumption), so that a constant offset relates
+    /// of the clock assumption stated at [`Offset`]), so that a constant offset relates
     /// it to a store's clock and [`Ckpt`](crate::Ckpt) measures one. The
     /// default is true; [`ManualClock`] says false, and is then used as it
     /// is: the test that moves it is the one authority on time.

@@ -28,7 +28,7 @@
 //! compares with that `now`. That `now` is on the store's own clock: a
 //! store shared by hosts reports its time ([`Store::server_time`]) and
 //! [`Ckpt`](crate::Ckpt) adds the measured offset to its local clock (see
-//! the clock assumption in [`offset`](crate::time::offset)), so hosts whose
+//! the clock assumption at [`Offset`](crate::Offset)), so hosts whose
 //! clocks disagree still agree on when a lease expires.
 //!
 //! The values a change writes into an item are computed by the item state

@@ -48,7 +48,18 @@ pub const MAX_DRIFT_PER_MILLE: i64 = 10;
 /// and the offset is measured again at once.
 pub const JUMP_SLACK: Duration = Duration::from_millis(500);
 
-/// The offset from a local clock to a store's clock, as measured.
+/// The offset from a local clock to a store's clock, as measured
+/// ([`Ckpt::clock_offset`](crate::Ckpt::clock_offset)).
+///
+/// Leases are judged by the store's clock (PostgreSQL's and Redis's server
+/// time; SQLite and memory live on one host, whose clock is the store's):
+/// a [`Ckpt`](crate::Ckpt) adds this offset to its clock. The assumption:
+/// hosts' clocks may disagree by any amount, but each runs at real rate
+/// within 1%. The offset is measured with one
+/// round trip (the server's time minus the midpoint of the local readings
+/// around it) on first use, again when older than 30 s of real time, and
+/// at once when the local clock jumps against the monotonic clock; a
+/// failed measurement keeps the last offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Offset {
     /// Store time minus local time, in milliseconds.
@@ -92,14 +103,14 @@ const UNKNOWN: u64 = 0;
 const NEVER: u64 = u64::MAX;
 
 /// A clock on the store's timeline: the local clock plus a measured
-/// offset (see the [module docs](self)). Cheap to read: two atomic loads
-/// and a monotonic clock read besides the local clock, until a
+/// offset (see the [module docs](self)). Cheap to read: a few atomic
+/// loads and a monotonic clock read besides the local clock, until a
 /// measurement is due; then one thread measures while the others go on
 /// with the old offset (before any offset is known, they wait for it).
 #[derive(Debug)]
 pub(crate) struct StoreTime {
     clock: Arc<dyn Clock>,
-    /// The monotonic origin of `due_ms` and `measured_mono`.
+    /// The monotonic origin of `due` and `measured_mono`.
     origin: Instant,
     offset_ms: AtomicI64,
     uncertainty_ms: AtomicI64,
