@@ -13,6 +13,8 @@ mod browser;
 mod chaos;
 #[path = "cli/checkpoint.rs"]
 mod checkpoint;
+#[path = "cli/clock_skew.rs"]
+mod clock_skew;
 #[path = "cli/concurrent.rs"]
 mod concurrent;
 #[path = "cli/corrupt.rs"]

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::model::{Checkpoint, Expect, JobRecord};
 use crate::store::{self, OpenMode, Store};
-use crate::time::{Clock, SystemClock, Timestamp};
+use crate::time::offset::StoreTime;
+use crate::time::{Clock, Offset, SystemClock, Timestamp};
 use crate::validate;
 use crate::worker::{LocalProcesses, ProcessProbe, WorkerId, SENTINEL_PATIENCE};
 
@@ -33,11 +34,21 @@ impl Default for Limits {
 }
 
 /// The entry point: a store with a clock, a worker id and limits.
-/// Cloning is cheap and clones share the store.
+/// Cloning is cheap and clones share the store (and the measured offset to
+/// its clock).
+///
+/// Time is the store's: [`now`](Ckpt::now) is the clock plus the offset
+/// from it to the store's clock (PostgreSQL's and Redis's server time;
+/// none for SQLite and memory, which live on one host), so every lease,
+/// retry time and timestamp this handle writes is on the one timeline that
+/// every host sharing the store compares with. Hosts' clocks may disagree
+/// by any amount; each must run at real rate within 1% (see
+/// [`Offset`] for the assumption and how the offset is measured and kept
+/// fresh).
 #[derive(Debug, Clone)]
 pub struct Ckpt {
     store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
+    clock: Arc<StoreTime>,
     probe: Arc<dyn ProcessProbe>,
     worker: WorkerId,
     limits: Limits,
@@ -55,7 +66,7 @@ impl Ckpt {
     pub fn new(store: Arc<dyn Store>) -> Ckpt {
         Ckpt {
             store,
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(StoreTime::new(Arc::new(SystemClock))),
             probe: Arc::new(LocalProcesses),
             worker: WorkerId::for_this_process(),
             limits: Limits::default(),
@@ -63,8 +74,12 @@ impl Ckpt {
     }
 
     /// Replaces the clock (tests use [`ManualClock`](crate::ManualClock)).
+    /// The offset to the store's clock is measured against this clock,
+    /// unless it does not follow real time
+    /// ([`Clock::follows_real_time`]), like a `ManualClock`: then its
+    /// readings are used as they are.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Ckpt {
-        self.clock = clock;
+        self.clock = Arc::new(StoreTime::new(clock));
         self
     }
 
@@ -96,12 +111,22 @@ impl Ckpt {
         &self.store
     }
 
-    /// The current time from the clock.
+    /// The current time on the store's clock: this handle's clock plus the
+    /// measured offset, measured first (one round trip) on first use, when
+    /// older than 30 s, or when the clock jumped.
     pub fn now(&self) -> Timestamp {
-        self.clock.now()
+        self.clock.now_with(|| self.store.server_time())
     }
 
-    /// The clock itself, for arming alarms.
+    /// The offset from this handle's clock to the store's, as last
+    /// measured: `None` for a store on one host (SQLite, memory), a clock
+    /// that does not follow real time, or before the first measurement.
+    pub fn clock_offset(&self) -> Option<Offset> {
+        self.clock.offset()
+    }
+
+    /// The clock on the store's timeline, for arming alarms: an alarm for a
+    /// store time rings when the local clock shows the matching local time.
     pub(crate) fn clock(&self) -> &dyn Clock {
         &*self.clock
     }

@@ -84,4 +84,4 @@ pub use queue::{Attempt, Outcome, Queue, QueueOptions, Settled};
 pub use runner::{Fence, Handler, RunOptions, RunProgress, RunReport, Runner};
 pub use shutdown::StopSignal;
 pub use store::{ItemStore, JobStore, Store};
-pub use time::{Alarm, Clock, ManualClock, SystemClock, Timestamp};
+pub use time::{Alarm, Clock, ManualClock, Offset, SystemClock, Timestamp};

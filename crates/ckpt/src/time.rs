@@ -14,9 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 mod alarm;
+pub mod offset;
 
 pub use alarm::Alarm;
 use alarm::{Timer, Wakeup};
+pub use offset::Offset;
 
 /// Milliseconds since the Unix epoch, UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -88,6 +90,15 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn arm(&self, alarm: &Arc<Alarm>, flag: u8, at: Timestamp) {
         let _ = at;
         alarm.raise(flag);
+    }
+
+    /// True if and only if this clock runs at real rate (within the bound
+    /// of the clock assumption stated at [`Offset`]), so that a constant offset relates
+    /// it to a store's clock and [`Ckpt`](crate::Ckpt) measures one. The
+    /// default is true; [`ManualClock`] says false, and is then used as it
+    /// is: the test that moves it is the one authority on time.
+    fn follows_real_time(&self) -> bool {
+        true
     }
 }
 
@@ -182,5 +193,10 @@ impl Clock for ManualClock {
                 flag,
             });
         }
+    }
+
+    /// False: it moves only when told to.
+    fn follows_real_time(&self) -> bool {
+        false
     }
 }

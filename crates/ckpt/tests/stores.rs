@@ -19,6 +19,7 @@ fn every_store(#[case] store: Option<Fixture>) {}
 
 // After the template: a `macro_rules!` underneath, seen by the modules that
 // follow it.
+mod clock_skew;
 mod conformance;
 mod exactly_once;
 #[cfg(feature = "postgres")]

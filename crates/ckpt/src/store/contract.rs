@@ -23,9 +23,13 @@
 //! nothing and return [`Error::Fenced`](crate::Error::Fenced) unless the
 //! lease is still current (same owner and epoch for a job; same owner and
 //! claim token for an item). Input is validated by the layers above; a
-//! store trusts the names and sizes it is given. A store reports time only
-//! through the `now` it is given: every decision that depends on time
-//! compares with that `now`.
+//! store trusts the names and sizes it is given. A store decides by time
+//! only through the `now` it is given: every decision that depends on time
+//! compares with that `now`. That `now` is on the store's own clock: a
+//! store shared by hosts reports its time ([`Store::server_time`]) and
+//! [`Ckpt`](crate::Ckpt) adds the measured offset to its local clock (see
+//! the clock assumption at [`Offset`](crate::Offset)), so hosts whose
+//! clocks disagree still agree on when a lease expires.
 //!
 //! The values a change writes into an item are computed by the item state
 //! machine ([`machine`](super::machine)), the same for every store; a
@@ -267,6 +271,13 @@ pub trait Store: JobStore + ItemStore {
         let _ = full;
         None
     }
+
+    /// The store's own clock, read now (one round trip), by which every
+    /// host's leases are judged: `Some` for a store shared over the network
+    /// (PostgreSQL's `clock_timestamp()`, Redis's `TIME`); `None` for a
+    /// store on one host (SQLite, memory), whose clock is that host's. An
+    /// `Err` is a failed read (the caller keeps its last offset).
+    fn server_time(&self) -> Result<Option<Timestamp>>;
 }
 
 /// What [`Store::check_files`] found.

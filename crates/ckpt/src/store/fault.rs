@@ -156,6 +156,12 @@ impl Store for FaultStore {
     fn check_files(&self, full: bool) -> Option<Result<FileCheck>> {
         self.inner.check_files(full)
     }
+
+    /// The inner store's (never faulted, but failing once "crashed").
+    fn server_time(&self) -> Result<Option<Timestamp>> {
+        self.check_alive()?;
+        self.inner.server_time()
+    }
 }
 
 impl OwnerSessions for FaultStore {

@@ -54,6 +54,11 @@ impl Store for MemoryStore {
     fn owner_sessions(&self) -> Option<&dyn OwnerSessions> {
         None
     }
+
+    /// None: the store lives in this process, on this machine's clock.
+    fn server_time(&self) -> crate::error::Result<Option<crate::time::Timestamp>> {
+        Ok(None)
+    }
 }
 
 #[derive(Debug, Default)]

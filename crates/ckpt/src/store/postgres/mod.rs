@@ -234,6 +234,22 @@ impl Store for PgStore {
     fn owner_sessions(&self) -> Option<&dyn OwnerSessions> {
         Some(self)
     }
+
+    /// `clock_timestamp()`: the server's clock when the statement runs (not
+    /// `now()`, which is the transaction's start).
+    fn server_time(&self) -> Result<Option<crate::time::Timestamp>> {
+        self.block(async {
+            let client = self.client().await?;
+            let row = client
+                .query_one(
+                    "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(Some(crate::time::Timestamp(row.get(0))))
+        })
+    }
 }
 
 /// True for a lowercase SQL identifier that needs no quoting.

@@ -195,6 +195,12 @@ impl Store for SqliteStore {
     fn check_files(&self, full: bool) -> Option<Result<FileCheck>> {
         Some(self.check_file(full))
     }
+
+    /// None: the file is used by processes of one machine, whose clock is
+    /// the store's.
+    fn server_time(&self) -> Result<Option<crate::time::Timestamp>> {
+        Ok(None)
+    }
 }
 
 /// Lets the closures of `Job::checkpoint_with` and `Queue::complete_with`
