@@ -93,9 +93,11 @@ echo "$1" >> done"#;
             .ckpt()
             .args(["run", "--job", "J", "--items"])
             .arg(&file)
+            // One at a time: an item running beside the poison when the
+            // run dies did start, so it is charged an attempt too.
             .args([
                 "-j",
-                "2",
+                "1",
                 "--retries",
                 "2",
                 "--",
