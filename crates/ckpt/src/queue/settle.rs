@@ -74,17 +74,40 @@ impl Queue {
     /// apply; the outer `Err` is a storage failure, in which case nothing
     /// was recorded (record them again later).
     pub fn settle(&self, attempts: &[Attempt]) -> Result<Vec<Settled>> {
-        if attempts.is_empty() {
+        self.start_and_settle(&[], attempts)
+    }
+
+    /// [`start`](Queue::start) for `started` and [`settle`](Queue::settle)
+    /// for `attempts`, in one transaction (one durable commit): a runner
+    /// records the starts of items claimed ahead along with the outcomes
+    /// of others. The starts' results are not reported (a start refused
+    /// because the lease is lost needs nothing: the heartbeat fences it).
+    pub fn start_and_settle(
+        &self,
+        started: &[ClaimedItem],
+        attempts: &[Attempt],
+    ) -> Result<Vec<Settled>> {
+        if attempts.is_empty() && started.is_empty() {
             return Ok(Vec::new());
         }
         let now = self.ckpt.now();
+        let lease_until = now.plus(self.options.lease);
         let verdicts: Vec<Verdict> = attempts.iter().map(|a| self.verdict(a, now)).collect();
-        let updates: Vec<ItemUpdate> = attempts
+        let updates: Vec<ItemUpdate> = started
             .iter()
-            .zip(&verdicts)
-            .map(|(a, v)| v.update(&a.item))
+            .map(|item| ItemUpdate {
+                lease: item.lease.clone(),
+                change: ItemChange::Start { lease_until },
+            })
+            .chain(
+                attempts
+                    .iter()
+                    .zip(&verdicts)
+                    .map(|(a, v)| v.update(&a.item)),
+            )
             .collect();
-        let results = self.apply(&updates)?;
+        let mut results = self.apply(&updates)?;
+        let results = results.split_off(started.len().min(results.len()));
         Ok(attempts
             .iter()
             .zip(verdicts)

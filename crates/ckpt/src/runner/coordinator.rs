@@ -156,16 +156,16 @@ impl<'r, 'q> Coordinator<'r, 'q> {
     /// Records the unsaved attempts in one transaction. On error they stay
     /// unsaved, for the next round.
     fn record(&mut self) -> Result<()> {
-        if !self.starts.is_empty() {
-            // Before the outcomes: an item may have started and ended in
-            // one round. A start refused (the lease lost) needs nothing.
-            self.runner.queue.start(&self.starts)?;
-            self.starts.clear();
-        }
-        if self.unsaved.is_empty() {
+        if self.unsaved.is_empty() && self.starts.is_empty() {
             return Ok(());
         }
-        let settled = self.runner.queue.settle(&self.unsaved)?;
+        // One transaction; the starts first, since an item may have
+        // started and ended in one round.
+        let settled = self
+            .runner
+            .queue
+            .start_and_settle(&self.starts, &self.unsaved)?;
+        self.starts.clear();
         for attempt in self.unsaved.drain(..) {
             self.dog.release(&attempt.item.lease);
         }
