@@ -284,7 +284,36 @@ fn rerun_on_another_host_after_kill9_waits_for_the_lease_and_never_overlaps() {
         return;
     }
     let sb = Sandbox::new();
-    let stderr = rerun_after_kill9(&sb, &sb.store_url(), OTHER_HOST, &["--lease", "3s"]);
+    rerun_on_another_host(&sb, &sb.store_url());
+}
+
+/// On PostgreSQL the killed run's session ends at once; the rerun on
+/// another host still waits out the session grace, by which time the
+/// sentinel has long killed the orphans.
+#[test]
+fn rerun_on_another_host_after_kill9_never_overlaps_on_postgres() {
+    if !root("a rerun in other namespaces (unshare)") {
+        return;
+    }
+    let Some(pg) = PgSchema::new("other_host") else {
+        return;
+    };
+    rerun_on_another_host(&Sandbox::new(), &pg.url());
+}
+
+#[test]
+fn rerun_on_another_host_after_kill9_never_overlaps_on_redis() {
+    if !root("a rerun in other namespaces (unshare)") {
+        return;
+    }
+    let Some(r) = RedisPrefix::new("other_host") else {
+        return;
+    };
+    rerun_on_another_host(&Sandbox::new(), &r.url());
+}
+
+fn rerun_on_another_host(sb: &Sandbox, url: &str) {
+    let stderr = rerun_after_kill9(sb, url, OTHER_HOST, &["--lease", "3s"]);
     // It could not see the killed run's pid: the lease had to expire.
     assert!(!stderr.contains("owner process is gone"), "{stderr}");
     let by_key = executions(&sb.lines("times"));
