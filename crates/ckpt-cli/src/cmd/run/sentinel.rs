@@ -320,7 +320,7 @@ fn now_ms() -> i64 {
     unsafe {
         libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts);
     }
-    ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000
+    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
 }
 
 /// `at` on `CLOCK_BOOTTIME`, in ms.
@@ -406,4 +406,76 @@ fn group_alive(pgid: i32) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn deadlines_apply_only_to_registered_groups_and_reset_when_renewed() {
+        let mut groups = BTreeMap::new();
+        let mut worker = None;
+        apply("@77 10 20", &mut groups, &mut worker);
+        assert!(
+            groups.is_empty(),
+            "a deadline for an unknown group is ignored"
+        );
+        apply("+77", &mut groups, &mut worker);
+        apply("@77 10 20", &mut groups, &mut worker);
+        assert_eq!(next_deadline(&groups), Some(10));
+        groups.get_mut(&77).unwrap().as_mut().unwrap().termed = true;
+        assert_eq!(next_deadline(&groups), Some(20), "after TERM, KILL is next");
+        apply("@77 30 40", &mut groups, &mut worker);
+        assert_eq!(next_deadline(&groups), Some(30), "a renewal starts over");
+        apply("@77 x 40", &mut groups, &mut worker);
+        assert_eq!(
+            next_deadline(&groups),
+            Some(30),
+            "a bad line changes nothing"
+        );
+        apply("-77", &mut groups, &mut worker);
+        assert_eq!(next_deadline(&groups), None);
+        apply("+1", &mut groups, &mut worker);
+        assert!(groups.is_empty(), "never pid 1's group");
+    }
+
+    #[test]
+    fn a_passed_deadline_kills_the_group() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id() as i32;
+        let mut groups = BTreeMap::new();
+        let mut worker = None;
+        apply(&format!("+{pgid}"), &mut groups, &mut worker);
+        let later = now_ms() + 60_000;
+        apply(
+            &format!("@{pgid} {later} {later}"),
+            &mut groups,
+            &mut worker,
+        );
+        enforce(&mut groups);
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "not before its deadline"
+        );
+        let past = now_ms() - 1;
+        apply(&format!("@{pgid} {past} {later}"), &mut groups, &mut worker);
+        enforce(&mut groups);
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn boottime_follows_instants() {
+        let now = Instant::now();
+        let a = boottime_ms(now);
+        let b = boottime_ms(now + Duration::from_secs(2));
+        assert!((1990..=2010).contains(&(b - a)), "{}", b - a);
+        assert!((a - now_ms()).abs() < 50);
+    }
 }
