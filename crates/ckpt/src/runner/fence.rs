@@ -197,6 +197,9 @@ pub(super) struct Confirmation {
 struct WatchState {
     held: HashMap<(i64, u64), Held>,
     stop: bool,
+    /// When the watchdog thread looks next (it sleeps until then unless
+    /// woken for an earlier deadline).
+    next_look: Option<Instant>,
 }
 
 /// The leases a run holds, and the thread that fences those not confirmed
@@ -271,15 +274,25 @@ impl Watchdog {
     /// Starts watching a lease granted by a claim.
     pub(super) fn hold(&self, lease: &ItemLease, by: Confirmation) {
         let fence = Fence::new(self.timings.kill_grace());
-        self.lock().held.insert(
-            key(lease),
-            Held {
-                confirmed: by.sent,
-                session: by.session,
-                fence,
-            },
-        );
-        self.changed.notify_all();
+        let held = Held {
+            confirmed: by.sent,
+            session: by.session,
+            fence,
+        };
+        // The deadline is known now: the handler (and a sentinel) hear of
+        // it when they register, before the work starts.
+        let (left, _, _) = self.until_stop(&held, Instant::now());
+        let term = Instant::now() + left;
+        held.fence
+            .set_deadline(term, term + held.fence.kill_grace());
+        let mut g = self.lock();
+        g.held.insert(key(lease), held);
+        // Wake the watchdog only if it would sleep past this deadline (per
+        // claim, a wake-up would cost a thread switch for nothing).
+        if g.next_look.is_none_or(|at| term < at) {
+            drop(g);
+            self.changed.notify_all();
+        }
     }
 
     /// The fence of a held lease (`None` once it was let go).
@@ -420,6 +433,7 @@ impl Watchdog {
                 g = self.lock();
                 continue;
             }
+            g.next_look = Some(now + next);
             g = self
                 .changed
                 .wait_timeout(g, next)

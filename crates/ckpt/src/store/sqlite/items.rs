@@ -8,8 +8,8 @@ use super::rows::{item_from_row, json_col, opt_json, status_col, ts, ITEM_COLUMN
 use super::{sql_err, SqliteStore};
 use crate::error::{Error, Result};
 use crate::model::{
-    ClaimedItem, EnqueueReport, ItemCounts, ItemLease, ItemRecord, ItemStatus, ItemUpdate,
-    JobStatus,
+    ClaimedItem, EnqueueReport, ItemChange, ItemCounts, ItemLease, ItemRecord, ItemStatus,
+    ItemUpdate, JobStatus,
 };
 use crate::store::machine::{Claim, ItemPatch, ItemState, Redrive};
 use crate::store::rules::fenced_item;
@@ -191,7 +191,17 @@ impl ItemStore for SqliteStore {
     }
 
     fn update_items(&self, updates: &[ItemUpdate], now: Timestamp) -> Result<Vec<Result<()>>> {
-        self.write(|tx| {
+        // Lease renewals and start marks alone need no fsync of their own:
+        // losing them to power loss shortens a lease (the worker died with
+        // the machine anyway) or forgets a start (the attempt is counted at
+        // the next start instead).
+        let leases_only = updates.iter().all(|u| {
+            matches!(
+                u.change,
+                ItemChange::Heartbeat { .. } | ItemChange::Start { .. }
+            )
+        });
+        let apply_all = |tx: &rusqlite::Transaction<'_>| {
             let mut results = Vec::with_capacity(updates.len());
             for u in updates {
                 results.push(match apply_update(tx, u, now) {
@@ -201,7 +211,12 @@ impl ItemStore for SqliteStore {
                 });
             }
             Ok(results)
-        })
+        };
+        if leases_only {
+            self.write_unsynced(apply_all)
+        } else {
+            self.write(apply_all)
+        }
     }
 
     fn finish_if_done(&self, job: &str, now: Timestamp) -> Result<Option<JobStatus>> {

@@ -8,9 +8,12 @@
 //! - Every write is one `BEGIN IMMEDIATE` transaction, so several processes
 //!   can share one file; a writer waits up to the busy timeout (default 5 s,
 //!   `?busy_timeout=MILLISECONDS`) for another.
-//! - Claims commit without an fsync of their own even at `full`: losing a
-//!   claim to power loss only makes the item pending again, which a crash
-//!   does anyway; the next durable commit syncs it along.
+//! - Claims, lease renewals and start marks commit without an fsync of
+//!   their own even at `full`: losing a claim to power loss only makes the
+//!   item pending again, which a crash does anyway, a lost renewal only
+//!   shortens the lease of a worker that died with the machine, and a lost
+//!   start mark is made again at the next start; the next durable commit
+//!   syncs them along.
 //! - The schema is versioned in `PRAGMA user_version` and the file is
 //!   marked as ckpt's by `PRAGMA application_id`. A file of another
 //!   application, a corrupt file, or a store of a newer ckpt is refused
