@@ -18,6 +18,25 @@ fn worker_id(name: &str) -> ckpt::worker::WorkerId {
     }
 }
 
+/// The test server's URL, the fixture's schema, and a URL of that schema
+/// (for more store handles on it).
+#[cfg(feature = "postgres")]
+fn schema_url(fixture: &crate::Fixture) -> (String, String, String) {
+    let schema = fixture
+        .store
+        .describe()
+        .rsplit("schema ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
+    let base = std::env::var("CKPT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}schema={schema}");
+    (base, schema, url)
+}
+
 fn options() -> JobOptions {
     JobOptions {
         lease: Duration::from_secs(10),
@@ -35,21 +54,7 @@ fn postgres_takes_over_an_ended_session_after_its_grace() {
     let Some(fixture) = crate::postgres() else {
         return;
     };
-    let url = {
-        let base = std::env::var("CKPT_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-        let sep = if base.contains('?') { '&' } else { '?' };
-        format!(
-            "{base}{sep}schema={}",
-            fixture
-                .store
-                .describe()
-                .rsplit("schema ")
-                .next()
-                .unwrap()
-                .trim_end_matches(')')
-        )
-    };
+    let (_, _, url) = schema_url(&fixture);
     let clock = ManualClock::new(T0);
     let long = ckpt::QueueOptions {
         lease: Duration::from_secs(3600),
@@ -300,20 +305,7 @@ fn postgres_upgrades_a_schema_2_store_in_place() {
     let Some(fixture) = crate::postgres() else {
         return;
     };
-    let schema = fixture
-        .store
-        .describe()
-        .rsplit("schema ")
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .to_string();
-    let base = std::env::var("CKPT_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-    let url = format!(
-        "{base}{}schema={schema}",
-        if base.contains('?') { '&' } else { '?' }
-    );
+    let (base, schema, url) = schema_url(&fixture);
     let clock = ManualClock::new(T0);
     let c = Ckpt::new(fixture.store.clone())
         .with_clock(Arc::new(clock.clone()))
@@ -435,18 +427,7 @@ fn postgres_keeps_the_leases_of_a_replaced_session() {
     let Some(fixture) = crate::postgres() else {
         return;
     };
-    let schema = fixture
-        .store
-        .describe()
-        .rsplit("schema ")
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .to_string();
-    let base = std::env::var("CKPT_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}schema={schema}");
+    let (base, schema, url) = schema_url(&fixture);
     let clock = ManualClock::new(T0);
     let long = ckpt::QueueOptions {
         lease: Duration::from_secs(3600),
