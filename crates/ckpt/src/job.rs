@@ -79,7 +79,24 @@ impl Job {
                 Some(holder) if ckpt.is_dead_local_owner(holder) => {
                     store.acquire_job(name, &owner, until, Some(holder), now)?
                 }
-                _ => return Err(Error::Busy(why)),
+                _ => match Self::session_grace_left(&ckpt, name)? {
+                    // The holder's session ended and its lease was cut to
+                    // the session grace: wait that out once rather than
+                    // fail (a worker restarted on another host after a
+                    // crash).
+                    Some(left) => {
+                        tracing::info!(
+                            event = "waiting_for_takeover",
+                            job = name,
+                            wait_ms = left.as_millis() as u64,
+                            "the job's holder lost its session; waiting out its grace"
+                        );
+                        std::thread::sleep(left);
+                        let now = ckpt.now();
+                        store.acquire_job(name, &owner, now.plus(options.lease), None, now)?
+                    }
+                    None => return Err(Error::Busy(why)),
+                },
             },
             other => other?,
         };
@@ -102,6 +119,24 @@ impl Job {
         };
         job.rearm();
         Ok(job)
+    }
+
+    /// How long until the job's lease lapses, when it lapses within the
+    /// store's session grace (its holder's session ended, so the lease was
+    /// cut to that) and the clock is a real one that a wait moves.
+    fn session_grace_left(ckpt: &Ckpt, name: &str) -> Result<Option<Duration>> {
+        let Some(grace) = ckpt.store().owner_sessions().map(|s| s.session_grace()) else {
+            return Ok(None);
+        };
+        if !ckpt.clock().follows_real_time() {
+            return Ok(None);
+        }
+        let now = ckpt.now();
+        let expires = ckpt.store().get_job(name)?.and_then(|r| r.lease_expires);
+        Ok(expires
+            .map(|t| t.since(now))
+            .filter(|left| *left <= grace)
+            .map(|left| left + Duration::from_millis(50)))
     }
 
     /// The worker this one took the job over from, when the job was still

@@ -387,7 +387,7 @@ impl Queue {
             None => 0,
         };
         if freed > 0 {
-            tracing::info!(event = "takeover", job = %self.job, items = freed, "owners whose sessions ended; their items are claimable now");
+            tracing::info!(event = "takeover", job = %self.job, items = freed, "owners whose sessions ended: their items are claimable once the session grace has passed, unless the owner renews them under a new session");
         }
         for owner in self.ckpt.store().running_owners(&self.job)? {
             if owner != self.owner && self.ckpt.is_dead_local_owner(&owner) {

@@ -503,3 +503,48 @@ fn terminate_liveness_backend(base: &str, schema: &str, job: &str) -> u64 {
     );
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
+
+/// On a real clock, a worker that finds the job's holder's session ended
+/// waits out the session grace and takes the job over (a worker restarted
+/// on another host after a crash), instead of failing with `Busy` until
+/// the hour-long lease expires; and not before the grace.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_job_of_an_ended_session_is_taken_over_after_the_grace() {
+    use ckpt::store::{OpenMode, PgStore};
+    let Some(fixture) = crate::postgres() else {
+        return;
+    };
+    let (_, _, url) = schema_url(&fixture);
+    let on = |name: &str| {
+        Ckpt::new(Arc::new(PgStore::open(&url, OpenMode::MustExist).unwrap()))
+            .with_worker(worker_id(name))
+    };
+    let hour = JobOptions {
+        lease: Duration::from_secs(3600),
+        ..options()
+    };
+    let crashed = on("crashed");
+    let mut job = crashed.job_with("after-grace", hour.clone()).unwrap();
+    job.save(&7, 7).unwrap();
+    let died = std::time::Instant::now();
+    drop((job, crashed)); // its session ends within a ping
+    let rescuer = on("rescuer");
+    let resumed = loop {
+        match rescuer.job_with("after-grace", hour.clone()) {
+            Ok(job) => break job,
+            // Its session may not have ended yet.
+            Err(e) if e.is_busy() && died.elapsed() < Duration::from_secs(20) => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("not taken over within 20 s: {e}"),
+        }
+    };
+    let grace = rescuer.store().owner_sessions().unwrap().session_grace();
+    assert!(
+        died.elapsed() >= grace,
+        "taken over {:?} after the holder died, before the {grace:?} grace",
+        died.elapsed()
+    );
+    assert_eq!(resumed.resume_cursor::<u64>().unwrap(), Some(7));
+}
