@@ -55,6 +55,10 @@ pub struct Job {
     tracker: IntervalTracker,
     pending: Option<Checkpoint>,
     last_renewal: Timestamp,
+    /// On a store with liveness sessions: when the last renewal that moved
+    /// the lease to a session was sent, and that session (see
+    /// [`OwnerSessions`](crate::store::OwnerSessions)).
+    session_proof: (Instant, Option<u64>),
     taken_over_from: Option<String>,
     /// When the next save or renewal may fall due, for the hot path.
     pacer: Pacer,
@@ -69,6 +73,8 @@ impl Job {
     pub(crate) fn acquire(ckpt: Ckpt, name: &str, options: JobOptions) -> Result<Job> {
         let store = ckpt.store();
         let owner = ckpt.worker().to_string();
+        let session_before = store.owner_sessions().and_then(|s| s.current_session());
+        let sent = Instant::now();
         let now = ckpt.now();
         let until = now.plus(options.lease);
         // Who held it before: a crashed or paused worker whose lease lapsed,
@@ -105,6 +111,7 @@ impl Job {
             tracing::info!(event = "takeover", job = name, from = %from, epoch = lease.epoch, "took the job over from its previous holder");
         }
         let resumed_items = record.checkpoint.as_ref().map_or(0, |c| c.items_processed);
+        let session_proof = (sent, Self::same_session(&ckpt, session_before));
         let mut job = Job {
             ckpt,
             lease,
@@ -113,6 +120,7 @@ impl Job {
             tracker: IntervalTracker::starting_at(now, resumed_items),
             pending: None,
             last_renewal: now,
+            session_proof,
             taken_over_from,
             pacer: Pacer::new(),
             pending_plain: true,
@@ -232,7 +240,9 @@ impl Job {
             .is_due(&self.options.policy, checkpoint.items_processed, now);
         pace::store_pending(&mut self.pending, &mut self.pending_plain, checkpoint);
         let result = if due {
-            self.flush().map(|()| true)
+            // A save renews the lease but does not move it to a new
+            // liveness session: the heartbeat after it does, if needed.
+            self.flush().and_then(|()| self.heartbeat()).map(|()| true)
         } else {
             self.heartbeat().map(|()| false)
         };
@@ -387,17 +397,40 @@ impl Job {
     pub fn heartbeat(&mut self) -> Result<()> {
         let now = self.ckpt.now();
         let since = now.since(self.last_renewal);
-        if since < self.renew_every() {
+        let sessions = self.ckpt.store().owner_sessions();
+        let session_before = sessions.and_then(|s| s.current_session());
+        // After a new liveness session, renew at once: the lease must move
+        // to it before another worker may take it over.
+        let session_moved = sessions.is_some() && session_before != self.session_proof.1;
+        if since < self.renew_every() && !session_moved {
             return Ok(());
         }
+        let sent = Instant::now();
         let renewed = self
             .ckpt
             .store()
             .renew_job(&self.lease, now.plus(self.options.lease), now);
         match renewed {
-            Ok(()) => {}
+            Ok(()) => {
+                self.session_proof = (sent, Self::same_session(&self.ckpt, session_before));
+            }
             Err(e) if e.is_transient() => {
                 let timings = FenceTimings::for_lease(self.options.lease);
+                if let Some(why) = self.session_unproven() {
+                    metrics::counter!("ckpt_lease_lost_total", "job" => self.lease.job.clone(), "reason" => FenceReason::SessionLost.as_str())
+                        .increment(1);
+                    let why = format!(
+                        "job '{}': {why} ({e}); another worker may take the job over: stop",
+                        self.name()
+                    );
+                    tracing::warn!(
+                        event = "lease_lost",
+                        job = self.name(),
+                        reason = FenceReason::SessionLost.as_str(),
+                        "{why}"
+                    );
+                    return Err(Error::Fenced(why));
+                }
                 if timings.must_stop(since) {
                     metrics::counter!("ckpt_lease_lost_total", "job" => self.lease.job.clone(), "reason" => FenceReason::Unconfirmed.as_str())
                         .increment(1);
@@ -426,6 +459,37 @@ impl Job {
         self.last_renewal = now;
         self.rearm();
         Ok(())
+    }
+
+    /// `before` (the session read before a write) if it is still current:
+    /// the write was then made under it.
+    fn same_session(ckpt: &Ckpt, before: Option<u64>) -> Option<u64> {
+        let after = ckpt
+            .store()
+            .owner_sessions()
+            .and_then(|s| s.current_session());
+        before.filter(|b| Some(*b) == after)
+    }
+
+    /// On a store with liveness sessions, why the lease can no longer be
+    /// proven: the session it was last moved to has not been confirmed
+    /// alive for the session timings' stop point (another worker may cut
+    /// the lease to the session grace once it sees the session end).
+    fn session_unproven(&self) -> Option<String> {
+        let sessions = self.ckpt.store().owner_sessions()?;
+        let (sent, session) = self.session_proof;
+        let proven = session
+            .and_then(|id| sessions.session_confirmed(id))
+            .map_or(sent, |at| at.max(sent));
+        let since = proven.elapsed();
+        FenceTimings::for_lease(sessions.session_grace())
+            .must_stop(since)
+            .then(|| {
+                format!(
+                    "its liveness session was last confirmed {} ago",
+                    humantime::format_duration(Duration::from_millis(since.as_millis() as u64))
+                )
+            })
     }
 
     /// The measured mean cost of a save so far.

@@ -238,8 +238,8 @@ impl Handler for CommandHandler<'_> {
 ///
 /// When the item's lease can no longer be proven ours, `fence` trips: the
 /// command's group gets SIGTERM, and SIGKILL after the fence's grace, so it
-/// is gone before another worker may take the item over; the item is given
-/// back.
+/// is gone before another worker may take the item over; the attempt fails
+/// (it ran), and is refused if the item was taken meanwhile.
 fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcome {
     let (template, job, worker, children, signals) =
         (h.template, h.job, h.worker, h.children, h.signals);
@@ -264,12 +264,21 @@ fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcom
         fence.on_deadline(move |term, kill| children.deadline(pid, term, kill));
     }
     let status = child.wait();
+    // Whatever the command left running in its process group (`work &`)
+    // is this item's work: it must not run on beside a retry or another
+    // worker's copy, nor escape the fence and the sentinel.
+    children.kill_leftovers(child.id());
     children.exited(&child);
     // A command that finished before it could be stopped completed (the
     // completion is refused if the item was taken meanwhile).
     let succeeded = status.as_ref().is_ok_and(|s| s.success());
+    // A command stopped by its fence ran: the attempt counts (a command
+    // that starves its own renewals must still run out of attempts), and
+    // the item is retried per the policy, if it is still ours.
     if let (false, Some(why)) = (succeeded, fence.reason()) {
-        return Outcome::Interrupted(format!("stopped: {why}"));
+        return Outcome::Failed(format!(
+            "stopped because its lease could not be proven: {why}"
+        ));
     }
     match status {
         Ok(status) if status.success() => Outcome::Completed(None),

@@ -328,3 +328,23 @@ fn bare_placeholder_inside_a_shell_string_is_injection() {
         .success();
     assert!(sb.join("PWNED").exists(), "the warned-about injection");
 }
+
+/// What a command leaves running in its process group when it exits is
+/// killed: it is the item's work, and must not run on beside a retry.
+#[test]
+fn what_a_command_leaves_running_is_killed_when_it_exits() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &["a".to_string()]);
+    sb.ckpt()
+        .args(["run", "--job", "J", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", r#"sleep 30 & echo $! > bg; exit 0"#])
+        .run()
+        .success();
+    let pid: u32 = sb.lines("bg")[0].parse().unwrap();
+    crate::util::wait_until(
+        std::time::Duration::from_secs(10),
+        "the background sleep to be killed",
+        || crate::util::process_gone(pid),
+    );
+}

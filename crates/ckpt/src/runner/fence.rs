@@ -112,34 +112,31 @@ impl Fence {
     /// by `kill` it must be gone, unless the lease is confirmed again
     /// meanwhile. For a watchdog outside this process that must enforce the
     /// deadline even if this process is stopped or hung (`ckpt run`'s
-    /// sentinel). Hooks run on the runner's watchdog thread: keep them
-    /// quick.
+    /// sentinel). Hooks run on the runner's threads with the fence locked:
+    /// keep them quick, and never touch the fence from them.
     pub fn on_deadline(&self, hook: impl Fn(Instant, Instant) + Send + Sync + 'static) {
         let hook: DeadlineHook = Arc::new(hook);
-        let now = {
-            let mut g = self.lock();
-            g.deadline_hooks.push(Arc::clone(&hook));
-            g.deadline
-        };
-        if let Some((term, kill)) = now {
+        // Under the lock, as in set_deadline: a hook hears the deadlines in
+        // the order they were set, never a stale one last.
+        let mut g = self.lock();
+        g.deadline_hooks.push(Arc::clone(&hook));
+        if let Some((term, kill)) = g.deadline {
             hook(term, kill);
         }
     }
 
     /// Moves the deadline; the hooks hear of moves of 20 ms or more.
     pub(super) fn set_deadline(&self, term: Instant, kill: Instant) {
-        let hooks = {
-            let mut g = self.lock();
-            let moved = g.deadline.is_none_or(|(t, _)| {
-                t.max(term).duration_since(t.min(term)) >= Duration::from_millis(20)
-            });
-            if !moved || g.lost.is_some() {
-                return;
-            }
-            g.deadline = Some((term, kill));
-            g.deadline_hooks.clone()
-        };
-        for hook in hooks {
+        let mut g = self.lock();
+        let moved = g.deadline.is_none_or(|(t, _)| {
+            t.max(term).duration_since(t.min(term)) >= Duration::from_millis(20)
+        });
+        if !moved || g.lost.is_some() {
+            return;
+        }
+        g.deadline = Some((term, kill));
+        // Under the lock: see on_deadline.
+        for hook in &g.deadline_hooks {
             hook(term, kill);
         }
     }
@@ -200,6 +197,9 @@ struct WatchState {
     /// When the watchdog thread looks next (it sleeps until then unless
     /// woken for an earlier deadline).
     next_look: Option<Instant>,
+    /// A deadline moved since the watchdog last looked (a wake-up may have
+    /// come while it was publishing, outside the lock).
+    dirty: bool,
 }
 
 /// The leases a run holds, and the thread that fences those not confirmed
@@ -242,6 +242,16 @@ impl Watchdog {
         self.timings
     }
 
+    /// Between SIGTERM and SIGKILL: the lease's grace, or the session's
+    /// when shorter, since either deadline may be the one that trips (work
+    /// told to stop because its session is unconfirmed must be gone within
+    /// the session timings, not the lease's).
+    pub(super) fn kill_grace(&self) -> Duration {
+        let lease = self.timings.kill_grace();
+        self.session_timings
+            .map_or(lease, |st| lease.min(st.kill_grace()))
+    }
+
     /// The store's current liveness session, read before a write.
     pub(super) fn session_before(&self) -> Option<u64> {
         self.store.owner_sessions()?.current_session()
@@ -273,7 +283,7 @@ impl Watchdog {
 
     /// Starts watching a lease granted by a claim.
     pub(super) fn hold(&self, lease: &ItemLease, by: Confirmation) {
-        let fence = Fence::new(self.timings.kill_grace());
+        let fence = Fence::new(self.kill_grace());
         let held = Held {
             confirmed: by.sent,
             session: by.session,
@@ -287,6 +297,7 @@ impl Watchdog {
             .set_deadline(term, term + held.fence.kill_grace());
         let mut g = self.lock();
         g.held.insert(key(lease), held);
+        g.dirty = true;
         // Wake the watchdog only if it would sleep past this deadline (per
         // claim, a wake-up would cost a thread switch for nothing).
         if g.next_look.is_none_or(|at| term < at) {
@@ -302,12 +313,15 @@ impl Watchdog {
 
     /// A renewal was confirmed.
     pub(super) fn confirm(&self, lease: &ItemLease, by: Confirmation) {
-        if let Some(h) = self.lock().held.get_mut(&key(lease)) {
+        let mut g = self.lock();
+        g.dirty = true;
+        if let Some(h) = g.held.get_mut(&key(lease)) {
             if by.sent >= h.confirmed {
                 h.confirmed = by.sent;
                 h.session = by.session;
             }
         }
+        drop(g);
         // The deadline moved: publish it now (a sentinel outside this
         // process enforces the old one otherwise).
         self.changed.notify_all();
@@ -388,6 +402,7 @@ impl Watchdog {
             if g.stop {
                 return;
             }
+            g.dirty = false;
             let now = Instant::now();
             // Sessions are confirmed by another thread: look again soon
             // even when no deadline is near.
@@ -397,6 +412,7 @@ impl Watchdog {
                 Duration::from_secs(3600)
             };
             let mut due = Vec::new();
+            let mut deadlines = Vec::new();
             for (k, h) in &g.held {
                 if h.fence.is_lost() {
                     continue;
@@ -406,8 +422,19 @@ impl Watchdog {
                     due.push((*k, h.fence.clone(), reason, since));
                 } else {
                     next = next.min(left);
-                    let term = now + left;
-                    h.fence.set_deadline(term, term + h.fence.kill_grace());
+                    deadlines.push((h.fence.clone(), now + left));
+                }
+            }
+            // Published outside the lock: a hook that blocks (a sentinel
+            // that stopped reading) must not stall claims and renewals.
+            if !deadlines.is_empty() {
+                drop(g);
+                for (fence, term) in deadlines {
+                    fence.set_deadline(term, term + fence.kill_grace());
+                }
+                g = self.lock();
+                if g.stop {
+                    return;
                 }
             }
             if !due.is_empty() {
@@ -432,6 +459,9 @@ impl Watchdog {
                 }
                 g = self.lock();
                 continue;
+            }
+            if g.dirty {
+                continue; // something moved while the lock was let go
             }
             g.next_look = Some(now + next);
             g = self
@@ -487,7 +517,7 @@ mod tests {
     #[test]
     fn the_watchdog_trips_unconfirmed_leases_and_spares_confirmed_ones() {
         let store: Arc<dyn Store> = Arc::new(crate::store::MemoryStore::new());
-        let dog = Arc::new(Watchdog::new(Duration::from_millis(500), "j", store));
+        let dog = Arc::new(Watchdog::new(Duration::from_secs(2), "j", store));
         let thread = {
             let dog = Arc::clone(&dog);
             std::thread::spawn(move || dog.watch())

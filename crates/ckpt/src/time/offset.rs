@@ -166,7 +166,7 @@ impl StoreTime {
     /// when it has none) if a measurement is due.
     pub fn now_with(
         &self,
-        server_time: impl FnOnce() -> crate::error::Result<Option<Timestamp>>,
+        server_time: impl Fn() -> crate::error::Result<Option<Timestamp>>,
     ) -> Timestamp {
         let due = self.due.load(Ordering::Acquire);
         if due == NEVER {
@@ -210,11 +210,40 @@ impl StoreTime {
     /// the store's time.
     fn measure_with(
         &self,
-        server_time: impl FnOnce() -> crate::error::Result<Option<Timestamp>>,
+        server_time: impl Fn() -> crate::error::Result<Option<Timestamp>>,
     ) -> Timestamp {
-        let before = self.clock.now();
-        let server = server_time();
-        let after = self.clock.now();
+        // The best of a few samples, as NTP does: the first may include a
+        // wait for a connection (a pool checkout, a reconnect) before the
+        // server read its clock, which the midpoint would misplace; the
+        // sample with the shortest round trip is the most exact.
+        let mut best: Option<(
+            Timestamp,
+            crate::error::Result<Option<Timestamp>>,
+            Timestamp,
+        )> = None;
+        for _ in 0..SAMPLES {
+            let before = self.clock.now();
+            let server = server_time();
+            let after = self.clock.now();
+            let better = match (&best, &server) {
+                (None, _) => true,
+                (Some((b, Ok(Some(_)), a)), Ok(Some(_))) => {
+                    after.0.saturating_sub(before.0) < a.0.saturating_sub(b.0)
+                }
+                (Some((_, Ok(Some(_)), _)), _) => false,
+                (Some(_), _) => true,
+            };
+            let stop = !matches!(server, Ok(Some(_)));
+            if better {
+                best = Some((before, server, after));
+            }
+            if stop {
+                break; // no clock, or it failed: no point asking again now
+            }
+        }
+        let Some((before, server, after)) = best else {
+            return self.clock.now();
+        };
         let mono = self.mono_ms();
         match server {
             Ok(None) => {
@@ -260,6 +289,9 @@ impl StoreTime {
         duration_ms(self.origin.elapsed())
     }
 }
+
+/// Samples per measurement; the one with the shortest round trip is kept.
+const SAMPLES: usize = 3;
 
 /// The store's timeline without measuring: the local clock plus the
 /// current offset; alarms are armed on the local clock at the local time

@@ -112,7 +112,11 @@ fn postgres_takes_over_an_ended_session_after_its_grace() {
         .unwrap_err();
     assert!(busy.is_busy(), "{busy}");
     assert!(busy.to_string().contains("expires in 5.0s"), "{busy}");
-    clock.advance(rescuer.store().owner_sessions().unwrap().session_grace());
+    // The grace counts from the shortening, which happened a moment after
+    // the (manual) `now` it was given.
+    clock.advance(
+        rescuer.store().owner_sessions().unwrap().session_grace() + Duration::from_secs(1),
+    );
     let taken = r.claim(10).unwrap();
     assert_eq!(taken.len(), 3);
     assert!(taken.iter().all(|i| i
@@ -485,12 +489,23 @@ fn postgres_keeps_the_leases_of_a_replaced_session() {
 /// were terminated.
 #[cfg(feature = "postgres")]
 fn terminate_liveness_backend(base: &str, schema: &str, job: &str) -> u64 {
+    terminate_backends_of_keys(
+        base,
+        &format!(
+            "SELECT owner_key FROM {schema}.items
+             WHERE job_id = (SELECT id FROM {schema}.jobs WHERE name = '{job}')"
+        ),
+    )
+}
+
+/// Terminates the backends holding the liveness locks whose keys `keys`
+/// (a query) selects; returns how many.
+#[cfg(feature = "postgres")]
+fn terminate_backends_of_keys(base: &str, keys: &str) -> u64 {
     let sql = format!(
         "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l
          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-           AND ((l.classid::BIGINT << 32) | l.objid::BIGINT) IN
-               (SELECT owner_key FROM {schema}.items
-                WHERE job_id = (SELECT id FROM {schema}.jobs WHERE name = '{job}'))"
+           AND ((l.classid::BIGINT << 32) | l.objid::BIGINT) IN ({keys})"
     );
     let out = std::process::Command::new("psql")
         .args([base, "-Atc", &sql])
@@ -547,4 +562,45 @@ fn postgres_job_of_an_ended_session_is_taken_over_after_the_grace() {
         died.elapsed()
     );
     assert_eq!(resumed.resume_cursor::<u64>().unwrap(), Some(7));
+}
+
+/// A cursor loop whose liveness connection is cut moves its job's lease to
+/// its new session at its next `checkpoint()`, so a worker that saw the old
+/// session end cannot take the job over from the live loop.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_job_holder_moves_its_lease_to_its_new_session() {
+    use ckpt::store::{OpenMode, PgStore};
+    let Some(fixture) = crate::postgres() else {
+        return;
+    };
+    let (base, schema, url) = schema_url(&fixture);
+    let on = |name: &str| {
+        Ckpt::new(Arc::new(PgStore::open(&url, OpenMode::MustExist).unwrap()))
+            .with_worker(worker_id(name))
+    };
+    let long = JobOptions {
+        lease: Duration::from_secs(30),
+        ..options()
+    };
+    let holder = on("holder");
+    let mut job = holder.job_with("moved", long.clone()).unwrap();
+    job.save(&1, 1).unwrap();
+    let sessions = holder.store().owner_sessions().unwrap();
+    let first = sessions.current_session().unwrap();
+    let killed = terminate_backends_of_keys(
+        &base,
+        &format!("SELECT owner_key FROM {schema}.jobs WHERE name = 'moved'"),
+    );
+    assert_eq!(killed, 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sessions.current_session().is_none_or(|s| s == first) {
+        assert!(std::time::Instant::now() < deadline, "no new session");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The loop goes on: its next checkpoint moves the lease.
+    job.save(&2, 2).unwrap();
+    let err = on("rescuer").job_with("moved", long).unwrap_err();
+    assert!(err.is_busy(), "{err}");
+    job.save(&3, 3).unwrap();
 }

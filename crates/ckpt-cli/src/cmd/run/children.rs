@@ -141,6 +141,12 @@ impl Children {
         }
     }
 
+    /// Sends SIGKILL to what is left of the process group of command `pid`,
+    /// which exited and was reaped (nothing, usually: one system call).
+    pub fn kill_leftovers(&self, pid: u32) {
+        signal_group(pid, libc::SIGKILL);
+    }
+
     /// Unregisters a command that exited and was reaped.
     pub fn exited(&self, child: &Child) {
         self.lock().pids.remove(&child.id());

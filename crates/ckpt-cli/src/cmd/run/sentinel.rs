@@ -484,7 +484,7 @@ mod deadline_tests {
         let now = Instant::now();
         let a = boottime_ms(now);
         let b = boottime_ms(now + Duration::from_secs(2));
-        assert!((1990..=2010).contains(&(b - a)), "{}", b - a);
-        assert!((a - now_ms()).abs() < 50);
+        assert!((1900..=2100).contains(&(b - a)), "{}", b - a);
+        assert!((a - now_ms()).abs() < 500);
     }
 }

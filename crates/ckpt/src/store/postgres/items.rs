@@ -411,8 +411,13 @@ impl ItemStore for PgStore {
 impl OwnerSessions for PgStore {
     fn expire_lost_owners(&self, job: &str, now: Timestamp) -> Result<u64> {
         let grace = SESSION_GRACE.as_millis() as i64;
+        let called = std::time::Instant::now();
         self.block(async {
             let c = self.client().await?;
+            // `now` was read before a wait for a connection (a reconnect
+            // may take seconds): a grace counted from it could end before
+            // the owner stops. Count it from now.
+            let now = now.plus(called.elapsed());
             // The key is re-checked on the row (a renewal under a newer
             // session changes it), so only leases written under the ended
             // session are shortened.

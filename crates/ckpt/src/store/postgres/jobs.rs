@@ -91,6 +91,7 @@ impl JobStore for PgStore {
         steal_from: Option<&str>,
         now: Timestamp,
     ) -> Result<(JobLease, JobRecord)> {
+        let called = std::time::Instant::now();
         let key = self.liveness_key()?;
         in_tx!(self, |tx| {
             let id = ensure_job(tx, job, now).await?;
@@ -104,6 +105,9 @@ impl JobStore for PgStore {
                     // which a live holder renews under a new session (and
                     // is then left alone) or stops.
                     let grace = SESSION_GRACE.as_millis() as i64;
+                    // Counted from now, not from `now` read before the
+                    // wait for a connection (see expire_lost_owners).
+                    let now = now.plus(called.elapsed());
                     tx.cexecute(
                         "UPDATE jobs SET lease_expires = $2::BIGINT + $3::BIGINT
                          WHERE id = $1 AND lease_expires > $2::BIGINT + $3::BIGINT",
