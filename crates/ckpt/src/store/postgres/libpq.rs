@@ -94,7 +94,10 @@ fn read_password_file(path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_file() {
-        tracing::warn!("password file {} is not a plain file; ignored", path.display());
+        tracing::warn!(
+            "password file {} is not a plain file; ignored",
+            path.display()
+        );
         return None;
     }
     if meta.permissions().mode() & 0o077 != 0 {
@@ -174,16 +177,28 @@ mod tests {
                     \\*:5432:app:carol:literal-star\n\
                     short:line\n";
         let l = |h, p, d, u| lookup(file, h, p, d, u);
-        assert_eq!(l("db1.example", 5432, "app", "bob"), Some((2, "first".into())));
-        assert_eq!(l("anyhost", 5433, "other", "bob"), Some((3, "second".into())));
-        assert_eq!(l("127.0.0.1", 6000, "app", "eve"), Some((4, "th:ird\\x".into())));
+        assert_eq!(
+            l("db1.example", 5432, "app", "bob"),
+            Some((2, "first".into()))
+        );
+        assert_eq!(
+            l("anyhost", 5433, "other", "bob"),
+            Some((3, "second".into()))
+        );
+        assert_eq!(
+            l("127.0.0.1", 6000, "app", "eve"),
+            Some((4, "th:ird\\x".into()))
+        );
         assert_eq!(
             l("h:x", 5432, "app", "bob"),
             Some((5, "fourth:with:colons".into()))
         );
         // `\*` is a literal star, not a wildcard.
         assert_eq!(l("db9", 5432, "app", "carol"), None);
-        assert_eq!(l("*", 5432, "app", "carol"), Some((6, "literal-star".into())));
+        assert_eq!(
+            l("*", 5432, "app", "carol"),
+            Some((6, "literal-star".into()))
+        );
         assert_eq!(l("db1.example", 5432, "app", "alice"), None);
         assert_eq!(l("db1.example", 5433, "other", "alice"), None);
     }

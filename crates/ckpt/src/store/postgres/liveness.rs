@@ -269,6 +269,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_failed_connect_reads_as_the_pools_does() {
+        use crate::store::url::{redact_url, OpenMode};
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let url = format!("postgres://bob:pw-9@127.0.0.1:{port}/db");
+        let pool = super::super::PgStore::open(&url, OpenMode::MustExist)
+            .unwrap_err()
+            .to_string();
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let target = ConnectTarget::new(
+            &config,
+            redact_url(&url),
+            super::super::libpq::PasswordSource::Url,
+            16,
+        );
+        let err = Arc::new(Liveness::default())
+            .session(&config, &target, Duration::from_secs(2))
+            .unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        assert_eq!(err.to_string(), pool);
+        assert!(pool.contains(&format!("127.0.0.1:{port}")), "{pool}");
+        assert!(!pool.contains("pw-9"), "{pool}");
+    }
+
+    #[test]
     fn confirmations_are_kept_per_session_newest_wins() {
         let l = Liveness::default();
         let t0 = Instant::now();
