@@ -31,6 +31,8 @@ mod metrics;
 mod ops;
 #[path = "cli/orphans.rs"]
 mod orphans;
+#[path = "cli/pg_connect.rs"]
+mod pg_connect;
 #[path = "cli/pg_restart.rs"]
 mod pg_restart;
 #[path = "cli/postgres.rs"]

@@ -39,6 +39,12 @@ fn is_root() -> bool {
 
 impl PrivateCluster {
     pub(crate) fn start() -> Option<PrivateCluster> {
+        PrivateCluster::start_configured("", None)
+    }
+
+    /// A cluster with `conf` appended to its postgresql.conf and, when
+    /// given, `hba` as its whole pg_hba.conf.
+    pub(crate) fn start_configured(conf: &str, hba: Option<&str>) -> Option<PrivateCluster> {
         let Some(bin) = server_bin() else {
             if std::env::var("CKPT_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
                 panic!("CKPT_REQUIRE_SERVICES=1 but no PostgreSQL server binaries (initdb, pg_ctl) are installed");
@@ -79,8 +85,25 @@ impl PrivateCluster {
                 "--no-sync",
             ],
         );
+        let append = |name: &str, text: &str| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(cluster.data.join(name))
+                .unwrap();
+            writeln!(f, "{text}").unwrap();
+        };
+        append("postgresql.conf", conf);
+        if let Some(hba) = hba {
+            // Truncating keeps the file's owner (postgres, when we are root).
+            std::fs::write(cluster.data.join("pg_hba.conf"), hba).unwrap();
+        }
         cluster.pg_ctl_start();
         Some(cluster)
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
     }
 
     pub(crate) fn url(&self) -> String {
@@ -154,7 +177,7 @@ impl Drop for PrivateCluster {
 }
 
 /// A port nothing listens on right now (the kernel's pick).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }

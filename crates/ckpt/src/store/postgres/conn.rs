@@ -18,7 +18,7 @@ impl PgStore {
             .get_connect_timeout()
             .copied()
             .unwrap_or(std::time::Duration::from_secs(5));
-        Ok(self.liveness.session(&self.config, &self.url, wait)?.key)
+        Ok(self.liveness.session(&self.config, &self.target, wait)?.key)
     }
 
     pub(super) fn block<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -26,9 +26,10 @@ impl PgStore {
     }
 
     pub(super) async fn client(&self) -> Result<Object> {
-        self.pool.get().await.map_err(|e| {
-            Error::Unavailable(format!("cannot connect to PostgreSQL at {}: {e}", self.url))
-        })
+        self.pool
+            .get()
+            .await
+            .map_err(|e| super::connect_error::pool_error(e, &self.target))
     }
 }
 

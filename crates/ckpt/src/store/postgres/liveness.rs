@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
 
+use super::connect_error::{connect_error, ConnectTarget};
 use crate::error::{Error, Result};
 
 /// How long after its last confirmed ping a lost session's leases may be
@@ -62,7 +63,9 @@ struct State {
     current: Option<Session>,
     /// (session id, when its last successful ping was sent), newest last.
     confirmed: VecDeque<(u64, Instant)>,
-    last_error: Option<String>,
+    /// Why the last attempt failed: the connection error as the pool would
+    /// report it, or another reason (kept as an `Unavailable` message).
+    last_error: Option<Error>,
     started: bool,
 }
 
@@ -91,16 +94,16 @@ impl Liveness {
     pub(crate) fn session(
         self: &Arc<Self>,
         config: &tokio_postgres::Config,
-        url: &str,
+        target: &ConnectTarget,
         wait: Duration,
     ) -> Result<Session> {
         let mut g = self.lock();
         if !g.started {
             g.started = true;
-            let (weak, config, url) = (Arc::downgrade(self), config.clone(), url.to_string());
+            let (weak, config, target) = (Arc::downgrade(self), config.clone(), target.clone());
             std::thread::Builder::new()
                 .name("ckpt-pg-liveness".into())
-                .spawn(move || keep(weak, config, url))
+                .spawn(move || keep(weak, config, target))
                 .map_err(|e| {
                     Error::Unavailable(format!("cannot start the liveness thread: {e}"))
                 })?;
@@ -109,11 +112,19 @@ impl Liveness {
             .changed
             .wait_timeout_while(g, wait, |s| s.current.is_none())
             .unwrap_or_else(|e| e.into_inner());
-        g.current.ok_or_else(|| {
-            Error::Unavailable(format!(
-                "cannot keep a liveness session with PostgreSQL at {url}: {}",
-                g.last_error.as_deref().unwrap_or("no answer")
-            ))
+        g.current.ok_or_else(|| match &g.last_error {
+            // The same line as a pooled connection's failure.
+            Some(Error::Open(line)) => Error::Open(line.clone()),
+            Some(Error::Unavailable(line)) => Error::Unavailable(line.clone()),
+            other => Error::Unavailable(format!(
+                "cannot keep a liveness session with PostgreSQL at {}: {}",
+                target.url,
+                match other {
+                    Some(Error::Storage(why)) => why.clone(),
+                    Some(e) => e.to_string(),
+                    None => "no answer".into(),
+                }
+            )),
         })
     }
 
@@ -145,7 +156,7 @@ impl Liveness {
         }
     }
 
-    fn set_current(&self, session: Option<Session>, error: Option<String>) {
+    fn set_current(&self, session: Option<Session>, error: Option<Error>) {
         let mut g = self.lock();
         g.current = session;
         if error.is_some() {
@@ -158,13 +169,16 @@ impl Liveness {
 
 /// The keeper thread: connects, locks a fresh key, pings until the session
 /// fails, and starts over at once; ends when the store is dropped.
-fn keep(liveness: Weak<Liveness>, config: tokio_postgres::Config, url: String) {
+fn keep(liveness: Weak<Liveness>, config: tokio_postgres::Config, target: ConnectTarget) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     else {
         if let Some(l) = liveness.upgrade() {
-            l.set_current(None, Some("cannot start a driver thread".into()));
+            l.set_current(
+                None,
+                Some(Error::Storage("cannot start a driver thread".into())),
+            );
         }
         return;
     };
@@ -194,9 +208,8 @@ fn keep(liveness: Weak<Liveness>, config: tokio_postgres::Config, url: String) {
             }
             Err(e) => {
                 let Some(l) = liveness.upgrade() else { return };
-                // Driver errors name no password (its config's Debug
-                // redacts it); the URL here is the redacted one.
-                let why = format!("{url}: {e}");
+                // The URL in the message is the redacted one.
+                let why = connect_error(&e, &target);
                 tracing::debug!(error = %why, "liveness session: cannot connect");
                 l.set_current(None, Some(why));
                 drop(l);
@@ -241,7 +254,10 @@ fn keep(liveness: Weak<Liveness>, config: tokio_postgres::Config, url: String) {
                 event = "session_lost",
                 "liveness session with PostgreSQL lost; re-establishing it"
             );
-            l.set_current(None, Some("the liveness session ended".into()));
+            l.set_current(
+                None,
+                Some(Error::Storage("the liveness session ended".into())),
+            );
             driver.abort();
             break;
         }
@@ -251,6 +267,33 @@ fn keep(liveness: Weak<Liveness>, config: tokio_postgres::Config, url: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_connect_reads_as_the_pools_does() {
+        use crate::store::url::{redact_url, OpenMode};
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let url = format!("postgres://bob:pw-9@127.0.0.1:{port}/db");
+        let pool = super::super::PgStore::open(&url, OpenMode::MustExist)
+            .unwrap_err()
+            .to_string();
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let target = ConnectTarget::new(
+            &config,
+            redact_url(&url),
+            super::super::libpq::PasswordSource::Url,
+            16,
+        );
+        let err = Arc::new(Liveness::default())
+            .session(&config, &target, Duration::from_secs(2))
+            .unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        assert_eq!(err.to_string(), pool);
+        assert!(pool.contains(&format!("127.0.0.1:{port}")), "{pool}");
+        assert!(!pool.contains("pw-9"), "{pool}");
+    }
 
     #[test]
     fn confirmations_are_kept_per_session_newest_wins() {

@@ -20,9 +20,11 @@
 
 mod checkpoint;
 mod conn;
+mod connect_error;
 mod group;
 mod items;
 mod jobs;
+mod libpq;
 mod liveness;
 mod notify;
 mod patch;
@@ -51,6 +53,8 @@ pub struct PgStore {
     pool: Pool,
     schema: String,
     url: String,
+    /// What connections aim at, for connection errors.
+    target: connect_error::ConnectTarget,
     /// This store's liveness session (see [`liveness`]), started on the
     /// first claim or acquire. Items and jobs it holds carry its key.
     liveness: std::sync::Arc<liveness::Liveness>,
@@ -123,6 +127,9 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
+        let password = libpq::apply_password(&mut config);
+        let target =
+            connect_error::ConnectTarget::new(&config, redacted.clone(), password, pool_size);
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -133,8 +140,8 @@ impl PgStore {
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .runtime(deadpool_postgres::Runtime::Tokio1)
-            .create_timeout(Some(Duration::from_secs(10)))
-            .wait_timeout(Some(Duration::from_secs(60)))
+            .create_timeout(Some(target.create_timeout))
+            .wait_timeout(Some(target.wait_timeout))
             .build()
             .map_err(|e| Error::Open(format!("{redacted}: {e}")))?;
         // A current-thread runtime: the connection is driven by the thread
@@ -148,6 +155,7 @@ impl PgStore {
             pool,
             schema,
             url: redacted,
+            target,
             liveness: Default::default(),
             config,
             group: group::GroupCommit::default(),
