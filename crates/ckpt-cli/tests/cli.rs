@@ -25,6 +25,8 @@ mod crash;
 mod errors;
 #[path = "cli/inspect.rs"]
 mod inspect;
+#[path = "cli/ledger.rs"]
+mod ledger;
 #[path = "cli/metrics.rs"]
 mod metrics;
 #[path = "cli/ops.rs"]
