@@ -49,6 +49,8 @@ mod retry;
 mod run;
 #[path = "cli/serve.rs"]
 mod serve;
+#[path = "cli/serve_host.rs"]
+mod serve_host;
 #[path = "cli/server.rs"]
 mod server;
 #[path = "cli/signals.rs"]
