@@ -93,6 +93,11 @@ pub struct ServeArgs {
     /// they are refused. Prefer CKPT_TOKEN: arguments show in `ps`.
     #[arg(long, env = "CKPT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Another name (NAME or NAME:PORT) to answer besides the addresses it
+    /// listens on, e.g. a reverse proxy's; repeatable. Requests for any
+    /// other Host get 421 (against DNS rebinding); '*' allows every Host.
+    #[arg(long, value_name = "NAME")]
+    pub allowed_host: Vec<String>,
 }
 
 #[derive(Debug, Args)]

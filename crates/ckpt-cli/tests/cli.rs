@@ -25,6 +25,8 @@ mod crash;
 mod errors;
 #[path = "cli/inspect.rs"]
 mod inspect;
+#[path = "cli/ledger.rs"]
+mod ledger;
 #[path = "cli/metrics.rs"]
 mod metrics;
 #[path = "cli/ops.rs"]
@@ -49,6 +51,8 @@ mod retry;
 mod run;
 #[path = "cli/serve.rs"]
 mod serve;
+#[path = "cli/serve_host.rs"]
+mod serve_host;
 #[path = "cli/server.rs"]
 mod server;
 #[path = "cli/signals.rs"]

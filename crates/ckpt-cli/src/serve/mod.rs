@@ -11,11 +11,15 @@
 //! - `GET /healthz`: 200 `ok` when the store answers, else 503 and why.
 //! - `GET /api/...` and `POST /api/jobs/{job}/retry` ([`api`]); mutations
 //!   need the bearer token ([`auth`]).
+//!
+//! Every route answers only requests whose `Host` it serves ([`host`]):
+//! others get 421, against DNS rebinding.
 
 mod api;
 mod assets;
 mod auth;
 mod error;
+mod host;
 mod metrics;
 
 use std::process::ExitCode;
@@ -75,7 +79,7 @@ impl AppState {
 pub fn serve(url: &str, args: ServeArgs) -> Result<ExitCode> {
     // A token read from a file or a Kubernetes secret often ends in a
     // newline; the header's token is trimmed too, so compare them alike.
-    let token = match args.token.map(|t| t.trim().to_string()) {
+    let token = match args.token.as_deref().map(|t| t.trim().to_string()) {
         Some(t) if t.is_empty() => {
             return Err(Usage(
                 "the token is empty: give --token (or CKPT_TOKEN) a value, or leave it unset to disable mutations"
@@ -103,7 +107,7 @@ pub fn serve(url: &str, args: ServeArgs) -> Result<ExitCode> {
         token,
         metrics: handle,
     };
-    let result = runtime.block_on(run(&args.listen, state));
+    let result = runtime.block_on(run(&args, state));
     // A store call stuck past its timeout must not hold the exit up.
     runtime.shutdown_timeout(Duration::from_secs(1));
     drop(keep);
@@ -111,11 +115,16 @@ pub fn serve(url: &str, args: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(listen: &str, state: AppState) -> Result<()> {
+async fn run(args: &ServeArgs, state: AppState) -> Result<()> {
+    let listen = &args.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Usage(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr()?;
+    let hostname = host::hostname();
+    let hosts = host::AllowedHosts::new(listen, addr, &args.allowed_host, hostname.as_deref())
+        .map_err(Usage)?;
+    tracing::info!("answering requests for Host {}", hosts.describe());
     let mutations = if state.token.is_some() {
         "retry enabled with the token"
     } else {
@@ -131,7 +140,7 @@ async fn run(listen: &str, state: AppState) -> Result<()> {
         );
     }
     crate::exporter::spawn_upkeep(state.metrics.clone());
-    let app = router(state);
+    let app = router(state, hosts);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
@@ -178,8 +187,8 @@ async fn shutdown_signal() {
     }
 }
 
-/// Every route.
-pub fn router(state: AppState) -> Router {
+/// Every route, for the `Host`s in `hosts` only.
+pub fn router(state: AppState, hosts: host::AllowedHosts) -> Router {
     Router::new()
         .route("/", get(assets::index))
         .route("/assets/{file}", get(assets::asset))
@@ -191,6 +200,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/jobs/{job}/items", get(api::items))
         .route("/api/jobs/{job}/retry", post(api::retry))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(hosts),
+            host::check,
+        ))
         .with_state(state)
 }
 

@@ -6,35 +6,25 @@
 //! package, which `.ci/run` installs; `FAKETIME_DONT_FAKE_MONOTONIC=1`):
 //! real processes whose wall clocks are really wrong. Leases are judged by the server's clock, so B does not
 //! take A's live items (its clock says their leases ran out 40 s ago), and
-//! C's leases do not end before they begin. Each command logs when it
-//! starts and ends with the real clock (`env -u LD_PRELOAD -u FAKETIME
-//! date`: the commands of B and C inherit the fake clock) and its shell's
-//! pid, so each execution is an interval; the test asserts that every
-//! item completed and no two executions of one item overlap.
+//! C's leases do not end before they begin. Each command is the ledger's
+//! [`RECORDER`] ticking with the real clock (`LEDGER_DATE`: `env -u
+//! LD_PRELOAD -u FAKETIME date`, as the commands of B and C inherit the
+//! fake clock), so each execution is an interval; the test asserts that
+//! every item completed and no two executions of one item overlap.
 //!
 //! Skipped, with the reason printed, when `faketime` or the server is
 //! missing, unless `CKPT_REQUIRE_SERVICES=1`.
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::ledger::{Ledger, RECORDER};
 use crate::postgres::PgSchema;
 use crate::redis::RedisPrefix;
 use crate::util::{item_counts, items, wait_until, Sandbox, BIN};
 
-/// Logs "ITEM start|end SECONDS PID RUN" with the real clock (`RUN` is
-/// the name of the run, from its environment); sleeps 2 s. A
-/// command stopped by SIGTERM or SIGINT logs its end too; one killed
-/// outright never ends, as far as the check of overlaps knows.
-const COMMAND: &str = r#"
-t() { env -u LD_PRELOAD -u FAKETIME date +%s.%N; }
-trap 'echo "$0 end $(t) $$ $RUN" >> log; exit 143' TERM INT
-echo "$0 start $(t) $$ $RUN" >> log
-sleep 2
-echo "$0 end $(t) $$ $RUN" >> log
-"#;
+/// The clock of every command: the real one, under `faketime` too.
+const REAL_DATE: &str = "env -u LD_PRELOAD -u FAKETIME date +%s%N";
 
 /// True if `faketime` shifts this machine's clock for a child process
 /// (the `ckpt` binary included: it reads the clock through libc, which
@@ -80,7 +70,8 @@ struct Run {
 
 impl Run {
     /// `ckpt --store URL run --job J --items items.txt -j 2 --lease 6s --
-    /// sh -c COMMAND`, under `faketime -f SHIFT` when given; output to
+    /// sh -c RECORDER`, under `faketime -f SHIFT` when given, its commands
+    /// ticking for 2 s into `ledger` as `NAME-PID-ATTEMPT`; output to
     /// `NAME.out`/`NAME.err` in the sandbox.
     fn start(sb: &Sandbox, url: &str, name: &'static str, shift: Option<&str>) -> Run {
         use std::os::unix::process::CommandExt;
@@ -101,10 +92,14 @@ impl Run {
         cmd.current_dir(sb.path())
             .env_remove("CKPT_STORE")
             .env_remove("RUST_LOG")
-            .env("RUN", name)
+            .env("LEDGER", sb.join("ledger"))
+            .env("TICKS", "40")
+            .env("HOST_TAG", name)
+            .env("LEDGER_DATE", REAL_DATE)
             .args(["--store", url, "run", "--job", "J", "--items"])
             .arg(sb.join("items.txt"))
-            .args(["-j", "2", "--lease", "6s", "--", "sh", "-c", COMMAND])
+            .args(["-j", "2", "--lease", "6s", "--", "sh", "-c", RECORDER])
+            .args(["_", "{}"])
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(sb.join(&format!("{name}.out"))).unwrap())
@@ -135,74 +130,11 @@ impl Drop for Run {
     }
 }
 
-/// One execution of an item: when it started and ended (real seconds).
-#[derive(Debug, Clone, Copy)]
-struct Execution {
-    start: f64,
-    end: Option<f64>,
-}
-
-/// The executions in the log, by item.
-fn executions(log: &Path) -> BTreeMap<String, Vec<Execution>> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut by_pid: BTreeMap<(String, String), Execution> = BTreeMap::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let [item, what, at, pid, _run] = f[..] else {
-            panic!("bad log line {line:?}");
-        };
-        let at: f64 = at
-            .parse()
-            .unwrap_or_else(|_| panic!("bad time in {line:?}"));
-        let key = (item.to_string(), pid.to_string());
-        match what {
-            "start" => {
-                by_pid.insert(
-                    key,
-                    Execution {
-                        start: at,
-                        end: None,
-                    },
-                );
-            }
-            "end" => {
-                by_pid
-                    .get_mut(&key)
-                    .unwrap_or_else(|| panic!("end without start: {line:?}"))
-                    .end = Some(at);
-            }
-            _ => panic!("bad log line {line:?}"),
-        }
-    }
-    let mut out: BTreeMap<String, Vec<Execution>> = BTreeMap::new();
-    for ((item, _), e) in by_pid {
-        out.entry(item).or_default().push(e);
-    }
-    out
-}
-
-/// Pairs of executions of one item that overlap in time (an unfinished
-/// execution counts as running until the log was read).
-fn overlaps(runs: &BTreeMap<String, Vec<Execution>>) -> Vec<String> {
-    let mut found = Vec::new();
-    for (item, execs) in runs {
-        let mut execs = execs.clone();
-        execs.sort_by(|a, b| a.start.total_cmp(&b.start));
-        for pair in execs.windows(2) {
-            let first_end = pair[0].end.unwrap_or(f64::INFINITY);
-            if pair[1].start < first_end {
-                found.push(format!("{item}: {:?} and {:?}", pair[0], pair[1]));
-            }
-        }
-    }
-    found
-}
-
 /// How many items the runs share: two first claims' worth (a run with
 /// `-j 2` claims up to 10 ahead), so that the last run finds none pending.
 const ITEMS: usize = 20;
 
-/// The runs start one after the other, each once the log shows the
+/// The runs start one after the other, each once the ledger shows the
 /// previous one running commands: C (-45 s) claims first, then A (system
 /// clock), then B (+45 s), which finds nothing pending. Where leases were
 /// judged by each claimer's clock, A took C's live items at once (C's
@@ -212,18 +144,21 @@ fn skewed_runs_never_overlap(url: &str) {
     let sb = Sandbox::new();
     let all = items("clk", ITEMS);
     sb.write_items("items.txt", &all);
-    let started = |sb: &Sandbox, run: &str| {
-        sb.lines("log")
-            .iter()
-            .any(|l| l.contains(" start ") && l.ends_with(&format!(" {run}")))
+    let ledger = || Ledger::read(&sb.join("ledger"));
+    let started = |run: &str| {
+        ledger()
+            .by_key
+            .values()
+            .flatten()
+            .any(|e| e.id.starts_with(&format!("{run}-")))
     };
     let c = Run::start(&sb, url, "c", Some("-45s"));
     wait_until(Duration::from_secs(30), "run C starts commands", || {
-        started(&sb, "c")
+        started("c")
     });
     let a = Run::start(&sb, url, "a", None);
     wait_until(Duration::from_secs(30), "run A starts commands", || {
-        started(&sb, "a")
+        started("a")
     });
     let b = Run::start(&sb, url, "b", Some("+45s"));
     let mut runs = [c, a, b];
@@ -245,32 +180,16 @@ fn skewed_runs_never_overlap(url: &str) {
         .collect();
     drop(runs);
     // Overlaps first: they are what the suite is about.
-    let found = overlaps(&executions(&sb.join("log")));
-    assert!(
-        found.is_empty(),
-        "overlapping executions (runs unfinished after 120 s: {unfinished:?}): {found:#?}"
-    );
+    ledger().assert_no_overlap(&format!(
+        "{url} (runs unfinished after 120 s: {unfinished:?})"
+    ));
     assert!(
         unfinished.is_empty(),
         "runs {unfinished:?} did not finish in 120 s"
     );
     assert!(failed.is_empty(), "{failed:#?}");
-    let runs = executions(&sb.join("log"));
-    assert_eq!(
-        runs.keys().cloned().collect::<Vec<_>>(),
-        {
-            let mut sorted = all.clone();
-            sorted.sort();
-            sorted
-        },
-        "every item ran"
-    );
-    for (item, execs) in &runs {
-        assert!(
-            execs.iter().any(|e| e.end.is_some()),
-            "{item} never finished: {execs:?}"
-        );
-    }
+    let ledger = ledger();
+    ledger.assert_completed(url, &all);
     let status = sb
         .ckpt_bare()
         .args(["--store", url, "status", "J", "--json"])
@@ -279,7 +198,7 @@ fn skewed_runs_never_overlap(url: &str) {
     let status = status.json();
     assert_eq!(status["status"], "completed");
     assert_eq!(item_counts(&status), (0, 0, ITEMS as u64, 0, 0));
-    let dups: usize = runs.values().map(|e| e.len() - 1).sum();
+    let dups = ledger.duplicates();
     let ran: Vec<String> = ["c", "a", "b"]
         .iter()
         .map(|name| {

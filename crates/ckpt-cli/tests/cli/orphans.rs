@@ -5,25 +5,29 @@
 //! the killed run left; and a run that cannot read another user's `/proc`
 //! entries does not take that user's live items.
 //!
-//! Each command appends `KEY start T ID` and `KEY end T ID` to `times`
-//! (see [`assert_no_overlap`]) and its pids to `pids`.
+//! Each command ticks into the ledger `ledger` ([`crate::ledger`]) as it
+//! runs, and logs its pids to `pids`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::ledger::{tick_fn, Ledger};
 use crate::postgres::PgSchema;
 use crate::redis::RedisPrefix;
-use crate::util::{assert_no_overlap, executions, items, process_gone, wait_until, Sandbox};
+use crate::util::{items, process_gone, wait_until, Sandbox};
 
 /// Runs as `env -i PATH=... sh inner.sh KEY`: nothing of ckpt's
-/// environment (no `CKPT_WORKER`) is left. With the file `park` present it
-/// waits in a background `sleep 60`; with `slow`, 3 s; otherwise 0.2 s.
+/// environment (no `CKPT_WORKER`) is left. It ticks into `ledger` as
+/// `HOSTNAME-PID`, every 50 ms: with the file `park` present, while its
+/// background `sleep 60` lives; with `slow`, for 3 s; otherwise for 0.2 s.
 /// Keys starting `stubborn` ignore SIGTERM (and so do their children);
-/// the others log their end when SIGTERM stops them.
-const INNER: &str = r#"KEY=$1
-t() { date +%s.%N; }
-echo "$KEY start $(t) $$" >> times
+/// the others tick once more when SIGTERM stops them.
+const INNER: &str = concat!(
+    r#"KEY=$1 ID="$(uname -n)-$$" LEDGER=ledger
+"#,
+    tick_fn!(),
+    r#"tick
 # Is an earlier copy of this item still alive on this host? (A zombie is
 # not: it runs no code.)
 if [ -e keypids ]; then
@@ -37,20 +41,21 @@ echo "$KEY $$" >> keypids
 echo $$ >> pids
 case "$KEY" in
   stubborn*) trap '' TERM ;;
-  *) trap 'echo "$KEY end $(t) $$" >> times; exit 143' TERM ;;
+  *) trap 'tick; exit 143' TERM ;;
 esac
 if [ -e park ]; then
   sleep 60 &
-  echo $! >> pids
-  echo "$KEY $!" >> keypids
-  wait $!
-elif [ -e slow ]; then
-  sleep 3
+  child=$!
+  echo $child >> pids
+  echo "$KEY $child" >> keypids
+  while kill -0 $child 2>/dev/null; do tick; sleep 0.05; done
 else
-  sleep 0.2
+  if [ -e slow ]; then n=60; else n=4; fi
+  while [ "$n" -gt 0 ]; do tick; sleep 0.05; n=$((n - 1)); done
 fi
-echo "$KEY end $(t) $$" >> times
-"#;
+tick done
+"#
+);
 
 /// The command template: the environment reset before the script runs.
 fn command(sb: &Sandbox) -> Vec<String> {
@@ -85,11 +90,14 @@ fn pids(sb: &Sandbox) -> Vec<u32> {
         .collect()
 }
 
+/// The ledger of the sandbox's commands.
+fn ledger(sb: &Sandbox) -> Ledger {
+    Ledger::read(&sb.join("ledger"))
+}
+
+/// How many executions started.
 fn starts(sb: &Sandbox) -> usize {
-    sb.lines("times")
-        .iter()
-        .filter(|l| l.contains(" start "))
-        .count()
+    ledger(sb).executions()
 }
 
 /// True if the test may use root-only tools; otherwise prints why it is
@@ -181,8 +189,14 @@ fn rerun_after_kill9(sb: &Sandbox, url: &str, wrapper: &[&str], args: &[&str]) -
     std::fs::remove_file(sb.join("park")).unwrap();
     let out = run(sb, url, wrapper, &all_args).run();
     out.success();
-    let duplicates = assert_no_overlap(&sb.lines("times"), &keys);
-    assert_eq!(duplicates, 3, "the 3 parked items ran again, nothing else");
+    let ledger = ledger(sb);
+    ledger.assert_no_overlap("rerun after kill -9");
+    ledger.assert_completed("rerun after kill -9", &keys);
+    assert_eq!(
+        ledger.duplicates(),
+        3,
+        "the 3 parked items ran again, nothing else: {ledger:?}"
+    );
     assert_eq!(sb.lines("overlaps"), Vec::<String>::new());
     out.stderr.clone()
 }
@@ -233,12 +247,13 @@ fn rerun_waits_for_the_sentinel(url: &str) {
     std::fs::remove_file(sb.join("park")).unwrap();
     run(&sb, url, &[], &["-j", "3"]).run().success();
     assert_eq!(sb.lines("overlaps"), Vec::<String>::new());
-    let by_key = executions(&sb.lines("times"));
-    for key in &keys {
-        let runs = &by_key[key];
+    let ledger = ledger(&sb);
+    ledger.assert_no_overlap("rerun after the sentinel");
+    ledger.assert_completed("rerun after the sentinel", &keys);
+    for (key, runs) in &ledger.by_key {
         assert_eq!(runs.len(), 2, "{key}: {runs:?}");
-        assert!(runs[0].end.is_none(), "killed by SIGKILL: {runs:?}");
-        assert!(runs[1].end.is_some(), "rerun to its end: {runs:?}");
+        assert!(!runs[0].done, "killed by SIGKILL: {runs:?}");
+        assert!(runs[1].done, "rerun to its end: {runs:?}");
     }
 }
 
@@ -316,15 +331,14 @@ fn rerun_on_another_host(sb: &Sandbox, url: &str) {
     let stderr = rerun_after_kill9(sb, url, OTHER_HOST, &["--lease", "3s"]);
     // It could not see the killed run's pid: the lease had to expire.
     assert!(!stderr.contains("owner process is gone"), "{stderr}");
-    let by_key = executions(&sb.lines("times"));
-    let parked: Vec<_> = by_key.values().filter(|runs| runs.len() == 2).collect();
-    assert_eq!(parked.len(), 3, "{by_key:?}");
-    for runs in parked {
-        let gap = runs[1].start - runs[0].end.unwrap();
+    let ledger = ledger(sb);
+    let gaps = ledger.handovers_ms();
+    assert_eq!(gaps.len(), 3, "{ledger:?}");
+    for gap in gaps {
         // The lease is renewed every lease/3 or so: at least ~2 s were left.
         assert!(
-            gap > 1.0,
-            "rerun {gap:.3} s after the orphan ended: {runs:?}"
+            gap > 1000.0,
+            "rerun {gap:.0} ms after the orphan ended: {ledger:?}"
         );
     }
 }
@@ -360,7 +374,7 @@ fn a_run_that_cannot_see_another_users_live_run_does_not_take_its_items() {
     std::fs::set_permissions(sb.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     // SQLite gives the -wal and -shm files the database file's mode.
     shared_file(&sb, "ckpt.db");
-    shared_file(&sb, "times");
+    shared_file(&sb, "ledger");
     shared_file(&sb, "pids");
     sb.write("slow", "");
     let keys = items("h", 4);
@@ -381,23 +395,8 @@ fn a_run_that_cannot_see_another_users_live_run_does_not_take_its_items() {
     b.success();
     assert!(!b.stderr.contains("owner process is gone"), "{}", b.stderr);
     assert!(!b.stderr.contains("took over"), "{}", b.stderr);
-    let duplicates = assert_no_overlap(&sb.lines("times"), &keys);
-    assert_eq!(duplicates, 0, "each item ran once, in run A");
-}
-
-#[test]
-fn the_overlap_checker_catches_overlaps_and_counts_duplicates() {
-    let lines = |text: &str| -> Vec<String> { text.lines().map(String::from).collect() };
-    let keys = vec!["a".to_string(), "b".to_string()];
-    let sequential =
-        lines("a start 1.0 1\na end 2.0 1\nb start 1.5 2\na start 2.0 3\na end 3.0 3\nb end 2.5 2");
-    assert_eq!(assert_no_overlap(&sequential, &keys), 1);
-    let overlap =
-        lines("a start 1.0 1\na start 1.5 2\na end 2.0 1\na end 3.0 2\nb start 1 3\nb end 2 3");
-    let caught = std::panic::catch_unwind(|| assert_no_overlap(&overlap, &keys));
-    assert!(caught.is_err(), "overlap of 0.5 s not caught");
-    let unended = lines("a start 1.0 1\na start 5.0 2\na end 6.0 2\nb start 1 3\nb end 2 3");
-    assert!(std::panic::catch_unwind(|| assert_no_overlap(&unended, &keys)).is_err());
-    let missing = lines("a start 1.0 1\na end 2.0 1");
-    assert!(std::panic::catch_unwind(|| assert_no_overlap(&missing, &keys)).is_err());
+    let ledger = ledger(&sb);
+    ledger.assert_no_overlap("hidden /proc");
+    ledger.assert_completed("hidden /proc", &keys);
+    assert_eq!(ledger.duplicates(), 0, "each item ran once, in run A");
 }

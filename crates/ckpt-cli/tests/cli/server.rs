@@ -31,9 +31,20 @@ impl Server {
 
     /// Like [`Server::start`], with another store URL and environment.
     pub fn start_with(sb: &Sandbox, store: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_on(sb, store, "127.0.0.1:0", args, env)
+    }
+
+    /// Like [`Server::start_with`], listening on `listen`.
+    pub fn start_on(
+        sb: &Sandbox,
+        store: &str,
+        listen: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut cmd = sb
             .ckpt_bare()
-            .args(["--store", store, "serve", "--listen", "127.0.0.1:0"])
+            .args(["--store", store, "serve", "--listen", listen])
             .args(args);
         for (k, v) in env {
             cmd = cmd.env(k, v);
