@@ -37,6 +37,36 @@ fn schema_url(fixture: &crate::Fixture) -> (String, String, String) {
     (base, schema, url)
 }
 
+/// Workers on store handles of their own over the fixture's schema, on a
+/// manual clock (or the real one).
+#[cfg(feature = "postgres")]
+struct PgWorkers {
+    url: String,
+    clock: Option<ManualClock>,
+}
+
+#[cfg(feature = "postgres")]
+impl PgWorkers {
+    fn on(&self, name: &str) -> Ckpt {
+        use ckpt::store::{OpenMode, PgStore};
+        let store = PgStore::open(&self.url, OpenMode::MustExist).unwrap();
+        let ckpt = Ckpt::new(Arc::new(store)).with_worker(worker_id(name));
+        match &self.clock {
+            Some(clock) => ckpt.with_clock(Arc::new(clock.clone())),
+            None => ckpt,
+        }
+    }
+}
+
+/// Item leases that never lapse during a test.
+#[cfg(feature = "postgres")]
+fn hour_lease() -> ckpt::QueueOptions {
+    ckpt::QueueOptions {
+        lease: Duration::from_secs(3600),
+        ..queue_options(3)
+    }
+}
+
 fn options() -> JobOptions {
     JobOptions {
         lease: Duration::from_secs(10),
@@ -50,21 +80,17 @@ fn options() -> JobOptions {
 #[cfg(feature = "postgres")]
 #[test]
 fn postgres_takes_over_an_ended_session_after_its_grace() {
-    use ckpt::store::{OpenMode, PgStore};
     let Some(fixture) = crate::postgres() else {
         return;
     };
     let (_, _, url) = schema_url(&fixture);
     let clock = ManualClock::new(T0);
-    let long = ckpt::QueueOptions {
-        lease: Duration::from_secs(3600),
-        ..queue_options(3)
+    let long = hour_lease();
+    let workers = PgWorkers {
+        url,
+        clock: Some(clock.clone()),
     };
-    let on = |name: &str| {
-        Ckpt::new(Arc::new(PgStore::open(&url, OpenMode::MustExist).unwrap()))
-            .with_clock(Arc::new(clock.clone()))
-            .with_worker(worker_id(name))
-    };
+    let on = |name: &str| workers.on(name);
     let crashed = on("crashed");
     let alive = on("alive");
     let rescuer = on("rescuer");
@@ -427,21 +453,17 @@ fn postgres_upgrades_a_schema_2_store_in_place() {
 #[cfg(feature = "postgres")]
 #[test]
 fn postgres_keeps_the_leases_of_a_replaced_session() {
-    use ckpt::store::{OpenMode, PgStore};
     let Some(fixture) = crate::postgres() else {
         return;
     };
     let (base, schema, url) = schema_url(&fixture);
     let clock = ManualClock::new(T0);
-    let long = ckpt::QueueOptions {
-        lease: Duration::from_secs(3600),
-        ..queue_options(3)
+    let long = hour_lease();
+    let workers = PgWorkers {
+        url,
+        clock: Some(clock.clone()),
     };
-    let on = |name: &str| {
-        Ckpt::new(Arc::new(PgStore::open(&url, OpenMode::MustExist).unwrap()))
-            .with_clock(Arc::new(clock.clone()))
-            .with_worker(worker_id(name))
-    };
+    let on = |name: &str| workers.on(name);
     let owner = on("owner");
     let rescuer = on("rescuer");
     let q = owner.queue_with("replaced", long.clone()).unwrap();
@@ -526,15 +548,12 @@ fn terminate_backends_of_keys(base: &str, keys: &str) -> u64 {
 #[cfg(feature = "postgres")]
 #[test]
 fn postgres_job_of_an_ended_session_is_taken_over_after_the_grace() {
-    use ckpt::store::{OpenMode, PgStore};
     let Some(fixture) = crate::postgres() else {
         return;
     };
     let (_, _, url) = schema_url(&fixture);
-    let on = |name: &str| {
-        Ckpt::new(Arc::new(PgStore::open(&url, OpenMode::MustExist).unwrap()))
-            .with_worker(worker_id(name))
-    };
+    let workers = PgWorkers { url, clock: None };
+    let on = |name: &str| workers.on(name);
     let hour = JobOptions {
         lease: Duration::from_secs(3600),
         ..options()
@@ -570,15 +589,12 @@ fn postgres_job_of_an_ended_session_is_taken_over_after_the_grace() {
 #[cfg(feature = "postgres")]
 #[test]
 fn postgres_job_holder_moves_its_lease_to_its_new_session() {
-    use ckpt::store::{OpenMode, PgStore};
     let Some(fixture) = crate::postgres() else {
         return;
     };
     let (base, schema, url) = schema_url(&fixture);
-    let on = |name: &str| {
-        Ckpt::new(Arc::new(PgStore::open(&url, OpenMode::MustExist).unwrap()))
-            .with_worker(worker_id(name))
-    };
+    let workers = PgWorkers { url, clock: None };
+    let on = |name: &str| workers.on(name);
     let long = JobOptions {
         lease: Duration::from_secs(30),
         ..options()
