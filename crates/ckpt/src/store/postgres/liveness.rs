@@ -32,7 +32,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use tokio_postgres::NoTls;
+use super::tls::MakeTls;
 
 use crate::error::{Error, Result};
 
@@ -91,6 +91,7 @@ impl Liveness {
     pub(crate) fn session(
         self: &Arc<Self>,
         config: &tokio_postgres::Config,
+        tls: &MakeTls,
         url: &str,
         wait: Duration,
     ) -> Result<Session> {
@@ -98,9 +99,10 @@ impl Liveness {
         if !g.started {
             g.started = true;
             let (weak, config, url) = (Arc::downgrade(self), config.clone(), url.to_string());
+            let tls = tls.clone();
             std::thread::Builder::new()
                 .name("ckpt-pg-liveness".into())
-                .spawn(move || keep(weak, config, url))
+                .spawn(move || keep(weak, config, tls, url))
                 .map_err(|e| {
                     Error::Unavailable(format!("cannot start the liveness thread: {e}"))
                 })?;
@@ -158,7 +160,7 @@ impl Liveness {
 
 /// The keeper thread: connects, locks a fresh key, pings until the session
 /// fails, and starts over at once; ends when the store is dropped.
-fn keep(liveness: Weak<Liveness>, config: tokio_postgres::Config, url: String) {
+fn keep(liveness: Weak<Liveness>, config: tokio_postgres::Config, tls: MakeTls, url: String) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -177,7 +179,7 @@ fn keep(liveness: Weak<Liveness>, config: tokio_postgres::Config, url: String) {
         let key = rand::random::<i64>() & i64::MAX;
         let sent = Instant::now();
         let connected = runtime.block_on(async {
-            let (client, connection) = config.connect(NoTls).await?;
+            let (client, connection) = config.connect(tls.clone()).await?;
             let driver = tokio::spawn(connection);
             let locked: bool = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
@@ -196,7 +198,7 @@ fn keep(liveness: Weak<Liveness>, config: tokio_postgres::Config, url: String) {
                 let Some(l) = liveness.upgrade() else { return };
                 // Driver errors name no password (its config's Debug
                 // redacts it); the URL here is the redacted one.
-                let why = format!("{url}: {e}");
+                let why = format!("{url}: {}", super::conn::with_causes(&e));
                 tracing::debug!(error = %why, "liveness session: cannot connect");
                 l.set_current(None, Some(why));
                 drop(l);
