@@ -53,6 +53,8 @@ mod server;
 mod signals;
 #[path = "cli/terminal.rs"]
 mod terminal;
+#[path = "cli/tls.rs"]
+mod tls;
 #[path = "cli/vocabulary.rs"]
 mod vocabulary;
 #[path = "cli/webdriver.rs"]

@@ -39,6 +39,13 @@ fn is_root() -> bool {
 
 impl PrivateCluster {
     pub(crate) fn start() -> Option<PrivateCluster> {
+        Self::start_with(|_| {})
+    }
+
+    /// Starts a cluster after `setup` has changed its fresh data folder
+    /// (configuration files, certificates), which is then given to the
+    /// server's user.
+    pub(crate) fn start_with(setup: impl FnOnce(&Path)) -> Option<PrivateCluster> {
         let Some(bin) = server_bin() else {
             if std::env::var("CKPT_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
                 panic!("CKPT_REQUIRE_SERVICES=1 but no PostgreSQL server binaries (initdb, pg_ctl) are installed");
@@ -79,6 +86,15 @@ impl PrivateCluster {
                 "--no-sync",
             ],
         );
+        setup(&cluster.data);
+        if is_root() {
+            let chown = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&cluster.data)
+                .status()
+                .unwrap();
+            assert!(chown.success(), "chown of the cluster folder failed");
+        }
         cluster.pg_ctl_start();
         Some(cluster)
     }

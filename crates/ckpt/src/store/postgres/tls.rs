@@ -313,6 +313,7 @@ impl ServerCertVerifier for Verifier {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if self.verify == Verify::Chain => Ok(ServerCertVerified::assertion()),
+            Err(rustls::Error::InvalidCertificate(e)) => Err(explained(e, self.verify)),
             other => other,
         }
     }
@@ -351,6 +352,36 @@ impl ServerCertVerifier for Verifier {
             .supported_schemes()
     }
 }
+
+/// A certificate error with what was checked, for a one-line message that
+/// says which setting refused the server.
+fn explained(e: CertificateError, verify: Verify) -> rustls::Error {
+    let why = match &e {
+        CertificateError::UnknownIssuer => {
+            "it does not chain to a root of sslrootcert (unknown issuer)".to_string()
+        }
+        _ => e.to_string(),
+    };
+    let checked = match verify {
+        Verify::Full => "sslmode=verify-full checks the chain and the host name",
+        _ => "the chain is checked against sslrootcert",
+    };
+    rustls::Error::Other(rustls::OtherError(Arc::new(Refused(format!(
+        "server certificate refused ({checked}): {why}"
+    )))))
+}
+
+/// Why a server certificate was refused.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 #[cfg(test)]
 mod tests {
