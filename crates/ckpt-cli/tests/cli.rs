@@ -39,6 +39,8 @@ mod postgres;
 mod progress;
 #[path = "cli/redis.rs"]
 mod redis;
+#[path = "cli/redis_tls.rs"]
+mod redis_tls;
 #[path = "cli/resume.rs"]
 mod resume;
 #[path = "cli/retry.rs"]

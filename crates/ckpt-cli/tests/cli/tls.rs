@@ -64,7 +64,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate for
 /// the user `postgres`, all signed by that CA, in `dir`.
-fn make_pki(dir: &Path) {
+pub(crate) fn make_pki(dir: &Path) {
     openssl(
         dir,
         &[
