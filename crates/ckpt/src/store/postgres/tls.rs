@@ -75,6 +75,19 @@ pub(super) enum SslMode {
     VerifyFull,
 }
 
+impl SslMode {
+    /// libpq's name.
+    fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
 /// How much of the server's certificate is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verify {
@@ -159,7 +172,8 @@ impl TlsParams {
         });
         if system && mode != SslMode::VerifyFull {
             return Err(format!(
-                "sslrootcert=system needs sslmode=verify-full, not {mode:?} (a public root proves nothing without the host name check)"
+                "sslrootcert=system needs sslmode=verify-full, not {} (a public root proves nothing without the host name check)",
+                mode.name()
             ));
         }
         let roots = match (&self.rootcert, home_root) {
@@ -436,7 +450,7 @@ mod tests {
         let p = plan(&[("sslrootcert", "system")], None).unwrap();
         assert_eq!((p.verify, p.roots), (Verify::Full, Roots::System));
         let err = plan(&[("sslrootcert", "system"), ("sslmode", "require")], None).unwrap_err();
-        assert!(err.contains("verify-full"), "{err}");
+        assert!(err.contains("verify-full, not require"), "{err}");
     }
 
     #[test]
