@@ -43,6 +43,8 @@ mod postgres;
 mod progress;
 #[path = "cli/redis.rs"]
 mod redis;
+#[path = "cli/redis_tls.rs"]
+mod redis_tls;
 #[path = "cli/resume.rs"]
 mod resume;
 #[path = "cli/retry.rs"]
@@ -59,6 +61,8 @@ mod server;
 mod signals;
 #[path = "cli/terminal.rs"]
 mod terminal;
+#[path = "cli/tls.rs"]
+mod tls;
 #[path = "cli/vocabulary.rs"]
 mod vocabulary;
 #[path = "cli/webdriver.rs"]

@@ -23,6 +23,8 @@ mod clock_skew;
 mod conformance;
 mod exactly_once;
 #[cfg(feature = "postgres")]
+mod pg_tls;
+#[cfg(feature = "postgres")]
 mod sessions;
 mod sqlite;
 

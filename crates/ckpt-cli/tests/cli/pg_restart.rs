@@ -39,12 +39,29 @@ fn is_root() -> bool {
 
 impl PrivateCluster {
     pub(crate) fn start() -> Option<PrivateCluster> {
-        PrivateCluster::start_configured("", None)
+        Self::start_with(|_| {})
     }
 
     /// A cluster with `conf` appended to its postgresql.conf and, when
     /// given, `hba` as its whole pg_hba.conf.
     pub(crate) fn start_configured(conf: &str, hba: Option<&str>) -> Option<PrivateCluster> {
+        Self::start_with(|data| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))
+                .unwrap();
+            writeln!(f, "{conf}").unwrap();
+            if let Some(hba) = hba {
+                std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+            }
+        })
+    }
+
+    /// Starts a cluster after `setup` has changed its fresh data folder
+    /// (configuration files, certificates), which is then given to the
+    /// server's user.
+    pub(crate) fn start_with(setup: impl FnOnce(&Path)) -> Option<PrivateCluster> {
         let Some(bin) = server_bin() else {
             if std::env::var("CKPT_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
                 panic!("CKPT_REQUIRE_SERVICES=1 but no PostgreSQL server binaries (initdb, pg_ctl) are installed");
@@ -85,18 +102,14 @@ impl PrivateCluster {
                 "--no-sync",
             ],
         );
-        let append = |name: &str, text: &str| {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(cluster.data.join(name))
+        setup(&cluster.data);
+        if is_root() {
+            let chown = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&cluster.data)
+                .status()
                 .unwrap();
-            writeln!(f, "{text}").unwrap();
-        };
-        append("postgresql.conf", conf);
-        if let Some(hba) = hba {
-            // Truncating keeps the file's owner (postgres, when we are root).
-            std::fs::write(cluster.data.join("pg_hba.conf"), hba).unwrap();
+            assert!(chown.success(), "chown of the cluster folder failed");
         }
         cluster.pg_ctl_start();
         Some(cluster)

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 /// - `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=ckpt&ttl=7d]`
 ///   (feature `redis`): a store on a Redis server under a key prefix; a
 ///   completed job's keys expire after `ttl` (`off`: never). See
-///   `RedisStore` and `docs/REDIS.md`.
+///   `RedisStore` and `docs/REDIS.md`. `rediss://` for TLS.
 /// - `memory://`: a fresh in-memory store, gone when the process exits.
 ///
 /// `mode` says whether a missing SQLite file (or PostgreSQL schema, or
@@ -40,7 +40,7 @@ pub fn open(url: &str, mode: OpenMode) -> Result<Arc<dyn Store>> {
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => Ok(Arc::new(super::PgStore::open(url, mode)?)),
         #[cfg(feature = "redis")]
-        "redis" => Ok(Arc::new(super::RedisStore::open(url, mode)?)),
+        "redis" | "rediss" => Ok(Arc::new(super::RedisStore::open(url, mode)?)),
         other => Err(Error::Open(format!(
             "unsupported store scheme {other:?} in {}; this build supports: {}",
             redact_url(url),
@@ -59,6 +59,7 @@ fn supported_schemes() -> String {
     }
     if cfg!(feature = "redis") {
         schemes.push("redis://");
+        schemes.push("rediss://");
     }
     schemes.push("memory://");
     schemes.join(", ")

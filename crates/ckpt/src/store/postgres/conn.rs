@@ -18,7 +18,10 @@ impl PgStore {
             .get_connect_timeout()
             .copied()
             .unwrap_or(std::time::Duration::from_secs(5));
-        Ok(self.liveness.session(&self.config, &self.target, wait)?.key)
+        Ok(self
+            .liveness
+            .session(&self.config, &self.tls, &self.target, wait)?
+            .key)
     }
 
     pub(super) fn block<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -99,6 +102,21 @@ macro_rules! in_tx {
     };
 }
 pub(super) use in_tx;
+
+/// `e` and its causes on one line: the driver's "error performing TLS
+/// handshake" says why only in its source.
+pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        source = cause.source();
+    }
+    out.replace('\n', " ")
+}
 
 /// Maps a driver error to the library's error.
 pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {

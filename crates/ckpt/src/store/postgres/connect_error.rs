@@ -161,7 +161,8 @@ fn describe(e: &tokio_postgres::Error, t: &ConnectTarget) -> (bool, String) {
             ),
         );
     }
-    (e.is_closed(), format!("{e}{cause}"))
+    // The whole chain: a TLS handshake says why only in its causes.
+    (e.is_closed(), super::conn::with_causes(e))
 }
 
 /// The next step for a server's refusal, and whether retrying may cure it.

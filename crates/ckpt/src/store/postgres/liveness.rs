@@ -32,7 +32,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use tokio_postgres::NoTls;
+use super::tls::MakeTls;
 
 use super::connect_error::{connect_error, ConnectTarget};
 use crate::error::{Error, Result};
@@ -94,6 +94,7 @@ impl Liveness {
     pub(crate) fn session(
         self: &Arc<Self>,
         config: &tokio_postgres::Config,
+        tls: &MakeTls,
         target: &ConnectTarget,
         wait: Duration,
     ) -> Result<Session> {
@@ -101,9 +102,10 @@ impl Liveness {
         if !g.started {
             g.started = true;
             let (weak, config, target) = (Arc::downgrade(self), config.clone(), target.clone());
+            let tls = tls.clone();
             std::thread::Builder::new()
                 .name("ckpt-pg-liveness".into())
-                .spawn(move || keep(weak, config, target))
+                .spawn(move || keep(weak, config, tls, target))
                 .map_err(|e| {
                     Error::Unavailable(format!("cannot start the liveness thread: {e}"))
                 })?;
@@ -169,7 +171,12 @@ impl Liveness {
 
 /// The keeper thread: connects, locks a fresh key, pings until the session
 /// fails, and starts over at once; ends when the store is dropped.
-fn keep(liveness: Weak<Liveness>, config: tokio_postgres::Config, target: ConnectTarget) {
+fn keep(
+    liveness: Weak<Liveness>,
+    config: tokio_postgres::Config,
+    tls: MakeTls,
+    target: ConnectTarget,
+) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -191,7 +198,7 @@ fn keep(liveness: Weak<Liveness>, config: tokio_postgres::Config, target: Connec
         let key = rand::random::<i64>() & i64::MAX;
         let sent = Instant::now();
         let connected = runtime.block_on(async {
-            let (client, connection) = config.connect(NoTls).await?;
+            let (client, connection) = config.connect(tls.clone()).await?;
             let driver = tokio::spawn(connection);
             let locked: bool = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
@@ -286,8 +293,9 @@ mod tests {
             super::super::libpq::PasswordSource::Url,
             16,
         );
+        let (_, tls) = super::super::tls::TlsParams::default().connector().unwrap();
         let err = Arc::new(Liveness::default())
-            .session(&config, &target, Duration::from_secs(2))
+            .session(&config, &tls, &target, Duration::from_secs(2))
             .unwrap_err();
         assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
         assert_eq!(err.to_string(), pool);

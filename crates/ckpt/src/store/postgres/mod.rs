@@ -15,7 +15,8 @@
 //! - Checkpoint saves of several threads share transactions (group
 //!   commit); `?group_commit=off` gives each its own.
 //! - URLs: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=ckpt&pool_size=16&group_commit=on]`;
-//!   other query parameters go to the driver. TLS is not supported yet. A
+//!   other query parameters go to the driver. TLS in libpq's words
+//!   (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`; see [`tls`]). A
 //!   password never appears in messages: they carry the redacted URL.
 
 mod checkpoint;
@@ -30,6 +31,7 @@ mod notify;
 mod patch;
 mod rows;
 mod schema;
+mod tls;
 mod tx;
 
 pub use tokio_postgres::types::ToSql as PgToSql;
@@ -39,7 +41,6 @@ pub use tx::PgTx;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
 
 use super::url::{query_pairs, redact_url, scrub, split_query, OpenMode};
 use super::{ItemSignals, OwnerSessions, Store};
@@ -59,6 +60,8 @@ pub struct PgStore {
     /// first claim or acquire. Items and jobs it holds carry its key.
     liveness: std::sync::Arc<liveness::Liveness>,
     config: tokio_postgres::Config,
+    /// The TLS connector every connection is made with (see [`tls`]).
+    tls: tls::MakeTls,
     group: group::GroupCommit,
     /// Notifications of claimable items, fed by a LISTEN thread started on
     /// the first wait; dropping the sender stops that thread.
@@ -78,8 +81,13 @@ impl PgStore {
         let mut pool_size = 16usize;
         let mut group_commit = true;
         let mut driver_params = Vec::new();
+        let mut tls_params = tls::TlsParams::default();
         for (key, value) in query_pairs(query) {
+            let is_tls = tls_params
+                .take(key, value)
+                .map_err(|e| Error::Open(format!("{redacted}: {e}")))?;
             match key {
+                _ if is_tls => {}
                 "schema" => schema = value.to_string(),
                 "group_commit" => {
                     group_commit = match value {
@@ -124,6 +132,10 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("ckpt");
         }
+        let (ssl_mode, tls) = tls_params
+            .connector()
+            .map_err(|e| Error::Open(format!("{redacted}: {e}")))?;
+        config.ssl_mode(ssl_mode);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -132,7 +144,7 @@ impl PgStore {
             connect_error::ConnectTarget::new(&config, redacted.clone(), password, pool_size);
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -158,6 +170,7 @@ impl PgStore {
             target,
             liveness: Default::default(),
             config,
+            tls,
             group: group::GroupCommit::default(),
             wakeups: Default::default(),
             listener: std::sync::Mutex::new(None),

@@ -10,8 +10,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::poll_fn;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
+use super::tls::MakeTls;
 use super::PgStore;
 use crate::store::ItemSignals;
 
@@ -83,6 +84,7 @@ pub(super) fn channel(schema: &str) -> String {
 /// Starts the listening thread; it ends when `stop` is dropped.
 pub(super) fn listen(
     config: tokio_postgres::Config,
+    tls: MakeTls,
     schema: &str,
     wakeups: Arc<Wakeups>,
 ) -> std::sync::mpsc::Sender<()> {
@@ -98,7 +100,7 @@ pub(super) fn listen(
                 return;
             };
             runtime.block_on(async {
-                let Ok((client, mut connection)) = config.connect(NoTls).await else {
+                let Ok((client, mut connection)) = config.connect(tls).await else {
                     return;
                 };
                 let events = wakeups.clone();
@@ -153,7 +155,12 @@ impl ItemSignals for PgStore {
             if due {
                 // Replacing the old sender stops the old thread, if any.
                 *listener = Some((
-                    listen(self.config.clone(), &self.schema, self.wakeups.clone()),
+                    listen(
+                        self.config.clone(),
+                        self.tls.clone(),
+                        &self.schema,
+                        self.wakeups.clone(),
+                    ),
                     std::time::Instant::now(),
                 ));
                 drop(listener);

@@ -5,7 +5,8 @@
 //! - URL: `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=ckpt&ttl=7d]`.
 //!   Every key starts with the prefix (default `ckpt`); a completed job's
 //!   keys expire `ttl` after its last change (default 7 days, `ttl=off`
-//!   to keep them). A password never appears in messages.
+//!   to keep them). A password never appears in messages. `rediss://`
+//!   for TLS, with `tls_ca`, `tls_cert`, `tls_key` (see [`tls`]).
 //! - Every operation is one Lua script (enqueues of more than
 //!   [`ENQUEUE_BATCH`] items: several scripts in one `MULTI`/`EXEC`), so it
 //!   applies atomically and nothing is read, modified and written back by
@@ -54,6 +55,7 @@ mod schema;
 mod scripts;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::time::Duration;
 
@@ -90,6 +92,7 @@ pub struct RedisStore {
 pub(crate) struct RedisOptions {
     prefix: String,
     ttl: Option<Duration>,
+    tls: tls::TlsFiles,
 }
 
 impl RedisOptions {
@@ -97,8 +100,12 @@ impl RedisOptions {
         let mut options = RedisOptions {
             prefix: "ckpt".to_string(),
             ttl: Some(DEFAULT_TTL),
+            tls: tls::TlsFiles::default(),
         };
         for (key, value) in query_pairs(query) {
+            if options.tls.take(key, value) {
+                continue;
+            }
             match key {
                 "prefix" => {
                     if !is_prefix(value) {
@@ -111,7 +118,7 @@ impl RedisOptions {
                 "ttl" => options.ttl = parse_ttl(value)?,
                 other => {
                     return Err(Error::Open(format!(
-                        "unknown parameter {other:?} in a redis:// URL; expected prefix or ttl"
+                        "unknown parameter {other:?} in a redis:// URL; expected prefix, ttl, tls_ca, tls_cert or tls_key"
                     )))
                 }
             }
@@ -168,8 +175,10 @@ impl RedisStore {
         let redacted = redact_url(url);
         let (base, query) = split_query(url);
         let options = RedisOptions::from_query(query)?;
-        let client = ::redis::Client::open(base)
-            .map_err(|e| Error::Open(format!("{redacted}: {}", scrub(&e.to_string(), url))))?;
+        let client = options
+            .tls
+            .client(base)
+            .map_err(|e| Error::Open(format!("{redacted}: {}", scrub(&e, url))))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -1,0 +1,87 @@
+//! TLS to Redis: `rediss://` URLs, with the server's certificate checked
+//! (chain and host name) against the platform's roots, or against the PEM
+//! root(s) of `?tls_ca=FILE`; `tls_cert=FILE&tls_key=FILE` add a client
+//! certificate (for `tls-auth-clients yes`). There is no unchecked mode.
+//!
+//! The TLS stack is the redis crate's rustls support (the same rustls, with
+//! the `ring` provider, as the PostgreSQL store's).
+
+/// The TLS files of a `redis://` or `rediss://` URL's query string.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct TlsFiles {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+impl TlsFiles {
+    /// Takes `key=value` if `key` is a TLS parameter (returns true).
+    pub(super) fn take(&mut self, key: &str, value: &str) -> bool {
+        let slot = match key {
+            "tls_ca" => &mut self.ca,
+            "tls_cert" => &mut self.cert,
+            "tls_key" => &mut self.key,
+            _ => return false,
+        };
+        *slot = Some(value.to_string());
+        true
+    }
+
+    /// The client for `base` (the URL without its query string): with
+    /// these files read, or as the driver makes it when there are none.
+    pub(super) fn client(&self, base: &str) -> Result<::redis::Client, String> {
+        if *self == TlsFiles::default() {
+            return ::redis::Client::open(base).map_err(|e| e.to_string());
+        }
+        if !base.starts_with("rediss://") {
+            return Err("tls_ca, tls_cert and tls_key need a rediss:// URL".to_string());
+        }
+        let read = |what: &str, path: &str| {
+            std::fs::read(path).map_err(|e| format!("cannot read {what} {path}: {e}"))
+        };
+        let client_tls = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(::redis::ClientTlsConfig {
+                client_cert: read("tls_cert", cert)?,
+                client_key: read("tls_key", key)?,
+            }),
+            (None, None) => None,
+            _ => return Err("tls_cert and tls_key go together: give both or neither".to_string()),
+        };
+        let root_cert = match &self.ca {
+            Some(path) => Some(read("tls_ca", path)?),
+            None => None,
+        };
+        // The driver builds its rustls configuration with the process's
+        // default provider: make it ring, as for PostgreSQL (an error only
+        // means one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        ::redis::Client::build_with_tls(
+            base,
+            ::redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_files_need_rediss_both_halves_and_readable_files() {
+        let mut files = TlsFiles::default();
+        assert!(files.take("tls_ca", "/no/such/ca.pem"));
+        assert!(!files.take("prefix", "x"));
+        let err = files.client("redis://127.0.0.1:6379/0").unwrap_err();
+        assert!(err.contains("rediss://"), "{err}");
+        let err = files.client("rediss://127.0.0.1:6379/0").unwrap_err();
+        assert!(err.contains("cannot read tls_ca /no/such/ca.pem"), "{err}");
+        let mut half = TlsFiles::default();
+        half.take("tls_cert", "/c.pem");
+        let err = half.client("rediss://127.0.0.1:6379/0").unwrap_err();
+        assert!(err.contains("tls_key"), "{err}");
+    }
+}
