@@ -103,21 +103,6 @@ macro_rules! in_tx {
 }
 pub(super) use in_tx;
 
-/// `e` and its causes on one line: the driver's "error performing TLS
-/// handshake" says why only in its source.
-pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out = format!("{out}: {text}");
-        }
-        source = cause.source();
-    }
-    out.replace('\n', " ")
-}
-
 /// Maps a driver error to the library's error.
 pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
     if let Some(db) = e.as_db_error() {

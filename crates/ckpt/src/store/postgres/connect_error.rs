@@ -162,7 +162,7 @@ fn describe(e: &tokio_postgres::Error, t: &ConnectTarget) -> (bool, String) {
         );
     }
     // The whole chain: a TLS handshake says why only in its causes.
-    (e.is_closed(), super::conn::with_causes(e))
+    (e.is_closed(), with_causes(e))
 }
 
 /// The next step for a server's refusal, and whether retrying may cure it.
@@ -285,6 +285,21 @@ fn quoted_after<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let start = s.find(&format!("{prefix}\""))? + prefix.len() + 1;
     let len = s[start..].find('"')?;
     Some(&s[start..start + len])
+}
+
+/// `e` and its causes on one line: the driver's "error performing TLS
+/// handshake" says why only in its source.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        source = cause.source();
+    }
+    out.replace('\n', " ")
 }
 
 #[cfg(test)]
