@@ -147,10 +147,12 @@ fn pg_tls_verify_full_refuses_a_host_the_certificate_does_not_name() {
         msg.contains("not valid for name") && msg.contains("127.0.0.1"),
         "{msg}"
     );
+    // A refused certificate is a refusal, not an outage: no retry cures it.
     assert!(
-        err.is_transient() || matches!(err, ckpt::Error::Open(_)),
+        !err.is_transient() && matches!(err, ckpt::Error::Open(_)),
         "{err:?}"
     );
+    assert!(msg.contains("check sslmode"), "the next step: {msg}");
     // The same certificate is good for verify-ca: only the name failed.
     let seen = sessions_of_a_busy_store(&base, &format!("sslmode=require&sslrootcert={cert}"));
     assert!(seen.iter().all(|ssl| *ssl), "{seen:?}");

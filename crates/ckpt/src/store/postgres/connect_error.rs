@@ -145,6 +145,19 @@ fn describe(e: &tokio_postgres::Error, t: &ConnectTarget) -> (bool, String) {
         }
         return (transient, out);
     }
+    // A refused certificate, or a server without TLS where the URL asks
+    // for it: no retry cures that (the cause is in the error's chain). A
+    // handshake cut short (a server restarting) is an outage like any
+    // other, below.
+    let chain = with_causes(e);
+    if chain.contains("certificate") || chain.contains("does not support TLS") {
+        return (
+            false,
+            format!(
+                "{chain}; check sslmode, sslrootcert and the host name in the URL against the server's certificate"
+            ),
+        );
+    }
     let source = std::error::Error::source(e);
     if let Some(io) = source.and_then(|s| s.downcast_ref::<std::io::Error>()) {
         return io_cause(io, t);
