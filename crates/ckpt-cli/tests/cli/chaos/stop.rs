@@ -52,6 +52,12 @@ fn sigstop_past_the_lease(sb: &Sandbox, store: Option<ChaosStore>, target: Targe
     out_a.no_panic();
     assert_eq!(out_b.code, 0, "run B: {}", out_b.stderr);
     assert_eq!(out_a.code, 0, "run A (pid {pid}): {}", out_a.stderr);
+    // A says what it did when it woke up: its leases were lost.
+    assert!(
+        out_a.stderr.contains(r#"event="lease_lost""#),
+        "run A logged no lease_lost: {}",
+        out_a.stderr
+    );
     // Two items were running in A at the stop: those run again. Allow two
     // more: on a loaded machine a renewal of B's late by over 0.7 s makes B
     // stop one of its own items (a re-run, never an overlap).
