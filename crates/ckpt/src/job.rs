@@ -417,35 +417,14 @@ impl Job {
             Err(e) if e.is_transient() => {
                 let timings = FenceTimings::for_lease(self.options.lease);
                 if let Some(why) = self.session_unproven() {
-                    metrics::counter!("ckpt_lease_lost_total", "job" => self.lease.job.clone(), "reason" => FenceReason::SessionLost.as_str())
-                        .increment(1);
-                    let why = format!(
-                        "job '{}': {why} ({e}); another worker may take the job over: stop",
-                        self.name()
-                    );
-                    tracing::warn!(
-                        event = "lease_lost",
-                        job = self.name(),
-                        reason = FenceReason::SessionLost.as_str(),
-                        "{why}"
-                    );
-                    return Err(Error::Fenced(why));
+                    return Err(self.self_fence(FenceReason::SessionLost, &format!("{why} ({e})")));
                 }
                 if timings.must_stop(since) {
-                    metrics::counter!("ckpt_lease_lost_total", "job" => self.lease.job.clone(), "reason" => FenceReason::Unconfirmed.as_str())
-                        .increment(1);
                     let why = format!(
-                        "job '{}': the lease was last renewed {} ago and cannot be renewed now ({e}); another worker may take the job over: stop",
-                        self.name(),
+                        "the lease was last renewed {} ago and cannot be renewed now ({e})",
                         humantime::format_duration(Duration::from_millis(since.as_millis() as u64))
                     );
-                    tracing::warn!(
-                        event = "lease_lost",
-                        job = self.name(),
-                        reason = FenceReason::Unconfirmed.as_str(),
-                        "{why}"
-                    );
-                    return Err(Error::Fenced(why));
+                    return Err(self.self_fence(FenceReason::Unconfirmed, &why));
                 }
                 return Err(e);
             }
@@ -459,6 +438,24 @@ impl Job {
         self.last_renewal = now;
         self.rearm();
         Ok(())
+    }
+
+    /// The error, event and count of a loop told to stop because its lease
+    /// can no longer be proven (`why`).
+    fn self_fence(&self, reason: FenceReason, why: &str) -> Error {
+        metrics::counter!("ckpt_lease_lost_total", "job" => self.lease.job.clone(), "reason" => reason.as_str())
+            .increment(1);
+        let why = format!(
+            "job '{}': {why}; another worker may take the job over: stop",
+            self.name()
+        );
+        tracing::warn!(
+            event = "lease_lost",
+            job = self.name(),
+            reason = reason.as_str(),
+            "{why}"
+        );
+        Error::Fenced(why)
     }
 
     /// `before` (the session read before a write) if it is still current:

@@ -138,14 +138,7 @@ impl Queue {
         items: I,
     ) -> Result<Vec<Result<()>>> {
         let lease_until = self.ckpt.now().plus(self.options.lease);
-        let updates: Vec<_> = items
-            .into_iter()
-            .map(|item| ItemUpdate {
-                lease: item.lease.clone(),
-                change: ItemChange::Start { lease_until },
-            })
-            .collect();
-        self.apply(&updates)
+        self.apply(&lease_updates(items, ItemChange::Start { lease_until }))
     }
 
     fn claim_as(&self, max: usize, started: bool) -> Result<Vec<ClaimedItem>> {
@@ -303,16 +296,8 @@ impl Queue {
         &self,
         items: I,
     ) -> Result<Vec<Result<()>>> {
-        let now = self.ckpt.now();
-        let lease_until = now.plus(self.options.lease);
-        let updates: Vec<_> = items
-            .into_iter()
-            .map(|item| ItemUpdate {
-                lease: item.lease.clone(),
-                change: ItemChange::Heartbeat { lease_until },
-            })
-            .collect();
-        self.apply(&updates)
+        let lease_until = self.ckpt.now().plus(self.options.lease);
+        self.apply(&lease_updates(items, ItemChange::Heartbeat { lease_until }))
     }
 
     /// Applies many fenced updates in one transaction (group commit).
@@ -409,6 +394,20 @@ impl Queue {
     pub fn finish_if_done(&self) -> Result<Option<JobStatus>> {
         self.ckpt.store().finish_if_done(&self.job, self.ckpt.now())
     }
+}
+
+/// The same lease change (a renewal, a start) for each of `items`.
+pub(super) fn lease_updates<'a>(
+    items: impl IntoIterator<Item = &'a ClaimedItem>,
+    change: ItemChange,
+) -> Vec<ItemUpdate> {
+    items
+        .into_iter()
+        .map(|item| ItemUpdate {
+            lease: item.lease.clone(),
+            change: change.clone(),
+        })
+        .collect()
 }
 
 impl Ckpt {

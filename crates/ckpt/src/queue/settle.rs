@@ -93,19 +93,16 @@ impl Queue {
         let now = self.ckpt.now();
         let lease_until = now.plus(self.options.lease);
         let verdicts: Vec<Verdict> = attempts.iter().map(|a| self.verdict(a, now)).collect();
-        let updates: Vec<ItemUpdate> = started
-            .iter()
-            .map(|item| ItemUpdate {
-                lease: item.lease.clone(),
-                change: ItemChange::Start { lease_until },
-            })
-            .chain(
-                attempts
-                    .iter()
-                    .zip(&verdicts)
-                    .map(|(a, v)| v.update(&a.item)),
-            )
-            .collect();
+        let updates: Vec<ItemUpdate> =
+            super::lease_updates(started, ItemChange::Start { lease_until })
+                .into_iter()
+                .chain(
+                    attempts
+                        .iter()
+                        .zip(&verdicts)
+                        .map(|(a, v)| v.update(&a.item)),
+                )
+                .collect();
         let mut results = self.apply(&updates)?;
         let results = results.split_off(started.len().min(results.len()));
         Ok(attempts

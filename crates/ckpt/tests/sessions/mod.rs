@@ -47,6 +47,16 @@ struct PgWorkers {
 
 #[cfg(feature = "postgres")]
 impl PgWorkers {
+    /// Workers on a manual clock at `T0`, and that clock.
+    fn on_a_manual_clock(url: String) -> (PgWorkers, ManualClock) {
+        let clock = ManualClock::new(T0);
+        let workers = PgWorkers {
+            url,
+            clock: Some(clock.clone()),
+        };
+        (workers, clock)
+    }
+
     fn on(&self, name: &str) -> Ckpt {
         use ckpt::store::{OpenMode, PgStore};
         let store = PgStore::open(&self.url, OpenMode::MustExist).unwrap();
@@ -84,12 +94,8 @@ fn postgres_takes_over_an_ended_session_after_its_grace() {
         return;
     };
     let (_, _, url) = schema_url(&fixture);
-    let clock = ManualClock::new(T0);
+    let (workers, clock) = PgWorkers::on_a_manual_clock(url);
     let long = hour_lease();
-    let workers = PgWorkers {
-        url,
-        clock: Some(clock.clone()),
-    };
     let on = |name: &str| workers.on(name);
     let crashed = on("crashed");
     let alive = on("alive");
@@ -457,12 +463,8 @@ fn postgres_keeps_the_leases_of_a_replaced_session() {
         return;
     };
     let (base, schema, url) = schema_url(&fixture);
-    let clock = ManualClock::new(T0);
+    let (workers, clock) = PgWorkers::on_a_manual_clock(url);
     let long = hour_lease();
-    let workers = PgWorkers {
-        url,
-        clock: Some(clock.clone()),
-    };
     let on = |name: &str| workers.on(name);
     let owner = on("owner");
     let rescuer = on("rescuer");
