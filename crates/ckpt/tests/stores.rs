@@ -14,6 +14,7 @@ use rstest_reuse::{self, template};
 #[case::memory(crate::memory())]
 #[case::sqlite(crate::sqlite())]
 #[case::postgres(crate::postgres())]
+#[case::pgbouncer(crate::pgbouncer())]
 #[case::redis(crate::redis())]
 fn every_store(#[case] store: Option<Fixture>) {}
 
@@ -24,6 +25,9 @@ mod conformance;
 mod exactly_once;
 #[cfg(feature = "postgres")]
 mod pg_tls;
+#[cfg(feature = "postgres")]
+#[path = "support/pgbouncer.rs"]
+mod pgbouncer;
 #[cfg(feature = "postgres")]
 mod sessions;
 mod sqlite;
@@ -97,11 +101,46 @@ pub fn postgres() -> Option<Fixture> {
 
 #[cfg(feature = "postgres")]
 pub fn postgres() -> Option<Fixture> {
+    let base = std::env::var("CKPT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    postgres_at(&base, &base, Box::new(()))
+}
+
+/// The test server's `test` database through a PgBouncer of the fixture's
+/// own in transaction mode (`?pooler=transaction`), with two server
+/// connections for all the fixture's clients, so they really share them.
+#[cfg(not(feature = "postgres"))]
+pub fn pgbouncer() -> Option<Fixture> {
+    eprintln!("skipped: this build has no PostgreSQL store (feature `postgres`)");
+    None
+}
+
+#[cfg(feature = "postgres")]
+pub fn pgbouncer() -> Option<Fixture> {
+    let direct = "postgres://postgres@127.0.0.1:5432/test";
+    if let Err(e) = postgres::Client::connect(direct, postgres::NoTls) {
+        if services_required() {
+            panic!("CKPT_REQUIRE_SERVICES=1 but PostgreSQL is not usable: {e}");
+        }
+        eprintln!("skipped: PostgreSQL is not available at {direct} ({e})");
+        return None;
+    }
+    let bouncer = pgbouncer::PgBouncer::start("transaction", 5432, 2)?;
+    let pooled = format!(
+        "postgres://postgres@127.0.0.1:{}/test?pooler=transaction",
+        bouncer.port()
+    );
+    postgres_at(&pooled, direct, Box::new(bouncer))
+}
+
+/// A fresh schema of the server at `base` (reached directly at `direct`,
+/// for what the test does behind the store's back), dropped before
+/// `server` (whatever else the server needs kept alive) goes.
+#[cfg(feature = "postgres")]
+fn postgres_at(base: &str, direct: &str, server: Box<dyn std::any::Any>) -> Option<Fixture> {
     use ckpt::store::{OpenMode, PgStore};
     use std::sync::atomic::{AtomicU32, Ordering};
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let base = std::env::var("CKPT_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
     let schema = format!(
         "ckpt_test_{}_{}_{}",
         std::process::id(),
@@ -136,7 +175,7 @@ pub fn postgres() -> Option<Fixture> {
         }
     };
     let newer_url = url.clone();
-    let raw_url = base.clone();
+    let raw_url = direct.to_string();
     let newer_schema = schema.clone();
     Some(Fixture {
         store: store.clone(),
@@ -151,7 +190,8 @@ pub fn postgres() -> Option<Fixture> {
             PgStore::open(&newer_url, OpenMode::MustExist)
                 .expect_err("a newer schema must be refused")
         })),
-        _guard: Some(Box::new(DropSchema(store))),
+        // Fields drop in order: the schema before the server it is on.
+        _guard: Some(Box::new((DropSchema(store), server))),
     })
 }
 

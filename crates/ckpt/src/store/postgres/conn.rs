@@ -11,8 +11,12 @@ use crate::error::{Error, Result};
 
 impl PgStore {
     /// The key of this store's current liveness session, establishing one
-    /// first if needed (see [`liveness`](super::liveness)).
-    pub(crate) fn liveness_key(&self) -> Result<i64> {
+    /// first if needed (see [`liveness`](super::liveness)); `None` behind a
+    /// transaction-mode pooler, where there are no liveness sessions.
+    pub(crate) fn liveness_key(&self) -> Result<Option<i64>> {
+        if !self.pooler.keeps_sessions() {
+            return Ok(None);
+        }
         let wait = self
             .config
             .get_connect_timeout()
@@ -21,7 +25,8 @@ impl PgStore {
         Ok(self
             .liveness
             .session(&self.config, &self.tls, &self.target, wait)?
-            .key)
+            .key
+            .into())
     }
 
     pub(super) fn block<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -84,7 +89,13 @@ macro_rules! in_tx {
             let mut client = $store.client().await?;
             let transaction = client.transaction().await.map_err(pg_err)?;
             let $tx = &transaction;
-            match async { $body }.await {
+            let done = async {
+                $store.enter($tx).await?;
+                $body
+            }
+            .await;
+            $store.leave(&transaction.statement_cache);
+            match done {
                 Ok(out) => {
                     transaction.commit().await.map_err(pg_err)?;
                     Ok(out)
@@ -102,6 +113,26 @@ macro_rules! in_tx {
     };
 }
 pub(super) use in_tx;
+
+/// Runs `$body` (an async block body evaluating to a `Result`) with `$c`
+/// bound to a pooled connection: directly (each statement its own
+/// transaction) or, behind a transaction-mode pooler, inside one
+/// transaction as [`in_tx!`] runs it, since only within a transaction is
+/// the server connection ours.
+macro_rules! with_client {
+    ($store:expr, |$c:ident| $body:block) => {
+        if $store.pooler().keeps_sessions() {
+            $store.block(async {
+                let client = $store.client().await?;
+                let $c = &client;
+                $body
+            })
+        } else {
+            in_tx!($store, |$c| $body)
+        }
+    };
+}
+pub(super) use with_client;
 
 /// Maps a driver error to the library's error.
 pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
@@ -126,6 +157,16 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
         {
             return Error::Unavailable(format!(
                 "PostgreSQL ended an idle session: {} ({})",
+                db.message(),
+                code.code()
+            ));
+        }
+        // A statement prepared on one server connection and used on
+        // another: a transaction-mode pooler the URL did not name.
+        if *code == SqlState::INVALID_SQL_STATEMENT_NAME || *code == SqlState::DUPLICATE_PSTATEMENT
+        {
+            return Error::Storage(format!(
+                "PostgreSQL: {} ({}); if a transaction-mode pooler (PgBouncer, Supavisor, RDS Proxy) sits between ckpt and the server, add pooler=transaction to the store URL",
                 db.message(),
                 code.code()
             ));

@@ -243,6 +243,16 @@ fn next_step(code: &SqlState, message: &str, t: &ConnectTarget) -> (bool, Option
                 step("the server is starting or stopping; retry shortly".into()),
             )
         }
+        // PgBouncer (and other poolers) refuse the startup parameter ckpt
+        // sets the schema with when the URL does not name a pooler.
+        c if *c == SqlState::PROTOCOL_VIOLATION
+            && message.contains("unsupported startup parameter") =>
+        {
+            (
+                false,
+                step("a connection pooler answers there: add pooler=transaction to the URL (pooler=session if it runs in session mode); see \"Poolers\" in docs/OPERATIONS.md".into()),
+            )
+        }
         _ => (false, None),
     }
 }

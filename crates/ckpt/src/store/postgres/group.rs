@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use futures_util::future::join_all;
 
 use super::checkpoint::save_fenced;
-use super::conn::pg_err;
+use super::conn::{in_tx, pg_err, with_client};
 use super::PgStore;
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, JobLease};
@@ -113,9 +113,8 @@ impl PgStore {
             if !g.1 {
                 g.1 = true;
                 drop(g);
-                let result = self.block(async {
-                    let client = self.client().await?;
-                    save_fenced(&client, lease, checkpoint, history_keep, lease_until, now).await
+                let result = with_client!(self, |client| {
+                    save_fenced(client, lease, checkpoint, history_keep, lease_until, now).await
                 });
                 let mut g = self.group.state.lock().unwrap_or_else(|e| e.into_inner());
                 match g.0.first() {
@@ -192,16 +191,20 @@ impl PgStore {
     fn save_batch(&self, batch: &[Save]) -> Result<Vec<Result<()>>> {
         self.block(async {
             let client = self.client().await?;
-            if let [single] = batch {
+            if let ([single], true) = (batch, self.pooler().keeps_sessions()) {
                 return Ok(vec![save_one(&client, single).await]);
             }
-            client.batch_execute("BEGIN").await.map_err(pg_err)?;
+            client
+                .batch_execute(&self.begin_statement())
+                .await
+                .map_err(pg_err)?;
             // Issued together, the statements are pipelined on the connection.
             let results = join_all(batch.iter().map(|s| save_one(&client, s))).await;
             let fatal = results.iter().find_map(|r| match r {
                 Err(e) if !e.is_fenced() => Some(replicate(e)),
                 _ => None,
             });
+            self.leave(&client.statement_cache);
             if let Some(e) = fatal {
                 if client.batch_execute("ROLLBACK").await.is_err() {
                     drop(deadpool_postgres::Object::take(client));

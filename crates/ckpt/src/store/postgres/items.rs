@@ -7,7 +7,7 @@ use deadpool_postgres::GenericClient;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 
-use super::conn::{in_tx, pg_err, Cached};
+use super::conn::{in_tx, pg_err, with_client, Cached};
 use super::jobs::{ensure_job, job_id, LIVE_LOCK};
 use super::liveness::SESSION_GRACE;
 use super::patch::{apply_update, fenced_or_fail, update_batch};
@@ -122,8 +122,7 @@ impl ItemStore for PgStore {
             now,
             started,
         };
-        self.block(async {
-            let c = self.client().await?;
+        with_client!(self, |c| {
             // One statement: pick ready items (machine::claimable) nobody else
             // is claiming right now (SKIP LOCKED), write the claim's values,
             // and report their previous owner.
@@ -194,11 +193,7 @@ impl ItemStore for PgStore {
                     | crate::model::ItemChange::Cursor { .. }
             )
         });
-        let key = if renews {
-            Some(self.liveness_key()?)
-        } else {
-            None
-        };
+        let key = if renews { self.liveness_key()? } else { None };
         in_tx!(self, |tx| {
             let mut ids: Vec<i64> = updates.iter().map(|u| u.lease.id).collect();
             ids.sort_unstable();
@@ -287,8 +282,7 @@ impl ItemStore for PgStore {
     }
 
     fn next_ready_at(&self, job: &str) -> Result<Option<Timestamp>> {
-        self.block(async {
-            let c = self.client().await?;
+        with_client!(self, |c| {
             let row = c
                 .cquery_one(
                     "SELECT min(ready_at) FROM items
@@ -307,8 +301,7 @@ impl ItemStore for PgStore {
         status: Option<ItemStatus>,
         limit: usize,
     ) -> Result<Vec<ItemRecord>> {
-        self.block(async {
-            let c = self.client().await?;
+        with_client!(self, |c| {
             let rows = c
                 .cquery(
                     &format!(
@@ -330,8 +323,7 @@ impl ItemStore for PgStore {
     }
 
     fn running_owners(&self, job: &str) -> Result<Vec<String>> {
-        self.block(async {
-            let c = self.client().await?;
+        with_client!(self, |c| {
             let rows = c
                 .cquery(
                     "SELECT DISTINCT owner FROM items
@@ -347,8 +339,7 @@ impl ItemStore for PgStore {
     }
 
     fn expire_owner(&self, job: &str, owner: &str, now: Timestamp) -> Result<u64> {
-        self.block(async {
-            let c = self.client().await?;
+        with_client!(self, |c| {
             c.cexecute(
                 "UPDATE items SET ready_at = LEAST(ready_at, $3)
                  WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
@@ -412,8 +403,7 @@ impl OwnerSessions for PgStore {
     fn expire_lost_owners(&self, job: &str, now: Timestamp) -> Result<u64> {
         let grace = SESSION_GRACE.as_millis() as i64;
         let called = std::time::Instant::now();
-        self.block(async {
-            let c = self.client().await?;
+        with_client!(self, |c| {
             // `now` was read before a wait for a connection (a reconnect
             // may take seconds): a grace counted from it could end before
             // the owner stops. Count it from now.

@@ -4,7 +4,7 @@
 use deadpool_postgres::GenericClient;
 
 use super::checkpoint::{check_lease, save_fenced, write_checkpoint};
-use super::conn::{in_tx, pg_err, Cached};
+use super::conn::{in_tx, pg_err, with_client, Cached};
 use super::liveness::SESSION_GRACE;
 use super::rows::{job_from_row, JOB_COLUMNS};
 use super::PgStore;
@@ -77,10 +77,7 @@ pub(super) async fn ensure_job(c: &impl GenericClient, job: &str, now: Timestamp
 
 impl JobStore for PgStore {
     fn ensure_job(&self, job: &str, now: Timestamp) -> Result<()> {
-        self.block(async {
-            let c = self.client().await?;
-            ensure_job(&c, job, now).await.map(drop)
-        })
+        with_client!(self, |c| { ensure_job(c, job, now).await.map(drop) })
     }
 
     fn acquire_job(
@@ -169,9 +166,8 @@ impl JobStore for PgStore {
         if self.group_commit {
             return self.save_grouped(lease, checkpoint, history_keep, lease_until, now);
         }
-        self.block(async {
-            let c = self.client().await?;
-            save_fenced(&c, lease, checkpoint, history_keep, lease_until, now).await
+        with_client!(self, |c| {
+            save_fenced(c, lease, checkpoint, history_keep, lease_until, now).await
         })
     }
 
@@ -264,12 +260,11 @@ impl JobStore for PgStore {
     }
 
     fn get_job(&self, job: &str) -> Result<Option<JobRecord>> {
-        self.block(async { get_job(&self.client().await?, job, false).await })
+        with_client!(self, |c| { get_job(c, job, false).await })
     }
 
     fn list_jobs(&self) -> Result<Vec<JobRecord>> {
-        self.block(async {
-            let c = self.client().await?;
+        with_client!(self, |c| {
             c.cquery(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY name"),
                 &[],
@@ -283,8 +278,7 @@ impl JobStore for PgStore {
     }
 
     fn history(&self, job: &str, limit: usize) -> Result<Vec<HistoryEntry>> {
-        self.block(async {
-            let c = self.client().await?;
+        with_client!(self, |c| {
             let rows = c
                 .cquery(
                     "SELECT h.seq, h.cursor, h.items_processed, h.at FROM history h

@@ -15,7 +15,8 @@
 //! - Checkpoint saves of several threads share transactions (group
 //!   commit); `?group_commit=off` gives each its own.
 //! - URLs: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=ckpt&pool_size=16&group_commit=on]`;
-//!   other query parameters go to the driver. TLS in libpq's words
+//!   `pooler=session|transaction` behind a connection pooler (see
+//!   [`pooler`]); other query parameters go to the driver. TLS in libpq's words
 //!   (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`; see [`tls`]). A
 //!   password never appears in messages: they carry the redacted URL.
 
@@ -29,11 +30,13 @@ mod libpq;
 mod liveness;
 mod notify;
 mod patch;
+mod pooler;
 mod rows;
 mod schema;
 mod tls;
 mod tx;
 
+pub use pooler::Pooler;
 pub use tokio_postgres::types::ToSql as PgToSql;
 pub use tokio_postgres::Row as PgRow;
 pub use tx::PgTx;
@@ -45,7 +48,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use super::url::{query_pairs, redact_url, scrub, split_query, OpenMode};
 use super::{ItemSignals, OwnerSessions, Store};
 use crate::error::{Error, Result};
-use conn::pg_err;
+use conn::{in_tx, pg_err, with_client};
 
 /// A ckpt store in a PostgreSQL schema.
 #[derive(Debug)]
@@ -69,6 +72,8 @@ pub struct PgStore {
     listener: std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::time::Instant)>>,
     /// Whether saves of several threads share transactions (`?group_commit=on`, the default).
     pub(crate) group_commit: bool,
+    /// The pooler between ckpt and the server (`?pooler=`; see [`pooler`]).
+    pooler: Pooler,
 }
 
 impl PgStore {
@@ -80,6 +85,7 @@ impl PgStore {
         let mut schema = "ckpt".to_string();
         let mut pool_size = 16usize;
         let mut group_commit = true;
+        let mut pooler = Pooler::None;
         let mut driver_params = Vec::new();
         let mut tls_params = tls::TlsParams::default();
         for (key, value) in query_pairs(query) {
@@ -89,6 +95,10 @@ impl PgStore {
             match key {
                 _ if is_tls => {}
                 "schema" => schema = value.to_string(),
+                "pooler" => {
+                    pooler =
+                        Pooler::parse(value).map_err(|e| Error::Open(format!("{redacted}: {e}")))?
+                }
                 "group_commit" => {
                     group_commit = match value {
                         "on" => true,
@@ -124,9 +134,11 @@ impl PgStore {
             conn_str.parse().map_err(|e: tokio_postgres::Error| {
                 Error::Open(format!("{redacted}: {}", scrub(&e.to_string(), url)))
             })?;
-        // The store's schema first, then `public`, where a caller's own tables
-        // (written in the same transaction as a checkpoint) usually live.
-        config.options(format!("-c search_path={schema},public"));
+        if pooler == Pooler::None {
+            // The schema in the startup packet: no round trip. Poolers
+            // refuse this parameter; behind one it is set by a statement.
+            config.options(format!("-c search_path={schema},public"));
+        }
         // Operators find ckpt's sessions in pg_stat_activity by this name,
         // unless the URL names them otherwise.
         if config.get_application_name().is_none() {
@@ -149,7 +161,20 @@ impl PgStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let pool = Pool::builder(manager)
+        let mut pool = Pool::builder(manager);
+        if pooler == Pooler::Session {
+            let set = pooler::set_search_path(&schema, false);
+            pool = pool.post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+                let set = set.clone();
+                Box::pin(async move {
+                    client
+                        .batch_execute(&set)
+                        .await
+                        .map_err(deadpool_postgres::HookError::Backend)
+                })
+            }));
+        }
+        let pool = pool
             .max_size(pool_size)
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .create_timeout(Some(target.create_timeout))
@@ -175,6 +200,7 @@ impl PgStore {
             wakeups: Default::default(),
             listener: std::sync::Mutex::new(None),
             group_commit,
+            pooler,
         };
         store.block(schema::migrate(&store, mode))?;
         Ok(store)
@@ -191,13 +217,14 @@ impl PgStore {
     }
 
     /// The benchmark baseline: `n` raw single-row `UPDATE` round trips
-    /// (prepared, autocommit, so durable as the server makes commits) on a
-    /// scratch table in this schema, which is dropped afterwards. Returns
-    /// updates per second.
+    /// (autocommit, so durable as the server makes commits) on a scratch
+    /// table in this schema, which is dropped afterwards. Prepared once,
+    /// except behind a transaction-mode pooler, where a raw client sends
+    /// each as one simple query. Returns updates per second.
     pub fn update_baseline(&self, n: u64) -> Result<f64> {
         self.block(async {
             let client = self.client().await?;
-            let table = format!("bench_raw_{}", std::process::id());
+            let table = format!("{}.bench_raw_{}", self.schema, std::process::id());
             client
                 .batch_execute(&format!(
                     "CREATE TABLE {table} (job TEXT PRIMARY KEY, cursor JSONB, items BIGINT, at BIGINT);
@@ -205,22 +232,32 @@ impl PgStore {
                 ))
                 .await
                 .map_err(pg_err)?;
-            let update = client
-                .prepare(&format!(
-                    "UPDATE {table} SET cursor = $1, items = $2, at = $2 WHERE job = 'bench'"
-                ))
-                .await
-                .map_err(pg_err)?;
+            let sql = format!("UPDATE {table} SET cursor = $1, items = $2, at = $2 WHERE job = 'bench'");
+            let update = match self.pooler.keeps_sessions() {
+                true => Some(client.prepare(&sql).await.map_err(pg_err)?),
+                false => None,
+            };
             let started = std::time::Instant::now();
             let mut result = Ok(());
             for i in 0..n as i64 {
                 let cursor = serde_json::json!({ "offset": i });
-                if let Err(e) = client.execute(&update, &[&cursor, &i]).await {
+                let done = match &update {
+                    Some(update) => client.execute(update, &[&cursor, &i]).await.map(drop),
+                    None => {
+                        client
+                            .batch_execute(&format!(
+                                "UPDATE {table} SET cursor = '{cursor}', items = {i}, at = {i} WHERE job = 'bench'"
+                            ))
+                            .await
+                    }
+                };
+                if let Err(e) = done {
                     result = Err(pg_err(e));
                     break;
                 }
             }
             let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            drop(update);
             let dropped = client
                 .batch_execute(&format!("DROP TABLE {table}"))
                 .await
@@ -246,21 +283,27 @@ impl Store for PgStore {
         format!("{} (schema {})", self.url, self.schema)
     }
 
-    /// LISTEN/NOTIFY: enqueue and redrive notify at commit.
+    /// LISTEN/NOTIFY: enqueue and redrive notify at commit. Not behind a
+    /// transaction-mode pooler, which does not deliver notifications.
     fn item_signals(&self) -> Option<&dyn ItemSignals> {
-        Some(self)
+        self.pooler
+            .keeps_sessions()
+            .then_some(self as &dyn ItemSignals)
     }
 
-    /// Session advisory locks: an owner whose lock is free is gone.
+    /// Session advisory locks: an owner whose lock is free is gone. Not
+    /// behind a transaction-mode pooler, which would hand the lock's
+    /// server connection to other clients: leases alone tell death there.
     fn owner_sessions(&self) -> Option<&dyn OwnerSessions> {
-        Some(self)
+        self.pooler
+            .keeps_sessions()
+            .then_some(self as &dyn OwnerSessions)
     }
 
     /// `clock_timestamp()`: the server's clock when the statement runs (not
     /// `now()`, which is the transaction's start).
     fn server_time(&self) -> Result<Option<crate::time::Timestamp>> {
-        self.block(async {
-            let client = self.client().await?;
+        with_client!(self, |client| {
             let row = client
                 .query_one(
                     "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8",

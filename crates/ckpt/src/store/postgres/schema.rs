@@ -67,7 +67,7 @@ const MIGRATIONS: &[&str] = &[
     // (measured: claim + complete 1.3-1.5x faster without it). Unfinished
     // items are found through items_ready (ready_at is set exactly while an
     // item is pending, running or failed), dead ones through the small
-    // partial index DEAD_INDEX, built after this commits; counting by status
+    // partial index of `dead_index`, built after this commits; counting by status
     // scans the job's items.
     "DROP INDEX items_status;",
     // 4: the history becomes a ring of `history_keep` slots per job, written
@@ -89,8 +89,11 @@ const MIGRATIONS: &[&str] = &[
 /// The dead-letter index of schema 3. It is built with CONCURRENTLY, outside
 /// the migration's transaction, so that upgrading a store of millions of
 /// items does not lock the items table (and every worker) for the scan.
-const DEAD_INDEX: &str =
-    "CREATE INDEX CONCURRENTLY IF NOT EXISTS items_dead ON items (job_id, id) WHERE status = 'dead'";
+/// Schema-qualified: it runs outside any transaction, where a pooler's
+/// connection has no search path of ours.
+fn dead_index(schema: &str) -> String {
+    format!("CREATE INDEX CONCURRENTLY IF NOT EXISTS items_dead ON {schema}.items (job_id, id) WHERE status = 'dead'")
+}
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -127,7 +130,7 @@ async fn stored_version(
     }
     let row = client
         .query_opt(
-            "SELECT value FROM ckpt_meta WHERE key = 'schema_version'",
+            &format!("SELECT value FROM {schema}.ckpt_meta WHERE key = 'schema_version'"),
             &[],
         )
         .await
@@ -154,7 +157,17 @@ pub(super) async fn migrate(store: &PgStore, mode: OpenMode) -> Result<()> {
     let schema = store.schema.as_str();
     let mut client = store.client().await?;
     // Fast path: already current, no lock needed.
-    match stored_version(&client, schema).await? {
+    let found = if store.pooler().keeps_sessions() {
+        stored_version(&client, schema).await?
+    } else {
+        // Behind a transaction-mode pooler, statements need a transaction.
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let found = stored_version(&tx, schema).await;
+        store.leave(&tx.statement_cache);
+        tx.commit().await.map_err(pg_err)?;
+        found?
+    };
+    match found {
         Some(v) if v == SCHEMA_VERSION => return Ok(()),
         Some(v) if v > SCHEMA_VERSION => return Err(too_new(store, v)),
         None if mode == OpenMode::MustExist => {
@@ -167,6 +180,7 @@ pub(super) async fn migrate(store: &PgStore, mode: OpenMode) -> Result<()> {
     }
     let tx = client.transaction().await.map_err(pg_err)?;
     let migrated = async {
+        store.enter(&tx).await?;
         // Serialise migrations of this schema across processes.
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext('ckpt-migrate:' || $1))",
@@ -194,6 +208,7 @@ pub(super) async fn migrate(store: &PgStore, mode: OpenMode) -> Result<()> {
         Ok::<_, Error>(version)
     }
     .await;
+    store.leave(&tx.statement_cache);
     match migrated {
         Ok(version) => {
             tx.commit().await.map_err(pg_err)?;
@@ -201,8 +216,9 @@ pub(super) async fn migrate(store: &PgStore, mode: OpenMode) -> Result<()> {
                 // Another process upgrading at the same moment may build it
                 // too; the loser's error changes nothing, and without the
                 // index dead items are still found, by a scan.
-                if let Err(e) = client.batch_execute(DEAD_INDEX).await {
-                    tracing::warn!(error = %e, "could not build the dead-items index; dead items are found by a scan until it is built by hand in the store's schema: {DEAD_INDEX}");
+                let dead_index = dead_index(schema);
+                if let Err(e) = client.batch_execute(&dead_index).await {
+                    tracing::warn!(error = %e, "could not build the dead-items index; dead items are found by a scan until it is built by hand: {dead_index}");
                 }
             }
             Ok(())

@@ -47,7 +47,8 @@ impl SharedTx for PgStore {
         f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
     ) -> Result<T> {
         let client = self.block(self.client())?;
-        self.block(client.batch_execute("BEGIN")).map_err(pg_err)?;
+        self.block(client.batch_execute(&self.begin_statement()))
+            .map_err(pg_err)?;
         // A panic in the caller's code must not hand a connection that is
         // inside a transaction back to the pool: roll back, then re-raise.
         let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -59,6 +60,7 @@ impl SharedTx for PgStore {
         let called = match called {
             Ok(r) => r,
             Err(panic) => {
+                self.leave(&client.statement_cache);
                 if self.block(client.batch_execute("ROLLBACK")).is_err() {
                     drop(deadpool_postgres::Object::take(client));
                 }
@@ -84,6 +86,7 @@ impl SharedTx for PgStore {
             };
             written.map(|()| out)
         });
+        self.leave(&client.statement_cache);
         match result {
             Ok(out) => {
                 self.block(client.batch_execute("COMMIT")).map_err(pg_err)?;
