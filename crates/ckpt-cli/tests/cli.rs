@@ -37,6 +37,10 @@ mod orphans;
 mod pg_connect;
 #[path = "cli/pg_restart.rs"]
 mod pg_restart;
+#[path = "../../ckpt/tests/support/pgbouncer.rs"]
+mod pgbouncer;
+#[path = "cli/pooler.rs"]
+mod pooler;
 #[path = "cli/postgres.rs"]
 mod postgres;
 #[path = "cli/progress.rs"]

@@ -27,6 +27,11 @@ impl PgSchema {
         Some(PgSchema { base, schema })
     }
 
+    /// The schema's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.schema
+    }
+
     pub(crate) fn url(&self) -> String {
         let sep = if self.base.contains('?') { '&' } else { '?' };
         format!("{}{sep}schema={}", self.base, self.schema)

@@ -204,11 +204,13 @@ mod postgres_sink {
     use super::*;
     use ckpt::store::{OpenMode, PgStore};
 
-    /// Drops the store's schema and the sink table.
+    /// Drops the store's schema and the sink table (then stops the
+    /// PgBouncer, if any).
     struct Cleanup {
         store: Arc<PgStore>,
         base: String,
         table: String,
+        _bouncer: Option<crate::pgbouncer::PgBouncer>,
     }
 
     impl Drop for Cleanup {
@@ -220,28 +222,40 @@ mod postgres_sink {
         }
     }
 
-    /// A sink table in `public`, beside the store's schema.
-    fn pg_sink(tag: &str) -> Option<(Sink<PgStore>, Cleanup)> {
+    /// A sink table in `public`, beside the store's schema; the store
+    /// reached directly or, when `pooled`, through a PgBouncer in
+    /// transaction mode. The sink's statements name the table without its
+    /// schema: they rely on the store's search path (its schema, then
+    /// `public`) holding inside the shared transaction.
+    fn pg_sink(tag: &str, pooled: bool) -> Option<(Sink<PgStore>, Cleanup)> {
         let fixture = crate::postgres()?;
         drop(fixture); // only to learn that the server is there
         let base = std::env::var("CKPT_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        let bouncer = match pooled {
+            true => Some(crate::pgbouncer::PgBouncer::start("transaction", 5432, 1)?),
+            false => None,
+        };
         let schema = format!("ckpt_sink_{tag}_{}", std::process::id());
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let store = Arc::new(
-            PgStore::open(
-                &format!("{base}{sep}schema={schema}"),
-                OpenMode::CreateIfMissing,
-            )
-            .unwrap(),
-        );
-        let table = format!("public.sink_{tag}_{}", std::process::id());
+        let store_url = match &bouncer {
+            Some(b) => format!(
+                "postgres://postgres@127.0.0.1:{}/test?pooler=transaction&schema={schema}",
+                b.port()
+            ),
+            None => {
+                let sep = if base.contains('?') { '&' } else { '?' };
+                format!("{base}{sep}schema={schema}")
+            }
+        };
+        let store = Arc::new(PgStore::open(&store_url, OpenMode::CreateIfMissing).unwrap());
+        let name = format!("sink_{tag}_{}", std::process::id());
+        let table = format!("public.{name}");
         let mut c = postgres::Client::connect(&base, postgres::NoTls).unwrap();
         c.batch_execute(&format!(
             "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (row TEXT NOT NULL)"
         ))
         .unwrap();
-        let insert = format!("INSERT INTO {table} (row) VALUES ($1)");
+        let insert = format!("INSERT INTO {name} (row) VALUES ($1)");
         let select = format!("SELECT row FROM {table} ORDER BY row");
         let rows_base = base.clone();
         let sink = Sink {
@@ -259,19 +273,41 @@ mod postgres_sink {
                     .collect()
             }),
         };
-        Some((sink, Cleanup { store, base, table }))
+        Some((
+            sink,
+            Cleanup {
+                store,
+                base,
+                table,
+                _bouncer: bouncer,
+            },
+        ))
     }
 
     #[test]
     fn postgres_cursor_loop_with_sink() {
-        if let Some((sink, _cleanup)) = pg_sink("loop") {
+        if let Some((sink, _cleanup)) = pg_sink("loop", false) {
+            cursor_loop_with_sink(&sink);
+        }
+    }
+
+    #[test]
+    fn postgres_cursor_loop_with_sink_through_pgbouncer() {
+        if let Some((sink, _cleanup)) = pg_sink("loop_pooled", true) {
             cursor_loop_with_sink(&sink);
         }
     }
 
     #[test]
     fn postgres_items_with_sink() {
-        if let Some((sink, _cleanup)) = pg_sink("items") {
+        if let Some((sink, _cleanup)) = pg_sink("items", false) {
+            items_with_sink(&sink);
+        }
+    }
+
+    #[test]
+    fn postgres_items_with_sink_through_pgbouncer() {
+        if let Some((sink, _cleanup)) = pg_sink("items_pooled", true) {
             items_with_sink(&sink);
         }
     }

@@ -65,6 +65,12 @@ fn ten_kills_of_a_run_on_postgres() {
 }
 
 #[test]
+fn ten_kills_of_a_run_through_pgbouncer() {
+    let sb = Sandbox::new();
+    repeated_kills(&sb, ChaosStore::pgbouncer("kills_pooled"), 500);
+}
+
+#[test]
 fn ten_kills_of_a_run_on_redis() {
     let sb = Sandbox::new();
     repeated_kills(&sb, ChaosStore::redis("kills"), 1000);

@@ -9,7 +9,8 @@
 //! Scenarios: `stop` (SIGSTOP of a run, and of its process group, past its
 //! lease), `postgres` (connections terminated, idle-session timeout, server
 //! restarts), `kills` (`kill -9` again and again; an item that kills its
-//! run every time).
+//! run every time). `stop` and `kills` run through a PgBouncer in
+//! transaction mode too, where leases and self-fencing work alone.
 
 mod kills;
 mod postgres;
@@ -25,6 +26,8 @@ use crate::util::Sandbox;
 pub enum ChaosStore {
     Sqlite(String),
     Postgres(crate::postgres::PgSchema),
+    /// Through a PgBouncer in transaction mode.
+    Pooled(crate::pooler::PooledSchema),
     Redis(crate::redis::RedisPrefix),
 }
 
@@ -35,6 +38,11 @@ impl ChaosStore {
     pub fn postgres(tag: &str) -> Option<ChaosStore> {
         crate::postgres::PgSchema::new(tag).map(ChaosStore::Postgres)
     }
+    /// A fresh schema reached through a PgBouncer of its own in
+    /// transaction mode, with 4 server connections for all runs.
+    pub fn pgbouncer(tag: &str) -> Option<ChaosStore> {
+        crate::pooler::PooledSchema::new(tag, "transaction", 4).map(ChaosStore::Pooled)
+    }
     pub fn redis(tag: &str) -> Option<ChaosStore> {
         crate::redis::RedisPrefix::new(tag).map(ChaosStore::Redis)
     }
@@ -42,6 +50,7 @@ impl ChaosStore {
         match self {
             ChaosStore::Sqlite(url) => url.clone(),
             ChaosStore::Postgres(pg) => pg.url(),
+            ChaosStore::Pooled(pg) => pg.url(),
             ChaosStore::Redis(r) => r.url(),
         }
     }

@@ -82,6 +82,15 @@ fn sigstop_of_a_run_on_redis() {
     sigstop_past_the_lease(&sb, ChaosStore::redis("stop_run"), Target::Run);
 }
 
+/// Behind a transaction-mode pooler there are no liveness sessions: the
+/// lease and the stopped run's self-fencing are all that keep B off A's
+/// items.
+#[test]
+fn sigstop_of_a_run_through_pgbouncer() {
+    let sb = Sandbox::new();
+    sigstop_past_the_lease(&sb, ChaosStore::pgbouncer("stop_run_pooled"), Target::Run);
+}
+
 #[test]
 fn sigstop_of_a_process_group_on_sqlite() {
     let sb = Sandbox::new();
@@ -92,6 +101,16 @@ fn sigstop_of_a_process_group_on_sqlite() {
 fn sigstop_of_a_process_group_on_postgres() {
     let sb = Sandbox::new();
     sigstop_past_the_lease(&sb, ChaosStore::postgres("stop_group"), Target::Group);
+}
+
+#[test]
+fn sigstop_of_a_process_group_through_pgbouncer() {
+    let sb = Sandbox::new();
+    sigstop_past_the_lease(
+        &sb,
+        ChaosStore::pgbouncer("stop_group_pooled"),
+        Target::Group,
+    );
 }
 
 #[test]
