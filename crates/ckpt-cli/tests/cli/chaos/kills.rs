@@ -67,7 +67,7 @@ fn ten_kills_of_a_run_on_postgres() {
 #[test]
 fn ten_kills_of_a_run_through_pgbouncer() {
     let sb = Sandbox::new();
-    repeated_kills(&sb, ChaosStore::pgbouncer("kills_pooled"), 500);
+    repeated_kills(&sb, ChaosStore::pgbouncer("kills_pooled"), 1000);
 }
 
 #[test]
