@@ -81,38 +81,72 @@ pub(super) trait Cached: GenericClient {
 impl<T: GenericClient> Cached for T {}
 
 /// Runs `$body` (an async block body evaluating to a `Result`) inside one
-/// transaction on a pooled connection, with `$tx` bound to the transaction;
-/// commits on `Ok`, rolls back on `Err`.
+/// transaction on a pooled connection, with `$tx` bound to the connection;
+/// commits on `Ok`, rolls back on `Err`. A panic in `$body` discards the
+/// connection (the server then rolls back) instead of pooling it inside a
+/// transaction.
 macro_rules! in_tx {
     ($store:expr, |$tx:ident| $body:block) => {
         $store.block(async {
-            let mut client = $store.client().await?;
-            let transaction = client.transaction().await.map_err(pg_err)?;
-            let $tx = &transaction;
-            let done = async {
-                $store.enter($tx).await?;
-                $body
+            let held = $crate::store::postgres::conn::InTx::new($store.client().await?);
+            let $tx = held.client();
+            let begin = $store.begin_statement();
+            // Pipelined: BEGIN (and, behind a transaction-mode pooler, the
+            // schema's SET LOCAL) goes out with the body's first statement
+            // and the server runs them in order, so the transaction costs
+            // no round trip of its own to open.
+            let done = futures_util::future::try_join(
+                async { $tx.batch_execute(&begin).await.map_err(pg_err) },
+                async { $body },
+            )
+            .await
+            .map(|((), out)| out);
+            $store.leave(&$tx.statement_cache);
+            // Ended now, not left to a drop: on this current-thread runtime
+            // nothing may drive the connection to send a queued ROLLBACK for
+            // a while, and the row locks would stay held.
+            let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            let ended = $tx.batch_execute(end).await;
+            if ended.is_ok() {
+                held.ended();
             }
-            .await;
-            $store.leave(&transaction.statement_cache);
-            match done {
-                Ok(out) => {
-                    transaction.commit().await.map_err(pg_err)?;
-                    Ok(out)
-                }
-                Err(e) => {
-                    // Roll back now: a dropped transaction only queues its
-                    // ROLLBACK, and on this current-thread runtime nothing
-                    // may drive the connection to send it for a while, so
-                    // the row locks would stay held.
-                    let _ = transaction.rollback().await;
-                    Err(e)
-                }
+            match (done, ended) {
+                (Ok(out), Ok(())) => Ok(out),
+                (Ok(_), Err(e)) => Err(pg_err(e)),
+                (Err(e), _) => Err(e),
             }
         })
     };
 }
 pub(super) use in_tx;
+
+/// A pooled connection inside a transaction opened by hand. Dropped before
+/// [`InTx::ended`] (a panic, or a COMMIT or ROLLBACK that failed), it
+/// discards the connection rather than pool it mid-transaction.
+pub(crate) struct InTx(Option<Object>);
+
+impl InTx {
+    pub(crate) fn new(client: Object) -> InTx {
+        InTx(Some(client))
+    }
+
+    pub(crate) fn client(&self) -> &Object {
+        self.0.as_ref().expect("held until dropped")
+    }
+
+    /// The transaction ended: the connection may go back to the pool.
+    pub(crate) fn ended(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for InTx {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(Object::take(client));
+        }
+    }
+}
 
 /// Runs `$body` (an async block body evaluating to a `Result`) with `$c`
 /// bound to a pooled connection: directly (each statement its own

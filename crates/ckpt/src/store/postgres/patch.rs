@@ -88,7 +88,7 @@ pub(super) fn fenced_or_fail(r: Result<()>) -> Result<Result<()>> {
 /// [`ItemPatch`] unnested beside its fence, so each row is changed or not
 /// on its own. One result per update, in order.
 pub(super) async fn update_batch(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &impl deadpool_postgres::GenericClient,
     updates: &[ItemUpdate],
     session_key: Option<i64>,
     now: Timestamp,

@@ -15,8 +15,8 @@
 //! - **Transaction mode**: a server connection is ours only for the length
 //!   of one transaction. So, here:
 //!   - every statement runs inside an explicit transaction, which first
-//!     sets `search_path` with `SET LOCAL` (one more round trip per
-//!     transaction);
+//!     sets `search_path` with `SET LOCAL` (sent with the transaction's
+//!     first statement or its BEGIN, so no round trip of its own);
 //!   - statements prepared in a transaction are closed before it ends
 //!     ([`PgStore::leave`]): a named statement left on a server connection
 //!     would clash with another client's of the same name;
