@@ -12,6 +12,9 @@
 //! are never acknowledged (they wait for the standby), so ckpt retries
 //! them on the new primary and no item that ran to its end runs again.
 //!
+//! A planned switchover (`pg_ctl stop -m fast`: the primary ships all
+//! its WAL first) loses nothing, even asynchronously.
+//!
 //! The writes the old primary had and the standby lacked are found
 //! exactly: once the run is over, the old primary is started again, alone,
 //! and its items compared with the standby's at promotion.
@@ -26,10 +29,19 @@ use crate::util::{item_counts, items, process_gone, wait_until, Sandbox};
 const ITEMS: usize = 300;
 const WORKERS: usize = 8;
 
+/// How the primary goes away.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Replication {
-    Async,
-    Sync,
+enum Scenario {
+    /// Asynchronous replication; the WAL sender stalls, then the primary
+    /// dies (immediate shutdown).
+    AsyncCrash,
+    /// The same with a synchronous standby (`synchronous_standby_names`,
+    /// `synchronous_commit = on`).
+    SyncCrash,
+    /// A planned switchover: asynchronous replication, `pg_ctl stop -m
+    /// fast` (sessions end with 57P01; the primary ships all its WAL
+    /// before it stops), and a URL without `target_session_attrs`.
+    Switchover,
 }
 
 /// Each item's (status, claims) on a server, by key: two servers agree on
@@ -79,35 +91,72 @@ fn kill_primary_with_stalled_sender(primary: &PrivateCluster, sender: i32) {
     });
 }
 
-/// Waits until the standby has replayed all it received, and that stays
-/// so (bytes still in the socket when the primary died are read first).
+/// Waits until the standby has replayed all it received: its replay
+/// position stays put for half a second. (Not "replayed up to received":
+/// the WAL may end inside a record, which is never replayed.)
 fn wait_replayed(standby: &PrivateCluster) {
-    let position = || {
-        standby.sql(
-            "SELECT pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn(), pg_last_wal_replay_lsn()",
-        )
-    };
-    let mut last = String::new();
+    let mut last = (String::new(), 0);
     wait_until(
         Duration::from_secs(30),
         "the standby to replay all it received",
         || {
-            std::thread::sleep(Duration::from_millis(200));
-            let now = position();
-            let settled = now.starts_with("t|") && now == last;
-            last = now;
-            settled
+            std::thread::sleep(Duration::from_millis(100));
+            let now = standby.sql("SELECT pg_last_wal_replay_lsn()");
+            last = if now == last.0 {
+                (now, last.1 + 1)
+            } else {
+                (now, 0)
+            };
+            last.1 >= 5
         },
     );
 }
 
-fn failover(replication: Replication) {
-    let scenario = format!("failover, {replication:?} replication").to_lowercase();
+/// The standby falls behind (the primary's WAL sender stops), the primary
+/// commits on for a while, then dies.
+fn stall_and_crash(case: Scenario, primary: &PrivateCluster, standby: &PrivateCluster) {
+    let sender: i32 = primary
+        .sql("SELECT pid FROM pg_stat_replication")
+        .parse()
+        .expect("one WAL sender");
+    signal(sender, libc::SIGSTOP);
+    if case == Scenario::SyncCrash {
+        // Commits wait for the standby: not acknowledged, not yet visible.
+        wait_until(
+            Duration::from_secs(30),
+            "a commit to wait for the standby",
+            || {
+                std::thread::sleep(Duration::from_millis(50));
+                primary.sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+                    != "0"
+            },
+        );
+    } else {
+        // Commits go on: completions the standby will never see.
+        wait_until(
+            Duration::from_secs(30),
+            "the primary to complete items the standby has not received",
+            || {
+                std::thread::sleep(Duration::from_millis(50));
+                completed(&item_rows(primary)).len() > completed(&item_rows(standby)).len()
+            },
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    kill_primary_with_stalled_sender(primary, sender);
+}
+
+fn failover(case: Scenario) {
+    let scenario = match case {
+        Scenario::AsyncCrash => "failover, async replication, primary crashed",
+        Scenario::SyncCrash => "failover, synchronous standby, primary crashed",
+        Scenario::Switchover => "switchover, async replication, fast stop, any host",
+    };
     let Some(primary) = PrivateCluster::start() else {
         return;
     };
     let standby = PrivateCluster::standby_of(&primary);
-    if replication == Replication::Sync {
+    if case == Scenario::SyncCrash {
         // Set after the copy, so that the promoted standby does not wait
         // for a standby of its own.
         primary.sql("ALTER SYSTEM SET synchronous_standby_names = '*'");
@@ -119,9 +168,17 @@ fn failover(replication: Replication) {
         );
     }
     let url = format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write&connect_timeout=2",
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?{}connect_timeout=2",
         primary.port(),
-        standby.port()
+        standby.port(),
+        // A switchover is also run without it, as through a name that
+        // moves to the new primary: the standby is then reached before its
+        // promotion, and its refusals (25006) are an outage too.
+        if case == Scenario::Switchover {
+            ""
+        } else {
+            "target_session_attrs=read-write&"
+        }
     );
     let sb = Sandbox::new();
     let keys = items("f", ITEMS);
@@ -143,35 +200,11 @@ fn failover(replication: Replication) {
         || Ledger::read(&ledger).completed() >= ITEMS / 4,
     );
 
-    // The standby falls behind: its WAL sender stops.
-    let sender: i32 = primary
-        .sql("SELECT pid FROM pg_stat_replication")
-        .parse()
-        .expect("one WAL sender");
-    signal(sender, libc::SIGSTOP);
-    match replication {
-        // Commits go on: completions the standby will never see.
-        Replication::Async => wait_until(
-            Duration::from_secs(30),
-            "the primary to complete items the standby has not received",
-            || {
-                std::thread::sleep(Duration::from_millis(50));
-                completed(&item_rows(&primary)).len() > completed(&item_rows(&standby)).len()
-            },
-        ),
-        // Commits wait for the standby: not acknowledged, not yet visible.
-        Replication::Sync => wait_until(
-            Duration::from_secs(30),
-            "a commit to wait for the standby",
-            || {
-                std::thread::sleep(Duration::from_millis(50));
-                primary.sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
-                    != "0"
-            },
-        ),
+    if case == Scenario::Switchover {
+        primary.pg_ctl_stop("fast");
+    } else {
+        stall_and_crash(case, &primary, &standby);
     }
-    std::thread::sleep(Duration::from_millis(500));
-    kill_primary_with_stalled_sender(&primary, sender);
     let killed_at = now_ns();
     wait_replayed(&standby);
     let shipped = item_rows(&standby);
@@ -227,7 +260,7 @@ fn failover(replication: Replication) {
         .count();
     eprintln!(
         "{}; writes lost {} (completions {}), re-runs after a completed execution {}, after an unfinished one {}, in flight at the stop {in_flight}",
-        ledger.summary(&scenario, &keys),
+        ledger.summary(scenario, &keys),
         lost.len(),
         lost_completions,
         after_done.len(),
@@ -235,7 +268,7 @@ fn failover(replication: Replication) {
     );
 
     // Nothing lost: every item ran to its end, and only the given ones.
-    ledger.assert_completed(&scenario, &keys);
+    ledger.assert_completed(scenario, &keys);
     // A completion the standby had is never undone.
     let shipped_done = completed(&shipped);
     let rerun: Vec<_> = after_done
@@ -260,15 +293,23 @@ fn failover(replication: Replication) {
         "{scenario}: {} items re-ran after an unfinished execution, more than the {WORKERS} workers",
         after_unfinished.len()
     );
-    match replication {
-        Replication::Sync => {
-            ledger.assert_no_overlap(&scenario);
+    match case {
+        Scenario::SyncCrash => {
+            ledger.assert_no_overlap(scenario);
             assert!(
                 after_done.is_empty(),
                 "{scenario}: acknowledged completions ran again: {after_done:?}"
             );
         }
-        Replication::Async => assert!(
+        Scenario::Switchover => {
+            ledger.assert_no_overlap(scenario);
+            assert!(lost.is_empty(), "{scenario}: writes lost: {lost:?}");
+            assert!(
+                after_done.is_empty(),
+                "{scenario}: completions ran again: {after_done:?}"
+            );
+        }
+        Scenario::AsyncCrash => assert!(
             !after_done.is_empty() && lost_completions > 0,
             "{scenario}: the primary acknowledged completions the standby never received, \
              yet none ran again; the stall did not happen as planned"
@@ -278,10 +319,15 @@ fn failover(replication: Replication) {
 
 #[test]
 fn a_run_rides_out_a_failover_with_asynchronous_replication() {
-    failover(Replication::Async);
+    failover(Scenario::AsyncCrash);
 }
 
 #[test]
 fn a_run_rides_out_a_failover_with_a_synchronous_standby() {
-    failover(Replication::Sync);
+    failover(Scenario::SyncCrash);
+}
+
+#[test]
+fn a_run_rides_out_a_planned_switchover() {
+    failover(Scenario::Switchover);
 }
