@@ -23,6 +23,8 @@ mod corrupt;
 mod crash;
 #[path = "cli/errors.rs"]
 mod errors;
+#[path = "cli/failover.rs"]
+mod failover;
 #[path = "cli/inspect.rs"]
 mod inspect;
 #[path = "cli/ledger.rs"]

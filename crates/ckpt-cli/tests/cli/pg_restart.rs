@@ -69,21 +69,7 @@ impl PrivateCluster {
             eprintln!("skipped: no PostgreSQL server binaries (initdb, pg_ctl) are installed");
             return None;
         };
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        if is_root() {
-            // initdb refuses to run as root: the cluster belongs to the
-            // `postgres` user, who must be able to reach its folder.
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-            let chown = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&data)
-                .status()
-                .unwrap();
-            assert!(chown.success(), "chown of the cluster folder failed");
-        }
+        let (dir, data) = data_folder();
         let port = free_port();
         let cluster = PrivateCluster {
             bin,
@@ -113,6 +99,92 @@ impl PrivateCluster {
         }
         cluster.pg_ctl_start();
         Some(cluster)
+    }
+
+    /// A streaming standby of `primary` on a port of its own: a copy by
+    /// `pg_basebackup -R` (which writes `primary_conninfo` and
+    /// `standby.signal`), started and waited for until the primary lists
+    /// it as streaming.
+    pub(crate) fn standby_of(primary: &PrivateCluster) -> PrivateCluster {
+        let (dir, data) = data_folder();
+        let standby = PrivateCluster {
+            bin: primary.bin.clone(),
+            data,
+            port: free_port(),
+            _dir: dir,
+        };
+        let port = primary.port.to_string();
+        standby.pg(
+            "pg_basebackup",
+            &[
+                "-D",
+                standby.data.to_str().unwrap(),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+        );
+        standby.pg_ctl_start();
+        wait_until(
+            Duration::from_secs(30),
+            "the standby to stream from the primary",
+            || {
+                primary.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+                    == "1"
+            },
+        );
+        standby
+    }
+
+    /// Promotes this standby to a primary (`pg_ctl promote`, waiting until
+    /// it accepts writes).
+    pub(crate) fn promote(&self) {
+        self.pg(
+            "pg_ctl",
+            &["-D", self.data.to_str().unwrap(), "-w", "promote"],
+        );
+    }
+
+    /// Runs `sql` on this cluster's `postgres` database; its output, one
+    /// row a line (`psql -At`), trimmed.
+    pub(crate) fn sql(&self, sql: &str) -> String {
+        let port = self.port.to_string();
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-Atc", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The server's process id (the first line of `postmaster.pid`), if
+    /// it runs.
+    pub(crate) fn postmaster_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
     }
 
     pub(crate) fn port(&self) -> u16 {
@@ -187,6 +259,28 @@ impl Drop for PrivateCluster {
             Command::new(&exe).args(args).output()
         };
     }
+}
+
+/// A temporary folder with an empty `data` folder in it that the server's
+/// user may use (initdb and pg_basebackup refuse to run as root: the
+/// cluster then belongs to `postgres`, who must be able to reach it).
+fn data_folder() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // The server refuses a data folder others may read.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    if is_root() {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let chown = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(chown.success(), "chown of the cluster folder failed");
+    }
+    (dir, data)
 }
 
 /// A port nothing listens on right now (the kernel's pick).

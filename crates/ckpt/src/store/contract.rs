@@ -173,7 +173,11 @@ pub trait ItemStore: Send + Sync + std::fmt::Debug {
     /// pending; failed with its retry time `<= now`; or running with its
     /// lease expired (`<= now`) under another owner: a takeover. (An owner
     /// never re-claims its own running items: a late heartbeat must not
-    /// make it run an item twice.) Pending items come in enqueue order.
+    /// make it run an item twice. A store with [`OwnerSessions`] counts as
+    /// its own only a lease written under the owner's current session: one
+    /// left lapsed under an ended session is one the owner did not renew,
+    /// so it no longer holds it, as after a failover that lost the write
+    /// ending it.) Pending items come in enqueue order.
     /// Each claim writes [`machine::Claim`](super::machine::Claim): the
     /// claim count (the fencing token, which nothing resets) goes up by
     /// one, the attempt count by one unless the item is taken over from a

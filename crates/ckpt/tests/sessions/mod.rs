@@ -622,3 +622,48 @@ fn postgres_job_holder_moves_its_lease_to_its_new_session() {
     assert!(err.is_busy(), "{err}");
     job.save(&3, 3).unwrap();
 }
+
+/// A lease left under an ended session that lapsed is one its owner no
+/// longer holds (it would have renewed it under its new session): the write
+/// that ended it was lost, as an asynchronous failover loses writes. The
+/// owner takes it back itself, as no one else may; a lapsed lease it did
+/// renew under its current session it never re-claims.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_owner_takes_back_its_lapsed_lease_of_an_ended_session() {
+    let Some(fixture) = crate::postgres() else {
+        return;
+    };
+    let (base, schema, url) = schema_url(&fixture);
+    let (workers, clock) = PgWorkers::on_a_manual_clock(url);
+    let owner = workers.on("owner");
+    let q = owner.queue_with("forgotten", hour_lease()).unwrap();
+    q.enqueue((0..2).map(|i| NewItem::key(format!("k{i}"))))
+        .unwrap();
+    let held = q.claim(2).unwrap();
+    assert_eq!(held.len(), 2);
+    let sessions = owner.store().owner_sessions().unwrap();
+    let first = sessions.current_session().unwrap();
+    assert_eq!(terminate_liveness_backend(&base, &schema, "forgotten"), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sessions.current_session().is_none_or(|s| s == first) {
+        assert!(std::time::Instant::now() < deadline, "no new session");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The owner renews the first item under its new session; the second
+    // it no longer holds (the store lost the completion it recorded).
+    let (kept, forgotten) = (&held[0], &held[1]);
+    assert!(q.heartbeat(std::slice::from_ref(kept)).unwrap()[0].is_ok());
+    assert!(q.claim(10).unwrap().is_empty(), "both leases are live");
+    clock.advance(Duration::from_secs(2 * 3600));
+    let again = q.claim(10).unwrap();
+    let keys: Vec<&str> = again.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [forgotten.key.as_str()],
+        "only the lease of the ended session"
+    );
+    assert!(again[0].lease.token > forgotten.lease.token);
+    let old = q.heartbeat(std::slice::from_ref(forgotten)).unwrap();
+    assert!(old[0].as_ref().is_err_and(|e| e.is_fenced()), "{old:?}");
+}

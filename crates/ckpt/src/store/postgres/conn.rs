@@ -184,6 +184,16 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
         {
             return Error::Unavailable(format!("PostgreSQL is restarting: {}", db.message()));
         }
+        // A standby, or a server being failed over: a URL without
+        // target_session_attrs=read-write (or a name that moves to the new
+        // primary before its promotion ends) reaches it. Once promoted, the
+        // same sessions may write.
+        if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+            return Error::Unavailable(format!(
+                "PostgreSQL is read-only (a standby, or a failover in progress): {}; with several hosts in the URL, add target_session_attrs=read-write",
+                db.message()
+            ));
+        }
         // The server ended this session (idle_session_timeout, or
         // idle_in_transaction_session_timeout): the next connection works.
         if *code == SqlState::IDLE_SESSION_TIMEOUT
@@ -215,4 +225,53 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
         return Error::Unavailable(format!("lost connection to PostgreSQL: {e}"));
     }
     Error::Storage(format!("PostgreSQL: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write refused by a read-only server (here a read-only session on
+    /// the test server) is an outage: a standby about to be promoted.
+    #[test]
+    fn a_read_only_server_is_an_outage() {
+        let url = std::env::var("CKPT_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = runtime.block_on(async {
+            let (client, connection) =
+                match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                    Ok(c) => c,
+                    Err(e) if std::env::var("CKPT_REQUIRE_SERVICES").is_ok_and(|v| v == "1") => {
+                        panic!("CKPT_REQUIRE_SERVICES=1 but PostgreSQL is not usable: {e}")
+                    }
+                    Err(e) => {
+                        eprintln!("skipped: PostgreSQL is not available ({e})");
+                        return None;
+                    }
+                };
+            tokio::spawn(connection);
+            client
+                .batch_execute("SET default_transaction_read_only = on")
+                .await
+                .unwrap();
+            Some(
+                client
+                    .batch_execute("CREATE TEMP TABLE ckpt_probe (x INT)")
+                    .await
+                    .unwrap_err(),
+            )
+        });
+        let Some(err) = err else { return };
+        assert_eq!(err.code(), Some(&SqlState::READ_ONLY_SQL_TRANSACTION));
+        let err = pg_err(err);
+        assert!(err.is_transient(), "{err:?}");
+        assert!(
+            err.to_string().contains("target_session_attrs=read-write"),
+            "{err}"
+        );
+    }
 }

@@ -125,7 +125,11 @@ impl ItemStore for PgStore {
         with_client!(self, |c| {
             // One statement: pick ready items (machine::claimable) nobody else
             // is claiming right now (SKIP LOCKED), write the claim's values,
-            // and report their previous owner.
+            // and report their previous owner. "Its own" is under this
+            // session: an own lease left lapsed under an ended session was
+            // not renewed, so its work was stopped (the watchdog), and the
+            // owner does not hold it: the write that ended it was lost (an
+            // asynchronous failover). No one else may take it; the owner must.
             let rows = c
                 .cquery(
                     "WITH ready AS (
@@ -133,7 +137,7 @@ impl ItemStore for PgStore {
                              started_at IS NOT NULL AS old_started FROM items
                          WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
                            AND ready_at IS NOT NULL AND ready_at <= $2
-                           AND NOT (status = 'running' AND owner = $4)
+                           AND NOT (status = 'running' AND owner = $4 AND owner_key IS NOT DISTINCT FROM $6)
                          ORDER BY ready_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
                      UPDATE items i SET status = $7, owner = $4, attempts = i.attempts + CASE
                              WHEN ready.old_status = 'running' AND NOT ready.old_started THEN $10::INT
