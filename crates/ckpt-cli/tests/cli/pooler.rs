@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::pgbouncer::PgBouncer;
 use crate::postgres::PgSchema;
-use crate::util::{assert_each_once, item_counts, items, wait_until, Sandbox};
+use crate::util::{assert_each_once, items, wait_until, Sandbox};
 
 /// A fresh schema on the test server, reached through a PgBouncer in
 /// `pool_mode` with `server_pool` server connections. The schema is
@@ -99,37 +99,7 @@ fn three_runs_through_pgbouncer_in_transaction_mode_run_each_item_once() {
     let Some(pg) = PooledSchema::new("pooled_three", "transaction", 2) else {
         return;
     };
-    let sb = Sandbox::new();
-    let all = items("t", 120);
-    let file = sb.write_items("items.txt", &all);
-    let running: Vec<_> = (0..3)
-        .map(|_| {
-            sb.ckpt_bare()
-                .args(["--store", &pg.url(), "run", "--job", "J", "--items"])
-                .arg(&file)
-                .args([
-                    "-j",
-                    "3",
-                    "--",
-                    "sh",
-                    "-c",
-                    r#"echo "$0" >> log; sleep 0.01"#,
-                ])
-                .start()
-        })
-        .collect();
-    for r in running {
-        r.wait(Duration::from_secs(90)).success();
-    }
-    assert_each_once(&sb.lines("log"), &all);
-    let status = sb
-        .ckpt_bare()
-        .args(["--store", &pg.url(), "status", "J", "--json"])
-        .run();
-    status.success();
-    let status = status.json();
-    assert_eq!(status["status"], "completed");
-    assert_eq!(item_counts(&status), (0, 0, 120, 0, 0));
+    crate::postgres::three_runs_run_each_item_once(&pg.url(), 120);
     // No liveness session was written: there is none behind this pooler.
     let keyed = psql(&format!(
         "SELECT count(*)::text FROM {}.items WHERE owner_key IS NOT NULL",

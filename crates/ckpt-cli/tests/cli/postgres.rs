@@ -51,13 +51,19 @@ fn three_processes_on_one_postgres_job_run_each_item_once() {
     let Some(pg) = PgSchema::new("three") else {
         return;
     };
+    three_runs_run_each_item_once(&pg.url(), 90);
+}
+
+/// Three `ckpt run -j 3` processes on one job of `n` items at `url`: each
+/// item runs once, and the job completes.
+pub(crate) fn three_runs_run_each_item_once(url: &str, n: usize) {
     let sb = Sandbox::new();
-    let all = items("pg", 90);
+    let all = items("pg", n);
     let file = sb.write_items("items.txt", &all);
     let running: Vec<_> = (0..3)
         .map(|_| {
             sb.ckpt_bare()
-                .args(["--store", &pg.url(), "run", "--job", "J", "--items"])
+                .args(["--store", url, "run", "--job", "J", "--items"])
                 .arg(&file)
                 .args([
                     "-j",
@@ -71,17 +77,17 @@ fn three_processes_on_one_postgres_job_run_each_item_once() {
         })
         .collect();
     for r in running {
-        r.wait(Duration::from_secs(60)).success();
+        r.wait(Duration::from_secs(90)).success();
     }
     assert_each_once(&sb.lines("log"), &all);
     let status = sb
         .ckpt_bare()
-        .args(["--store", &pg.url(), "status", "J", "--json"])
+        .args(["--store", url, "status", "J", "--json"])
         .run();
     status.success();
     let status = status.json();
     assert_eq!(status["status"], "completed");
-    assert_eq!(item_counts(&status), (0, 0, 90, 0, 0));
+    assert_eq!(item_counts(&status), (0, 0, n as u64, 0, 0));
 }
 
 #[test]
