@@ -108,6 +108,15 @@ pub struct RunArgs {
     /// File with one item per line ("-" or absent: standard input).
     #[arg(long)]
     pub items: Option<PathBuf>,
+    /// Split each line into the columns {1}, {2}, … at matches of this
+    /// regular expression, as GNU parallel does (e.g. '\t', ',', ' +');
+    /// the whole line stays the item.
+    #[arg(long, value_name = "REGEX")]
+    pub colsep: Option<String>,
+    /// Print the command line of each item a run would run now (not
+    /// completed, not dead), in input order; change nothing in the store.
+    #[arg(long, alias = "dryrun", conflicts_with_all = ["json", "metrics_listen"])]
+    pub dry_run: bool,
     /// Items to run at once.
     #[arg(short = 'j', long = "jobs", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub jobs: u32,
@@ -139,10 +148,14 @@ pub struct RunArgs {
     /// checkpoint writes) at http://ADDR/metrics while it runs.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
-    /// The command; `{}` in an argument is replaced by the item, `{q}`
-    /// by the item quoted for a shell, otherwise the item is appended as the
-    /// last argument. Never put `{}` inside `sh -c '…'`: pass it as an
-    /// argument (`sh -c 'do "$1"' _ {}`) or use `{q}`.
+    /// The command. GNU parallel's replacement strings are replaced in
+    /// its arguments: {} the item, {.} without extension, {/} basename,
+    /// {//} dirname, {/.} basename without extension, {#} line number,
+    /// {%} worker slot, {1} {2} … columns (--colsep), {1.} etc.; a `q`
+    /// before the `}` ({q}, {.q}, {2q}) quotes for a shell. With none, the
+    /// item (with --colsep, its columns) is appended. Never put {} inside
+    /// `sh -c '…'`: pass it as an argument (`sh -c 'do "$1"' _ {}`) or use
+    /// {q}.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
 }

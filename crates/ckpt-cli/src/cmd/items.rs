@@ -69,8 +69,16 @@ impl ItemsFile {
 
     /// Checks every line; the first bad one is a usage error naming it.
     pub fn check(&self) -> Result<()> {
-        for item in self.lines()? {
-            item?;
+        self.each(|_, _| Ok(()))
+    }
+
+    /// Calls `f` with each item and its line number (1-based, counting the
+    /// empty lines that are skipped), in file order, streaming; stops at
+    /// the first bad line (a usage error naming it) or error of `f`.
+    pub fn each(&self, mut f: impl FnMut(u64, &str) -> Result<()>) -> Result<()> {
+        let mut lines = self.lines()?;
+        while let Some(item) = lines.next() {
+            f(lines.line, &item?.key)?;
         }
         Ok(())
     }

@@ -6,13 +6,16 @@
 //! (SIGTERM) or 130 (SIGINT) holding nothing in the store.
 
 mod children;
+mod dry;
+mod lines;
 pub mod sentinel;
+mod slots;
 mod template;
 
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, ExitStatus, Stdio};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,9 +24,13 @@ use ckpt::shutdown::{signal_name, Signals};
 use ckpt::store::OpenMode;
 use ckpt::{ClaimedItem, Fence, Handler, Outcome, QueueOptions, RetryPolicy, RunOptions, Runner};
 
+use regex::Regex;
+
 use self::children::Children;
+use self::lines::LineIndex;
 use self::sentinel::Sentinel;
-use self::template::build_command;
+use self::slots::Slots;
+use self::template::{Context as Expand, Template};
 use super::items::ItemsFile;
 use crate::cli::RunArgs;
 use crate::exit::{Usage, FAILED};
@@ -32,15 +39,25 @@ use crate::progress::{self, Progress};
 
 pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     super::job_name(&args.job)?;
+    let colsep = args.colsep.as_deref().map(colsep).transpose()?;
+    if args.dry_run {
+        return dry::run(url, &args, colsep.as_ref());
+    }
     let mut command = args.command.clone();
     if let Some(program) = resolve_program(&command[0])? {
         // Spawning by absolute path spares every item a walk of PATH.
         command[0] = program.to_string_lossy().into_owned();
     }
+    let template = Template::parse(&command);
     // Every line is checked before the store is touched, so a bad items
     // file leaves the store as it was (and creates none).
     let items = ItemsFile::open(args.items.as_deref())?;
-    items.check()?;
+    let lines = if template.uses_line() {
+        Some(LineIndex::build(&items)?)
+    } else {
+        items.check()?;
+        None
+    };
     if let Some(addr) = &args.metrics_listen {
         let bound = crate::exporter::spawn_metrics_listener(addr)?;
         tracing::info!("serving this run's metrics on http://{bound}/metrics");
@@ -116,8 +133,12 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         stop: signals.stop_signal(),
     };
     let display = Progress::start(mode, start, runner.progress());
+    let slots = Slots::new(args.jobs as usize);
     let handler = CommandHandler {
-        template: &command,
+        template: &template,
+        colsep: colsep.as_ref(),
+        lines: lines.as_ref(),
+        slots: &slots,
         job: &args.job,
         worker: &worker,
         children: &children,
@@ -182,11 +203,29 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--colsep`: a regular expression, as GNU parallel's; one that matches
+/// the empty string would split between every character.
+fn colsep(pattern: &str) -> Result<Regex> {
+    let re = Regex::new(pattern).map_err(|e| {
+        // The parser's message draws a caret under the pattern; its last
+        // line says what is wrong.
+        let e = e.to_string();
+        let why = e.lines().last().unwrap_or_default().trim();
+        Usage(format!(
+            "--colsep {pattern:?} is not a regular expression: {why}"
+        ))
+    })?;
+    if re.is_match("") {
+        return Err(Usage(format!("--colsep {pattern:?} matches the empty string")).into());
+    }
+    Ok(re)
+}
+
 /// Finds a bare program name on `PATH` before anything is enqueued, so a
 /// typo is one usage error rather than every item dead. `None` for a path
-/// or a name that contains `{}`.
+/// or a name that holds a replacement string.
 fn resolve_program(program: &str) -> Result<Option<PathBuf>> {
-    if program.contains('/') || program.contains("{}") {
+    if program.contains('/') || Template::has_replacement(program) {
         return Ok(None);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -210,7 +249,11 @@ fn is_executable(path: &Path) -> bool {
 
 /// Runs the command for each item.
 struct CommandHandler<'a> {
-    template: &'a [String],
+    template: &'a Template,
+    colsep: Option<&'a Regex>,
+    /// For `{#}`, when it is used.
+    lines: Option<&'a LineIndex>,
+    slots: &'a Slots,
     job: &'a str,
     worker: &'a str,
     children: &'a Arc<Children>,
@@ -241,9 +284,22 @@ impl Handler for CommandHandler<'_> {
 /// is gone before another worker may take the item over; the attempt fails
 /// (it ran), and is refused if the item was taken meanwhile.
 fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcome {
-    let (template, job, worker, children, signals) =
-        (h.template, h.job, h.worker, h.children, h.signals);
-    let mut cmd = build_command(template, &item.key);
+    let (job, worker, children, signals) = (h.job, h.worker, h.children, h.signals);
+    // Held until the command and what it left behind are gone.
+    let slot = h.slots.take();
+    let line = match h.lines.map(|l| l.line(&item.key)).transpose() {
+        Ok(line) => line.unwrap_or(0),
+        Err(e) => return Outcome::Failed(format!("{e:#}")),
+    };
+    let argv = h.template.expand(&Expand {
+        item: &item.key,
+        colsep: h.colsep,
+        line,
+        slot: slot.number(),
+    });
+    let program = &argv[0];
+    let mut cmd = Command::new(program);
+    cmd.args(&argv[1..]);
     cmd.env("CKPT_JOB", job)
         .env("CKPT_ITEM", &item.key)
         .env("CKPT_ATTEMPT", item.attempt.to_string())
@@ -252,7 +308,7 @@ fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcom
         .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
-        Err(e) => return Outcome::Failed(format!("cannot run {}: {e}", template[0])),
+        Err(e) => return Outcome::Failed(format!("cannot run {program}: {e}")),
     };
     children.started(&child);
     {
@@ -286,7 +342,7 @@ fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcom
             Some(why) => Outcome::Interrupted(format!("{}: {why}", describe(status))),
             None => Outcome::Failed(describe(status)),
         },
-        Err(e) => Outcome::Failed(format!("cannot wait for {}: {e}", template[0])),
+        Err(e) => Outcome::Failed(format!("cannot wait for {program}: {e}")),
     }
 }
 

@@ -1,48 +1,291 @@
 //! The command template of `ckpt run`: where the item goes.
 //!
-//! `{}` is replaced by the item as it is, `{q}` by the item quoted for a
-//! POSIX shell (as GNU parallel quotes its replacement strings), for use
-//! inside `sh -c '…'`. With neither anywhere, the item is appended as the
-//! last argument.
+//! The replacement strings are GNU parallel's, with its meanings:
+//!
+//! | string  | replaced by                                  | `dir/x.tar.gz` |
+//! |---------|----------------------------------------------|----------------|
+//! | `{}`    | the item                                     | `dir/x.tar.gz` |
+//! | `{.}`   | the item without its last extension          | `dir/x.tar`    |
+//! | `{/}`   | the basename (after the last `/`)            | `x.tar.gz`     |
+//! | `{//}`  | the dirname (`.` without a `/`)              | `dir`          |
+//! | `{/.}`  | the basename without its last extension      | `x.tar`        |
+//! | `{#}`   | the item's line number in this run's input   |                |
+//! | `{%}`   | the worker slot running it, 1..=`-j`         |                |
+//! | `{N}`   | column N (1-based; `-N` counts from the end) |                |
+//!
+//! `{N.}`, `{N/}`, `{N//}` and `{N/.}` apply the same to column N. A `q`
+//! before the closing brace (`{q}`, `{.q}`, `{2/q}`; ckpt's own, where GNU
+//! parallel has `{=…=}` with `Q()`) quotes the value for a POSIX shell, for
+//! use inside `sh -c '…'`. Anything else between braces is left as it is.
+//! With no replacement string anywhere, the item is appended as the last
+//! argument (with `--colsep`, its columns, each an argument, as in GNU
+//! parallel). Every argument is expanded in one pass, so a `{}` inside the
+//! item itself is never replaced again.
 
-use std::process::Command;
+use regex::Regex;
 
-/// `{}` and `{q}` in an argument are replaced by the item (verbatim, and
-/// shell-quoted); with neither anywhere, the item is the last argument.
-pub fn build_command(template: &[String], item: &str) -> Command {
-    let has_placeholder = template
-        .iter()
-        .any(|a| a.contains("{}") || a.contains("{q}"));
-    let mut args = template.iter().map(|a| substitute(a, item));
-    let mut cmd = Command::new(args.next().unwrap_or_default());
-    cmd.args(args);
-    if !has_placeholder {
-        cmd.arg(item);
-    }
-    cmd
+/// A parsed command template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    args: Vec<Vec<Piece>>,
+    /// No replacement string anywhere: the item is the last argument.
+    append: bool,
 }
 
-/// One pass over `arg`, so that a `{}` or `{q}` inside the item itself is
-/// never substituted again.
-fn substitute(arg: &str, item: &str) -> String {
-    let mut out = String::with_capacity(arg.len() + item.len());
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    Text(String),
+    Value(Replacement),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Replacement {
+    /// The item or a column, transformed, perhaps shell-quoted.
+    Item {
+        column: Option<i64>,
+        part: Part,
+        quote: bool,
+    },
+    /// `{#}`.
+    Line,
+    /// `{%}`.
+    Slot,
+}
+
+/// What of the item (or column) a replacement string takes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Part {
+    /// As it is.
+    Whole,
+    /// `.`: without the last extension.
+    NoExtension,
+    /// `/`: the basename.
+    Base,
+    /// `//`: the dirname.
+    Dir,
+    /// `/.`: the basename without the last extension.
+    BaseNoExtension,
+}
+
+/// What one command is expanded for.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The item (the whole line).
+    pub item: &'a str,
+    /// Splits the item into columns (`--colsep`); without it the item is
+    /// column 1.
+    pub colsep: Option<&'a Regex>,
+    /// The item's line number in this run's input (0 if not in it).
+    pub line: u64,
+    /// The worker slot, 1-based.
+    pub slot: usize,
+}
+
+impl Template {
+    /// Parses the command (program and arguments).
+    pub fn parse(command: &[String]) -> Template {
+        let args: Vec<Vec<Piece>> = command.iter().map(|a| parse_arg(a)).collect();
+        let append = !args.iter().flatten().any(|p| matches!(p, Piece::Value(_)));
+        Template { args, append }
+    }
+
+    /// True if and only if `arg` holds a replacement string.
+    pub fn has_replacement(arg: &str) -> bool {
+        parse_arg(arg).iter().any(|p| matches!(p, Piece::Value(_)))
+    }
+
+    /// True if and only if `{#}` appears: the line numbers are needed.
+    pub fn uses_line(&self) -> bool {
+        self.args
+            .iter()
+            .flatten()
+            .any(|p| *p == Piece::Value(Replacement::Line))
+    }
+
+    /// The program and its arguments for one item.
+    pub fn expand(&self, cx: &Context<'_>) -> Vec<String> {
+        // Split once per item, and only if some string names a column.
+        let mut columns: Option<Vec<&str>> = None;
+        let mut out: Vec<String> = self
+            .args
+            .iter()
+            .map(|pieces| {
+                let mut arg = String::new();
+                for piece in pieces {
+                    match piece {
+                        Piece::Text(t) => arg.push_str(t),
+                        Piece::Value(r) => arg.push_str(&value(r, cx, &mut columns)),
+                    }
+                }
+                arg
+            })
+            .collect();
+        if self.append {
+            // As GNU parallel: with --colsep, each column is an argument.
+            match cx.colsep {
+                Some(sep) => out.extend(sep.split(cx.item).map(str::to_string)),
+                None => out.push(cx.item.to_string()),
+            }
+        }
+        out
+    }
+}
+
+fn value<'a>(r: &Replacement, cx: &Context<'a>, columns: &mut Option<Vec<&'a str>>) -> String {
+    let (column, part, quote) = match *r {
+        Replacement::Line => return cx.line.to_string(),
+        Replacement::Slot => return cx.slot.to_string(),
+        Replacement::Item {
+            column,
+            part,
+            quote,
+        } => (column, part, quote),
+    };
+    let text = match column {
+        None => cx.item,
+        Some(n) => {
+            let columns = columns.get_or_insert_with(|| match cx.colsep {
+                Some(sep) => sep.split(cx.item).collect(),
+                None => vec![cx.item],
+            });
+            column_at(columns, n)
+        }
+    };
+    let text = match part {
+        Part::Whole => text.to_string(),
+        Part::NoExtension => strip_extension(text).to_string(),
+        Part::Base => basename(text).to_string(),
+        Part::Dir => dirname(text).to_string(),
+        Part::BaseNoExtension => strip_extension(basename(text)).to_string(),
+    };
+    if quote {
+        shell_quote(&text)
+    } else {
+        text
+    }
+}
+
+/// Column `n` (1-based; negative from the end); a missing one is empty, as
+/// in GNU parallel.
+fn column_at<'a>(columns: &[&'a str], n: i64) -> &'a str {
+    let index = if n > 0 {
+        usize::try_from(n - 1).ok()
+    } else {
+        usize::try_from(-n)
+            .ok()
+            .and_then(|back| columns.len().checked_sub(back))
+    };
+    index.and_then(|i| columns.get(i)).copied().unwrap_or("")
+}
+
+/// The pieces of one argument. A `{` that does not open a replacement
+/// string is text, and the scan goes on after it (so `{{}}` is `{`, the
+/// item, `}`).
+fn parse_arg(arg: &str) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let mut text = String::new();
     let mut rest = arg;
     while let Some(at) = rest.find('{') {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at..];
-        if let Some(after) = tail.strip_prefix("{}") {
-            out.push_str(item);
-            rest = after;
-        } else if let Some(after) = tail.strip_prefix("{q}") {
-            out.push_str(&shell_quote(item));
-            rest = after;
-        } else {
-            out.push('{');
-            rest = &tail[1..];
+        text.push_str(&rest[..at]);
+        let tail = &rest[at + 1..];
+        let parsed = tail
+            .find('}')
+            .and_then(|end| Some((parse_replacement(&tail[..end])?, end)));
+        match parsed {
+            Some((r, end)) => {
+                if !text.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
+                }
+                pieces.push(Piece::Value(r));
+                rest = &tail[end + 1..];
+            }
+            None => {
+                text.push('{');
+                rest = tail;
+            }
         }
     }
-    out.push_str(rest);
-    out
+    text.push_str(rest);
+    if !text.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    pieces
+}
+
+/// What is between the braces: `#`, `%`, or `[N]PART[q]`.
+fn parse_replacement(inner: &str) -> Option<Replacement> {
+    match inner {
+        "#" => return Some(Replacement::Line),
+        "%" => return Some(Replacement::Slot),
+        _ => {}
+    }
+    let (inner, quote) = match inner.strip_suffix('q') {
+        Some(rest) => (rest, true),
+        None => (inner, false),
+    };
+    let digits = inner
+        .strip_prefix('-')
+        .unwrap_or(inner)
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    let (column, part) = if digits == 0 {
+        (None, inner)
+    } else {
+        let len = digits + usize::from(inner.starts_with('-'));
+        let n: i64 = inner[..len].parse().ok()?;
+        // `{0}` is not a column (GNU parallel leaves it too).
+        if n == 0 {
+            return None;
+        }
+        (Some(n), &inner[len..])
+    };
+    let part = match part {
+        "" => Part::Whole,
+        "." => Part::NoExtension,
+        "/" => Part::Base,
+        "//" => Part::Dir,
+        "/." => Part::BaseNoExtension,
+        _ => return None,
+    };
+    Some(Replacement::Item {
+        column,
+        part,
+        quote,
+    })
+}
+
+/// GNU parallel's `{.}` (`s:\.[^/.]+$::`): a `.` and at least one more
+/// character, none of them `/` or `.`, removed from the end. So
+/// `sub.dir/bar` and `foo.` stay, and `.bashrc` becomes empty, as there.
+pub fn strip_extension(s: &str) -> &str {
+    match s.rfind('.') {
+        Some(dot) if dot + 1 < s.len() && !s[dot + 1..].contains('/') => &s[..dot],
+        _ => s,
+    }
+}
+
+/// GNU parallel's `{/}` (`s:.*/::`): everything after the last `/`, so
+/// `a/b/` gives the empty string.
+pub fn basename(s: &str) -> &str {
+    s.rfind('/').map_or(s, |slash| &s[slash + 1..])
+}
+
+/// GNU parallel's `{//}` (Perl's `File::Basename::dirname`, which is POSIX
+/// dirname(1)): `.` without a `/`, `/` for `/x`, and trailing slashes do
+/// not count (`a/b/` gives `a`).
+pub fn dirname(s: &str) -> &str {
+    let trimmed = s.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return if s.is_empty() { "." } else { "/" };
+    }
+    match trimmed.rfind('/') {
+        None => ".",
+        Some(slash) => match trimmed[..slash].trim_end_matches('/') {
+            "" => "/",
+            dir => dir,
+        },
+    }
 }
 
 /// `s` as one word of a POSIX shell: in single quotes, each `'` written as
@@ -52,39 +295,18 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(template: &[&str], item: &str) -> Vec<String> {
-        let template: Vec<String> = template.iter().map(|s| s.to_string()).collect();
-        let cmd = build_command(&template, item);
-        std::iter::once(cmd.get_program())
-            .chain(cmd.get_args())
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect()
-    }
-
-    #[test]
-    fn placeholders() {
-        assert_eq!(args(&["echo"], "a b"), ["echo", "a b"]);
-        assert_eq!(args(&["cp", "{}", "{}.bak"], "x"), ["cp", "x", "x.bak"]);
-        assert_eq!(
-            args(&["sh", "-c", "echo {q}"], "it's $(x)"),
-            ["sh", "-c", r"echo 'it'\''s $(x)'"]
-        );
-        // Neither placeholder is substituted inside the item.
-        assert_eq!(args(&["echo", "{}"], "{q}{}"), ["echo", "{q}{}"]);
-        assert_eq!(args(&["echo", "{q}"], "{}"), ["echo", "'{}'"]);
-        // Other braces are left alone.
-        assert_eq!(args(&["echo", "{x} {", "{}"], "i"), ["echo", "{x} {", "i"]);
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("plain"), "'plain'");
-        assert_eq!(shell_quote("'"), r"''\'''");
-        assert_eq!(shell_quote("a\nb"), "'a\nb'");
+/// `s` as one word of a POSIX shell, quoted only if it has to be (for
+/// printing command lines that read naturally and paste back exactly).
+pub fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-+=@%:,./".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        shell_quote(s)
     }
 }
+
+#[cfg(test)]
+mod tests;

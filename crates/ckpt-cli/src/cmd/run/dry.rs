@@ -1,0 +1,128 @@
+//! `ckpt run --dry-run`: the command lines a run would run, changing
+//! nothing.
+//!
+//! One line per item of this run's input that a run would run now (not
+//! completed, not dead: dead items wait for `ckpt retry`), in input order,
+//! each argument quoted for a POSIX shell where it has to be, so a line
+//! pastes back into a shell as the same argv. A key repeated in the input
+//! runs once, at its first line. The store is opened only if it exists
+//! (a missing SQLite file stays missing: nothing is completed) and only
+//! read. `{%}` cannot be known before the run; it counts 1..=`-j` in turn,
+//! the slots the commands would get if each took as long.
+
+use std::collections::HashSet;
+use std::io::{BufWriter, ErrorKind, Write};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use ckpt::store::OpenMode;
+use ckpt::ItemStatus;
+use regex::Regex;
+
+use super::lines::LineIndex;
+use super::template::{shell_word, Context, Template};
+use crate::cli::RunArgs;
+use crate::cmd::items::ItemsFile;
+
+/// The keys a run would not run.
+#[derive(Default)]
+struct Finished {
+    completed: HashSet<String>,
+    dead: HashSet<String>,
+}
+
+pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode> {
+    let template = Template::parse(&args.command);
+    let items = ItemsFile::open(args.items.as_deref())?;
+    // Checks every line first, as a run does, and tells duplicates apart.
+    let index = LineIndex::build(&items)?;
+    let finished = finished(url, &args.job)?;
+    let jobs = args.jobs as usize;
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let (mut printed, mut completed, mut dead) = (0u64, 0u64, 0u64);
+    let written = items.each(|line, key| {
+        if index.line(key)? != line {
+            return Ok(());
+        }
+        if finished.completed.contains(key) {
+            completed += 1;
+            return Ok(());
+        }
+        if finished.dead.contains(key) {
+            dead += 1;
+            return Ok(());
+        }
+        let cx = Context {
+            item: key,
+            colsep,
+            line,
+            slot: (printed as usize % jobs) + 1,
+        };
+        let words: Vec<String> = template.expand(&cx).iter().map(|a| shell_word(a)).collect();
+        writeln!(out, "{}", words.join(" "))?;
+        printed += 1;
+        Ok(())
+    });
+    let written = written.and_then(|()| Ok(out.flush()?));
+    if let Err(e) = written {
+        // `| head` closing the pipe is a reader that has seen enough.
+        if is_broken_pipe(&e) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        return Err(e);
+    }
+    if !args.quiet {
+        eprintln!(
+            "ckpt: dry run of job '{}': {printed} command(s) would run; skipped {completed} completed and {dead} dead item(s) (`ckpt retry` re-drives dead ones); nothing was changed",
+            args.job
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == ErrorKind::BrokenPipe)
+}
+
+/// The completed and dead keys of `job`; none if the store or the job does
+/// not exist. Opening with [`OpenMode::MustExist`] creates nothing.
+fn finished(url: &str, job: &str) -> Result<Finished> {
+    let ckpt = match crate::cmd::open(url, OpenMode::MustExist) {
+        Ok(ckpt) => ckpt,
+        Err(e)
+            if e.downcast_ref::<ckpt::Error>()
+                .is_some_and(|e| e.is_not_found()) =>
+        {
+            return Ok(Finished::default())
+        }
+        Err(e) => return Err(e),
+    };
+    let store = ckpt.store();
+    if store.get_job(job)?.is_none() {
+        return Ok(Finished::default());
+    }
+    let counts = store.item_counts(job)?;
+    let mut finished = Finished::default();
+    for (status, n, keys) in [
+        (
+            ItemStatus::Completed,
+            counts.completed,
+            &mut finished.completed,
+        ),
+        (ItemStatus::Dead, counts.dead, &mut finished.dead),
+    ] {
+        // A few more than counted: items may finish meanwhile.
+        let limit = usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1024);
+        keys.extend(
+            store
+                .list_items(job, Some(status), limit)?
+                .into_iter()
+                .map(|i| i.key),
+        );
+    }
+    Ok(finished)
+}

@@ -1,0 +1,240 @@
+use super::*;
+
+fn expand_with(template: &[&str], cx: Context<'_>) -> Vec<String> {
+    let template: Vec<String> = template.iter().map(|s| s.to_string()).collect();
+    Template::parse(&template).expand(&cx)
+}
+
+fn cx(item: &str) -> Context<'_> {
+    Context {
+        item,
+        colsep: None,
+        line: 7,
+        slot: 2,
+    }
+}
+
+/// The one argument `arg` expands to for `item`.
+fn one(arg: &str, item: &str) -> String {
+    let out = expand_with(&["echo", arg], cx(item));
+    assert_eq!(out.len(), 2, "{arg:?} for {item:?} gave {out:?}");
+    out[1].clone()
+}
+
+#[test]
+fn item_and_quoted_item() {
+    assert_eq!(expand_with(&["echo"], cx("a b")), ["echo", "a b"]);
+    assert_eq!(
+        expand_with(&["cp", "{}", "{}.bak"], cx("x")),
+        ["cp", "x", "x.bak"]
+    );
+    assert_eq!(
+        expand_with(&["sh", "-c", "echo {q}"], cx("it's $(x)")),
+        ["sh", "-c", r"echo 'it'\''s $(x)'"]
+    );
+    // Nothing is substituted inside the item.
+    assert_eq!(one("{}", "{q}{}{#}"), "{q}{}{#}");
+    assert_eq!(one("{q}", "{}"), "'{}'");
+    assert_eq!(one("{.}", "{/}.x"), "{/}");
+}
+
+#[test]
+fn extension_follows_gnu_parallel() {
+    assert_eq!(one("{.}", "x.jpg"), "x");
+    assert_eq!(one("{.}", "dir/x.tar.gz"), "dir/x.tar");
+    // Only the basename's extension goes.
+    assert_eq!(one("{.}", "a.b/c"), "a.b/c");
+    assert_eq!(one("{.}", "sub.dir/foo.jpg"), "sub.dir/foo");
+    assert_eq!(one("{.}", "noext"), "noext");
+    // `s:\.[^/.]+$::`: a dotfile loses everything, a trailing dot stays.
+    assert_eq!(one("{.}", ".bashrc"), "");
+    assert_eq!(one("{.}", "home/.bashrc"), "home/");
+    assert_eq!(one("{.}", "foo."), "foo.");
+    assert_eq!(one("{.}", "a/b.c/"), "a/b.c/");
+    assert_eq!(one("{.}", "naïve.résumé"), "naïve");
+    assert_eq!(one("{.}", "日本.語"), "日本");
+}
+
+#[test]
+fn basename_dirname() {
+    for (item, base, dir, base_noext) in [
+        ("dir/x.tar.gz", "x.tar.gz", "dir", "x.tar"),
+        ("x.jpg", "x.jpg", ".", "x"),
+        ("a/b/c", "c", "a/b", "c"),
+        ("/a", "a", "/", "a"),
+        ("/a/b.c", "b.c", "/a", "b"),
+        ("./a", "a", ".", "a"),
+        // A trailing slash: `{/}` is `s:.*/::`, `{//}` is dirname(1).
+        ("a/b/", "", "a", ""),
+        ("a/b//", "", "a", ""),
+        ("/", "", "/", ""),
+        ("//a", "a", "/", "a"),
+        ("a//b", "b", "a", "b"),
+        (".bashrc", ".bashrc", ".", ""),
+        (
+            "répertoire/ファイル.txt",
+            "ファイル.txt",
+            "répertoire",
+            "ファイル",
+        ),
+    ] {
+        assert_eq!(one("{/}", item), base, "{{/}} of {item:?}");
+        assert_eq!(one("{//}", item), dir, "{{//}} of {item:?}");
+        assert_eq!(one("{/.}", item), base_noext, "{{/.}} of {item:?}");
+    }
+    assert_eq!(dirname(""), ".");
+    assert_eq!(basename(""), "");
+    assert_eq!(strip_extension(""), "");
+}
+
+#[test]
+fn line_and_slot() {
+    assert_eq!(
+        expand_with(&["run", "{#}", "--slot={%}", "{}"], cx("i")),
+        ["run", "7", "--slot=2", "i"]
+    );
+    // `{#}` or `{%}` alone is a replacement string: nothing is appended.
+    assert_eq!(expand_with(&["echo", "{#}"], cx("i")), ["echo", "7"]);
+    assert_eq!(expand_with(&["echo", "{%}"], cx("i")), ["echo", "2"]);
+}
+
+#[test]
+fn composed_with_quoting() {
+    assert_eq!(one("{.q}", "it's.txt"), r"'it'\''s'");
+    assert_eq!(one("{/q}", "d/a b"), "'a b'");
+    assert_eq!(one("{//q}", "a b/c"), "'a b'");
+    assert_eq!(one("{/.q}", "d/x y.z"), "'x y'");
+}
+
+#[test]
+fn columns() {
+    let tab = Regex::new("\t").unwrap();
+    let cx = |item| Context {
+        item,
+        colsep: Some(&tab),
+        line: 1,
+        slot: 1,
+    };
+    assert_eq!(
+        expand_with(&["cp", "{1}", "{2}", "{}"], cx("a/x.c\tb")),
+        ["cp", "a/x.c", "b", "a/x.c\tb"]
+    );
+    // Combined with a part, from the end, quoted.
+    assert_eq!(
+        expand_with(
+            &["x", "{1.}", "{1/}", "{1//}", "{1/.}", "{-1}", "{-2/}", "{2q}"],
+            cx("d/f.c\tg h")
+        ),
+        ["x", "d/f", "f.c", "d", "f", "g h", "f.c", "'g h'"]
+    );
+    // A missing column is empty; empty columns count.
+    assert_eq!(
+        expand_with(&["x", "{3}", "{2}", "{-9}"], cx("a\t\tc")),
+        ["x", "c", "", ""]
+    );
+    assert_eq!(expand_with(&["x", "{4}"], cx("a\tb")), ["x", ""]);
+    // A multi-character separator, and a regular expression.
+    let multi = Regex::new("::").unwrap();
+    let cx2 = Context {
+        item: "a:b::c",
+        colsep: Some(&multi),
+        line: 1,
+        slot: 1,
+    };
+    assert_eq!(expand_with(&["x", "{1}", "{2}"], cx2), ["x", "a:b", "c"]);
+    let spaces = Regex::new(" +").unwrap();
+    let cx3 = Context {
+        item: "a   b c",
+        colsep: Some(&spaces),
+        line: 1,
+        slot: 1,
+    };
+    assert_eq!(
+        expand_with(&["x", "{3}", "{2}", "{1}"], cx3),
+        ["x", "c", "b", "a"]
+    );
+    // With no replacement string, each column is an argument.
+    assert_eq!(
+        expand_with(&["printf", "%s|%s"], cx("a b\tc")),
+        ["printf", "%s|%s", "a b", "c"]
+    );
+    // Without --colsep the item is column 1.
+    assert_eq!(
+        expand_with(&["x", "{1}", "{2}"], cx3_plain()),
+        ["x", "a b", ""]
+    );
+}
+
+fn cx3_plain() -> Context<'static> {
+    Context {
+        item: "a b",
+        colsep: None,
+        line: 1,
+        slot: 1,
+    }
+}
+
+#[test]
+fn unknown_patterns_are_left_alone() {
+    for arg in [
+        "{x}",
+        "{",
+        "}",
+        "{ }",
+        "{..}",
+        "{0}",
+        "{1x}",
+        "{-}",
+        "{#q}",
+        "{=s/a/b/=}",
+        "${HOME}",
+        "{%2}",
+        "{/..}",
+        "{}}",
+        "{{",
+    ] {
+        let template = [String::from("echo"), arg.to_string()];
+        let expected_append = !Template::has_replacement(arg);
+        let out = Template::parse(&template).expand(&cx("i"));
+        if expected_append {
+            assert_eq!(
+                out,
+                ["echo", arg, "i"],
+                "{arg:?} is not a replacement string"
+            );
+        }
+    }
+    assert_eq!(
+        expand_with(&["echo", "{x} {"], cx("i")),
+        ["echo", "{x} {", "i"]
+    );
+    // A `{` that opens nothing does not swallow the one that does.
+    assert_eq!(one("{{}}", "i"), "{i}");
+    assert_eq!(one("{x{}}", "i"), "{xi}");
+    assert_eq!(one("{}}", "i"), "i}");
+    assert!(!Template::has_replacement("awk '{print $1}'"));
+    assert_eq!(
+        expand_with(&["awk", "{print $1}"], cx("f")),
+        ["awk", "{print $1}", "f"]
+    );
+}
+
+#[test]
+fn uses_line_only_for_hash() {
+    let t = |a: &[&str]| Template::parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert!(t(&["echo", "n{#}"]).uses_line());
+    assert!(!t(&["echo", "{}", "{%}", "{#x}"]).uses_line());
+}
+
+#[test]
+fn quoting() {
+    assert_eq!(shell_quote(""), "''");
+    assert_eq!(shell_quote("plain"), "'plain'");
+    assert_eq!(shell_quote("'"), r"''\'''");
+    assert_eq!(shell_quote("a\nb"), "'a\nb'");
+    assert_eq!(shell_word("a/b.c-d_e=f:1,2@%+"), "a/b.c-d_e=f:1,2@%+");
+    assert_eq!(shell_word(""), "''");
+    assert_eq!(shell_word("a b"), "'a b'");
+    assert_eq!(shell_word("$x"), "'$x'");
+    assert_eq!(shell_word("é"), "'é'");
+}

@@ -1,0 +1,305 @@
+//! `ckpt run`: GNU parallel's replacement strings, `--colsep` and
+//! `--dry-run`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::util::Sandbox;
+
+/// Appends its arguments, joined by `|`, as one line to `log`.
+const LOG_ARGS: &str = r#"IFS='|'; echo "$*" >> log"#;
+
+fn sorted(mut lines: Vec<String>) -> Vec<String> {
+    lines.sort();
+    lines
+}
+
+#[test]
+fn path_replacement_strings_reach_the_command() {
+    let sb = Sandbox::new();
+    let file = sb.write(
+        "items.txt",
+        "dir/x.tar.gz\nplain\na.b/c\n.bashrc\nsub/dir/\n",
+    );
+    sb.ckpt()
+        .args(["run", "--job", "J", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", LOG_ARGS, "_"])
+        .args(["{}", "{.}", "{/}", "{//}", "{/.}", "<{q}>"])
+        .run()
+        .success();
+    assert_eq!(
+        sorted(sb.lines("log")),
+        [
+            ".bashrc||.bashrc|.||<'.bashrc'>",
+            "a.b/c|a.b/c|c|a.b|c|<'a.b/c'>",
+            "dir/x.tar.gz|dir/x.tar|x.tar.gz|dir|x.tar|<'dir/x.tar.gz'>",
+            "plain|plain|plain|.|plain|<'plain'>",
+            "sub/dir/|sub/dir/||sub||<'sub/dir/'>",
+        ]
+    );
+}
+
+#[test]
+fn unknown_patterns_are_left_alone_and_the_item_appended() {
+    let sb = Sandbox::new();
+    let file = sb.write("items.txt", "it\n");
+    sb.ckpt()
+        .args(["run", "--job", "J", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", LOG_ARGS, "_"])
+        .args(["{x}", "{", "{0}", "{=uc=}", "${HOME}", "{1x}"])
+        .run()
+        .success();
+    assert_eq!(sb.lines("log"), ["{x}|{|{0}|{=uc=}|${HOME}|{1x}|it"]);
+}
+
+/// `{#}` is the item's line in this run's input (blank lines counted, a
+/// repeated key at its first line); an item resumed by a later run takes
+/// its line in that run's input, and one not in it gets 0.
+#[test]
+fn line_number_is_the_line_in_this_runs_input() {
+    let sb = Sandbox::new();
+    // c and d fail (dead) until `ok` exists.
+    let cmd = [
+        "sh",
+        "-c",
+        r#"case "$1" in c|d) [ -e ok ] || exit 1;; esac; echo "$1 $2" >> log"#,
+        "_",
+        "{}",
+        "{#}",
+    ];
+    let first = sb.write("first.txt", "a\n\nb\na\nc\nd\n");
+    sb.ckpt()
+        .args(["run", "--job", "J", "--retries", "0", "-q", "--items"])
+        .arg(&first)
+        .arg("--")
+        .args(cmd)
+        .run()
+        .code(1);
+    assert_eq!(sorted(sb.lines("log")), ["a 1", "b 3"]);
+
+    std::fs::remove_file(sb.join("log")).unwrap();
+    sb.write("ok", "");
+    sb.ckpt().args(["retry", "J"]).run().success();
+    // c moved to line 3; d is not in this input at all.
+    let second = sb.write("second.txt", "x\nb\n\nc\n");
+    sb.ckpt()
+        .args(["run", "--job", "J", "-q", "--items"])
+        .arg(&second)
+        .arg("--")
+        .args(cmd)
+        .run()
+        .success();
+    assert_eq!(sorted(sb.lines("log")), ["c 4", "d 0", "x 1"]);
+}
+
+/// With `-j 3`, `{%}` takes every value of 1..=3 and never one that a
+/// command still running holds: each command holds a lock directory named
+/// after its slot (mkdir fails if it exists) and logs when it held it.
+#[test]
+fn slot_numbers_are_one_to_j_and_never_shared() {
+    let sb = Sandbox::new();
+    let items: Vec<String> = (1..=18).map(|i| format!("i{i}")).collect();
+    let file = sb.write_items("items.txt", &items);
+    let script = r#"
+        mkdir "held-$1" || echo "clash $1" >> clashes
+        start=$(date +%s%N)
+        sleep 0.15
+        end=$(date +%s%N)
+        rmdir "held-$1"
+        echo "$1 $start $end" >> log
+    "#;
+    sb.ckpt()
+        .args(["run", "--job", "J", "-j", "3", "-q", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", script, "_", "{%}"])
+        .run()
+        .success();
+    assert_eq!(sb.lines("clashes"), Vec::<String>::new());
+    let log = sb.lines("log");
+    assert_eq!(log.len(), 18, "{log:?}");
+    let mut by_slot: BTreeMap<u32, Vec<(u128, u128)>> = BTreeMap::new();
+    for line in &log {
+        let f: Vec<&str> = line.split(' ').collect();
+        let slot: u32 = f[0].parse().unwrap();
+        by_slot
+            .entry(slot)
+            .or_default()
+            .push((f[1].parse().unwrap(), f[2].parse().unwrap()));
+    }
+    assert_eq!(
+        by_slot.keys().copied().collect::<Vec<_>>(),
+        [1, 2, 3],
+        "{log:?}"
+    );
+    for (slot, mut spans) in by_slot {
+        spans.sort();
+        for pair in spans.windows(2) {
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "slot {slot} held by two commands at once: {pair:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn colsep_splits_columns_and_the_whole_line_stays_the_key() {
+    let sb = Sandbox::new();
+    let file = sb.write("items.txt", "a/x.c\tb\tc\nonly\n");
+    sb.ckpt()
+        .args(["run", "--job", "T", "--colsep", "\t", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", LOG_ARGS, "_"])
+        .args(["{1}", "{2}", "{3}", "{-1}", "{1/.}", "{}"])
+        .run()
+        .success();
+    assert_eq!(
+        sorted(sb.lines("log")),
+        ["a/x.c|b|c|c|x|a/x.c\tb\tc", "only|||only|only|only"]
+    );
+    let out = sb.ckpt().args(["items", "T", "--json"]).run();
+    out.success();
+    let keys: BTreeSet<String> = out
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys, BTreeSet::from(["a/x.c\tb\tc".into(), "only".into()]));
+
+    // A multi-character separator, and a regular expression (`\t` as GNU
+    // parallel users write it, and runs of spaces).
+    std::fs::remove_file(sb.join("log")).unwrap();
+    let file = sb.write("multi.txt", "k1::v:1\nk2::\n");
+    sb.ckpt()
+        .args(["run", "--job", "M", "--colsep", "::", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", LOG_ARGS, "_", "{2}", "{1}"])
+        .run()
+        .success();
+    assert_eq!(sorted(sb.lines("log")), ["v:1|k1", "|k2"]);
+    std::fs::remove_file(sb.join("log")).unwrap();
+    let file = sb.write("re.txt", "p\tq  r\n");
+    sb.ckpt()
+        .args(["run", "--job", "R", "--colsep", r"\t| +", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", LOG_ARGS, "_", "{3}", "{2}", "{1}"])
+        .run()
+        .success();
+    assert_eq!(sb.lines("log"), ["r|q|p"]);
+
+    // With no replacement string, the columns are appended, each its own
+    // argument, as GNU parallel does.
+    std::fs::remove_file(sb.join("log")).unwrap();
+    let file = sb.write("append.csv", "x y,z\n");
+    sb.ckpt()
+        .args(["run", "--job", "A", "--colsep", ",", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", LOG_ARGS, "_"])
+        .run()
+        .success();
+    assert_eq!(sb.lines("log"), ["x y|z"]);
+}
+
+#[test]
+fn bad_colsep_is_a_usage_error_that_creates_no_store() {
+    let sb = Sandbox::new();
+    let file = sb.write("items.txt", "a\n");
+    for bad in ["(", "x*"] {
+        let out = sb
+            .ckpt()
+            .args(["run", "--job", "J", "--colsep", bad, "--items"])
+            .arg(&file)
+            .args(["--", "true"])
+            .run();
+        let line = out.error(2);
+        assert!(line.contains("--colsep"), "{line}");
+    }
+    assert!(!sb.db().exists());
+}
+
+#[test]
+fn dry_run_without_a_store_prints_every_command_and_creates_nothing() {
+    let sb = Sandbox::new();
+    let file = sb.write("items.txt", "b.txt\n\nit's here\nb.txt\nc\td\n");
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "J", "-j", "2", "--dry-run", "--items"])
+        .arg(&file)
+        .args(["--", "convert", "{}", "{.}.png", "{#}", "{%}"])
+        .run();
+    out.success();
+    // Input order, a repeated key once, quoted only where needed.
+    assert_eq!(
+        out.stdout,
+        "convert b.txt b.png 1 1\n\
+         convert 'it'\\''s here' 'it'\\''s here.png' 3 2\n\
+         convert 'c\td' 'c\td.png' 5 1\n"
+    );
+    assert!(
+        out.stderr.contains("3 command(s) would run"),
+        "{}",
+        out.stderr
+    );
+    assert!(!sb.db().exists(), "--dry-run created the store file");
+    assert!(!sb.join("ckpt.db-wal").exists());
+    // Without a replacement string the item is appended, as in a run.
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "J", "--dryrun", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", "x \"$0\""])
+        .run();
+    out.success();
+    assert_eq!(out.stdout.lines().next(), Some(r#"sh -c 'x "$0"' b.txt"#));
+    assert!(!sb.db().exists());
+}
+
+#[test]
+fn dry_run_skips_completed_and_dead_items_and_changes_nothing() {
+    let sb = Sandbox::new();
+    let first = sb.write("first.txt", "a\nb\nbad\n");
+    sb.ckpt()
+        .args(["run", "--job", "J", "--retries", "0", "-q", "--items"])
+        .arg(&first)
+        .args(["--", "sh", "-c", r#"[ "$0" != bad ] && echo "$0" >> log"#])
+        .run()
+        .code(1);
+    let before = sb.dump();
+    let log_before = sb.lines("log");
+    assert_eq!(sorted(log_before.clone()), ["a", "b"]);
+
+    let second = sb.write("second.txt", "z\nb\nbad\na\ny\n");
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "J", "--dry-run", "--items"])
+        .arg(&second)
+        .args(["--", "sh", "-c", r#"echo "$0" >> log"#, "{}", "{#}"])
+        .run();
+    out.success();
+    assert_eq!(
+        out.stdout,
+        "sh -c 'echo \"$0\" >> log' z 1\nsh -c 'echo \"$0\" >> log' y 5\n"
+    );
+    assert!(
+        out.stderr
+            .contains("skipped 2 completed and 1 dead item(s)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(sb.dump(), before, "--dry-run changed the store");
+    assert_eq!(sb.lines("log"), log_before, "--dry-run ran a command");
+
+    // An unknown job in an existing store: everything would run.
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "other", "--dry-run", "--items"])
+        .arg(&second)
+        .args(["--", "echo"])
+        .run();
+    out.success();
+    assert_eq!(out.stdout, "echo z\necho b\necho bad\necho a\necho y\n");
+    assert_eq!(sb.dump(), before);
+}
