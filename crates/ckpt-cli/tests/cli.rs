@@ -9,6 +9,8 @@ mod util;
 
 #[path = "cli/browser.rs"]
 mod browser;
+#[path = "cli/budget.rs"]
+mod budget;
 #[path = "cli/chaos/mod.rs"]
 mod chaos;
 #[path = "cli/checkpoint.rs"]

@@ -50,8 +50,8 @@ pub struct BenchReport {
     /// Items enqueued per second (one streaming transaction).
     pub enqueue_per_s: f64,
     /// Items claimed and completed per second by `workers` threads, each
-    /// with its own store handle, claiming `batch` items at a time and
-    /// completing them in one commit.
+    /// with the store handle `connect` gave it (its own, or a shared one),
+    /// claiming `batch` items at a time and completing them in one commit.
     pub items_per_s: f64,
     /// The same through one [`Runner`] with `workers` threads (the path of
     /// `ckpt run`: prefetch, group commit, heartbeats), over as many items.
@@ -92,8 +92,10 @@ const ROUNDS: u64 = 10;
 /// returning their rate per second.
 pub type Baseline<'a> = &'a mut dyn FnMut(u64) -> Result<f64>;
 
-/// Runs the benchmark against `store`; `connect` opens another handle on
-/// the same store for each worker (another connection, like another process).
+/// Runs the benchmark against `store`; `connect` gives each worker its
+/// handle on the same store: a new one (its own connections, like another
+/// process), or a shared one (`ckpt bench` shares one PostgreSQL store, so
+/// that many workers fit a server's connection budget).
 pub fn run(
     store: Arc<dyn Store>,
     connect: &(dyn Fn() -> Result<Arc<dyn Store>> + Sync),

@@ -118,6 +118,15 @@ impl Error {
         matches!(self, Error::Busy(_) | Error::Unavailable(_))
     }
 
+    /// True if and only if the server refused a new connection because
+    /// every connection it allows is taken (PostgreSQL's `too many
+    /// clients`, SQLSTATE 53300): an outage that ends as other clients
+    /// disconnect.
+    pub fn is_server_full(&self) -> bool {
+        // The store's connection error carries the server's SQLSTATE.
+        matches!(self, Error::Unavailable(m) if m.contains("(SQLSTATE 53300)"))
+    }
+
     /// True if and only if this is [`Error::CursorMismatch`].
     pub fn is_cursor_mismatch(&self) -> bool {
         matches!(self, Error::CursorMismatch { .. })

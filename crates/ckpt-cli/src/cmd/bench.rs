@@ -50,13 +50,18 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
             report
         }
         None if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            // The workers share this one store: its pool (pool_size, 16 by
+            // default) and its liveness session. A store per worker held a
+            // pool and a session each, two connections per worker, and
+            // `--workers 64` ran out of a default server's 100.
             let pg = Arc::new(PgStore::open(url, OpenMode::CreateIfMissing)?);
-            let open = || -> ckpt::Result<Arc<dyn ckpt::Store>> {
-                Ok(Arc::new(PgStore::open(url, OpenMode::MustExist)?))
-            };
+            let open = || -> ckpt::Result<Arc<dyn ckpt::Store>> { Ok(pg.clone()) };
             let mut baseline = |n| pg.update_baseline(n);
             let mut report =
                 bench::run_with_baseline(pg.clone(), &open, &options, Some(&mut baseline))?;
+            // Closed before the next store opens, so that the two pools are
+            // never held at once.
+            drop(pg);
             let separate = PgStore::open(
                 &format!(
                     "{url}{}group_commit=off",

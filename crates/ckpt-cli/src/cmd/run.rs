@@ -17,7 +17,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ckpt::shutdown::{signal_name, Signals};
@@ -63,7 +63,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         tracing::info!("serving this run's metrics on http://{bound}/metrics");
     }
     let started = Instant::now();
-    let ckpt = super::open(url, OpenMode::CreateIfMissing)?;
+    let ckpt = open_waiting_for_room(url)?;
     // Stops this run's commands if ckpt dies; the worker id names it, so a
     // rerun on this host waits for it before taking the items over.
     let sentinel = match Sentinel::spawn() {
@@ -219,6 +219,36 @@ fn colsep(pattern: &str) -> Result<Regex> {
         return Err(Usage(format!("--colsep {pattern:?} matches the empty string")).into());
     }
     Ok(re)
+}
+
+/// Opens the store, waiting while the server has no connection to spare
+/// (PostgreSQL's `too many clients`, SQLSTATE 53300): other runs sharing
+/// the server free theirs as they end, so for a run that is an outage like
+/// any other, ridden out with backoff for as long as the runner rides out
+/// one (`max_outage`). Any other failure, a server that is down included,
+/// ends the run at once, as it ends every other command.
+fn open_waiting_for_room(url: &str) -> Result<ckpt::Ckpt> {
+    let patience = RunOptions::default().max_outage;
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        match ckpt::store::open(url, OpenMode::CreateIfMissing) {
+            Ok(store) => return Ok(ckpt::Ckpt::new(store)),
+            Err(e) if e.is_server_full() && started.elapsed() < patience => {
+                if !warned {
+                    tracing::warn!("store unavailable, waiting for a free connection: {e}");
+                    warned = true;
+                }
+                // Spread, so that runs refused together do not all come
+                // back at the same moment.
+                let spread = 0.5 + f64::from(std::process::id() % 1000) / 1000.0;
+                std::thread::sleep(backoff.mul_f64(spread));
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Finds a bare program name on `PATH` before anything is enqueued, so a

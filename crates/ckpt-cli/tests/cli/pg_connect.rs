@@ -320,6 +320,7 @@ fn too_many_clients_names_the_connection_budget() {
             "max_connections",
             "pool_size",
             "(here 3)",
+            "plus 1 for its liveness session",
         ],
         &[],
     );

@@ -223,7 +223,7 @@ fn next_step(code: &SqlState, message: &str, t: &ConnectTarget) -> (bool, Option
         c if *c == SqlState::TOO_MANY_CONNECTIONS => (
             true,
             step(format!(
-                "the server's connection budget (max_connections) is used up; each ckpt process opens up to pool_size connections (here {}) plus 2 of its own (liveness, LISTEN): lower pool_size in the URL, run fewer processes, or raise max_connections on the server",
+                "the server's connection budget (max_connections) is used up; each ckpt process holds up to pool_size connections (here {}) plus 1 for its liveness session and LISTEN (a `ckpt run` holds 2 in all): lower pool_size in the URL, run fewer processes, or raise max_connections on the server",
                 t.pool_size
             )),
         ),
@@ -334,6 +334,27 @@ mod tests {
         let m = "no pg_hba.conf entry for host \"10.1.2.3\", user \"bob\", database \"app\", no encryption";
         assert_eq!(quoted_after(m, "host "), Some("10.1.2.3"));
         assert_eq!(quoted_after("no quotes", "host "), None);
+    }
+
+    #[test]
+    fn too_many_clients_is_an_outage_that_names_the_connection_budget() {
+        let config: tokio_postgres::Config = "postgres://u@a/db".parse().unwrap();
+        let t = ConnectTarget::new(&config, "URL".into(), PasswordSource::None, 4);
+        let (transient, step) = next_step(
+            &SqlState::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already",
+            &t,
+        );
+        assert!(transient, "retried like an outage");
+        let step = step.unwrap();
+        for needle in [
+            "max_connections",
+            "pool_size connections (here 4)",
+            "plus 1 for its liveness session and LISTEN",
+            "a `ckpt run` holds 2",
+        ] {
+            assert!(step.contains(needle), "{needle:?} missing from: {step}");
+        }
     }
 
     #[test]

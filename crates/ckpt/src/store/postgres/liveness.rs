@@ -25,6 +25,13 @@
 //! shortened by a worker that saw the old one end (the shortening is
 //! conditional on the key).
 //!
+//! The same connection also carries the store's `LISTEN` (see
+//! [`notify`](super::notify)): one connection per process for both, not two,
+//! so that a `ckpt run` holds two connections in all (this one and its pooled
+//! one). LISTEN is issued right after the lock, before the session counts as
+//! established, and a new session listens again. The connection is read
+//! between pings too, so notifications are delivered as they come.
+//!
 //! [`OwnerSessions::expire_lost_owners`]: crate::store::OwnerSessions::expire_lost_owners
 //! [`OwnerSessions::session_confirmed`]: crate::store::OwnerSessions::session_confirmed
 
@@ -32,9 +39,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use super::tls::MakeTls;
+use futures_util::future::poll_fn;
+use tokio_postgres::AsyncMessage;
 
 use super::connect_error::{connect_error, ConnectTarget};
+use super::notify::Wakeups;
+use super::tls::MakeTls;
 use crate::error::{Error, Result};
 
 /// How long after its last confirmed ping a lost session's leases may be
@@ -74,6 +84,15 @@ struct State {
 pub(crate) struct Liveness {
     state: Mutex<State>,
     changed: Condvar,
+    /// What the session's connection listens to, if anything.
+    listen: Option<Listen>,
+}
+
+/// A channel to `LISTEN` on, and where its notifications go.
+#[derive(Clone)]
+pub(super) struct Listen {
+    pub channel: String,
+    pub wakeups: Arc<Wakeups>,
 }
 
 impl std::fmt::Debug for Liveness {
@@ -85,6 +104,19 @@ impl std::fmt::Debug for Liveness {
 }
 
 impl Liveness {
+    /// A liveness whose sessions also listen on `listen.channel`.
+    pub(super) fn listening(listen: Listen) -> Liveness {
+        Liveness {
+            listen: Some(listen),
+            ..Liveness::default()
+        }
+    }
+
+    /// True once the keeper was started (by [`Liveness::session`]).
+    pub(super) fn started(&self) -> bool {
+        self.lock().started
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -102,10 +134,10 @@ impl Liveness {
         if !g.started {
             g.started = true;
             let (weak, config, target) = (Arc::downgrade(self), config.clone(), target.clone());
-            let tls = tls.clone();
+            let (tls, listen) = (tls.clone(), self.listen.clone());
             std::thread::Builder::new()
                 .name("ckpt-pg-liveness".into())
-                .spawn(move || keep(weak, config, tls, target))
+                .spawn(move || keep(weak, config, tls, target, listen))
                 .map_err(|e| {
                     Error::Unavailable(format!("cannot start the liveness thread: {e}"))
                 })?;
@@ -169,14 +201,42 @@ impl Liveness {
     }
 }
 
-/// The keeper thread: connects, locks a fresh key, pings until the session
-/// fails, and starts over at once; ends when the store is dropped.
+/// Reads the session's connection until it ends: answers to the pings,
+/// and notifications, which go to `wakeups`. When it ends, nothing listens.
+async fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    wakeups: Option<Arc<Wakeups>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
+        match message {
+            Ok(AsyncMessage::Notification(n)) => {
+                if let Some(w) = &wakeups {
+                    w.notify(n.payload());
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    if let Some(w) = wakeups {
+        w.set_listening(false);
+    }
+}
+
+/// The keeper thread: connects, locks a fresh key (and listens, with
+/// `listen`), pings until the session fails, and starts over at once; ends
+/// when the store is dropped.
 fn keep(
     liveness: Weak<Liveness>,
     config: tokio_postgres::Config,
     tls: MakeTls,
     target: ConnectTarget,
+    listen: Option<Listen>,
 ) {
+    let wakeups = listen.as_ref().map(|l| l.wakeups.clone());
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -199,11 +259,19 @@ fn keep(
         let sent = Instant::now();
         let connected = runtime.block_on(async {
             let (client, connection) = config.connect(tls.clone()).await?;
-            let driver = tokio::spawn(connection);
+            let driver = tokio::spawn(drive(connection, wakeups.clone()));
             let locked: bool = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
                 .await?
                 .get(0);
+            // Subscribed before the session counts as established, so a
+            // runner that claimed under it is already listening.
+            if let (true, Some(listen)) = (locked, &listen) {
+                client
+                    .batch_execute(&format!("LISTEN {}", listen.channel))
+                    .await?;
+                listen.wakeups.set_listening(true);
+            }
             Ok::<_, tokio_postgres::Error>((client, driver, locked))
         });
         let (client, driver) = match connected {
@@ -239,9 +307,11 @@ fn keep(
                 "liveness session with PostgreSQL re-established"
             );
         }
-        // Ping until the session fails or the store goes.
+        // Ping until the session fails or the store goes. The sleep runs
+        // on the runtime (made inside it: a timer needs its context), so
+        // that the connection is read meanwhile.
         loop {
-            std::thread::sleep(PING_EVERY);
+            runtime.block_on(async { tokio::time::sleep(PING_EVERY).await });
             let Some(l) = liveness.upgrade() else {
                 driver.abort();
                 return;
@@ -261,6 +331,9 @@ fn keep(
                 event = "session_lost",
                 "liveness session with PostgreSQL lost; re-establishing it"
             );
+            if let Some(w) = &wakeups {
+                w.set_listening(false);
+            }
             l.set_current(
                 None,
                 Some(Error::Storage("the liveness session ended".into())),

@@ -66,10 +66,9 @@ pub struct PgStore {
     /// The TLS connector every connection is made with (see [`tls`]).
     tls: tls::MakeTls,
     group: group::GroupCommit,
-    /// Notifications of claimable items, fed by a LISTEN thread started on
-    /// the first wait; dropping the sender stops that thread.
+    /// Notifications of claimable items, fed by the liveness session,
+    /// which also LISTENs (see [`notify`]).
     wakeups: std::sync::Arc<notify::Wakeups>,
-    listener: std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::time::Instant)>>,
     /// Whether saves of several threads share transactions (`?group_commit=on`, the default).
     pub(crate) group_commit: bool,
     /// The pooler between ckpt and the server (`?pooler=`; see [`pooler`]).
@@ -187,18 +186,23 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| Error::Open(format!("cannot start the PostgreSQL driver: {e}")))?;
+        // One connection carries both the liveness lock and the LISTEN.
+        let wakeups = std::sync::Arc::new(notify::Wakeups::default());
+        let liveness = liveness::Liveness::listening(liveness::Listen {
+            channel: notify::channel(&schema),
+            wakeups: wakeups.clone(),
+        });
         let store = PgStore {
             runtime,
             pool,
             schema,
             url: redacted,
             target,
-            liveness: Default::default(),
+            liveness: std::sync::Arc::new(liveness),
             config,
             tls,
             group: group::GroupCommit::default(),
-            wakeups: Default::default(),
-            listener: std::sync::Mutex::new(None),
+            wakeups,
             group_commit,
             pooler,
         };

@@ -103,24 +103,20 @@ async fn stored_version(
     client: &impl deadpool_postgres::GenericClient,
     schema: &str,
 ) -> Result<Option<i64>> {
-    let has_meta: bool = client
+    // One statement, so one snapshot: in two, a store that another process
+    // committed in between looked like another application's tables (40
+    // processes opening a fresh schema at once hit it).
+    let row = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM information_schema.tables
-                            WHERE table_schema = $1 AND table_name = 'ckpt_meta')",
+                            WHERE table_schema = $1 AND table_name = 'ckpt_meta'),
+                    (SELECT count(*) FROM information_schema.tables WHERE table_schema = $1)",
             &[&schema],
         )
         .await
-        .map_err(pg_err)?
-        .get(0);
+        .map_err(pg_err)?;
+    let (has_meta, tables): (bool, i64) = (row.get(0), row.get(1));
     if !has_meta {
-        let tables: i64 = client
-            .query_one(
-                "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1",
-                &[&schema],
-            )
-            .await
-            .map_err(pg_err)?
-            .get(0);
         if tables > 0 {
             return Err(Error::NotAStore(format!(
                 "schema \"{schema}\" holds {tables} table(s) of another application, not a ckpt store; it was left untouched (choose another with ?schema=NAME)"

@@ -1,5 +1,5 @@
-//! TLS for every PostgreSQL connection (the pool, the liveness session, the
-//! LISTEN thread), configured in libpq's words in the store URL:
+//! TLS for every PostgreSQL connection (the pool, and the liveness session,
+//! which also carries LISTEN), configured in libpq's words in the store URL:
 //!
 //! | parameter | meaning |
 //! |---|---|
