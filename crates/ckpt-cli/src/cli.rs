@@ -139,6 +139,22 @@ pub struct RunArgs {
     /// checkpoint writes) at http://ADDR/metrics while it runs.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Stop a command that runs longer (SIGTERM to its process group,
+    /// SIGKILL 2s later); the attempt fails with `timed out after
+    /// DURATION` and is retried like any failure.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Exit codes (comma-separated) that are final: an attempt ending with
+    /// one makes its item dead at once, whatever retries are left.
+    #[arg(long, value_name = "CODES", value_delimiter = ',')]
+    pub no_retry_exit: Vec<i32>,
+    /// Give up early, as GNU parallel does: `soon,fail=N` starts nothing
+    /// new after N dead items and lets running commands finish; `now,…`
+    /// also stops them; `fail=P%` counts a percentage of the items to do;
+    /// `success=` and `done=` count completed (or all finished) items.
+    /// Unstarted items stay pending: run again to continue. Exit status 1.
+    #[arg(long, value_name = "WHEN,WHY=N", allow_hyphen_values = true, value_parser = crate::halt::HaltArg::parse)]
+    pub halt: Option<crate::halt::HaltArg>,
     /// The command; `{}` in an argument is replaced by the item, `{q}`
     /// by the item quoted for a shell, otherwise the item is appended as the
     /// last argument. Never put `{}` inside `sh -c '…'`: pass it as an

@@ -57,6 +57,8 @@ mod resume;
 mod retry;
 #[path = "cli/run.rs"]
 mod run;
+#[path = "cli/run_halt.rs"]
+mod run_halt;
 #[path = "cli/serve.rs"]
 mod serve;
 #[path = "cli/serve_host.rs"]
