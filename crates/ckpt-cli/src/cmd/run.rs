@@ -272,7 +272,21 @@ impl Handler for CommandHandler<'_> {
 
     fn handle_fenced(&self, item: &ClaimedItem, fence: &Fence) -> Outcome {
         let outcome = run_item(self, item, fence);
-        if let Some(when) = self.halting.and_then(|h| h.observe(&outcome, item.attempt)) {
+        let Some(h) = self.halting else {
+            return outcome;
+        };
+        if let Some(when) = h.observe(&outcome, item.attempt) {
+            let tally = h.halted.get().copied().unwrap_or_default();
+            tracing::warn!(
+                event = "halt",
+                "halting: {} (--halt {}); {}",
+                h.policy.describe(tally),
+                h.policy,
+                match when {
+                    When::Soon => "starting no new item, the running commands may finish",
+                    When::Now => "stopping the running commands",
+                }
+            );
             // Before this outcome goes back, so this worker starts nothing
             // more; the runner gives back what it claimed ahead.
             self.stop.stop();
