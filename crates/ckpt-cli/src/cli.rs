@@ -142,7 +142,7 @@ pub struct RunArgs {
     /// Stop a command that runs longer (SIGTERM to its process group,
     /// SIGKILL 2s later); the attempt fails with `timed out after
     /// DURATION` and is retried like any failure.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
     /// Exit codes (comma-separated) that are final: an attempt ending with
     /// one makes its item dead at once, whatever retries are left.
@@ -152,7 +152,8 @@ pub struct RunArgs {
     /// new after N dead items and lets running commands finish; `now,…`
     /// also stops them; `fail=P%` counts a percentage of the items to do;
     /// `success=` and `done=` count completed (or all finished) items.
-    /// Unstarted items stay pending: run again to continue. Exit status 1.
+    /// Unstarted items stay pending: run again to continue. Exit status 1
+    /// (0 after `success=`).
     #[arg(long, value_name = "WHEN,WHY=N", allow_hyphen_values = true, value_parser = crate::halt::HaltArg::parse)]
     pub halt: Option<crate::halt::HaltArg>,
     /// The command; `{}` in an argument is replaced by the item, `{q}`
@@ -277,6 +278,13 @@ fn parse_lease(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(lease)
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("a timeout must be above 0 (e.g. 30s, 5m)".into()),
+        d => Ok(d),
+    }
 }
 
 /// Sets up `tracing` on stderr: `RUST_LOG` if set, else info for ckpt.

@@ -131,6 +131,14 @@ impl HaltPolicy {
         }
     }
 
+    /// Whether a run this policy halted succeeded: only a halt on
+    /// `success=` is the goal reached (GNU parallel then exits with the
+    /// status of the job that succeeded, 0); any other halt left work
+    /// undone because of failures or a limit, and the run fails.
+    pub fn halt_is_success(&self) -> bool {
+        self.why == Why::Success
+    }
+
     /// Why the run halted, e.g. `3 failures`.
     pub fn describe(&self, tally: Tally) -> String {
         let n = self.counted(tally);
@@ -249,6 +257,14 @@ mod tests {
         assert_eq!(p.check(tally(500, 11), 120), None);
         assert_eq!(p.check(tally(0, 12), 120), Some(When::Soon));
         assert_eq!(parse("now,done=100%").limit(7), 7);
+    }
+
+    #[test]
+    fn only_a_halt_on_success_succeeds() {
+        assert!(parse("now,success=1").halt_is_success());
+        assert!(parse("-1").halt_is_success());
+        assert!(!parse("soon,fail=1").halt_is_success());
+        assert!(!parse("soon,done=5").halt_is_success());
     }
 
     #[test]

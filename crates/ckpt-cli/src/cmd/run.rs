@@ -154,10 +154,10 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     let stopped_by = report.stopped.then(|| signals.signal()).flatten();
     // A signal that came too wins: it is what stopped the commands.
     let halted = match (&halting, stopped_by) {
-        (Some(h), None) => h
-            .halted
-            .get()
-            .map(|&tally| format!("{} (--halt {})", h.policy.describe(tally), h.policy)),
+        (Some(h), None) => h.halted.get().map(|&tally| {
+            let why = format!("{} (--halt {})", h.policy.describe(tally), h.policy);
+            (why, h.policy.halt_is_success())
+        }),
         _ => None,
     };
     if args.json {
@@ -172,14 +172,14 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             lost_leases: report.lost,
             released_now: report.released,
             stopped_by: stopped_by.map(signal_name),
-            halted: halted.clone(),
+            halted: halted.as_ref().map(|(why, _)| why.clone()),
             items: counts.into(),
             elapsed_seconds: seconds,
         };
         println!("{}", serde_json::to_string_pretty(&doc)?);
     }
     let took = short_duration(started.elapsed());
-    if let Some(why) = halted {
+    if let Some((why, success)) = halted {
         eprintln!(
             "ckpt: job '{}' halted: {why}; {} completed now, {} given back unfinished, {} failed attempts; {} item(s) left pending, run the same command again to continue ({took})",
             args.job,
@@ -188,7 +188,11 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             report.failed,
             counts.unfinished(),
         );
-        return Ok(ExitCode::from(FAILED));
+        return Ok(if success {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(FAILED)
+        });
     }
     if report.stopped {
         let by = stopped_by.map_or_else(|| "a stop request".to_string(), signal_name);

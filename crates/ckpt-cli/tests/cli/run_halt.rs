@@ -224,11 +224,11 @@ fn halt_now_stops_running_commands_and_gives_their_items_back() {
         .map(String::from)
         .into();
     let file = sb.write_items("items.txt", &all);
-    // `slow` waits for a file that never comes; `bad-0` fails once `slow`
-    // has started.
+    // `slow` would complete after 30 s unless stopped; `bad-0` fails once
+    // `slow` has started.
     let script = r#"echo "$0 $CKPT_ATTEMPT" >> log
 case "$0" in
-  slow) echo $$ > slow.pid; while :; do sleep 0.05; done ;;
+  slow) echo $$ > slow.pid; i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done ;;
   bad*) while [ ! -e slow.pid ]; do sleep 0.01; done; exit 1 ;;
 esac"#;
     let out = sb
@@ -262,4 +262,44 @@ esac"#;
     assert_eq!(items["later-0"], ("pending".into(), 0, None));
     assert_eq!(items["later-1"], ("pending".into(), 0, None));
     assert!(!runs(&sb).contains_key("later-0"));
+}
+
+#[test]
+fn halt_on_success_exits_0_and_bad_halt_values_are_usage_errors() {
+    let sb = Sandbox::new();
+    let all: Vec<String> = ["bad-1", "ok-1", "ok-2", "ok-3"].map(String::from).into();
+    let file = sb.write_items("items.txt", &all);
+    sb.write("broken", "");
+    let run = |extra: &[&str]| {
+        sb.ckpt()
+            .args(["run", "--job", "S", "--items"])
+            .arg(&file)
+            .args(["-j", "1", "--retries", "0"])
+            .args(extra)
+            .args(["--", "sh", "-c", FLAKY_SCRIPT])
+            .run()
+    };
+    // GNU parallel's `-1` is soon,success=1: the goal reached, exit 0.
+    let out = run(&["--halt", "-1"]);
+    out.success();
+    assert!(
+        out.stderr
+            .contains("halted: 1 success (--halt soon,success=1)"),
+        "{}",
+        out.stderr
+    );
+    let items = stored(&sb, "S");
+    assert_eq!(items["bad-1"].0, "dead");
+    assert_eq!(items["ok-1"].0, "completed");
+    assert_eq!(items["ok-2"], ("pending".into(), 0, None));
+    assert_eq!(items["ok-3"], ("pending".into(), 0, None));
+
+    for bad in [
+        &["--halt", "soon,fail=0"][..],
+        &["--halt", "later,fail=1"],
+        &["--timeout", "0s"],
+    ] {
+        let err = run(bad).error(2);
+        assert!(err.contains(bad[0]), "{bad:?}: {err}");
+    }
 }
