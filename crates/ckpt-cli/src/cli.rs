@@ -148,6 +148,23 @@ pub struct RunArgs {
     /// checkpoint writes) at http://ADDR/metrics while it runs.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Stop a command that runs longer (SIGTERM to its process group,
+    /// SIGKILL 2s later); the attempt fails with `timed out after
+    /// DURATION` and is retried like any failure.
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+    /// Exit codes (comma-separated) that are final: an attempt ending with
+    /// one makes its item dead at once, whatever retries are left.
+    #[arg(long, value_name = "CODES", value_delimiter = ',')]
+    pub no_retry_exit: Vec<i32>,
+    /// Give up early, as GNU parallel does: `soon,fail=N` starts nothing
+    /// new after N dead items and lets running commands finish; `now,…`
+    /// also stops them; `fail=P%` counts a percentage of the items to do;
+    /// `success=` and `done=` count completed (or all finished) items.
+    /// Unstarted items stay pending: run again to continue. Exit status 1
+    /// (0 after `success=`).
+    #[arg(long, value_name = "WHEN,WHY=N", allow_hyphen_values = true, value_parser = crate::halt::HaltArg::parse)]
+    pub halt: Option<crate::halt::HaltArg>,
     /// The command. GNU parallel's replacement strings are replaced in
     /// its arguments: {} the item, {.} without extension, {/} basename,
     /// {//} dirname, {/.} basename without extension, {#} line number,
@@ -274,6 +291,13 @@ fn parse_lease(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(lease)
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("a timeout must be above 0 (e.g. 30s, 5m)".into()),
+        d => Ok(d),
+    }
 }
 
 /// Sets up `tracing` on stderr: `RUST_LOG` if set, else info for ckpt.

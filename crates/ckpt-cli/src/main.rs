@@ -5,6 +5,7 @@ mod cli;
 mod cmd;
 mod exit;
 mod exporter;
+mod halt;
 mod output;
 mod progress;
 mod serve;

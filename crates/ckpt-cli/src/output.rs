@@ -71,6 +71,9 @@ pub struct RunDoc {
     pub released_now: u64,
     /// "SIGTERM" or "SIGINT" when a signal stopped the run, else null.
     pub stopped_by: Option<String>,
+    /// Why `--halt` ended the run early (e.g. `3 failures (--halt
+    /// soon,fail=3)`), else null.
+    pub halted: Option<String>,
     /// The job's items by status at the end (earlier runs' work included).
     pub items: ItemCountsJson,
     /// How long this run took.

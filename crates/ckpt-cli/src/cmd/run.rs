@@ -11,16 +11,17 @@ mod lines;
 pub mod sentinel;
 mod slots;
 mod template;
+mod timeout;
 
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ckpt::shutdown::{signal_name, Signals};
+use ckpt::shutdown::{signal_name, Signals, StopSignal};
 use ckpt::store::OpenMode;
 use ckpt::{ClaimedItem, Fence, Handler, Outcome, QueueOptions, RetryPolicy, RunOptions, Runner};
 
@@ -31,9 +32,11 @@ use self::lines::LineIndex;
 use self::sentinel::Sentinel;
 use self::slots::Slots;
 use self::template::{Context as Expand, Template};
+use self::timeout::Timeouts;
 use super::items::ItemsFile;
 use crate::cli::RunArgs;
 use crate::exit::{Usage, FAILED};
+use crate::halt::{HaltPolicy, Tally, When};
 use crate::output::{short_duration, RunDoc};
 use crate::progress::{self, Progress};
 
@@ -80,12 +83,14 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         }
         None => ckpt,
     };
+    let halt = args.halt.and_then(|h| h.0);
     let retry = RetryPolicy {
         base_delay: args.backoff,
         // A long --backoff is taken as asked, not capped at 30 s.
         max_delay: args.backoff.max(RetryPolicy::interactive(0).max_delay),
         ..RetryPolicy::interactive(args.retries)
     };
+    let max_attempts = retry.max_attempts;
     let queue = ckpt.queue_with(
         &args.job,
         QueueOptions {
@@ -115,6 +120,10 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             .spawn(move || children::supervise(children, signals, grace))
             .context("cannot start the shutdown thread")?;
     }
+    let timeouts = args
+        .timeout
+        .map(|limit| Timeouts::start(limit, Arc::clone(&children)))
+        .transpose()?;
     let runner = Runner::new(&queue, options).with_stop(signals.stop_signal());
     let mode = if args.quiet {
         progress::Mode::Quiet
@@ -123,13 +132,23 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     } else {
         progress::Mode::Lines(args.progress_interval)
     };
+    let at_start = match (mode, halt) {
+        (progress::Mode::Quiet, None) => Default::default(),
+        _ => queue.counts()?,
+    };
+    let halting = halt.map(|policy| Halting {
+        policy,
+        // A percentage is of what this run sets out to do: a run that
+        // resumes a job counts against what is left of it.
+        todo: at_start.unfinished(),
+        max_attempts,
+        tally: Mutex::default(),
+        halted: OnceLock::new(),
+    });
     let start = progress::Start {
         job: args.job.clone(),
         // Where the job stands: earlier runs' work counts as progress.
-        counts: match mode {
-            progress::Mode::Quiet => Default::default(),
-            _ => queue.counts()?,
-        },
+        counts: at_start,
         stop: signals.stop_signal(),
     };
     let display = Progress::start(mode, start, runner.progress());
@@ -143,6 +162,10 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         worker: &worker,
         children: &children,
         signals: &signals,
+        timeouts: timeouts.as_deref(),
+        no_retry_exit: &args.no_retry_exit,
+        halting: halting.as_ref(),
+        stop: signals.stop_signal(),
     };
     let report = runner.run(&handler);
     display.finish();
@@ -150,6 +173,14 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     let counts = report.counts;
     let seconds = started.elapsed().as_secs_f64();
     let stopped_by = report.stopped.then(|| signals.signal()).flatten();
+    // A signal that came too wins: it is what stopped the commands.
+    let halted = match (&halting, stopped_by) {
+        (Some(h), None) => h.halted.get().map(|&tally| {
+            let why = format!("{} (--halt {})", h.policy.describe(tally), h.policy);
+            (why, h.policy.halt_is_success())
+        }),
+        _ => None,
+    };
     if args.json {
         let doc = RunDoc {
             job: args.job.clone(),
@@ -162,12 +193,28 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             lost_leases: report.lost,
             released_now: report.released,
             stopped_by: stopped_by.map(signal_name),
+            halted: halted.as_ref().map(|(why, _)| why.clone()),
             items: counts.into(),
             elapsed_seconds: seconds,
         };
         println!("{}", serde_json::to_string_pretty(&doc)?);
     }
     let took = short_duration(started.elapsed());
+    if let Some((why, success)) = halted {
+        eprintln!(
+            "ckpt: job '{}' halted: {why}; {} completed now, {} given back unfinished, {} failed attempts; {} item(s) left pending, run the same command again to continue ({took})",
+            args.job,
+            report.completed,
+            report.released,
+            report.failed,
+            counts.unfinished(),
+        );
+        return Ok(if success {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(FAILED)
+        });
+    }
     if report.stopped {
         let by = stopped_by.map_or_else(|| "a stop request".to_string(), signal_name);
         eprintln!(
@@ -288,6 +335,11 @@ struct CommandHandler<'a> {
     worker: &'a str,
     children: &'a Arc<Children>,
     signals: &'a Signals,
+    timeouts: Option<&'a Timeouts>,
+    no_retry_exit: &'a [i32],
+    halting: Option<&'a Halting>,
+    /// The runner's: stopping it starts nothing new.
+    stop: StopSignal,
 }
 
 impl Handler for CommandHandler<'_> {
@@ -296,7 +348,58 @@ impl Handler for CommandHandler<'_> {
     }
 
     fn handle_fenced(&self, item: &ClaimedItem, fence: &Fence) -> Outcome {
-        run_item(self, item, fence)
+        let outcome = run_item(self, item, fence);
+        let Some(h) = self.halting else {
+            return outcome;
+        };
+        if let Some(when) = h.observe(&outcome, item.attempt) {
+            let tally = h.halted.get().copied().unwrap_or_default();
+            tracing::warn!(
+                event = "halt",
+                "halting: {} (--halt {}); {}",
+                h.policy.describe(tally),
+                h.policy,
+                match when {
+                    When::Soon => "starting no new item, the running commands may finish",
+                    When::Now => "stopping the running commands",
+                }
+            );
+            // Before this outcome goes back, so this worker starts nothing
+            // more; the runner gives back what it claimed ahead.
+            self.stop.stop();
+            if when == When::Now {
+                self.children.halt_now(*self.signals);
+            }
+        }
+        outcome
+    }
+}
+
+/// `--halt`: what this run's items came to, and whether it halted.
+struct Halting {
+    policy: HaltPolicy,
+    /// The items this run set out to do (the job's unfinished ones).
+    todo: u64,
+    max_attempts: u32,
+    tally: Mutex<Tally>,
+    /// The tally that made the run halt.
+    halted: OnceLock<Tally>,
+}
+
+impl Halting {
+    /// Counts `outcome` of attempt `attempt` if it is final (completed, or
+    /// failed for good); says how to halt when it is the one that makes
+    /// the run halt.
+    fn observe(&self, outcome: &Outcome, attempt: u32) -> Option<When> {
+        let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Outcome::Completed(_) => tally.succeeded += 1,
+            Outcome::Fatal(_) => tally.failed += 1,
+            Outcome::Failed(_) if attempt >= self.max_attempts => tally.failed += 1,
+            _ => return None,
+        }
+        let when = self.policy.check(*tally, self.todo)?;
+        self.halted.set(*tally).ok().map(|()| when)
     }
 }
 
@@ -341,6 +444,9 @@ fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcom
         Err(e) => return Outcome::Failed(format!("cannot run {program}: {e}")),
     };
     children.started(&child);
+    if let Some(timeouts) = h.timeouts {
+        timeouts.arm(child.id());
+    }
     {
         let (children, pid, grace) = (Arc::clone(children), child.id(), fence.kill_grace());
         fence.on_lost(move |_| children.stop_one(pid, grace));
@@ -350,6 +456,7 @@ fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcom
         fence.on_deadline(move |term, kill| children.deadline(pid, term, kill));
     }
     let status = child.wait();
+    let timed_out = h.timeouts.is_some_and(|t| t.disarm(child.id()));
     // Whatever the command left running in its process group (`work &`)
     // is this item's work: it must not run on beside a retry or another
     // worker's copy, nor escape the fence and the sentinel.
@@ -366,10 +473,16 @@ fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcom
             "stopped because its lease could not be proven: {why}"
         ));
     }
+    if let (false, Some(timeouts)) = (succeeded, h.timeouts.filter(|_| timed_out)) {
+        return Outcome::Failed(timeouts.error());
+    }
     match status {
         Ok(status) if status.success() => Outcome::Completed(None),
         Ok(status) => match children.interrupted(status, signals) {
             Some(why) => Outcome::Interrupted(format!("{}: {why}", describe(status))),
+            None if status.code().is_some_and(|c| h.no_retry_exit.contains(&c)) => Outcome::Fatal(
+                format!("{} (--no-retry-exit: not retried)", describe(status)),
+            ),
             None => Outcome::Failed(describe(status)),
         },
         Err(e) => Outcome::Failed(format!("cannot wait for {program}: {e}")),

@@ -30,6 +30,11 @@ pub enum Outcome {
     Completed(Option<Value>),
     /// Failed with this message; retried or dead per the retry policy.
     Failed(String),
+    /// Failed with this message, and retrying would not help (a bad input,
+    /// an exit code the operator declared final): the item is dead at once,
+    /// whatever attempts it has left, with the message as its last error.
+    /// The attempt counts, as a [`Failed`](Outcome::Failed) one does.
+    Fatal(String),
     /// Not finished because the run is stopping (the handler was told to
     /// stop, or its work was killed at shutdown), with a note on why: the
     /// item is given back, pending again with no attempt counted, and is
@@ -145,6 +150,7 @@ impl Queue {
                     RetryDecision::Dead => Verdict::Dead(error.clone()),
                 }
             }
+            Outcome::Fatal(error) => Verdict::Dead(error.clone()),
             Outcome::Interrupted(_) => Verdict::Release,
         }
     }
@@ -199,12 +205,16 @@ impl Queue {
             }
             Verdict::Dead(error) => {
                 ran("dead");
+                let why = match attempt.outcome {
+                    Outcome::Fatal(_) => "not to be retried",
+                    _ => "no attempts left",
+                };
                 tracing::error!(
                     event = "item_dead",
                     job,
                     key,
                     attempt = n,
-                    "item failed: {error}; no attempts left, moved to the dead-letter list"
+                    "item failed: {error}; {why}, moved to the dead-letter list"
                 );
                 Settled::Dead
             }
@@ -247,7 +257,7 @@ pub(super) enum Verdict {
     Complete(Option<Value>),
     /// Failed with this error; retried at this time.
     Retry(String, Timestamp),
-    /// Failed with this error, the last attempt allowed.
+    /// Failed with this error, the last attempt allowed (or a fatal one).
     Dead(String),
     /// Given back unfinished.
     Release,

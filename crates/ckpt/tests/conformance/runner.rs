@@ -111,3 +111,47 @@ fn runner_rides_out_a_store_outage(store: Option<Fixture>) {
         "nothing ran twice: {runs:?}"
     );
 }
+
+#[apply(every_store)]
+fn a_fatal_outcome_makes_the_item_dead_at_once(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let ckpt = Ckpt::new((f.another)());
+    let mut options = queue_options(5);
+    options.retry.base_delay = Duration::from_millis(5);
+    let q = ckpt.queue_with("fatal", options).unwrap();
+    q.enqueue(keys(10)).unwrap();
+    let runs = Mutex::new(HashMap::<String, u32>::new());
+    let handler = |item: &ckpt::ClaimedItem| {
+        *runs.lock().unwrap().entry(item.key.clone()).or_default() += 1;
+        match item.key.as_str() {
+            "item-0003" => Outcome::Fatal("exit status 3".into()),
+            // A fatal outcome after a retry keeps the attempts used.
+            "item-0005" if item.attempt == 1 => Outcome::Failed("transient".into()),
+            "item-0005" => Outcome::Fatal("bad input".into()),
+            _ => Outcome::Completed(None),
+        }
+    };
+    let run = RunOptions {
+        workers: 2,
+        prefetch: 2,
+        idle_poll: Duration::from_millis(20),
+        ..RunOptions::default()
+    };
+    let report = Runner::new(&q, run).run(&handler).unwrap();
+    let runs = runs.into_inner().unwrap();
+    assert_eq!(
+        runs["item-0003"], 1,
+        "not retried, though 4 attempts were left"
+    );
+    assert_eq!(runs["item-0005"], 2);
+    assert_eq!((report.completed, report.dead, report.failed), (8, 2, 3));
+    assert_eq!(report.status, Some(JobStatus::Failed));
+    let dead: HashMap<String, (u32, Option<String>)> = q
+        .items(Some(ItemStatus::Dead), 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.key, (r.attempts, r.last_error)))
+        .collect();
+    assert_eq!(dead["item-0003"], (1, Some("exit status 3".into())));
+    assert_eq!(dead["item-0005"], (2, Some("bad input".into())));
+}

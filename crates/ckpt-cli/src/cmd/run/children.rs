@@ -48,6 +48,8 @@ struct State {
     phase: Phase,
     /// SIGINT was passed on to the commands (a Ctrl-C).
     interrupted: bool,
+    /// The commands are being stopped by `--halt now`, not by a signal.
+    halted: bool,
 }
 
 /// The commands running for one worker.
@@ -71,6 +73,7 @@ impl Children {
                 pids: HashSet::new(),
                 phase: Phase::Running,
                 interrupted: false,
+                halted: false,
             }),
             changed: Condvar::new(),
         })
@@ -161,9 +164,17 @@ impl Children {
     /// Returns the reason, after making sure that nothing the command
     /// started is left running.
     pub fn interrupted(&self, status: ExitStatus, signals: &Signals) -> Option<String> {
-        if self.lock().phase > Phase::Running {
+        let (phase, halted) = {
+            let g = self.lock();
+            (g.phase, g.halted)
+        };
+        if phase > Phase::Running {
             self.wait_killed();
-            return Some("stopped at shutdown after the grace period".into());
+            return Some(if halted {
+                "stopped by --halt now".into()
+            } else {
+                "stopped at shutdown after the grace period".into()
+            });
         }
         let by = interrupt_signal(status)?;
         // A Ctrl-C at the terminal: the command and ckpt got it together.
@@ -171,6 +182,33 @@ impl Children {
             return Some(format!("{} during shutdown", by));
         }
         None
+    }
+
+    /// `--halt now`: on a thread of its own, sends SIGTERM to the running
+    /// commands and their descendants (and to those started from now on),
+    /// then SIGKILL [`KILL_AFTER`] later, as at the end of a shutdown's
+    /// grace period. Their items are given back, as a shutdown's are.
+    pub fn halt_now(self: &Arc<Self>, signals: Signals) {
+        {
+            let mut g = self.lock();
+            if g.halted || g.phase > Phase::Running {
+                return;
+            }
+            g.halted = true;
+        }
+        self.terminate();
+        let children = Arc::clone(self);
+        let kill = move || {
+            children.wait_exited(Instant::now() + KILL_AFTER, &signals);
+            children.kill();
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("ckpt-halt".into())
+            .spawn(kill)
+        {
+            tracing::warn!(error = %e, "cannot start the halt thread; the running commands get SIGKILL now");
+            self.kill();
+        }
     }
 
     /// Passes SIGINT on to the running commands' process groups (and to
