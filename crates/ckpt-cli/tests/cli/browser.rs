@@ -1,6 +1,6 @@
 //! The dashboard of `ckpt serve` in a real headless Chromium, driven over
 //! W3C WebDriver by chromedriver: the jobs table, a job's page, and Retry
-//! with the token. Skipped, with the reason printed, when Chromium or
+//! with the token, and a rebound name refused. Skipped, with the reason printed, when Chromium or
 //! chromedriver is missing, unless `CKPT_REQUIRE_SERVICES=1`.
 //!
 //! The WebDriver protocol is a few JSON requests over HTTP, spoken here with
@@ -201,6 +201,55 @@ fn dashboard_measures_rate_and_eta_and_is_read_only_without_a_token() {
         "#job-missing",
         "No job named “no such” (it may have been pruned).",
     );
+    drop(page);
+    drop(driver);
+    server.stop();
+}
+
+/// DNS rebinding, as a browser meets it: a name the attacker controls
+/// resolves to the loopback address `ckpt serve` listens on (here by
+/// Chromium's own resolver rules). The page gets 421 and no job data, and
+/// neither does a script on it asking the API; the server's own address
+/// still works in the same browser.
+#[test]
+fn a_rebound_name_gets_no_data_in_the_browser() {
+    let Some((chromium, chromedriver)) = browser() else {
+        return;
+    };
+    let sb = Sandbox::new();
+    items_job(&sb, "secret-job");
+    let server = Server::start(&sb, &[]);
+    let port = server
+        .url("/")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let driver = Driver::start(&chromedriver);
+    let page = Session::with_args(
+        &driver,
+        &chromium,
+        &["--host-resolver-rules=MAP attacker.example 127.0.0.1"],
+    );
+    page.goto(&format!("http://attacker.example:{port}/"));
+    let body = page
+        .script("return document.body ? document.body.innerText : ''")
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(body.contains("misdirected request"), "{body}");
+    assert!(!body.contains("secret-job"), "{body}");
+    let api = page.script(
+        "const r = new XMLHttpRequest(); r.open('GET', '/api/jobs', false); r.send(); \
+         return r.status + ' ' + r.responseText;",
+    );
+    let api = api.as_str().unwrap_or_default().to_string();
+    assert!(api.starts_with("421 "), "{api}");
+    assert!(!api.contains("secret-job"), "{api}");
+    // The same browser, by the address the server listens on: the data.
+    page.goto(&server.url("/"));
+    page.wait_text(r#"tr[data-job="secret-job"] .progress-text"#, "2/5");
     drop(page);
     drop(driver);
     server.stop();

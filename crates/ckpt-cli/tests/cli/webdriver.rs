@@ -89,6 +89,19 @@ pub struct WdError {
 
 impl Session {
     pub fn new(driver: &Driver, chromium: &Path) -> Session {
+        Session::with_args(driver, chromium, &[])
+    }
+
+    /// A session whose Chromium gets `extra` command-line flags too.
+    pub fn with_args(driver: &Driver, chromium: &Path, extra: &[&str]) -> Session {
+        let mut args = vec![
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,1000",
+        ];
+        args.extend_from_slice(extra);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
@@ -98,8 +111,7 @@ impl Session {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": chromium,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1280,1000"],
+                "args": args,
             },
         }}});
         let value = send(
