@@ -36,7 +36,9 @@ run_xargs() { xargs -P4 -n"$batch" true < items.txt; }
 run_batch() { fresh; "$ckpt" --store sqlite://ckpt.db run --job bench --items items.txt -j 4 -n "$batch" -- true; }
 run_single() { fresh; "$ckpt" --store sqlite://ckpt.db run --job bench --items items.txt -j 4 -- true; }
 check() { # every item completed, durably recorded in the store
-    "$ckpt" --store sqlite://ckpt.db status bench --json | grep -q "\"completed\": $n"
+    local doc
+    doc=$("$ckpt" --store sqlite://ckpt.db status bench --json)
+    grep -q "\"completed\": $n," <<< "$doc"
 }
 
 tools=(xargs batch single)
