@@ -18,6 +18,7 @@ use crate::store::Store;
 
 type Hook = Box<dyn FnOnce(&str) + Send>;
 type DeadlineHook = Arc<dyn Fn(Instant, Instant) + Send + Sync>;
+type Deadline = Option<(Instant, Instant)>;
 
 #[derive(Default)]
 struct FenceState {
@@ -139,8 +140,8 @@ impl Fence {
             .min()
             .unwrap_or_default();
         let all = Fence::new(grace);
-        let deadlines: Arc<Mutex<Vec<Option<(Instant, Instant)>>>> =
-            Arc::new(Mutex::new(vec![None; fences.len()]));
+        // Each fence's (term, kill), once it has one.
+        let deadlines: Arc<Mutex<Vec<Deadline>>> = Arc::new(Mutex::new(vec![None; fences.len()]));
         for (i, fence) in fences.iter().enumerate() {
             // Weak: a hook kept by the fence must not keep the fence alive.
             let (mine, combined) = (Arc::downgrade(&fence.inner), all.clone());
