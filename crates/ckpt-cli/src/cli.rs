@@ -120,6 +120,12 @@ pub struct RunArgs {
     /// Items to run at once.
     #[arg(short = 'j', long = "jobs", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub jobs: u32,
+    /// Up to N items per command (`{}` and the other replacement strings
+    /// expand to N arguments, a word holding one repeated per item; the
+    /// items appended if none is used); exit 0 completes them all in one
+    /// commit, a failed command's items are run again one by one.
+    #[arg(short = 'n', long = "max-args", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_args: u32,
     /// Retries of a failed item before it is dead (0: dead after one failure).
     #[arg(long, default_value_t = 2)]
     pub retries: u32,

@@ -5,6 +5,7 @@
 //! get `--grace` to finish, every outcome is committed, and ckpt exits 143
 //! (SIGTERM) or 130 (SIGINT) holding nothing in the store.
 
+mod batch;
 mod children;
 mod dry;
 mod lines;
@@ -31,7 +32,7 @@ use self::children::Children;
 use self::lines::LineIndex;
 use self::sentinel::Sentinel;
 use self::slots::Slots;
-use self::template::{Context as Expand, Template};
+use self::template::Template;
 use self::timeout::Timeouts;
 use super::items::ItemsFile;
 use crate::cli::RunArgs;
@@ -44,6 +45,9 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     super::job_name(&args.job)?;
     let colsep = args.colsep.as_deref().map(colsep).transpose()?;
     if args.dry_run {
+        if args.max_args > 1 {
+            return Err(Usage("--dry-run does not show batches: drop -n".into()).into());
+        }
         return dry::run(url, &args, colsep.as_ref());
     }
     let mut command = args.command.clone();
@@ -104,7 +108,8 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         // Claiming ahead lets completions pile up and share one durable
         // commit, while holding few enough items that other `ckpt run`
         // processes on the same job still get their share.
-        prefetch: (args.jobs as usize * 2).max(8),
+        prefetch: (args.jobs as usize * 2).max(8) * args.max_args as usize,
+        batch: args.max_args as usize,
         ..RunOptions::default()
     };
     let worker = queue.owner().to_string();
@@ -348,11 +353,23 @@ impl Handler for CommandHandler<'_> {
     }
 
     fn handle_fenced(&self, item: &ClaimedItem, fence: &Fence) -> Outcome {
-        let outcome = run_item(self, item, fence);
+        let outcome = run_item(self, std::slice::from_ref(item), fence);
+        self.observe(&outcome, item.attempt);
+        outcome
+    }
+
+    fn handle_batch(&self, items: &[ClaimedItem], fences: &[Fence]) -> Vec<Outcome> {
+        batch::run(self, items, fences)
+    }
+}
+
+impl CommandHandler<'_> {
+    /// Counts a final outcome for `--halt`, and halts when it says so.
+    fn observe(&self, outcome: &Outcome, attempt: u32) {
         let Some(h) = self.halting else {
-            return outcome;
+            return;
         };
-        if let Some(when) = h.observe(&outcome, item.attempt) {
+        if let Some(when) = h.observe(outcome, attempt) {
             let tally = h.halted.get().copied().unwrap_or_default();
             tracing::warn!(
                 event = "halt",
@@ -371,7 +388,6 @@ impl Handler for CommandHandler<'_> {
                 self.children.halt_now(*self.signals);
             }
         }
-        outcome
     }
 }
 
@@ -403,7 +419,7 @@ impl Halting {
     }
 }
 
-/// Runs the command for one item.
+/// Runs the command for one item, or for a batch of items at once (`-n`).
 ///
 /// The child leads a process group of its own, which the [`Sentinel`]
 /// kills if this process dies, and is marked with `CKPT_WORKER` (the next
@@ -416,26 +432,20 @@ impl Halting {
 /// command's group gets SIGTERM, and SIGKILL after the fence's grace, so it
 /// is gone before another worker may take the item over; the attempt fails
 /// (it ran), and is refused if the item was taken meanwhile.
-fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcome {
+fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Outcome {
     let (job, worker, children, signals) = (h.job, h.worker, h.children, h.signals);
     // Held until the command and what it left behind are gone.
     let slot = h.slots.take();
-    let line = match h.lines.map(|l| l.line(&item.key)).transpose() {
-        Ok(line) => line.unwrap_or(0),
+    let argv = match batch::argv(h, items, slot.number()) {
+        Ok(argv) => argv,
         Err(e) => return Outcome::Failed(format!("{e:#}")),
     };
-    let argv = h.template.expand(&Expand {
-        item: &item.key,
-        colsep: h.colsep,
-        line,
-        slot: slot.number(),
-    });
     let program = &argv[0];
     let mut cmd = Command::new(program);
     cmd.args(&argv[1..]);
     cmd.env("CKPT_JOB", job)
-        .env("CKPT_ITEM", &item.key)
-        .env("CKPT_ATTEMPT", item.attempt.to_string())
+        .env("CKPT_ITEM", batch::keys(items))
+        .env("CKPT_ATTEMPT", items[0].attempt.to_string())
         .env(ckpt::worker::WORKER_ENV, worker)
         .stdin(Stdio::null())
         .process_group(0);

@@ -24,7 +24,7 @@ pub(super) struct Coordinator<'r, 'q> {
     starts: Vec<ClaimedItem>,
     last_heartbeat: Instant,
     last_reclaim: Instant,
-    /// Items held at most: one per worker, plus the prefetch.
+    /// Items held at most: a batch per worker, plus the prefetch.
     capacity: usize,
 }
 
@@ -46,7 +46,9 @@ impl<'r, 'q> Coordinator<'r, 'q> {
             starts: Vec::new(),
             last_heartbeat: Instant::now(),
             last_reclaim: Instant::now(),
-            capacity: runner.options.workers.max(1) + runner.options.prefetch,
+            // A full batch for every worker, and the prefetch besides.
+            capacity: runner.options.workers.max(1) * runner.options.batch.max(1)
+                + runner.options.prefetch,
         }
     }
 

@@ -18,6 +18,7 @@ use crate::store::Store;
 
 type Hook = Box<dyn FnOnce(&str) + Send>;
 type DeadlineHook = Arc<dyn Fn(Instant, Instant) + Send + Sync>;
+type Deadline = Option<(Instant, Instant)>;
 
 #[derive(Default)]
 struct FenceState {
@@ -123,6 +124,49 @@ impl Fence {
         if let Some((term, kill)) = g.deadline {
             hook(term, kill);
         }
+    }
+
+    /// A fence over several items' work done as one (a batch run by one
+    /// command): it trips as soon as any of `fences` trips, since the work
+    /// of the lost item cannot be stopped apart from the others', and its
+    /// deadline is the earliest of theirs. Its grace is the shortest.
+    pub fn any(fences: &[Fence]) -> Fence {
+        if let [one] = fences {
+            return one.clone();
+        }
+        let grace = fences
+            .iter()
+            .map(Fence::kill_grace)
+            .min()
+            .unwrap_or_default();
+        let all = Fence::new(grace);
+        // Each fence's (term, kill), once it has one.
+        let deadlines: Arc<Mutex<Vec<Deadline>>> = Arc::new(Mutex::new(vec![None; fences.len()]));
+        for (i, fence) in fences.iter().enumerate() {
+            // Weak: a hook kept by the fence must not keep the fence alive.
+            let (mine, combined) = (Arc::downgrade(&fence.inner), all.clone());
+            fence.on_lost(move |why| {
+                let reason = mine
+                    .upgrade()
+                    .and_then(|f| {
+                        let g = f.state.lock().unwrap_or_else(|e| e.into_inner());
+                        g.lost.as_ref().map(|(r, _)| *r)
+                    })
+                    .unwrap_or(FenceReason::TakenOver);
+                combined.trip(reason, why);
+            });
+            let (deadlines, combined) = (Arc::clone(&deadlines), all.clone());
+            fence.on_deadline(move |term, kill| {
+                let mut d = deadlines.lock().unwrap_or_else(|e| e.into_inner());
+                d[i] = Some((term, kill));
+                let term = d.iter().flatten().map(|(t, _)| *t).min();
+                let kill = d.iter().flatten().map(|(_, k)| *k).min();
+                if let (Some(term), Some(kill)) = (term, kill) {
+                    combined.set_deadline(term, kill);
+                }
+            });
+        }
+        all
     }
 
     /// Moves the deadline; the hooks hear of moves of 20 ms or more.
@@ -552,5 +596,38 @@ mod tests {
         assert!(dog.fence(&lease(1, 1)).is_none());
         dog.stop();
         thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_fence_over_several_trips_with_any_and_keeps_the_earliest_deadline() {
+        let (a, b) = (
+            Fence::new(Duration::from_secs(2)),
+            Fence::new(Duration::from_secs(1)),
+        );
+        let now = Instant::now();
+        a.set_deadline(now + Duration::from_secs(10), now + Duration::from_secs(12));
+        b.set_deadline(now + Duration::from_secs(20), now + Duration::from_secs(21));
+        let all = Fence::any(&[a.clone(), b.clone()]);
+        assert_eq!(all.kill_grace(), Duration::from_secs(1), "the shortest");
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        {
+            let heard = Arc::clone(&heard);
+            all.on_deadline(move |term, _| heard.lock().unwrap().push(term));
+        }
+        assert_eq!(*heard.lock().unwrap(), [now + Duration::from_secs(10)]);
+        // `a` confirmed later: `b`'s deadline is now the earliest.
+        a.set_deadline(now + Duration::from_secs(30), now + Duration::from_secs(32));
+        assert_eq!(
+            heard.lock().unwrap().last(),
+            Some(&(now + Duration::from_secs(20)))
+        );
+        assert!(!all.is_lost());
+        b.trip(FenceReason::TakenOver, "taken");
+        assert!(all.is_lost(), "one lost lease stops the batch");
+        assert_eq!(all.reason().as_deref(), Some("taken"));
+        assert!(!a.is_lost(), "the others' fences are their own");
+        // A fence over one is that fence.
+        let one = Fence::any(std::slice::from_ref(&a));
+        assert!(Arc::ptr_eq(&one.inner, &a.inner));
     }
 }

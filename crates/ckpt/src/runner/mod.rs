@@ -57,6 +57,12 @@ pub struct RunOptions {
     /// How long the store may stay busy or unreachable (retried with
     /// backoff) before the run gives up.
     pub max_outage: Duration,
+    /// Items handed to one [`Handler::handle_batch`] call at most (1: one
+    /// item per call). A batch is formed from the items ready at once, and
+    /// only of first attempts: an item that was tried before (it failed,
+    /// or its worker died) runs alone, so a bad item does not take other
+    /// items down with it twice.
+    pub batch: usize,
 }
 
 impl Default for RunOptions {
@@ -66,6 +72,7 @@ impl Default for RunOptions {
             prefetch: 1,
             idle_poll: Duration::from_millis(500),
             max_outage: Duration::from_secs(300),
+            batch: 1,
         }
     }
 }
@@ -86,6 +93,22 @@ pub trait Handler: Sync {
     fn handle_fenced(&self, item: &ClaimedItem, fence: &Fence) -> Outcome {
         let _ = fence;
         self.handle(item)
+    }
+
+    /// Processes up to [`RunOptions::batch`] items at once, with their
+    /// fences (in the same order), returning one outcome per item in the
+    /// same order: all of them are recorded in one transaction, so a batch
+    /// that completes costs one durable commit. Every item's start is
+    /// recorded before; each outcome is charged to its item as one
+    /// attempt. The default handles the items one by one. Work done for
+    /// all the items at once should be stopped when any of their fences
+    /// trips: see [`Fence::any`].
+    fn handle_batch(&self, items: &[ClaimedItem], fences: &[Fence]) -> Vec<Outcome> {
+        items
+            .iter()
+            .zip(fences)
+            .map(|(item, fence)| self.handle_fenced(item, fence))
+            .collect()
     }
 }
 
@@ -217,8 +240,9 @@ impl<'q> Runner<'q> {
         let workers = self.options.workers.max(1);
         let state = Arc::new(State {
             shared: Mutex::new(Shared {
-                batch: workers,
+                batch: workers * self.options.batch.max(1),
                 low_water: self.options.prefetch.div_ceil(2).max(1),
+                max_batch: self.options.batch.max(1),
                 ..Shared::default()
             }),
             ..State::default()

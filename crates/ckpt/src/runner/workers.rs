@@ -32,6 +32,8 @@ pub(super) struct Shared {
     pub batch: usize,
     /// Below this many ready items the coordinator is woken to refill.
     pub low_water: usize,
+    /// Items one handler call takes at most (`RunOptions::batch`).
+    pub max_batch: usize,
 }
 
 /// What the coordinator and the workers share.
@@ -70,8 +72,9 @@ impl State {
     }
 }
 
-/// One worker thread: takes ready items, runs the handler, hands back the
-/// outcome, until the run ends.
+/// One worker thread: takes ready items (a batch of them, up to
+/// `max_batch`), runs the handler, hands back the outcomes, until the run
+/// ends.
 pub(super) fn worker_loop<H: Handler>(
     queue: &Queue,
     state: &State,
@@ -80,7 +83,7 @@ pub(super) fn worker_loop<H: Handler>(
     handler: &H,
 ) {
     loop {
-        let item = {
+        let taken = {
             let mut g = state.lock();
             loop {
                 if g.stop {
@@ -89,49 +92,69 @@ pub(super) fn worker_loop<H: Handler>(
                 // A stopping run starts nothing new: the coordinator gives
                 // the ready items back.
                 if !stop.is_stopped() {
-                    if let Some(item) = g.ready.pop_front() {
-                        g.running.insert(item.lease.id, item.clone());
-                        break item;
+                    let taken = take_batch(&mut g);
+                    if !taken.is_empty() {
+                        break taken;
                     }
                 }
                 g = state.work.wait(g).unwrap_or_else(|e| e.into_inner());
             }
         };
         // A lease lost while the item waited is not started at all.
-        let fence = dog
-            .fence(&item.lease)
-            .unwrap_or_else(|| Fence::new(dog.timings().kill_grace()));
-        if let Some(why) = fence.reason() {
-            let mut g = state.lock();
-            g.running.remove(&item.lease.id);
-            g.finished.push(Attempt {
-                item,
-                outcome: Outcome::Interrupted(format!("not started: {why}")),
-                ran_for: None,
-            });
-            drop(g);
-            state.progress.notify_one();
+        let mut items = Vec::with_capacity(taken.len());
+        let mut fences = Vec::with_capacity(taken.len());
+        for item in taken {
+            let fence = dog
+                .fence(&item.lease)
+                .unwrap_or_else(|| Fence::new(dog.timings().kill_grace()));
+            if let Some(why) = fence.reason() {
+                let mut g = state.lock();
+                g.running.remove(&item.lease.id);
+                g.finished.push(Attempt {
+                    item,
+                    outcome: Outcome::Interrupted(format!("not started: {why}")),
+                    ran_for: None,
+                });
+                drop(g);
+                state.progress.notify_one();
+                continue;
+            }
+            items.push(item);
+            fences.push(fence);
+        }
+        if items.is_empty() {
             continue;
         }
-        record_start(queue, state, &item);
+        record_starts(queue, state, &items);
         let started = Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle_fenced(&item, &fence)))
-            .unwrap_or_else(|panic| {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Outcome::Failed(format!("handler panicked: {msg}"))
-            });
-        let took = started.elapsed();
-        let mut g = state.lock();
-        g.running.remove(&item.lease.id);
-        g.finished.push(Attempt {
-            item,
-            outcome,
-            ran_for: Some(took),
+        let outcomes = catch_unwind(AssertUnwindSafe(|| match (&items[..], &fences[..]) {
+            ([item], [fence]) => vec![handler.handle_fenced(item, fence)],
+            _ => handler.handle_batch(&items, &fences),
+        }))
+        .unwrap_or_else(|panic| {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            vec![Outcome::Failed(format!("handler panicked: {msg}")); items.len()]
         });
+        let took = started.elapsed();
+        let mut outcomes = outcomes.into_iter();
+        let mut g = state.lock();
+        // Pushed under one lock: the coordinator records a batch's
+        // outcomes together, in one transaction.
+        for item in items {
+            g.running.remove(&item.lease.id);
+            let outcome = outcomes
+                .next()
+                .unwrap_or_else(|| Outcome::Failed("the handler returned no outcome".into()));
+            g.finished.push(Attempt {
+                item,
+                outcome,
+                ran_for: Some(took),
+            });
+        }
         // Wake the coordinator once a batch is worth a commit, or when the
         // local queue runs low and the workers would soon starve; between
         // the two, outcomes pile up and share one durable commit.
@@ -143,23 +166,52 @@ pub(super) fn worker_loop<H: Handler>(
     }
 }
 
-/// Records that `item` starts, so that its attempt counts even if this
-/// process dies while it runs. An item claimed for the first time is
-/// recorded by the coordinator's next round (no round trip before it
-/// starts); one claimed before (a retry, or taken over from a worker that
+/// Takes the next items to run, marked running: one, or with batches a
+/// run of first attempts from the front of the ready queue (an item tried
+/// before runs alone: see `RunOptions::batch`).
+fn take_batch(g: &mut Shared) -> Vec<ClaimedItem> {
+    let mut taken = Vec::new();
+    while taken.len() < g.max_batch.max(1) {
+        let Some(front) = g.ready.front() else { break };
+        let alone = front.attempt > 1;
+        if alone && !taken.is_empty() {
+            break;
+        }
+        let Some(item) = g.ready.pop_front() else {
+            break;
+        };
+        g.running.insert(item.lease.id, item.clone());
+        taken.push(item);
+        if alone {
+            break;
+        }
+    }
+    taken
+}
+
+/// Records that `items` start, so that their attempts count even if this
+/// process dies while they run. Items claimed for the first time are
+/// recorded by the coordinator's next round (no round trip before they
+/// start); one claimed before (a retry, or taken over from a worker that
 /// died, perhaps *because* of this item) is recorded before it starts, so
 /// that an item that kills its worker every time still runs out of
-/// attempts. If the store cannot record it now, the coordinator retries.
-fn record_start(queue: &Queue, state: &State, item: &ClaimedItem) {
-    if item.lease.token > 1 {
-        match queue.start(std::iter::once(item)) {
+/// attempts. If the store cannot record them now, the coordinator retries.
+fn record_starts(queue: &Queue, state: &State, items: &[ClaimedItem]) {
+    let (again, first): (Vec<&ClaimedItem>, Vec<&ClaimedItem>) =
+        items.iter().partition(|item| item.lease.token > 1);
+    let mut later: Vec<ClaimedItem> = first.into_iter().cloned().collect();
+    if !again.is_empty() {
+        match queue.start(again.iter().copied()) {
             // Recorded; or refused because the lease is lost, which the
             // next heartbeat finds and fences.
-            Ok(_) => return,
+            Ok(_) => {}
             Err(e) => {
-                tracing::debug!(job = queue.job(), key = %item.key, error = %e, "cannot record the start now; the coordinator retries");
+                tracing::debug!(job = queue.job(), items = again.len(), error = %e, "cannot record the start now; the coordinator retries");
+                later.extend(again.into_iter().cloned());
             }
         }
     }
-    state.lock().started.push(item.clone());
+    if !later.is_empty() {
+        state.lock().started.extend(later);
+    }
 }

@@ -131,6 +131,59 @@ impl Template {
     }
 }
 
+impl Template {
+    /// The program and its arguments for several items at once (`-n`), as
+    /// GNU parallel's `-X` (context replace): an argument that holds an
+    /// item's replacement string (any but `{%}`) is repeated once per item,
+    /// each copy expanded for its item, so `{}` gives the items as
+    /// separate arguments and `x{}y` gives `xay xby`; the other arguments
+    /// appear once. With no replacement string the items are appended.
+    pub fn expand_many(&self, cxs: &[Context<'_>]) -> Vec<String> {
+        let Some(first) = cxs.first() else {
+            return Vec::new();
+        };
+        if let [one] = cxs {
+            return self.expand(one);
+        }
+        let per_item = |pieces: &[Piece]| {
+            pieces.iter().any(|p| {
+                matches!(
+                    p,
+                    Piece::Value(Replacement::Item { .. } | Replacement::Line)
+                )
+            })
+        };
+        let one = |pieces: &[Piece], cx: &Context<'_>| {
+            let mut columns = None;
+            let mut arg = String::new();
+            for piece in pieces {
+                match piece {
+                    Piece::Text(t) => arg.push_str(t),
+                    Piece::Value(r) => arg.push_str(&value(r, cx, &mut columns)),
+                }
+            }
+            arg
+        };
+        let mut out = Vec::new();
+        for pieces in &self.args {
+            if per_item(pieces) {
+                out.extend(cxs.iter().map(|cx| one(pieces, cx)));
+            } else {
+                out.push(one(pieces, first));
+            }
+        }
+        if self.append {
+            for cx in cxs {
+                match cx.colsep {
+                    Some(sep) => out.extend(sep.split(cx.item).map(str::to_string)),
+                    None => out.push(cx.item.to_string()),
+                }
+            }
+        }
+        out
+    }
+}
+
 fn value<'a>(r: &Replacement, cx: &Context<'a>, columns: &mut Option<Vec<&'a str>>) -> String {
     let (column, part, quote) = match *r {
         Replacement::Line => return cx.line.to_string(),

@@ -238,3 +238,40 @@ fn quoting() {
     assert_eq!(shell_word("$x"), "'$x'");
     assert_eq!(shell_word("é"), "'é'");
 }
+
+/// `-n`: several items in one command, as GNU parallel's `-X`.
+fn many(template: &[&str], items: &[&str]) -> Vec<String> {
+    let template: Vec<String> = template.iter().map(|s| s.to_string()).collect();
+    let cxs: Vec<Context<'_>> = items.iter().map(|i| cx(i)).collect();
+    Template::parse(&template).expand_many(&cxs)
+}
+
+#[test]
+fn several_items_repeat_the_words_that_name_them() {
+    assert_eq!(many(&["echo"], &["a", "b"]), ["echo", "a", "b"]);
+    assert_eq!(
+        many(&["mv", "{}", "dest"], &["a", "b", "c"]),
+        ["mv", "a", "b", "c", "dest"]
+    );
+    assert_eq!(many(&["echo", "x{}y"], &["a", "b"]), ["echo", "xay", "xby"]);
+    assert_eq!(
+        many(&["echo", "{.}.o", "s{%}", "{#}"], &["a.c", "b.c"]),
+        ["echo", "a.o", "b.o", "s2", "7", "7"]
+    );
+    assert_eq!(many(&["echo", "{}"], &["a"]), ["echo", "a"]);
+    let colsep = regex::Regex::new(",").unwrap();
+    let cxs = [
+        Context {
+            colsep: Some(&colsep),
+            ..cx("a,1")
+        },
+        Context {
+            colsep: Some(&colsep),
+            ..cx("b,2")
+        },
+    ];
+    let t = Template::parse(&["f".to_string(), "{1}={2}".to_string()]);
+    assert_eq!(t.expand_many(&cxs), ["f", "a=1", "b=2"]);
+    let t = Template::parse(&["f".to_string()]);
+    assert_eq!(t.expand_many(&cxs), ["f", "a", "1", "b", "2"]);
+}

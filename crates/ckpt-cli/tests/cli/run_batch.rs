@@ -1,0 +1,251 @@
+//! `ckpt run -n N` (`--max-args`): up to N items per command, completed
+//! together; a failed batch is split so that only its bad items fail; a run
+//! killed mid-batch loses nothing; the same on PostgreSQL and Redis.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use crate::postgres::PgSchema;
+use crate::redis::RedisPrefix;
+use crate::util::{counts, item_counts, items, wait_until, Sandbox};
+
+/// Logs one line per command: how many items it got, then the items.
+const LOG_ARGS: &str = r#"echo "$#" "$@" >> log"#;
+
+/// `key -> (status, attempts)` from `ckpt items --json`.
+fn stored(sb: &Sandbox, job: &str) -> BTreeMap<String, (String, u64)> {
+    let out = sb.ckpt().args(["items", job, "--json"]).run();
+    out.success();
+    out.json()
+        .as_array()
+        .expect("an array of items")
+        .iter()
+        .map(|i| {
+            (
+                i["key"].as_str().unwrap().to_string(),
+                (
+                    i["status"].as_str().unwrap().to_string(),
+                    i["attempts"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The argument counts of the logged commands, and every logged item.
+fn invocations(sb: &Sandbox) -> (Vec<usize>, Vec<String>) {
+    let mut sizes = Vec::new();
+    let mut args = Vec::new();
+    for line in sb.lines("log") {
+        let mut words = line.split_whitespace();
+        let n: usize = words.next().unwrap().parse().unwrap();
+        let these: Vec<String> = words.map(str::to_string).collect();
+        assert_eq!(these.len(), n, "{line}");
+        sizes.push(n);
+        args.extend(these);
+    }
+    (sizes, args)
+}
+
+#[test]
+fn ten_items_by_three_make_four_commands_of_3_3_3_1() {
+    let sb = Sandbox::new();
+    let all = items("i", 10);
+    let file = sb.write_items("items.txt", &all);
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "B", "--items"])
+        .arg(&file)
+        .args(["-j", "1", "-n", "3", "--", "sh", "-c", LOG_ARGS, "sh"])
+        .run();
+    out.success();
+    let (sizes, args) = invocations(&sb);
+    assert_eq!(sizes, [3, 3, 3, 1]);
+    let once: BTreeSet<&String> = args.iter().collect();
+    assert_eq!(args.len(), 10, "each item once: {args:?}");
+    assert_eq!(once, all.iter().collect());
+    let status = sb.status("B");
+    assert_eq!(status["status"], "completed");
+    assert_eq!(item_counts(&status), (0, 0, 10, 0, 0));
+    assert!(stored(&sb, "B")
+        .values()
+        .all(|(_, attempts)| *attempts == 1));
+}
+
+#[test]
+fn replacement_strings_expand_once_per_item_in_a_batch() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &["a".into(), "b".into(), "c".into()]);
+    let script = r#"echo "$@" >> log; echo "$CKPT_ITEM" | tr '\n' , >> env; echo >> env"#;
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "X", "--items"])
+        .arg(&file)
+        .args(["-j", "1", "-n", "2", "--", "sh", "-c", script, "sh"])
+        .args(["pre", "x{}y", "{.}", "s{%}", "post"])
+        .run();
+    out.success();
+    assert_eq!(
+        sb.lines("log"),
+        ["pre xay xby a b s1 post", "pre xcy c s1 post"],
+        "a word with an item's string repeats per item (GNU parallel -X); {{%}} does not"
+    );
+    assert_eq!(sb.lines("env"), ["a,b,", "c,"], "CKPT_ITEM: one key a line");
+}
+
+#[test]
+fn a_failed_batch_is_split_and_only_the_bad_item_dies() {
+    let sb = Sandbox::new();
+    let mut all = items("g", 9);
+    all.insert(2, "bad".into());
+    let file = sb.write_items("items.txt", &all);
+    // Logs "ITEM N" for each of its N items; fails if any is `bad`.
+    let script = r#"for a in "$@"; do echo "$a $#" >> log; done
+for a in "$@"; do [ "$a" = bad ] && exit 1; done
+exit 0"#;
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "S", "--items"])
+        .arg(&file)
+        .args(["-j", "1", "-n", "5", "--retries", "2", "--backoff", "10ms"])
+        .args(["--", "sh", "-c", script, "sh"])
+        .run();
+    out.code(1);
+    let stored = stored(&sb, "S");
+    assert_eq!(stored["bad"], ("dead".into(), 3), "retried, then dead");
+    for item in all.iter().filter(|i| *i != "bad") {
+        assert_eq!(
+            stored[item],
+            ("completed".into(), 1),
+            "{item}: completed, charged one attempt"
+        );
+    }
+    // Runs per item: in a batch (N > 1) and alone (N = 1).
+    let mut batched: BTreeMap<String, usize> = BTreeMap::new();
+    let mut alone: BTreeMap<String, usize> = BTreeMap::new();
+    for line in sb.lines("log") {
+        let (item, n) = line.split_once(' ').unwrap();
+        let runs = if n == "1" { &mut alone } else { &mut batched };
+        *runs.entry(item.to_string()).or_default() += 1;
+    }
+    assert!(
+        all.iter().all(|i| batched.get(i) == Some(&1)),
+        "{batched:?}"
+    );
+    assert_eq!(alone["bad"], 3, "its batch split, then two retries alone");
+    let bad_batch = &all[..5];
+    for item in all.iter().filter(|i| *i != "bad") {
+        let expected = usize::from(bad_batch.contains(item));
+        assert_eq!(
+            alone.get(item).copied().unwrap_or(0),
+            expected,
+            "{item}: once more alone only if its batch held `bad`"
+        );
+    }
+    assert!(out.stderr.contains("1 dead item(s)"), "{}", out.stderr);
+}
+
+#[test]
+fn sigkill_mid_batch_then_rerun_completes_every_item() {
+    let sb = Sandbox::new();
+    let all = items("k", 60);
+    let file = sb.write_items("items.txt", &all);
+    sb.write("go", "");
+    // Waits while `go` is missing, then logs its items (a batch takes
+    // 0.2 s: the run is still going when `go` is removed).
+    let script = r#"for a in "$@"; do echo "$a" >> started; done
+while [ ! -e go ]; do sleep 0.01; done
+sleep 0.2
+for a in "$@"; do echo "$a" >> log; done"#;
+    let command = || {
+        sb.ckpt()
+            .args(["run", "--job", "K", "--items"])
+            .arg(&file)
+            .args(["-j", "2", "-n", "4", "--", "sh", "-c", script, "sh"])
+    };
+    let mut first = command().spawn();
+    wait_until(Duration::from_secs(20), "a batch to be logged", || {
+        sb.lines("log").len() >= 4
+    });
+    std::fs::remove_file(sb.join("go")).unwrap();
+    let started_before = sb.lines("started").len();
+    wait_until(
+        Duration::from_secs(10),
+        "a batch to start after `go` was removed",
+        || sb.lines("started").len() > started_before,
+    );
+    first.kill().unwrap(); // SIGKILL
+    let status = first.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    let done_by_first = sb.lines("log").len();
+    assert!(done_by_first < 60, "the kill came mid-run");
+
+    sb.write("go", "");
+    let out = command().run();
+    out.success();
+    let status = sb.status("K");
+    assert_eq!(status["status"], "completed");
+    assert_eq!(item_counts(&status), (0, 0, 60, 0, 0));
+    let times = counts(&sb.lines("log"));
+    let logged: BTreeSet<&String> = times.keys().collect();
+    assert_eq!(logged, all.iter().collect(), "no item lost");
+}
+
+/// The happy path on a server store: every item once, in batches.
+fn batches_on(sb: &Sandbox, url: &str) {
+    let all = items("s", 20);
+    let file = sb.write_items("items.txt", &all);
+    let out = sb
+        .ckpt_bare()
+        .args(["--store", url, "run", "--job", "P", "--items"])
+        .arg(&file)
+        .args(["-j", "2", "-n", "3", "--", "sh", "-c", LOG_ARGS, "sh"])
+        .run();
+    out.success();
+    let (sizes, args) = invocations(sb);
+    assert!(sizes.iter().all(|&n| (1..=3).contains(&n)), "{sizes:?}");
+    assert!(sizes.len() < 20, "items were batched: {sizes:?}");
+    let mut sorted = args.clone();
+    sorted.sort();
+    let mut expected = all.clone();
+    expected.sort();
+    assert_eq!(sorted, expected, "each item once");
+    let status = sb
+        .ckpt_bare()
+        .args(["--store", url, "status", "P", "--json"])
+        .run();
+    status.success();
+    let status = status.json();
+    assert_eq!(status["status"], "completed");
+    assert_eq!(item_counts(&status), (0, 0, 20, 0, 0));
+}
+
+#[test]
+fn batches_on_postgres() {
+    let Some(pg) = PgSchema::new("batch") else {
+        return;
+    };
+    batches_on(&Sandbox::new(), &pg.url());
+}
+
+#[test]
+fn batches_on_redis() {
+    let Some(prefix) = RedisPrefix::new("batch") else {
+        return;
+    };
+    batches_on(&Sandbox::new(), &prefix.url());
+}
+
+#[test]
+fn dry_run_refuses_batches() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &["a".into()]);
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "D", "--dry-run", "-n", "2", "--items"])
+        .arg(&file)
+        .args(["--", "true"])
+        .run();
+    assert!(out.error(2).contains("-n"), "{}", out.stderr);
+}
