@@ -41,7 +41,10 @@ fn repeated_kills(sb: &Sandbox, store: Option<ChaosStore>, n: usize) {
         let status = child.wait().unwrap();
         eprintln!("kill {round}: {status:?}");
     }
-    let out = recorder_run(sb, &store, &file, "30s", jobs as u32, 1, "A").run();
+    // 5,000 items take a loaded 2-core machine over a minute.
+    let out = recorder_run(sb, &store, &file, "30s", jobs as u32, 1, "A")
+        .start()
+        .wait(Duration::from_secs(240));
     out.success();
     // A kill re-runs at most what the run held: items running, or ended
     // and not yet committed.
