@@ -56,7 +56,7 @@ mod url;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 pub use contract::{
-    FileCheck, ItemSignals, ItemStore, ItemStream, JobStore, OwnerSessions, SharedTx, Store,
+    CommandStore, FileCheck, ItemSignals, ItemStore, ItemStream, JobStore, OwnerSessions, SharedTx, Store,
     TxWrite,
 };
 pub use fault::{Fault, FaultStore, Op};
