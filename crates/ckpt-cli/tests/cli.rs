@@ -59,6 +59,8 @@ mod resume;
 mod retry;
 #[path = "cli/run.rs"]
 mod run;
+#[path = "cli/run_command.rs"]
+mod run_command;
 #[path = "cli/run_halt.rs"]
 mod run_halt;
 #[path = "cli/run_replace.rs"]
