@@ -159,7 +159,11 @@ fn print_commands(c: &ckpt::model::JobCommands) {
         .len();
     println!("commands (items completed by each):");
     for cmd in &c.commands {
-        let mark = if Some(cmd.id) == latest { " (latest)" } else { "" };
+        let mark = if Some(cmd.id) == latest {
+            " (latest)"
+        } else {
+            ""
+        };
         println!(
             "  #{:<3} {:>width$} completed  {}{mark}",
             cmd.id,
@@ -168,7 +172,10 @@ fn print_commands(c: &ckpt::model::JobCommands) {
         );
     }
     if c.unknown > 0 {
-        println!("  {:<4} {:>width$} completed  (unknown command)", "-", c.unknown);
+        println!(
+            "  {:<4} {:>width$} completed  (unknown command)",
+            "-", c.unknown
+        );
     }
 }
 

@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use ckpt::store::OpenMode;
 use ckpt::model::CompletedBy;
+use ckpt::store::OpenMode;
 use ckpt::{ItemStatus, Queue};
 
 use crate::cli::RetryArgs;
@@ -75,7 +75,11 @@ fn completed_by(queue: &Queue, args: &RetryArgs) -> Result<Option<CompletedBy>> 
         ))
     })?;
     if !queue.commands()?.commands.iter().any(|c| c.id == id) {
-        return Err(Usage(format!("job '{}' has no command {id} (see `ckpt show {}`)", args.job, args.job)).into());
+        return Err(Usage(format!(
+            "job '{}' has no command {id} (see `ckpt show {}`)",
+            args.job, args.job
+        ))
+        .into());
     }
     Ok(Some(CompletedBy::Command(id)))
 }

@@ -81,7 +81,8 @@ fn a_changed_command_warns_once_and_its_old_items_can_be_redone() {
     let text = sb.ckpt().args(["show", "J"]).run();
     text.success();
     assert!(
-        text.stdout.contains(r#"#2   1 completed  sh -c 'echo "v2 $0" >> log' (latest)"#),
+        text.stdout
+            .contains(r#"#2   1 completed  sh -c 'echo "v2 $0" >> log' (latest)"#),
         "{}",
         text.stdout
     );
@@ -92,7 +93,13 @@ fn a_changed_command_warns_once_and_its_old_items_can_be_redone() {
         .args(["retry", "J", "--completed-by-other-command"])
         .run();
     retry.success();
-    assert!(retry.stderr.contains("2 item(s) completed by another command"), "{}", retry.stderr);
+    assert!(
+        retry
+            .stderr
+            .contains("2 item(s) completed by another command"),
+        "{}",
+        retry.stderr
+    );
     assert_eq!(commands(&sb), (vec![(1, 0, false), (2, 1, true)], 0));
     let redo = run(&sb, &["a", "b", "c"], V2);
     assert!(warnings(&redo).is_empty(), "{redo}");

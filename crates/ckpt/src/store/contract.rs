@@ -39,8 +39,9 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::model::{
-    Checkpoint, ClaimedItem, CommandRecord, CompletedBy, EnqueueReport, JobCommands, Expect, HistoryEntry, ItemCounts, ItemRecord,
-    ItemStatus, ItemUpdate, JobLease, JobRecord, JobStatus, NewItem,
+    Checkpoint, ClaimedItem, CommandRecord, CompletedBy, EnqueueReport, Expect, HistoryEntry,
+    ItemCounts, ItemRecord, ItemStatus, ItemUpdate, JobCommands, JobLease, JobRecord, JobStatus,
+    NewItem,
 };
 use crate::time::Timestamp;
 

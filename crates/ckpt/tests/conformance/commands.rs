@@ -68,10 +68,7 @@ fn commands_are_recorded_and_completions_counted_by_command(store: Option<Fixtur
     assert_eq!(listed.latest().unwrap().id, a);
     // A failed item counts for no command; only completed items count.
     let last = q.claim(1).unwrap().pop().unwrap();
-    q.clone()
-        .completed_by(Some(a))
-        .fail(&last, "boom")
-        .unwrap();
+    q.clone().completed_by(Some(a)).fail(&last, "boom").unwrap();
     assert_eq!(counts(&q.commands().unwrap())[0], (a, "cmd a", 2));
     // Commands are per job.
     let other = worker(f, &clock, "a").queue("cmds-other").unwrap();

@@ -42,8 +42,10 @@ impl CommandStore for SqliteStore {
                      WHERE job_id = ?1 AND command = ?2 RETURNING id, first_used, last_used",
                 )
                 .and_then(|mut s| {
-                    s.query_row(params![id, command, now.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                        .optional()
+                    s.query_row(params![id, command, now.0], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()
                 })
                 .map_err(sql_err)?;
             let (cid, first, last) = match existing {
@@ -55,7 +57,9 @@ impl CommandStore for SqliteStore {
                          FROM commands WHERE job_id = ?1 RETURNING id, first_used, last_used",
                     )
                     .and_then(|mut s| {
-                        s.query_row(params![id, command, now.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        s.query_row(params![id, command, now.0], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })
                     })
                     .map_err(sql_err)?,
             };

@@ -23,7 +23,10 @@ fn finished_items_leave_the_claim_indexes() {
         .map(|(i, c)| ItemUpdate {
             lease: c.lease.clone(),
             change: if i < 240 {
-                ItemChange::Complete { stats: None, command: None }
+                ItemChange::Complete {
+                    stats: None,
+                    command: None,
+                }
             } else {
                 ItemChange::Fail {
                     error: "x".into(),
@@ -150,7 +153,13 @@ fn key_layout_is_as_documented() {
     store
         .update_items(
             &[
-                change(0, ItemChange::Complete { stats: None, command: None }),
+                change(
+                    0,
+                    ItemChange::Complete {
+                        stats: None,
+                        command: None,
+                    },
+                ),
                 change(
                     1,
                     ItemChange::Fail {
