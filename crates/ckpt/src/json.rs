@@ -195,7 +195,7 @@ pub struct JobDetailJson {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandJson {
     /// Its id within the job (`ckpt retry JOB --completed-by ID`).
-    pub id: i64,
+    pub command_id: i64,
     /// The command template, its words shell-quoted where needed.
     pub command: String,
     /// The job's items it completed (and that are still completed).
@@ -216,7 +216,7 @@ impl CommandJson {
             .commands
             .iter()
             .map(|c| CommandJson {
-                id: c.id,
+                command_id: c.id,
                 command: c.command.clone(),
                 completed: c.completed,
                 latest: Some(c.id) == latest,

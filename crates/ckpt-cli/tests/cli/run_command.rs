@@ -42,7 +42,7 @@ fn commands(sb: &Sandbox) -> (Vec<(i64, u64, bool)>, u64) {
         .iter()
         .map(|c| {
             (
-                c["id"].as_i64().unwrap(),
+                c["command_id"].as_i64().unwrap(),
                 c["completed"].as_u64().unwrap(),
                 c["latest"].as_bool().unwrap(),
             )
