@@ -281,6 +281,10 @@ pub struct ItemJson {
     pub started_at: Option<String>,
     /// When it completed or went dead.
     pub finished_at: Option<String>,
+    /// The id of the command that completed it (see the job's `commands`);
+    /// `null` when none was recorded.
+    #[serde(default)]
+    pub command_id: Option<i64>,
 }
 
 impl ItemJson {
@@ -307,6 +311,7 @@ impl ItemJson {
             enqueued_at: rfc3339(item.enqueued_at),
             started_at: item.started_at.map(rfc3339),
             finished_at: item.finished_at.map(rfc3339),
+            command_id: item.command_id,
         }
     }
 }
@@ -358,6 +363,7 @@ mod tests {
             enqueued_at: Timestamp(0),
             started_at: Some(T),
             finished_at: None,
+            command_id: None,
         }
     }
 
@@ -422,6 +428,7 @@ mod tests {
             keys(&doc),
             [
                 "attempts",
+                "command_id",
                 "cursor",
                 "enqueued_at",
                 "finished_at",

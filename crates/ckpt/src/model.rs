@@ -370,6 +370,9 @@ pub struct ItemRecord {
     pub started_at: Option<Timestamp>,
     /// When it completed or went dead.
     pub finished_at: Option<Timestamp>,
+    /// The command that completed it, if one was recorded (see
+    /// [`CommandStore`](crate::store::CommandStore)).
+    pub command_id: Option<i64>,
 }
 
 /// Item counts of a job by status.

@@ -66,6 +66,11 @@ fn commands_are_recorded_and_completions_counted_by_command(store: Option<Fixtur
     assert!(again.last_used > listed.commands[0].last_used);
     let listed = q.commands().unwrap();
     assert_eq!(listed.latest().unwrap().id, a);
+    // Each completed item names its command.
+    let done = q.items(Some(ItemStatus::Completed), 10).unwrap();
+    let mut by: Vec<Option<i64>> = done.iter().map(|i| i.command_id).collect();
+    by.sort();
+    assert_eq!(by, [None, Some(a), Some(a), Some(b)]);
     // A failed item counts for no command; only completed items count.
     let last = q.claim(1).unwrap().pop().unwrap();
     q.clone().completed_by(Some(a)).fail(&last, "boom").unwrap();

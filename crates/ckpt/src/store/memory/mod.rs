@@ -109,6 +109,7 @@ impl ItemRow {
             enqueued_at: self.enqueued_at,
             started_at: s.started_at,
             finished_at: s.finished_at,
+            command_id: s.command,
         }
     }
 }
