@@ -21,12 +21,6 @@ elseif tonumber(rec.last_used) < tonumber(now) then
   rec.last_used = now
 end
 redis.call('HSET', h, id, cjson.encode(rec))
-local done = 0
-for _, seq in ipairs(redis.call('ZRANGE', jk(n, 'completed'), 0, -1)) do
-  local item = get_item(n, seq)
-  if item and item.command == id then
-    done = done + 1
-  end
-end
+local done = tonumber(redis.call('HGET', jk(n, 'done_by'), id) or '0')
 retention(n)
 return {'ok', id, rec.first_used, rec.last_used, done}

@@ -19,6 +19,9 @@ for _, seq in ipairs(redis.call('ZRANGE', jk(n, 'completed'), 0, -1)) do
       rec.attempts = attempts
       rec.finished_at = nil
       rec.ready_at = nil
+      if c then
+        redis.call('HINCRBY', jk(n, 'done_by'), c, -1)
+      end
       rec.command = nil
       put_item(n, seq, rec)
       move(n, seq, 'completed', to, nil)

@@ -31,7 +31,14 @@ for i = 3, #ARGV, 13 do
     rec.last_error = opt(ARGV[i + 9]) or rec.last_error
     rec.finished_at = opt(ARGV[i + 10]) or rec.finished_at
     rec.started_at = opt(ARGV[i + 11]) or rec.started_at
-    rec.command = opt(ARGV[i + 12]) or rec.command
+    local command = opt(ARGV[i + 12])
+    if command then
+      rec.command = command
+      -- Kept per command, so counting them reads no item.
+      if status == 'completed' then
+        redis.call('HINCRBY', jk(n, 'done_by'), command, 1)
+      end
+    end
     move(n, seq, 'running', status, ready_at)
     put_item(n, seq, rec)
     touched[n] = true
