@@ -195,6 +195,14 @@ pub struct RetryArgs {
     pub failed: bool,
     /// Only these items (by key); all of them when none is given.
     pub keys: Vec<String>,
+    /// Re-drive the completed items that another command than the job's
+    /// latest (or an unknown one) completed, so the next run redoes them.
+    #[arg(long, conflicts_with_all = ["dead", "failed", "keys", "completed_by"])]
+    pub completed_by_other_command: bool,
+    /// Re-drive the completed items of command ID (from `ckpt show`), or
+    /// of no known command (`unknown`).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["dead", "failed", "keys"])]
+    pub completed_by: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -61,6 +61,8 @@ mod retry;
 mod run;
 #[path = "cli/run_batch.rs"]
 mod run_batch;
+#[path = "cli/run_command.rs"]
+mod run_command;
 #[path = "cli/run_halt.rs"]
 mod run_halt;
 #[path = "cli/run_replace.rs"]

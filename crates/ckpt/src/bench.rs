@@ -185,7 +185,10 @@ pub fn run_with_baseline(
                             .into_iter()
                             .map(|item| ItemUpdate {
                                 lease: item.lease,
-                                change: ItemChange::Complete { stats: None },
+                                change: ItemChange::Complete {
+                                    stats: None,
+                                    command: None,
+                                },
                             })
                             .collect();
                         for result in q.apply(&updates)? {

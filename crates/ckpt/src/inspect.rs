@@ -142,12 +142,15 @@ pub fn job_detail(
     } else {
         store.history(job, history_limit)?
     };
+    let commands = store.commands(job)?;
     Ok(Some(JobDetailJson {
         summary: JobJson::new(&record, counts, now),
         state: record.checkpoint.as_ref().and_then(|c| c.state.clone()),
         history: history.iter().map(HistoryJson::new).collect(),
         dead_items: items(ItemStatus::Dead, counts.dead)?,
         failed_items: items(ItemStatus::Failed, counts.failed)?,
+        commands: crate::json::CommandJson::list(&commands),
+        completed_by_unknown_command: commands.unknown,
     }))
 }
 

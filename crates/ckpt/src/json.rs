@@ -181,6 +181,50 @@ pub struct JobDetailJson {
     /// The first failed items (awaiting their retry), in enqueue order,
     /// with their last error and `retry_at`.
     pub failed_items: Vec<ItemJson>,
+    /// The commands the job was run with, in order of first use, each with
+    /// the items it completed.
+    #[serde(default)]
+    pub commands: Vec<CommandJson>,
+    /// Completed items with no command recorded (completed through the
+    /// library untagged, or before the store recorded commands).
+    #[serde(default)]
+    pub completed_by_unknown_command: u64,
+}
+
+/// A command a job was run with ([`CommandRecord`](crate::model::CommandRecord)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandJson {
+    /// Its id within the job (`ckpt retry JOB --completed-by ID`).
+    pub command_id: i64,
+    /// The command template, its words shell-quoted where needed.
+    pub command: String,
+    /// The job's items it completed (and that are still completed).
+    pub completed: u64,
+    /// True for the command the job was last run with.
+    pub latest: bool,
+    /// When it was first used.
+    pub first_used_at: String,
+    /// When it was last used.
+    pub last_used_at: String,
+}
+
+impl CommandJson {
+    /// The documents of a job's commands, the latest marked.
+    pub fn list(commands: &crate::model::JobCommands) -> Vec<CommandJson> {
+        let latest = commands.latest().map(|c| c.id);
+        commands
+            .commands
+            .iter()
+            .map(|c| CommandJson {
+                command_id: c.id,
+                command: c.command.clone(),
+                completed: c.completed,
+                latest: Some(c.id) == latest,
+                first_used_at: rfc3339(c.first_used),
+                last_used_at: rfc3339(c.last_used),
+            })
+            .collect()
+    }
 }
 
 /// One entry of a job's checkpoint history.
@@ -237,6 +281,10 @@ pub struct ItemJson {
     pub started_at: Option<String>,
     /// When it completed or went dead.
     pub finished_at: Option<String>,
+    /// The id of the command that completed it (see the job's `commands`);
+    /// `null` when none was recorded.
+    #[serde(default)]
+    pub command_id: Option<i64>,
 }
 
 impl ItemJson {
@@ -263,6 +311,7 @@ impl ItemJson {
             enqueued_at: rfc3339(item.enqueued_at),
             started_at: item.started_at.map(rfc3339),
             finished_at: item.finished_at.map(rfc3339),
+            command_id: item.command_id,
         }
     }
 }
@@ -314,6 +363,7 @@ mod tests {
             enqueued_at: Timestamp(0),
             started_at: Some(T),
             finished_at: None,
+            command_id: None,
         }
     }
 
@@ -378,6 +428,7 @@ mod tests {
             keys(&doc),
             [
                 "attempts",
+                "command_id",
                 "cursor",
                 "enqueued_at",
                 "finished_at",
@@ -455,10 +506,22 @@ mod tests {
             history: vec![HistoryJson::new(&entry)],
             dead_items: vec![ItemJson::new(&item(ItemStatus::Dead, None))],
             failed_items: vec![],
+            commands: vec![],
+            completed_by_unknown_command: 0,
         };
         let value = serde_json::to_value(&detail).unwrap();
         let mut expected = keys(&serde_json::to_value(&summary).unwrap());
-        expected.extend(["dead_items", "failed_items", "history", "state"].map(String::from));
+        expected.extend(
+            [
+                "commands",
+                "completed_by_unknown_command",
+                "dead_items",
+                "failed_items",
+                "history",
+                "state",
+            ]
+            .map(String::from),
+        );
         expected.sort();
         assert_eq!(keys(&value), expected);
         assert_eq!(value["history"][0]["saved_at"], "2023-11-14T22:13:20.123Z");

@@ -83,5 +83,5 @@ pub use policy::{CheckpointPolicy, RetryDecision, RetryPolicy};
 pub use queue::{Attempt, Outcome, Queue, QueueOptions, Settled};
 pub use runner::{Fence, Handler, RunOptions, RunProgress, RunReport, Runner};
 pub use shutdown::StopSignal;
-pub use store::{ItemStore, JobStore, Store};
+pub use store::{CommandStore, ItemStore, JobStore, Store};
 pub use time::{Alarm, Clock, ManualClock, Offset, SystemClock, Timestamp};

@@ -312,6 +312,10 @@ pub enum ItemChange {
     Complete {
         /// Counters such as records_total, duration_ms.
         stats: Option<Value>,
+        /// The id of the command that completed it
+        /// ([`CommandStore::record_command`](crate::store::CommandStore::record_command)),
+        /// if the caller tags completions.
+        command: Option<i64>,
     },
     /// Mark the item failed: retried at `retry_at`, or dead when `None`.
     Fail {
@@ -366,6 +370,9 @@ pub struct ItemRecord {
     pub started_at: Option<Timestamp>,
     /// When it completed or went dead.
     pub finished_at: Option<Timestamp>,
+    /// The command that completed it, if one was recorded (see
+    /// [`CommandStore`](crate::store::CommandStore)).
+    pub command_id: Option<i64>,
 }
 
 /// Item counts of a job by status.
@@ -402,6 +409,65 @@ impl ItemCounts {
             ItemStatus::Completed => self.completed += n,
             ItemStatus::Failed => self.failed += n,
             ItemStatus::Dead => self.dead += n,
+        }
+    }
+}
+
+/// A command template a job has run (see [`CommandStore`](crate::store::CommandStore)):
+/// the text that identifies it, and how many of the job's items it completed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    /// Its id, unique within the job, in order of first use.
+    pub id: i64,
+    /// The template as recorded (`ckpt run` records its argv shell-quoted,
+    /// before any replacement).
+    pub command: String,
+    /// When it was first recorded.
+    pub first_used: Timestamp,
+    /// When it was last recorded: the job's latest command has the newest.
+    pub last_used: Timestamp,
+    /// The job's items now completed by it.
+    pub completed: u64,
+}
+
+/// The commands of a job and the completed items none of them is known to
+/// have completed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCommands {
+    /// Every command recorded for the job, in order of first use.
+    pub commands: Vec<CommandRecord>,
+    /// Completed items without a command: completed through the library
+    /// without a tag, or before the store recorded commands.
+    pub unknown: u64,
+}
+
+impl JobCommands {
+    /// The command recorded most recently, if any (the greatest
+    /// `last_used`, the later id on a tie).
+    pub fn latest(&self) -> Option<&CommandRecord> {
+        self.commands.iter().max_by_key(|c| (c.last_used, c.id))
+    }
+}
+
+/// Which completed items a [`redrive_completed`](crate::store::CommandStore::redrive_completed)
+/// moves back to pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompletedBy {
+    /// Those completed by this command.
+    Command(i64),
+    /// Those completed with no command recorded.
+    Unknown,
+    /// Those not completed by this command (another one, or none known).
+    NotCommand(i64),
+}
+
+impl CompletedBy {
+    /// True if and only if an item completed by `command` is selected.
+    pub fn selects(&self, command: Option<i64>) -> bool {
+        match *self {
+            CompletedBy::Command(id) => command == Some(id),
+            CompletedBy::Unknown => command.is_none(),
+            CompletedBy::NotCommand(id) => command != Some(id),
         }
     }
 }

@@ -138,7 +138,45 @@ pub fn show(url: &str, args: ShowArgs) -> Result<ExitCode> {
     failures.truncate(FAILURES_SHOWN);
     let cursor = record.checkpoint.as_ref().map(|c| &c.cursor);
     print_show(&summary, cursor, &history, &failures, now);
+    print_commands(&store.commands(&args.job)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The job's commands with the items each completed, the latest marked.
+fn print_commands(c: &ckpt::model::JobCommands) {
+    if c.commands.is_empty() && c.unknown == 0 {
+        return;
+    }
+    let latest = c.latest().map(|l| l.id);
+    let width = c
+        .commands
+        .iter()
+        .map(|c| c.completed)
+        .chain([c.unknown])
+        .max()
+        .unwrap_or(0)
+        .to_string()
+        .len();
+    println!("commands (items completed by each):");
+    for cmd in &c.commands {
+        let mark = if Some(cmd.id) == latest {
+            " (latest)"
+        } else {
+            ""
+        };
+        println!(
+            "  #{:<3} {:>width$} completed  {}{mark}",
+            cmd.id,
+            cmd.completed,
+            shown(&cmd.command)
+        );
+    }
+    if c.unknown > 0 {
+        println!(
+            "  {:<4} {:>width$} completed  (unknown command)",
+            "-", c.unknown
+        );
+    }
 }
 
 fn print_show(

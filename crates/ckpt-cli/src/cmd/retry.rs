@@ -1,12 +1,16 @@
-//! `ckpt retry JOB [--dead | --failed] [KEY...]`: re-drive items.
+//! `ckpt retry JOB [--dead | --failed] [KEY...]`: re-drive items;
+//! `--completed-by-other-command`, `--completed-by ID`: re-drive completed
+//! items by the command that completed them.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
+use ckpt::model::CompletedBy;
 use ckpt::store::OpenMode;
-use ckpt::ItemStatus;
+use ckpt::{ItemStatus, Queue};
 
 use crate::cli::RetryArgs;
+use crate::exit::Usage;
 
 pub fn retry(url: &str, args: RetryArgs) -> Result<ExitCode> {
     super::job_name(&args.job)?;
@@ -19,16 +23,63 @@ pub fn retry(url: &str, args: RetryArgs) -> Result<ExitCode> {
         ))
         .into());
     }
+    let queue = ckpt.queue(&args.job)?;
+    if let Some(by) = completed_by(&queue, &args)? {
+        let moved = queue.redrive_completed(by)?;
+        let which = match by {
+            CompletedBy::NotCommand(_) => "by another command than the latest".to_string(),
+            CompletedBy::Command(id) => format!("by command {id}"),
+            CompletedBy::Unknown => "by an unknown command".to_string(),
+        };
+        eprintln!(
+            "ckpt: job '{}': {moved} item(s) completed {which} back to pending; run the job again to redo them",
+            args.job
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let from = if args.failed {
         ItemStatus::Failed
     } else {
         ItemStatus::Dead
     };
     let keys = (!args.keys.is_empty()).then_some(args.keys.as_slice());
-    let moved = ckpt.queue(&args.job)?.redrive(from, keys)?;
+    let moved = queue.redrive(from, keys)?;
     eprintln!(
         "ckpt: job '{}': {moved} {from} item(s) back to pending; run the job again to process them",
         args.job
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The completed items the options select, if they select any.
+fn completed_by(queue: &Queue, args: &RetryArgs) -> Result<Option<CompletedBy>> {
+    if args.completed_by_other_command {
+        let commands = queue.commands()?;
+        let latest = commands.latest().ok_or_else(|| {
+            Usage(format!(
+                "job '{}' has no recorded command (it was never run by `ckpt run` since ckpt recorded commands); use --completed-by unknown",
+                args.job
+            ))
+        })?;
+        return Ok(Some(CompletedBy::NotCommand(latest.id)));
+    }
+    let Some(id) = &args.completed_by else {
+        return Ok(None);
+    };
+    if id == "unknown" {
+        return Ok(Some(CompletedBy::Unknown));
+    }
+    let id: i64 = id.parse().map_err(|_| {
+        Usage(format!(
+            "--completed-by takes a command id (as `ckpt show` lists them) or `unknown`, not '{id}'"
+        ))
+    })?;
+    if !queue.commands()?.commands.iter().any(|c| c.id == id) {
+        return Err(Usage(format!(
+            "job '{}' has no command {id} (see `ckpt show {}`)",
+            args.job, args.job
+        ))
+        .into());
+    }
+    Ok(Some(CompletedBy::Command(id)))
 }

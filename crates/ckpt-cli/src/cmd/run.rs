@@ -13,6 +13,7 @@ pub mod sentinel;
 mod slots;
 mod template;
 mod timeout;
+mod which;
 
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
@@ -102,6 +103,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             retry,
         },
     )?;
+    let queue = which::record(queue, &args.job, &args.command)?;
     let enqueued = items.enqueue(&queue)?;
     let options = RunOptions {
         workers: args.jobs as usize,

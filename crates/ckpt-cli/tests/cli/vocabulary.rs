@@ -28,7 +28,14 @@ const FORBIDDEN: [&str; 7] = [
 ];
 
 /// The detail fields a job's list entry leaves out.
-const DETAIL_ONLY: [&str; 4] = ["state", "history", "dead_items", "failed_items"];
+const DETAIL_ONLY: [&str; 6] = [
+    "state",
+    "history",
+    "dead_items",
+    "failed_items",
+    "commands",
+    "completed_by_unknown_command",
+];
 
 fn queue_options(max_attempts: u32) -> QueueOptions {
     QueueOptions {

@@ -56,6 +56,8 @@ pub struct Queue {
     job: String,
     owner: String,
     options: QueueOptions,
+    /// The command id its completions are tagged with.
+    completed_by: Option<i64>,
 }
 
 impl Queue {
@@ -66,7 +68,37 @@ impl Queue {
             job: job.to_string(),
             owner,
             options,
+            completed_by: None,
         }
+    }
+
+    /// Tags every item this queue completes with the command `id` (from
+    /// [`record_command`](Queue::record_command)), or with none; see
+    /// [`CommandStore`](crate::store::CommandStore). Untagged by default.
+    pub fn completed_by(mut self, id: Option<i64>) -> Queue {
+        self.completed_by = id;
+        self
+    }
+
+    /// Records `command` as the job's latest command (see
+    /// [`CommandStore::record_command`](crate::store::CommandStore::record_command)).
+    pub fn record_command(&self, command: &str) -> Result<crate::model::CommandRecord> {
+        self.ckpt
+            .store()
+            .record_command(&self.job, command, self.ckpt.now())
+    }
+
+    /// The job's commands with their completed counts.
+    pub fn commands(&self) -> Result<crate::model::JobCommands> {
+        self.ckpt.store().commands(&self.job)
+    }
+
+    /// Moves the job's completed items selected by `by` back to pending
+    /// with fresh attempts, in one transaction; returns how many moved.
+    pub fn redrive_completed(&self, by: crate::model::CompletedBy) -> Result<u64> {
+        self.ckpt
+            .store()
+            .redrive_completed(&self.job, by, self.ckpt.now())
     }
 
     /// This queue's worker id, as stored in the `owner` of its items.
@@ -259,7 +291,7 @@ impl Queue {
         };
         let now = self.ckpt.now();
         let verdict = self.verdict(&attempt, now);
-        let update = verdict.update(item);
+        let update = verdict.update(item, self.completed_by);
         let result = store.with_tx(TxWrite::UpdateItem(&update), now, f);
         // A refused completion is this queue's event (lease lost); the
         // caller's own error is the caller's to report.

@@ -105,7 +105,7 @@ impl Queue {
                     attempts
                         .iter()
                         .zip(&verdicts)
-                        .map(|(a, v)| v.update(&a.item)),
+                        .map(|(a, v)| v.update(&a.item, self.completed_by)),
                 )
                 .collect();
         let mut results = self.apply(&updates)?;
@@ -265,10 +265,11 @@ pub(super) enum Verdict {
 
 impl Verdict {
     /// The fenced update that writes this verdict for `item`.
-    pub(super) fn update(&self, item: &ClaimedItem) -> ItemUpdate {
+    pub(super) fn update(&self, item: &ClaimedItem, completed_by: Option<i64>) -> ItemUpdate {
         let change = match self {
             Verdict::Complete(stats) => ItemChange::Complete {
                 stats: stats.clone(),
+                command: completed_by,
             },
             Verdict::Retry(error, at) => ItemChange::Fail {
                 error: error.clone(),

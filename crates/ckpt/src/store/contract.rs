@@ -39,8 +39,9 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::model::{
-    Checkpoint, ClaimedItem, EnqueueReport, Expect, HistoryEntry, ItemCounts, ItemRecord,
-    ItemStatus, ItemUpdate, JobLease, JobRecord, JobStatus, NewItem,
+    Checkpoint, ClaimedItem, CommandRecord, CompletedBy, EnqueueReport, Expect, HistoryEntry,
+    ItemCounts, ItemRecord, ItemStatus, ItemUpdate, JobCommands, JobLease, JobRecord, JobStatus,
+    NewItem,
 };
 use crate::time::Timestamp;
 
@@ -249,12 +250,42 @@ pub trait ItemStore: Send + Sync + std::fmt::Debug {
     ) -> Result<u64>;
 }
 
+/// Which command did it: the command templates a job has run, and for each
+/// completed item the one that completed it (the `command` of
+/// [`ItemChange::Complete`](crate::model::ItemChange::Complete), written by
+/// [`ItemStore::update_items`] with the completion; optional, so an
+/// untagged completion is counted as [`JobCommands::unknown`]). A store
+/// that predates commands gains them by migration, its completed items
+/// counted as unknown.
+pub trait CommandStore: Send + Sync + std::fmt::Debug {
+    /// Records `command` for the job (creating the job if needed, as
+    /// [`JobStore::ensure_job`] does) and returns its record, in one
+    /// transaction: the same text gets the same id every time (its
+    /// `last_used` moves to `now`, so it becomes the latest); new text gets
+    /// the next id, with `first_used = last_used = now`. The returned
+    /// `completed` is its count at that moment.
+    fn record_command(&self, job: &str, command: &str, now: Timestamp) -> Result<CommandRecord>;
+
+    /// The job's commands in order of id, each with the count of the job's
+    /// items now completed by it, and the count of completed items with no
+    /// command, read in one snapshot (empty for an unknown job).
+    fn commands(&self, job: &str) -> Result<JobCommands>;
+
+    /// Moves the job's completed items selected by `by` back to pending
+    /// ([`machine::Redrive`](super::machine::Redrive): attempts afresh, no
+    /// command), in one transaction with the selection; returns how many
+    /// moved. A job that had items moved is running again. Only completed
+    /// items move, so an item a worker holds is never touched.
+    /// [`Error::NotFound`](crate::Error::NotFound) for an unknown job.
+    fn redrive_completed(&self, job: &str, by: CompletedBy, now: Timestamp) -> Result<u64>;
+}
+
 /// A store: jobs and items, with its optional abilities.
 ///
 /// The abilities are answered, not defaulted: each store says whether it
 /// has them, and a caller that gets `None` falls back (polls; waits for
 /// leases to expire) knowing that it must.
-pub trait Store: JobStore + ItemStore {
+pub trait Store: JobStore + ItemStore + CommandStore {
     /// A description for messages: the URL with any password redacted.
     fn describe(&self) -> String;
 

@@ -32,6 +32,8 @@ pub enum Op {
     Redrive,
     TruncateHistory,
     DeleteJob,
+    RecordCommand,
+    RedriveCompleted,
 }
 
 /// What happens at the chosen call.
@@ -329,5 +331,32 @@ impl ItemStore for FaultStore {
         now: Timestamp,
     ) -> Result<u64> {
         self.call(Op::Redrive, || self.inner.redrive(job, from, keys, now))
+    }
+}
+
+impl super::CommandStore for FaultStore {
+    fn record_command(
+        &self,
+        job: &str,
+        command: &str,
+        now: Timestamp,
+    ) -> Result<crate::model::CommandRecord> {
+        self.call(Op::RecordCommand, || {
+            self.inner.record_command(job, command, now)
+        })
+    }
+    fn commands(&self, job: &str) -> Result<crate::model::JobCommands> {
+        self.check_alive()?;
+        self.inner.commands(job)
+    }
+    fn redrive_completed(
+        &self,
+        job: &str,
+        by: crate::model::CompletedBy,
+        now: Timestamp,
+    ) -> Result<u64> {
+        self.call(Op::RedriveCompleted, || {
+            self.inner.redrive_completed(job, by, now)
+        })
     }
 }

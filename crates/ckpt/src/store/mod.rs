@@ -56,8 +56,8 @@ mod url;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 pub use contract::{
-    FileCheck, ItemSignals, ItemStore, ItemStream, JobStore, OwnerSessions, SharedTx, Store,
-    TxWrite,
+    CommandStore, FileCheck, ItemSignals, ItemStore, ItemStream, JobStore, OwnerSessions, SharedTx,
+    Store, TxWrite,
 };
 pub use fault::{Fault, FaultStore, Op};
 pub use memory::MemoryStore;

@@ -142,11 +142,17 @@ fn zombie_item_writes_change_nothing(store: Option<Fixture>) {
         .apply(&[
             ItemUpdate {
                 lease: zombie.lease.clone(),
-                change: ItemChange::Complete { stats: None },
+                change: ItemChange::Complete {
+                    stats: None,
+                    command: None,
+                },
             },
             ItemUpdate {
                 lease: live.lease.clone(),
-                change: ItemChange::Complete { stats: None },
+                change: ItemChange::Complete {
+                    stats: None,
+                    command: None,
+                },
             },
         ])
         .unwrap();

@@ -11,6 +11,7 @@
 //! its own connection, so they contend like processes do.
 
 mod cas;
+mod commands;
 mod items;
 mod jobs;
 mod operator;

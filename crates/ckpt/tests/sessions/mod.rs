@@ -328,7 +328,7 @@ fn panic_in_a_caller_transaction_leaves_the_pool_clean() {
 }
 
 /// The PostgreSQL schema version of this build.
-const SCHEMA_LATEST: &str = "5";
+const SCHEMA_LATEST: &str = "6";
 
 /// A store written by schema 2 (status index, history keyed by sequence)
 /// is upgraded on open: the status index goes, the dead-items index is
@@ -366,6 +366,8 @@ fn postgres_upgrades_a_schema_2_store_in_place() {
          DROP INDEX items_dead;
          CREATE INDEX items_status ON items (job_id, status);
          ALTER TABLE jobs DROP COLUMN items_total;
+         DROP TABLE commands;
+         ALTER TABLE items DROP COLUMN command_id;
          UPDATE ckpt_meta SET value = '2' WHERE key = 'schema_version';"
     ))
     .unwrap();
@@ -450,6 +452,9 @@ fn postgres_upgrades_a_schema_2_store_in_place() {
         ),
         (0, 2, 1, 3)
     );
+    // Commands work on the upgraded store; untagged completions are unknown.
+    assert_eq!(q.record_command("cmd").unwrap().id, 1);
+    assert_eq!(q.commands().unwrap().unknown, 2);
 }
 
 /// A worker whose liveness connection is terminated (the process lives on)

@@ -1,5 +1,7 @@
 //! SQLite-specific tests: opening foreign, corrupt, missing and newer files.
 
+mod migrate;
+
 use std::path::Path;
 
 use ckpt::store::{self, OpenMode, SqliteOptions, SqliteStore};

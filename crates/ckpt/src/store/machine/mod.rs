@@ -62,6 +62,9 @@ pub struct ItemState {
     pub started_at: Option<Timestamp>,
     /// When it completed or went dead.
     pub finished_at: Option<Timestamp>,
+    /// The command that completed it, if one was given; cleared when it
+    /// is re-driven.
+    pub command: Option<i64>,
 }
 
 impl ItemState {
@@ -78,6 +81,7 @@ impl ItemState {
             stats: None,
             started_at: None,
             finished_at: None,
+            command: None,
         }
     }
 
@@ -134,6 +138,9 @@ impl ItemState {
         if let Some(at) = patch.started_at {
             self.started_at = Some(at);
         }
+        if let Some(command) = patch.command {
+            self.command = Some(command);
+        }
     }
 
     /// Applies a redrive (the caller checked the status it moves from).
@@ -142,6 +149,7 @@ impl ItemState {
         self.attempts = Redrive::ATTEMPTS;
         self.ready_at = Some(Redrive::READY_AT);
         self.finished_at = None;
+        self.command = None;
     }
 
     /// Expires a running item's lease at `now` (its owner is known to be
@@ -269,6 +277,8 @@ pub struct ItemPatch {
     pub finished_at: Option<Timestamp>,
     /// When its attempt started running (only a start writes it).
     pub started_at: Option<Timestamp>,
+    /// The command that completed it (only a completion writes it).
+    pub command: Option<i64>,
 }
 
 impl ItemPatch {
@@ -293,6 +303,7 @@ impl ItemPatch {
             last_error: None,
             finished_at: None,
             started_at: None,
+            command: None,
         };
         match change {
             ItemChange::Heartbeat { lease_until } => running(*lease_until),
@@ -307,10 +318,11 @@ impl ItemPatch {
                 cursor: Some(cursor.clone()),
                 ..running(*lease_until)
             },
-            ItemChange::Complete { stats } => ItemPatch {
+            ItemChange::Complete { stats, command } => ItemPatch {
                 status: ItemStatus::Completed,
                 ready_at: None,
                 stats: stats.clone(),
+                command: *command,
                 finished_at: Some(now),
                 ..running(now)
             },
@@ -334,9 +346,10 @@ impl ItemPatch {
     }
 }
 
-/// What a redrive writes into a dead or failed item: pending, claimable at
-/// once, attempts counted afresh, no longer finished. Its claim count (the
-/// fencing token) and last error are kept.
+/// What a redrive writes into a dead or failed item (or a completed one,
+/// re-driven by command): pending, claimable at once, attempts counted
+/// afresh, no longer finished, completed by no command. Its claim count
+/// (the fencing token), last error and stats are kept.
 #[derive(Debug, Clone, Copy)]
 pub struct Redrive;
 

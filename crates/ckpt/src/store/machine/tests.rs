@@ -106,8 +106,10 @@ fn heartbeat_and_cursor_renew_the_lease() {
 fn complete_finishes_with_stats() {
     let s = after(ItemChange::Complete {
         stats: Some(json!({"records": 9})),
+        command: Some(2),
     });
     assert_eq!(s.status, ItemStatus::Completed);
+    assert_eq!(s.command, Some(2), "the command that completed it is kept");
     assert_eq!(s.ready_at, None);
     assert_eq!(s.finished_at, Some(NOW));
     assert_eq!(s.stats, Some(json!({"records": 9})));

@@ -31,6 +31,7 @@ pub(super) fn new_job(job: &str, now: Timestamp) -> JobRow {
         },
         history: VecDeque::new(),
         items: Vec::new(),
+        commands: Vec::new(),
     }
 }
 
@@ -88,7 +89,7 @@ impl JobRow {
 }
 
 impl Inner {
-    fn job_entry(&mut self, job: &str, now: Timestamp) -> &mut JobRow {
+    pub(super) fn job_entry(&mut self, job: &str, now: Timestamp) -> &mut JobRow {
         self.jobs
             .entry(job.to_string())
             .or_insert_with(|| new_job(job, now))

@@ -6,6 +6,7 @@
 //! ([`ItemState`]); a set ordered by `(job, ready_at, id)` plays the part
 //! of the other stores' ready-time index.
 
+mod commands;
 mod items;
 mod jobs;
 
@@ -77,6 +78,9 @@ struct JobRow {
     record: JobRecord,
     history: VecDeque<HistoryEntry>,
     items: Vec<ItemId>,
+    /// Its command templates, id `i + 1` at index `i`; counts are read
+    /// from the items.
+    commands: Vec<crate::model::CommandRecord>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +109,7 @@ impl ItemRow {
             enqueued_at: self.enqueued_at,
             started_at: s.started_at,
             finished_at: s.finished_at,
+            command_id: s.command,
         }
     }
 }

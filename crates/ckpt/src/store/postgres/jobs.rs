@@ -349,6 +349,7 @@ impl JobStore for PgStore {
             for sql in [
                 "DELETE FROM items WHERE job_id = $1",
                 "DELETE FROM history WHERE job_id = $1",
+                "DELETE FROM commands WHERE job_id = $1",
                 "DELETE FROM jobs WHERE id = $1",
             ] {
                 tx.cexecute(sql, &[&id]).await.map_err(pg_err)?;

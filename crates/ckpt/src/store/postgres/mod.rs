@@ -21,6 +21,7 @@
 //!   password never appears in messages: they carry the redacted URL.
 
 mod checkpoint;
+mod commands;
 mod conn;
 mod connect_error;
 mod group;

@@ -33,7 +33,8 @@ pub(super) async fn apply_update(
             "UPDATE items SET status = $4, ready_at = $5, attempts = GREATEST(attempts - $6, 0),
                  cursor = COALESCE($7, cursor), stats = COALESCE($8, stats),
                  last_error = COALESCE($9, last_error), finished_at = COALESCE($10, finished_at),
-                 owner_key = COALESCE($11, owner_key), started_at = COALESCE($12, started_at)
+                 owner_key = COALESCE($11, owner_key), started_at = COALESCE($12, started_at),
+                 command_id = COALESCE($13, command_id)
              WHERE id = $1 AND status = 'running' AND owner = $2 AND claims = $3",
             &[
                 &l.id,
@@ -48,6 +49,7 @@ pub(super) async fn apply_update(
                 &p.finished_at.map(|t| t.0),
                 &session_key,
                 &p.started_at.map(|t| t.0),
+                &p.command,
             ],
         )
         .await
@@ -105,6 +107,7 @@ pub(super) async fn update_batch(
     let mut errors = Vec::with_capacity(n);
     let mut finished = Vec::with_capacity(n);
     let mut started = Vec::with_capacity(n);
+    let mut commands = Vec::with_capacity(n);
     for u in updates {
         let p = ItemPatch::new(&u.change, now);
         ids.push(u.lease.id);
@@ -118,6 +121,7 @@ pub(super) async fn update_batch(
         errors.push(p.last_error);
         finished.push(p.finished_at.map(|t| t.0));
         started.push(p.started_at.map(|t| t.0));
+        commands.push(p.command);
     }
     let applied: HashSet<i64> = tx
         .cquery(
@@ -127,12 +131,13 @@ pub(super) async fn update_batch(
                  last_error = COALESCE(u.last_error, i.last_error),
                  finished_at = COALESCE(u.finished_at, i.finished_at),
                  owner_key = COALESCE($11, i.owner_key),
-                 started_at = COALESCE(u.started_at, i.started_at)
+                 started_at = COALESCE(u.started_at, i.started_at),
+                 command_id = COALESCE(u.command_id, i.command_id)
              FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[],
                          $6::INT[], $7::JSONB[], $8::JSONB[], $9::TEXT[], $10::BIGINT[],
-                         $12::BIGINT[])
+                         $12::BIGINT[], $13::BIGINT[])
                  AS u(id, owner, token, status, ready_at, back, cursor, stats, last_error,
-                      finished_at, started_at)
+                      finished_at, started_at, command_id)
              WHERE i.id = u.id AND i.status = 'running' AND i.owner = u.owner
                AND i.claims = u.token
              RETURNING i.id",
@@ -149,6 +154,7 @@ pub(super) async fn update_batch(
                 &finished,
                 &session_key,
                 &started,
+                &commands,
             ],
         )
         .await

@@ -84,6 +84,19 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN items_total BIGINT NOT NULL DEFAULT 0;
     UPDATE jobs SET items_total = (SELECT count(*) FROM items WHERE items.job_id = jobs.id)
     WHERE EXISTS (SELECT 1 FROM items WHERE items.job_id = jobs.id);",
+    // 6: which command did it: a job's command templates, and the one that
+    // completed each item (NULL: unknown, as for every item completed
+    // before this step). Adding a nullable column rewrites no rows.
+    "CREATE TABLE commands (
+        job_id BIGINT NOT NULL,
+        id BIGINT NOT NULL,
+        command TEXT NOT NULL,
+        first_used BIGINT NOT NULL,
+        last_used BIGINT NOT NULL,
+        PRIMARY KEY (job_id, id),
+        UNIQUE (job_id, command)
+    );
+    ALTER TABLE items ADD COLUMN command_id BIGINT;",
 ];
 
 /// The dead-letter index of schema 3. It is built with CONCURRENTLY, outside

@@ -46,7 +46,7 @@ impl RedisStore {
 
 /// The script arguments of one update: the item, its lease, and its
 /// change's [`ItemPatch`].
-fn update_args(u: &ItemUpdate, now: Timestamp) -> Result<[String; 12]> {
+fn update_args(u: &ItemUpdate, now: Timestamp) -> Result<[String; 13]> {
     let (job_num, seq) = split_item_id(u.lease.id).unwrap_or((0, 0));
     let p = ItemPatch::new(&u.change, now);
     let json = |v: &Option<serde_json::Value>| v.as_ref().map(to_json).transpose();
@@ -64,6 +64,7 @@ fn update_args(u: &ItemUpdate, now: Timestamp) -> Result<[String; 12]> {
         opt_arg(p.last_error.as_deref()),
         opt_arg(time(p.finished_at).as_deref()),
         opt_arg(time(p.started_at).as_deref()),
+        opt_arg(p.command.map(|c| c.to_string()).as_deref()),
     ])
 }
 
@@ -174,7 +175,7 @@ impl ItemStore for RedisStore {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        let mut args = Vec::with_capacity(11 * updates.len());
+        let mut args = Vec::with_capacity(13 * updates.len());
         for u in updates {
             args.extend(update_args(u, now)?);
         }

@@ -47,6 +47,7 @@
 //! together once it is completed, nobody holds it and none of its items is
 //! unfinished.
 
+mod commands;
 mod conn;
 mod items;
 mod jobs;
@@ -166,8 +167,8 @@ fn parse_ttl(value: &str) -> Result<Option<Duration>> {
 }
 
 impl RedisStore {
-    /// The schema version this build writes in `P:meta`.
-    pub const SCHEMA_VERSION: i64 = 1;
+    /// The schema version this build writes in `P:meta` (2: commands).
+    pub const SCHEMA_VERSION: i64 = 2;
 
     /// Connects to the server named by `url` and opens (with
     /// [`OpenMode::CreateIfMissing`], creates) the store under its prefix.

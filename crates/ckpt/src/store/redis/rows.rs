@@ -166,6 +166,9 @@ pub(super) struct StoredItem {
     pub enqueued_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// The id of the command that completed it (schema 2).
+    #[serde(default)]
+    pub command: Option<String>,
 }
 
 /// An item record from its stored JSON.
@@ -197,6 +200,7 @@ pub(super) fn item_record(id: ItemId, raw: &str) -> Result<ItemRecord> {
         enqueued_at: Timestamp(parse_int(&s.enqueued_at)?),
         started_at: ts(&s.started_at)?,
         finished_at: ts(&s.finished_at)?,
+        command_id: s.command.as_deref().map(parse_int).transpose()?,
         key: s.key,
     })
 }

@@ -66,4 +66,7 @@ scripts! {
     REDRIVE => "lua/redrive.lua",
     DELETE_JOB => "lua/delete_job.lua",
     TRUNCATE_HISTORY => "lua/truncate_history.lua",
+    RECORD_COMMAND => "lua/record_command.lua",
+    COMMANDS => "lua/commands.lua",
+    REDRIVE_COMPLETED => "lua/redrive_completed.lua",
 }

@@ -364,6 +364,7 @@ impl JobStore for SqliteStore {
             for sql in [
                 "DELETE FROM items WHERE job_id = ?1",
                 "DELETE FROM history WHERE job_id = ?1",
+                "DELETE FROM commands WHERE job_id = ?1",
                 "DELETE FROM jobs WHERE id = ?1",
             ] {
                 tx.prepare_cached(sql)

@@ -23,6 +23,7 @@
 //!   [`SqliteStore::check_file`] looks at every page and every value.
 
 mod check;
+mod commands;
 mod conn;
 mod items;
 mod jobs;

@@ -61,6 +61,19 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX items_ready ON items (job_id, ready_at, id) WHERE ready_at IS NOT NULL;
     CREATE INDEX items_status ON items (job_id, status);",
+    // 2: which command did it: a job's command templates, and the one that
+    // completed each item (NULL: unknown, as for every item completed
+    // before this step).
+    "CREATE TABLE commands (
+        job_id INTEGER NOT NULL,
+        id INTEGER NOT NULL,
+        command TEXT NOT NULL,
+        first_used INTEGER NOT NULL,
+        last_used INTEGER NOT NULL,
+        PRIMARY KEY (job_id, id),
+        UNIQUE (job_id, command)
+    ) WITHOUT ROWID;
+    ALTER TABLE items ADD COLUMN command_id INTEGER;",
 ];
 
 /// The schema version this build writes.

@@ -15,7 +15,8 @@
 local P = ARGV[1]
 local TTL = ARGV[2]
 local STATUSES = {'pending', 'running', 'completed', 'failed', 'dead'}
-local PARTS = {'history', 'keys', 'items', 'pending', 'running', 'completed', 'failed', 'dead', 'due'}
+local PARTS = {'history', 'keys', 'items', 'pending', 'running', 'completed', 'failed', 'dead', 'due',
+  'commands', 'done_by'}
 
 -- The key of a job's record (part nil) or of one of its parts.
 local function jk(n, part)

@@ -13,4 +13,11 @@ if t ~= 'hash' then
   return {t}
 end
 local f = redis.call('HMGET', meta, 'application', 'schema_version')
+-- Every step so far only adds (2: each job's `commands` hash and an item's
+-- `command`; items completed before it count as by an unknown command), so
+-- an older store is brought up by writing the version.
+if f[1] == 'ckpt' and tonumber(f[2]) and tonumber(f[2]) < tonumber(ARGV[4]) then
+  redis.call('HSET', meta, 'schema_version', ARGV[4])
+  f[2] = ARGV[4]
+end
 return {t, f[1], f[2]}

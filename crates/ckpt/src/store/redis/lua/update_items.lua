@@ -1,14 +1,14 @@
 -- ARGV: then per update: job number, item number, owner, claim token, and
 -- the change's values as the item state machine computed them (the
 -- caller's ItemPatch): status, ready_at, attempts taken back, cursor,
--- stats, last error, finished_at, started_at. Optional values arrive as '' (keep the
+-- stats, last error, finished_at, started_at, command id. Optional values arrive as '' (keep the
 -- stored value) or '+' .. value. A pending item's ready time is its place
 -- in the `pending` set (enqueue order), so it is not stored.
 -- Returns {'ok', result per update}: {'ok'}, {'fenced', key, status,
 -- owner} or {'gone'}.
 local out = {'ok'}
 local touched = {}
-for i = 3, #ARGV, 12 do
+for i = 3, #ARGV, 13 do
   local n, seq, owner, token = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local rec = nil
   if redis.call('EXISTS', jk(n)) == 1 then
@@ -31,6 +31,14 @@ for i = 3, #ARGV, 12 do
     rec.last_error = opt(ARGV[i + 9]) or rec.last_error
     rec.finished_at = opt(ARGV[i + 10]) or rec.finished_at
     rec.started_at = opt(ARGV[i + 11]) or rec.started_at
+    local command = opt(ARGV[i + 12])
+    if command then
+      rec.command = command
+      -- Kept per command, so counting them reads no item.
+      if status == 'completed' then
+        redis.call('HINCRBY', jk(n, 'done_by'), command, 1)
+      end
+    end
     move(n, seq, 'running', status, ready_at)
     put_item(n, seq, rec)
     touched[n] = true

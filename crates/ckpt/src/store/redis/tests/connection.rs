@@ -129,7 +129,10 @@ fn a_lost_connection_is_unavailable_and_the_store_recovers() {
             .update_items(
                 &[ItemUpdate {
                     lease: held.lease.clone(),
-                    change: ItemChange::Complete { stats: None },
+                    change: ItemChange::Complete {
+                        stats: None,
+                        command: None,
+                    },
                 }],
                 T0,
             )
@@ -153,7 +156,10 @@ fn a_lost_connection_is_unavailable_and_the_store_recovers() {
         .update_items(
             &[ItemUpdate {
                 lease: held.lease,
-                change: ItemChange::Complete { stats: None },
+                change: ItemChange::Complete {
+                    stats: None,
+                    command: None,
+                },
             }],
             T0,
         )

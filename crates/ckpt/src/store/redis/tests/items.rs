@@ -23,7 +23,10 @@ fn finished_items_leave_the_claim_indexes() {
         .map(|(i, c)| ItemUpdate {
             lease: c.lease.clone(),
             change: if i < 240 {
-                ItemChange::Complete { stats: None }
+                ItemChange::Complete {
+                    stats: None,
+                    command: None,
+                }
             } else {
                 ItemChange::Fail {
                     error: "x".into(),
@@ -150,7 +153,13 @@ fn key_layout_is_as_documented() {
     store
         .update_items(
             &[
-                change(0, ItemChange::Complete { stats: None }),
+                change(
+                    0,
+                    ItemChange::Complete {
+                        stats: None,
+                        command: None,
+                    },
+                ),
                 change(
                     1,
                     ItemChange::Fail {
@@ -232,4 +241,47 @@ fn a_job_counter_behind_the_jobs_is_refused_not_reused() {
     // The live job is untouched.
     assert_eq!(store.get_job("first").unwrap().unwrap(), before);
     assert_eq!(store.item_counts("first").unwrap().pending, 1);
+}
+
+/// A store of schema 1 (before commands) is brought to schema 2 on open:
+/// its completed items count as by an unknown command, and a deleted job
+/// takes its commands with it.
+#[test]
+fn a_schema_1_store_gains_commands() {
+    use crate::model::CompletedBy;
+    use crate::store::CommandStore;
+    let Some(mut sc) = Scratch::new("schema1") else {
+        return;
+    };
+    let store = sc.open("");
+    enqueue(&store, "old", &["a", "b"], T0);
+    complete_all(&store, "old", T0);
+    let meta = format!("{}:meta", sc.prefix);
+    let _: () = sc.raw(::redis::cmd("HSET").arg(&meta).arg("schema_version").arg(1));
+    drop(store);
+    let store = RedisStore::open(&sc.url(""), OpenMode::MustExist).unwrap();
+    let version: String = sc.raw(::redis::cmd("HGET").arg(&meta).arg("schema_version"));
+    assert_eq!(version, RedisStore::SCHEMA_VERSION.to_string());
+    assert_eq!(store.commands("old").unwrap().unknown, 2);
+    let cmd = store.record_command("old", "echo {}", T0).unwrap();
+    assert_eq!(cmd.id, 1);
+    assert_eq!(
+        store
+            .redrive_completed("old", CompletedBy::Unknown, T0)
+            .unwrap(),
+        2
+    );
+    complete_all(&store, "old", T0);
+    assert!(sc.keys().iter().any(|k| k.ends_with(":commands")));
+    assert_eq!(
+        store.finish_if_done("old", T0).unwrap(),
+        Some(crate::model::JobStatus::Completed)
+    );
+    assert!(store.delete_job("old", T0).unwrap());
+    let left: Vec<String> = sc
+        .keys()
+        .into_iter()
+        .filter(|k| !GLOBAL_KEYS.contains(&k.as_str()))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

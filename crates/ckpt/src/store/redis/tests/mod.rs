@@ -145,7 +145,10 @@ pub(super) fn complete_all(store: &RedisStore, job: &str, now: Timestamp) {
             .into_iter()
             .map(|c| ItemUpdate {
                 lease: c.lease,
-                change: ItemChange::Complete { stats: None },
+                change: ItemChange::Complete {
+                    stats: None,
+                    command: None,
+                },
             })
             .collect();
         for r in store.update_items(&updates, now).unwrap() {

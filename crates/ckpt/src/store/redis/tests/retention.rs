@@ -24,7 +24,13 @@ fn completed_job_keys_expire_and_running_ones_never_do() {
     let results = store
         .update_items(
             &[
-                update(0, ItemChange::Complete { stats: None }),
+                update(
+                    0,
+                    ItemChange::Complete {
+                        stats: None,
+                        command: None,
+                    },
+                ),
                 update(
                     1,
                     ItemChange::Fail {
@@ -136,7 +142,10 @@ fn a_completed_job_with_unfinished_items_does_not_expire_until_they_finish() {
         .update_items(
             &[ItemUpdate {
                 lease: item.lease,
-                change: ItemChange::Complete { stats: None },
+                change: ItemChange::Complete {
+                    stats: None,
+                    command: None,
+                },
             }],
             T0,
         )
@@ -196,7 +205,10 @@ fn an_expired_job_is_gone_and_starts_afresh() {
         .update_items(
             &[ItemUpdate {
                 lease: old.lease.clone(),
-                change: ItemChange::Complete { stats: None },
+                change: ItemChange::Complete {
+                    stats: None,
+                    command: None,
+                },
             }],
             T0,
         )
@@ -227,7 +239,10 @@ fn an_expired_job_is_gone_and_starts_afresh() {
         .update_items(
             &[ItemUpdate {
                 lease: old.lease,
-                change: ItemChange::Complete { stats: None },
+                change: ItemChange::Complete {
+                    stats: None,
+                    command: None,
+                },
             }],
             T0,
         )

@@ -1,0 +1,72 @@
+//! Migration: a store written at schema 1 (before commands) opens, gains
+//! the commands table and the items' `command_id`, and counts the items it
+//! completed before under "unknown command".
+
+use ckpt::model::CompletedBy;
+use ckpt::store::{CommandStore, ItemStore, OpenMode, SCHEMA_VERSION};
+use ckpt::Timestamp;
+
+use super::open;
+
+/// The schema 1 tables as an older ckpt wrote them (frozen here: this is
+/// what existing files hold, whatever the migrations become).
+const SCHEMA_1: &str = "
+    CREATE TABLE jobs (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, status TEXT NOT NULL,
+        cursor TEXT, items_processed INTEGER NOT NULL DEFAULT 0, stage TEXT, state TEXT,
+        state_bytes INTEGER NOT NULL DEFAULT 0, checkpoint_at INTEGER, owner TEXT,
+        lease_expires INTEGER, epoch INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0, saves INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, completed_at INTEGER,
+        error TEXT);
+    CREATE TABLE history (job_id INTEGER NOT NULL, seq INTEGER NOT NULL, cursor TEXT NOT NULL,
+        items_processed INTEGER NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (job_id, seq))
+        WITHOUT ROWID;
+    CREATE TABLE items (id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL, key TEXT NOT NULL,
+        payload TEXT, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        claims INTEGER NOT NULL DEFAULT 0, owner TEXT, ready_at INTEGER, last_error TEXT,
+        stats TEXT, cursor TEXT, enqueued_at INTEGER NOT NULL, started_at INTEGER,
+        finished_at INTEGER, UNIQUE (job_id, key));
+    CREATE INDEX items_ready ON items (job_id, ready_at, id) WHERE ready_at IS NOT NULL;
+    CREATE INDEX items_status ON items (job_id, status);
+    PRAGMA application_id = 1667985524;
+    PRAGMA user_version = 1;
+    INSERT INTO jobs (id, name, status, created_at, updated_at, completed_at)
+        VALUES (1, 'old', 'completed', 1, 2, 2);
+    INSERT INTO items (job_id, key, status, attempts, claims, enqueued_at, finished_at)
+        VALUES (1, 'a', 'completed', 1, 1, 1, 2), (1, 'b', 'completed', 1, 1, 1, 2),
+               (1, 'c', 'completed', 1, 1, 1, 2);
+    PRAGMA journal_mode = DELETE;";
+
+#[test]
+fn schema_1_store_gains_commands_with_old_completions_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(SCHEMA_1)
+        .unwrap();
+    let store = open(&path, OpenMode::MustExist).unwrap();
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION, "migrated on open");
+    let listed = store.commands("old").unwrap();
+    assert!(listed.commands.is_empty());
+    assert_eq!(listed.unknown, 3, "completed before commands: unknown");
+    // The new step works on the old data: record, re-drive the unknown ones.
+    let now = Timestamp(10);
+    let cmd = store.record_command("old", "echo {}", now).unwrap();
+    assert_eq!((cmd.id, cmd.completed), (1, 0));
+    assert_eq!(
+        store
+            .redrive_completed("old", CompletedBy::NotCommand(cmd.id), now)
+            .unwrap(),
+        3
+    );
+    assert_eq!(store.item_counts("old").unwrap().pending, 3);
+    // Opening again changes nothing more.
+    drop(store);
+    let again = open(&path, OpenMode::MustExist).unwrap();
+    assert_eq!(again.commands("old").unwrap().commands.len(), 1);
+}
