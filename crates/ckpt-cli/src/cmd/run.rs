@@ -5,6 +5,7 @@
 //! get `--grace` to finish, every outcome is committed, and ckpt exits 143
 //! (SIGTERM) or 130 (SIGINT) holding nothing in the store.
 
+mod capture;
 mod children;
 mod dry;
 mod lines;
@@ -27,6 +28,7 @@ use ckpt::{ClaimedItem, Fence, Handler, Outcome, QueueOptions, RetryPolicy, RunO
 
 use regex::Regex;
 
+use self::capture::Output;
 use self::children::Children;
 use self::lines::LineIndex;
 use self::sentinel::Sentinel;
@@ -153,7 +155,18 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     };
     let display = Progress::start(mode, start, runner.progress());
     let slots = Slots::new(args.jobs as usize);
+    let output = Output {
+        mode: if args.group {
+            capture::Mode::Group
+        } else if args.ungroup {
+            capture::Mode::Ungroup
+        } else {
+            capture::Mode::Line
+        },
+        tag: args.tag,
+    };
     let handler = CommandHandler {
+        output,
         template: &template,
         colsep: colsep.as_ref(),
         lines: lines.as_ref(),
@@ -326,6 +339,7 @@ fn is_executable(path: &Path) -> bool {
 
 /// Runs the command for each item.
 struct CommandHandler<'a> {
+    output: Output,
     template: &'a Template,
     colsep: Option<&'a Regex>,
     /// For `{#}`, when it is used.
@@ -439,11 +453,18 @@ fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcom
         .env(ckpt::worker::WORKER_ENV, worker)
         .stdin(Stdio::null())
         .process_group(0);
+    h.output.prepare(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => return Outcome::Failed(format!("cannot run {program}: {e}")),
     };
     children.started(&child);
+    let capture = h.output.start(&mut child, &item.key);
+    if let Err(e) = &capture {
+        // The pipes went with the failed thread: the command sees them
+        // closed, and fails or not as it likes.
+        tracing::warn!(event = "no_output_thread", error = %e, "cannot read the output of {program}");
+    }
     if let Some(timeouts) = h.timeouts {
         timeouts.arm(child.id());
     }
@@ -461,6 +482,10 @@ fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcom
     // is this item's work: it must not run on beside a retry or another
     // worker's copy, nor escape the fence and the sentinel.
     children.kill_leftovers(child.id());
+    // The pipes close with the last process of the group.
+    if let Ok(capture) = capture {
+        capture.finish();
+    }
     children.exited(&child);
     // A command that finished before it could be stopped completed (the
     // completion is refused if the item was taken meanwhile).
