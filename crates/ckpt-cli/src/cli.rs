@@ -180,6 +180,11 @@ pub struct RunArgs {
     /// Put the item and a TAB before each line of output.
     #[arg(long, conflicts_with = "ungroup")]
     pub tag: bool,
+    /// Also keep each item's full stdout and stderr (its last attempt's)
+    /// in DIR/<item>/stdout and DIR/<item>/stderr; in <item>, bytes other
+    /// than letters, digits and -_.,+=@ are written %XX.
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
     /// The command. GNU parallel's replacement strings are replaced in
     /// its arguments: {} the item, {.} without extension, {/} basename,
     /// {//} dirname, {/.} basename without extension, {#} line number,

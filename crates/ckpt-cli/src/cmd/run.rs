@@ -9,6 +9,7 @@ mod capture;
 mod children;
 mod dry;
 mod lines;
+mod results;
 pub mod sentinel;
 mod slots;
 mod template;
@@ -164,9 +165,14 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             capture::Mode::Line
         },
         tag: args.tag,
+        results: args.results.clone(),
     };
+    if let Some(dir) = &output.results {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--results: cannot create {}", dir.display()))?;
+    }
     let handler = CommandHandler {
-        output,
+        output: &output,
         template: &template,
         colsep: colsep.as_ref(),
         lines: lines.as_ref(),
@@ -339,7 +345,7 @@ fn is_executable(path: &Path) -> bool {
 
 /// Runs the command for each item.
 struct CommandHandler<'a> {
-    output: Output,
+    output: &'a Output,
     template: &'a Template,
     colsep: Option<&'a Regex>,
     /// For `{#}`, when it is used.
@@ -454,12 +460,16 @@ fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcom
         .stdin(Stdio::null())
         .process_group(0);
     h.output.prepare(&mut cmd);
+    let files = match h.output.files(&item.key) {
+        Ok(files) => files,
+        Err(e) => return Outcome::Failed(format!("--results: cannot create the files: {e}")),
+    };
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => return Outcome::Failed(format!("cannot run {program}: {e}")),
     };
     children.started(&child);
-    let capture = h.output.start(&mut child, &item.key);
+    let capture = h.output.start(&mut child, &item.key, files);
     if let Err(e) = &capture {
         // The pipes went with the failed thread: the command sees them
         // closed, and fails or not as it likes.

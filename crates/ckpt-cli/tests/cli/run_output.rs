@@ -168,3 +168,60 @@ fn ungroup_passes_output_straight_through() {
         bad.stderr
     );
 }
+
+#[test]
+fn results_keeps_each_items_full_output_in_files_named_safely() {
+    let sb = Sandbox::new();
+    let long = "y".repeat(300);
+    let keys = vec![
+        "plain.txt".to_string(),
+        "a/b c".to_string(),
+        "..".to_string(),
+        "-n".to_string(),
+        "100%".to_string(),
+        "é\u{1b}[31m".to_string(),
+        long.clone(),
+    ];
+    let file = sb.write_items("items.txt", &keys);
+    let dir = sb.join("res");
+    // Megabytes on stdout, no newline at the end of stderr.
+    let script = r#"head -c 2000000 /dev/zero | tr '\0' z; printf 'err of %s' "$1" >&2"#;
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "R", "-q", "-j", "4", "--tag", "--results"])
+        .arg(&dir)
+        .arg("--items")
+        .arg(&file)
+        .args(["--", "sh", "-c", script, "_"])
+        .run();
+    out.success();
+    let expect = [
+        "plain.txt",
+        "a%2Fb%20c",
+        "%2E.",
+        "%2Dn",
+        "100%25",
+        "%C3%A9%1B%5B31m",
+    ];
+    for (key, name) in keys.iter().zip(expect) {
+        let at = dir.join(name);
+        let stdout = std::fs::read(at.join("stdout")).unwrap_or_else(|e| panic!("{at:?}: {e}"));
+        assert_eq!(stdout.len(), 2_000_000, "{key:?}: all of stdout, untagged");
+        assert!(stdout.iter().all(|&b| b == b'z'));
+        let stderr = std::fs::read_to_string(at.join("stderr")).unwrap();
+        assert_eq!(stderr, format!("err of {key}"));
+    }
+    // The long item: its start, then a hash; one directory, its own.
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), keys.len(), "{names:?}");
+    let hashed = names
+        .iter()
+        .find(|n| n.starts_with("yyy"))
+        .expect("the long item");
+    assert!(hashed.len() <= 200 && hashed.contains('~'), "{hashed}");
+    let stderr = std::fs::read_to_string(dir.join(hashed).join("stderr")).unwrap();
+    assert_eq!(stderr, format!("err of {long}"));
+}

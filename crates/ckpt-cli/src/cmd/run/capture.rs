@@ -21,11 +21,14 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use super::results;
 
 /// The longest partial line held back in line mode; longer ones are
 /// written in pieces of this size (and may then mix with other items').
@@ -61,11 +64,13 @@ pub enum Mode {
 }
 
 /// The output settings of a run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Output {
     pub mode: Mode,
     /// Prefix each line with the item and a TAB.
     pub tag: bool,
+    /// `--results`: also write each item's output to files under here.
+    pub results: Option<PathBuf>,
 }
 
 /// A command's output being read.
@@ -78,8 +83,11 @@ impl Output {
     /// Sets up the command's stdout and stderr.
     pub fn prepare(&self, cmd: &mut Command) {
         match self.mode {
-            Mode::Ungroup => {
+            Mode::Ungroup if self.results.is_none() => {
                 cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+            }
+            Mode::Ungroup => {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             }
             Mode::Line | Mode::Group => {
                 cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -87,8 +95,23 @@ impl Output {
         }
     }
 
-    /// Starts reading what the spawned `child` prints, for `item`.
-    pub fn start(&self, child: &mut Child, item: &str) -> io::Result<Capture> {
+    /// `--results`: creates the files of `item`'s attempt, before its
+    /// command starts.
+    pub fn files(&self, item: &str) -> io::Result<Option<results::Files>> {
+        self.results
+            .as_deref()
+            .map(|dir| results::create(dir, item))
+            .transpose()
+    }
+
+    /// Starts reading what the spawned `child` prints, for `item`, into
+    /// ckpt's streams and `files`.
+    pub fn start(
+        &self,
+        child: &mut Child,
+        item: &str,
+        files: Option<results::Files>,
+    ) -> io::Result<Capture> {
         let exited = Arc::new(AtomicBool::new(false));
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         if stdout.is_none() && stderr.is_none() {
@@ -102,10 +125,10 @@ impl Output {
             tag.push(b'\t');
             tag
         });
-        let (settings, flag) = (*self, Arc::clone(&exited));
+        let (mode, flag) = (self.mode, Arc::clone(&exited));
         let reader = std::thread::Builder::new()
             .name("ckpt-output".into())
-            .spawn(move || read(settings, tag, stdout, stderr, &flag))?;
+            .spawn(move || read(mode, tag, files, stdout, stderr, &flag))?;
         Ok(Capture {
             reader: Some(reader),
             exited,
@@ -142,6 +165,8 @@ struct Sink {
     held: Vec<u8>,
     /// Group mode: what did not fit in `held`.
     spill: Option<File>,
+    /// `--results`: every byte, untagged.
+    file: Option<File>,
 }
 
 #[derive(Clone, Copy)]
@@ -183,7 +208,7 @@ impl Stream {
 }
 
 impl Sink {
-    fn new(to: Stream, mode: Mode, tag: Option<Vec<u8>>) -> Sink {
+    fn new(to: Stream, mode: Mode, tag: Option<Vec<u8>>, file: Option<File>) -> Sink {
         Sink {
             to,
             mode,
@@ -191,10 +216,17 @@ impl Sink {
             at_line_start: true,
             held: Vec::new(),
             spill: None,
+            file,
         }
     }
 
     fn take(&mut self, data: &[u8]) {
+        if let Some(file) = &mut self.file {
+            if let Err(e) = file.write_all(data) {
+                tracing::warn!(event = "results_write", error = %e, "--results: cannot write a command's output; the rest goes only to ckpt's own streams");
+                self.file = None;
+            }
+        }
         match self.mode {
             Mode::Ungroup => {
                 let _writing = writing();
@@ -271,14 +303,16 @@ impl Sink {
 /// The reader thread: drains both pipes until they close (or the command
 /// has been gone [`AFTER_EXIT`]), then writes what is held.
 fn read(
-    settings: Output,
+    mode: Mode,
     tag: Option<Vec<u8>>,
+    files: Option<results::Files>,
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
     exited: &AtomicBool,
 ) {
-    let mut out = stdout.map(|p| (p, Sink::new(Stream::Out, settings.mode, tag.clone())));
-    let mut err = stderr.map(|p| (p, Sink::new(Stream::Err, settings.mode, tag)));
+    let (out_file, err_file) = files.map_or((None, None), |f| (Some(f.stdout), Some(f.stderr)));
+    let mut out = stdout.map(|p| (p, Sink::new(Stream::Out, mode, tag.clone(), out_file)));
+    let mut err = stderr.map(|p| (p, Sink::new(Stream::Err, mode, tag, err_file)));
     // Ended streams' sinks, written at the end (stdout first, then
     // stderr, as GNU parallel's --group).
     let (mut out_done, mut err_done) = (None, None);
