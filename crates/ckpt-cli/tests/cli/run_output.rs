@@ -225,3 +225,36 @@ fn results_keeps_each_items_full_output_in_files_named_safely() {
     let stderr = std::fs::read_to_string(dir.join(hashed).join("stderr")).unwrap();
     assert_eq!(stderr, format!("err of {long}"));
 }
+
+/// A process that left the command's process group (`setsid`) and holds
+/// its output pipes does not hold up the item: it is read for 1 s after
+/// the group is gone, then let go. (Without that limit this run would
+/// last the 300 s of the `sleep`, past `run`'s minute.)
+#[test]
+fn an_escaped_process_holding_the_pipes_does_not_hold_up_the_item() {
+    if std::process::Command::new("setsid")
+        .arg("true")
+        .status()
+        .is_err()
+    {
+        eprintln!("skipped: no setsid");
+        return;
+    }
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("k", 2));
+    let script = r#"echo "before $1"; setsid sleep 300 & echo $! >> pids; echo "after $1""#;
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "J", "-q", "-j", "2", "--group", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", script, "_"])
+        .run();
+    for pid in sb.lines("pids") {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
+    }
+    out.success();
+    for k in items("k", 2) {
+        assert!(out.stdout.contains(&format!("before {k}\nafter {k}\n")), "{}", out.stdout);
+    }
+}
