@@ -469,12 +469,6 @@ fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcom
         Err(e) => return Outcome::Failed(format!("cannot run {program}: {e}")),
     };
     children.started(&child);
-    let capture = h.output.start(&mut child, &item.key, files);
-    if let Err(e) = &capture {
-        // The pipes went with the failed thread: the command sees them
-        // closed, and fails or not as it likes.
-        tracing::warn!(event = "no_output_thread", error = %e, "cannot read the output of {program}");
-    }
     if let Some(timeouts) = h.timeouts {
         timeouts.arm(child.id());
     }
@@ -486,16 +480,17 @@ fn run_item(h: &CommandHandler<'_>, item: &ClaimedItem, fence: &Fence) -> Outcom
         let (children, pid) = (Arc::clone(children), child.id());
         fence.on_deadline(move |term, kill| children.deadline(pid, term, kill));
     }
-    let status = child.wait();
-    let timed_out = h.timeouts.is_some_and(|t| t.disarm(child.id()));
-    // Whatever the command left running in its process group (`work &`)
-    // is this item's work: it must not run on beside a retry or another
-    // worker's copy, nor escape the fence and the sentinel.
-    children.kill_leftovers(child.id());
-    // The pipes close with the last process of the group.
-    if let Ok(capture) = capture {
-        capture.finish();
-    }
+    let pid = child.id();
+    // Reads the command's output until it ends (see `capture`).
+    let (status, timed_out) = h.output.wait(&mut child, &item.key, files, || {
+        let timed_out = h.timeouts.is_some_and(|t| t.disarm(pid));
+        // Whatever the command left running in its process group (`work &`)
+        // is this item's work: it must not run on beside a retry or another
+        // worker's copy, nor escape the fence and the sentinel. Its end
+        // closes the pipes.
+        children.kill_leftovers(pid);
+        timed_out
+    });
     children.exited(&child);
     // A command that finished before it could be stopped completed (the
     // completion is refused if the item was taken meanwhile).

@@ -255,6 +255,10 @@ fn an_escaped_process_holding_the_pipes_does_not_hold_up_the_item() {
     }
     out.success();
     for k in items("k", 2) {
-        assert!(out.stdout.contains(&format!("before {k}\nafter {k}\n")), "{}", out.stdout);
+        assert!(
+            out.stdout.contains(&format!("before {k}\nafter {k}\n")),
+            "{}",
+            out.stdout
+        );
     }
 }

@@ -13,19 +13,18 @@
 //! command ckpt's own stdout and stderr, as ckpt did before there were
 //! modes.
 //!
-//! One thread per running command reads both pipes with `poll`, so a
-//! command never blocks on a full pipe whichever stream it fills. Its
+//! The thread that waits for a command reads both its pipes with `poll`
+//! (and a pidfd, to learn of its exit), so a command never blocks on a
+//! full pipe whichever stream it fills, and no thread is added per item. Its
 //! bytes are passed on unchanged (a tag aside): a last line without a
 //! newline stays without one.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::results;
@@ -38,8 +37,8 @@ pub const LINE_CAP: usize = 64 * 1024;
 /// temporary file.
 const GROUP_IN_MEMORY: usize = 1024 * 1024;
 
-/// How long the reader waits for the pipes to close once the command and
-/// its process group are gone: a process that left the group (`setsid`)
+/// How long the pipes are read once the command has exited and its
+/// process group was killed: a process that left the group (`setsid`)
 /// may hold them open for ever.
 const AFTER_EXIT: Duration = Duration::from_secs(1);
 
@@ -73,12 +72,6 @@ pub struct Output {
     pub results: Option<PathBuf>,
 }
 
-/// A command's output being read.
-pub struct Capture {
-    reader: Option<JoinHandle<()>>,
-    exited: Arc<AtomicBool>,
-}
-
 impl Output {
     /// Sets up the command's stdout and stderr.
     pub fn prepare(&self, cmd: &mut Command) {
@@ -104,53 +97,170 @@ impl Output {
             .transpose()
     }
 
-    /// Starts reading what the spawned `child` prints, for `item`, into
-    /// ckpt's streams and `files`.
-    pub fn start(
+    /// Waits for the spawned `child` to end, reading what it prints (for
+    /// `item`, into ckpt's streams and `files`) meanwhile, in this thread.
+    /// Calls `on_exit` as soon as the command has exited (to kill what it
+    /// left in its process group, whose end closes the pipes), then reads
+    /// the pipes to their end, or for [`AFTER_EXIT`] at most.
+    pub fn wait<T>(
         &self,
         child: &mut Child,
         item: &str,
         files: Option<results::Files>,
-    ) -> io::Result<Capture> {
-        let exited = Arc::new(AtomicBool::new(false));
+        on_exit: impl FnOnce() -> T,
+    ) -> (io::Result<ExitStatus>, T) {
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         if stdout.is_none() && stderr.is_none() {
-            return Ok(Capture {
-                reader: None,
-                exited,
-            });
+            let status = child.wait();
+            return (status, on_exit());
         }
         let tag = self.tag.then(|| {
             let mut tag = item.as_bytes().to_vec();
             tag.push(b'\t');
             tag
         });
-        let (mode, flag) = (self.mode, Arc::clone(&exited));
-        let reader = std::thread::Builder::new()
-            .name("ckpt-output".into())
-            .spawn(move || read(mode, tag, files, stdout, stderr, &flag))?;
-        Ok(Capture {
-            reader: Some(reader),
-            exited,
-        })
-    }
-}
-
-impl Capture {
-    /// Once the command and its process group are gone: waits for the
-    /// output to be written.
-    pub fn finish(mut self) {
-        self.exited.store(true, Ordering::Release);
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
+        let (out_file, err_file) = files.map_or((None, None), |f| (Some(f.stdout), Some(f.stderr)));
+        let mut reader = Reader {
+            out: stdout.map(|p| (p, Sink::new(Stream::Out, self.mode, tag.clone(), out_file))),
+            err: stderr.map(|p| (p, Sink::new(Stream::Err, self.mode, tag, err_file))),
+            out_done: None,
+            err_done: None,
+            buf: vec![0; 16 * 1024],
+        };
+        let exit = pidfd(child.id());
+        let mut ended: Option<(io::Result<ExitStatus>, T, Instant)> = None;
+        let mut on_exit = Some(on_exit);
+        let mut exited = |child: &mut Child| {
+            let status = child.wait();
+            let value = on_exit.take().map(|f| f());
+            (status, value)
+        };
+        loop {
+            let mut fds = reader.fds();
+            if fds.is_empty() {
+                break;
+            }
+            if let Some((_, _, at)) = &ended {
+                if at.elapsed() >= AFTER_EXIT {
+                    break;
+                }
+            }
+            let exit_fd = exit
+                .as_ref()
+                .filter(|_| ended.is_none())
+                .map(|fd| fd.as_raw_fd());
+            if let Some(fd) = exit_fd {
+                fds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            // Without a pidfd (not Linux), woken now and then to see
+            // whether the command has exited while its pipes stay open.
+            let timeout = match (&ended, exit_fd) {
+                (None, Some(_)) => -1,
+                _ => 100,
+            };
+            // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break;
+            }
+            let mut gone = false;
+            for pfd in fds.iter().filter(|p| p.revents != 0) {
+                if Some(pfd.fd) == exit_fd {
+                    gone = true;
+                } else {
+                    reader.ready(pfd.fd);
+                }
+            }
+            let gone = gone
+                || (ended.is_none() && exit.is_none() && matches!(child.try_wait(), Ok(Some(_))));
+            if gone {
+                let (status, value) = exited(child);
+                ended = value.map(|v| (status, v, Instant::now()));
+            }
+        }
+        reader.end();
+        match ended {
+            Some((status, value, _)) => (status, value),
+            // The pipes closed first: the command is ending (or closed its
+            // output and runs on).
+            None => {
+                let (status, value) = exited(child);
+                (status, value.expect("on_exit is called once"))
+            }
         }
     }
 }
 
-impl Drop for Capture {
-    fn drop(&mut self) {
-        // The thread ends on its own once told the command is gone.
-        self.exited.store(true, Ordering::Release);
+/// An exit notification for the process `pid`: readable once it has
+/// exited (Linux 5.3 and later; `None` elsewhere).
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: pidfd_open takes a pid and flags, and returns a new fd.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        // SAFETY: a non-negative result is a new fd that nothing else owns.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
+/// The pipes of one command and where they go.
+struct Reader {
+    out: Option<(ChildStdout, Sink)>,
+    err: Option<(ChildStderr, Sink)>,
+    /// Ended streams' sinks, written at the end (stdout first, then
+    /// stderr, as GNU parallel's --group).
+    out_done: Option<Sink>,
+    err_done: Option<Sink>,
+    buf: Vec<u8>,
+}
+
+impl Reader {
+    fn fds(&self) -> Vec<libc::pollfd> {
+        [
+            self.out.as_ref().map(|(p, _)| p.as_raw_fd()),
+            self.err.as_ref().map(|(p, _)| p.as_raw_fd()),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect()
+    }
+
+    /// Reads the pipe `fd`, which poll found ready.
+    fn ready(&mut self, fd: i32) {
+        if self.out.as_ref().is_some_and(|(p, _)| p.as_raw_fd() == fd) {
+            if !drain(&mut self.out, &mut self.buf) {
+                self.out_done = self.out.take().map(|(_, sink)| sink);
+            }
+        } else if !drain(&mut self.err, &mut self.buf) {
+            self.err_done = self.err.take().map(|(_, sink)| sink);
+        }
+    }
+
+    /// Writes what is held.
+    fn end(self) {
+        let sinks = [
+            self.out.map(|(_, s)| s).or(self.out_done),
+            self.err.map(|(_, s)| s).or(self.err_done),
+        ];
+        // One item's groups are not split by another item's.
+        let _writing = writing();
+        for mut sink in sinks.into_iter().flatten() {
+            sink.end();
+        }
     }
 }
 
@@ -297,79 +407,6 @@ impl Sink {
         }
         self.to.write(&self.held);
         self.held.clear();
-    }
-}
-
-/// The reader thread: drains both pipes until they close (or the command
-/// has been gone [`AFTER_EXIT`]), then writes what is held.
-fn read(
-    mode: Mode,
-    tag: Option<Vec<u8>>,
-    files: Option<results::Files>,
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
-    exited: &AtomicBool,
-) {
-    let (out_file, err_file) = files.map_or((None, None), |f| (Some(f.stdout), Some(f.stderr)));
-    let mut out = stdout.map(|p| (p, Sink::new(Stream::Out, mode, tag.clone(), out_file)));
-    let mut err = stderr.map(|p| (p, Sink::new(Stream::Err, mode, tag, err_file)));
-    // Ended streams' sinks, written at the end (stdout first, then
-    // stderr, as GNU parallel's --group).
-    let (mut out_done, mut err_done) = (None, None);
-    let mut buf = vec![0; 64 * 1024];
-    let mut gone_since: Option<Instant> = None;
-    loop {
-        let mut fds = Vec::with_capacity(2);
-        for fd in [
-            out.as_ref().map(|(p, _)| p.as_raw_fd()),
-            err.as_ref().map(|(p, _)| p.as_raw_fd()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            fds.push(libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        if fds.is_empty() {
-            break;
-        }
-        if exited.load(Ordering::Acquire) {
-            let since = *gone_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= AFTER_EXIT {
-                break;
-            }
-        }
-        // Woken now and then to notice the command is gone while something
-        // outside its group holds the pipes open.
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
-        if ready < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break;
-        }
-        for pfd in fds.iter().filter(|p| p.revents != 0) {
-            if out.as_ref().is_some_and(|(p, _)| p.as_raw_fd() == pfd.fd) {
-                if !drain(&mut out, &mut buf) {
-                    out_done = out.take().map(|(_, sink)| sink);
-                }
-            } else if !drain(&mut err, &mut buf) {
-                err_done = err.take().map(|(_, sink)| sink);
-            }
-        }
-    }
-    let sinks = [
-        out.map(|(_, s)| s).or(out_done),
-        err.map(|(_, s)| s).or(err_done),
-    ];
-    // One item's groups are not split by another item's.
-    let _writing = writing();
-    for mut sink in sinks.into_iter().flatten() {
-        sink.end();
     }
 }
 
