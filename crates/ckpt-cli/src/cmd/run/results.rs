@@ -70,3 +70,33 @@ fn fnv1a(bytes: &[u8]) -> u64 {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_one_safe_component_and_read_back() {
+        assert_eq!(file_name("a.csv"), "a.csv");
+        assert_eq!(file_name("a/b c"), "a%2Fb%20c");
+        assert_eq!(file_name(".."), "%2E.");
+        assert_eq!(file_name(".hidden"), "%2Ehidden");
+        assert_eq!(file_name("-rf"), "%2Drf");
+        assert_eq!(file_name("50%"), "50%25");
+        assert_eq!(file_name("é\n"), "%C3%A9%0A");
+        // `%` is escaped, so an item spelled like another's name differs.
+        assert_ne!(file_name("a%2Fb"), file_name("a/b"));
+    }
+
+    #[test]
+    fn long_names_keep_their_start_and_a_hash_of_the_whole() {
+        let a = format!("{}a", "/".repeat(300));
+        let b = format!("{}b", "/".repeat(300));
+        let (na, nb) = (file_name(&a), file_name(&b));
+        assert!(na.len() <= NAME_MAX, "{na}");
+        assert_ne!(na, nb, "items that differ only at the end");
+        // Cut between whole %XX: 150 bytes hold 50 of them.
+        assert!(na.starts_with(&"%2F".repeat(50)));
+        assert_eq!(na.len(), 150 + 1 + 16);
+    }
+}
