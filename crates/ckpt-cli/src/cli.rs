@@ -171,6 +171,26 @@ pub struct RunArgs {
     /// (0 after `success=`).
     #[arg(long, value_name = "WHEN,WHY=N", allow_hyphen_values = true, value_parser = crate::halt::HaltArg::parse)]
     pub halt: Option<crate::halt::HaltArg>,
+    /// Write each line of the commands' output whole, as it comes, so
+    /// lines of different items never mix (the default).
+    #[arg(long, conflicts_with_all = ["group", "ungroup"])]
+    pub line_buffer: bool,
+    /// Hold each item's output until its command ends, then write its
+    /// stdout and its stderr each in one piece (GNU parallel's default).
+    #[arg(long, conflicts_with = "ungroup")]
+    pub group: bool,
+    /// Pass the commands' output straight through, as it comes: fastest,
+    /// but lines of different items may mix mid-line.
+    #[arg(short = 'u', long)]
+    pub ungroup: bool,
+    /// Put the item and a TAB before each line of output.
+    #[arg(long, conflicts_with = "ungroup")]
+    pub tag: bool,
+    /// Also keep each item's full stdout and stderr (its last attempt's)
+    /// in DIR/<item>/stdout and DIR/<item>/stderr; in <item>, bytes other
+    /// than letters, digits and -_.,+=@ are written %XX.
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
     /// The command. GNU parallel's replacement strings are replaced in
     /// its arguments: {} the item, {.} without extension, {/} basename,
     /// {//} dirname, {/.} basename without extension, {#} line number,

@@ -65,6 +65,8 @@ mod run_batch;
 mod run_command;
 #[path = "cli/run_halt.rs"]
 mod run_halt;
+#[path = "cli/run_output.rs"]
+mod run_output;
 #[path = "cli/run_replace.rs"]
 mod run_replace;
 #[path = "cli/serve.rs"]

@@ -6,9 +6,11 @@
 //! (SIGTERM) or 130 (SIGINT) holding nothing in the store.
 
 mod batch;
+mod capture;
 mod children;
 mod dry;
 mod lines;
+mod results;
 pub mod sentinel;
 mod slots;
 mod template;
@@ -29,6 +31,7 @@ use ckpt::{ClaimedItem, Fence, Handler, Outcome, QueueOptions, RetryPolicy, RunO
 
 use regex::Regex;
 
+use self::capture::Output;
 use self::children::Children;
 use self::lines::LineIndex;
 use self::sentinel::Sentinel;
@@ -50,6 +53,12 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             return Err(Usage("--dry-run does not show batches: drop -n".into()).into());
         }
         return dry::run(url, &args, colsep.as_ref());
+    }
+    if args.results.is_some() && args.max_args > 1 {
+        // One command's output cannot be told apart per item.
+        return Err(
+            Usage("--results keeps each item's output: it cannot be used with -n".into()).into(),
+        );
     }
     let mut command = args.command.clone();
     if let Some(program) = resolve_program(&command[0])? {
@@ -160,7 +169,23 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     };
     let display = Progress::start(mode, start, runner.progress());
     let slots = Slots::new(args.jobs as usize);
+    let output = Output {
+        mode: if args.group {
+            capture::Mode::Group
+        } else if args.ungroup {
+            capture::Mode::Ungroup
+        } else {
+            capture::Mode::Line
+        },
+        tag: args.tag,
+        results: args.results.clone(),
+    };
+    if let Some(dir) = &output.results {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--results: cannot create {}", dir.display()))?;
+    }
     let handler = CommandHandler {
+        output: &output,
         template: &template,
         colsep: colsep.as_ref(),
         lines: lines.as_ref(),
@@ -333,6 +358,7 @@ fn is_executable(path: &Path) -> bool {
 
 /// Runs the command for each item.
 struct CommandHandler<'a> {
+    output: &'a Output,
     template: &'a Template,
     colsep: Option<&'a Regex>,
     /// For `{#}`, when it is used.
@@ -451,6 +477,18 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
         .env(ckpt::worker::WORKER_ENV, worker)
         .stdin(Stdio::null())
         .process_group(0);
+    h.output.prepare(&mut cmd);
+    // A batch's lines are tagged with all its items (`--tag`); `--results`
+    // refuses batches.
+    let tag = items
+        .iter()
+        .map(|i| i.key.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let files = match h.output.files(&tag) {
+        Ok(files) => files,
+        Err(e) => return Outcome::Failed(format!("--results: cannot create the files: {e}")),
+    };
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => return Outcome::Failed(format!("cannot run {program}: {e}")),
@@ -467,12 +505,17 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
         let (children, pid) = (Arc::clone(children), child.id());
         fence.on_deadline(move |term, kill| children.deadline(pid, term, kill));
     }
-    let status = child.wait();
-    let timed_out = h.timeouts.is_some_and(|t| t.disarm(child.id()));
-    // Whatever the command left running in its process group (`work &`)
-    // is this item's work: it must not run on beside a retry or another
-    // worker's copy, nor escape the fence and the sentinel.
-    children.kill_leftovers(child.id());
+    let pid = child.id();
+    // Reads the command's output until it ends (see `capture`).
+    let (status, timed_out) = h.output.wait(&mut child, &tag, files, || {
+        let timed_out = h.timeouts.is_some_and(|t| t.disarm(pid));
+        // Whatever the command left running in its process group (`work &`)
+        // is this item's work: it must not run on beside a retry or another
+        // worker's copy, nor escape the fence and the sentinel. Its end
+        // closes the pipes.
+        children.kill_leftovers(pid);
+        timed_out
+    });
     children.exited(&child);
     // A command that finished before it could be stopped completed (the
     // completion is refused if the item was taken meanwhile).

@@ -249,3 +249,35 @@ fn dry_run_refuses_batches() {
         .run();
     assert!(out.error(2).contains("-n"), "{}", out.stderr);
 }
+
+#[test]
+fn results_refuse_batches_and_creates_nothing() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &["a".into()]);
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "R", "-n", "2", "--results"])
+        .arg(sb.join("out"))
+        .arg("--items")
+        .arg(&file)
+        .args(["--", "true"])
+        .run();
+    assert!(out.error(2).contains("--results"), "{}", out.stderr);
+    assert!(!sb.join("out").exists());
+    assert!(!sb.db().exists(), "no store for a refused run");
+}
+
+/// `--tag` with `-n`: a batch's lines carry all its items.
+#[test]
+fn tag_names_every_item_of_a_batch() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &["a".into(), "b".into()]);
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "T", "-n", "2", "--tag", "--items"])
+        .arg(&file)
+        .args(["--", "echo", "hi"])
+        .run();
+    out.success();
+    assert_eq!(out.stdout, "a b\thi a b\n", "{}", out.stderr);
+}

@@ -1,0 +1,432 @@
+//! What a command prints, and how it reaches ckpt's own stdout and stderr.
+//!
+//! `--line-buffer` (the default) writes whole lines: each command's stdout
+//! and stderr come through pipes, and a line is written to ckpt's stream
+//! only once its newline has arrived, under the stream's lock, so lines of
+//! different items never mix mid-line while output still shows live. A
+//! line longer than [`LINE_CAP`] is written in pieces rather than held
+//! without bound; a last line without a newline is written when the
+//! command's stream ends. `--group` holds an item's output until its
+//! command has ended, then writes its stdout and its stderr each in one
+//! piece (beyond [`GROUP_IN_MEMORY`], in an unlinked temporary file).
+//! `--tag` puts the item and a TAB before each line. `--ungroup` hands the
+//! command ckpt's own stdout and stderr, as ckpt did before there were
+//! modes.
+//!
+//! The thread that waits for a command reads both its pipes with `poll`
+//! (and a pidfd, to learn of its exit), so a command never blocks on a
+//! full pipe whichever stream it fills, and no thread is added per item. Its
+//! bytes are passed on unchanged (a tag aside): a last line without a
+//! newline stays without one.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::results;
+
+/// The longest partial line held back in line mode; longer ones are
+/// written in pieces of this size (and may then mix with other items').
+pub const LINE_CAP: usize = 64 * 1024;
+
+/// Output of one item `--group` holds in memory before it spills to a
+/// temporary file.
+const GROUP_IN_MEMORY: usize = 1024 * 1024;
+
+/// How long the pipes are read once the command has exited and its
+/// process group was killed: a process that left the group (`setsid`)
+/// may hold them open for ever.
+const AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// Held for every write of a command's output, to either stream: when
+/// ckpt's stdout and stderr are one file (`2>&1`), a line on one must not
+/// land inside a line on the other.
+static WRITING: Mutex<()> = Mutex::new(());
+
+fn writing() -> MutexGuard<'static, ()> {
+    WRITING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How a command's output is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Whole lines, as they come.
+    Line,
+    /// All of an item's output once its command has ended.
+    Group,
+    /// Bytes straight through (stdout inherited).
+    Ungroup,
+}
+
+/// The output settings of a run.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub mode: Mode,
+    /// Prefix each line with the item and a TAB.
+    pub tag: bool,
+    /// `--results`: also write each item's output to files under here.
+    pub results: Option<PathBuf>,
+}
+
+impl Output {
+    /// Sets up the command's stdout and stderr.
+    pub fn prepare(&self, cmd: &mut Command) {
+        match self.mode {
+            Mode::Ungroup if self.results.is_none() => {
+                cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+            }
+            Mode::Ungroup => {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+            Mode::Line | Mode::Group => {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+        }
+    }
+
+    /// `--results`: creates the files of `item`'s attempt, before its
+    /// command starts.
+    pub fn files(&self, item: &str) -> io::Result<Option<results::Files>> {
+        self.results
+            .as_deref()
+            .map(|dir| results::create(dir, item))
+            .transpose()
+    }
+
+    /// Waits for the spawned `child` to end, reading what it prints (for
+    /// `item`, into ckpt's streams and `files`) meanwhile, in this thread.
+    /// Calls `on_exit` as soon as the command has exited (to kill what it
+    /// left in its process group, whose end closes the pipes), then reads
+    /// the pipes to their end, or for [`AFTER_EXIT`] at most.
+    pub fn wait<T>(
+        &self,
+        child: &mut Child,
+        item: &str,
+        files: Option<results::Files>,
+        on_exit: impl FnOnce() -> T,
+    ) -> (io::Result<ExitStatus>, T) {
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        if stdout.is_none() && stderr.is_none() {
+            let status = child.wait();
+            return (status, on_exit());
+        }
+        let tag = self.tag.then(|| {
+            let mut tag = item.as_bytes().to_vec();
+            tag.push(b'\t');
+            tag
+        });
+        let (out_file, err_file) = files.map_or((None, None), |f| (Some(f.stdout), Some(f.stderr)));
+        let mut reader = Reader {
+            out: stdout.map(|p| (p, Sink::new(Stream::Out, self.mode, tag.clone(), out_file))),
+            err: stderr.map(|p| (p, Sink::new(Stream::Err, self.mode, tag, err_file))),
+            out_done: None,
+            err_done: None,
+            buf: vec![0; 16 * 1024],
+        };
+        let exit = pidfd(child.id());
+        let mut ended: Option<(io::Result<ExitStatus>, T, Instant)> = None;
+        let mut on_exit = Some(on_exit);
+        let mut exited = |child: &mut Child| {
+            let status = child.wait();
+            let value = on_exit.take().map(|f| f());
+            (status, value)
+        };
+        loop {
+            let mut fds = reader.fds();
+            if fds.is_empty() {
+                break;
+            }
+            if let Some((_, _, at)) = &ended {
+                if at.elapsed() >= AFTER_EXIT {
+                    break;
+                }
+            }
+            let exit_fd = exit
+                .as_ref()
+                .filter(|_| ended.is_none())
+                .map(|fd| fd.as_raw_fd());
+            if let Some(fd) = exit_fd {
+                fds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            // Without a pidfd (not Linux), woken now and then to see
+            // whether the command has exited while its pipes stay open.
+            let timeout = match (&ended, exit_fd) {
+                (None, Some(_)) => -1,
+                _ => 100,
+            };
+            // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break;
+            }
+            let mut gone = false;
+            for pfd in fds.iter().filter(|p| p.revents != 0) {
+                if Some(pfd.fd) == exit_fd {
+                    gone = true;
+                } else {
+                    reader.ready(pfd.fd);
+                }
+            }
+            let gone = gone
+                || (ended.is_none() && exit.is_none() && matches!(child.try_wait(), Ok(Some(_))));
+            if gone {
+                let (status, value) = exited(child);
+                ended = value.map(|v| (status, v, Instant::now()));
+            }
+        }
+        reader.end();
+        match ended {
+            Some((status, value, _)) => (status, value),
+            // The pipes closed first: the command is ending (or closed its
+            // output and runs on).
+            None => {
+                let (status, value) = exited(child);
+                (status, value.expect("on_exit is called once"))
+            }
+        }
+    }
+}
+
+/// An exit notification for the process `pid`: readable once it has
+/// exited (Linux 5.3 and later; `None` elsewhere).
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: pidfd_open takes a pid and flags, and returns a new fd.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        // SAFETY: a non-negative result is a new fd that nothing else owns.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
+/// The pipes of one command and where they go.
+struct Reader {
+    out: Option<(ChildStdout, Sink)>,
+    err: Option<(ChildStderr, Sink)>,
+    /// Ended streams' sinks, written at the end (stdout first, then
+    /// stderr, as GNU parallel's --group).
+    out_done: Option<Sink>,
+    err_done: Option<Sink>,
+    buf: Vec<u8>,
+}
+
+impl Reader {
+    fn fds(&self) -> Vec<libc::pollfd> {
+        [
+            self.out.as_ref().map(|(p, _)| p.as_raw_fd()),
+            self.err.as_ref().map(|(p, _)| p.as_raw_fd()),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect()
+    }
+
+    /// Reads the pipe `fd`, which poll found ready.
+    fn ready(&mut self, fd: i32) {
+        if self.out.as_ref().is_some_and(|(p, _)| p.as_raw_fd() == fd) {
+            if !drain(&mut self.out, &mut self.buf) {
+                self.out_done = self.out.take().map(|(_, sink)| sink);
+            }
+        } else if !drain(&mut self.err, &mut self.buf) {
+            self.err_done = self.err.take().map(|(_, sink)| sink);
+        }
+    }
+
+    /// Writes what is held.
+    fn end(self) {
+        let sinks = [
+            self.out.map(|(_, s)| s).or(self.out_done),
+            self.err.map(|(_, s)| s).or(self.err_done),
+        ];
+        // One item's groups are not split by another item's.
+        let _writing = writing();
+        for mut sink in sinks.into_iter().flatten() {
+            sink.end();
+        }
+    }
+}
+
+/// Where one of the command's streams goes.
+struct Sink {
+    to: Stream,
+    mode: Mode,
+    tag: Option<Vec<u8>>,
+    /// The next byte starts a line (for the tag).
+    at_line_start: bool,
+    /// Line mode: the partial line held back. Group mode: the output so far.
+    held: Vec<u8>,
+    /// Group mode: what did not fit in `held`.
+    spill: Option<File>,
+    /// `--results`: every byte, untagged.
+    file: Option<File>,
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Out,
+    Err,
+}
+
+impl Stream {
+    /// Writes `bytes` in one piece; the caller holds [`WRITING`]. Errors
+    /// (a closed pipe) lose the output but not the command: it keeps
+    /// running and its pipe keeps being drained.
+    fn write(self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let _ = match self {
+            Stream::Out => {
+                let mut out = io::stdout().lock();
+                out.write_all(bytes).and_then(|()| out.flush())
+            }
+            Stream::Err => io::stderr().lock().write_all(bytes),
+        };
+    }
+
+    /// Copies `file` in one piece; the caller holds [`WRITING`].
+    fn copy(self, file: &mut File) {
+        if file.rewind().is_err() {
+            return;
+        }
+        let _ = match self {
+            Stream::Out => {
+                let mut out = io::stdout().lock();
+                io::copy(file, &mut out).and_then(|_| out.flush())
+            }
+            Stream::Err => io::copy(file, &mut io::stderr().lock()).map(drop),
+        };
+    }
+}
+
+impl Sink {
+    fn new(to: Stream, mode: Mode, tag: Option<Vec<u8>>, file: Option<File>) -> Sink {
+        Sink {
+            to,
+            mode,
+            tag,
+            at_line_start: true,
+            held: Vec::new(),
+            spill: None,
+            file,
+        }
+    }
+
+    fn take(&mut self, data: &[u8]) {
+        if let Some(file) = &mut self.file {
+            if let Err(e) = file.write_all(data) {
+                tracing::warn!(event = "results_write", error = %e, "--results: cannot write a command's output; the rest goes only to ckpt's own streams");
+                self.file = None;
+            }
+        }
+        match self.mode {
+            Mode::Ungroup => {
+                let _writing = writing();
+                self.to.write(data);
+            }
+            Mode::Line => {
+                let start = self.held.len();
+                self.push(data);
+                // Only the new bytes can hold the last newline.
+                let end = match memrchr(b'\n', &self.held[start..]) {
+                    Some(i) => start + i + 1,
+                    None if self.held.len() >= LINE_CAP => self.held.len(),
+                    None => return,
+                };
+                {
+                    let _writing = writing();
+                    self.to.write(&self.held[..end]);
+                }
+                self.held.drain(..end);
+            }
+            Mode::Group => {
+                self.push(data);
+                if self.held.len() >= GROUP_IN_MEMORY {
+                    self.spill_held();
+                }
+            }
+        }
+    }
+
+    /// Appends `data` to what is held, tagging each line.
+    fn push(&mut self, data: &[u8]) {
+        let Some(tag) = &self.tag else {
+            self.held.extend_from_slice(data);
+            return;
+        };
+        for piece in data.split_inclusive(|&b| b == b'\n') {
+            if self.at_line_start {
+                self.held.extend_from_slice(tag);
+            }
+            self.held.extend_from_slice(piece);
+            self.at_line_start = piece.ends_with(b"\n");
+        }
+    }
+
+    fn spill_held(&mut self) {
+        if self.spill.is_none() {
+            match tempfile::tempfile() {
+                Ok(file) => self.spill = Some(file),
+                // No room on disk: hold it in memory instead.
+                Err(_) => return,
+            }
+        }
+        if let Some(file) = &mut self.spill {
+            if file.write_all(&self.held).is_ok() {
+                self.held.clear();
+            }
+        }
+    }
+
+    /// The stream ended: writes what is left; the caller holds [`WRITING`].
+    fn end(&mut self) {
+        if let Some(mut file) = self.spill.take() {
+            if file.write_all(&self.held).is_ok() {
+                self.held.clear();
+                self.to.copy(&mut file);
+                return;
+            }
+        }
+        self.to.write(&self.held);
+        self.held.clear();
+    }
+}
+
+/// Reads once from a ready pipe into its sink; false when the pipe has
+/// ended.
+fn drain<P: Read>(pipe: &mut Option<(P, Sink)>, buf: &mut [u8]) -> bool {
+    let Some((pipe, sink)) = pipe else {
+        return false;
+    };
+    match pipe.read(buf) {
+        Ok(0) => false,
+        Ok(n) => {
+            sink.take(&buf[..n]);
+            true
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+        Err(_) => false,
+    }
+}
+
+fn memrchr(needle: u8, haystack: &[u8]) -> Option<usize> {
+    haystack.iter().rposition(|&b| b == needle)
+}

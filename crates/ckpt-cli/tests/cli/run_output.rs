@@ -1,0 +1,264 @@
+//! `ckpt run`'s output modes: whole lines by default, `--group`, `--tag`,
+//! `--ungroup`. Commands write many lines at once, each line in two
+//! `write`s, so lines written straight through would mix mid-line.
+
+use std::collections::BTreeMap;
+
+use crate::util::{items, Sandbox};
+
+const LINES: usize = 300;
+
+/// Writes `LINES` numbered lines to stdout and to stderr, each line in two
+/// writes (the shell's `printf` writes at once), with padding so that a
+/// round of lines is bigger than a pipe's atomic write.
+const CHATTY: &str = r#"pad=$(printf '%0150d' 0)
+i=1
+while [ $i -le LINES ]; do
+  printf 'out %s %s ' "$1" $i; printf '%s end\n' "$pad"
+  printf 'err %s %s ' "$1" $i >&2; printf '%s end\n' "$pad" >&2
+  i=$((i + 1))
+done"#;
+
+fn chatty() -> String {
+    CHATTY.replace("LINES", &LINES.to_string())
+}
+
+/// Runs 8 chatty items 4 at a time with `flags`; returns stdout and stderr.
+fn run_chatty(flags: &[&str]) -> (String, String) {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("k", 8));
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "J", "-q", "-j", "4", "--items"])
+        .arg(&file)
+        .args(flags)
+        .args(["--", "sh", "-c", &chatty(), "_"])
+        .run();
+    out.success();
+    (out.stdout.clone(), out.stderr.clone())
+}
+
+/// Checks that every line of `text` is one whole line of `stream` as a
+/// command wrote it (with `tag`, after its item and a TAB), and that each
+/// item's lines all came, in order. Returns the items in order of lines.
+#[track_caller]
+fn whole_lines(text: &str, stream: &str, tag: bool) -> Vec<String> {
+    let pad = format!("{:0150}", 0);
+    let mut next: BTreeMap<String, usize> = BTreeMap::new();
+    let mut order = Vec::new();
+    for line in text.lines() {
+        let body = if tag {
+            let (t, body) = line
+                .split_once('\t')
+                .unwrap_or_else(|| panic!("untagged line {line:?}"));
+            assert!(
+                body.starts_with(&format!("{stream} {t} ")),
+                "tag {t:?} on another item's line {line:?}"
+            );
+            body
+        } else {
+            line
+        };
+        let words: Vec<&str> = body.split(' ').collect();
+        assert!(
+            words.len() == 5 && words[0] == stream && words[3] == pad && words[4] == "end",
+            "a line not whole: {line:?}"
+        );
+        let n: usize = words[2].parse().expect("a line number");
+        let seen = next.entry(words[1].to_string()).or_insert(1);
+        assert_eq!(n, *seen, "{stream} lines of {} out of order", words[1]);
+        *seen += 1;
+        order.push(words[1].to_string());
+    }
+    assert_eq!(next.len(), 8, "{stream}: lines of every item");
+    assert!(
+        next.values().all(|&n| n == LINES + 1),
+        "{stream}: every line of every item: {next:?}"
+    );
+    order
+}
+
+#[test]
+fn by_default_lines_of_different_items_never_mix() {
+    let (stdout, stderr) = run_chatty(&[]);
+    let order = whole_lines(&stdout, "out", false);
+    whole_lines(&stderr, "err", false);
+    // Live, not grouped: with 4 at a time, items' lines alternate.
+    let runs = order.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(runs > 8, "lines came item by item ({runs} switches)");
+}
+
+#[test]
+fn tag_puts_the_item_and_a_tab_before_each_line() {
+    let (stdout, stderr) = run_chatty(&["--tag"]);
+    whole_lines(&stdout, "out", true);
+    whole_lines(&stderr, "err", true);
+}
+
+#[test]
+fn group_writes_each_items_output_together() {
+    for flags in [&["--group"][..], &["--group", "--tag"]] {
+        let tag = flags.len() == 2;
+        let (stdout, stderr) = run_chatty(flags);
+        for (text, stream) in [(&stdout, "out"), (&stderr, "err")] {
+            let order = whole_lines(text, stream, tag);
+            let switches = order.windows(2).filter(|w| w[0] != w[1]).count();
+            assert_eq!(switches, 7, "{flags:?}: each item's {stream} in one piece");
+        }
+    }
+}
+
+#[test]
+fn a_last_line_without_newline_and_a_huge_line_come_whole() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("k", 4));
+    // 300 KiB without a newline (beyond the line cap, written in pieces),
+    // then a newline, then a last line that has none.
+    let script = r#"head -c 307200 /dev/zero | tr '\0' x; printf '\nlast of %s' "$1""#;
+    for (i, flags) in [&[][..], &["--group"], &["--tag"]].into_iter().enumerate() {
+        let out = sb
+            .ckpt()
+            .args(["run", "--job", &format!("J{i}"), "-q"])
+            .args(["-j", "4", "--items"])
+            .arg(&file)
+            .args(flags)
+            .args(["--", "sh", "-c", script, "_"])
+            .run();
+        out.success();
+        let xs = out.stdout.bytes().filter(|&b| b == b'x').count();
+        assert_eq!(xs, 4 * 307_200, "{flags:?}: every byte of the long lines");
+        for k in items("k", 4) {
+            assert!(
+                out.stdout.contains(&format!("last of {k}")),
+                "{flags:?}: the unterminated last line of {k} in {:?}",
+                out.stdout.replace('x', "")
+            );
+        }
+    }
+}
+
+#[test]
+fn ungroup_passes_output_straight_through() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("k", 3));
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "J", "-q", "-u", "--items"])
+        .arg(&file)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            r#"printf 'raw %s' "$1"; echo " done" >&2"#,
+            "_",
+        ])
+        .run();
+    out.success();
+    for k in items("k", 3) {
+        assert!(out.stdout.contains(&format!("raw {k}")), "{}", out.stdout);
+    }
+    assert_eq!(out.stderr.matches(" done\n").count(), 3, "{}", out.stderr);
+    let bad = Sandbox::new()
+        .ckpt()
+        .args(["run", "--job", "J", "--tag", "--ungroup", "--", "true"])
+        .run();
+    assert_eq!(
+        bad.code, 2,
+        "--tag with --ungroup is refused: {}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn results_keeps_each_items_full_output_in_files_named_safely() {
+    let sb = Sandbox::new();
+    let long = "y".repeat(300);
+    let keys = vec![
+        "plain.txt".to_string(),
+        "a/b c".to_string(),
+        "..".to_string(),
+        "-n".to_string(),
+        "100%".to_string(),
+        "é\u{1b}[31m".to_string(),
+        long.clone(),
+    ];
+    let file = sb.write_items("items.txt", &keys);
+    let dir = sb.join("res");
+    // Megabytes on stdout, no newline at the end of stderr.
+    let script = r#"head -c 2000000 /dev/zero | tr '\0' z; printf 'err of %s' "$1" >&2"#;
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "R", "-q", "-j", "4", "--tag", "--results"])
+        .arg(&dir)
+        .arg("--items")
+        .arg(&file)
+        .args(["--", "sh", "-c", script, "_"])
+        .run();
+    out.success();
+    let expect = [
+        "plain.txt",
+        "a%2Fb%20c",
+        "%2E.",
+        "%2Dn",
+        "100%25",
+        "%C3%A9%1B%5B31m",
+    ];
+    for (key, name) in keys.iter().zip(expect) {
+        let at = dir.join(name);
+        let stdout = std::fs::read(at.join("stdout")).unwrap_or_else(|e| panic!("{at:?}: {e}"));
+        assert_eq!(stdout.len(), 2_000_000, "{key:?}: all of stdout, untagged");
+        assert!(stdout.iter().all(|&b| b == b'z'));
+        let stderr = std::fs::read_to_string(at.join("stderr")).unwrap();
+        assert_eq!(stderr, format!("err of {key}"));
+    }
+    // The long item: its start, then a hash; one directory, its own.
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), keys.len(), "{names:?}");
+    let hashed = names
+        .iter()
+        .find(|n| n.starts_with("yyy"))
+        .expect("the long item");
+    assert!(hashed.len() <= 200 && hashed.contains('~'), "{hashed}");
+    let stderr = std::fs::read_to_string(dir.join(hashed).join("stderr")).unwrap();
+    assert_eq!(stderr, format!("err of {long}"));
+}
+
+/// A process that left the command's process group (`setsid`) and holds
+/// its output pipes does not hold up the item: it is read for 1 s after
+/// the group is gone, then let go. (Without that limit this run would
+/// last the 300 s of the `sleep`, past `run`'s minute.)
+#[test]
+fn an_escaped_process_holding_the_pipes_does_not_hold_up_the_item() {
+    if std::process::Command::new("setsid")
+        .arg("true")
+        .status()
+        .is_err()
+    {
+        eprintln!("skipped: no setsid");
+        return;
+    }
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("k", 2));
+    let script = r#"echo "before $1"; setsid sleep 300 & echo $! >> pids; echo "after $1""#;
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "J", "-q", "-j", "2", "--group", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", script, "_"])
+        .run();
+    for pid in sb.lines("pids") {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
+    }
+    out.success();
+    for k in items("k", 2) {
+        assert!(
+            out.stdout.contains(&format!("before {k}\nafter {k}\n")),
+            "{}",
+            out.stdout
+        );
+    }
+}
