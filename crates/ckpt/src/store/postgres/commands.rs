@@ -128,16 +128,7 @@ impl CommandStore for PgStore {
                 .await
                 .map_err(pg_err)?;
             if moved > 0 {
-                tx.cexecute(
-                    "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = $2
-                     WHERE id = $1",
-                    &[&id, &now.0],
-                )
-                .await
-                .map_err(pg_err)?;
-                tx.cexecute("SELECT pg_notify($1, $2)", &[&self.channel(), &job])
-                    .await
-                    .map_err(pg_err)?;
+                self.reopen_job(tx, id, job, now).await?;
             }
             Ok(moved)
         })

@@ -387,16 +387,7 @@ impl ItemStore for PgStore {
                     .await
                     .map_err(pg_err)?;
             if moved > 0 {
-                tx.cexecute(
-                    "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = $2
-                         WHERE id = $1",
-                    &[&id, &now.0],
-                )
-                .await
-                .map_err(pg_err)?;
-                tx.cexecute("SELECT pg_notify($1, $2)", &[&self.channel(), &job])
-                    .await
-                    .map_err(pg_err)?;
+                self.reopen_job(tx, id, job, now).await?;
             }
             Ok(moved)
         })
@@ -453,5 +444,28 @@ fn status_index_hint(status: ItemStatus) -> &'static str {
         }
         ItemStatus::Dead => " AND status = 'dead'",
         ItemStatus::Completed => "",
+    }
+}
+
+impl PgStore {
+    /// After items of a finished job went back to pending (a re-drive):
+    /// the job runs again, and idle runners are woken (at commit).
+    pub(super) async fn reopen_job(
+        &self,
+        tx: &impl deadpool_postgres::GenericClient,
+        id: i64,
+        job: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        tx.cexecute(
+            "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = $2 WHERE id = $1",
+            &[&id, &now.0],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.cexecute("SELECT pg_notify($1, $2)", &[&self.channel(), &job])
+            .await
+            .map_err(pg_err)?;
+        Ok(())
     }
 }
