@@ -323,7 +323,7 @@
     $(tableId).tBodies[0].replaceChildren(...items.map((item) => el('tr', { 'data-key': item.key },
       el('td', {}, el('code', {}, item.key)),
       el('td', { class: 'num' }, fmtInt(item.attempts)),
-      el('td', { class: 'error-text' }, item.last_error || '—',
+      el('td', {}, el('div', { class: 'error-text' }, item.last_error || '—'),
         item.last_output ? el('pre', { class: 'output-text', title: 'the end of its stderr' },
           visible(item.last_output)) : null),
       el('td', {}, when(item)))));
