@@ -49,20 +49,28 @@ fn a_failures_output_is_kept_beside_its_error_and_bounded(store: Option<Fixture>
     // Both settled in one call (a store's batch path): one with output.
     let (a, b) = claim_both(&q);
     let why = "convert: corrupt JPEG data\n";
+    // A NUL (which PostgreSQL text cannot hold) is kept as U+FFFD.
+    let nul = "bin\0ary \u{1b}[31m\n";
     let settled = q
         .settle(&[
             attempt(
                 &a,
                 Outcome::Failed("exit status 1".into()).with_output(Some(why.into())),
             ),
-            attempt(&b, Outcome::Failed("exit status 2".into())),
+            attempt(
+                &b,
+                Outcome::Failed("exit status 2".into()).with_output(Some(nul.into())),
+            ),
         ])
         .unwrap();
     assert!(settled.iter().all(|s| matches!(s, Settled::Retrying(_))));
     let rec = item(&q, "a");
     assert_eq!(rec.last_error.as_deref(), Some("exit status 1"));
     assert_eq!(rec.last_output.as_deref(), Some(why));
-    assert_eq!(item(&q, "b").last_output, None);
+    assert_eq!(
+        item(&q, "b").last_output.as_deref(),
+        Some("bin\u{fffd}ary \u{1b}[31m\n")
+    );
 
     // The last attempts: a fails without output (its old output goes with
     // its old error); b fails fatally with megabytes, kept only up to

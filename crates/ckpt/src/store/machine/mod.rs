@@ -39,16 +39,14 @@ use crate::time::Timestamp;
 pub const MAX_LAST_OUTPUT: usize = 64 * 1024;
 
 /// `output` cut to its last [`MAX_LAST_OUTPUT`] bytes, at a character
-/// boundary: the end of an output says why it failed.
+/// boundary (the end of an output says why it failed), each NUL replaced
+/// with U+FFFD: PostgreSQL's text holds no NUL, and a command's stderr may.
 pub fn bounded_output(output: &str) -> String {
-    if output.len() <= MAX_LAST_OUTPUT {
-        return output.to_string();
-    }
-    let mut start = output.len() - MAX_LAST_OUTPUT;
+    let mut start = output.len().saturating_sub(MAX_LAST_OUTPUT);
     while !output.is_char_boundary(start) {
         start += 1;
     }
-    output[start..].to_string()
+    output[start..].replace('\0', "\u{fffd}")
 }
 
 /// The ready time of a pending item: earlier than any lease or retry time,
