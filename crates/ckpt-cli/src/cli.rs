@@ -191,6 +191,12 @@ pub struct RunArgs {
     /// than letters, digits and -_.,+=@ are written %XX.
     #[arg(long, value_name = "DIR")]
     pub results: Option<PathBuf>,
+    /// Keep the last SIZE of a failed attempt's stderr with the item (its
+    /// `last_output`, shown by items, show and status beside the error);
+    /// 0 keeps none. At most 64KiB. With --ungroup, stderr then goes
+    /// through a pipe (still straight through, as it comes).
+    #[arg(long, value_name = "SIZE", default_value = "4KiB", value_parser = parse_tail)]
+    pub stderr_tail: u64,
     /// The command. GNU parallel's replacement strings are replaced in
     /// its arguments: {} the item, {.} without extension, {/} basename,
     /// {//} dirname, {/.} basename without extension, {#} line number,

@@ -42,6 +42,35 @@ pub fn shown(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The characters of one line of a failure's output printed at most (its
+/// end): a line of megabytes must not flood a listing.
+const OUTPUT_LINE_SHOWN: usize = 160;
+
+/// The last `n` non-blank lines of a failure's output (an item's
+/// `last_output`), oldest first, each [`shown`] and cut to its last
+/// [`OUTPUT_LINE_SHOWN`] characters (marked `…`): what human output prints
+/// beside the error. The JSON documents carry the whole of it.
+pub fn output_lines(output: &str, n: usize) -> Vec<String> {
+    let mut lines: Vec<String> = output
+        .lines()
+        .rev()
+        .filter(|l| !l.trim().is_empty())
+        .take(n)
+        .map(|l| {
+            let chars = l.chars().count();
+            let end: String = if chars > OUTPUT_LINE_SHOWN {
+                let tail: String = l.chars().skip(chars - OUTPUT_LINE_SHOWN).collect();
+                format!("…{tail}")
+            } else {
+                l.to_string()
+            };
+            shown(&end).into_owned()
+        })
+        .collect();
+    lines.reverse();
+    lines
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }

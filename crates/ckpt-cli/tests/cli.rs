@@ -69,6 +69,8 @@ mod run_halt;
 mod run_output;
 #[path = "cli/run_replace.rs"]
 mod run_replace;
+#[path = "cli/run_stderr.rs"]
+mod run_stderr;
 #[path = "cli/serve.rs"]
 mod serve;
 #[path = "cli/serve_host.rs"]

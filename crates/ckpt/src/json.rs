@@ -285,6 +285,10 @@ pub struct ItemJson {
     /// `null` when none was recorded.
     #[serde(default)]
     pub command_id: Option<i64>,
+    /// The tail of the last failed attempt's error output (a command's
+    /// stderr), beside `last_error`; `null` when none was kept.
+    #[serde(default)]
+    pub last_output: Option<String>,
 }
 
 impl ItemJson {
@@ -312,6 +316,7 @@ impl ItemJson {
             started_at: item.started_at.map(rfc3339),
             finished_at: item.finished_at.map(rfc3339),
             command_id: item.command_id,
+            last_output: item.last_output.clone(),
         }
     }
 }
@@ -364,6 +369,7 @@ mod tests {
             started_at: Some(T),
             finished_at: None,
             command_id: None,
+            last_output: None,
         }
     }
 
@@ -434,6 +440,7 @@ mod tests {
                 "finished_at",
                 "key",
                 "last_error",
+                "last_output",
                 "lease_expires_at",
                 "owner",
                 "payload",

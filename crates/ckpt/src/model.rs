@@ -321,6 +321,10 @@ pub enum ItemChange {
     Fail {
         /// The error message kept as `last_error`.
         error: String,
+        /// The tail of what the attempt wrote to its error output (a
+        /// command's stderr), kept as `last_output` beside the error;
+        /// bounded by [`MAX_LAST_OUTPUT`](crate::store::machine::MAX_LAST_OUTPUT).
+        output: Option<String>,
         /// When it may be claimed again; `None` moves it to the dead list.
         retry_at: Option<Timestamp>,
     },
@@ -360,6 +364,10 @@ pub struct ItemRecord {
     pub ready_at: Option<Timestamp>,
     /// Last error message.
     pub last_error: Option<String>,
+    /// The tail of the last failed attempt's error output (a command's
+    /// stderr), if it kept one: the companion of `last_error`, replaced
+    /// with it at each failure.
+    pub last_output: Option<String>,
     /// Stats saved on completion.
     pub stats: Option<Value>,
     /// Per-item cursor.

@@ -125,6 +125,15 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
+/// `--stderr-tail`: a size of at most what an item keeps.
+pub fn parse_tail(s: &str) -> Result<u64, String> {
+    let max = ckpt::store::machine::MAX_LAST_OUTPUT as u64;
+    match parse_size(s)? {
+        n if n > max => Err(format!("at most {max} bytes (64KiB) are kept")),
+        n => Ok(n),
+    }
+}
+
 /// "1MiB", "512KiB", "2MB", "1048576": a size in bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();

@@ -11,7 +11,7 @@ use ckpt::{Ckpt, ItemStatus, Timestamp};
 use serde_json::Value;
 
 use crate::cli::{ItemsArgs, JobsArgs, ShowArgs};
-use crate::output::{rfc3339, short_duration, shown};
+use crate::output::{output_lines, rfc3339, short_duration, shown};
 
 /// Failures listed by `show`: the dead items, then the failed ones, this
 /// many in all (`--json`: this many of each).
@@ -105,6 +105,19 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// An item's error for a table cell: its first line, and the last line
+/// of its output (stderr) beside it.
+fn last_error(i: &ItemRecord) -> String {
+    let Some(error) = i.last_error.as_deref() else {
+        return "-".into();
+    };
+    let error = error.lines().next().unwrap_or("");
+    match i.last_output.as_deref().map(|o| output_lines(o, 1)) {
+        Some(last) if !last.is_empty() => format!("{error} (stderr: {})", last[0]),
+        _ => error.to_string(),
     }
 }
 
@@ -257,9 +270,20 @@ fn print_show(
                 f.attempts,
                 shown(f.last_error.as_deref().unwrap_or("-"))
             );
+            print_output(f.last_output.as_deref());
         }
     }
 }
+
+/// The last lines of a failure's stderr, under its line in a listing.
+pub(super) fn print_output(output: Option<&str>) {
+    for line in output_lines(output.unwrap_or(""), OUTPUT_LINES_SHOWN) {
+        println!("      | {line}");
+    }
+}
+
+/// Lines of a failure's stderr `show` and `status` print.
+const OUTPUT_LINES_SHOWN: usize = 3;
 
 pub fn items(url: &str, args: ItemsArgs) -> Result<ExitCode> {
     super::job_name(&args.job)?;
@@ -282,9 +306,7 @@ pub fn items(url: &str, args: ItemsArgs) -> Result<ExitCode> {
                 i.status.to_string(),
                 i.attempts.to_string(),
                 i.owner.clone().unwrap_or_else(|| "-".into()),
-                i.last_error
-                    .as_deref()
-                    .map_or("-".into(), |e| e.lines().next().unwrap_or("").to_string()),
+                last_error(i),
                 i.stats.as_ref().map_or("-".into(), Value::to_string),
             ]
         })

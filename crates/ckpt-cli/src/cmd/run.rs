@@ -179,6 +179,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         },
         tag: args.tag,
         results: args.results.clone(),
+        stderr_tail: args.stderr_tail as usize,
     };
     if let Some(dir) = &output.results {
         std::fs::create_dir_all(dir)
@@ -436,7 +437,7 @@ impl Halting {
     /// the run halt.
     fn observe(&self, outcome: &Outcome, attempt: u32) -> Option<When> {
         let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
-        match outcome {
+        match outcome.base() {
             Outcome::Completed(_) => tally.succeeded += 1,
             Outcome::Fatal(_) => tally.failed += 1,
             Outcome::Failed(_) if attempt >= self.max_attempts => tally.failed += 1,
@@ -461,7 +462,7 @@ impl Halting {
 /// is gone before another worker may take the item over; the attempt fails
 /// (it ran), and is refused if the item was taken meanwhile.
 fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Outcome {
-    let (job, worker, children, signals) = (h.job, h.worker, h.children, h.signals);
+    let (job, worker, children) = (h.job, h.worker, h.children);
     // Held until the command and what it left behind are gone.
     let slot = h.slots.take();
     let argv = match batch::argv(h, items, slot.number()) {
@@ -507,7 +508,7 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
     }
     let pid = child.id();
     // Reads the command's output until it ends (see `capture`).
-    let (status, timed_out) = h.output.wait(&mut child, &tag, files, || {
+    let (status, timed_out, tail) = h.output.wait(&mut child, &tag, files, || {
         let timed_out = h.timeouts.is_some_and(|t| t.disarm(pid));
         // Whatever the command left running in its process group (`work &`)
         // is this item's work: it must not run on beside a retry or another
@@ -517,6 +518,19 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
         timed_out
     });
     children.exited(&child);
+    // A failure keeps the tail of the command's stderr beside its error.
+    ended(h, program, status, timed_out, fence).with_output(tail)
+}
+
+/// How a command that ended with `status` went, its tail aside.
+fn ended(
+    h: &CommandHandler<'_>,
+    program: &str,
+    status: std::io::Result<ExitStatus>,
+    timed_out: bool,
+    fence: &Fence,
+) -> Outcome {
+    let (children, signals) = (h.children, h.signals);
     // A command that finished before it could be stopped completed (the
     // completion is refused if the item was taken meanwhile).
     let succeeded = status.as_ref().is_ok_and(|s| s.success());

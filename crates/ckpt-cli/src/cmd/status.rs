@@ -89,6 +89,7 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
                 shown(error),
                 item.attempts
             );
+            super::inspect::print_output(item.last_output.as_deref());
         }
         if counts.dead > DEAD_SHOWN as u64 {
             println!("  ... and {} more", counts.dead - DEAD_SHOWN as u64);

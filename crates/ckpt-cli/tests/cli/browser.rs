@@ -70,6 +70,12 @@ fn dashboard_shows_jobs_and_retries_dead_items_with_the_token() {
         "<b>not bold</b> & timeout",
     );
     assert!(page.find_all("#dead-items b").is_empty());
+    // The end of its stderr, under the error: as text, ESC shown escaped.
+    page.wait_text(
+        r#"#dead-items tr[data-key="c"] .output-text"#,
+        r"<i>not italic</i> \u{1b}[31mred",
+    );
+    assert!(page.find_all("#dead-items i").is_empty());
     page.wait_text("#retry-dead", "Retry 2 dead items");
 
     // A wrong token: refused, and nothing moves.

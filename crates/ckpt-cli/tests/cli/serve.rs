@@ -358,7 +358,12 @@ fn serve_on_postgres_then_healthz_503_when_the_store_fails() {
             "--items",
         ])
         .arg(&file)
-        .args(["--", "sh", "-c", r#"[ "$0" = good ]"#])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            r#"[ "$0" = good ] || { echo "bad input: $0" >&2; exit 1; }"#,
+        ])
         .run();
     out.code(1);
     sb.ckpt_bare()
@@ -378,6 +383,8 @@ fn serve_on_postgres_then_healthz_503_when_the_store_fails() {
     let detail = server.get("/api/jobs/J").expect(200);
     assert_eq!(detail["dead_items"][0]["key"], "bad");
     assert_eq!(detail["dead_items"][0]["last_error"], "exit status 1");
+    // The end of its stderr, beside the error.
+    assert_eq!(detail["dead_items"][0]["last_output"], "bad input: bad\n");
     let body = server.get("/metrics").body;
     promtool_check_metrics(&body);
     let m = parse(&body);

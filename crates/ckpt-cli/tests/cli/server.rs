@@ -232,7 +232,8 @@ pub fn encode(name: &str) -> String {
 // ----- fixtures, written through the library into the sandbox store -----
 
 /// An item job: keys a..e; a and b completed, c and d dead (with `<b>` in
-/// an error, to show it stays text), e pending.
+/// an error and `<i>` and an ESC in c's output, to show they stay text),
+/// e pending.
 pub fn items_job(sb: &Sandbox, job: &str) {
     let ckpt = Ckpt::open(&sb.store_url()).expect("open the store");
     let queue = ckpt
@@ -252,7 +253,14 @@ pub fn items_job(sb: &Sandbox, job: &str) {
     assert_eq!(keys, ["a", "b", "c", "d"]);
     queue.complete(&claimed[0], None).unwrap();
     queue.complete(&claimed[1], None).unwrap();
-    queue.fail(&claimed[2], "exit status 3").unwrap();
+    queue
+        .settle(&[ckpt::Attempt {
+            item: claimed[2].clone(),
+            outcome: ckpt::Outcome::Failed("exit status 3".into())
+                .with_output(Some("<i>not italic</i> \u{1b}[31mred\n".into())),
+            ran_for: None,
+        }])
+        .unwrap();
     queue
         .fail(&claimed[3], "<b>not bold</b> & timeout")
         .unwrap();

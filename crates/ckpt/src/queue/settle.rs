@@ -41,6 +41,41 @@ pub enum Outcome {
     /// not a failure. Meant for a stopping run: an item given back while
     /// the run goes on is claimed again at once.
     Interrupted(String),
+    /// A [`Failed`](Outcome::Failed) or [`Fatal`](Outcome::Fatal) outcome
+    /// with the tail of what the work wrote to its error output (a
+    /// command's stderr), kept beside the error as the item's
+    /// `last_output`. Wrapped any other outcome, the output is ignored.
+    WithOutput(Box<Outcome>, String),
+}
+
+impl Outcome {
+    /// `self` with `output` kept beside its error when it is a failure
+    /// ([`Failed`](Outcome::Failed) or [`Fatal`](Outcome::Fatal)); any
+    /// other outcome is returned as it is.
+    pub fn with_output(self, output: Option<String>) -> Outcome {
+        match (output, self.base()) {
+            (Some(output), Outcome::Failed(_) | Outcome::Fatal(_)) => {
+                Outcome::WithOutput(Box::new(self), output)
+            }
+            _ => self,
+        }
+    }
+
+    /// The outcome without any output attached.
+    pub fn base(&self) -> &Outcome {
+        match self {
+            Outcome::WithOutput(inner, _) => inner.base(),
+            other => other,
+        }
+    }
+
+    /// The output attached, if any.
+    pub fn output(&self) -> Option<&str> {
+        match self {
+            Outcome::WithOutput(_, output) => Some(output),
+            _ => None,
+        }
+    }
 }
 
 /// An attempt of a claimed item that ended, to record with
@@ -135,7 +170,8 @@ impl Queue {
     /// added to its stats when timed), a failure retried per the retry
     /// policy or dead, or a release.
     pub(super) fn verdict(&self, attempt: &Attempt, now: Timestamp) -> Verdict {
-        match &attempt.outcome {
+        let output = attempt.outcome.output().map(str::to_string);
+        match attempt.outcome.base() {
             Outcome::Completed(stats) => Verdict::Complete(match attempt.ran_for {
                 Some(took) => Some(with_duration(stats.clone(), took)),
                 None => stats.clone(),
@@ -146,12 +182,13 @@ impl Queue {
                     .retry
                     .decide(attempt.item.attempt, now, rand::random());
                 match decision {
-                    RetryDecision::RetryAt(at) => Verdict::Retry(error.clone(), at),
-                    RetryDecision::Dead => Verdict::Dead(error.clone()),
+                    RetryDecision::RetryAt(at) => Verdict::Retry(error.clone(), at, output),
+                    RetryDecision::Dead => Verdict::Dead(error.clone(), output),
                 }
             }
-            Outcome::Fatal(error) => Verdict::Dead(error.clone()),
+            Outcome::Fatal(error) => Verdict::Dead(error.clone(), output),
             Outcome::Interrupted(_) => Verdict::Release,
+            Outcome::WithOutput(..) => unreachable!("base() unwraps it"),
         }
     }
 
@@ -187,7 +224,7 @@ impl Queue {
                 tracing::debug!(event = "item_completed", job, key, attempt = n, duration_ms);
                 Settled::Completed
             }
-            Verdict::Retry(error, at) => {
+            Verdict::Retry(error, at, _) => {
                 ran("failed");
                 let max = self.options.retry.max_attempts;
                 let retry_in = at.since(self.ckpt.now());
@@ -203,9 +240,9 @@ impl Queue {
                 );
                 Settled::Retrying(at)
             }
-            Verdict::Dead(error) => {
+            Verdict::Dead(error, _) => {
                 ran("dead");
-                let why = match attempt.outcome {
+                let why = match attempt.outcome.base() {
                     Outcome::Fatal(_) => "not to be retried",
                     _ => "no attempts left",
                 };
@@ -219,7 +256,7 @@ impl Queue {
                 Settled::Dead
             }
             Verdict::Release => {
-                let why = match &attempt.outcome {
+                let why = match attempt.outcome.base() {
                     Outcome::Interrupted(why) => why.as_str(),
                     _ => "",
                 };
@@ -255,10 +292,11 @@ impl Queue {
 pub(super) enum Verdict {
     /// Completed, with these stats.
     Complete(Option<Value>),
-    /// Failed with this error; retried at this time.
-    Retry(String, Timestamp),
-    /// Failed with this error, the last attempt allowed (or a fatal one).
-    Dead(String),
+    /// Failed with this error (and output); retried at this time.
+    Retry(String, Timestamp, Option<String>),
+    /// Failed with this error (and output), the last attempt allowed (or a
+    /// fatal one).
+    Dead(String, Option<String>),
     /// Given back unfinished.
     Release,
 }
@@ -271,13 +309,15 @@ impl Verdict {
                 stats: stats.clone(),
                 command: completed_by,
             },
-            Verdict::Retry(error, at) => ItemChange::Fail {
+            Verdict::Retry(error, at, output) => ItemChange::Fail {
                 error: error.clone(),
                 retry_at: Some(*at),
+                output: output.clone(),
             },
-            Verdict::Dead(error) => ItemChange::Fail {
+            Verdict::Dead(error, output) => ItemChange::Fail {
                 error: error.clone(),
                 retry_at: None,
+                output: output.clone(),
             },
             Verdict::Release => ItemChange::Release,
         };

@@ -15,6 +15,7 @@ mod commands;
 mod items;
 mod jobs;
 mod operator;
+mod output;
 mod runner;
 mod shutdown;
 

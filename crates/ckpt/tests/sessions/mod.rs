@@ -328,7 +328,7 @@ fn panic_in_a_caller_transaction_leaves_the_pool_clean() {
 }
 
 /// The PostgreSQL schema version of this build.
-const SCHEMA_LATEST: &str = "6";
+const SCHEMA_LATEST: &str = "7";
 
 /// A store written by schema 2 (status index, history keyed by sequence)
 /// is upgraded on open: the status index goes, the dead-items index is
@@ -368,6 +368,7 @@ fn postgres_upgrades_a_schema_2_store_in_place() {
          ALTER TABLE jobs DROP COLUMN items_total;
          DROP TABLE commands;
          ALTER TABLE items DROP COLUMN command_id;
+         ALTER TABLE items DROP COLUMN last_output;
          UPDATE ckpt_meta SET value = '2' WHERE key = 'schema_version';"
     ))
     .unwrap();
@@ -437,6 +438,14 @@ fn postgres_upgrades_a_schema_2_store_in_place() {
         .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].key, "a");
+    assert_eq!(
+        (
+            dead[0].last_error.as_deref(),
+            dead[0].last_output.as_deref()
+        ),
+        (Some("boom"), None),
+        "failed before outputs were kept"
+    );
     // Counts come from the total the upgrade computed and enqueue keeps.
     q.enqueue([NewItem::key("b"), NewItem::key("c")]).unwrap();
     for item in q.claim(5).unwrap() {

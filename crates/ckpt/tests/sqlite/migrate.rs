@@ -70,3 +70,52 @@ fn schema_1_store_gains_commands_with_old_completions_unknown() {
     let again = open(&path, OpenMode::MustExist).unwrap();
     assert_eq!(again.commands("old").unwrap().commands.len(), 1);
 }
+
+/// A dead item of a schema 1 store keeps its error and has no output (the
+/// column schema 3 added); new failures store theirs.
+#[test]
+fn schema_1_dead_item_opens_with_no_output() {
+    use ckpt::model::{ItemChange, ItemUpdate};
+    use ckpt::ItemStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(SCHEMA_1).unwrap();
+    conn.execute_batch(
+        "INSERT INTO items (job_id, key, status, attempts, claims, enqueued_at, finished_at,
+             last_error) VALUES (1, 'd', 'dead', 3, 3, 1, 2, 'boom');",
+    )
+    .unwrap();
+    drop(conn);
+    let store = open(&path, OpenMode::MustExist).unwrap();
+    let dead = store.list_items("old", Some(ItemStatus::Dead), 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (
+            dead[0].last_error.as_deref(),
+            dead[0].last_output.as_deref()
+        ),
+        (Some("boom"), None)
+    );
+    // The migrated column takes a new failure's output.
+    assert_eq!(
+        store
+            .redrive("old", ItemStatus::Dead, None, Timestamp(3))
+            .unwrap(),
+        1
+    );
+    let claimed = store
+        .claim("old", "w", 1, Timestamp(99), true, Timestamp(4))
+        .unwrap();
+    let update = ItemUpdate {
+        lease: claimed[0].lease.clone(),
+        change: ItemChange::Fail {
+            error: "exit status 1".into(),
+            retry_at: None,
+            output: Some("why\n".into()),
+        },
+    };
+    store.update_items(&[update], Timestamp(5)).unwrap();
+    let dead = store.list_items("old", Some(ItemStatus::Dead), 10).unwrap();
+    assert_eq!(dead[0].last_output.as_deref(), Some("why\n"));
+}

@@ -27,7 +27,7 @@ use super::{run_item, CommandHandler};
 pub(super) fn run(h: &CommandHandler<'_>, items: &[ClaimedItem], fences: &[Fence]) -> Vec<Outcome> {
     let fence = Fence::any(fences);
     let outcome = run_item(h, items, &fence);
-    let split = matches!(outcome, Outcome::Failed(_) | Outcome::Fatal(_))
+    let split = matches!(outcome.base(), Outcome::Failed(_) | Outcome::Fatal(_))
         && !fence.is_lost()
         && !h.stop.is_stopped();
     if !split {
@@ -98,7 +98,7 @@ pub(super) fn keys(items: &[ClaimedItem]) -> String {
 }
 
 fn why(outcome: &Outcome) -> &str {
-    match outcome {
+    match outcome.base() {
         Outcome::Failed(why) | Outcome::Fatal(why) | Outcome::Interrupted(why) => why,
         _ => "",
     }

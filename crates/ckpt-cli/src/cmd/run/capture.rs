@@ -18,7 +18,14 @@
 //! full pipe whichever stream it fills, and no thread is added per item. Its
 //! bytes are passed on unchanged (a tag aside): a last line without a
 //! newline stays without one.
+//!
+//! The last `--stderr-tail` bytes of each command's stderr are also kept,
+//! in a ring of that size, so a failure can be stored with why it failed
+//! ([`Tail`]). With `--ungroup` the command's stderr then goes through a
+//! pipe too, its bytes still passed straight through; `--stderr-tail 0`
+//! keeps none and hands `--ungroup` commands ckpt's own stderr.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -70,6 +77,8 @@ pub struct Output {
     pub tag: bool,
     /// `--results`: also write each item's output to files under here.
     pub results: Option<PathBuf>,
+    /// `--stderr-tail`: the last bytes of stderr kept (0: none).
+    pub stderr_tail: usize,
 }
 
 impl Output {
@@ -77,7 +86,12 @@ impl Output {
     pub fn prepare(&self, cmd: &mut Command) {
         match self.mode {
             Mode::Ungroup if self.results.is_none() => {
-                cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+                cmd.stdout(Stdio::inherit());
+                cmd.stderr(if self.stderr_tail > 0 {
+                    Stdio::piped()
+                } else {
+                    Stdio::inherit()
+                });
             }
             Mode::Ungroup => {
                 cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -101,18 +115,20 @@ impl Output {
     /// `item`, into ckpt's streams and `files`) meanwhile, in this thread.
     /// Calls `on_exit` as soon as the command has exited (to kill what it
     /// left in its process group, whose end closes the pipes), then reads
-    /// the pipes to their end, or for [`AFTER_EXIT`] at most.
+    /// the pipes to their end, or for [`AFTER_EXIT`] at most. Returns the
+    /// exit status, what `on_exit` returned, and the tail of the command's
+    /// stderr (`None` when it wrote none or none is kept).
     pub fn wait<T>(
         &self,
         child: &mut Child,
         item: &str,
         files: Option<results::Files>,
         on_exit: impl FnOnce() -> T,
-    ) -> (io::Result<ExitStatus>, T) {
+    ) -> (io::Result<ExitStatus>, T, Option<String>) {
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         if stdout.is_none() && stderr.is_none() {
             let status = child.wait();
-            return (status, on_exit());
+            return (status, on_exit(), None);
         }
         let tag = self.tag.then(|| {
             let mut tag = item.as_bytes().to_vec();
@@ -122,7 +138,11 @@ impl Output {
         let (out_file, err_file) = files.map_or((None, None), |f| (Some(f.stdout), Some(f.stderr)));
         let mut reader = Reader {
             out: stdout.map(|p| (p, Sink::new(Stream::Out, self.mode, tag.clone(), out_file))),
-            err: stderr.map(|p| (p, Sink::new(Stream::Err, self.mode, tag, err_file))),
+            err: stderr.map(|p| {
+                let mut sink = Sink::new(Stream::Err, self.mode, tag, err_file);
+                sink.tail = (self.stderr_tail > 0).then(|| Tail::new(self.stderr_tail));
+                (p, sink)
+            }),
             out_done: None,
             err_done: None,
             buf: vec![0; 16 * 1024],
@@ -182,14 +202,14 @@ impl Output {
                 ended = value.map(|v| (status, v, Instant::now()));
             }
         }
-        reader.end();
+        let tail = reader.end();
         match ended {
-            Some((status, value, _)) => (status, value),
+            Some((status, value, _)) => (status, value, tail),
             // The pipes closed first: the command is ending (or closed its
             // output and runs on).
             None => {
                 let (status, value) = exited(child);
-                (status, value.expect("on_exit is called once"))
+                (status, value.expect("on_exit is called once"), tail)
             }
         }
     }
@@ -250,17 +270,22 @@ impl Reader {
         }
     }
 
-    /// Writes what is held.
-    fn end(self) {
-        let sinks = [
+    /// Writes what is held; returns the tail of stderr, if kept.
+    fn end(self) -> Option<String> {
+        let mut sinks = [
             self.out.map(|(_, s)| s).or(self.out_done),
             self.err.map(|(_, s)| s).or(self.err_done),
         ];
+        let tail = sinks[1]
+            .as_mut()
+            .and_then(|s| s.tail.take())
+            .and_then(Tail::text);
         // One item's groups are not split by another item's.
         let _writing = writing();
         for mut sink in sinks.into_iter().flatten() {
             sink.end();
         }
+        tail
     }
 }
 
@@ -277,6 +302,8 @@ struct Sink {
     spill: Option<File>,
     /// `--results`: every byte, untagged.
     file: Option<File>,
+    /// `--stderr-tail`: the last bytes, untagged.
+    tail: Option<Tail>,
 }
 
 #[derive(Clone, Copy)]
@@ -327,10 +354,14 @@ impl Sink {
             held: Vec::new(),
             spill: None,
             file,
+            tail: None,
         }
     }
 
     fn take(&mut self, data: &[u8]) {
+        if let Some(tail) = &mut self.tail {
+            tail.push(data);
+        }
         if let Some(file) = &mut self.file {
             if let Err(e) = file.write_all(data) {
                 tracing::warn!(event = "results_write", error = %e, "--results: cannot write a command's output; the rest goes only to ckpt's own streams");
@@ -427,6 +458,99 @@ fn drain<P: Read>(pipe: &mut Option<(P, Sink)>, buf: &mut [u8]) -> bool {
     }
 }
 
+/// The last bytes of a stream, in a ring of a fixed size: a command that
+/// writes megabytes costs this much memory and a copy of each byte.
+#[derive(Debug)]
+pub(super) struct Tail {
+    cap: usize,
+    bytes: VecDeque<u8>,
+    /// Bytes were dropped from the front.
+    cut: bool,
+}
+
+impl Tail {
+    pub(super) fn new(cap: usize) -> Tail {
+        Tail {
+            cap,
+            bytes: VecDeque::with_capacity(cap.min(64 * 1024)),
+            cut: false,
+        }
+    }
+
+    pub(super) fn push(&mut self, data: &[u8]) {
+        let data = if data.len() > self.cap {
+            self.cut = true;
+            &data[data.len() - self.cap..]
+        } else {
+            data
+        };
+        let over = (self.bytes.len() + data.len()).saturating_sub(self.cap);
+        if over > 0 {
+            self.cut = true;
+            self.bytes.drain(..over);
+        }
+        self.bytes.extend(data);
+    }
+
+    /// The tail as text (`None` if empty): invalid UTF-8 replaced, and,
+    /// when its front was cut off, starting at the first whole line (or,
+    /// with no line break in its first half, the first whole character).
+    pub(super) fn text(self) -> Option<String> {
+        let bytes: Vec<u8> = self.bytes.into();
+        let mut start = 0;
+        if self.cut {
+            let half = &bytes[..bytes.len() / 2];
+            start = match half.iter().position(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                // UTF-8 continuation bytes of a character cut in two.
+                None => bytes
+                    .iter()
+                    .take(3)
+                    .take_while(|&&b| b & 0xC0 == 0x80)
+                    .count(),
+            };
+        }
+        let text = String::from_utf8_lossy(&bytes[start..]).into_owned();
+        (!text.is_empty()).then_some(text)
+    }
+}
+
 fn memrchr(needle: u8, haystack: &[u8]) -> Option<usize> {
     haystack.iter().rposition(|&b| b == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tail;
+
+    fn tail(cap: usize, pieces: &[&[u8]]) -> Option<String> {
+        let mut t = Tail::new(cap);
+        for p in pieces {
+            t.push(p);
+        }
+        t.text()
+    }
+
+    #[test]
+    fn keeps_the_last_bytes_from_a_whole_line() {
+        assert_eq!(tail(8, &[]), None);
+        assert_eq!(tail(64, &[b"a\n", b"b\n"]).as_deref(), Some("a\nb\n"));
+        // Cut: starts after the first line break of its first half.
+        assert_eq!(
+            tail(10, &[b"first line\nxx\nlast\n"]).as_deref(),
+            Some("xx\nlast\n")
+        );
+        let big = vec![b'x'; 1 << 20];
+        let t = tail(4096, &[&big, b"\nwhy it failed\n"]).unwrap();
+        assert_eq!(t.len(), 4096);
+        assert!(t.ends_with("why it failed\n"));
+    }
+
+    #[test]
+    fn a_character_cut_in_two_is_dropped_and_garbage_replaced() {
+        // "é" is two bytes; the cut leaves its second one at the front.
+        assert_eq!(tail(3, &["éab".as_bytes()]).as_deref(), Some("ab"));
+        let t = tail(16, &[&[0xff, 0xfe, b'o', b'k']]).unwrap();
+        assert_eq!(t, "\u{fffd}\u{fffd}ok");
+    }
 }

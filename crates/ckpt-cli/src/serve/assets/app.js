@@ -43,6 +43,14 @@
 
   // ----- formatting -----
 
+  // A failure's output as text: control characters other than newline
+  // and tab shown escaped, as the CLI shows them (it is set as a text
+  // node, never as HTML).
+  function visible(s) {
+    return s.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g,
+      (c) => `\\u{${c.charCodeAt(0).toString(16)}}`);
+  }
+
   function fmtInt(n) {
     return Number(n).toLocaleString('en-US');
   }
@@ -315,7 +323,9 @@
     $(tableId).tBodies[0].replaceChildren(...items.map((item) => el('tr', { 'data-key': item.key },
       el('td', {}, el('code', {}, item.key)),
       el('td', { class: 'num' }, fmtInt(item.attempts)),
-      el('td', { class: 'error-text' }, item.last_error || '—'),
+      el('td', {}, el('div', { class: 'error-text' }, item.last_error || '—'),
+        item.last_output ? el('pre', { class: 'output-text', title: 'the end of its stderr' },
+          visible(item.last_output)) : null),
       el('td', {}, when(item)))));
     show($(tableId), items.length > 0);
     show($(emptyId), items.length === 0);

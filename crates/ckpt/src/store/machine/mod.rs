@@ -34,6 +34,21 @@ use crate::model::ItemChange;
 use crate::model::{ItemLease, ItemStatus};
 use crate::time::Timestamp;
 
+/// The most bytes of a failure's output an item keeps: a store row stays
+/// small whatever a handler passes (the CLI keeps 4 KiB by default).
+pub const MAX_LAST_OUTPUT: usize = 64 * 1024;
+
+/// `output` cut to its last [`MAX_LAST_OUTPUT`] bytes, at a character
+/// boundary (the end of an output says why it failed), each NUL replaced
+/// with U+FFFD: PostgreSQL's text holds no NUL, and a command's stderr may.
+pub fn bounded_output(output: &str) -> String {
+    let mut start = output.len().saturating_sub(MAX_LAST_OUTPUT);
+    while !output.is_char_boundary(start) {
+        start += 1;
+    }
+    output[start..].replace('\0', "\u{fffd}")
+}
+
 /// The ready time of a pending item: earlier than any lease or retry time,
 /// so pending items are claimed first, in enqueue order.
 pub const PENDING_READY_AT: Timestamp = Timestamp(0);
@@ -55,6 +70,8 @@ pub struct ItemState {
     pub cursor: Option<Value>,
     /// The last failure's message.
     pub last_error: Option<String>,
+    /// The tail of the last failure's error output, if it had one.
+    pub last_output: Option<String>,
     /// Stats saved on completion.
     pub stats: Option<Value>,
     /// When its current (or last) attempt started running; `None` while
@@ -78,6 +95,7 @@ impl ItemState {
             ready_at: Some(PENDING_READY_AT),
             cursor: None,
             last_error: None,
+            last_output: None,
             stats: None,
             started_at: None,
             finished_at: None,
@@ -131,6 +149,9 @@ impl ItemState {
         }
         if let Some(error) = &patch.last_error {
             self.last_error = Some(error.clone());
+            // The output goes with its error: a failure without output
+            // leaves none of an earlier failure's beside it.
+            self.last_output = patch.last_output.clone();
         }
         if let Some(at) = patch.finished_at {
             self.finished_at = Some(at);
@@ -273,6 +294,9 @@ pub struct ItemPatch {
     pub stats: Option<Value>,
     /// A new last error.
     pub last_error: Option<String>,
+    /// Its output, written whenever `last_error` is (`None` then clears
+    /// it), at most [`MAX_LAST_OUTPUT`] bytes.
+    pub last_output: Option<String>,
     /// When it finished (completed or dead).
     pub finished_at: Option<Timestamp>,
     /// When its attempt started running (only a start writes it).
@@ -301,6 +325,7 @@ impl ItemPatch {
             cursor: None,
             stats: None,
             last_error: None,
+            last_output: None,
             finished_at: None,
             started_at: None,
             command: None,
@@ -326,13 +351,18 @@ impl ItemPatch {
                 finished_at: Some(now),
                 ..running(now)
             },
-            ItemChange::Fail { error, retry_at } => ItemPatch {
+            ItemChange::Fail {
+                error,
+                retry_at,
+                output,
+            } => ItemPatch {
                 status: match retry_at {
                     Some(_) => ItemStatus::Failed,
                     None => ItemStatus::Dead,
                 },
                 ready_at: *retry_at,
                 last_error: Some(error.clone()),
+                last_output: output.as_deref().map(bounded_output),
                 finished_at: retry_at.is_none().then_some(now),
                 ..running(now)
             },

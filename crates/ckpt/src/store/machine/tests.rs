@@ -122,6 +122,7 @@ fn fail_with_a_retry_time_waits_for_it() {
     let s = after(ItemChange::Fail {
         error: "boom".into(),
         retry_at: Some(retry),
+        output: None,
     });
     assert_eq!(s.status, ItemStatus::Failed);
     assert_eq!(s.ready_at, Some(retry));
@@ -137,6 +138,7 @@ fn fail_without_a_retry_is_dead_and_redrive_revives_it() {
     let mut s = after(ItemChange::Fail {
         error: "boom".into(),
         retry_at: None,
+        output: None,
     });
     assert_eq!(s.status, ItemStatus::Dead);
     assert_eq!((s.ready_at, s.finished_at), (None, Some(NOW)));
@@ -249,4 +251,36 @@ fn attempts_count_executions_not_claims_ahead() {
         Claim::attempts_added(ItemStatus::Running, false),
         Claim::ATTEMPTS_ADDED_UNSTARTED
     );
+}
+
+#[test]
+fn a_failure_keeps_its_output_bounded_and_a_later_one_replaces_it() {
+    let big = format!("é{}end", "x".repeat(MAX_LAST_OUTPUT));
+    let s = after(ItemChange::Fail {
+        error: "boom".into(),
+        retry_at: None,
+        output: Some(big),
+    });
+    let kept = s.last_output.unwrap();
+    assert!(kept.len() <= MAX_LAST_OUTPUT && kept.ends_with("end"));
+    assert!(!kept.contains('é'), "cut from the front");
+    let mut s = after(ItemChange::Fail {
+        error: "boom".into(),
+        retry_at: None,
+        output: Some("why".into()),
+    });
+    assert_eq!(s.last_output.as_deref(), Some("why"));
+    // A later failure without output leaves no stale output beside it.
+    s.apply(&ItemPatch::new(
+        &ItemChange::Fail {
+            error: "again".into(),
+            retry_at: None,
+            output: None,
+        },
+        NOW,
+    ));
+    assert_eq!(s.last_output, None);
+    // A multibyte character at the cut is dropped whole.
+    let cut = bounded_output(&format!("{}{}", "é".repeat(MAX_LAST_OUTPUT / 2), "a"));
+    assert!(cut.len() < MAX_LAST_OUTPUT && cut.ends_with('a'));
 }

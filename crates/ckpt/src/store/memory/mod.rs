@@ -104,6 +104,7 @@ impl ItemRow {
             owner: s.owner.clone(),
             ready_at: shown_ready_at(s.status, s.ready_at),
             last_error: s.last_error.clone(),
+            last_output: s.last_output.clone(),
             stats: s.stats.clone(),
             cursor: s.cursor.clone(),
             enqueued_at: self.enqueued_at,

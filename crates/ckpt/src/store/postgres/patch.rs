@@ -34,7 +34,8 @@ pub(super) async fn apply_update(
                  cursor = COALESCE($7, cursor), stats = COALESCE($8, stats),
                  last_error = COALESCE($9, last_error), finished_at = COALESCE($10, finished_at),
                  owner_key = COALESCE($11, owner_key), started_at = COALESCE($12, started_at),
-                 command_id = COALESCE($13, command_id)
+                 command_id = COALESCE($13, command_id),
+                 last_output = CASE WHEN $9::TEXT IS NULL THEN last_output ELSE $14 END
              WHERE id = $1 AND status = 'running' AND owner = $2 AND claims = $3",
             &[
                 &l.id,
@@ -50,6 +51,7 @@ pub(super) async fn apply_update(
                 &session_key,
                 &p.started_at.map(|t| t.0),
                 &p.command,
+                &p.last_output,
             ],
         )
         .await
@@ -108,6 +110,7 @@ pub(super) async fn update_batch(
     let mut finished = Vec::with_capacity(n);
     let mut started = Vec::with_capacity(n);
     let mut commands = Vec::with_capacity(n);
+    let mut outputs = Vec::with_capacity(n);
     for u in updates {
         let p = ItemPatch::new(&u.change, now);
         ids.push(u.lease.id);
@@ -122,6 +125,7 @@ pub(super) async fn update_batch(
         finished.push(p.finished_at.map(|t| t.0));
         started.push(p.started_at.map(|t| t.0));
         commands.push(p.command);
+        outputs.push(p.last_output);
     }
     let applied: HashSet<i64> = tx
         .cquery(
@@ -132,12 +136,14 @@ pub(super) async fn update_batch(
                  finished_at = COALESCE(u.finished_at, i.finished_at),
                  owner_key = COALESCE($11, i.owner_key),
                  started_at = COALESCE(u.started_at, i.started_at),
-                 command_id = COALESCE(u.command_id, i.command_id)
+                 command_id = COALESCE(u.command_id, i.command_id),
+                 last_output = CASE WHEN u.last_error IS NULL THEN i.last_output
+                                    ELSE u.last_output END
              FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[],
                          $6::INT[], $7::JSONB[], $8::JSONB[], $9::TEXT[], $10::BIGINT[],
-                         $12::BIGINT[], $13::BIGINT[])
+                         $12::BIGINT[], $13::BIGINT[], $14::TEXT[])
                  AS u(id, owner, token, status, ready_at, back, cursor, stats, last_error,
-                      finished_at, started_at, command_id)
+                      finished_at, started_at, command_id, last_output)
              WHERE i.id = u.id AND i.status = 'running' AND i.owner = u.owner
                AND i.claims = u.token
              RETURNING i.id",
@@ -155,6 +161,7 @@ pub(super) async fn update_batch(
                 &session_key,
                 &started,
                 &commands,
+                &outputs,
             ],
         )
         .await

@@ -18,7 +18,7 @@ pub(super) const JOB_COLUMNS: &str =
 /// The columns [`item_from_row`] reads, in order.
 pub(super) const ITEM_COLUMNS: &str =
     "id, key, payload, status, attempts, owner, ready_at, last_error, \
-     stats, cursor, enqueued_at, started_at, finished_at, command_id";
+     stats, cursor, enqueued_at, started_at, finished_at, command_id, last_output";
 
 pub(super) fn status<T>(s: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
     parse(s).ok_or_else(|| Error::Storage(format!("unknown status {s:?} in the store")))
@@ -72,5 +72,6 @@ pub(super) fn item_from_row(r: &Row) -> Result<ItemRecord> {
         started_at: ts(r.get(11)),
         finished_at: ts(r.get(12)),
         command_id: r.get(13),
+        last_output: r.get(14),
     })
 }

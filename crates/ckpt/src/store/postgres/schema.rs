@@ -97,6 +97,9 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (job_id, command)
     );
     ALTER TABLE items ADD COLUMN command_id BIGINT;",
+    // 7: the tail of the last failure's output, beside its error (NULL for
+    // every failure before this step). A nullable column rewrites no rows.
+    "ALTER TABLE items ADD COLUMN last_output TEXT;",
 ];
 
 /// The dead-letter index of schema 3. It is built with CONCURRENTLY, outside

@@ -161,6 +161,9 @@ pub(super) struct StoredItem {
     pub owner: Option<String>,
     pub ready_at: Option<String>,
     pub last_error: Option<String>,
+    /// The last failure's output (a field since schema 2; absent before).
+    #[serde(default)]
+    pub last_output: Option<String>,
     pub stats: Option<String>,
     pub cursor: Option<String>,
     pub enqueued_at: String,
@@ -195,6 +198,7 @@ pub(super) fn item_record(id: ItemId, raw: &str) -> Result<ItemRecord> {
         owner: s.owner,
         ready_at,
         last_error: s.last_error,
+        last_output: s.last_output,
         stats: opt_json("stats", s.stats.as_ref())?,
         cursor: opt_json("cursor", s.cursor.as_ref())?,
         enqueued_at: Timestamp(parse_int(&s.enqueued_at)?),

@@ -29,7 +29,8 @@ pub(super) fn apply_update(tx: &Transaction<'_>, u: &ItemUpdate, now: Timestamp)
             "UPDATE items SET status = ?4, ready_at = ?5, attempts = max(attempts - ?6, 0),
                  cursor = coalesce(?7, cursor), stats = coalesce(?8, stats),
                  last_error = coalesce(?9, last_error), finished_at = coalesce(?10, finished_at),
-                 started_at = coalesce(?11, started_at), command_id = coalesce(?12, command_id)
+                 started_at = coalesce(?11, started_at), command_id = coalesce(?12, command_id),
+                 last_output = CASE WHEN ?9 IS NULL THEN last_output ELSE ?13 END
              WHERE id = ?1 AND status = 'running' AND owner = ?2 AND claims = ?3",
         )
         .and_then(|mut s| {
@@ -46,6 +47,7 @@ pub(super) fn apply_update(tx: &Transaction<'_>, u: &ItemUpdate, now: Timestamp)
                 p.finished_at.map(|t| t.0),
                 p.started_at.map(|t| t.0),
                 p.command,
+                p.last_output,
             ])
         })
         .map_err(sql_err)?;

@@ -17,7 +17,7 @@ pub(super) const JOB_COLUMNS: &str =
 /// The columns [`item_from_row`] reads, in order.
 pub(super) const ITEM_COLUMNS: &str =
     "id, key, payload, status, attempts, owner, ready_at, last_error, \
-     stats, cursor, enqueued_at, started_at, finished_at, command_id";
+     stats, cursor, enqueued_at, started_at, finished_at, command_id, last_output";
 
 /// A JSON value as stored: its text.
 pub(super) fn to_json(v: &Value) -> String {
@@ -106,5 +106,6 @@ pub(super) fn item_from_row(row: &Row<'_>) -> rusqlite::Result<ItemRecord> {
         started_at: ts(row.get(11)?),
         finished_at: ts(row.get(12)?),
         command_id: row.get(13)?,
+        last_output: row.get(14)?,
     })
 }

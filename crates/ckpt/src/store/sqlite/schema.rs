@@ -74,6 +74,9 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (job_id, command)
     ) WITHOUT ROWID;
     ALTER TABLE items ADD COLUMN command_id INTEGER;",
+    // 3: the tail of the last failure's output, beside its error (NULL for
+    // every failure before this step).
+    "ALTER TABLE items ADD COLUMN last_output TEXT;",
 ];
 
 /// The schema version this build writes.

@@ -1,14 +1,15 @@
 -- ARGV: then per update: job number, item number, owner, claim token, and
 -- the change's values as the item state machine computed them (the
 -- caller's ItemPatch): status, ready_at, attempts taken back, cursor,
--- stats, last error, finished_at, started_at, command id. Optional values arrive as '' (keep the
+-- stats, last error, finished_at, started_at, command id, last output
+-- (written whenever the last error is: '' then clears it). Optional values arrive as '' (keep the
 -- stored value) or '+' .. value. A pending item's ready time is its place
 -- in the `pending` set (enqueue order), so it is not stored.
 -- Returns {'ok', result per update}: {'ok'}, {'fenced', key, status,
 -- owner} or {'gone'}.
 local out = {'ok'}
 local touched = {}
-for i = 3, #ARGV, 13 do
+for i = 3, #ARGV, 14 do
   local n, seq, owner, token = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local rec = nil
   if redis.call('EXISTS', jk(n)) == 1 then
@@ -28,7 +29,11 @@ for i = 3, #ARGV, 13 do
     rec.attempts = tostring(math.max(tonumber(rec.attempts) - tonumber(ARGV[i + 6]), 0))
     rec.cursor = opt(ARGV[i + 7]) or rec.cursor
     rec.stats = opt(ARGV[i + 8]) or rec.stats
-    rec.last_error = opt(ARGV[i + 9]) or rec.last_error
+    local last_error = opt(ARGV[i + 9])
+    if last_error then
+      rec.last_error = last_error
+      rec.last_output = opt(ARGV[i + 13])
+    end
     rec.finished_at = opt(ARGV[i + 10]) or rec.finished_at
     rec.started_at = opt(ARGV[i + 11]) or rec.started_at
     local command = opt(ARGV[i + 12])

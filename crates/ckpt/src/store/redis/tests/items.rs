@@ -31,6 +31,7 @@ fn finished_items_leave_the_claim_indexes() {
                 ItemChange::Fail {
                     error: "x".into(),
                     retry_at: None,
+                    output: None,
                 }
             },
         })
@@ -165,6 +166,7 @@ fn key_layout_is_as_documented() {
                     ItemChange::Fail {
                         error: "x".into(),
                         retry_at: Some(lease),
+                        output: None,
                     },
                 ),
                 change(
@@ -172,6 +174,7 @@ fn key_layout_is_as_documented() {
                     ItemChange::Fail {
                         error: "x".into(),
                         retry_at: None,
+                        output: None,
                     },
                 ),
             ],

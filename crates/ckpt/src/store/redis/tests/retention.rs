@@ -36,6 +36,7 @@ fn completed_job_keys_expire_and_running_ones_never_do() {
                     ItemChange::Fail {
                         error: "e".into(),
                         retry_at: Some(lease),
+                        output: None,
                     },
                 ),
             ],
