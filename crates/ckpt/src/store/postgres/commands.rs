@@ -4,9 +4,9 @@
 use deadpool_postgres::GenericClient;
 
 use super::conn::{in_tx, pg_err, Cached};
-use super::jobs::{ensure_job, job_id};
+use super::jobs::{ensure_job, job_id, lock_job};
 use super::PgStore;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::{CommandRecord, CompletedBy, JobCommands};
 use crate::store::machine::Redrive;
 use crate::store::CommandStore;
@@ -97,14 +97,9 @@ impl CommandStore for PgStore {
 
     fn redrive_completed(&self, job: &str, by: CompletedBy, now: Timestamp) -> Result<u64> {
         in_tx!(self, |tx| {
-            let id = job_id(tx, job)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
             // Locked as `redrive` does, so `finish_if_done` never marks the
             // job done half-way through.
-            tx.cexecute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id])
-                .await
-                .map_err(pg_err)?;
+            let id = lock_job(tx, job).await?;
             let (filter, command) = match by {
                 CompletedBy::Command(c) => ("command_id = $5", Some(c)),
                 CompletedBy::Unknown => ("command_id IS NULL AND $5::BIGINT IS NULL", None),

@@ -8,12 +8,12 @@ use serde_json::Value;
 use tokio_postgres::types::ToSql;
 
 use super::conn::{in_tx, pg_err, with_client, Cached};
-use super::jobs::{ensure_job, job_id, LIVE_LOCK};
+use super::jobs::{ensure_job, lock_job, LIVE_LOCK};
 use super::liveness::SESSION_GRACE;
 use super::patch::{apply_update, fenced_or_fail, update_batch};
 use super::rows::{item_from_row, status, ts, ITEM_COLUMNS};
 use super::PgStore;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::{
     ClaimedItem, EnqueueReport, ItemCounts, ItemLease, ItemRecord, ItemStatus, ItemUpdate,
     JobStatus,
@@ -221,12 +221,7 @@ impl ItemStore for PgStore {
             // Lock the job row: enqueue and redrive take the same lock
             // before adding or reviving items, so none can slip in between
             // the check and the status change.
-            let id = job_id(tx, job)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
-            tx.cexecute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id])
-                .await
-                .map_err(pg_err)?;
+            let id = lock_job(tx, job).await?;
             let row = tx
                 .cquery_opt(
                     "UPDATE jobs SET status = CASE WHEN d.dead THEN 'failed' ELSE 'completed' END,
@@ -363,12 +358,7 @@ impl ItemStore for PgStore {
         now: Timestamp,
     ) -> Result<u64> {
         in_tx!(self, |tx| {
-            let id = job_id(tx, job)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
-            tx.cexecute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id])
-                .await
-                .map_err(pg_err)?;
+            let id = lock_job(tx, job).await?;
             let moved = tx
                     .cexecute(
 &format!("UPDATE items SET status = $4, attempts = $5, ready_at = $6,

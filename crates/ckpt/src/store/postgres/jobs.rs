@@ -46,6 +46,20 @@ pub(super) async fn job_id(c: &impl GenericClient, job: &str) -> Result<Option<i
         .map(|r| r.get(0)))
 }
 
+/// Locks the row of `job` (`FOR UPDATE`) for the rest of the transaction
+/// and returns its id, in one statement; `NotFound` when there is no such
+/// job. Writers that add, revive or finish a job's items take this lock,
+/// so none slips in between another's check and its change.
+pub(super) async fn lock_job(c: &impl GenericClient, job: &str) -> Result<i64> {
+    Ok(
+        c.cquery_opt("SELECT id FROM jobs WHERE name = $1 FOR UPDATE", &[&job])
+            .await
+            .map_err(pg_err)?
+            .ok_or_else(|| Error::NotFound(format!("job '{job}'")))?
+            .get(0),
+    )
+}
+
 pub(super) async fn get_job(
     c: &impl GenericClient,
     job: &str,

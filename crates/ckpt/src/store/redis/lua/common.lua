@@ -141,6 +141,15 @@ local function retention(n)
   end
 end
 
+-- After a re-drive moved items of the job back to pending: the job runs
+-- again (whatever it was), and its keys no longer expire.
+local function revive(n, now)
+  local k = jk(n)
+  redis.call('HSET', k, 'status', 'running', 'updated_at', now)
+  redis.call('HDEL', k, 'completed_at')
+  retention(n)
+end
+
 -- Writes a checkpoint, appends it to the history and trims the history.
 local function write_checkpoint(n, cursor, items_processed, stage, state, state_bytes, keep, now)
   local k = jk(n)

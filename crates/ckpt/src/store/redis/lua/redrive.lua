@@ -32,9 +32,6 @@ for _, seq in ipairs(seqs) do
   end
 end
 if moved > 0 then
-  local k = jk(n)
-  redis.call('HSET', k, 'status', 'running', 'updated_at', now)
-  redis.call('HDEL', k, 'completed_at')
-  retention(n)
+  revive(n, now)
 end
 return {'ok', moved}

@@ -30,9 +30,6 @@ for _, seq in ipairs(redis.call('ZRANGE', jk(n, 'completed'), 0, -1)) do
   end
 end
 if moved > 0 then
-  local k = jk(n)
-  redis.call('HSET', k, 'status', 'running', 'updated_at', now)
-  redis.call('HDEL', k, 'completed_at')
-  retention(n)
+  revive(n, now)
 end
 return {'ok', moved}
