@@ -19,10 +19,10 @@ See docs/PYTHON.md in the repository.
 
 from ._ckpt import (  # noqa: F401
     BusyError,
-    Checkpoint,
     EnqueueReport,
     Error,
     FencedError,
+    HistoryEntry,
     InvalidInputError,
     Item,
     ItemCounts,
@@ -43,7 +43,7 @@ __all__ = [
     "open",
     "Store",
     "Job",
-    "Checkpoint",
+    "HistoryEntry",
     "JobInfo",
     "Queue",
     "Item",

@@ -88,11 +88,12 @@ class JobInfo:
     last_error: Optional[str]
 
 # ---------------------------------------------------------------- cursor pattern
-class Checkpoint:
+class HistoryEntry:
+    """One saved checkpoint in a job's bounded history."""
+    seq: int
+    """1 for the job's first save."""
     cursor: JSON
     items_processed: int
-    stage: Optional[str]
-    state: JSON
     saved_at: float
     """Unix time in seconds."""
 
@@ -136,7 +137,7 @@ class Job:
         """Persists the latest recorded checkpoint now."""
     def heartbeat(self) -> None:
         """Renews the lease if a third of it has passed; for items longer than the lease."""
-    def history(self, limit: int = 100) -> list[Checkpoint]:
+    def history(self, limit: int = 100) -> list[HistoryEntry]:
         """Saved checkpoints, newest first (bounded by the store's history limit)."""
     def complete(self) -> None:
         """Flushes and marks the job completed."""
@@ -179,9 +180,9 @@ class ItemRecord:
     status: Literal["pending", "running", "completed", "failed", "dead"]
     attempts: int
     payload: JSON
-    cursor: JSON
     stats: JSON
     last_error: Optional[str]
+    last_output: Optional[str]
     owner: Optional[str]
 
 class RunReport:
