@@ -1,0 +1,358 @@
+//! `Job`: the cursor pattern, and the records read about a job.
+
+use std::sync::Arc;
+
+use ckpt::{Checkpoint, CheckpointPolicy, ItemCounts as LibCounts, JobRecord};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::errors::{Error, IntoPy, InvalidInputError};
+use crate::json;
+use crate::queue::ItemCounts;
+use crate::shared::Shared;
+use crate::store::seconds;
+
+/// The checkpoint policy from `Store.job`'s keywords.
+pub fn policy(
+    always: bool,
+    every_items: Option<u64>,
+    every_seconds: Option<f64>,
+    target_overhead: f64,
+    max_interval: f64,
+) -> PyResult<CheckpointPolicy> {
+    if always {
+        if every_items.is_some() || every_seconds.is_some() {
+            return Err(InvalidInputError::new_err(
+                "always=True saves at every call: it takes no every_items or every_seconds",
+            ));
+        }
+        return Ok(CheckpointPolicy::Always);
+    }
+    if every_items.is_some() || every_seconds.is_some() {
+        if every_items == Some(0) {
+            return Err(InvalidInputError::new_err(
+                "every_items must be at least 1 (or use always=True)",
+            ));
+        }
+        return Ok(CheckpointPolicy::Every {
+            items: every_items,
+            interval: every_seconds
+                .map(|s| seconds("every_seconds", s))
+                .transpose()?,
+        });
+    }
+    if !(target_overhead.is_finite() && target_overhead > 0.0 && target_overhead < 1.0) {
+        return Err(InvalidInputError::new_err(format!(
+            "target_overhead must be between 0 and 1 (0.01 = 1 %), not {target_overhead}"
+        )));
+    }
+    Ok(CheckpointPolicy::Adaptive {
+        target_overhead,
+        max_interval: seconds("max_interval", max_interval)?,
+    })
+}
+
+/// A job held by this worker (the cursor pattern); see ``Store.job``.
+///
+/// Every write is fenced: once another worker has taken the job over, the
+/// next save, heartbeat or completion raises FencedError and writes
+/// nothing. Use a Job from one thread at a time.
+///
+/// As a context manager, leaving the block by an exception flushes the last
+/// checkpoint and releases the lease (the job stays resumable, at once, by
+/// any worker) and lets the exception through; leaving it normally without
+/// ``complete()``, ``fail()`` or ``release()`` flushes and releases too. A
+/// Job dropped without any of these leaves its lease to expire, as a crash
+/// does.
+#[pyclass(module = "ckpt")]
+pub struct Job {
+    shared: Arc<Shared>,
+    /// `None` once completed, failed or released.
+    job: Option<ckpt::Job>,
+    name: String,
+    /// The items count of the last `checkpoint()`, for its default.
+    last_items: u64,
+}
+
+impl Job {
+    pub fn new(shared: Arc<Shared>, job: ckpt::Job) -> Job {
+        let last_items = job.resume_checkpoint().map_or(0, |c| c.items_processed);
+        Job {
+            shared,
+            name: job.name().to_string(),
+            job: Some(job),
+            last_items,
+        }
+    }
+
+    /// The held job, when this handle still holds it and may use the store.
+    fn held(&mut self) -> PyResult<&mut ckpt::Job> {
+        self.shared.ckpt()?;
+        match self.job.as_mut() {
+            Some(job) => Ok(job),
+            None => Err(Error::new_err(format!(
+                "job '{}' was already completed, failed or released through this handle; \
+                 call store.job() again to hold it",
+                self.name
+            ))),
+        }
+    }
+
+    /// Takes the job out to finish it.
+    fn take(&mut self) -> PyResult<ckpt::Job> {
+        self.held()?;
+        Ok(self.job.take().expect("held() checked it"))
+    }
+
+    fn resume(&self) -> Option<&Checkpoint> {
+        self.job.as_ref().and_then(|j| j.resume_checkpoint())
+    }
+}
+
+#[pymethods]
+impl Job {
+    /// The job's name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The worker this one took the job over from (its lease had lapsed,
+    /// or its process on this host was gone), else None.
+    #[getter]
+    fn taken_over_from(&self) -> Option<String> {
+        self.job
+            .as_ref()
+            .and_then(|j| j.taken_over_from().map(str::to_string))
+    }
+
+    /// True if the job had been completed before this acquire (a finished
+    /// job acquired again runs again from its last checkpoint).
+    #[getter]
+    fn was_completed(&self) -> bool {
+        self.job.as_ref().is_some_and(|j| j.was_completed())
+    }
+
+    /// The cursor of the checkpoint this job resumed from: None when it
+    /// had none (start from the beginning).
+    fn resume_cursor(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        json::opt_to_py(py, self.resume().map(|c| &c.cursor))
+    }
+
+    /// The state of the checkpoint this job resumed from, or None.
+    fn resume_state(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        json::opt_to_py(py, self.resume().and_then(|c| c.state.as_ref()))
+    }
+
+    /// The stage of the checkpoint this job resumed from, or None.
+    fn resume_stage(&self) -> Option<String> {
+        self.resume().and_then(|c| c.stage.clone())
+    }
+
+    /// Items processed per the checkpoint this job resumed from (0 when none).
+    fn resume_items_processed(&self) -> u64 {
+        self.resume().map_or(0, |c| c.items_processed)
+    }
+
+    /// Records progress, and persists it when the policy says a save is due
+    /// (then renews the lease too); returns whether it saved. Call it after
+    /// every item: when nothing is due it costs about as much as an empty
+    /// method call plus converting its arguments.
+    ///
+    /// ``cursor`` and ``state`` are any JSON values, converted at the call
+    /// (a dict changed afterwards does not change what is saved; build a
+    /// large state only when ``is_due()``). ``items_processed`` defaults to
+    /// the previous call's value plus one. Raises InvalidInputError (not
+    /// JSON, state over the size limit) with nothing written, and
+    /// FencedError when the lease was lost.
+    #[pyo3(signature = (cursor, items_processed=None, *, stage=None, state=None))]
+    fn checkpoint(
+        &mut self,
+        py: Python<'_>,
+        cursor: &Bound<'_, PyAny>,
+        items_processed: Option<u64>,
+        stage: Option<String>,
+        state: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let items = items_processed.unwrap_or(self.last_items + 1);
+        let checkpoint = Checkpoint {
+            cursor: json::to_json(cursor, "cursor")?,
+            items_processed: items,
+            stage,
+            state: state
+                .filter(|s| !s.is_none())
+                .map(|s| json::to_json(s, "state"))
+                .transpose()?,
+        };
+        let job = self.held()?;
+        let saved = if job.is_quiet(items) {
+            // Only records it: no I/O, so no need to let go of the GIL.
+            job.checkpoint(checkpoint)
+        } else {
+            py.detach(|| job.checkpoint(checkpoint))
+        }
+        .py()?;
+        self.last_items = items;
+        Ok(saved)
+    }
+
+    /// Whether a checkpoint with ``items_processed`` items done would be
+    /// saved now: build an expensive state only then.
+    fn is_due(&mut self, items_processed: u64) -> PyResult<bool> {
+        Ok(self.held()?.is_due(items_processed))
+    }
+
+    /// Persists the latest recorded checkpoint now, whatever the policy.
+    fn flush(&mut self, py: Python<'_>) -> PyResult<()> {
+        let job = self.held()?;
+        py.detach(|| job.flush()).py()
+    }
+
+    /// Renews the lease if a third of it has passed since the last renewal;
+    /// call it inside items that take longer than the lease. Raises
+    /// FencedError when the lease was lost or could not be renewed in time
+    /// (stop: another worker may take the job over).
+    fn heartbeat(&mut self, py: Python<'_>) -> PyResult<()> {
+        let job = self.held()?;
+        py.detach(|| job.heartbeat()).py()
+    }
+
+    /// The job's saved checkpoints, newest first, at most ``limit`` (the
+    /// store keeps the last 100).
+    #[pyo3(signature = (limit=100))]
+    fn history(&mut self, py: Python<'_>, limit: usize) -> PyResult<Vec<HistoryEntry>> {
+        let ckpt = self.shared.ckpt()?;
+        let entries = py.detach(|| ckpt.store().history(&self.name, limit)).py()?;
+        entries
+            .into_iter()
+            .map(|e| {
+                Ok(HistoryEntry {
+                    seq: e.seq,
+                    cursor: json::to_py(py, &e.cursor)?,
+                    items_processed: e.items_processed,
+                    saved_at: e.at.millis() as f64 / 1000.0,
+                })
+            })
+            .collect()
+    }
+
+    /// Flushes and marks the job completed; the final checkpoint is kept.
+    fn complete(&mut self, py: Python<'_>) -> PyResult<()> {
+        let job = self.take()?;
+        py.detach(|| job.complete()).py()
+    }
+
+    /// Flushes and marks the job failed with ``error``; the checkpoint is
+    /// kept, so a later run resumes from it.
+    fn fail(&mut self, py: Python<'_>, error: &str) -> PyResult<()> {
+        let job = self.take()?;
+        py.detach(|| job.fail(error)).py()
+    }
+
+    /// Flushes and gives up the lease, leaving the job running for any
+    /// worker to resume at once (a graceful stop).
+    fn release(&mut self, py: Python<'_>) -> PyResult<()> {
+        let job = self.take()?;
+        py.detach(|| job.release()).py()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Releases the job if this handle still holds it (see the class
+    /// documentation); never swallows the block's exception.
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&mut self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        if self.job.is_some() {
+            self.release(py)?;
+        }
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        let state = if self.job.is_some() {
+            "held"
+        } else {
+            "finished"
+        };
+        format!("<ckpt.Job '{}' {state}>", self.name)
+    }
+}
+
+/// One saved checkpoint of a job's bounded history.
+#[pyclass(module = "ckpt", frozen, get_all)]
+pub struct HistoryEntry {
+    /// The save's sequence number: 1 for the job's first save.
+    seq: u64,
+    /// The cursor saved.
+    cursor: Py<PyAny>,
+    /// Items processed at that save.
+    items_processed: u64,
+    /// When it was saved, in Unix seconds.
+    saved_at: f64,
+}
+
+#[pymethods]
+impl HistoryEntry {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "<ckpt.HistoryEntry seq={} cursor={} items_processed={}>",
+            self.seq,
+            self.cursor.bind(py),
+            self.items_processed
+        )
+    }
+}
+
+/// A job's record, as ``ckpt status`` shows it (see ``Store.status``).
+#[pyclass(module = "ckpt", frozen, get_all)]
+pub struct JobInfo {
+    /// The job's name.
+    name: String,
+    /// ``"running"``, ``"completed"`` or ``"failed"``.
+    status: String,
+    /// The worker holding its lease, if any.
+    owner: Option<String>,
+    /// The last saved cursor, or None.
+    cursor: Py<PyAny>,
+    /// Items processed at the last save, or None without a checkpoint.
+    items_processed: Option<u64>,
+    /// The stage of the last save, or None.
+    stage: Option<String>,
+    /// The state of the last save, or None.
+    state: Py<PyAny>,
+    /// How many checkpoints were saved in all.
+    saves: u64,
+    /// Its work items by status, or None when it has none.
+    counts: Option<Py<ItemCounts>>,
+    /// Why it failed, when it did.
+    last_error: Option<String>,
+}
+
+impl JobInfo {
+    pub fn new(py: Python<'_>, r: JobRecord, counts: Option<LibCounts>) -> PyResult<JobInfo> {
+        let cp = r.checkpoint.as_ref();
+        Ok(JobInfo {
+            status: r.status.as_str().to_string(),
+            owner: r.owner.clone(),
+            cursor: json::opt_to_py(py, cp.map(|c| &c.cursor))?,
+            items_processed: cp.map(|c| c.items_processed),
+            stage: cp.and_then(|c| c.stage.clone()),
+            state: json::opt_to_py(py, cp.and_then(|c| c.state.as_ref()))?,
+            saves: r.saves,
+            counts: counts
+                .map(|c| Py::new(py, ItemCounts::from(c)))
+                .transpose()?,
+            last_error: r.error.clone(),
+            name: r.name,
+        })
+    }
+}
+
+#[pymethods]
+impl JobInfo {
+    fn __repr__(&self) -> String {
+        format!("<ckpt.JobInfo '{}' {}>", self.name, self.status)
+    }
+}

@@ -1,0 +1,141 @@
+//! Python values to and from JSON (`serde_json::Value`), directly, without
+//! the `json` module: cursors, states, payloads and stats are converted at
+//! the call, so a dict mutated afterwards cannot change what is saved.
+//!
+//! What converts is what `json.dumps(v, allow_nan=False)` accepts: None,
+//! bool, int (within 64 bits), finite float, str, list and tuple, dict with
+//! str keys, and subclasses of those. Anything else is an
+//! `InvalidInputError` naming the type and where it was found.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde_json::{Map, Number, Value};
+
+use crate::errors::InvalidInputError;
+
+/// Deeper nesting than this is refused (it is almost always a cycle, and
+/// deep recursion would overflow the stack).
+const MAX_DEPTH: usize = 200;
+
+/// `obj` as JSON; `what` names it in errors ("cursor", "state").
+pub fn to_json(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Value> {
+    convert(obj, what, 0)
+}
+
+fn convert(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Value> {
+    if depth > MAX_DEPTH {
+        return Err(InvalidInputError::new_err(format!(
+            "{what} is nested more than {MAX_DEPTH} levels deep (a cycle?); nothing was written"
+        )));
+    }
+    if obj.is_none() {
+        return Ok(Value::Null);
+    }
+    // bool before int: bool is a subclass of int.
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Ok(Value::Bool(b.is_true()));
+    }
+    if obj.is_instance_of::<PyInt>() {
+        if let Ok(i) = obj.extract::<i64>() {
+            return Ok(Value::Number(i.into()));
+        }
+        if let Ok(u) = obj.extract::<u64>() {
+            return Ok(Value::Number(u.into()));
+        }
+        return Err(InvalidInputError::new_err(format!(
+            "{what} holds an integer beyond 64 bits ({}); store it as a string; nothing was written",
+            obj.repr()?
+        )));
+    }
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        let v = f.value();
+        return Number::from_f64(v).map(Value::Number).ok_or_else(|| {
+            InvalidInputError::new_err(format!(
+                "{what} holds {v}, which JSON cannot represent; nothing was written"
+            ))
+        });
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(Value::String(s.to_cow()?.into_owned()));
+    }
+    if let Ok(d) = obj.cast::<PyDict>() {
+        let mut map = Map::with_capacity(d.len());
+        for (k, v) in d.iter() {
+            let Ok(k) = k.cast::<PyString>() else {
+                return Err(InvalidInputError::new_err(format!(
+                    "{what} has a dict key of type {}; JSON keys are strings; nothing was written",
+                    type_name(&k)
+                )));
+            };
+            map.insert(k.to_cow()?.into_owned(), convert(&v, what, depth + 1)?);
+        }
+        return Ok(Value::Object(map));
+    }
+    if let Ok(l) = obj.cast::<PyList>() {
+        return l
+            .iter()
+            .map(|v| convert(&v, what, depth + 1))
+            .collect::<PyResult<_>>()
+            .map(Value::Array);
+    }
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        return t
+            .iter()
+            .map(|v| convert(&v, what, depth + 1))
+            .collect::<PyResult<_>>()
+            .map(Value::Array);
+    }
+    Err(InvalidInputError::new_err(format!(
+        "{what} holds a {}, which is not JSON (use None, bool, int, float, str, list, tuple \
+         or dict); nothing was written",
+        type_name(obj)
+    )))
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// `value` as a Python object.
+pub fn to_py(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
+    Ok(match value {
+        Value::Null => py.None(),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any().unbind(),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.into_pyobject(py)?.into_any().unbind()
+            } else if let Some(u) = n.as_u64() {
+                u.into_pyobject(py)?.into_any().unbind()
+            } else {
+                n.as_f64()
+                    .unwrap_or(f64::NAN)
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind()
+            }
+        }
+        Value::String(s) => PyString::new(py, s).into_any().unbind(),
+        Value::Array(a) => {
+            let items = a
+                .iter()
+                .map(|v| to_py(py, v))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyList::new(py, items)?.into_any().unbind()
+        }
+        Value::Object(o) => {
+            let d = PyDict::new(py);
+            for (k, v) in o {
+                d.set_item(k, to_py(py, v)?)?;
+            }
+            d.into_any().unbind()
+        }
+    })
+}
+
+/// An optional value as a Python object (`None` for `None`).
+pub fn opt_to_py(py: Python<'_>, value: Option<&Value>) -> PyResult<Py<PyAny>> {
+    value.map_or_else(|| Ok(py.None()), |v| to_py(py, v))
+}

@@ -1,0 +1,306 @@
+//! `Queue.run`: the library's `Runner` with a Python callable as handler.
+//!
+//! The runner runs on a thread of its own; its workers take the GIL only to
+//! call the handler, so handlers that wait on I/O overlap. The calling
+//! thread waits without the GIL and wakes every 50 ms to let Python run its
+//! signal handlers: while the run lasts (and only when called from the main
+//! thread, where Python delivers signals), SIGTERM and SIGINT are handled as
+//! the `ckpt` CLI handles them. The first stops the run gracefully: nothing
+//! new is claimed, running handlers finish, items claimed but not started
+//! are given back. A second ends the process at once, as if no handler were
+//! installed. The previous handlers are restored when the run returns.
+
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use ckpt::{ClaimedItem, Outcome, RunOptions, Runner, StopSignal};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyCFunction, PyDict, PyTuple};
+
+use crate::errors::{IntoPy, InvalidInputError, StoreError};
+use crate::queue::{stats_json, Item, Queue};
+use crate::shared::Shared;
+
+/// How often the waiting caller lets Python handle signals.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
+pub fn run(
+    q: &Queue,
+    py: Python<'_>,
+    handler: Py<PyAny>,
+    workers: usize,
+    prefetch: Option<usize>,
+) -> PyResult<RunReport> {
+    q.live()?;
+    if !(1..=1024).contains(&workers) {
+        return Err(InvalidInputError::new_err(format!(
+            "workers must be between 1 and 1024, not {workers}"
+        )));
+    }
+    if !handler.bind(py).is_callable() {
+        return Err(PyTypeError::new_err(
+            "the handler must be callable: handler(item)",
+        ));
+    }
+    let options = RunOptions {
+        workers,
+        prefetch: prefetch.unwrap_or(workers),
+        ..RunOptions::default()
+    };
+    let stop = StopSignal::new();
+    let signals = Signals::install(py, &stop)?;
+    let handler = PyHandler {
+        handler,
+        shared: q.shared.clone(),
+        queue: q.queue.clone(),
+    };
+    let queue = q.queue.clone();
+    let runner_stop = stop.clone();
+    let (done, result) = mpsc::channel();
+    // Waited on without the GIL, so it must be shareable.
+    let result = std::sync::Mutex::new(result);
+    let thread = std::thread::Builder::new()
+        .name("ckpt-run".into())
+        .spawn(move || {
+            let runner = Runner::new(&queue, options).with_stop(runner_stop);
+            let _ = done.send(runner.run(&handler));
+        })
+        .map_err(|e| StoreError::new_err(format!("cannot start the run's thread: {e}")))?;
+    let outcome =
+        loop {
+            match py.detach(|| lock(&result).recv_timeout(SIGNAL_POLL)) {
+                Ok(report) => break Ok(report),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Runs Python's signal handlers (ours among them). One that
+                    // raises ends the run as a stop would, then raises.
+                    if let Err(e) = py.check_signals() {
+                        stop.stop();
+                        let _ = py.detach(|| lock(&result).recv());
+                        break Err(e);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break Err(StoreError::new_err(
+                    "the run ended without a report (its thread panicked); see the output above",
+                )),
+            }
+        };
+    let _ = py.detach(|| thread.join());
+    let signal = signals.as_ref().and_then(Signals::first);
+    drop(signals);
+    let report = outcome?.py()?;
+    Ok(RunReport {
+        completed: report.completed,
+        failed: report.failed,
+        dead: report.dead,
+        released: report.released,
+        lost: report.lost,
+        stopped: report.stopped,
+        signal,
+    })
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A Python callable as the runner's handler.
+struct PyHandler {
+    handler: Py<PyAny>,
+    shared: Arc<Shared>,
+    queue: Arc<ckpt::Queue>,
+}
+
+impl ckpt::Handler for PyHandler {
+    fn handle(&self, item: &ClaimedItem) -> Outcome {
+        Python::attach(|py| {
+            let arg = Item::new(self.shared.clone(), self.queue.clone(), item.clone());
+            let result = Py::new(py, arg).and_then(|arg| self.handler.call1(py, (arg,)));
+            match result {
+                Ok(value) => completed(value.bind(py)),
+                Err(e) => {
+                    let error = describe(py, &e);
+                    log_failure(py, item, &e);
+                    Outcome::Failed(error)
+                }
+            }
+        })
+    }
+}
+
+/// What a handler's return value means: None or a dict of stats completes;
+/// anything else is a mistake in the handler, which a retry would repeat.
+fn completed(value: &Bound<'_, PyAny>) -> Outcome {
+    match stats_json(Some(value)) {
+        Ok(stats) => Outcome::Completed(stats),
+        Err(e) => Outcome::Fatal(format!(
+            "the handler returned something other than None or a dict of stats: {}",
+            describe(value.py(), &e)
+        )),
+    }
+}
+
+/// `Type: message`, as the item's error.
+fn describe(py: Python<'_>, e: &PyErr) -> String {
+    let kind = e
+        .get_type(py)
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".into());
+    let message = e.value(py).to_string();
+    if message.is_empty() {
+        kind
+    } else {
+        format!("{kind}: {message}")
+    }
+}
+
+/// Logs a handler's exception with its traceback on the `ckpt` logger
+/// (Python's last-resort handler prints warnings to stderr when logging is
+/// not configured), so the operator sees more than the one line stored.
+fn log_failure(py: Python<'_>, item: &ClaimedItem, e: &PyErr) {
+    let logged = (|| -> PyResult<()> {
+        let logger = py.import("logging")?.call_method1("getLogger", ("ckpt",))?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("exc_info", e.clone_ref(py).into_value(py))?;
+        logger.call_method(
+            "warning",
+            (
+                "item %r of job %r failed on attempt %d",
+                &item.key,
+                &item.job,
+                item.attempt,
+            ),
+            Some(&kwargs),
+        )?;
+        Ok(())
+    })();
+    if let Err(log_error) = logged {
+        log_error.print(py);
+    }
+}
+
+/// What ``Queue.run`` did.
+#[pyclass(module = "ckpt", frozen, get_all)]
+pub struct RunReport {
+    /// Items this run completed.
+    completed: u64,
+    /// Failed attempts it recorded (retried or dead).
+    failed: u64,
+    /// Items it moved to the dead-letter list.
+    dead: u64,
+    /// Items it gave back unfinished when it stopped.
+    released: u64,
+    /// Outcomes refused because the lease had been lost to another worker.
+    lost: u64,
+    /// True when the run was stopped (a signal) rather than finding no item left.
+    stopped: bool,
+    /// The signal that stopped it (15 for SIGTERM, 2 for SIGINT), if any.
+    signal: Option<i32>,
+}
+
+#[pymethods]
+impl RunReport {
+    fn __repr__(&self) -> String {
+        format!(
+            "<ckpt.RunReport completed={} failed={} dead={} released={} lost={} stopped={}>",
+            self.completed,
+            self.failed,
+            self.dead,
+            self.released,
+            self.lost,
+            if self.stopped { "True" } else { "False" }
+        )
+    }
+}
+
+/// SIGTERM and SIGINT handled by a run, and the handlers they replaced.
+struct Signals {
+    state: Arc<SignalState>,
+    previous: Vec<(i32, Py<PyAny>)>,
+}
+
+#[derive(Default)]
+struct SignalState {
+    received: AtomicUsize,
+    first: AtomicI32,
+}
+
+impl Signals {
+    /// Installs the run's handlers, when called from the main thread (the
+    /// only one Python lets set them); `None` elsewhere.
+    fn install(py: Python<'_>, stop: &StopSignal) -> PyResult<Option<Signals>> {
+        let threading = py.import("threading")?;
+        let current = threading.call_method0("current_thread")?;
+        if !current.is(&threading.call_method0("main_thread")?) {
+            return Ok(None);
+        }
+        let state = Arc::new(SignalState::default());
+        let (seen, stop) = (state.clone(), stop.clone());
+        let on_signal =
+            move |args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
+                let signum: i32 = args.get_item(0)?.extract()?;
+                if seen.received.fetch_add(1, Ordering::SeqCst) == 0 {
+                    seen.first.store(signum, Ordering::SeqCst);
+                    stop.stop();
+                    let py = args.py();
+                    let logger = py.import("logging")?.call_method1("getLogger", ("ckpt",))?;
+                    logger.call_method1(
+                        "warning",
+                        (
+                            "signal %d: stopping (running items finish, unstarted ones are given \
+                         back); send it again to end at once",
+                            signum,
+                        ),
+                    )?;
+                } else {
+                    // SAFETY: restores the default action and re-raises it on
+                    // this process: it ends, as if no handler were installed.
+                    unsafe {
+                        libc::signal(signum, libc::SIG_DFL);
+                        libc::raise(signum);
+                    }
+                }
+                Ok(())
+            };
+        let handler = PyCFunction::new_closure(py, Some(c"ckpt_stop_run"), None, on_signal)?;
+        let signal = py.import("signal")?;
+        let mut previous = Vec::new();
+        for signum in [libc::SIGTERM, libc::SIGINT] {
+            let old = signal.call_method1("signal", (signum, &handler))?;
+            previous.push((signum, old.unbind()));
+        }
+        Ok(Some(Signals { state, previous }))
+    }
+
+    /// The first signal received, if any.
+    fn first(&self) -> Option<i32> {
+        (self.state.received.load(Ordering::SeqCst) > 0)
+            .then(|| self.state.first.load(Ordering::SeqCst))
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        Python::attach(|py| {
+            let restored = (|| -> PyResult<()> {
+                let signal = py.import("signal")?;
+                for (signum, old) in self.previous.drain(..) {
+                    // `None` is a handler installed from C, which Python
+                    // cannot reinstall: the default action is the closest.
+                    let old = if old.is_none(py) {
+                        signal.getattr("SIG_DFL")?.unbind()
+                    } else {
+                        old
+                    };
+                    signal.call_method1("signal", (signum, old))?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = restored {
+                e.print(py);
+            }
+        });
+    }
+}

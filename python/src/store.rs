@@ -1,0 +1,200 @@
+//! `ckpt.open()` and `Store`: an open store, and what it makes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+
+use crate::errors::{IntoPy, InvalidInputError};
+use crate::job::{policy, Job, JobInfo};
+use crate::queue::Queue;
+use crate::shared::Shared;
+
+/// The store of `ckpt` when neither an argument nor `CKPT_STORE` names
+/// one: the CLI's default, so both find the same jobs.
+const DEFAULT_STORE: &str = "sqlite://ckpt.db";
+
+/// Opens (creating if needed) the store at ``url`` and returns a Store.
+///
+/// ``url`` is ``sqlite://PATH`` (relative to the working directory;
+/// ``sqlite:///abs/path`` absolute), ``postgres://USER@HOST/DB?schema=...``,
+/// ``redis://HOST:PORT/?prefix=...`` or ``memory://``: the same URLs as the
+/// ``ckpt`` CLI's ``--store``, so jobs made here are seen by ``ckpt status``
+/// and ``ckpt serve``. ``None`` reads ``CKPT_STORE``, else
+/// ``sqlite://ckpt.db`` (the CLI's default).
+///
+/// Raises StoreError (unreachable, corrupt, not a ckpt store, a newer
+/// schema) or InvalidInputError (a URL that cannot be right). Passwords in
+/// the URL never appear in messages.
+#[pyfunction]
+#[pyo3(signature = (url=None))]
+pub fn open(py: Python<'_>, url: Option<String>) -> PyResult<Store> {
+    let url = match url {
+        Some(url) => url,
+        None => std::env::var("CKPT_STORE").unwrap_or_else(|_| DEFAULT_STORE.to_string()),
+    };
+    if url.trim().is_empty() {
+        return Err(InvalidInputError::new_err(
+            "the store URL is empty (for example sqlite://ckpt.db)",
+        ));
+    }
+    let ckpt = py.detach(|| ckpt::Ckpt::open(&url)).py()?;
+    Ok(Store {
+        shared: Arc::new(Shared::new(ckpt)),
+    })
+}
+
+/// An open store (see ``ckpt.open``). Safe to share between threads; each
+/// ``job()`` and ``queue()`` acts as its own worker. Not usable in the child
+/// of ``os.fork()``: open another store there.
+#[pyclass(module = "ckpt", frozen)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+#[pymethods]
+impl Store {
+    /// The store's URL, with any password redacted.
+    #[getter]
+    fn url(&self) -> String {
+        self.shared.describe()
+    }
+
+    /// Acquires the job's lease, creating the job if new, and returns the Job
+    /// (the cursor pattern). Raises BusyError when a live worker holds it.
+    ///
+    /// When ``checkpoint()`` saves: ``always=True`` at every call;
+    /// ``every_items`` and/or ``every_seconds``: when that many items or
+    /// seconds have passed since the last save, whichever first; otherwise
+    /// adaptively, so that saving costs at most ``target_overhead`` of the
+    /// run (0.01 = 1 %) and saves are at most ``max_interval`` seconds apart.
+    /// ``lease`` (seconds) is renewed by saves and ``heartbeat()``; a worker
+    /// that crashes is taken over once it lapses (at once on the same host).
+    #[pyo3(signature = (name, *, lease=60.0, every_items=None, every_seconds=None, always=false, target_overhead=0.01, max_interval=30.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn job(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        lease: f64,
+        every_items: Option<u64>,
+        every_seconds: Option<f64>,
+        always: bool,
+        target_overhead: f64,
+        max_interval: f64,
+    ) -> PyResult<Job> {
+        let options = ckpt::JobOptions {
+            lease: seconds("lease", lease)?,
+            policy: policy(
+                always,
+                every_items,
+                every_seconds,
+                target_overhead,
+                max_interval,
+            )?,
+        };
+        let worker = self.shared.ckpt()?.new_worker();
+        let job = py.detach(|| worker.job_with(name, options)).py()?;
+        Ok(Job::new(self.shared.clone(), job))
+    }
+
+    /// A handle on the job's work items (the claim pattern), acting as a new
+    /// worker of this process. ``lease`` (seconds) is how long a claimed
+    /// item stays this worker's without a renewal (``Queue.run`` renews
+    /// it). A failed item is retried after ``backoff`` seconds, growing by
+    /// ``backoff_factor`` up to ``max_backoff``, randomised by ``jitter``
+    /// (0.2 = ±20 %), until ``max_attempts`` attempts in all; then it is dead.
+    #[pyo3(signature = (name, *, lease=30.0, max_attempts=3, backoff=5.0, backoff_factor=2.0, max_backoff=300.0, jitter=0.2))]
+    #[allow(clippy::too_many_arguments)]
+    fn queue(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        lease: f64,
+        max_attempts: u32,
+        backoff: f64,
+        backoff_factor: f64,
+        max_backoff: f64,
+        jitter: f64,
+    ) -> PyResult<Queue> {
+        if max_attempts == 0 {
+            return Err(InvalidInputError::new_err(
+                "max_attempts must be at least 1",
+            ));
+        }
+        if !(backoff_factor.is_finite() && backoff_factor >= 1.0) {
+            return Err(InvalidInputError::new_err(
+                "backoff_factor must be at least 1.0",
+            ));
+        }
+        if !(0.0..=1.0).contains(&jitter) {
+            return Err(InvalidInputError::new_err(
+                "jitter must be between 0.0 and 1.0",
+            ));
+        }
+        let options = ckpt::QueueOptions {
+            lease: seconds("lease", lease)?,
+            retry: ckpt::RetryPolicy {
+                max_attempts,
+                base_delay: seconds("backoff", backoff)?,
+                factor: backoff_factor,
+                max_delay: seconds("max_backoff", max_backoff)?,
+                jitter,
+            },
+        };
+        let worker = self.shared.ckpt()?.new_worker();
+        let queue = py.detach(|| worker.queue_with(name, options)).py()?;
+        Ok(Queue::new(self.shared.clone(), queue))
+    }
+
+    /// The job's record (status, checkpoint, item counts), or None for an
+    /// unknown job. Reads only; takes no lease.
+    fn status(&self, py: Python<'_>, name: &str) -> PyResult<Option<JobInfo>> {
+        let ckpt = self.shared.ckpt()?;
+        let (record, counts) = py
+            .detach(|| -> ckpt::Result<_> {
+                let Some(record) = ckpt.get_job(name)? else {
+                    return Ok(None);
+                };
+                let counts = ckpt.store().item_counts(name)?;
+                Ok(Some((record, counts)))
+            })
+            .py()?
+            .map_or((None, None), |(r, c)| (Some(r), Some(c)));
+        record
+            .map(|r| JobInfo::new(py, r, counts.filter(|c| c.total() > 0)))
+            .transpose()
+    }
+
+    /// Refuses further use of this store and of the jobs and queues made
+    /// from it (StoreError); its connections close once the last of them is
+    /// gone. Optional: a store is closed when it is garbage-collected.
+    fn close(&self) {
+        self.shared.close();
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.close();
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<ckpt.Store {}>", self.shared.describe())
+    }
+}
+
+/// `value` seconds as a duration: finite, positive.
+pub fn seconds(what: &str, value: f64) -> PyResult<Duration> {
+    if value.is_finite() && value > 0.0 && value < 1e9 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(InvalidInputError::new_err(format!(
+            "{what} must be a positive number of seconds, not {value}"
+        )))
+    }
+}
