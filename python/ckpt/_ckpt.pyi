@@ -71,7 +71,8 @@ class Store:
     def status(self, name: str) -> Optional[JobInfo]:
         """The job's record (status, checkpoint, item counts), or None for an unknown job."""
     def close(self) -> None:
-        """Closes the store's connections; later calls raise StoreError. Optional: dropping closes too."""
+        """Refuses further use of this store and of the jobs and queues made from it (StoreError);
+        its connections close once the last of them is gone. Optional: garbage collection closes too."""
     def __enter__(self) -> Store: ...
     def __exit__(self, et: Optional[Type[BaseException]], ev: Optional[BaseException], tb: Optional[TracebackType]) -> None: ...
 
@@ -208,10 +209,10 @@ class Queue:
     def owner(self) -> str: ...
     def enqueue(
         self,
-        items: Union[Iterable[str], Iterable[Tuple[str, JSON]], Mapping[str, JSON]],
+        items: Union[Iterable[str], Iterable[Tuple[str, JSON]], dict[str, JSON]],
     ) -> EnqueueReport:
         """Adds items in one transaction: keys, ``(key, payload)`` pairs, or a ``{key: payload}``
-        mapping. Idempotent per key (an existing key is left as it is)."""
+        dict. Idempotent per key (an existing key is left as it is)."""
     def run(
         self,
         handler: Callable[[Item], Optional[Mapping[str, JSON]]],
