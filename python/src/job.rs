@@ -107,6 +107,43 @@ impl Job {
     fn resume(&self) -> Option<&Checkpoint> {
         self.job.as_ref().and_then(|j| j.resume_checkpoint())
     }
+
+    /// `checkpoint()`, after its arguments were parsed (see `fastcall`,
+    /// which installs the method).
+    pub(crate) fn record(
+        &mut self,
+        py: Python<'_>,
+        cursor: &Bound<'_, PyAny>,
+        items_processed: Option<&Bound<'_, PyAny>>,
+        stage: Option<&Bound<'_, PyAny>>,
+        state: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let items = match items_processed {
+            Some(v) => v.extract::<u64>().map_err(|_| {
+                InvalidInputError::new_err(format!(
+                    "items_processed must be a non-negative int, not {}",
+                    v.repr().map(|r| r.to_string()).unwrap_or_default()
+                ))
+            })?,
+            None => self.last_items + 1,
+        };
+        let checkpoint = Checkpoint {
+            cursor: json::to_json(cursor, "cursor")?,
+            items_processed: items,
+            stage: stage.map(|s| s.extract::<String>()).transpose()?,
+            state: state.map(|s| json::to_json(s, "state")).transpose()?,
+        };
+        let job = self.held()?;
+        let saved = if job.is_quiet(items) {
+            // Only records it: no I/O, so no need to let go of the GIL.
+            job.checkpoint(checkpoint)
+        } else {
+            py.detach(|| job.checkpoint(checkpoint))
+        }
+        .py()?;
+        self.last_items = items;
+        Ok(saved)
+    }
 }
 
 #[pymethods]
@@ -152,48 +189,6 @@ impl Job {
     /// Items processed per the checkpoint this job resumed from (0 when none).
     fn resume_items_processed(&self) -> u64 {
         self.resume().map_or(0, |c| c.items_processed)
-    }
-
-    /// Records progress, and persists it when the policy says a save is due
-    /// (then renews the lease too); returns whether it saved. Call it after
-    /// every item: when nothing is due it costs about as much as an empty
-    /// method call plus converting its arguments.
-    ///
-    /// ``cursor`` and ``state`` are any JSON values, converted at the call
-    /// (a dict changed afterwards does not change what is saved; build a
-    /// large state only when ``is_due()``). ``items_processed`` defaults to
-    /// the previous call's value plus one. Raises InvalidInputError (not
-    /// JSON, state over the size limit) with nothing written, and
-    /// FencedError when the lease was lost.
-    #[pyo3(signature = (cursor, items_processed=None, *, stage=None, state=None))]
-    fn checkpoint(
-        &mut self,
-        py: Python<'_>,
-        cursor: &Bound<'_, PyAny>,
-        items_processed: Option<u64>,
-        stage: Option<String>,
-        state: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
-        let items = items_processed.unwrap_or(self.last_items + 1);
-        let checkpoint = Checkpoint {
-            cursor: json::to_json(cursor, "cursor")?,
-            items_processed: items,
-            stage,
-            state: state
-                .filter(|s| !s.is_none())
-                .map(|s| json::to_json(s, "state"))
-                .transpose()?,
-        };
-        let job = self.held()?;
-        let saved = if job.is_quiet(items) {
-            // Only records it: no I/O, so no need to let go of the GIL.
-            job.checkpoint(checkpoint)
-        } else {
-            py.detach(|| job.checkpoint(checkpoint))
-        }
-        .py()?;
-        self.last_items = items;
-        Ok(saved)
     }
 
     /// Whether a checkpoint with ``items_processed`` items done would be

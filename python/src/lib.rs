@@ -11,6 +11,7 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod fastcall;
 mod job;
 mod json;
 mod queue;
@@ -26,6 +27,7 @@ fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(store::open, m)?)?;
     m.add_class::<store::Store>()?;
     m.add_class::<job::Job>()?;
+    fastcall::install(m.py())?;
     m.add_class::<job::HistoryEntry>()?;
     m.add_class::<job::JobInfo>()?;
     m.add_class::<queue::Queue>()?;
