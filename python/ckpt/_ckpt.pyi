@@ -33,8 +33,9 @@ class StoreError(Error):
 def open(url: Optional[str] = None) -> Store:
     """Opens (creating if needed) the store at ``url``: ``sqlite://PATH``, ``postgres://...``,
     ``redis://...`` or ``memory://``. ``None`` reads ``CKPT_STORE``, else ``sqlite://ckpt.db``
-    (the same default as the ``ckpt`` CLI). Raises StoreError (unreachable, corrupt, foreign,
-    newer schema) or InvalidInputError (bad URL)."""
+    (the same default as the ``ckpt`` CLI). Raises StoreError when the store cannot be opened:
+    a bad URL, unreachable, wrong password, corrupt, not a ckpt store, a newer schema (the CLI's
+    "cannot open store" line)."""
 
 class Store:
     """An open store, shared by threads. Not usable in a child after ``os.fork()``: open another."""

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 
-use crate::errors::{IntoPy, InvalidInputError};
+use crate::errors::{IntoPy, InvalidInputError, StoreError};
 use crate::job::{policy, Job, JobInfo};
 use crate::queue::Queue;
 use crate::shared::Shared;
@@ -23,9 +23,10 @@ const DEFAULT_STORE: &str = "sqlite://ckpt.db";
 /// and ``ckpt serve``. ``None`` reads ``CKPT_STORE``, else
 /// ``sqlite://ckpt.db`` (the CLI's default).
 ///
-/// Raises StoreError (unreachable, corrupt, not a ckpt store, a newer
-/// schema) or InvalidInputError (a URL that cannot be right). Passwords in
-/// the URL never appear in messages.
+/// Raises StoreError when the store cannot be opened: a bad URL,
+/// unreachable, a wrong password, corrupt, not a ckpt store, a newer schema
+/// (the CLI's "cannot open store" line). Passwords in the URL never appear
+/// in messages.
 #[pyfunction]
 #[pyo3(signature = (url=None))]
 pub fn open(py: Python<'_>, url: Option<String>) -> PyResult<Store> {
@@ -34,8 +35,8 @@ pub fn open(py: Python<'_>, url: Option<String>) -> PyResult<Store> {
         None => std::env::var("CKPT_STORE").unwrap_or_else(|_| DEFAULT_STORE.to_string()),
     };
     if url.trim().is_empty() {
-        return Err(InvalidInputError::new_err(
-            "the store URL is empty (for example sqlite://ckpt.db)",
+        return Err(StoreError::new_err(
+            "cannot open store: the URL is empty (for example sqlite://ckpt.db)",
         ));
     }
     let ckpt = py.detach(|| ckpt::Ckpt::open(&url)).py()?;
