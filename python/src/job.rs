@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use ckpt::{Checkpoint, CheckpointPolicy, ItemCounts as LibCounts, JobRecord};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
 
 use crate::errors::{Error, IntoPy, InvalidInputError};
 use crate::json;
@@ -256,13 +255,36 @@ impl Job {
     }
 
     /// Releases the job if this handle still holds it (see the class
-    /// documentation); never swallows the block's exception.
-    #[pyo3(signature = (*_args))]
-    fn __exit__(&mut self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        if self.job.is_some() {
-            self.release(py)?;
+    /// documentation). Never swallows the block's exception: when the
+    /// block raised and the release fails too (most often FencedError: the
+    /// lease was already lost), the failure is logged on the ``ckpt``
+    /// logger and the block's exception goes on.
+    #[pyo3(signature = (exc_type, _exc, _tb))]
+    fn __exit__(
+        &mut self,
+        py: Python<'_>,
+        exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        if self.job.is_none() {
+            return Ok(false);
         }
-        Ok(false)
+        match self.release(py) {
+            Err(e) if !exc_type.is_none() => {
+                let logger = py.import("logging")?.call_method1("getLogger", ("ckpt",))?;
+                logger.call_method1(
+                    "warning",
+                    (
+                        "job %r: could not release it while the block raised: %s",
+                        &self.name,
+                        e.value(py).to_string(),
+                    ),
+                )?;
+                Ok(false)
+            }
+            other => other.map(|()| false),
+        }
     }
 
     fn __repr__(&self) -> String {
