@@ -225,7 +225,8 @@ class Queue:
         dict of stats completes the item; raising fails it (``Type: message`` becomes its error),
         retried with backoff then dead. On SIGTERM/SIGINT (when called from the main thread) it
         stops claiming, lets running handlers finish, gives unstarted items back and returns with
-        ``stopped`` set; a second signal ends the process. Store errors raise."""
+        ``stopped`` set; a second signal ends the process. Store errors raise. ``prefetch`` items
+        are claimed ahead of the workers (default: twice the workers, at least 8, as ``ckpt run``)."""
     def claim(self, max: int = 1) -> list[Item]:
         """Claims up to ``max`` ready items (started now)."""
     def complete(self, item: Item, stats: Optional[Mapping[str, JSON]] = None) -> None: ...

@@ -46,7 +46,8 @@ pub fn run(
     }
     let options = RunOptions {
         workers,
-        prefetch: prefetch.unwrap_or(workers),
+        // As `ckpt run` does.
+        prefetch: prefetch.unwrap_or((workers * 2).max(8)),
         ..RunOptions::default()
     };
     let stop = StopSignal::new();
@@ -114,6 +115,7 @@ struct PyHandler {
 
 impl ckpt::Handler for PyHandler {
     fn handle(&self, item: &ClaimedItem) -> Outcome {
+        thread_state::keep();
         Python::attach(|py| {
             let arg = Item::new(self.shared.clone(), self.queue.clone(), item.clone());
             let result = Py::new(py, arg).and_then(|arg| self.handler.call1(py, (arg,)));
@@ -300,6 +302,57 @@ impl Drop for Signals {
             })();
             if let Err(e) = restored {
                 e.print(py);
+            }
+        });
+    }
+}
+
+/// A Python thread state kept for the life of a runner's worker thread.
+///
+/// `Python::attach` on a thread Python does not know creates a thread
+/// state and destroys it again on the way out: per item, that cost more
+/// than everything else a no-op handler does. A worker thread keeps one
+/// instead, released (without the GIL) between items, and gives it back
+/// when the thread ends.
+mod thread_state {
+    use std::cell::RefCell;
+
+    use pyo3::ffi;
+
+    struct Kept(ffi::PyGILState_STATE, *mut ffi::PyThreadState);
+
+    impl Drop for Kept {
+        fn drop(&mut self) {
+            // SAFETY: this thread registered its state in `keep` and holds
+            // no GIL now; it takes the GIL back to release the state. The
+            // runner's threads end before `Queue.run` returns, so the
+            // interpreter is alive.
+            unsafe {
+                if ffi::Py_IsInitialized() != 0 {
+                    ffi::PyEval_RestoreThread(self.1);
+                    ffi::PyGILState_Release(self.0);
+                }
+            }
+        }
+    }
+
+    thread_local! {
+        static KEPT: RefCell<Option<Kept>> = const { RefCell::new(None) };
+    }
+
+    /// Registers a thread state for this thread, once.
+    pub fn keep() {
+        KEPT.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            if kept.is_none() {
+                // SAFETY: takes the GIL with a new thread state, then lets
+                // go of the GIL but keeps the state registered (its count
+                // stays at one), so later attaches only take the GIL.
+                unsafe {
+                    let state = ffi::PyGILState_Ensure();
+                    let thread = ffi::PyEval_SaveThread();
+                    *kept = Some(Kept(state, thread));
+                }
             }
         });
     }
