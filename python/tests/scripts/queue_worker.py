@@ -1,0 +1,34 @@
+"""A queue worker for the multi-process tests: waits for GO to exist, then runs the queue with
+WORKERS threads; the handler appends each key to LEDGER. Prints the RunReport as JSON.
+
+usage: queue_worker.py URL JOB LEDGER GO WORKERS
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+
+import ckpt
+
+url, name, ledger, go, workers = sys.argv[1:6]
+store = ckpt.open(url)
+queue = store.queue(name)
+while not os.path.exists(go):
+    time.sleep(0.005)
+lock = threading.Lock()
+f = open(ledger, "a")
+
+
+def handler(item):
+    with lock:
+        f.write(item.key + "\n")
+        f.flush()
+    time.sleep(0.002)  # some work, so that the two processes interleave
+    return {"by": os.getpid()}
+
+
+report = queue.run(handler, workers=int(workers))
+f.close()
+print(json.dumps({k: getattr(report, k) for k in ("completed", "failed", "dead", "released", "lost", "stopped", "signal")}))

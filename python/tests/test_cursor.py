@@ -1,0 +1,158 @@
+"""The cursor pattern: store.job(), checkpoints, resume, the context manager, a crash."""
+
+import os
+import signal
+
+import pytest
+
+import ckpt
+from conftest import script, spawn, wait_for_file
+
+
+def test_the_package_under_test_is_the_installed_one():
+    # Not the source tree's python/ckpt (which has no extension module).
+    assert "site-packages" in ckpt.__file__, ckpt.__file__
+    assert ckpt.__version__
+
+
+def test_a_new_job_resumes_from_nothing_then_from_its_checkpoint(any_store_url):
+    store = ckpt.open(any_store_url)
+    job = store.job("j", always=True)
+    assert job.name == "j"
+    assert job.resume_cursor() is None
+    assert job.resume_state() is None
+    assert job.resume_stage() is None
+    assert job.resume_items_processed() == 0
+    assert job.was_completed is False
+    cursor = {"file": "a.csv", "offset": [1, 2]}
+    assert job.checkpoint(cursor, 12, stage="load", state={"seen": ["x"], "n": 1.5}) is True
+    cursor["offset"].append(3)  # captured at the call: this change is not saved
+    job.release()
+
+    again = store.job("j", always=True)
+    assert again.resume_cursor() == {"file": "a.csv", "offset": [1, 2]}
+    assert again.resume_state() == {"seen": ["x"], "n": 1.5}
+    assert again.resume_stage() == "load"
+    assert again.resume_items_processed() == 12
+    again.checkpoint("s", 13)
+    again.complete()
+    info = store.status("j")
+    assert info.name == "j"
+    assert info.status == "completed"
+    assert info.cursor == "s"
+    assert info.items_processed == 13
+    assert info.saves == 2
+    assert store.status("no-such-job") is None
+
+
+def test_items_processed_defaults_to_the_previous_count_plus_one(any_store_url):
+    store = ckpt.open(any_store_url)
+    job = store.job("j", always=True)
+    job.checkpoint(1, 10)
+    job.checkpoint(2)
+    job.checkpoint(3)
+    job.flush()
+    assert store.status("j").items_processed == 12
+
+
+def test_the_policy_decides_and_flush_persists(any_store_url):
+    store = ckpt.open(any_store_url)
+    job = store.job("j", every_items=1000, every_seconds=3600)
+    assert job.checkpoint(1, 1) is False
+    assert job.is_due(2) is False
+    assert job.is_due(1001) is True
+    assert store.status("j").cursor is None
+    job.flush()
+    assert store.status("j").cursor == 1
+    assert job.checkpoint(1001, 1001) is True
+    assert store.status("j").cursor == 1001
+
+
+def test_history_is_newest_first(any_store_url):
+    store = ckpt.open(any_store_url)
+    job = store.job("j", always=True)
+    for i in range(5):
+        job.checkpoint(i, i)
+    hist = job.history()
+    assert [h.cursor for h in hist] == [4, 3, 2, 1, 0]
+    assert [h.seq for h in hist] == [5, 4, 3, 2, 1]
+    assert hist[0].items_processed == 4
+    assert hist[0].saved_at >= hist[-1].saved_at > 1.7e9
+    assert [h.cursor for h in job.history(limit=2)] == [4, 3]
+
+
+def test_fail_keeps_the_checkpoint_and_records_the_error(any_store_url):
+    store = ckpt.open(any_store_url)
+    job = store.job("j", always=True)
+    job.checkpoint(5, 5)
+    job.fail("disk full")
+    info = store.status("j")
+    assert info.status == "failed"
+    assert info.cursor == 5
+    assert "disk full" in info.last_error
+
+
+def test_a_completed_job_says_so_when_acquired_again(any_store_url):
+    store = ckpt.open(any_store_url)
+    job = store.job("j", always=True)
+    job.checkpoint(1, 1)
+    job.complete()
+    assert store.job("j").was_completed is True
+
+
+def test_busy_while_a_live_worker_holds_the_job(store_url):
+    a, b = ckpt.open(store_url), ckpt.open(store_url)  # two workers
+    held = a.job("j", always=True)
+    held.checkpoint(1, 1)
+    with pytest.raises(ckpt.BusyError):
+        b.job("j")
+    held.release()
+    assert b.job("j").resume_cursor() == 1
+
+
+def test_an_exception_in_the_with_block_releases_the_lease_and_keeps_the_checkpoint(store_url):
+    a, b = ckpt.open(store_url), ckpt.open(store_url)
+    with pytest.raises(RuntimeError, match="boom"):
+        with a.job("j", always=True, lease=600) as job:
+            job.checkpoint(3, 3, state={"k": 1})
+            raise RuntimeError("boom")
+    # Released: another worker acquires at once (its 600 s lease would otherwise block).
+    other = b.job("j")
+    assert other.resume_cursor() == 3
+    assert other.resume_state() == {"k": 1}
+    assert b.status("j").status == "running"
+
+
+def test_leaving_the_with_block_flushes_what_the_policy_held_back(store_url):
+    a, b = ckpt.open(store_url), ckpt.open(store_url)
+    with a.job("j", every_items=10_000, every_seconds=3600, lease=600) as job:
+        assert job.checkpoint(7, 7) is False
+    assert b.status("j").cursor == 7
+    b.job("j")  # not busy: released
+
+
+def test_a_loop_killed_with_sigkill_resumes_at_its_checkpoint(store_url, tmp_path):
+    n, pause = 40, 17
+    out, ready = tmp_path / "out.txt", tmp_path / "ready"
+    first = spawn(script("cursor_loop.py"), store_url, "loop", n, out, ready, pause,
+                  stdout=-1, stderr=-1, text=True)
+    wait_for_file(ready, first)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    assert "resumed from 0" in first.stdout.read()
+
+    second = spawn(script("cursor_loop.py"), store_url, "loop", n, out, ready, -1,
+                   stdout=-1, stderr=-1, text=True)
+    stdout, stderr = second.communicate(timeout=120)
+    assert second.returncode == 0, stderr
+    # The dead holder (this host, process gone) is taken over at once, at the saved cursor.
+    assert f"resumed from {pause + 1}" in stdout
+    assert "done" in stdout
+    done = [int(x) for x in out.read_text().split()]
+    assert done == list(range(n)), "each item exactly once, in order"
+    info = ckpt.open(store_url).status("loop")
+    assert info.status == "completed"
+    assert info.cursor == n
+    assert info.items_processed == n
+    assert info.state == {"sum": sum(range(n))}

@@ -1,0 +1,186 @@
+"""Bad input and lost leases: the right exception, and the store unchanged."""
+
+import sqlite3
+import time
+
+import pytest
+
+import ckpt
+
+LIMIT = 1024 * 1024  # the library's default state limit (validate::DEFAULT_STATE_LIMIT)
+
+
+def test_the_errors_form_one_hierarchy():
+    for e in (ckpt.BusyError, ckpt.FencedError, ckpt.NotFoundError, ckpt.InvalidInputError,
+              ckpt.StoreError):
+        assert issubclass(e, ckpt.Error)
+    assert issubclass(ckpt.Error, Exception)
+
+
+def _saved(url, name="j"):
+    info = ckpt.open(url).status(name)
+    return (info.cursor, info.state, info.items_processed, info.saves)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{1, 2}, object(), float("nan"), float("inf"), {"nested": [1, {"x": b"bytes"}]}],
+    ids=["set", "object", "nan", "inf", "bytes"],
+)
+@pytest.mark.parametrize("where", ["state", "cursor"])
+def test_a_value_that_is_not_json_is_refused_and_nothing_is_written(store_url, bad, where):
+    job = ckpt.open(store_url).job("j", always=True)
+    job.checkpoint({"at": 1}, 1, state={"ok": True})
+    before = _saved(store_url)
+    with pytest.raises((TypeError, ckpt.InvalidInputError)):
+        if where == "state":
+            job.checkpoint({"at": 2}, 2, state=bad)
+        else:
+            job.checkpoint(bad, 2)
+    assert _saved(store_url) == before
+    job.flush()
+    assert _saved(store_url) == before, "the refused checkpoint is not pending either"
+    assert job.checkpoint({"at": 3}, 3) is True  # the job goes on
+
+
+def test_state_over_the_limit_is_refused_and_at_the_limit_is_saved(store_url):
+    job = ckpt.open(store_url).job("j", always=True)
+    job.checkpoint(1, 1, state="small")
+    before = _saved(store_url)
+    with pytest.raises(ckpt.InvalidInputError) as e:
+        job.checkpoint(2, 2, state="x" * (LIMIT - 1))  # LIMIT + 1 bytes with the quotes
+    assert str(LIMIT) in str(e.value)
+    assert _saved(store_url) == before
+    assert job.checkpoint(3, 3, state="x" * (LIMIT - 2)) is True  # exactly LIMIT bytes
+    assert len(ckpt.open(store_url).status("j").state) == LIMIT - 2
+
+
+@pytest.mark.parametrize(
+    "name", ["", " lead", "trail ", "new\nline", "tab\there", "x" * 201],
+    ids=["empty", "leading-space", "trailing-space", "newline", "tab", "too-long"],
+)
+def test_a_bad_job_name_is_refused_and_creates_nothing(any_store_url, name):
+    store = ckpt.open(any_store_url)
+    with pytest.raises(ckpt.InvalidInputError):
+        store.job(name)
+    with pytest.raises(ckpt.InvalidInputError):
+        store.queue(name).enqueue(["a"])
+    assert store.status("x" * 200) is None  # the longest good name is fine, and absent
+
+
+def test_a_corrupt_store_file_is_refused_and_left_as_it_was(tmp_path):
+    path = tmp_path / "garbage.db"
+    garbage = b"this is not a database\n" * 512
+    path.write_bytes(garbage)
+    with pytest.raises(ckpt.StoreError):
+        ckpt.open(f"sqlite://{path}")
+    assert path.read_bytes() == garbage
+
+
+def test_a_foreign_sqlite_database_is_refused_and_left_as_it_was(tmp_path):
+    path = tmp_path / "foreign.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    con.execute("INSERT INTO invoices VALUES (1, 9.5)")
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    with pytest.raises(ckpt.StoreError):
+        ckpt.open(f"sqlite://{path}")
+    assert path.read_bytes() == before
+
+
+def test_an_unreachable_server_names_no_password():
+    with pytest.raises(ckpt.StoreError) as e:
+        ckpt.open("postgres://alice:s3cr3t-pw@127.0.0.1:1/test?connect_timeout=2")
+    assert "s3cr3t-pw" not in str(e.value)
+    assert "127.0.0.1" in str(e.value)
+    with pytest.raises(ckpt.StoreError) as e:
+        ckpt.open("redis://:s3cr3t-pw@127.0.0.1:1/0")
+    assert "s3cr3t-pw" not in str(e.value)
+
+
+@pytest.mark.parametrize("url", ["nope://x", "ckpt.db", "sqlite://", "postgres://h/db?bogus=1"])
+def test_a_bad_url_is_invalid_input(url):
+    with pytest.raises(ckpt.InvalidInputError):
+        ckpt.open(url)
+
+
+def test_open_without_a_url_reads_ckpt_store(tmp_path, monkeypatch):
+    path = tmp_path / "from-env.db"
+    monkeypatch.setenv("CKPT_STORE", f"sqlite://{path}")
+    store = ckpt.open()
+    store.job("j", always=True).checkpoint(1, 1)
+    assert path.exists()
+    assert ckpt.open(f"sqlite://{path}").status("j").cursor == 1
+
+
+def test_a_closed_store_raises_store_error(any_store_url):
+    store = ckpt.open(any_store_url)
+    store.close()
+    with pytest.raises(ckpt.StoreError):
+        store.status("j")
+
+
+# ---------------------------------------------------------------- zombies
+def _lapse(lease):
+    # No clock can be injected from Python: let the real lease run out.
+    time.sleep(lease + 0.5)
+
+
+def test_a_zombie_job_holder_is_fenced_and_changes_nothing(store_url):
+    a, b = ckpt.open(store_url), ckpt.open(store_url)
+    zombie = a.job("j", always=True, lease=1.0)
+    zombie.checkpoint(1, 1, state="from A")
+    _lapse(1.0)
+    taker = b.job("j", always=True, lease=60)
+    assert taker.taken_over_from is not None
+    assert taker.resume_cursor() == 1
+    taker.checkpoint(5, 5, state="from B")
+    before = _saved(store_url)
+    with pytest.raises(ckpt.FencedError):
+        zombie.checkpoint(2, 2, state="from A again")
+    with pytest.raises(ckpt.FencedError):
+        zombie.flush()
+    with pytest.raises(ckpt.FencedError):
+        zombie.complete()
+    assert _saved(store_url) == before == (5, "from B", 5, before[3])
+    info = b.status("j")
+    assert info.status == "running"
+    taker.complete()
+    assert b.status("j").status == "completed"
+
+
+def test_a_zombie_job_holder_cannot_fail_or_release_it_either(store_url):
+    a, b = ckpt.open(store_url), ckpt.open(store_url)
+    zombie = a.job("j", always=True, lease=1.0)
+    zombie.checkpoint(1, 1)
+    _lapse(1.0)
+    b.job("j", always=True, lease=60).checkpoint(9, 9)
+    with pytest.raises(ckpt.FencedError):
+        zombie.fail("late")
+    info = b.status("j")
+    assert (info.status, info.cursor, info.last_error) == ("running", 9, None)
+
+
+def test_a_zombie_item_holder_is_fenced_and_changes_nothing(store_url):
+    a, b = ckpt.open(store_url), ckpt.open(store_url)
+    qa = a.queue("q", lease=1.0)
+    qb = b.queue("q", lease=60)
+    qa.enqueue({"only": {"p": 1}})
+    (mine,) = qa.claim(1)
+    _lapse(1.0)
+    (theirs,) = qb.claim(1)
+    assert theirs.key == "only"
+    assert theirs.attempt == 2
+    with pytest.raises(ckpt.FencedError):
+        mine.save_cursor({"line": 99})
+    with pytest.raises(ckpt.FencedError):
+        qa.complete(mine, {"by": "A"})
+    with pytest.raises(ckpt.FencedError):
+        qa.fail(mine, "late")
+    (rec,) = qb.items()
+    assert (rec.status, rec.owner == qb.owner) == ("running", True)
+    qb.complete(theirs, {"by": "B"})
+    (rec,) = qb.items()
+    assert (rec.status, rec.stats) == ("completed", {"by": "B"})

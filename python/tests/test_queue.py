@@ -1,0 +1,207 @@
+"""The claim pattern: enqueue, run, retries, dead letters, several processes, SIGTERM."""
+
+import json
+import os
+import signal
+import threading
+from collections import Counter
+
+import pytest
+
+import ckpt
+from conftest import cli, script, spawn, wait_for_file
+
+
+def test_enqueue_is_idempotent_per_key_and_takes_three_forms(any_store_url):
+    q = ckpt.open(any_store_url).queue("q")
+    r = q.enqueue(["a", "b"])
+    assert (r.inserted, r.existing) == (2, 0)
+    r = q.enqueue([("b", {"x": 1}), ("c", [1, 2])])
+    assert (r.inserted, r.existing) == (1, 1)
+    r = q.enqueue({"d": None, "a": "ignored"})
+    assert (r.inserted, r.existing) == (1, 1)
+    c = q.counts()
+    assert (c.pending, c.running, c.completed, c.failed, c.dead) == (4, 0, 0, 0, 0)
+    payloads = {rec.key: rec.payload for rec in q.items()}
+    assert payloads == {"a": None, "b": None, "c": [1, 2], "d": None}
+
+
+def test_run_calls_the_handler_once_per_item_and_keeps_its_stats(any_store_url):
+    q = ckpt.open(any_store_url).queue("q")
+    q.enqueue({f"k{i}": {"n": i} for i in range(30)})
+    seen = Counter()
+    lock = threading.Lock()
+
+    def handler(item):
+        with lock:
+            seen[item.key] += 1
+        assert item.attempt == 1
+        assert item.cursor is None
+        return {"double": item.payload["n"] * 2}
+
+    report = q.run(handler, workers=3)
+    assert report.completed == 30
+    assert (report.failed, report.dead, report.lost, report.stopped) == (0, 0, 0, False)
+    assert report.signal is None
+    assert seen == Counter({f"k{i}": 1 for i in range(30)})
+    recs = {r.key: r for r in q.items(status="completed")}
+    assert len(recs) == 30
+    assert recs["k7"].stats == {"double": 14}
+    assert recs["k7"].status == "completed"
+    assert recs["k7"].attempts == 1
+    assert q.counts().completed == 30
+    assert q.run(handler).completed == 0  # nothing left
+
+
+def test_claim_complete_fail_release_by_hand(any_store_url):
+    q = ckpt.open(any_store_url).queue("q", max_attempts=2, backoff=0.0, jitter=0.0)
+    q.enqueue(["a", "b", "c"])
+    items = q.claim(3)
+    assert sorted(i.key for i in items) == ["a", "b", "c"]
+    assert q.counts().running == 3
+    by = {i.key: i for i in items}
+    q.complete(by["a"], {"rows": 3})
+    by["b"].save_cursor({"line": 10})
+    q.release(by["b"])
+    r = q.fail(by["c"], "bad row")
+    assert r.dead is False and r.retry_at is not None
+    c = q.counts()
+    assert (c.completed, c.pending, c.running) == (1, 1, 0)
+    (b,) = [i for i in q.claim(3) if i.key == "b"] or [None]
+    assert b is not None and b.attempt == 1  # a release counts no attempt
+    assert b.cursor == {"line": 10}  # the saved per-item cursor comes back
+
+
+def test_a_handler_that_raises_is_retried_then_dead_then_retried_by_the_cli(store_url, ckpt_bin):
+    store = ckpt.open(store_url)
+    q = store.queue("q", max_attempts=2, backoff=0.05, backoff_factor=1.0, jitter=0.0)
+    q.enqueue(["good", "bad"])
+    attempts = Counter()
+
+    def failing(item):
+        attempts[item.key] += 1
+        if item.key == "bad":
+            raise ValueError(f"boom on attempt {item.attempt}")
+
+    report = q.run(failing, workers=2)
+    assert report.completed == 1
+    assert report.dead == 1
+    assert attempts == Counter({"good": 1, "bad": 2})
+    (dead,) = q.items(status="dead")
+    assert dead.key == "bad"
+    assert dead.attempts == 2
+    assert "ValueError" in dead.last_error and "boom on attempt 2" in dead.last_error
+
+    cli(ckpt_bin, store_url, "retry", "q")
+    assert q.counts().pending == 1
+    report = q.run(lambda item: {"fixed": True})
+    assert report.completed == 1 and report.dead == 0
+    c = q.counts()
+    assert (c.completed, c.dead, c.pending) == (2, 0, 0)
+
+
+def test_retry_dead_from_python(any_store_url):
+    q = ckpt.open(any_store_url).queue("q", max_attempts=1, backoff=0.0, jitter=0.0)
+    q.enqueue(["x", "y"])
+
+    def boom(item):
+        raise KeyError("nope")
+
+    assert q.run(boom).dead == 2
+    assert "KeyError" in q.items(status="dead")[0].last_error
+    assert q.retry_dead(["x"]) == 1
+    assert q.counts().pending == 1
+    assert q.retry_dead() == 1
+    assert q.run(lambda item: None).completed == 2
+
+
+def test_two_processes_share_a_queue_and_run_each_item_once(store_url, tmp_path):
+    keys = [f"item-{i:03d}" for i in range(200)]
+    ckpt.open(store_url).queue("shared").enqueue(keys)
+    go = tmp_path / "go"
+    ledgers = [tmp_path / f"ledger-{n}" for n in range(2)]
+    procs = [
+        spawn(script("queue_worker.py"), store_url, "shared", ledger, go, 2,
+              stdout=-1, stderr=-1, text=True)
+        for ledger in ledgers
+    ]
+    go.write_text("go")
+    reports = []
+    for p in procs:
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    runs = [ledger.read_text().split() for ledger in ledgers]
+    all_runs = runs[0] + runs[1]
+    assert sorted(all_runs) == keys, "every item exactly once across the two processes"
+    assert sum(r["completed"] for r in reports) == 200
+    assert all(runs), "both processes took part"
+    c = ckpt.open(store_url).queue("shared").counts()
+    assert (c.completed, c.pending, c.running) == (200, 0, 0)
+
+
+def test_sigterm_stops_the_run_and_gives_unstarted_items_back(store_url, tmp_path):
+    n = 30
+    keys = [f"k{i:02d}" for i in range(n)]
+    ckpt.open(store_url).queue("slow").enqueue(keys)
+    ledger, go = tmp_path / "ledger", tmp_path / "go"
+    p = spawn(script("queue_sigterm.py"), store_url, "slow", ledger, go, 2,
+              stdout=-1, stderr=-1, text=True)
+    # Both workers are inside a handler (they wait for `go`).
+    wait_for_file(ledger, p, lambda t: t.count("start ") >= 2)
+    os.kill(p.pid, signal.SIGTERM)
+    go.write_text("go")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["stopped"] is True
+    assert report["signal"] == signal.SIGTERM
+    lines = ledger.read_text().splitlines()
+    started = [line.split()[1] for line in lines if line.startswith("start ")]
+    finished = [line.split()[1] for line in lines if line.startswith("done ")]
+    assert sorted(started) == sorted(finished), "running handlers were let finish"
+    assert len(started) < n
+    assert report["completed"] == len(started)
+    q = ckpt.open(store_url).queue("slow")
+    c = q.counts()
+    assert c.running == 0, "no item is left running"
+    assert c.completed == len(started)
+    assert c.pending == n - len(started)
+    assert {r.key for r in q.items(status="completed")} == set(started)
+
+    # A rerun finishes the rest, each once.
+    p = spawn(script("queue_sigterm.py"), store_url, "slow", ledger, go, 2,
+              stdout=-1, stderr=-1, text=True)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["stopped"] is False
+    lines = ledger.read_text().splitlines()
+    done = sorted(line.split()[1] for line in lines if line.startswith("done "))
+    assert done == keys
+    assert q.counts().completed == n
+
+
+@pytest.mark.parametrize("bad", ["", "a\0b"])
+def test_a_bad_item_key_is_refused_and_nothing_is_enqueued(any_store_url, bad):
+    q = ckpt.open(any_store_url).queue("q")
+    q.enqueue(["fine"])
+    with pytest.raises(ckpt.InvalidInputError):
+        q.enqueue(["ok-too", bad])
+    assert [r.key for r in q.items()] == ["fine"]
+
+
+def test_a_payload_that_is_not_json_is_refused(any_store_url):
+    q = ckpt.open(any_store_url).queue("q")
+    with pytest.raises((TypeError, ckpt.InvalidInputError)):
+        q.enqueue([("a", {1, 2})])
+    assert q.items() == []
+
+
+def test_stats_that_are_not_json_fail_the_item(any_store_url):
+    q = ckpt.open(any_store_url).queue("q", max_attempts=1)
+    q.enqueue(["a"])
+    # A handler returning something that is not None or a dict of JSON fails the item
+    # (it cannot be completed with those stats) rather than crashing the run.
+    report = q.run(lambda item: {"s": object()})
+    assert report.completed == 0
+    assert report.dead == 1
