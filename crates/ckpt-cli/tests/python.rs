@@ -145,6 +145,14 @@ fn venv(python: &str, target: &Path) -> PathBuf {
 /// venv's maturin rather than fetching one into a throwaway environment on
 /// every run; otherwise this is the user's command.
 fn install_package(py: &Path, root: &Path, target: &Path) {
+    // maturin's build backend runs the `maturin` command: the venv's, as
+    // when the venv is activated.
+    let bin_dir = py.parent().expect("the venv's bin directory");
+    let path = std::env::join_paths(
+        std::iter::once(bin_dir.to_path_buf())
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .expect("PATH");
     run(
         Command::new(py)
             .current_dir(root)
@@ -160,7 +168,8 @@ fn install_package(py: &Path, root: &Path, target: &Path) {
                 "./python",
             ])
             .env("MATURIN_PEP517_ARGS", "--profile dev")
-            .env("CARGO_TARGET_DIR", target),
+            .env("CARGO_TARGET_DIR", target)
+            .env("PATH", path),
         "pip install ./python",
     );
 }
