@@ -73,10 +73,7 @@ fn run(cmd: &mut Command, what: &str) -> Output {
 fn find_python() -> Result<String, String> {
     let python = std::env::var("CKPT_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let out = Command::new(&python)
-        .args([
-            "-c",
-            "import sys; print('%d %d' % sys.version_info[:2])",
-        ])
+        .args(["-c", "import sys; print('%d %d' % sys.version_info[:2])"])
         .output()
         .map_err(|e| format!("{python} not found: {e}"))?;
     if !out.status.success() {
@@ -148,10 +145,9 @@ fn install_package(py: &Path, root: &Path, target: &Path) {
     // maturin's build backend runs the `maturin` command: the venv's, as
     // when the venv is activated.
     let bin_dir = py.parent().expect("the venv's bin directory");
-    let path = std::env::join_paths(
-        std::iter::once(bin_dir.to_path_buf())
-            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
-    )
+    let path = std::env::join_paths(std::iter::once(bin_dir.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
     .expect("PATH");
     run(
         Command::new(py)
