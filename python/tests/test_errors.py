@@ -210,3 +210,33 @@ def test_a_zombie_item_holder_is_fenced_and_changes_nothing(store_url):
     qb.complete(theirs, {"by": "B"})
     (rec,) = qb.items()
     assert (rec.status, rec.stats) == ("completed", {"by": "B"})
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: s.job("j", lease=0),
+        lambda s: s.job("j", lease=-1.0),
+        lambda s: s.job("j", every_items=0),
+        lambda s: s.job("j", target_overhead=2.0),
+        lambda s: s.queue("q", max_attempts=0),
+        lambda s: s.queue("q", backoff=0),
+        lambda s: s.queue("q", jitter=1.5),
+        lambda s: s.queue("q").run(lambda item: None, workers=0),
+    ],
+    ids=["lease-0", "lease-negative", "every-items-0", "overhead-2", "attempts-0", "backoff-0",
+         "jitter-1.5", "workers-0"],
+)
+def test_a_bad_option_is_invalid_input_and_creates_nothing(any_store_url, make):
+    store = ckpt.open(any_store_url)
+    with pytest.raises(ckpt.InvalidInputError):
+        make(store)
+    assert store.status("j") is None
+
+
+def test_a_handler_that_is_not_callable_is_a_type_error(any_store_url):
+    q = ckpt.open(any_store_url).queue("q")
+    q.enqueue(["a"])
+    with pytest.raises(TypeError):
+        q.run("not a function")
+    assert q.counts().pending == 1

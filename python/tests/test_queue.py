@@ -210,3 +210,25 @@ def test_stats_that_are_not_json_fail_the_item(any_store_url):
     report = q.run(lambda item: {"s": object()})
     assert report.completed == 0
     assert report.dead == 1
+
+
+def test_a_retried_item_resumes_at_the_cursor_it_saved(any_store_url):
+    q = ckpt.open(any_store_url).queue("q", max_attempts=3, backoff=0.01, jitter=0.0)
+    q.enqueue({"big": {"lines": 10}})
+    seen = []
+
+    def handler(item):
+        start = item.cursor or 0
+        seen.append((item.attempt, start))
+        for line in range(start, item.payload["lines"]):
+            if line == 6 and item.attempt == 1:
+                raise IOError("connection reset")
+            item.save_cursor(line + 1)
+        return {"from": start}
+
+    report = q.run(handler)
+    assert report.completed == 1
+    assert seen == [(1, 0), (2, 6)]
+    (rec,) = q.items()
+    assert rec.stats["from"] == 6
+    assert rec.attempts == 2
