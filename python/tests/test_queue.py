@@ -125,6 +125,8 @@ def test_two_processes_share_a_queue_and_run_each_item_once(store_url, tmp_path)
               stdout=-1, stderr=-1, text=True)
         for ledger in ledgers
     ]
+    for ledger, p in zip(ledgers, procs):  # both have the store open: start them together
+        wait_for_file(f"{ledger}.ready", p)
     go.write_text("go")
     reports = []
     for p in procs:

@@ -1,4 +1,5 @@
-"""A queue worker for the multi-process tests: waits for GO to exist, then runs the queue with
+"""A queue worker for the multi-process tests: writes LEDGER.ready once its store is open, waits
+for GO to exist, then runs the queue with
 WORKERS threads; the handler appends each key to LEDGER. Prints the RunReport as JSON.
 
 usage: queue_worker.py URL JOB LEDGER GO WORKERS
@@ -15,6 +16,7 @@ import ckpt
 url, name, ledger, go, workers = sys.argv[1:6]
 store = ckpt.open(url)
 queue = store.queue(name)
+open(ledger + ".ready", "w").close()
 while not os.path.exists(go):
     time.sleep(0.005)
 lock = threading.Lock()
