@@ -121,9 +121,9 @@ def test_two_processes_share_a_queue_and_run_each_item_once(store_url, tmp_path)
     go = tmp_path / "go"
     ledgers = [tmp_path / f"ledger-{n}" for n in range(2)]
     procs = [
-        spawn(script("queue_worker.py"), store_url, "shared", ledger, go, 2,
+        spawn(script("queue_worker.py"), store_url, "shared", ledger, go, 2, other,
               stdout=-1, stderr=-1, text=True)
-        for ledger in ledgers
+        for ledger, other in zip(ledgers, reversed(ledgers))
     ]
     for ledger, p in zip(ledgers, procs):  # both have the store open: start them together
         wait_for_file(f"{ledger}.ready", p)
@@ -131,12 +131,12 @@ def test_two_processes_share_a_queue_and_run_each_item_once(store_url, tmp_path)
     reports = []
     for p in procs:
         out, err = p.communicate(timeout=180)
-        assert p.returncode == 0, err
+        assert p.returncode == 0, f"{out}\n{err}"
         reports.append(json.loads(out.strip().splitlines()[-1]))
     runs = [ledger.read_text().split() for ledger in ledgers]
     all_runs = runs[0] + runs[1]
     assert sorted(all_runs) == keys, "every item exactly once across the two processes"
-    assert sum(r["completed"] for r in reports) == 200
+    assert sum(r["completed"] for r in reports) == 200, reports
     assert all(runs), "both processes took part"
     c = ckpt.open(store_url).queue("shared").counts()
     assert (c.completed, c.pending, c.running) == (200, 0, 0)
