@@ -2,54 +2,13 @@
 
 use std::sync::Arc;
 
-use ckpt::{Checkpoint, CheckpointPolicy, ItemCounts as LibCounts, JobRecord};
+use ckpt::{Checkpoint, ItemCounts as LibCounts, JobRecord};
 use pyo3::prelude::*;
 
 use crate::errors::{Error, IntoPy, InvalidInputError};
 use crate::json;
 use crate::queue::ItemCounts;
 use crate::shared::Shared;
-use crate::store::seconds;
-
-/// The checkpoint policy from `Store.job`'s keywords.
-pub fn policy(
-    always: bool,
-    every_items: Option<u64>,
-    every_seconds: Option<f64>,
-    target_overhead: f64,
-    max_interval: f64,
-) -> PyResult<CheckpointPolicy> {
-    if always {
-        if every_items.is_some() || every_seconds.is_some() {
-            return Err(InvalidInputError::new_err(
-                "always=True saves at every call: it takes no every_items or every_seconds",
-            ));
-        }
-        return Ok(CheckpointPolicy::Always);
-    }
-    if every_items.is_some() || every_seconds.is_some() {
-        if every_items == Some(0) {
-            return Err(InvalidInputError::new_err(
-                "every_items must be at least 1 (or use always=True)",
-            ));
-        }
-        return Ok(CheckpointPolicy::Every {
-            items: every_items,
-            interval: every_seconds
-                .map(|s| seconds("every_seconds", s))
-                .transpose()?,
-        });
-    }
-    if !(target_overhead.is_finite() && target_overhead > 0.0 && target_overhead < 1.0) {
-        return Err(InvalidInputError::new_err(format!(
-            "target_overhead must be between 0 and 1 (0.01 = 1 %), not {target_overhead}"
-        )));
-    }
-    Ok(CheckpointPolicy::Adaptive {
-        target_overhead,
-        max_interval: seconds("max_interval", max_interval)?,
-    })
-}
 
 /// A job held by this worker (the cursor pattern); see ``Store.job``.
 ///

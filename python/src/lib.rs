@@ -12,8 +12,10 @@ use pyo3::prelude::*;
 
 mod errors;
 mod fastcall;
+mod item;
 mod job;
 mod json;
+mod options;
 mod queue;
 mod run;
 mod shared;
@@ -31,7 +33,7 @@ fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<job::HistoryEntry>()?;
     m.add_class::<job::JobInfo>()?;
     m.add_class::<queue::Queue>()?;
-    m.add_class::<queue::Item>()?;
+    m.add_class::<item::Item>()?;
     m.add_class::<queue::ItemRecord>()?;
     m.add_class::<queue::ItemCounts>()?;
     m.add_class::<queue::EnqueueReport>()?;

@@ -20,20 +20,20 @@ use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyDict, PyTuple};
 
 use crate::errors::{IntoPy, InvalidInputError, StoreError};
-use crate::queue::{stats_json, Item, Queue};
+use crate::item::{stats_json, Item};
 use crate::shared::Shared;
 
 /// How often the waiting caller lets Python handle signals.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 pub fn run(
-    q: &Queue,
+    shared: &Arc<Shared>,
+    queue: &Arc<ckpt::Queue>,
     py: Python<'_>,
     handler: Py<PyAny>,
     workers: usize,
     prefetch: Option<usize>,
 ) -> PyResult<RunReport> {
-    q.live()?;
     if !(1..=1024).contains(&workers) {
         return Err(InvalidInputError::new_err(format!(
             "workers must be between 1 and 1024, not {workers}"
@@ -54,10 +54,10 @@ pub fn run(
     let signals = Signals::install(py, &stop)?;
     let handler = PyHandler {
         handler,
-        shared: q.shared.clone(),
-        queue: q.queue.clone(),
+        shared: shared.clone(),
+        queue: queue.clone(),
     };
-    let queue = q.queue.clone();
+    let queue = queue.clone();
     let runner_stop = stop.clone();
     let (done, result) = mpsc::channel();
     // Waited on without the GIL, so it must be shareable.

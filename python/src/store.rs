@@ -1,12 +1,12 @@
 //! `ckpt.open()` and `Store`: an open store, and what it makes.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use pyo3::prelude::*;
 
 use crate::errors::{IntoPy, InvalidInputError, StoreError};
-use crate::job::{policy, Job, JobInfo};
+use crate::job::{Job, JobInfo};
+use crate::options::{policy, seconds};
 use crate::queue::Queue;
 use crate::shared::Shared;
 
@@ -186,16 +186,5 @@ impl Store {
 
     fn __repr__(&self) -> String {
         format!("<ckpt.Store {}>", self.shared.describe())
-    }
-}
-
-/// `value` seconds as a duration: finite, positive.
-pub fn seconds(what: &str, value: f64) -> PyResult<Duration> {
-    if value.is_finite() && value > 0.0 && value < 1e9 {
-        Ok(Duration::from_secs_f64(value))
-    } else {
-        Err(InvalidInputError::new_err(format!(
-            "{what} must be a positive number of seconds, not {value}"
-        )))
     }
 }
