@@ -113,3 +113,35 @@ def test_status_of_a_job_python_completed(store_url, ckpt_bin):
 def test_handles_cannot_be_made_directly(cls):
     with pytest.raises(TypeError):
         cls()
+
+
+def test_a_closed_store_refuses_its_jobs_and_queues_too(any_store_url):
+    with ckpt.open(any_store_url) as store:
+        job = store.job("j", always=True)
+        q = store.queue("q")
+        job.checkpoint(1, 1)
+        q.enqueue(["a"])
+    # Leaving the with block closed the store.
+    for call in (lambda: store.status("j"), lambda: job.checkpoint(2, 2), lambda: q.counts(),
+                 lambda: q.enqueue(["b"]), lambda: store.job("k")):
+        with pytest.raises(ckpt.StoreError):
+            call()
+
+
+def test_status_carries_the_item_counts_and_heartbeats_keep_leases(store_url):
+    store = ckpt.open(store_url)
+    q = store.queue("q", lease=30)
+    q.enqueue(["a", "b", "c"])
+    items = q.claim(2)
+    q.heartbeat(items)
+    q.complete(items[0])
+    q.fail(items[1], "ValueError: no")
+    job = store.job("q", lease=30)
+    job.heartbeat()
+    info = store.status("q")
+    c = info.counts
+    assert (c.pending, c.running, c.completed, c.failed, c.dead) == (1, 0, 1, 1, 0)
+    failed = q.items(status="failed")
+    assert [r.key for r in failed] == [items[1].key]
+    assert failed[0].last_error == "ValueError: no"
+    assert failed[0].last_output is None

@@ -142,7 +142,8 @@ def test_two_processes_share_a_queue_and_run_each_item_once(store_url, tmp_path)
     assert (c.completed, c.pending, c.running) == (200, 0, 0)
 
 
-def test_sigterm_stops_the_run_and_gives_unstarted_items_back(store_url, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_sigterm_stops_the_run_and_gives_unstarted_items_back(store_url, tmp_path, signum):
     n = 30
     keys = [f"k{i:02d}" for i in range(n)]
     ckpt.open(store_url).queue("slow").enqueue(keys)
@@ -153,7 +154,7 @@ def test_sigterm_stops_the_run_and_gives_unstarted_items_back(store_url, tmp_pat
                   stdout=-1, stderr=err_file, text=True)
     # Both workers are inside a handler (they wait for `go`).
     wait_for_file(ledger, p, lambda t: t.count("start ") >= 2)
-    os.kill(p.pid, signal.SIGTERM)
+    os.kill(p.pid, signum)
     # Python runs signal handlers on the main thread between calls: wait until the run says it
     # is stopping (its log line) before letting the handlers return.
     wait_for_file(errors, p, lambda t: "stopping" in t)
@@ -162,7 +163,7 @@ def test_sigterm_stops_the_run_and_gives_unstarted_items_back(store_url, tmp_pat
     assert p.returncode == 0, errors.read_text()
     report = json.loads(out.strip().splitlines()[-1])
     assert report["stopped"] is True
-    assert report["signal"] == signal.SIGTERM
+    assert report["signal"] == signum
     lines = ledger.read_text().splitlines()
     started = [line.split()[1] for line in lines if line.startswith("start ")]
     finished = [line.split()[1] for line in lines if line.startswith("done ")]
@@ -234,3 +235,30 @@ def test_a_retried_item_resumes_at_the_cursor_it_saved(any_store_url):
     (rec,) = q.items()
     assert rec.stats["from"] == 6
     assert rec.attempts == 2
+
+
+def test_a_second_sigterm_ends_the_process_and_a_rerun_takes_its_items_over(store_url, tmp_path):
+    n = 10
+    keys = [f"k{i}" for i in range(n)]
+    ckpt.open(store_url).queue("slow").enqueue(keys)
+    ledger, go, errors = tmp_path / "ledger", tmp_path / "go", tmp_path / "stderr"
+    with open(errors, "w") as err_file:
+        p = spawn(script("queue_sigterm.py"), store_url, "slow", ledger, go, 2,
+                  stdout=-1, stderr=err_file, text=True)
+    wait_for_file(ledger, p, lambda t: t.count("start ") >= 2)
+    os.kill(p.pid, signal.SIGTERM)
+    wait_for_file(errors, p, lambda t: "stopping" in t)
+    os.kill(p.pid, signal.SIGTERM)  # the handlers are still waiting for `go`
+    p.communicate(timeout=30)
+    assert p.returncode == -signal.SIGTERM
+    q = ckpt.open(store_url).queue("slow")
+    assert q.counts().completed == 0
+    go.write_text("go")
+    # The dead process's items are taken over at once (its pid is gone on this host).
+    p = spawn(script("queue_sigterm.py"), store_url, "slow", ledger, go, 2,
+              stdout=-1, stderr=-1, text=True)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["completed"] == n
+    c = q.counts()
+    assert (c.completed, c.running, c.pending) == (n, 0, 0)
