@@ -103,3 +103,32 @@ def test_a_store_used_after_fork_raises_in_the_child_and_the_parent_goes_on(any_
     assert store.status("j").cursor == 1  # the parent's store still works
     job = store.job("k", always=True)
     assert job.checkpoint(2, 2) is True
+
+
+def test_a_queue_is_shared_by_threads_driving_their_own_loops(any_store_url):
+    q = ckpt.open(any_store_url).queue("q")
+    keys = [f"k{i:03d}" for i in range(120)]
+    q.enqueue(keys)
+    done, errors, lock = [], [], threading.Lock()
+
+    def loop():
+        try:
+            while True:
+                items = q.claim(5)
+                if not items:
+                    return
+                for item in items:
+                    q.complete(item, {"t": threading.get_ident()})
+                    with lock:
+                        done.append(item.key)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sorted(done) == keys
+    assert q.counts().completed == 120
