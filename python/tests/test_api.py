@@ -145,3 +145,35 @@ def test_status_carries_the_item_counts_and_heartbeats_keep_leases(store_url):
     assert [r.key for r in failed] == [items[1].key]
     assert failed[0].last_error == "ValueError: no"
     assert failed[0].last_output is None
+
+
+def test_ckpt_serve_shows_a_python_job_as_it_runs(store_url, ckpt_bin):
+    import re
+    import subprocess
+    import urllib.request
+
+    store = ckpt.open(store_url)
+    job = store.job("served", always=True)
+    job.checkpoint({"page": 1}, 10)
+    serve = subprocess.Popen([ckpt_bin, "--store", store_url, "serve", "--listen", "127.0.0.1:0"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        base = None
+        for line in serve.stderr:  # its log says where it listens
+            m = re.search(r"listening on (http://\S+?)/? ", line)
+            if m:
+                base = m.group(1)
+                break
+        assert base, "ckpt serve did not say where it listens"
+
+        def get(path):
+            with urllib.request.urlopen(base + path, timeout=10) as r:
+                return json.loads(r.read())
+
+        assert get("/api/jobs/served")["cursor"] == {"page": 1}
+        job.checkpoint({"page": 2}, 20)  # the running job's next save shows at once
+        got = get("/api/jobs/served")
+        assert (got["cursor"], got["items_processed"], got["status"]) == ({"page": 2}, 20, "running")
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
