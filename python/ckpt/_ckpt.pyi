@@ -102,6 +102,9 @@ class HistoryEntry:
 class Job:
     """A job held by this worker (the cursor pattern). Use from one thread at a time.
 
+    Every write is fenced: once another worker took the job over, the next write raises
+    FencedError and writes nothing, and every later call of this handle raises it too.
+
     As a context manager: leaving the block by an exception flushes the last checkpoint and
     releases the lease (the job stays resumable) and re-raises; leaving it normally without
     ``complete()``/``fail()``/``release()`` flushes and releases too. Dropping a Job without
@@ -132,7 +135,8 @@ class Job:
         """Records progress; persists it when the policy says a save is due; returns whether it saved.
         Cheap when no save is due. Mutable values (dict, list) are captured at the call.
         ``items_processed`` defaults to the previous value + 1. Raises InvalidInputError (not JSON,
-        over the size limit) before anything is written, FencedError when the lease is lost."""
+        state over the size limit) at the call, whether or not a save is due, with nothing
+        written; FencedError when the lease is lost."""
     def is_due(self, items_processed: int) -> bool:
         """Whether a checkpoint with that count would be saved now (build costly state only then)."""
     def flush(self) -> None:

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ckpt::{Checkpoint, ItemCounts as LibCounts, JobRecord};
 use pyo3::prelude::*;
 
-use crate::errors::{Error, IntoPy, InvalidInputError};
+use crate::errors::{Error, FencedError, IntoPy, InvalidInputError};
 use crate::json;
 use crate::queue::ItemCounts;
 use crate::shared::Shared;
@@ -14,7 +14,8 @@ use crate::shared::Shared;
 ///
 /// Every write is fenced: once another worker has taken the job over, the
 /// next save, heartbeat or completion raises FencedError and writes
-/// nothing. Use a Job from one thread at a time.
+/// nothing, and from then on every call of this handle raises it. Use a Job
+/// from one thread at a time.
 ///
 /// As a context manager, leaving the block by an exception flushes the last
 /// checkpoint and releases the lease (the job stays resumable, at once, by
@@ -30,6 +31,10 @@ pub struct Job {
     name: String,
     /// The items count of the last `checkpoint()`, for its default.
     last_items: u64,
+    /// The first FencedError's message, once the lease was lost: from then
+    /// on every call raises it, whether or not it would write (a zombie
+    /// learns it is one at its next call, whatever that call is).
+    fenced: Option<String>,
 }
 
 impl Job {
@@ -40,12 +45,16 @@ impl Job {
             name: job.name().to_string(),
             job: Some(job),
             last_items,
+            fenced: None,
         }
     }
 
     /// The held job, when this handle still holds it and may use the store.
     fn held(&mut self) -> PyResult<&mut ckpt::Job> {
         self.shared.ckpt()?;
+        if let Some(why) = &self.fenced {
+            return Err(FencedError::new_err(why.clone()));
+        }
         match self.job.as_mut() {
             Some(job) => Ok(job),
             None => Err(Error::new_err(format!(
@@ -60,6 +69,16 @@ impl Job {
     fn take(&mut self) -> PyResult<ckpt::Job> {
         self.held()?;
         Ok(self.job.take().expect("held() checked it"))
+    }
+
+    /// `result`, remembering a lost lease (see `fenced`).
+    fn settle<T>(&mut self, result: ckpt::Result<T>) -> PyResult<T> {
+        if let Err(e) = &result {
+            if e.is_fenced() {
+                self.fenced = Some(e.to_string());
+            }
+        }
+        result.py()
     }
 
     fn resume(&self) -> Option<&Checkpoint> {
@@ -91,14 +110,21 @@ impl Job {
             stage: stage.map(|s| s.extract::<String>()).transpose()?,
             state: state.map(|s| json::to_json(s, "state")).transpose()?,
         };
+        if let Some(state) = &checkpoint.state {
+            // At the call, not at the save the policy may hold it back
+            // for: the caller learns which checkpoint was refused, and the
+            // good one recorded before it stays the one a flush saves.
+            let limit = self.shared.ckpt()?.limits().state_bytes;
+            ckpt::validate::state_size(state, limit).py()?;
+        }
         let job = self.held()?;
         let saved = if job.is_quiet(items) {
             // Only records it: no I/O, so no need to let go of the GIL.
             job.checkpoint(checkpoint)
         } else {
             py.detach(|| job.checkpoint(checkpoint))
-        }
-        .py()?;
+        };
+        let saved = self.settle(saved)?;
         self.last_items = items;
         Ok(saved)
     }
@@ -158,7 +184,8 @@ impl Job {
     /// Persists the latest recorded checkpoint now, whatever the policy.
     fn flush(&mut self, py: Python<'_>) -> PyResult<()> {
         let job = self.held()?;
-        py.detach(|| job.flush()).py()
+        let result = py.detach(|| job.flush());
+        self.settle(result)
     }
 
     /// Renews the lease if a third of it has passed since the last renewal;
@@ -167,7 +194,8 @@ impl Job {
     /// (stop: another worker may take the job over).
     fn heartbeat(&mut self, py: Python<'_>) -> PyResult<()> {
         let job = self.held()?;
-        py.detach(|| job.heartbeat()).py()
+        let result = py.detach(|| job.heartbeat());
+        self.settle(result)
     }
 
     /// The job's saved checkpoints, newest first, at most ``limit`` (the
@@ -192,21 +220,24 @@ impl Job {
     /// Flushes and marks the job completed; the final checkpoint is kept.
     fn complete(&mut self, py: Python<'_>) -> PyResult<()> {
         let job = self.take()?;
-        py.detach(|| job.complete()).py()
+        let result = py.detach(|| job.complete());
+        self.settle(result)
     }
 
     /// Flushes and marks the job failed with ``error``; the checkpoint is
     /// kept, so a later run resumes from it.
     fn fail(&mut self, py: Python<'_>, error: &str) -> PyResult<()> {
         let job = self.take()?;
-        py.detach(|| job.fail(error)).py()
+        let result = py.detach(|| job.fail(error));
+        self.settle(result)
     }
 
     /// Flushes and gives up the lease, leaving the job running for any
     /// worker to resume at once (a graceful stop).
     fn release(&mut self, py: Python<'_>) -> PyResult<()> {
         let job = self.take()?;
-        py.detach(|| job.release()).py()
+        let result = py.detach(|| job.release());
+        self.settle(result)
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
