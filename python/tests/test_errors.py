@@ -235,11 +235,7 @@ def test_a_handler_that_is_not_callable_is_a_type_error(any_store_url):
     assert q.counts().pending == 1
 
 
-# ---------------------------------------------------------------- known gaps (strict xfail: an
-# XPASS fails the suite, so the marker goes when the extension is fixed)
-@pytest.mark.xfail(strict=True, reason="the size limit is checked at the save, not at the call: "
-                   "a held-back oversize state raises only at flush(), and the good checkpoint "
-                   "recorded before it is never saved")
+# ---------------------------------------------------------------- held back, then refused
 def test_an_oversize_state_is_refused_at_the_call_even_when_no_save_is_due(any_store_url):
     store = ckpt.open(any_store_url)
     job = store.job("j", every_items=1000, every_seconds=3600)
@@ -250,8 +246,6 @@ def test_an_oversize_state_is_refused_at_the_call_even_when_no_save_is_due(any_s
     assert store.status("j").state == "fine"
 
 
-@pytest.mark.xfail(strict=True, reason="after a FencedError the Job handle is not poisoned: "
-                   "flush() returns normally when nothing is pending")
 def test_every_call_of_a_fenced_job_raises(store_url):
     a, b = ckpt.open(store_url), ckpt.open(store_url)
     zombie = a.job("j", always=True, lease=1.0)
@@ -260,5 +254,7 @@ def test_every_call_of_a_fenced_job_raises(store_url):
     b.job("j", always=True, lease=60).checkpoint(5, 5)
     with pytest.raises(ckpt.FencedError):
         zombie.checkpoint(2, 2)
-    with pytest.raises(ckpt.FencedError):
-        zombie.flush()
+    for call in (zombie.flush, zombie.heartbeat, lambda: zombie.checkpoint(3, 3),
+                 zombie.complete):
+        with pytest.raises(ckpt.FencedError):
+            call()
