@@ -2,6 +2,7 @@
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -132,3 +133,51 @@ def test_a_queue_is_shared_by_threads_driving_their_own_loops(any_store_url):
     assert errors == []
     assert sorted(done) == keys
     assert q.counts().completed == 120
+
+
+LOCK_HOLDER = """
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("BEGIN IMMEDIATE")  # SQLite's write lock
+print("locked", flush=True)
+sys.stdin.readline()
+con.execute("ROLLBACK")
+"""
+
+
+def test_a_store_call_waiting_on_a_lock_lets_other_threads_run(tmp_path):
+    # Thread T's durable save waits for SQLite's write lock, which another process holds until
+    # this thread tells it to let go. This thread must run while T waits: were the GIL held by
+    # T's call, it could not, and T's save would fail with BusyError after 5 s.
+    # (The lock holder is another process because POSIX locks are per process: Python's own
+    # sqlite3 library in this process would not see ckpt's locks, nor ckpt its.)
+    import subprocess
+    import sys
+
+    path = tmp_path / "locked.db"
+    store = ckpt.open(f"sqlite://{path}")
+    job = store.job("j", always=True)
+    job.checkpoint(1, 1)
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    entering, done, outcome = threading.Event(), threading.Event(), {}
+
+    def save():
+        entering.set()
+        try:
+            outcome["saved"] = job.checkpoint(2, 2)
+        except Exception as e:  # noqa: BLE001 - asserted below
+            outcome["error"] = e
+        done.set()
+
+    t = threading.Thread(target=save)
+    t.start()
+    assert entering.wait(10)
+    time.sleep(0.3)  # T is inside checkpoint(), waiting for the lock
+    ran_while_t_waited = not done.is_set()
+    holder.communicate("go\n", timeout=30)
+    t.join(30)
+    assert ran_while_t_waited, f"this thread ran only after T's call ended: {outcome}"
+    assert outcome == {"saved": True}
+    assert store.status("j").cursor == 2
