@@ -22,8 +22,11 @@ use crate::time::Timestamp;
 ///
 /// [`ItemState::holds`]: crate::store::machine::ItemState::holds
 pub(super) fn apply_update(tx: &Transaction<'_>, u: &ItemUpdate, now: Timestamp) -> Result<()> {
-    let l = &u.lease;
-    let p = ItemPatch::new(&u.change, now);
+    apply_patch(tx, &u.lease, &ItemPatch::new(&u.change, now))
+}
+
+/// Writes `p` into the item held under `l`, fenced as [`apply_update`].
+pub(super) fn apply_patch(tx: &Transaction<'_>, l: &ItemLease, p: &ItemPatch) -> Result<()> {
     let changed = tx
         .prepare_cached(
             "UPDATE items SET status = ?4, ready_at = ?5, attempts = max(attempts - ?6, 0),
@@ -54,6 +57,12 @@ pub(super) fn apply_update(tx: &Transaction<'_>, u: &ItemUpdate, now: Timestamp)
     if changed == 1 {
         return Ok(());
     }
+    Err(fenced(tx, l)?)
+}
+
+/// Why a fenced update under `l` changed nothing: the item is gone, or is
+/// not running under that lease.
+pub(super) fn fenced(tx: &Transaction<'_>, l: &ItemLease) -> Result<Error> {
     let current: Option<(String, String, Option<String>)> = tx
         .prepare_cached("SELECT key, status, owner FROM items WHERE id = ?1")
         .and_then(|mut s| {
@@ -61,7 +70,7 @@ pub(super) fn apply_update(tx: &Transaction<'_>, u: &ItemUpdate, now: Timestamp)
                 .optional()
         })
         .map_err(sql_err)?;
-    Err(match current {
+    Ok(match current {
         None => Error::Fenced(format!("item {} does not exist", l.id)),
         Some((key, status, owner)) => fenced_item(
             &key,
@@ -76,31 +85,7 @@ impl ItemStore for SqliteStore {
         let enqueued = ItemState::enqueued();
         self.write(|tx| {
             let id = ensure_job(tx, job, now)?;
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO items (job_id, key, payload, status, ready_at, enqueued_at)
-                     VALUES (?1, ?2, ?3, ?5, ?6, ?4) ON CONFLICT (job_id, key) DO NOTHING",
-                )
-                .map_err(sql_err)?;
-            let mut report = EnqueueReport::default();
-            for item in items {
-                let item = item?;
-                let n = insert
-                    .execute(params![
-                        id,
-                        item.key,
-                        opt_json(item.payload.as_ref()),
-                        now.0,
-                        enqueued.status.as_str(),
-                        enqueued.ready_at.map(|t| t.0),
-                    ])
-                    .map_err(sql_err)?;
-                if n == 1 {
-                    report.inserted += 1;
-                } else {
-                    report.existing += 1;
-                }
-            }
+            let report = super::batch::insert_items(tx, id, items, now, &enqueued)?;
             if report.inserted > 0 {
                 tx.prepare_cached(
                     "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = ?2
@@ -170,20 +155,32 @@ impl ItemStore for SqliteStore {
                 .map_err(sql_err)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(sql_err)?;
+            // One statement for every item that counts an attempt and one
+            // for those that do not (see `Claim::attempts_added`).
             let mut update = tx
                 .prepare_cached(
                     "UPDATE items SET status = ?2, owner = ?3, attempts = attempts + ?5,
-                         claims = claims + ?6, ready_at = ?4, started_at = ?7 WHERE id = ?1",
+                         claims = claims + ?6, ready_at = ?4, started_at = ?7
+                     WHERE id IN (SELECT value FROM json_each(?1))",
                 )
                 .map_err(sql_err)?;
-            for (added, item) in &claimed {
+            let mut adds: Vec<u32> = claimed.iter().map(|(added, _)| *added).collect();
+            adds.sort_unstable();
+            adds.dedup();
+            for add in adds {
+                let ids = claimed
+                    .iter()
+                    .filter(|(added, _)| *added == add)
+                    .map(|(_, item)| item.lease.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
                 update
                     .execute(params![
-                        item.lease.id,
+                        format!("[{ids}]"),
                         Claim::STATUS.as_str(),
                         claim.owner,
                         claim.lease_until.0,
-                        added,
+                        add,
                         Claim::CLAIMS_ADDED as i64,
                         claim.started_at().map(|t| t.0),
                     ])
@@ -204,17 +201,8 @@ impl ItemStore for SqliteStore {
                 ItemChange::Heartbeat { .. } | ItemChange::Start { .. }
             )
         });
-        let apply_all = |tx: &rusqlite::Transaction<'_>| {
-            let mut results = Vec::with_capacity(updates.len());
-            for u in updates {
-                results.push(match apply_update(tx, u, now) {
-                    Err(Error::Fenced(m)) => Err(Error::Fenced(m)),
-                    Err(other) => return Err(other),
-                    Ok(()) => Ok(()),
-                });
-            }
-            Ok(results)
-        };
+        let apply_all =
+            |tx: &rusqlite::Transaction<'_>| super::batch::apply_updates(tx, updates, now);
         if leases_only {
             self.write_unsynced(apply_all)
         } else {
