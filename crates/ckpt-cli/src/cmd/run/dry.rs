@@ -95,7 +95,6 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
     if written.is_ok() {
         written = print(&mut batch);
     }
-    drop(print);
     let written = written.and_then(|()| Ok(out.flush()?));
     if let Err(e) = written {
         // `| head` closing the pipe is a reader that has seen enough.

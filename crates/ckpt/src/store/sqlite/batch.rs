@@ -25,7 +25,7 @@ use std::fmt::Write as _;
 
 use rusqlite::{params, Transaction};
 
-use super::items::{apply_patch, fenced};
+use super::patch::{apply_patch, fenced};
 use super::rows::opt_json;
 use super::sql_err;
 use crate::error::{Error, Result};

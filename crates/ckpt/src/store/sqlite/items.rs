@@ -1,10 +1,13 @@
 //! [`ItemStore`] in SQLite's dialect: the item state machine's values bound
-//! into one fenced statement per change.
+//! into fenced statements (many alike changes share one: see [`batch`]).
+//!
+//! [`batch`]: super::batch
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::jobs::{ensure_job, job_id};
-use super::rows::{item_from_row, json_col, opt_json, status_col, ts, ITEM_COLUMNS};
+use super::patch::apply_patch;
+use super::rows::{item_from_row, json_col, status_col, ts, ITEM_COLUMNS};
 use super::{sql_err, SqliteStore};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -12,72 +15,13 @@ use crate::model::{
     ItemUpdate, JobStatus,
 };
 use crate::store::machine::{Claim, ItemPatch, ItemState, Redrive};
-use crate::store::rules::fenced_item;
 use crate::store::{ItemStore, ItemStream};
 use crate::time::Timestamp;
 
-/// Applies one fenced update: the change's [`ItemPatch`] in one
-/// statement whose `WHERE` is the fence ([`ItemState::holds`]); a fenced
-/// update changes nothing and says why.
-///
-/// [`ItemState::holds`]: crate::store::machine::ItemState::holds
+/// Applies one fenced update: the change's [`ItemPatch`], written by
+/// [`apply_patch`].
 pub(super) fn apply_update(tx: &Transaction<'_>, u: &ItemUpdate, now: Timestamp) -> Result<()> {
     apply_patch(tx, &u.lease, &ItemPatch::new(&u.change, now))
-}
-
-/// Writes `p` into the item held under `l`, fenced as [`apply_update`].
-pub(super) fn apply_patch(tx: &Transaction<'_>, l: &ItemLease, p: &ItemPatch) -> Result<()> {
-    let changed = tx
-        .prepare_cached(
-            "UPDATE items SET status = ?4, ready_at = ?5, attempts = max(attempts - ?6, 0),
-                 cursor = coalesce(?7, cursor), stats = coalesce(?8, stats),
-                 last_error = coalesce(?9, last_error), finished_at = coalesce(?10, finished_at),
-                 started_at = coalesce(?11, started_at), command_id = coalesce(?12, command_id),
-                 last_output = CASE WHEN ?9 IS NULL THEN last_output ELSE ?13 END
-             WHERE id = ?1 AND status = 'running' AND owner = ?2 AND claims = ?3",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                l.id,
-                l.owner,
-                l.token as i64,
-                p.status.as_str(),
-                p.ready_at.map(|t| t.0),
-                p.attempts_back,
-                opt_json(p.cursor.as_ref()),
-                opt_json(p.stats.as_ref()),
-                p.last_error,
-                p.finished_at.map(|t| t.0),
-                p.started_at.map(|t| t.0),
-                p.command,
-                p.last_output,
-            ])
-        })
-        .map_err(sql_err)?;
-    if changed == 1 {
-        return Ok(());
-    }
-    Err(fenced(tx, l)?)
-}
-
-/// Why a fenced update under `l` changed nothing: the item is gone, or is
-/// not running under that lease.
-pub(super) fn fenced(tx: &Transaction<'_>, l: &ItemLease) -> Result<Error> {
-    let current: Option<(String, String, Option<String>)> = tx
-        .prepare_cached("SELECT key, status, owner FROM items WHERE id = ?1")
-        .and_then(|mut s| {
-            s.query_row([l.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()
-        })
-        .map_err(sql_err)?;
-    Ok(match current {
-        None => Error::Fenced(format!("item {} does not exist", l.id)),
-        Some((key, status, owner)) => fenced_item(
-            &key,
-            ItemStatus::parse(&status).unwrap_or(ItemStatus::Pending),
-            owner.as_deref(),
-        ),
-    })
 }
 
 impl ItemStore for SqliteStore {

@@ -28,6 +28,7 @@ mod commands;
 mod conn;
 mod items;
 mod jobs;
+mod patch;
 mod rows;
 mod schema;
 mod tx;
