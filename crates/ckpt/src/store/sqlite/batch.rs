@@ -2,9 +2,9 @@
 //!
 //! A runner records a round's starts and outcomes together: hundreds of
 //! updates, most of them alike (the starts of one round share their lease
-//! expiry, the items of one `-n` batch their outcome and stats). One
-//! statement per update spent most of a round in SQLite's per-statement
-//! work, so here
+//! expiry, the items of one `-n` batch their outcome and stats). Rather
+//! than a statement each (and a row written twice for an item that both
+//! started and ended in the round), here
 //!
 //! - a start and the end of the same attempt, both in the call, become one
 //!   update ([`ItemPatch::then`]): the row is written once, not twice;
