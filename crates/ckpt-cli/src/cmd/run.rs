@@ -49,9 +49,6 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     super::job_name(&args.job)?;
     let colsep = args.colsep.as_deref().map(colsep).transpose()?;
     if args.dry_run {
-        if args.max_args > 1 {
-            return Err(Usage("--dry-run does not show batches: drop -n".into()).into());
-        }
         return dry::run(url, &args, colsep.as_ref());
     }
     if args.results.is_some() && args.max_args > 1 {

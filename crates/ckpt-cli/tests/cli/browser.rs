@@ -260,3 +260,75 @@ fn a_rebound_name_gets_no_data_in_the_browser() {
     drop(driver);
     server.stop();
 }
+
+/// A job's page lists the commands it was run with, as `ckpt show` does:
+/// id, template, items completed, first and last use, the latest marked;
+/// a job run through the library untagged has none, and says so.
+#[test]
+fn dashboard_lists_a_jobs_commands() {
+    let Some((chromium, chromedriver)) = browser() else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let first = sb.write("first.txt", "a\nb\nc\n");
+    sb.ckpt()
+        .args(["run", "--job", "thumbs", "-q", "--items"])
+        .arg(&first)
+        .args(["--", "true", "{}"])
+        .run()
+        .success();
+    let second = sb.write("second.txt", "a\nb\nc\nd\n");
+    sb.ckpt()
+        .args(["run", "--job", "thumbs", "-q", "--items"])
+        .arg(&second)
+        .args(["--", "echo", "it's {}"])
+        .run()
+        .success();
+    items_job(&sb, "untagged"); // 2 completed through the library
+    let server = Server::start(&sb, &[]);
+    let driver = Driver::start(&chromedriver);
+    let page = Session::new(&driver, &chromium);
+
+    page.goto(&server.url("/#/jobs/thumbs"));
+    page.wait_text("#job-name", "thumbs");
+    page.wait_text(r#"#commands tr[data-command="1"] code"#, "true '{}'");
+    page.wait_text(r#"#commands tr[data-command="1"] .completed"#, "3");
+    // Markup-free text, quoted as `ckpt show` quotes it.
+    page.wait_text(
+        r#"#commands tr[data-command="2"] code"#,
+        r"echo 'it'\''s {}'",
+    );
+    page.wait_text(r#"#commands tr[data-command="2"] .completed"#, "1");
+    assert!(page
+        .find_all(r#"#commands tr[data-command="1"] .latest"#)
+        .is_empty());
+    page.wait_text(r#"#commands tr[data-command="2"] .latest"#, "latest");
+    for css in [".first-used", ".last-used"] {
+        let time = page
+            .text(&format!(r#"#commands tr[data-command="2"] {css}"#))
+            .unwrap();
+        assert!(
+            time.chars().any(|c| c.is_ascii_digit()) && !time.contains("Invalid"),
+            "a time the page could not read: {time:?}"
+        );
+    }
+    assert_eq!(
+        page.property("#no-commands", "hidden"),
+        Some(json!(true)),
+        "{:?}",
+        page.text("#no-commands")
+    );
+    page.screenshot("commands");
+
+    page.goto(&server.url("/#/jobs/untagged"));
+    page.wait_text("#job-name", "untagged");
+    page.wait_text("#no-commands", "No commands recorded.");
+    page.wait_text(
+        "#commands-unknown",
+        "2 completed item(s) with no command recorded.",
+    );
+    assert!(page.find_all("#commands tbody tr").is_empty());
+    drop(page);
+    drop(driver);
+    server.stop();
+}

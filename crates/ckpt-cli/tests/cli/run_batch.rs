@@ -237,17 +237,66 @@ fn batches_on_redis() {
     batches_on(&Sandbox::new(), &prefix.url());
 }
 
+/// `--dry-run -n N`: one line per batch of up to N items not yet done, in
+/// input order, each as its command would run; nothing changes.
 #[test]
-fn dry_run_refuses_batches() {
+fn dry_run_prints_one_line_per_batch() {
     let sb = Sandbox::new();
-    let file = sb.write_items("items.txt", &["a".into()]);
+    let first = sb.write_items("first.txt", &["b".into(), "bad".into()]);
+    sb.ckpt()
+        .args(["run", "--job", "D", "--retries", "0", "-q", "--items"])
+        .arg(&first)
+        .args(["--", "sh", "-c", r#"[ "$0" != bad ]"#])
+        .run()
+        .code(1);
+    let before = sb.dump();
+    // b is completed and bad is dead: skipped; a repeated key runs once.
+    let file = sb.write("items.txt", "a\nb\nit's\nc\nbad\nd\na\ne\n");
     let out = sb
         .ckpt()
-        .args(["run", "--job", "D", "--dry-run", "-n", "2", "--items"])
+        .args([
+            "run",
+            "--job",
+            "D",
+            "-j",
+            "2",
+            "--dry-run",
+            "-n",
+            "2",
+            "--items",
+        ])
         .arg(&file)
-        .args(["--", "true"])
+        .args(["--", "echo", "{%}", "x{}", "{#}"])
         .run();
-    assert!(out.error(2).contains("-n"), "{}", out.stderr);
+    out.success();
+    assert_eq!(
+        out.stdout,
+        "echo 1 xa 'xit'\\''s' 1 3\n\
+         echo 2 xc xd 4 6\n\
+         echo 1 xe 8\n"
+    );
+    assert!(
+        out.stderr
+            .contains("3 command(s) would run for 5 item(s), up to 2 a command"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("skipped 1 completed and 1 dead"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(sb.dump(), before, "--dry-run changed the store");
+    // Without a replacement string the batch's items are appended, as a
+    // run appends them.
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "D", "--dry-run", "-n", "10", "--items"])
+        .arg(&file)
+        .args(["--", "echo"])
+        .run();
+    out.success();
+    assert_eq!(out.stdout, "echo a 'it'\\''s' c d e\n");
 }
 
 #[test]

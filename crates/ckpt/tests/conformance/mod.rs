@@ -16,6 +16,7 @@ mod items;
 mod jobs;
 mod operator;
 mod output;
+mod rounds;
 mod runner;
 mod shutdown;
 

@@ -197,3 +197,31 @@ fn store_with_pending_wal_is_recognised() {
     let second = open(&path, OpenMode::MustExist).unwrap();
     drop((first, second));
 }
+
+/// A payload holding a NUL, beside plain items: SQLite text keeps it
+/// (PostgreSQL's cannot; a key with a NUL is refused everywhere), and a
+/// bulk enqueue stores it whole.
+#[test]
+fn a_payload_with_a_nul_is_kept_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.db");
+    let ckpt = Ckpt::new(std::sync::Arc::new(
+        open(&path, OpenMode::CreateIfMissing).unwrap(),
+    ));
+    let q = ckpt.queue("nul").unwrap();
+    let mut with_payload = ckpt::NewItem::key("p");
+    with_payload.payload = Some(json!({"s": "x\0y"}));
+    let r = q
+        .enqueue([
+            ckpt::NewItem::key("a"),
+            ckpt::NewItem::key("b"),
+            with_payload,
+            ckpt::NewItem::key("a"),
+        ])
+        .unwrap();
+    assert_eq!((r.inserted, r.existing), (3, 1));
+    let items = q.items(None, 10).unwrap();
+    let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["a", "b", "p"]);
+    assert_eq!(items[2].payload, Some(json!({"s": "x\0y"})));
+}

@@ -9,6 +9,11 @@
 //! (a missing SQLite file stays missing: nothing is completed) and only
 //! read. `{%}` cannot be known before the run; it counts 1..=`-j` in turn,
 //! the slots the commands would get if each took as long.
+//!
+//! With `-n N`, one line per batch: the command for up to N of those items
+//! at once, taken in input order. (A run forms its batches from the items
+//! ready at once, and runs an item tried before alone, so its batches may
+//! be cut differently; the items and their order are these.)
 
 use std::collections::HashSet;
 use std::io::{BufWriter, ErrorKind, Write};
@@ -38,9 +43,37 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
     let index = LineIndex::build(&items)?;
     let finished = finished(url, &args.job)?;
     let jobs = args.jobs as usize;
+    let size = args.max_args.max(1) as usize;
     let mut out = BufWriter::new(std::io::stdout().lock());
     let (mut printed, mut completed, mut dead) = (0u64, 0u64, 0u64);
-    let written = items.each(|line, key| {
+    // The items of the batch being formed, with their lines.
+    let mut batch: Vec<(String, u64)> = Vec::with_capacity(size);
+    let mut print = |batch: &mut Vec<(String, u64)>| -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let slot = (printed as usize % jobs) + 1;
+        let cxs: Vec<Context<'_>> = batch
+            .iter()
+            .map(|(item, line)| Context {
+                item,
+                colsep,
+                line: *line,
+                slot,
+            })
+            .collect();
+        let words: Vec<String> = template
+            .expand_many(&cxs)
+            .iter()
+            .map(|a| shell_word(a))
+            .collect();
+        writeln!(out, "{}", words.join(" "))?;
+        printed += 1;
+        batch.clear();
+        Ok(())
+    };
+    let mut would_run = 0u64;
+    let mut written = items.each(|line, key| {
         if index.line(key)? != line {
             return Ok(());
         }
@@ -52,17 +85,16 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
             dead += 1;
             return Ok(());
         }
-        let cx = Context {
-            item: key,
-            colsep,
-            line,
-            slot: (printed as usize % jobs) + 1,
-        };
-        let words: Vec<String> = template.expand(&cx).iter().map(|a| shell_word(a)).collect();
-        writeln!(out, "{}", words.join(" "))?;
-        printed += 1;
+        would_run += 1;
+        batch.push((key.to_string(), line));
+        if batch.len() == size {
+            print(&mut batch)?;
+        }
         Ok(())
     });
+    if written.is_ok() {
+        written = print(&mut batch);
+    }
     let written = written.and_then(|()| Ok(out.flush()?));
     if let Err(e) = written {
         // `| head` closing the pipe is a reader that has seen enough.
@@ -73,8 +105,12 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
     }
     if !args.quiet {
         eprintln!(
-            "ckpt: dry run of job '{}': {printed} command(s) would run; skipped {completed} completed and {dead} dead item(s) (`ckpt retry` re-drives dead ones); nothing was changed",
-            args.job
+            "ckpt: dry run of job '{}': {printed} command(s) would run{}; skipped {completed} completed and {dead} dead item(s) (`ckpt retry` re-drives dead ones); nothing was changed",
+            args.job,
+            match size {
+                1 => String::new(),
+                _ => format!(" for {would_run} item(s), up to {size} a command"),
+            }
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -298,6 +298,8 @@
     }
     updateButtons();
 
+    renderCommands(job);
+
     const cp = $('checkpoint');
     if (job.checkpoint_at !== null) {
       const state = job.state === null || job.state === undefined ? 'none' : fmtJson(job.state);
@@ -317,6 +319,25 @@
       el('td', {}, el('code', {}, JSON.stringify(h.cursor))))));
     show($('history'), job.history.length > 0);
     show($('no-history'), job.history.length === 0);
+  }
+
+  // The commands the job was run with (`ckpt show`'s), the latest marked.
+  function renderCommands(job) {
+    const commands = job.commands || [];
+    $('commands').tBodies[0].replaceChildren(...commands.map((c) =>
+      el('tr', { 'data-command': String(c.command_id) },
+        el('td', { class: 'num' }, fmtInt(c.command_id)),
+        el('td', {}, el('code', {}, c.command),
+          c.latest ? el('span', { class: 'badge latest' }, 'latest') : null),
+        el('td', { class: 'num completed' }, fmtInt(c.completed)),
+        el('td', { class: 'first-used' }, fmtTime(c.first_used_at)),
+        el('td', { class: 'last-used' }, fmtTime(c.last_used_at)))));
+    show($('commands'), commands.length > 0);
+    show($('no-commands'), commands.length === 0);
+    const unknown = job.completed_by_unknown_command || 0;
+    $('commands-unknown').textContent =
+      `${fmtInt(unknown)} completed item(s) with no command recorded.`;
+    show($('commands-unknown'), unknown > 0);
   }
 
   function renderItems(tableId, emptyId, items, when) {

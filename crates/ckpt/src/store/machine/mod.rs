@@ -376,6 +376,38 @@ impl ItemPatch {
     }
 }
 
+impl ItemPatch {
+    /// One patch that writes what `self` and then `next` write, for a
+    /// store that would otherwise apply both to one item in one
+    /// transaction (a start and the end of the same attempt). Both are
+    /// fenced by the same lease, and `self` leaves the item running under
+    /// it, so `next`'s fence holds exactly where `self`'s does; `None`
+    /// when `self` finishes the item or gives it back (then `next` would
+    /// be refused, and must be applied on its own to say so).
+    pub fn then(&self, next: &ItemPatch) -> Option<ItemPatch> {
+        if self.status != ItemStatus::Running {
+            return None;
+        }
+        Some(ItemPatch {
+            status: next.status,
+            ready_at: next.ready_at,
+            // max(max(a - x, 0) - y, 0) = max(a - (x + y), 0) for x, y >= 0.
+            attempts_back: self.attempts_back.saturating_add(next.attempts_back),
+            cursor: next.cursor.clone().or_else(|| self.cursor.clone()),
+            stats: next.stats.clone().or_else(|| self.stats.clone()),
+            last_error: next.last_error.clone().or_else(|| self.last_error.clone()),
+            // The output goes with the error it is written beside.
+            last_output: match next.last_error {
+                Some(_) => next.last_output.clone(),
+                None => self.last_output.clone(),
+            },
+            finished_at: next.finished_at.or(self.finished_at),
+            started_at: next.started_at.or(self.started_at),
+            command: next.command.or(self.command),
+        })
+    }
+}
+
 /// What a redrive writes into a dead or failed item (or a completed one,
 /// re-driven by command): pending, claimable at once, attempts counted
 /// afresh, no longer finished, completed by no command. Its claim count

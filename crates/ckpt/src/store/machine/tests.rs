@@ -284,3 +284,55 @@ fn a_failure_keeps_its_output_bounded_and_a_later_one_replaces_it() {
     let cut = bounded_output(&format!("{}{}", "é".repeat(MAX_LAST_OUTPUT / 2), "a"));
     assert!(cut.len() < MAX_LAST_OUTPUT && cut.ends_with('a'));
 }
+
+#[test]
+fn a_patch_then_another_writes_what_both_write_in_turn() {
+    let at = Timestamp(NOW.0 + 5);
+    let running = [
+        ItemChange::Heartbeat { lease_until: LATER },
+        ItemChange::Start { lease_until: LATER },
+        ItemChange::Cursor {
+            cursor: json!({"line": 3}),
+            lease_until: LATER,
+        },
+    ];
+    let ends = [
+        ItemChange::Complete {
+            stats: Some(json!({"n": 1})),
+            command: Some(7),
+        },
+        ItemChange::Fail {
+            error: "boom".into(),
+            output: Some("tail".into()),
+            retry_at: Some(LATER),
+        },
+        ItemChange::Fail {
+            error: "dead".into(),
+            output: None,
+            retry_at: None,
+        },
+        ItemChange::Release,
+        ItemChange::Start { lease_until: LATER },
+    ];
+    for first in &running {
+        for next in running.iter().chain(&ends) {
+            let (a, b) = (ItemPatch::new(first, NOW), ItemPatch::new(next, at));
+            // An earlier failure's error and output, to see what is kept.
+            let mut s = claimed("a");
+            s.last_error = Some("old".into());
+            s.last_output = Some("old tail".into());
+            s.attempts = 2;
+            let mut in_turn = s.clone();
+            in_turn.apply(&a);
+            in_turn.apply(&b);
+            let composed = a.then(&b).expect("the first leaves the item running");
+            s.apply(&composed);
+            assert_eq!(s, in_turn, "{first:?} then {next:?}");
+        }
+    }
+    // A patch that ends the attempt cannot be followed under its lease.
+    for end in &ends[..4] {
+        let done = ItemPatch::new(end, NOW);
+        assert_eq!(done.then(&ItemPatch::new(&running[0], at)), None, "{end:?}");
+    }
+}

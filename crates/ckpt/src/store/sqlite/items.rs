@@ -1,10 +1,13 @@
 //! [`ItemStore`] in SQLite's dialect: the item state machine's values bound
-//! into one fenced statement per change.
+//! into fenced statements (many alike changes share one: see [`batch`]).
+//!
+//! [`batch`]: super::batch
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::jobs::{ensure_job, job_id};
-use super::rows::{item_from_row, json_col, opt_json, status_col, ts, ITEM_COLUMNS};
+use super::patch::apply_patch;
+use super::rows::{item_from_row, json_col, status_col, ts, ITEM_COLUMNS};
 use super::{sql_err, SqliteStore};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -12,63 +15,13 @@ use crate::model::{
     ItemUpdate, JobStatus,
 };
 use crate::store::machine::{Claim, ItemPatch, ItemState, Redrive};
-use crate::store::rules::fenced_item;
 use crate::store::{ItemStore, ItemStream};
 use crate::time::Timestamp;
 
-/// Applies one fenced update: the change's [`ItemPatch`] in one
-/// statement whose `WHERE` is the fence ([`ItemState::holds`]); a fenced
-/// update changes nothing and says why.
-///
-/// [`ItemState::holds`]: crate::store::machine::ItemState::holds
+/// Applies one fenced update: the change's [`ItemPatch`], written by
+/// [`apply_patch`].
 pub(super) fn apply_update(tx: &Transaction<'_>, u: &ItemUpdate, now: Timestamp) -> Result<()> {
-    let l = &u.lease;
-    let p = ItemPatch::new(&u.change, now);
-    let changed = tx
-        .prepare_cached(
-            "UPDATE items SET status = ?4, ready_at = ?5, attempts = max(attempts - ?6, 0),
-                 cursor = coalesce(?7, cursor), stats = coalesce(?8, stats),
-                 last_error = coalesce(?9, last_error), finished_at = coalesce(?10, finished_at),
-                 started_at = coalesce(?11, started_at), command_id = coalesce(?12, command_id),
-                 last_output = CASE WHEN ?9 IS NULL THEN last_output ELSE ?13 END
-             WHERE id = ?1 AND status = 'running' AND owner = ?2 AND claims = ?3",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                l.id,
-                l.owner,
-                l.token as i64,
-                p.status.as_str(),
-                p.ready_at.map(|t| t.0),
-                p.attempts_back,
-                opt_json(p.cursor.as_ref()),
-                opt_json(p.stats.as_ref()),
-                p.last_error,
-                p.finished_at.map(|t| t.0),
-                p.started_at.map(|t| t.0),
-                p.command,
-                p.last_output,
-            ])
-        })
-        .map_err(sql_err)?;
-    if changed == 1 {
-        return Ok(());
-    }
-    let current: Option<(String, String, Option<String>)> = tx
-        .prepare_cached("SELECT key, status, owner FROM items WHERE id = ?1")
-        .and_then(|mut s| {
-            s.query_row([l.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()
-        })
-        .map_err(sql_err)?;
-    Err(match current {
-        None => Error::Fenced(format!("item {} does not exist", l.id)),
-        Some((key, status, owner)) => fenced_item(
-            &key,
-            ItemStatus::parse(&status).unwrap_or(ItemStatus::Pending),
-            owner.as_deref(),
-        ),
-    })
+    apply_patch(tx, &u.lease, &ItemPatch::new(&u.change, now))
 }
 
 impl ItemStore for SqliteStore {
@@ -76,31 +29,7 @@ impl ItemStore for SqliteStore {
         let enqueued = ItemState::enqueued();
         self.write(|tx| {
             let id = ensure_job(tx, job, now)?;
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO items (job_id, key, payload, status, ready_at, enqueued_at)
-                     VALUES (?1, ?2, ?3, ?5, ?6, ?4) ON CONFLICT (job_id, key) DO NOTHING",
-                )
-                .map_err(sql_err)?;
-            let mut report = EnqueueReport::default();
-            for item in items {
-                let item = item?;
-                let n = insert
-                    .execute(params![
-                        id,
-                        item.key,
-                        opt_json(item.payload.as_ref()),
-                        now.0,
-                        enqueued.status.as_str(),
-                        enqueued.ready_at.map(|t| t.0),
-                    ])
-                    .map_err(sql_err)?;
-                if n == 1 {
-                    report.inserted += 1;
-                } else {
-                    report.existing += 1;
-                }
-            }
+            let report = super::batch::insert_items(tx, id, items, now, &enqueued)?;
             if report.inserted > 0 {
                 tx.prepare_cached(
                     "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = ?2
@@ -170,20 +99,32 @@ impl ItemStore for SqliteStore {
                 .map_err(sql_err)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(sql_err)?;
+            // One statement for every item that counts an attempt and one
+            // for those that do not (see `Claim::attempts_added`).
             let mut update = tx
                 .prepare_cached(
                     "UPDATE items SET status = ?2, owner = ?3, attempts = attempts + ?5,
-                         claims = claims + ?6, ready_at = ?4, started_at = ?7 WHERE id = ?1",
+                         claims = claims + ?6, ready_at = ?4, started_at = ?7
+                     WHERE id IN (SELECT value FROM json_each(?1))",
                 )
                 .map_err(sql_err)?;
-            for (added, item) in &claimed {
+            let mut adds: Vec<u32> = claimed.iter().map(|(added, _)| *added).collect();
+            adds.sort_unstable();
+            adds.dedup();
+            for add in adds {
+                let ids = claimed
+                    .iter()
+                    .filter(|(added, _)| *added == add)
+                    .map(|(_, item)| item.lease.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
                 update
                     .execute(params![
-                        item.lease.id,
+                        format!("[{ids}]"),
                         Claim::STATUS.as_str(),
                         claim.owner,
                         claim.lease_until.0,
-                        added,
+                        add,
                         Claim::CLAIMS_ADDED as i64,
                         claim.started_at().map(|t| t.0),
                     ])
@@ -204,17 +145,8 @@ impl ItemStore for SqliteStore {
                 ItemChange::Heartbeat { .. } | ItemChange::Start { .. }
             )
         });
-        let apply_all = |tx: &rusqlite::Transaction<'_>| {
-            let mut results = Vec::with_capacity(updates.len());
-            for u in updates {
-                results.push(match apply_update(tx, u, now) {
-                    Err(Error::Fenced(m)) => Err(Error::Fenced(m)),
-                    Err(other) => return Err(other),
-                    Ok(()) => Ok(()),
-                });
-            }
-            Ok(results)
-        };
+        let apply_all =
+            |tx: &rusqlite::Transaction<'_>| super::batch::apply_updates(tx, updates, now);
         if leases_only {
             self.write_unsynced(apply_all)
         } else {

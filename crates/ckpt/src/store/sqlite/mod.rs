@@ -22,11 +22,13 @@
 //!   back as ckpt wrote them, are [`Error::Corrupt`] with the file's path;
 //!   [`SqliteStore::check_file`] looks at every page and every value.
 
+mod batch;
 mod check;
 mod commands;
 mod conn;
 mod items;
 mod jobs;
+mod patch;
 mod rows;
 mod schema;
 mod tx;
