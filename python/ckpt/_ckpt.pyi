@@ -225,8 +225,9 @@ class Queue:
         workers: int = 1,
         prefetch: Optional[int] = None,
     ) -> RunReport:
-        """Runs ``handler(item)`` on ``workers`` threads until no item is left. Returning None or a
-        dict of stats completes the item; raising fails it (``Type: message`` becomes its error),
+        """Runs ``handler(item)`` on ``workers`` threads until no item is left. Returning completes
+        the item, keeping a returned dict of JSON values as its stats (any other value is dropped,
+        with a warning once per run); raising fails it (``Type: message`` becomes its error),
         retried with backoff then dead. On SIGTERM/SIGINT (when called from the main thread) it
         stops claiming, lets running handlers finish, gives unstarted items back and returns with
         ``stopped`` set; a second signal ends the process. Store errors raise. ``prefetch`` items

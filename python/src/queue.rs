@@ -84,8 +84,9 @@ impl Queue {
 
     /// Runs ``handler(item)`` on ``workers`` threads until the job has no
     /// unfinished item left (waiting for retries that are due, and for items
-    /// other live workers hold). Returning None or a dict of stats completes
-    /// the item, durably; raising fails it (``Type: message`` becomes its
+    /// other live workers hold). Returning completes the item, durably,
+    /// keeping a returned dict of JSON values as its stats (any other value
+    /// is dropped, with a warning once per run); raising fails it (``Type: message`` becomes its
     /// error; the traceback is logged on the ``ckpt`` logger): it is retried
     /// with backoff, then dead. Leases are renewed while handlers run.
     /// ``prefetch`` items are claimed ahead of the workers (default: twice

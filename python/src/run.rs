@@ -54,6 +54,7 @@ pub fn run(
     let signals = Signals::install(py, &stop)?;
     let handler = PyHandler {
         handler,
+        warned: Default::default(),
         shared: shared.clone(),
         queue: queue.clone(),
     };
@@ -109,6 +110,8 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A Python callable as the runner's handler.
 struct PyHandler {
     handler: Py<PyAny>,
+    /// Whether a return value was dropped yet (see `completed`).
+    warned: std::sync::atomic::AtomicBool,
     shared: Arc<Shared>,
     queue: Arc<ckpt::Queue>,
 }
@@ -120,7 +123,7 @@ impl ckpt::Handler for PyHandler {
             let arg = Item::new(self.shared.clone(), self.queue.clone(), item.clone());
             let result = Py::new(py, arg).and_then(|arg| self.handler.call1(py, (arg,)));
             match result {
-                Ok(value) => completed(value.bind(py)),
+                Ok(value) => self.completed(item, value.bind(py)),
                 Err(e) => {
                     let error = describe(py, &e);
                     log_failure(py, item, &e);
@@ -131,16 +134,38 @@ impl ckpt::Handler for PyHandler {
     }
 }
 
-/// What a handler's return value means: None or a dict of stats completes;
-/// anything else is a mistake in the handler, which a retry would repeat.
-fn completed(value: &Bound<'_, PyAny>) -> Outcome {
-    match stats_json(Some(value)) {
-        Ok(stats) => Outcome::Completed(stats),
-        Err(e) => Outcome::Fatal(format!(
-            "the handler returned something other than None or a dict of stats: {}",
-            describe(value.py(), &e)
-        )),
+impl PyHandler {
+    /// What a handler's return value means: it returned, so the item's
+    /// work is done and it completes. A dict of JSON values is kept as its
+    /// stats; anything else (a value returned by habit, stats that are not
+    /// JSON) is dropped with a warning, once per run: failing the item
+    /// instead would run work that was done again.
+    fn completed(&self, item: &ClaimedItem, value: &Bound<'_, PyAny>) -> Outcome {
+        match stats_json(Some(value)) {
+            Ok(stats) => Outcome::Completed(stats),
+            Err(e) => {
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    let why = describe(value.py(), &e);
+                    let _ = warn(
+                        value.py(),
+                        &format!(
+                            "job '{}': item '{}' completed, but the handler's return value                              was not kept as its stats ({why}); return None or a dict of JSON                              values (said once per run)",
+                            item.job, item.key
+                        ),
+                    );
+                }
+                Outcome::Completed(None)
+            }
+        }
     }
+}
+
+/// A warning on the `ckpt` logger.
+fn warn(py: Python<'_>, message: &str) -> PyResult<()> {
+    py.import("logging")?
+        .call_method1("getLogger", ("ckpt",))?
+        .call_method1("warning", ("%s", message))?;
+    Ok(())
 }
 
 /// `Type: message`, as the item's error.

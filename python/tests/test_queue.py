@@ -205,14 +205,20 @@ def test_a_payload_that_is_not_json_is_refused(any_store_url):
     assert q.items() == []
 
 
-def test_stats_that_are_not_json_fail_the_item(any_store_url):
+@pytest.mark.parametrize("returned", [{"s": object()}, "done", 7, ["a"]])
+def test_a_return_value_that_is_not_stats_completes_the_item_without_it(any_store_url, returned, caplog):
     q = ckpt.open(any_store_url).queue("q", max_attempts=1)
-    q.enqueue(["a"])
-    # A handler returning something that is not None or a dict of JSON fails the item
-    # (it cannot be completed with those stats) rather than crashing the run.
-    report = q.run(lambda item: {"s": object()})
-    assert report.completed == 0
-    assert report.dead == 1
+    q.enqueue(["a", "b"])
+    # The handler returned, so its work is done: failing the item would run it again.
+    # What cannot be kept as stats (not a dict, or not JSON) is dropped, said once per run.
+    with caplog.at_level("WARNING", logger="ckpt"):
+        report = q.run(lambda item: returned)
+    assert (report.completed, report.dead, report.failed) == (2, 0, 0)
+    for rec in q.items():
+        assert rec.status == "completed"
+        assert "s" not in (rec.stats or {})
+    warnings = [r for r in caplog.records if "not kept as its stats" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
 
 
 def test_a_retried_item_resumes_at_the_cursor_it_saved(any_store_url):
