@@ -107,7 +107,9 @@ impl Job {
         let checkpoint = Checkpoint {
             cursor: json::to_json(cursor, "cursor")?,
             items_processed: items,
-            stage: stage.map(|s| s.extract::<String>()).transpose()?,
+            stage: stage
+                .map(|s| json::text(s.cast::<pyo3::types::PyString>()?, "stage"))
+                .transpose()?,
             state: state.map(|s| json::to_json(s, "state")).transpose()?,
         };
         if let Some(state) = &checkpoint.state {

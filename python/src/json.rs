@@ -13,21 +13,29 @@ use serde_json::{Map, Number, Value};
 
 use crate::errors::InvalidInputError;
 
-/// Deeper nesting than this is refused (it is almost always a cycle, and
-/// deep recursion would overflow the stack).
-const MAX_DEPTH: usize = 200;
+/// Lists and dicts nested deeper than this are refused: the stores read
+/// JSON back with `serde_json`, which stops at 128 levels, so a deeper
+/// value would be saved and then never read again (and it is almost always
+/// a cycle).
+const MAX_NESTING: usize = 127;
 
 /// `obj` as JSON; `what` names it in errors ("cursor", "state").
 pub fn to_json(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Value> {
     convert(obj, what, 0)
 }
 
+/// `depth`: the lists and dicts `obj` is inside.
 fn convert(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Value> {
-    if depth > MAX_DEPTH {
-        return Err(InvalidInputError::new_err(format!(
-            "{what} is nested more than {MAX_DEPTH} levels deep (a cycle?); nothing was written"
-        )));
-    }
+    let nest = || {
+        if depth + 1 > MAX_NESTING {
+            Err(InvalidInputError::new_err(format!(
+                "{what} has lists or dicts nested more than {MAX_NESTING} deep (a cycle?), \
+                 more than can be read back; nothing was written"
+            )))
+        } else {
+            Ok(())
+        }
+    };
     if obj.is_none() {
         return Ok(Value::Null);
     }
@@ -56,9 +64,10 @@ fn convert(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Value> 
         });
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(Value::String(s.to_cow()?.into_owned()));
+        return text(s, what).map(Value::String);
     }
     if let Ok(d) = obj.cast::<PyDict>() {
+        nest()?;
         let mut map = Map::with_capacity(d.len());
         for (k, v) in d.iter() {
             let Ok(k) = k.cast::<PyString>() else {
@@ -67,11 +76,12 @@ fn convert(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Value> 
                     type_name(&k)
                 )));
             };
-            map.insert(k.to_cow()?.into_owned(), convert(&v, what, depth + 1)?);
+            map.insert(text(k, what)?, convert(&v, what, depth + 1)?);
         }
         return Ok(Value::Object(map));
     }
     if let Ok(l) = obj.cast::<PyList>() {
+        nest()?;
         return l
             .iter()
             .map(|v| convert(&v, what, depth + 1))
@@ -79,6 +89,7 @@ fn convert(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Value> 
             .map(Value::Array);
     }
     if let Ok(t) = obj.cast::<PyTuple>() {
+        nest()?;
         return t
             .iter()
             .map(|v| convert(&v, what, depth + 1))
@@ -90,6 +101,17 @@ fn convert(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Value> 
          or dict); nothing was written",
         type_name(obj)
     )))
+}
+
+/// A Python str as UTF-8: `InvalidInputError` for one that is not valid
+/// Unicode (a lone surrogate, as `os.fsdecode` makes of undecodable bytes).
+pub fn text(s: &Bound<'_, PyString>, what: &str) -> PyResult<String> {
+    s.to_cow().map(|t| t.into_owned()).map_err(|_| {
+        InvalidInputError::new_err(format!(
+            "{what} holds a str that is not valid Unicode (a lone surrogate, as from \
+             undecodable bytes); nothing was written"
+        ))
+    })
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {

@@ -235,7 +235,7 @@ fn item(key: &Bound<'_, PyAny>, payload: Option<&Bound<'_, PyAny>>) -> PyResult<
         )));
     };
     Ok(NewItem {
-        key: key.to_cow()?.into_owned(),
+        key: json::text(key, "an item key")?,
         payload: payload
             .filter(|p| !p.is_none())
             .map(|p| json::to_json(p, "payload"))

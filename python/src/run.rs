@@ -52,8 +52,10 @@ pub fn run(
     };
     let stop = StopSignal::new();
     let signals = Signals::install(py, &stop)?;
+    let live = Arc::new(thread_state::Live::default());
     let handler = PyHandler {
         handler,
+        live: live.clone(),
         warned: Default::default(),
         shared: shared.clone(),
         queue: queue.clone(),
@@ -70,17 +72,19 @@ pub fn run(
             let _ = done.send(runner.run(&handler));
         })
         .map_err(|e| StoreError::new_err(format!("cannot start the run's thread: {e}")))?;
+    // Polls Python's signal handlers (ours among them) while it waits. A
+    // handler that raises (the program's own, for another signal) stops the
+    // run, which then ends as a stop would before the error is raised; the
+    // polling goes on meanwhile, so a second SIGTERM still ends the process.
+    let mut raised: Option<PyErr> = None;
     let outcome =
         loop {
             match py.detach(|| lock(&result).recv_timeout(SIGNAL_POLL)) {
                 Ok(report) => break Ok(report),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    // Runs Python's signal handlers (ours among them). One that
-                    // raises ends the run as a stop would, then raises.
                     if let Err(e) = py.check_signals() {
                         stop.stop();
-                        let _ = py.detach(|| lock(&result).recv());
-                        break Err(e);
+                        raised.get_or_insert(e);
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break Err(StoreError::new_err(
@@ -88,7 +92,22 @@ pub fn run(
                 )),
             }
         };
-    let _ = py.detach(|| thread.join());
+    // A signal that came in the last poll is ours to handle, not the handler
+    // restored below's (it would raise KeyboardInterrupt after a clean run).
+    if let Err(e) = py.check_signals() {
+        raised.get_or_insert(e);
+    }
+    // The runner's worker threads give their Python thread states back as
+    // they exit, which may be after the run returned (see `thread_state`):
+    // wait for that, without the GIL they need, before going back to Python.
+    py.detach(|| {
+        let _ = thread.join();
+        live.wait_until_none();
+    });
+    if let Some(e) = raised {
+        drop(signals);
+        return Err(e);
+    }
     let signal = signals.as_ref().and_then(Signals::first);
     drop(signals);
     let report = outcome?.py()?;
@@ -110,6 +129,8 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A Python callable as the runner's handler.
 struct PyHandler {
     handler: Py<PyAny>,
+    /// The Python thread states its worker threads keep.
+    live: Arc<thread_state::Live>,
     /// Whether a return value was dropped yet (see `completed`).
     warned: std::sync::atomic::AtomicBool,
     shared: Arc<Shared>,
@@ -118,7 +139,7 @@ struct PyHandler {
 
 impl ckpt::Handler for PyHandler {
     fn handle(&self, item: &ClaimedItem) -> Outcome {
-        thread_state::keep();
+        thread_state::keep(&self.live);
         Python::attach(|py| {
             let arg = Item::new(self.shared.clone(), self.queue.clone(), item.clone());
             let result = Py::new(py, arg).and_then(|arg| self.handler.call1(py, (arg,)));
@@ -149,7 +170,9 @@ impl PyHandler {
                     let _ = warn(
                         value.py(),
                         &format!(
-                            "job '{}': item '{}' completed, but the handler's return value                              was not kept as its stats ({why}); return None or a dict of JSON                              values (said once per run)",
+                            "job '{}': item '{}' completed, but the handler's return value \
+                             was not kept as its stats ({why}); return None or a dict of JSON \
+                             values (said once per run)",
                             item.job, item.key
                         ),
                     );
@@ -338,26 +361,65 @@ impl Drop for Signals {
 /// state and destroys it again on the way out: per item, that cost more
 /// than everything else a no-op handler does. A worker thread keeps one
 /// instead, released (without the GIL) between items, and gives it back
-/// when the thread ends.
+/// when the thread ends, from a thread-local destructor.
+///
+/// The runner's workers are scoped threads: the scope ends when their
+/// closures have returned, and their thread-local destructors run after
+/// that, as the threads exit. So `Queue.run` waits, without the GIL, for
+/// its run's states to be given back ([`Live`]) before it returns: no
+/// destructor may take the GIL later, when the interpreter may be shutting
+/// down.
 mod thread_state {
     use std::cell::RefCell;
+    use std::sync::{Arc, Condvar, Mutex};
 
     use pyo3::ffi;
 
-    struct Kept(ffi::PyGILState_STATE, *mut ffi::PyThreadState);
+    /// How many of a run's worker threads hold a kept thread state.
+    #[derive(Default)]
+    pub struct Live {
+        count: Mutex<usize>,
+        none: Condvar,
+    }
+
+    impl Live {
+        /// Waits until every kept state was given back. Call without the
+        /// GIL: giving a state back takes it.
+        pub fn wait_until_none(&self) {
+            let mut count = super::lock(&self.count);
+            while *count > 0 {
+                count = self
+                    .none
+                    .wait(count)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+        }
+
+        fn add(&self, delta: isize) {
+            let mut count = super::lock(&self.count);
+            *count = count.saturating_add_signed(delta);
+            if *count == 0 {
+                self.none.notify_all();
+            }
+        }
+    }
+
+    struct Kept {
+        state: ffi::PyGILState_STATE,
+        thread: *mut ffi::PyThreadState,
+        live: Arc<Live>,
+    }
 
     impl Drop for Kept {
         fn drop(&mut self) {
-            // SAFETY: this thread registered its state in `keep` and holds
-            // no GIL now; it takes the GIL back to release the state. The
-            // runner's threads end before `Queue.run` returns, so the
-            // interpreter is alive.
+            // SAFETY: this thread registered `thread` in `keep` and holds no
+            // GIL now; it takes the GIL back to delete its state. The
+            // interpreter is alive: its `Queue.run` waits for this (`Live`).
             unsafe {
-                if ffi::Py_IsInitialized() != 0 {
-                    ffi::PyEval_RestoreThread(self.1);
-                    ffi::PyGILState_Release(self.0);
-                }
+                ffi::PyEval_RestoreThread(self.thread);
+                ffi::PyGILState_Release(self.state);
             }
+            self.live.add(-1);
         }
     }
 
@@ -365,18 +427,23 @@ mod thread_state {
         static KEPT: RefCell<Option<Kept>> = const { RefCell::new(None) };
     }
 
-    /// Registers a thread state for this thread, once.
-    pub fn keep() {
+    /// Registers a thread state for this thread, once, counted in `live`.
+    pub fn keep(live: &Arc<Live>) {
         KEPT.with(|kept| {
             let mut kept = kept.borrow_mut();
             if kept.is_none() {
+                live.add(1);
                 // SAFETY: takes the GIL with a new thread state, then lets
                 // go of the GIL but keeps the state registered (its count
                 // stays at one), so later attaches only take the GIL.
                 unsafe {
                     let state = ffi::PyGILState_Ensure();
                     let thread = ffi::PyEval_SaveThread();
-                    *kept = Some(Kept(state, thread));
+                    *kept = Some(Kept {
+                        state,
+                        thread,
+                        live: live.clone(),
+                    });
                 }
             }
         });

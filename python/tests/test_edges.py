@@ -1,0 +1,122 @@
+"""Edges a review found: values nested deeper than the stores read back, strings that are not
+valid Unicode, a process ending right after queue.run, a signal handler of the program's own
+raising during a run, and the text of the dropped-stats warning."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import ckpt
+from conftest import script
+
+
+def nested(depth, leaf=1):
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("field", ["cursor", "state"])
+def test_nesting_that_reads_back_is_saved_and_deeper_is_refused(any_store_url, field):
+    # The stores read JSON back with serde_json, which stops at 128 levels: 127 nested lists
+    # are the most that can be saved and read again.
+    store = ckpt.open(any_store_url)
+    job = store.job("j", always=True)
+    job.checkpoint(**{"cursor": 0, field: nested(127)})
+    with pytest.raises(ckpt.InvalidInputError, match="nested more than 127"):
+        job.checkpoint(**{"cursor": 1, field: nested(128)})
+    job.release()
+    again = store.job("j")  # reads the saved checkpoint back
+    got = again.resume_cursor() if field == "cursor" else again.resume_state()
+    assert got == nested(127)
+
+
+def test_a_payload_nested_too_deep_is_refused_and_nothing_enqueued(any_store_url):
+    q = ckpt.open(any_store_url).queue("q")
+    with pytest.raises(ckpt.InvalidInputError, match="nested"):
+        q.enqueue([("a", {"x": nested(127)})])  # the dict adds a level: 128
+    assert q.items() == []
+    q.enqueue([("b", nested(126))])
+    assert q.items()[0].payload == nested(126)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda job: job.checkpoint("\ud800", 1),
+        lambda job: job.checkpoint({"\udcff": 1}, 1),
+        lambda job: job.checkpoint(1, 1, state=["ok", "\udc80"]),
+        lambda job: job.checkpoint(1, 1, stage="\ud800"),
+    ],
+)
+def test_a_str_that_is_not_valid_unicode_is_invalid_input(any_store_url, call):
+    store = ckpt.open(any_store_url)
+    job = store.job("j", always=True)
+    job.checkpoint("good", 1)
+    with pytest.raises(ckpt.InvalidInputError, match="not valid Unicode"):
+        call(job)
+    assert store.status("j").cursor == "good"
+
+
+def test_an_item_key_that_is_not_valid_unicode_is_invalid_input(any_store_url):
+    q = ckpt.open(any_store_url).queue("q")
+    with pytest.raises(ckpt.InvalidInputError, match="not valid Unicode"):
+        q.enqueue(["fine", os.fsdecode(b"bad-\xff")])
+    assert q.items() == []
+
+
+def test_a_process_that_ends_right_after_run_exits_cleanly(store_url):
+    # Before the fix, 5 runs in 30 aborted (exit 134): the worker threads' thread states were
+    # given back after run() returned, into a finalizing interpreter.
+    for i in range(20):
+        out = subprocess.run(
+            [sys.executable, script("run_then_exit.py"), store_url, f"q{i}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert (out.returncode, out.stdout.strip()) == (0, "64"), out.stderr
+
+
+def test_a_raising_signal_handler_of_the_program_stops_the_run_then_raises(store_url):
+    q = ckpt.open(store_url).queue("q")
+    q.enqueue([f"k{i}" for i in range(50)])
+
+    class Interrupted(Exception):
+        pass
+
+    def on_usr1(signum, frame):
+        raise Interrupted("usr1")
+
+    previous = signal.signal(signal.SIGUSR1, on_usr1)
+    try:
+        def handler(item):
+            if item.key == "k3":
+                os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.05)  # 50 items take over a second: the stop comes long before
+
+        with pytest.raises(Interrupted):
+            q.run(handler, workers=2)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    counts = q.counts()
+    # Stopped as a stop would: nothing left running, the unstarted items given back.
+    assert counts.running == 0
+    assert counts.pending > 0
+    assert counts.completed + counts.pending == 50
+    # SIGTERM and SIGINT have their previous handlers back.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_dropped_stats_warning_reads_as_one_sentence(any_store_url, caplog):
+    q = ckpt.open(any_store_url).queue("q")
+    q.enqueue(["a"])
+    with caplog.at_level("WARNING", logger="ckpt"):
+        q.run(lambda item: "done")
+    (message,) = [r.getMessage() for r in caplog.records if "stats" in r.getMessage()]
+    assert "  " not in message, message
