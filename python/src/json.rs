@@ -13,11 +13,10 @@ use serde_json::{Map, Number, Value};
 
 use crate::errors::InvalidInputError;
 
-/// Lists and dicts nested deeper than this are refused: the stores read
-/// JSON back with `serde_json`, which stops at 128 levels, so a deeper
-/// value would be saved and then never read again (and it is almost always
-/// a cycle).
-const MAX_NESTING: usize = 127;
+/// Lists and dicts nested deeper than this are refused: the stores could
+/// not read the value back (the library refuses it too; checking here
+/// stops a cycle before the recursion goes deep).
+const MAX_NESTING: usize = ckpt::validate::MAX_JSON_NESTING;
 
 /// `obj` as JSON; `what` names it in errors ("cursor", "state").
 pub fn to_json(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Value> {

@@ -165,7 +165,9 @@ impl Ckpt {
         expect: &Expect,
     ) -> Result<()> {
         validate::job_name(name)?;
+        validate::nesting("cursor", &checkpoint.cursor)?;
         if let Some(state) = &checkpoint.state {
+            validate::nesting("state", state)?;
             validate::state_size(state, self.limits.state_bytes)?;
         }
         let steal = self.dead_holder(name)?;

@@ -352,7 +352,9 @@ impl Job {
         cp: Checkpoint,
         save: impl FnOnce(&JobLease, &Checkpoint, usize, Timestamp, Timestamp) -> Result<T>,
     ) -> Result<T> {
+        validate::nesting("cursor", &cp.cursor)?;
         if let Some(state) = &cp.state {
+            validate::nesting("state", state)?;
             validate::state_size(state, self.ckpt.limits().state_bytes)?;
         }
         let started = Instant::now();

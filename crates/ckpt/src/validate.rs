@@ -71,6 +71,34 @@ pub fn state_size(state: &Value, limit: usize) -> Result<usize> {
     Ok(size)
 }
 
+/// The deepest nesting of arrays and objects a stored value may have. The
+/// stores read JSON back with `serde_json`, which refuses more than 128
+/// levels: a deeper value could be written but never read again (its job
+/// or item would then read as corrupt).
+pub const MAX_JSON_NESTING: usize = 127;
+
+/// Checks that `value` (a cursor, state or payload: `what`) nests arrays
+/// and objects at most [`MAX_JSON_NESTING`] deep.
+pub fn nesting(what: &str, value: &Value) -> Result<()> {
+    // Iterative: the value may be as deep as the caller could build it.
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        if depth + 1 > MAX_JSON_NESTING {
+            return Err(Error::InvalidInput(format!(
+                "{what} nests arrays or objects more than {MAX_JSON_NESTING} deep, more than \
+                 can be read back; nothing was written"
+            )));
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    Ok(())
+}
+
 /// Parses JSON text given by a user (a cursor or state on the command line).
 pub fn parse_json(what: &str, text: &str) -> Result<Value> {
     serde_json::from_str(text).map_err(|e| Error::InvalidInput(format!("{what} is not JSON: {e}")))
@@ -92,6 +120,36 @@ mod tests {
         }
         assert!(job_name(&"x".repeat(MAX_JOB_NAME_BYTES)).is_ok());
         assert!(job_name(&"x".repeat(MAX_JOB_NAME_BYTES + 1)).is_err());
+    }
+
+    fn nested(depth: usize) -> Value {
+        (0..depth).fold(Value::from(1), |v, _| Value::Array(vec![v]))
+    }
+
+    #[test]
+    fn nesting_stops_where_serde_json_stops_reading() {
+        // The limit is what the stores can read back: at it, the text
+        // parses again; one more, and it does not (so it is refused).
+        let deepest = nested(MAX_JSON_NESTING);
+        assert!(nesting("cursor", &deepest).is_ok());
+        let text = serde_json::to_string(&deepest).unwrap();
+        assert!(serde_json::from_str::<Value>(&text).is_ok());
+
+        let deeper = nested(MAX_JSON_NESTING + 1);
+        let err = nesting("cursor", &deeper).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidInput(m) if m.starts_with("cursor nests")),
+            "{err}"
+        );
+        let text = serde_json::to_string(&deeper).unwrap();
+        assert!(serde_json::from_str::<Value>(&text).is_err());
+
+        // Objects count as arrays do, anywhere in the value.
+        let mut obj = serde_json::json!({"a": [1, {"b": nested(MAX_JSON_NESTING - 3)}]});
+        assert!(nesting("state", &obj).is_ok());
+        obj["a"][1]["b"] = nested(MAX_JSON_NESTING - 2);
+        assert!(nesting("state", &obj).is_err());
+        assert!(nesting("state", &Value::from("flat")).is_ok());
     }
 
     #[test]

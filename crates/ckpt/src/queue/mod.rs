@@ -136,6 +136,9 @@ impl Queue {
         let mut checked = items.map(|item| {
             let item = item?;
             validate::item_key(&item.key)?;
+            if let Some(payload) = &item.payload {
+                validate::nesting("payload", payload)?;
+            }
             Ok(item)
         });
         let report = self
@@ -310,6 +313,7 @@ impl Queue {
     /// Saves a per-item cursor, so that a retry of this item resumes inside
     /// it, and renews the lease. Fenced.
     pub fn save_cursor(&self, item: &ClaimedItem, cursor: Value) -> Result<()> {
+        validate::nesting("cursor", &cursor)?;
         let lease_until = self.ckpt.now().plus(self.options.lease);
         self.apply_one(ItemUpdate {
             lease: item.lease.clone(),

@@ -14,6 +14,7 @@ mod cas;
 mod commands;
 mod items;
 mod jobs;
+mod nesting;
 mod operator;
 mod output;
 mod rounds;
