@@ -8,27 +8,18 @@ use std::time::Duration;
 
 use crate::postgres::PgSchema;
 use crate::redis::RedisPrefix;
-use crate::util::{counts, item_counts, items, wait_until, Sandbox};
+use crate::util::{counts, item_counts, items, stored_items, wait_until, Sandbox};
 
 /// Logs one line per command: how many items it got, then the items.
 const LOG_ARGS: &str = r#"echo "$#" "$@" >> log"#;
 
 /// `key -> (status, attempts)` from `ckpt items --json`.
 fn stored(sb: &Sandbox, job: &str) -> BTreeMap<String, (String, u64)> {
-    let out = sb.ckpt().args(["items", job, "--json"]).run();
-    out.success();
-    out.json()
-        .as_array()
-        .expect("an array of items")
-        .iter()
-        .map(|i| {
-            (
-                i["key"].as_str().unwrap().to_string(),
-                (
-                    i["status"].as_str().unwrap().to_string(),
-                    i["attempts"].as_u64().unwrap(),
-                ),
-            )
+    stored_items(sb, job)
+        .into_iter()
+        .map(|(key, i)| {
+            let status = i["status"].as_str().unwrap().to_string();
+            (key, (status, i["attempts"].as_u64().unwrap()))
         })
         .collect()
 }

@@ -6,25 +6,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::util::{items, process_gone, wait_until, Sandbox};
+use crate::util::{items, process_gone, stored_items, wait_until, Sandbox};
 
 /// `key -> (status, attempts, last_error)` from `ckpt items --json`.
 fn stored(sb: &Sandbox, job: &str) -> BTreeMap<String, (String, u64, Option<String>)> {
-    let out = sb.ckpt().args(["items", job, "--json"]).run();
-    out.success();
-    out.json()
-        .as_array()
-        .expect("an array of items")
-        .iter()
-        .map(|i| {
-            (
-                i["key"].as_str().unwrap().to_string(),
-                (
-                    i["status"].as_str().unwrap().to_string(),
-                    i["attempts"].as_u64().unwrap(),
-                    i["last_error"].as_str().map(str::to_string),
-                ),
-            )
+    stored_items(sb, job)
+        .into_iter()
+        .map(|(key, i)| {
+            let status = i["status"].as_str().unwrap().to_string();
+            let error = i["last_error"].as_str().map(str::to_string);
+            (key, (status, i["attempts"].as_u64().unwrap(), error))
         })
         .collect()
 }

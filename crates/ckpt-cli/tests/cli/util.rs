@@ -439,6 +439,18 @@ pub fn items(prefix: &str, n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("{prefix}{i}")).collect()
 }
 
+/// The job's items by key, as `ckpt items JOB --json` prints them.
+pub fn stored_items(sb: &Sandbox, job: &str) -> BTreeMap<String, Value> {
+    let out = sb.ckpt().args(["items", job, "--json"]).run();
+    out.success();
+    out.json()
+        .as_array()
+        .expect("an array of items")
+        .iter()
+        .map(|i| (i["key"].as_str().unwrap().to_string(), i.clone()))
+        .collect()
+}
+
 /// How many times each line occurs.
 pub fn counts(lines: &[String]) -> BTreeMap<String, usize> {
     let mut map = BTreeMap::new();

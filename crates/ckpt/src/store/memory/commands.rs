@@ -3,8 +3,7 @@
 
 use super::MemoryStore;
 use crate::error::{Error, Result};
-use crate::model::{CommandRecord, CompletedBy, ItemId, ItemStatus, JobCommands, JobStatus};
-use crate::store::machine::ItemState;
+use crate::model::{CommandRecord, CompletedBy, ItemId, ItemStatus, JobCommands};
 use crate::store::CommandStore;
 use crate::time::Timestamp;
 
@@ -58,16 +57,7 @@ impl CommandStore for MemoryStore {
             return Err(Error::NotFound(format!("job '{job}'")));
         }
         let ids = g.completed_by(job, by);
-        for id in &ids {
-            g.change_item(*id, ItemState::redrive);
-        }
-        if !ids.is_empty() {
-            let r = &mut g.job_mut(job)?.record;
-            r.status = JobStatus::Running;
-            r.completed_at = None;
-            r.updated_at = now;
-        }
-        Ok(ids.len() as u64)
+        g.redrive_items(job, &ids, now)
     }
 }
 

@@ -214,15 +214,6 @@ impl ItemStore for MemoryStore {
                 row.state.status == from && keys.is_none_or(|k| k.contains(&row.key))
             })
             .collect();
-        for id in &ids {
-            g.change_item(*id, ItemState::redrive);
-        }
-        if !ids.is_empty() {
-            let r = &mut g.job_mut(job)?.record;
-            r.status = JobStatus::Running;
-            r.completed_at = None;
-            r.updated_at = now;
-        }
-        Ok(ids.len() as u64)
+        g.redrive_items(job, &ids, now)
     }
 }

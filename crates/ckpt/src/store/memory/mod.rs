@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::machine::{shown_ready_at, ItemState};
 use super::{ItemSignals, OwnerSessions, Store};
 use crate::error::{Error, Result};
-use crate::model::{HistoryEntry, ItemCounts, ItemId, ItemRecord, JobRecord};
+use crate::model::{HistoryEntry, ItemCounts, ItemId, ItemRecord, JobRecord, JobStatus};
 use crate::time::Timestamp;
 
 /// A store that lives in this process's memory.
@@ -129,6 +129,22 @@ impl Inner {
     /// The item `id`, if it exists.
     fn find_item(&self, id: ItemId) -> Option<&ItemRow> {
         usize::try_from(id - 1).ok().and_then(|i| self.items.get(i))
+    }
+
+    /// Moves the items `ids` of `job` back to pending
+    /// ([`Redrive`](super::machine::Redrive)) and, if any moved, makes the
+    /// job running again; returns how many moved.
+    fn redrive_items(&mut self, job: &str, ids: &[ItemId], now: Timestamp) -> Result<u64> {
+        for id in ids {
+            self.change_item(*id, ItemState::redrive);
+        }
+        if !ids.is_empty() {
+            let r = &mut self.job_mut(job)?.record;
+            r.status = JobStatus::Running;
+            r.completed_at = None;
+            r.updated_at = now;
+        }
+        Ok(ids.len() as u64)
     }
 
     /// Changes item `id`'s state with `change`, keeping the ready index in

@@ -25,7 +25,7 @@ use std::fmt::Write as _;
 
 use rusqlite::{params, Transaction};
 
-use super::patch::{apply_patch, fenced};
+use super::patch::{apply_patch, fenced, patch_set, PatchValues};
 use super::rows::opt_json;
 use super::sql_err;
 use crate::error::{Error, Result};
@@ -130,36 +130,24 @@ fn apply_run(
         let _ = write!(leases, "{sep}[{},{}]", l.id, l.token as i64);
     }
     leases.push(']');
+    let values = PatchValues::new(p);
+    let owner = &updates[run[0]].lease.owner;
     let mut stmt = tx
-        .prepare_cached(
-            "UPDATE items SET status = ?3, ready_at = ?4, attempts = max(attempts - ?5, 0),
-                 cursor = coalesce(?6, cursor), stats = coalesce(?7, stats),
-                 last_error = coalesce(?8, last_error), finished_at = coalesce(?9, finished_at),
-                 started_at = coalesce(?10, started_at), command_id = coalesce(?11, command_id),
-                 last_output = CASE WHEN ?8 IS NULL THEN last_output ELSE ?12 END
-             FROM (SELECT value ->> 0 AS lease_id, value ->> 1 AS lease_token
-                   FROM json_each(?1)) AS l
-             WHERE items.id = l.lease_id AND items.status = 'running' AND items.owner = ?2
+        .prepare_cached(concat!(
+            "UPDATE items SET ",
+            patch_set!(),
+            " FROM (SELECT value ->> 0 AS lease_id, value ->> 1 AS lease_token
+                   FROM json_each(:leases)) AS l
+             WHERE items.id = l.lease_id AND items.status = 'running' AND items.owner = :owner
                AND items.claims = l.lease_token
-             RETURNING items.id",
-        )
+             RETURNING items.id"
+        ))
         .map_err(sql_err)?;
     let changed = stmt
         .query_map(
-            params![
-                leases,
-                updates[run[0]].lease.owner,
-                p.status.as_str(),
-                p.ready_at.map(|t| t.0),
-                p.attempts_back,
-                opt_json(p.cursor.as_ref()),
-                opt_json(p.stats.as_ref()),
-                p.last_error,
-                p.finished_at.map(|t| t.0),
-                p.started_at.map(|t| t.0),
-                p.command,
-                p.last_output,
-            ],
+            values
+                .with(&[(":leases", &leases), (":owner", owner)])
+                .as_slice(),
             |r| r.get::<_, i64>(0),
         )
         .map_err(sql_err)?

@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::jobs::{ensure_job, job_id};
+use super::jobs::{ensure_job, job_id, reopen_job};
 use super::{sql_err, SqliteStore};
 use crate::error::{Error, Result};
 use crate::model::{CommandRecord, CompletedBy, JobCommands};
@@ -143,12 +143,7 @@ impl CommandStore for SqliteStore {
                 })
                 .map_err(sql_err)? as u64;
             if moved > 0 {
-                tx.prepare_cached(
-                    "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = ?2
-                     WHERE id = ?1",
-                )
-                .and_then(|mut s| s.execute(params![id, now.0]))
-                .map_err(sql_err)?;
+                reopen_job(tx, id, now)?;
             }
             Ok(moved)
         })

@@ -5,7 +5,7 @@
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use super::jobs::{ensure_job, job_id};
+use super::jobs::{ensure_job, job_id, reopen_job};
 use super::patch::apply_patch;
 use super::rows::{item_from_row, json_col, status_col, ts, ITEM_COLUMNS};
 use super::{sql_err, SqliteStore};
@@ -303,12 +303,7 @@ impl ItemStore for SqliteStore {
                 }
             }
             if moved > 0 {
-                tx.prepare_cached(
-                    "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = ?2
-                     WHERE id = ?1",
-                )
-                .and_then(|mut s| s.execute(params![id, now.0]))
-                .map_err(sql_err)?;
+                reopen_job(tx, id, now)?;
             }
             Ok(moved)
         })

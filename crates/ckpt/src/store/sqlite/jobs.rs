@@ -13,6 +13,16 @@ use crate::store::rules::{busy, check_expected, fenced_job, held_by_live_owner};
 use crate::store::JobStore;
 use crate::time::Timestamp;
 
+/// Makes job `id` running again (items of it were moved back to pending).
+pub(super) fn reopen_job(conn: &Connection, id: i64, now: Timestamp) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = ?2 WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![id, now.0]))
+    .map_err(sql_err)?;
+    Ok(())
+}
+
 pub(super) fn job_id(conn: &Connection, job: &str) -> Result<Option<i64>> {
     conn.prepare_cached("SELECT id FROM jobs WHERE name = ?1")
         .and_then(|mut s| s.query_row([job], |r| r.get(0)).optional())

@@ -3,7 +3,7 @@
 //! ([`apply_update`](super::items::apply_update)) and the set-based ones
 //! ([`batch`](super::batch)).
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{OptionalExtension, ToSql, Transaction};
 
 use super::rows::opt_json;
 use super::sql_err;
@@ -12,37 +12,89 @@ use crate::model::{ItemLease, ItemStatus};
 use crate::store::machine::ItemPatch;
 use crate::store::rules::fenced_item;
 
+/// The `SET` list that writes an [`ItemPatch`], with the named parameters
+/// [`PatchValues::with`] binds. A macro, so that the statements built on it
+/// stay literals (the keys of the statement cache).
+macro_rules! patch_set {
+    () => {
+        "status = :status, ready_at = :ready_at, attempts = max(attempts - :attempts_back, 0),
+         cursor = coalesce(:cursor, cursor), stats = coalesce(:stats, stats),
+         last_error = coalesce(:last_error, last_error),
+         finished_at = coalesce(:finished_at, finished_at),
+         started_at = coalesce(:started_at, started_at),
+         command_id = coalesce(:command, command_id),
+         last_output = CASE WHEN :last_error IS NULL THEN last_output ELSE :last_output END"
+    };
+}
+pub(super) use patch_set;
+
+/// An [`ItemPatch`] as the values of [`patch_set!`]'s parameters.
+pub(super) struct PatchValues<'p> {
+    patch: &'p ItemPatch,
+    status: &'static str,
+    ready_at: Option<i64>,
+    cursor: Option<String>,
+    stats: Option<String>,
+    finished_at: Option<i64>,
+    started_at: Option<i64>,
+}
+
+impl<'p> PatchValues<'p> {
+    pub(super) fn new(p: &'p ItemPatch) -> PatchValues<'p> {
+        PatchValues {
+            patch: p,
+            status: p.status.as_str(),
+            ready_at: p.ready_at.map(|t| t.0),
+            cursor: opt_json(p.cursor.as_ref()),
+            stats: opt_json(p.stats.as_ref()),
+            finished_at: p.finished_at.map(|t| t.0),
+            started_at: p.started_at.map(|t| t.0),
+        }
+    }
+
+    /// A statement's own named parameters, followed by the patch's.
+    pub(super) fn with<'s>(
+        &'s self,
+        own: &[(&'static str, &'s dyn ToSql)],
+    ) -> Vec<(&'static str, &'s dyn ToSql)> {
+        let p = self.patch;
+        let mut all = own.to_vec();
+        all.extend([
+            (":status", &self.status as &dyn ToSql),
+            (":ready_at", &self.ready_at),
+            (":attempts_back", &p.attempts_back),
+            (":cursor", &self.cursor),
+            (":stats", &self.stats),
+            (":last_error", &p.last_error),
+            (":finished_at", &self.finished_at),
+            (":started_at", &self.started_at),
+            (":command", &p.command),
+            (":last_output", &p.last_output),
+        ]);
+        all
+    }
+}
+
 /// Writes `p` into the item held under `l`, in one statement whose `WHERE`
 /// is the fence ([`ItemState::holds`]); a fenced write changes nothing and
 /// says why.
 ///
 /// [`ItemState::holds`]: crate::store::machine::ItemState::holds
 pub(super) fn apply_patch(tx: &Transaction<'_>, l: &ItemLease, p: &ItemPatch) -> Result<()> {
+    let values = PatchValues::new(p);
+    let token = l.token as i64;
     let changed = tx
-        .prepare_cached(
-            "UPDATE items SET status = ?4, ready_at = ?5, attempts = max(attempts - ?6, 0),
-                 cursor = coalesce(?7, cursor), stats = coalesce(?8, stats),
-                 last_error = coalesce(?9, last_error), finished_at = coalesce(?10, finished_at),
-                 started_at = coalesce(?11, started_at), command_id = coalesce(?12, command_id),
-                 last_output = CASE WHEN ?9 IS NULL THEN last_output ELSE ?13 END
-             WHERE id = ?1 AND status = 'running' AND owner = ?2 AND claims = ?3",
-        )
+        .prepare_cached(concat!(
+            "UPDATE items SET ",
+            patch_set!(),
+            " WHERE id = :id AND status = 'running' AND owner = :owner AND claims = :token"
+        ))
         .and_then(|mut s| {
-            s.execute(params![
-                l.id,
-                l.owner,
-                l.token as i64,
-                p.status.as_str(),
-                p.ready_at.map(|t| t.0),
-                p.attempts_back,
-                opt_json(p.cursor.as_ref()),
-                opt_json(p.stats.as_ref()),
-                p.last_error,
-                p.finished_at.map(|t| t.0),
-                p.started_at.map(|t| t.0),
-                p.command,
-                p.last_output,
-            ])
+            s.execute(
+                values
+                    .with(&[(":id", &l.id), (":owner", &l.owner), (":token", &token)])
+                    .as_slice(),
+            )
         })
         .map_err(sql_err)?;
     if changed == 1 {
