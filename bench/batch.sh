@@ -15,21 +15,9 @@ n=${1:-100000}
 reps=${2:-3}
 batch=${3:-100}
 root=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release -q -p ckpt-cli --manifest-path "$root/Cargo.toml"
-ckpt="$root/target/release/ckpt"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-seq 1 "$n" > items.txt
-
-seconds() { # runs "$@", prints its wall time in seconds
-    local start end
-    start=$(date +%s%N)
-    "$@" > /dev/null 2>&1
-    end=$(date +%s%N)
-    echo "scale=3; ($end - $start) / 1000000000" | bc
-}
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+source "$root/bench/lib.sh"
+bench_ckpt
+bench_workdir "$n"
 
 fresh() { rm -f ckpt.db ckpt.db-wal ckpt.db-shm; }
 run_xargs() { xargs -P4 -n"$batch" true < items.txt; }

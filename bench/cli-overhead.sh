@@ -19,25 +19,9 @@ set -euo pipefail
 n=${1:-2000}
 reps=${2:-5}
 root=$(cd "$(dirname "$0")/.." && pwd)
-if [[ -n ${CKPT:-} ]]; then
-    ckpt=$(realpath "$CKPT")
-else
-    cargo build --release -q -p ckpt-cli --manifest-path "$root/Cargo.toml"
-    ckpt="$root/target/release/ckpt"
-fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-seq 1 "$n" > items.txt
-
-seconds() { # runs "$@", prints its wall time in seconds
-    local start end
-    start=$(date +%s%N)
-    "$@" > /dev/null 2>&1
-    end=$(date +%s%N)
-    echo "scale=3; ($end - $start) / 1000000000" | bc
-}
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+source "$root/bench/lib.sh"
+bench_ckpt
+bench_workdir "$n"
 
 run_xargs() { xargs -P4 -n1 true < items.txt; }
 run_parallel() { rm -f joblog; parallel --will-cite -j4 --joblog joblog true < items.txt; }
