@@ -8,7 +8,7 @@
 //! deadline must be kept no matter what the store does. It reads only the
 //! monotonic clock and the confirmations the coordinator hands it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,6 @@ use crate::store::Store;
 
 type Hook = Box<dyn FnOnce(&str) + Send>;
 type DeadlineHook = Arc<dyn Fn(Instant, Instant) + Send + Sync>;
-type Deadline = Option<(Instant, Instant)>;
 
 #[derive(Default)]
 struct FenceState {
@@ -140,8 +139,10 @@ impl Fence {
             .min()
             .unwrap_or_default();
         let all = Fence::new(grace);
-        // Each fence's (term, kill), once it has one.
-        let deadlines: Arc<Mutex<Vec<Deadline>>> = Arc::new(Mutex::new(vec![None; fences.len()]));
+        // Each fence's (term, kill), once it has one; kept sorted, so that a
+        // move costs O(log n) and not a scan of the batch (a batch of n
+        // fences hears n moves at every watchdog pass).
+        let deadlines = Arc::new(Mutex::new(Earliest::new(fences.len())));
         for (i, fence) in fences.iter().enumerate() {
             // Weak: a hook kept by the fence must not keep the fence alive.
             let (mine, combined) = (Arc::downgrade(&fence.inner), all.clone());
@@ -158,10 +159,7 @@ impl Fence {
             let (deadlines, combined) = (Arc::clone(&deadlines), all.clone());
             fence.on_deadline(move |term, kill| {
                 let mut d = deadlines.lock().unwrap_or_else(|e| e.into_inner());
-                d[i] = Some((term, kill));
-                let term = d.iter().flatten().map(|(t, _)| *t).min();
-                let kill = d.iter().flatten().map(|(_, k)| *k).min();
-                if let (Some(term), Some(kill)) = (term, kill) {
+                if let Some((term, kill)) = d.set(i, term, kill) {
                     combined.set_deadline(term, kill);
                 }
             });
@@ -212,6 +210,47 @@ impl Fence {
             hook(why);
         }
         true
+    }
+}
+
+/// The earliest (term, kill) over several fences' deadlines, each set and
+/// moved by its index.
+struct Earliest {
+    current: Vec<Option<(Instant, Instant)>>,
+    /// Every set deadline, counted: the first key is the earliest.
+    terms: BTreeMap<Instant, usize>,
+    kills: BTreeMap<Instant, usize>,
+}
+
+impl Earliest {
+    fn new(n: usize) -> Earliest {
+        Earliest {
+            current: vec![None; n],
+            terms: BTreeMap::new(),
+            kills: BTreeMap::new(),
+        }
+    }
+
+    /// Sets deadline `i`; the earliest term and kill over all set ones.
+    fn set(&mut self, i: usize, term: Instant, kill: Instant) -> Option<(Instant, Instant)> {
+        fn remove(m: &mut BTreeMap<Instant, usize>, at: Instant) {
+            if let Some(n) = m.get_mut(&at) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&at);
+                }
+            }
+        }
+        if let Some((t, k)) = self.current[i].replace((term, kill)) {
+            remove(&mut self.terms, t);
+            remove(&mut self.kills, k);
+        }
+        *self.terms.entry(term).or_default() += 1;
+        *self.kills.entry(kill).or_default() += 1;
+        Some((
+            *self.terms.first_key_value()?.0,
+            *self.kills.first_key_value()?.0,
+        ))
     }
 }
 
@@ -596,6 +635,22 @@ mod tests {
         assert!(dog.fence(&lease(1, 1)).is_none());
         dog.stop();
         thread.join().unwrap();
+    }
+
+    #[test]
+    fn earliest_follows_moves_of_any_deadline_and_counts_equal_ones() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut e = Earliest::new(3);
+        assert_eq!(e.set(0, at(10), at(11)), Some((at(10), at(11))));
+        assert_eq!(e.set(1, at(10), at(12)), Some((at(10), at(11))));
+        assert_eq!(e.set(2, at(30), at(31)), Some((at(10), at(11))));
+        // Two share the earliest term: moving one of them keeps it.
+        assert_eq!(e.set(0, at(40), at(41)), Some((at(10), at(12))));
+        // Moving the other later reveals the next earliest of each.
+        assert_eq!(e.set(1, at(50), at(51)), Some((at(30), at(31))));
+        // Moving one earlier makes it the earliest.
+        assert_eq!(e.set(2, at(5), at(6)), Some((at(5), at(6))));
     }
 
     #[test]
