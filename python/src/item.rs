@@ -15,7 +15,13 @@ pub(crate) fn stats_json(stats: Option<&Bound<'_, PyAny>>) -> PyResult<Option<se
     match stats {
         None => Ok(None),
         Some(s) if s.is_none() => Ok(None),
-        Some(s) if s.is_instance_of::<PyDict>() => json::to_json(s, "stats").map(Some),
+        Some(s) if s.is_instance_of::<PyDict>() => {
+            let stats = json::to_json(s, "stats")?;
+            // The library's limits, checked here too so that a handler's
+            // oversize stats are named in the run's one warning.
+            ckpt::validate::stats(&stats).map_err(crate::errors::to_py)?;
+            Ok(Some(stats))
+        }
         Some(s) => Err(InvalidInputError::new_err(format!(
             "stats must be a dict or None, not {}",
             s.get_type().name()?

@@ -120,3 +120,22 @@ def test_the_dropped_stats_warning_reads_as_one_sentence(any_store_url, caplog):
         q.run(lambda item: "done")
     (message,) = [r.getMessage() for r in caplog.records if "stats" in r.getMessage()]
     assert "  " not in message, message
+
+
+def test_oversize_stats_are_refused_by_complete_and_left_out_of_a_run(any_store_url, caplog):
+    q = ckpt.open(any_store_url).queue("q")
+    q.enqueue(["by-hand", "by-run"])
+    (item,) = q.claim(1)
+    big = {"blob": "x" * (64 * 1024)}
+    with pytest.raises(ckpt.InvalidInputError, match="item stats is .* over the limit"):
+        q.complete(item, big)
+    assert q.counts().running == 1  # still held, nothing written
+    q.complete(item, {"n": 1})
+    with caplog.at_level("WARNING", logger="ckpt"):
+        report = q.run(lambda item: big)
+    assert report.completed == 1
+    (warning,) = [r.getMessage() for r in caplog.records if "not kept" in r.getMessage()]
+    assert "over the limit" in warning, warning
+    stats = {i.key: i.stats for i in q.items()}
+    assert stats["by-hand"] == {"n": 1}
+    assert "blob" not in (stats["by-run"] or {})

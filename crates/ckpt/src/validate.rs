@@ -11,6 +11,9 @@ pub const MAX_JOB_NAME_BYTES: usize = 200;
 pub const MAX_ITEM_KEY_BYTES: usize = 64 * 1024;
 /// Default limit on a checkpoint's serialised state: 1 MiB.
 pub const DEFAULT_STATE_LIMIT: usize = 1024 * 1024;
+/// Largest serialised stats an item's completion may keep: 64 KiB (stats
+/// are counters; `ckpt items` and the dashboard show them whole).
+pub const MAX_STATS_BYTES: usize = 64 * 1024;
 /// Default number of history entries kept per job.
 pub const DEFAULT_HISTORY_KEEP: usize = 100;
 
@@ -69,6 +72,23 @@ pub fn state_size(state: &Value, limit: usize) -> Result<usize> {
         });
     }
     Ok(size)
+}
+
+/// Checks the stats a completion would keep: nested at most
+/// [`MAX_JSON_NESTING`] deep and at most [`MAX_STATS_BYTES`] serialised.
+pub fn stats(stats: &Value) -> Result<()> {
+    nesting("stats", stats)?;
+    let size = serde_json::to_vec(stats)
+        .map_err(|e| Error::InvalidInput(format!("stats do not serialise: {e}")))?
+        .len();
+    if size > MAX_STATS_BYTES {
+        return Err(Error::LimitExceeded {
+            what: "item stats",
+            size,
+            limit: MAX_STATS_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// The deepest nesting of arrays and objects a stored value may have. The

@@ -24,6 +24,8 @@ mod clock_skew;
 mod conformance;
 mod exactly_once;
 #[cfg(feature = "postgres")]
+mod pg_decode;
+#[cfg(feature = "postgres")]
 mod pg_tls;
 #[cfg(feature = "postgres")]
 #[path = "support/pgbouncer.rs"]

@@ -246,6 +246,9 @@ impl Queue {
 
     /// Completes a claimed item with optional stats. Fenced.
     pub fn complete(&self, item: &ClaimedItem, stats: Option<Value>) -> Result<()> {
+        if let Some(stats) = &stats {
+            validate::stats(stats)?;
+        }
         match self.settle_one(item, Outcome::Completed(stats))? {
             Settled::Lost(e) => Err(e),
             _ => Ok(()),
@@ -287,6 +290,9 @@ impl Queue {
         f: impl FnOnce(&mut S::Tx<'_>) -> Result<T>,
     ) -> Result<T> {
         self.ckpt.check_same_store(store)?;
+        if let Some(stats) = &stats {
+            validate::stats(stats)?;
+        }
         let attempt = Attempt {
             item: item.clone(),
             outcome: Outcome::Completed(stats),

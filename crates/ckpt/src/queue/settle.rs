@@ -172,10 +172,13 @@ impl Queue {
     pub(super) fn verdict(&self, attempt: &Attempt, now: Timestamp) -> Verdict {
         let output = attempt.outcome.output().map(str::to_string);
         match attempt.outcome.base() {
-            Outcome::Completed(stats) => Verdict::Complete(match attempt.ran_for {
-                Some(took) => Some(with_duration(stats.clone(), took)),
-                None => stats.clone(),
-            }),
+            Outcome::Completed(stats) => {
+                let stats = self.keepable(attempt, stats);
+                Verdict::Complete(match attempt.ran_for {
+                    Some(took) => Some(with_duration(stats, took)),
+                    None => stats,
+                })
+            }
             Outcome::Failed(error) => {
                 let decision = self
                     .options
@@ -189,6 +192,24 @@ impl Queue {
             Outcome::Fatal(error) => Verdict::Dead(error.clone(), output),
             Outcome::Interrupted(_) => Verdict::Release,
             Outcome::WithOutput(..) => unreachable!("base() unwraps it"),
+        }
+    }
+
+    /// The stats a handler returned, if they can be kept
+    /// ([`validate::stats`]); otherwise none, with a warning: the work is
+    /// done, and failing the item for its stats would run it again.
+    fn keepable(&self, attempt: &Attempt, stats: &Option<Value>) -> Option<Value> {
+        let stats = stats.as_ref()?;
+        match crate::validate::stats(stats) {
+            Ok(()) => Some(stats.clone()),
+            Err(e) => {
+                tracing::warn!(
+                    job = self.job.as_str(),
+                    key = attempt.item.key.as_str(),
+                    "item completed without its stats: {e}"
+                );
+                None
+            }
         }
     }
 

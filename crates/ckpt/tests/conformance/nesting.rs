@@ -86,3 +86,46 @@ fn values_nest_as_deep_as_they_read_back_and_no_deeper(store: Option<Fixture>) {
     let again = q.claim(1).unwrap().pop().unwrap();
     assert_eq!(again.cursor, Some(nested(MAX_JSON_NESTING)));
 }
+
+#[apply(every_store)]
+fn stats_that_could_not_be_read_back_are_refused_or_left_out(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ManualClock::new(T0);
+    let a = worker(f, &clock, "a");
+    let q = a.queue_with("deep-stats", queue_options(2)).unwrap();
+    q.enqueue([NewItem::key("one"), NewItem::key("two")])
+        .unwrap();
+
+    // Completing by hand: refused before anything is written; the item is
+    // still held, and completes with stats that can be kept.
+    let item = q.claim(1).unwrap().pop().unwrap();
+    refused(q.complete(
+        &item,
+        Some(serde_json::json!({"deep": nested(MAX_JSON_NESTING)})),
+    ));
+    let huge = serde_json::json!({"blob": "x".repeat(ckpt::validate::MAX_STATS_BYTES)});
+    match q.complete(&item, Some(huge)) {
+        Err(Error::LimitExceeded { what, .. }) => assert_eq!(what, "item stats"),
+        other => panic!("expected LimitExceeded, got {other:?}"),
+    }
+    assert_eq!(q.counts().unwrap().running, 1, "still held");
+    let kept = serde_json::json!({"deep": nested(MAX_JSON_NESTING - 1)});
+    q.complete(&item, Some(kept.clone())).unwrap();
+    let done = q.items(Some(ckpt::ItemStatus::Completed), 10).unwrap();
+    assert_eq!(done[0].stats, Some(kept));
+
+    // A handler's outcome: the work is done, so the item completes (it
+    // must not run again), without the stats that cannot be kept.
+    let handler = |_: &ckpt::ClaimedItem| {
+        ckpt::Outcome::Completed(Some(serde_json::json!({"deep": nested(MAX_JSON_NESTING)})))
+    };
+    let report = ckpt::Runner::new(&q, ckpt::RunOptions::default())
+        .run(&handler)
+        .unwrap();
+    assert_eq!(report.completed, 1);
+    let done = q.items(Some(ckpt::ItemStatus::Completed), 10).unwrap();
+    let two = done.iter().find(|i| i.key == "two").unwrap();
+    let stats = two.stats.as_ref().expect("the run time is kept");
+    assert!(stats.get("deep").is_none(), "{stats}");
+    assert!(stats["duration_ms"].is_u64(), "{stats}");
+}

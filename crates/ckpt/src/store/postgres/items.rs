@@ -11,7 +11,7 @@ use super::conn::{in_tx, pg_err, with_client, Cached};
 use super::jobs::{ensure_job, lock_job, LIVE_LOCK};
 use super::liveness::SESSION_GRACE;
 use super::patch::{apply_update, fenced_or_fail, update_batch};
-use super::rows::{item_from_row, status, ts, ITEM_COLUMNS};
+use super::rows::{item_from_row, json, status, ts, ITEM_COLUMNS};
 use super::PgStore;
 use crate::error::Result;
 use crate::model::{
@@ -164,25 +164,27 @@ impl ItemStore for PgStore {
                 .map_err(pg_err)?;
             let mut claimed: Vec<ClaimedItem> = rows
                 .iter()
-                .map(|r| ClaimedItem {
-                    lease: ItemLease {
-                        id: r.get(0),
-                        owner: owner.to_string(),
-                        token: r.get::<_, i64>(5) as u64,
-                    },
-                    job: job.to_string(),
-                    key: r.get(1),
-                    attempt: r.get::<_, i32>(4) as u32,
-                    payload: r.get(2),
-                    cursor: r.get(3),
-                    lease_expires: lease_until,
-                    taken_over_from: claim.taken_over_from(
-                        ItemStatus::parse(r.get(6)).unwrap_or(ItemStatus::Pending),
-                        r.get(7),
-                    ),
-                    enqueued_at: Timestamp(r.get(8)),
+                .map(|r| -> Result<ClaimedItem> {
+                    Ok(ClaimedItem {
+                        lease: ItemLease {
+                            id: r.get(0),
+                            owner: owner.to_string(),
+                            token: r.get::<_, i64>(5) as u64,
+                        },
+                        job: job.to_string(),
+                        key: r.get(1),
+                        attempt: r.get::<_, i32>(4) as u32,
+                        payload: json(r, 2)?,
+                        cursor: json(r, 3)?,
+                        lease_expires: lease_until,
+                        taken_over_from: claim.taken_over_from(
+                            ItemStatus::parse(r.get(6)).unwrap_or(ItemStatus::Pending),
+                            r.get(7),
+                        ),
+                        enqueued_at: Timestamp(r.get(8)),
+                    })
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             claimed.sort_by_key(|i| i.lease.id);
             Ok(claimed)
         })

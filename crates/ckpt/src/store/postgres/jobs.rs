@@ -6,7 +6,7 @@ use deadpool_postgres::GenericClient;
 use super::checkpoint::{check_lease, save_fenced, write_checkpoint};
 use super::conn::{in_tx, pg_err, with_client, Cached};
 use super::liveness::SESSION_GRACE;
-use super::rows::{job_from_row, JOB_COLUMNS};
+use super::rows::{job_from_row, json, JOB_COLUMNS};
 use super::PgStore;
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, Expect, HistoryEntry, JobLease, JobRecord, JobStatus};
@@ -301,15 +301,16 @@ impl JobStore for PgStore {
                 )
                 .await
                 .map_err(pg_err)?;
-            Ok(rows
-                .iter()
-                .map(|r| HistoryEntry {
-                    seq: r.get::<_, i64>(0) as u64,
-                    cursor: r.get(1),
-                    items_processed: r.get::<_, i64>(2) as u64,
-                    at: Timestamp(r.get(3)),
+            rows.iter()
+                .map(|r| {
+                    Ok(HistoryEntry {
+                        seq: r.get::<_, i64>(0) as u64,
+                        cursor: json(r, 1)?.unwrap_or(serde_json::Value::Null),
+                        items_processed: r.get::<_, i64>(2) as u64,
+                        at: Timestamp(r.get(3)),
+                    })
                 })
-                .collect())
+                .collect()
         })
     }
 

@@ -24,17 +24,30 @@ pub(super) fn status<T>(s: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
     parse(s).ok_or_else(|| Error::Storage(format!("unknown status {s:?} in the store")))
 }
 
+/// A `jsonb` column as JSON: a value `serde_json` cannot read back (one
+/// nested too deep, written behind ckpt's back) is [`Error::Corrupt`],
+/// not a panic.
+pub(super) fn json(r: &Row, idx: usize) -> Result<Option<Value>> {
+    r.try_get(idx).map_err(|e| Error::Corrupt {
+        path: None,
+        detail: format!("column {:?} does not decode: {e}", r.columns()[idx].name()),
+    })
+}
+
 pub(super) fn ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp)
 }
 
 pub(super) fn job_from_row(r: &Row) -> Result<JobRecord> {
-    let checkpoint = r.get::<_, Option<Value>>(2).map(|cursor| Checkpoint {
-        cursor,
-        items_processed: r.get::<_, i64>(3) as u64,
-        stage: r.get(4),
-        state: r.get(5),
-    });
+    let checkpoint = match json(r, 2)? {
+        Some(cursor) => Some(Checkpoint {
+            cursor,
+            items_processed: r.get::<_, i64>(3) as u64,
+            stage: r.get(4),
+            state: json(r, 5)?,
+        }),
+        None => None,
+    };
     Ok(JobRecord {
         name: r.get(0),
         status: status(r.get(1), JobStatus::parse)?,
@@ -60,14 +73,14 @@ pub(super) fn item_from_row(r: &Row) -> Result<ItemRecord> {
     Ok(ItemRecord {
         id: r.get(0),
         key: r.get(1),
-        payload: r.get(2),
+        payload: json(r, 2)?,
         status,
         attempts: r.get::<_, i32>(4) as u32,
         owner: r.get(5),
         ready_at,
         last_error: r.get(7),
-        stats: r.get(8),
-        cursor: r.get(9),
+        stats: json(r, 8)?,
+        cursor: json(r, 9)?,
         enqueued_at: Timestamp(r.get(10)),
         started_at: ts(r.get(11)),
         finished_at: ts(r.get(12)),
