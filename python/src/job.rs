@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use ckpt::{Checkpoint, ItemCounts as LibCounts, JobRecord};
 use pyo3::prelude::*;
+use pyo3::types::PyString;
 
 use crate::errors::{Error, FencedError, IntoPy, InvalidInputError};
 use crate::json;
@@ -108,7 +109,7 @@ impl Job {
             cursor: json::to_json(cursor, "cursor")?,
             items_processed: items,
             stage: stage
-                .map(|s| json::text(s.cast::<pyo3::types::PyString>()?, "stage"))
+                .map(|s| json::text(s.cast::<PyString>()?, "stage"))
                 .transpose()?,
             state: state.map(|s| json::to_json(s, "state")).transpose()?,
         };
@@ -228,9 +229,10 @@ impl Job {
 
     /// Flushes and marks the job failed with ``error``; the checkpoint is
     /// kept, so a later run resumes from it.
-    fn fail(&mut self, py: Python<'_>, error: &str) -> PyResult<()> {
+    fn fail(&mut self, py: Python<'_>, error: &Bound<'_, PyString>) -> PyResult<()> {
+        let error = json::message(error)?;
         let job = self.take()?;
-        let result = py.detach(|| job.fail(error));
+        let result = py.detach(|| job.fail(&error));
         self.settle(result)
     }
 

@@ -113,6 +113,21 @@ pub fn text(s: &Bound<'_, PyString>, what: &str) -> PyResult<String> {
     })
 }
 
+/// A Python str kept for people to read (an error message): what is not
+/// valid Unicode in it becomes U+FFFD rather than an error, so that a
+/// failure is recorded whatever its message holds.
+pub fn message(s: &Bound<'_, PyString>) -> PyResult<String> {
+    if let Ok(text) = s.to_cow() {
+        return Ok(text.into_owned());
+    }
+    // Through UTF-16, where a lone surrogate is one code unit: one U+FFFD
+    // each (UTF-8's lossy decoding would make three of it).
+    let fixed = s
+        .call_method1("encode", ("utf-16", "surrogatepass"))?
+        .call_method1("decode", ("utf-16", "replace"))?;
+    Ok(fixed.cast::<PyString>()?.to_cow()?.into_owned())
+}
+
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type()
         .name()

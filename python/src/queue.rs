@@ -141,9 +141,10 @@ impl Queue {
     /// Records a failed attempt with ``error``: the item is retried after
     /// its backoff, or dead when it has no attempt left. Returns the Retry
     /// decided.
-    fn fail(&self, py: Python<'_>, item: &Item, error: &str) -> PyResult<Retry> {
+    fn fail(&self, py: Python<'_>, item: &Item, error: &Bound<'_, PyString>) -> PyResult<Retry> {
+        let error = json::message(error)?;
         let queue = self.live()?;
-        let decision = py.detach(|| queue.fail(&item.item, error)).py()?;
+        let decision = py.detach(|| queue.fail(&item.item, &error)).py()?;
         Ok(match decision {
             RetryDecision::Dead => Retry {
                 dead: true,
@@ -216,7 +217,14 @@ impl Queue {
     /// Moves dead items (all, or only those ``keys``) back to pending with
     /// their attempts afresh, as ``ckpt retry`` does; returns how many.
     #[pyo3(signature = (keys=None))]
-    fn retry_dead(&self, py: Python<'_>, keys: Option<Vec<String>>) -> PyResult<u64> {
+    fn retry_dead(&self, py: Python<'_>, keys: Option<Vec<Bound<'_, PyString>>>) -> PyResult<u64> {
+        let keys = keys
+            .map(|keys| {
+                keys.iter()
+                    .map(|k| json::text(k, "an item key"))
+                    .collect::<PyResult<Vec<_>>>()
+            })
+            .transpose()?;
         let queue = self.live()?;
         py.detach(|| queue.redrive(ItemStatus::Dead, keys.as_deref()))
             .py()

@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use pyo3::prelude::*;
+use pyo3::types::PyString;
 
 use crate::errors::{IntoPy, InvalidInputError, StoreError};
 use crate::job::{Job, JobInfo};
+use crate::json;
 use crate::options::{policy, seconds};
 use crate::queue::Queue;
 use crate::shared::Shared;
@@ -76,7 +78,7 @@ impl Store {
     fn job(
         &self,
         py: Python<'_>,
-        name: &str,
+        name: &Bound<'_, PyString>,
         lease: f64,
         every_items: Option<u64>,
         every_seconds: Option<f64>,
@@ -94,8 +96,9 @@ impl Store {
                 max_interval,
             )?,
         };
+        let name = json::text(name, "the job name")?;
         let worker = self.shared.ckpt()?.new_worker();
-        let job = py.detach(|| worker.job_with(name, options)).py()?;
+        let job = py.detach(|| worker.job_with(&name, options)).py()?;
         Ok(Job::new(self.shared.clone(), job))
     }
 
@@ -110,7 +113,7 @@ impl Store {
     fn queue(
         &self,
         py: Python<'_>,
-        name: &str,
+        name: &Bound<'_, PyString>,
         lease: f64,
         max_attempts: u32,
         backoff: f64,
@@ -143,14 +146,17 @@ impl Store {
                 jitter,
             },
         };
+        let name = json::text(name, "the job name")?;
         let worker = self.shared.ckpt()?.new_worker();
-        let queue = py.detach(|| worker.queue_with(name, options)).py()?;
+        let queue = py.detach(|| worker.queue_with(&name, options)).py()?;
         Ok(Queue::new(self.shared.clone(), queue))
     }
 
     /// The job's record (status, checkpoint, item counts), or None for an
     /// unknown job. Reads only; takes no lease.
-    fn status(&self, py: Python<'_>, name: &str) -> PyResult<Option<JobInfo>> {
+    fn status(&self, py: Python<'_>, name: &Bound<'_, PyString>) -> PyResult<Option<JobInfo>> {
+        let name = json::text(name, "the job name")?;
+        let name = name.as_str();
         let ckpt = self.shared.ckpt()?;
         let (record, counts) = py
             .detach(|| -> ckpt::Result<_> {

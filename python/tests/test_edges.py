@@ -70,6 +70,35 @@ def test_an_item_key_that_is_not_valid_unicode_is_invalid_input(any_store_url):
     assert q.items() == []
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda store: store.job(os.fsdecode(b"job-\xff")),
+        lambda store: store.queue("q-\ud800"),
+        lambda store: store.status("\udcff"),
+        lambda store: store.queue("q").retry_dead(["fine", "bad-\ud800"]),
+    ],
+)
+def test_a_job_name_or_key_that_is_not_valid_unicode_is_invalid_input(any_store_url, call):
+    store = ckpt.open(any_store_url)
+    with pytest.raises(ckpt.InvalidInputError, match="not valid Unicode"):
+        call(store)
+    assert store.status("q") is None or store.status("q").name == "q"
+
+
+def test_a_failure_message_that_is_not_valid_unicode_is_recorded_readably(any_store_url):
+    store = ckpt.open(any_store_url)
+    q = store.queue("q", max_attempts=1)
+    q.enqueue(["a"])
+    (item,) = q.claim(1)
+    assert q.fail(item, "bad byte: " + os.fsdecode(b"\xff")).dead
+    (dead,) = q.items("dead")
+    assert dead.last_error == "bad byte: \ufffd"
+    job = store.job("j")
+    job.fail("oops \ud800")
+    assert store.status("j").last_error == "oops \ufffd"
+
+
 def test_a_process_that_ends_right_after_run_exits_cleanly(store_url):
     # Before the fix, 5 runs in 30 aborted (exit 134): the worker threads' thread states were
     # given back after run() returned, into a finalizing interpreter.
