@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::errors::{IntoPy, InvalidInputError};
+use crate::exit;
 use crate::json;
 use crate::shared::Shared;
 
@@ -79,8 +80,7 @@ impl Item {
     fn save_cursor(&self, py: Python<'_>, cursor: &Bound<'_, PyAny>) -> PyResult<()> {
         self.shared.ckpt()?;
         let cursor = json::to_json(cursor, "cursor")?;
-        py.detach(|| self.queue.save_cursor(&self.item, cursor))
-            .py()
+        exit::detach(py, || self.queue.save_cursor(&self.item, cursor)).py()
     }
 
     fn __repr__(&self) -> String {

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 use crate::errors::{Error, FencedError, IntoPy, InvalidInputError};
+use crate::exit;
 use crate::json;
 use crate::queue::ItemCounts;
 use crate::shared::Shared;
@@ -125,7 +126,7 @@ impl Job {
             // Only records it: no I/O, so no need to let go of the GIL.
             job.checkpoint(checkpoint)
         } else {
-            py.detach(|| job.checkpoint(checkpoint))
+            exit::detach(py, || job.checkpoint(checkpoint))
         };
         let saved = self.settle(saved)?;
         self.last_items = items;
@@ -187,7 +188,7 @@ impl Job {
     /// Persists the latest recorded checkpoint now, whatever the policy.
     fn flush(&mut self, py: Python<'_>) -> PyResult<()> {
         let job = self.held()?;
-        let result = py.detach(|| job.flush());
+        let result = exit::detach(py, || job.flush());
         self.settle(result)
     }
 
@@ -197,7 +198,7 @@ impl Job {
     /// (stop: another worker may take the job over).
     fn heartbeat(&mut self, py: Python<'_>) -> PyResult<()> {
         let job = self.held()?;
-        let result = py.detach(|| job.heartbeat());
+        let result = exit::detach(py, || job.heartbeat());
         self.settle(result)
     }
 
@@ -206,7 +207,7 @@ impl Job {
     #[pyo3(signature = (limit=100))]
     fn history(&mut self, py: Python<'_>, limit: usize) -> PyResult<Vec<HistoryEntry>> {
         let ckpt = self.shared.ckpt()?;
-        let entries = py.detach(|| ckpt.store().history(&self.name, limit)).py()?;
+        let entries = exit::detach(py, || ckpt.store().history(&self.name, limit)).py()?;
         entries
             .into_iter()
             .map(|e| {
@@ -223,7 +224,7 @@ impl Job {
     /// Flushes and marks the job completed; the final checkpoint is kept.
     fn complete(&mut self, py: Python<'_>) -> PyResult<()> {
         let job = self.take()?;
-        let result = py.detach(|| job.complete());
+        let result = exit::detach(py, || job.complete());
         self.settle(result)
     }
 
@@ -232,7 +233,7 @@ impl Job {
     fn fail(&mut self, py: Python<'_>, error: &Bound<'_, PyString>) -> PyResult<()> {
         let error = json::message(error)?;
         let job = self.take()?;
-        let result = py.detach(|| job.fail(&error));
+        let result = exit::detach(py, || job.fail(&error));
         self.settle(result)
     }
 
@@ -240,7 +241,7 @@ impl Job {
     /// worker to resume at once (a graceful stop).
     fn release(&mut self, py: Python<'_>) -> PyResult<()> {
         let job = self.take()?;
-        let result = py.detach(|| job.release());
+        let result = exit::detach(py, || job.release());
         self.settle(result)
     }
 

@@ -11,6 +11,7 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod exit;
 mod fastcall;
 mod item;
 mod job;
@@ -39,5 +40,9 @@ fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<queue::EnqueueReport>()?;
     m.add_class::<queue::Retry>()?;
     m.add_class::<run::RunReport>()?;
+    let at_exit = wrap_pyfunction!(exit::_at_exit, m)?;
+    m.py()
+        .import("atexit")?
+        .call_method1("register", (at_exit,))?;
     Ok(())
 }

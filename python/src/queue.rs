@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::errors::{IntoPy, InvalidInputError};
+use crate::exit;
 use crate::item::{stats_json, Item};
 use crate::json;
 use crate::shared::Shared;
@@ -75,7 +76,7 @@ impl Queue {
                 }
             }
         }
-        let report = py.detach(|| queue.enqueue(new)).py()?;
+        let report = exit::detach(py, || queue.enqueue(new)).py()?;
         Ok(EnqueueReport {
             inserted: report.inserted,
             existing: report.existing,
@@ -117,7 +118,7 @@ impl Queue {
     #[pyo3(signature = (max=1))]
     fn claim(&self, py: Python<'_>, max: usize) -> PyResult<Vec<Item>> {
         let queue = self.live()?;
-        let claimed = py.detach(|| queue.claim(max)).py()?;
+        let claimed = exit::detach(py, || queue.claim(max)).py()?;
         Ok(claimed
             .into_iter()
             .map(|item| Item::new(self.shared.clone(), self.queue.clone(), item))
@@ -135,7 +136,7 @@ impl Queue {
     ) -> PyResult<()> {
         let queue = self.live()?;
         let stats = stats_json(stats)?;
-        py.detach(|| queue.complete(&item.item, stats)).py()
+        exit::detach(py, || queue.complete(&item.item, stats)).py()
     }
 
     /// Records a failed attempt with ``error``: the item is retried after
@@ -144,7 +145,7 @@ impl Queue {
     fn fail(&self, py: Python<'_>, item: &Item, error: &Bound<'_, PyString>) -> PyResult<Retry> {
         let error = json::message(error)?;
         let queue = self.live()?;
-        let decision = py.detach(|| queue.fail(&item.item, &error)).py()?;
+        let decision = exit::detach(py, || queue.fail(&item.item, &error)).py()?;
         Ok(match decision {
             RetryDecision::Dead => Retry {
                 dead: true,
@@ -160,7 +161,7 @@ impl Queue {
     /// Gives the item back unfinished: pending again, no attempt counted.
     fn release(&self, py: Python<'_>, item: &Item) -> PyResult<()> {
         let queue = self.live()?;
-        py.detach(|| queue.release(&item.item)).py()
+        exit::detach(py, || queue.release(&item.item)).py()
     }
 
     /// Renews the leases of the items (work longer than the lease), in one
@@ -168,9 +169,7 @@ impl Queue {
     fn heartbeat(&self, py: Python<'_>, items: Vec<PyRef<'_, Item>>) -> PyResult<()> {
         let queue = self.live()?;
         let claimed: Vec<&ClaimedItem> = items.iter().map(|i| &i.item).collect();
-        let results = py
-            .detach(|| queue.heartbeat(claimed.iter().copied()))
-            .py()?;
+        let results = exit::detach(py, || queue.heartbeat(claimed.iter().copied())).py()?;
         results
             .into_iter()
             .collect::<ckpt::Result<Vec<()>>>()
@@ -181,7 +180,7 @@ impl Queue {
     /// The job's items by status.
     fn counts(&self, py: Python<'_>) -> PyResult<ItemCounts> {
         let queue = self.live()?;
-        Ok(py.detach(|| queue.counts()).py()?.into())
+        Ok(exit::detach(py, || queue.counts()).py()?.into())
     }
 
     /// The job's items in enqueue order, optionally of one status
@@ -196,7 +195,7 @@ impl Queue {
     ) -> PyResult<Vec<ItemRecord>> {
         let queue = self.live()?;
         let status = status.map(parse_status).transpose()?;
-        let records = py.detach(|| queue.items(status, limit)).py()?;
+        let records = exit::detach(py, || queue.items(status, limit)).py()?;
         records
             .into_iter()
             .map(|r| {
@@ -226,8 +225,7 @@ impl Queue {
             })
             .transpose()?;
         let queue = self.live()?;
-        py.detach(|| queue.redrive(ItemStatus::Dead, keys.as_deref()))
-            .py()
+        exit::detach(py, || queue.redrive(ItemStatus::Dead, keys.as_deref())).py()
     }
 
     fn __repr__(&self) -> String {

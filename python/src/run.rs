@@ -51,6 +51,8 @@ pub fn run(
         ..RunOptions::default()
     };
     let stop = StopSignal::new();
+    // Counted until the run is back in Python; stopped at interpreter exit.
+    let _call = crate::exit::enter_run(&stop).py()?;
     let signals = Signals::install(py, &stop)?;
     let live = Arc::new(thread_state::Live::default());
     let handler = PyHandler {

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 use crate::errors::{IntoPy, InvalidInputError, StoreError};
+use crate::exit;
 use crate::job::{Job, JobInfo};
 use crate::json;
 use crate::options::{policy, seconds};
@@ -41,7 +42,7 @@ pub fn open(py: Python<'_>, url: Option<String>) -> PyResult<Store> {
             "cannot open store: the URL is empty (for example sqlite://ckpt.db)",
         ));
     }
-    let ckpt = py.detach(|| ckpt::Ckpt::open(&url)).py()?;
+    let ckpt = exit::detach(py, || ckpt::Ckpt::open(&url)).py()?;
     Ok(Store {
         shared: Arc::new(Shared::new(ckpt)),
     })
@@ -98,7 +99,7 @@ impl Store {
         };
         let name = json::text(name, "the job name")?;
         let worker = self.shared.ckpt()?.new_worker();
-        let job = py.detach(|| worker.job_with(&name, options)).py()?;
+        let job = exit::detach(py, || worker.job_with(&name, options)).py()?;
         Ok(Job::new(self.shared.clone(), job))
     }
 
@@ -148,7 +149,7 @@ impl Store {
         };
         let name = json::text(name, "the job name")?;
         let worker = self.shared.ckpt()?.new_worker();
-        let queue = py.detach(|| worker.queue_with(&name, options)).py()?;
+        let queue = exit::detach(py, || worker.queue_with(&name, options)).py()?;
         Ok(Queue::new(self.shared.clone(), queue))
     }
 
@@ -158,16 +159,15 @@ impl Store {
         let name = json::text(name, "the job name")?;
         let name = name.as_str();
         let ckpt = self.shared.ckpt()?;
-        let (record, counts) = py
-            .detach(|| -> ckpt::Result<_> {
-                let Some(record) = ckpt.get_job(name)? else {
-                    return Ok(None);
-                };
-                let counts = ckpt.store().item_counts(name)?;
-                Ok(Some((record, counts)))
-            })
-            .py()?
-            .map_or((None, None), |(r, c)| (Some(r), Some(c)));
+        let (record, counts) = exit::detach(py, || -> ckpt::Result<_> {
+            let Some(record) = ckpt.get_job(name)? else {
+                return Ok(None);
+            };
+            let counts = ckpt.store().item_counts(name)?;
+            Ok(Some((record, counts)))
+        })
+        .py()?
+        .map_or((None, None), |(r, c)| (Some(r), Some(c)));
         record
             .map(|r| JobInfo::new(py, r, counts.filter(|c| c.total() > 0)))
             .transpose()

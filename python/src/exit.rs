@@ -1,0 +1,145 @@
+//! Interpreter exit: no thread may be inside a ckpt call without the GIL
+//! when finalization starts.
+//!
+//! Up to Python 3.13, a thread that takes the GIL back once the interpreter
+//! is finalizing is ended with `pthread_exit`. Inside a ckpt call that is
+//! a forced unwind through Rust frames and PyO3's panic trap, which aborts
+//! the process ("FATAL: exception not rethrown"): a `queue.run()` in a
+//! daemon thread did so at nearly every exit. (3.14 hangs such threads
+//! instead, which is no better.)
+//!
+//! So every call that lets the GIL go is counted ([`detach`], [`enter`]),
+//! and an `atexit` hook, which runs before finalization, refuses new calls,
+//! stops every `queue.run()` as a first SIGTERM would (nothing new starts,
+//! running handlers finish, unstarted items are given back), and waits for
+//! the counted calls to return to Python.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ckpt::StopSignal;
+use pyo3::marker::Ungil;
+use pyo3::prelude::*;
+
+/// Set by the `atexit` hook: calls are refused from then on.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+#[derive(Default)]
+struct Calls {
+    /// Calls between [`enter`] and the drop of their [`Call`].
+    in_flight: usize,
+    /// The stop signals of the runs in progress, by run.
+    runs: Vec<(u64, StopSignal)>,
+    next_run: u64,
+}
+
+static CALLS: Mutex<Calls> = Mutex::new(Calls {
+    in_flight: 0,
+    runs: Vec::new(),
+    next_run: 0,
+});
+static RETURNED: Condvar = Condvar::new();
+
+fn calls() -> MutexGuard<'static, Calls> {
+    CALLS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn refused() -> ckpt::Error {
+    ckpt::Error::Storage(
+        "the Python interpreter is exiting: ckpt calls are refused from now on".into(),
+    )
+}
+
+/// A call that may let the GIL go, counted until dropped (with the GIL
+/// held again, so that the exit hook's wait ends only once it is back in
+/// Python).
+pub struct Call {
+    run: Option<u64>,
+}
+
+/// Counts a call in; refused once the interpreter is exiting.
+pub fn enter() -> ckpt::Result<Call> {
+    let mut g = calls();
+    // Under the lock the hook sets the flag under: a call is either
+    // refused or counted before the hook starts waiting.
+    if EXITING.load(Ordering::SeqCst) {
+        return Err(refused());
+    }
+    g.in_flight += 1;
+    Ok(Call { run: None })
+}
+
+/// [`enter`] for a run, which the exit hook stops with `stop`.
+pub fn enter_run(stop: &StopSignal) -> ckpt::Result<Call> {
+    let mut call = enter()?;
+    let mut g = calls();
+    let id = g.next_run;
+    g.next_run += 1;
+    g.runs.push((id, stop.clone()));
+    call.run = Some(id);
+    Ok(call)
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        let mut g = calls();
+        g.in_flight -= 1;
+        if let Some(id) = self.run {
+            g.runs.retain(|(run, _)| *run != id);
+        }
+        drop(g);
+        RETURNED.notify_all();
+    }
+}
+
+/// `py.detach(f)`, counted (see the module's doc).
+pub fn detach<T, F>(py: Python<'_>, f: F) -> ckpt::Result<T>
+where
+    F: Ungil + FnOnce() -> ckpt::Result<T>,
+    T: Send,
+{
+    let _call = enter()?;
+    py.detach(f)
+}
+
+/// The `atexit` hook: refuses new calls, stops the runs, and waits for the
+/// calls in progress to return to Python. A signal handler that raises
+/// (Ctrl-C) ends the wait.
+#[pyfunction]
+pub fn _at_exit(py: Python<'_>) -> PyResult<()> {
+    {
+        let g = calls();
+        EXITING.store(true, Ordering::SeqCst);
+        for (_, stop) in &g.runs {
+            stop.stop();
+        }
+    }
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        let idle = py.detach(|| {
+            let g = calls();
+            let (g, _) = RETURNED
+                .wait_timeout_while(g, Duration::from_millis(50), |c| c.in_flight > 0)
+                .unwrap_or_else(|e| e.into_inner());
+            g.in_flight == 0
+        });
+        if idle {
+            return Ok(());
+        }
+        py.check_signals()?;
+        if !told && started.elapsed() >= Duration::from_secs(1) {
+            told = true;
+            let logger = py.import("logging")?.call_method1("getLogger", ("ckpt",))?;
+            logger.call_method1(
+                "warning",
+                (
+                    "the interpreter is exiting: waiting for ckpt calls in other threads to \
+                  return (a queue.run() lets its running handlers finish and gives the \
+                  unstarted items back)",
+                ),
+            )?;
+        }
+    }
+}
