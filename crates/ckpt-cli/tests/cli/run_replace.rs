@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::util::Sandbox;
+use crate::util::{stored_items, Sandbox};
 
 /// Appends its arguments, joined by `|`, as one line to `log`.
 const LOG_ARGS: &str = r#"IFS='|'; echo "$*" >> log"#;
@@ -158,15 +158,7 @@ fn colsep_splits_columns_and_the_whole_line_stays_the_key() {
         sorted(sb.lines("log")),
         ["a/x.c|b|c|c|x|a/x.c\tb\tc", "only|||only|only|only"]
     );
-    let out = sb.ckpt().args(["items", "T", "--json"]).run();
-    out.success();
-    let keys: BTreeSet<String> = out
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["key"].as_str().unwrap().to_string())
-        .collect();
+    let keys: BTreeSet<String> = stored_items(&sb, "T").into_keys().collect();
     assert_eq!(keys, BTreeSet::from(["a/x.c\tb\tc".into(), "only".into()]));
 
     // A multi-character separator, and a regular expression (`\t` as GNU

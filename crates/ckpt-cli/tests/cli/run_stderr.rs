@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::util::{Out, Sandbox};
+use crate::util::{stored_items, Out, Sandbox};
 
 /// Runs one item "i" whose command is `sh -c script`, dead after one
 /// failure, with `flags`.
@@ -174,7 +174,5 @@ fn a_succeeding_commands_stderr_is_not_kept() {
         .args(["--", "sh", "-c", "echo 'just a warning' >&2"])
         .run()
         .success();
-    let out = sb.ckpt().args(["items", "J", "--json"]).run();
-    out.success();
-    assert_eq!(out.json()[0]["last_output"], Value::Null);
+    assert_eq!(stored_items(&sb, "J")["i"]["last_output"], Value::Null);
 }
