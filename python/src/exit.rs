@@ -9,10 +9,12 @@
 //! instead, which is no better.)
 //!
 //! So every call that lets the GIL go is counted ([`detach`], [`enter`]),
-//! and an `atexit` hook, which runs before finalization, refuses new calls,
-//! stops every `queue.run()` as a first SIGTERM would (nothing new starts,
-//! running handlers finish, unstarted items are given back), and waits for
-//! the counted calls to return to Python.
+//! and an `atexit` hook, which runs before finalization, stops every
+//! `queue.run()` as a first SIGTERM would (nothing new starts, running
+//! handlers finish, unstarted items are given back) and waits until no
+//! call is in progress. Meanwhile calls still go through (a running
+//! handler may save its cursor), but no new run starts; once none is in
+//! progress, every later call is refused.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -22,27 +24,48 @@ use ckpt::StopSignal;
 use pyo3::marker::Ungil;
 use pyo3::prelude::*;
 
-/// Set by the `atexit` hook: calls are refused from then on.
+use crate::shared::fork_generation;
+
+/// Set by the `atexit` hook once no call is in progress: calls are refused
+/// from then on.
 static EXITING: AtomicBool = AtomicBool::new(false);
 
-#[derive(Default)]
 struct Calls {
+    /// The fork generation the counts are of (see [`fork_generation`]).
+    generation: u64,
     /// Calls between [`enter`] and the drop of their [`Call`].
     in_flight: usize,
     /// The stop signals of the runs in progress, by run.
     runs: Vec<(u64, StopSignal)>,
     next_run: u64,
+    /// The exit hook is stopping the runs: no new run may start.
+    stopping: bool,
 }
 
 static CALLS: Mutex<Calls> = Mutex::new(Calls {
+    generation: 0,
     in_flight: 0,
     runs: Vec::new(),
     next_run: 0,
+    stopping: false,
 });
 static RETURNED: Condvar = Condvar::new();
 
+/// The counts, of this process: a `fork()` child starts from none, since
+/// the calls its parent had in progress were made by threads it does not
+/// have (they would never return, and exit would wait for them forever).
+/// `fork()` is called with the GIL held, and the lock is only taken with
+/// the GIL held, or by the exit hook, so no thread holds it across a fork.
 fn calls() -> MutexGuard<'static, Calls> {
-    CALLS.lock().unwrap_or_else(|e| e.into_inner())
+    let mut g = CALLS.lock().unwrap_or_else(|e| e.into_inner());
+    let generation = fork_generation();
+    if g.generation != generation {
+        g.generation = generation;
+        g.in_flight = 0;
+        g.runs.clear();
+        g.stopping = false;
+    }
+    g
 }
 
 fn refused() -> ckpt::Error {
@@ -55,25 +78,35 @@ fn refused() -> ckpt::Error {
 /// held again, so that the exit hook's wait ends only once it is back in
 /// Python).
 pub struct Call {
+    generation: u64,
     run: Option<u64>,
 }
 
 /// Counts a call in; refused once the interpreter is exiting.
 pub fn enter() -> ckpt::Result<Call> {
     let mut g = calls();
-    // Under the lock the hook sets the flag under: a call is either
-    // refused or counted before the hook starts waiting.
+    // Read under the lock the hook sets it under: a call is either refused
+    // or counted before the hook's wait can end.
     if EXITING.load(Ordering::SeqCst) {
         return Err(refused());
     }
     g.in_flight += 1;
-    Ok(Call { run: None })
+    Ok(Call {
+        generation: g.generation,
+        run: None,
+    })
 }
 
-/// [`enter`] for a run, which the exit hook stops with `stop`.
+/// [`enter`] for a run, which the exit hook stops with `stop`; refused
+/// while the hook stops the others.
 pub fn enter_run(stop: &StopSignal) -> ckpt::Result<Call> {
     let mut call = enter()?;
     let mut g = calls();
+    if g.stopping {
+        drop(g);
+        drop(call);
+        return Err(refused());
+    }
     let id = g.next_run;
     g.next_run += 1;
     g.runs.push((id, stop.clone()));
@@ -84,9 +117,11 @@ pub fn enter_run(stop: &StopSignal) -> ckpt::Result<Call> {
 impl Drop for Call {
     fn drop(&mut self) {
         let mut g = calls();
-        g.in_flight -= 1;
-        if let Some(id) = self.run {
-            g.runs.retain(|(run, _)| *run != id);
+        if g.generation == self.generation {
+            g.in_flight -= 1;
+            if let Some(id) = self.run {
+                g.runs.retain(|(run, _)| *run != id);
+            }
         }
         drop(g);
         RETURNED.notify_all();
@@ -103,14 +138,14 @@ where
     py.detach(f)
 }
 
-/// The `atexit` hook: refuses new calls, stops the runs, and waits for the
-/// calls in progress to return to Python. A signal handler that raises
-/// (Ctrl-C) ends the wait.
+/// The `atexit` hook: stops the runs, waits until no call is in progress,
+/// then refuses every later call. A signal handler that raises (Ctrl-C)
+/// ends the wait.
 #[pyfunction]
 pub fn _at_exit(py: Python<'_>) -> PyResult<()> {
     {
-        let g = calls();
-        EXITING.store(true, Ordering::SeqCst);
+        let mut g = calls();
+        g.stopping = true;
         for (_, stop) in &g.runs {
             stop.stop();
         }
@@ -123,7 +158,13 @@ pub fn _at_exit(py: Python<'_>) -> PyResult<()> {
             let (g, _) = RETURNED
                 .wait_timeout_while(g, Duration::from_millis(50), |c| c.in_flight > 0)
                 .unwrap_or_else(|e| e.into_inner());
-            g.in_flight == 0
+            if g.in_flight > 0 {
+                return false;
+            }
+            // Still under the lock: no call can come in between the last
+            // one's return and the refusal of the next.
+            EXITING.store(true, Ordering::SeqCst);
+            true
         });
         if idle {
             return Ok(());

@@ -223,8 +223,11 @@ impl Job {
 
     /// Flushes and marks the job completed; the final checkpoint is kept.
     fn complete(&mut self, py: Python<'_>) -> PyResult<()> {
+        // Counted before the handle is taken: a call refused at exit
+        // leaves the job as it was.
+        let _call = exit::enter().py()?;
         let job = self.take()?;
-        let result = exit::detach(py, || job.complete());
+        let result = py.detach(|| job.complete());
         self.settle(result)
     }
 
@@ -232,16 +235,22 @@ impl Job {
     /// kept, so a later run resumes from it.
     fn fail(&mut self, py: Python<'_>, error: &Bound<'_, PyString>) -> PyResult<()> {
         let error = json::message(error)?;
+        // Counted before the handle is taken: a call refused at exit
+        // leaves the job as it was.
+        let _call = exit::enter().py()?;
         let job = self.take()?;
-        let result = exit::detach(py, || job.fail(&error));
+        let result = py.detach(|| job.fail(&error));
         self.settle(result)
     }
 
     /// Flushes and gives up the lease, leaving the job running for any
     /// worker to resume at once (a graceful stop).
     fn release(&mut self, py: Python<'_>) -> PyResult<()> {
+        // Counted before the handle is taken: a call refused at exit
+        // leaves the job as it was.
+        let _call = exit::enter().py()?;
         let job = self.take()?;
-        let result = exit::detach(py, || job.release());
+        let result = py.detach(|| job.release());
         self.settle(result)
     }
 

@@ -113,19 +113,34 @@ pub fn text(s: &Bound<'_, PyString>, what: &str) -> PyResult<String> {
     })
 }
 
-/// A Python str kept for people to read (an error message): what is not
-/// valid Unicode in it becomes U+FFFD rather than an error, so that a
-/// failure is recorded whatever its message holds.
+/// A Python str kept for people to read (an error message): each code
+/// point that is not valid Unicode (a surrogate) becomes U+FFFD rather than
+/// an error, so that a failure is recorded whatever its message holds.
 pub fn message(s: &Bound<'_, PyString>) -> PyResult<String> {
     if let Ok(text) = s.to_cow() {
         return Ok(text.into_owned());
     }
-    // Through UTF-16, where a lone surrogate is one code unit: one U+FFFD
-    // each (UTF-8's lossy decoding would make three of it).
-    let fixed = s
-        .call_method1("encode", ("utf-16", "surrogatepass"))?
-        .call_method1("decode", ("utf-16", "replace"))?;
-    Ok(fixed.cast::<PyString>()?.to_cow()?.into_owned())
+    // `surrogatepass` writes each surrogate as its own three bytes, the
+    // only sequences in the result that are not UTF-8 (a pair stays two
+    // surrogates: it was two code points in the str, so it stays two
+    // replacement characters).
+    let bytes = s.call_method1("encode", ("utf-8", "surrogatepass"))?;
+    let mut rest: &[u8] = bytes.cast::<pyo3::types::PyBytes>()?.as_bytes();
+    let mut out = String::with_capacity(rest.len());
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(valid) => {
+                out.push_str(valid);
+                return Ok(out);
+            }
+            Err(e) => {
+                let (valid, bad) = rest.split_at(e.valid_up_to());
+                out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                out.push('\u{FFFD}');
+                rest = &bad[bad.len().min(3)..];
+            }
+        }
+    }
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {

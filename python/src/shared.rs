@@ -26,6 +26,13 @@ extern "C" fn after_fork_in_child() {
     FORKS.fetch_add(1, Ordering::SeqCst);
 }
 
+/// How many times this process is a `fork()` child of the process that
+/// loaded the module: what was counted under another generation belongs to
+/// threads of an ancestor, which the child does not have.
+pub fn fork_generation() -> u64 {
+    FORKS.load(Ordering::SeqCst)
+}
+
 /// Registers the fork hook, once per process.
 pub fn install_fork_hook() {
     static HOOK: Once = Once::new();

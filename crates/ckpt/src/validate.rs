@@ -12,7 +12,8 @@ pub const MAX_ITEM_KEY_BYTES: usize = 64 * 1024;
 /// Default limit on a checkpoint's serialised state: 1 MiB.
 pub const DEFAULT_STATE_LIMIT: usize = 1024 * 1024;
 /// Largest serialised stats an item's completion may keep: 64 KiB (stats
-/// are counters; `ckpt items` and the dashboard show them whole).
+/// are counters; `ckpt items` and the dashboard show them whole), before
+/// the `duration_ms` a runner adds.
 pub const MAX_STATS_BYTES: usize = 64 * 1024;
 /// Default number of history entries kept per job.
 pub const DEFAULT_HISTORY_KEEP: usize = 100;

@@ -1,6 +1,6 @@
 //! PostgreSQL: a `jsonb` value that ckpt cannot read back (written behind
-//! its back, nested deeper than `serde_json` reads) is a corrupt-store
-//! error naming the column, never a panic, wherever it is read.
+//! its back, nested deeper than `serde_json` reads) is an error naming the
+//! column, never a panic, wherever it is read.
 
 use std::sync::Arc;
 
@@ -15,15 +15,19 @@ fn too_deep() -> String {
 
 fn corrupt<T: std::fmt::Debug>(what: &str, result: ckpt::Result<T>, column: &str) {
     match result {
-        Err(e) if e.is_corrupt() => {
-            assert!(e.to_string().contains(column), "{what}: {e}")
+        Err(e @ ckpt::Error::Storage(_)) => {
+            let line = e.to_string();
+            let named = format!("malformed data in the PostgreSQL store: column {column}:");
+            assert!(line.contains(&named), "{what}: {line}");
+            // Not the SQLite file advice of a corrupt store.
+            assert!(!line.contains("sqlite3"), "{what}: {line}");
         }
-        other => panic!("{what}: expected a corrupt-store error, got {other:?}"),
+        other => panic!("{what}: expected a malformed-data error, got {other:?}"),
     }
 }
 
 #[test]
-fn undecodable_jsonb_is_a_corrupt_store_error_not_a_panic() {
+fn undecodable_jsonb_is_an_error_naming_the_column_not_a_panic() {
     let base = std::env::var("CKPT_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
     let mut raw = match postgres::Client::connect(&base, postgres::NoTls) {

@@ -25,12 +25,14 @@ pub(super) fn status<T>(s: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
 }
 
 /// A `jsonb` column as JSON: a value `serde_json` cannot read back (one
-/// nested too deep, written behind ckpt's back) is [`Error::Corrupt`],
-/// not a panic.
+/// nested too deep, written behind ckpt's back) is an error naming the
+/// column, not a panic.
 pub(super) fn json(r: &Row, idx: usize) -> Result<Option<Value>> {
-    r.try_get(idx).map_err(|e| Error::Corrupt {
-        path: None,
-        detail: format!("column {:?} does not decode: {e}", r.columns()[idx].name()),
+    r.try_get(idx).map_err(|e| {
+        Error::Storage(format!(
+            "malformed data in the PostgreSQL store: column {}: {e}",
+            r.columns()[idx].name()
+        ))
     })
 }
 
