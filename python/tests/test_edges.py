@@ -113,6 +113,18 @@ def test_a_process_that_ends_right_after_run_exits_cleanly(store_url):
         assert (out.returncode, out.stdout.strip()) == (0, "64"), out.stderr
 
 
+def exit_in_daemon(url, job, mode, handler_seconds):
+    """Runs scripts/exit_in_daemon.py; asserts that the process exited with 0."""
+    out = subprocess.run(
+        [sys.executable, script("exit_in_daemon.py"), url, job, mode, str(handler_seconds)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 @pytest.mark.parametrize("mode", ["run", "calls"])
 def test_the_interpreter_exits_cleanly_with_ckpt_work_in_a_daemon_thread(store_url, mode):
     # Before the exit hook, 14 exits in 15 aborted (exit 134) in "run" mode, leaving items
@@ -121,13 +133,7 @@ def test_the_interpreter_exits_cleanly_with_ckpt_work_in_a_daemon_thread(store_u
     # late calls ends the thread's loop cleanly.)
     for i in range(8):
         job = f"{mode}{i}"
-        out = subprocess.run(
-            [sys.executable, script("exit_in_daemon.py"), store_url, job, mode, "0.02"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert out.returncode == 0, out.stderr
+        out = exit_in_daemon(store_url, job, mode, 0.02)
         assert "FATAL" not in out.stderr, out.stderr
         counts = ckpt.open(store_url).queue(job).counts()
         # The main thread ends once the 4th item started (in "calls", it is still held).
@@ -147,25 +153,13 @@ def test_the_interpreter_exits_cleanly_with_ckpt_work_in_a_daemon_thread(store_u
 
 
 def test_a_forked_child_exits_without_waiting_for_the_parents_calls(store_url):
-    out = subprocess.run(
-        [sys.executable, script("exit_in_daemon.py"), store_url, "forked", "fork", "0.3"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
+    out = exit_in_daemon(store_url, "forked", "fork", 0.3)
     assert "child exit status 0" in out.stdout, out.stdout + out.stderr
     assert "waiting for ckpt calls" not in out.stderr, out.stderr
 
 
 def test_exit_waits_for_running_handlers_and_says_so(store_url):
-    out = subprocess.run(
-        [sys.executable, script("exit_in_daemon.py"), store_url, "slow", "run", "1.5"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
+    out = exit_in_daemon(store_url, "slow", "run", 1.5)
     assert "waiting for ckpt calls in other threads" in out.stderr, out.stderr
     counts = ckpt.open(store_url).queue("slow").counts()
     assert (counts.completed, counts.running, counts.pending) == (4, 0, 196), counts

@@ -60,36 +60,27 @@ pub fn item_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-/// Serialises `state` and checks it against `limit`; returns the JSON text.
+/// Serialises `state` and checks it against `limit`; returns its size.
 pub fn state_size(state: &Value, limit: usize) -> Result<usize> {
-    let size = serde_json::to_vec(state)
-        .map_err(|e| Error::InvalidInput(format!("state does not serialise: {e}")))?
-        .len();
-    if size > limit {
-        return Err(Error::LimitExceeded {
-            what: "checkpoint state",
-            size,
-            limit,
-        });
-    }
-    Ok(size)
+    serialised_within("checkpoint state", state, limit)
 }
 
 /// Checks the stats a completion would keep: nested at most
 /// [`MAX_JSON_NESTING`] deep and at most [`MAX_STATS_BYTES`] serialised.
 pub fn stats(stats: &Value) -> Result<()> {
     nesting("stats", stats)?;
-    let size = serde_json::to_vec(stats)
-        .map_err(|e| Error::InvalidInput(format!("stats do not serialise: {e}")))?
+    serialised_within("item stats", stats, MAX_STATS_BYTES).map(drop)
+}
+
+/// The size of `value` (`what`) as JSON, if at most `limit` bytes.
+fn serialised_within(what: &'static str, value: &Value, limit: usize) -> Result<usize> {
+    let size = serde_json::to_vec(value)
+        .map_err(|e| Error::InvalidInput(format!("{what} does not serialise: {e}")))?
         .len();
-    if size > MAX_STATS_BYTES {
-        return Err(Error::LimitExceeded {
-            what: "item stats",
-            size,
-            limit: MAX_STATS_BYTES,
-        });
+    if size > limit {
+        return Err(Error::LimitExceeded { what, size, limit });
     }
-    Ok(())
+    Ok(size)
 }
 
 /// The deepest nesting of arrays and objects a stored value may have. The
