@@ -73,6 +73,20 @@ impl Job {
         Ok(self.job.take().expect("held() checked it"))
     }
 
+    /// Ends the hold on the job with `end` (complete, fail or release),
+    /// without the GIL. The call is counted before the handle is taken, so
+    /// one refused at interpreter exit leaves the job as it was.
+    fn end(
+        &mut self,
+        py: Python<'_>,
+        end: impl FnOnce(ckpt::Job) -> ckpt::Result<()> + Send,
+    ) -> PyResult<()> {
+        let _call = exit::enter().py()?;
+        let job = self.take()?;
+        let result = py.detach(|| end(job));
+        self.settle(result)
+    }
+
     /// `result`, remembering a lost lease (see `fenced`).
     fn settle<T>(&mut self, result: ckpt::Result<T>) -> PyResult<T> {
         if let Err(e) = &result {
@@ -223,35 +237,20 @@ impl Job {
 
     /// Flushes and marks the job completed; the final checkpoint is kept.
     fn complete(&mut self, py: Python<'_>) -> PyResult<()> {
-        // Counted before the handle is taken: a call refused at exit
-        // leaves the job as it was.
-        let _call = exit::enter().py()?;
-        let job = self.take()?;
-        let result = py.detach(|| job.complete());
-        self.settle(result)
+        self.end(py, |job| job.complete())
     }
 
     /// Flushes and marks the job failed with ``error``; the checkpoint is
     /// kept, so a later run resumes from it.
     fn fail(&mut self, py: Python<'_>, error: &Bound<'_, PyString>) -> PyResult<()> {
         let error = json::message(error)?;
-        // Counted before the handle is taken: a call refused at exit
-        // leaves the job as it was.
-        let _call = exit::enter().py()?;
-        let job = self.take()?;
-        let result = py.detach(|| job.fail(&error));
-        self.settle(result)
+        self.end(py, move |job| job.fail(&error))
     }
 
     /// Flushes and gives up the lease, leaving the job running for any
     /// worker to resume at once (a graceful stop).
     fn release(&mut self, py: Python<'_>) -> PyResult<()> {
-        // Counted before the handle is taken: a call refused at exit
-        // leaves the job as it was.
-        let _call = exit::enter().py()?;
-        let job = self.take()?;
-        let result = py.detach(|| job.release());
-        self.settle(result)
+        self.end(py, |job| job.release())
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
