@@ -12,18 +12,13 @@ in seconds.
 Usage: bench/sqlite-floor.py N BATCH DIR
 """
 import os
-import sqlite3
 import sys
 import time
 
+import sqlitedb
+
 n, batch, workdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-path = os.path.join(workdir, "floor.db")
-for suffix in ("", "-wal", "-shm"):
-    if os.path.exists(path + suffix):
-        os.remove(path + suffix)
-db = sqlite3.connect(path, isolation_level=None)
-db.execute("PRAGMA journal_mode=WAL")
-db.execute("PRAGMA synchronous=FULL")
+db = sqlitedb.fresh(os.path.join(workdir, "floor.db"))
 db.execute(
     "CREATE TABLE items (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,"
     " status INTEGER NOT NULL, owner TEXT, claims INTEGER NOT NULL DEFAULT 0)"

@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-import sqlite3
+import sqlitedb
 
 TABLE = """CREATE TABLE items (id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL, key TEXT NOT NULL,
   payload TEXT, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
@@ -51,13 +51,7 @@ COMPLETE = """UPDATE items SET status = 'completed', ready_at = NULL, finished_a
 
 
 def run(workdir, n, batch, variant):
-    path = os.path.join(workdir, "variants.db")
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
+    db = sqlitedb.fresh(os.path.join(workdir, "variants.db"))
     db.execute(TABLE)
     indexes = {
         "schema": ["ready", "status"],

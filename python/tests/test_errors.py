@@ -130,6 +130,16 @@ def _lapse(lease):
     time.sleep(lease + 0.5)
 
 
+def _zombie(url, taker_saves):
+    """A job holder whose lease lapsed and was taken over by another, which saved
+    `taker_saves` (cursor and items) since."""
+    zombie = ckpt.open(url).job("j", always=True, lease=1.0)
+    zombie.checkpoint(1, 1)
+    _lapse(1.0)
+    ckpt.open(url).job("j", always=True, lease=60).checkpoint(taker_saves, taker_saves)
+    return zombie
+
+
 def test_a_zombie_job_holder_is_fenced_and_changes_nothing(store_url):
     a, b = ckpt.open(store_url), ckpt.open(store_url)
     zombie = a.job("j", always=True, lease=1.0)
@@ -171,14 +181,10 @@ def test_a_zombie_flush_is_fenced(store_url):
 
 
 def test_a_zombie_job_holder_cannot_fail_or_release_it_either(store_url):
-    a, b = ckpt.open(store_url), ckpt.open(store_url)
-    zombie = a.job("j", always=True, lease=1.0)
-    zombie.checkpoint(1, 1)
-    _lapse(1.0)
-    b.job("j", always=True, lease=60).checkpoint(9, 9)
+    zombie = _zombie(store_url, taker_saves=9)
     with pytest.raises(ckpt.FencedError):
         zombie.fail("late")
-    info = b.status("j")
+    info = ckpt.open(store_url).status("j")
     assert (info.status, info.cursor, info.last_error) == ("running", 9, None)
 
 
@@ -247,11 +253,7 @@ def test_an_oversize_state_is_refused_at_the_call_even_when_no_save_is_due(any_s
 
 
 def test_every_call_of_a_fenced_job_raises(store_url):
-    a, b = ckpt.open(store_url), ckpt.open(store_url)
-    zombie = a.job("j", always=True, lease=1.0)
-    zombie.checkpoint(1, 1)
-    _lapse(1.0)
-    b.job("j", always=True, lease=60).checkpoint(5, 5)
+    zombie = _zombie(store_url, taker_saves=5)
     with pytest.raises(ckpt.FencedError):
         zombie.checkpoint(2, 2)
     for call in (zombie.flush, zombie.heartbeat, lambda: zombie.checkpoint(3, 3),
