@@ -209,7 +209,9 @@ pub trait ItemStore: Send + Sync + std::fmt::Debug {
     /// atomically: if none of its items is pending, running or failed, sets
     /// the job completed (no dead item) or failed (some dead) and returns
     /// that status; otherwise changes nothing and returns `None` (an item
-    /// enqueued meanwhile keeps the job running).
+    /// enqueued meanwhile keeps the job running). A job already in that
+    /// status keeps its `completed_at` and `updated_at`: a rerun that found
+    /// nothing to do does not restart the retention of a finished job.
     /// [`Error::NotFound`](crate::Error::NotFound) for an unknown job.
     fn finish_if_done(&self, job: &str, now: Timestamp) -> Result<Option<JobStatus>>;
 

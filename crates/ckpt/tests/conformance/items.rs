@@ -476,3 +476,43 @@ fn attempts_count_executions_and_a_poison_item_ends_dead(store: Option<Fixture>)
         dead[0].last_error
     );
 }
+
+/// A cron rerun of a finished `ckpt run` records its command, enqueues the
+/// same keys, claims nothing and finishes the job again: that must leave
+/// the job's completion time alone, since retention counts from it (a job
+/// rerun more often than its retention would never be pruned).
+#[apply(every_store)]
+fn a_rerun_that_finds_nothing_keeps_the_completion_time(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ManualClock::new(T0);
+    let c = worker(f, &clock, "a");
+    let q = c.queue_with("rerun", queue_options(3)).unwrap();
+    q.record_command("true").unwrap();
+    q.enqueue(keys(2)).unwrap();
+    for item in q.claim(2).unwrap() {
+        q.complete(&item, None).unwrap();
+    }
+    assert_eq!(q.finish_if_done().unwrap(), Some(JobStatus::Completed));
+    let first = c.get_job("rerun").unwrap().unwrap();
+    assert_eq!(first.completed_at, Some(T0));
+
+    clock.advance(Duration::from_secs(3600));
+    q.record_command("true").unwrap();
+    assert_eq!(q.enqueue(keys(2)).unwrap().inserted, 0);
+    assert!(q.claim(2).unwrap().is_empty());
+    assert_eq!(q.finish_if_done().unwrap(), Some(JobStatus::Completed));
+    let again = c.get_job("rerun").unwrap().unwrap();
+    assert_eq!(
+        (again.completed_at, again.updated_at),
+        (first.completed_at, first.updated_at),
+        "a rerun that found nothing to do changed the finished job"
+    );
+
+    // New work reopens the job; finishing it is a new completion.
+    q.enqueue([NewItem::key("late")]).unwrap();
+    let late = q.claim(1).unwrap().pop().unwrap();
+    q.complete(&late, None).unwrap();
+    assert_eq!(q.finish_if_done().unwrap(), Some(JobStatus::Completed));
+    let now = clock_now(&clock);
+    assert_eq!(c.get_job("rerun").unwrap().unwrap().completed_at, Some(now));
+}

@@ -131,9 +131,11 @@ impl ItemStore for MemoryStore {
             JobStatus::Failed
         };
         let r = &mut g.job_mut(job)?.record;
-        r.status = status;
-        r.completed_at = (status == JobStatus::Completed).then_some(now);
-        r.updated_at = now;
+        if r.status != status {
+            r.status = status;
+            r.completed_at = (status == JobStatus::Completed).then_some(now);
+            r.updated_at = now;
+        }
         Ok(Some(status))
     }
 

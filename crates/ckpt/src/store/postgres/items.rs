@@ -226,10 +226,15 @@ impl ItemStore for PgStore {
             let id = lock_job(tx, job).await?;
             let row = tx
                 .cquery_opt(
-                    "UPDATE jobs SET status = CASE WHEN d.dead THEN 'failed' ELSE 'completed' END,
-                         completed_at = CASE WHEN d.dead THEN NULL ELSE $2::BIGINT END, updated_at = $2
-                     FROM (SELECT EXISTS (SELECT 1 FROM items WHERE job_id = $1 AND status = 'dead')
-                           AS dead) d
+                    "UPDATE jobs SET status = d.new_status,
+                         completed_at = CASE WHEN jobs.status = d.new_status THEN jobs.completed_at
+                             WHEN d.dead THEN NULL ELSE $2::BIGINT END,
+                         updated_at = CASE WHEN jobs.status = d.new_status THEN jobs.updated_at
+                             ELSE $2 END
+                     FROM (SELECT dead, CASE WHEN dead THEN 'failed' ELSE 'completed' END
+                               AS new_status
+                           FROM (SELECT EXISTS (SELECT 1 FROM items
+                               WHERE job_id = $1 AND status = 'dead') AS dead) e) d
                      WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM items
                          WHERE job_id = $1 AND ready_at IS NOT NULL)
                      RETURNING status",

@@ -4,7 +4,7 @@
 //!
 //! - URL: `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=ckpt&ttl=7d]`.
 //!   Every key starts with the prefix (default `ckpt`); a completed job's
-//!   keys expire `ttl` after its last change (default 7 days, `ttl=off`
+//!   keys expire `ttl` after it completed (default 7 days, `ttl=off`
 //!   to keep them). A password never appears in messages. `rediss://`
 //!   for TLS, with `tls_ca`, `tls_cert`, `tls_key` (see [`tls`]).
 //! - Every operation is one Lua script (enqueues of more than
@@ -240,7 +240,7 @@ impl RedisStore {
         &self.prefix
     }
 
-    /// How long a completed job's keys are kept after its last change;
+    /// How long a completed job's keys are kept after it completed;
     /// `None`: forever.
     pub fn ttl(&self) -> Option<Duration> {
         self.ttl

@@ -161,10 +161,14 @@ impl ItemStore for SqliteStore {
             let id = job_id(tx, job)?.ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
             let status: Option<String> = tx
                 .prepare_cached(
-                    "UPDATE jobs SET status = CASE WHEN dead THEN 'failed' ELSE 'completed' END,
-                         completed_at = CASE WHEN dead THEN NULL ELSE ?2 END, updated_at = ?2
-                     FROM (SELECT EXISTS (SELECT 1 FROM items WHERE job_id = ?1 AND status = 'dead')
-                           AS dead)
+                    "UPDATE jobs SET status = new_status,
+                         completed_at = CASE WHEN status = new_status THEN completed_at
+                             WHEN dead THEN NULL ELSE ?2 END,
+                         updated_at = CASE WHEN status = new_status THEN updated_at ELSE ?2 END
+                     FROM (SELECT dead, CASE WHEN dead THEN 'failed' ELSE 'completed' END
+                               AS new_status
+                           FROM (SELECT EXISTS (SELECT 1 FROM items
+                               WHERE job_id = ?1 AND status = 'dead') AS dead))
                      WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM items
                          WHERE job_id = ?1 AND ready_at IS NOT NULL)
                      RETURNING status",

@@ -47,34 +47,41 @@ local function take(seq, rec)
   out[o + 9] = rec.enqueued_at
 end
 
--- Pending items first (their ready time is 0), in enqueue order.
-for _, seq in ipairs(redis.call('ZRANGE', jk(n, 'pending'), 0, max - 1)) do
-  local rec = get_item(n, seq)
-  if rec then
-    take(seq, rec)
-  else
-    redis.call('ZREM', jk(n, 'pending'), seq)
+-- What to take, every record read (and checked) before the first write:
+-- pending items first (their ready time is 0), in enqueue order; then items
+-- due for a retry, or with an expired lease of another owner, by ready
+-- time. An owner never re-claims its own running items. Entries whose
+-- record is gone are dropped from their set.
+local picks, picked, stale = {}, {}, {}
+local function consider(set, seq, rec)
+  if not rec then
+    stale[#stale + 1] = {set, seq}
+  elseif not picked[seq] and not (rec.status == 'running' and rec.owner == owner) then
+    picked[seq] = true
+    picks[#picks + 1] = {seq, rec}
   end
 end
-
--- Then items due for a retry, or with an expired lease of another owner,
--- by ready time. An owner never re-claims its own running items.
-local due, skip = jk(n, 'due'), 0
-while claimed < max do
-  local seqs = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', skip, max - claimed)
+local pending = jk(n, 'pending')
+for _, seq in ipairs(redis.call('ZRANGE', pending, 0, max - 1)) do
+  consider(pending, seq, get_item(n, seq))
+end
+local due, offset = jk(n, 'due'), 0
+while #picks < max do
+  local seqs = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', offset, max - #picks)
   if #seqs == 0 then
     break
   end
+  offset = offset + #seqs
   for _, seq in ipairs(seqs) do
-    local rec = get_item(n, seq)
-    if not rec then
-      redis.call('ZREM', due, seq)
-    elseif rec.status == 'running' and rec.owner == owner then
-      skip = skip + 1
-    else
-      take(seq, rec)
-    end
+    consider(due, seq, get_item(n, seq))
   end
+end
+
+for _, s in ipairs(stale) do
+  redis.call('ZREM', s[1], s[2])
+end
+for _, p in ipairs(picks) do
+  take(p[1], p[2])
 end
 -- A claim that took nothing changed nothing: it must not restart a
 -- completed job's countdown (a poller would keep it alive forever).

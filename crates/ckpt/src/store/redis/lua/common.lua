@@ -114,8 +114,11 @@ local function has_unfinished(n)
 end
 
 -- Retention: the keys of a completed job that nobody holds and with no
--- unfinished item expire after TTL; any other job's keys never expire.
--- Called after every change.
+-- unfinished item expire TTL after it became so; any other job's keys never
+-- expire. Called after every change. The countdown starts once: a call
+-- while it runs (a rerun of the finished job that found nothing to do)
+-- does not restart it, else a job rerun more often than TTL would never
+-- expire; a key made since then joins it with the time left.
 local function retention(n)
   local k = jk(n)
   local f = redis.call('HMGET', k, 'name', 'status', 'owner', 'expiring')
@@ -127,11 +130,19 @@ local function retention(n)
     keys[#keys + 1] = jk(n, part)
   end
   if f[2] == 'completed' and not f[3] and TTL ~= '0' and not has_unfinished(n) then
-    if not f[4] then
+    local ttl = TTL
+    if f[4] then
+      local left = redis.call('PTTL', k)
+      if left > 0 then
+        ttl = left
+      end
+    else
       redis.call('HSET', k, 'expiring', '1')
     end
     for _, key in ipairs(keys) do
-      redis.call('PEXPIRE', key, TTL)
+      if not f[4] or redis.call('PTTL', key) == -1 then
+        redis.call('PEXPIRE', key, ttl)
+      end
     end
   elseif f[4] then
     redis.call('HDEL', k, 'expiring')
@@ -183,13 +194,29 @@ local function write_checkpoint(n, cursor, items_processed, stage, state, state_
   end
 end
 
--- An item's record (a table of strings), or nil.
+local IS_STATUS = {}
+for _, s in ipairs(STATUSES) do
+  IS_STATUS[s] = true
+end
+
+-- An item's record (a table of strings), or nil when there is none. A
+-- record that ckpt did not write (not JSON, a field missing or of the wrong
+-- kind) stops the script with an error; so a script that changes items
+-- reads every record it will change before its first write, and such a
+-- record then changes nothing.
 local function get_item(n, seq)
   local raw = redis.call('HGET', jk(n, 'items'), seq)
   if not raw then
     return nil
   end
-  return cjson.decode(raw)
+  local ok, rec = pcall(cjson.decode, raw)
+  if not ok or type(rec) ~= 'table' or type(rec.key) ~= 'string' or not IS_STATUS[rec.status]
+      or not tonumber(rec.attempts) or not tonumber(rec.claims)
+      or (rec.ready_at ~= nil and not tonumber(rec.ready_at)) then
+    error('ckpt: item ' .. seq .. ' of ' .. jk(n, 'items')
+      .. ' is malformed (not written by ckpt); nothing was changed')
+  end
+  return rec
 end
 
 local function put_item(n, seq, rec)

@@ -4,9 +4,14 @@ local n, owner, now = job_num(ARGV[3]), ARGV[4], ARGV[5]
 if not n then
   return {'ok', 0}
 end
-local count = 0
+-- Every record read (and checked) before the first write.
+local recs = {}
 for _, seq in ipairs(redis.call('ZRANGE', jk(n, 'running'), 0, -1)) do
-  local rec = get_item(n, seq)
+  recs[#recs + 1] = {seq, get_item(n, seq)}
+end
+local count = 0
+for _, r in ipairs(recs) do
+  local seq, rec = r[1], r[2]
   if rec and rec.owner == owner then
     count = count + 1
     if not rec.ready_at or tonumber(rec.ready_at) > tonumber(now) then

@@ -10,11 +10,14 @@ local k, status = jk(n), 'completed'
 if redis.call('ZCARD', jk(n, 'dead')) > 0 then
   status = 'failed'
 end
-redis.call('HSET', k, 'status', status, 'updated_at', now)
-if status == 'completed' then
-  redis.call('HSET', k, 'completed_at', now)
-else
-  redis.call('HDEL', k, 'completed_at')
+-- Already so: a rerun that found nothing to do changes nothing.
+if redis.call('HGET', k, 'status') ~= status then
+  redis.call('HSET', k, 'status', status, 'updated_at', now)
+  if status == 'completed' then
+    redis.call('HSET', k, 'completed_at', now)
+  else
+    redis.call('HDEL', k, 'completed_at')
+  end
+  retention(n)
 end
-retention(n)
 return {'ok', status}

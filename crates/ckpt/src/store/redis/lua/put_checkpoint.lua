@@ -5,6 +5,10 @@
 local name, write, steal, now = ARGV[3], ARGV[4] == '1', opt(ARGV[11]), ARGV[12]
 local expect, expected = ARGV[13], ARGV[14]
 local found = job_num(name)
+-- Clearing needs a job, whatever was expected of its cursor.
+if not write and not found then
+  return {'notfound'}
+end
 if found and held_by_live_owner(found, nil, steal, now) then
   return {'busy', job_reply(found)}
 end
@@ -25,15 +29,7 @@ if expect ~= 'any' then
     return {'mismatch'}
   end
 end
-local n
-if write then
-  n = ensure_job(name, now)
-else
-  n = job_num(name)
-  if not n then
-    return {'notfound'}
-  end
-end
+local n = found or ensure_job(name, now)
 local k = jk(n)
 if write then
   write_checkpoint(n, ARGV[5], ARGV[6], opt(ARGV[7]), opt(ARGV[8]), ARGV[9], ARGV[10], now)

@@ -18,9 +18,18 @@ if ARGV[8] == 'keys' then
 else
   seqs = redis.call('ZRANGE', jk(n, from), 0, -1)
 end
-local moved = 0
+-- Every record read (and checked) before the first write; a key named
+-- twice is moved once.
+local recs, seen = {}, {}
 for _, seq in ipairs(seqs) do
-  local rec = get_item(n, seq)
+  if not seen[seq] then
+    seen[seq] = true
+    recs[#recs + 1] = {seq, get_item(n, seq)}
+  end
+end
+local moved = 0
+for _, r in ipairs(recs) do
+  local seq, rec = r[1], r[2]
   if rec and rec.status == from then
     rec.status = to
     rec.attempts = attempts

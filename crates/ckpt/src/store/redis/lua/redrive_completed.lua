@@ -8,9 +8,14 @@ if not n then
   return {'notfound'}
 end
 local mode, id, to, attempts = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local moved = 0
+-- Every record read (and checked) before the first write.
+local recs = {}
 for _, seq in ipairs(redis.call('ZRANGE', jk(n, 'completed'), 0, -1)) do
-  local rec = get_item(n, seq)
+  recs[#recs + 1] = {seq, get_item(n, seq)}
+end
+local moved = 0
+for _, r in ipairs(recs) do
+  local seq, rec = r[1], r[2]
   if rec and rec.status == 'completed' then
     local c = rec.command
     if (mode == 'is' and c == id) or (mode == 'unknown' and c == nil)

@@ -9,12 +9,18 @@
 -- owner} or {'gone'}.
 local out = {'ok'}
 local touched = {}
+-- Every record read (and checked) before the first write. Updates of one
+-- item share its record, so a later one sees what an earlier one changed.
+local recs = {}
+for i = 3, #ARGV, 14 do
+  local id = ARGV[i] .. ':' .. ARGV[i + 1]
+  if recs[id] == nil then
+    recs[id] = redis.call('EXISTS', jk(ARGV[i])) == 1 and get_item(ARGV[i], ARGV[i + 1]) or false
+  end
+end
 for i = 3, #ARGV, 14 do
   local n, seq, owner, token = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local rec = nil
-  if redis.call('EXISTS', jk(n)) == 1 then
-    rec = get_item(n, seq)
-  end
+  local rec = recs[n .. ':' .. seq]
   if not rec then
     out[#out + 1] = {'gone'}
   elseif rec.status ~= 'running' or rec.owner ~= owner or rec.claims ~= token then

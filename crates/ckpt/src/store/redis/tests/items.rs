@@ -288,3 +288,75 @@ fn a_schema_1_store_gains_commands() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Every key under the prefix with its `DUMP`: equal snapshots, equal data.
+fn snapshot(s: &mut Scratch) -> BTreeMap<String, Vec<u8>> {
+    let keys = s.keys();
+    keys.into_iter()
+        .map(|k| {
+            let dump: Vec<u8> = s.raw(::redis::cmd("DUMP").arg(format!("{}:{k}", s.prefix)));
+            (k, dump)
+        })
+        .collect()
+}
+
+/// Redis does not roll back a script that stops half-way, so a record
+/// written behind ckpt's back must stop a script before its first write:
+/// one clear error, and the store as it was (no item running under a lease
+/// that nobody was given).
+#[test]
+fn a_malformed_item_record_stops_a_script_before_it_writes() {
+    let Some(mut s) = Scratch::new("malformed") else {
+        return;
+    };
+    let store = s.open("");
+    enqueue(&store, "j", &["a", "b", "c"], T0);
+    let records = format!("{}:job:1:items", s.prefix);
+    let good: String = s.raw(::redis::cmd("HGET").arg(&records).arg(2));
+    let lease = T0.plus(Duration::from_secs(10));
+    let malformed = [
+        "{not json",
+        "[1, 2]",
+        r#"{"key":"b","status":"pending"}"#,
+        r#"{"key":"b","status":"lost","attempts":"0","claims":"0"}"#,
+        r#"{"key":"b","status":"pending","attempts":"x","claims":"0"}"#,
+    ];
+    for bad in malformed {
+        let _: () = s.raw(::redis::cmd("HSET").arg(&records).arg(2).arg(bad));
+        let before = snapshot(&mut s);
+        let e = store.claim("j", "w", 3, lease, true, T0).unwrap_err();
+        assert!(e.to_string().contains("malformed"), "{bad}: {e}");
+        assert_eq!(before, snapshot(&mut s), "{bad}: the failed claim wrote");
+    }
+
+    let _: () = s.raw(::redis::cmd("HSET").arg(&records).arg(2).arg(&good));
+    let claimed = store.claim("j", "w", 3, lease, true, T0).unwrap();
+    assert_eq!(claimed.len(), 3);
+    let running: String = s.raw(::redis::cmd("HGET").arg(&records).arg(2));
+    let _: () = s.raw(::redis::cmd("HSET").arg(&records).arg(2).arg(malformed[0]));
+    let before = snapshot(&mut s);
+    let complete_all: Vec<ItemUpdate> = claimed
+        .iter()
+        .map(|c| ItemUpdate {
+            lease: c.lease.clone(),
+            change: ItemChange::Complete {
+                stats: None,
+                command: None,
+            },
+        })
+        .collect();
+    let e = store.update_items(&complete_all, T0).unwrap_err();
+    assert!(e.to_string().contains("malformed"), "{e}");
+    assert_eq!(before, snapshot(&mut s), "the failed update wrote");
+    // Reclaiming a dead worker's items reads the same records.
+    let e = store.expire_owner("j", "w", T0).unwrap_err();
+    assert!(e.to_string().contains("malformed"), "{e}");
+    assert_eq!(before, snapshot(&mut s), "the failed expiry wrote");
+
+    // Repaired, the same updates apply.
+    let _: () = s.raw(::redis::cmd("HSET").arg(&records).arg(2).arg(&running));
+    for r in store.update_items(&complete_all, T0).unwrap() {
+        r.unwrap();
+    }
+    assert_eq!(store.item_counts("j").unwrap().completed, 3);
+}

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use super::*;
 use crate::model::{ItemChange, ItemUpdate, JobStatus};
+use crate::store::CommandStore;
 
 #[test]
 fn completed_job_keys_expire_and_running_ones_never_do() {
@@ -271,13 +272,28 @@ fn operations_that_change_nothing_do_not_restart_the_countdown() {
     std::thread::sleep(Duration::from_millis(200));
     let before = *job_ttls(&s.pttls(), "done", 1).get("job:1").unwrap();
     assert!(before > 0 && before < 3_600_000 - 100, "{before}");
-    // A poller's empty claim and a cron rerun's known keys.
+    // A poller's empty claim, and what a cron rerun of `ckpt run` does:
+    // record its command (a new key: it joins the countdown), enqueue the
+    // known keys, find nothing to claim, and finish the job again.
     assert!(store
         .claim("done", "w2", 10, lease, true, lease)
         .unwrap()
         .is_empty());
-    assert_eq!(enqueue(&store, "done", &["a", "b"], lease), 0);
+    let rerun = lease.plus(Duration::from_secs(60));
+    store.record_command("done", "true", rerun).unwrap();
+    assert_eq!(enqueue(&store, "done", &["a", "b"], rerun), 0);
+    assert_eq!(
+        store.finish_if_done("done", rerun).unwrap(),
+        Some(JobStatus::Completed)
+    );
+    let job = store.get_job("done").unwrap().unwrap();
+    assert_eq!(
+        (job.completed_at, job.updated_at),
+        (Some(lease), lease),
+        "a rerun that found nothing to do changed the job"
+    );
     let after = job_ttls(&s.pttls(), "done", 1);
+    assert!(after.contains_key("job:1:commands"), "{after:?}");
     for (k, t) in &after {
         assert!(
             *t > 0 && *t <= before,
