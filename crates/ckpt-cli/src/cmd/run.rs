@@ -203,8 +203,15 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     let counts = report.counts;
     let seconds = started.elapsed().as_secs_f64();
     let stopped_by = report.stopped.then(|| signals.signal()).flatten();
+    // A halt on the job's last item stopped nothing: the run ended as it
+    // would have anyway, and says so (`--halt soon,done=100%`).
+    let halt_stopped_nothing = stopped_by.is_none()
+        && halting.as_ref().is_some_and(|h| h.halted.get().is_some())
+        && counts.unfinished() == 0;
+    let stopped = report.stopped && !halt_stopped_nothing;
     // A signal that came too wins: it is what stopped the commands.
     let halted = match (&halting, stopped_by) {
+        _ if halt_stopped_nothing => None,
         (Some(h), None) => h.halted.get().map(|&tally| {
             let why = format!("{} (--halt {})", h.policy.describe(tally), h.policy);
             (why, h.policy.halt_is_success())
@@ -245,7 +252,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             ExitCode::from(FAILED)
         });
     }
-    if report.stopped {
+    if stopped {
         let by = stopped_by.map_or_else(|| "a stop request".to_string(), signal_name);
         eprintln!(
             "ckpt: job '{}' stopped by {by}: {} completed now, {} given back unfinished, {} failed attempts; {} of {} completed in all ({took}); run the same command again to resume",
@@ -514,23 +521,29 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
         children.kill_leftovers(pid);
         timed_out
     });
-    children.exited(&child);
+    let stopped = children.exited(&child);
     // A failure keeps the tail of the command's stderr beside its error.
-    ended(h, program, status, timed_out, fence).with_output(tail)
+    ended(h, program, status, timed_out, stopped, fence).with_output(tail)
 }
 
-/// How a command that ended with `status` went, its tail aside.
+/// How a command that ended with `status` went, its tail aside; `stopped`
+/// if ckpt sent it a signal to stop it.
 fn ended(
     h: &CommandHandler<'_>,
     program: &str,
     status: std::io::Result<ExitStatus>,
     timed_out: bool,
+    stopped: bool,
     fence: &Fence,
 ) -> Outcome {
     let (children, signals) = (h.children, h.signals);
-    // A command that finished before it could be stopped completed (the
-    // completion is refused if the item was taken meanwhile).
-    let succeeded = status.as_ref().is_ok_and(|s| s.success());
+    // A command that exits 0 completed (the completion is refused if the
+    // item was taken meanwhile), unless ckpt had told it to stop: then its
+    // exit status cannot show that the work was done, as many programs
+    // exit 0 on SIGTERM. Its item is retried or given back, never
+    // completed unfinished; one that finished just as it was told to stop
+    // runs again.
+    let succeeded = !stopped && status.as_ref().is_ok_and(|s| s.success());
     // A command stopped by its fence ran: the attempt counts (a command
     // that starves its own renewals must still run out of attempts), and
     // the item is retried per the policy, if it is still ours.
@@ -543,8 +556,8 @@ fn ended(
         return Outcome::Failed(timeouts.error());
     }
     match status {
-        Ok(status) if status.success() => Outcome::Completed(None),
-        Ok(status) => match children.interrupted(status, signals) {
+        Ok(_) if succeeded => Outcome::Completed(None),
+        Ok(status) => match children.interrupted(status, stopped, signals) {
             Some(why) => Outcome::Interrupted(format!("{}: {why}", describe(status))),
             None if status.code().is_some_and(|c| h.no_retry_exit.contains(&c)) => Outcome::Fatal(
                 format!("{} (--no-retry-exit: not retried)", describe(status)),

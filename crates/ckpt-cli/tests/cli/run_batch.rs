@@ -321,3 +321,49 @@ fn tag_names_every_item_of_a_batch() {
     out.success();
     assert_eq!(out.stdout, "a b\thi a b\n", "{}", out.stderr);
 }
+
+/// A batch that fails while the run is stopping cannot be split (a stopping
+/// run starts nothing new) and cannot say which item was bad: every item
+/// is given back uncharged, and the rerun splits it, so only the bad item
+/// dies, even with `--no-retry-exit`.
+#[test]
+fn a_batch_that_fails_while_the_run_stops_is_given_back_whole() {
+    let sb = Sandbox::new();
+    let all: Vec<String> = ["a", "bad", "c"].map(String::from).into();
+    let file = sb.write_items("items.txt", &all);
+    let script = r#"echo "$#" "$@" >> log
+touch started
+while [ ! -e go ]; do sleep 0.01; done
+for a in "$@"; do [ "$a" = bad ] && exit 3; done
+exit 0"#;
+    let run = || {
+        sb.ckpt()
+            .args(["run", "--job", "B", "--items"])
+            .arg(&file)
+            .args(["-n", "3", "--no-retry-exit", "3"])
+            .args(["--", "sh", "-c", script, "sh"])
+    };
+    let running = run().start();
+    wait_until(Duration::from_secs(30), "the batch to start", || {
+        sb.join("started").exists()
+    });
+    running.signal(15);
+    wait_until(Duration::from_secs(30), "ckpt to take the signal", || {
+        running.stderr_so_far().contains("SIGTERM received")
+    });
+    sb.write("go", "");
+    let out = running.wait(Duration::from_secs(30));
+    out.code(143);
+    let stopped = stored(&sb, "B");
+    for item in &all {
+        assert_eq!(stopped[item], ("pending".into(), 0), "{stopped:?}");
+    }
+    assert_eq!(invocations(&sb).0, [3], "not run alone while stopping");
+
+    run().run().code(1);
+    let done = stored(&sb, "B");
+    assert_eq!(done["bad"], ("dead".into(), 1));
+    assert_eq!(done["a"], ("completed".into(), 1));
+    assert_eq!(done["c"], ("completed".into(), 1));
+    assert_eq!(invocations(&sb).0, [3, 3, 1, 1, 1], "the rerun split it");
+}

@@ -9,13 +9,15 @@
 //!
 //! A batch whose command fails (an exit status, a signal not ours, a
 //! timeout, `--no-retry-exit` included) cannot say which item was bad, so
-//! each of its items is run again alone, at once, in the same slot; that
-//! run's outcome is the item's. The batch is not charged to anyone: each
+//! each of its items is run again alone, at once, one after another by the
+//! same worker; that run's outcome is the item's. The batch is not charged to anyone: each
 //! item's attempt is the batch and its lone run together, so the good
 //! items complete without losing an attempt, and only the bad one fails
 //! (and is retried alone, as a retry always is, or dies). A batch stopped
 //! from outside (its lease lost, the run stopping or halting) is not
-//! split: every item gets that outcome.
+//! split: every item gets that outcome. Nor is a batch that fails while
+//! the run is stopping (a stopping run starts nothing new): its items are
+//! given back uncharged, and the next run splits it.
 
 use anyhow::Result;
 use ckpt::{ClaimedItem, Fence, Outcome};
@@ -27,10 +29,18 @@ use super::{run_item, CommandHandler};
 pub(super) fn run(h: &CommandHandler<'_>, items: &[ClaimedItem], fences: &[Fence]) -> Vec<Outcome> {
     let fence = Fence::any(fences);
     let outcome = run_item(h, items, &fence);
-    let split = matches!(outcome.base(), Outcome::Failed(_) | Outcome::Fatal(_))
-        && !fence.is_lost()
-        && !h.stop.is_stopped();
-    if !split {
+    let failed = matches!(outcome.base(), Outcome::Failed(_) | Outcome::Fatal(_));
+    if failed && !fence.is_lost() && h.stop.is_stopped() {
+        // Which item was bad is unknown, and a stopping run starts nothing
+        // new: every item is given back uncharged, and the next run splits
+        // the batch. Not failures, so no halt counts them.
+        let back = Outcome::Interrupted(format!(
+            "the batch failed as the run was stopping, so not run alone: {}",
+            why(&outcome)
+        ));
+        return vec![back; items.len()];
+    }
+    if !failed || fence.is_lost() {
         for item in items {
             h.observe(&outcome, item.attempt);
         }

@@ -50,6 +50,11 @@ struct State {
     interrupted: bool,
     /// The commands are being stopped by `--halt now`, not by a signal.
     halted: bool,
+    /// The running commands that ckpt sent a signal to stop them (a lost
+    /// lease, a timeout, a halt, a shutdown): their exit status cannot
+    /// show that their work was done, since many programs exit 0 on
+    /// SIGTERM.
+    stopped: HashSet<u32>,
 }
 
 /// The commands running for one worker.
@@ -74,6 +79,7 @@ impl Children {
                 phase: Phase::Running,
                 interrupted: false,
                 halted: false,
+                stopped: HashSet::new(),
             }),
             changed: Condvar::new(),
         })
@@ -91,6 +97,9 @@ impl Children {
         }
         let mut g = self.lock();
         g.pids.insert(child.id());
+        if g.interrupted || g.phase > Phase::Running {
+            g.stopped.insert(child.id());
+        }
         if g.interrupted {
             signal_group(child.id(), SIGINT);
         }
@@ -106,8 +115,12 @@ impl Children {
     /// Only a pid still registered is signalled, so a reaped command's
     /// reused pid is never hit.
     pub fn stop_one(self: &Arc<Self>, pid: u32, grace: Duration) {
-        if !self.lock().pids.contains(&pid) {
-            return;
+        {
+            let mut g = self.lock();
+            if !g.pids.contains(&pid) {
+                return;
+            }
+            g.stopped.insert(pid);
         }
         signal_group(pid, libc::SIGTERM);
         let children = Arc::clone(self);
@@ -150,20 +163,32 @@ impl Children {
         signal_group(pid, libc::SIGKILL);
     }
 
-    /// Unregisters a command that exited and was reaped.
-    pub fn exited(&self, child: &Child) {
-        self.lock().pids.remove(&child.id());
+    /// Unregisters a command that exited and was reaped; true if ckpt had
+    /// sent it a signal to stop it.
+    pub fn exited(&self, child: &Child) -> bool {
+        let stopped = {
+            let mut g = self.lock();
+            g.pids.remove(&child.id());
+            g.stopped.remove(&child.id())
+        };
         if let Some(sentinel) = &self.sentinel {
             sentinel.reaped(child.id());
         }
         self.changed.notify_all();
+        stopped
     }
 
-    /// Decides whether a command that failed with `status` was interrupted
-    /// by the shutdown (its item is then given back) rather than failed.
-    /// Returns the reason, after making sure that nothing the command
-    /// started is left running.
-    pub fn interrupted(&self, status: ExitStatus, signals: &Signals) -> Option<String> {
+    /// Decides whether a command that did not complete, ending with
+    /// `status`, was interrupted by the shutdown (its item is then given
+    /// back) rather than failed; `stopped` if ckpt had sent it a signal to
+    /// stop it. Returns the reason, after making sure that nothing the
+    /// command started is left running.
+    pub fn interrupted(
+        &self,
+        status: ExitStatus,
+        stopped: bool,
+        signals: &Signals,
+    ) -> Option<String> {
         let (phase, halted) = {
             let g = self.lock();
             (g.phase, g.halted)
@@ -175,6 +200,11 @@ impl Children {
             } else {
                 "stopped at shutdown after the grace period".into()
             });
+        }
+        // Stopped while commands run undisturbed: by the Ctrl-C passed on
+        // (a lost lease and a timeout are failures, decided before this).
+        if stopped {
+            return Some("SIGINT passed on during shutdown".into());
         }
         let by = interrupt_signal(status)?;
         // A Ctrl-C at the terminal: the command and ckpt got it together.
@@ -218,7 +248,9 @@ impl Children {
         let pids = {
             let mut g = self.lock();
             g.interrupted = true;
-            g.pids.clone()
+            let pids = g.pids.clone();
+            g.stopped.extend(&pids);
+            pids
         };
         for pid in pids {
             signal_group(pid, SIGINT);
@@ -230,7 +262,9 @@ impl Children {
         let pids = {
             let mut g = self.lock();
             g.phase = g.phase.max(Phase::Terminating);
-            g.pids.clone()
+            let pids = g.pids.clone();
+            g.stopped.extend(&pids);
+            pids
         };
         self.signal_all(&pids, libc::SIGTERM);
     }
@@ -241,7 +275,9 @@ impl Children {
         let pids = {
             let mut g = self.lock();
             g.phase = g.phase.max(Phase::Killing);
-            g.pids.clone()
+            let pids = g.pids.clone();
+            g.stopped.extend(&pids);
+            pids
         };
         self.signal_all(&pids, libc::SIGKILL);
         self.lock().phase = Phase::Killed;
