@@ -317,7 +317,13 @@ pub struct BenchArgs {
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m)"))
+    // Far beyond any use, and far below where deadlines (now + it) overflow.
+    const CENTURY: Duration = Duration::from_secs(3_155_760_000);
+    match humantime::parse_duration(s) {
+        Ok(d) if d > CENTURY => Err(format!("{s} is too long: at most 100 years")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (examples: 500ms, 30s, 5m)")),
+    }
 }
 
 /// A lease is renewed every third of it and must outlast a busy store

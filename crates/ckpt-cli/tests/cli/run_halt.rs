@@ -289,8 +289,105 @@ fn halt_on_success_exits_0_and_bad_halt_values_are_usage_errors() {
         &["--halt", "soon,fail=0"][..],
         &["--halt", "later,fail=1"],
         &["--timeout", "0s"],
+        &["--timeout", "18446744073709551615s"],
+        &["--backoff", "18446744073709551615s"],
+        &["--lease", "200years"],
     ] {
         let err = run(bad).error(2);
         assert!(err.contains(bad[0]), "{bad:?}: {err}");
     }
+}
+
+/// Many programs exit 0 when told to stop (`trap 'exit 0' TERM`), their
+/// work unfinished: an exit 0 after ckpt's own SIGTERM is not a completion.
+/// A timed-out item fails with the timeout; an item stopped by `--halt now`
+/// or at the end of `--grace` is given back uncharged.
+#[test]
+fn a_command_that_exits_0_when_told_to_stop_is_not_completed() {
+    let sb = Sandbox::new();
+    // Writes "done ITEM" only if it ran to the end.
+    let script = r#"trap 'exit 0' TERM
+echo $$ > "$0.pid"
+case "$0" in
+  bad) while [ ! -e slow.pid ]; do sleep 0.01; done; exit 1 ;;
+  *) sleep 30 & wait ;;
+esac
+echo "done $0" >> log"#;
+    let run = |job: &str, items: &[&str], extra: &[&str]| {
+        let list: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+        let file = sb.write_items(&format!("{job}.txt"), &list);
+        sb.ckpt()
+            .args(["run", "--job", job, "--items"])
+            .arg(&file)
+            .args(["--retries", "0"])
+            .args(extra)
+            .args(["--", "sh", "-c", script])
+    };
+
+    run("T", &["slow"], &["--timeout", "1s"]).run().code(1);
+    assert_eq!(
+        stored(&sb, "T")["slow"],
+        ("dead".into(), 1, Some("timed out after 1s".into()))
+    );
+
+    let _ = std::fs::remove_file(sb.join("slow.pid"));
+    run("H", &["slow", "bad"], &["-j", "2", "--halt", "now,fail=1"])
+        .run()
+        .code(1);
+    let halted = stored(&sb, "H");
+    assert_eq!(halted["bad"].0, "dead");
+    assert_eq!(halted["slow"], ("pending".into(), 0, None), "{halted:?}");
+
+    let _ = std::fs::remove_file(sb.join("slow.pid"));
+    let running = run("G", &["slow"], &["--grace", "500ms"]).start();
+    wait_until(Duration::from_secs(30), "the command to start", || {
+        sb.join("slow.pid").exists()
+    });
+    running.signal(15);
+    running.wait(Duration::from_secs(30)).code(143);
+    assert_eq!(stored(&sb, "G")["slow"], ("pending".into(), 0, None));
+
+    assert!(sb.lines("log").is_empty(), "{:?}", sb.lines("log"));
+}
+
+/// A halt that fires on the job's last item stops nothing: the run ends as
+/// it would have without it (status, summary and exit code), rather than
+/// asking for a rerun with nothing left to do.
+#[test]
+fn a_halt_on_the_last_item_ends_the_run_as_usual() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("ok", 3));
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "D", "--items"])
+        .arg(&file)
+        .args(["--halt", "soon,done=100%", "--", "true"])
+        .run();
+    out.success();
+    assert!(
+        out.stderr.contains("job 'D' completed: 3 items"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("halted:"), "{}", out.stderr);
+
+    let file = sb.write_items("last.txt", &["ok-1".into(), "bad".into()]);
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "F", "--items"])
+        .arg(&file)
+        .args(["-j", "1", "--retries", "0", "--halt", "soon,fail=1"])
+        .args(["--", "sh", "-c", r#"[ "$0" != bad ]"#])
+        .run();
+    out.code(1);
+    assert!(
+        out.stderr.contains("job 'F' failed: 1 dead item(s)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("run the same command again"),
+        "{}",
+        out.stderr
+    );
 }

@@ -58,10 +58,11 @@ impl RetryPolicy {
 
     /// The delay before the retry that follows failed attempt `attempt`
     /// (1-based), before jitter.
+    /// Saturates at [`Duration::MAX`].
     pub fn delay(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(63) as i32;
         let secs = self.base_delay.as_secs_f64() * self.factor.max(1.0).powi(exp);
-        Duration::from_secs_f64(secs.min(self.max_delay.as_secs_f64()))
+        seconds(secs.min(self.max_delay.as_secs_f64()))
     }
 
     /// Decides the fate of an item whose attempt number `attempt` failed at
@@ -73,9 +74,15 @@ impl RetryPolicy {
         }
         let jitter = self.jitter.clamp(0.0, 1.0);
         let scale = 1.0 - jitter + 2.0 * jitter * unit.clamp(0.0, 1.0);
-        let delay = self.delay(attempt).mul_f64(scale);
+        let delay = seconds(self.delay(attempt).as_secs_f64() * scale);
         RetryDecision::RetryAt(now.plus(delay))
     }
+}
+
+/// `secs` as a duration, saturating (a policy of absurd delays must not
+/// panic the worker that records a failure).
+fn seconds(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]
@@ -117,5 +124,22 @@ mod tests {
             RetryDecision::Dead
         );
         assert_eq!(RetryPolicy::interactive(2).max_attempts, 3);
+    }
+
+    #[test]
+    fn absurd_delays_saturate_instead_of_panicking() {
+        let p = RetryPolicy {
+            max_attempts: 100,
+            base_delay: Duration::MAX,
+            max_delay: Duration::MAX,
+            factor: 1e300,
+            jitter: 1.0,
+        };
+        assert_eq!(p.delay(60), Duration::MAX);
+        let now = Timestamp(1_000);
+        assert_eq!(
+            p.decide(60, now, 0.99),
+            RetryDecision::RetryAt(Timestamp(i64::MAX))
+        );
     }
 }

@@ -31,6 +31,7 @@ pub(super) struct Coordinator<'r, 'q> {
 /// What a round found in the shared state.
 struct Snapshot {
     stopping: bool,
+    worker_panicked: bool,
     /// Items claimed and not yet recorded: ready or running.
     held: usize,
 }
@@ -93,6 +94,10 @@ impl<'r, 'q> Coordinator<'r, 'q> {
     /// is over.
     fn round(&mut self) -> Result<Option<RunReport>> {
         let snapshot = self.collect();
+        if snapshot.worker_panicked {
+            // The scope re-raises the worker's panic once this returns.
+            return Err(Error::Storage("a worker thread panicked".into()));
+        }
         self.record()?;
         let lease = self.runner.queue.options().lease;
         // Renew on schedule, and at once when the store's liveness session
@@ -151,6 +156,7 @@ impl<'r, 'q> Coordinator<'r, 'q> {
         }
         Snapshot {
             stopping,
+            worker_panicked: g.worker_panicked,
             held: g.ready.len() + g.running.len(),
         }
     }

@@ -43,7 +43,7 @@ use crate::shutdown::{StopSignal, Wake};
 use coordinator::Coordinator;
 pub use fence::Fence;
 use fence::Watchdog;
-use workers::{worker_loop, Shared, State};
+use workers::{worker_loop, PanicAlarm, Shared, State};
 
 /// How a [`Runner`] runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -263,13 +263,29 @@ impl<'q> Runner<'q> {
                     crate::Error::Storage(format!("cannot start the fence thread: {e}"))
                 })?;
             for _ in 0..workers {
-                scope.spawn(|| worker_loop(self.queue, state, dog, &self.stop, handler));
+                scope.spawn(|| {
+                    let _alarm = PanicAlarm(state);
+                    worker_loop(self.queue, state, dog, &self.stop, handler)
+                });
             }
-            let result = Coordinator::new(self, state, dog).run();
-            state.lock().stop = true;
-            state.work.notify_all();
-            dog.stop();
-            result
+            // The workers and the watchdog end when the coordinator does,
+            // even by a panic: the scope joins them before it unwinds on.
+            let _stop = StopOnExit { state, dog };
+            Coordinator::new(self, state, dog).run()
         })
+    }
+}
+
+/// Stops the workers and the watchdog when dropped.
+struct StopOnExit<'a> {
+    state: &'a State,
+    dog: &'a Watchdog,
+}
+
+impl Drop for StopOnExit<'_> {
+    fn drop(&mut self) {
+        self.state.lock().stop = true;
+        self.state.work.notify_all();
+        self.dog.stop();
     }
 }

@@ -28,6 +28,8 @@ pub(super) struct Shared {
     pub stop: bool,
     /// Set by a stop request, so that the coordinator's wait ends at once.
     pub woken: bool,
+    /// A worker thread panicked outside the handler (a bug): the run ends.
+    pub worker_panicked: bool,
     /// Outcomes worth waking the coordinator for.
     pub batch: usize,
     /// Below this many ready items the coordinator is woken to refill.
@@ -69,6 +71,23 @@ impl State {
             .progress
             .wait_timeout_while(g, timeout, |s| s.finished.is_empty() && !s.woken)
             .unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+/// Held by a worker thread: if the thread panics outside the handler (whose
+/// panics are outcomes), tells the coordinator, which ends the run rather
+/// than wait for the items that thread held.
+pub(super) struct PanicAlarm<'a>(pub &'a State);
+
+impl Drop for PanicAlarm<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut g = self.0.lock();
+            g.worker_panicked = true;
+            g.woken = true;
+            drop(g);
+            self.0.progress.notify_all();
+        }
     }
 }
 

@@ -49,6 +49,9 @@ pub enum Fault {
     /// caller heard back: the call returns an error though it took effect,
     /// and every later call fails.
     CrashAfter,
+    /// The call panics before it reaches the store (a bug), and later
+    /// calls work.
+    Panic,
 }
 
 /// Wraps a store; the `nth` call (1-based) of an operation gets a [`Fault`].
@@ -136,6 +139,7 @@ impl FaultStore {
                     self.crashed.store(true, Ordering::SeqCst);
                     Err(Self::dead())
                 }
+                Fault::Panic => panic!("injected panic at {op:?} #{n}"),
             },
             _ => f(),
         }

@@ -155,3 +155,50 @@ fn a_fatal_outcome_makes_the_item_dead_at_once(store: Option<Fixture>) {
     assert_eq!(dead["item-0003"], (1, Some("exit status 3".into())));
     assert_eq!(dead["item-0005"], (2, Some("bad input".into())));
 }
+
+/// A panic outside the handler (a bug), on the coordinator's thread or on a
+/// worker's, must end the run, not leave it waiting forever for threads
+/// that wait for it.
+#[apply(every_store)]
+fn a_panic_outside_the_handler_ends_the_run(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    use ckpt::store::{Fault, FaultStore, Op, Store};
+    for on_worker in [false, true] {
+        let job = format!("panics-{on_worker}");
+        let setup = Ckpt::new((f.another)())
+            .queue_with(&job, queue_options(3))
+            .unwrap();
+        setup.enqueue(keys(10)).unwrap();
+        if on_worker {
+            // Items claimed before: a worker records their start itself,
+            // in the run's first item update.
+            for item in setup.claim(10).unwrap() {
+                setup.release(&item).unwrap();
+            }
+        }
+        // Else the first item update is the coordinator's record of outcomes.
+        let buggy: Arc<dyn Store> =
+            Arc::new(FaultStore::new((f.another)()).inject(Op::UpdateItems, 1, Fault::Panic));
+        let q = Ckpt::new(buggy).queue_with(&job, queue_options(3)).unwrap();
+        let (ended, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let options = RunOptions {
+                    workers: 2,
+                    idle_poll: Duration::from_millis(20),
+                    ..RunOptions::default()
+                };
+                Runner::new(&q, options).run(&|_: &ckpt::ClaimedItem| Outcome::Completed(None))
+            }));
+            let _ = ended.send(run.is_err());
+        });
+        // Generous: the run ends at once; only a hang takes this long.
+        let panicked = outcome
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the run hung after a panic (on a worker: {on_worker})"));
+        assert!(
+            panicked,
+            "the panic was swallowed (on a worker: {on_worker})"
+        );
+    }
+}

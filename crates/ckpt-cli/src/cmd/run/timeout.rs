@@ -54,10 +54,13 @@ impl Timeouts {
         format!("timed out after {}", humantime::format_duration(self.limit))
     }
 
-    /// Starts the clock of command `pid`, just started.
+    /// Starts the clock of command `pid`, just started (none for a limit
+    /// beyond what the clock can count to).
     pub fn arm(&self, pid: u32) {
-        self.lock().armed.insert(pid, Instant::now() + self.limit);
-        self.changed.notify_one();
+        if let Some(deadline) = Instant::now().checked_add(self.limit) {
+            self.lock().armed.insert(pid, deadline);
+            self.changed.notify_one();
+        }
     }
 
     /// Stops the clock of command `pid`, which exited; true if and only if
