@@ -149,9 +149,12 @@ pub fn show(url: &str, args: ShowArgs) -> Result<ExitCode> {
     let mut failures = store.list_items(&args.job, Some(ItemStatus::Dead), FAILURES_SHOWN)?;
     failures.extend(store.list_items(&args.job, Some(ItemStatus::Failed), FAILURES_SHOWN)?);
     failures.truncate(FAILURES_SHOWN);
+    let commands = store.commands(&args.job)?;
+    // Everything read before anything is printed: an error is then the
+    // only output, never the tail of a half-printed job.
     let cursor = record.checkpoint.as_ref().map(|c| &c.cursor);
     print_show(&summary, cursor, &history, &failures, now);
-    print_commands(&store.commands(&args.job)?);
+    print_commands(&commands);
     Ok(ExitCode::SUCCESS)
 }
 

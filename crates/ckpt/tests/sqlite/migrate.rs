@@ -119,3 +119,73 @@ fn schema_1_dead_item_opens_with_no_output() {
     let dead = store.list_items("old", Some(ItemStatus::Dead), 10).unwrap();
     assert_eq!(dead[0].last_output.as_deref(), Some("why\n"));
 }
+
+/// Schema 4 drops the index on every item's status (every claim and
+/// completion moved it) for a partial one on dead items, and keeps each
+/// job's item total, from which completed items are counted: a store of
+/// schema 1 counts exactly what it held, and keeps counting right.
+#[test]
+fn schema_4_counts_migrated_items_without_the_status_index() {
+    use ckpt::model::NewItem;
+    use ckpt::ItemStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(SCHEMA_1).unwrap();
+    // Job 1 has three completed items (SCHEMA_1); add one of every other
+    // status, and a second job with one pending item and an empty third.
+    conn.execute_batch(
+        "INSERT INTO items (job_id, key, status, attempts, claims, enqueued_at, ready_at, owner)
+             VALUES (1, 'p', 'pending', 0, 0, 1, 1, NULL),
+                    (1, 'r', 'running', 1, 1, 1, 50, 'w'),
+                    (1, 'f', 'failed', 1, 1, 1, 40, NULL);
+         INSERT INTO items (job_id, key, status, attempts, claims, enqueued_at, finished_at)
+             VALUES (1, 'd', 'dead', 3, 3, 1, 2);
+         INSERT INTO jobs (id, name, status, created_at, updated_at) VALUES
+             (2, 'other', 'running', 1, 1), (3, 'empty', 'running', 1, 1);
+         INSERT INTO items (job_id, key, status, enqueued_at, ready_at)
+             VALUES (2, 'x', 'pending', 1, 1);",
+    )
+    .unwrap();
+    drop(conn);
+    let store = open(&path, OpenMode::MustExist).unwrap();
+    let indexes: Vec<String> = rusqlite::Connection::open(&path)
+        .unwrap()
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'items'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(indexes.contains(&"items_dead".into()), "{indexes:?}");
+    assert!(!indexes.contains(&"items_status".into()), "{indexes:?}");
+
+    let counts = |job: &str| {
+        let c = store.item_counts(job).unwrap();
+        (c.pending, c.running, c.failed, c.dead, c.completed)
+    };
+    assert_eq!(counts("old"), (1, 1, 1, 1, 3));
+    assert_eq!(counts("other"), (1, 0, 0, 0, 0));
+    assert_eq!(counts("empty"), (0, 0, 0, 0, 0));
+    assert_eq!(counts("missing"), (0, 0, 0, 0, 0));
+    let dead = store.list_items("old", Some(ItemStatus::Dead), 10).unwrap();
+    assert_eq!(
+        dead.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+        ["d"]
+    );
+    let running = store
+        .list_items("old", Some(ItemStatus::Running), 10)
+        .unwrap();
+    assert_eq!(
+        running.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+        ["r"]
+    );
+
+    // New items add to the total; known keys do not.
+    let items = ["p", "new"].map(|k| Ok(NewItem::key(k)));
+    let report = store
+        .enqueue("old", &mut items.into_iter(), Timestamp(60))
+        .unwrap();
+    assert_eq!((report.inserted, report.existing), (1, 1));
+    assert_eq!(counts("old"), (2, 1, 1, 1, 3));
+}

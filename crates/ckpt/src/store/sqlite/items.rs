@@ -31,6 +31,9 @@ impl ItemStore for SqliteStore {
             let id = ensure_job(tx, job, now)?;
             let report = super::batch::insert_items(tx, id, items, now, &enqueued)?;
             if report.inserted > 0 {
+                tx.prepare_cached("UPDATE jobs SET items_total = items_total + ?2 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![id, report.inserted as i64]))
+                    .map_err(sql_err)?;
                 tx.prepare_cached(
                     "UPDATE jobs SET status = 'running', completed_at = NULL, updated_at = ?2
                      WHERE id = ?1 AND status = 'completed'",
@@ -181,22 +184,42 @@ impl ItemStore for SqliteStore {
 
     fn item_counts(&self, job: &str) -> Result<ItemCounts> {
         let conn = self.lock();
+        let Some(id) = job_id(&conn, job)? else {
+            return Ok(ItemCounts::default());
+        };
+        // Completed items are counted as the rest of the job's total, so a
+        // job of millions of finished items is counted through the small
+        // indexes of its unfinished and dead items, not by a scan. One
+        // statement, so one snapshot; the total's row has no status.
         let mut stmt = conn
             .prepare_cached(
-                "SELECT i.status, count(*) FROM items i JOIN jobs j ON j.id = i.job_id
-                 WHERE j.name = ?1 GROUP BY i.status",
+                "SELECT status, count(*) FROM items
+                 WHERE job_id = ?1 AND ready_at IS NOT NULL GROUP BY status
+                 UNION ALL
+                 SELECT 'dead', count(*) FROM items WHERE job_id = ?1 AND status = 'dead'
+                 UNION ALL
+                 SELECT NULL, items_total FROM jobs WHERE id = ?1",
             )
             .map_err(sql_err)?;
         let mut counts = ItemCounts::default();
+        let mut total = 0;
         let rows = stmt
-            .query_map([job], |r| {
-                Ok((status_col(r, 0, ItemStatus::parse)?, r.get::<_, i64>(1)?))
+            .query_map([id], |r| {
+                let status = match r.get_ref(0)? {
+                    rusqlite::types::ValueRef::Null => None,
+                    _ => Some(status_col(r, 0, ItemStatus::parse)?),
+                };
+                Ok((status, r.get::<_, i64>(1)?))
             })
             .map_err(sql_err)?;
         for row in rows {
-            let (status, n) = row.map_err(sql_err)?;
-            counts.add(status, n as u64);
+            match row.map_err(sql_err)? {
+                (Some(status), n) => counts.add(status, n as u64),
+                (None, n) => total = n as u64,
+            }
         }
+        counts.completed =
+            total.saturating_sub(counts.pending + counts.running + counts.failed + counts.dead);
         Ok(counts)
     }
 
@@ -226,7 +249,8 @@ impl ItemStore for SqliteStore {
         let mut stmt = conn
             .prepare_cached(&format!(
                 "SELECT {ITEM_COLUMNS} FROM items WHERE job_id = ?1
-                 AND (?2 IS NULL OR status = ?2) ORDER BY id LIMIT ?3"
+                 AND (?2 IS NULL OR status = ?2){} ORDER BY id LIMIT ?3",
+                status.map_or("", status_index_hint)
             ))
             .map_err(sql_err)?;
         let rows = stmt
@@ -246,7 +270,7 @@ impl ItemStore for SqliteStore {
         let mut stmt = conn
             .prepare_cached(
                 "SELECT DISTINCT owner FROM items WHERE job_id = ?1 AND status = 'running'
-                 AND owner IS NOT NULL ORDER BY owner",
+                 AND ready_at IS NOT NULL AND owner IS NOT NULL ORDER BY owner",
             )
             .map_err(sql_err)?;
         let rows = stmt.query_map([id], |r| r.get(0)).map_err(sql_err)?;
@@ -261,7 +285,8 @@ impl ItemStore for SqliteStore {
             // machine::expired_ready_at: never later than it was.
             tx.prepare_cached(
                 "UPDATE items SET ready_at = min(ready_at, ?3)
-                 WHERE job_id = ?1 AND status = 'running' AND owner = ?2",
+                 WHERE job_id = ?1 AND status = 'running' AND ready_at IS NOT NULL
+                   AND owner = ?2",
             )
             .and_then(|mut s| s.execute(params![id, owner, now.0]))
             .map(|n| n as u64)
@@ -278,8 +303,11 @@ impl ItemStore for SqliteStore {
     ) -> Result<u64> {
         self.write(|tx| {
             let id = job_id(tx, job)?.ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
-            let sql = "UPDATE items SET status = ?3, attempts = ?4, ready_at = ?5,
-                           finished_at = NULL WHERE job_id = ?1 AND status = ?2";
+            let sql = format!(
+                "UPDATE items SET status = ?3, attempts = ?4, ready_at = ?5,
+                     finished_at = NULL WHERE job_id = ?1 AND status = ?2{}",
+                status_index_hint(from)
+            );
             let (status, attempts, ready_at) = (
                 Redrive::STATUS.as_str(),
                 Redrive::ATTEMPTS,
@@ -289,7 +317,7 @@ impl ItemStore for SqliteStore {
             match keys {
                 None => {
                     moved += tx
-                        .prepare_cached(sql)
+                        .prepare_cached(&sql)
                         .and_then(|mut s| {
                             s.execute(params![id, from.as_str(), status, attempts, ready_at])
                         })
@@ -311,5 +339,19 @@ impl ItemStore for SqliteStore {
             }
             Ok(moved)
         })
+    }
+}
+
+/// A condition implied by `status = X` that names the column of a partial
+/// index, so the planner can use it (it cannot see through a parameter):
+/// unfinished items are exactly those with a `ready_at` (items_ready), dead
+/// ones are in items_dead. Completed items have no index of their own.
+fn status_index_hint(status: ItemStatus) -> &'static str {
+    match status {
+        ItemStatus::Pending | ItemStatus::Running | ItemStatus::Failed => {
+            " AND ready_at IS NOT NULL"
+        }
+        ItemStatus::Dead => " AND status = 'dead'",
+        ItemStatus::Completed => "",
     }
 }

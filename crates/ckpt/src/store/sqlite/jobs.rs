@@ -361,10 +361,14 @@ impl JobStore for SqliteStore {
                 return Ok(false);
             };
             let id = job_id(tx, job)?.ok_or_else(|| Error::NotFound(format!("job '{job}'")))?;
+            // Every item completed: none unfinished (the items_ready index)
+            // and none dead (items_dead).
             let all_completed: bool = tx
                 .prepare_cached(
                     "SELECT NOT EXISTS (SELECT 1 FROM items
-                                        WHERE job_id = ?1 AND status <> 'completed')",
+                                        WHERE job_id = ?1 AND ready_at IS NOT NULL)
+                        AND NOT EXISTS (SELECT 1 FROM items
+                                        WHERE job_id = ?1 AND status = 'dead')",
                 )
                 .and_then(|mut s| s.query_row([id], |r| r.get(0)))
                 .map_err(sql_err)?;
