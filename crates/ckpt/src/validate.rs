@@ -66,10 +66,38 @@ pub fn state_size(state: &Value, limit: usize) -> Result<usize> {
 }
 
 /// Checks the stats a completion would keep: nested at most
-/// [`MAX_JSON_NESTING`] deep and at most [`MAX_STATS_BYTES`] serialised.
+/// [`MAX_JSON_NESTING`] deep, at most [`MAX_STATS_BYTES`] serialised, and
+/// with no NUL character (which PostgreSQL cannot store: stats must be
+/// storable in every store, or the same run would complete on one and not
+/// on another).
 pub fn stats(stats: &Value) -> Result<()> {
     nesting("stats", stats)?;
+    if holds_nul(stats) {
+        return Err(Error::InvalidInput(
+            "stats hold a NUL character (\\u0000), which not every store can keep".into(),
+        ));
+    }
     serialised_within("item stats", stats, MAX_STATS_BYTES).map(drop)
+}
+
+/// True if a string of `value` (an object's key included) holds a NUL.
+fn holds_nul(value: &Value) -> bool {
+    // Iterative, as `nesting`: the value may be deep.
+    let mut todo = vec![value];
+    while let Some(v) = todo.pop() {
+        match v {
+            Value::String(s) if s.contains('\0') => return true,
+            Value::Array(a) => todo.extend(a),
+            Value::Object(o) => {
+                if o.keys().any(|k| k.contains('\0')) {
+                    return true;
+                }
+                todo.extend(o.values());
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The size of `value` (`what`) as JSON, if at most `limit` bytes.

@@ -15,6 +15,7 @@ mod commands;
 mod items;
 mod jobs;
 mod nesting;
+mod nul;
 mod operator;
 mod output;
 mod rounds;

@@ -87,4 +87,92 @@ fn undecodable_jsonb_is_an_error_naming_the_column_not_a_panic() {
     corrupt("claim", q.claim(1), "payload");
     corrupt("job", ckpt.get_job("cursor-job"), "cursor");
     corrupt("history", ckpt.store().history("cursor-job", 10), "cursor");
+
+    // Only damage writes a negative schema version: named, not a panic.
+    raw.batch_execute(&format!(
+        "UPDATE {schema}.ckpt_meta SET value = '-1' WHERE key = 'schema_version'"
+    ))
+    .unwrap();
+    let err = PgStore::open(
+        &format!("{base}{sep}schema={schema}&pool_size=2"),
+        OpenMode::MustExist,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ckpt::Error::NotAStore(m) if m.contains("damaged ckpt_meta")),
+        "{err}"
+    );
+}
+
+/// Saves of several threads share one transaction (group commit). A save
+/// the server refuses (a NUL in a cursor: PostgreSQL's jsonb holds none)
+/// fails alone, as one clear error; its neighbours' saves all commit.
+#[test]
+fn a_refused_save_fails_alone_in_a_group_commit() {
+    let base = std::env::var("CKPT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    if let Err(e) = postgres::Client::connect(&base, postgres::NoTls) {
+        if crate::services_required() {
+            panic!("CKPT_REQUIRE_SERVICES=1 but PostgreSQL is not usable: {e}")
+        }
+        eprintln!("skipped: PostgreSQL is not available ({e})");
+        return;
+    }
+    let schema = format!("ckpt_group_nul_{}", std::process::id());
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let store = Arc::new(
+        PgStore::open(
+            &format!("{base}{sep}schema={schema}&pool_size=4"),
+            OpenMode::CreateIfMissing,
+        )
+        .unwrap(),
+    );
+    struct Drop_(Arc<PgStore>);
+    impl Drop for Drop_ {
+        fn drop(&mut self) {
+            let _ = self.0.drop_schema();
+        }
+    }
+    let _cleanup = Drop_(store.clone());
+    let ckpt = Ckpt::new(store);
+    let options = ckpt::JobOptions {
+        lease: std::time::Duration::from_secs(60),
+        policy: ckpt::CheckpointPolicy::Always,
+    };
+    let results: Vec<(usize, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let (ckpt, options) = (&ckpt, options.clone());
+                s.spawn(move || {
+                    let mut job = ckpt.job_with(&format!("job{t}"), options).unwrap();
+                    let (mut saved, mut refused) = (0, 0);
+                    for i in 0..100 {
+                        let cursor = match t {
+                            0 => json!({"k": "a\u{0}b", "i": i}),
+                            _ => json!({"i": i}),
+                        };
+                        match job.save(&cursor, i) {
+                            Ok(_) => saved += 1,
+                            Err(ckpt::Error::InvalidInput(m)) => {
+                                assert!(m.contains("NUL"), "{m}");
+                                assert!(!m.contains("store error: store error"), "{m}");
+                                refused += 1;
+                            }
+                            Err(e) => panic!("job{t}: {e}"),
+                        }
+                    }
+                    (saved, refused)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results[0], (0, 100), "every save with a NUL is refused");
+    for (t, r) in results.iter().enumerate().skip(1) {
+        assert_eq!(
+            *r,
+            (100, 0),
+            "job{t}: a neighbour's refusal failed its saves"
+        );
+    }
 }

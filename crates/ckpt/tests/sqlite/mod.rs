@@ -131,9 +131,18 @@ fn url_options() {
     )
     .unwrap();
     assert!(s.describe().ends_with("x.db"));
-    for bad in ["?durability=maybe", "?busy_timeout=soon", "?colour=blue"] {
+    let other = format!("sqlite://{}", dir.path().join("y.db").display());
+    for bad in [
+        "?durability=maybe",
+        "?busy_timeout=soon",
+        "?busy_timeout=2147483648",
+        "?colour=blue",
+    ] {
         let err = store::open(&format!("{base}{bad}"), OpenMode::CreateIfMissing).unwrap_err();
         assert!(matches!(err, Error::Open(_)), "{bad}: {err}");
+        let err = store::open(&format!("{other}{bad}"), OpenMode::CreateIfMissing).unwrap_err();
+        assert!(matches!(err, Error::Open(_)), "{bad}: {err}");
+        assert!(!dir.path().join("y.db").exists(), "{bad}: a file was left");
     }
     let err = store::open("sqlite://", OpenMode::CreateIfMissing).unwrap_err();
     assert!(err.to_string().contains("no file path"), "{err}");
@@ -224,4 +233,54 @@ fn a_payload_with_a_nul_is_kept_whole() {
     let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
     assert_eq!(keys, ["a", "b", "p"]);
     assert_eq!(items[2].payload, Some(json!({"s": "x\0y"})));
+}
+
+/// Only damage writes a negative schema version: named as such, not a
+/// panic, and the file is left as it was.
+#[test]
+fn a_negative_schema_version_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.db");
+    drop(open(&path, OpenMode::CreateIfMissing).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA user_version = -1; PRAGMA journal_mode = DELETE;")
+        .unwrap();
+    drop(conn);
+    let before = std::fs::read(&path).unwrap();
+    for mode in [OpenMode::MustExist, OpenMode::CreateIfMissing] {
+        let err = open(&path, mode).unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { detail, .. } if detail.contains("schema version is -1")),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+/// A SQLite database without tables (another program's, emptied) holds no
+/// store: a read refuses it as missing and leaves it as it was; a write
+/// may create the store in it.
+#[test]
+fn an_empty_sqlite_database_is_not_turned_into_a_store_by_a_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE t (x); DROP TABLE t; VACUUM;")
+        .unwrap();
+    drop(conn);
+    let before = std::fs::read(&path).unwrap();
+    assert!(!before.is_empty());
+    let err = open(&path, OpenMode::MustExist).unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "left untouched");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no -wal or -shm"
+    );
+    let store = open(&path, OpenMode::CreateIfMissing).unwrap();
+    Ckpt::new(std::sync::Arc::new(store))
+        .set_checkpoint("j", &Checkpoint::new(json!(1), 1))
+        .unwrap();
+    assert!(open(&path, OpenMode::MustExist).is_ok());
 }

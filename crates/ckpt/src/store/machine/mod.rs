@@ -361,7 +361,8 @@ impl ItemPatch {
                     None => ItemStatus::Dead,
                 },
                 ready_at: *retry_at,
-                last_error: Some(error.clone()),
+                // A failure is recorded whatever its message holds.
+                last_error: Some(error.replace('\0', "\u{fffd}")),
                 last_output: output.as_deref().map(bounded_output),
                 finished_at: retry_at.is_none().then_some(now),
                 ..running(now)

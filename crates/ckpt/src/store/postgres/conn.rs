@@ -184,6 +184,16 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
         {
             return Error::Unavailable(format!("PostgreSQL is restarting: {}", db.message()));
         }
+        // PostgreSQL's text and jsonb hold no NUL character, which SQLite's
+        // and the other stores keep: the value is refused, nothing else.
+        if *code == SqlState::UNTRANSLATABLE_CHARACTER
+            || *code == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+        {
+            return Error::InvalidInput(format!(
+                "PostgreSQL cannot store this value (a NUL character, \\u0000?): {}",
+                db.message()
+            ));
+        }
         // A standby, or a server being failed over: a URL without
         // target_session_attrs=read-write (or a name that moves to the new
         // primary before its promotion ends) reaches it. Once promoted, the

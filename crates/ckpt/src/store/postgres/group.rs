@@ -90,6 +90,9 @@ fn replicate(e: &Error) -> Error {
         Error::Busy(m) => Error::Busy(m.clone()),
         Error::Unavailable(m) => Error::Unavailable(m.clone()),
         Error::Fenced(m) => Error::Fenced(m.clone()),
+        Error::InvalidInput(m) => Error::InvalidInput(m.clone()),
+        Error::NotFound(m) => Error::NotFound(m.clone()),
+        Error::Storage(m) => Error::Storage(m.clone()),
         other => Error::Storage(other.to_string()),
     }
 }
@@ -165,6 +168,17 @@ impl PgStore {
                 Ok(results) => {
                     for (save, r) in batch.iter().zip(results) {
                         save.done.set(Turn::Done(r));
+                    }
+                }
+                // One save the server refuses (a value it cannot store)
+                // must not fail its neighbours: each alone, so that only it
+                // fails. An outage or a busy server fails them all alike.
+                Err(e) if batch.len() > 1 && !e.is_transient() => {
+                    for save in &batch {
+                        let alone = self
+                            .save_batch(std::slice::from_ref(save))
+                            .and_then(|mut r| r.pop().unwrap_or(Ok(())));
+                        save.done.set(Turn::Done(alone));
                     }
                 }
                 Err(e) => {

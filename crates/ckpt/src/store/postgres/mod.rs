@@ -111,11 +111,16 @@ impl PgStore {
                     }
                 }
                 "pool_size" => {
-                    pool_size = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        Error::Open(format!(
-                            "pool_size must be a positive number, not {value:?}"
-                        ))
-                    })?
+                    // Far above any server's max_connections.
+                    pool_size = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=10_000).contains(n))
+                        .ok_or_else(|| {
+                            Error::Open(format!(
+                                "pool_size must be a number from 1 to 10000, not {value:?}"
+                            ))
+                        })?
                 }
                 _ => driver_params.push(format!("{key}={value}")),
             }
@@ -357,6 +362,10 @@ mod tests {
         for (url, want) in [
             ("postgres://u:pw1@127.0.0.1/db?schema=Bad-Name", "schema"),
             ("postgres://u:pw1@127.0.0.1/db?pool_size=0", "pool_size"),
+            (
+                "postgres://u:pw1@127.0.0.1/db?pool_size=99999999999999",
+                "pool_size",
+            ),
             ("postgres://u:pw1@127.0.0.1:notaport/db", "127.0.0.1"),
         ] {
             let err = PgStore::open(url, OpenMode::MustExist)

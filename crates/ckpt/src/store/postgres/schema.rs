@@ -149,6 +149,7 @@ async fn stored_version(
         .map_err(pg_err)?;
     let version = row
         .and_then(|r| r.get::<_, String>(0).parse::<i64>().ok())
+        .filter(|v| *v >= 0)
         .ok_or_else(|| {
             Error::NotAStore(format!("schema \"{schema}\" has a damaged ckpt_meta table"))
         })?;

@@ -93,9 +93,17 @@ impl SqliteOptions {
                     }
                 }
                 "busy_timeout" => {
-                    let ms: u64 = value.parse().map_err(|_| {
-                        Error::Open(format!("busy_timeout must be milliseconds, not {value:?}"))
-                    })?;
+                    // SQLite takes an int of milliseconds (about 24 days).
+                    let ms: u64 = value
+                        .parse()
+                        .ok()
+                        .filter(|ms| *ms <= i32::MAX as u64)
+                        .ok_or_else(|| {
+                            Error::Open(format!(
+                                "busy_timeout must be milliseconds, at most {}, not {value:?}",
+                                i32::MAX
+                            ))
+                        })?;
                     options.busy_timeout = Duration::from_millis(ms);
                 }
                 _ => {
@@ -134,8 +142,15 @@ impl SqliteStore {
                     "{path} is a directory, not a store file"
                 )))
             }
-            Ok(m) if m.len() > 0 => schema::inspect_existing(file, path)?,
-            // An empty file holds no store: a read must not turn it into one.
+            // An empty file, or a SQLite database without tables, holds no
+            // store: a read must not turn it into one.
+            Ok(m) if m.len() > 0 => {
+                if !schema::inspect_existing(file, path)? && mode == OpenMode::MustExist {
+                    return Err(Error::NotFound(format!(
+                        "no ckpt store at {path} (an empty SQLite database)"
+                    )));
+                }
+            }
             Ok(_) if mode == OpenMode::MustExist => {
                 return Err(Error::NotFound(format!(
                     "no ckpt store at {path} (the file is empty)"

@@ -98,8 +98,9 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// Checks that an existing non-empty file is a ckpt store this build can
 /// use, changing nothing: not the file, and no `-wal`/`-shm` files beside a
 /// foreign database. The 100-byte header answers when no write-ahead log is
-/// pending; otherwise a read-only connection does.
-pub(super) fn inspect_existing(file: &Path, path: &str) -> Result<()> {
+/// pending; otherwise a read-only connection does. `Ok(false)`: a SQLite
+/// database without tables, which a store may be created in.
+pub(super) fn inspect_existing(file: &Path, path: &str) -> Result<bool> {
     let not_ours = |why: String| {
         Error::NotAStore(format!(
             "{path} is not a ckpt store ({why}); it was left untouched"
@@ -135,10 +136,7 @@ pub(super) fn inspect_existing(file: &Path, path: &str) -> Result<()> {
         field(28),
     );
     if app == APPLICATION_ID {
-        return match version > SCHEMA_VERSION {
-            true => Err(too_new(path, version)),
-            false => Ok(()),
-        };
+        return usable_version(path, version).map(|()| true);
     }
     let mut wal = file.as_os_str().to_owned();
     wal.push("-wal");
@@ -146,7 +144,7 @@ pub(super) fn inspect_existing(file: &Path, path: &str) -> Result<()> {
     if !wal_pending {
         // The header is the whole truth: a database without tables has one page.
         return match (app, pages) {
-            (0, 0..=1) => Ok(()),
+            (0, 0..=1) => Ok(false),
             _ => Err(not_ours(format!(
                 "a SQLite database of another application, application_id {app}"
             ))),
@@ -181,13 +179,26 @@ pub(super) fn inspect_existing(file: &Path, path: &str) -> Result<()> {
             })
         }
     };
-    if app != APPLICATION_ID && !(app == 0 && objects == 0) {
-        return Err(not_ours(format!(
+    match (app, objects) {
+        (APPLICATION_ID, _) => usable_version(path, version).map(|()| true),
+        (0, 0) => Ok(false),
+        _ => Err(not_ours(format!(
             "a SQLite database of another application, application_id {app}"
-        )));
+        ))),
     }
+}
+
+/// A stored schema version this build can open (and migrate from): not
+/// newer than its own, and not negative (only damage writes that).
+fn usable_version(path: &str, version: i64) -> Result<()> {
     if version > SCHEMA_VERSION {
         return Err(too_new(path, version));
+    }
+    if version < 0 {
+        return Err(Error::Corrupt {
+            path: Some(path.to_string()),
+            detail: format!("its schema version is {version}"),
+        });
     }
     Ok(())
 }
@@ -209,9 +220,7 @@ pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
     if version == SCHEMA_VERSION {
         return Ok(());
     }
-    if version > SCHEMA_VERSION {
-        return Err(too_new(path, version));
-    }
+    usable_version(path, version)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql_err)?;
@@ -219,9 +228,7 @@ pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
     let version: i64 = tx
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(sql_err)?;
-    if version > SCHEMA_VERSION {
-        return Err(too_new(path, version));
-    }
+    usable_version(path, version)?;
     for sql in &MIGRATIONS[version as usize..] {
         tx.execute_batch(sql).map_err(sql_err)?;
     }
