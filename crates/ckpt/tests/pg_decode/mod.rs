@@ -1,6 +1,7 @@
-//! PostgreSQL: a `jsonb` value that ckpt cannot read back (written behind
-//! its back, nested deeper than `serde_json` reads) is an error naming the
-//! column, never a panic, wherever it is read.
+//! PostgreSQL's edges: a `jsonb` value that ckpt cannot read back (written
+//! behind its back, nested deeper than `serde_json` reads) is an error
+//! naming the column, never a panic, wherever it is read; a value it cannot
+//! store fails alone; the longest schema name works.
 
 use std::sync::Arc;
 
@@ -175,4 +176,47 @@ fn a_refused_save_fails_alone_in_a_group_commit() {
             "job{t}: a neighbour's refusal failed its saves"
         );
     }
+}
+
+/// A schema name as long as PostgreSQL allows (63 bytes): enqueue and
+/// re-drive notify waiting runners on a channel whose name must fit too.
+#[test]
+fn the_longest_schema_name_works() {
+    let base = std::env::var("CKPT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    if let Err(e) = postgres::Client::connect(&base, postgres::NoTls) {
+        if crate::services_required() {
+            panic!("CKPT_REQUIRE_SERVICES=1 but PostgreSQL is not usable: {e}")
+        }
+        eprintln!("skipped: PostgreSQL is not available ({e})");
+        return;
+    }
+    let mut schema = format!("ckpt_long_{}_", std::process::id());
+    while schema.len() < 63 {
+        schema.push('l');
+    }
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let store = Arc::new(
+        PgStore::open(
+            &format!("{base}{sep}schema={schema}&pool_size=2"),
+            OpenMode::CreateIfMissing,
+        )
+        .unwrap(),
+    );
+    struct Drop_(Arc<PgStore>);
+    impl Drop for Drop_ {
+        fn drop(&mut self) {
+            let _ = self.0.drop_schema();
+        }
+    }
+    let _cleanup = Drop_(store.clone());
+    let q = Ckpt::new(store).queue("long").unwrap();
+    q.enqueue([NewItem::key("a")]).unwrap();
+    let item = q.claim(1).unwrap().pop().unwrap();
+    q.fail(&item, "once").unwrap();
+    let dead = q.counts().unwrap().dead + q.counts().unwrap().failed;
+    assert_eq!(dead, 1);
+    q.redrive(ckpt::ItemStatus::Dead, None).unwrap();
+    q.redrive(ckpt::ItemStatus::Failed, None).unwrap();
+    assert_eq!(q.counts().unwrap().pending, 1);
 }

@@ -74,9 +74,36 @@ impl Wakeups {
     }
 }
 
-/// The channel a store's notifications go to.
+/// The channel a store's notifications go to: `ckpt_items_<schema>`, or
+/// for a schema name too long for that to fit PostgreSQL's 63 bytes, its
+/// first 35 characters and a stable hash of the whole (every process of
+/// every version derives the same name).
 pub(super) fn channel(schema: &str) -> String {
-    format!("ckpt_items_{schema}")
+    let name = format!("ckpt_items_{schema}");
+    if name.len() <= 63 {
+        return name;
+    }
+    // FNV-1a, 64 bits: small, and fixed forever, unlike std's hashers.
+    let hash = schema.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    // A schema name is ASCII (see `is_identifier`): any cut is a boundary.
+    format!("ckpt_items_{}_{hash:016x}", &schema[..35])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn channels_fit_postgres_names_and_stay_distinct() {
+        assert_eq!(super::channel("ckpt"), "ckpt_items_ckpt");
+        let exact = "s".repeat(52);
+        assert_eq!(super::channel(&exact), format!("ckpt_items_{exact}"));
+        let (a, b) = ("a".repeat(63), format!("{}b", "a".repeat(62)));
+        let (ca, cb) = (super::channel(&a), super::channel(&b));
+        assert_eq!((ca.len(), cb.len()), (63, 63), "{ca} {cb}");
+        assert_ne!(ca, cb);
+        assert_eq!(ca, super::channel(&a), "stable");
+    }
 }
 
 impl ItemSignals for PgStore {
