@@ -177,3 +177,23 @@ fn history_follows_commit_order(store: Option<Fixture>) {
     let rec = a.get_job("order").unwrap().unwrap();
     assert_eq!(rec.checkpoint_at, Some(T0.plus(Duration::from_secs(10))));
 }
+
+/// Clearing the checkpoint of a job that does not exist is NotFound on
+/// every store, whatever the caller expected of its cursor (the store
+/// contract; the public API clears with `Expect::Anything`).
+#[apply(every_store)]
+fn clearing_a_missing_job_is_not_found_whatever_was_expected(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let store = (f.another)();
+    for expect in [
+        Expect::Anything,
+        Expect::NoCheckpoint,
+        Expect::Cursor(json!(5)),
+    ] {
+        let err = store
+            .put_checkpoint("no-such-job", None, &expect, 10, None, T0)
+            .unwrap_err();
+        assert!(matches!(err, Error::NotFound(_)), "{expect:?}: {err}");
+    }
+    assert!(store.get_job("no-such-job").unwrap().is_none());
+}

@@ -197,6 +197,10 @@ impl JobStore for MemoryStore {
     ) -> Result<()> {
         let mut g = self.lock();
         let existing = g.jobs.get(job).map(|row| &row.record);
+        // Clearing needs a job, whatever was expected of its cursor.
+        if checkpoint.is_none() && existing.is_none() {
+            return Err(Error::NotFound(format!("job '{job}'")));
+        }
         if let Some(r) = existing.filter(|r| held_by_live_owner(r, None, steal_from, now)) {
             return Err(busy(r, now));
         }
