@@ -118,7 +118,7 @@ impl Job {
                     v.repr().map(|r| r.to_string()).unwrap_or_default()
                 ))
             })?,
-            None => self.last_items + 1,
+            None => self.last_items.saturating_add(1),
         };
         let checkpoint = Checkpoint {
             cursor: json::to_json(cursor, "cursor")?,

@@ -519,9 +519,11 @@ impl Job {
     pub fn fail(mut self, error: &str) -> Result<()> {
         self.flush()?;
         let now = self.ckpt.now();
+        // Recorded whatever it holds: PostgreSQL's text keeps no NUL.
+        let error = error.replace('\0', "\u{fffd}");
         self.ckpt
             .store()
-            .finish_job(&self.lease, JobStatus::Failed, Some(error), now)
+            .finish_job(&self.lease, JobStatus::Failed, Some(&error), now)
     }
 
     /// Flushes and gives up the lease, leaving the job running for another

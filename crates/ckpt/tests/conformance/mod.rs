@@ -12,6 +12,7 @@
 
 mod cas;
 mod commands;
+mod floats;
 mod items;
 mod jobs;
 mod nesting;

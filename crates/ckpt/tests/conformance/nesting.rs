@@ -52,6 +52,9 @@ fn values_nest_as_deep_as_they_read_back_and_no_deeper(store: Option<Fixture>) {
     let job = a.job_with("deep", options).unwrap();
     assert_eq!(job.resume_checkpoint(), Some(&deepest));
     job.release().unwrap();
+    // Its history too (Redis keeps each entry as one JSON text around it).
+    let history = a.store().history("deep", 10).unwrap();
+    assert_eq!(history[0].cursor, deepest.cursor);
 
     // An operator's write: refused the same way.
     let mut deeper = deepest.clone();

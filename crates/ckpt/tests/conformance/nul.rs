@@ -53,3 +53,15 @@ fn a_nul_in_a_failure_is_recorded_and_in_stats_is_refused(store: Option<Fixture>
     let run = run.iter().find(|i| i.key == "run").unwrap();
     assert_eq!(run.stats.as_ref().and_then(|s| s.get("s")), None, "{run:?}");
 }
+
+/// A job failed with a NUL in its message: recorded, on every store.
+#[apply(every_store)]
+fn a_nul_in_a_job_failure_is_recorded(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let ckpt = ckpt::Ckpt::new((f.another)());
+    let job = ckpt.job("nul-job").unwrap();
+    job.fail("bad\0input").unwrap();
+    let record = ckpt.get_job("nul-job").unwrap().unwrap();
+    assert_eq!(record.status, ckpt::JobStatus::Failed);
+    assert_eq!(record.error.as_deref(), Some("bad\u{fffd}input"));
+}

@@ -91,21 +91,6 @@ pub(super) fn channel(schema: &str) -> String {
     format!("ckpt_items_{}_{hash:016x}", &schema[..35])
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn channels_fit_postgres_names_and_stay_distinct() {
-        assert_eq!(super::channel("ckpt"), "ckpt_items_ckpt");
-        let exact = "s".repeat(52);
-        assert_eq!(super::channel(&exact), format!("ckpt_items_{exact}"));
-        let (a, b) = ("a".repeat(63), format!("{}b", "a".repeat(62)));
-        let (ca, cb) = (super::channel(&a), super::channel(&b));
-        assert_eq!((ca.len(), cb.len()), (63, 63), "{ca} {cb}");
-        assert_ne!(ca, cb);
-        assert_eq!(ca, super::channel(&a), "stable");
-    }
-}
-
 impl ItemSignals for PgStore {
     /// Listens on the liveness session's connection: the first call starts
     /// that session if no claim did yet, and lets it subscribe first, so
@@ -126,5 +111,20 @@ impl ItemSignals for PgStore {
             }
         }
         Some(self.wakeups.wait(job, timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn channels_fit_postgres_names_and_stay_distinct() {
+        assert_eq!(super::channel("ckpt"), "ckpt_items_ckpt");
+        let exact = "s".repeat(52);
+        assert_eq!(super::channel(&exact), format!("ckpt_items_{exact}"));
+        let (a, b) = ("a".repeat(63), format!("{}b", "a".repeat(62)));
+        let (ca, cb) = (super::channel(&a), super::channel(&b));
+        assert_eq!((ca.len(), cb.len()), (63, 63), "{ca} {cb}");
+        assert_ne!(ca, cb);
+        assert_eq!(ca, super::channel(&a), "stable");
     }
 }

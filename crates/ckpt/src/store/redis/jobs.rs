@@ -216,14 +216,9 @@ impl JobStore for RedisStore {
         }
         let reply = self.call(&scripts::HISTORY, vec![job.to_string(), count_arg(limit)])?;
         match tagged(&reply)? {
-            (tag, entries) if tag == "ok" => entries
-                .iter()
-                .map(|e| {
-                    serde_json::from_str(&string(e)?).map_err(|e| {
-                        Error::Storage(format!("malformed history entry in the Redis store: {e}"))
-                    })
-                })
-                .collect(),
+            (tag, entries) if tag == "ok" => {
+                entries.iter().map(|e| history_entry(&string(e)?)).collect()
+            }
             (tag, _) => Err(unexpected(&tag)),
         }
     }
@@ -245,5 +240,69 @@ impl JobStore for RedisStore {
             vec![job.to_string(), completed_before.0.to_string()],
         )?;
         Ok(Self::ok_count(&reply)? == 1)
+    }
+}
+
+/// A history entry as `write_checkpoint` (lua/common.lua) writes it:
+/// `{"seq":N,"cursor":CURSOR,"items_processed":N,"at":N}`. Read by that
+/// layout, so that a cursor nested as deep as a stored value may be
+/// ([`MAX_JSON_NESTING`](crate::validate::MAX_JSON_NESTING)) reads back:
+/// inside the entry's object it is one level past what `serde_json` reads.
+fn history_entry(text: &str) -> Result<HistoryEntry> {
+    let bad = |why: &dyn std::fmt::Display| {
+        Error::Storage(format!("malformed history entry in the Redis store: {why}"))
+    };
+    let parts = text
+        .strip_prefix("{\"seq\":")
+        .and_then(|rest| rest.split_once(",\"cursor\":"))
+        .and_then(|(seq, rest)| {
+            // The last one: the cursor's own text may hold the same words.
+            let (cursor, tail) = rest.rsplit_once(",\"items_processed\":")?;
+            let (items, at) = tail.strip_suffix('}')?.split_once(",\"at\":")?;
+            Some((seq, cursor, items, at))
+        });
+    let Some((seq, cursor, items, at)) = parts else {
+        // Not the layout this build writes: read it as any JSON.
+        return serde_json::from_str(text).map_err(|e| bad(&e));
+    };
+    let number = |n: &str| n.parse::<u64>().map_err(|e| bad(&format!("{n:?}: {e}")));
+    Ok(HistoryEntry {
+        seq: number(seq)?,
+        cursor: serde_json::from_str(cursor).map_err(|e| bad(&e))?,
+        items_processed: number(items)?,
+        at: Timestamp(
+            at.parse::<i64>()
+                .map_err(|e| bad(&format!("{at:?}: {e}")))?,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::history_entry;
+
+    #[test]
+    fn history_entries_read_by_their_layout() {
+        let e = history_entry(
+            r#"{"seq":7,"cursor":{"s":",\"items_processed\":1"},"items_processed":3,"at":99}"#,
+        )
+        .unwrap();
+        assert_eq!((e.seq, e.items_processed, e.at.0), (7, 3, 99));
+        assert_eq!(e.cursor, serde_json::json!({"s": ",\"items_processed\":1"}));
+        // As deep as a stored cursor may be: the entry's object adds a level.
+        let depth = crate::validate::MAX_JSON_NESTING;
+        let deep = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let e = history_entry(&format!(
+            r#"{{"seq":1,"cursor":{deep},"items_processed":0,"at":5}}"#
+        ))
+        .unwrap();
+        assert_eq!(e.cursor.to_string(), deep);
+        for bad in [
+            "",
+            "{}",
+            r#"{"seq":x,"cursor":1,"items_processed":0,"at":5}"#,
+        ] {
+            assert!(history_entry(bad).is_err(), "{bad}");
+        }
     }
 }
