@@ -119,12 +119,25 @@ impl<'r, 'q> Coordinator<'r, 'q> {
             self.state.wait_for_progress(poll);
             return Ok(None);
         }
+        let claimed_at = self.runner.queue.ckpt().now();
         let claimed = self.refill(snapshot.held)?;
         let in_hand = snapshot.held + claimed;
         if in_hand == 0 && self.unsaved.is_empty() {
             // An index lookup, where counting would scan every item.
-            if self.runner.queue.next_ready_at()?.is_none() {
-                return self.finish().map(Some);
+            match self.runner.queue.next_ready_at()? {
+                None => return self.finish().map(Some),
+                // Due when this round claimed, yet it got nothing: what is
+                // left is held by this worker outside the run (claimed by
+                // hand, or by a run that ended with an error), which an
+                // owner never claims again. Waiting would never end.
+                Some(due) if due <= claimed_at => {
+                    tracing::warn!(
+                        job = self.runner.queue.job(),
+                        "the run ends with items held by this worker outside it (claimed before it and not settled); another worker takes them over once their leases expire"
+                    );
+                    return self.finish().map(Some);
+                }
+                Some(_) => {}
             }
             if self.last_reclaim.elapsed() >= Duration::from_secs(1) {
                 self.runner.queue.reclaim_dead_owners()?;

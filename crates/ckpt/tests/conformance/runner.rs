@@ -202,3 +202,33 @@ fn a_panic_outside_the_handler_ends_the_run(store: Option<Fixture>) {
         );
     }
 }
+
+/// Items this worker claimed outside the run (by hand, or by an earlier
+/// run that ended with an error) are never claimed by it again: once their
+/// leases lapse, the run must end rather than wait for them forever.
+#[apply(every_store)]
+fn a_run_ends_beside_items_its_worker_holds_outside_it(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ckpt::ManualClock::new(super::T0);
+    let q = super::worker(f, &clock, "w")
+        .queue_with("held", queue_options(3))
+        .unwrap();
+    q.enqueue(keys(3)).unwrap();
+    let held = q.claim(1).unwrap().pop().unwrap();
+    clock.advance(Duration::from_secs(3600));
+    let (ended, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let options = RunOptions {
+            idle_poll: Duration::from_millis(20),
+            ..RunOptions::default()
+        };
+        let report = Runner::new(&q, options)
+            .run(&|_: &ckpt::ClaimedItem| Outcome::Completed(None))
+            .unwrap();
+        let _ = ended.send((report.completed, q.counts().unwrap().running));
+    });
+    let (completed, running) = outcome
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the run waited forever for items its own worker holds");
+    assert_eq!((completed, running), (2, 1), "{} still held", held.key);
+}
