@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use ckpt::{ClaimedItem, Outcome, RunOptions, Runner, StopSignal};
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyDict, PyTuple};
 
@@ -55,12 +55,15 @@ pub fn run(
     let _call = crate::exit::enter_run(&stop).py()?;
     let signals = Signals::install(py, &stop)?;
     let live = Arc::new(thread_state::Live::default());
+    let escaped: Arc<std::sync::Mutex<Option<PyErr>>> = Default::default();
     let handler = PyHandler {
         handler,
         live: live.clone(),
         warned: Default::default(),
         shared: shared.clone(),
         queue: queue.clone(),
+        stop: stop.clone(),
+        escaped: escaped.clone(),
     };
     let queue = queue.clone();
     let runner_stop = stop.clone();
@@ -106,6 +109,11 @@ pub fn run(
         let _ = thread.join();
         live.wait_until_none();
     });
+    // A handler's SystemExit or KeyboardInterrupt goes on up, once the run
+    // has stopped and given its items back.
+    if let Some(e) = lock(&escaped).take() {
+        raised.get_or_insert(e);
+    }
     if let Some(e) = raised {
         drop(signals);
         return Err(e);
@@ -137,6 +145,10 @@ struct PyHandler {
     warned: std::sync::atomic::AtomicBool,
     shared: Arc<Shared>,
     queue: Arc<ckpt::Queue>,
+    /// Stops the run when a handler raises what is not an `Exception`.
+    stop: StopSignal,
+    /// The first such exception, raised again once the run has stopped.
+    escaped: Arc<std::sync::Mutex<Option<PyErr>>>,
 }
 
 impl ckpt::Handler for PyHandler {
@@ -147,6 +159,16 @@ impl ckpt::Handler for PyHandler {
             let result = Py::new(py, arg).and_then(|arg| self.handler.call1(py, (arg,)));
             match result {
                 Ok(value) => self.completed(item, value.bind(py)),
+                // SystemExit, KeyboardInterrupt, GeneratorExit: not the
+                // item's failure but a request to stop. The item is given
+                // back uncharged, the run stops as on a signal, and run()
+                // raises it again.
+                Err(e) if !e.is_instance_of::<PyException>(py) => {
+                    let why = describe(py, &e);
+                    lock(&self.escaped).get_or_insert(e);
+                    self.stop.stop();
+                    Outcome::Interrupted(format!("the handler raised {why}"))
+                }
                 Err(e) => {
                     let error = describe(py, &e);
                     log_failure(py, item, &e);

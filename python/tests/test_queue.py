@@ -268,3 +268,28 @@ def test_a_second_sigterm_ends_the_process_and_a_rerun_takes_its_items_over(stor
     assert json.loads(out.strip().splitlines()[-1])["completed"] == n
     c = q.counts()
     assert (c.completed, c.running, c.pending) == (n, 0, 0)
+
+
+@pytest.mark.parametrize("raised", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+def test_a_handler_that_raises_a_base_exception_stops_the_run_and_it_goes_on_up(
+    any_store_url, raised
+):
+    # Not the item's failure but a request to stop: the item is given back
+    # uncharged, nothing more starts, and run() raises the same exception.
+    q = ckpt.open(any_store_url).queue("q")
+    q.enqueue([f"k{i}" for i in range(20)])
+    ran = []
+
+    def handler(item):
+        ran.append(item.key)
+        if item.key == "k3":
+            raise raised
+
+    with pytest.raises(type(raised)) as caught:
+        q.run(handler, workers=1)
+    assert caught.value is raised
+    c = q.counts()
+    assert (c.failed, c.dead, c.running) == (0, 0, 0)
+    assert c.completed == len(ran) - 1 < 20
+    k3 = next(rec for rec in q.items() if rec.key == "k3")
+    assert (k3.status, k3.attempts) == ("pending", 0)
