@@ -214,7 +214,7 @@ class Queue:
     def owner(self) -> str: ...
     def enqueue(
         self,
-        items: Union[Iterable[str], Iterable[Tuple[str, JSON]], dict[str, JSON]],
+        items: Union[Iterable[str], Iterable[Tuple[str, JSON]], Mapping[str, JSON]],
     ) -> EnqueueReport:
         """Adds items in one transaction: keys, ``(key, payload)`` pairs, or a ``{key: payload}``
         dict. Idempotent per key (an existing key is left as it is)."""

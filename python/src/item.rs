@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use ckpt::ClaimedItem;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyMapping};
 
 use crate::errors::{IntoPy, InvalidInputError};
 use crate::exit;
@@ -16,7 +16,17 @@ pub(crate) fn stats_json(stats: Option<&Bound<'_, PyAny>>) -> PyResult<Option<se
     match stats {
         None => Ok(None),
         Some(s) if s.is_none() => Ok(None),
-        Some(s) if s.is_instance_of::<PyDict>() => {
+        Some(s) if s.is_instance_of::<PyDict>() || s.cast::<PyMapping>().is_ok() => {
+            // Any mapping, as a dict (the stubs promise a Mapping).
+            let as_dict;
+            let s = match s.cast::<PyDict>() {
+                Ok(_) => s,
+                Err(_) => {
+                    as_dict = PyDict::new(s.py());
+                    as_dict.update(s.cast::<PyMapping>()?)?;
+                    as_dict.as_any()
+                }
+            };
             let stats = json::to_json(s, "stats")?;
             // The library's limits, checked here too so that a handler's
             // oversize stats are named in the run's one warning.
@@ -24,7 +34,7 @@ pub(crate) fn stats_json(stats: Option<&Bound<'_, PyAny>>) -> PyResult<Option<se
             Ok(Some(stats))
         }
         Some(s) => Err(InvalidInputError::new_err(format!(
-            "stats must be a dict or None, not {}",
+            "stats must be a mapping (a dict) or None, not {}",
             s.get_type().name()?
         ))),
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ckpt::{ClaimedItem, ItemStatus, NewItem, RetryDecision};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyMapping, PyString, PyTuple};
 
 use crate::errors::{IntoPy, InvalidInputError};
 use crate::exit;
@@ -51,7 +51,8 @@ impl Queue {
     }
 
     /// Adds items, in one transaction: an iterable of keys (str), of
-    /// ``(key, payload)`` pairs, or a ``{key: payload}`` mapping; payloads
+    /// ``(key, payload)`` pairs, or a ``{key: payload}`` mapping (any
+    /// ``Mapping``); payloads
     /// are any JSON values. Idempotent per key: an existing key is neither
     /// duplicated nor changed. Returns an EnqueueReport (inserted, existing).
     fn enqueue(&self, py: Python<'_>, items: &Bound<'_, PyAny>) -> PyResult<EnqueueReport> {
@@ -59,6 +60,13 @@ impl Queue {
         let mut new = Vec::new();
         if let Ok(map) = items.cast::<PyDict>() {
             for (k, v) in map.iter() {
+                new.push(item(&k, Some(&v))?);
+            }
+        } else if let Ok(map) = items.cast::<PyMapping>() {
+            // Any other mapping (MappingProxyType, UserDict, ChainMap): its
+            // items, not its keys alone (its payloads would be lost).
+            for pair in map.items()?.iter() {
+                let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair.extract()?;
                 new.push(item(&k, Some(&v))?);
             }
         } else if items.is_instance_of::<PyString>() {

@@ -293,3 +293,24 @@ def test_a_handler_that_raises_a_base_exception_stops_the_run_and_it_goes_on_up(
     assert c.completed == len(ran) - 1 < 20
     k3 = next(rec for rec in q.items() if rec.key == "k3")
     assert (k3.status, k3.attempts) == ("pending", 0)
+
+
+def test_any_mapping_enqueues_its_payloads_and_is_taken_as_stats(any_store_url):
+    # Not only dict: a mapping's payloads must not be dropped (enqueue keeps
+    # an existing key as it is, so a second call could not add them).
+    from collections import ChainMap, UserDict
+    from types import MappingProxyType
+
+    q = ckpt.open(any_store_url).queue("q")
+    q.enqueue(MappingProxyType({"a": {"n": 1}}))
+    q.enqueue(UserDict({"b": [2]}))
+    q.enqueue(ChainMap({"c": 3}))
+    payloads = {rec.key: rec.payload for rec in q.items()}
+    assert payloads == {"a": {"n": 1}, "b": [2], "c": 3}
+
+    item = q.claim(1)[0]
+    q.complete(item, MappingProxyType({"rows": 7}))
+    q.run(lambda item: ChainMap({"rows": 1}))
+    stats = {rec.key: rec.stats for rec in q.items()}
+    assert stats[item.key]["rows"] == 7
+    assert all(s["rows"] in (1, 7) for s in stats.values()), stats
