@@ -20,11 +20,13 @@ bench_workdir() {
     seq 1 "$1" > items.txt
 }
 
-seconds() { # runs "$@", prints its wall time in seconds
-    local start end
-    start=$(date +%s%N)
-    "$@" > /dev/null 2>&1
-    end=$(date +%s%N)
-    echo "scale=3; ($end - $start) / 1000000000" | bc
+# Runs "$@" (its output to measured.out in the current directory), prints
+# "WALL CPU": its wall time and its CPU time (user + system, its children's
+# included), in seconds.
+measure() {
+    local TIMEFORMAT='%R %U %S' t
+    t=$( { time "$@" > measured.out 2>&1; } 2>&1 )
+    awk '{ printf "%.3f %.3f\n", $1, $2 + $3 }' <<< "$t"
 }
+seconds() { measure "$@" | cut -d' ' -f1; } # runs "$@", prints its wall time in seconds
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }

@@ -5,9 +5,9 @@ leases as JSON, each completion fenced by its lease), on a copy of the items tab
 claimed and completed BATCH at a time, the completions committed durably. No command is run.
 
 Variants (any number, each timed in turn):
-  schema     the schema as it is: items_ready (partial, on ready_at) and items_status
-  nostatus   without items_status
-  rarestatus items_status only over the statuses other than pending and completed
+  schema     the schema as it is (4): items_ready (partial, on ready_at), items_dead (partial)
+  v3         schema 3: items_ready and items_status, on every item's status
+  rarestatus schema 3 with items_status only over the statuses other than pending and completed
   combined   one index on (job_id, status, ready_at) for both (claims: a UNION per status)
   merged     the schema as it is, a round's completions and next claim in one transaction
 
@@ -28,8 +28,9 @@ TABLE = """CREATE TABLE items (id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL, 
 INDEXES = {
     "ready": "CREATE INDEX items_ready ON items (job_id, ready_at, id) WHERE ready_at IS NOT NULL",
     "status": "CREATE INDEX items_status ON items (job_id, status)",
+    "dead": "CREATE INDEX items_dead ON items (job_id, id) WHERE status = 'dead'",
     "rare": "CREATE INDEX items_status ON items (job_id, status)"
-    " WHERE status NOT IN ('enqueued', 'completed')",
+    " WHERE status NOT IN ('pending', 'completed')",
     "combined": "CREATE INDEX items_open ON items (job_id, status, ready_at)",
 }
 COLUMNS = "id, key, payload, cursor, status, owner, attempts, claims, enqueued_at, ready_at"
@@ -38,7 +39,7 @@ CLAIM = f"""SELECT {COLUMNS} FROM items WHERE job_id = 1 AND ready_at IS NOT NUL
 CLAIM_BY_STATUS = " UNION ALL ".join(
     f"SELECT * FROM (SELECT {COLUMNS} FROM items WHERE job_id = 1 AND status = '{s}'"
     f" AND ready_at <= 10 {extra} ORDER BY ready_at LIMIT ?1)"
-    for s, extra in [("enqueued", ""), ("failed", ""), ("running", "AND owner <> 'me'")]
+    for s, extra in [("pending", ""), ("failed", ""), ("running", "AND owner <> 'me'")]
 ) + " ORDER BY 10, 1 LIMIT ?1"
 MARK = """UPDATE items SET status = 'running', owner = 'me', attempts = attempts + 1,
   claims = claims + 1, ready_at = 1000, started_at = NULL
@@ -54,9 +55,9 @@ def run(workdir, n, batch, variant):
     db = sqlitedb.fresh(os.path.join(workdir, "variants.db"))
     db.execute(TABLE)
     indexes = {
-        "schema": ["ready", "status"],
-        "merged": ["ready", "status"],
-        "nostatus": ["ready"],
+        "schema": ["ready", "dead"],
+        "merged": ["ready", "dead"],
+        "v3": ["ready", "status"],
         "rarestatus": ["ready", "rare"],
         "combined": ["combined"],
     }[variant]
@@ -69,7 +70,7 @@ def run(workdir, n, batch, variant):
         rows = json.dumps([[str(k), None] for k in range(low + 1, min(low + 4096, n) + 1)])
         db.execute(
             "INSERT INTO items (job_id, key, payload, status, ready_at, enqueued_at)"
-            " SELECT 1, value ->> 0, value ->> 1, 'enqueued', 5, 5 FROM json_each(?)"
+            " SELECT 1, value ->> 0, value ->> 1, 'pending', 5, 5 FROM json_each(?)"
             " WHERE true ORDER BY json_each.key ON CONFLICT (job_id, key) DO NOTHING",
             (rows,),
         )
