@@ -32,9 +32,9 @@ const DEFAULT_STORE: &str = "sqlite://ckpt.db";
 /// in messages.
 #[pyfunction]
 #[pyo3(signature = (url=None))]
-pub fn open(py: Python<'_>, url: Option<String>) -> PyResult<Store> {
+pub fn open(py: Python<'_>, url: Option<Bound<'_, PyString>>) -> PyResult<Store> {
     let url = match url {
-        Some(url) => url,
+        Some(url) => crate::json::text(&url, "the store URL")?,
         None => std::env::var("CKPT_STORE").unwrap_or_else(|_| DEFAULT_STORE.to_string()),
     };
     if url.trim().is_empty() {

@@ -86,6 +86,13 @@ def test_a_job_name_or_key_that_is_not_valid_unicode_is_invalid_input(any_store_
     assert store.status("q-\ufffd") is None
 
 
+def test_a_store_url_that_is_not_valid_unicode_is_invalid_input(tmp_path):
+    url = "sqlite://" + os.fsdecode(bytes(tmp_path / "bad-") + b"\xff.db")
+    with pytest.raises(ckpt.InvalidInputError, match="store URL holds a str that is not valid"):
+        ckpt.open(url)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failure_message_that_is_not_valid_unicode_is_recorded_readably(any_store_url):
     store = ckpt.open(any_store_url)
     q = store.queue("q", max_attempts=1)
