@@ -27,37 +27,56 @@ fn corrupt<T: std::fmt::Debug>(what: &str, result: ckpt::Result<T>, column: &str
     }
 }
 
+/// A store in a schema of its own on the test server, dropped afterwards,
+/// and a plain connection to write behind ckpt's back; `None` (saying why)
+/// without a server, unless `CKPT_REQUIRE_SERVICES=1`.
+struct Scratch {
+    store: Arc<PgStore>,
+    schema: String,
+    /// The store's URL.
+    url: String,
+    raw: postgres::Client,
+}
+
+impl Scratch {
+    fn new(schema: String, pool_size: usize) -> Option<Scratch> {
+        let base = std::env::var("CKPT_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        let raw = match postgres::Client::connect(&base, postgres::NoTls) {
+            Ok(c) => c,
+            Err(e) if crate::services_required() => {
+                panic!("CKPT_REQUIRE_SERVICES=1 but PostgreSQL is not usable: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipped: PostgreSQL is not available ({e})");
+                return None;
+            }
+        };
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}schema={schema}&pool_size={pool_size}");
+        let store = Arc::new(PgStore::open(&url, OpenMode::CreateIfMissing).unwrap());
+        Some(Scratch {
+            store,
+            schema,
+            url,
+            raw,
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = self.store.drop_schema();
+    }
+}
+
 #[test]
 fn undecodable_jsonb_is_an_error_naming_the_column_not_a_panic() {
-    let base = std::env::var("CKPT_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-    let mut raw = match postgres::Client::connect(&base, postgres::NoTls) {
-        Ok(c) => c,
-        Err(e) if crate::services_required() => {
-            panic!("CKPT_REQUIRE_SERVICES=1 but PostgreSQL is not usable: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: PostgreSQL is not available ({e})");
-            return;
-        }
+    let Some(mut sc) = Scratch::new(format!("ckpt_decode_{}", std::process::id()), 2) else {
+        return;
     };
-    let schema = format!("ckpt_decode_{}", std::process::id());
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let store = Arc::new(
-        PgStore::open(
-            &format!("{base}{sep}schema={schema}&pool_size=2"),
-            OpenMode::CreateIfMissing,
-        )
-        .unwrap(),
-    );
-    struct Drop_(Arc<PgStore>);
-    impl Drop for Drop_ {
-        fn drop(&mut self) {
-            let _ = self.0.drop_schema();
-        }
-    }
-    let _cleanup = Drop_(store.clone());
-    let ckpt = Ckpt::new(store);
+    let schema = sc.schema.clone();
+    let ckpt = Ckpt::new(sc.store.clone());
 
     let q = ckpt.queue("deep").unwrap();
     q.enqueue([NewItem::key("done"), NewItem::key("next")])
@@ -76,13 +95,14 @@ fn undecodable_jsonb_is_an_error_naming_the_column_not_a_panic() {
     .unwrap();
 
     let deep = too_deep();
-    raw.batch_execute(&format!(
-        "UPDATE {schema}.items SET stats = '{deep}' WHERE key = 'done';
+    sc.raw
+        .batch_execute(&format!(
+            "UPDATE {schema}.items SET stats = '{deep}' WHERE key = 'done';
          UPDATE {schema}.items SET payload = '{deep}' WHERE key = 'next';
          UPDATE {schema}.jobs SET cursor = '{deep}' WHERE name = 'cursor-job';
          UPDATE {schema}.history SET cursor = '{deep}';"
-    ))
-    .unwrap();
+        ))
+        .unwrap();
 
     corrupt("items", q.items(None, 10), "stats");
     corrupt("claim", q.claim(1), "payload");
@@ -90,15 +110,12 @@ fn undecodable_jsonb_is_an_error_naming_the_column_not_a_panic() {
     corrupt("history", ckpt.store().history("cursor-job", 10), "cursor");
 
     // Only damage writes a negative schema version: named, not a panic.
-    raw.batch_execute(&format!(
-        "UPDATE {schema}.ckpt_meta SET value = '-1' WHERE key = 'schema_version'"
-    ))
-    .unwrap();
-    let err = PgStore::open(
-        &format!("{base}{sep}schema={schema}&pool_size=2"),
-        OpenMode::MustExist,
-    )
-    .unwrap_err();
+    sc.raw
+        .batch_execute(&format!(
+            "UPDATE {schema}.ckpt_meta SET value = '-1' WHERE key = 'schema_version'"
+        ))
+        .unwrap();
+    let err = PgStore::open(&sc.url, OpenMode::MustExist).unwrap_err();
     assert!(
         matches!(&err, ckpt::Error::NotAStore(m) if m.contains("damaged ckpt_meta")),
         "{err}"
@@ -110,32 +127,10 @@ fn undecodable_jsonb_is_an_error_naming_the_column_not_a_panic() {
 /// fails alone, as one clear error; its neighbours' saves all commit.
 #[test]
 fn a_refused_save_fails_alone_in_a_group_commit() {
-    let base = std::env::var("CKPT_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-    if let Err(e) = postgres::Client::connect(&base, postgres::NoTls) {
-        if crate::services_required() {
-            panic!("CKPT_REQUIRE_SERVICES=1 but PostgreSQL is not usable: {e}")
-        }
-        eprintln!("skipped: PostgreSQL is not available ({e})");
+    let Some(sc) = Scratch::new(format!("ckpt_group_nul_{}", std::process::id()), 4) else {
         return;
-    }
-    let schema = format!("ckpt_group_nul_{}", std::process::id());
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let store = Arc::new(
-        PgStore::open(
-            &format!("{base}{sep}schema={schema}&pool_size=4"),
-            OpenMode::CreateIfMissing,
-        )
-        .unwrap(),
-    );
-    struct Drop_(Arc<PgStore>);
-    impl Drop for Drop_ {
-        fn drop(&mut self) {
-            let _ = self.0.drop_schema();
-        }
-    }
-    let _cleanup = Drop_(store.clone());
-    let ckpt = Ckpt::new(store);
+    };
+    let ckpt = Ckpt::new(sc.store.clone());
     let options = ckpt::JobOptions {
         lease: std::time::Duration::from_secs(60),
         policy: ckpt::CheckpointPolicy::Always,
@@ -182,35 +177,14 @@ fn a_refused_save_fails_alone_in_a_group_commit() {
 /// re-drive notify waiting runners on a channel whose name must fit too.
 #[test]
 fn the_longest_schema_name_works() {
-    let base = std::env::var("CKPT_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-    if let Err(e) = postgres::Client::connect(&base, postgres::NoTls) {
-        if crate::services_required() {
-            panic!("CKPT_REQUIRE_SERVICES=1 but PostgreSQL is not usable: {e}")
-        }
-        eprintln!("skipped: PostgreSQL is not available ({e})");
-        return;
-    }
     let mut schema = format!("ckpt_long_{}_", std::process::id());
     while schema.len() < 63 {
         schema.push('l');
     }
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let store = Arc::new(
-        PgStore::open(
-            &format!("{base}{sep}schema={schema}&pool_size=2"),
-            OpenMode::CreateIfMissing,
-        )
-        .unwrap(),
-    );
-    struct Drop_(Arc<PgStore>);
-    impl Drop for Drop_ {
-        fn drop(&mut self) {
-            let _ = self.0.drop_schema();
-        }
-    }
-    let _cleanup = Drop_(store.clone());
-    let q = Ckpt::new(store).queue("long").unwrap();
+    let Some(sc) = Scratch::new(schema, 2) else {
+        return;
+    };
+    let q = Ckpt::new(sc.store.clone()).queue("long").unwrap();
     q.enqueue([NewItem::key("a")]).unwrap();
     let item = q.claim(1).unwrap().pop().unwrap();
     q.fail(&item, "once").unwrap();

@@ -49,6 +49,21 @@ pub fn bounded_output(output: &str) -> String {
     output[start..].replace('\0', "\u{fffd}")
 }
 
+/// For the SQL stores: a condition implied by `status = X` that names the
+/// column of a partial index, so the planner can use it (it cannot see
+/// through a parameter). Unfinished items are exactly those with a
+/// `ready_at` (this machine's invariant: items_ready), dead ones are in
+/// items_dead. Completed items have no index of their own.
+pub(crate) fn status_index_hint(status: ItemStatus) -> &'static str {
+    match status {
+        ItemStatus::Pending | ItemStatus::Running | ItemStatus::Failed => {
+            " AND ready_at IS NOT NULL"
+        }
+        ItemStatus::Dead => " AND status = 'dead'",
+        ItemStatus::Completed => "",
+    }
+}
+
 /// The ready time of a pending item: earlier than any lease or retry time,
 /// so pending items are claimed first, in enqueue order.
 pub const PENDING_READY_AT: Timestamp = Timestamp(0);

@@ -18,7 +18,7 @@ use crate::model::{
     ClaimedItem, EnqueueReport, ItemCounts, ItemLease, ItemRecord, ItemStatus, ItemUpdate,
     JobStatus,
 };
-use crate::store::machine::{Claim, ItemState, Redrive};
+use crate::store::machine::{status_index_hint, Claim, ItemState, Redrive};
 use crate::store::{ItemStore, ItemStream, OwnerSessions};
 use crate::time::Timestamp;
 
@@ -427,20 +427,6 @@ impl OwnerSessions for PgStore {
 
     fn session_confirmed(&self, id: u64) -> Option<std::time::Instant> {
         self.liveness.confirmed(id)
-    }
-}
-
-/// A condition implied by `status = X` that names the column of a partial
-/// index, so the planner can use it (it cannot see through a parameter):
-/// unfinished items are exactly those with a `ready_at` (items_ready), dead
-/// ones are in items_dead. Completed items have no index of their own.
-fn status_index_hint(status: ItemStatus) -> &'static str {
-    match status {
-        ItemStatus::Pending | ItemStatus::Running | ItemStatus::Failed => {
-            " AND ready_at IS NOT NULL"
-        }
-        ItemStatus::Dead => " AND status = 'dead'",
-        ItemStatus::Completed => "",
     }
 }
 

@@ -14,7 +14,7 @@ use crate::model::{
     ClaimedItem, EnqueueReport, ItemChange, ItemCounts, ItemLease, ItemRecord, ItemStatus,
     ItemUpdate, JobStatus,
 };
-use crate::store::machine::{Claim, ItemPatch, ItemState, Redrive};
+use crate::store::machine::{status_index_hint, Claim, ItemPatch, ItemState, Redrive};
 use crate::store::{ItemStore, ItemStream};
 use crate::time::Timestamp;
 
@@ -339,19 +339,5 @@ impl ItemStore for SqliteStore {
             }
             Ok(moved)
         })
-    }
-}
-
-/// A condition implied by `status = X` that names the column of a partial
-/// index, so the planner can use it (it cannot see through a parameter):
-/// unfinished items are exactly those with a `ready_at` (items_ready), dead
-/// ones are in items_dead. Completed items have no index of their own.
-fn status_index_hint(status: ItemStatus) -> &'static str {
-    match status {
-        ItemStatus::Pending | ItemStatus::Running | ItemStatus::Failed => {
-            " AND ready_at IS NOT NULL"
-        }
-        ItemStatus::Dead => " AND status = 'dead'",
-        ItemStatus::Completed => "",
     }
 }
