@@ -11,6 +11,10 @@ use crate::model::{ClaimedItem, ItemId};
 use crate::policy::fence::FenceReason;
 use crate::queue::{Attempt, Outcome, Settled};
 
+/// How long items may stay due yet unclaimable by this run before it ends
+/// (see `Coordinator::round`).
+const UNCLAIMABLE_FOR: Duration = Duration::from_secs(1);
+
 /// One run's coordinator: what it holds between rounds.
 pub(super) struct Coordinator<'r, 'q> {
     runner: &'r Runner<'q>,
@@ -24,6 +28,9 @@ pub(super) struct Coordinator<'r, 'q> {
     starts: Vec<ClaimedItem>,
     last_heartbeat: Instant,
     last_reclaim: Instant,
+    /// Since when items have been due that this run's claims do not get
+    /// (see `round`).
+    unclaimable_since: Option<Instant>,
     /// Items held at most: a batch per worker, plus the prefetch.
     capacity: usize,
 }
@@ -47,6 +54,7 @@ impl<'r, 'q> Coordinator<'r, 'q> {
             starts: Vec::new(),
             last_heartbeat: Instant::now(),
             last_reclaim: Instant::now(),
+            unclaimable_since: None,
             // A full batch for every worker, and the prefetch besides.
             capacity: runner.options.workers.max(1) * runner.options.batch.max(1)
                 + runner.options.prefetch,
@@ -122,20 +130,27 @@ impl<'r, 'q> Coordinator<'r, 'q> {
         let claimed_at = self.runner.queue.ckpt().now();
         let claimed = self.refill(snapshot.held)?;
         let in_hand = snapshot.held + claimed;
+        let mut unclaimable = false;
         if in_hand == 0 && self.unsaved.is_empty() {
             // An index lookup, where counting would scan every item.
             match self.runner.queue.next_ready_at()? {
                 None => return self.finish().map(Some),
-                // Due when this round claimed, yet it got nothing: what is
-                // left is held by this worker outside the run (claimed by
-                // hand, or by a run that ended with an error), which an
-                // owner never claims again. Waiting would never end.
+                // Due when this round claimed, yet it got nothing. For a
+                // moment that is another worker's claim in flight (a row it
+                // has locked, PostgreSQL's SKIP LOCKED); for a second on
+                // end, it is items held by this worker outside the run
+                // (claimed by hand, or by a run that ended with an error),
+                // which an owner never claims again: waiting would never end.
                 Some(due) if due <= claimed_at => {
-                    tracing::warn!(
-                        job = self.runner.queue.job(),
-                        "the run ends with items held by this worker outside it (claimed before it and not settled); another worker takes them over once their leases expire"
-                    );
-                    return self.finish().map(Some);
+                    unclaimable = true;
+                    let since = *self.unclaimable_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= UNCLAIMABLE_FOR {
+                        tracing::warn!(
+                            job = self.runner.queue.job(),
+                            "the run ends with items held by this worker outside it (claimed before it and not settled); another worker takes them over once their leases expire"
+                        );
+                        return self.finish().map(Some);
+                    }
                 }
                 Some(_) => {}
             }
@@ -143,6 +158,9 @@ impl<'r, 'q> Coordinator<'r, 'q> {
                 self.runner.queue.reclaim_dead_owners()?;
                 self.last_reclaim = Instant::now();
             }
+        }
+        if !unclaimable {
+            self.unclaimable_since = None;
         }
         self.wait(in_hand)?;
         Ok(None)
