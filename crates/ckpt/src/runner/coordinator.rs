@@ -7,7 +7,7 @@ use super::fence::Watchdog;
 use super::workers::State;
 use super::{RunProgress, RunReport, Runner};
 use crate::error::{Error, Result};
-use crate::model::{ClaimedItem, ItemId};
+use crate::model::{ClaimedItem, ItemId, ItemStatus};
 use crate::policy::fence::FenceReason;
 use crate::queue::{Attempt, Outcome, Settled};
 
@@ -138,18 +138,24 @@ impl<'r, 'q> Coordinator<'r, 'q> {
                 // Due when this round claimed, yet it got nothing. For a
                 // moment that is another worker's claim in flight (a row it
                 // has locked, PostgreSQL's SKIP LOCKED); for a second on
-                // end, it is items held by this worker outside the run
-                // (claimed by hand, or by a run that ended with an error),
-                // which an owner never claims again: waiting would never end.
+                // end, items held by this worker outside the run (claimed by
+                // hand, or by a run that ended with an error), which an owner
+                // never claims again. If they are all that is left, waiting
+                // would never end; else the rest (a retry, another worker's
+                // lease) becomes claimable in time.
                 Some(due) if due <= claimed_at => {
                     unclaimable = true;
                     let since = *self.unclaimable_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= UNCLAIMABLE_FOR {
-                        tracing::warn!(
-                            job = self.runner.queue.job(),
-                            "the run ends with items held by this worker outside it (claimed before it and not settled); another worker takes them over once their leases expire"
-                        );
-                        return self.finish().map(Some);
+                        if self.only_own_items_left()? {
+                            tracing::warn!(
+                                job = self.runner.queue.job(),
+                                "the run ends: the job's only unfinished items are held by this worker outside the run (claimed before it and never settled), and a worker never claims its own items again; another worker (another queue or process) takes them over"
+                            );
+                            return self.finish().map(Some);
+                        }
+                        // Looked again in a second, not every round.
+                        self.unclaimable_since = Some(Instant::now());
                     }
                 }
                 Some(_) => {}
@@ -237,6 +243,22 @@ impl<'r, 'q> Coordinator<'r, 'q> {
             }
         }
         Ok(())
+    }
+
+    /// True if every unfinished item of the job is running under this
+    /// run's owner (so none is in this run's hands: held outside it). Lists
+    /// the running items: called at most once a second, and only while due
+    /// items stay unclaimable.
+    fn only_own_items_left(&self) -> Result<bool> {
+        let queue = self.runner.queue;
+        let counts = queue.counts()?;
+        if counts.pending + counts.failed > 0 {
+            return Ok(false);
+        }
+        let running = queue.items(Some(ItemStatus::Running), counts.running as usize)?;
+        Ok(running
+            .iter()
+            .all(|i| i.owner.as_deref() == Some(queue.owner())))
     }
 
     /// Claims enough items to fill every slot; returns how many.

@@ -232,3 +232,43 @@ fn a_run_ends_beside_items_its_worker_holds_outside_it(store: Option<Fixture>) {
         .expect("the run waited forever for items its own worker holds");
     assert_eq!((completed, running), (2, 1), "{} still held", held.key);
 }
+
+/// Beside items its worker holds outside it, a run still waits for work
+/// that comes due (a retry, another worker's lease): it ends only when
+/// those items are all that is left.
+#[apply(every_store)]
+fn a_run_beside_own_held_items_waits_for_work_that_comes_due(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ckpt::ManualClock::new(super::T0);
+    let q = super::worker(f, &clock, "w")
+        .queue_with("held-retry", queue_options(3))
+        .unwrap();
+    q.enqueue(keys(2)).unwrap();
+    let _held = q.claim(1).unwrap().pop().unwrap();
+    clock.advance(Duration::from_secs(3600));
+    let retried = q.claim(1).unwrap().pop().unwrap();
+    q.fail(&retried, "once").unwrap();
+    let (ended, outcome) = std::sync::mpsc::channel();
+    let run_clock = clock.clone();
+    std::thread::spawn(move || {
+        let _keep = run_clock;
+        let options = RunOptions {
+            idle_poll: Duration::from_millis(20),
+            ..RunOptions::default()
+        };
+        let report = Runner::new(&q, options)
+            .run(&|_: &ckpt::ClaimedItem| Outcome::Completed(None))
+            .unwrap();
+        let _ = ended.send((report.completed, q.counts().unwrap()));
+    });
+    // Past the second after which a run beside only own-held items ends.
+    assert!(
+        outcome.recv_timeout(Duration::from_millis(2500)).is_err(),
+        "the run ended while a retry was still to come"
+    );
+    clock.advance(Duration::from_secs(3600));
+    let (completed, counts) = outcome
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the run did not end once only its own held item was left");
+    assert_eq!((completed, counts.completed, counts.running), (1, 1, 1));
+}
