@@ -216,6 +216,20 @@ fn a_run_ends_beside_items_its_worker_holds_outside_it(store: Option<Fixture>) {
     q.enqueue(keys(3)).unwrap();
     let held = q.claim(1).unwrap().pop().unwrap();
     clock.advance(Duration::from_secs(3600));
+    let (completed, counts) = run_in_background(q)
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the run waited forever for items its own worker holds");
+    assert_eq!(
+        (completed, counts.running),
+        (2, 1),
+        "{} still held",
+        held.key
+    );
+}
+
+/// Runs `q` to its end on a thread of its own (completing every item); its
+/// completed count and the job's counts then arrive on the channel.
+fn run_in_background(q: ckpt::Queue) -> std::sync::mpsc::Receiver<(u64, ckpt::model::ItemCounts)> {
     let (ended, outcome) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let options = RunOptions {
@@ -225,12 +239,9 @@ fn a_run_ends_beside_items_its_worker_holds_outside_it(store: Option<Fixture>) {
         let report = Runner::new(&q, options)
             .run(&|_: &ckpt::ClaimedItem| Outcome::Completed(None))
             .unwrap();
-        let _ = ended.send((report.completed, q.counts().unwrap().running));
+        let _ = ended.send((report.completed, q.counts().unwrap()));
     });
-    let (completed, running) = outcome
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the run waited forever for items its own worker holds");
-    assert_eq!((completed, running), (2, 1), "{} still held", held.key);
+    outcome
 }
 
 /// Beside items its worker holds outside it, a run still waits for work
@@ -248,19 +259,7 @@ fn a_run_beside_own_held_items_waits_for_work_that_comes_due(store: Option<Fixtu
     clock.advance(Duration::from_secs(3600));
     let retried = q.claim(1).unwrap().pop().unwrap();
     q.fail(&retried, "once").unwrap();
-    let (ended, outcome) = std::sync::mpsc::channel();
-    let run_clock = clock.clone();
-    std::thread::spawn(move || {
-        let _keep = run_clock;
-        let options = RunOptions {
-            idle_poll: Duration::from_millis(20),
-            ..RunOptions::default()
-        };
-        let report = Runner::new(&q, options)
-            .run(&|_: &ckpt::ClaimedItem| Outcome::Completed(None))
-            .unwrap();
-        let _ = ended.send((report.completed, q.counts().unwrap()));
-    });
+    let outcome = run_in_background(q);
     // Past the second after which a run beside only own-held items ends.
     assert!(
         outcome.recv_timeout(Duration::from_millis(2500)).is_err(),
