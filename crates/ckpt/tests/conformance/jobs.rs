@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ckpt::store::{Fault, FaultStore, Op, Store};
-use ckpt::{Checkpoint, CheckpointPolicy, Ckpt, Error, JobOptions, JobStatus, ManualClock};
+use ckpt::{Checkpoint, CheckpointPolicy, Ckpt, Error, Expect, JobOptions, JobStatus, ManualClock};
 use serde_json::{json, Value};
 
 use super::{dead_local_worker, limited, worker, T0};
@@ -113,18 +113,49 @@ fn a_cut_history_bound_is_applied(store: Option<Fixture>) {
     let c = limited(f, &clock, 3, 1024);
     assert_eq!(c.get_job("cut").unwrap().unwrap().history_len, 40);
     let mut job = c.job_with("cut", every_call()).unwrap();
-    for i in 61..=400u64 {
-        job.save(&i, i).unwrap();
-    }
-    let seqs: Vec<u64> = c
-        .store()
-        .history("cut", 1000)
-        .unwrap()
-        .iter()
-        .map(|h| h.seq)
-        .collect();
-    assert_eq!(seqs, [400, 399, 398]);
+    let seqs = || -> Vec<u64> {
+        let history = c.store().history("cut", 1000).unwrap();
+        history.iter().map(|h| h.seq).collect()
+    };
+    // From the first save under the new bound.
+    job.save(&61, 61).unwrap();
+    assert_eq!(seqs(), [61, 60, 59]);
     assert_eq!(c.get_job("cut").unwrap().unwrap().history_len, 3);
+    for i in 62..=400u64 {
+        job.save(&i, i).unwrap();
+        assert_eq!(seqs().len(), 3, "after save {i}");
+    }
+    assert_eq!(seqs(), [400, 399, 398]);
+    assert_eq!(c.get_job("cut").unwrap().unwrap().history_len, 3);
+}
+
+/// Operator writes (`ckpt checkpoint set`) keep the history bound the same
+/// way, a cut one from their first write.
+#[apply(every_store)]
+fn operator_writes_apply_a_cut_history_bound(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ManualClock::new(T0);
+    let write = |c: &Ckpt, i: u64| {
+        c.set_checkpoint_if("cut-op", &Checkpoint::new(json!(i), i), &Expect::Anything)
+            .unwrap();
+    };
+    let wide = limited(f, &clock, 40, 1024);
+    for i in 1..=60u64 {
+        write(&wide, i);
+    }
+    let c = limited(f, &clock, 3, 1024);
+    let seqs = || -> Vec<u64> {
+        let history = c.store().history("cut-op", 1000).unwrap();
+        history.iter().map(|h| h.seq).collect()
+    };
+    assert_eq!(seqs().len(), 40);
+    write(&c, 61);
+    assert_eq!(seqs(), [61, 60, 59]);
+    for i in 62..=70u64 {
+        write(&c, i);
+    }
+    assert_eq!(seqs(), [70, 69, 68]);
+    assert_eq!(c.get_job("cut-op").unwrap().unwrap().history_len, 3);
 }
 
 #[apply(every_store)]

@@ -46,33 +46,38 @@ pub(super) async fn write_checkpoint(
         .map_err(pg_err)?;
     let (saves, at): (i64, i64) = (row.get(0), row.get(1));
     let keep = i64::try_from(history_keep).unwrap_or(i64::MAX);
-    if keep > 0 {
-        c.cexecute(
-            "INSERT INTO history (job_id, slot, seq, cursor, items_processed, at)
+    if keep == 0 {
+        c.cexecute("DELETE FROM history WHERE job_id = $1", &[&job_id])
+            .await
+            .map_err(pg_err)?;
+        return Ok(());
+    }
+    // One statement, as in `save_fenced`: the ring write and the sweep
+    // (which skips the slot being written).
+    c.cexecute(
+        "WITH appended AS (
+             INSERT INTO history (job_id, slot, seq, cursor, items_processed, at)
              VALUES ($1, $2::BIGINT % $6::BIGINT, $2, $3, $4, $5)
              ON CONFLICT (job_id, slot) DO UPDATE SET seq = excluded.seq,
                  cursor = excluded.cursor, items_processed = excluded.items_processed,
-                 at = excluded.at",
-            &[
-                &job_id,
-                &saves,
-                &cp.cursor,
-                &(cp.items_processed as i64),
-                &at,
-                &keep,
-            ],
-        )
-        .await
-        .map_err(pg_err)?;
-    }
-    if saves % HISTORY_SWEEP_EVERY == 0 || keep == 0 {
-        c.cexecute(
-            "DELETE FROM history WHERE job_id = $1 AND seq <= $2",
-            &[&job_id, &(saves - keep)],
-        )
-        .await
-        .map_err(pg_err)?;
-    }
+                 at = excluded.at
+             RETURNING seq)
+         DELETE FROM history h
+         WHERE ($2::BIGINT % $7::BIGINT = 0 OR EXISTS (SELECT 1 FROM history s
+                 WHERE s.job_id = $1 AND s.slot >= $6))
+           AND h.job_id = $1 AND h.seq <= $2 - $6 AND h.slot <> $2::BIGINT % $6::BIGINT",
+        &[
+            &job_id,
+            &saves,
+            &cp.cursor,
+            &(cp.items_processed as i64),
+            &at,
+            &keep,
+            &HISTORY_SWEEP_EVERY,
+        ],
+    )
+    .await
+    .map_err(pg_err)?;
     Ok(())
 }
 
@@ -85,7 +90,14 @@ pub(super) async fn write_checkpoint(
 /// 80 k saves).
 ///
 /// Entries outside the ring's slots (after `history_keep` was cut, or left
-/// by schema v3) are swept every this many saves.
+/// by schema v3) are swept by every save while there are any (an index
+/// probe finds them), so the history holds no more than `history_keep`
+/// entries after the first save under a smaller bound. Every this many
+/// saves the sweep runs regardless.
+///
+/// A bound that grows keeps the slots: the first saves under the larger
+/// bound overwrite entries of the smaller ring, so the history may miss up
+/// to the old bound's entries from before the change, once.
 pub(super) const HISTORY_SWEEP_EVERY: i64 = 256;
 
 /// Saves a checkpoint in one statement, so one round trip (and, outside a
@@ -125,7 +137,9 @@ pub(super) async fn save_fenced(
                  RETURNING seq),
              swept AS (
                  DELETE FROM history h USING saved
-                 WHERE (saved.saves % $12 = 0 OR $11 = 0) AND h.job_id = saved.id
+                 WHERE (saved.saves % $12 = 0 OR $11 = 0 OR EXISTS (SELECT 1 FROM history s
+                         WHERE s.job_id = saved.id AND s.slot >= $11))
+                   AND h.job_id = saved.id
                    AND h.seq <= saved.saves - $11
                    AND h.slot <> saved.saves % GREATEST($11, 1) RETURNING 1)
              SELECT id FROM saved",
