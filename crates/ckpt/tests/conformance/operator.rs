@@ -199,3 +199,73 @@ fn prune_plan_agrees_with_delete_job(store: Option<Fixture>) {
         .collect();
     assert_eq!(left, ["failed", "held", "recent", "running"]);
 }
+
+/// A prune racing the writers that create a job when it is missing
+/// (`record_command`, `acquire_job`, `put_checkpoint`, `enqueue`): each
+/// writer either finds the old job (the prune then waits, and deletes it
+/// with what was written) or, after the prune, creates the job afresh. It
+/// never fails for a job that vanished under it, and what it wrote is
+/// never lost beside a job that lives on.
+#[apply(every_store)]
+fn a_prune_racing_the_writers_that_create_a_job(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ManualClock::new(T0);
+    let c = worker(f, &clock, "a");
+    let later = T0.plus(Duration::from_secs(86_400 * 365));
+    // A lease the prune's cutoff does not outlast.
+    let lease_end = later.plus(Duration::from_secs(86_400));
+    let writers = (f.another)();
+    for round in 0..60 {
+        let name = format!("race-{round}");
+        let q = c.queue_with(&name, queue_options(1)).unwrap();
+        q.enqueue([NewItem::key("x")]).unwrap();
+        let item = q.claim(1).unwrap().pop().unwrap();
+        q.complete(&item, None).unwrap();
+        assert_eq!(q.finish_if_done().unwrap(), Some(JobStatus::Completed));
+        let barrier = std::sync::Barrier::new(2);
+        let (written, pruned) = std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                barrier.wait();
+                match round % 4 {
+                    0 => writers.record_command(&name, "cmd", T0).map(drop),
+                    1 => writers
+                        .acquire_job(&name, "other-owner", lease_end, None, T0)
+                        .map(drop),
+                    2 => writers.put_checkpoint(
+                        &name,
+                        Some(&ckpt::Checkpoint::new(serde_json::json!(1), 1)),
+                        &ckpt::Expect::Anything,
+                        10,
+                        None,
+                        T0,
+                    ),
+                    _ => writers
+                        .enqueue(&name, &mut [Ok(NewItem::key("y"))].into_iter(), T0)
+                        .map(drop),
+                }
+            });
+            barrier.wait();
+            let pruned = c.store().delete_job(&name, later).unwrap();
+            (writer.join().unwrap(), pruned)
+        });
+        written.unwrap_or_else(|e| panic!("round {round}: the writer failed: {e}"));
+        // Whatever the order, the writer's change is there: the job lives
+        // on (written after the prune, or the prune refused a job the
+        // writer changed) with it.
+        let rec = c.get_job(&name).unwrap();
+        match round % 4 {
+            // A command does not reopen a job: the prune may go first or
+            // second, and a job deleted second goes with its command.
+            0 => {
+                assert!(rec.is_some() || pruned, "round {round}");
+                if rec.is_some() {
+                    let commands = c.store().commands(&name).unwrap();
+                    assert_eq!(commands.commands.len(), 1, "round {round}: {commands:?}");
+                }
+            }
+            1 => assert!(rec.is_some_and(|r| r.owner.as_deref() == Some("other-owner"))),
+            2 => assert!(rec.is_some_and(|r| r.checkpoint.is_some())),
+            _ => assert!(q.counts().unwrap().pending == 1, "round {round}"),
+        }
+    }
+}

@@ -15,12 +15,9 @@ use crate::time::Timestamp;
 impl CommandStore for PgStore {
     fn record_command(&self, job: &str, command: &str, now: Timestamp) -> Result<CommandRecord> {
         in_tx!(self, |tx| {
+            // The job row's lock (taken by `ensure_job`) orders writers of
+            // its commands, so the next id (max + 1) is never taken twice.
             let id = ensure_job(tx, job, now).await?;
-            // The job row's lock orders writers of its commands, so the
-            // next id (max + 1) is never taken twice.
-            tx.cexecute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id])
-                .await
-                .map_err(pg_err)?;
             let row = tx
                 .cquery_one(
                     "INSERT INTO commands (job_id, id, command, first_used, last_used)

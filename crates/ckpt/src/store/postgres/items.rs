@@ -29,19 +29,9 @@ impl ItemStore for PgStore {
     fn enqueue(&self, job: &str, items: ItemStream<'_>, now: Timestamp) -> Result<EnqueueReport> {
         let enqueued = ItemState::enqueued();
         in_tx!(self, |tx| {
-            let mut id = ensure_job(tx, job, now).await?;
-            // Lock the job row, as `finish_if_done` does: a job is never
-            // marked done while items are being added to it. If a prune
-            // deleted the row while this waited for the lock, the job is
-            // created afresh (the delete has committed: it is seen now).
-            while tx
-                .cexecute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id])
-                .await
-                .map_err(pg_err)?
-                == 0
-            {
-                id = ensure_job(tx, job, now).await?;
-            }
+            // The job row stays locked, as `finish_if_done` locks it: a job
+            // is never marked done while items are being added to it.
+            let id = ensure_job(tx, job, now).await?;
             let insert = "WITH ins AS (
                          INSERT INTO items (job_id, key, payload, status, ready_at, enqueued_at)
                          SELECT $1, t.key, t.payload, $5, $6, $4

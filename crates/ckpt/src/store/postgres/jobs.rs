@@ -76,17 +76,33 @@ pub(super) async fn get_job(
     .transpose()
 }
 
+/// The id of `job`, created if missing, its row locked (`FOR UPDATE`) for
+/// the rest of the transaction: a prune (which locks the row first) cannot
+/// delete it under the caller, and the writers of a job's items, commands
+/// and checkpoint are ordered by that lock.
 pub(super) async fn ensure_job(c: &impl GenericClient, job: &str, now: Timestamp) -> Result<i64> {
-    c.cexecute(
-        "INSERT INTO jobs (name, status, created_at, updated_at) VALUES ($1, 'running', $2, $2)
-         ON CONFLICT (name) DO NOTHING",
-        &[&job, &now.0],
-    )
-    .await
-    .map_err(pg_err)?;
-    job_id(c, job)
-        .await?
-        .ok_or_else(|| Error::Storage(format!("job '{job}' vanished")))
+    // A prune may delete the row between the insert and the lock. It has
+    // committed once the lock is granted, so the next insert creates the
+    // job afresh, and a new job (running) is not one a prune deletes.
+    for _ in 0..3 {
+        c.cexecute(
+            "INSERT INTO jobs (name, status, created_at, updated_at) VALUES ($1, 'running', $2, $2)
+             ON CONFLICT (name) DO NOTHING",
+            &[&job, &now.0],
+        )
+        .await
+        .map_err(pg_err)?;
+        if let Some(row) = c
+            .cquery_opt("SELECT id FROM jobs WHERE name = $1 FOR UPDATE", &[&job])
+            .await
+            .map_err(pg_err)?
+        {
+            return Ok(row.get(0));
+        }
+    }
+    Err(Error::Storage(format!(
+        "job '{job}' was deleted each time it was created"
+    )))
 }
 
 impl JobStore for PgStore {
