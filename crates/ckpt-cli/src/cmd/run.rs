@@ -511,17 +511,19 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
         fence.on_deadline(move |term, kill| children.deadline(pid, term, kill));
     }
     let pid = child.id();
-    // Reads the command's output until it ends (see `capture`).
-    let (status, timed_out, tail) = h.output.wait(&mut child, &tag, files, || {
+    // Reads the command's output until it ends (see `capture`). The exit
+    // is handled before the command is reaped, while its pid cannot be
+    // another process's: after `exited`, no timeout, fence or shutdown
+    // signals that pid.
+    let (status, (timed_out, stopped), tail) = h.output.wait(&mut child, &tag, files, || {
         let timed_out = h.timeouts.is_some_and(|t| t.disarm(pid));
         // Whatever the command left running in its process group (`work &`)
         // is this item's work: it must not run on beside a retry or another
         // worker's copy, nor escape the fence and the sentinel. Its end
         // closes the pipes.
         children.kill_leftovers(pid);
-        timed_out
+        (timed_out, children.exited(pid))
     });
-    let stopped = children.exited(&child);
     // A failure keeps the tail of the command's stderr beside its error.
     ended(h, program, status, timed_out, stopped, fence).with_output(tail)
 }

@@ -113,8 +113,11 @@ impl Output {
 
     /// Waits for the spawned `child` to end, reading what it prints (for
     /// `item`, into ckpt's streams and `files`) meanwhile, in this thread.
-    /// Calls `on_exit` as soon as the command has exited (to kill what it
-    /// left in its process group, whose end closes the pipes), then reads
+    /// Calls `on_exit` as soon as the command has exited, before it is
+    /// reaped: its pid (and process group id) cannot have been reused yet,
+    /// so `on_exit` may still signal its group (to kill what it left there,
+    /// whose end closes the pipes) and must stop anything else from
+    /// signalling it (its pid is free once `wait` reaps it). Then reads
     /// the pipes to their end, or for [`AFTER_EXIT`] at most. Returns the
     /// exit status, what `on_exit` returned, and the tail of the command's
     /// stderr (`None` when it wrote none or none is kept).
@@ -127,8 +130,9 @@ impl Output {
     ) -> (io::Result<ExitStatus>, T, Option<String>) {
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         if stdout.is_none() && stderr.is_none() {
-            let status = child.wait();
-            return (status, on_exit(), None);
+            exited_unreaped(child.id(), true);
+            let value = on_exit();
+            return (child.wait(), value, None);
         }
         let tag = self.tag.then(|| {
             let mut tag = item.as_bytes().to_vec();
@@ -151,9 +155,9 @@ impl Output {
         let mut ended: Option<(io::Result<ExitStatus>, T, Instant)> = None;
         let mut on_exit = Some(on_exit);
         let mut exited = |child: &mut Child| {
-            let status = child.wait();
+            exited_unreaped(child.id(), true);
             let value = on_exit.take().map(|f| f());
-            (status, value)
+            (child.wait(), value)
         };
         loop {
             let mut fds = reader.fds();
@@ -195,8 +199,8 @@ impl Output {
                     reader.ready(pfd.fd);
                 }
             }
-            let gone = gone
-                || (ended.is_none() && exit.is_none() && matches!(child.try_wait(), Ok(Some(_))));
+            let gone =
+                gone || (ended.is_none() && exit.is_none() && exited_unreaped(child.id(), false));
             if gone {
                 let (status, value) = exited(child);
                 ended = value.map(|v| (status, v, Instant::now()));
@@ -211,6 +215,27 @@ impl Output {
                 let (status, value) = exited(child);
                 (status, value.expect("on_exit is called once"), tail)
             }
+        }
+    }
+}
+
+/// Whether the child `pid` has exited, leaving it unreaped (a zombie,
+/// whose pid no other process can take); with `block`, waits until it has.
+/// False if that cannot be known (the caller's `wait` then reaps it).
+fn exited_unreaped(pid: u32, block: bool) -> bool {
+    let flags = libc::WEXITED | libc::WNOWAIT | if block { 0 } else { libc::WNOHANG };
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid siginfo_t that waitid writes into.
+        let r = unsafe { libc::waitid(libc::P_PID, libc::id_t::from(pid), &mut info, flags) };
+        if r == 0 {
+            // With WNOHANG, a child that has not exited leaves si_pid 0.
+            // SAFETY: waitid filled `info` for a child.
+            return unsafe { info.si_pid() } != 0;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
         }
     }
 }
@@ -521,7 +546,59 @@ fn memrchr(needle: u8, haystack: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::Tail;
+    use super::{Mode, Output, Tail};
+
+    /// The state letter of process `pid` in /proc (`Z`: exited, unreaped).
+    #[cfg(target_os = "linux")]
+    fn proc_state(pid: u32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.chars().next()
+    }
+
+    /// `on_exit` runs while the command is a zombie, its pid still its
+    /// own, whichever way its end is noticed; the status is its own.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_exit_is_handled_before_the_command_is_reaped() {
+        let modes = [
+            // Pipes read, the exit seen by a pidfd.
+            (Mode::Line, 4096),
+            // Nothing piped: waited for directly.
+            (Mode::Ungroup, 0),
+        ];
+        for (mode, stderr_tail) in modes {
+            let out = Output {
+                mode,
+                tag: false,
+                results: None,
+                stderr_tail,
+            };
+            let mut cmd = std::process::Command::new("sh");
+            cmd.args(["-c", "exit 3"]);
+            out.prepare(&mut cmd);
+            let mut child = cmd.spawn().unwrap();
+            let pid = child.id();
+            let (status, state, _) = out.wait(&mut child, "item", None, || proc_state(pid));
+            assert_eq!(
+                state,
+                Some('Z'),
+                "{mode:?}: on_exit ran on a reaped command"
+            );
+            assert_eq!(status.unwrap().code(), Some(3), "{mode:?}");
+            assert_eq!(proc_state(pid), None, "{mode:?}: reaped in the end");
+        }
+        // Without a pidfd: polled.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "exit 4"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        while !super::exited_unreaped(pid, false) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(proc_state(pid), Some('Z'));
+        assert_eq!(child.wait().unwrap().code(), Some(4));
+    }
 
     fn tail(cap: usize, pieces: &[&[u8]]) -> Option<String> {
         let mut t = Tail::new(cap);

@@ -112,8 +112,8 @@ impl Children {
 
     /// Stops one command whose lease was lost: SIGTERM to its process
     /// group, then SIGKILL `grace` later if it has not been reaped by then.
-    /// Only a pid still registered is signalled, so a reaped command's
-    /// reused pid is never hit.
+    /// Only a pid still registered is signalled: a command is unregistered
+    /// before it is reaped, so a reused pid is never hit.
     pub fn stop_one(self: &Arc<Self>, pid: u32, grace: Duration) {
         {
             let mut g = self.lock();
@@ -158,21 +158,24 @@ impl Children {
     }
 
     /// Sends SIGKILL to what is left of the process group of command `pid`,
-    /// which exited and was reaped (nothing, usually: one system call).
+    /// which exited and is not reaped yet (nothing, usually: one system
+    /// call).
     pub fn kill_leftovers(&self, pid: u32) {
         signal_group(pid, libc::SIGKILL);
     }
 
-    /// Unregisters a command that exited and was reaped; true if ckpt had
-    /// sent it a signal to stop it.
-    pub fn exited(&self, child: &Child) -> bool {
+    /// Unregisters the command `pid`, which exited; true if ckpt had sent
+    /// it a signal to stop it. Called before it is reaped: a registered
+    /// pid is then always the command's (a reaped one's may be reused), so
+    /// nothing here ever signals another process.
+    pub fn exited(&self, pid: u32) -> bool {
         let stopped = {
             let mut g = self.lock();
-            g.pids.remove(&child.id());
-            g.stopped.remove(&child.id())
+            g.pids.remove(&pid);
+            g.stopped.remove(&pid)
         };
         if let Some(sentinel) = &self.sentinel {
-            sentinel.reaped(child.id());
+            sentinel.reaped(pid);
         }
         self.changed.notify_all();
         stopped
