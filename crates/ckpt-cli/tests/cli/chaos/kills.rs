@@ -83,6 +83,12 @@ fn ten_kills_of_a_run_on_redis() {
 /// after `--retries 2` (three attempts) it is dead, every other item is
 /// completed, and it was started no more than three times (plus one, when
 /// its run died before the start could be recorded).
+///
+/// The poison waits a moment before it kills: the previous item's command
+/// has exited by then, but its completion may still be on its way to the
+/// store, and an item whose run dies before its completion is committed
+/// runs again and is charged the attempt, as any item running when its
+/// run dies is.
 #[test]
 fn an_item_that_kills_its_run_every_time_ends_dead() {
     let sb = Sandbox::new();
@@ -91,7 +97,7 @@ fn an_item_that_kills_its_run_every_time_ends_dead() {
     all.insert(5, "poison".to_string());
     let file = sb.write_items("items.txt", &all);
     let script = r#"echo "$1" >> started
-if [ "$1" = poison ]; then kill -9 "$PPID"; sleep 5; fi
+if [ "$1" = poison ]; then sleep 0.5; kill -9 "$PPID"; sleep 5; fi
 echo "$1" >> done"#;
     let started_at = Instant::now();
     let mut runs = 0;
@@ -132,7 +138,16 @@ echo "$1" >> done"#;
     }
     eprintln!("poison: {runs} runs in {:?}", started_at.elapsed());
     let status = sb.status("J");
-    assert_eq!(crate::util::item_counts(&status), (0, 0, 20, 0, 1));
+    assert_eq!(
+        crate::util::item_counts(&status),
+        (0, 0, 20, 0, 1),
+        "dead: {:?}\nstarted: {:?}",
+        crate::util::stored_items(&sb, "J")
+            .into_iter()
+            .filter(|(_, i)| i["status"] == "dead")
+            .collect::<Vec<_>>(),
+        sb.lines("started")
+    );
     let poison_starts = sb
         .lines("started")
         .iter()
