@@ -9,6 +9,7 @@ use pyo3::types::PyString;
 use crate::errors::{Error, FencedError, IntoPy, InvalidInputError};
 use crate::exit;
 use crate::json;
+use crate::options::args;
 use crate::queue::ItemCounts;
 use crate::shared::Shared;
 
@@ -195,7 +196,10 @@ impl Job {
 
     /// Whether a checkpoint with ``items_processed`` items done would be
     /// saved now: build an expensive state only then.
-    fn is_due(&mut self, items_processed: u64) -> PyResult<bool> {
+    fn is_due(
+        &mut self,
+        #[pyo3(from_py_with = args::items_processed)] items_processed: u64,
+    ) -> PyResult<bool> {
         Ok(self.held()?.is_due(items_processed))
     }
 
@@ -219,7 +223,11 @@ impl Job {
     /// The job's saved checkpoints, newest first, at most ``limit`` (the
     /// store keeps the last 100).
     #[pyo3(signature = (limit=100))]
-    fn history(&mut self, py: Python<'_>, limit: usize) -> PyResult<Vec<HistoryEntry>> {
+    fn history(
+        &mut self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = args::limit)] limit: usize,
+    ) -> PyResult<Vec<HistoryEntry>> {
         let ckpt = self.shared.ckpt()?;
         let entries = exit::detach(py, || ckpt.store().history(&self.name, limit)).py()?;
         entries

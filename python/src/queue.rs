@@ -11,6 +11,7 @@ use crate::errors::{IntoPy, InvalidInputError};
 use crate::exit;
 use crate::item::{stats_json, Item};
 use crate::json;
+use crate::options::args;
 use crate::shared::Shared;
 
 /// One worker's handle on a job's work items (see ``Store.queue``). Safe to
@@ -112,8 +113,8 @@ impl Queue {
         &self,
         py: Python<'_>,
         handler: Py<PyAny>,
-        workers: usize,
-        prefetch: Option<usize>,
+        #[pyo3(from_py_with = args::workers)] workers: usize,
+        #[pyo3(from_py_with = args::prefetch)] prefetch: Option<usize>,
     ) -> PyResult<crate::run::RunReport> {
         self.live()?;
         crate::run::run(&self.shared, &self.queue, py, handler, workers, prefetch)
@@ -124,7 +125,11 @@ impl Queue {
     /// lease lapsed. Each must then be completed, failed or released (or
     /// renewed with ``heartbeat()`` within the lease).
     #[pyo3(signature = (max=1))]
-    fn claim(&self, py: Python<'_>, max: usize) -> PyResult<Vec<Item>> {
+    fn claim(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = args::max)] max: usize,
+    ) -> PyResult<Vec<Item>> {
         let queue = self.live()?;
         let claimed = exit::detach(py, || queue.claim(max)).py()?;
         Ok(claimed
@@ -199,7 +204,7 @@ impl Queue {
         &self,
         py: Python<'_>,
         status: Option<&str>,
-        limit: usize,
+        #[pyo3(from_py_with = args::limit)] limit: usize,
     ) -> PyResult<Vec<ItemRecord>> {
         let queue = self.live()?;
         let status = status.map(parse_status).transpose()?;

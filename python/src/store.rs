@@ -9,6 +9,7 @@ use crate::errors::{IntoPy, InvalidInputError, StoreError};
 use crate::exit;
 use crate::job::{Job, JobInfo};
 use crate::json;
+use crate::options::args;
 use crate::options::{policy, seconds};
 use crate::queue::Queue;
 use crate::shared::Shared;
@@ -80,12 +81,12 @@ impl Store {
         &self,
         py: Python<'_>,
         name: &Bound<'_, PyString>,
-        lease: f64,
-        every_items: Option<u64>,
-        every_seconds: Option<f64>,
+        #[pyo3(from_py_with = args::lease)] lease: f64,
+        #[pyo3(from_py_with = args::every_items_opt)] every_items: Option<u64>,
+        #[pyo3(from_py_with = args::every_seconds)] every_seconds: Option<f64>,
         always: bool,
-        target_overhead: f64,
-        max_interval: f64,
+        #[pyo3(from_py_with = args::target_overhead)] target_overhead: f64,
+        #[pyo3(from_py_with = args::max_interval)] max_interval: f64,
     ) -> PyResult<Job> {
         let options = ckpt::JobOptions {
             lease: seconds("lease", lease)?,
@@ -115,12 +116,12 @@ impl Store {
         &self,
         py: Python<'_>,
         name: &Bound<'_, PyString>,
-        lease: f64,
-        max_attempts: u32,
-        backoff: f64,
-        backoff_factor: f64,
-        max_backoff: f64,
-        jitter: f64,
+        #[pyo3(from_py_with = args::lease)] lease: f64,
+        #[pyo3(from_py_with = args::max_attempts)] max_attempts: u32,
+        #[pyo3(from_py_with = args::backoff)] backoff: f64,
+        #[pyo3(from_py_with = args::backoff_factor)] backoff_factor: f64,
+        #[pyo3(from_py_with = args::max_backoff)] max_backoff: f64,
+        #[pyo3(from_py_with = args::jitter)] jitter: f64,
     ) -> PyResult<Queue> {
         if max_attempts == 0 {
             return Err(InvalidInputError::new_err(

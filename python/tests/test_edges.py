@@ -2,6 +2,7 @@
 valid Unicode, a process ending right after queue.run, a signal handler of the program's own
 raising during a run, and the text of the dropped-stats warning."""
 
+import itertools
 import os
 import signal
 import subprocess
@@ -250,3 +251,37 @@ def test_oversize_stats_are_refused_by_complete_and_left_out_of_a_run(any_store_
     stats = {i.key: i.stats for i in q.items()}
     assert stats["by-hand"] == {"n": 1}
     assert "blob" not in (stats["by-run"] or {})
+
+
+# Each call takes a job of its own: a job handle holds its job.
+JOB_NAMES = (f"j{n}" for n in itertools.count())
+
+NUMBER_ARGS = [
+    ("max", -1, lambda s, v: s.queue("q").claim(v)),
+    ("max", 2**64, lambda s, v: s.queue("q").claim(max=v)),
+    ("limit", -1, lambda s, v: s.queue("q").items(limit=v)),
+    ("workers", 2**64, lambda s, v: s.queue("q").run(lambda item: None, workers=v)),
+    ("prefetch", -5, lambda s, v: s.queue("q").run(lambda item: None, prefetch=v)),
+    ("max_attempts", 2**32, lambda s, v: s.queue("q", max_attempts=v)),
+    ("lease", 2**1100, lambda s, v: s.queue("q", lease=v)),
+    ("jitter", -(2**1100), lambda s, v: s.queue("q", jitter=v)),
+    ("every_items", -1, lambda s, v: s.job(next(JOB_NAMES), every_items=v)),
+    ("every_seconds", 2**1100, lambda s, v: s.job(next(JOB_NAMES), every_seconds=v)),
+    ("max_interval", 10**400, lambda s, v: s.job(next(JOB_NAMES), max_interval=v)),
+    ("items_processed", -1, lambda s, v: s.job(next(JOB_NAMES)).is_due(v)),
+    ("limit", 2**70, lambda s, v: s.job(next(JOB_NAMES)).history(v)),
+]
+
+
+@pytest.mark.parametrize(
+    "name,value,call", NUMBER_ARGS, ids=[f"{name}-{i}" for i, (name, _, _) in enumerate(NUMBER_ARGS)]
+)
+def test_a_number_out_of_range_is_invalid_input_naming_the_argument(tmp_path, name, value, call):
+    store = ckpt.open(f"sqlite://{tmp_path}/ckpt.db")
+    message = rf"^{name} (must be a whole number from 0 to \d+|is too large)"
+    with pytest.raises(ckpt.InvalidInputError, match=message):
+        call(store, value)
+    # A value of the wrong type is still a TypeError naming the argument.
+    if name in ("max", "limit", "workers", "max_attempts", "every_items", "items_processed"):
+        with pytest.raises(TypeError, match=name):
+            call(store, "3")
