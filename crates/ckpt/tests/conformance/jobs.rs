@@ -127,6 +127,14 @@ fn a_cut_history_bound_is_applied(store: Option<Fixture>) {
     }
     assert_eq!(seqs(), [400, 399, 398]);
     assert_eq!(c.get_job("cut").unwrap().unwrap().history_len, 3);
+    job.release().unwrap();
+    // No history at all: none left after the next save.
+    let none = limited(f, &clock, 0, 1024);
+    let mut job = none.job_with("cut", every_call()).unwrap();
+    job.save(&401, 401).unwrap();
+    assert_eq!(seqs(), [] as [u64; 0]);
+    job.save(&402, 402).unwrap();
+    assert_eq!(seqs(), [] as [u64; 0]);
 }
 
 /// Operator writes (`ckpt checkpoint set`) keep the history bound the same
@@ -156,6 +164,8 @@ fn operator_writes_apply_a_cut_history_bound(store: Option<Fixture>) {
     }
     assert_eq!(seqs(), [70, 69, 68]);
     assert_eq!(c.get_job("cut-op").unwrap().unwrap().history_len, 3);
+    write(&limited(f, &clock, 0, 1024), 71);
+    assert_eq!(seqs(), [] as [u64; 0]);
 }
 
 #[apply(every_store)]

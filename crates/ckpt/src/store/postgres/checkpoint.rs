@@ -102,8 +102,8 @@ pub(super) const HISTORY_SWEEP_EVERY: i64 = 256;
 
 /// Saves a checkpoint in one statement, so one round trip (and, outside a
 /// transaction, one commit): the fenced UPDATE (which is the fencing check),
-/// the history write into its ring slot and, every
-/// [`HISTORY_SWEEP_EVERY`] saves, the sweep. All see the same snapshot; the
+/// the history write into its ring slot and, when due (see
+/// [`HISTORY_SWEEP_EVERY`]), the sweep. All see the same snapshot; the
 /// sweep skips the slot being written, so no row is modified twice.
 pub(super) async fn save_fenced(
     c: &impl GenericClient,
@@ -141,7 +141,8 @@ pub(super) async fn save_fenced(
                          WHERE s.job_id = saved.id AND s.slot >= $11))
                    AND h.job_id = saved.id
                    AND h.seq <= saved.saves - $11
-                   AND h.slot <> saved.saves % GREATEST($11, 1) RETURNING 1)
+                   AND CASE WHEN $11 = 0 THEN true ELSE h.slot <> saved.saves % $11 END
+                 RETURNING 1)
              SELECT id FROM saved",
             &[
                 &lease.job,

@@ -76,6 +76,10 @@ pub(super) async fn get_job(
     .transpose()
 }
 
+/// Creates the job if it is missing.
+const INSERT_JOB: &str = "INSERT INTO jobs (name, status, created_at, updated_at)
+     VALUES ($1, 'running', $2, $2) ON CONFLICT (name) DO NOTHING";
+
 /// The id of `job`, created if missing, its row locked (`FOR UPDATE`) for
 /// the rest of the transaction: a prune (which locks the row first) cannot
 /// delete it under the caller, and the writers of a job's items, commands
@@ -85,13 +89,9 @@ pub(super) async fn ensure_job(c: &impl GenericClient, job: &str, now: Timestamp
     // committed once the lock is granted, so the next insert creates the
     // job afresh, and a new job (running) is not one a prune deletes.
     for _ in 0..3 {
-        c.cexecute(
-            "INSERT INTO jobs (name, status, created_at, updated_at) VALUES ($1, 'running', $2, $2)
-             ON CONFLICT (name) DO NOTHING",
-            &[&job, &now.0],
-        )
-        .await
-        .map_err(pg_err)?;
+        c.cexecute(INSERT_JOB, &[&job, &now.0])
+            .await
+            .map_err(pg_err)?;
         if let Some(row) = c
             .cquery_opt("SELECT id FROM jobs WHERE name = $1 FOR UPDATE", &[&job])
             .await
@@ -107,7 +107,13 @@ pub(super) async fn ensure_job(c: &impl GenericClient, job: &str, now: Timestamp
 
 impl JobStore for PgStore {
     fn ensure_job(&self, job: &str, now: Timestamp) -> Result<()> {
-        with_client!(self, |c| { ensure_job(c, job, now).await.map(drop) })
+        // No lock: it would wait for an enqueue streaming its items.
+        with_client!(self, |c| {
+            c.cexecute(INSERT_JOB, &[&job, &now.0])
+                .await
+                .map(drop)
+                .map_err(pg_err)
+        })
     }
 
     fn acquire_job(
