@@ -121,8 +121,10 @@ impl Children {
                 return;
             }
             g.stopped.insert(pid);
+            // Under the lock: the command cannot be unregistered (and then
+            // reaped) between the check and the signal.
+            signal_group(pid, libc::SIGTERM);
         }
-        signal_group(pid, libc::SIGTERM);
         let children = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name("ckpt-fence-kill".into())
@@ -144,7 +146,10 @@ impl Children {
             });
         if spawned.is_err() {
             // No thread for the grace: kill now rather than never.
-            signal_group(pid, libc::SIGKILL);
+            let g = self.lock();
+            if g.pids.contains(&pid) {
+                signal_group(pid, libc::SIGKILL);
+            }
         }
     }
 
@@ -248,13 +253,12 @@ impl Children {
     /// those started from now on): with a group of their own, a Ctrl-C at
     /// the terminal reaches ckpt alone.
     fn interrupt(&self) {
-        let pids = {
-            let mut g = self.lock();
-            g.interrupted = true;
-            let pids = g.pids.clone();
-            g.stopped.extend(&pids);
-            pids
-        };
+        let mut g = self.lock();
+        g.interrupted = true;
+        let pids = g.pids.clone();
+        g.stopped.extend(&pids);
+        // Under the lock, as every signal to a registered command: none is
+        // unregistered (and reaped) meanwhile.
         for pid in pids {
             signal_group(pid, SIGINT);
         }
@@ -262,35 +266,30 @@ impl Children {
 
     /// Sends SIGTERM to the running commands and their descendants.
     fn terminate(&self) {
-        let pids = {
+        {
             let mut g = self.lock();
             g.phase = g.phase.max(Phase::Terminating);
-            let pids = g.pids.clone();
-            g.stopped.extend(&pids);
-            pids
-        };
-        self.signal_all(&pids, libc::SIGTERM);
+            signal_registered(&mut g, libc::SIGTERM);
+        }
+        self.signal_marked(libc::SIGTERM);
     }
 
     /// Sends SIGKILL to the running commands and their descendants, and
     /// wakes the items waiting for that.
     fn kill(&self) {
-        let pids = {
+        {
             let mut g = self.lock();
             g.phase = g.phase.max(Phase::Killing);
-            let pids = g.pids.clone();
-            g.stopped.extend(&pids);
-            pids
-        };
-        self.signal_all(&pids, libc::SIGKILL);
+            signal_registered(&mut g, libc::SIGKILL);
+        }
+        self.signal_marked(libc::SIGKILL);
         self.lock().phase = Phase::Killed;
         self.changed.notify_all();
     }
 
-    fn signal_all(&self, pids: &HashSet<u32>, sig: i32) {
-        for &pid in pids {
-            signal_group(pid, sig);
-        }
+    /// Signals the descendants marked with this worker's id (those that
+    /// left their command's process group).
+    fn signal_marked(&self, sig: i32) {
         if let Some(worker) = &self.worker {
             signal_marked(worker, sig);
         }
@@ -324,6 +323,16 @@ impl Children {
             g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
         }
     }
+}
+
+/// Marks every registered command stopped and signals its process group,
+/// under the lock (`g`): none is unregistered (and reaped) meanwhile.
+fn signal_registered(g: &mut State, sig: i32) {
+    for &pid in &g.pids {
+        signal_group(pid, sig);
+    }
+    let pids = g.pids.clone();
+    g.stopped.extend(pids);
 }
 
 /// Runs on its own thread for the whole run: after the first signal, waits

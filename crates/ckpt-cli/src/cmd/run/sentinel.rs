@@ -15,7 +15,7 @@
 //!   `CLOCK_BOOTTIME`) the command must be told to stop, by `KILL` it must
 //!   be gone, because its item's lease can no longer be proven after that
 //!   (see `ckpt::policy::fence`);
-//! - `-PGID` when that command has exited and was reaped.
+//! - `-PGID` when that command has exited, before it is reaped.
 //!
 //! The sentinel enforces the deadlines itself: SIGTERM to the group at
 //! `TERM`, SIGKILL at `KILL`. ckpt's own watchdog does the same, but a
@@ -190,40 +190,23 @@ pub fn main() -> ExitCode {
     }
     let mut groups: BTreeMap<i32, Option<Deadline>> = BTreeMap::new();
     let mut worker = None;
-    let mut pending = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
+    let mut input = Input {
+        pending: Vec::new(),
+        buf: [0u8; 4096],
+    };
+    // What ckpt sent is applied before any deadline is enforced: the group
+    // of a command that was reaped (`-PGID`) must not be signalled, as its
+    // id is free for another process.
+    while input.drain(&mut groups, &mut worker) {
         enforce(&mut groups);
         let wait_ms = next_deadline(&groups).map_or(-1, |at| (at - now_ms()).clamp(0, 60_000));
-        let mut fds = libc::pollfd {
-            fd: 0,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, for the duration of the call.
-        let ready = unsafe { libc::poll(&mut fds, 1, wait_ms as i32) };
-        if ready <= 0 {
-            continue; // a deadline (or EINTR): enforce, then wait again
+        if readable(wait_ms as i32) {
+            // Let messages gather in the socket for a moment rather than
+            // wake for each of them (three per command: a thread switch
+            // each on a small machine). Nothing is lost meanwhile: if ckpt
+            // dies, what it sent is still read before the end of file.
+            std::thread::sleep(BATCH_MESSAGES_FOR);
         }
-        // SAFETY: reads into `buf`, which is valid for its length.
-        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        if n <= 0 {
-            break; // end of file: ckpt is gone
-        }
-        pending.extend_from_slice(&buf[..n as usize]);
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-            apply(&line, &mut groups, &mut worker);
-        }
-        // Let messages gather in the socket for a moment rather than wake
-        // for each of them (three per command: a thread switch each on a
-        // small machine). Nothing is lost meanwhile: if ckpt dies, what it
-        // sent is still read before the end of file.
-        std::thread::sleep(BATCH_MESSAGES_FOR);
     }
     let groups: BTreeSet<i32> = groups.into_keys().collect();
     if groups.is_empty() {
@@ -239,6 +222,53 @@ pub fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Standard input: the protocol's lines as they arrive.
+struct Input {
+    /// A line not yet complete.
+    pending: Vec<u8>,
+    buf: [u8; 4096],
+}
+
+impl Input {
+    /// Reads and applies every line waiting, without blocking; false once
+    /// ckpt is gone (end of file, or the input cannot be read).
+    fn drain(
+        &mut self,
+        groups: &mut BTreeMap<i32, Option<Deadline>>,
+        worker: &mut Option<WorkerId>,
+    ) -> bool {
+        while readable(0) {
+            // SAFETY: reads into `buf`, which is valid for its length.
+            let n = unsafe { libc::read(0, self.buf.as_mut_ptr().cast(), self.buf.len()) };
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if n <= 0 {
+                return false;
+            }
+            self.pending.extend_from_slice(&self.buf[..n as usize]);
+            while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                apply(&line, groups, worker);
+            }
+        }
+        true
+    }
+}
+
+/// Whether standard input can be read (or has ended) within `wait_ms`
+/// (-1: no limit); false on a timeout or an interruption.
+fn readable(wait_ms: i32) -> bool {
+    let mut fds = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    unsafe { libc::poll(&mut fds, 1, wait_ms) > 0 }
 }
 
 /// When a registered command must be told to stop, and be gone.
