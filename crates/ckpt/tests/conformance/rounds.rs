@@ -142,6 +142,62 @@ fn updates_of_one_item_in_one_call_apply_in_turn(store: Option<Fixture>) {
     assert_eq!(items[1].ready_at, Some(later));
 }
 
+/// Alike updates of items claimed at different times (their claim tokens
+/// differ), one of them under a stale lease: each is fenced by its own
+/// lease, and the stale one alone is refused.
+#[apply(every_store)]
+fn alike_updates_under_different_tokens_are_each_fenced(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ManualClock::new(T0);
+    let q = worker(f, &clock, "a")
+        .queue_with("tokens", queue_options(3))
+        .unwrap();
+    q.enqueue(["a", "b", "c", "d"].map(NewItem::key)).unwrap();
+    let first = q.claim_ahead(2).unwrap();
+    let stale_b = first[1].clone();
+    for item in &first {
+        q.release(item).unwrap();
+    }
+    let held = q.claim_ahead(4).unwrap();
+    let key_of = |i: &ClaimedItem| i.key.clone();
+    assert_eq!(
+        held.iter().map(key_of).collect::<Vec<_>>(),
+        ["a", "b", "c", "d"]
+    );
+    assert_ne!(
+        held[0].lease.token, held[2].lease.token,
+        "a was claimed twice"
+    );
+    let complete = |item: &ClaimedItem| ItemUpdate {
+        lease: item.lease.clone(),
+        change: ItemChange::Complete {
+            stats: Some(serde_json::json!({"n": 1})),
+            command: None,
+        },
+    };
+    let results = q
+        .apply(&[
+            complete(&held[0]),
+            complete(&stale_b),
+            complete(&held[2]),
+            complete(&held[3]),
+        ])
+        .unwrap();
+    let fenced: Vec<bool> = results
+        .iter()
+        .map(|r| r.as_ref().is_err_and(|e| e.is_fenced()))
+        .collect();
+    assert_eq!(fenced, [false, true, false, false]);
+    let items = q.items(None, 10).unwrap();
+    let status: Vec<ItemStatus> = items.iter().map(|i| i.status).collect();
+    use ItemStatus::{Completed, Running};
+    assert_eq!(status, [Completed, Running, Completed, Completed]);
+    assert_eq!(items[1].stats, None, "the refused update wrote nothing");
+    assert_eq!(items[2].stats, Some(serde_json::json!({"n": 1})));
+    // The current lease of b still holds.
+    assert!(q.complete(&held[1], None).is_ok());
+}
+
 #[apply(every_store)]
 fn a_large_enqueue_keeps_input_order_and_counts_repeats(store: Option<Fixture>) {
     let Some(f) = &store else { return };
