@@ -5,6 +5,8 @@
 #   xargs -P4 -n100 true                     (the floor: no bookkeeping)
 #   ckpt run -j 4 -n 100 -- true             (100 items a command, every completion durable)
 #   ckpt run -j 4 -- true                    (one item a command, every completion durable)
+#   ckpt --store memory:// run -j 4 -n 100   (the same run with nothing durable: what the
+#                                            runner costs beside any store's writes)
 # each REPS times, alternating the tools round by round, and prints the
 # median wall time of each and the ratios. Every ckpt run starts from an
 # empty SQLite store, so its wall time includes enqueueing the N items.
@@ -31,6 +33,7 @@ fresh() { rm -f ckpt.db ckpt.db-wal ckpt.db-shm; }
 run_xargs() { xargs -P4 -n"$batch" true < items.txt; }
 run_batch() { fresh; "$ckpt" --store sqlite://ckpt.db run --job bench --items items.txt -j 4 -n "$batch" -- true; }
 run_single() { fresh; "$ckpt" --store sqlite://ckpt.db run --job bench --items items.txt -j 4 -- true; }
+run_memory() { "$ckpt" --store memory:// run --job bench --items items.txt -j 4 -n "$batch" -- true; }
 run_floor() { python3 "$root/bench/sqlite-floor.py" "$n" "$batch" "$work"; }
 check() { # every item completed, durably recorded in the store
     local doc
@@ -38,7 +41,7 @@ check() { # every item completed, durably recorded in the store
     grep -q "\"completed\": $n," <<< "$doc"
 }
 
-tools=(xargs batch single)
+tools=(xargs batch single memory)
 command -v python3 > /dev/null && tools+=(floor)
 declare -A times cpu
 for _ in $(seq "$reps"); do
@@ -50,7 +53,7 @@ for _ in $(seq "$reps"); do
         times[$tool]+="$wall "
         cpu[$tool]+="$used "
         case $tool in
-            xargs | floor) ;;
+            xargs | floor | memory) ;;
             *) check || { echo "ckpt ($tool) did not complete all $n items" >&2; exit 1; } ;;
         esac
     done
@@ -65,8 +68,10 @@ row() { printf '%-22s median %7.3f s  cpu %7.3f s  (all: %s)\n' "$1" "${med[$2]}
 row "xargs -P4 -n$batch" xargs
 row "ckpt run -j4 -n$batch" batch
 row "ckpt run -j4 -n1" single
+row "ckpt -n$batch memory://" memory
 echo "ckpt -n$batch vs xargs -n$batch: $(echo "scale=2; ${med[batch]} / ${med[xargs]}" | bc)x"
 echo "ckpt -n1 vs ckpt -n$batch: $(echo "scale=1; ${med[single]} / ${med[batch]}" | bc)x faster with -n$batch"
+echo "ckpt -n$batch on memory:// vs xargs -n$batch: $(echo "scale=2; ${med[memory]} / ${med[xargs]}" | bc)x (nothing durable)"
 if [[ -n ${med[floor]:-} ]]; then
     row "SQLite floor" floor
     echo "SQLite floor vs xargs -n$batch: $(echo "scale=2; ${med[floor]} / ${med[xargs]}" | bc)x (bookkeeping alone, no command run)"

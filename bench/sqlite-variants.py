@@ -10,6 +10,8 @@ Variants (any number, each timed in turn):
   rarestatus schema 3 with items_status only over the statuses other than pending and completed
   combined   one index on (job_id, status, ready_at) for both (claims: a UNION per status)
   merged     the schema as it is, a round's completions and next claim in one transaction
+  joined     the schema as it is, completions by the statement used before: each lease joined
+             from JSON, the changed rows returned
 
 Usage: bench/sqlite-variants.py DIR [N=100000] [BATCH=100] VARIANT...
 """
@@ -44,7 +46,14 @@ CLAIM_BY_STATUS = " UNION ALL ".join(
 MARK = """UPDATE items SET status = 'running', owner = 'me', attempts = attempts + 1,
   claims = claims + 1, ready_at = 1000, started_at = NULL
   WHERE id IN (SELECT value FROM json_each(?))"""
+# A batch's completions: one UPDATE over the ids, fenced on the claim token they share, that
+# counts the rows it changed (all of them: every completion stands).
 COMPLETE = """UPDATE items SET status = 'completed', ready_at = NULL, finished_at = 20,
+  started_at = coalesce(15, started_at), command_id = coalesce(1, command_id)
+  WHERE id IN (SELECT value FROM json_each(?)) AND status = 'running' AND owner = 'me'
+    AND claims = ?"""
+# Before: each lease joined from JSON, the changed rows returned.
+COMPLETE_JOINED = """UPDATE items SET status = 'completed', ready_at = NULL, finished_at = 20,
   started_at = coalesce(15, started_at), command_id = coalesce(1, command_id)
   FROM (SELECT value ->> 0 AS lease_id, value ->> 1 AS lease_token FROM json_each(?)) AS l
   WHERE items.id = l.lease_id AND items.status = 'running' AND items.owner = 'me'
@@ -57,6 +66,7 @@ def run(workdir, n, batch, variant):
     indexes = {
         "schema": ["ready", "dead"],
         "merged": ["ready", "dead"],
+        "joined": ["ready", "dead"],
         "v3": ["ready", "status"],
         "rarestatus": ["ready", "rare"],
         "combined": ["combined"],
@@ -86,8 +96,13 @@ def run(workdir, n, batch, variant):
             db.execute("COMMIT")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("BEGIN IMMEDIATE")
-        done = db.execute(COMPLETE, (json.dumps([[g[0], g[7] + 1] for g in got]),)).fetchall()
-        assert len(done) == len(got) == batch, (len(done), len(got))
+        if variant == "joined":
+            done = len(db.execute(COMPLETE_JOINED, (json.dumps([[g[0], g[7] + 1] for g in got]),)).fetchall())
+        else:
+            tokens = {g[7] + 1 for g in got}
+            assert len(tokens) == 1, tokens
+            done = db.execute(COMPLETE, (json.dumps([g[0] for g in got]), tokens.pop())).rowcount
+        assert done == len(got) == batch, (done, len(got))
         db.execute("COMMIT")
         if variant == "merged":
             db.execute("PRAGMA synchronous=FULL")
