@@ -125,7 +125,8 @@ impl Sentinel {
         ));
     }
 
-    /// Unregisters the process group of a command that was reaped.
+    /// Unregisters the process group of a command that has exited, before
+    /// it is reaped.
     pub fn reaped(&self, pgid: u32) {
         self.send(&format!("-{pgid}\n"));
     }
@@ -195,8 +196,9 @@ pub fn main() -> ExitCode {
         buf: [0u8; 4096],
     };
     // What ckpt sent is applied before any deadline is enforced: the group
-    // of a command that was reaped (`-PGID`) must not be signalled, as its
-    // id is free for another process.
+    // of a command that has exited (`-PGID`) is about to be reaped, and its
+    // id is then free for another process. (A message sent after the drain
+    // is applied at the next pass; ckpt reaps without waiting for it.)
     while input.drain(&mut groups, &mut worker) {
         enforce(&mut groups);
         let wait_ms = next_deadline(&groups).map_or(-1, |at| (at - now_ms()).clamp(0, 60_000));
@@ -224,6 +226,10 @@ pub fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Reads of standard input per pass, at most (of 4 KiB: about 200
+/// commands' messages).
+const DRAIN_READS: usize = 64;
+
 /// Standard input: the protocol's lines as they arrive.
 struct Input {
     /// A line not yet complete.
@@ -232,14 +238,19 @@ struct Input {
 }
 
 impl Input {
-    /// Reads and applies every line waiting, without blocking; false once
-    /// ckpt is gone (end of file, or the input cannot be read).
+    /// Reads and applies the lines waiting, without blocking; false once
+    /// ckpt is gone (end of file, or the input cannot be read). Reads at
+    /// most [`DRAIN_READS`] times, so that deadlines are enforced even if
+    /// ckpt never stops writing.
     fn drain(
         &mut self,
         groups: &mut BTreeMap<i32, Option<Deadline>>,
         worker: &mut Option<WorkerId>,
     ) -> bool {
-        while readable(0) {
+        for _ in 0..DRAIN_READS {
+            if !readable(0) {
+                break;
+            }
             // SAFETY: reads into `buf`, which is valid for its length.
             let n = unsafe { libc::read(0, self.buf.as_mut_ptr().cast(), self.buf.len()) };
             if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {

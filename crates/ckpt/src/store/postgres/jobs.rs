@@ -107,7 +107,8 @@ pub(super) async fn ensure_job(c: &impl GenericClient, job: &str, now: Timestamp
 
 impl JobStore for PgStore {
     fn ensure_job(&self, job: &str, now: Timestamp) -> Result<()> {
-        // No lock: it would wait for an enqueue streaming its items.
+        // No row lock (the writers' `ensure_job` takes one): this does not
+        // wait for an enqueue streaming its items into the job.
         with_client!(self, |c| {
             c.cexecute(INSERT_JOB, &[&job, &now.0])
                 .await

@@ -9,10 +9,12 @@
 //! - a start and the end of the same attempt, both in the call, become one
 //!   update ([`ItemPatch::then`]): the row is written once, not twice;
 //! - a run of updates that write the same [`ItemPatch`] under the same
-//!   owner is one `UPDATE … FROM json_each(?)`, each row still fenced by
-//!   its own lease (id, owner, claim token), and `RETURNING` says which
-//!   rows it changed; the rest are refused as one update would refuse
-//!   them ([`fenced`]).
+//!   owner is one `UPDATE … WHERE id IN (…)` per claim token they hold
+//!   (most often one), fenced on owner and token: when it changes every
+//!   row, all stand; otherwise it is undone and one `UPDATE … FROM
+//!   json_each(?)` fences each row by its own lease and says which rows it
+//!   changed (`RETURNING`); the rest are refused as one update would
+//!   refuse them ([`fenced`]).
 //!
 //! The results are those of applying the updates one by one, in order.
 //!

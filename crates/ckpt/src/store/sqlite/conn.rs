@@ -10,6 +10,9 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use super::{Durability, SqliteStore};
 use crate::error::{Error, Result};
 
+/// Statements kept prepared per connection: more than the store has.
+const STATEMENT_CACHE: usize = 128;
+
 impl SqliteStore {
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits it.
     pub(super) fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
@@ -72,6 +75,9 @@ impl SqliteStore {
         let conn = self.lock();
         conn.busy_timeout(self.options.busy_timeout)
             .map_err(|e| self.open_err(e))?;
+        // The store prepares about 50 statements (rusqlite keeps 16 by
+        // default): a run's dozen in turn must not evict one another.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         // Switching to WAL takes an exclusive lock and does not wait on the
         // busy handler, so several processes opening a new store at once
         // retry here until the busy timeout runs out.
