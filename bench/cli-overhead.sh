@@ -14,7 +14,8 @@
 # Usage: bench/cli-overhead.sh [N=2000] [REPS=5]
 # CKPT=/path/to/ckpt measures that binary instead of building this tree's
 # (to compare two builds in one session).
-# Needs GNU parallel (Debian: apt-get install parallel); skips it if absent.
+# Needs GNU parallel (Debian: apt-get install parallel); skips it if absent
+# (or if `parallel` is moreutils' program of that name).
 set -euo pipefail
 n=${1:-2000}
 reps=${2:-5}
@@ -42,7 +43,8 @@ run_ckpt_echo_tag() { ckpt_run echo --tag; }
 run_ckpt_echo_ungroup() { ckpt_run echo --ungroup; }
 
 tools=(xargs ckpt ckpt_group ckpt_tag ckpt_ungroup)
-command -v parallel > /dev/null && tools+=(parallel)
+# moreutils installs a different `parallel` under the same name.
+parallel --version 2> /dev/null | grep -q 'GNU parallel' && tools+=(parallel)
 tools+=(xargs_echo ckpt_echo ckpt_echo_group ckpt_echo_tag ckpt_echo_ungroup)
 declare -A med
 # Round by round, so that a change in the machine's load falls on every
