@@ -66,8 +66,11 @@ pub fn seconds(what: &str, value: f64) -> PyResult<Duration> {
 /// int stays a `TypeError`, as for any argument.
 macro_rules! whole_arg {
     ($fn:ident, $name:literal, $ty:ty) => {
+        whole_arg!($fn, $name, $ty, <$ty>::MAX as u64);
+    };
+    ($fn:ident, $name:literal, $ty:ty, $max:expr) => {
         pub fn $fn(value: &Bound<'_, PyAny>) -> PyResult<$ty> {
-            $crate::options::whole::<$ty>($name, value, <$ty>::MAX as u64)
+            $crate::options::whole::<$ty>($name, value, $max)
         }
     };
 }
@@ -101,10 +104,11 @@ pub mod args {
 
     whole_arg!(every_items, "every_items", u64);
     whole_arg!(max_attempts, "max_attempts", u32);
-    whole_arg!(max, "max", usize);
-    whole_arg!(limit, "limit", usize);
-    whole_arg!(workers, "workers", usize);
-    whole_arg!(prefetch_value, "prefetch", usize);
+    // Counts the stores take as SQL integers (i64).
+    whole_arg!(max, "max", usize, i64::MAX as u64);
+    whole_arg!(limit, "limit", usize, i64::MAX as u64);
+    whole_arg!(workers, "workers", usize, 1024);
+    whole_arg!(prefetch_value, "prefetch", usize, i64::MAX as u64);
     whole_arg!(items_processed, "items_processed", u64);
     number_arg!(lease, "lease");
     number_arg!(every_seconds_value, "every_seconds");
@@ -119,7 +123,8 @@ pub mod args {
     opt_arg!(prefetch, prefetch_value, usize);
 }
 
-/// `value` as a whole number from 0 to `max` (see `whole_arg!`).
+/// `value` as a whole number from 0 to `max` (see `whole_arg!`); a lower
+/// bound above 0 is the method's to check, with its own message.
 pub fn whole<T: TryFrom<u64>>(name: &str, value: &Bound<'_, PyAny>, max: u64) -> PyResult<T> {
     let out_of_range = || {
         InvalidInputError::new_err(format!(
@@ -129,7 +134,8 @@ pub fn whole<T: TryFrom<u64>>(name: &str, value: &Bound<'_, PyAny>, max: u64) ->
     };
     // Any int, or an object with `__index__` (numpy's ints).
     match value.extract::<u64>() {
-        Ok(n) => T::try_from(n).map_err(|_| out_of_range()),
+        Ok(n) if n <= max => T::try_from(n).map_err(|_| out_of_range()),
+        Ok(_) => Err(out_of_range()),
         Err(e) if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(value.py()) => {
             Err(out_of_range())
         }
@@ -141,7 +147,7 @@ pub fn whole<T: TryFrom<u64>>(name: &str, value: &Bound<'_, PyAny>, max: u64) ->
 pub fn number(name: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
     value.extract::<f64>().map_err(|e| {
         if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(value.py()) {
-            InvalidInputError::new_err(format!("{name} is too large: {}", repr(value)))
+            InvalidInputError::new_err(format!("{name} is out of a float's range: {}", repr(value)))
         } else {
             e
         }

@@ -259,12 +259,19 @@ JOB_NAMES = (f"j{n}" for n in itertools.count())
 NUMBER_ARGS = [
     ("max", -1, lambda s, v: s.queue("q").claim(v)),
     ("max", 2**64, lambda s, v: s.queue("q").claim(max=v)),
+    ("max", 2**63, lambda s, v: s.queue("q").claim(max=v)),
     ("limit", -1, lambda s, v: s.queue("q").items(limit=v)),
     ("workers", 2**64, lambda s, v: s.queue("q").run(lambda item: None, workers=v)),
+    ("workers", 1025, lambda s, v: s.queue("q").run(lambda item: None, workers=v)),
     ("prefetch", -5, lambda s, v: s.queue("q").run(lambda item: None, prefetch=v)),
     ("max_attempts", 2**32, lambda s, v: s.queue("q", max_attempts=v)),
     ("lease", 2**1100, lambda s, v: s.queue("q", lease=v)),
     ("jitter", -(2**1100), lambda s, v: s.queue("q", jitter=v)),
+    ("backoff", 2**1100, lambda s, v: s.queue("q", backoff=v)),
+    ("backoff_factor", 2**1100, lambda s, v: s.queue("q", backoff_factor=v)),
+    ("max_backoff", 2**1100, lambda s, v: s.queue("q", max_backoff=v)),
+    ("lease", 2**1100, lambda s, v: s.job(next(JOB_NAMES), lease=v)),
+    ("target_overhead", 2**1100, lambda s, v: s.job(next(JOB_NAMES), target_overhead=v)),
     ("every_items", -1, lambda s, v: s.job(next(JOB_NAMES), every_items=v)),
     ("every_seconds", 2**1100, lambda s, v: s.job(next(JOB_NAMES), every_seconds=v)),
     ("max_interval", 10**400, lambda s, v: s.job(next(JOB_NAMES), max_interval=v)),
@@ -278,10 +285,26 @@ NUMBER_ARGS = [
 )
 def test_a_number_out_of_range_is_invalid_input_naming_the_argument(tmp_path, name, value, call):
     store = ckpt.open(f"sqlite://{tmp_path}/ckpt.db")
-    message = rf"^{name} (must be a whole number from 0 to \d+|is too large)"
+    message = rf"^{name} (must be a whole number from 0 to \d+|is out of a float's range)"
     with pytest.raises(ckpt.InvalidInputError, match=message):
         call(store, value)
     # A value of the wrong type is still a TypeError naming the argument.
     if name in ("max", "limit", "workers", "max_attempts", "every_items", "items_processed"):
         with pytest.raises(TypeError, match=name):
             call(store, "3")
+
+
+def test_numbers_in_range_are_taken_as_before(tmp_path):
+    # A bool is an int, an object with __index__ (numpy's ints) is one too, and an int is a
+    # float: none of them is refused by the range checks.
+    class Index:
+        def __index__(self):
+            return 2
+
+    store = ckpt.open(f"sqlite://{tmp_path}/ckpt.db")
+    q = store.queue("q", lease=5, max_attempts=True, backoff=1)
+    q.enqueue(["a", "b", "c"])
+    assert [i.key for i in q.claim(Index())] == ["a", "b"]
+    assert len(q.items(limit=True)) == 1
+    job = store.job("j", every_items=Index(), lease=30)
+    assert job.history(limit=0) == []
