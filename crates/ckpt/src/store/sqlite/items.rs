@@ -115,15 +115,15 @@ impl ItemStore for SqliteStore {
             adds.sort_unstable();
             adds.dedup();
             for add in adds {
-                let ids = claimed
-                    .iter()
-                    .filter(|(added, _)| *added == add)
-                    .map(|(_, item)| item.lease.id.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",");
+                let ids = super::batch::json_list(
+                    claimed
+                        .iter()
+                        .filter(|(added, _)| *added == add)
+                        .map(|(_, item)| item.lease.id.to_string()),
+                );
                 update
                     .execute(params![
-                        format!("[{ids}]"),
+                        ids,
                         Claim::STATUS.as_str(),
                         claim.owner,
                         claim.lease_until.0,
