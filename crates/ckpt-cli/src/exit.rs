@@ -55,7 +55,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
 /// Prints the error as one line on stderr and returns its exit code.
 pub fn report(err: &anyhow::Error) -> ExitCode {
     let line = format!("{err:#}").replace('\n', " ");
-    eprintln!("ckpt: error: {}", crate::output::shown(&line));
+    errln!("ckpt: error: {}", crate::output::shown(&line));
     ExitCode::from(code_for(err))
 }
 
@@ -88,7 +88,7 @@ pub fn usage(err: clap::Error) -> ExitCode {
         .collect();
     let message = paragraph.join(" ");
     let message = message.strip_prefix("error: ").unwrap_or(&message);
-    eprintln!(
+    errln!(
         "ckpt: error: {} (see ckpt --help)",
         crate::output::shown(message)
     );

@@ -1,6 +1,27 @@
 //! The `ckpt` command. Thin: it parses arguments, sets up logging, calls
 //! into the `ckpt` library and maps errors to exit codes in one place.
 
+/// `println!` that returns its error instead of panicking: a full disk or
+/// a stdout that cannot be written is one error line and exit 4, as any
+/// other I/O error. (A closed pipe ends ckpt quietly: see
+/// `restore_sigpipe`.)
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(crate::output::stdout_error)
+    }};
+}
+
+/// `eprintln!` that ignores its error instead of panicking: when stderr
+/// cannot be written there is nowhere to report it, and the exit code
+/// still tells.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod cmd;
 mod exit;

@@ -188,6 +188,11 @@ impl From<&BenchReport> for BenchDoc {
     }
 }
 
+/// An error writing what a command prints on stdout.
+pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    anyhow::Error::new(e).context("cannot write the output")
+}
+
 #[cfg(test)]
 mod tests {
     use super::shown;

@@ -193,7 +193,7 @@ impl Progress {
                 Some(std::thread::spawn(move || {
                     while !wait(&done, every) {
                         let snap = Snapshot::new(&start, &live, began.elapsed());
-                        eprintln!("{}", snap.line(&start.job));
+                        errln!("{}", snap.line(&start.job));
                     }
                 }))
             }

@@ -101,38 +101,45 @@ pub fn bench(url: &str, args: BenchArgs) -> Result<ExitCode> {
     };
     if args.json {
         let doc = BenchDoc::from(&report);
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("store:              {}", report.store);
-    println!(
+    outln!("store:              {}", report.store)?;
+    outln!(
         "checkpoint saves:   {:.0}/s (p50 {} µs, p99 {} µs, {} saves)",
-        report.checkpoints_per_s, report.checkpoint_p50_us, report.checkpoint_p99_us, report.saves
-    );
+        report.checkpoints_per_s,
+        report.checkpoint_p50_us,
+        report.checkpoint_p99_us,
+        report.saves
+    )?;
     if let (Some(base), Some(ratio)) =
         (report.baseline_upserts_per_s, report.checkpoint_vs_baseline)
     {
-        println!("raw baseline:       {base:.0}/s single-row writes (checkpoint/raw = {ratio:.2})");
+        outln!("raw baseline:       {base:.0}/s single-row writes (checkpoint/raw = {ratio:.2})")?;
     }
     match report.concurrent_checkpoints_per_s_separate {
-        Some(separate) => println!(
+        Some(separate) => outln!(
             "{} jobs at once:     {:.0} saves/s with group commit, {separate:.0}/s with a commit each",
             report.concurrent_jobs, report.concurrent_checkpoints_per_s
         ),
-        None => println!(
+        None => outln!(
             "{} jobs at once:     {:.0} saves/s",
             report.concurrent_jobs, report.concurrent_checkpoints_per_s
         ),
-    }
-    println!("enqueue:            {:.0} items/s", report.enqueue_per_s);
-    println!(
+    }?;
+    outln!("enqueue:            {:.0} items/s", report.enqueue_per_s)?;
+    outln!(
         "claim + complete:   {:.0} items/s ({} workers, batches of {}, {} items)",
-        report.items_per_s, report.workers, report.batch, report.items
-    );
-    println!(
+        report.items_per_s,
+        report.workers,
+        report.batch,
+        report.items
+    )?;
+    outln!(
         "through the Runner: {:.0} items/s ({} threads, as `ckpt run` does)",
-        report.runner_items_per_s, report.workers
-    );
+        report.runner_items_per_s,
+        report.workers
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -166,20 +173,23 @@ fn checkpoint_loop(url: &str, args: &BenchArgs) -> Result<ExitCode> {
         None => bench::checkpoint_loop(store::open(url, OpenMode::CreateIfMissing)?, &options)?,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("store:   {} (policy {})", report.store, report.policy);
-    println!(
+    outln!("store:   {} (policy {})", report.store, report.policy)?;
+    outln!(
         "loop:    {} items x {} rounds, {} ns of work per item ({} iterations)",
-        report.items, report.rounds, report.work_ns, report.work_iterations
-    );
-    println!("Overhead against the baseline of the same round, by the wall clock: the median");
-    println!("over rounds, the best round, and the median without the time inside saves; then");
-    println!("the median by the thread's CPU time.");
-    println!("variant      ns/item  median    best   calls     CPU   saves  in saves");
+        report.items,
+        report.rounds,
+        report.work_ns,
+        report.work_iterations
+    )?;
+    outln!("Overhead against the baseline of the same round, by the wall clock: the median")?;
+    outln!("over rounds, the best round, and the median without the time inside saves; then")?;
+    outln!("the median by the thread's CPU time.")?;
+    outln!("variant      ns/item  median    best   calls     CPU   saves  in saves")?;
     for v in &report.variants {
-        println!(
+        outln!(
             "{:<12} {:>7.1} {:>+7.2}% {:>+7.2}% {:>+7.2}% {:>+7.2}%  {:>6}  {:>7.2}%",
             v.name,
             v.median_ns_per_item,
@@ -189,7 +199,7 @@ fn checkpoint_loop(url: &str, args: &BenchArgs) -> Result<ExitCode> {
             v.cpu_overhead_median_pct,
             v.saves,
             v.saves_pct
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -21,9 +21,9 @@ pub fn checkpoint(url: &str, cmd: CheckpointCommand) -> Result<ExitCode> {
                 return Err(ckpt::Error::NotFound(format!("job '{job}' has no checkpoint")).into());
             };
             if full {
-                println!("{}", serde_json::to_string(&CheckpointJson::from(&cp))?);
+                outln!("{}", serde_json::to_string(&CheckpointJson::from(&cp))?)?;
             } else {
-                println!("{}", cp.cursor);
+                outln!("{}", cp.cursor)?;
             }
         }
         CheckpointCommand::Set {

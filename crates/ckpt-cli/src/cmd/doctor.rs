@@ -36,19 +36,19 @@ pub fn doctor(url: &str, args: DoctorArgs) -> Result<ExitCode> {
             file_check: file_check.as_ref().map(FileCheckDoc::from),
             findings: &findings,
         };
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?)?;
     } else {
         for f in &findings {
-            println!("{}: {}: {}", shown(&f.job), kind(f), shown(&f.message));
+            outln!("{}: {}: {}", shown(&f.job), kind(f), shown(&f.message))?;
         }
         let file = file_check
             .as_ref()
             .map(|c| format!("; store file {} ok in {} ms", c.check, c.took.as_millis()))
             .unwrap_or_default();
         if findings.is_empty() {
-            eprintln!("ckpt: healthy: {jobs_checked} job(s) checked, no findings{file}");
+            errln!("ckpt: healthy: {jobs_checked} job(s) checked, no findings{file}");
         } else {
-            eprintln!(
+            errln!(
                 "ckpt: {} finding(s) in {jobs_checked} job(s) checked{file}",
                 findings.len()
             );

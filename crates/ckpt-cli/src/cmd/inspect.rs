@@ -22,12 +22,12 @@ pub fn jobs(url: &str, args: JobsArgs) -> Result<ExitCode> {
     let now = ckpt.now();
     if args.json {
         let jobs = job_documents(ckpt.store().as_ref(), now)?;
-        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        outln!("{}", serde_json::to_string_pretty(&jobs)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let jobs = job_summaries(ckpt.store().as_ref(), now)?;
     if jobs.is_empty() {
-        eprintln!("ckpt: no jobs in {}", ckpt.store().describe());
+        errln!("ckpt: no jobs in {}", ckpt.store().describe());
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<[String; 7]> = jobs
@@ -57,7 +57,7 @@ pub fn jobs(url: &str, args: JobsArgs) -> Result<ExitCode> {
             "STATE",
         ],
         &rows,
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -79,7 +79,7 @@ fn bytes(n: u64) -> String {
 }
 
 /// Left-aligned columns, two spaces apart; every cell [`shown`].
-fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> Result<()> {
     let rows: Vec<[String; N]> = rows
         .iter()
         .map(|row| row.clone().map(|cell| shown(&cell).into_owned()))
@@ -100,12 +100,13 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
                 out.push_str(&format!("{cell:<w$}  "));
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end())
     };
-    line(header.to_vec());
+    line(header.to_vec())?;
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        line(row.iter().map(String::as_str).collect())?;
     }
+    Ok(())
 }
 
 /// An item's error for a table cell: its first line, and the last line
@@ -138,7 +139,7 @@ pub fn show(url: &str, args: ShowArgs) -> Result<ExitCode> {
         // The same document as `ckpt status --json` and the API's.
         let detail = job_detail(store.as_ref(), &args.job, now, args.history, FAILURES_SHOWN)?
             .ok_or_else(|| not_found(&ckpt, &args.job))?;
-        println!("{}", serde_json::to_string_pretty(&detail)?);
+        outln!("{}", serde_json::to_string_pretty(&detail)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let record = store
@@ -153,15 +154,15 @@ pub fn show(url: &str, args: ShowArgs) -> Result<ExitCode> {
     // Everything read before anything is printed: an error is then the
     // only output, never the tail of a half-printed job.
     let cursor = record.checkpoint.as_ref().map(|c| &c.cursor);
-    print_show(&summary, cursor, &history, &failures, now);
-    print_commands(&commands);
+    print_show(&summary, cursor, &history, &failures, now)?;
+    print_commands(&commands)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The job's commands with the items each completed, the latest marked.
-fn print_commands(c: &ckpt::model::JobCommands) {
+fn print_commands(c: &ckpt::model::JobCommands) -> Result<()> {
     if c.commands.is_empty() && c.unknown == 0 {
-        return;
+        return Ok(());
     }
     let latest = c.latest().map(|l| l.id);
     let width = c
@@ -173,26 +174,28 @@ fn print_commands(c: &ckpt::model::JobCommands) {
         .unwrap_or(0)
         .to_string()
         .len();
-    println!("commands (items completed by each):");
+    outln!("commands (items completed by each):")?;
     for cmd in &c.commands {
         let mark = if Some(cmd.id) == latest {
             " (latest)"
         } else {
             ""
         };
-        println!(
+        outln!(
             "  #{:<3} {:>width$} completed  {}{mark}",
             cmd.id,
             cmd.completed,
             shown(&cmd.command)
-        );
+        )?;
     }
     if c.unknown > 0 {
-        println!(
+        outln!(
             "  {:<4} {:>width$} completed  (unknown command)",
-            "-", c.unknown
-        );
+            "-",
+            c.unknown
+        )?;
     }
+    Ok(())
 }
 
 fn print_show(
@@ -201,14 +204,14 @@ fn print_show(
     history: &[HistoryEntry],
     failures: &[ItemRecord],
     now: Timestamp,
-) {
-    println!("job:        {}", s.name);
-    println!("status:     {}", s.status);
+) -> Result<()> {
+    outln!("job:        {}", s.name)?;
+    outln!("status:     {}", s.status)?;
     if let Some(error) = &s.error {
-        println!("error:      {}", shown(error));
+        outln!("error:      {}", shown(error))?;
     }
     if s.items.total() > 0 {
-        println!(
+        outln!(
             "items:      {} completed, {} running, {} pending, {} failed, {} dead ({} total)",
             s.items.completed,
             s.items.running,
@@ -216,7 +219,7 @@ fn print_show(
             s.items.failed,
             s.items.dead,
             s.items.total()
-        );
+        )?;
     }
     match (cursor, s.checkpoint_at) {
         (Some(cursor), Some(at)) => {
@@ -224,65 +227,67 @@ fn print_show(
                 .stage
                 .as_ref()
                 .map_or(String::new(), |st| format!(", stage {}", shown(st)));
-            println!(
+            outln!(
                 "checkpoint: cursor {cursor}, {} items processed{stage}",
                 s.items_processed
-            );
-            println!(
+            )?;
+            outln!(
                 "saved:      {} ago ({}), {} saves, state {}",
                 short_duration(now.since(at)),
                 rfc3339(at),
                 s.saves,
                 bytes(s.state_bytes)
-            );
+            )?;
         }
-        _ => println!("checkpoint: none"),
+        _ => outln!("checkpoint: none")?,
     }
     match (&s.owner, s.lease_expires) {
-        (Some(owner), Some(until)) if until > now => println!(
+        (Some(owner), Some(until)) if until > now => outln!(
             "owner:      {} (lease for {} more)",
             shown(owner),
             short_duration(until.since(now))
-        ),
-        (Some(owner), _) => println!("owner:      {} (lease expired: worker gone?)", shown(owner)),
+        )?,
+        (Some(owner), _) => outln!("owner:      {} (lease expired: worker gone?)", shown(owner))?,
         _ => {}
     }
     if !history.is_empty() {
-        println!(
+        outln!(
             "history ({} of {}, newest first):",
             history.len(),
             s.history_len
-        );
+        )?;
         for h in history {
-            println!(
+            outln!(
                 "  #{:<6} {}  cursor {}, {} processed",
                 h.seq,
                 rfc3339(h.at),
                 h.cursor,
                 h.items_processed
-            );
+            )?;
         }
     }
     if !failures.is_empty() {
-        println!("recent failures:");
+        outln!("recent failures:")?;
         for f in failures {
-            println!(
+            outln!(
                 "  {} ({}, attempt {}): {}",
                 shown(&f.key),
                 f.status,
                 f.attempts,
                 shown(f.last_error.as_deref().unwrap_or("-"))
-            );
-            print_output(f.last_output.as_deref());
+            )?;
+            print_output(f.last_output.as_deref())?;
         }
     }
+    Ok(())
 }
 
 /// The last lines of a failure's stderr, under its line in a listing.
-pub(super) fn print_output(output: Option<&str>) {
+pub(super) fn print_output(output: Option<&str>) -> Result<()> {
     for line in output_lines(output.unwrap_or(""), OUTPUT_LINES_SHOWN) {
-        println!("      | {line}");
+        outln!("      | {line}")?;
     }
+    Ok(())
 }
 
 /// Lines of a failure's stderr `show` and `status` print.
@@ -298,7 +303,7 @@ pub fn items(url: &str, args: ItemsArgs) -> Result<ExitCode> {
     let items = store.list_items(&args.job, args.status.map(Into::into), args.limit)?;
     if args.json {
         let docs: Vec<ItemJson> = items.iter().map(ItemJson::new).collect();
-        println!("{}", serde_json::to_string_pretty(&docs)?);
+        outln!("{}", serde_json::to_string_pretty(&docs)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<[String; 6]> = items
@@ -317,6 +322,6 @@ pub fn items(url: &str, args: ItemsArgs) -> Result<ExitCode> {
     print_table(
         &["KEY", "STATUS", "ATTEMPTS", "OWNER", "LAST ERROR", "STATS"],
         &rows,
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -35,7 +35,7 @@ pub fn reset(url: &str, args: ResetArgs) -> Result<ExitCode> {
             "Reset job '{}' ({what}) so it starts from scratch?",
             args.job
         ))? {
-            eprintln!("ckpt: nothing changed");
+            errln!("ckpt: nothing changed");
             return Ok(ExitCode::from(crate::exit::FAILED));
         }
     }
@@ -59,7 +59,7 @@ pub fn reset(url: &str, args: ResetArgs) -> Result<ExitCode> {
     } else {
         String::new()
     };
-    eprintln!(
+    errln!(
         "ckpt: job '{}' reset: checkpoint and history cleared, it starts from scratch{fenced}",
         args.job
     );
@@ -131,7 +131,7 @@ pub fn prune(url: &str, args: PruneArgs) -> Result<ExitCode> {
             deleted,
             kept_not_completed: kept,
         };
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let verb = if args.dry_run {
@@ -140,12 +140,14 @@ pub fn prune(url: &str, args: PruneArgs) -> Result<ExitCode> {
         "deleted"
     };
     for job in &deleted {
-        println!(
+        outln!(
             "{verb} {} (completed {}, {} items)",
-            job.job, job.completed_at, job.items_total
-        );
+            job.job,
+            job.completed_at,
+            job.items_total
+        )?;
     }
-    eprintln!(
+    errln!(
         "ckpt: {} job(s) completed before {} ago {verb}; {kept} running or failed job(s) kept{}",
         deleted.len(),
         short_duration(args.completed_before),
@@ -173,11 +175,11 @@ pub fn history(url: &str, cmd: HistoryCommand) -> Result<ExitCode> {
     for name in &names {
         let removed = store.truncate_history(name, keep)?;
         if removed > 0 {
-            println!("{name}: {removed} history entries removed");
+            outln!("{name}: {removed} history entries removed")?;
         }
         total += removed;
     }
-    eprintln!(
+    errln!(
         "ckpt: {total} history entries removed from {} job(s); each keeps at most {keep}",
         names.len()
     );

@@ -31,7 +31,7 @@ pub fn retry(url: &str, args: RetryArgs) -> Result<ExitCode> {
             CompletedBy::Command(id) => format!("by command {id}"),
             CompletedBy::Unknown => "by an unknown command".to_string(),
         };
-        eprintln!(
+        errln!(
             "ckpt: job '{}': {moved} item(s) completed {which} back to pending; run the job again to redo them",
             args.job
         );
@@ -44,7 +44,7 @@ pub fn retry(url: &str, args: RetryArgs) -> Result<ExitCode> {
     };
     let keys = (!args.keys.is_empty()).then_some(args.keys.as_slice());
     let moved = queue.redrive(from, keys)?;
-    eprintln!(
+    errln!(
         "ckpt: job '{}': {moved} {from} item(s) back to pending; run the job again to process them",
         args.job
     );

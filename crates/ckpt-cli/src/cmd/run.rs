@@ -234,11 +234,11 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             items: counts.into(),
             elapsed_seconds: seconds,
         };
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?)?;
     }
     let took = short_duration(started.elapsed());
     if let Some((why, success)) = halted {
-        eprintln!(
+        errln!(
             "ckpt: job '{}' halted: {why}; {} completed now, {} given back unfinished, {} failed attempts; {} item(s) left pending, run the same command again to continue ({took})",
             args.job,
             report.completed,
@@ -254,7 +254,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     }
     if stopped {
         let by = stopped_by.map_or_else(|| "a stop request".to_string(), signal_name);
-        eprintln!(
+        errln!(
             "ckpt: job '{}' stopped by {by}: {} completed now, {} given back unfinished, {} failed attempts; {} of {} completed in all ({took}); run the same command again to resume",
             args.job,
             report.completed,
@@ -268,7 +268,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(code));
     }
     if counts.dead > 0 {
-        eprintln!(
+        errln!(
             "ckpt: job '{}' failed: {} dead item(s), {} of {} completed ({took}); see `ckpt status {}`",
             args.job,
             counts.dead,
@@ -279,9 +279,12 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(FAILED));
     }
     if !args.quiet {
-        eprintln!(
+        errln!(
             "ckpt: job '{}' completed: {} items, {} run now, {} failed attempts ({took})",
-            args.job, counts.completed, report.completed, report.failed
+            args.job,
+            counts.completed,
+            report.completed,
+            report.failed
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -31,14 +31,14 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
         let detail =
             ckpt::inspect::job_detail(store.as_ref(), &args.job, now, HISTORY_SHOWN, DEAD_SHOWN)?
                 .ok_or_else(not_found)?;
-        println!("{}", serde_json::to_string_pretty(&detail)?);
+        outln!("{}", serde_json::to_string_pretty(&detail)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let job = store.get_job(&args.job)?.ok_or_else(not_found)?;
     let counts = store.item_counts(&args.job)?;
-    println!("job:        {}", job.name);
-    println!("status:     {}", job.status);
-    println!(
+    outln!("job:        {}", job.name)?;
+    outln!("status:     {}", job.status)?;
+    outln!(
         "items:      {} completed, {} running, {} pending, {} failed (awaiting retry), {} dead ({} total)",
         counts.completed,
         counts.running,
@@ -46,7 +46,7 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
         counts.failed,
         counts.dead,
         counts.total()
-    );
+    )?;
     match (&job.checkpoint, job.checkpoint_at) {
         (Some(cp), Some(at)) => {
             let mut line = format!(
@@ -56,17 +56,17 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
             if let Some(stage) = &cp.stage {
                 line.push_str(&format!(", stage {}", shown(stage)));
             }
-            println!("checkpoint: {line}");
-            println!(
+            outln!("checkpoint: {line}")?;
+            outln!(
                 "saved:      {} ago ({}), {} saves, {} in history, state {} bytes",
                 short_duration(now.since(at)),
                 rfc3339(at),
                 job.saves,
                 job.history_len,
                 job.state_bytes
-            );
+            )?;
         }
-        _ => println!("checkpoint: none"),
+        _ => outln!("checkpoint: none")?,
     }
     if let (Some(owner), Some(until)) = (&job.owner, job.lease_expires) {
         let state = if until > now {
@@ -74,25 +74,25 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
         } else {
             format!("lease expired {} ago", short_duration(now.since(until)))
         };
-        println!("owner:      {}, {state}", shown(owner));
+        outln!("owner:      {}, {state}", shown(owner))?;
     }
     if let Some(error) = &job.error {
-        println!("error:      {}", shown(error));
+        outln!("error:      {}", shown(error))?;
     }
     if counts.dead > 0 {
-        println!("dead items (retry them with `ckpt retry {}`):", job.name);
+        outln!("dead items (retry them with `ckpt retry {}`):", job.name)?;
         for item in store.list_items(&args.job, Some(ckpt::ItemStatus::Dead), DEAD_SHOWN)? {
             let error = item.last_error.as_deref().unwrap_or("no error recorded");
-            println!(
+            outln!(
                 "  {}: {} (after {} attempts)",
                 shown(&item.key),
                 shown(error),
                 item.attempts
-            );
-            super::inspect::print_output(item.last_output.as_deref());
+            )?;
+            super::inspect::print_output(item.last_output.as_deref())?;
         }
         if counts.dead > DEAD_SHOWN as u64 {
-            println!("  ... and {} more", counts.dead - DEAD_SHOWN as u64);
+            outln!("  ... and {} more", counts.dead - DEAD_SHOWN as u64)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -367,6 +367,12 @@ fn password_in_store_url_is_never_printed() {
         ("postgres://u@127.0.0.1:1/db?password=hunter2", "hunter2"),
         ("redis://:Ab3/x+Yz9@127.0.0.1:1/0", "Ab3/x+Yz9"),
         ("redis://:Ab3?xYz9@127.0.0.1:1/0", "xYz9"),
+        // `://` mistyped: the URL is echoed as having no scheme.
+        (
+            "postgres:/app:Hunter2secret@db.internal/prod",
+            "Hunter2secret",
+        ),
+        ("redis//:Ab3xYz9@127.0.0.1:1/0", "Ab3xYz9"),
     ] {
         for args in [vec!["jobs"], vec!["doctor", "--json"], vec!["serve"]] {
             let out = sb.ckpt_bare().args(["--store", url]).args(&args).run();
@@ -428,6 +434,68 @@ fn dump_shows_a_change() {
         .run()
         .success();
     assert_ne!(dump_db(&sb.db()), one, "a change shows in the dump");
+}
+
+/// A stdout that cannot be written (a full disk: `/dev/full`) is one error
+/// line and exit 4 from every command that prints, never a panic; a
+/// stderr that cannot be written leaves the exit code to tell.
+#[test]
+fn full_disk_on_stdout_is_one_error_line() {
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "1"])
+        .run()
+        .success();
+    sb.ckpt()
+        .args(["run", "--job", "I", "-q", "--", "false"])
+        .stdin("a\n")
+        .run()
+        .code(1);
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full")
+    };
+    let before = dump_db(&sb.db());
+    for args in [
+        vec!["jobs"],
+        vec!["jobs", "--json"],
+        vec!["checkpoint", "get", "J"],
+        vec!["checkpoint", "get", "J", "--full"],
+        vec!["status", "J"],
+        vec!["status", "I"],
+        vec!["status", "J", "--json"],
+        vec!["show", "J"],
+        vec!["show", "I"],
+        vec!["show", "J", "--json"],
+        vec!["items", "I"],
+        vec!["items", "I", "--json"],
+        vec!["doctor", "--json"],
+        vec!["completions", "bash"],
+        vec!["man"],
+    ] {
+        let line = sb
+            .ckpt()
+            .args(&args)
+            .stdout_to(full())
+            .run()
+            .error(STORE_ERROR);
+        assert!(
+            line.contains("cannot write the output: No space left on device"),
+            "{args:?}: {line}"
+        );
+    }
+    assert_eq!(dump_db(&sb.db()), before, "reading changed the store");
+    // Nowhere to say it: the exit code says what went wrong.
+    let mut cmd = std::process::Command::new(crate::util::BIN);
+    let out = cmd
+        .args(["--store", &sb.store_url(), "checkpoint", "get", "nosuch"])
+        .stdout(std::process::Stdio::null())
+        .stderr(full())
+        .status()
+        .unwrap();
+    assert_eq!(out.code(), Some(3), "{out:?}");
 }
 
 /// `ckpt ... | head -c1`: a reader that goes away is not an error, and

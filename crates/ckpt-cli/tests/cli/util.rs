@@ -77,7 +77,11 @@ impl Sandbox {
             .env_remove("CKPT_JOB")
             .env_remove("CKPT_ITEM")
             .env_remove("CKPT_ATTEMPT");
-        Ckpt { cmd, stdin: None }
+        Ckpt {
+            cmd,
+            stdin: None,
+            stdout_to: None,
+        }
     }
 
     /// Writes `contents` to `name` in the sandbox and returns its path.
@@ -199,7 +203,8 @@ pub struct Running {
     describe: String,
     child: Child,
     feeder: Option<JoinHandle<()>>,
-    stdout: Pipe,
+    /// None when stdout went elsewhere ([`Ckpt::stdout_to`]).
+    stdout: Option<Pipe>,
     stderr: Pipe,
 }
 
@@ -253,7 +258,7 @@ impl Running {
         if let Some(feeder) = self.feeder {
             feeder.join().expect("stdin feeder");
         }
-        let stdout = self.stdout.finish();
+        let stdout = self.stdout.map(Pipe::finish).unwrap_or_default();
         let stderr = self.stderr.finish();
         let code = match status.code() {
             Some(code) => code,
@@ -272,6 +277,8 @@ impl Running {
 pub struct Ckpt {
     cmd: Command,
     stdin: Option<Vec<u8>>,
+    /// Where stdout goes instead of a pipe the test reads.
+    stdout_to: Option<std::fs::File>,
 }
 
 impl Ckpt {
@@ -310,6 +317,13 @@ impl Ckpt {
         self
     }
 
+    /// Sends stdout to `file` (then [`Out::stdout`] is empty), e.g.
+    /// `/dev/full`.
+    pub fn stdout_to(mut self, file: std::fs::File) -> Ckpt {
+        self.stdout_to = Some(file);
+        self
+    }
+
     /// Runs the command to the end, capturing its output; kills it and
     /// fails the test if it runs for longer than a minute.
     pub fn run(self) -> Out {
@@ -325,7 +339,10 @@ impl Ckpt {
             } else {
                 Stdio::null()
             })
-            .stdout(Stdio::piped())
+            .stdout(match self.stdout_to.take() {
+                Some(file) => Stdio::from(file),
+                None => Stdio::piped(),
+            })
             .stderr(Stdio::piped());
         let mut child = self
             .cmd
@@ -338,7 +355,7 @@ impl Ckpt {
                 let _ = pipe.write_all(&bytes);
             })
         });
-        let stdout = Pipe::drain(child.stdout.take().expect("piped stdout"));
+        let stdout = child.stdout.take().map(Pipe::drain);
         let stderr = Pipe::drain(child.stderr.take().expect("piped stderr"));
         Running {
             describe,

@@ -14,7 +14,7 @@ pub enum OpenMode {
 /// `url` with the password of any `user:password@` part replaced by `***`,
 /// for logs and error messages.
 pub fn redact_url(url: &str) -> String {
-    let mut out = match password_range(url) {
+    let mut out = match password_range(url).or_else(|| mistyped_password_range(url)) {
         Some(pw) => format!("{}***{}", &url[..pw.start], &url[pw.end..]),
         None => url.to_string(),
     };
@@ -60,6 +60,19 @@ pub(crate) fn password_range(url: &str) -> Option<std::ops::Range<usize>> {
     let at = start + url[start..].rfind('@')?;
     let colon = start + url[start..at].find(':')?;
     Some(colon + 1..at)
+}
+
+/// Where a password may be in a URL whose `://` was mistyped
+/// (`postgres:/app:pw@host`, `redis//:pw@host`): between its first `:` and
+/// its last `@`, or all before that `@` when it has no `:`. More than the
+/// password, which is the safe mistake.
+fn mistyped_password_range(url: &str) -> Option<std::ops::Range<usize>> {
+    if url.contains("://") {
+        return None;
+    }
+    let at = url.rfind('@')?;
+    let start = url[..at].find(':').map_or(0, |colon| colon + 1);
+    Some(start..at)
 }
 
 /// `url` split into the part before its query and the query, looking for
@@ -119,6 +132,17 @@ mod tests {
         assert_eq!(redact_url("postgres://bob@db/x"), "postgres://bob@db/x");
         assert_eq!(redact_url("sqlite://ckpt.db"), "sqlite://ckpt.db");
         assert_eq!(redact_url("no scheme"), "no scheme");
+        assert_eq!(redact_url("data/ckpt.db"), "data/ckpt.db");
+        // A mistyped `://`: still nothing of the password shows.
+        assert_eq!(
+            redact_url("postgres:/app:Hunter2@db.internal/prod"),
+            "postgres:***@db.internal/prod"
+        );
+        assert_eq!(
+            redact_url("redis//:pw@h:6379/0?password=x"),
+            "redis//:***@h:6379/0?password=***"
+        );
+        assert_eq!(redact_url("Hunter2@db/x"), "***@db/x");
         // Passwords that were not percent-encoded: nothing of them shows.
         for (url, secret) in [
             ("redis://:Ab3/x+Yz9@redis.internal:6379/0", "Ab3/x+Yz9"),

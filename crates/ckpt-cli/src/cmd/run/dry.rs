@@ -104,7 +104,7 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
         return Err(e);
     }
     if !args.quiet {
-        eprintln!(
+        errln!(
             "ckpt: dry run of job '{}': {printed} command(s) would run{}; skipped {completed} completed and {dead} dead item(s) (`ckpt retry` re-drives dead ones); nothing was changed",
             args.job,
             match size {

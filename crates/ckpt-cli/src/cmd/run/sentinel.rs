@@ -217,7 +217,7 @@ pub fn main() -> ExitCode {
     // ckpt died with commands running.
     let left = stop(&groups, worker.as_ref());
     if left > 0 {
-        eprintln!(
+        errln!(
             "ckpt sentinel: {left} process group(s) of a dead `ckpt run` still alive {} after SIGKILL",
             humantime::format_duration(GIVE_UP_AFTER)
         );

@@ -29,7 +29,7 @@ pub fn record(queue: Queue, job: &str, argv: &[String]) -> Result<Queue> {
     let previous = queue.commands()?.latest().cloned();
     let now = queue.record_command(&text)?;
     if let Some(line) = warning(job, previous.as_ref(), &now) {
-        eprintln!("{line}");
+        errln!("{line}");
     }
     Ok(queue.completed_by(Some(now.id)))
 }
