@@ -53,9 +53,17 @@ use crate::time::Timestamp;
 /// `t` as RFC 3339 in UTC with milliseconds: `2026-11-30T10:49:23.123Z`.
 /// The one formatter of every time in JSON output (and of times the
 /// `ckpt` command prints for people).
+///
+/// RFC 3339 has four-digit years: a time past the year 9999 (only a
+/// damaged or hand-edited store holds one) is shown as the last
+/// millisecond of 9999, as a time before 1970 is shown as 1970.
 pub fn rfc3339(t: Timestamp) -> String {
+    let t = Timestamp(t.0.min(LAST_RFC3339_MILLIS));
     humantime::format_rfc3339_millis(t.to_system_time()).to_string()
 }
+
+/// 9999-12-31T23:59:59.999Z, in milliseconds since the epoch.
+const LAST_RFC3339_MILLIS: i64 = 253_402_300_799_999;
 
 /// A job's items by status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -401,6 +409,15 @@ mod tests {
     fn rfc3339_is_utc_with_milliseconds() {
         assert_eq!(rfc3339(Timestamp(0)), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(T), "2023-11-14T22:13:20.123Z");
+        // Out of RFC 3339's range (a damaged store): shown at its ends.
+        assert_eq!(
+            rfc3339(Timestamp(LAST_RFC3339_MILLIS)),
+            "9999-12-31T23:59:59.999Z"
+        );
+        for past in [LAST_RFC3339_MILLIS + 1, i64::MAX] {
+            assert_eq!(rfc3339(Timestamp(past)), "9999-12-31T23:59:59.999Z");
+        }
+        assert_eq!(rfc3339(Timestamp(i64::MIN)), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

@@ -302,3 +302,63 @@ fn a_flipped_status_is_named() {
     );
     check(&sb);
 }
+
+/// Times past RFC 3339's year 9999 (or before 1970), as only a damaged or
+/// hand-edited store holds: every listing shows them at the range's ends,
+/// none panics.
+#[test]
+fn times_out_of_range_are_shown_not_a_panic() {
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args(["checkpoint", "set", "C", "1"])
+        .run()
+        .success();
+    sb.ckpt()
+        .args(["run", "--job", "J", "-q", "--", "true"])
+        .stdin("a\nb\n")
+        .run()
+        .success();
+    for t in [253_402_300_800_000_i64, i64::MAX, i64::MIN] {
+        let conn = rusqlite::Connection::open(sb.db()).unwrap();
+        conn.execute(
+            "UPDATE jobs SET checkpoint_at = ?1, lease_expires = ?1, updated_at = ?1, owner = 'w'",
+            [t],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE items SET status = 'running', owner = 'w', ready_at = ?1, started_at = ?1,
+                 finished_at = ?1, enqueued_at = ?1",
+            [t],
+        )
+        .unwrap();
+        drop(conn);
+        for args in [
+            vec!["show", "C"],
+            vec!["show", "C", "--json"],
+            vec!["show", "J"],
+            vec!["status", "C"],
+            vec!["status", "J", "--json"],
+            vec!["jobs"],
+            vec!["jobs", "--json"],
+            vec!["items", "J"],
+            vec!["items", "J", "--json"],
+            vec!["doctor", "--json"],
+        ] {
+            let out = sb.ckpt().args(&args).run();
+            // Doctor exits 1 for its findings (a lease "expired" in 1970).
+            let expected = if args[0] == "doctor" && out.code == 1 {
+                1
+            } else {
+                0
+            };
+            out.code(expected);
+        }
+        let shown = sb.ckpt().args(["show", "C", "--json"]).run().json();
+        let expected = if t > 0 {
+            "9999-12-31T23:59:59.999Z"
+        } else {
+            "1970-01-01T00:00:00.000Z"
+        };
+        assert_eq!(shown["checkpoint_at"], expected, "{shown}");
+    }
+}
