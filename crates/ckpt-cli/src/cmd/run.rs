@@ -72,6 +72,11 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         items.check()?;
         None
     };
+    // Before the store is touched: a --results that cannot hold the files
+    // leaves the store as it was (and creates none).
+    if let Some(dir) = &args.results {
+        results::check_dir(dir)?;
+    }
     if let Some(addr) = &args.metrics_listen {
         let bound = crate::exporter::spawn_metrics_listener(addr)?;
         tracing::info!("serving this run's metrics on http://{bound}/metrics");
@@ -178,10 +183,6 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         results: args.results.clone(),
         stderr_tail: args.stderr_tail as usize,
     };
-    if let Some(dir) = &output.results {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("--results: cannot create {}", dir.display()))?;
-    }
     let handler = CommandHandler {
         output: &output,
         template: &template,
@@ -196,10 +197,19 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         no_retry_exit: &args.no_retry_exit,
         halting: halting.as_ref(),
         stop: signals.stop_signal(),
+        fault: OnceLock::new(),
     };
     let report = runner.run(&handler);
     display.finish();
     let report = report?;
+    if let Some(why) = handler.fault.get() {
+        return Err(anyhow::anyhow!(
+            "{why}; the run stopped: {} completed now, {} given back unfinished (no attempt counted), {} failed attempts; run the same command again once it is fixed",
+            report.completed,
+            report.released,
+            report.failed
+        ));
+    }
     let counts = report.counts;
     let seconds = started.elapsed().as_secs_f64();
     let stopped_by = report.stopped.then(|| signals.signal()).flatten();
@@ -381,6 +391,9 @@ struct CommandHandler<'a> {
     halting: Option<&'a Halting>,
     /// The runner's: stopping it starts nothing new.
     stop: StopSignal,
+    /// Why the run stopped for a fault of its own, not of an item (the
+    /// first such).
+    fault: OnceLock<String>,
 }
 
 impl Handler for CommandHandler<'_> {
@@ -400,6 +413,16 @@ impl Handler for CommandHandler<'_> {
 }
 
 impl CommandHandler<'_> {
+    /// Stops the run for a fault that is not the item's (`--results`
+    /// cannot hold its files): the item is given back uncharged, nothing
+    /// new starts, and the run ends with `why` as its error.
+    fn fault(&self, why: String) -> Outcome {
+        tracing::error!(event = "run_fault", "{why}; stopping the run");
+        let _ = self.fault.set(why.clone());
+        self.stop.stop();
+        Outcome::Interrupted(format!("not run: {why}"))
+    }
+
     /// Counts a final outcome for `--halt`, and halts when it says so.
     fn observe(&self, outcome: &Outcome, attempt: u32) {
         let Some(h) = self.halting else {
@@ -493,9 +516,16 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
         .map(|i| i.key.as_str())
         .collect::<Vec<_>>()
         .join(" ");
+    // Not the item's fault (a full disk, a directory made read-only): no
+    // attempt is charged, and the run stops.
     let files = match h.output.files(&tag) {
         Ok(files) => files,
-        Err(e) => return Outcome::Failed(format!("--results: cannot create the files: {e}")),
+        Err(e) => {
+            return h.fault(format!(
+                "--results: cannot create the files of item {}: {e}",
+                crate::output::shown(&tag)
+            ))
+        }
     };
     let mut child = match cmd.spawn() {
         Ok(child) => child,

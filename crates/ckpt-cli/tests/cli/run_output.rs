@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::util::{items, Sandbox};
+use crate::util::{items, stored_items, Sandbox};
 
 const LINES: usize = 300;
 
@@ -224,6 +224,61 @@ fn results_keeps_each_items_full_output_in_files_named_safely() {
     assert!(hashed.len() <= 200 && hashed.contains('~'), "{hashed}");
     let stderr = std::fs::read_to_string(dir.join(hashed).join("stderr")).unwrap();
     assert_eq!(stderr, format!("err of {long}"));
+}
+
+/// A `--results` that cannot hold files is refused before the store is
+/// touched; one that stops holding them mid-run stops the run, charging
+/// no attempt for the items whose command never ran.
+#[test]
+fn results_that_cannot_be_written_charge_no_attempt() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("k", 5));
+    sb.write("taken", "a file, not a directory");
+    let line = sb
+        .ckpt()
+        .args(["run", "--job", "R", "--results"])
+        .arg(sb.join("taken"))
+        .arg("--items")
+        .arg(&file)
+        .args(["--", "sh", "-c", "echo ran >> ran.log"])
+        .run()
+        .error(4);
+    assert!(line.contains("--results: cannot create files in"), "{line}");
+    assert!(!sb.db().exists(), "the store was created");
+    assert!(!sb.join("ran.log").exists(), "a command ran");
+
+    // Item k3's directory cannot be made: a file is in its place.
+    let dir = sb.join("res");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("k3"), "in the way").unwrap();
+    let run = || {
+        sb.ckpt()
+            .args(["run", "--job", "R", "-j", "1", "--results"])
+            .arg(&dir)
+            .arg("--items")
+            .arg(&file)
+            .args(["--", "sh", "-c", "echo \"$CKPT_ITEM\" >> ran.log"])
+            .run()
+    };
+    let out = run();
+    out.code(4);
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ckpt: error: --results: cannot create the files of item k3:")
+            && last.contains("2 completed now"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(sb.lines("ran.log"), ["k1", "k2"]);
+    let items = stored_items(&sb, "R");
+    for key in ["k3", "k4", "k5"] {
+        assert_eq!(items[key]["status"], "pending", "{key}: {}", items[key]);
+        assert_eq!(items[key]["attempts"], 0, "{key}: {}", items[key]);
+    }
+    // Fixed, the same command finishes the rest.
+    std::fs::remove_file(dir.join("k3")).unwrap();
+    run().success();
+    assert_eq!(sb.lines("ran.log"), ["k1", "k2", "k3", "k4", "k5"]);
 }
 
 /// A process that left the command's process group (`setsid`) and holds

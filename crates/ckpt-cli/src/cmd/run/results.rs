@@ -21,6 +21,18 @@ pub struct Files {
     pub stderr: File,
 }
 
+/// Creates `dir` if missing and checks that files can be created in it,
+/// before the run touches the store.
+pub fn check_dir(dir: &Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let cannot = || format!("--results: cannot create files in {}", dir.display());
+    std::fs::create_dir_all(dir).with_context(cannot)?;
+    // A name no item's file name can be (`file_name` escapes a leading `.`).
+    let probe = dir.join(format!(".ckpt-probe-{}", std::process::id()));
+    File::create(&probe).with_context(cannot)?;
+    std::fs::remove_file(&probe).with_context(cannot)
+}
+
 /// Creates (or empties) the files for `item` under `dir`.
 pub fn create(dir: &Path, item: &str) -> io::Result<Files> {
     let at = dir.join(file_name(item));
