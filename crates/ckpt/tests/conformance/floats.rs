@@ -82,3 +82,30 @@ fn floats_come_back_bit_for_bit(store: Option<Fixture>) {
     let done = q.items(Some(ItemStatus::Completed), 1).unwrap();
     same_bits("stats", &done[0].stats.as_ref().unwrap()["sum"], &floats);
 }
+
+/// `items_processed` is a `u64`: every value comes back as saved, past
+/// `i64::MAX` too, in the job's record and in its history.
+#[apply(every_store)]
+fn items_processed_comes_back_whole(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let ckpt = ckpt::Ckpt::new((f.another)());
+    for n in [
+        0,
+        i64::MAX as u64,
+        i64::MAX as u64 + 1,
+        10_000_000_000_000_000_000,
+        u64::MAX,
+    ] {
+        let cp = Checkpoint {
+            cursor: json!(1),
+            items_processed: n,
+            stage: None,
+            state: None,
+        };
+        ckpt.set_checkpoint("many", &cp).unwrap();
+        let stored = ckpt.get_job("many").unwrap().unwrap().checkpoint.unwrap();
+        assert_eq!(stored.items_processed, n, "the job's record");
+        let history = ckpt.store().history("many", 1).unwrap();
+        assert_eq!(history[0].items_processed, n, "its history");
+    }
+}

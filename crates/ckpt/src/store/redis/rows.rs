@@ -125,7 +125,15 @@ pub(super) fn job_record(v: &Value) -> Result<JobRecord> {
     let checkpoint = match f.get("cursor") {
         Some(cursor) => Some(Checkpoint {
             cursor: json("cursor", cursor)?,
-            items_processed: num("items_processed")?.unwrap_or(0) as u64,
+            items_processed: f
+                .get("items_processed")
+                .map(|s| {
+                    // Written as a u64: past i64::MAX too.
+                    s.parse::<u64>()
+                        .map_err(|_| malformed(format!("items_processed {s:?} is not a count")))
+                })
+                .transpose()?
+                .unwrap_or(0),
             stage: f.get("stage").cloned(),
             state: opt_json("state", f.get("state"))?,
         }),
