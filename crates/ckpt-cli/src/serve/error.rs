@@ -66,6 +66,45 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Every error under `/api/` is `{"error": message}`, as docs/JSON.md
+/// says, including axum's own rejections, which are plain text or empty:
+/// a method the route does not take (405, its `Allow` header kept), a
+/// path that is not UTF-8, a body over the limit (413).
+pub async fn api_errors_as_json(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    let response = next.run(request).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !api || json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // A rejection's text is a line; more is not a message.
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, message).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
+}
+
 /// A response that is never cached: job data changes all the time.
 pub fn no_store(status: StatusCode, body: impl IntoResponse) -> Response {
     let mut response = (status, body).into_response();

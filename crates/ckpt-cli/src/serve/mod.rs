@@ -200,6 +200,7 @@ pub fn router(state: AppState, hosts: host::AllowedHosts) -> Router {
         .route("/api/jobs/{job}/items", get(api::items))
         .route("/api/jobs/{job}/retry", post(api::retry))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(error::api_errors_as_json))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(hosts),
             host::check,

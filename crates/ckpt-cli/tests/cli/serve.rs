@@ -286,6 +286,42 @@ fn retry_with_a_token_given_as_an_option() {
     server.stop();
 }
 
+/// Every error under `/api/` is `{"error": ...}` (docs/JSON.md), axum's
+/// own rejections too; and they change nothing.
+#[test]
+fn every_api_error_is_json() {
+    let sb = Sandbox::new();
+    items_job(&sb, "J");
+    let server = Server::start(&sb, &["--token", "t0ken"]);
+    let before = sb.dump();
+    let wrong_method = http(
+        agent().get(&server.url("/api/jobs/J/retry")).call(),
+        "GET retry",
+    );
+    wrong_method.error(405, "method not allowed");
+    assert_eq!(
+        wrong_method.headers.get("allow").map(String::as_str),
+        Some("POST")
+    );
+    http(
+        agent().delete(&server.url("/api/jobs/J")).call(),
+        "DELETE job",
+    )
+    .error(405, "method not allowed");
+    server.get("/api/jobs/%FF").error(400, "UTF-8");
+    server.get("/api/jobs/J/items?limit=x").error(400, "limit");
+    server.get("/api/nothing").error(404, "no such endpoint");
+    let huge = format!("{{\"keys\": [\"{}\"]}}", "k".repeat(3 << 20));
+    server
+        .post("/api/jobs/J/retry", Some("t0ken"), Some(&huge))
+        .error(413, "length limit");
+    assert_eq!(sb.dump(), before, "an error changed the store");
+    // Outside the API, errors stay as they were (the dashboard's 404).
+    let page = server.get("/nothing");
+    assert_eq!((page.status, page.body.as_str()), (404, "not found\n"));
+    server.stop();
+}
+
 // ----- PostgreSQL, and health -----
 
 /// A fresh schema on the test server, dropped when this guard goes; `None`
