@@ -71,7 +71,7 @@ pub fn output_lines(output: &str, n: usize) -> Vec<String> {
     lines
 }
 
-fn needs_escape(c: char) -> bool {
+pub fn needs_escape(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 

@@ -215,7 +215,7 @@ fn bad_colsep_is_a_usage_error_that_creates_no_store() {
 #[test]
 fn dry_run_without_a_store_prints_every_command_and_creates_nothing() {
     let sb = Sandbox::new();
-    let file = sb.write("items.txt", "b.txt\n\nit's here\nb.txt\nc\td\n");
+    let file = sb.write("items.txt", "b.txt\n\nit's here\nb.txt\nc\td\ne\u{1b}[1m\n");
     let out = sb
         .ckpt()
         .args(["run", "--job", "J", "-j", "2", "--dry-run", "--items"])
@@ -223,15 +223,17 @@ fn dry_run_without_a_store_prints_every_command_and_creates_nothing() {
         .args(["--", "convert", "{}", "{.}.png", "{#}", "{%}"])
         .run();
     out.success();
-    // Input order, a repeated key once, quoted only where needed.
+    // Input order, a repeated key once, quoted only where needed; control
+    // characters escaped in bash's `$'…'`, never printed raw.
     assert_eq!(
         out.stdout,
         "convert b.txt b.png 1 1\n\
          convert 'it'\\''s here' 'it'\\''s here.png' 3 2\n\
-         convert 'c\td' 'c\td.png' 5 1\n"
+         convert $'c\\td' $'c\\td.png' 5 1\n\
+         convert $'e\\x1b[1m' $'e\\x1b[1m.png' 6 2\n"
     );
     assert!(
-        out.stderr.contains("3 command(s) would run"),
+        out.stderr.contains("4 command(s) would run"),
         "{}",
         out.stderr
     );

@@ -350,15 +350,43 @@ pub fn shell_quote(s: &str) -> String {
 
 /// `s` as one word of a POSIX shell, quoted only if it has to be (for
 /// printing command lines that read naturally and paste back exactly).
+/// A word holding characters that [`shown`](crate::output::shown)
+/// escapes (control characters, bidirectional overrides) is written in
+/// `$'…'` form instead, as bash, zsh and ksh read it: printed, it cannot
+/// recolour or move the terminal's cursor, and it still pastes back.
 pub fn shell_word(s: &str) -> String {
     let plain = !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-+=@%:,./".contains(&b));
     if plain {
         s.to_string()
+    } else if s.chars().any(crate::output::needs_escape) {
+        ansi_c_quote(s)
     } else {
         shell_quote(s)
     }
+}
+
+/// `s` in the shell's `$'…'` form: every escape written in full (`\xHH`,
+/// `\uHHHH`), so a digit after it cannot be read as part of it.
+fn ansi_c_quote(s: &str) -> String {
+    let mut out = String::from("$'");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if crate::output::needs_escape(c) && (c as u32) < 0x80 => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if crate::output::needs_escape(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 #[cfg(test)]

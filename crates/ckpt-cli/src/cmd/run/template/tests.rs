@@ -237,6 +237,57 @@ fn quoting() {
     assert_eq!(shell_word("a b"), "'a b'");
     assert_eq!(shell_word("$x"), "'$x'");
     assert_eq!(shell_word("é"), "'é'");
+    // Control characters and bidirectional overrides: `$'…'`, no raw byte.
+    assert_eq!(shell_word("ev\u{1b}[31mil"), r"$'ev\x1b[31mil'");
+    assert_eq!(shell_word("a\tb\n"), r"$'a\tb\n'");
+    assert_eq!(shell_word("\u{7}1 it's \\"), r"$'\x071 it\'s \\'");
+    assert_eq!(shell_word("x\u{9b}2J\u{202e}"), r"$'x\u009b2J\u202e'");
+}
+
+/// Every word `shell_word` prints reads back in bash as the same bytes,
+/// and a printed word holds no control character.
+#[test]
+fn shell_words_paste_back_into_bash() {
+    if std::process::Command::new("bash")
+        .arg("-c")
+        .arg("true")
+        .status()
+        .is_err()
+    {
+        eprintln!("skipped: no bash");
+        return;
+    }
+    let words = [
+        "plain",
+        "a b",
+        "it's",
+        "$(rm -rf x)",
+        "ev\u{1b}[31mil",
+        "bell\u{7}x",
+        "\u{1}a",
+        "new\nline\r\t",
+        "back\\slash'\u{1b}",
+        "del\u{7f}",
+        "c1 \u{9b}2J é \u{202e}rtl",
+        "",
+    ];
+    for word in words {
+        let printed = shell_word(word);
+        assert!(
+            !printed.chars().any(crate::output::needs_escape),
+            "{printed:?}"
+        );
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("printf %s {printed}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            word,
+            "bash read {printed} back differently"
+        );
+    }
 }
 
 /// `-n`: several items in one command, as GNU parallel's `-X`.
