@@ -213,6 +213,31 @@ fn too_new(path: &str, found: i64) -> Error {
 
 /// Brings the store to [`SCHEMA_VERSION`] in one transaction; safe when
 /// several processes open a new store at once.
+/// A migration that SQLite refused as SQL ("table jobs already exists",
+/// "no such index") ran on tables that do not match the file's schema
+/// version: the version was changed by hand, or the file is damaged. Named
+/// as damage (the transaction is rolled back: nothing changed), with
+/// SQLite's message alone, not the migration's text. Anything else (a
+/// full disk, a lock) is what it is.
+fn migration_err(e: rusqlite::Error, path: &str, version: i64) -> Error {
+    let refused = match &e {
+        rusqlite::Error::SqlInputError { error, msg, .. } => Some((error.code, msg.clone())),
+        rusqlite::Error::SqliteFailure(error, msg) => {
+            Some((error.code, msg.clone().unwrap_or_else(|| error.to_string())))
+        }
+        _ => None,
+    };
+    match refused {
+        Some((rusqlite::ErrorCode::Unknown, msg)) => Error::Corrupt {
+            path: Some(path.to_string()),
+            detail: format!(
+                "its tables do not match its schema version {version}; upgrading it to version {SCHEMA_VERSION} failed: {msg}"
+            ),
+        },
+        _ => sql_err(e),
+    }
+}
+
 pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -230,7 +255,8 @@ pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
         .map_err(sql_err)?;
     usable_version(path, version)?;
     for sql in &MIGRATIONS[version as usize..] {
-        tx.execute_batch(sql).map_err(sql_err)?;
+        tx.execute_batch(sql)
+            .map_err(|e| migration_err(e, path, version))?;
     }
     tx.execute_batch(&format!(
         "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
