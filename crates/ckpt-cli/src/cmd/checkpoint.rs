@@ -50,8 +50,25 @@ pub fn checkpoint(url: &str, cmd: CheckpointCommand) -> Result<ExitCode> {
             if let Some(state) = &cp.state {
                 ckpt::validate::state_size(state, ckpt::validate::DEFAULT_STATE_LIMIT)?;
             }
-            let ckpt = super::open(url, OpenMode::CreateIfMissing)?;
-            ckpt.set_checkpoint_if(&job, &cp, &expect)?;
+            // A cursor expected where there is no store cannot match: it is
+            // refused as a store without the job would refuse it, and no
+            // store is created for a write that is not made.
+            let mode = match expect {
+                Expect::Cursor(_) => OpenMode::MustExist,
+                _ => OpenMode::CreateIfMissing,
+            };
+            let store = match ckpt::store::open(url, mode) {
+                Err(ckpt::Error::NotFound(_)) => {
+                    return Err(ckpt::Error::CursorMismatch {
+                        job,
+                        stored: None,
+                        expected: expect.cursor_text(),
+                    }
+                    .into())
+                }
+                opened => opened?,
+            };
+            ckpt::Ckpt::new(store).set_checkpoint_if(&job, &cp, &expect)?;
         }
         CheckpointCommand::Clear { job } => {
             super::job_name(&job)?;

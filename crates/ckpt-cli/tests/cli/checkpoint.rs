@@ -232,6 +232,10 @@ fn set_with_expect_writes_only_on_the_expected_cursor() {
             .args(["checkpoint", "set", "J", cursor, "--expect", expect])
             .run()
     };
+    // No store: a cursor cannot match, and no store is created for it.
+    let line = set("1", "0").error(5);
+    assert!(line.contains("the stored cursor is none"), "{line}");
+    assert!(!sb.db().exists(), "a refused write created the store");
     set(r#"{"b":2,"a":1}"#, "none").success();
     let before = sb.dump();
     let line = set("9", "none").error(5);
