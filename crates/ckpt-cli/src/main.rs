@@ -42,11 +42,16 @@ fn main() -> ExitCode {
     {
         return cmd::sentinel();
     }
-    restore_sigpipe();
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,
         Err(e) => return exit::usage(e),
     };
+    // `ckpt run` outlives a closed stdout or stderr: its commands run on,
+    // their output dropped, and every outcome is still committed. So does
+    // the server.
+    if !matches!(args.command, cli::Command::Run(_) | cli::Command::Serve(_)) {
+        restore_sigpipe();
+    }
     cli::init_logging(&args);
     match cmd::dispatch(args) {
         Ok(code) => code,
@@ -54,9 +59,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Rust ignores SIGPIPE, so `ckpt status | head -1` would panic on the
-/// closed pipe. Like other Unix tools, ckpt instead ends quietly when its
-/// reader goes away.
+/// Rust ignores SIGPIPE, so `ckpt status | head -1` would fail on the
+/// closed pipe. Like other Unix tools, a command that prints a report
+/// instead ends quietly when its reader goes away.
 fn restore_sigpipe() {
     #[cfg(unix)]
     // SAFETY: called first thing in main, before any thread exists.

@@ -226,6 +226,52 @@ fn results_keeps_each_items_full_output_in_files_named_safely() {
     assert_eq!(stderr, format!("err of {long}"));
 }
 
+/// `ckpt run … | head -1`: when ckpt's stdout (or stderr) is closed, the
+/// commands run on, their output dropped, and every outcome is committed:
+/// nothing runs twice on the rerun.
+#[test]
+fn a_closed_stdout_or_stderr_loses_no_outcome() {
+    use std::process::{Command, Stdio};
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("i", 20));
+    for (job, mode, close_stderr) in [
+        ("L", None, false),
+        ("G", Some("--group"), false),
+        ("T", Some("--tag"), false),
+        ("E", None, true),
+    ] {
+        let mut cmd = Command::new(crate::util::BIN);
+        cmd.current_dir(sb.path())
+            .env_remove("RUST_LOG")
+            .args(["--store", &sb.store_url(), "run", "--job", job, "--items"])
+            .arg(&file)
+            .args(mode)
+            .args(["--", "sh", "-c"])
+            .arg(format!(
+                "echo out {{}}; echo err {{}} >&2; echo {{}} >> {job}.log; sleep 0.01"
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        // The reader goes away before reading anything.
+        if close_stderr {
+            drop(child.stderr.take());
+        } else {
+            drop(child.stdout.take());
+        }
+        let status = child.wait_with_output().unwrap().status;
+        assert_eq!(status.code(), Some(0), "{job}: {status:?}");
+        let status = sb.status(job);
+        assert_eq!(status["items"]["completed"], 20, "{job}: {status}");
+        assert_eq!(
+            sb.lines(&format!("{job}.log")).len(),
+            20,
+            "{job}: each ran once"
+        );
+    }
+}
+
 /// A `--results` that cannot hold files is refused before the store is
 /// touched; one that stops holding them mid-run stops the run, charging
 /// no attempt for the items whose command never ran.
