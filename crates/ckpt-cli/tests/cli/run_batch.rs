@@ -85,6 +85,46 @@ fn replacement_strings_expand_once_per_item_in_a_batch() {
     assert_eq!(sb.lines("env"), ["a,b,", "c,"], "CKPT_ITEM: one key a line");
 }
 
+/// A batch in a shell script, as the README writes it (`sh -c 'gzip -k
+/// {q} && rm {q}'`): every item of the batch is in the script, so an
+/// item is completed only when the script did its work.
+#[test]
+fn a_batch_in_a_shell_script_runs_every_item() {
+    let sb = Sandbox::new();
+    let keys: Vec<String> = (1..=7).map(|i| format!("file {i}.txt")).collect();
+    for key in &keys {
+        sb.write(key, "data");
+    }
+    let file = sb.write_items("items.txt", &keys);
+    sb.ckpt()
+        .args(["run", "--job", "Z", "-j", "2", "-n", "3", "--items"])
+        .arg(&file)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "for f in {q}; do gzip -k \"$f\"; done && echo {q} >> log",
+        ])
+        .run()
+        .success();
+    for key in &keys {
+        assert!(
+            sb.join(&format!("{key}.gz")).exists(),
+            "{key} was not gzipped"
+        );
+    }
+    let mut logged = sb.lines("log");
+    logged.sort();
+    assert_eq!(logged.len(), 3, "one line a batch: {logged:?}");
+    let words: usize = logged.iter().map(|l| l.split(".txt").count() - 1).sum();
+    assert_eq!(words, 7, "each item once: {logged:?}");
+    assert_eq!(
+        item_counts(&sb.status("Z")),
+        (0, 0, 7, 0, 0),
+        "all completed"
+    );
+}
+
 #[test]
 fn a_failed_batch_is_split_and_only_the_bad_item_dies() {
     let sb = Sandbox::new();

@@ -137,7 +137,12 @@ impl Template {
     /// item's replacement string (any but `{%}`) is repeated once per item,
     /// each copy expanded for its item, so `{}` gives the items as
     /// separate arguments and `x{}y` gives `xay xby`; the other arguments
-    /// appear once. With no replacement string the items are appended.
+    /// appear once. An argument with whitespace in its text is a script
+    /// (`sh -c 'gzip -k {q} && rm {q}.bak'`): there the context is each
+    /// shell word of it (see [`ends_word`]), repeated inside the one
+    /// argument (`gzip -k 'a' 'b' && rm 'a'.bak 'b'.bak`), as GNU parallel
+    /// replaces in the words of its command line. With no replacement
+    /// string the items are appended.
     pub fn expand_many(&self, cxs: &[Context<'_>]) -> Vec<String> {
         let Some(first) = cxs.first() else {
             return Vec::new();
@@ -166,10 +171,22 @@ impl Template {
         };
         let mut out = Vec::new();
         for pieces in &self.args {
-            if per_item(pieces) {
-                out.extend(cxs.iter().map(|cx| one(pieces, cx)));
-            } else {
+            if !per_item(pieces) {
                 out.push(one(pieces, first));
+            } else if is_script(pieces) {
+                let mut arg = String::new();
+                for (word, space) in script_words(pieces) {
+                    if per_item(&word) {
+                        let copies: Vec<String> = cxs.iter().map(|cx| one(&word, cx)).collect();
+                        arg.push_str(&copies.join(" "));
+                    } else {
+                        arg.push_str(&one(&word, first));
+                    }
+                    arg.push_str(&space);
+                }
+                out.push(arg);
+            } else {
+                out.extend(cxs.iter().map(|cx| one(pieces, cx)));
             }
         }
         if self.append {
@@ -182,6 +199,52 @@ impl Template {
         }
         out
     }
+}
+
+/// True if the argument's own text (not the values put in it) holds
+/// whitespace: a script for a shell or an interpreter.
+fn is_script(pieces: &[Piece]) -> bool {
+    pieces
+        .iter()
+        .any(|p| matches!(p, Piece::Text(t) if t.contains(char::is_whitespace)))
+}
+
+/// Characters that end a word of a shell script (unquoted): whitespace
+/// and the control and redirection operators' `|&;()<>`. So in
+/// `for f in {q}; do`, the word is `{q}`, not `{q};`.
+fn ends_word(c: char) -> bool {
+    c.is_whitespace() || "|&;()<>".contains(c)
+}
+
+/// A script's words: each a run of pieces with no [`ends_word`] character
+/// in their text, with the characters that follow it up to the next word
+/// (so they join back to the script).
+fn script_words(pieces: &[Piece]) -> Vec<(Vec<Piece>, String)> {
+    let mut words = vec![(Vec::new(), String::new())];
+    for piece in pieces {
+        let Piece::Text(text) = piece else {
+            let (word, space) = words.last_mut().expect("one word at least");
+            if !space.is_empty() {
+                words.push((vec![piece.clone()], String::new()));
+            } else {
+                word.push(piece.clone());
+            }
+            continue;
+        };
+        for c in text.chars() {
+            let (word, space) = words.last_mut().expect("one word at least");
+            if ends_word(c) {
+                space.push(c);
+            } else if !space.is_empty() {
+                words.push((vec![Piece::Text(c.to_string())], String::new()));
+            } else if let Some(Piece::Text(t)) = word.last_mut() {
+                t.push(c);
+            } else {
+                word.push(Piece::Text(c.to_string()));
+            }
+        }
+    }
+    words
 }
 
 fn value<'a>(r: &Replacement, cx: &Context<'a>, columns: &mut Option<Vec<&'a str>>) -> String {

@@ -290,6 +290,42 @@ fn shell_words_paste_back_into_bash() {
     }
 }
 
+/// `-n` in a script (`sh -c '…'`): each shell word holding a replacement
+/// string is repeated inside the script, not the whole script as an
+/// argument (which would leave all but the first item as `$0`, `$1`).
+#[test]
+fn several_items_in_a_script_repeat_the_words_that_name_them() {
+    assert_eq!(
+        many(&["sh", "-c", "gzip -k {q} && rm {q}.bak"], &["a b", "c"]),
+        ["sh", "-c", "gzip -k 'a b' 'c' && rm 'a b'.bak 'c'.bak"]
+    );
+    assert_eq!(
+        many(
+            &["sh", "-c", "for f in {q}; do echo \"$f\"; done"],
+            &["x", "y"]
+        ),
+        ["sh", "-c", "for f in 'x' 'y'; do echo \"$f\"; done"]
+    );
+    // Whitespace kept as it was; words without an item's string once.
+    assert_eq!(
+        many(
+            &["bash", "-c", "  echo s{%}\n\tn{#} {/}|wc -l "],
+            &["d/a", "d/b"]
+        ),
+        ["bash", "-c", "  echo s2\n\tn7 n7 a b|wc -l "]
+    );
+    // A script's other arguments still repeat as arguments.
+    assert_eq!(
+        many(&["sh", "-c", "echo \"$@\"", "_", "{}"], &["a", "b"]),
+        ["sh", "-c", "echo \"$@\"", "_", "a", "b"]
+    );
+    // One item: as without -n.
+    assert_eq!(
+        many(&["sh", "-c", "echo {q};"], &["a"]),
+        ["sh", "-c", "echo 'a';"]
+    );
+}
+
 /// `-n`: several items in one command, as GNU parallel's `-X`.
 fn many(template: &[&str], items: &[&str]) -> Vec<String> {
     let template: Vec<String> = template.iter().map(|s| s.to_string()).collect();
