@@ -4,7 +4,8 @@
 //! valid key, at most 64 KiB) before the store is touched, so a bad file
 //! changes nothing; the second pass enqueues in chunks, each its own short
 //! transaction, so other `ckpt run` processes on the same store keep
-//! working meanwhile. Standard input is first copied to a temporary file.
+//! working meanwhile. Standard input, and any items file that is not a
+//! regular file (a pipe), is first copied to a temporary file.
 //! Both passes stream: memory stays bounded whatever the file's size.
 
 use std::fs::File;
@@ -32,12 +33,26 @@ impl ItemsFile {
     pub fn open(path: Option<&Path>) -> Result<ItemsFile> {
         match path {
             Some(p) if p != Path::new("-") => {
-                let file = File::open(p)
-                    .map_err(|e| Usage(format!("cannot read items file {}: {e}", p.display())))?;
-                Ok(ItemsFile {
-                    file,
-                    source: p.display().to_string(),
-                })
+                let cannot = |e: io::Error| {
+                    anyhow::Error::new(Usage(format!(
+                        "cannot read items file {}: {e}",
+                        p.display()
+                    )))
+                };
+                let mut file = File::open(p).map_err(cannot)?;
+                let source = p.display().to_string();
+                // A pipe (`--items <(find …)`, a FIFO, /dev/stdin) can be
+                // read only once: spooled, as standard input is.
+                let kind = file.metadata().map_err(cannot)?.file_type();
+                if !kind.is_file() && !kind.is_dir() {
+                    let mut spool = tempfile::tempfile().context("cannot spool the items")?;
+                    io::copy(&mut file, &mut spool).map_err(cannot)?;
+                    return Ok(ItemsFile {
+                        file: spool,
+                        source,
+                    });
+                }
+                Ok(ItemsFile { file, source })
             }
             _ => {
                 let mut stdin = io::stdin();

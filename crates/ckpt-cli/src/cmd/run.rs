@@ -77,6 +77,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     if let Some(dir) = &args.results {
         results::check_dir(dir)?;
     }
+    open_files_for(args.jobs, args.results.is_some())?;
     if let Some(addr) = &args.metrics_listen {
         let bound = crate::exporter::spawn_metrics_listener(addr)?;
         tracing::info!("serving this run's metrics on http://{bound}/metrics");
@@ -298,6 +299,47 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Open files a run needs besides its commands' (the store, its sockets,
+/// the sentinel, the metrics listener).
+const OPEN_FILES_BASE: u64 = 64;
+
+/// Raises the soft limit on open files to the hard one (as Go's runtime
+/// does) and checks that `-j` commands fit in it: each holds two pipes
+/// while it starts (four descriptors), and two `--results` files. A run
+/// that would run out is refused before the store is touched, rather
+/// than charging items for ckpt's own failure to start their commands.
+fn open_files_for(jobs: u32, results: bool) -> Result<()> {
+    let per_command = if results { 6 } else { 4 };
+    let needed = OPEN_FILES_BASE + u64::from(jobs) * per_command;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Ok(()); // Unknown: let the spawns say.
+        }
+        if limit.rlim_cur < needed && limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed {
+        return Err(Usage(format!(
+            "-j {jobs} needs about {needed} open files, and this process may open {} (ulimit -n): lower -j or raise the limit",
+            limit.rlim_cur
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// `--colsep`: a regular expression, as GNU parallel's; one that matches
@@ -529,6 +571,16 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
     };
     let mut child = match cmd.spawn() {
         Ok(child) => child,
+        // Out of file descriptors, processes or memory: the machine's
+        // fault, not the item's.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
+            ) =>
+        {
+            return h.fault(format!("cannot start a command: {e}"))
+        }
         Err(e) => return Outcome::Failed(format!("cannot run {program}: {e}")),
     };
     children.started(&child);

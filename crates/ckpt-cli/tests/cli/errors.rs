@@ -468,6 +468,42 @@ fn dump_shows_a_change() {
     assert_ne!(dump_db(&sb.db()), one, "a change shows in the dump");
 }
 
+/// `-j` beyond what the open-file limit allows: the soft limit is raised
+/// to the hard one when that is enough; when not, the run is refused
+/// before the store is touched, rather than charging items for commands
+/// ckpt could not start.
+#[test]
+fn jobs_beyond_the_open_file_limit() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &crate::util::items("i", 200));
+    let run = |ulimit: &str| {
+        let wrapper = format!("ulimit {ulimit} || exit 77; exec \"$0\" \"$@\"");
+        sb.ckpt_via(&["sh", "-c", &wrapper])
+            .arg("--store")
+            .arg(sb.store_url())
+            .args(["run", "--job", "J", "-q", "-j", "200", "--items"])
+            .arg(&file)
+            .args(["--", "sh", "-c", "sleep 0.2; echo \"$0\" >> ran.log"])
+            .run()
+    };
+    // Soft and hard limit 256: 200 commands cannot fit.
+    let line = run("-n 256").error(2);
+    assert!(
+        line.contains("-j 200 needs about") && line.contains("ulimit -n"),
+        "{line}"
+    );
+    assert!(!sb.db().exists(), "the store was created");
+    // Only the soft limit low: raised, and every item runs once.
+    let out = run("-Sn 256");
+    if out.code == 77 {
+        eprintln!("skipped: cannot set the soft limit");
+        return;
+    }
+    out.success();
+    assert_eq!(sb.lines("ran.log").len(), 200);
+    assert_eq!(item_counts(&sb.status("J")), (0, 0, 200, 0, 0));
+}
+
 /// A stdout that cannot be written (a full disk: `/dev/full`) is one error
 /// line and exit 4 from every command that prints, never a panic; a
 /// stderr that cannot be written leaves the exit code to tell.

@@ -177,6 +177,57 @@ fn items_from_stdin_with_dash() {
     assert_eq!(item_counts(&sb.status("J")), (0, 0, 3, 0, 0));
 }
 
+/// An items file that is a pipe, read once (`--items <(find …)`, a FIFO,
+/// `/dev/stdin`): spooled like standard input, for the check and the
+/// enqueue, and for `--dry-run`.
+#[test]
+fn items_file_that_is_a_pipe() {
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args([
+            "run",
+            "--job",
+            "J",
+            "--items",
+            "/dev/stdin",
+            "--",
+            "sh",
+            "-c",
+            LOG_ITEM,
+        ])
+        .stdin("d1\nd2\n")
+        .run()
+        .success();
+    assert_each_once(&sb.lines("log"), &items("d", 2));
+    let fifo = sb.join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped the FIFO: no mkfifo");
+        return;
+    }
+    for (job, dry) in [("F", true), ("F", false)] {
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::write(fifo, "f1\nf2\nf3\n").unwrap())
+        };
+        let mut cmd = sb.ckpt().args(["run", "--job", job, "--items"]).arg(&fifo);
+        if dry {
+            cmd = cmd.arg("--dry-run");
+        }
+        let out = cmd.args(["--", "sh", "-c", LOG_ITEM]).run();
+        out.success();
+        writer.join().unwrap();
+        if dry {
+            assert_eq!(out.stdout.lines().count(), 3, "{}", out.stdout);
+        }
+    }
+    assert_eq!(item_counts(&sb.status("F")), (0, 0, 3, 0, 0));
+    assert_each_once(
+        &sb.lines("log"),
+        &["d1", "d2", "f1", "f2", "f3"].map(String::from),
+    );
+}
+
 #[test]
 fn items_from_piped_stdin_without_items_flag() {
     let sb = Sandbox::new();
