@@ -288,7 +288,7 @@ fn results_that_cannot_be_written_charge_no_attempt() {
         .arg(&file)
         .args(["--", "sh", "-c", "echo ran >> ran.log"])
         .run()
-        .error(4);
+        .error(2);
     assert!(line.contains("--results: cannot create files in"), "{line}");
     assert!(!sb.db().exists(), "the store was created");
     assert!(!sb.join("ran.log").exists(), "a command ran");

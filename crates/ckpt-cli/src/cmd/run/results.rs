@@ -23,14 +23,20 @@ pub struct Files {
 
 /// Creates `dir` if missing and checks that files can be created in it,
 /// before the run touches the store.
+/// A bad `DIR` is a usage error (exit 2), as any bad argument.
 pub fn check_dir(dir: &Path) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let cannot = || format!("--results: cannot create files in {}", dir.display());
-    std::fs::create_dir_all(dir).with_context(cannot)?;
+    let cannot = |e: io::Error| {
+        crate::exit::Usage(format!(
+            "--results: cannot create files in {}: {e}",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(cannot)?;
     // A name no item's file name can be (`file_name` escapes a leading `.`).
     let probe = dir.join(format!(".ckpt-probe-{}", std::process::id()));
-    File::create(&probe).with_context(cannot)?;
-    std::fs::remove_file(&probe).with_context(cannot)
+    File::create(&probe).map_err(cannot)?;
+    std::fs::remove_file(&probe).map_err(cannot)?;
+    Ok(())
 }
 
 /// Creates (or empties) the files for `item` under `dir`.
