@@ -331,8 +331,9 @@ fn parse_arg(arg: &str) -> Vec<Piece> {
 /// What is between the braces: `#`, `%`, or `[N]PART[q]`.
 fn parse_replacement(inner: &str) -> Option<Replacement> {
     match inner {
-        "#" => return Some(Replacement::Line),
-        "%" => return Some(Replacement::Slot),
+        // Numbers: quoted, they are the same word (`{#q}` is `{#}`).
+        "#" | "#q" => return Some(Replacement::Line),
+        "%" | "%q" => return Some(Replacement::Slot),
         _ => {}
     }
     let (inner, quote) = match inner.strip_suffix('q') {

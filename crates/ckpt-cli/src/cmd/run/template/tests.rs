@@ -96,6 +96,13 @@ fn line_and_slot() {
     // `{#}` or `{%}` alone is a replacement string: nothing is appended.
     assert_eq!(expand_with(&["echo", "{#}"], cx("i")), ["echo", "7"]);
     assert_eq!(expand_with(&["echo", "{%}"], cx("i")), ["echo", "2"]);
+    // Their `q` forms (README: "any of the above, shell-quoted"): numbers,
+    // the same word quoted or not.
+    assert_eq!(
+        expand_with(&["sh", "-c", "echo {#q} {%q}"], cx("i")),
+        ["sh", "-c", "echo 7 2"]
+    );
+    assert!(t(&["echo", "{#q}"]).uses_line());
 }
 
 #[test]
