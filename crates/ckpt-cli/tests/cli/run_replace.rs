@@ -249,6 +249,20 @@ fn dry_run_without_a_store_prints_every_command_and_creates_nothing() {
     out.success();
     assert_eq!(out.stdout.lines().next(), Some(r#"sh -c 'x "$0"' b.txt"#));
     assert!(!sb.db().exists());
+    // An item as the program: quoted where a shell would not run it as one
+    // (an assignment, a reserved word).
+    let file = sb.write("words.txt", "FOO=bar\nif\ntime\nls\n");
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "W", "--dry-run", "--items"])
+        .arg(&file)
+        .args(["--", "{}", "arg=1", "if"])
+        .run();
+    out.success();
+    assert_eq!(
+        out.stdout,
+        "'FOO=bar' arg=1 if\n'if' arg=1 if\n'time' arg=1 if\nls arg=1 if\n"
+    );
 }
 
 #[test]

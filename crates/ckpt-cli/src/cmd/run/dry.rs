@@ -65,7 +65,11 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
         let words: Vec<String> = template
             .expand_many(&cxs)
             .iter()
-            .map(|a| shell_word(a))
+            .enumerate()
+            .map(|(i, a)| match i {
+                0 => command_word(a),
+                _ => shell_word(a),
+            })
             .collect();
         writeln!(out, "{}", words.join(" "))?;
         printed += 1;
@@ -114,6 +118,21 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The program as the first word of a shell line: quoted also where a
+/// shell would read it as something else, an assignment (`A=b`) or a
+/// reserved word (`if`, `time`), so the line runs that program.
+fn command_word(program: &str) -> String {
+    const RESERVED: &[&str] = &[
+        "!", "{", "}", "[[", "]]", "case", "coproc", "do", "done", "elif", "else", "esac", "fi",
+        "for", "function", "if", "in", "select", "then", "time", "until", "while",
+    ];
+    if program.contains('=') || RESERVED.contains(&program) {
+        super::template::shell_quote(program)
+    } else {
+        shell_word(program)
+    }
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
