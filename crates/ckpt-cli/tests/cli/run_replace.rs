@@ -265,6 +265,54 @@ fn dry_run_without_a_store_prints_every_command_and_creates_nothing() {
     );
 }
 
+/// A run also runs the job's unfinished items of earlier inputs; so does
+/// its dry run, after this input's (`{#}` 0, as in the run).
+#[test]
+fn dry_run_includes_the_jobs_unfinished_items_of_earlier_inputs() {
+    let sb = Sandbox::new();
+    let first = sb.write("first.txt", "x\ny\nz\n");
+    sb.ckpt()
+        .args([
+            "run",
+            "--job",
+            "J",
+            "-j",
+            "1",
+            "--retries",
+            "0",
+            "--halt",
+            "now,fail=1",
+        ])
+        .arg("--items")
+        .arg(&first)
+        .args(["--", "sh", "-c", "exit 1"])
+        .run()
+        .code(1);
+    let second = sb.write("second.txt", "w\ny\n");
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "J", "--dry-run", "--items"])
+        .arg(&second)
+        .args(["--", "echo", "{}", "{#}"])
+        .run();
+    out.success();
+    assert_eq!(out.stdout, "echo w 1\necho y 2\necho z 0\n");
+    assert!(
+        out.stderr.contains("3 command(s) would run"),
+        "{}",
+        out.stderr
+    );
+    // The run does just that.
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "J", "-j", "1", "--items"])
+        .arg(&second)
+        .args(["--", "sh", "-c", "echo \"$0 $1\" >> log", "{}", "{#}"])
+        .run();
+    out.code(1); // x is dead
+    assert_eq!(sorted(sb.lines("log")), ["w 1", "y 2", "z 0"]);
+}
+
 #[test]
 fn dry_run_skips_completed_and_dead_items_and_changes_nothing() {
     let sb = Sandbox::new();

@@ -3,6 +3,9 @@
 //!
 //! One line per item of this run's input that a run would run now (not
 //! completed, not dead: dead items wait for `ckpt retry`), in input order,
+//! then one per pending or failed item of the job that this input does
+//! not hold (enqueued by an earlier run: a run runs those too, with `{#}`
+//! 0),
 //! each argument quoted for a POSIX shell where it has to be, so a line
 //! pastes back into a shell as the same argv. A key repeated in the input
 //! runs once, at its first line. The store is opened only if it exists
@@ -29,11 +32,14 @@ use super::template::{shell_word, Context, Template};
 use crate::cli::RunArgs;
 use crate::cmd::items::ItemsFile;
 
-/// The keys a run would not run.
+/// What the store holds of the job: the keys a run would not run, and
+/// those it would run that may not be in this run's input.
 #[derive(Default)]
 struct Finished {
     completed: HashSet<String>,
     dead: HashSet<String>,
+    /// Pending and failed (awaiting a retry) items, in the store's order.
+    unfinished: Vec<String>,
 }
 
 pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode> {
@@ -96,6 +102,28 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
         }
         Ok(())
     });
+    // The job's unfinished items from earlier inputs: a run runs them too
+    // (`{#}` is 0 for them, as in a run).
+    if written.is_ok() {
+        for key in &finished.unfinished {
+            match index.line(key) {
+                Ok(0) => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    written = Err(e);
+                    break;
+                }
+            }
+            would_run += 1;
+            batch.push((key.clone(), 0));
+            if batch.len() == size {
+                if let Err(e) = print(&mut batch) {
+                    written = Err(e);
+                    break;
+                }
+            }
+        }
+    }
     if written.is_ok() {
         written = print(&mut batch);
     }
@@ -160,24 +188,26 @@ fn finished(url: &str, job: &str) -> Result<Finished> {
     }
     let counts = store.item_counts(job)?;
     let mut finished = Finished::default();
-    for (status, n, keys) in [
-        (
-            ItemStatus::Completed,
-            counts.completed,
-            &mut finished.completed,
-        ),
-        (ItemStatus::Dead, counts.dead, &mut finished.dead),
-    ] {
-        // A few more than counted: items may finish meanwhile.
-        let limit = usize::try_from(n)
+    // A few more than counted: items may change meanwhile.
+    let limit = |n: u64| {
+        usize::try_from(n)
             .unwrap_or(usize::MAX)
-            .saturating_add(1024);
-        keys.extend(
-            store
-                .list_items(job, Some(status), limit)?
-                .into_iter()
-                .map(|i| i.key),
-        );
-    }
+            .saturating_add(1024)
+    };
+    let keys = |status, n| -> Result<Vec<String>> {
+        Ok(store
+            .list_items(job, Some(status), limit(n))?
+            .into_iter()
+            .map(|i| i.key)
+            .collect())
+    };
+    finished.completed = keys(ItemStatus::Completed, counts.completed)?
+        .into_iter()
+        .collect();
+    finished.dead = keys(ItemStatus::Dead, counts.dead)?.into_iter().collect();
+    finished.unfinished = keys(ItemStatus::Pending, counts.pending)?;
+    finished
+        .unfinished
+        .extend(keys(ItemStatus::Failed, counts.failed)?);
     Ok(finished)
 }
