@@ -135,8 +135,9 @@ class Job:
         """Records progress; persists it when the policy says a save is due; returns whether it saved.
         Cheap when no save is due. Mutable values (dict, list) are captured at the call.
         ``items_processed`` defaults to the previous value + 1. Raises InvalidInputError (not JSON,
-        state over the size limit) at the call, whether or not a save is due, with nothing
-        written; FencedError when the lease is lost."""
+        state over the size limit, items_processed out of range) and TypeError (a wrong type) at
+        the call, whether or not a save is due, with nothing written; FencedError when the lease
+        is lost."""
     def is_due(self, items_processed: int) -> bool:
         """Whether a checkpoint with that count would be saved now (build costly state only then)."""
     def flush(self) -> None:

@@ -54,8 +54,10 @@ converting its arguments.
 ``cursor`` and ``state`` are any JSON values, converted at the call (a dict
 changed afterwards does not change what is saved; build a large state only
 when ``is_due()``). ``items_processed`` defaults to the previous call's value
-plus one. Raises InvalidInputError (not JSON, state over the size limit)
-with nothing written, and FencedError when the lease was lost.";
+plus one. Raises InvalidInputError (not JSON, state over the size limit,
+``items_processed`` negative or over 2**64-1) and TypeError (an argument of
+the wrong type) with nothing written, and FencedError when the lease was
+lost.";
 
 /// Installs `checkpoint` on the `Job` type.
 pub fn install(py: Python<'_>) -> PyResult<()> {

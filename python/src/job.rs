@@ -6,7 +6,7 @@ use ckpt::{Checkpoint, ItemCounts as LibCounts, JobRecord};
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
-use crate::errors::{Error, FencedError, IntoPy, InvalidInputError};
+use crate::errors::{Error, FencedError, IntoPy};
 use crate::exit;
 use crate::json;
 use crate::options::args;
@@ -112,13 +112,10 @@ impl Job {
         stage: Option<&Bound<'_, PyAny>>,
         state: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
+        // As `is_due()` takes it: a wrong type is a `TypeError`, a
+        // negative or oversized int an `InvalidInputError`.
         let items = match items_processed {
-            Some(v) => v.extract::<u64>().map_err(|_| {
-                InvalidInputError::new_err(format!(
-                    "items_processed must be a non-negative int, not {}",
-                    v.repr().map(|r| r.to_string()).unwrap_or_default()
-                ))
-            })?,
+            Some(v) => args::items_processed(v)?,
             None => self.last_items.saturating_add(1),
         };
         let checkpoint = Checkpoint {

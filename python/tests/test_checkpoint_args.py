@@ -63,8 +63,10 @@ def test_items_processed_defaults_to_the_previous_plus_one(job):
         ((1,), {"cursor": 2}, TypeError, "multiple values for argument 'cursor'"),
         ((1, 2), {"items_processed": 3}, TypeError, "multiple values for argument 'items_processed'"),
         ((1,), {"stage": 3}, TypeError, "stage must be a str or None"),
-        ((1,), {"items_processed": -1}, ckpt.InvalidInputError, "non-negative int"),
-        ((1,), {"items_processed": "7"}, ckpt.InvalidInputError, "non-negative int"),
+        ((1,), {"items_processed": -1}, ckpt.InvalidInputError, "items_processed must be a whole number from 0 to"),
+        ((1,), {"items_processed": 2**64}, ckpt.InvalidInputError, "items_processed must be a whole number from 0 to"),
+        ((1,), {"items_processed": "7"}, TypeError, "'str' object cannot be interpreted as an integer"),
+        ((1,), {"items_processed": 7.0}, TypeError, "'float' object cannot be interpreted as an integer"),
         (({1},), {}, ckpt.InvalidInputError, "not JSON"),
     ],
 )
