@@ -23,6 +23,13 @@ fn hard_floats() -> Vec<f64> {
         f64::MAX,
         f64::MIN_POSITIVE,
         2f64.powi(70) + 2f64.powi(18),
+        // Whole floats that serde_json writes with an exponent and that fit
+        // in a u64: PostgreSQL's jsonb made them integers.
+        1e16,
+        2f64.powi(63),
+        1e19,
+        -1e17,
+        2f64.powi(64) - 2048.0,
     ];
     // A fixed pseudo-random spread, the same on every run.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -40,7 +47,11 @@ fn same_bits(what: &str, got: &Value, want: &[f64]) {
         .as_array()
         .unwrap_or_else(|| panic!("{what}: not an array: {got}"))
         .iter()
-        .map(|n| n.as_f64().unwrap().to_bits())
+        .map(|n| {
+            // A float, not an integer of the same (or a near) value.
+            assert!(n.is_f64(), "{what}: {n} came back as an integer");
+            n.as_f64().unwrap().to_bits()
+        })
         .collect();
     let want: Vec<u64> = want.iter().map(|f| f.to_bits()).collect();
     let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
@@ -69,6 +80,14 @@ fn floats_come_back_bit_for_bit(store: Option<Fixture>) {
     same_bits("state", &stored.state.unwrap()["totals"], &floats);
     let history = ckpt.store().history("floats", 1).unwrap();
     same_bits("history", &history[0].cursor, &floats);
+    // Saved by the lease holder.
+    let mut job = ckpt.job("held").unwrap();
+    job.checkpoint(cp.clone()).unwrap();
+    job.flush().unwrap();
+    drop(job);
+    let stored = ckpt.get_job("held").unwrap().unwrap().checkpoint.unwrap();
+    same_bits("held cursor", &stored.cursor, &floats);
+    same_bits("held state", &stored.state.unwrap()["totals"], &floats);
 
     let q = ckpt.queue_with("floats", queue_options(2)).unwrap();
     q.enqueue([NewItem {
@@ -78,6 +97,9 @@ fn floats_come_back_bit_for_bit(store: Option<Fixture>) {
     .unwrap();
     let item = q.claim(1).unwrap().pop().unwrap();
     same_bits("payload", item.payload.as_ref().unwrap(), &floats);
+    q.save_cursor(&item, json!(floats)).unwrap();
+    let running = q.items(Some(ItemStatus::Running), 1).unwrap();
+    same_bits("item cursor", running[0].cursor.as_ref().unwrap(), &floats);
     q.complete(&item, Some(json!({ "sum": floats }))).unwrap();
     let done = q.items(Some(ItemStatus::Completed), 1).unwrap();
     same_bits("stats", &done[0].stats.as_ref().unwrap()["sum"], &floats);

@@ -5,6 +5,7 @@
 use deadpool_postgres::GenericClient;
 
 use super::conn::{pg_err, Cached};
+use super::json::{self, PgJson};
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, JobLease};
 use crate::store::rules::fenced_job;
@@ -34,10 +35,10 @@ pub(super) async fn write_checkpoint(
              WHERE id = $1 RETURNING saves, checkpoint_at",
             &[
                 &job_id,
-                &cp.cursor,
+                &PgJson(&cp.cursor),
                 &(cp.items_processed as i64),
                 &cp.stage,
-                &cp.state,
+                &json::opt(cp.state.as_ref()),
                 &state_bytes,
                 &now.0,
             ],
@@ -69,7 +70,7 @@ pub(super) async fn write_checkpoint(
         &[
             &job_id,
             &saves,
-            &cp.cursor,
+            &PgJson(&cp.cursor),
             &(cp.items_processed as i64),
             &at,
             &keep,
@@ -146,10 +147,10 @@ pub(super) async fn save_fenced(
              SELECT id FROM saved",
             &[
                 &lease.job,
-                &checkpoint.cursor,
+                &PgJson(&checkpoint.cursor),
                 &(checkpoint.items_processed as i64),
                 &checkpoint.stage,
-                &checkpoint.state,
+                &json::opt(checkpoint.state.as_ref()),
                 &state_bytes,
                 &now.0,
                 &lease_until.0,

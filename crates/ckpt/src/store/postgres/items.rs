@@ -9,6 +9,7 @@ use tokio_postgres::types::ToSql;
 
 use super::conn::{in_tx, pg_err, with_client, Cached};
 use super::jobs::{ensure_job, lock_job, LIVE_LOCK};
+use super::json as pg_json;
 use super::liveness::SESSION_GRACE;
 use super::patch::{apply_update, fenced_or_fail, update_batch};
 use super::rows::{item_from_row, json, status, ts, ITEM_COLUMNS};
@@ -64,7 +65,7 @@ impl ItemStore for PgStore {
                 let params: [&(dyn ToSql + Sync); 6] = [
                     &id,
                     &keys,
-                    &payloads,
+                    &pg_json::each(payloads.iter().map(Option::as_ref).collect()),
                     &now.0,
                     &enqueued.status.as_str(),
                     &enqueued.ready_at.map(|t| t.0),

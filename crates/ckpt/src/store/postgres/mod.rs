@@ -27,6 +27,7 @@ mod connect_error;
 mod group;
 mod items;
 mod jobs;
+mod json;
 mod libpq;
 mod liveness;
 mod notify;

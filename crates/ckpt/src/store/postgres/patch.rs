@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use deadpool_postgres::GenericClient;
 
 use super::conn::{pg_err, Cached};
+use super::json;
 use crate::error::{Error, Result};
 use crate::model::{ItemStatus, ItemUpdate};
 use crate::store::machine::ItemPatch;
@@ -44,8 +45,8 @@ pub(super) async fn apply_update(
                 &p.status.as_str(),
                 &p.ready_at.map(|t| t.0),
                 &(p.attempts_back as i32),
-                &p.cursor,
-                &p.stats,
+                &json::opt(p.cursor.as_ref()),
+                &json::opt(p.stats.as_ref()),
                 &p.last_error,
                 &p.finished_at.map(|t| t.0),
                 &session_key,
@@ -154,8 +155,8 @@ pub(super) async fn update_batch(
                 &statuses,
                 &ready,
                 &back,
-                &cursors,
-                &stats,
+                &json::each(cursors),
+                &json::each(stats),
                 &errors,
                 &finished,
                 &session_key,
