@@ -122,7 +122,7 @@ impl Job {
             cursor: json::to_json(cursor, "cursor")?,
             items_processed: items,
             stage: stage
-                .map(|s| json::text(s.cast::<PyString>()?, "stage"))
+                .map(|s| json::stored_text(s.cast::<PyString>()?, "stage"))
                 .transpose()?,
             state: state.map(|s| json::to_json(s, "state")).transpose()?,
         };

@@ -63,7 +63,7 @@ fn convert(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Value> 
         });
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return text(s, what).map(Value::String);
+        return stored_text(s, what).map(Value::String);
     }
     if let Ok(d) = obj.cast::<PyDict>() {
         nest()?;
@@ -75,7 +75,7 @@ fn convert(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Value> 
                     type_name(&k)
                 )));
             };
-            map.insert(text(k, what)?, convert(&v, what, depth + 1)?);
+            map.insert(stored_text(k, what)?, convert(&v, what, depth + 1)?);
         }
         return Ok(Value::Object(map));
     }
@@ -111,6 +111,19 @@ pub fn text(s: &Bound<'_, PyString>, what: &str) -> PyResult<String> {
              undecodable bytes); nothing was written"
         ))
     })
+}
+
+/// A str inside a stored value (or a stage): [`text`], and no NUL
+/// character, which not every store can keep (the library refuses it too,
+/// but only at the save; this refuses it at the call).
+pub fn stored_text(s: &Bound<'_, PyString>, what: &str) -> PyResult<String> {
+    let t = text(s, what)?;
+    if t.contains('\0') {
+        return Err(InvalidInputError::new_err(format!(
+            "{what} holds a NUL character (\\u0000), which not every store can keep; nothing was written"
+        )));
+    }
+    Ok(t)
 }
 
 /// A Python str kept for people to read (an error message): each code

@@ -87,6 +87,10 @@ pub fn run(
             match py.detach(|| lock(&result).recv_timeout(SIGNAL_POLL)) {
                 Ok(report) => break Ok(report),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Closed under the run: it claims nothing more.
+                    if shared.is_closed() {
+                        stop.stop();
+                    }
                     if let Err(e) = py.check_signals() {
                         stop.stop();
                         raised.get_or_insert(e);
@@ -121,6 +125,14 @@ pub fn run(
     let signal = signals.as_ref().and_then(Signals::first);
     drop(signals);
     let report = outcome?.py()?;
+    if shared.is_closed() {
+        return Err(StoreError::new_err(format!(
+            "store {} was closed during the run: it stopped, {} item(s) completed, {} given back unfinished (no attempt counted)",
+            shared.describe(),
+            report.completed,
+            report.released
+        )));
+    }
     Ok(RunReport {
         completed: report.completed,
         failed: report.failed,
@@ -154,6 +166,16 @@ struct PyHandler {
 impl ckpt::Handler for PyHandler {
     fn handle(&self, item: &ClaimedItem) -> Outcome {
         thread_state::keep(&self.live);
+        // The store was closed under the run (`store.close()` in another
+        // thread, or its `with` left): not the item's failure. It is given
+        // back uncharged, and the run stops.
+        let closed = || {
+            self.stop.stop();
+            Outcome::Interrupted("the store was closed during the run".into())
+        };
+        if self.shared.is_closed() {
+            return closed();
+        }
         Python::attach(|py| {
             let arg = Item::new(self.shared.clone(), self.queue.clone(), item.clone());
             let result = Py::new(py, arg).and_then(|arg| self.handler.call1(py, (arg,)));
@@ -169,6 +191,7 @@ impl ckpt::Handler for PyHandler {
                     self.stop.stop();
                     Outcome::Interrupted(format!("the handler raised {why}"))
                 }
+                Err(_) if self.shared.is_closed() => closed(),
                 Err(e) => {
                     let error = describe(py, &e);
                     log_failure(py, item, &e);
@@ -222,7 +245,12 @@ fn describe(py: Python<'_>, e: &PyErr) -> String {
         .name()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "Exception".into());
-    let message = e.value(py).to_string();
+    // A lone surrogate becomes one U+FFFD, as in `fail()`.
+    let message = e
+        .value(py)
+        .str()
+        .and_then(|s| crate::json::message(&s))
+        .unwrap_or_else(|_| e.value(py).to_string());
     if message.is_empty() {
         kind
     } else {

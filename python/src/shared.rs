@@ -88,6 +88,11 @@ impl Shared {
         self.ckpt.store().describe()
     }
 
+    /// True once [`close`](Shared::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
     }

@@ -64,6 +64,81 @@ def test_a_str_that_is_not_valid_unicode_is_invalid_input(any_store_url, call):
     assert store.status("j").cursor == "good"
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda job: job.checkpoint("row\x002", 2),
+        lambda job: job.checkpoint({"k\x00": 1}, 2),
+        lambda job: job.checkpoint(2, 2, state={"s": ["\x00"]}),
+        lambda job: job.checkpoint(2, 2, stage="st\x00age"),
+    ],
+)
+def test_a_nul_in_a_checkpoint_is_invalid_input_at_the_call(any_store_url, call):
+    # PostgreSQL cannot store a NUL: refused on every store alike, at the call (not at a later
+    # save, which left the job held), and the job goes on.
+    store = ckpt.open(any_store_url)
+    with store.job("j") as job:
+        job.checkpoint("good", 1)  # not due: recorded, saved on leaving
+        with pytest.raises(ckpt.InvalidInputError, match="NUL"):
+            call(job)
+    status = store.status("j")
+    assert (status.status, status.cursor, status.owner) == ("running", "good", None)  # released
+
+
+def test_a_nul_in_a_payload_or_item_cursor_is_invalid_input(any_store_url):
+    store = ckpt.open(any_store_url)
+    q = store.queue("q")
+    with pytest.raises(ckpt.InvalidInputError, match="NUL"):
+        q.enqueue(["a", ("b", {"p": "x\x00y"})])
+    assert q.items() == []
+    q.enqueue(["a"])
+    (item,) = q.claim(1)
+    with pytest.raises(ckpt.InvalidInputError, match="NUL"):
+        item.save_cursor({"last_field": "x\x00y"})
+    item.save_cursor({"last_field": "xy"})
+    q.complete(item)
+    assert q.counts().completed == 1
+
+
+def test_a_handler_exception_with_a_lone_surrogate_is_recorded_readably(any_store_url):
+    q = ckpt.open(any_store_url).queue("q", max_attempts=1)
+    q.enqueue(["a"])
+
+    def handler(item):
+        raise ValueError("bad \udcff byte")
+
+    assert q.run(handler).dead == 1
+    (dead,) = q.items("dead")
+    assert dead.last_error == "ValueError: bad \ufffd byte"
+
+
+def test_closing_the_store_during_a_run_stops_it_and_charges_no_item(store_url):
+    import threading
+    import time
+
+    store = ckpt.open(store_url)
+    q = store.queue("q", max_attempts=3)
+    q.enqueue([f"i{n}" for n in range(40)])
+
+    def handler(item):
+        item.save_cursor({"step": 1})
+        time.sleep(0.02)
+
+    closer = threading.Timer(0.3, store.close)
+    closer.start()
+    with pytest.raises(ckpt.StoreError, match="was closed during the run"):
+        q.run(handler, workers=2)
+    closer.join()
+    again = ckpt.open(store_url).queue("q", max_attempts=3)
+    counts = again.counts()
+    assert (counts.dead, counts.failed) == (0, 0), counts
+    assert counts.completed >= 1 and counts.pending >= 1, counts
+    assert all(i.attempts == 0 for i in again.items("pending")), "a pending item was charged"
+    # The rest runs as usual.
+    report = again.run(lambda item: None)
+    assert again.counts().completed == 40, report
+
+
 def test_an_item_key_that_is_not_valid_unicode_is_invalid_input(any_store_url):
     q = ckpt.open(any_store_url).queue("q")
     with pytest.raises(ckpt.InvalidInputError, match="not valid Unicode"):

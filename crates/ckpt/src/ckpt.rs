@@ -165,9 +165,10 @@ impl Ckpt {
         expect: &Expect,
     ) -> Result<()> {
         validate::job_name(name)?;
-        validate::nesting("cursor", &checkpoint.cursor)?;
+        validate::stored_json("cursor", &checkpoint.cursor)?;
+        validate::stage(checkpoint.stage.as_deref())?;
         if let Some(state) = &checkpoint.state {
-            validate::nesting("state", state)?;
+            validate::stored_json("state", state)?;
             validate::state_size(state, self.limits.state_bytes)?;
         }
         let steal = self.dead_holder(name)?;

@@ -352,9 +352,10 @@ impl Job {
         cp: Checkpoint,
         save: impl FnOnce(&JobLease, &Checkpoint, usize, Timestamp, Timestamp) -> Result<T>,
     ) -> Result<T> {
-        validate::nesting("cursor", &cp.cursor)?;
+        validate::stored_json("cursor", &cp.cursor)?;
+        validate::stage(cp.stage.as_deref())?;
         if let Some(state) = &cp.state {
-            validate::nesting("state", state)?;
+            validate::stored_json("state", state)?;
             validate::state_size(state, self.ckpt.limits().state_bytes)?;
         }
         let started = Instant::now();

@@ -80,6 +80,30 @@ pub fn stats(stats: &Value) -> Result<()> {
     serialised_within("item stats", stats, MAX_STATS_BYTES).map(drop)
 }
 
+/// Checks a JSON value a store keeps (a cursor, state or payload: `what`):
+/// its [`nesting`], and no NUL character in any string or key, which
+/// PostgreSQL cannot store. Refused on every store alike, so that a job
+/// runs the same on each, and before anything is written.
+pub fn stored_json(what: &str, value: &Value) -> Result<()> {
+    nesting(what, value)?;
+    if holds_nul(value) {
+        return Err(Error::InvalidInput(format!(
+            "{what} holds a NUL character (\\u0000), which not every store can keep; nothing was written"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a checkpoint's stage: no NUL character, as [`stored_json`].
+pub fn stage(stage: Option<&str>) -> Result<()> {
+    match stage {
+        Some(s) if s.contains('\0') => Err(Error::InvalidInput(
+            "the stage holds a NUL character (\\u0000), which not every store can keep; nothing was written".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// True if a string of `value` (an object's key included) holds a NUL.
 fn holds_nul(value: &Value) -> bool {
     // Iterative, as `nesting`: the value may be deep.

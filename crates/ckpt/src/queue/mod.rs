@@ -137,7 +137,7 @@ impl Queue {
             let item = item?;
             validate::item_key(&item.key)?;
             if let Some(payload) = &item.payload {
-                validate::nesting("payload", payload)?;
+                validate::stored_json("payload", payload)?;
             }
             Ok(item)
         });
@@ -319,7 +319,7 @@ impl Queue {
     /// Saves a per-item cursor, so that a retry of this item resumes inside
     /// it, and renews the lease. Fenced.
     pub fn save_cursor(&self, item: &ClaimedItem, cursor: Value) -> Result<()> {
-        validate::nesting("cursor", &cursor)?;
+        validate::stored_json("cursor", &cursor)?;
         let lease_until = self.ckpt.now().plus(self.options.lease);
         self.apply_one(ItemUpdate {
             lease: item.lease.clone(),

@@ -65,3 +65,63 @@ fn a_nul_in_a_job_failure_is_recorded(store: Option<Fixture>) {
     assert_eq!(record.status, ckpt::JobStatus::Failed);
     assert_eq!(record.error.as_deref(), Some("bad\u{fffd}input"));
 }
+
+/// A NUL in a cursor, state, stage, payload or item cursor: refused alike
+/// on every store (PostgreSQL cannot keep one), before anything is
+/// written; the job and the item go on.
+#[apply(every_store)]
+fn a_nul_in_a_stored_value_is_refused_on_every_store(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let ckpt = ckpt::Ckpt::new((f.another)());
+    let refused = |what: &str, result: ckpt::Result<()>| match result {
+        Err(Error::InvalidInput(m)) => assert!(m.contains("NUL"), "{what}: {m}"),
+        other => panic!("{what}: expected InvalidInput, got {other:?}"),
+    };
+    let good = ckpt::Checkpoint::new(json!("row-1"), 1);
+    let bad = [
+        ckpt::Checkpoint::new(json!("row\u{0}2"), 2),
+        ckpt::Checkpoint::new(json!({"k\u{0}": 1}), 2),
+        ckpt::Checkpoint {
+            state: Some(json!({"s": ["\u{0}"]})),
+            ..ckpt::Checkpoint::new(json!(2), 2)
+        },
+        ckpt::Checkpoint {
+            stage: Some("st\u{0}age".into()),
+            ..ckpt::Checkpoint::new(json!(2), 2)
+        },
+    ];
+    // Operator writes.
+    ckpt.set_checkpoint("j", &good).unwrap();
+    for cp in &bad {
+        refused("set_checkpoint", ckpt.set_checkpoint("j", cp));
+    }
+    // The lease holder's: refused at the save, the job still held and
+    // saving.
+    let mut job = ckpt.job("held").unwrap();
+    for cp in &bad {
+        refused("save", job.checkpoint(cp.clone()).and_then(|_| job.flush()));
+    }
+    job.checkpoint(good.clone()).unwrap();
+    job.complete().unwrap();
+    for name in ["j", "held"] {
+        let stored = ckpt.get_job(name).unwrap().unwrap().checkpoint.unwrap();
+        assert_eq!(stored.cursor, json!("row-1"), "{name}");
+    }
+    // Items.
+    let q = ckpt.queue_with("nul-items", queue_options(3)).unwrap();
+    refused(
+        "payload",
+        q.enqueue([ckpt::NewItem {
+            key: "a".into(),
+            payload: Some(json!("x\u{0}y")),
+        }])
+        .map(drop),
+    );
+    assert_eq!(q.counts().unwrap().total(), 0, "nothing enqueued");
+    q.enqueue([ckpt::NewItem::key("b")]).unwrap();
+    let item = q.claim(1).unwrap().pop().unwrap();
+    refused("item cursor", q.save_cursor(&item, json!({"f": "x\u{0}y"})));
+    q.save_cursor(&item, json!({"f": "xy"})).unwrap();
+    q.complete(&item, None).unwrap();
+    assert_eq!(q.counts().unwrap().completed, 1);
+}
