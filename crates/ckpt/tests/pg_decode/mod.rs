@@ -194,3 +194,105 @@ fn the_longest_schema_name_works() {
     q.redrive(ckpt::ItemStatus::Failed, None).unwrap();
     assert_eq!(q.counts().unwrap().pending, 1);
 }
+
+/// A TCP proxy to the test server that can stop forwarding while keeping
+/// every connection open: a hung server or pooler, as the client sees it.
+struct FreezingProxy {
+    addr: std::net::SocketAddr,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FreezingProxy {
+    fn start(to: String) -> FreezingProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = frozen.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(&to) else {
+                    continue;
+                };
+                for (mut from, mut into) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let flag = flag.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            while flag.load(Ordering::SeqCst) {
+                                std::thread::sleep(std::time::Duration::from_millis(20));
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => {
+                                    // Read before the freeze, held back by it.
+                                    while flag.load(Ordering::SeqCst) {
+                                        std::thread::sleep(std::time::Duration::from_millis(20));
+                                    }
+                                    if into.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        FreezingProxy { addr, frozen }
+    }
+
+    fn freeze(&self, frozen: bool) {
+        self.frozen
+            .store(frozen, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A server that stops answering (the connection stays open, so no TCP
+/// timeout fires) fails the call as unavailable after `response_timeout`,
+/// rather than blocking it, and the lease it cannot renew, for ever; once
+/// the server answers again, the next call works on a new connection.
+#[test]
+fn a_server_that_stops_answering_fails_the_call_after_the_response_timeout() {
+    let Some(sc) = Scratch::new(format!("ckpt_hung_{}", std::process::id()), 2) else {
+        return;
+    };
+    let (scheme_user, rest) = sc.url.split_once('@').expect("user@host in the test URL");
+    let (host, path) = rest.split_once('/').expect("a database in the test URL");
+    let proxy = FreezingProxy::start(host.to_string());
+    let url = format!("{scheme_user}@{}/{path}&response_timeout=2", proxy.addr);
+    let ckpt = Ckpt::new(Arc::new(
+        PgStore::open(&url, OpenMode::CreateIfMissing).unwrap(),
+    ));
+    let cp = |n: u64| Checkpoint::new(json!(n), n);
+    ckpt.set_checkpoint("hung", &cp(1)).unwrap();
+    proxy.freeze(true);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let call = {
+        let ckpt = ckpt.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let result = ckpt.set_checkpoint("hung", &cp(2));
+            let _ = tx.send((result, started.elapsed()));
+        })
+    };
+    let (result, took) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the call still blocked after 60 s");
+    call.join().unwrap();
+    match result {
+        Err(ckpt::Error::Unavailable(m)) => {
+            assert!(m.contains("did not answer within 2s"), "{m}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+    proxy.freeze(false);
+    ckpt.set_checkpoint("hung", &cp(3)).unwrap();
+    let stored = ckpt.get_job("hung").unwrap().unwrap().checkpoint.unwrap();
+    assert_eq!(stored.cursor, json!(3));
+}

@@ -1,6 +1,9 @@
 //! The PostgreSQL connections: the pool every statement goes through, the
 //! liveness connection, the statement cache, transactions and errors.
 
+use std::cell::Cell;
+use std::time::Instant;
+
 use deadpool_postgres::{GenericClient, Object};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -33,6 +36,40 @@ impl PgStore {
         self.runtime.block_on(f)
     }
 
+    /// Runs a store call, failing it as [`Error::Unavailable`] when the
+    /// server leaves a statement unanswered for the response timeout (a
+    /// hung server or pooler, a network path that still accepts packets):
+    /// otherwise the call, and a lease that can no longer be renewed, would
+    /// wait for ever. The time runs from the last answer (see [`answered`]),
+    /// so a call of many statements (a large enqueue) may take longer. The
+    /// pool's idle connections are dropped, as the stuck one may be among
+    /// them; the next call connects anew.
+    pub(super) fn call<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let limit = self.response_timeout;
+        let out = self.runtime.block_on(async {
+            answered();
+            let mut f = std::pin::pin!(f);
+            loop {
+                let since = ANSWERED.with(Cell::get).elapsed();
+                match limit.checked_sub(since).filter(|left| !left.is_zero()) {
+                    Some(left) => {
+                        if let Ok(out) = tokio::time::timeout(left, f.as_mut()).await {
+                            return Some(out);
+                        }
+                    }
+                    None => return None,
+                }
+            }
+        });
+        out.unwrap_or_else(|| {
+            self.pool.retain(|_, _| false);
+            Err(Error::Unavailable(format!(
+                "PostgreSQL did not answer within {}s (response_timeout)",
+                limit.as_secs()
+            )))
+        })
+    }
+
     pub(super) async fn client(&self) -> Result<Object> {
         self.pool
             .get()
@@ -41,8 +78,20 @@ impl PgStore {
     }
 }
 
+thread_local! {
+    /// When the server last answered a statement of the call this thread
+    /// runs (see [`PgStore::call`]).
+    static ANSWERED: Cell<Instant> = Cell::new(Instant::now());
+}
+
+/// Marks an answer from the server: the response timeout starts again.
+pub(super) fn answered() {
+    ANSWERED.with(|at| at.set(Instant::now()));
+}
+
 /// Statements through the connection's prepared-statement cache: one round
-/// trip per statement instead of a parse and an execute.
+/// trip per statement instead of a parse and an execute. Each answer is
+/// [`answered`].
 pub(super) trait Cached: GenericClient {
     async fn cquery(
         &self,
@@ -50,7 +99,10 @@ pub(super) trait Cached: GenericClient {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
         let stmt = self.prepare_cached(sql).await?;
-        self.query(&stmt, params).await
+        answered();
+        let out = self.query(&stmt, params).await;
+        answered();
+        out
     }
     async fn cquery_one(
         &self,
@@ -58,7 +110,10 @@ pub(super) trait Cached: GenericClient {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, tokio_postgres::Error> {
         let stmt = self.prepare_cached(sql).await?;
-        self.query_one(&stmt, params).await
+        answered();
+        let out = self.query_one(&stmt, params).await;
+        answered();
+        out
     }
     async fn cquery_opt(
         &self,
@@ -66,7 +121,10 @@ pub(super) trait Cached: GenericClient {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, tokio_postgres::Error> {
         let stmt = self.prepare_cached(sql).await?;
-        self.query_opt(&stmt, params).await
+        answered();
+        let out = self.query_opt(&stmt, params).await;
+        answered();
+        out
     }
     async fn cexecute(
         &self,
@@ -74,7 +132,10 @@ pub(super) trait Cached: GenericClient {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, tokio_postgres::Error> {
         let stmt = self.prepare_cached(sql).await?;
-        self.execute(&stmt, params).await
+        answered();
+        let out = self.execute(&stmt, params).await;
+        answered();
+        out
     }
 }
 
@@ -87,7 +148,7 @@ impl<T: GenericClient> Cached for T {}
 /// transaction.
 macro_rules! in_tx {
     ($store:expr, |$tx:ident| $body:block) => {
-        $store.block(async {
+        $store.call(async {
             let held = $crate::store::postgres::conn::InTx::new($store.client().await?);
             let $tx = held.client();
             let begin = $store.begin_statement();
@@ -156,7 +217,7 @@ impl Drop for InTx {
 macro_rules! with_client {
     ($store:expr, |$c:ident| $body:block) => {
         if $store.pooler().keeps_sessions() {
-            $store.block(async {
+            $store.call(async {
                 let client = $store.client().await?;
                 let $c = &client;
                 $body

@@ -203,7 +203,7 @@ impl PgStore {
     /// Runs the saves in one transaction (or alone, for a batch of one);
     /// one result per save. The outer `Err` failed them all.
     fn save_batch(&self, batch: &[Save]) -> Result<Vec<Result<()>>> {
-        self.block(async {
+        self.call(async {
             let client = self.client().await?;
             if let ([single], true) = (batch, self.pooler().keeps_sessions()) {
                 return Ok(vec![save_one(&client, single).await]);

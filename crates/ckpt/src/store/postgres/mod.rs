@@ -56,6 +56,9 @@ use conn::{in_tx, pg_err, with_client};
 #[derive(Debug)]
 pub struct PgStore {
     runtime: tokio::runtime::Runtime,
+    /// How long a call waits for the server to answer a statement
+    /// (`response_timeout`, see [`PgStore::call`]).
+    response_timeout: Duration,
     pool: Pool,
     schema: String,
     url: String,
@@ -86,6 +89,8 @@ impl PgStore {
         let mut schema = "ckpt".to_string();
         let mut pool_size = 16usize;
         let mut group_commit = true;
+        // As the Redis store's response timeout.
+        let mut response_timeout = Duration::from_secs(60);
         let mut pooler = Pooler::None;
         let mut driver_params = Vec::new();
         let mut tls_params = tls::TlsParams::default();
@@ -110,6 +115,18 @@ impl PgStore {
                             )))
                         }
                     }
+                }
+                "response_timeout" => {
+                    response_timeout = value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|s| (1..=86_400).contains(s))
+                        .map(Duration::from_secs)
+                        .ok_or_else(|| {
+                            Error::Open(format!(
+                                "response_timeout must be seconds from 1 to 86400, not {value:?}"
+                            ))
+                        })?
                 }
                 "pool_size" => {
                     // Far above any server's max_connections.
@@ -201,6 +218,7 @@ impl PgStore {
         });
         let store = PgStore {
             runtime,
+            response_timeout,
             pool,
             schema,
             url: redacted,
