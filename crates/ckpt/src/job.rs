@@ -129,14 +129,16 @@ impl Job {
         Ok(job)
     }
 
-    /// How long until the job's lease lapses, when it lapses within the
-    /// store's session grace (its holder's session ended, so the lease was
-    /// cut to that) and the clock is a real one that a wait moves.
+    /// How long until the job's lease lapses, when its holder's session
+    /// ended (so the lease was cut to the store's session grace) and the
+    /// clock is a real one that a wait moves. A live holder with a lease
+    /// as short as the grace is not waited for: it renews.
     fn session_grace_left(ckpt: &Ckpt, name: &str) -> Result<Option<Duration>> {
-        let Some(grace) = ckpt.store().owner_sessions().map(|s| s.session_grace()) else {
+        let Some(sessions) = ckpt.store().owner_sessions() else {
             return Ok(None);
         };
-        if !ckpt.clock().follows_real_time() {
+        let grace = sessions.session_grace();
+        if !ckpt.clock().follows_real_time() || !sessions.job_session_ended(name)? {
             return Ok(None);
         }
         let now = ckpt.now();

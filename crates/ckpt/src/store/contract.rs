@@ -393,6 +393,12 @@ pub trait OwnerSessions: Send + Sync {
     /// succeeded), on this process's monotonic clock; `None` for a session
     /// never confirmed or long gone.
     fn session_confirmed(&self, id: u64) -> Option<std::time::Instant>;
+
+    /// True if and only if the job's lease is held under a session that
+    /// ended (so its lease is cut, or about to be, to the session grace);
+    /// false when the holder's session is alive, when it carries none (an
+    /// operator write), or when there is no such job.
+    fn job_session_ended(&self, job: &str) -> Result<bool>;
 }
 
 /// The store's own write in a transaction shared with the caller.

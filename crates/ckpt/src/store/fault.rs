@@ -191,6 +191,13 @@ impl OwnerSessions for FaultStore {
     fn session_confirmed(&self, id: u64) -> Option<std::time::Instant> {
         self.inner.owner_sessions()?.session_confirmed(id)
     }
+    fn job_session_ended(&self, job: &str) -> Result<bool> {
+        self.check_alive()?;
+        match self.inner.owner_sessions() {
+            Some(sessions) => sessions.job_session_ended(job),
+            None => Ok(false),
+        }
+    }
 }
 
 impl JobStore for FaultStore {

@@ -599,6 +599,44 @@ fn postgres_job_of_an_ended_session_is_taken_over_after_the_grace() {
     assert_eq!(resumed.resume_cursor::<u64>().unwrap(), Some(7));
 }
 
+/// A live holder whose lease is no longer than the session grace is not
+/// waited for as if its session had ended: another worker gets `Busy` at
+/// once, not after the lease (which the holder renews anyway).
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_busy_at_once_for_a_live_holder_with_a_short_lease() {
+    let Some(fixture) = crate::postgres() else {
+        return;
+    };
+    let (_, _, url) = schema_url(&fixture);
+    let workers = PgWorkers { url, clock: None };
+    let holder = workers.on("holder");
+    let short = JobOptions {
+        lease: Duration::from_secs(3),
+        ..options()
+    };
+    let grace = holder.store().owner_sessions().unwrap().session_grace();
+    assert!(
+        short.lease <= grace,
+        "the case under test: a lease within the grace"
+    );
+    let job = holder.job_with("short", short.clone()).unwrap();
+    let other = workers.on("other");
+    for _ in 0..3 {
+        let asked = std::time::Instant::now();
+        match other.job_with("short", short.clone()) {
+            Err(e) if e.is_busy() => {}
+            other => panic!("expected Busy, got {:?}", other.map(|_| "a job")),
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "Busy after {:?}: waited as for an ended session",
+            asked.elapsed()
+        );
+    }
+    drop(job);
+}
+
 /// A cursor loop whose liveness connection is cut moves its job's lease to
 /// its new session at its next `checkpoint()`, so a worker that saw the old
 /// session end cannot take the job over from the live loop.

@@ -419,6 +419,17 @@ impl OwnerSessions for PgStore {
     fn session_confirmed(&self, id: u64) -> Option<std::time::Instant> {
         self.liveness.confirmed(id)
     }
+
+    fn job_session_ended(&self, job: &str) -> Result<bool> {
+        with_client!(self, |c| {
+            match super::jobs::job_id(c, job).await? {
+                Some(id) => super::jobs::holder_session_alive(c, id)
+                    .await
+                    .map(|alive| !alive),
+                None => Ok(false),
+            }
+        })
+    }
 }
 
 impl PgStore {
