@@ -225,6 +225,11 @@ impl Job {
         py: Python<'_>,
         #[pyo3(from_py_with = args::limit)] limit: usize,
     ) -> PyResult<Vec<HistoryEntry>> {
+        // A handle that lost its lease reads no more: the history is the
+        // new holder's now.
+        if let Some(why) = &self.fenced {
+            return Err(FencedError::new_err(why.clone()));
+        }
         let ckpt = self.shared.ckpt()?;
         let entries = exit::detach(py, || ckpt.store().history(&self.name, limit)).py()?;
         entries

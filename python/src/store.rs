@@ -46,6 +46,7 @@ pub fn open(py: Python<'_>, url: Option<Bound<'_, PyString>>) -> PyResult<Store>
     let ckpt = exit::detach(py, || ckpt::Ckpt::open(&url)).py()?;
     Ok(Store {
         shared: Arc::new(Shared::new(ckpt)),
+        url: ckpt::store::redact_url(&url),
     })
 }
 
@@ -55,14 +56,17 @@ pub fn open(py: Python<'_>, url: Option<Bound<'_, PyString>>) -> PyResult<Store>
 #[pyclass(module = "ckpt", frozen)]
 pub struct Store {
     shared: Arc<Shared>,
+    /// The URL it was opened with, any password redacted.
+    url: String,
 }
 
 #[pymethods]
 impl Store {
-    /// The store's URL, with any password redacted.
+    /// The URL the store was opened with, any password redacted (so one
+    /// without a password opens the same store again).
     #[getter]
     fn url(&self) -> String {
-        self.shared.describe()
+        self.url.clone()
     }
 
     /// Acquires the job's lease, creating the job if new, and returns the Job

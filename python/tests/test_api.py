@@ -65,6 +65,16 @@ def test_the_store_url_is_redacted(tmp_path):
     assert ckpt.open(url).url == url
 
 
+def test_the_store_url_opens_the_same_store(any_store_url):
+    # On every store (a PostgreSQL schema, a Redis prefix too): the URL as given, not a
+    # description, so it opens the same store again.
+    store = ckpt.open(any_store_url)
+    assert store.url == any_store_url
+    if not any_store_url.startswith("memory:"):
+        store.job("j", always=True).checkpoint("here", 1)
+        assert ckpt.open(store.url).status("j").cursor == "here"
+
+
 def test_a_job_made_in_python_is_seen_by_ckpt_status(store_url, ckpt_bin):
     store = ckpt.open(store_url)
     job = store.job("from-python", always=True)

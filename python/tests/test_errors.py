@@ -154,6 +154,11 @@ def test_a_zombie_job_holder_is_fenced_and_changes_nothing(store_url):
         zombie.checkpoint(2, 2, state="from A again")
     with pytest.raises(ckpt.FencedError):
         zombie.complete()
+    # Once fenced, it reads the store no more (the history is B's now); what it resumed
+    # from stays readable.
+    with pytest.raises(ckpt.FencedError):
+        zombie.history()
+    assert zombie.resume_cursor() is None
     assert _saved(store_url) == before == (5, "from B", 5, before[3])
     info = b.status("j")
     assert info.status == "running"
