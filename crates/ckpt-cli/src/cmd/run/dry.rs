@@ -155,10 +155,11 @@ fn command_word(program: &str) -> String {
         "!", "{", "}", "[[", "]]", "case", "coproc", "do", "done", "elif", "else", "esac", "fi",
         "for", "function", "if", "in", "select", "then", "time", "until", "while",
     ];
-    if program.contains('=') || RESERVED.contains(&program) {
+    let word = shell_word(program);
+    if word == program && (program.contains('=') || RESERVED.contains(&program)) {
         super::template::shell_quote(program)
     } else {
-        shell_word(program)
+        word
     }
 }
 

@@ -209,18 +209,51 @@ fn is_script(pieces: &[Piece]) -> bool {
         .any(|p| matches!(p, Piece::Text(t) if t.contains(char::is_whitespace)))
 }
 
-/// Characters that end a word of a shell script (unquoted): whitespace
-/// and the control and redirection operators' `|&;()<>`. So in
+/// Characters that end a word of a shell script outside quotes:
+/// whitespace and the control and redirection operators' `|&;()<>`. So in
 /// `for f in {q}; do`, the word is `{q}`, not `{q};`.
 fn ends_word(c: char) -> bool {
     c.is_whitespace() || "|&;()<>".contains(c)
 }
 
-/// A script's words: each a run of pieces with no [`ends_word`] character
-/// in their text, with the characters that follow it up to the next word
-/// (so they join back to the script).
+/// Where a shell reading a script is: quotes make a word of what they
+/// hold, whitespace included (`"got {}"` is one word).
+#[derive(Clone, Copy, PartialEq)]
+enum Quoting {
+    None,
+    /// After a `\` outside single quotes: the next character is plain.
+    Escaped {
+        in_double: bool,
+    },
+    Single,
+    Double,
+}
+
+impl Quoting {
+    /// The state after `c`.
+    fn after(self, c: char) -> Quoting {
+        match (self, c) {
+            (Quoting::Escaped { in_double: true }, _) => Quoting::Double,
+            (Quoting::Escaped { in_double: false }, _) => Quoting::None,
+            (Quoting::None, '\\') => Quoting::Escaped { in_double: false },
+            (Quoting::None, '\'') => Quoting::Single,
+            (Quoting::None, '"') => Quoting::Double,
+            (Quoting::Single, '\'') => Quoting::None,
+            (Quoting::Double, '\\') => Quoting::Escaped { in_double: true },
+            (Quoting::Double, '"') => Quoting::None,
+            (state, _) => state,
+        }
+    }
+}
+
+/// A script's words, as a shell splits them (quotes and backslashes
+/// respected): each a run of pieces with no [`ends_word`] character outside
+/// quotes, with the characters that follow it up to the next word (so
+/// they join back to the script). A value put in by a replacement string
+/// is part of the word it stands in.
 fn script_words(pieces: &[Piece]) -> Vec<(Vec<Piece>, String)> {
     let mut words = vec![(Vec::new(), String::new())];
+    let mut quoting = Quoting::None;
     for piece in pieces {
         let Piece::Text(text) = piece else {
             let (word, space) = words.last_mut().expect("one word at least");
@@ -233,7 +266,7 @@ fn script_words(pieces: &[Piece]) -> Vec<(Vec<Piece>, String)> {
         };
         for c in text.chars() {
             let (word, space) = words.last_mut().expect("one word at least");
-            if ends_word(c) {
+            if quoting == Quoting::None && ends_word(c) {
                 space.push(c);
             } else if !space.is_empty() {
                 words.push((vec![Piece::Text(c.to_string())], String::new()));
@@ -242,6 +275,7 @@ fn script_words(pieces: &[Piece]) -> Vec<(Vec<Piece>, String)> {
             } else {
                 word.push(Piece::Text(c.to_string()));
             }
+            quoting = quoting.after(c);
         }
     }
     words
@@ -419,13 +453,22 @@ pub fn shell_quote(s: &str) -> String {
 /// `$'…'` form instead, as bash, zsh and ksh read it: printed, it cannot
 /// recolour or move the terminal's cursor, and it still pastes back.
 pub fn shell_word(s: &str) -> String {
+    if s.chars().any(crate::output::needs_escape) {
+        ansi_c_quote(s)
+    } else {
+        posix_word(s)
+    }
+}
+
+/// `s` as one word of a POSIX shell, quoted (`'…'`) only if it has to be,
+/// whatever it holds: the form a job's commands are recorded in (so the
+/// same command keeps the same text).
+pub fn posix_word(s: &str) -> String {
     let plain = !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-+=@%:,./".contains(&b));
     if plain {
         s.to_string()
-    } else if s.chars().any(crate::output::needs_escape) {
-        ansi_c_quote(s)
     } else {
         shell_quote(s)
     }

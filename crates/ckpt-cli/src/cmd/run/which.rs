@@ -10,13 +10,16 @@ use anyhow::Result;
 use ckpt::model::CommandRecord;
 use ckpt::Queue;
 
-use super::template::shell_word;
+use super::template::{posix_word, shell_word};
+use crate::output::shown;
 
 /// The recorded text of a command template: its words, each shell-quoted
-/// where needed, joined by spaces (it pastes back as the same argv).
+/// where needed, joined by spaces (it pastes back as the same argv). The
+/// form never changes (`'…'`, control characters as they are), so the same
+/// command keeps matching what earlier runs recorded.
 pub fn command_text(argv: &[String]) -> String {
     argv.iter()
-        .map(|w| shell_word(w))
+        .map(|w| posix_word(w))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -40,9 +43,9 @@ pub fn warning(job: &str, previous: Option<&CommandRecord>, now: &CommandRecord)
     let previous = previous.filter(|p| p.id != now.id)?;
     Some(format!(
         "ckpt: warning: job '{job}' was last run with `{}` (completed {} items); now `{}`; `ckpt retry {} --completed-by-other-command` re-runs the items other commands completed",
-        previous.command,
+        shown(&previous.command),
         previous.completed,
-        now.command,
+        shown(&now.command),
         shell_word(job),
     ))
 }
@@ -70,6 +73,13 @@ mod tests {
             command_text(&argv),
             r"sh -c 'echo {} > out/{}.txt' 'it'\''s'"
         );
+        // A script of several lines keeps the text earlier runs recorded
+        // (not the `$'…'` of display), so it stays the same command.
+        let argv = ["sh", "-c", "set -e\n\techo {}"].map(String::from);
+        assert_eq!(command_text(&argv), "sh -c 'set -e\n\techo {}'");
+        // Shown escaped in the warning.
+        let line = warning("j", Some(&record(1, "sh -c 'a\nb'", 1)), &record(2, "x", 0)).unwrap();
+        assert!(line.contains(r"`sh -c 'a\nb'`"), "{line}");
     }
 
     #[test]

@@ -326,6 +326,30 @@ fn several_items_in_a_script_repeat_the_words_that_name_them() {
         many(&["sh", "-c", "echo \"$@\"", "_", "{}"], &["a", "b"]),
         ["sh", "-c", "echo \"$@\"", "_", "a", "b"]
     );
+    // Quoted words are words: whitespace and operators inside quotes do
+    // not split them.
+    assert_eq!(
+        many(
+            &["sh", "-c", r#"printf '[%s]\n' "got {}" 'x;y' got\ {}"#],
+            &["a", "b"]
+        ),
+        [
+            "sh",
+            "-c",
+            r#"printf '[%s]\n' "got a" "got b" 'x;y' got\ a got\ b"#
+        ]
+    );
+    assert_eq!(
+        many(
+            &["sh", "-c", r#"cp {q} "/backup dir/{/q}.\"bak\"""#],
+            &["d/a", "d/b"]
+        ),
+        [
+            "sh",
+            "-c",
+            r#"cp 'd/a' 'd/b' "/backup dir/'a'.\"bak\"" "/backup dir/'b'.\"bak\"""#
+        ]
+    );
     // One item: as without -n.
     assert_eq!(
         many(&["sh", "-c", "echo {q};"], &["a"]),
