@@ -56,7 +56,10 @@ pub fn run(
     let signals = Signals::install(py, &stop)?;
     let live = Arc::new(thread_state::Live::default());
     let escaped: Arc<std::sync::Mutex<Option<PyErr>>> = Default::default();
+    // Set when the store's closing stopped the run (not a close after it).
+    let stopped_by_close = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let handler = PyHandler {
+        stopped_by_close: stopped_by_close.clone(),
         handler,
         live: live.clone(),
         warned: Default::default(),
@@ -89,6 +92,7 @@ pub fn run(
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     // Closed under the run: it claims nothing more.
                     if shared.is_closed() {
+                        stopped_by_close.store(true, Ordering::Relaxed);
                         stop.stop();
                     }
                     if let Err(e) = py.check_signals() {
@@ -125,7 +129,7 @@ pub fn run(
     let signal = signals.as_ref().and_then(Signals::first);
     drop(signals);
     let report = outcome?.py()?;
-    if shared.is_closed() {
+    if stopped_by_close.load(Ordering::Relaxed) {
         return Err(StoreError::new_err(format!(
             "store {} was closed during the run: it stopped, {} item(s) completed, {} given back unfinished (no attempt counted)",
             shared.describe(),
@@ -161,6 +165,8 @@ struct PyHandler {
     stop: StopSignal,
     /// The first such exception, raised again once the run has stopped.
     escaped: Arc<std::sync::Mutex<Option<PyErr>>>,
+    /// Set when this handler stopped the run because the store closed.
+    stopped_by_close: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ckpt::Handler for PyHandler {
@@ -170,6 +176,7 @@ impl ckpt::Handler for PyHandler {
         // thread, or its `with` left): not the item's failure. It is given
         // back uncharged, and the run stops.
         let closed = || {
+            self.stopped_by_close.store(true, Ordering::Relaxed);
             self.stop.stop();
             Outcome::Interrupted("the store was closed during the run".into())
         };

@@ -75,8 +75,16 @@ fn confirm(question: &str) -> Result<bool> {
         )
         .into());
     }
-    eprint!("{question} [y/N] ");
-    std::io::stderr().flush()?;
+    // Unasked if stderr is closed: then the answer read is to no question,
+    // and a question it cannot show is no consent.
+    let mut stderr = std::io::stderr().lock();
+    if write!(stderr, "{question} [y/N] ")
+        .and_then(|()| stderr.flush())
+        .is_err()
+    {
+        return Err(Usage("cannot ask on stderr: add --yes to confirm".into()).into());
+    }
+    drop(stderr);
     let mut answer = String::new();
     stdin.lock().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))

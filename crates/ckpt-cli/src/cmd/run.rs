@@ -245,7 +245,10 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             items: counts.into(),
             elapsed_seconds: seconds,
         };
-        outln!("{}", serde_json::to_string_pretty(&doc)?)?;
+        // Its exit code still says how the run ended if it cannot be written.
+        if let Err(e) = outln!("{}", serde_json::to_string_pretty(&doc)?) {
+            errln!("ckpt: {e:#}");
+        }
     }
     let took = short_duration(started.elapsed());
     if let Some((why, success)) = halted {
@@ -305,11 +308,13 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
 /// the sentinel, the metrics listener).
 const OPEN_FILES_BASE: u64 = 64;
 
-/// Raises the soft limit on open files to the hard one (as Go's runtime
-/// does) and checks that `-j` commands fit in it: each holds two pipes
-/// while it starts (four descriptors), and two `--results` files. A run
-/// that would run out is refused before the store is touched, rather
-/// than charging items for ckpt's own failure to start their commands.
+/// Checks that `-j` commands fit in the limit on open files, raising the
+/// soft limit as far as they need (never past the hard limit; only then,
+/// so the commands, which inherit it, keep the usual one otherwise): each
+/// command holds two pipes while it starts (four descriptors), and two
+/// `--results` files. A run that would run out is refused before the store
+/// is touched, rather than charging items for ckpt's own failure to start
+/// their commands.
 fn open_files_for(jobs: u32, results: bool) -> Result<()> {
     let per_command = if results { 6 } else { 4 };
     let needed = OPEN_FILES_BASE + u64::from(jobs) * per_command;
@@ -324,7 +329,7 @@ fn open_files_for(jobs: u32, results: bool) -> Result<()> {
         }
         if limit.rlim_cur < needed && limit.rlim_cur < limit.rlim_max {
             let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
+                rlim_cur: needed.min(limit.rlim_max),
                 rlim_max: limit.rlim_max,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {

@@ -45,6 +45,9 @@ impl PgStore {
     /// pool's idle connections are dropped, as the stuck one may be among
     /// them; the next call connects anew.
     pub(super) fn call<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        if UNBOUNDED.with(Cell::get) {
+            return self.runtime.block_on(f);
+        }
         let limit = self.response_timeout;
         let out = self.runtime.block_on(async {
             answered();
@@ -82,6 +85,29 @@ thread_local! {
     /// When the server last answered a statement of the call this thread
     /// runs (see [`PgStore::call`]).
     static ANSWERED: Cell<Instant> = Cell::new(Instant::now());
+}
+
+thread_local! {
+    /// Set while an [`Unbounded`] guard lives on this thread.
+    static UNBOUNDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// While it lives, this thread's store calls wait for the server as long as
+/// it takes, with no response timeout: for maintenance whose one statement
+/// may rightly run for minutes (deleting a job of millions of items,
+/// listing them all), which an operator starts and can interrupt.
+pub(super) struct Unbounded(bool);
+
+impl Unbounded {
+    pub(super) fn new() -> Unbounded {
+        Unbounded(UNBOUNDED.with(|u| u.replace(true)))
+    }
+}
+
+impl Drop for Unbounded {
+    fn drop(&mut self) {
+        UNBOUNDED.with(|u| u.set(self.0));
+    }
 }
 
 /// Marks an answer from the server: the response timeout starts again.
@@ -218,9 +244,13 @@ macro_rules! with_client {
     ($store:expr, |$c:ident| $body:block) => {
         if $store.pooler().keeps_sessions() {
             $store.call(async {
-                let client = $store.client().await?;
-                let $c = &client;
-                $body
+                // Discarded, not pooled, if the call is dropped mid-statement
+                // (the response timeout).
+                let held = $crate::store::postgres::conn::InTx::new($store.client().await?);
+                let $c = held.client();
+                let out = async { $body }.await;
+                held.ended();
+                out
             })
         } else {
             in_tx!($store, |$c| $body)

@@ -204,28 +204,35 @@ impl PgStore {
     /// one result per save. The outer `Err` failed them all.
     fn save_batch(&self, batch: &[Save]) -> Result<Vec<Result<()>>> {
         self.call(async {
-            let client = self.client().await?;
+            // Discarded, not pooled, unless the batch ends cleanly: a call
+            // dropped by the response timeout (or a COMMIT that failed)
+            // must not hand a connection inside a transaction to the next.
+            let held = super::conn::InTx::new(self.client().await?);
+            let client = held.client();
             if let ([single], true) = (batch, self.pooler().keeps_sessions()) {
-                return Ok(vec![save_one(&client, single).await]);
+                let result = save_one(client, single).await;
+                held.ended();
+                return Ok(vec![result]);
             }
             client
                 .batch_execute(&self.begin_statement())
                 .await
                 .map_err(pg_err)?;
             // Issued together, the statements are pipelined on the connection.
-            let results = join_all(batch.iter().map(|s| save_one(&client, s))).await;
+            let results = join_all(batch.iter().map(|s| save_one(client, s))).await;
             let fatal = results.iter().find_map(|r| match r {
                 Err(e) if !e.is_fenced() => Some(replicate(e)),
                 _ => None,
             });
             self.leave(&client.statement_cache);
             if let Some(e) = fatal {
-                if client.batch_execute("ROLLBACK").await.is_err() {
-                    drop(deadpool_postgres::Object::take(client));
+                if client.batch_execute("ROLLBACK").await.is_ok() {
+                    held.ended();
                 }
                 return Err(e);
             }
             client.batch_execute("COMMIT").await.map_err(pg_err)?;
+            held.ended();
             Ok(results)
         })
     }

@@ -298,6 +298,8 @@ impl ItemStore for PgStore {
         status: Option<ItemStatus>,
         limit: usize,
     ) -> Result<Vec<ItemRecord>> {
+        // Every item of a large job, when asked for: as long as it takes.
+        let _listing = super::conn::Unbounded::new();
         with_client!(self, |c| {
             let rows = c
                 .cquery(
@@ -421,13 +423,18 @@ impl OwnerSessions for PgStore {
     }
 
     fn job_session_ended(&self, job: &str) -> Result<bool> {
+        // One statement: a job deleted meanwhile is simply not held.
         with_client!(self, |c| {
-            match super::jobs::job_id(c, job).await? {
-                Some(id) => super::jobs::holder_session_alive(c, id)
-                    .await
-                    .map(|alive| !alive),
-                None => Ok(false),
-            }
+            Ok(c.cquery_opt(
+                &format!(
+                    "SELECT owner_key IS NOT NULL AND NOT EXISTS ({LIVE_LOCK} = jobs.owner_key)
+                     FROM jobs WHERE name = $1"
+                ),
+                &[&job],
+            )
+            .await
+            .map_err(pg_err)?
+            .is_some_and(|r| r.get::<_, bool>(0)))
         })
     }
 }

@@ -338,6 +338,7 @@ impl JobStore for PgStore {
     }
 
     fn truncate_history(&self, job: &str, keep: usize) -> Result<u64> {
+        let _maintenance = super::conn::Unbounded::new();
         in_tx!(self, |tx| {
             let id = job_id(tx, job)
                 .await?
@@ -353,6 +354,7 @@ impl JobStore for PgStore {
     }
 
     fn delete_job(&self, job: &str, completed_before: Timestamp) -> Result<bool> {
+        let _maintenance = super::conn::Unbounded::new();
         in_tx!(self, |tx| {
             // Lock first, check after: the row lock orders this against
             // enqueue and finish_if_done, and the check, a statement of its

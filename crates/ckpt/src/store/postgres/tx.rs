@@ -24,15 +24,13 @@ impl PgTx<'_> {
     /// Runs a statement; returns the rows changed.
     pub fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
         self.store
-            .block(self.client.execute(sql, params))
-            .map_err(pg_err)
+            .call(async { self.client.execute(sql, params).await.map_err(pg_err) })
     }
 
     /// Runs a query; returns its rows.
     pub fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         self.store
-            .block(self.client.query(sql, params))
-            .map_err(pg_err)
+            .call(async { self.client.query(sql, params).await.map_err(pg_err) })
     }
 }
 
@@ -46,9 +44,15 @@ impl SharedTx for PgStore {
         now: Timestamp,
         f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
     ) -> Result<T> {
-        let client = self.block(self.client())?;
-        self.block(client.batch_execute(&self.begin_statement()))
-            .map_err(pg_err)?;
+        // Every statement runs under the response timeout (`PgStore::call`).
+        let batch = |client: &deadpool_postgres::Object, sql: &str| {
+            self.call(async { client.batch_execute(sql).await.map_err(pg_err) })
+        };
+        let client = self.call(self.client())?;
+        if let Err(e) = batch(&client, &self.begin_statement()) {
+            drop(deadpool_postgres::Object::take(client));
+            return Err(e);
+        }
         // A panic in the caller's code must not hand a connection that is
         // inside a transaction back to the pool: roll back, then re-raise.
         let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -61,7 +65,7 @@ impl SharedTx for PgStore {
             Ok(r) => r,
             Err(panic) => {
                 self.leave(&client.statement_cache);
-                if self.block(client.batch_execute("ROLLBACK")).is_err() {
+                if batch(&client, "ROLLBACK").is_err() {
                     drop(deadpool_postgres::Object::take(client));
                 }
                 std::panic::resume_unwind(panic);
@@ -74,7 +78,7 @@ impl SharedTx for PgStore {
                     checkpoint,
                     history_keep,
                     lease_until,
-                } => self.block(save_fenced(
+                } => self.call(save_fenced(
                     &client,
                     lease,
                     checkpoint,
@@ -82,18 +86,22 @@ impl SharedTx for PgStore {
                     lease_until,
                     now,
                 )),
-                TxWrite::UpdateItem(update) => self.block(apply_update(&client, update, None, now)),
+                TxWrite::UpdateItem(update) => self.call(apply_update(&client, update, None, now)),
             };
             written.map(|()| out)
         });
         self.leave(&client.statement_cache);
         match result {
-            Ok(out) => {
-                self.block(client.batch_execute("COMMIT")).map_err(pg_err)?;
-                Ok(out)
-            }
+            Ok(out) => match batch(&client, "COMMIT") {
+                Ok(()) => Ok(out),
+                Err(e) => {
+                    // Unanswered or refused: never pooled again.
+                    drop(deadpool_postgres::Object::take(client));
+                    Err(e)
+                }
+            },
             Err(e) => {
-                if self.block(client.batch_execute("ROLLBACK")).is_err() {
+                if batch(&client, "ROLLBACK").is_err() {
                     // Never hand a connection stuck in a transaction back to the pool.
                     drop(deadpool_postgres::Object::take(client));
                 }
