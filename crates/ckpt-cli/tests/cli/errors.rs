@@ -112,18 +112,25 @@ fn foreign_sqlite_database_is_refused_and_untouched() {
     assert!(sb.lines("log").is_empty(), "no item ran");
 }
 
-#[test]
-fn store_of_a_newer_schema_is_refused_and_untouched() {
+/// A store holding a checkpoint of job `J`, its schema version then set
+/// to `version` by hand.
+fn store_at_version(version: i64) -> Sandbox {
     let sb = Sandbox::new();
     sb.ckpt()
         .args(["checkpoint", "set", "J", "1"])
         .run()
         .success();
-    {
-        let conn = rusqlite::Connection::open(sb.db()).unwrap();
-        conn.execute_batch("PRAGMA user_version = 99;").unwrap();
-        // Closing the last connection folds the WAL into the main file.
-    }
+    let conn = rusqlite::Connection::open(sb.db()).unwrap();
+    conn.execute_batch(&format!("PRAGMA user_version = {version};"))
+        .unwrap();
+    // Closing the last connection folds the WAL into the main file.
+    drop(conn);
+    sb
+}
+
+#[test]
+fn store_of_a_newer_schema_is_refused_and_untouched() {
+    let sb = store_at_version(99);
     let bytes = std::fs::read(sb.db()).unwrap();
     let before = sb.dump();
     assert!(before.starts_with("user_version=99 "), "{before}");
@@ -151,16 +158,7 @@ fn store_of_a_newer_schema_is_refused_and_untouched() {
 #[test]
 fn store_whose_version_does_not_match_its_tables_is_named_damaged() {
     for version in [0, 3] {
-        let sb = Sandbox::new();
-        sb.ckpt()
-            .args(["checkpoint", "set", "J", "1"])
-            .run()
-            .success();
-        {
-            let conn = rusqlite::Connection::open(sb.db()).unwrap();
-            conn.execute_batch(&format!("PRAGMA user_version = {version};"))
-                .unwrap();
-        }
+        let sb = store_at_version(version);
         let bytes = std::fs::read(sb.db()).unwrap();
         for cmd in store_commands(&sb) {
             let line = cmd.run().error(STORE_ERROR);
