@@ -75,8 +75,8 @@ fn confirm(question: &str) -> Result<bool> {
         )
         .into());
     }
-    // Unasked if stderr is closed: then the answer read is to no question,
-    // and a question it cannot show is no consent.
+    // A question that cannot be shown (stderr a full disk or a closed
+    // pipe) is no consent.
     let mut stderr = std::io::stderr().lock();
     if write!(stderr, "{question} [y/N] ")
         .and_then(|()| stderr.flush())

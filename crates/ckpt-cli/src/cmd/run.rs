@@ -246,8 +246,14 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             elapsed_seconds: seconds,
         };
         // Its exit code still says how the run ended if it cannot be written.
+        // A reader that went away (`| head`) has seen enough.
         if let Err(e) = outln!("{}", serde_json::to_string_pretty(&doc)?) {
-            errln!("ckpt: {e:#}");
+            let gone = e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
+            if !gone {
+                errln!("ckpt: {e:#}");
+            }
         }
     }
     let took = short_duration(started.elapsed());

@@ -217,41 +217,79 @@ fn ends_word(c: char) -> bool {
 }
 
 /// Where a shell reading a script is: quotes make a word of what they
-/// hold, whitespace included (`"got {}"` is one word).
+/// hold, whitespace included (`"got {}"` is one word); a comment is no
+/// word.
 #[derive(Clone, Copy, PartialEq)]
 enum Quoting {
     None,
-    /// After a `\` outside single quotes: the next character is plain.
-    Escaped {
-        in_double: bool,
-    },
+    /// After a `\\`: the next character is plain.
+    Escaped(Within),
     Single,
     Double,
+    /// `$'…'`, where a `\\` escapes the next character, a `'` too.
+    AnsiC,
+    /// From a `#` that starts a word to the end of the line.
+    Comment,
+}
+
+/// Where an escaped character is.
+#[derive(Clone, Copy, PartialEq)]
+enum Within {
+    Plain,
+    Double,
+    AnsiC,
 }
 
 impl Quoting {
-    /// The state after `c`.
-    fn after(self, c: char) -> Quoting {
+    /// The state after `c`, which followed `prev` (`None` at a word's start).
+    fn after(self, c: char, prev: Option<char>) -> Quoting {
         match (self, c) {
-            (Quoting::Escaped { in_double: true }, _) => Quoting::Double,
-            (Quoting::Escaped { in_double: false }, _) => Quoting::None,
-            (Quoting::None, '\\') => Quoting::Escaped { in_double: false },
+            (Quoting::Escaped(Within::Plain), _) => Quoting::None,
+            (Quoting::Escaped(Within::Double), _) => Quoting::Double,
+            (Quoting::Escaped(Within::AnsiC), _) => Quoting::AnsiC,
+            (Quoting::Comment, '\n') => Quoting::None,
+            (Quoting::None, '\\') => Quoting::Escaped(Within::Plain),
+            (Quoting::None, '\'') if prev == Some('$') => Quoting::AnsiC,
             (Quoting::None, '\'') => Quoting::Single,
             (Quoting::None, '"') => Quoting::Double,
+            (Quoting::None, '#') if prev.is_none() => Quoting::Comment,
             (Quoting::Single, '\'') => Quoting::None,
-            (Quoting::Double, '\\') => Quoting::Escaped { in_double: true },
+            (Quoting::Double, '\\') => Quoting::Escaped(Within::Double),
             (Quoting::Double, '"') => Quoting::None,
+            (Quoting::AnsiC, '\\') => Quoting::Escaped(Within::AnsiC),
+            (Quoting::AnsiC, '\'') => Quoting::None,
             (state, _) => state,
+        }
+    }
+
+    /// The state after a value put in by a replacement string: plain
+    /// text, whatever escape came before it.
+    fn after_value(self) -> Quoting {
+        match self {
+            Quoting::Escaped(Within::Plain) => Quoting::None,
+            Quoting::Escaped(Within::Double) => Quoting::Double,
+            Quoting::Escaped(Within::AnsiC) => Quoting::AnsiC,
+            state => state,
         }
     }
 }
 
-/// A script's words, as a shell splits them (quotes and backslashes
-/// respected): each a run of pieces with no [`ends_word`] character outside
-/// quotes, with the characters that follow it up to the next word (so
-/// they join back to the script). A value put in by a replacement string
-/// is part of the word it stands in.
+/// A script's words, as a shell splits them (quotes, backslashes and
+/// comments respected): each a run of pieces with no [`ends_word`]
+/// character outside quotes, with the characters that follow it up to the
+/// next word, comments included (so they join back to the script). A value
+/// put in by a replacement string is part of the word it stands in. A
+/// script whose quotes do not balance (a heredoc's text, say) is split at
+/// whitespace and operators alone.
 fn script_words(pieces: &[Piece]) -> Vec<(Vec<Piece>, String)> {
+    split_script(pieces, true).unwrap_or_else(|| {
+        split_script(pieces, false).expect("without quoting, a split always ends")
+    })
+}
+
+/// [`script_words`], with quoting respected or not; `None` when quoting is
+/// respected and the script ends inside quotes.
+fn split_script(pieces: &[Piece], quoting_on: bool) -> Option<Vec<(Vec<Piece>, String)>> {
     let mut words = vec![(Vec::new(), String::new())];
     let mut quoting = Quoting::None;
     for piece in pieces {
@@ -262,11 +300,26 @@ fn script_words(pieces: &[Piece]) -> Vec<(Vec<Piece>, String)> {
             } else {
                 word.push(piece.clone());
             }
+            quoting = quoting.after_value();
             continue;
         };
         for c in text.chars() {
             let (word, space) = words.last_mut().expect("one word at least");
-            if quoting == Quoting::None && ends_word(c) {
+            let separates = match quoting {
+                Quoting::None => ends_word(c),
+                Quoting::Comment => true,
+                _ => false,
+            };
+            // The character before this one in its word, if any.
+            let prev = match word.last() {
+                Some(Piece::Text(t)) if space.is_empty() => t.chars().last(),
+                Some(Piece::Value(_)) if space.is_empty() => Some('x'),
+                _ => None,
+            };
+            if quoting_on {
+                quoting = quoting.after(c, prev);
+            }
+            if separates || (quoting_on && quoting == Quoting::Comment) {
                 space.push(c);
             } else if !space.is_empty() {
                 words.push((vec![Piece::Text(c.to_string())], String::new()));
@@ -275,10 +328,12 @@ fn script_words(pieces: &[Piece]) -> Vec<(Vec<Piece>, String)> {
             } else {
                 word.push(Piece::Text(c.to_string()));
             }
-            quoting = quoting.after(c);
         }
     }
-    words
+    match quoting {
+        Quoting::None | Quoting::Comment => Some(words),
+        _ => None,
+    }
 }
 
 fn value<'a>(r: &Replacement, cx: &Context<'a>, columns: &mut Option<Vec<&'a str>>) -> String {

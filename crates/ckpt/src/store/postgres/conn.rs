@@ -96,17 +96,24 @@ thread_local! {
 /// it takes, with no response timeout: for maintenance whose one statement
 /// may rightly run for minutes (deleting a job of millions of items,
 /// listing them all), which an operator starts and can interrupt.
-pub(super) struct Unbounded(bool);
+pub(super) struct Unbounded {
+    before: bool,
+    /// Not `Send`: dropped on another thread, it would reset that one's.
+    _here: std::marker::PhantomData<*const ()>,
+}
 
 impl Unbounded {
     pub(super) fn new() -> Unbounded {
-        Unbounded(UNBOUNDED.with(|u| u.replace(true)))
+        Unbounded {
+            before: UNBOUNDED.with(|u| u.replace(true)),
+            _here: std::marker::PhantomData,
+        }
     }
 }
 
 impl Drop for Unbounded {
     fn drop(&mut self) {
-        UNBOUNDED.with(|u| u.set(self.0));
+        UNBOUNDED.with(|u| u.set(self.before));
     }
 }
 

@@ -298,8 +298,6 @@ impl ItemStore for PgStore {
         status: Option<ItemStatus>,
         limit: usize,
     ) -> Result<Vec<ItemRecord>> {
-        // Every item of a large job, when asked for: as long as it takes.
-        let _listing = super::conn::Unbounded::new();
         with_client!(self, |c| {
             let rows = c
                 .cquery(

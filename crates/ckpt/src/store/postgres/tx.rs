@@ -4,10 +4,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::checkpoint::save_fenced;
-use super::conn::pg_err;
+use super::conn::{pg_err, InTx};
 use super::patch::apply_update;
 use super::PgStore;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::{SharedTx, TxWrite};
 use crate::time::Timestamp;
 
@@ -48,25 +48,24 @@ impl SharedTx for PgStore {
         let batch = |client: &deadpool_postgres::Object, sql: &str| {
             self.call(async { client.batch_execute(sql).await.map_err(pg_err) })
         };
-        let client = self.call(self.client())?;
-        if let Err(e) = batch(&client, &self.begin_statement()) {
-            drop(deadpool_postgres::Object::take(client));
-            return Err(e);
-        }
-        // A panic in the caller's code must not hand a connection that is
-        // inside a transaction back to the pool: roll back, then re-raise.
+        // Discarded, never pooled, unless the transaction ends cleanly: a
+        // panic (the caller's code, or a row that does not read), or a
+        // statement left unanswered, drops it.
+        let held = InTx::new(self.call(self.client())?);
+        let client = held.client();
+        batch(client, &self.begin_statement())?;
         let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             f(&mut PgTx {
                 store: self,
-                client: &client,
+                client,
             })
         }));
         let called = match called {
             Ok(r) => r,
             Err(panic) => {
                 self.leave(&client.statement_cache);
-                if batch(&client, "ROLLBACK").is_err() {
-                    drop(deadpool_postgres::Object::take(client));
+                if batch(client, "ROLLBACK").is_ok() {
+                    held.ended();
                 }
                 std::panic::resume_unwind(panic);
             }
@@ -79,31 +78,31 @@ impl SharedTx for PgStore {
                     history_keep,
                     lease_until,
                 } => self.call(save_fenced(
-                    &client,
+                    client,
                     lease,
                     checkpoint,
                     history_keep,
                     lease_until,
                     now,
                 )),
-                TxWrite::UpdateItem(update) => self.call(apply_update(&client, update, None, now)),
+                TxWrite::UpdateItem(update) => self.call(apply_update(client, update, None, now)),
             };
             written.map(|()| out)
         });
         self.leave(&client.statement_cache);
         match result {
-            Ok(out) => match batch(&client, "COMMIT") {
-                Ok(()) => Ok(out),
-                Err(e) => {
-                    // Unanswered or refused: never pooled again.
-                    drop(deadpool_postgres::Object::take(client));
-                    Err(e)
-                }
-            },
+            Ok(out) => {
+                batch(client, "COMMIT")?;
+                held.ended();
+                Ok(out)
+            }
+            // The connection is in doubt (a statement went unanswered, and
+            // would hold a ROLLBACK up as long again): dropped, the server
+            // rolls back.
+            Err(e @ Error::Unavailable(_)) => Err(e),
             Err(e) => {
-                if batch(&client, "ROLLBACK").is_err() {
-                    // Never hand a connection stuck in a transaction back to the pool.
-                    drop(deadpool_postgres::Object::take(client));
+                if batch(client, "ROLLBACK").is_ok() {
+                    held.ended();
                 }
                 Err(e)
             }

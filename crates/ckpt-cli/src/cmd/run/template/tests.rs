@@ -350,6 +350,29 @@ fn several_items_in_a_script_repeat_the_words_that_name_them() {
             r#"cp 'd/a' 'd/b' "/backup dir/'a'.\"bak\"" "/backup dir/'b'.\"bak\"""#
         ]
     );
+    // A comment is no word, an apostrophe in it no quote.
+    assert_eq!(
+        many(
+            &["sh", "-c", "# don't touch\ngzip {q} # it's {q}\n"],
+            &["a", "b"]
+        ),
+        ["sh", "-c", "# don't touch\ngzip 'a' 'b' # it's 'a' 'b'\n"]
+    );
+    // `$'…'`: a `\'` in it is no closing quote.
+    assert_eq!(
+        many(&["bash", "-c", r"echo $'it\'s {}' {}"], &["a", "b"]),
+        ["bash", "-c", r"echo $'it\'s a' $'it\'s b' a b"]
+    );
+    // Quotes that never balance (a heredoc's text): split at whitespace.
+    assert_eq!(
+        many(&["sh", "-c", "cat <<EOF\nit's\nEOF\necho {}"], &["a", "b"]),
+        ["sh", "-c", "cat <<EOF\nit's\nEOF\necho a b"]
+    );
+    // An escape before a value escapes nothing after it.
+    assert_eq!(
+        many(&["sh", "-c", r"echo \{} x"], &["a", "b"]),
+        ["sh", "-c", r"echo \a \b x"]
+    );
     // One item: as without -n.
     assert_eq!(
         many(&["sh", "-c", "echo {q};"], &["a"]),
