@@ -42,6 +42,16 @@ def kill_when(proc, condition, timeout=120):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+    # The group's other processes (an example's worker processes) die a moment later: one may
+    # still be writing a commit. Wait for the group to be gone before the store is read (up to
+    # 10 s: a container whose PID 1 reaps no zombies keeps them listed).
+    gone_by = time.monotonic() + 10
+    while time.monotonic() < gone_by:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.02)
 
 
 def status(url, job):

@@ -95,7 +95,7 @@ thread_local! {
 /// While it lives, this thread's store calls wait for the server as long as
 /// it takes, with no response timeout: for maintenance whose one statement
 /// may rightly run for minutes (deleting a job of millions of items,
-/// listing them all), which an operator starts and can interrupt.
+/// cutting a long history), which an operator starts and can interrupt.
 pub(super) struct Unbounded {
     before: bool,
     /// Not `Send`: dropped on another thread, it would reset that one's.
