@@ -188,6 +188,14 @@ impl From<&BenchReport> for BenchDoc {
     }
 }
 
+/// True if `e` is a write to a pipe whose reader went away (`| head`): a
+/// reader that has seen enough, not a failure to report.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
 /// An error writing what a command prints on stdout.
 pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
     anyhow::Error::new(e).context("cannot write the output")

@@ -248,10 +248,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         // Its exit code still says how the run ended if it cannot be written.
         // A reader that went away (`| head`) has seen enough.
         if let Err(e) = outln!("{}", serde_json::to_string_pretty(&doc)?) {
-            let gone = e
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
-            if !gone {
+            if !crate::output::is_broken_pipe(&e) {
                 errln!("ckpt: {e:#}");
             }
         }

@@ -18,7 +18,7 @@
 //! be cut differently; the items and their order are these.)
 
 use std::collections::HashSet;
-use std::io::{BufWriter, ErrorKind, Write};
+use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -129,7 +129,7 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
     let written = written.and_then(|()| Ok(out.flush()?));
     if let Err(e) = written {
         // `| head` closing the pipe is a reader that has seen enough.
-        if is_broken_pipe(&e) {
+        if crate::output::is_broken_pipe(&e) {
             return Ok(ExitCode::SUCCESS);
         }
         return Err(e);
@@ -161,12 +161,6 @@ fn command_word(program: &str) -> String {
     } else {
         word
     }
-}
-
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain()
-        .filter_map(|c| c.downcast_ref::<std::io::Error>())
-        .any(|io| io.kind() == ErrorKind::BrokenPipe)
 }
 
 /// The completed and dead keys of `job`; none if the store or the job does
