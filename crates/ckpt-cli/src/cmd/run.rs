@@ -313,13 +313,15 @@ const OPEN_FILES_BASE: u64 = 64;
 
 /// Checks that `-j` commands fit in the limit on open files, raising the
 /// soft limit as far as they need (never past the hard limit; only then,
-/// so the commands, which inherit it, keep the usual one otherwise): each
-/// command holds two pipes while it starts (four descriptors), and two
-/// `--results` files. A run that would run out is refused before the store
+/// so the commands, which inherit it, keep the usual one otherwise). A
+/// command holds five descriptors while it starts (`/dev/null` and two
+/// pipes), and all `-j` may start at once; once started, it holds two pipe
+/// ends, a pidfd and, with `--group`, up to two spill files; `--results`
+/// adds two files. A run that would run out is refused before the store
 /// is touched, rather than charging items for ckpt's own failure to start
 /// their commands.
 fn open_files_for(jobs: u32, results: bool) -> Result<()> {
-    let per_command = if results { 6 } else { 4 };
+    let per_command = if results { 7 } else { 5 };
     let needed = OPEN_FILES_BASE + u64::from(jobs) * per_command;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
