@@ -2,6 +2,8 @@
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -156,3 +158,41 @@ def test_a_loop_killed_with_sigkill_resumes_at_its_checkpoint(store_url, tmp_pat
     assert info.cursor == n
     assert info.items_processed == n
     assert info.state == {"sum": sum(range(n))}
+
+
+def test_a_flush_refused_by_a_locked_store_is_saved_by_the_next_one(tmp_path):
+    # Another process holding SQLite's write lock makes the flush fail with
+    # BusyError; the checkpoint stays recorded, so the retry saves it
+    # rather than succeeding with nothing to save. (The lock is taken in
+    # another process: two SQLite libraries in one process do not see
+    # each other's locks, see docs/PYTHON.md.)
+    path = tmp_path / "c.db"
+    store = ckpt.open(f"sqlite://{path}?busy_timeout=50")
+    job = store.job("j", every_items=1000)
+    job.checkpoint(1, 1)
+    job.flush()
+    job.checkpoint(2, 2)
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCK_UNTIL_STDIN_CLOSES, str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert locker.stdout.readline() == "locked\n"
+        with pytest.raises(ckpt.BusyError):
+            job.flush()
+        assert store.status("j").cursor == 1
+    finally:
+        locker.stdin.close()
+        assert locker.wait(timeout=30) == 0
+    job.flush()
+    assert store.status("j").cursor == 2
+
+
+LOCK_UNTIL_STDIN_CLOSES = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+db.execute("ROLLBACK")
+"""

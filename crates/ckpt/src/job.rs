@@ -309,15 +309,26 @@ impl Job {
     }
 
     /// Persists the latest recorded checkpoint now, whatever the policy.
-    /// On error the pending checkpoint is dropped and the stored one kept.
+    /// On an error that a retry may get past ([`Error::is_transient`], or
+    /// a storage error such as a full disk) the checkpoint stays pending,
+    /// so a later `flush`, `complete`, `fail` or `release` still saves it
+    /// rather than succeeding without it; on any other error (a lost
+    /// lease, a checkpoint the store refuses) it is dropped, and the stored
+    /// one is kept.
     pub fn flush(&mut self) -> Result<()> {
         let Some(cp) = self.pending.take() else {
             return Ok(());
         };
         let store = self.ckpt.store().clone();
-        self.persist(cp, |lease, cp, keep, until, now| {
+        let result = self.persist(&cp, |lease, cp, keep, until, now| {
             store.save_checkpoint(lease, cp, keep, until, now)
-        })
+        });
+        if let Err(e) = &result {
+            if e.is_transient() || matches!(e, Error::Storage(_)) {
+                pace::store_pending(&mut self.pending, &mut self.pending_plain, cp);
+            }
+        }
+        result
     }
 
     /// Saves `checkpoint` and runs `f` (the caller's own writes) in one
@@ -337,7 +348,7 @@ impl Job {
     ) -> Result<T> {
         self.ckpt.check_same_store(store)?;
         self.pending = None;
-        self.persist(checkpoint, |lease, cp, keep, until, now| {
+        self.persist(&checkpoint, |lease, cp, keep, until, now| {
             let write = TxWrite::SaveCheckpoint {
                 lease,
                 checkpoint: cp,
@@ -351,7 +362,7 @@ impl Job {
     /// Validates `cp`, saves it through `save` and records the cost.
     fn persist<T>(
         &mut self,
-        cp: Checkpoint,
+        cp: &Checkpoint,
         save: impl FnOnce(&JobLease, &Checkpoint, usize, Timestamp, Timestamp) -> Result<T>,
     ) -> Result<T> {
         validate::stored_json("cursor", &cp.cursor)?;
@@ -364,7 +375,7 @@ impl Job {
         let now = self.ckpt.now();
         let result = save(
             &self.lease,
-            &cp,
+            cp,
             self.ckpt.limits().history_keep,
             now.plus(self.options.lease),
             now,

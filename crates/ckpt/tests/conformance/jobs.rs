@@ -386,6 +386,63 @@ fn transient_store_failure_loses_nothing(store: Option<Fixture>) {
     assert_eq!((rec.checkpoint.unwrap().cursor, rec.saves), (json!(3), 2));
 }
 
+/// A flush that fails on a transient error keeps its checkpoint pending:
+/// retrying the flush (or completing) saves it, rather than succeeding
+/// with nothing to save and leaving the older checkpoint as the last.
+#[apply(every_store)]
+fn a_retried_flush_saves_what_the_failed_one_could_not(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ManualClock::new(T0);
+    let flaky_at = |nth| -> Ckpt {
+        let store = FaultStore::new((f.another)()).inject(Op::SaveCheckpoint, nth, Fault::Fail);
+        Ckpt::new(Arc::new(store)).with_clock(Arc::new(clock.clone()))
+    };
+    let quiet = || JobOptions {
+        lease: Duration::from_secs(10),
+        policy: CheckpointPolicy::Every {
+            items: Some(1_000),
+            interval: None,
+        },
+    };
+    let c = flaky_at(2);
+    let mut job = c.job_with("flushed", quiet()).unwrap();
+    assert!(!job.save(&1, 1).unwrap(), "recorded, not yet due");
+    job.flush().unwrap();
+    assert!(!job.save(&2, 2).unwrap());
+    let cursor = |c: &Ckpt, name| {
+        c.get_job(name)
+            .unwrap()
+            .unwrap()
+            .checkpoint
+            .map(|cp| cp.cursor)
+    };
+    assert!(job.flush().unwrap_err().is_transient());
+    assert_eq!(
+        cursor(&c, "flushed"),
+        Some(json!(1)),
+        "the failed flush changed nothing"
+    );
+    job.flush().unwrap();
+    assert_eq!(
+        cursor(&c, "flushed"),
+        Some(json!(2)),
+        "the retried flush saved it"
+    );
+    // complete() after a failed flush saves the checkpoint too.
+    let c = flaky_at(1);
+    let mut job = c.job_with("completed", quiet()).unwrap();
+    assert!(!job.save(&3, 3).unwrap());
+    assert!(job.flush().unwrap_err().is_transient());
+    job.complete().unwrap();
+    let rec = c.get_job("completed").unwrap().unwrap();
+    assert_eq!(rec.status, JobStatus::Completed);
+    assert_eq!(
+        rec.checkpoint.map(|cp| cp.cursor),
+        Some(json!(3)),
+        "complete saved it"
+    );
+}
+
 /// A cursor loop whose renewals keep failing stops itself before its lease
 /// can lapse: `heartbeat()` (and so `checkpoint()`) says the lease is lost
 /// once it can no longer be proven, not only once another worker took it.
