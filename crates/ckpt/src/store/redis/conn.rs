@@ -98,6 +98,12 @@ pub(crate) fn redis_err(e: RedisError, url: &str) -> Error {
         _ => {}
     }
     match e.code() {
+        // `lua/present.lua`: the store's keys are gone from under an open
+        // handle.
+        Some("CKPTGONE") => Error::Storage(format!(
+            "the ckpt store with prefix \"{prefix}\" at {redacted} is gone: its key \"{prefix}:meta\" no longer exists, so Redis lost the store's data (a restart without persistence, a flush, or eviction); nothing was written (open the store again to start a new, empty one)",
+            prefix = e.detail().unwrap_or("?")
+        )),
         // A long script of another client, or a server still starting.
         Some("BUSY" | "LOADING") => {
             Error::Unavailable(format!("Redis at {redacted} is busy: {message}"))

@@ -32,18 +32,32 @@ impl Lua {
     }
 }
 
+/// Checks the store and creates it when asked: the one script that runs
+/// without the store's meta hash.
+pub(super) static OPEN: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(concat!(
+        include_str!("lua/common.lua"),
+        include_str!("lua/open.lua")
+    ))
+});
+
+/// Every other script first refuses a store whose meta hash is gone
+/// (`lua/present.lua`; see `conn::redis_err` for the error).
 macro_rules! scripts {
     ($($name:ident => $file:literal,)*) => {
         $(
             pub(super) static $name: LazyLock<Lua> = LazyLock::new(|| {
-                Lua::new(concat!(include_str!("lua/common.lua"), include_str!($file)))
+                Lua::new(concat!(
+                    include_str!("lua/common.lua"),
+                    include_str!("lua/present.lua"),
+                    include_str!($file)
+                ))
             });
         )*
     };
 }
 
 scripts! {
-    OPEN => "lua/open.lua",
     ENSURE_JOB => "lua/ensure_job.lua",
     ACQUIRE_JOB => "lua/acquire_job.lua",
     RENEW_JOB => "lua/renew_job.lua",

@@ -166,3 +166,75 @@ fn a_lost_connection_is_unavailable_and_the_store_recovers() {
         .unwrap();
     assert!(done[0].is_ok(), "the lease survived the outage");
 }
+
+/// A Redis that lost the store's data (restarted without persistence,
+/// flushed) under an open handle: every call says the store is gone and
+/// writes nothing, rather than building jobs the read commands cannot see
+/// or handing out a job number and claim token again that a stale holder
+/// still holds. Opening the store again starts a new, empty one.
+#[test]
+fn a_store_emptied_under_an_open_handle_is_refused_not_rebuilt() {
+    let Some(mut scratch) = Scratch::new("gone") else {
+        return;
+    };
+    let store = scratch.open("");
+    enqueue(&store, "j", &["a", "b"], T0);
+    let until = T0.plus(Duration::from_secs(60));
+    let stale = store.claim("j", "w", 1, until, true, T0).unwrap();
+    assert_eq!(stale.len(), 1);
+    // What a restart without persistence leaves: nothing under the prefix.
+    let keys: Vec<String> = scratch
+        .keys()
+        .into_iter()
+        .map(|k| format!("{}:{k}", scratch.prefix))
+        .collect();
+    scratch.raw::<()>(::redis::cmd("DEL").arg(keys));
+    let complete = |lease| ItemUpdate {
+        lease,
+        change: ItemChange::Complete {
+            stats: None,
+            command: None,
+        },
+    };
+    let calls: Vec<(&str, crate::Result<()>)> = vec![
+        (
+            "enqueue",
+            store
+                .enqueue("j", &mut items(&["a"]).into_iter(), T0)
+                .map(drop),
+        ),
+        ("claim", store.claim("j", "w", 1, until, true, T0).map(drop)),
+        (
+            "update_items",
+            store
+                .update_items(&[complete(stale[0].lease.clone())], T0)
+                .map(drop),
+        ),
+        (
+            "acquire_job",
+            store.acquire_job("k", "w", until, None, T0).map(drop),
+        ),
+        ("ensure_job", store.ensure_job("k", T0)),
+        ("list_jobs", store.list_jobs().map(drop)),
+        ("get_job", store.get_job("j").map(drop)),
+        ("item_counts", store.item_counts("j").map(drop)),
+    ];
+    for (call, result) in calls {
+        let err = result.expect_err(call).to_string();
+        assert!(
+            err.contains(&format!("store with prefix \"{}\"", scratch.prefix))
+                && err.contains("is gone")
+                && err.contains("nothing was written"),
+            "{call}: {err}"
+        );
+    }
+    assert!(scratch.keys().is_empty(), "nothing was written");
+    // Opened again: a new store, empty, that works.
+    let again = scratch.open("");
+    assert!(again.list_jobs().unwrap().is_empty());
+    assert_eq!(enqueue(&again, "j", &["a"], T0), 1);
+    assert!(
+        store.list_jobs().is_ok(),
+        "the old handle sees the new store"
+    );
+}
