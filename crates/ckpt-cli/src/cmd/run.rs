@@ -611,6 +611,10 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
     // another process's: after `exited`, no timeout, fence or shutdown
     // signals that pid.
     let (status, (timed_out, stopped), tail) = h.output.wait(&mut child, &tag, files, || {
+        // Seen ending only after its fence's deadline (ckpt was stopped or
+        // hung): the sentinel may have stopped it meanwhile, without ckpt
+        // hearing of it. Tripping the fence marks the command stopped.
+        fence.trip_if_overdue(Instant::now());
         let timed_out = h.timeouts.is_some_and(|t| t.disarm(pid));
         // Whatever the command left running in its process group (`work &`)
         // is this item's work: it must not run on beside a retry or another

@@ -211,6 +211,34 @@ impl Fence {
         }
         true
     }
+
+    /// Trips the fence if the deadline by which the work must be told to
+    /// stop (as published to [`on_deadline`](Fence::on_deadline) hooks) is
+    /// `now` or earlier; true if the fence is lost. For work seen ending:
+    /// when this process was stopped or hung past the deadline, a watchdog
+    /// outside it (`ckpt run`'s sentinel) may have stopped the work before
+    /// the watchdog in here could trip the fence, and work that was told to
+    /// stop cannot show by how it ended that it was done.
+    pub fn trip_if_overdue(&self, now: Instant) -> bool {
+        let term = {
+            let g = self.lock();
+            if g.lost.is_some() {
+                return true;
+            }
+            match g.deadline {
+                Some((term, _)) if term <= now => term,
+                _ => return false,
+            }
+        };
+        let late = humantime::format_duration(round_ms(now.saturating_duration_since(term)));
+        self.trip(
+            FenceReason::Unconfirmed,
+            &format!(
+                "its end was seen only {late} past the deadline by which it had to be told to stop (this process was paused or hung, or the store did not confirm a renewal in time), so it may have been stopped from outside"
+            ),
+        );
+        true
+    }
 }
 
 /// The earliest (term, kill) over several fences' deadlines, each set and
@@ -587,6 +615,22 @@ mod tests {
             r.fetch_add(1, Ordering::SeqCst);
         });
         assert_eq!(ran.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_fence_seen_past_its_published_deadline_trips() {
+        let fence = Fence::new(Duration::from_millis(10));
+        let t0 = Instant::now();
+        assert!(!fence.trip_if_overdue(t0), "no deadline yet");
+        fence.set_deadline(t0 + Duration::from_secs(5), t0 + Duration::from_secs(6));
+        assert!(!fence.trip_if_overdue(t0 + Duration::from_millis(4_999)));
+        assert!(!fence.is_lost());
+        assert!(fence.trip_if_overdue(t0 + Duration::from_millis(6_250)));
+        let why = fence.reason().unwrap();
+        assert!(why.contains("1s 250ms past the deadline"), "{why}");
+        // Lost for any reason: says so, keeping the first reason.
+        assert!(fence.trip_if_overdue(t0));
+        assert_eq!(fence.reason().unwrap(), why);
     }
 
     fn lease(id: i64, token: u64) -> ItemLease {

@@ -118,3 +118,56 @@ fn sigstop_of_a_process_group_on_redis() {
     let sb = Sandbox::new();
     sigstop_past_the_lease(&sb, ChaosStore::redis("stop_group"), Target::Group);
 }
+
+/// A run stopped (SIGSTOP) past its lease, alone: its sentinel stops the
+/// commands at their deadline, and they exit 0 on that SIGTERM. Woken up,
+/// ckpt must not take those exits for completions: each first attempt
+/// fails, and the retry runs the command to its end. Every item completed
+/// is one whose command finished.
+#[test]
+fn exits_after_the_sentinel_stopped_a_paused_run_are_not_completions() {
+    let sb = Sandbox::new();
+    let keys = items("p", 2);
+    let file = sb.write_items("items.txt", &keys);
+    // Writes "started ITEM", then "done ITEM" only if it ran to the end.
+    let script = r#"trap 'exit 0' TERM
+echo "started $0" >> started
+sleep 3 & wait
+echo "done $0" >> done"#;
+    let run = sb
+        .ckpt()
+        .args([
+            "run",
+            "--job",
+            "P",
+            "-j",
+            "2",
+            "--lease",
+            "2s",
+            "--backoff",
+            "0s",
+        ])
+        .arg("--items")
+        .arg(&file)
+        .args(["--", "sh", "-c", script])
+        .start();
+    wait_until(Duration::from_secs(30), "both commands to start", || {
+        sb.lines("started").len() >= 2
+    });
+    run.signal(SIGSTOP);
+    // Past the lease: the sentinel sends SIGTERM, and the commands exit 0.
+    std::thread::sleep(Duration::from_secs(4));
+    run.signal(SIGCONT);
+    let out = run.wait(Duration::from_secs(60));
+    out.no_panic();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let done = sb.lines("done");
+    for (key, item) in crate::util::stored_items(&sb, "P") {
+        assert_eq!(item["status"], "completed", "{key}: {item}");
+        assert!(
+            done.contains(&format!("done {key}")),
+            "{key} completed, but its command never finished: {item}; done: {done:?}"
+        );
+        assert!(item["attempts"].as_u64() >= Some(2), "{key}: {item}");
+    }
+}
