@@ -275,6 +275,48 @@ fn invalid_utf8_in_a_row_is_named() {
     check(&sb);
 }
 
+/// Values a hand edit or a bad salvage leaves in sound pages: text that is
+/// not UTF-8 in the commands table, a number column holding text or a
+/// blob, a negative count. `ckpt doctor` reads every row as the commands
+/// do, so it names each of them, and the commands that read the row name
+/// it too rather than showing a wrapped-around count.
+#[test]
+fn values_of_the_wrong_type_are_named_by_doctor() {
+    let cases = [
+        (
+            "UPDATE commands SET command = CAST(X'2e2fff' AS TEXT)",
+            "commands: row 1, column command: invalid UTF-8",
+            &["show", "J"][..],
+        ),
+        (
+            "UPDATE items SET attempts = 'abc' WHERE rowid = 1",
+            "items: row 1: column attempts: unexpected Text value",
+            &["items", "J", "--limit", "2000"],
+        ),
+        (
+            "UPDATE items SET key = X'ff00fe' WHERE rowid = 2",
+            "items: row 2: column key: unexpected Blob value",
+            &["items", "J", "--limit", "2000"],
+        ),
+        (
+            "UPDATE jobs SET attempts = -5 WHERE name = 'C'",
+            "-5 is out of range for a count",
+            &["status", "C"],
+        ),
+    ];
+    for (edit, named, reader) in cases {
+        let sb = with_store(&pristine().bytes);
+        let conn = rusqlite::Connection::open(sb.db()).unwrap();
+        conn.execute_batch(edit).unwrap();
+        drop(conn);
+        let out = sb.ckpt().arg("doctor").run();
+        assert_named(&sb, &out);
+        assert!(out.stderr.contains(named), "{edit}: {}", out.stderr);
+        assert_named(&sb, &sb.ckpt().args(reader).run());
+        check(&sb);
+    }
+}
+
 /// A byte flipped in a row's status: the page structure is sound and the
 /// index no longer matches the row. Doctor's read-back names it; `--full`
 /// (integrity_check) names the index mismatch too.

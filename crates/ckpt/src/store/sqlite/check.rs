@@ -6,6 +6,10 @@ use std::time::Instant;
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
+use super::rows::{
+    command_from_row, history_from_row, item_from_row, job_from_row, COMMAND_COLUMNS,
+    HISTORY_COLUMNS, ITEM_COLUMNS, JOB_COLUMNS,
+};
 use super::{sql_err, SqliteStore};
 use crate::error::Result;
 use crate::model::{ItemStatus, JobStatus};
@@ -27,7 +31,7 @@ fn item_status(text: &str) -> bool {
 }
 
 /// ckpt's tables, and the columns of each whose text has a form.
-const TABLES: [(&str, &[(&str, Valid)]); 3] = [
+const TABLES: [(&str, &[(&str, Valid)]); 4] = [
     (
         "jobs",
         &[("cursor", json), ("state", json), ("status", job_status)],
@@ -42,6 +46,7 @@ const TABLES: [(&str, &[(&str, Valid)]); 3] = [
             ("status", item_status),
         ],
     ),
+    ("commands", &[]),
 ];
 
 /// Problems reported at most (a badly damaged file has thousands).
@@ -56,8 +61,10 @@ impl SqliteStore {
     ///    which also checks that every index matches its rows (about three
     ///    times the cost);
     /// 2. then every row of ckpt's tables is read back: text must be UTF-8,
-    ///    JSON columns JSON and statuses known, as ckpt wrote them. Damage inside a row
-    ///    passes the page check but fails the reads of `ckpt items`.
+    ///    JSON columns JSON and statuses known, as ckpt wrote them, and every
+    ///    row must decode as the store reads it (numbers where numbers
+    ///    belong, counts not negative). Damage inside a row passes the page
+    ///    check but fails the reads of `ckpt items`.
     ///
     /// Corruption that stops the check itself is
     /// [`Error::Corrupt`](crate::Error::Corrupt) naming the file.
@@ -93,9 +100,79 @@ impl SqliteStore {
     }
 }
 
+/// How each table's rows are read by the store, to read every one back as
+/// the commands would: the query, and the decoder.
+type Decode = fn(&rusqlite::Row<'_>) -> rusqlite::Result<()>;
+
+fn decoders() -> [(&'static str, String, Decode); 4] {
+    [
+        ("jobs", format!("SELECT {JOB_COLUMNS} FROM jobs"), |r| {
+            job_from_row(r).map(drop)
+        }),
+        (
+            "history",
+            format!("SELECT {HISTORY_COLUMNS} FROM history h"),
+            |r| history_from_row(r).map(drop),
+        ),
+        ("items", format!("SELECT {ITEM_COLUMNS} FROM items"), |r| {
+            item_from_row(r).map(drop)
+        }),
+        (
+            "commands",
+            format!("SELECT {COMMAND_COLUMNS} FROM commands"),
+            |r| command_from_row(r).map(drop),
+        ),
+    ]
+}
+
 /// Values of ckpt's tables that do not read back: text that is not UTF-8,
-/// JSON columns that are not JSON.
+/// JSON columns that are not JSON, unknown statuses; then every row read
+/// by the store's own decoders, so that a value of the wrong type (text
+/// where a number belongs, a negative count) is found here rather than by
+/// `ckpt items` or `ckpt show`.
 fn unreadable_values(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut problems = text_problems(conn)?;
+    for (table, query, decode) in decoders() {
+        if problems.len() >= MAX_PROBLEMS {
+            break;
+        }
+        let mut stmt = conn.prepare(&query)?;
+        let mut rows = stmt.query([])?;
+        let mut n = 0u64;
+        while let Some(row) = rows.next()? {
+            n += 1;
+            if let Err(e) = decode(row) {
+                let seen = format!("{table}: row {n}, ");
+                // A row the text check already named is not named twice.
+                if !problems.iter().any(|p| p.starts_with(&seen)) {
+                    problems.push(format!("{table}: row {n}: {}", decode_error(e)));
+                }
+                if problems.len() >= MAX_PROBLEMS {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// A decoder's error, without rusqlite's wording around it.
+fn decode_error(e: rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::FromSqlConversionFailure(_, ty, why) => {
+            format!("unexpected {ty} value: {why}")
+        }
+        rusqlite::Error::InvalidColumnType(_, name, ty) => {
+            format!("column {name}: unexpected {ty} value")
+        }
+        rusqlite::Error::IntegralValueOutOfRange(_, n) => format!("number {n} out of range"),
+        e => e.to_string(),
+    }
+}
+
+/// Text values that do not read back: not UTF-8, or not of their
+/// column's form.
+fn text_problems(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut problems = Vec::new();
     for (table, forms) in TABLES {
         let mut stmt = conn.prepare(&format!("SELECT * FROM {table}"))?;

@@ -4,6 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::jobs::{ensure_job, job_id, reopen_job};
+use super::rows::{command_from_row, COMMAND_COLUMNS};
 use super::{sql_err, SqliteStore};
 use crate::error::{Error, Result};
 use crate::model::{CommandRecord, CompletedBy, JobCommands};
@@ -88,21 +89,12 @@ impl CommandStore for SqliteStore {
         };
         let counts = completed_counts(&conn, id)?;
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, command, first_used, last_used FROM commands
-                 WHERE job_id = ?1 ORDER BY id",
-            )
+            .prepare_cached(&format!(
+                "SELECT {COMMAND_COLUMNS} FROM commands WHERE job_id = ?1 ORDER BY id"
+            ))
             .map_err(sql_err)?;
         let commands = stmt
-            .query_map([id], |r| {
-                Ok(CommandRecord {
-                    id: r.get(0)?,
-                    command: r.get(1)?,
-                    first_used: Timestamp(r.get(2)?),
-                    last_used: Timestamp(r.get(3)?),
-                    completed: 0,
-                })
-            })
+            .query_map([id], command_from_row)
             .map_err(sql_err)?
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(sql_err)?

@@ -2,9 +2,10 @@
 //! history.
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
-use serde_json::Value;
 
-use super::rows::{job_from_row, json_col, opt_json, to_json, JOB_COLUMNS};
+use super::rows::{
+    history_from_row, job_from_row, opt_json, to_json, HISTORY_COLUMNS, JOB_COLUMNS,
+};
 use super::{sql_err, SqliteStore};
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, Expect, HistoryEntry, JobLease, JobRecord, JobStatus};
@@ -324,20 +325,13 @@ impl JobStore for SqliteStore {
     fn history(&self, job: &str, limit: usize) -> Result<Vec<HistoryEntry>> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT h.seq, h.cursor, h.items_processed, h.at FROM history h
-                 JOIN jobs j ON j.id = h.job_id WHERE j.name = ?1 ORDER BY h.seq DESC LIMIT ?2",
-            )
+            .prepare_cached(&format!(
+                "SELECT {HISTORY_COLUMNS} FROM history h
+                     JOIN jobs j ON j.id = h.job_id WHERE j.name = ?1 ORDER BY h.seq DESC LIMIT ?2"
+            ))
             .map_err(sql_err)?;
         let rows = stmt
-            .query_map(params![job, limit as i64], |r| {
-                Ok(HistoryEntry {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    cursor: json_col(r, 1)?.unwrap_or(Value::Null),
-                    items_processed: r.get::<_, i64>(2)? as u64,
-                    at: Timestamp(r.get(3)?),
-                })
-            })
+            .query_map(params![job, limit as i64], history_from_row)
             .map_err(sql_err)?;
         rows.collect::<rusqlite::Result<_>>().map_err(sql_err)
     }

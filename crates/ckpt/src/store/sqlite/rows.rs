@@ -3,7 +3,9 @@
 use rusqlite::Row;
 use serde_json::Value;
 
-use crate::model::{Checkpoint, ItemRecord, ItemStatus, JobRecord, JobStatus};
+use crate::model::{
+    Checkpoint, CommandRecord, HistoryEntry, ItemRecord, ItemStatus, JobRecord, JobStatus,
+};
 use crate::store::machine::shown_ready_at;
 use crate::time::Timestamp;
 
@@ -18,6 +20,12 @@ pub(super) const JOB_COLUMNS: &str =
 pub(super) const ITEM_COLUMNS: &str =
     "id, key, payload, status, attempts, owner, ready_at, last_error, \
      stats, cursor, enqueued_at, started_at, finished_at, command_id, last_output";
+
+/// The columns [`history_from_row`] reads, in order, from `history h`.
+pub(super) const HISTORY_COLUMNS: &str = "h.seq, h.cursor, h.items_processed, h.at";
+
+/// The columns [`command_from_row`] reads, in order.
+pub(super) const COMMAND_COLUMNS: &str = "id, command, first_used, last_used";
 
 /// A JSON value as stored: its text.
 pub(super) fn to_json(v: &Value) -> String {
@@ -54,6 +62,19 @@ pub(super) fn status_col<T>(
     })
 }
 
+/// A count ckpt never stores negative (a negative one is damage, not a
+/// huge count).
+pub(super) fn count_col<T: TryFrom<i64>>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
+    let n: i64 = row.get(idx)?;
+    T::try_from(n).map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Integer,
+            format!("{n} is out of range for a count").into(),
+        )
+    })
+}
+
 pub(super) fn ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp)
 }
@@ -63,7 +84,7 @@ pub(super) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     let checkpoint = match cursor {
         Some(cursor) => Some(Checkpoint {
             cursor,
-            items_processed: row.get::<_, i64>(3)? as u64,
+            items_processed: count_col(row, 3)?,
             stage: row.get(4)?,
             state: json_col(row, 5)?,
         }),
@@ -76,11 +97,11 @@ pub(super) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         checkpoint_at: ts(row.get(6)?),
         owner: row.get(7)?,
         lease_expires: ts(row.get(8)?),
-        epoch: row.get::<_, i64>(9)? as u64,
-        attempts: row.get::<_, i64>(10)? as u32,
-        saves: row.get::<_, i64>(11)? as u64,
-        history_len: row.get::<_, i64>(12)? as u64,
-        state_bytes: row.get::<_, i64>(13)? as u64,
+        epoch: count_col(row, 9)?,
+        attempts: count_col(row, 10)?,
+        saves: count_col(row, 11)?,
+        history_len: count_col(row, 12)?,
+        state_bytes: count_col(row, 13)?,
         created_at: Timestamp(row.get(14)?),
         updated_at: Timestamp(row.get(15)?),
         completed_at: ts(row.get(16)?),
@@ -96,7 +117,7 @@ pub(super) fn item_from_row(row: &Row<'_>) -> rusqlite::Result<ItemRecord> {
         key: row.get(1)?,
         payload: json_col(row, 2)?,
         status,
-        attempts: row.get::<_, i64>(4)? as u32,
+        attempts: count_col(row, 4)?,
         owner: row.get(5)?,
         ready_at,
         last_error: row.get(7)?,
@@ -107,5 +128,25 @@ pub(super) fn item_from_row(row: &Row<'_>) -> rusqlite::Result<ItemRecord> {
         finished_at: ts(row.get(12)?),
         command_id: row.get(13)?,
         last_output: row.get(14)?,
+    })
+}
+
+pub(super) fn history_from_row(row: &Row<'_>) -> rusqlite::Result<HistoryEntry> {
+    Ok(HistoryEntry {
+        seq: count_col(row, 0)?,
+        cursor: json_col(row, 1)?.unwrap_or(Value::Null),
+        items_processed: count_col(row, 2)?,
+        at: Timestamp(row.get(3)?),
+    })
+}
+
+/// A command of a job; its `completed` count is filled in by the caller.
+pub(super) fn command_from_row(row: &Row<'_>) -> rusqlite::Result<CommandRecord> {
+    Ok(CommandRecord {
+        id: row.get(0)?,
+        command: row.get(1)?,
+        first_used: Timestamp(row.get(2)?),
+        last_used: Timestamp(row.get(3)?),
+        completed: 0,
     })
 }
