@@ -161,7 +161,7 @@ pub struct RunArgs {
     pub timeout: Option<Duration>,
     /// Exit codes (comma-separated) that are final: an attempt ending with
     /// one makes its item dead at once, whatever retries are left.
-    #[arg(long, value_name = "CODES", value_delimiter = ',')]
+    #[arg(long, value_name = "CODES", value_delimiter = ',', value_parser = parse_final_exit)]
     pub no_retry_exit: Vec<i32>,
     /// Give up early, as GNU parallel does: `soon,fail=N` starts nothing
     /// new after N dead items and lets running commands finish; `now,…`
@@ -343,6 +343,19 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
         d if d.is_zero() => Err("a timeout must be above 0 (e.g. 30s, 5m)".into()),
         d => Ok(d),
+    }
+}
+
+/// An exit code of `--no-retry-exit`: 1 to 255, since exit 0 completes
+/// the item and no process exits with more (a death by a signal has no
+/// exit code).
+fn parse_final_exit(s: &str) -> Result<i32, String> {
+    match s.parse::<i32>() {
+        Ok(code) if (1..=255).contains(&code) => Ok(code),
+        Ok(0) => {
+            Err("exit 0 completes an item; --no-retry-exit takes failing codes, 1 to 255".into())
+        }
+        _ => Err(format!("{s:?} is not an exit code of a failure (1 to 255)")),
     }
 }
 

@@ -205,7 +205,7 @@ fn print_show(
     failures: &[ItemRecord],
     now: Timestamp,
 ) -> Result<()> {
-    outln!("job:        {}", s.name)?;
+    outln!("job:        {}", shown(&s.name))?;
     outln!("status:     {}", s.status)?;
     if let Some(error) = &s.error {
         outln!("error:      {}", shown(error))?;
@@ -228,7 +228,8 @@ fn print_show(
                 .as_ref()
                 .map_or(String::new(), |st| format!(", stage {}", shown(st)));
             outln!(
-                "checkpoint: cursor {cursor}, {} items processed{stage}",
+                "checkpoint: cursor {}, {} items processed{stage}",
+                shown(&cursor.to_string()),
                 s.items_processed
             )?;
             outln!(
@@ -261,7 +262,7 @@ fn print_show(
                 "  #{:<6} {}  cursor {}, {} processed",
                 h.seq,
                 rfc3339(h.at),
-                h.cursor,
+                shown(&h.cursor.to_string()),
                 h.items_processed
             )?;
         }

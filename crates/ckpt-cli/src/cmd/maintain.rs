@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::cli::{HistoryCommand, PruneArgs, ResetArgs};
 use crate::exit::Usage;
-use crate::output::{rfc3339, short_duration};
+use crate::output::{rfc3339, short_duration, shown};
 
 pub fn reset(url: &str, args: ResetArgs) -> Result<ExitCode> {
     super::job_name(&args.job)?;
@@ -27,13 +27,15 @@ pub fn reset(url: &str, args: ResetArgs) -> Result<ExitCode> {
         let what = match &job.checkpoint {
             Some(cp) => format!(
                 "cursor {}, {} items processed, {} history entries",
-                cp.cursor, cp.items_processed, job.history_len
+                shown(&cp.cursor.to_string()),
+                cp.items_processed,
+                job.history_len
             ),
             None => "no checkpoint".to_string(),
         };
         if !confirm(&format!(
             "Reset job '{}' ({what}) so it starts from scratch?",
-            args.job
+            shown(&args.job)
         ))? {
             errln!("ckpt: nothing changed");
             return Ok(ExitCode::from(crate::exit::FAILED));
@@ -54,14 +56,14 @@ pub fn reset(url: &str, args: ResetArgs) -> Result<ExitCode> {
     let fenced = if args.force && held_live {
         format!(
             "; its holder {} is fenced off",
-            job.owner.as_deref().unwrap_or("")
+            shown(job.owner.as_deref().unwrap_or(""))
         )
     } else {
         String::new()
     };
     errln!(
         "ckpt: job '{}' reset: checkpoint and history cleared, it starts from scratch{fenced}",
-        args.job
+        shown(&args.job)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -172,6 +174,7 @@ pub fn history(url: &str, cmd: HistoryCommand) -> Result<ExitCode> {
     let HistoryCommand::Truncate { job, keep } = cmd;
     let ckpt = super::open(url, OpenMode::MustExist)?;
     let store = ckpt.store();
+    let every_job = job.is_none();
     let names = match job {
         Some(job) => {
             super::job_name(&job)?;
@@ -179,13 +182,31 @@ pub fn history(url: &str, cmd: HistoryCommand) -> Result<ExitCode> {
         }
         None => store.list_jobs()?.into_iter().map(|j| j.name).collect(),
     };
-    let mut total = 0;
+    let (mut total, mut changed, mut failed) = (0, Vec::new(), None);
     for name in &names {
-        let removed = store.truncate_history(name, keep)?;
-        if removed > 0 {
-            outln!("{name}: {removed} history entries removed")?;
+        match store.truncate_history(name, keep) {
+            Ok(0) => {}
+            Ok(removed) => {
+                changed.push((name, removed));
+                total += removed;
+            }
+            // Deleted since the listing (by a prune, or by a Redis
+            // retention expiry): it has no history left to cut.
+            Err(e) if every_job && e.is_not_found() => {}
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
         }
-        total += removed;
+    }
+    // Reported once every change is made, so that an output that cannot
+    // be written does not stop the truncation half-way; and on a failure,
+    // what was changed before it is still reported.
+    for (name, removed) in changed {
+        outln!("{}: {removed} history entries removed", shown(name))?;
+    }
+    if let Some(e) = failed {
+        return Err(e.into());
     }
     errln!(
         "ckpt: {total} history entries removed from {} job(s); each keeps at most {keep}",

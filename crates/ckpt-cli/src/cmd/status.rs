@@ -34,9 +34,16 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
         outln!("{}", serde_json::to_string_pretty(&detail)?)?;
         return Ok(ExitCode::SUCCESS);
     }
+    // Everything is read before anything is printed: a store that fails
+    // half-way prints one error line, not half a report.
     let job = store.get_job(&args.job)?.ok_or_else(not_found)?;
     let counts = store.item_counts(&args.job)?;
-    outln!("job:        {}", job.name)?;
+    let dead = if counts.dead > 0 {
+        store.list_items(&args.job, Some(ckpt::ItemStatus::Dead), DEAD_SHOWN)?
+    } else {
+        Vec::new()
+    };
+    outln!("job:        {}", shown(&job.name))?;
     outln!("status:     {}", job.status)?;
     outln!(
         "items:      {} completed, {} running, {} pending, {} failed (awaiting retry), {} dead ({} total)",
@@ -51,7 +58,8 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
         (Some(cp), Some(at)) => {
             let mut line = format!(
                 "cursor {}, {} items processed",
-                cp.cursor, cp.items_processed
+                shown(&cp.cursor.to_string()),
+                cp.items_processed
             );
             if let Some(stage) = &cp.stage {
                 line.push_str(&format!(", stage {}", shown(stage)));
@@ -80,8 +88,11 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
         outln!("error:      {}", shown(error))?;
     }
     if counts.dead > 0 {
-        outln!("dead items (retry them with `ckpt retry {}`):", job.name)?;
-        for item in store.list_items(&args.job, Some(ckpt::ItemStatus::Dead), DEAD_SHOWN)? {
+        outln!(
+            "dead items (retry them with `ckpt retry {}`):",
+            shown(&job.name)
+        )?;
+        for item in dead {
             let error = item.last_error.as_deref().unwrap_or("no error recorded");
             outln!(
                 "  {}: {} (after {} attempts)",

@@ -303,6 +303,13 @@ fn values_of_the_wrong_type_are_named_by_doctor() {
             "-5 is out of range for a count",
             &["status", "C"],
         ),
+        (
+            // Read by `status` after the job and its counts: it must not
+            // print those, then fail.
+            "UPDATE items SET status = 'dead', last_error = CAST(X'c3' AS TEXT) WHERE rowid = 3",
+            "items: row 3, column last_error: invalid UTF-8",
+            &["status", "J"],
+        ),
     ];
     for (edit, named, reader) in cases {
         let sb = with_store(&pristine().bytes);
@@ -312,7 +319,9 @@ fn values_of_the_wrong_type_are_named_by_doctor() {
         let out = sb.ckpt().arg("doctor").run();
         assert_named(&sb, &out);
         assert!(out.stderr.contains(named), "{edit}: {}", out.stderr);
-        assert_named(&sb, &sb.ckpt().args(reader).run());
+        let read = sb.ckpt().args(reader).run();
+        assert_named(&sb, &read);
+        assert_eq!(read.stdout, "", "{reader:?} printed half a report");
         check(&sb);
     }
 }

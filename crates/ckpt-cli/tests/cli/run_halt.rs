@@ -292,6 +292,9 @@ fn halt_on_success_exits_0_and_bad_halt_values_are_usage_errors() {
         &["--timeout", "18446744073709551615s"],
         &["--backoff", "18446744073709551615s"],
         &["--lease", "200years"],
+        // Exit 0 completes an item; no process exits with more than 255.
+        &["--no-retry-exit", "0"],
+        &["--no-retry-exit", "3,256"],
     ] {
         let err = run(bad).error(2);
         assert!(err.contains(bad[0]), "{bad:?}: {err}");

@@ -9,6 +9,9 @@ use crate::util::Sandbox;
 /// right-to-left override.
 const KEY: &str = "\u{1b}[31mRED\nsecond line\u{7}\u{7f}\u{9b}2J\u{202e}txt";
 
+/// A job name with a right-to-left override.
+const BIDI_JOB: &str = "evil\u{202e}abc";
+
 #[track_caller]
 fn assert_no_raw_controls(what: &str, text: &str) {
     let raw: Vec<char> = text
@@ -29,6 +32,13 @@ fn keys_errors_and_stages_are_escaped_in_human_output() {
     let mut cp = ckpt::Checkpoint::new(serde_json::json!("\u{1b}]0;title\u{7}"), 1);
     cp.stage = Some("load\u{1b}[2J".into());
     ckpt.set_checkpoint("C", &cp).unwrap();
+    // What JSON does not escape: DEL, C1 and the bidirectional overrides,
+    // in a cursor and (no control character may be in one) a job's name.
+    let cursor = serde_json::json!({"at": "\u{7f}\u{9b}31m\u{202e}Z"});
+    for _ in 0..2 {
+        ckpt.set_checkpoint(BIDI_JOB, &ckpt::Checkpoint::new(cursor.clone(), 1))
+            .unwrap();
+    }
     drop(ckpt);
     // The command fails, so the key is in the run's log lines too. (What
     // the command itself prints is its own business, as with xargs.)
@@ -64,11 +74,22 @@ fn keys_errors_and_stages_are_escaped_in_human_output() {
         &["show", "J"],
         &["status", "C"],
         &["show", "C"],
+        &["status", BIDI_JOB],
+        &["show", BIDI_JOB],
         &["jobs"],
+        &["history", "truncate", "--keep", "1"],
     ] {
         let out = sb.ckpt().args(args).run();
         out.success();
         assert_no_raw_controls(&format!("ckpt {args:?}"), &out.stdout);
+        assert_no_raw_controls(&format!("ckpt {args:?} (stderr)"), &out.stderr);
+        if args[0] != "jobs" && args.contains(&BIDI_JOB) || args[0] == "history" {
+            assert!(
+                out.stdout.contains(r"evil\u{202e}abc"),
+                "{args:?}: {}",
+                out.stdout
+            );
+        }
     }
     // An error line naming user data (here a file name).
     let line = sb
