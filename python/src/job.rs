@@ -38,17 +38,32 @@ pub struct Job {
     /// on every call raises it, whether or not it would write (a zombie
     /// learns it is one at its next call, whatever that call is).
     fenced: Option<String>,
+    /// What the acquire found, kept apart from the held job so that it
+    /// stays readable once the job is finished or fenced.
+    acquired: Acquired,
+}
+
+/// A job as it was acquired.
+struct Acquired {
+    resumed: Option<Checkpoint>,
+    taken_over_from: Option<String>,
+    was_completed: bool,
 }
 
 impl Job {
     pub fn new(shared: Arc<Shared>, job: ckpt::Job) -> Job {
-        let last_items = job.resume_checkpoint().map_or(0, |c| c.items_processed);
+        let acquired = Acquired {
+            resumed: job.resume_checkpoint().cloned(),
+            taken_over_from: job.taken_over_from().map(str::to_string),
+            was_completed: job.was_completed(),
+        };
         Job {
             shared,
             name: job.name().to_string(),
+            last_items: acquired.resumed.as_ref().map_or(0, |c| c.items_processed),
             job: Some(job),
-            last_items,
             fenced: None,
+            acquired,
         }
     }
 
@@ -99,7 +114,7 @@ impl Job {
     }
 
     fn resume(&self) -> Option<&Checkpoint> {
-        self.job.as_ref().and_then(|j| j.resume_checkpoint())
+        self.acquired.resumed.as_ref()
     }
 
     /// `checkpoint()`, after its arguments were parsed (see `fastcall`,
@@ -158,16 +173,14 @@ impl Job {
     /// or its process on this host was gone), else None.
     #[getter]
     fn taken_over_from(&self) -> Option<String> {
-        self.job
-            .as_ref()
-            .and_then(|j| j.taken_over_from().map(str::to_string))
+        self.acquired.taken_over_from.clone()
     }
 
     /// True if the job had been completed before this acquire (a finished
     /// job acquired again runs again from its last checkpoint).
     #[getter]
     fn was_completed(&self) -> bool {
-        self.job.as_ref().is_some_and(|j| j.was_completed())
+        self.acquired.was_completed
     }
 
     /// The cursor of the checkpoint this job resumed from: None when it
@@ -301,7 +314,9 @@ impl Job {
     }
 
     fn __repr__(&self) -> String {
-        let state = if self.job.is_some() {
+        let state = if self.fenced.is_some() {
+            "fenced"
+        } else if self.job.is_some() {
             "held"
         } else {
             "finished"

@@ -49,9 +49,13 @@ fn convert(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Value> 
         if let Ok(u) = obj.extract::<u64>() {
             return Ok(Value::Number(u.into()));
         }
+        // Its digits, unless Python refuses to print so many (over 4300).
+        let shown = obj
+            .repr()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| "of thousands of digits".into());
         return Err(InvalidInputError::new_err(format!(
-            "{what} holds an integer beyond 64 bits ({}); store it as a string; nothing was written",
-            obj.repr()?
+            "{what} holds an integer beyond 64 bits ({shown}); store it as a string; nothing was written"
         )));
     }
     if let Ok(f) = obj.cast::<PyFloat>() {

@@ -203,11 +203,14 @@ impl Queue {
     fn items(
         &self,
         py: Python<'_>,
-        status: Option<&str>,
+        status: Option<Bound<'_, PyString>>,
         #[pyo3(from_py_with = args::limit)] limit: usize,
     ) -> PyResult<Vec<ItemRecord>> {
         let queue = self.live()?;
-        let status = status.map(parse_status).transpose()?;
+        let status = match status {
+            Some(s) => Some(parse_status(&crate::json::text(&s, "status")?)?),
+            None => None,
+        };
         let records = exit::detach(py, || queue.items(status, limit)).py()?;
         records
             .into_iter()

@@ -23,6 +23,12 @@ use crate::errors::{IntoPy, InvalidInputError, StoreError};
 use crate::item::{stats_json, Item};
 use crate::shared::Shared;
 
+/// Why an `async def` handler is refused: its call only makes a coroutine,
+/// so completing the item would record work that never ran.
+const ASYNC_HANDLER: &str = "the handler is a coroutine function (async def): ckpt calls \
+     handlers on worker threads and does not await them; make it a plain function (it may \
+     call asyncio.run)";
+
 /// How often the waiting caller lets Python handle signals.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
@@ -43,6 +49,13 @@ pub fn run(
         return Err(PyTypeError::new_err(
             "the handler must be callable: handler(item)",
         ));
+    }
+    let is_async = py
+        .import("inspect")?
+        .call_method1("iscoroutinefunction", (handler.bind(py),))?
+        .is_truthy()?;
+    if is_async {
+        return Err(PyTypeError::new_err(ASYNC_HANDLER));
     }
     let options = RunOptions {
         workers,
@@ -216,6 +229,18 @@ impl PyHandler {
     /// JSON) is dropped with a warning, once per run: failing the item
     /// instead would run work that was done again.
     fn completed(&self, item: &ClaimedItem, value: &Bound<'_, PyAny>) -> Outcome {
+        // An awaitable (a callable object whose `__call__` is async): the
+        // work has not run. The item is given back uncharged and the run
+        // stops, raising TypeError, as for an `async def` handler.
+        if value.hasattr("__await__").unwrap_or(false) {
+            if value.hasattr("close").unwrap_or(false) {
+                // Else Python warns that the coroutine was never awaited.
+                let _ = value.call_method0("close");
+            }
+            lock(&self.escaped).get_or_insert(PyTypeError::new_err(ASYNC_HANDLER));
+            self.stop.stop();
+            return Outcome::Interrupted("the handler returned an awaitable, not a result".into());
+        }
         match stats_json(Some(value)) {
             Ok(stats) => Outcome::Completed(stats),
             Err(e) => {

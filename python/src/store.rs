@@ -36,7 +36,17 @@ const DEFAULT_STORE: &str = "sqlite://ckpt.db";
 pub fn open(py: Python<'_>, url: Option<Bound<'_, PyString>>) -> PyResult<Store> {
     let url = match url {
         Some(url) => crate::json::text(&url, "the store URL")?,
-        None => std::env::var("CKPT_STORE").unwrap_or_else(|_| DEFAULT_STORE.to_string()),
+        None => match std::env::var("CKPT_STORE") {
+            Ok(url) => url,
+            Err(std::env::VarError::NotPresent) => DEFAULT_STORE.to_string(),
+            // Not the default in its place: the work would go to another
+            // store than the one named.
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(StoreError::new_err(
+                    "cannot open store: CKPT_STORE is not valid UTF-8",
+                ))
+            }
+        },
     };
     if url.trim().is_empty() {
         return Err(StoreError::new_err(

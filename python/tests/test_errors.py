@@ -1,6 +1,9 @@
 """Bad input and lost leases: the right exception, and the store unchanged."""
 
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
@@ -265,3 +268,36 @@ def test_every_call_of_a_fenced_job_raises(store_url):
                  zombie.complete):
         with pytest.raises(ckpt.FencedError):
             call()
+
+
+def test_what_a_zombie_acquired_stays_readable_after_its_complete_is_fenced(store_url):
+    first = ckpt.open(store_url).job("z", always=True)
+    first.checkpoint({"pos": 7}, 1, stage="load")
+    first.release()
+    zombie = ckpt.open(store_url).job("z", lease=1.0)
+    _lapse(1.0)
+    ckpt.open(store_url).job("z", lease=60)
+    with pytest.raises(ckpt.FencedError):
+        zombie.complete()
+    assert zombie.resume_cursor() == {"pos": 7}
+    assert (zombie.resume_stage(), zombie.resume_items_processed()) == ("load", 1)
+    assert "fenced" in repr(zombie)
+
+
+def test_input_python_cannot_print_or_encode_gets_the_documented_errors(any_store_url):
+    store = ckpt.open(any_store_url)
+    # Python refuses to print an int of over 4300 digits: still InvalidInputError.
+    with pytest.raises(ckpt.InvalidInputError, match="beyond 64 bits"):
+        store.job("j", always=True).checkpoint(10**5000)
+    with pytest.raises(ckpt.InvalidInputError, match="not valid Unicode"):
+        store.queue("q").items(status="\udc80")
+
+
+def test_a_ckpt_store_that_is_not_utf8_is_refused_not_replaced_by_the_default(tmp_path):
+    env = dict(os.environb)
+    env[b"CKPT_STORE"] = b"sqlite://" + bytes(tmp_path) + b"/\xff.db"
+    program = "import ckpt\ntry:\n    ckpt.open()\nexcept ckpt.StoreError as e:\n    print(e)\n"
+    out = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True)
+    assert "CKPT_STORE is not valid UTF-8" in out.stdout, out
+    assert list(tmp_path.iterdir()) == [], "no store was created"

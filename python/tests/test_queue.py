@@ -314,3 +314,35 @@ def test_any_mapping_enqueues_its_payloads_and_is_taken_as_stats(any_store_url):
     stats = {rec.key: rec.stats for rec in q.items()}
     assert stats[item.key]["rows"] == 7
     assert all(s["rows"] in (1, 7) for s in stats.values()), stats
+
+
+def test_an_async_handler_is_refused_and_runs_nothing(any_store_url):
+    # Calling it only makes a coroutine: completing items on that would
+    # record work that never ran.
+    queue = ckpt.open(any_store_url).queue("q")
+    queue.enqueue(["a", "b"])
+    ran = []
+
+    async def handler(item):
+        ran.append(item.key)
+
+    with pytest.raises(TypeError, match="async def"):
+        queue.run(handler)
+    assert queue.counts().pending == 2
+    assert ran == []
+
+
+def test_a_handler_that_returns_an_awaitable_stops_the_run_uncharged(any_store_url):
+    queue = ckpt.open(any_store_url).queue("q")
+    queue.enqueue(["a", "b", "c"])
+    ran = []
+
+    class Handler:  # not a coroutine function, but its call makes a coroutine
+        async def __call__(self, item):
+            ran.append(item.key)
+
+    with pytest.raises(TypeError, match="async def"):
+        queue.run(Handler())
+    assert ran == []
+    items = queue.items()
+    assert [(i.status, i.attempts) for i in items] == [("pending", 0)] * 3
