@@ -279,6 +279,13 @@ pub enum CheckpointCommand {
         /// The job.
         job: String,
     },
+    /// Mark the job completed, its checkpoint kept: the script is done, so
+    /// `doctor` stops reporting it as stale and `prune` may delete it. Exit
+    /// 5 while a live worker holds the job.
+    Complete {
+        /// The job.
+        job: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -295,19 +295,25 @@ fn check_job(
     let job_lease_expired = job.status == JobStatus::Running
         && job.owner.is_some()
         && job.lease_expires.is_some_and(|t| t <= now);
-    if expired > 0 || job_lease_expired {
-        let what = match (expired, job_lease_expired) {
-            (0, _) => "the job's lease".to_string(),
-            (n, false) => format!("{n} running item(s)"),
-            (n, true) => format!("the job's lease and {n} running item(s)"),
-        };
-        add(
-            FindingKind::ExpiredLeases,
-            format!(
-                "{what} expired: the worker is gone; the next worker takes over (or `ckpt reset {} --force`)",
-                job.name
-            ),
-        );
+    // Nothing to repair by hand: an expired lease is taken over by the next
+    // worker. (`ckpt reset` would not help: it clears the checkpoint, and
+    // leaves items as they are.)
+    let job_takeover = "the next worker to take the job resumes from its checkpoint";
+    let items_takeover = "the next run of the job (or any worker of its queue) takes them over, counting the attempt";
+    let advice = match (expired, job_lease_expired) {
+        (0, false) => None,
+        (0, true) => Some(format!(
+            "the job's lease expired: its worker is gone; {job_takeover}"
+        )),
+        (n, false) => Some(format!(
+            "{n} running item(s) expired: their worker is gone; {items_takeover}"
+        )),
+        (n, true) => Some(format!(
+            "the job's lease and {n} running item(s) expired: their worker is gone; {job_takeover}, and {items_takeover}"
+        )),
+    };
+    if let Some(advice) = advice {
+        add(FindingKind::ExpiredLeases, advice);
     }
     Ok(found)
 }

@@ -1,4 +1,4 @@
-//! `ckpt checkpoint get|set|clear`: the cursor pattern for shell scripts.
+//! `ckpt checkpoint get|set|clear|complete`: the cursor pattern for shell scripts.
 
 use std::process::ExitCode;
 
@@ -74,6 +74,30 @@ pub fn checkpoint(url: &str, cmd: CheckpointCommand) -> Result<ExitCode> {
             super::job_name(&job)?;
             let ckpt = super::open(url, OpenMode::MustExist)?;
             ckpt.clear_checkpoint(&job)?;
+        }
+        CheckpointCommand::Complete { job } => {
+            super::job_name(&job)?;
+            let ckpt = super::open(url, OpenMode::MustExist)?;
+            if ckpt.get_job(&job)?.is_none() {
+                return Err(ckpt::Error::NotFound(format!(
+                    "no job named '{job}' in {}",
+                    ckpt.store().describe()
+                ))
+                .into());
+            }
+            // A job of items completes when its last item does: marking it
+            // completed before would hide the work still to do.
+            let counts = ckpt.store().item_counts(&job)?;
+            let unfinished = counts.pending + counts.running + counts.failed;
+            if unfinished > 0 {
+                return Err(Usage(format!(
+                    "job '{job}' has {unfinished} unfinished item(s): it completes when they do (see `ckpt status {job}`)"
+                ))
+                .into());
+            }
+            // Taken as a worker would take it, so a live holder is refused
+            // (busy, exit 5) and a lapsed one is fenced off.
+            ckpt.job(&job)?.complete()?;
         }
     }
     Ok(ExitCode::SUCCESS)

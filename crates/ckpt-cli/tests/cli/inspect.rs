@@ -400,6 +400,18 @@ fn doctor_is_quiet_when_healthy_and_names_each_finding() {
     out.code(1);
     assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
     assert!(out.stdout.contains("files: dead items: 1 dead item(s)"));
+    // Its advice is what repairs it: a rerun takes the item over. (`ckpt
+    // reset` would clear the checkpoint and leave the item as it is.)
+    let lease = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("expired lease"))
+        .expect("the lease finding");
+    assert!(
+        lease.contains("1 running item(s) expired") && lease.contains("the next run of the job"),
+        "{lease}"
+    );
+    assert!(!lease.contains("reset"), "{lease}");
     sb.ckpt()
         .args(["doctor", "--max-state", "lots"])
         .run()
@@ -429,4 +441,71 @@ fn completions_and_man_page_come_from_the_definitions() {
         .args(["completions", "cmd.exe"])
         .run()
         .error(2);
+}
+
+/// The shell pattern's end: `checkpoint complete` marks the job completed,
+/// its checkpoint kept, so doctor stops calling it stale and prune may
+/// delete it. Refused for an unknown job, a job with unfinished items and a
+/// job a live worker holds, each changing nothing.
+#[test]
+fn checkpoint_complete_ends_a_script_job() {
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args(["checkpoint", "set", "export", "100"])
+        .run()
+        .success();
+    let stale = sb.ckpt().args(["doctor", "--stale", "0s"]).run();
+    stale.code(1);
+    assert!(
+        stale.stdout.contains("export: stale checkpoint"),
+        "{}",
+        stale.stdout
+    );
+    sb.ckpt()
+        .args(["checkpoint", "complete", "export"])
+        .run()
+        .success();
+    let status = sb.status("export");
+    assert_eq!(
+        (&status["status"], &status["cursor"]),
+        (&json!("completed"), &json!(100))
+    );
+    sb.ckpt().args(["doctor", "--stale", "0s"]).run().success();
+    sb.ckpt()
+        .args(["checkpoint", "complete", "nope"])
+        .run()
+        .error(3);
+
+    // Items still to do: refused, the job left running.
+    let items = sb.write_items("items.txt", &["a".into(), "b".into()]);
+    sb.ckpt()
+        .args(["run", "--job", "J", "--retries", "0", "--items"])
+        .arg(&items)
+        .args(["--", "sh", "-c", "exit 1"])
+        .run()
+        .code(1);
+    sb.ckpt().args(["retry", "J"]).run().success();
+    let line = sb
+        .ckpt()
+        .args(["checkpoint", "complete", "J"])
+        .run()
+        .error(2);
+    assert!(line.contains("2 unfinished item(s)"), "{line}");
+    assert_eq!(sb.status("J")["status"], "running");
+
+    // A live holder: busy, exit 5.
+    let ckpt = ckpt::Ckpt::open(&sb.store_url()).unwrap();
+    let held = ckpt.job("held").unwrap();
+    sb.ckpt()
+        .args(["checkpoint", "complete", "held"])
+        .run()
+        .error(5);
+    assert_eq!(sb.status("held")["status"], "running");
+    drop(held);
+
+    sb.ckpt()
+        .args(["prune", "--completed-before", "0s"])
+        .run()
+        .success();
+    sb.ckpt().args(["status", "export"]).run().error(3);
 }
