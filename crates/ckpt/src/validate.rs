@@ -19,7 +19,7 @@ pub const MAX_STATS_BYTES: usize = 64 * 1024;
 pub const DEFAULT_HISTORY_KEEP: usize = 100;
 
 /// Checks a job name: 1 to 200 bytes, no control characters, no leading or
-/// trailing whitespace.
+/// trailing whitespace, not `.` or `..`.
 pub fn job_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::InvalidInput("job name is empty".into()));
@@ -38,6 +38,13 @@ pub fn job_name(name: &str) -> Result<()> {
     if name.trim() != name {
         return Err(Error::InvalidInput(format!(
             "job name {name:?} starts or ends with whitespace"
+        )));
+    }
+    // URLs cannot carry these as a path segment (browsers resolve them,
+    // escaped or not), and the API and dashboard address a job by name.
+    if name == "." || name == ".." {
+        return Err(Error::InvalidInput(format!(
+            "job name {name:?} is a path segment of its own, which a URL cannot name; choose another"
         )));
     }
     Ok(())
@@ -176,7 +183,8 @@ mod tests {
     fn job_names() {
         assert!(job_name("import-2024/users").is_ok());
         assert!(job_name("é ü 日本").is_ok());
-        for bad in ["", " x", "x ", "a\nb", "a\tb", "a\u{7f}b"] {
+        assert!(job_name("...").is_ok() && job_name("./a").is_ok());
+        for bad in ["", " x", "x ", "a\nb", "a\tb", "a\u{7f}b", ".", ".."] {
             assert!(
                 matches!(job_name(bad), Err(Error::InvalidInput(_))),
                 "{bad:?}"
