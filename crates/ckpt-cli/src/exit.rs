@@ -69,7 +69,15 @@ pub fn usage(err: clap::Error) -> ExitCode {
             | ErrorKind::DisplayVersion
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
-        let _ = err.print();
+        // Help goes to stdout: one that cannot be written (a full disk) is
+        // an error like any command's output; a reader gone (`| head`) is
+        // not.
+        if let Err(e) = err.print() {
+            let e = crate::output::stdout_error(e);
+            if !crate::output::is_broken_pipe(&e) {
+                return report(&e);
+            }
+        }
         return ExitCode::from(
             if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
                 USAGE

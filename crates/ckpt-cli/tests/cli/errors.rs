@@ -540,6 +540,9 @@ fn full_disk_on_stdout_is_one_error_line() {
         vec!["doctor", "--json"],
         vec!["completions", "bash"],
         vec!["man"],
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["--version"],
     ] {
         let line = sb
             .ckpt()
