@@ -86,7 +86,19 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
 /// series. Doubled, every value renders as the text format's escape of
 /// itself. (`a_label_value_renders_as_itself` checks the exporter still
 /// behaves so.)
-struct BackslashSafe(PrometheusRecorder);
+pub struct BackslashSafe(PrometheusRecorder);
+
+impl BackslashSafe {
+    /// A recorder that renders label values faithfully.
+    pub fn new() -> BackslashSafe {
+        BackslashSafe(PrometheusBuilder::new().build_recorder())
+    }
+
+    /// The handle that renders what it recorded.
+    pub fn handle(&self) -> PrometheusHandle {
+        self.0.handle()
+    }
+}
 
 /// `key` with the backslashes of its label values doubled (borrowed when
 /// it has none, as almost every key).
@@ -256,8 +268,8 @@ mod tests {
             r#"\""#,
             "plain",
         ];
-        let recorder = BackslashSafe(PrometheusBuilder::new().build_recorder());
-        let handle = recorder.0.handle();
+        let recorder = BackslashSafe::new();
+        let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
             for (i, name) in names.iter().enumerate() {
                 metrics::gauge!("t", "job" => name.to_string()).set(i as f64);

@@ -11,7 +11,6 @@ use axum::response::Response;
 use ckpt::inspect::JobSummary;
 use ckpt::JobStatus;
 use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
-use metrics_exporter_prometheus::PrometheusBuilder;
 
 use super::AppState;
 use crate::exporter::exposition;
@@ -44,7 +43,8 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
 /// The store gauges for `jobs` (`None`: the store did not answer, so only
 /// `ckpt_store_up 0`), in the text format.
 pub fn render_store(jobs: Option<&[JobSummary]>) -> String {
-    let recorder = PrometheusBuilder::new().build_recorder();
+    // Job names go into labels: see `BackslashSafe`.
+    let recorder = crate::exporter::BackslashSafe::new();
     metrics::with_local_recorder(&recorder, || {
         describe();
         gauge!("ckpt_store_up").set(if jobs.is_some() { 1.0 } else { 0.0 });

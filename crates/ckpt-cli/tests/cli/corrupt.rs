@@ -311,6 +311,16 @@ fn values_of_the_wrong_type_are_named_by_doctor() {
             &["status", "J"],
         ),
     ];
+    // Not damage: an items_processed past i64::MAX is stored in an i64's
+    // bits, negative, and reads back whole.
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args(["checkpoint", "set", "big", "1", "--items-processed"])
+        .arg(u64::MAX.to_string())
+        .run()
+        .success();
+    sb.ckpt().args(["doctor", "--full"]).run().success();
+    assert_eq!(sb.status("big")["items_processed"], u64::MAX);
     for (edit, named, reader) in cases {
         let sb = with_store(&pristine().bytes);
         let conn = rusqlite::Connection::open(sb.db()).unwrap();

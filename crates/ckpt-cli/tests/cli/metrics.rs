@@ -240,6 +240,35 @@ fn metrics_show_every_job_from_the_store_and_drop_pruned_ones() {
     server.stop();
 }
 
+/// Job names that differ only in backslashes are distinct series, each
+/// label value reading back as the name (the exporter's own sanitiser
+/// took `\\` for an escape already made).
+#[test]
+fn job_names_with_backslashes_are_distinct_series() {
+    let sb = Sandbox::new();
+    let names = [r"a\b", r"a\\b", r#"q\"x"#];
+    for (i, name) in names.iter().enumerate() {
+        sb.ckpt()
+            .args(["checkpoint", "set", name, "1", "--items-processed"])
+            .arg((i + 1).to_string())
+            .run()
+            .success();
+    }
+    let server = Server::start(&sb, &[]);
+    let res = server.get("/metrics");
+    promtool_check_metrics(&res.body);
+    let m = parse(&res.body);
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(
+            value(&m, "ckpt_checkpoint_items_processed", &[("job", name)]),
+            Some((i + 1) as f64),
+            "{name}: {}",
+            res.body
+        );
+    }
+    server.stop();
+}
+
 #[test]
 fn metrics_of_an_empty_store_are_valid() {
     let sb = Sandbox::new();

@@ -63,7 +63,8 @@ pub(super) fn status_col<T>(
 }
 
 /// A count ckpt never stores negative (a negative one is damage, not a
-/// huge count).
+/// huge count). Not for `items_processed`, which holds any u64 in the bits
+/// of an i64.
 pub(super) fn count_col<T: TryFrom<i64>>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
     let n: i64 = row.get(idx)?;
     T::try_from(n).map_err(|_| {
@@ -84,7 +85,9 @@ pub(super) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     let checkpoint = match cursor {
         Some(cursor) => Some(Checkpoint {
             cursor,
-            items_processed: count_col(row, 3)?,
+            // Stored as the i64 of the same bits: counts past i64::MAX
+            // read back negative, and are whole again as u64.
+            items_processed: row.get::<_, i64>(3)? as u64,
             stage: row.get(4)?,
             state: json_col(row, 5)?,
         }),
@@ -135,7 +138,7 @@ pub(super) fn history_from_row(row: &Row<'_>) -> rusqlite::Result<HistoryEntry> 
     Ok(HistoryEntry {
         seq: count_col(row, 0)?,
         cursor: json_col(row, 1)?.unwrap_or(Value::Null),
-        items_processed: count_col(row, 2)?,
+        items_processed: row.get::<_, i64>(2)? as u64,
         at: Timestamp(row.get(3)?),
     })
 }
