@@ -611,10 +611,22 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
     // another process's: after `exited`, no timeout, fence or shutdown
     // signals that pid.
     let (status, (timed_out, stopped), tail) = h.output.wait(&mut child, &tag, files, || {
-        // Seen ending only after its fence's deadline (ckpt was stopped or
-        // hung): the sentinel may have stopped it meanwhile, without ckpt
-        // hearing of it. Tripping the fence marks the command stopped.
-        fence.trip_if_overdue(Instant::now());
+        // Seen ending only after its deadline as the sentinel keeps it
+        // (ckpt was stopped or hung, the machine slept): the sentinel may
+        // have stopped it meanwhile, without ckpt hearing of it. Tripping
+        // the fence marks the command stopped.
+        if let Some(late) = children.overdue(pid) {
+            if fence.trip_overdue(late) {
+                tracing::warn!(
+                    event = "lease_lost",
+                    job,
+                    item = %crate::output::shown(&tag),
+                    reason = "unconfirmed",
+                    "its command was seen ending {} past its deadline: not taken as done",
+                    humantime::format_duration(Duration::from_millis(late.as_millis() as u64))
+                );
+            }
+        }
         let timed_out = h.timeouts.is_some_and(|t| t.disarm(pid));
         // Whatever the command left running in its process group (`work &`)
         // is this item's work: it must not run on beside a retry or another

@@ -212,32 +212,21 @@ impl Fence {
         true
     }
 
-    /// Trips the fence if the deadline by which the work must be told to
-    /// stop (as published to [`on_deadline`](Fence::on_deadline) hooks) is
-    /// `now` or earlier; true if the fence is lost. For work seen ending:
-    /// when this process was stopped or hung past the deadline, a watchdog
-    /// outside it (`ckpt run`'s sentinel) may have stopped the work before
-    /// the watchdog in here could trip the fence, and work that was told to
-    /// stop cannot show by how it ended that it was done.
-    pub fn trip_if_overdue(&self, now: Instant) -> bool {
-        let term = {
-            let g = self.lock();
-            if g.lost.is_some() {
-                return true;
-            }
-            match g.deadline {
-                Some((term, _)) if term <= now => term,
-                _ => return false,
-            }
-        };
-        let late = humantime::format_duration(round_ms(now.saturating_duration_since(term)));
+    /// Trips the fence of work seen ending `late` past the deadline by
+    /// which it had to be told to stop (as published to
+    /// [`on_deadline`](Fence::on_deadline) hooks): a watchdog outside this
+    /// process (`ckpt run`'s sentinel) may have stopped it while this
+    /// process was stopped or hung and its own watchdog could not trip the
+    /// fence, and work that was told to stop cannot show by how it ended
+    /// that it was done. Returns whether this call tripped it.
+    pub fn trip_overdue(&self, late: Duration) -> bool {
+        let late = humantime::format_duration(round_ms(late));
         self.trip(
             FenceReason::Unconfirmed,
             &format!(
-                "its end was seen only {late} past the deadline by which it had to be told to stop (this process was paused or hung, or the store did not confirm a renewal in time), so it may have been stopped from outside"
+                "its end was seen only {late} past the deadline by which it had to be told to stop (this process was paused or hung, the machine slept, or the store did not confirm a renewal in time), so it may have been stopped from outside"
             ),
-        );
-        true
+        )
     }
 }
 
@@ -618,18 +607,13 @@ mod tests {
     }
 
     #[test]
-    fn a_fence_seen_past_its_published_deadline_trips() {
+    fn an_overdue_fence_trips_once_and_says_how_late() {
         let fence = Fence::new(Duration::from_millis(10));
-        let t0 = Instant::now();
-        assert!(!fence.trip_if_overdue(t0), "no deadline yet");
-        fence.set_deadline(t0 + Duration::from_secs(5), t0 + Duration::from_secs(6));
-        assert!(!fence.trip_if_overdue(t0 + Duration::from_millis(4_999)));
-        assert!(!fence.is_lost());
-        assert!(fence.trip_if_overdue(t0 + Duration::from_millis(6_250)));
+        assert!(fence.trip_overdue(Duration::from_millis(1_250)));
         let why = fence.reason().unwrap();
         assert!(why.contains("1s 250ms past the deadline"), "{why}");
-        // Lost for any reason: says so, keeping the first reason.
-        assert!(fence.trip_if_overdue(t0));
+        // Lost already: the first reason stays.
+        assert!(!fence.trip_overdue(Duration::from_secs(9)));
         assert_eq!(fence.reason().unwrap(), why);
     }
 

@@ -12,7 +12,7 @@
 //! An item whose command was stopped this way is given back unfinished,
 //! not failed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -55,6 +55,9 @@ struct State {
     /// show that their work was done, since many programs exit 0 on
     /// SIGTERM.
     stopped: HashSet<u32>,
+    /// The running commands' deadlines as last sent to the sentinel (see
+    /// [`Children::overdue`]).
+    deadlines: HashMap<u32, i64>,
 }
 
 /// The commands running for one worker.
@@ -80,6 +83,7 @@ impl Children {
                 interrupted: false,
                 halted: false,
                 stopped: HashSet::new(),
+                deadlines: HashMap::new(),
             }),
             changed: Condvar::new(),
         })
@@ -156,10 +160,21 @@ impl Children {
     /// Tells the sentinel the fence deadline of the command `pid` (which
     /// leads its process group), while it is registered.
     pub fn deadline(&self, pid: u32, term: std::time::Instant, kill: std::time::Instant) {
-        let g = self.lock();
+        let mut g = self.lock();
         if let (true, Some(sentinel)) = (g.pids.contains(&pid), &self.sentinel) {
-            sentinel.deadline(pid, term, kill);
+            let term_ms = sentinel.deadline(pid, term, kill);
+            g.deadlines.insert(pid, term_ms);
         }
+    }
+
+    /// How long ago the sentinel may have told the command `pid` to stop:
+    /// its deadline as last sent, if passed (on the sentinel's clock, so
+    /// that a machine that slept past it counts, as the sentinel counts
+    /// it). Asked when the command is seen to end: ckpt, stopped or hung
+    /// meanwhile, did not hear of that stop.
+    pub fn overdue(&self, pid: u32) -> Option<Duration> {
+        let term_ms = *self.lock().deadlines.get(&pid)?;
+        super::sentinel::past(term_ms)
     }
 
     /// Sends SIGKILL to what is left of the process group of command `pid`,
@@ -177,6 +192,7 @@ impl Children {
         let stopped = {
             let mut g = self.lock();
             g.pids.remove(&pid);
+            g.deadlines.remove(&pid);
             g.stopped.remove(&pid)
         };
         if let Some(sentinel) = &self.sentinel {

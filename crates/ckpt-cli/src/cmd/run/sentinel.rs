@@ -116,13 +116,12 @@ impl Sentinel {
     }
 
     /// Tells the sentinel when the command of group `pgid` must be told to
-    /// stop (`term`) and be gone (`kill`).
-    pub fn deadline(&self, pgid: u32, term: Instant, kill: Instant) {
-        self.send(&format!(
-            "@{pgid} {} {}\n",
-            boottime_ms(term),
-            boottime_ms(kill)
-        ));
+    /// stop (`term`) and be gone (`kill`). Returns `term` as sent, in ms on
+    /// `CLOCK_BOOTTIME` (see [`past`]).
+    pub fn deadline(&self, pgid: u32, term: Instant, kill: Instant) -> i64 {
+        let term_ms = boottime_ms(term);
+        self.send(&format!("@{pgid} {term_ms} {}\n", boottime_ms(kill)));
+        term_ms
     }
 
     /// Unregisters the process group of a command that has exited, before
@@ -358,6 +357,14 @@ fn enforce(groups: &mut BTreeMap<i32, Option<Deadline>>) {
             libc::kill(-pgid, sig);
         }
     }
+}
+
+/// How long ago a deadline `deadline` returned has passed, as the sentinel
+/// sees it (the same clock, which goes on while the machine sleeps, unlike
+/// `Instant`); `None` if it has not.
+pub fn past(term_ms: i64) -> Option<std::time::Duration> {
+    let late = now_ms() - term_ms;
+    (late >= 0).then(|| std::time::Duration::from_millis(late as u64))
 }
 
 /// Now on `CLOCK_BOOTTIME`, in ms.
