@@ -281,7 +281,8 @@ pub enum CheckpointCommand {
     },
     /// Mark the job completed, its checkpoint kept: the script is done, so
     /// `doctor` stops reporting it as stale and `prune` may delete it. Exit
-    /// 5 while a live worker holds the job.
+    /// 5 while a live worker holds the job, 2 while it has items not
+    /// completed (a job of items completes with its last item).
     Complete {
         /// The job.
         job: String,

@@ -78,20 +78,26 @@ pub fn checkpoint(url: &str, cmd: CheckpointCommand) -> Result<ExitCode> {
         CheckpointCommand::Complete { job } => {
             super::job_name(&job)?;
             let ckpt = super::open(url, OpenMode::MustExist)?;
-            if ckpt.get_job(&job)?.is_none() {
+            let Some(record) = ckpt.get_job(&job)? else {
                 return Err(ckpt::Error::NotFound(format!(
                     "no job named '{job}' in {}",
                     ckpt.store().describe()
                 ))
                 .into());
+            };
+            if record.status == ckpt::JobStatus::Completed {
+                return Ok(ExitCode::SUCCESS); // as asked: nothing to change
             }
             // A job of items completes when its last item does: marking it
-            // completed before would hide the work still to do.
+            // completed before would hide the work still to do, or the
+            // items that died. (Prune checks again, atomically, that every
+            // item of a job it deletes is completed.)
             let counts = ckpt.store().item_counts(&job)?;
-            let unfinished = counts.pending + counts.running + counts.failed;
-            if unfinished > 0 {
+            let left = counts.pending + counts.running + counts.failed + counts.dead;
+            if left > 0 {
                 return Err(Usage(format!(
-                    "job '{job}' has {unfinished} unfinished item(s): it completes when they do (see `ckpt status {job}`)"
+                    "job '{job}' has {left} item(s) not completed ({} dead): it completes when they do (see `ckpt status {job}`)",
+                    counts.dead
                 ))
                 .into());
             }

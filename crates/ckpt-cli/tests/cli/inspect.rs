@@ -471,12 +471,20 @@ fn checkpoint_complete_ends_a_script_job() {
         (&json!("completed"), &json!(100))
     );
     sb.ckpt().args(["doctor", "--stale", "0s"]).run().success();
+    // Again: nothing changes (its completion time, which prune goes by,
+    // included).
+    let before = sb.dump();
+    sb.ckpt()
+        .args(["checkpoint", "complete", "export"])
+        .run()
+        .success();
+    assert_eq!(sb.dump(), before);
     sb.ckpt()
         .args(["checkpoint", "complete", "nope"])
         .run()
         .error(3);
 
-    // Items still to do: refused, the job left running.
+    // Dead items: refused, the job left failed.
     let items = sb.write_items("items.txt", &["a".into(), "b".into()]);
     sb.ckpt()
         .args(["run", "--job", "J", "--retries", "0", "--items"])
@@ -484,13 +492,19 @@ fn checkpoint_complete_ends_a_script_job() {
         .args(["--", "sh", "-c", "exit 1"])
         .run()
         .code(1);
+    let complete_j = || {
+        sb.ckpt()
+            .args(["checkpoint", "complete", "J"])
+            .run()
+            .error(2)
+    };
+    let line = complete_j();
+    assert!(line.contains("2 item(s) not completed (2 dead)"), "{line}");
+    assert_eq!(sb.status("J")["status"], "failed");
+    // Items still to do: refused, the job left running.
     sb.ckpt().args(["retry", "J"]).run().success();
-    let line = sb
-        .ckpt()
-        .args(["checkpoint", "complete", "J"])
-        .run()
-        .error(2);
-    assert!(line.contains("2 unfinished item(s)"), "{line}");
+    let line = complete_j();
+    assert!(line.contains("2 item(s) not completed (0 dead)"), "{line}");
     assert_eq!(sb.status("J")["status"], "running");
 
     // A live holder: busy, exit 5.
