@@ -141,7 +141,7 @@ class Job:
     def is_due(self, items_processed: int) -> bool:
         """Whether a checkpoint with that count would be saved now (build costly state only then)."""
     def flush(self) -> None:
-        """Persists the latest recorded checkpoint now; if the store is unreachable, busy or full, it stays recorded and a retry saves it."""
+        """Persists the latest recorded checkpoint now; if the store is unreachable or busy, it stays recorded and a retry saves it."""
     def heartbeat(self) -> None:
         """Renews the lease if a third of it has passed; for items longer than the lease."""
     def history(self, limit: int = 100) -> list[HistoryEntry]:

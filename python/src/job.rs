@@ -91,13 +91,19 @@ impl Job {
 
     /// Ends the hold on the job with `end` (complete, fail or release),
     /// without the GIL. The call is counted before the handle is taken, so
-    /// one refused at interpreter exit leaves the job as it was.
+    /// one refused at interpreter exit leaves the job as it was. The last
+    /// checkpoint is flushed while the handle still holds the job: a save
+    /// that fails leaves the handle (and the checkpoint) as they were, so
+    /// calling the same method again retries it.
     fn end(
         &mut self,
         py: Python<'_>,
         end: impl FnOnce(ckpt::Job) -> ckpt::Result<()> + Send,
     ) -> PyResult<()> {
         let _call = exit::enter().py()?;
+        let held = self.held()?;
+        let flushed = py.detach(|| held.flush());
+        self.settle(flushed)?;
         let job = self.take()?;
         let result = py.detach(|| end(job));
         self.settle(result)

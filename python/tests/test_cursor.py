@@ -160,7 +160,7 @@ def test_a_loop_killed_with_sigkill_resumes_at_its_checkpoint(store_url, tmp_pat
     assert info.state == {"sum": sum(range(n))}
 
 
-def test_a_flush_refused_by_a_locked_store_is_saved_by_the_next_one(tmp_path):
+def test_a_flush_or_complete_refused_by_a_locked_store_is_saved_by_the_next_call(tmp_path):
     # Another process holding SQLite's write lock makes the flush fail with
     # BusyError; the checkpoint stays recorded, so the retry saves it
     # rather than succeeding with nothing to save. (The lock is taken in
@@ -186,6 +186,25 @@ def test_a_flush_refused_by_a_locked_store_is_saved_by_the_next_one(tmp_path):
         assert locker.wait(timeout=30) == 0
     job.flush()
     assert store.status("j").cursor == 2
+    # complete() flushes while it still holds the job: refused the same
+    # way, the handle and its checkpoint are kept, and a second call
+    # completes with it.
+    job.checkpoint(3, 3)
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCK_UNTIL_STDIN_CLOSES, str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert locker.stdout.readline() == "locked\n"
+        with pytest.raises(ckpt.BusyError):
+            job.complete()
+        assert "held" in repr(job)
+    finally:
+        locker.stdin.close()
+        assert locker.wait(timeout=30) == 0
+    job.complete()
+    info = store.status("j")
+    assert (info.status, info.cursor) == ("completed", 3)
 
 
 LOCK_UNTIL_STDIN_CLOSES = """

@@ -309,12 +309,13 @@ impl Job {
     }
 
     /// Persists the latest recorded checkpoint now, whatever the policy.
-    /// On an error that a retry may get past ([`Error::is_transient`], or
-    /// a storage error such as a full disk) the checkpoint stays pending,
-    /// so a later `flush`, `complete`, `fail` or `release` still saves it
-    /// rather than succeeding without it; on any other error (a lost
-    /// lease, a checkpoint the store refuses) it is dropped, and the stored
-    /// one is kept.
+    /// On an error that a retry may get past ([`Error::is_transient`]: the
+    /// store busy or unreachable) the checkpoint stays pending, so calling
+    /// `flush` again saves it rather than succeeding without it; on any
+    /// other error (a lost lease, a checkpoint the store refuses, a full
+    /// disk) it is dropped, and the stored one is kept. (`complete`,
+    /// `fail` and `release` take the handle whatever happens: flush first
+    /// to be able to retry a save.)
     pub fn flush(&mut self) -> Result<()> {
         let Some(cp) = self.pending.take() else {
             return Ok(());
@@ -324,7 +325,7 @@ impl Job {
             store.save_checkpoint(lease, cp, keep, until, now)
         });
         if let Err(e) = &result {
-            if e.is_transient() || matches!(e, Error::Storage(_)) {
+            if e.is_transient() {
                 pace::store_pending(&mut self.pending, &mut self.pending_plain, cp);
             }
         }
