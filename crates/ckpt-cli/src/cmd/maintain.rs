@@ -182,7 +182,7 @@ pub fn history(url: &str, cmd: HistoryCommand) -> Result<ExitCode> {
         }
         None => store.list_jobs()?.into_iter().map(|j| j.name).collect(),
     };
-    let (mut total, mut changed, mut failed) = (0, Vec::new(), None);
+    let (mut total, mut changed, mut failed, mut vanished) = (0, Vec::new(), None, 0);
     for name in &names {
         match store.truncate_history(name, keep) {
             Ok(0) => {}
@@ -192,7 +192,7 @@ pub fn history(url: &str, cmd: HistoryCommand) -> Result<ExitCode> {
             }
             // Deleted since the listing (by a prune, or by a Redis
             // retention expiry): it has no history left to cut.
-            Err(e) if every_job && e.is_not_found() => {}
+            Err(e) if every_job && e.is_not_found() => vanished += 1,
             Err(e) => {
                 failed = Some(e);
                 break;
@@ -210,7 +210,7 @@ pub fn history(url: &str, cmd: HistoryCommand) -> Result<ExitCode> {
     }
     errln!(
         "ckpt: {total} history entries removed from {} job(s); each keeps at most {keep}",
-        names.len()
+        names.len() - vanished
     );
     Ok(ExitCode::SUCCESS)
 }
