@@ -272,13 +272,19 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     if stopped {
         let by = stopped_by.map_or_else(|| "a stop request".to_string(), signal_name);
         errln!(
-            "ckpt: job '{}' stopped by {by}: {} completed now, {} given back unfinished, {} failed attempts; {} of {} completed in all ({took}); run the same command again to resume",
+            "ckpt: job '{}' stopped by {by}: {} completed now, {} given back unfinished, {} failed attempts; {} of {} completed in all ({took}); {}",
             args.job,
             report.completed,
             report.released,
             report.failed,
             counts.completed,
-            counts.total()
+            counts.total(),
+            // Another run may have finished what this one gave back.
+            if counts.unfinished() > 0 {
+                "run the same command again to resume"
+            } else {
+                "nothing is left to run"
+            }
         );
         // 128 + the signal, as a shell reports a process it ended.
         let code = stopped_by.map_or(FAILED, |sig| (128 + sig) as u8);

@@ -400,3 +400,47 @@ fn a_run_that_cannot_see_another_users_live_run_does_not_take_its_items() {
     ledger.assert_completed("hidden /proc", &keys);
     assert_eq!(ledger.duplicates(), 0, "each item ran once, in run A");
 }
+
+/// The sentinel goes by a name of its own, so that `killall -9 ckpt`
+/// (which matches process names) kills the runs and leaves their
+/// sentinels to kill the commands.
+#[test]
+fn the_sentinel_is_named_apart_from_the_run() {
+    let sb = Sandbox::new();
+    sb.write("items.txt", "a\n");
+    let mut running = sb
+        .ckpt()
+        .args(["run", "--job", "N", "--items"])
+        .arg(sb.join("items.txt"))
+        .args(["--", "sh", "-c", "echo started > started; sleep 30"])
+        .spawn();
+    wait_until(Duration::from_secs(30), "the command to start", || {
+        sb.join("started").exists()
+    });
+    let run = running.id();
+    let sentinel = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            // ppid is the 4th field, after the parenthesised name.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            ppid == Some(run) && cmdline.windows(10).any(|w| w == b"__sentinel")
+        })
+        .expect("the run's sentinel");
+    let comm = std::fs::read_to_string(format!("/proc/{sentinel}/comm")).unwrap();
+    assert_eq!(comm.trim_end(), "ckpt-sentinel");
+    let comm = std::fs::read_to_string(format!("/proc/{run}/comm")).unwrap();
+    assert_eq!(comm.trim_end(), "ckpt");
+    // Killed alone, as `killall -9 ckpt` would: the sentinel ends the
+    // command, then itself.
+    running.kill().unwrap();
+    running.wait().unwrap();
+    wait_until(Duration::from_secs(10), "the sentinel to end", || {
+        process_gone(sentinel)
+    });
+}

@@ -102,8 +102,9 @@ fn sigterm_lets_running_commands_finish_and_gives_back_the_rest() {
     let out = run.wait(Duration::from_secs(60));
     out.code(143);
     assert!(
-        out.stderr.contains("stopped by SIGTERM"),
-        "a summary says why it stopped:\n{}",
+        out.stderr.contains("stopped by SIGTERM")
+            && out.stderr.contains("run the same command again to resume"),
+        "a summary says why it stopped, and what to do:\n{}",
         out.stderr
     );
 
@@ -139,6 +140,31 @@ fn sigterm_lets_running_commands_finish_and_gives_back_the_rest() {
         "first attempts only: {log:?}"
     );
     assert_eq!(item_counts(&sb.status("J")), (0, 0, 20, 0, 0));
+}
+
+/// Stopped while its last items run, which then finish: nothing is left,
+/// and the summary does not send the operator to run it again.
+#[test]
+fn a_stop_that_leaves_nothing_to_do_says_so() {
+    let sb = Sandbox::new();
+    let all = items("slow", 2);
+    let file = sb.write_items("items.txt", &all);
+    let run = run_command(&sb, &file, &[]).start();
+    wait_until(Duration::from_secs(30), "both items to start", || {
+        sb.lines("started").len() == 2
+    });
+    run.signal(SIGTERM);
+    wait_for_shutdown(&run);
+    sb.write("go", "");
+    let out = run.wait(Duration::from_secs(60));
+    out.code(143);
+    assert!(
+        out.stderr.contains("2 of 2 completed in all")
+            && out.stderr.contains("nothing is left to run"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("again"), "{}", out.stderr);
 }
 
 #[test]
