@@ -93,8 +93,9 @@ impl Job {
     /// without the GIL. The call is counted before the handle is taken, so
     /// one refused at interpreter exit leaves the job as it was. The last
     /// checkpoint is flushed while the handle still holds the job: a save
-    /// that fails leaves the handle (and the checkpoint) as they were, so
-    /// calling the same method again retries it.
+    /// refused for now (busy, unreachable) leaves the handle and the
+    /// checkpoint as they were, so calling the same method again retries
+    /// it; any other failure spends the handle.
     fn end(
         &mut self,
         py: Python<'_>,
@@ -103,6 +104,14 @@ impl Job {
         let _call = exit::enter().py()?;
         let held = self.held()?;
         let flushed = py.detach(|| held.flush());
+        if let Err(e) = &flushed {
+            // Only a save refused for now keeps the checkpoint (see
+            // `Job::flush`); after any other failure it is gone, and a
+            // second call must not succeed without it: the handle is spent.
+            if !e.is_transient() {
+                self.job = None;
+            }
+        }
         self.settle(flushed)?;
         let job = self.take()?;
         let result = py.detach(|| end(job));

@@ -215,3 +215,33 @@ print("locked", flush=True)
 sys.stdin.read()
 db.execute("ROLLBACK")
 """
+
+
+def test_a_complete_whose_save_failed_for_good_never_succeeds_without_it(tmp_path):
+    # A Redis store that lost its data under the handle: the save fails with
+    # StoreError, not for now but for good. The checkpoint is gone, so the
+    # handle is spent: a second complete() must say so, not complete the
+    # job without the checkpoint.
+    from conftest import Redis, make_store_url
+
+    urls = make_store_url("redis", tmp_path)
+    url = next(urls)
+    try:
+        store = ckpt.open(url)
+        job = store.job("j", every_items=1000)
+        job.checkpoint(1, 1)
+        job.flush()
+        job.checkpoint(2, 2)
+        prefix = url.rsplit("prefix=", 1)[1]
+        r = Redis()
+        try:
+            r.cmd("DEL", *r.keys(f"{prefix}:*"))
+        finally:
+            r.close()
+        with pytest.raises(ckpt.StoreError, match="is gone"):
+            job.complete()
+        with pytest.raises(ckpt.Error, match="already completed, failed or released"):
+            job.complete()
+        assert "finished" in repr(job)
+    finally:
+        next(urls, None)

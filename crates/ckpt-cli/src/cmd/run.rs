@@ -256,12 +256,12 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     let took = short_duration(started.elapsed());
     if let Some((why, success)) = halted {
         errln!(
-            "ckpt: job '{}' halted: {why}; {} completed now, {} given back unfinished, {} failed attempts; {} item(s) left pending, run the same command again to continue ({took})",
+            "ckpt: job '{}' halted: {why}; {} completed now, {} given back unfinished, {} failed attempts ({took}); {}",
             args.job,
             report.completed,
             report.released,
             report.failed,
-            counts.unfinished(),
+            left_to_do(counts.unfinished(), counts.dead, &args.job, "continue"),
         );
         return Ok(if success {
             ExitCode::SUCCESS
@@ -280,11 +280,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             counts.completed,
             counts.total(),
             // Another run may have finished what this one gave back.
-            if counts.unfinished() > 0 {
-                "run the same command again to resume"
-            } else {
-                "nothing is left to run"
-            }
+            left_to_do(counts.unfinished(), counts.dead, &args.job, "resume")
         );
         // 128 + the signal, as a shell reports a process it ended.
         let code = stopped_by.map_or(FAILED, |sig| (128 + sig) as u8);
@@ -311,6 +307,25 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The end of a stopped or halted run's summary: what is left, and what
+/// to do about it.
+fn left_to_do(unfinished: u64, dead: u64, job: &str, verb: &str) -> String {
+    let dead = if dead > 0 {
+        format!(
+            "{dead} dead item(s): see `ckpt status {}`",
+            crate::output::shown(job)
+        )
+    } else {
+        String::new()
+    };
+    match (unfinished, dead.is_empty()) {
+        (0, true) => "nothing is left to run".into(),
+        (0, false) => dead,
+        (n, true) => format!("{n} item(s) left, run the same command again to {verb}"),
+        (n, false) => format!("{n} item(s) left, run the same command again to {verb}; {dead}"),
+    }
 }
 
 /// Open files a run needs besides its commands' (the store, its sockets,
@@ -623,10 +638,13 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
         // the fence marks the command stopped.
         if let Some(late) = children.overdue(pid) {
             if fence.trip_overdue(late) {
+                // Counted and logged as every self-fence is (RELIABILITY.md).
+                metrics::counter!("ckpt_lease_lost_total", "job" => job.to_string(), "reason" => "unconfirmed")
+                    .increment(1);
                 tracing::warn!(
                     event = "lease_lost",
                     job,
-                    item = %crate::output::shown(&tag),
+                    key = %crate::output::shown(&tag),
                     reason = "unconfirmed",
                     "its command was seen ending {} past its deadline: not taken as done",
                     humantime::format_duration(Duration::from_millis(late.as_millis() as u64))

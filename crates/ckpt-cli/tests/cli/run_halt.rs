@@ -160,7 +160,8 @@ fn halt_soon_leaves_the_rest_pending_uncharged_and_a_rerun_continues() {
     out.code(1);
     for part in [
         "job 'H' halted: 2 failures (--halt soon,fail=2); 3 completed now,",
-        "2 failed attempts; 13 item(s) left pending, run the same command again to continue",
+        "2 failed attempts (",
+        "13 item(s) left, run the same command again to continue; 2 dead item(s): see `ckpt status H`",
     ] {
         assert!(
             out.stderr.contains(part),

@@ -163,7 +163,17 @@ impl Children {
         let mut g = self.lock();
         if let (true, Some(sentinel)) = (g.pids.contains(&pid), &self.sentinel) {
             let term_ms = sentinel.deadline(pid, term, kill);
-            g.deadlines.insert(pid, term_ms);
+            // A deadline that has passed stays: the sentinel may have acted
+            // on it before it read the later one (after a suspend, say, a
+            // renewal can land once the sentinel has already stopped the
+            // command).
+            let passed = g
+                .deadlines
+                .get(&pid)
+                .is_some_and(|&t| super::sentinel::past(t).is_some());
+            if !passed {
+                g.deadlines.insert(pid, term_ms);
+            }
         }
     }
 
