@@ -153,3 +153,71 @@ fn a_killed_postgres_worker_is_taken_over_by_the_others_at_once() {
     logged.dedup();
     assert_eq!(logged.len(), all.len(), "every item ran to the end");
 }
+
+/// As on a managed database: an administrator made the schema and granted
+/// a role USAGE and CREATE on it, and the role may not create schemas in
+/// the database. The store is created there all the same (ckpt does not ask
+/// for the database's CREATE when the schema exists). A schema named with a
+/// reserved word is refused in one line, and nothing is created.
+#[test]
+fn a_role_with_create_on_its_schema_only_can_make_the_store() {
+    let Some(pg) = PgSchema::new("granted") else {
+        return;
+    };
+    let role = format!("ckpt_cli_granted_{}", std::process::id());
+    let mut admin = postgres::Client::connect(&pg.base, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN;
+             CREATE SCHEMA {s}; GRANT USAGE, CREATE ON SCHEMA {s} TO {role};",
+            s = pg.name()
+        ))
+        .unwrap();
+    let sb = Sandbox::new();
+    let url = pg
+        .url()
+        .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let as_role = pg
+            .base
+            .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+        let no_create: bool = postgres::Client::connect(&as_role, postgres::NoTls)
+            .unwrap()
+            .query_one("SELECT NOT has_database_privilege('test', 'CREATE')", &[])
+            .unwrap()
+            .get(0);
+        assert!(no_create, "the role may not create schemas");
+        sb.ckpt_bare()
+            .args(["--store", &url, "checkpoint", "set", "j", "7"])
+            .run()
+            .success();
+        let got = sb
+            .ckpt_bare()
+            .args(["--store", &url, "checkpoint", "get", "j"])
+            .run();
+        assert_eq!(got.success().stdout.trim(), "7");
+
+        let reserved = pg.base.clone() + "?schema=order";
+        let line = sb
+            .ckpt_bare()
+            .args(["--store", &reserved, "checkpoint", "set", "j", "1"])
+            .run()
+            .error(4);
+        assert!(line.contains("\"order\" is a reserved word"), "{line}");
+        let made: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'order'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(made, 0, "nothing was created");
+    }));
+    let _ = admin.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {} CASCADE; DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}",
+        pg.name()
+    ));
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}

@@ -326,6 +326,20 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
         if *code == SqlState::DISK_FULL {
             return Error::Storage(format!("disk full: {}", db.message()));
         }
+        // What PgBouncer says while the server behind it is away ("server
+        // login has been failing, try again later", "pgbouncer cannot
+        // connect to server", "server conn crashed?"): an outage, ridden
+        // out like the server's own restart. (Its one lasting 08P01, a
+        // startup parameter it does not take, ends at connect.)
+        if *code == SqlState::PROTOCOL_VIOLATION
+            && !db.message().contains("unsupported startup parameter")
+        {
+            return Error::Unavailable(format!(
+                "the pooler in front of PostgreSQL cannot reach the server: {} ({})",
+                db.message(),
+                code.code()
+            ));
+        }
         return Error::Storage(format!("PostgreSQL: {} ({})", db.message(), code.code()));
     }
     let io_failure = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());

@@ -253,6 +253,12 @@ fn next_step(code: &SqlState, message: &str, t: &ConnectTarget) -> (bool, Option
                 step("a connection pooler answers there: add pooler=transaction to the URL (pooler=session if it runs in session mode); see \"Poolers\" in docs/OPERATIONS.md".into()),
             )
         }
+        // PgBouncer while the server behind it is away ("server login has
+        // been failing, try again later"): it passes.
+        c if *c == SqlState::PROTOCOL_VIOLATION => (
+            true,
+            step("the pooler cannot reach the PostgreSQL server behind it; retry shortly".into()),
+        ),
         _ => (false, None),
     }
 }

@@ -205,9 +205,35 @@ pub(super) async fn migrate(store: &PgStore, mode: OpenMode) -> Result<()> {
         if version > SCHEMA_VERSION {
             return Err(too_new(store, version));
         }
-        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        // A reserved word (`order`, `user`) is a valid lowercase
+        // identifier that every unquoted statement would trip on.
+        let reserved = tx
+            .query_opt(
+                "SELECT 1 FROM pg_get_keywords() WHERE word = $1 AND catcode IN ('R', 'T')",
+                &[&schema],
+            )
             .await
-            .map_err(pg_err)?;
+            .map_err(pg_err)?
+            .is_some();
+        if reserved {
+            return Err(Error::Open(format!(
+                "schema \"{schema}\" is a reserved word in SQL; choose another name with ?schema=NAME"
+            )));
+        }
+        // Created only when missing: CREATE SCHEMA IF NOT EXISTS needs the
+        // CREATE privilege on the database even when the schema exists,
+        // and a managed database often grants a role only CREATE on a
+        // schema an administrator made for it.
+        let exists = tx
+            .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+            .await
+            .map_err(pg_err)?
+            .is_some();
+        if !exists {
+            tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await
+                .map_err(pg_err)?;
+        }
         for sql in &MIGRATIONS[version as usize..] {
             tx.batch_execute(sql).await.map_err(pg_err)?;
         }
