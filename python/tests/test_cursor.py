@@ -1,5 +1,6 @@
 """The cursor pattern: store.job(), checkpoints, resume, the context manager, a crash."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -172,39 +173,38 @@ def test_a_flush_or_complete_refused_by_a_locked_store_is_saved_by_the_next_call
     job.checkpoint(1, 1)
     job.flush()
     job.checkpoint(2, 2)
-    locker = subprocess.Popen(
-        [sys.executable, "-c", LOCK_UNTIL_STDIN_CLOSES, str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert locker.stdout.readline() == "locked\n"
+    with locked(path):
         with pytest.raises(ckpt.BusyError):
             job.flush()
         assert store.status("j").cursor == 1
-    finally:
-        locker.stdin.close()
-        assert locker.wait(timeout=30) == 0
     job.flush()
     assert store.status("j").cursor == 2
     # complete() flushes while it still holds the job: refused the same
     # way, the handle and its checkpoint are kept, and a second call
     # completes with it.
     job.checkpoint(3, 3)
+    with locked(path):
+        with pytest.raises(ckpt.BusyError):
+            job.complete()
+        assert "held" in repr(job)
+    job.complete()
+    info = store.status("j")
+    assert (info.status, info.cursor) == ("completed", 3)
+
+
+@contextlib.contextmanager
+def locked(path):
+    """SQLite's write lock on ``path``, held by another process while in the block."""
     locker = subprocess.Popen(
         [sys.executable, "-c", LOCK_UNTIL_STDIN_CLOSES, str(path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     try:
         assert locker.stdout.readline() == "locked\n"
-        with pytest.raises(ckpt.BusyError):
-            job.complete()
-        assert "held" in repr(job)
+        yield
     finally:
         locker.stdin.close()
         assert locker.wait(timeout=30) == 0
-    job.complete()
-    info = store.status("j")
-    assert (info.status, info.cursor) == ("completed", 3)
 
 
 LOCK_UNTIL_STDIN_CLOSES = """
