@@ -355,3 +355,68 @@ fn a_run_survives_a_postgres_restart_and_loses_nothing() {
     assert_eq!(status["status"], "completed");
     assert_eq!(item_counts(&status), (0, 0, 80, 0, 0));
 }
+
+/// The same restart behind PgBouncer: while the server is away, PgBouncer
+/// answers `08P01 server login has been failing, try again later` for a
+/// while (`server_login_retry`) even after it is back. Two runs through it
+/// ride that out as an outage and lose nothing, rather than ending with a
+/// store error and leaving finished items unrecorded.
+#[test]
+fn runs_through_pgbouncer_survive_a_postgres_restart() {
+    let Some(cluster) = PrivateCluster::start() else {
+        return;
+    };
+    let Some(bouncer) = crate::pgbouncer::PgBouncer::start("transaction", cluster.port(), 4) else {
+        return;
+    };
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?pooler=transaction",
+        bouncer.port()
+    );
+    let sb = Sandbox::new();
+    let all = items("b", 120);
+    let file = sb.write_items("items.txt", &all);
+    let start = || {
+        sb.ckpt_bare()
+            .args(["--store", &url, "run", "--job", "J", "--items"])
+            .arg(&file)
+            .args([
+                "-j",
+                "4",
+                "--",
+                "sh",
+                "-c",
+                r#"sleep 0.1; echo "$0" >> log"#,
+            ])
+            .start()
+    };
+    let runs = [start(), start()];
+    let log = log_path(&sb);
+    wait_until(Duration::from_secs(30), "a sixth of the items run", || {
+        lines_in(&log) >= all.len() / 6
+    });
+    cluster.pg_ctl_stop("fast");
+    let done_while_up = lines_in(&log);
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.pg_ctl_start();
+    for run in runs {
+        let out = run.wait(Duration::from_secs(180));
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    assert!(
+        done_while_up < all.len(),
+        "the restart came after the runs had finished; the test proves nothing"
+    );
+    let mut logged = sb.lines("log");
+    logged.sort();
+    logged.dedup();
+    let mut expected = all.clone();
+    expected.sort();
+    assert_eq!(logged, expected, "every item ran to its end");
+    let status = sb
+        .ckpt_bare()
+        .args(["--store", &url, "status", "J", "--json"])
+        .run();
+    status.success();
+    assert_eq!(item_counts(&status.json()), (0, 0, 120, 0, 0));
+}
