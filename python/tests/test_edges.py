@@ -383,3 +383,33 @@ def test_numbers_in_range_are_taken_as_before(tmp_path):
     assert len(q.items(limit=True)) == 1
     job = store.job("j", every_items=Index(), lease=30)
     assert job.history(limit=0) == []
+
+
+def test_a_connection_the_server_ended_while_idle_is_replaced_not_an_error():
+    # A role with idle_session_timeout, as managed databases set: the
+    # server ends each pooled connection between saves. The next save
+    # takes a live connection, not the dead one.
+    import uuid
+
+    from conftest import PG_BASE, _check, pg_execute
+
+    _check("postgres")
+    tag = uuid.uuid4().hex[:12]
+    role = schema = f"ckpt_idle_{tag}"
+    pg_execute(
+        f"CREATE ROLE {role} LOGIN; ALTER ROLE {role} SET idle_session_timeout = '1s';"
+        f" CREATE SCHEMA {schema} AUTHORIZATION {role}"
+    )
+    try:
+        user = PG_BASE.split("://", 1)[1].split("@", 1)[0]
+        url = PG_BASE.replace(f"://{user}@", f"://{role}@", 1)
+        url += ("&" if "?" in url else "?") + f"schema={schema}"
+        store = ckpt.open(url)
+        job = store.job("j", always=True)
+        for i in range(3):
+            job.checkpoint(i, i)
+            time.sleep(1.5)
+        assert store.status("j").cursor == 2
+        store.close()
+    finally:
+        pg_execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE; DROP ROLE IF EXISTS {role}")

@@ -52,6 +52,10 @@ use super::{ItemSignals, OwnerSessions, Store};
 use crate::error::{Error, Result};
 use conn::{in_tx, pg_err, with_client};
 
+/// How long a pooled connection may sit unused before it is checked with
+/// a round trip when taken again (see the pool's `pre_recycle` hook).
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+
 /// A ckpt store in a PostgreSQL schema.
 #[derive(Debug)]
 pub struct PgStore {
@@ -184,7 +188,26 @@ impl PgStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let mut pool = Pool::builder(manager);
+        // A connection that sat unused may have been ended by the server
+        // (`idle_session_timeout`, `tcp_keepalives`, a pooler's
+        // `server_idle_timeout`) without its task noticing yet (it runs
+        // only while a call blocks on the runtime): one round trip tells,
+        // and a dead one is replaced instead of failing the call. Busy
+        // connections, taken again within the second, skip it.
+        let mut pool = Pool::builder(manager).pre_recycle(deadpool_postgres::Hook::async_fn(
+            |client, metrics| {
+                let idle = metrics.last_used() >= IDLE_CHECK_AFTER;
+                Box::pin(async move {
+                    if idle {
+                        client
+                            .simple_query("")
+                            .await
+                            .map_err(deadpool_postgres::HookError::Backend)?;
+                    }
+                    Ok(())
+                })
+            },
+        ));
         if pooler == Pooler::Session {
             let set = pooler::set_search_path(&schema, false);
             pool = pool.post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
