@@ -232,7 +232,8 @@ impl PyHandler {
         // An awaitable (a callable object whose `__call__` is async): the
         // work has not run. The item is given back uncharged and the run
         // stops, raising TypeError, as for an `async def` handler.
-        if value.hasattr("__await__").unwrap_or(false) {
+        // (None, what most handlers return, is let through at once.)
+        if !value.is_none() && value.hasattr("__await__").unwrap_or(false) {
             if value.hasattr("close").unwrap_or(false) {
                 // Else Python warns that the coroutine was never awaited.
                 let _ = value.call_method0("close");

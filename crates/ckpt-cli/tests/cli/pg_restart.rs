@@ -305,19 +305,7 @@ fn a_run_survives_a_postgres_restart_and_loses_nothing() {
     let sb = Sandbox::new();
     let all = items("r", 80);
     let file = sb.write_items("items.txt", &all);
-    let running = sb
-        .ckpt_bare()
-        .args(["--store", &cluster.url(), "run", "--job", "J", "--items"])
-        .arg(&file)
-        .args([
-            "-j",
-            "4",
-            "--",
-            "sh",
-            "-c",
-            r#"sleep 0.1; echo "$0" >> log"#,
-        ])
-        .start();
+    let running = start_run(&sb, &cluster.url(), &file);
     let log = log_path(&sb);
     wait_until(
         Duration::from_secs(30),
@@ -339,6 +327,23 @@ fn a_run_survives_a_postgres_restart_and_loses_nothing() {
     );
 
     assert_nothing_lost(&sb, &cluster.url(), &all);
+}
+
+/// `ckpt run -j 4` of job `J` over `file` at `url`; each command logs its
+/// item to `log` once it is done.
+fn start_run(sb: &Sandbox, url: &str, file: &Path) -> crate::util::Running {
+    sb.ckpt_bare()
+        .args(["--store", url, "run", "--job", "J", "--items"])
+        .arg(file)
+        .args([
+            "-j",
+            "4",
+            "--",
+            "sh",
+            "-c",
+            r#"sleep 0.1; echo "$0" >> log"#,
+        ])
+        .start()
 }
 
 /// Every item ran to its end at least once (an item in flight during the
@@ -380,21 +385,7 @@ fn runs_through_pgbouncer_survive_a_postgres_restart() {
     let sb = Sandbox::new();
     let all = items("b", 120);
     let file = sb.write_items("items.txt", &all);
-    let start = || {
-        sb.ckpt_bare()
-            .args(["--store", &url, "run", "--job", "J", "--items"])
-            .arg(&file)
-            .args([
-                "-j",
-                "4",
-                "--",
-                "sh",
-                "-c",
-                r#"sleep 0.1; echo "$0" >> log"#,
-            ])
-            .start()
-    };
-    let runs = [start(), start()];
+    let runs = [start_run(&sb, &url, &file), start_run(&sb, &url, &file)];
     let log = log_path(&sb);
     wait_until(Duration::from_secs(30), "a sixth of the items run", || {
         lines_in(&log) >= all.len() / 6
