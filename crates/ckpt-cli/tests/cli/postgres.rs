@@ -154,6 +154,112 @@ fn a_killed_postgres_worker_is_taken_over_by_the_others_at_once() {
     assert_eq!(logged.len(), all.len(), "every item ran to the end");
 }
 
+/// A role without privileges on an existing store is told so, with what
+/// to grant, not "no ckpt store" (information_schema hides the tables a
+/// role may not use, so the store looked absent). Nothing is changed.
+#[test]
+fn a_role_without_privileges_on_a_store_is_told_what_to_grant() {
+    let Some(pg) = PgSchema::new("noprivs") else {
+        return;
+    };
+    let role = format!("ckpt_cli_noprivs_{}", std::process::id());
+    let sb = Sandbox::new();
+    sb.ckpt_bare()
+        .args(["--store", &pg.url(), "checkpoint", "set", "j", "7"])
+        .run()
+        .success();
+    let mut admin = postgres::Client::connect(&pg.base, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN;"
+        ))
+        .unwrap();
+    let url = pg
+        .url()
+        .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for args in [
+            &["checkpoint", "get", "j"][..],
+            &["checkpoint", "set", "j", "8"],
+            &["jobs"],
+        ] {
+            let line = sb
+                .ckpt_bare()
+                .args(["--store", &url])
+                .args(args)
+                .run()
+                .error(4);
+            assert!(
+                line.contains("permission denied for schema") && line.contains("USAGE"),
+                "{args:?}: {line}"
+            );
+        }
+        // With USAGE on the schema but nothing on its tables: the table is
+        // named.
+        admin
+            .batch_execute(&format!("GRANT USAGE ON SCHEMA {} TO {role}", pg.name()))
+            .unwrap();
+        let line = sb
+            .ckpt_bare()
+            .args(["--store", &url, "checkpoint", "get", "j"])
+            .run()
+            .error(4);
+        assert!(
+            line.contains("permission denied for table ckpt_meta")
+                && line.contains("SELECT, INSERT"),
+            "{line}"
+        );
+        let got = sb
+            .ckpt_bare()
+            .args(["--store", &pg.url(), "checkpoint", "get", "j"])
+            .run();
+        assert_eq!(got.success().stdout.trim(), "7", "the store is unchanged");
+        // The grants docs/OPERATIONS.md gives are enough to use the store.
+        admin
+            .batch_execute(&format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {role};
+                 GRANT USAGE ON ALL SEQUENCES IN SCHEMA {s} TO {role};",
+                s = pg.name()
+            ))
+            .unwrap();
+        sb.ckpt_bare()
+            .args(["--store", &url, "checkpoint", "set", "j", "8"])
+            .run()
+            .success();
+        sb.write("items.txt", "a\nb\n");
+        sb.ckpt_bare()
+            .args([
+                "--store",
+                &url,
+                "run",
+                "--job",
+                "r",
+                "--items",
+                "items.txt",
+                "--",
+                "true",
+            ])
+            .run()
+            .success();
+        let status = sb
+            .ckpt_bare()
+            .args(["--store", &url, "status", "r", "--json"])
+            .run();
+        assert!(
+            status.success().stdout.contains("\"completed\": 2"),
+            "{}",
+            status.stdout
+        );
+    }));
+    let _ = admin.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {} CASCADE; DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}",
+        pg.name()
+    ));
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
 /// As on a managed database: an administrator made the schema and granted
 /// a role USAGE and CREATE on it, and the role may not create schemas in
 /// the database. The store is created there all the same (ckpt does not ask

@@ -323,6 +323,20 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
                 code.code()
             ));
         }
+        // A role missing a privilege on the store's schema or tables (a
+        // managed database's least-privilege role): say what to grant.
+        if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+            let grant = if db.message().contains("for database") {
+                "have an administrator create the schema and GRANT USAGE, CREATE ON SCHEMA to the role, or grant CREATE on the database"
+            } else {
+                "the role needs USAGE on the store's schema and SELECT, INSERT, UPDATE, DELETE on its tables, USAGE on its sequences (and CREATE on the schema to create or upgrade the store)"
+            };
+            return Error::Storage(format!(
+                "PostgreSQL: {} ({}); {grant}",
+                db.message(),
+                code.code()
+            ));
+        }
         if *code == SqlState::DISK_FULL {
             return Error::Storage(format!("disk full: {}", db.message()));
         }

@@ -121,12 +121,20 @@ async fn stored_version(
 ) -> Result<Option<i64>> {
     // One statement, so one snapshot: in two, a store that another process
     // committed in between looked like another application's tables (40
-    // processes opening a fresh schema at once hit it).
+    // processes opening a fresh schema at once hit it). The catalog, not
+    // information_schema: that one hides tables the role has no privilege
+    // on, so a store the role may not read looked like no store at all.
+    // Tables, partitioned tables, views, materialized views and foreign
+    // tables count as another application's, as information_schema's do.
     let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM information_schema.tables
-                            WHERE table_schema = $1 AND table_name = 'ckpt_meta'),
-                    (SELECT count(*) FROM information_schema.tables WHERE table_schema = $1)",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                            WHERE n.nspname = $1 AND c.relname = 'ckpt_meta'
+                              AND c.relkind IN ('r', 'p')),
+                    (SELECT count(*) FROM pg_catalog.pg_class c
+                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f'))",
             &[&schema],
         )
         .await
