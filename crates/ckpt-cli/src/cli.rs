@@ -19,7 +19,9 @@ pub use ops::*;
 pub struct Cli {
     /// Store URL: sqlite://PATH (the default store, ./ckpt.db),
     /// postgres://USER@HOST/DB[?schema=NAME],
-    /// redis://HOST:PORT/DB[?prefix=NAME&ttl=7d] or memory://.
+    /// redis://HOST:PORT/DB[?prefix=NAME&ttl=7d] or memory://. A URL
+    /// with a password is better set in CKPT_STORE than given here: any
+    /// user on the host can read a command line (ps).
     #[arg(
         long,
         global = true,

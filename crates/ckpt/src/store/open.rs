@@ -24,10 +24,18 @@ use crate::error::{Error, Result};
 #[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
 pub fn open(url: &str, mode: OpenMode) -> Result<Arc<dyn Store>> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-        Error::Open(format!(
-            "store URL {:?} has no scheme; expected sqlite://PATH or memory://",
-            redact_url(url)
-        ))
+        if is_libpq_keywords(url) {
+            Error::Open(format!(
+                "store URL {:?} looks like a PostgreSQL key=value connection string; ckpt takes a URL: postgres://USER@HOST:PORT/DB?sslmode=… (the password from PGPASSWORD or ~/.pgpass)",
+                redact_url(url)
+            ))
+        } else {
+            Error::Open(format!(
+                "store URL {:?} has no scheme; expected one of: {}",
+                redact_url(url),
+                supported_schemes()
+            ))
+        }
     })?;
     match scheme {
         "memory" => Ok(Arc::new(MemoryStore::new())),
@@ -47,6 +55,17 @@ pub fn open(url: &str, mode: OpenMode) -> Result<Arc<dyn Store>> {
             supported_schemes()
         ))),
     }
+}
+
+/// Whether `s` starts like a libpq `key=value` connection string.
+fn is_libpq_keywords(s: &str) -> bool {
+    let Some((key, _)) = s.split_once('=') else {
+        return false;
+    };
+    let keys = [
+        "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "sslmode", "service",
+    ];
+    keys.contains(&key.trim())
 }
 
 fn supported_schemes() -> String {
@@ -74,7 +93,23 @@ mod tests {
         let e = open("ckpt.db", OpenMode::MustExist)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("no scheme"), "{e}");
+        assert!(e.contains("no scheme") && e.contains("memory://"), "{e}");
+        // A libpq connection string is named as one, its password unshown.
+        let e = open(
+            "host=db port=5432 password=s3cret dbname=x",
+            OpenMode::MustExist,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("key=value connection string") && e.contains("postgres://"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret") && !e.contains("dbname"), "{e}");
+        let e = open("dir/a=b.db", OpenMode::MustExist)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no scheme") && e.contains("dir/a=b.db"), "{e}");
         let e = open("mysql://u:pw@h/db", OpenMode::MustExist)
             .unwrap_err()
             .to_string();

@@ -14,6 +14,15 @@ pub enum OpenMode {
 /// `url` with the password of any `user:password@` part replaced by `***`,
 /// for logs and error messages.
 pub fn redact_url(url: &str) -> String {
+    // Without a scheme, `key=value` words are a libpq connection string
+    // (`host=db password=…`), whose password may come after spaces and
+    // quotes: nothing after the first `=` is shown.
+    if let Some((key, _)) = url.split_once('=') {
+        let is_keyword = |c: char| c.is_ascii_alphanumeric() || c == '_' || c.is_whitespace();
+        if !url.contains("://") && key.chars().all(is_keyword) {
+            return format!("{key}=***");
+        }
+    }
     let mut out = match password_range(url).or_else(|| mistyped_password_range(url)) {
         Some(pw) => format!("{}***{}", &url[..pw.start], &url[pw.end..]),
         None => url.to_string(),
@@ -55,11 +64,17 @@ fn query_secret_ranges(url: &str) -> Vec<std::ops::Range<usize>> {
 /// percent-encoding may hold `/`, `?`, `#` or `@`, and ending it at the
 /// first of those would print the rest of it. When a query happens to hold
 /// an `@` this redacts more than the password, which is the safe mistake.
+///
+/// Redis has no user name without a password: `redis://WORD@host` is a
+/// password with its colon forgotten, so all of `WORD` counts as one.
 pub(crate) fn password_range(url: &str) -> Option<std::ops::Range<usize>> {
     let start = url.find("://")? + 3;
     let at = start + url[start..].rfind('@')?;
-    let colon = start + url[start..at].find(':')?;
-    Some(colon + 1..at)
+    match url[start..at].find(':') {
+        Some(colon) => Some(start + colon + 1..at),
+        None if url.starts_with("redis") => Some(start..at),
+        None => None,
+    }
 }
 
 /// Where a password may be in a URL whose `://` was mistyped
@@ -102,17 +117,27 @@ pub(crate) fn scrub(message: &str, url: &str) -> String {
     out
 }
 
-/// The query parameters of a URL, as `(key, value)` pairs.
+/// The query parameters of a URL, as `(key, value)` pairs; a key given
+/// twice is an error (which one should win is a guess, and a guess about
+/// `prefix` or `schema` opens someone else's store).
 #[cfg_attr(
     not(any(feature = "sqlite", feature = "postgres", feature = "redis")),
     allow(dead_code)
 )]
-pub(crate) fn query_pairs(query: &str) -> Vec<(&str, &str)> {
-    query
+pub(crate) fn query_pairs(query: &str) -> crate::error::Result<Vec<(&str, &str)>> {
+    let pairs: Vec<(&str, &str)> = query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|p| p.split_once('=').unwrap_or((p, "")))
-        .collect()
+        .collect();
+    for (i, (key, _)) in pairs.iter().enumerate() {
+        if pairs[..i].iter().any(|(k, _)| k == key) {
+            return Err(crate::error::Error::Open(format!(
+                "parameter {key:?} is given twice in the store URL; give it once"
+            )));
+        }
+    }
+    Ok(pairs)
 }
 
 #[cfg(test)]
@@ -130,6 +155,8 @@ mod tests {
             "redis://:***@127.0.0.1/0"
         );
         assert_eq!(redact_url("postgres://bob@db/x"), "postgres://bob@db/x");
+        assert_eq!(redact_url("redis://s3cret@db/0"), "redis://***@db/0");
+        assert_eq!(redact_url("rediss://s3cret@db/0"), "rediss://***@db/0");
         assert_eq!(redact_url("sqlite://ckpt.db"), "sqlite://ckpt.db");
         assert_eq!(redact_url("no scheme"), "no scheme");
         assert_eq!(redact_url("data/ckpt.db"), "data/ckpt.db");
@@ -143,6 +170,11 @@ mod tests {
             "redis//:***@h:6379/0?password=***"
         );
         assert_eq!(redact_url("Hunter2@db/x"), "***@db/x");
+        // A libpq key=value string: nothing after its first `=`.
+        assert_eq!(
+            redact_url("host=db user=app password = 'a b' dbname=x"),
+            "host=***"
+        );
         // Passwords that were not percent-encoded: nothing of them shows.
         for (url, secret) in [
             ("redis://:Ab3/x+Yz9@redis.internal:6379/0", "Ab3/x+Yz9"),
@@ -174,6 +206,12 @@ mod tests {
             scrub("failed for hunter2", "postgres://bob@db/x?password=hunter2"),
             "failed for ***"
         );
+        assert_eq!(
+            query_pairs("a=1&&b&c=").unwrap(),
+            [("a", "1"), ("b", ""), ("c", "")]
+        );
+        let e = query_pairs("prefix=a&ttl=1d&prefix=b").unwrap_err();
+        assert!(e.to_string().contains("\"prefix\" is given twice"), "{e}");
         assert_eq!(
             split_query("postgres://db/x?schema=s"),
             ("postgres://db/x", "schema=s")

@@ -89,6 +89,15 @@ impl PgStore {
     /// [`OpenMode::CreateIfMissing`], creates) the store in its schema.
     pub fn open(url: &str, mode: OpenMode) -> Result<PgStore> {
         let redacted = redact_url(url);
+        // The driver ends the user name and password at the first `@`,
+        // ckpt's redaction at the last: with two, a password holding an
+        // unencoded `@` would be split, the rest taken for the host (and
+        // shown in messages as one). Refused before anything is parsed.
+        if url.matches('@').count() > 1 {
+            return Err(Error::Open(format!(
+                "{redacted}: the URL holds more than one '@': percent-encode an '@' in the user name or password as %40 (or give the password by PGPASSWORD or ~/.pgpass)"
+            )));
+        }
         let (base, query) = split_query(url);
         let mut schema = "ckpt".to_string();
         let mut pool_size = 16usize;
@@ -98,7 +107,7 @@ impl PgStore {
         let mut pooler = Pooler::None;
         let mut driver_params = Vec::new();
         let mut tls_params = tls::TlsParams::default();
-        for (key, value) in query_pairs(query) {
+        for (key, value) in query_pairs(query)? {
             let is_tls = tls_params
                 .take(key, value)
                 .map_err(|e| Error::Open(format!("{redacted}: {e}")))?;
@@ -409,6 +418,10 @@ mod tests {
                 "pool_size",
             ),
             ("postgres://u:pw1@127.0.0.1:notaport/db", "127.0.0.1"),
+            // An unencoded `@` in the password: the driver would take
+            // `1@127.0.0.1` for the host.
+            ("postgres://u:pw1@1@127.0.0.1/db", "%40"),
+            ("postgres://u:p@pw1@127.0.0.1/db", "%40"),
         ] {
             let err = PgStore::open(url, OpenMode::MustExist)
                 .unwrap_err()

@@ -103,7 +103,7 @@ impl RedisOptions {
             ttl: Some(DEFAULT_TTL),
             tls: tls::TlsFiles::default(),
         };
-        for (key, value) in query_pairs(query) {
+        for (key, value) in query_pairs(query)? {
             if options.tls.take(key, value) {
                 continue;
             }
@@ -175,6 +175,15 @@ impl RedisStore {
     pub fn open(url: &str, mode: OpenMode) -> Result<RedisStore> {
         let redacted = redact_url(url);
         let (base, query) = split_query(url);
+        // `redis://WORD@host`: the driver would take the password for a
+        // user name and send no AUTH at all.
+        if let Some(pw) = super::url::password_range(url) {
+            if url[..pw.start].ends_with("://") {
+                return Err(Error::Open(format!(
+                    "{redacted}: a Redis URL gives its password after a colon: redis://:PASSWORD@HOST (or redis://USER:PASSWORD@HOST for an ACL user)"
+                )));
+            }
+        }
         let options = RedisOptions::from_query(query)?;
         let client = options
             .tls

@@ -6,6 +6,9 @@
 //! The TLS stack is the redis crate's rustls support (the same rustls, with
 //! the `ring` provider, as the PostgreSQL store's).
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
 /// The TLS files of a `redis://` or `rediss://` URL's query string.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(super) struct TlsFiles {
@@ -39,16 +42,26 @@ impl TlsFiles {
         let read = |what: &str, path: &str| {
             std::fs::read(path).map_err(|e| format!("cannot read {what} {path}: {e}"))
         };
+        // The driver takes a file without a certificate in it as an empty
+        // set, and every server then fails as "UnknownIssuer": say so here.
+        let read_certs = |what: &str, path: &str| {
+            let bytes = read(what, path)?;
+            match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
+                Ok(certs) if !certs.is_empty() => Ok(bytes),
+                Ok(_) => Err(format!("{what} {path}: no PEM certificate in it")),
+                Err(e) => Err(format!("{what} {path}: bad PEM ({e})")),
+            }
+        };
         let client_tls = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => Some(::redis::ClientTlsConfig {
-                client_cert: read("tls_cert", cert)?,
+                client_cert: read_certs("tls_cert", cert)?,
                 client_key: read("tls_key", key)?,
             }),
             (None, None) => None,
             _ => return Err("tls_cert and tls_key go together: give both or neither".to_string()),
         };
         let root_cert = match &self.ca {
-            Some(path) => Some(read("tls_ca", path)?),
+            Some(path) => Some(read_certs("tls_ca", path)?),
             None => None,
         };
         // The driver builds its rustls configuration with the process's
@@ -83,5 +96,23 @@ mod tests {
         half.take("tls_cert", "/c.pem");
         let err = half.client("rediss://127.0.0.1:6379/0").unwrap_err();
         assert!(err.contains("tls_key"), "{err}");
+        // A CA file without a certificate: said, not an empty trust list.
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let mut files = TlsFiles::default();
+        files.take("tls_ca", empty.to_str().unwrap());
+        let err = files.client("rediss://127.0.0.1:6379/0").unwrap_err();
+        assert!(err.contains("no PEM certificate in it"), "{err}");
+        let garbled = dir.path().join("garbled.pem");
+        std::fs::write(
+            &garbled,
+            "-----BEGIN CERTIFICATE-----\n%%%\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let mut files = TlsFiles::default();
+        files.take("tls_ca", garbled.to_str().unwrap());
+        let err = files.client("rediss://127.0.0.1:6379/0").unwrap_err();
+        assert!(err.contains("bad PEM"), "{err}");
     }
 }

@@ -79,7 +79,7 @@ impl SqliteOptions {
     /// Parses `durability=full|normal&busy_timeout=MILLISECONDS`.
     pub fn from_query(query: &str) -> Result<Self> {
         let mut options = SqliteOptions::default();
-        for (key, value) in query_pairs(query) {
+        for (key, value) in query_pairs(query)? {
             match key {
                 "durability" => {
                     options.durability = match value {

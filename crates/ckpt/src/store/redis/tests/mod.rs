@@ -213,11 +213,17 @@ fn bad_urls_and_unreachable_servers_are_errors_without_secrets() {
         "redis://:hunter2@127.0.0.1:notaport/0",
         "redis://:hunter2@127.0.0.1:6379/notadb",
         "redis://:hunter2@127.0.0.1:6379/0?ttl=soon",
+        "redis://:hunter2@127.0.0.1:6379/0?prefix=a&prefix=b",
+        // The colon forgotten: the password would go as a user name.
+        "redis://hunter2@127.0.0.1:6379/0",
+        "rediss://hunter2@127.0.0.1:6379/0",
     ] {
         let err = RedisStore::open(url, OpenMode::MustExist).unwrap_err();
         assert!(matches!(err, Error::Open(_)), "{url}: {err:?}");
         assert!(!err.to_string().contains("hunter2"), "{url}: {err}");
     }
+    let err = RedisStore::open("redis://hunter2@127.0.0.1/0", OpenMode::MustExist).unwrap_err();
+    assert!(err.to_string().contains("redis://:PASSWORD@HOST"), "{err}");
     // Nothing listens on port 1: transient, so the runner would retry.
     let err =
         crate::store::open("redis://:hunter2@127.0.0.1:1/0", OpenMode::MustExist).unwrap_err();
