@@ -145,6 +145,12 @@ fn current_bar() -> Option<ProgressBar> {
 
 /// The log writer: stderr, with the progress bar (if one is shown) hidden
 /// while a log line is written, so the two never mix.
+///
+/// Write errors are swallowed: a log line that cannot be written (stderr on
+/// a full disk, a closed pipe) has nowhere to be reported, and
+/// `tracing-subscriber` reports a failed write with `eprintln!`, which
+/// panics on the same broken stderr and would end a `ckpt run` whose
+/// commands and commits were going fine.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogWriter;
 
@@ -158,21 +164,20 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match current_bar() {
-            Some(bar) => bar.suspend(|| io::stderr().write(buf)),
-            None => io::stderr().write(buf),
-        }
+        self.write_all(buf).map(|()| buf.len())
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match current_bar() {
+        let _ = match current_bar() {
             Some(bar) => bar.suspend(|| io::stderr().write_all(buf)),
             None => io::stderr().write_all(buf),
-        }
+        };
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        io::stderr().flush()
+        let _ = io::stderr().flush();
+        Ok(())
     }
 }
 

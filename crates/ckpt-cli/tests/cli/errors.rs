@@ -582,6 +582,63 @@ fn full_disk_on_stdout_is_one_error_line() {
     assert_eq!(out.code(), Some(3), "{out:?}");
 }
 
+/// A `ckpt run` whose stderr cannot be written (a full disk, a reader that
+/// went away) logs nowhere but runs every item to its end and exits as
+/// its items say: a log line is never worth a panic mid-run.
+#[test]
+fn a_run_with_an_unwritable_stderr_finishes_its_items() {
+    let sb = Sandbox::new();
+    let items: String = (1..=6).map(|i| format!("{i}\n")).collect();
+    sb.write("items.txt", &items);
+    // Items 1 to 3 fail (each failure logs a warning), the rest complete.
+    let command = ["sh", "-c", "echo err >&2; [ \"$1\" -gt 3 ]", "sh", "{}"];
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = std::process::Command::new(crate::util::BIN)
+        .current_dir(sb.path())
+        .args([
+            "--store",
+            &sb.store_url(),
+            "run",
+            "--job",
+            "F",
+            "--items",
+            "items.txt",
+        ])
+        .args(["--retries", "0", "--"])
+        .args(command)
+        .stdout(std::process::Stdio::null())
+        .stderr(full)
+        .status()
+        .unwrap();
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert_eq!(item_counts(&sb.status("F")), (0, 0, 3, 0, 3));
+    // stderr a pipe whose reader is gone.
+    let mut child = std::process::Command::new(crate::util::BIN)
+        .current_dir(sb.path())
+        .args([
+            "--store",
+            &sb.store_url(),
+            "run",
+            "--job",
+            "P",
+            "--items",
+            "items.txt",
+        ])
+        .args(["--retries", "0", "--"])
+        .args(command)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    assert_eq!(item_counts(&sb.status("P")), (0, 0, 3, 0, 3));
+}
+
 /// `ckpt ... | head -c1`: a reader that goes away is not an error, and
 /// never a panic.
 #[test]
