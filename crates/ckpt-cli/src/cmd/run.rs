@@ -631,7 +631,7 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
     // is handled before the command is reaped, while its pid cannot be
     // another process's: after `exited`, no timeout, fence or shutdown
     // signals that pid.
-    let (status, (timed_out, stopped), tail) = h.output.wait(&mut child, &tag, files, || {
+    let (status, (timed_out, stopped), captured) = h.output.wait(&mut child, &tag, files, || {
         // Seen ending only after its deadline as the sentinel keeps it
         // (ckpt was stopped or hung, the machine slept): the sentinel may
         // have stopped it meanwhile, without ckpt hearing of it. Tripping
@@ -659,8 +659,17 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
         children.kill_leftovers(pid);
         (timed_out, children.exited(pid))
     });
+    // Output the files do not hold is lost for good once the item is
+    // completed: as when they cannot be created, the item goes back
+    // uncharged (to run again, files and all) and the run stops.
+    if let Some(e) = captured.results_error {
+        return h.fault(format!(
+            "--results: cannot write the output of item {}: {e}",
+            crate::output::shown(&tag)
+        ));
+    }
     // A failure keeps the tail of the command's stderr beside its error.
-    ended(h, program, status, timed_out, stopped, fence).with_output(tail)
+    ended(h, program, status, timed_out, stopped, fence).with_output(captured.tail)
 }
 
 /// How a command that ended with `status` went, its tail aside; `stopped`

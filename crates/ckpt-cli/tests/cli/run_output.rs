@@ -327,6 +327,56 @@ fn results_that_cannot_be_written_charge_no_attempt() {
     assert_eq!(sb.lines("ran.log"), ["k1", "k2", "k3", "k4", "k5"]);
 }
 
+/// Output that `--results` cannot write (its disk full mid-run) stops the
+/// run with exit 4, and the item whose output was lost goes back to
+/// pending uncharged: completed, its partial files would stay so for good.
+#[test]
+fn results_that_stop_taking_output_stop_the_run_and_keep_the_item_pending() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("k", 5));
+    let dir = sb.join("res");
+    // k3's stdout file is a full disk.
+    std::fs::create_dir_all(dir.join("k3")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", dir.join("k3/stdout")).unwrap();
+    let run = || {
+        sb.ckpt()
+            .args(["run", "--job", "R", "-j", "1", "--results"])
+            .arg(&dir)
+            .arg("--items")
+            .arg(&file)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "echo \"$CKPT_ITEM\" >> ran.log; echo \"out $CKPT_ITEM\"",
+            ])
+            .run()
+    };
+    let out = run();
+    out.code(4);
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ckpt: error: --results: cannot write the output of item k3: stdout: No space left on device")
+            && last.contains("2 completed now"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(sb.lines("ran.log"), ["k1", "k2", "k3"]);
+    let items = stored_items(&sb, "R");
+    for key in ["k3", "k4", "k5"] {
+        assert_eq!(items[key]["status"], "pending", "{key}: {}", items[key]);
+        assert_eq!(items[key]["attempts"], 0, "{key}: {}", items[key]);
+    }
+    // Room again: k3 runs again and its files hold its output.
+    std::fs::remove_file(dir.join("k3/stdout")).unwrap();
+    run().success();
+    assert_eq!(sb.lines("ran.log"), ["k1", "k2", "k3", "k3", "k4", "k5"]);
+    for key in ["k1", "k3", "k5"] {
+        let stdout = std::fs::read_to_string(dir.join(key).join("stdout")).unwrap();
+        assert_eq!(stdout, format!("out {key}\n"));
+    }
+}
+
 /// A process that left the command's process group (`setsid`) and holds
 /// its output pipes does not hold up the item: it is read for 1 s after
 /// the group is gone, then let go. (Without that limit this run would

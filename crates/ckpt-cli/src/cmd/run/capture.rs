@@ -119,20 +119,19 @@ impl Output {
     /// whose end closes the pipes) and must stop anything else from
     /// signalling it (its pid is free once `wait` reaps it). Then reads
     /// the pipes to their end, or for [`AFTER_EXIT`] at most. Returns the
-    /// exit status, what `on_exit` returned, and the tail of the command's
-    /// stderr (`None` when it wrote none or none is kept).
+    /// exit status, what `on_exit` returned, and what was captured.
     pub fn wait<T>(
         &self,
         child: &mut Child,
         item: &str,
         files: Option<results::Files>,
         on_exit: impl FnOnce() -> T,
-    ) -> (io::Result<ExitStatus>, T, Option<String>) {
+    ) -> (io::Result<ExitStatus>, T, Captured) {
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         if stdout.is_none() && stderr.is_none() {
             exited_unreaped(child.id(), true);
             let value = on_exit();
-            return (child.wait(), value, None);
+            return (child.wait(), value, Captured::default());
         }
         let tag = self.tag.then(|| {
             let mut tag = item.as_bytes().to_vec();
@@ -206,17 +205,27 @@ impl Output {
                 ended = value.map(|v| (status, v, Instant::now()));
             }
         }
-        let tail = reader.end();
+        let captured = reader.end();
         match ended {
-            Some((status, value, _)) => (status, value, tail),
+            Some((status, value, _)) => (status, value, captured),
             // The pipes closed first: the command is ending (or closed its
             // output and runs on).
             None => {
                 let (status, value) = exited(child);
-                (status, value.expect("on_exit is called once"), tail)
+                (status, value.expect("on_exit is called once"), captured)
             }
         }
     }
+}
+
+/// What [`Output::wait`] kept of a command's output besides passing it on.
+#[derive(Debug, Default)]
+pub struct Captured {
+    /// The tail of its stderr (`None` when it wrote none or none is kept).
+    pub tail: Option<String>,
+    /// `--results`: why its files do not hold all of its output (a full
+    /// disk); its later output went only to ckpt's own streams.
+    pub results_error: Option<String>,
 }
 
 /// Whether the child `pid` has exited, leaving it unreaped (a zombie,
@@ -296,7 +305,7 @@ impl Reader {
     }
 
     /// Writes what is held; returns the tail of stderr, if kept.
-    fn end(self) -> Option<String> {
+    fn end(self) -> Captured {
         let mut sinks = [
             self.out.map(|(_, s)| s).or(self.out_done),
             self.err.map(|(_, s)| s).or(self.err_done),
@@ -305,12 +314,19 @@ impl Reader {
             .as_mut()
             .and_then(|s| s.tail.take())
             .and_then(Tail::text);
+        let results_error = sinks.iter().flatten().find_map(|s| {
+            let e = s.file_error.as_ref()?;
+            Some(format!("{}: {e}", s.to.file_name()))
+        });
         // One item's groups are not split by another item's.
         let _writing = writing();
         for mut sink in sinks.into_iter().flatten() {
             sink.end();
         }
-        tail
+        Captured {
+            tail,
+            results_error,
+        }
     }
 }
 
@@ -327,6 +343,8 @@ struct Sink {
     spill: Option<File>,
     /// `--results`: every byte, untagged.
     file: Option<File>,
+    /// `--results`: why `file` stopped taking bytes (it is dropped then).
+    file_error: Option<io::Error>,
     /// `--stderr-tail`: the last bytes, untagged.
     tail: Option<Tail>,
 }
@@ -338,6 +356,14 @@ enum Stream {
 }
 
 impl Stream {
+    /// The name of this stream's `--results` file.
+    fn file_name(self) -> &'static str {
+        match self {
+            Stream::Out => "stdout",
+            Stream::Err => "stderr",
+        }
+    }
+
     /// Writes `bytes` in one piece; the caller holds [`WRITING`]. Errors
     /// (a closed pipe) lose the output but not the command: it keeps
     /// running and its pipe keeps being drained.
@@ -379,6 +405,7 @@ impl Sink {
             held: Vec::new(),
             spill: None,
             file,
+            file_error: None,
             tail: None,
         }
     }
@@ -389,7 +416,7 @@ impl Sink {
         }
         if let Some(file) = &mut self.file {
             if let Err(e) = file.write_all(data) {
-                tracing::warn!(event = "results_write", error = %e, "--results: cannot write a command's output; the rest goes only to ckpt's own streams");
+                self.file_error = Some(e);
                 self.file = None;
             }
         }
