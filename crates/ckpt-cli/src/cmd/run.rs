@@ -657,7 +657,13 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
         // worker's copy, nor escape the fence and the sentinel. Its end
         // closes the pipes.
         children.kill_leftovers(pid);
-        (timed_out, children.exited(pid))
+        // A fence tripped by now counts as a stop even if its hook has not
+        // signalled the command yet: the watchdog trips the fence first and
+        // runs the hooks after, on its own thread, so the command may have
+        // been stopped from outside (the sentinel) with its hook still on
+        // the way. Its exit cannot show that the work was done.
+        let stopped = children.exited(pid);
+        (timed_out, stopped || fence.is_lost())
     });
     // Output the files do not hold is lost for good once the item is
     // completed: as when they cannot be created, the item goes back

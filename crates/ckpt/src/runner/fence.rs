@@ -9,7 +9,7 @@
 //! monotonic clock and the confirmations the coordinator hands it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::model::ItemLease;
@@ -33,6 +33,10 @@ struct FenceInner {
     state: Mutex<FenceState>,
     tripped: Condvar,
     kill_grace: Duration,
+    /// The fences a fence over several is made of ([`Fence::any`]): it is
+    /// lost as soon as one of them is, before their hooks have tripped it.
+    /// Weak: their hooks hold this fence.
+    parts: Vec<Weak<FenceInner>>,
 }
 
 /// Tripped when this worker can no longer prove that an item's lease is its
@@ -63,11 +67,16 @@ impl Fence {
     /// A fence that is not tripped; the work it guards gets `kill_grace`
     /// between a polite stop and a forced one.
     pub fn new(kill_grace: Duration) -> Fence {
+        Fence::with_parts(kill_grace, Vec::new())
+    }
+
+    fn with_parts(kill_grace: Duration, parts: Vec<Weak<FenceInner>>) -> Fence {
         Fence {
             inner: Arc::new(FenceInner {
                 state: Mutex::new(FenceState::default()),
                 tripped: Condvar::new(),
                 kill_grace,
+                parts,
             }),
         }
     }
@@ -76,14 +85,30 @@ impl Fence {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// True once the lease is lost.
+    /// True once the lease is lost. True from the instant the fence trips,
+    /// before its hooks have run (they run after, on the thread that
+    /// tripped it): work that ends meanwhile must not be taken as done, as
+    /// it may have been told to stop.
     pub fn is_lost(&self) -> bool {
-        self.lock().lost.is_some()
+        self.lost_with(|_| ()).is_some()
     }
 
-    /// Why the lease is lost, once it is.
+    /// Why the lease is lost, once it is (for a fence over several, once
+    /// any of them is).
     pub fn reason(&self) -> Option<String> {
-        self.lock().lost.as_ref().map(|(_, why)| why.clone())
+        self.lost_with(|why| why.to_string())
+    }
+
+    /// `read(why)` of this fence's loss, else of the first lost part's.
+    fn lost_with<T>(&self, read: impl Fn(&str) -> T) -> Option<T> {
+        if let Some((_, why)) = &self.lock().lost {
+            return Some(read(why));
+        }
+        self.inner.parts.iter().find_map(|part| {
+            let part = part.upgrade()?;
+            let g = part.state.lock().unwrap_or_else(|e| e.into_inner());
+            g.lost.as_ref().map(|(_, why)| read(why))
+        })
     }
 
     /// How long the work may take to stop after a polite request (SIGTERM)
@@ -138,7 +163,10 @@ impl Fence {
             .map(Fence::kill_grace)
             .min()
             .unwrap_or_default();
-        let all = Fence::new(grace);
+        let all = Fence::with_parts(
+            grace,
+            fences.iter().map(|f| Arc::downgrade(&f.inner)).collect(),
+        );
         // Each fence's (term, kill), once it has one; kept sorted, so that a
         // move costs O(log n) and not a scan of the batch (a batch of n
         // fences hears n moves at every watchdog pass).
@@ -604,6 +632,36 @@ mod tests {
             r.fetch_add(1, Ordering::SeqCst);
         });
         assert_eq!(ran.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_fence_reads_lost_before_its_hooks_have_run() {
+        // `ckpt run` relies on this: a command seen ending while the
+        // watchdog is between tripping the fence and running the hook that
+        // stops it is not taken as done.
+        let a = Fence::new(Duration::from_millis(10));
+        let b = Fence::new(Duration::from_millis(10));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        // Registered on `a` before the fence over both: it runs before
+        // the hook by which `a` trips that fence.
+        let all: Arc<Mutex<Option<Fence>>> = Arc::default();
+        {
+            let (a2, all, seen) = (a.clone(), Arc::clone(&all), Arc::clone(&seen));
+            a.on_lost(move |_| {
+                let all = all.lock().unwrap().clone().unwrap();
+                seen.lock()
+                    .unwrap()
+                    .push((a2.is_lost(), all.is_lost(), all.reason()));
+            });
+        }
+        *all.lock().unwrap() = Some(Fence::any(&[a.clone(), b.clone()]));
+        assert!(!all.lock().unwrap().as_ref().unwrap().is_lost());
+        assert!(a.trip(FenceReason::Unconfirmed, "late"));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(true, true, Some("late".to_string()))],
+            "the fence and the fence over it read lost inside the first hook"
+        );
     }
 
     #[test]
