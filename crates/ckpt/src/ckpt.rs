@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::error::Result;
+use crate::job::held::HeldJobs;
 use crate::model::{Checkpoint, Expect, JobRecord};
 use crate::store::{self, OpenMode, Store};
 use crate::time::offset::StoreTime;
@@ -52,6 +53,8 @@ pub struct Ckpt {
     probe: Arc<dyn ProcessProbe>,
     worker: WorkerId,
     limits: Limits,
+    /// Jobs held by live `Job` handles of this handle and its clones.
+    held: HeldJobs,
 }
 
 impl Ckpt {
@@ -70,6 +73,7 @@ impl Ckpt {
             probe: Arc::new(LocalProcesses),
             worker: WorkerId::for_this_process(),
             limits: Limits::default(),
+            held: HeldJobs::default(),
         }
     }
 
@@ -134,6 +138,11 @@ impl Ckpt {
     /// This handle's worker id.
     pub fn worker(&self) -> &WorkerId {
         &self.worker
+    }
+
+    /// The jobs held by live `Job` handles of this handle and its clones.
+    pub(crate) fn held_jobs(&self) -> &HeldJobs {
+        &self.held
     }
 
     /// The limits in force.
@@ -242,7 +251,7 @@ impl Ckpt {
     /// Refuses a transaction on a store other than this handle's own: the
     /// caller's writes and ckpt's must land in the same database.
     pub(crate) fn check_same_store(&self, store: &dyn Store) -> Result<()> {
-        if store.describe() == self.store.describe() {
+        if store.identity() == self.store.identity() {
             Ok(())
         } else {
             Err(crate::Error::InvalidInput(format!(

@@ -16,8 +16,10 @@ use crate::store::{SharedTx, TxWrite};
 use crate::time::Timestamp;
 use crate::validate;
 
+pub(crate) mod held;
 mod pace;
 
+use held::HeldGuard;
 use pace::Pacer;
 
 /// How a job is held and checkpointed.
@@ -45,7 +47,9 @@ impl Default for JobOptions {
 /// save, heartbeat or completion returns [`Error::Fenced`] and changes
 /// nothing. Dropping a `Job` without [`complete`](Job::complete),
 /// [`fail`](Job::fail) or [`release`](Job::release) leaves its lease to
-/// expire, exactly like a crash.
+/// expire, exactly like a crash. While a `Job` lives, acquiring its job
+/// again through the same `Ckpt` (or a clone: the same worker) is
+/// [`Error::Busy`], as it is for any other worker.
 #[derive(Debug)]
 pub struct Job {
     ckpt: Ckpt,
@@ -67,12 +71,15 @@ pub struct Job {
     /// [`pace::store_pending`]). Emptying `pending` keeps it true; storing
     /// a checkpoint goes through `store_pending`, which sets it.
     pending_plain: bool,
+    /// Keeps this worker from holding the job through a second handle.
+    _held: HeldGuard,
 }
 
 impl Job {
     pub(crate) fn acquire(ckpt: Ckpt, name: &str, options: JobOptions) -> Result<Job> {
         let store = ckpt.store();
         let owner = ckpt.worker().to_string();
+        let held = ckpt.held_jobs().hold(&owner, name)?;
         let session_before = store.owner_sessions().and_then(|s| s.current_session());
         let sent = Instant::now();
         let now = ckpt.now();
@@ -124,6 +131,7 @@ impl Job {
             taken_over_from,
             pacer: Pacer::new(),
             pending_plain: true,
+            _held: held,
         };
         job.rearm();
         Ok(job)
@@ -348,8 +356,11 @@ impl Job {
         f: impl FnOnce(&mut S::Tx<'_>) -> Result<T>,
     ) -> Result<T> {
         self.ckpt.check_same_store(store)?;
-        self.pending = None;
-        self.persist(&checkpoint, |lease, cp, keep, until, now| {
+        // Superseded if this save commits. If it fails for a cause that
+        // may pass, the earlier unsaved checkpoint (which, unlike this
+        // one, goes with no rolled-back writes) is kept for the next save.
+        let earlier = self.pending.take();
+        let result = self.persist(&checkpoint, |lease, cp, keep, until, now| {
             let write = TxWrite::SaveCheckpoint {
                 lease,
                 checkpoint: cp,
@@ -357,7 +368,13 @@ impl Job {
                 lease_until: until,
             };
             store.with_tx(write, now, f)
-        })
+        });
+        if let (Err(e), Some(earlier)) = (&result, earlier) {
+            if e.is_transient() && self.pending.is_none() {
+                pace::store_pending(&mut self.pending, &mut self.pending_plain, earlier);
+            }
+        }
+        result
     }
 
     /// Validates `cp`, saves it through `save` and records the cost.
@@ -562,6 +579,7 @@ impl Ckpt {
     /// it; a holder on this host whose process is gone is taken over at once.
     pub fn job_with(&self, name: &str, options: JobOptions) -> Result<Job> {
         validate::job_name(name)?;
+        options.policy.check()?;
         Job::acquire(self.clone(), name, options)
     }
 }

@@ -38,6 +38,23 @@ impl Default for CheckpointPolicy {
     }
 }
 
+impl CheckpointPolicy {
+    /// `Ok` if the policy can be followed: an adaptive target is a share
+    /// of the run time, above 0 and at most 1.
+    pub fn check(&self) -> crate::Result<()> {
+        match self {
+            CheckpointPolicy::Adaptive {
+                target_overhead, ..
+            } if !(*target_overhead > 0.0 && *target_overhead <= 1.0) => {
+                Err(crate::Error::InvalidInput(format!(
+                    "target_overhead must be a share of the run time above 0 and at most 1 (0.01 = 1 %), not {target_overhead}"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The running state a policy decides from: when the last save happened,
 /// how many items since, and the measured cost of a save.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +83,9 @@ impl IntervalTracker {
         };
         let target = target_overhead.clamp(1e-6, 1.0);
         let us = cost_us * (1.0 - target) / target;
-        Duration::from_secs_f64(us / 1e6).min(max_interval)
+        // A NaN target (refused by `check`, but a tracker may be driven
+        // directly) is not worth a panic: the cap holds.
+        Duration::try_from_secs_f64(us / 1e6).map_or(max_interval, |d| d.min(max_interval))
     }
 
     /// A tracker for a job acquired at `now` with `items_processed` items
@@ -254,6 +273,30 @@ mod tests {
             .adaptive_interval(0.01, Duration::from_secs(30))
             .as_secs_f64();
         assert!(0.002 / (interval + 0.002) <= 0.01 + 1e-9);
+    }
+
+    #[test]
+    fn an_adaptive_target_outside_0_to_1_is_refused_and_never_a_panic() {
+        for bad in [f64::NAN, 0.0, -0.5, 1.5, f64::INFINITY] {
+            let p = CheckpointPolicy::Adaptive {
+                target_overhead: bad,
+                max_interval: Duration::from_secs(30),
+            };
+            let e = p.check().unwrap_err();
+            assert!(matches!(e, crate::Error::InvalidInput(_)), "{bad}: {e:?}");
+            // Driven directly anyway: the cap, not a panic.
+            let mut t = IntervalTracker::new();
+            t.record_save(0, T0, Duration::from_millis(2));
+            assert!(t.adaptive_interval(bad, Duration::from_secs(30)) <= Duration::from_secs(30));
+        }
+        for good in [1e-6, 0.01, 1.0] {
+            let p = CheckpointPolicy::Adaptive {
+                target_overhead: good,
+                max_interval: Duration::from_secs(30),
+            };
+            assert!(p.check().is_ok(), "{good}");
+        }
+        assert!(CheckpointPolicy::Always.check().is_ok());
     }
 
     /// `next_due` against `is_due` at every count and time around the

@@ -291,6 +291,15 @@ pub trait Store: JobStore + ItemStore + CommandStore {
     /// A description for messages: the URL with any password redacted.
     fn describe(&self) -> String;
 
+    /// Which data this handle reaches, for telling whether two handles are
+    /// on one database (a shared transaction must be): equal for handles
+    /// on the same data however their URLs were spelt, where the store can
+    /// tell (SQLite: the file's canonical path; memory: the instance).
+    /// Defaults to [`describe`](Store::describe).
+    fn identity(&self) -> String {
+        self.describe()
+    }
+
     /// The store's wake-up signal for idle workers, if it has one.
     fn item_signals(&self) -> Option<&dyn ItemSignals>;
 

@@ -150,6 +150,9 @@ impl Store for FaultStore {
     fn describe(&self) -> String {
         format!("fault({})", self.inner.describe())
     }
+    fn identity(&self) -> String {
+        self.inner.identity()
+    }
     fn item_signals(&self) -> Option<&dyn ItemSignals> {
         self.inner.item_signals()
     }

@@ -159,6 +159,27 @@ fn zombie_item_writes_change_nothing(store: Option<Fixture>) {
     assert!(results[0].as_ref().unwrap_err().is_fenced());
     assert!(results[1].is_ok());
     assert_eq!(b.counts().unwrap().completed, 1);
+    // A lease on an item that never existed (a made-up or foreign id) is
+    // fenced too, whatever the id.
+    let before = b.items(None, 10).unwrap();
+    for id in [0, -1, i64::MIN, i64::MAX, live.lease.id + (1 << 40)] {
+        let mut lease = live.lease.clone();
+        lease.id = id;
+        let results = b
+            .apply(&[ItemUpdate {
+                lease,
+                change: ItemChange::Complete {
+                    stats: None,
+                    command: None,
+                },
+            }])
+            .unwrap();
+        assert!(
+            results[0].as_ref().unwrap_err().is_fenced(),
+            "{id}: {results:?}"
+        );
+    }
+    assert_eq!(b.items(None, 10).unwrap(), before);
 }
 
 #[apply(every_store)]

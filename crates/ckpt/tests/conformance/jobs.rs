@@ -52,6 +52,63 @@ fn job_lease_is_exclusive_and_fences_zombies(store: Option<Fixture>) {
     assert!(rec.completed_at.is_some());
 }
 
+/// One worker (a `Ckpt` and its clones, as threads share it) holds a job
+/// through one handle at a time: a second acquire while the first handle
+/// lives is busy, so two loops never run the same job; a dropped handle
+/// (which cannot release) is no obstacle, and a new worker of the same
+/// process is another worker.
+#[apply(every_store)]
+fn one_worker_holds_a_job_through_one_handle(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ManualClock::new(T0);
+    let a = worker(f, &clock, "a");
+    let mut first = a.job_with("twice", every_call()).unwrap();
+    first.save(&1, 1).unwrap();
+    let err = a.clone().job_with("twice", every_call()).unwrap_err();
+    assert!(err.is_busy(), "{err:?}");
+    assert!(
+        err.to_string().contains("held by this worker already"),
+        "{err}"
+    );
+    assert!(a
+        .new_worker()
+        .job_with("twice", every_call())
+        .unwrap_err()
+        .is_busy());
+    // Refused without a write: the first handle is still the holder.
+    first.save(&2, 2).unwrap();
+    let epoch = first.lease().epoch;
+    drop(first);
+    let again = a.job_with("twice", every_call()).unwrap();
+    assert_eq!(again.resume_cursor::<u64>().unwrap(), Some(2));
+    assert!(again.lease().epoch > epoch);
+    again.complete().unwrap();
+    // Completed and let go: the same worker may take it up again.
+    a.job_with("twice", every_call())
+        .unwrap()
+        .release()
+        .unwrap();
+}
+
+/// A policy that cannot be followed is refused before the job is
+/// created: not a panic after the first save.
+#[apply(every_store)]
+fn an_impossible_policy_is_refused_before_anything_is_written(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ManualClock::new(T0);
+    let a = worker(f, &clock, "a");
+    let options = JobOptions {
+        lease: Duration::from_secs(10),
+        policy: CheckpointPolicy::Adaptive {
+            target_overhead: f64::NAN,
+            max_interval: Duration::from_secs(30),
+        },
+    };
+    let err = a.job_with("nan", options).unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    assert!(a.get_job("nan").unwrap().is_none());
+}
+
 #[apply(every_store)]
 fn dead_local_job_owner_is_taken_over_at_once(store: Option<Fixture>) {
     let Some(f) = &store else { return };

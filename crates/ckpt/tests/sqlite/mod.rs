@@ -281,3 +281,68 @@ fn an_empty_sqlite_database_is_not_turned_into_a_store_by_a_read() {
         .unwrap();
     assert!(open(&path, OpenMode::MustExist).is_ok());
 }
+
+/// A shared transaction must be on the job's own file: the same file
+/// reached by another spelling of its path (`dir/./ckpt.db`, a symlink)
+/// is; another file is refused before anything is written.
+#[test]
+fn a_shared_transaction_is_on_the_jobs_file_however_its_path_is_spelt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.db");
+    let ckpt = Ckpt::new(std::sync::Arc::new(
+        open(&path, OpenMode::CreateIfMissing).unwrap(),
+    ));
+    let mut job = ckpt.job("tx").unwrap();
+    std::os::unix::fs::symlink(&path, dir.path().join("link.db")).unwrap();
+    for (i, same) in [
+        dir.path().join(".").join("ckpt.db"),
+        dir.path().join("link.db"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let tx_store = open(same, OpenMode::MustExist).unwrap();
+        let cursor = json!(i);
+        job.checkpoint_with(&tx_store, Checkpoint::new(cursor.clone(), 1), |_| Ok(()))
+            .unwrap_or_else(|e| panic!("{}: {e}", same.display()));
+        let saved = ckpt.get_job("tx").unwrap().unwrap().checkpoint.unwrap();
+        assert_eq!(saved.cursor, cursor);
+    }
+    let other = open(&dir.path().join("other.db"), OpenMode::CreateIfMissing).unwrap();
+    let err = job
+        .checkpoint_with(&other, Checkpoint::new(json!(9), 9), |_| Ok(()))
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    let saved = ckpt.get_job("tx").unwrap().unwrap().checkpoint.unwrap();
+    assert_eq!(saved.cursor, json!(1));
+}
+
+/// A shared-transaction save that fails for a passing cause keeps the
+/// earlier checkpoint the policy had not saved yet: the next flush saves
+/// it (the failed one went with writes that were rolled back).
+#[test]
+fn a_failed_shared_transaction_keeps_the_earlier_unsaved_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.db");
+    let store = std::sync::Arc::new(open(&path, OpenMode::CreateIfMissing).unwrap());
+    let ckpt = Ckpt::new(store.clone());
+    let options = ckpt::JobOptions {
+        lease: std::time::Duration::from_secs(60),
+        policy: ckpt::CheckpointPolicy::Every {
+            items: Some(1_000),
+            interval: None,
+        },
+    };
+    let mut job = ckpt.job_with("keep", options).unwrap();
+    assert!(!job.save(&5, 5).unwrap(), "held back by the policy");
+    let err = job
+        .checkpoint_with(&*store, Checkpoint::new(json!(6), 6), |_| {
+            Err::<(), _>(Error::Unavailable("the sink's disk went away".into()))
+        })
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(ckpt.get_job("keep").unwrap().unwrap().checkpoint.is_none());
+    job.flush().unwrap();
+    let saved = ckpt.get_job("keep").unwrap().unwrap().checkpoint.unwrap();
+    assert_eq!((saved.cursor, saved.items_processed), (json!(5), 5));
+}

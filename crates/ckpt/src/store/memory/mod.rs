@@ -45,6 +45,11 @@ impl Store for MemoryStore {
         "memory://".to_string()
     }
 
+    /// Each instance is its own store: its address tells them apart.
+    fn identity(&self) -> String {
+        format!("memory://{:p}", self)
+    }
+
     /// None: workers poll (they share this process, so a poll is cheap).
     fn item_signals(&self) -> Option<&dyn ItemSignals> {
         None
@@ -128,7 +133,8 @@ impl Inner {
 
     /// The item `id`, if it exists.
     fn find_item(&self, id: ItemId) -> Option<&ItemRow> {
-        usize::try_from(id - 1).ok().and_then(|i| self.items.get(i))
+        let index = id.checked_sub(1)?;
+        usize::try_from(index).ok().and_then(|i| self.items.get(i))
     }
 
     /// Moves the items `ids` of `job` back to pending

@@ -122,6 +122,8 @@ impl SqliteOptions {
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     path: String,
+    /// The file's canonical path (see [`Store::identity`]).
+    identity: String,
     options: SqliteOptions,
     /// True while the connection may be at `synchronous=NORMAL` for a claim.
     relaxed: std::sync::atomic::AtomicBool,
@@ -183,6 +185,9 @@ impl SqliteStore {
         let store = SqliteStore {
             conn: Mutex::new(conn),
             path: path.to_string(),
+            // The file exists now.
+            identity: std::fs::canonicalize(file)
+                .map_or_else(|_| path.to_string(), |p| p.display().to_string()),
             options,
             relaxed: std::sync::atomic::AtomicBool::new(false),
         };
@@ -200,6 +205,10 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn describe(&self) -> String {
         format!("sqlite://{}", self.path)
+    }
+
+    fn identity(&self) -> String {
+        format!("sqlite://{}", self.identity)
     }
 
     /// None: idle workers poll, which on one machine costs an index lookup.

@@ -138,7 +138,10 @@ pub(super) fn inspect_existing(file: &Path, path: &str) -> Result<bool> {
     if app == APPLICATION_ID {
         return usable_version(path, version).map(|()| true);
     }
-    let mut wal = file.as_os_str().to_owned();
+    // SQLite keeps the WAL beside the file a symlink points to, not
+    // beside the link.
+    let real = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let mut wal = real.into_os_string();
     wal.push("-wal");
     let wal_pending = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
     if !wal_pending {
