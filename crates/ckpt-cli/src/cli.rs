@@ -257,6 +257,8 @@ pub enum CheckpointCommand {
         /// The job.
         job: String,
         /// The cursor, as JSON (a number, a string in quotes, an object...).
+        /// A negative number is a cursor, not an option.
+        #[arg(allow_negative_numbers = true)]
         cursor: String,
         /// Items processed so far.
         #[arg(long, default_value_t = 0)]
@@ -273,7 +275,7 @@ pub enum CheckpointCommand {
         /// (key order and spacing do not matter; `1` and `1.0` differ), or
         /// `none` for "no checkpoint yet". Otherwise nothing is written and
         /// the exit code is 5, naming the stored cursor.
-        #[arg(long, value_name = "OLD_CURSOR")]
+        #[arg(long, value_name = "OLD_CURSOR", allow_negative_numbers = true)]
         expect: Option<String>,
     },
     /// Delete the checkpoint and its history, so the job starts from scratch.

@@ -179,6 +179,35 @@ fn cursor_that_is_not_json_exits_2() {
 }
 
 #[test]
+fn a_negative_cursor_is_a_cursor_and_not_an_option() {
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "-5"])
+        .run()
+        .success();
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "-6", "--expect", "-5"])
+        .run()
+        .success();
+    let line = sb
+        .ckpt()
+        .args(["checkpoint", "set", "J", "1", "--expect", "-5"])
+        .run()
+        .error(5);
+    assert!(line.contains("the stored cursor is -6"), "{line}");
+    // What is not a number stays an unknown option.
+    let line = sb
+        .ckpt()
+        .args(["checkpoint", "set", "J", "-x"])
+        .run()
+        .error(2);
+    assert!(line.contains("'-x'"), "{line}");
+    let out = sb.ckpt().args(["checkpoint", "get", "J"]).run();
+    out.success();
+    assert_eq!(out.stdout, "-6\n");
+}
+
+#[test]
 fn large_state_round_trips() {
     let sb = Sandbox::new();
     // As large as one command-line argument can be on Linux (128 KiB).

@@ -289,3 +289,19 @@ fn redis_store_errors_are_one_line_with_their_exit_code() {
     assert!(out.error(3).contains("no ckpt store"), "{}", out.stderr);
     assert!(redis.pttls().is_empty());
 }
+
+#[test]
+fn a_rediss_url_to_a_redis_without_tls_says_so() {
+    let sb = Sandbox::new();
+    let Some(redis) = RedisPrefix::new("tls_to_plain") else {
+        return;
+    };
+    let url = redis.url().replacen("redis://", "rediss://", 1);
+    let line = sb
+        .ckpt_bare()
+        .args(["--store", &url, "status", "J"])
+        .run()
+        .error(4);
+    assert!(line.contains("no answer to the TLS handshake"), "{line}");
+    assert!(redis.pttls().is_empty(), "nothing was written");
+}

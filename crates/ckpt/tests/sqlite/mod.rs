@@ -122,6 +122,34 @@ fn missing_store_and_directory() {
 }
 
 #[test]
+fn a_fifo_or_a_socket_is_refused_and_nothing_is_made_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let socket = dir.path().join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    for (path, kind) in [(&fifo, "a named pipe (FIFO)"), (&socket, "a socket")] {
+        for mode in [OpenMode::CreateIfMissing, OpenMode::MustExist] {
+            let err = open(path, mode).unwrap_err();
+            assert!(
+                matches!(err, Error::Open(ref m) if m.ends_with(&format!("is {kind}, not a store file"))),
+                "{err}"
+            );
+        }
+    }
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["pipe", "sock"], "no -journal or -wal beside them");
+}
+
+#[test]
 fn url_options() {
     let dir = tempfile::tempdir().unwrap();
     let base = format!("sqlite://{}", dir.path().join("x.db").display());

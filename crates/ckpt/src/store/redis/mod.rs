@@ -201,9 +201,18 @@ impl RedisStore {
             .set_max_delay(Duration::from_secs(1));
         let conn = runtime
             .block_on(ConnectionManager::new_with_config(client, config))
-            .map_err(|e| match redis_err(e, url) {
-                Error::Storage(m) => Error::Open(m),
-                other => other,
+            .map_err(|e| {
+                // A plain Redis reads a TLS handshake as the start of a
+                // command and waits for the rest: the connection times out
+                // rather than fails.
+                let tls_to_plain = e.is_timeout() && url.starts_with("rediss://");
+                match redis_err(e, url) {
+                    Error::Storage(m) => Error::Open(m),
+                    Error::Unavailable(m) if tls_to_plain => Error::Unavailable(format!(
+                        "{m} (no answer to the TLS handshake: is TLS on at that port? A rediss:// URL needs a Redis started with tls-port; redis:// is without TLS)"
+                    )),
+                    other => other,
+                }
             })?;
         let store = RedisStore {
             runtime,

@@ -25,6 +25,14 @@ impl RedisStore {
         let meta = format!("{}:meta", self.prefix);
         match fields.first().and_then(|t| t.as_deref()) {
             Some("hash") => {}
+            Some("taken") => {
+                return Err(Error::NotAStore(format!(
+                    "prefix \"{}\" at {} holds key \"{}\" but no \"{meta}\": another application's keys, or a ckpt store that lost its metadata; nothing was written (choose another prefix with ?prefix=NAME)",
+                    self.prefix,
+                    self.url,
+                    fields.get(1).and_then(|k| k.as_deref()).unwrap_or("?")
+                )))
+            }
             Some("none") => {
                 return Err(Error::NotFound(format!(
                     "no ckpt store with prefix \"{}\" at {}",

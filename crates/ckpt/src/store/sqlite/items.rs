@@ -90,7 +90,7 @@ impl ItemStore for SqliteStore {
                             },
                             job: job.to_string(),
                             key: r.get(1)?,
-                            attempt: r.get::<_, i64>(6)? as u32 + added,
+                            attempt: (r.get::<_, i64>(6)? as u32).saturating_add(added),
                             payload: json_col(r, 2)?,
                             cursor: json_col(r, 3)?,
                             lease_expires: lease_until,

@@ -129,6 +129,24 @@ pub struct SqliteStore {
     relaxed: std::sync::atomic::AtomicBool,
 }
 
+/// What a file that is neither a regular file nor a directory is, for an
+/// error message.
+fn special_file_kind(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
 impl SqliteStore {
     /// Opens (and, with [`OpenMode::CreateIfMissing`], creates) the store at
     /// `path`, migrating an older schema. A foreign, corrupt or newer file
@@ -142,6 +160,14 @@ impl SqliteStore {
             Ok(m) if m.is_dir() => {
                 return Err(Error::Open(format!(
                     "{path} is a directory, not a store file"
+                )))
+            }
+            // A device, a FIFO or a socket: SQLite would fail with "disk
+            // I/O error" (or block on a FIFO) and leave a -journal beside it.
+            Ok(m) if !m.is_file() => {
+                return Err(Error::Open(format!(
+                    "{path} is {}, not a store file",
+                    special_file_kind(&m)
                 )))
             }
             // An empty file, or a SQLite database without tables, holds no

@@ -6,6 +6,14 @@ if type(t) == 'table' then
   t = t.ok
 end
 if t == 'none' and ARGV[3] == '1' then
+  -- A prefix whose store-wide keys exist without the meta hash holds
+  -- another application's keys, or a store that lost its meta: a new store
+  -- written over them would fail half-way (WRONGTYPE) or mix with them.
+  for _, k in ipairs({P .. ':jobs', P .. ':jobseq'}) do
+    if redis.call('EXISTS', k) == 1 then
+      return {'taken', k}
+    end
+  end
   redis.call('HSET', meta, 'application', 'ckpt', 'schema_version', ARGV[4])
   t = 'hash'
 end

@@ -238,3 +238,62 @@ fn a_store_emptied_under_an_open_handle_is_refused_not_rebuilt() {
         "the old handle sees the new store"
     );
 }
+
+#[test]
+fn a_prefix_holding_keys_of_another_application_is_refused_and_left_untouched() {
+    let Some(mut scratch) = Scratch::new("foreign") else {
+        return;
+    };
+    let prefix = scratch.prefix.clone();
+    let key = |k: &str| format!("{prefix}:{k}");
+    let cases: [(&str, ::redis::Cmd, &str); 3] = [
+        (
+            "meta",
+            ::redis::cmd("SET").arg(key("meta")).arg("x").clone(),
+            "is a string, not a ckpt store's metadata",
+        ),
+        (
+            "jobs",
+            ::redis::cmd("HSET")
+                .arg(key("jobs"))
+                .arg("a")
+                .arg("b")
+                .clone(),
+            "holds key",
+        ),
+        (
+            "jobseq",
+            ::redis::cmd("SET").arg(key("jobseq")).arg("5").clone(),
+            "holds key",
+        ),
+    ];
+    for (name, mut write, says) in cases {
+        scratch.raw::<()>(&mut write);
+        for mode in [OpenMode::CreateIfMissing, OpenMode::MustExist] {
+            let err = RedisStore::open(&scratch.url(""), mode).unwrap_err();
+            match mode {
+                // A read finds no store (no meta) or a foreign one.
+                OpenMode::MustExist if name != "meta" => {
+                    assert!(err.is_not_found(), "{name}: {err}")
+                }
+                _ => {
+                    assert!(matches!(err, Error::NotAStore(_)), "{name}: {err}");
+                    assert!(err.to_string().contains(says), "{name}: {err}");
+                    assert!(
+                        err.to_string().contains("nothing was written") || name == "meta",
+                        "{err}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            scratch.keys(),
+            BTreeSet::from([name.to_string()]),
+            "{name}: left as it was"
+        );
+        scratch.raw::<()>(::redis::cmd("DEL").arg(key(name)));
+    }
+    // With the prefix clear, a store is made.
+    scratch.open("");
+    assert!(scratch.keys().contains("meta"));
+}
