@@ -105,6 +105,34 @@ pub async fn api_errors_as_json(
     out
 }
 
+/// The largest request body taken (the only body is a retry's list of
+/// keys).
+pub const BODY_LIMIT: usize = 2 << 20;
+
+/// Refuses a body whose `Content-Length` is over [`BODY_LIMIT`] before
+/// reading any of it (413). Read up to the limit first, the refusal would
+/// come while the client is still sending: the connection is then closed
+/// with its body unread, and the client may see the reset before the
+/// answer. A body without a length is cut at the limit when read.
+pub async fn refuse_oversize_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > BODY_LIMIT as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is {n} bytes, over the length limit of {BODY_LIMIT} bytes"),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
 /// A response that is never cached: job data changes all the time.
 pub fn no_store(status: StatusCode, body: impl IntoResponse) -> Response {
     let mut response = (status, body).into_response();

@@ -200,6 +200,8 @@ pub fn router(state: AppState, hosts: host::AllowedHosts) -> Router {
         .route("/api/jobs/{job}/items", get(api::items))
         .route("/api/jobs/{job}/retry", post(api::retry))
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(error::BODY_LIMIT))
+        .layer(axum::middleware::from_fn(error::refuse_oversize_bodies))
         .layer(axum::middleware::from_fn(error::api_errors_as_json))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(hosts),

@@ -83,6 +83,29 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// Sends `head` (a request line and headers, without the blank line)
+    /// on a connection of its own and returns all the server answered.
+    /// For requests an HTTP client cannot send without racing the server:
+    /// a body declared over the limit, which the server refuses unread.
+    pub fn raw(&self, head: &str) -> String {
+        use std::io::{Read, Write};
+        let authority = self
+            .base
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let mut conn = std::net::TcpStream::connect(authority).expect("connect");
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            conn,
+            "{head}\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).expect("read the answer");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
     /// What the server logged so far.
     pub fn stderr(&self) -> String {
         self.running
