@@ -47,9 +47,10 @@ impl Default for JobOptions {
 /// save, heartbeat or completion returns [`Error::Fenced`] and changes
 /// nothing. Dropping a `Job` without [`complete`](Job::complete),
 /// [`fail`](Job::fail) or [`release`](Job::release) leaves its lease to
-/// expire, exactly like a crash. While a `Job` lives, acquiring its job
-/// again through the same `Ckpt` (or a clone: the same worker) is
-/// [`Error::Busy`], as it is for any other worker.
+/// expire, exactly like a crash. While a `Job` lives and has not been told
+/// its lease is lost, acquiring its job again through the same `Ckpt` (or
+/// a clone: the same worker) is [`Error::Busy`], as it is for any other
+/// worker.
 #[derive(Debug)]
 pub struct Job {
     ckpt: Ckpt,
@@ -71,8 +72,10 @@ pub struct Job {
     /// [`pace::store_pending`]). Emptying `pending` keeps it true; storing
     /// a checkpoint goes through `store_pending`, which sets it.
     pending_plain: bool,
-    /// Keeps this worker from holding the job through a second handle.
-    _held: HeldGuard,
+    /// Keeps this worker from holding the job through a second handle;
+    /// let go once the lease is lost (the handle must stop, and the worker
+    /// may acquire the job again).
+    held: Option<HeldGuard>,
 }
 
 impl Job {
@@ -131,7 +134,7 @@ impl Job {
             taken_over_from,
             pacer: Pacer::new(),
             pending_plain: true,
-            _held: held,
+            held: Some(held),
         };
         job.rearm();
         Ok(job)
@@ -403,6 +406,7 @@ impl Job {
             Err(e) => {
                 if e.is_fenced() {
                     tracing::warn!(event = "lease_lost", job = self.name(), error = %e);
+                    self.held = None;
                 }
                 return Err(e);
             }
@@ -475,6 +479,7 @@ impl Job {
             Err(e) => {
                 if e.is_fenced() {
                     tracing::warn!(event = "lease_lost", job = self.name(), reason = FenceReason::TakenOver.as_str(), error = %e);
+                    self.held = None;
                 }
                 return Err(e);
             }
@@ -486,7 +491,8 @@ impl Job {
 
     /// The error, event and count of a loop told to stop because its lease
     /// can no longer be proven (`why`).
-    fn self_fence(&self, reason: FenceReason, why: &str) -> Error {
+    fn self_fence(&mut self, reason: FenceReason, why: &str) -> Error {
+        self.held = None;
         metrics::counter!("ckpt_lease_lost_total", "job" => self.lease.job.clone(), "reason" => reason.as_str())
             .increment(1);
         let why = format!(

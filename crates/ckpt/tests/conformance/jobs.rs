@@ -88,6 +88,19 @@ fn one_worker_holds_a_job_through_one_handle(store: Option<Fixture>) {
         .unwrap()
         .release()
         .unwrap();
+    // A handle told its lease is lost holds nothing: while it lives, its
+    // worker may acquire the job again.
+    let mut stale = a.job_with("lost", every_call()).unwrap();
+    stale.save(&1, 1).unwrap();
+    clock.advance(Duration::from_secs(11));
+    a.new_worker()
+        .set_checkpoint("lost", &Checkpoint::new(json!(5), 5))
+        .unwrap();
+    assert!(stale.save(&2, 2).unwrap_err().is_fenced());
+    let again = a.job_with("lost", every_call()).unwrap();
+    assert_eq!(again.resume_cursor::<u64>().unwrap(), Some(5));
+    drop(stale);
+    again.complete().unwrap();
 }
 
 /// A policy that cannot be followed is refused before the job is
