@@ -592,47 +592,26 @@ fn a_run_with_an_unwritable_stderr_finishes_its_items() {
     sb.write("items.txt", &items);
     // Items 1 to 3 fail (each failure logs a warning), the rest complete.
     let command = ["sh", "-c", "echo err >&2; [ \"$1\" -gt 3 ]", "sh", "{}"];
+    let start = |job: &str, stderr: std::process::Stdio| {
+        std::process::Command::new(crate::util::BIN)
+            .current_dir(sb.path())
+            .args(["--store", &sb.store_url(), "run", "--job", job])
+            .args(["--items", "items.txt", "--retries", "0", "--"])
+            .args(command)
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    };
     let full = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/full")
         .expect("/dev/full");
-    let out = std::process::Command::new(crate::util::BIN)
-        .current_dir(sb.path())
-        .args([
-            "--store",
-            &sb.store_url(),
-            "run",
-            "--job",
-            "F",
-            "--items",
-            "items.txt",
-        ])
-        .args(["--retries", "0", "--"])
-        .args(command)
-        .stdout(std::process::Stdio::null())
-        .stderr(full)
-        .status()
-        .unwrap();
-    assert_eq!(out.code(), Some(1), "{out:?}");
+    let status = start("F", full.into()).wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{status:?}");
     assert_eq!(item_counts(&sb.status("F")), (0, 0, 3, 0, 3));
     // stderr a pipe whose reader is gone.
-    let mut child = std::process::Command::new(crate::util::BIN)
-        .current_dir(sb.path())
-        .args([
-            "--store",
-            &sb.store_url(),
-            "run",
-            "--job",
-            "P",
-            "--items",
-            "items.txt",
-        ])
-        .args(["--retries", "0", "--"])
-        .args(command)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = start("P", std::process::Stdio::piped());
     drop(child.stderr.take());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1), "{status:?}");
