@@ -149,6 +149,82 @@ fn a_fifo_or_a_socket_is_refused_and_nothing_is_made_beside_it() {
     assert_eq!(left, ["pipe", "sock"], "no -journal or -wal beside them");
 }
 
+/// A directory made read-only for a test: a read-only tmpfs when root
+/// (whom permissions do not stop), else mode 0555. Undone on drop.
+struct ReadOnlyDir {
+    path: std::path::PathBuf,
+    mounted: bool,
+}
+
+impl ReadOnlyDir {
+    /// `dir` with `files` copied in, read-only; `None` (with the reason
+    /// printed) where neither way works.
+    fn new(dir: &Path, files: &[&Path]) -> Option<ReadOnlyDir> {
+        let path = dir.join("ro");
+        std::fs::create_dir(&path).unwrap();
+        let sh = |cmd: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", cmd])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        // SAFETY: geteuid(2) has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let p = path.display();
+        let mounted = root && sh(&format!("mount -t tmpfs ckpt-test '{p}' 2> /dev/null"));
+        if root && !mounted {
+            eprintln!("skipped: root, and cannot mount a tmpfs to make read-only");
+            return None;
+        }
+        for f in files {
+            std::fs::copy(f, path.join(f.file_name().unwrap())).unwrap();
+        }
+        let made = if mounted {
+            sh(&format!("mount -o remount,ro '{p}'"))
+        } else {
+            sh(&format!("chmod 0555 '{p}'"))
+        };
+        let ro = ReadOnlyDir { path, mounted };
+        made.then_some(ro)
+    }
+}
+
+impl Drop for ReadOnlyDir {
+    fn drop(&mut self) {
+        let p = self.path.display();
+        let cmd = if self.mounted {
+            format!("umount '{p}'")
+        } else {
+            format!("chmod 0755 '{p}'")
+        };
+        let _ = std::process::Command::new("sh").args(["-c", &cmd]).status();
+    }
+}
+
+#[test]
+fn a_store_on_a_read_only_file_system_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let ckpt = Ckpt::open(&format!("sqlite://{}", db.display())).unwrap();
+    ckpt.set_checkpoint("j", &Checkpoint::new(json!(5), 5))
+        .unwrap();
+    drop(ckpt);
+    assert!(!dir.path().join("s.db-wal").exists(), "closed cleanly");
+    let Some(ro) = ReadOnlyDir::new(dir.path(), &[&db]) else {
+        return;
+    };
+    let err = open(&ro.path.join("s.db"), OpenMode::MustExist).unwrap_err();
+    let Error::Open(message) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        message.contains("cannot open the store where it is (")
+            && message.contains("copy the store, with its -wal file"),
+        "{message}"
+    );
+    assert!(!message.contains('\n'), "one line: {message}");
+}
+
 #[test]
 fn url_options() {
     let dir = tempfile::tempdir().unwrap();

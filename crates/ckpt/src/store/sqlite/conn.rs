@@ -1,6 +1,7 @@
 //! The SQLite connection: configuring it, and the transactions every
 //! write runs in.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 use std::time::Duration;
@@ -114,7 +115,14 @@ impl SqliteStore {
 
     pub(super) fn open_err(&self, e: rusqlite::Error) -> Error {
         match sql_err(e) {
-            Error::Storage(m) => Error::Open(format!("{}: {m}", self.path)),
+            Error::Storage(m) => match unwritable(Path::new(&self.path)) {
+                // Even a read needs the -wal and -shm files beside the store.
+                Some(why) => Error::Open(format!(
+                    "{}: cannot open the store where it is ({why}): SQLite writes beside the file (its -wal and -shm) even to read it; copy the store, with its -wal file if there is one, to a writable directory to read it there",
+                    self.path
+                )),
+                None => Error::Open(format!("{}: {m}", self.path)),
+            },
             other => other.with_store_path(&self.path),
         }
     }
@@ -167,4 +175,22 @@ pub(crate) fn sql_err(e: rusqlite::Error) -> Error {
         };
     }
     Error::Storage(e.to_string())
+}
+
+/// Why the store file or its directory cannot be written (a read-only
+/// file system, no permission), if so.
+fn unwritable(file: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    [(file, "the file"), (dir, "its directory")]
+        .into_iter()
+        .find_map(|(path, what)| {
+            let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+            // SAFETY: a valid NUL-terminated path; access(2) only reads it.
+            let r = unsafe { libc::access(c.as_ptr(), libc::W_OK) };
+            (r != 0).then(|| format!("{what}: {}", std::io::Error::last_os_error()))
+        })
 }
