@@ -12,6 +12,11 @@ fn open(path: &Path, mode: OpenMode) -> Result<SqliteStore, Error> {
     SqliteStore::open(path.to_str().unwrap(), SqliteOptions::default(), mode)
 }
 
+/// A `Ckpt` on the store at `path`.
+fn ckpt_on(path: &Path, mode: OpenMode) -> Ckpt {
+    Ckpt::new(std::sync::Arc::new(open(path, mode).unwrap()))
+}
+
 #[test]
 fn text_file_is_refused_and_untouched() {
     let dir = tempfile::tempdir().unwrap();
@@ -256,17 +261,13 @@ fn url_options() {
 fn store_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ckpt.db");
-    let c = Ckpt::new(std::sync::Arc::new(
-        open(&path, OpenMode::CreateIfMissing).unwrap(),
-    ));
+    let c = ckpt_on(&path, OpenMode::CreateIfMissing);
     let mut job = c.job("reopen").unwrap();
     job.checkpoint(Checkpoint::new(json!({"k": "v"}), 3))
         .unwrap();
     job.release().unwrap();
     drop(c);
-    let c = Ckpt::new(std::sync::Arc::new(
-        open(&path, OpenMode::MustExist).unwrap(),
-    ));
+    let c = ckpt_on(&path, OpenMode::MustExist);
     let rec = c.get_job("reopen").unwrap().unwrap();
     assert_eq!(rec.checkpoint.unwrap().cursor, json!({"k": "v"}));
 }
@@ -318,9 +319,7 @@ fn store_with_pending_wal_is_recognised() {
 fn a_payload_with_a_nul_refuses_the_whole_enqueue() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ckpt.db");
-    let ckpt = Ckpt::new(std::sync::Arc::new(
-        open(&path, OpenMode::CreateIfMissing).unwrap(),
-    ));
+    let ckpt = ckpt_on(&path, OpenMode::CreateIfMissing);
     let q = ckpt.queue("nul").unwrap();
     let mut with_payload = ckpt::NewItem::key("p");
     with_payload.payload = Some(json!({"s": "x\0y"}));
@@ -393,9 +392,7 @@ fn an_empty_sqlite_database_is_not_turned_into_a_store_by_a_read() {
 fn a_shared_transaction_is_on_the_jobs_file_however_its_path_is_spelt() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ckpt.db");
-    let ckpt = Ckpt::new(std::sync::Arc::new(
-        open(&path, OpenMode::CreateIfMissing).unwrap(),
-    ));
+    let ckpt = ckpt_on(&path, OpenMode::CreateIfMissing);
     let mut job = ckpt.job("tx").unwrap();
     std::os::unix::fs::symlink(&path, dir.path().join("link.db")).unwrap();
     for (i, same) in [
