@@ -434,24 +434,70 @@ impl Watchdog {
         }
     }
 
-    /// The fence of a held lease (`None` once it was let go).
+    /// The fence of a held lease (`None` once it was let go), tripped
+    /// first if its work should have stopped by now. The watchdog thread
+    /// may not have looked yet: a process stopped past its leases (Ctrl-Z,
+    /// a suspended machine) resumes every thread at once, and a worker
+    /// must not start an item whose lease lapsed meanwhile.
     pub(super) fn fence(&self, lease: &ItemLease) -> Option<Fence> {
-        self.lock().held.get(&key(lease)).map(|h| h.fence.clone())
+        let g = self.lock();
+        let h = g.held.get(&key(lease))?;
+        let fence = h.fence.clone();
+        let due = if fence.is_lost() {
+            None
+        } else {
+            let (left, reason, since) = self.until_stop(h, Instant::now());
+            left.is_zero().then_some((reason, since))
+        };
+        drop(g);
+        if let Some((reason, since)) = due {
+            self.trip(&fence, lease, reason, &self.why_stopped(reason, since));
+        }
+        Some(fence)
     }
 
-    /// A renewal was confirmed.
+    /// Why a lease last proven `since` ago is fenced, for `reason`.
+    fn why_stopped(&self, reason: FenceReason, since: Duration) -> String {
+        let since = humantime::format_duration(round_ms(since));
+        match reason {
+            FenceReason::SessionLost => format!(
+                "the liveness session its lease was written under was last confirmed {since} ago: another worker may take it over"
+            ),
+            _ => format!(
+                "its lease was last confirmed {since} ago (lease {}): the store did not confirm a renewal in time, so another worker may take it over",
+                humantime::format_duration(self.timings.lease)
+            ),
+        }
+    }
+
+    /// A renewal was confirmed: the fence's deadline moves at once, not
+    /// when the watchdog thread next looks, so that a command registered
+    /// in between (a worker starting a claimed-ahead item) is not handed,
+    /// nor its sentinel sent, a deadline already past.
     pub(super) fn confirm(&self, lease: &ItemLease, by: Confirmation) {
         let mut g = self.lock();
         g.dirty = true;
+        let mut moved = None;
         if let Some(h) = g.held.get_mut(&key(lease)) {
             if by.sent >= h.confirmed {
                 h.confirmed = by.sent;
                 h.session = by.session;
             }
         }
+        if let Some(h) = g.held.get(&key(lease)).filter(|h| !h.fence.is_lost()) {
+            let now = Instant::now();
+            let (left, _, _) = self.until_stop(h, now);
+            // A lease still lapsed is the watchdog's to trip.
+            if !left.is_zero() {
+                moved = Some((h.fence.clone(), now + left));
+            }
+        }
         drop(g);
-        // The deadline moved: publish it now (a sentinel outside this
-        // process enforces the old one otherwise).
+        if let Some((fence, term)) = moved {
+            fence.set_deadline(term, term + fence.kill_grace());
+        }
+        // A sentinel outside this process enforces the old deadline until
+        // it hears of the new one; the watchdog looks again.
         self.changed.notify_all();
     }
 
@@ -573,17 +619,7 @@ impl Watchdog {
                         token,
                         owner: String::new(),
                     };
-                    let since = humantime::format_duration(round_ms(since));
-                    let why = match reason {
-                        FenceReason::SessionLost => format!(
-                            "the liveness session its lease was written under was last confirmed {since} ago: another worker may take it over"
-                        ),
-                        _ => format!(
-                            "its lease was last confirmed {since} ago (lease {}): the store did not confirm a renewal in time, so another worker may take it over",
-                            humantime::format_duration(self.timings.lease)
-                        ),
-                    };
-                    self.trip(&fence, &lease, reason, &why);
+                    self.trip(&fence, &lease, reason, &self.why_stopped(reason, since));
                 }
                 g = self.lock();
                 continue;
@@ -721,6 +757,69 @@ mod tests {
         assert!(dog.fence(&lease(1, 1)).is_none());
         dog.stop();
         thread.join().unwrap();
+    }
+
+    /// A process stopped past its leases resumes every thread at once: a
+    /// worker that asks for a fence before the watchdog thread has looked
+    /// finds it tripped, and does not start the item.
+    #[test]
+    fn a_lapsed_lease_reads_lost_before_the_watchdog_looks() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::MemoryStore::new());
+        // No watchdog thread runs here.
+        let dog = Watchdog::new(Duration::from_secs(2), "j", store);
+        let now = Instant::now();
+        let at = |sent| Confirmation {
+            sent,
+            session: None,
+        };
+        let lapsed = now.checked_sub(Duration::from_secs(60)).unwrap();
+        dog.hold(&lease(1, 1), at(lapsed));
+        dog.hold(&lease(2, 1), at(now));
+        let stale = dog.fence(&lease(1, 1)).unwrap();
+        assert!(stale.is_lost());
+        assert!(
+            stale.reason().unwrap().contains("last confirmed 1m"),
+            "{:?}",
+            stale.reason()
+        );
+        assert!(!dog.fence(&lease(2, 1)).unwrap().is_lost());
+    }
+
+    /// A renewal moves the deadline a command is registered with at once:
+    /// a command started between the renewal and the watchdog's next look
+    /// is not handed (nor its sentinel sent) the old deadline.
+    #[test]
+    fn a_confirmed_renewal_moves_the_deadline_before_the_watchdog_looks() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::MemoryStore::new());
+        let dog = Watchdog::new(Duration::from_secs(2), "j", store);
+        let at = |sent| Confirmation {
+            sent,
+            session: None,
+        };
+        let old = Instant::now()
+            .checked_sub(Duration::from_millis(300))
+            .unwrap();
+        dog.hold(&lease(1, 1), at(old));
+        let fence = dog.fence(&lease(1, 1)).unwrap();
+        assert!(!fence.is_lost());
+        let heard = Arc::new(Mutex::new(None));
+        {
+            let heard = Arc::clone(&heard);
+            fence.on_deadline(move |term, _| *heard.lock().unwrap() = Some(term));
+        }
+        let before = heard
+            .lock()
+            .unwrap()
+            .expect("told the deadline on registering");
+        let renewed = Instant::now();
+        dog.confirm(&lease(1, 1), at(renewed));
+        let after = heard.lock().unwrap().unwrap();
+        assert!(
+            after >= before + Duration::from_millis(250),
+            "the deadline moved {:?}",
+            after.saturating_duration_since(before)
+        );
+        assert!(after > renewed);
     }
 
     #[test]
