@@ -171,3 +171,45 @@ echo "done $0" >> done"#;
         assert!(item["attempts"].as_u64() >= Some(2), "{key}: {item}");
     }
 }
+
+/// A run stopped (SIGSTOP) past its lease, alone, with items claimed ahead
+/// and not started: woken up, it must neither start them under the lapsed
+/// lease (to have them killed at once) nor charge them for the pause. Only
+/// the items running at the stop may fail; the others run to their end.
+#[test]
+fn items_claimed_ahead_are_not_charged_for_a_pause() {
+    let sb = Sandbox::new();
+    let keys = items("q", 4);
+    let file = sb.write_items("items.txt", &keys);
+    let script = r#"echo "started $0" >> started
+sleep 3
+echo "done $0" >> done"#;
+    let run = sb
+        .ckpt()
+        .args(["run", "--job", "Q", "-j", "2", "--lease", "2s"])
+        .args(["--retries", "0"])
+        .arg("--items")
+        .arg(&file)
+        .args(["--", "sh", "-c", script])
+        .start();
+    wait_until(Duration::from_secs(30), "two commands to start", || {
+        sb.lines("started").len() >= 2
+    });
+    run.signal(SIGSTOP);
+    let running = sb.lines("started");
+    std::thread::sleep(Duration::from_secs(4));
+    run.signal(SIGCONT);
+    let out = run.wait(Duration::from_secs(60));
+    out.no_panic();
+    let done = sb.lines("done");
+    let mut waiting = 0;
+    for (key, item) in crate::util::stored_items(&sb, "Q") {
+        if running.contains(&format!("started {key}")) {
+            continue;
+        }
+        waiting += 1;
+        assert_eq!(item["status"], "completed", "{key}: {item}\n{}", out.stderr);
+        assert!(done.contains(&format!("done {key}")), "{key}: {item}");
+    }
+    assert_eq!(waiting, 2, "started at the stop: {running:?}");
+}
