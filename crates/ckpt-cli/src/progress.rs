@@ -181,6 +181,16 @@ impl Write for LogWriter {
     }
 }
 
+/// Runs `f`, which writes to a terminal when `on_terminal`, with the bar
+/// (if one is shown) hidden meanwhile: a command's output printed under a
+/// bar would otherwise be erased by its next redraw.
+pub fn with_bar_hidden<T>(on_terminal: bool, f: impl FnOnce() -> T) -> T {
+    match current_bar().filter(|_| on_terminal) {
+        Some(bar) => bar.suspend(f),
+        None => f(),
+    }
+}
+
 /// A progress display running on its own thread until [`finish`](Progress::finish).
 pub struct Progress {
     done: Arc<(Mutex<bool>, Condvar)>,
@@ -249,7 +259,7 @@ fn new_bar(start: &Start) -> ProgressBar {
         ProgressDrawTarget::stderr_with_hz(5),
     );
     let style = ProgressStyle::with_template(
-        "{prefix}: [{elapsed_precise}] [{bar:30}] {pos}/{len} ({percent}%) {msg}",
+        "{prefix}: [{elapsed_precise}] [{bar:30}] {pos}/{len} ({percent}%) {wide_msg}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar())
     .progress_chars("=> ");

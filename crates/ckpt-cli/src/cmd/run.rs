@@ -674,6 +674,14 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
             crate::output::shown(&tag)
         ));
     }
+    // The same for its output on ckpt's stdout, which is the run's result
+    // when it is redirected to a file.
+    if let Some(e) = captured.output_error {
+        return h.fault(format!(
+            "cannot write the output of item {} to stdout: {e}",
+            crate::output::shown(&tag)
+        ));
+    }
     // A failure keeps the tail of the command's stderr beside its error.
     ended(h, program, status, timed_out, stopped, fence).with_output(captured.tail)
 }

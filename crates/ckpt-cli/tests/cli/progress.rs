@@ -116,3 +116,152 @@ fn quiet_prints_no_progress_and_no_summary() {
     assert!(out.stderr.contains("1 dead item"), "{}", out.stderr);
     assert!(progress_lines(&out.stderr).is_empty());
 }
+
+/// On a terminal the bar shares the screen with the commands' output: each
+/// line a command prints stays on the screen, whole, on a row of its own,
+/// neither erased by the bar's next redraw nor glued to the bar, and no
+/// stale copy of the bar is left among them.
+#[test]
+fn the_bar_on_a_terminal_neither_erases_nor_garbles_the_output() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("k", 15));
+    let (master, slave) = pty(80, 100);
+    let slave_out = slave.try_clone().unwrap();
+    let mut child = std::process::Command::new(crate::util::BIN)
+        .current_dir(sb.path())
+        .env_remove("RUST_LOG")
+        .args(["--store", &sb.store_url(), "run", "--job", "J", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", "echo line-$1; sleep 0.12", "sh"])
+        .stdin(std::process::Stdio::null())
+        .stdout(slave_out)
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    // Read as it comes (a full pty would block ckpt), until the last
+    // holder of the terminal's other end is gone.
+    let reader = std::thread::spawn(move || {
+        let mut master = std::fs::File::from(master);
+        let mut bytes = Vec::new();
+        let mut buf = [0; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut master, &mut buf) {
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        bytes
+    });
+    assert!(child.wait().unwrap().success());
+    let screen = Screen::render(&String::from_utf8_lossy(&reader.join().unwrap()), 80);
+    // The bar is cleared at the end: a copy left behind is a redraw that
+    // lost track of its row.
+    let stale: Vec<&String> = screen.iter().filter(|r| r.contains("ckpt: J: [")).collect();
+    assert!(
+        stale.is_empty(),
+        "stale bars: {stale:#?}\n{}",
+        screen.join("\n")
+    );
+    for k in items("k", 15) {
+        let line = format!("line-{k}");
+        assert!(
+            screen.contains(&line),
+            "{line} is not on a row of its own:\n{}",
+            screen.join("\n")
+        );
+    }
+}
+
+/// A pseudo-terminal of `cols` by `rows`: (master, slave).
+fn pty(cols: u16, rows: u16) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds into the given ints; the name and
+    // termios pointers may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just opened, and nothing else owns them.
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+use std::os::fd::OwnedFd;
+
+/// The rows a terminal of `width` columns shows after `text`: printable
+/// characters (wrapping at the width), CR, LF, and the CSI sequences a
+/// progress bar draws with (cursor up/down/column, erase line, erase
+/// below; colours and cursor visibility ignored). Rows are kept, never
+/// scrolled away.
+struct Screen;
+
+impl Screen {
+    fn render(text: &str, width: usize) -> Vec<String> {
+        let mut rows: Vec<Vec<char>> = vec![Vec::new()];
+        let (mut row, mut col) = (0usize, 0usize);
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            while rows.len() <= row {
+                rows.push(Vec::new());
+            }
+            match c {
+                '\r' => col = 0,
+                '\n' => row += 1,
+                '\u{1b}' if chars.peek() == Some(&'[') => {
+                    chars.next();
+                    let mut params = String::new();
+                    let mut end = ' ';
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            end = c;
+                            break;
+                        }
+                        params.push(c);
+                    }
+                    let n = params.trim_start_matches('?').parse::<usize>().ok();
+                    let line = &mut rows[row];
+                    match end {
+                        'A' => row = row.saturating_sub(n.unwrap_or(1)),
+                        'B' => row += n.unwrap_or(1),
+                        'G' => col = n.unwrap_or(1).saturating_sub(1),
+                        'K' if n == Some(2) => line.clear(),
+                        'K' => line.truncate(col),
+                        'J' => {
+                            line.truncate(col);
+                            rows.truncate(row + 1);
+                        }
+                        _ => {}
+                    }
+                }
+                c if c.is_control() => {}
+                c => {
+                    if col >= width {
+                        row += 1;
+                        col = 0;
+                        while rows.len() <= row {
+                            rows.push(Vec::new());
+                        }
+                    }
+                    let line = &mut rows[row];
+                    if line.len() <= col {
+                        line.resize(col + 1, ' ');
+                    }
+                    line[col] = c;
+                    col += 1;
+                }
+            }
+        }
+        rows.into_iter()
+            .map(|r| r.into_iter().collect::<String>().trim_end().to_string())
+            .collect()
+    }
+}

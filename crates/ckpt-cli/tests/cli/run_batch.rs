@@ -415,3 +415,51 @@ exit 0"#;
     assert_eq!(done["c"], ("completed".into(), 1));
     assert_eq!(invocations(&sb).0, [3, 3, 1, 1, 1], "the rerun split it");
 }
+
+/// A batch whose command line would not fit what `exec` takes (here
+/// `CKPT_ITEM`, one string, past Linux's 128 KiB for one) runs as a few
+/// commands of as many items as fit, as `xargs` sizes its commands: not
+/// refused whole and then split down to one item a command.
+#[test]
+fn a_batch_too_big_for_one_command_line_runs_as_a_few_commands() {
+    let sb = Sandbox::new();
+    // About 150 KiB of items.
+    let keys: Vec<String> = (0..3000)
+        .map(|i| format!("/data/exports/2024/customer-{i:06}/part-{i:06}.csv"))
+        .collect();
+    let file = sb.write_items("items.txt", &keys);
+    let run = |extra: &[&str]| {
+        sb.ckpt()
+            .args(["run", "--job", "B", "-n", "3000", "--items"])
+            .arg(&file)
+            .args(extra)
+            .args(["--", "sh", "-c"])
+            .arg("echo $# >> counts; printf '%s\\n' \"$@\" >> ran.log")
+            .arg("sh")
+            .run()
+    };
+    // The dry run cuts the batch as the run does.
+    let dry = run(&["--dry-run"]);
+    dry.success();
+    let out = run(&[]);
+    out.success();
+    assert!(!out.stderr.contains("batch_split"), "{}", out.stderr);
+    let sizes: Vec<usize> = sb
+        .lines("counts")
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(
+        (2..=4).contains(&sizes.len()),
+        "commands of {sizes:?} items"
+    );
+    let dry_sizes: Vec<usize> = dry
+        .stdout
+        .lines()
+        .map(|l| l.matches("/data/exports/").count())
+        .collect();
+    assert_eq!(dry_sizes, sizes, "the dry run's commands");
+    let ran = sb.lines("ran.log");
+    assert_eq!(ran, keys, "each item once, in order");
+    assert_eq!(item_counts(&sb.status("B")), (0, 0, 3000, 0, 0));
+}

@@ -272,6 +272,91 @@ fn a_closed_stdout_or_stderr_loses_no_outcome() {
     }
 }
 
+/// A stdout that stops taking output (a full disk: `/dev/full`) stops the
+/// run with exit 4, and the item whose output was lost goes back to
+/// pending uncharged, as with `--results`: completed, its output would be
+/// lost for good. (A reader that goes away is not that: see above.)
+#[test]
+fn a_stdout_that_stops_taking_output_stops_the_run_and_keeps_the_item_pending() {
+    for (flags, shown) in [
+        (&[][..], "out k1\nout k2\nout k3\n"),
+        (&["--group"], "out k1\nout k2\nout k3\n"),
+        (&["--tag"], "k1\tout k1\nk2\tout k2\nk3\tout k3\n"),
+    ] {
+        let sb = Sandbox::new();
+        let file = sb.write_items("items.txt", &items("k", 3));
+        let run = |stdout: std::fs::File| {
+            sb.ckpt()
+                .args(["run", "--job", "S", "-j", "1", "--items"])
+                .arg(&file)
+                .args(flags)
+                .args(["--", "sh", "-c"])
+                .arg("echo \"$CKPT_ITEM\" >> ran.log; echo \"out $CKPT_ITEM\"")
+                .stdout_to(stdout)
+                .run()
+        };
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let out = run(full);
+        out.code(4);
+        let last = out.stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(
+                "ckpt: error: cannot write the output of item k1 to stdout: No space left on device"
+            ) && last.contains("0 completed now"),
+            "{flags:?}: {}",
+            out.stderr
+        );
+        assert_eq!(sb.lines("ran.log"), ["k1"], "{flags:?}");
+        for (key, item) in stored_items(&sb, "S") {
+            assert_eq!(item["status"], "pending", "{flags:?} {key}: {item}");
+            assert_eq!(item["attempts"], 0, "{flags:?} {key}: {item}");
+        }
+        // Room again: the same command finishes, and stdout holds it all.
+        let path = sb.join("out.txt");
+        run(std::fs::File::create(&path).unwrap()).success();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), shown, "{flags:?}");
+        assert_eq!(sb.lines("ran.log"), ["k1", "k1", "k2", "k3"], "{flags:?}");
+    }
+}
+
+/// `--group` holds an item's output past 1 MiB in a temporary file; one
+/// that stops growing partway (here at a file size limit, as on a full
+/// disk) loses nothing: what it took comes first, then the rest, held in
+/// memory.
+#[test]
+fn group_output_survives_a_temporary_file_that_fills_up() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("k", 1));
+    // The second MiB spilled meets the 1.5 MiB limit halfway. SIGXFSZ is
+    // ignored, so the write fails (EFBIG) instead of killing ckpt.
+    let limit = [
+        "sh",
+        "-c",
+        "trap '' XFSZ; exec prlimit --fsize=1572864 -- \"$@\"",
+        "sh",
+    ];
+    let out = sb
+        .ckpt_via(&limit)
+        .arg("--store")
+        .arg(sb.store_url())
+        .args(["run", "--job", "G", "--group", "-q", "--items"])
+        .arg(&file)
+        .args(["--", "sh", "-c", "seq 1 600000", "sh"])
+        .run();
+    out.success();
+    let expected: String = (1..=600_000).map(|i| format!("{i}\n")).collect();
+    assert!(
+        out.stdout == expected,
+        "{} bytes of {}; starts {:?}",
+        out.stdout.len(),
+        expected.len(),
+        &out.stdout[..out.stdout.len().min(20)]
+    );
+}
+
 /// A `--results` that cannot hold files is refused before the store is
 /// touched; one that stops holding them mid-run stops the run, charging
 /// no attempt for the items whose command never ran.

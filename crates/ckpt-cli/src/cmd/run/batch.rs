@@ -18,6 +18,15 @@
 //! split: every item gets that outcome. Nor is a batch that fails while
 //! the run is stopping (a stopping run starts nothing new): its items are
 //! given back uncharged, and the next run splits it.
+//!
+//! A batch whose command line would not fit what `exec` takes (see
+//! [`fits`]) is first cut in halves until each part fits, as `xargs` sizes
+//! its commands: the parts run one after another in the same worker, each
+//! as a batch of its own. Without that, `exec` refuses the whole batch
+//! (`E2BIG`), and every item would run alone.
+
+use std::ops::Range;
+use std::sync::OnceLock;
 
 use anyhow::Result;
 use ckpt::{ClaimedItem, Fence, Outcome};
@@ -25,8 +34,92 @@ use ckpt::{ClaimedItem, Fence, Outcome};
 use super::template::Context as Expand;
 use super::{run_item, CommandHandler};
 
-/// Runs `items` as one command; on failure, each alone.
+/// Runs `items` as few commands as `exec` takes, one after another; on
+/// failure, each item of the failed command alone.
 pub(super) fn run(h: &CommandHandler<'_>, items: &[ClaimedItem], fences: &[Fence]) -> Vec<Outcome> {
+    let mut parts = Vec::new();
+    fitting(h, items, 0..items.len(), &mut parts);
+    let mut outcomes = Vec::with_capacity(items.len());
+    for part in parts {
+        if !outcomes.is_empty() && h.stop.is_stopped() {
+            // Given back unstarted, as the runner gives back what it
+            // claimed ahead when it stops.
+            let back = Outcome::Interrupted("not started: the run is stopping".into());
+            outcomes.extend(part.map(|_| back.clone()));
+            continue;
+        }
+        outcomes.extend(run_part(h, &items[part.clone()], &fences[part]));
+    }
+    outcomes
+}
+
+/// Appends to `parts` the pieces of `items[range]`, in order, each of which
+/// fits one command line: the range itself, or its halves cut again.
+fn fitting(
+    h: &CommandHandler<'_>,
+    items: &[ClaimedItem],
+    range: Range<usize>,
+    parts: &mut Vec<Range<usize>>,
+) {
+    let slice = &items[range.clone()];
+    // `{%}` is at most the highest slot: its digits bound any slot's.
+    let fit = slice.len() == 1
+        || argv(h, slice, h.slots.count()).map_or(true, |argv| fits(&argv, keys_len(slice)));
+    if fit {
+        parts.push(range);
+        return;
+    }
+    let mid = range.start + slice.len() / 2;
+    fitting(h, items, range.start..mid, parts);
+    fitting(h, items, mid..range.end, parts);
+}
+
+/// Linux's limit on one argument or environment string, its NUL included
+/// (`MAX_ARG_STRLEN`, 32 pages), which `CKPT_ITEM` reaches first.
+const MAX_ARG_STRLEN: usize = 128 * 1024;
+
+/// Whether a command line `argv`, with a `CKPT_ITEM` of `item_len` bytes,
+/// fits what `exec` takes: each string within [`MAX_ARG_STRLEN`], and all
+/// of them with their pointers, beside ckpt's environment, within
+/// `ARG_MAX` (less 4 KiB for the other `CKPT_` variables, as `xargs` keeps
+/// 2 KiB spare).
+pub(super) fn fits(argv: &[String], item_len: usize) -> bool {
+    let item_env = "CKPT_ITEM=".len() + item_len + 1;
+    if item_env > MAX_ARG_STRLEN || argv.iter().any(|a| a.len() + 1 > MAX_ARG_STRLEN) {
+        return false;
+    }
+    let pointer = std::mem::size_of::<usize>();
+    let args: usize = argv.iter().map(|a| a.len() + 1 + pointer).sum();
+    args + item_env + pointer <= exec_budget()
+}
+
+/// `ARG_MAX` less ckpt's own environment (which every command inherits)
+/// and 4 KiB to spare; asked once.
+fn exec_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        // SAFETY: sysconf takes a name and returns a value, or -1.
+        let max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
+        let max = usize::try_from(max).unwrap_or(0).max(MAX_ARG_STRLEN);
+        let pointer = std::mem::size_of::<usize>();
+        let env: usize = std::env::vars_os()
+            .map(|(k, v)| k.len() + v.len() + 2 + pointer)
+            .sum();
+        max.saturating_sub(env + 4096)
+    })
+}
+
+/// The length of [`keys`] of `items`, without building it.
+fn keys_len(items: &[ClaimedItem]) -> usize {
+    items
+        .iter()
+        .map(|i| i.key.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1)
+}
+
+/// Runs `items` as one command; on failure, each alone.
+fn run_part(h: &CommandHandler<'_>, items: &[ClaimedItem], fences: &[Fence]) -> Vec<Outcome> {
     let fence = Fence::any(fences);
     let outcome = run_item(h, items, &fence);
     let failed = matches!(outcome.base(), Outcome::Failed(_) | Outcome::Fatal(_));

@@ -27,11 +27,11 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{self, IsTerminal, Read, Seek, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::results;
@@ -226,6 +226,9 @@ pub struct Captured {
     /// `--results`: why its files do not hold all of its output (a full
     /// disk); its later output went only to ckpt's own streams.
     pub results_error: Option<String>,
+    /// Why ckpt's stdout did not take all of the command's output (a full
+    /// disk; a closed pipe is not an error): the item must not complete.
+    pub output_error: Option<String>,
 }
 
 /// Whether the child `pid` has exited, leaving it unreaped (a zombie,
@@ -320,12 +323,15 @@ impl Reader {
         });
         // One item's groups are not split by another item's.
         let _writing = writing();
+        let mut output_error = None;
         for mut sink in sinks.into_iter().flatten() {
             sink.end();
+            output_error = output_error.or(sink.write_error);
         }
         Captured {
             tail,
             results_error,
+            output_error: output_error.map(|e| e.to_string()),
         }
     }
 }
@@ -347,6 +353,9 @@ struct Sink {
     file_error: Option<io::Error>,
     /// `--stderr-tail`: the last bytes, untagged.
     tail: Option<Tail>,
+    /// Why ckpt's own stream stopped taking this output (a full disk):
+    /// nothing more is written to it.
+    write_error: Option<io::Error>,
 }
 
 #[derive(Clone, Copy)]
@@ -364,35 +373,95 @@ impl Stream {
         }
     }
 
-    /// Writes `bytes` in one piece; the caller holds [`WRITING`]. Errors
-    /// (a closed pipe) lose the output but not the command: it keeps
-    /// running and its pipe keeps being drained.
-    fn write(self, bytes: &[u8]) {
+    /// Writes `bytes` in one piece; the caller holds [`WRITING`].
+    ///
+    /// A closed stdout (`| head`) drops the output (the command keeps
+    /// running and its pipe keeps being drained), and so does any error on
+    /// stderr, which carries diagnostics only: `Ok` for both. Any other
+    /// stdout error (a full disk) is returned: the output is the run's
+    /// result, and an item whose output was lost must not be completed.
+    fn write(self, bytes: &[u8]) -> io::Result<()> {
         if bytes.is_empty() {
-            return;
+            return Ok(());
         }
-        let _ = match self {
-            Stream::Out => {
-                let mut out = io::stdout().lock();
-                out.write_all(bytes).and_then(|()| out.flush())
-            }
-            Stream::Err => io::stderr().lock().write_all(bytes),
-        };
+        let result =
+            crate::progress::with_bar_hidden(self.is_terminal(), || write_fully(self.fd(), bytes));
+        match (self, result) {
+            (_, Ok(())) | (Stream::Err, Err(_)) => Ok(()),
+            (Stream::Out, Err(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            (Stream::Out, Err(e)) => Err(e),
+        }
     }
 
-    /// Copies `file` in one piece; the caller holds [`WRITING`].
-    fn copy(self, file: &mut File) {
-        if file.rewind().is_err() {
-            return;
-        }
-        let _ = match self {
-            Stream::Out => {
-                let mut out = io::stdout().lock();
-                io::copy(file, &mut out).and_then(|_| out.flush())
+    /// Copies `file` from its start in one piece, as [`write`](Self::write)
+    /// does; the caller holds [`WRITING`].
+    fn copy(self, file: &mut File) -> io::Result<()> {
+        file.rewind()?;
+        let mut buf = vec![0; 256 * 1024];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.write(&buf[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
-            Stream::Err => io::copy(file, &mut io::stderr().lock()).map(drop),
-        };
+        }
     }
+
+    fn fd(self) -> BorrowedFd<'static> {
+        let fd = match self {
+            Stream::Out => libc::STDOUT_FILENO,
+            Stream::Err => libc::STDERR_FILENO,
+        };
+        // SAFETY: std keeps descriptors 0 to 2 open for the whole run (it
+        // opens /dev/null on any found closed at start), and ckpt never
+        // closes them.
+        unsafe { BorrowedFd::borrow_raw(fd) }
+    }
+
+    /// Whether the stream is a terminal, where a progress bar is drawn on
+    /// the same screen (asked once).
+    fn is_terminal(self) -> bool {
+        static OUT: OnceLock<bool> = OnceLock::new();
+        static ERR: OnceLock<bool> = OnceLock::new();
+        match self {
+            Stream::Out => *OUT.get_or_init(|| io::stdout().is_terminal()),
+            Stream::Err => *ERR.get_or_init(|| io::stderr().is_terminal()),
+        }
+    }
+}
+
+/// Writes all of `bytes` to `fd`, unbuffered, waiting for room when the
+/// descriptor is non-blocking (a terminal another program left
+/// `O_NONBLOCK`), where a plain `write_all` would give up and lose output.
+fn write_fully(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is valid for reads of `bytes.len()` bytes, and
+        // `fd` is open for as long as it is borrowed.
+        let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+            continue;
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: `pfd` is one valid pollfd struct.
+                unsafe { libc::poll(&mut pfd, 1, 1000) };
+            }
+            _ => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl Sink {
@@ -407,6 +476,15 @@ impl Sink {
             file,
             file_error: None,
             tail: None,
+            write_error: None,
+        }
+    }
+
+    /// Writes `bytes` to ckpt's stream, unless an earlier write failed;
+    /// the caller holds [`WRITING`].
+    fn emit(&mut self, bytes: &[u8]) {
+        if self.write_error.is_none() {
+            self.write_error = self.to.write(bytes).err();
         }
     }
 
@@ -423,7 +501,7 @@ impl Sink {
         match self.mode {
             Mode::Ungroup => {
                 let _writing = writing();
-                self.to.write(data);
+                self.emit(data);
             }
             Mode::Line => {
                 let start = self.held.len();
@@ -434,11 +512,9 @@ impl Sink {
                     None if self.held.len() >= LINE_CAP => self.held.len(),
                     None => return,
                 };
-                {
-                    let _writing = writing();
-                    self.to.write(&self.held[..end]);
-                }
-                self.held.drain(..end);
+                let line = self.held.drain(..end).collect::<Vec<u8>>();
+                let _writing = writing();
+                self.emit(&line);
             }
             Mode::Group => {
                 self.push(data);
@@ -472,24 +548,34 @@ impl Sink {
                 Err(_) => return,
             }
         }
-        if let Some(file) = &mut self.spill {
-            if file.write_all(&self.held).is_ok() {
-                self.held.clear();
+        let Some(file) = &mut self.spill else {
+            return;
+        };
+        // What the file took leaves memory; on an error (the disk filled
+        // up) the rest stays held, and `end` writes the file, then it.
+        let mut written = 0;
+        while written < self.held.len() {
+            match file.write(&self.held[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
             }
         }
+        self.held.drain(..written);
     }
 
     /// The stream ended: writes what is left; the caller holds [`WRITING`].
+    /// What was spilled comes first, then what is held in memory (all of
+    /// it, when the disk filled up partway through the spill).
     fn end(&mut self) {
         if let Some(mut file) = self.spill.take() {
-            if file.write_all(&self.held).is_ok() {
-                self.held.clear();
-                self.to.copy(&mut file);
-                return;
+            if self.write_error.is_none() {
+                self.write_error = self.to.copy(&mut file).err();
             }
         }
-        self.to.write(&self.held);
-        self.held.clear();
+        let held = std::mem::take(&mut self.held);
+        self.emit(&held);
     }
 }
 

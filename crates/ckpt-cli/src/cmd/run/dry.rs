@@ -57,27 +57,38 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
         if batch.is_empty() {
             return Ok(());
         }
-        let slot = (printed as usize % jobs) + 1;
-        let cxs: Vec<Context<'_>> = batch
-            .iter()
-            .map(|(item, line)| Context {
-                item,
-                colsep,
-                line: *line,
-                slot,
-            })
-            .collect();
-        let words: Vec<String> = template
-            .expand_many(&cxs)
-            .iter()
-            .enumerate()
-            .map(|(i, a)| match i {
-                0 => command_word(a),
-                _ => shell_word(a),
-            })
-            .collect();
-        writeln!(out, "{}", words.join(" "))?;
-        printed += 1;
+        // As a run does, a batch too big for one command line is cut in
+        // halves until each part fits.
+        let mut parts = vec![&batch[..]];
+        while let Some(part) = parts.pop() {
+            let slot = (printed as usize % jobs) + 1;
+            let cxs: Vec<Context<'_>> = part
+                .iter()
+                .map(|(item, line)| Context {
+                    item,
+                    colsep,
+                    line: *line,
+                    slot,
+                })
+                .collect();
+            let argv = template.expand_many(&cxs);
+            let item_len = part.iter().map(|(item, _)| item.len() + 1).sum::<usize>() - 1;
+            if part.len() > 1 && !super::batch::fits(&argv, item_len) {
+                let (first, second) = part.split_at(part.len() / 2);
+                parts.extend([second, first]);
+                continue;
+            }
+            let words: Vec<String> = argv
+                .iter()
+                .enumerate()
+                .map(|(i, a)| match i {
+                    0 => command_word(a),
+                    _ => shell_word(a),
+                })
+                .collect();
+            writeln!(out, "{}", words.join(" "))?;
+            printed += 1;
+        }
         batch.clear();
         Ok(())
     };

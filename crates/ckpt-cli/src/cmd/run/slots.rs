@@ -28,6 +28,12 @@ impl Slots {
         }
     }
 
+    /// How many slots there are (the highest slot number, unless more
+    /// commands than workers ever ran at once).
+    pub fn count(&self) -> usize {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Takes the lowest free slot. With no more commands at once than
     /// workers there always is one; otherwise a new one is made rather
     /// than sharing.
