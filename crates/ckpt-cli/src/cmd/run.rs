@@ -48,14 +48,15 @@ use crate::progress::{self, Progress};
 pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     super::job_name(&args.job)?;
     let colsep = args.colsep.as_deref().map(colsep).transpose()?;
-    if args.dry_run {
-        return dry::run(url, &args, colsep.as_ref());
-    }
     if args.results.is_some() && args.max_args > 1 {
-        // One command's output cannot be told apart per item.
+        // One command's output cannot be told apart per item. Refused in a
+        // dry run too: it shows only a run that can happen.
         return Err(
             Usage("--results keeps each item's output: it cannot be used with -n".into()).into(),
         );
+    }
+    if args.dry_run {
+        return dry::run(url, &args, colsep.as_ref());
     }
     let mut command = args.command.clone();
     if let Some(program) = resolve_program(&command[0])? {
@@ -229,6 +230,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         }),
         _ => None,
     };
+    let mut summary_lost = false;
     if args.json {
         let doc = RunDoc {
             job: args.job.clone(),
@@ -245,11 +247,13 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             items: counts.into(),
             elapsed_seconds: seconds,
         };
-        // Its exit code still says how the run ended if it cannot be written.
-        // A reader that went away (`| head`) has seen enough.
+        // A reader that went away (`| head`) has seen enough. Otherwise
+        // (a full disk) a run that ended well exits 4, as any command whose
+        // output is lost does; one that did not keeps its own exit code.
         if let Err(e) = outln!("{}", serde_json::to_string_pretty(&doc)?) {
             if !crate::output::is_broken_pipe(&e) {
-                errln!("ckpt: {e:#}");
+                errln!("ckpt: error: {e:#}");
+                summary_lost = true;
             }
         }
     }
@@ -263,7 +267,9 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             report.failed,
             left_to_do(counts.unfinished(), counts.dead, &args.job, "continue"),
         );
-        return Ok(if success {
+        return Ok(if success && summary_lost {
+            ExitCode::from(crate::exit::STORE)
+        } else if success {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(FAILED)
@@ -305,6 +311,9 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             report.completed,
             report.failed
         );
+    }
+    if summary_lost {
+        return Ok(ExitCode::from(crate::exit::STORE));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -95,10 +95,11 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
         for item in dead {
             let error = item.last_error.as_deref().unwrap_or("no error recorded");
             outln!(
-                "  {}: {} (after {} attempts)",
+                "  {}: {} (after {} attempt{})",
                 shown(&item.key),
                 shown(error),
-                item.attempts
+                item.attempts,
+                if item.attempts == 1 { "" } else { "s" }
             )?;
             super::inspect::print_output(item.last_output.as_deref())?;
         }

@@ -582,6 +582,39 @@ fn full_disk_on_stdout_is_one_error_line() {
     assert_eq!(out.code(), Some(3), "{out:?}");
 }
 
+/// `ckpt run --json` whose summary cannot be written (a full disk): the
+/// run's work stands, and it exits 4 as any command whose output is lost
+/// does, saying so; a run that failed keeps its own exit code.
+#[test]
+fn a_run_summary_that_cannot_be_written_is_exit_4() {
+    let sb = Sandbox::new();
+    let file = sb.write("items.txt", "a\nb\n");
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full")
+    };
+    let run = |job: &str, command: &str| {
+        sb.ckpt()
+            .args(["run", "--job", job, "--json", "--retries", "0", "--items"])
+            .arg(&file)
+            .args(["--", command])
+            .stdout_to(full())
+            .run()
+    };
+    let out = run("J", "true");
+    out.code(STORE_ERROR);
+    assert!(
+        out.stderr
+            .contains("ckpt: error: cannot write the output: No space left on device"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(item_counts(&sb.status("J")), (0, 0, 2, 0, 0));
+    run("F", "false").code(1);
+}
+
 /// A `ckpt run` whose stderr cannot be written (a full disk, a reader that
 /// went away) logs nowhere but runs every item to its end and exits as
 /// its items say: a log line is never worth a panic mid-run.

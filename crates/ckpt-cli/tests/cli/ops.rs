@@ -23,7 +23,7 @@ fn dead_items_are_listed_and_retry_redrives_them() {
     assert!(
         status
             .stdout
-            .contains("bad: exit status 7 (after 1 attempts)"),
+            .contains("bad: exit status 7 (after 1 attempt)"),
         "{}",
         status.stdout
     );

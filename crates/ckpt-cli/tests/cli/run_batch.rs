@@ -463,3 +463,37 @@ fn a_batch_too_big_for_one_command_line_runs_as_a_few_commands() {
     assert_eq!(ran, keys, "each item once, in order");
     assert_eq!(item_counts(&sb.status("B")), (0, 0, 3000, 0, 0));
 }
+
+/// `--results` keeps output per item, which one command for many cannot
+/// give: `-n` with it is refused before anything is touched, by a dry run
+/// too (it shows only a run that can happen).
+#[test]
+fn results_with_batches_is_refused_by_the_run_and_the_dry_run() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("k", 3));
+    for dry in [true, false] {
+        let line = sb
+            .ckpt()
+            .args([
+                "run",
+                "--job",
+                "R",
+                "-n",
+                "2",
+                "--results",
+                "res",
+                "--items",
+            ])
+            .arg(&file)
+            .args(dry.then_some("--dry-run"))
+            .args(["--", "echo"])
+            .run()
+            .error(2);
+        assert!(
+            line.contains("--results keeps each item's output: it cannot be used with -n"),
+            "dry run {dry}: {line}"
+        );
+    }
+    assert!(!sb.db().exists(), "no store was created");
+    assert!(!sb.join("res").exists(), "no results directory was made");
+}
