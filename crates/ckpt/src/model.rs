@@ -328,6 +328,14 @@ pub enum ItemChange {
         /// When it may be claimed again; `None` moves it to the dead list.
         retry_at: Option<Timestamp>,
     },
+    /// Move the item to the dead list without running it, and take back
+    /// the attempt this claim counted: for an item found with its attempts
+    /// used up by workers that died running it, which the claim that found
+    /// it so never ran.
+    Bury {
+        /// The error message kept as `last_error`.
+        error: String,
+    },
     /// Give the item back unfinished, as if this claim had not happened: it
     /// is pending again (claimable at once, in enqueue order) and the
     /// attempt the claim counted is taken back. Its cursor, last error and

@@ -229,18 +229,31 @@ impl Queue {
         if exhausted.is_empty() {
             return Ok(runnable);
         }
-        let attempts: Vec<Attempt> = exhausted
-            .into_iter()
-            .map(|item| Attempt {
-                outcome: Outcome::Failed(format!(
+        // Dead unrun: the claim that found them so takes its attempt back,
+        // so the count says how often each ran.
+        let verdicts: Vec<settle::Verdict> = exhausted
+            .iter()
+            .map(|item| {
+                settle::Verdict::Bury(format!(
                     "started {} time(s) and its worker never reported back (it died while running it each time); not run again",
-                    item.attempt - 1
-                )),
-                item,
-                ran_for: None,
+                    item.attempt.saturating_sub(1)
+                ))
             })
             .collect();
-        self.settle(&attempts)?;
+        let updates: Vec<ItemUpdate> = exhausted
+            .iter()
+            .zip(&verdicts)
+            .map(|(item, verdict)| verdict.update(item, None))
+            .collect();
+        let results = self.apply(&updates)?;
+        for ((item, verdict), result) in exhausted.into_iter().zip(verdicts).zip(results) {
+            let attempt = Attempt {
+                item,
+                outcome: Outcome::Fatal(String::new()),
+                ran_for: None,
+            };
+            self.record(&attempt, verdict, result);
+        }
         Ok(runnable)
     }
 

@@ -261,6 +261,16 @@ impl Queue {
                 );
                 Settled::Retrying(at)
             }
+            Verdict::Bury(error) => {
+                tracing::error!(
+                    event = "item_dead",
+                    job,
+                    key,
+                    attempt = n.saturating_sub(1),
+                    "item {error}; moved to the dead-letter list"
+                );
+                Settled::Dead
+            }
             Verdict::Dead(error, _) => {
                 ran("dead");
                 let why = match attempt.outcome.base() {
@@ -320,6 +330,9 @@ pub(super) enum Verdict {
     Dead(String, Option<String>),
     /// Given back unfinished.
     Release,
+    /// Dead unrun, its attempts used up by workers that died running it
+    /// (see `Queue::bury_exhausted`): the claim's attempt is taken back.
+    Bury(String),
 }
 
 impl Verdict {
@@ -341,6 +354,9 @@ impl Verdict {
                 output: output.clone(),
             },
             Verdict::Release => ItemChange::Release,
+            Verdict::Bury(error) => ItemChange::Bury {
+                error: error.clone(),
+            },
         };
         ItemUpdate {
             lease: item.lease.clone(),

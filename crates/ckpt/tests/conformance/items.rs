@@ -492,10 +492,14 @@ fn attempts_count_executions_and_a_poison_item_ends_dead(store: Option<Fixture>)
         dead[0]
             .last_error
             .as_deref()
-            .is_some_and(|e| e.contains("never reported back")),
+            .is_some_and(|e| e.contains("started 3 time(s) and its worker never reported back")),
         "{:?}",
         dead[0].last_error
     );
+    // The claim that found it so never ran it: three attempts, not four.
+    assert_eq!(dead[0].attempts, 3, "{:?}", dead[0]);
+    assert!(dead[0].finished_at.is_some(), "{:?}", dead[0]);
+    assert_eq!(setup.counts().unwrap().dead, 1);
 }
 
 /// A cron rerun of a finished `ckpt run` records its command, enqueues the

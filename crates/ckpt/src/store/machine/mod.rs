@@ -329,6 +329,8 @@ impl ItemPatch {
     /// - complete: completed, finished now, the stats saved;
     /// - fail with a retry time: failed, ready at that time, the error kept;
     /// - fail without one: dead, finished now, the error kept;
+    /// - bury: dead, finished now, the error kept, and the attempt the
+    ///   claim counted taken back (it never ran);
     /// - release: pending again, claimable at once in enqueue order, and
     ///   the attempt the claim counted taken back (cursor, last error and
     ///   claim count are kept).
@@ -380,6 +382,15 @@ impl ItemPatch {
                 last_error: Some(error.replace('\0', "\u{fffd}")),
                 last_output: output.as_deref().map(bounded_output),
                 finished_at: retry_at.is_none().then_some(now),
+                ..running(now)
+            },
+            ItemChange::Bury { error } => ItemPatch {
+                status: ItemStatus::Dead,
+                ready_at: None,
+                attempts_back: 1,
+                last_error: Some(error.replace('\0', "\u{fffd}")),
+                last_output: None,
+                finished_at: Some(now),
                 ..running(now)
             },
             ItemChange::Release => ItemPatch {
