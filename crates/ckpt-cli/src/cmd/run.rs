@@ -116,8 +116,11 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             retry,
         },
     )?;
-    let queue = which::record(queue, &args.job, &args.command)?;
     let enqueued = items.enqueue(&queue)?;
+    // After the enqueue, which reopens the job: a job pruned (or expired)
+    // between the two is recreated by the enqueue, and the command must be
+    // recorded in the job this run completes items of, not the old one.
+    let queue = which::record(queue, &args.job, &args.command)?;
     let options = RunOptions {
         workers: args.jobs as usize,
         // Claiming ahead lets completions pile up and share one durable
