@@ -313,6 +313,29 @@ fn dry_run_includes_the_jobs_unfinished_items_of_earlier_inputs() {
     assert_eq!(sorted(sb.lines("log")), ["w 1", "y 2", "z 0"]);
 }
 
+/// Items a run that died still holds (running, their lease to lapse) are
+/// unfinished too: the next run takes them over, and its dry run lists
+/// them, though its input does not.
+#[test]
+fn dry_run_includes_the_items_a_dead_run_held() {
+    let sb = Sandbox::new();
+    let ckpt = ckpt::Ckpt::open(&sb.store_url()).unwrap();
+    let queue = ckpt.queue("J").unwrap();
+    queue.enqueue(["a", "b"].map(ckpt::NewItem::key)).unwrap();
+    let held = queue.claim(1).unwrap();
+    assert_eq!(held[0].key, "a");
+    drop((queue, ckpt));
+    let empty = sb.write("empty.txt", "");
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "J", "--dry-run", "--items"])
+        .arg(&empty)
+        .args(["--", "echo"])
+        .run();
+    out.success();
+    assert_eq!(out.stdout, "echo b\necho a\n");
+}
+
 #[test]
 fn dry_run_skips_completed_and_dead_items_and_changes_nothing() {
     let sb = Sandbox::new();

@@ -174,8 +174,8 @@ fn command_word(program: &str) -> String {
     }
 }
 
-/// The completed and dead keys of `job`; none if the store or the job does
-/// not exist. Opening with [`OpenMode::MustExist`] creates nothing.
+/// The completed and dead keys of `job`, and its unfinished ones (pending,
+/// failed, running); none if the store or the job does not exist. Opening with [`OpenMode::MustExist`] creates nothing.
 fn finished(url: &str, job: &str) -> Result<Finished> {
     let ckpt = match crate::cmd::open(url, OpenMode::MustExist) {
         Ok(ckpt) => ckpt,
@@ -214,5 +214,10 @@ fn finished(url: &str, job: &str) -> Result<Finished> {
     finished
         .unfinished
         .extend(keys(ItemStatus::Failed, counts.failed)?);
+    // Held by a run: one that died leaves them to be taken over, so a run
+    // runs them too (one that lives, once it gives them back).
+    finished
+        .unfinished
+        .extend(keys(ItemStatus::Running, counts.running)?);
     Ok(finished)
 }
