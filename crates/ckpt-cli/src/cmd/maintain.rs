@@ -23,6 +23,16 @@ pub fn reset(url: &str, args: ResetArgs) -> Result<ExitCode> {
             ckpt.store().describe()
         ))
     })?;
+    // A job of work items alone (`ckpt run`'s) has no checkpoint to clear;
+    // clearing none would only mark it running, for no run to finish.
+    let items = ckpt.store().item_counts(&args.job)?.total();
+    if job.checkpoint.is_none() && items > 0 {
+        return Err(Usage(format!(
+            "job '{job}' has no checkpoint to clear: `ckpt reset` clears a job's checkpoint (its cursor), and this job's {items} work items are kept as they are; `ckpt retry '{job}'` re-drives its dead ones, and a new job name runs them all again",
+            job = shown(&args.job),
+        ))
+        .into());
+    }
     if !args.yes {
         let what = match &job.checkpoint {
             Some(cp) => format!(

@@ -207,6 +207,29 @@ fn reset_asks_refuses_a_live_holder_and_clears() {
     sb.ckpt().args(["reset", "nope", "--yes"]).run().error(3);
 }
 
+/// `ckpt reset` clears a checkpoint: a job of work items alone (a finished
+/// `ckpt run`) has none, and is refused with what to do instead, left as
+/// it was (not marked running for no run to finish).
+#[test]
+fn reset_refuses_a_job_of_work_items_alone() {
+    let sb = Sandbox::new();
+    sb.ckpt()
+        .args(["run", "--job", "g", "-q", "--", "true"])
+        .stdin("a\nb\n")
+        .run()
+        .success();
+    let before = sb.dump();
+    let err = sb.ckpt().args(["reset", "g", "--yes"]).run().error(2);
+    assert!(
+        err.contains("job 'g' has no checkpoint to clear")
+            && err.contains("2 work items are kept")
+            && err.contains("ckpt retry 'g'"),
+        "{err}"
+    );
+    assert_eq!(sb.dump(), before, "a refused reset changes nothing");
+    assert_eq!(sb.status("g")["status"], "completed");
+}
+
 /// `prune --dry-run` lists exactly what `prune` deletes, even for a
 /// completed job that a worker took up again: its lease, current past the
 /// cutoff, spares it in both (a listing that ignored the lease once showed
