@@ -332,3 +332,42 @@ fn dashboard_lists_a_jobs_commands() {
     drop(driver);
     server.stop();
 }
+
+/// User data on the dashboard is shown as the CLI shows it: control
+/// characters and bidirectional overrides escaped, so a key cannot
+/// reorder what is shown (`evil`, U+202E, `gpj.exe` reading as `evilexe.jpg`).
+#[test]
+fn dashboard_escapes_controls_and_bidi_overrides_in_user_data() {
+    let Some((chromium, chromedriver)) = browser() else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let ckpt = Ckpt::open(&sb.store_url()).unwrap();
+    let queue = ckpt
+        .queue_with(
+            "bidi",
+            ckpt::QueueOptions {
+                retry: ckpt::RetryPolicy::interactive(0),
+                ..ckpt::QueueOptions::default()
+            },
+        )
+        .unwrap();
+    queue
+        .enqueue([NewItem::key("evil\u{202e}gpj.exe")])
+        .unwrap();
+    let claimed = queue.claim(1).unwrap();
+    queue
+        .fail(&claimed[0], "exit\u{2066}status\tthree\nsecond line")
+        .unwrap();
+    drop((queue, ckpt));
+    let server = Server::start(&sb, &[]);
+    let driver = Driver::start(&chromedriver);
+    let page = Session::new(&driver, &chromium);
+    page.goto(&server.url("/#/jobs/bidi"));
+    page.wait_text("#job-name", "bidi");
+    page.wait_text("#dead-items tbody code", r"evil\u{202e}gpj.exe");
+    page.wait_text(
+        "#dead-items tbody .error-text",
+        r"exit\u{2066}status\tthree\nsecond line",
+    );
+}

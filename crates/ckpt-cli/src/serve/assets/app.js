@@ -46,9 +46,25 @@
   // A failure's output as text: control characters other than newline
   // and tab shown escaped, as the CLI shows them (it is set as a text
   // node, never as HTML).
+  // User data as the CLI shows it (`shown`): control characters and the
+  // bidirectional controls escaped, so data cannot reorder or hide what is
+  // shown beside it. `visible` keeps newlines and tabs (an output's lines);
+  // `shown` escapes them too (a key, an error, a name on one line).
+  const ESCAPED = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+  const ESCAPED_LINE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+  const NAMED = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+
+  function escapeWith(pattern, s) {
+    return String(s).replace(pattern,
+      (c) => NAMED[c] || `\\u{${c.charCodeAt(0).toString(16)}}`);
+  }
+
   function visible(s) {
-    return s.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g,
-      (c) => `\\u{${c.charCodeAt(0).toString(16)}}`);
+    return escapeWith(ESCAPED, s);
+  }
+
+  function shown(s) {
+    return escapeWith(ESCAPED_LINE, s);
   }
 
   function fmtInt(n) {
@@ -157,7 +173,7 @@
     } else {
       cell.append(el('span', { class: 'progress-text' }, `${fmtInt(p.done)} processed`));
     }
-    if (job.stage) cell.append(el('span', { class: 'muted stage' }, `stage ${job.stage}`));
+    if (job.stage) cell.append(el('span', { class: 'muted stage' }, `stage ${shown(job.stage)}`));
     return cell;
   }
 
@@ -214,7 +230,7 @@
     const rows = jobs.map((job) => {
       record(job);
       const row = el('tr', { 'data-job': job.job, class: isStale(job) ? 'stale' : '' },
-        el('td', {}, el('a', { href: jobHref(job.job) }, job.job)),
+        el('td', {}, el('a', { href: jobHref(job.job) }, shown(job.job))),
         el('td', {}, statusBadge(job.status)),
         progressCell(job),
         el('td', { class: 'num rate' }, fmtRate(rateOf(job))),
@@ -239,8 +255,8 @@
   function renderJob(job) {
     record(job);
     current = job;
-    document.title = `${job.job} · ckpt`;
-    $('job-name').textContent = job.job;
+    document.title = `${shown(job.job)} · ckpt`;
+    $('job-name').textContent = shown(job.job);
     const status = $('job-status');
     status.textContent = job.status;
     status.className = `badge status-${job.status}`;
@@ -268,13 +284,13 @@
         el('span', { class: 'count-label' }, s === 'failed' ? 'awaiting retry' : s))));
 
     const facts = [
-      ['Stage', job.stage || '—'],
+      ['Stage', job.stage ? shown(job.stage) : '—'],
       ['Last checkpoint', job.checkpoint_at === null ? 'none'
         : `${fmtDuration(job.checkpoint_age_seconds)} ago (${fmtTime(job.checkpoint_at)})`],
       ['Checkpoints saved', fmtInt(job.saves)],
       ['History entries', fmtInt(job.history_len)],
       ['State size', fmtBytes(job.state_bytes)],
-      ['Owner', job.owner || '—'],
+      ['Owner', job.owner ? shown(job.owner) : '—'],
       ['Lease expires', fmtTime(job.lease_expires_at)],
       ['Attempts', fmtInt(job.attempts)],
       ['Created', fmtTime(job.created_at)],
@@ -304,7 +320,7 @@
     if (job.checkpoint_at !== null) {
       const state = job.state === null || job.state === undefined ? 'none' : fmtJson(job.state);
       cp.replaceChildren(
-        el('h3', {}, 'Cursor'), el('pre', { id: 'cursor' }, fmtJson(job.cursor)),
+        el('h3', {}, 'Cursor'), el('pre', { id: 'cursor' }, visible(fmtJson(job.cursor))),
         el('h3', {}, 'State'),
         el('pre', { id: 'state' }, state.length > STATE_SHOWN
           ? `${state.slice(0, STATE_SHOWN)}\n… (${fmtBytes(job.state_bytes)} in all)` : state));
@@ -316,7 +332,7 @@
       el('td', { class: 'num' }, fmtInt(h.seq)),
       el('td', {}, fmtTime(h.saved_at)),
       el('td', { class: 'num' }, fmtInt(h.items_processed)),
-      el('td', {}, el('code', {}, JSON.stringify(h.cursor))))));
+      el('td', {}, el('code', {}, visible(JSON.stringify(h.cursor)))))));
     show($('history'), job.history.length > 0);
     show($('no-history'), job.history.length === 0);
   }
@@ -327,7 +343,7 @@
     $('commands').tBodies[0].replaceChildren(...commands.map((c) =>
       el('tr', { 'data-command': String(c.command_id) },
         el('td', { class: 'num' }, fmtInt(c.command_id)),
-        el('td', {}, el('code', {}, c.command),
+        el('td', {}, el('code', {}, shown(c.command)),
           c.latest ? el('span', { class: 'badge latest' }, 'latest') : null),
         el('td', { class: 'num completed' }, fmtInt(c.completed)),
         el('td', { class: 'first-used' }, fmtTime(c.first_used_at)),
@@ -342,9 +358,9 @@
 
   function renderItems(tableId, emptyId, items, when) {
     $(tableId).tBodies[0].replaceChildren(...items.map((item) => el('tr', { 'data-key': item.key },
-      el('td', {}, el('code', {}, item.key)),
+      el('td', {}, el('code', {}, shown(item.key))),
       el('td', { class: 'num' }, fmtInt(item.attempts)),
-      el('td', {}, el('div', { class: 'error-text' }, item.last_error || '—'),
+      el('td', {}, el('div', { class: 'error-text' }, item.last_error ? shown(item.last_error) : '—'),
         item.last_output ? el('pre', { class: 'output-text', title: 'the end of its stderr' },
           visible(item.last_output)) : null),
       el('td', {}, when(item)))));
@@ -354,7 +370,7 @@
 
   function renderMissing(name, message) {
     current = null;
-    $('job-name').textContent = name;
+    $('job-name').textContent = shown(name);
     $('job-status').textContent = '';
     $('job-status').className = 'badge';
     $('job-missing').textContent = message;
@@ -449,7 +465,7 @@
       } catch (err) {
         if (gen !== generation) return;
         if (r.page === 'job' && err instanceof HttpError && err.status === 404) {
-          renderMissing(r.name, `No job named “${r.name}” (it may have been pruned).`);
+          renderMissing(r.name, `No job named “${shown(r.name)}” (it may have been pruned).`);
           setBanner('');
         } else {
           setBanner(err instanceof HttpError ? `The server answered: ${err.message}`
@@ -487,7 +503,7 @@
     if (r.page === 'jobs') {
       document.title = 'ckpt';
     } else {
-      $('job-name').textContent = r.name;
+      $('job-name').textContent = shown(r.name);
       updateButtons();
     }
     refreshNow();
