@@ -230,6 +230,14 @@ fn a_second_signal_kills_the_commands_at_once() {
     let out = run.wait(Duration::from_secs(60));
     out.code(143);
     assert!(out.stderr.contains("second signal"), "{}", out.stderr);
+    // Each item says what stopped it: not the grace period, which was cut.
+    assert!(
+        out.stderr
+            .contains("stopped at shutdown by a second signal")
+            && !out.stderr.contains("after the grace period"),
+        "{}",
+        out.stderr
+    );
     for (pid, item) in started(&sb) {
         assert!(process_gone(pid), "the command of {item} was killed");
     }

@@ -50,6 +50,8 @@ struct State {
     interrupted: bool,
     /// The commands are being stopped by `--halt now`, not by a signal.
     halted: bool,
+    /// A second signal cut the grace period short.
+    forced: bool,
     /// The running commands that ckpt sent a signal to stop them (a lost
     /// lease, a timeout, a halt, a shutdown): their exit status cannot
     /// show that their work was done, since many programs exit 0 on
@@ -82,6 +84,7 @@ impl Children {
                 phase: Phase::Running,
                 interrupted: false,
                 halted: false,
+                forced: false,
                 stopped: HashSet::new(),
                 deadlines: HashMap::new(),
             }),
@@ -223,14 +226,16 @@ impl Children {
         stopped: bool,
         signals: &Signals,
     ) -> Option<String> {
-        let (phase, halted) = {
+        let (phase, halted, forced) = {
             let g = self.lock();
-            (g.phase, g.halted)
+            (g.phase, g.halted, g.forced)
         };
         if phase > Phase::Running {
             self.wait_killed();
             return Some(if halted {
                 "stopped by --halt now".into()
+            } else if forced {
+                "stopped at shutdown by a second signal".into()
             } else {
                 "stopped at shutdown after the grace period".into()
             });
@@ -393,6 +398,7 @@ pub fn supervise(children: Arc<Children>, signals: Signals, grace: Duration) {
         acted_on = signals.count().min(2);
     } else {
         acted_on = 2;
+        children.lock().forced = true;
         tracing::warn!(
             event = "shutdown_forced",
             "second signal: killing the running commands now"
