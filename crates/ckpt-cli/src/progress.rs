@@ -185,7 +185,10 @@ impl Write for LogWriter {
 /// (if one is shown) hidden meanwhile: a command's output printed under a
 /// bar would otherwise be erased by its next redraw.
 pub fn with_bar_hidden<T>(on_terminal: bool, f: impl FnOnce() -> T) -> T {
-    match current_bar().filter(|_| on_terminal) {
+    if !on_terminal {
+        return f();
+    }
+    match current_bar() {
         Some(bar) => bar.suspend(f),
         None => f(),
     }
