@@ -495,6 +495,10 @@ impl Handler for CommandHandler<'_> {
     fn handle_batch(&self, items: &[ClaimedItem], fences: &[Fence]) -> Vec<Outcome> {
         batch::run(self, items, fences)
     }
+
+    fn batch_fits(&self, items: &[ClaimedItem]) -> usize {
+        batch::fitting(self, items)
+    }
 }
 
 impl CommandHandler<'_> {

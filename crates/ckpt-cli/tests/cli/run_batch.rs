@@ -430,7 +430,7 @@ fn a_batch_too_big_for_one_command_line_runs_as_a_few_commands() {
     let file = sb.write_items("items.txt", &keys);
     let run = |extra: &[&str]| {
         sb.ckpt()
-            .args(["run", "--job", "B", "-n", "3000", "--items"])
+            .args(["run", "--job", "B", "-n", "3000", "-j", "1", "--items"])
             .arg(&file)
             .args(extra)
             .args(["--", "sh", "-c"])

@@ -110,6 +110,16 @@ pub trait Handler: Sync {
             .map(|(item, fence)| self.handle_fenced(item, fence))
             .collect()
     }
+
+    /// How many of the front of `items` (more than one) one
+    /// [`handle_batch`](Handler::handle_batch) call can take, at least 1:
+    /// a batch that would not fit (one command line holding them all) is
+    /// cut to that many before any of it starts, and the rest goes back,
+    /// unstarted, to the front of the local queue for the next free
+    /// worker. The default takes them all.
+    fn batch_fits(&self, items: &[ClaimedItem]) -> usize {
+        items.len()
+    }
 }
 
 impl<F: Fn(&ClaimedItem) -> Outcome + Sync> Handler for F {

@@ -144,6 +144,24 @@ pub(super) fn worker_loop<H: Handler>(
         if items.is_empty() {
             continue;
         }
+        // A batch the handler cannot take whole is cut before anything is
+        // recorded as started: the rest goes back to the front, unstarted
+        // (its attempts not counted should this process die), for the
+        // next free worker.
+        if items.len() > 1 {
+            let fit = handler.batch_fits(&items).clamp(1, items.len());
+            if fit < items.len() {
+                let back: Vec<ClaimedItem> = items.drain(fit..).collect();
+                fences.truncate(fit);
+                let mut g = state.lock();
+                for item in back.into_iter().rev() {
+                    g.running.remove(&item.lease.id);
+                    g.ready.push_front(item);
+                }
+                drop(g);
+                state.work.notify_one();
+            }
+        }
         record_starts(queue, state, &items);
         let started = Instant::now();
         let outcomes = catch_unwind(AssertUnwindSafe(|| match (&items[..], &fences[..]) {

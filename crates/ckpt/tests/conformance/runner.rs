@@ -271,3 +271,80 @@ fn a_run_beside_own_held_items_waits_for_work_that_comes_due(store: Option<Fixtu
         .expect("the run did not end once only its own held item was left");
     assert_eq!((completed, counts.completed, counts.running), (1, 1, 1));
 }
+
+/// A handler that takes at most 2 items a batch (`batch_fits`), as
+/// `ckpt run` cuts a batch too long for one command line: the runner hands
+/// it no more, and the items cut off are not recorded as started until
+/// they run (were this process to die, their attempts would be counted
+/// for work that never ran).
+#[apply(every_store)]
+fn a_batch_cut_by_the_handler_starts_only_what_it_runs(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let q = Ckpt::new((f.another)())
+        .queue_with("cut", queue_options(3))
+        .unwrap();
+    q.enqueue(keys(10)).unwrap();
+    struct Pairs<'a> {
+        queue: &'a ckpt::Queue,
+        batches: Mutex<Vec<Vec<String>>>,
+        started_beside: Mutex<Vec<String>>,
+    }
+    impl ckpt::Handler for Pairs<'_> {
+        fn handle(&self, item: &ckpt::ClaimedItem) -> Outcome {
+            self.batches.lock().unwrap().push(vec![item.key.clone()]);
+            Outcome::Completed(None)
+        }
+        fn handle_batch(&self, items: &[ckpt::ClaimedItem], _: &[ckpt::Fence]) -> Vec<Outcome> {
+            let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
+            let first = self.batches.lock().unwrap().is_empty();
+            if first {
+                // Once this batch's starts are recorded (by the next
+                // round), no other item may show one.
+                let started = || -> Vec<String> {
+                    let running = self.queue.items(Some(ItemStatus::Running), 100).unwrap();
+                    running
+                        .into_iter()
+                        .filter(|i| i.started_at.is_some())
+                        .map(|i| i.key)
+                        .collect()
+                };
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while !keys.iter().all(|k| started().contains(k)) {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "starts never recorded"
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let beside = started().into_iter().filter(|k| !keys.contains(k));
+                self.started_beside.lock().unwrap().extend(beside);
+            }
+            self.batches.lock().unwrap().push(keys);
+            vec![Outcome::Completed(None); items.len()]
+        }
+        fn batch_fits(&self, items: &[ckpt::ClaimedItem]) -> usize {
+            items.len().min(2)
+        }
+    }
+    let handler = Pairs {
+        queue: &q,
+        batches: Mutex::new(Vec::new()),
+        started_beside: Mutex::new(Vec::new()),
+    };
+    let options = RunOptions {
+        workers: 1,
+        prefetch: 6,
+        batch: 6,
+        idle_poll: Duration::from_millis(20),
+        ..RunOptions::default()
+    };
+    let report = Runner::new(&q, options).run(&handler).unwrap();
+    assert_eq!(report.counts.completed, 10);
+    let batches = handler.batches.into_inner().unwrap();
+    assert!(batches.iter().all(|b| b.len() <= 2), "{batches:?}");
+    let ran: Vec<String> = batches.concat();
+    let expected: Vec<String> = (0..10).map(|i| format!("item-{i:04}")).collect();
+    assert_eq!(ran, expected, "each once, in order");
+    let beside = handler.started_beside.into_inner().unwrap();
+    assert!(beside.is_empty(), "recorded as started unrun: {beside:?}");
+}

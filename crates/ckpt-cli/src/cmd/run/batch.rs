@@ -20,12 +20,12 @@
 //! given back uncharged, and the next run splits it.
 //!
 //! A batch whose command line would not fit what `exec` takes (see
-//! [`fits`]) is first cut in halves until each part fits, as `xargs` sizes
-//! its commands: the parts run one after another in the same worker, each
-//! as a batch of its own. Without that, `exec` refuses the whole batch
-//! (`E2BIG`), and every item would run alone.
+//! [`fits`]) is cut to its first half, quarter, … that fits, as `xargs`
+//! sizes its commands, before any of it starts ([`fitting`], through
+//! `Handler::batch_fits`): the rest goes back unstarted, for the next free
+//! worker. Without that, `exec` refuses the whole batch (`E2BIG`), and
+//! every item would run alone.
 
-use std::ops::Range;
 use std::sync::OnceLock;
 
 use anyhow::Result;
@@ -34,44 +34,21 @@ use ckpt::{ClaimedItem, Fence, Outcome};
 use super::template::Context as Expand;
 use super::{run_item, CommandHandler};
 
-/// Runs `items` as few commands as `exec` takes, one after another; on
-/// failure, each item of the failed command alone.
-pub(super) fn run(h: &CommandHandler<'_>, items: &[ClaimedItem], fences: &[Fence]) -> Vec<Outcome> {
-    let mut parts = Vec::new();
-    fitting(h, items, 0..items.len(), &mut parts);
-    let mut outcomes = Vec::with_capacity(items.len());
-    for part in parts {
-        if !outcomes.is_empty() && h.stop.is_stopped() {
-            // Given back unstarted, as the runner gives back what it
-            // claimed ahead when it stops.
-            let back = Outcome::Interrupted("not started: the run is stopping".into());
-            outcomes.extend(part.map(|_| back.clone()));
-            continue;
-        }
-        outcomes.extend(run_part(h, &items[part.clone()], &fences[part]));
-    }
-    outcomes
-}
-
-/// Appends to `parts` the pieces of `items[range]`, in order, each of which
-/// fits one command line: the range itself, or its halves cut again.
-fn fitting(
-    h: &CommandHandler<'_>,
-    items: &[ClaimedItem],
-    range: Range<usize>,
-    parts: &mut Vec<Range<usize>>,
-) {
-    let slice = &items[range.clone()];
+/// How many of the front of `items` one command line can hold: all of
+/// them, or the first half, quarter, … that fits ([`fits`]).
+pub(super) fn fitting(h: &CommandHandler<'_>, items: &[ClaimedItem]) -> usize {
     // `{%}` is at most the highest slot: its digits bound any slot's.
-    let fit = slice.len() == 1
-        || argv(h, slice, h.slots.count()).map_or(true, |argv| fits(&argv, keys_len(slice)));
-    if fit {
-        parts.push(range);
-        return;
+    let slot = h.slots.count();
+    let mut n = items.len();
+    while n > 1 {
+        let part = &items[..n];
+        match argv(h, part, slot) {
+            Ok(argv) if !fits(&argv, keys_len(part)) => n /= 2,
+            // An error is for the run to report, with the command.
+            _ => break,
+        }
     }
-    let mid = range.start + slice.len() / 2;
-    fitting(h, items, range.start..mid, parts);
-    fitting(h, items, mid..range.end, parts);
+    n
 }
 
 /// Linux's limit on one argument or environment string, its NUL included
@@ -119,7 +96,7 @@ fn keys_len(items: &[ClaimedItem]) -> usize {
 }
 
 /// Runs `items` as one command; on failure, each alone.
-fn run_part(h: &CommandHandler<'_>, items: &[ClaimedItem], fences: &[Fence]) -> Vec<Outcome> {
+pub(super) fn run(h: &CommandHandler<'_>, items: &[ClaimedItem], fences: &[Fence]) -> Vec<Outcome> {
     let fence = Fence::any(fences);
     let outcome = run_item(h, items, &fence);
     let failed = matches!(outcome.base(), Outcome::Failed(_) | Outcome::Fatal(_));

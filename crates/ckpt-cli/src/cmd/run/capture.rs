@@ -377,18 +377,35 @@ impl Stream {
     ///
     /// A closed stdout (`| head`) drops the output (the command keeps
     /// running and its pipe keeps being drained), and so does any error on
-    /// stderr, which carries diagnostics only: `Ok` for both. Any other
+    /// stderr, which carries diagnostics only, or on a terminal (one hung
+    /// up, after a logout), which a person reads: `Ok` for these. Any other
     /// stdout error (a full disk) is returned: the output is the run's
     /// result, and an item whose output was lost must not be completed.
     fn write(self, bytes: &[u8]) -> io::Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
-        let result =
-            crate::progress::with_bar_hidden(self.is_terminal(), || write_fully(self.fd(), bytes));
+        // std's lock on the stream is held as ckpt's own lines hold it
+        // (`errln!`, the progress lines), so theirs and the commands' never
+        // mix; taken inside the bar's suspend, in the order the bar's own
+        // drawing takes them.
+        let result = crate::progress::with_bar_hidden(self.is_terminal(), || match self {
+            Stream::Out => {
+                let _std = io::stdout().lock();
+                write_fully(self.fd(), bytes)
+            }
+            Stream::Err => {
+                let _std = io::stderr().lock();
+                write_fully(self.fd(), bytes)
+            }
+        });
         match (self, result) {
             (_, Ok(())) | (Stream::Err, Err(_)) => Ok(()),
-            (Stream::Out, Err(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            (Stream::Out, Err(e))
+                if e.kind() == io::ErrorKind::BrokenPipe || self.is_terminal() =>
+            {
+                Ok(())
+            }
             (Stream::Out, Err(e)) => Err(e),
         }
     }
@@ -396,14 +413,25 @@ impl Stream {
     /// Copies `file` from its start in one piece, as [`write`](Self::write)
     /// does; the caller holds [`WRITING`].
     fn copy(self, file: &mut File) -> io::Result<()> {
-        file.rewind()?;
+        // Output that cannot be read back is lost as if it could not be
+        // written: on stdout that is an error, said as what it is.
+        let unread = |e: io::Error| match self {
+            Stream::Err => Ok(()),
+            Stream::Out => Err(io::Error::new(
+                e.kind(),
+                format!("cannot read back the output held in a temporary file: {e}"),
+            )),
+        };
+        if let Err(e) = file.rewind() {
+            return unread(e);
+        }
         let mut buf = vec![0; 256 * 1024];
         loop {
             match file.read(&mut buf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => self.write(&buf[..n])?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => return unread(e),
             }
         }
     }

@@ -3,9 +3,9 @@
 //!
 //! One line per item of this run's input that a run would run now (not
 //! completed, not dead: dead items wait for `ckpt retry`), in input order,
-//! then one per pending or failed item of the job that this input does
-//! not hold (enqueued by an earlier run: a run runs those too, with `{#}`
-//! 0), each argument quoted for a POSIX shell where it has to be, so a
+//! then one per pending, failed or running item of the job that this
+//! input does not hold (enqueued by an earlier run, or held by one that
+//! died: a run runs those too, with `{#}` 0), each argument quoted for a POSIX shell where it has to be, so a
 //! line pastes back into a shell as the same argv. A key repeated in the input
 //! runs once, at its first line. The store is opened only if it exists
 //! (a missing SQLite file stays missing: nothing is completed) and only
@@ -37,7 +37,8 @@ use crate::cmd::items::ItemsFile;
 struct Finished {
     completed: HashSet<String>,
     dead: HashSet<String>,
-    /// Pending and failed (awaiting a retry) items, in the store's order.
+    /// Pending, failed (awaiting a retry) and running items, in the
+    /// store's order.
     unfinished: Vec<String>,
 }
 
