@@ -5,8 +5,9 @@
 //! completed, not dead: dead items wait for `ckpt retry`), in input order,
 //! then one per pending, failed or running item of the job that this
 //! input does not hold (enqueued by an earlier run, or held by one that
-//! died: a run runs those too, with `{#}` 0), each argument quoted for a POSIX shell where it has to be, so a
-//! line pastes back into a shell as the same argv. A key repeated in the input
+//! died: a run runs those too, with `{#}` 0), each argument quoted for
+//! a POSIX shell where it has to be, so a line pastes back into a shell
+//! as the same argv. A key repeated in the input
 //! runs once, at its first line. The store is opened only if it exists
 //! (a missing SQLite file stays missing: nothing is completed) and only
 //! read. `{%}` cannot be known before the run; it counts 1..=`-j` in turn,
