@@ -34,21 +34,37 @@ use ckpt::{ClaimedItem, Fence, Outcome};
 use super::template::Context as Expand;
 use super::{run_item, CommandHandler};
 
-/// How many of the front of `items` one command line can hold: all of
-/// them, or the first half, quarter, … that fits ([`fits`]).
+/// How many of the front of `items` one command line can hold
+/// ([`longest_fitting`]).
 pub(super) fn fitting(h: &CommandHandler<'_>, items: &[ClaimedItem]) -> usize {
     // `{%}` is at most the highest slot: its digits bound any slot's.
     let slot = h.slots.count();
-    let mut n = items.len();
-    while n > 1 {
+    longest_fitting(items.len(), |n| {
         let part = &items[..n];
-        match argv(h, part, slot) {
-            Ok(argv) if !fits(&argv, keys_len(part)) => n /= 2,
-            // An error is for the run to report, with the command.
-            _ => break,
-        }
+        // An error is for the run to report, with the command.
+        argv(h, part, slot).map_or(true, |argv| {
+            fits(&argv, joined_len(part.iter().map(|i| i.key.as_str())))
+        })
+    })
+}
+
+/// Of the first `n` items, the most that one command line holds: `n`, or
+/// its half, quarter, … (at least 1), the first for which `fits_first`
+/// says so. The run and its dry run cut alike.
+pub(super) fn longest_fitting(n: usize, mut fits_first: impl FnMut(usize) -> bool) -> usize {
+    let mut k = n;
+    while k > 1 && !fits_first(k) {
+        k /= 2;
     }
-    n
+    k
+}
+
+/// The length of `keys` one per line, as [`keys`] joins them.
+pub(super) fn joined_len<'a>(keys: impl IntoIterator<Item = &'a str>) -> usize {
+    keys.into_iter()
+        .map(|k| k.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1)
 }
 
 /// Linux's limit on one argument or environment string, its NUL included
@@ -84,15 +100,6 @@ fn exec_budget() -> usize {
             .sum();
         max.saturating_sub(env + 4096)
     })
-}
-
-/// The length of [`keys`] of `items`, without building it.
-fn keys_len(items: &[ClaimedItem]) -> usize {
-    items
-        .iter()
-        .map(|i| i.key.len() + 1)
-        .sum::<usize>()
-        .saturating_sub(1)
 }
 
 /// Runs `items` as one command; on failure, each alone.

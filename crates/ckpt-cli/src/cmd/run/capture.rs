@@ -511,9 +511,7 @@ impl Sink {
     /// Writes `bytes` to ckpt's stream, unless an earlier write failed;
     /// the caller holds [`WRITING`].
     fn emit(&mut self, bytes: &[u8]) {
-        if self.write_error.is_none() {
-            self.write_error = self.to.write(bytes).err();
-        }
+        emit(self.to, &mut self.write_error, bytes);
     }
 
     fn take(&mut self, data: &[u8]) {
@@ -540,9 +538,11 @@ impl Sink {
                     None if self.held.len() >= LINE_CAP => self.held.len(),
                     None => return,
                 };
-                let line = self.held.drain(..end).collect::<Vec<u8>>();
-                let _writing = writing();
-                self.emit(&line);
+                {
+                    let _writing = writing();
+                    emit(self.to, &mut self.write_error, &self.held[..end]);
+                }
+                self.held.drain(..end);
             }
             Mode::Group => {
                 self.push(data);
@@ -604,6 +604,15 @@ impl Sink {
         }
         let held = std::mem::take(&mut self.held);
         self.emit(&held);
+    }
+}
+
+/// Writes `bytes` to the stream `to` unless `error` holds an earlier
+/// write's error, which a failed write leaves there ([`Sink::emit`], with
+/// its fields apart so a sink may write what it holds).
+fn emit(to: Stream, error: &mut Option<io::Error>, bytes: &[u8]) {
+    if error.is_none() {
+        *error = to.write(bytes).err();
     }
 }
 

@@ -55,15 +55,15 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
     let (mut printed, mut completed, mut dead) = (0u64, 0u64, 0u64);
     // The items of the batch being formed, with their lines.
     let mut batch: Vec<(String, u64)> = Vec::with_capacity(size);
+    // Prints the command for the front of `batch` that one command line
+    // holds, and takes it out; as in a run, the rest waits at the front
+    // for the next batch.
     let mut print = |batch: &mut Vec<(String, u64)>| -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        // As a run does, a batch too big for one command line is cut in
-        // halves until each part fits.
-        let mut parts = vec![&batch[..]];
-        while let Some(part) = parts.pop() {
-            let slot = (printed as usize % jobs) + 1;
+        let slot = (printed as usize % jobs) + 1;
+        let argv_of = |part: &[(String, u64)]| {
             let cxs: Vec<Context<'_>> = part
                 .iter()
                 .map(|(item, line)| Context {
@@ -73,25 +73,26 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
                     slot,
                 })
                 .collect();
-            let argv = template.expand_many(&cxs);
-            let item_len = part.iter().map(|(item, _)| item.len() + 1).sum::<usize>() - 1;
-            if part.len() > 1 && !super::batch::fits(&argv, item_len) {
-                let (first, second) = part.split_at(part.len() / 2);
-                parts.extend([second, first]);
-                continue;
-            }
-            let words: Vec<String> = argv
-                .iter()
-                .enumerate()
-                .map(|(i, a)| match i {
-                    0 => command_word(a),
-                    _ => shell_word(a),
-                })
-                .collect();
-            writeln!(out, "{}", words.join(" "))?;
-            printed += 1;
-        }
-        batch.clear();
+            template.expand_many(&cxs)
+        };
+        let n = super::batch::longest_fitting(batch.len(), |n| {
+            let part = &batch[..n];
+            super::batch::fits(
+                &argv_of(part),
+                super::batch::joined_len(part.iter().map(|(item, _)| item.as_str())),
+            )
+        });
+        let words: Vec<String> = argv_of(&batch[..n])
+            .iter()
+            .enumerate()
+            .map(|(i, a)| match i {
+                0 => command_word(a),
+                _ => shell_word(a),
+            })
+            .collect();
+        writeln!(out, "{}", words.join(" "))?;
+        printed += 1;
+        batch.drain(..n);
         Ok(())
     };
     let mut would_run = 0u64;
@@ -136,7 +137,7 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
             }
         }
     }
-    if written.is_ok() {
+    while written.is_ok() && !batch.is_empty() {
         written = print(&mut batch);
     }
     let written = written.and_then(|()| Ok(out.flush()?));
