@@ -8,6 +8,7 @@
 //! | 3 | not found: unknown job, no checkpoint, no store file |
 //! | 4 | store error: cannot open, not a ckpt store, newer schema, I/O |
 //! | 5 | busy or fenced: a live worker holds the job; or `--expect` found another cursor |
+//! | 129 | `ckpt run` stopped by SIGHUP (its terminal went away) |
 //! | 130 | `ckpt run` stopped by SIGINT (Ctrl-C) |
 //! | 143 | `ckpt run` stopped by SIGTERM |
 

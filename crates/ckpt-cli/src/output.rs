@@ -98,7 +98,8 @@ pub struct RunDoc {
     pub lost_leases: u64,
     /// Items given back unfinished because the run was stopped.
     pub released_now: u64,
-    /// "SIGTERM" or "SIGINT" when a signal stopped the run, else null.
+    /// "SIGTERM", "SIGINT" or "SIGHUP" when a signal stopped the run, else
+    /// null.
     pub stopped_by: Option<String>,
     /// Why `--halt` ended the run early (e.g. `3 failures (--halt
     /// soon,fail=3)`), else null.

@@ -1,10 +1,11 @@
 //! Graceful shutdown: a [`StopSignal`] that tells a [`Runner`](crate::Runner)
-//! to stop, and [`Signals`], which turns SIGTERM and SIGINT into a stop
-//! request instead of an abrupt death.
+//! to stop, and [`Signals`], which turns SIGTERM, SIGINT and SIGHUP into a
+//! stop request instead of an abrupt death.
 //!
 //! A process that is told to stop (a Kubernetes eviction, a deploy,
 //! `systemctl stop`, Ctrl-C) gets SIGTERM or SIGINT, and usually some
-//! seconds before a SIGKILL. Used well, those seconds save the progress made
+//! seconds before a SIGKILL; one whose terminal goes away (a dropped ssh
+//! session) gets SIGHUP. Used well, those seconds save the progress made
 //! since the last checkpoint:
 //!
 //! ```no_run
@@ -12,7 +13,7 @@
 //! use ckpt::{CheckpointPolicy, Ckpt, JobOptions};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let stop = Signals::install()?; // SIGTERM and SIGINT now request a stop
+//! let stop = Signals::install()?; // SIGTERM, SIGINT (and SIGHUP) now request a stop
 //! let ckpt = Ckpt::open("sqlite://ckpt.db")?;
 //! let mut job = ckpt.job_with("export", JobOptions::default())?;
 //! let mut next: u64 = job.resume_cursor()?.unwrap_or(0);
@@ -111,13 +112,17 @@ impl fmt::Debug for StopSignal {
 pub const SIGTERM: i32 = signal_hook::consts::SIGTERM;
 /// SIGINT.
 pub const SIGINT: i32 = signal_hook::consts::SIGINT;
+/// SIGHUP.
+pub const SIGHUP: i32 = signal_hook::consts::SIGHUP;
 
 #[derive(Default)]
 struct Received {
     /// The first signal received.
     first: Option<i32>,
-    /// How many were received in all.
+    /// How many were received in all (a SIGHUP once).
     count: usize,
+    /// A SIGHUP was received.
+    hung_up: bool,
 }
 
 struct State {
@@ -132,12 +137,19 @@ struct State {
 
 static STATE: OnceLock<State> = OnceLock::new();
 
-/// A handle on this process's SIGTERM and SIGINT, once
+/// A handle on this process's SIGTERM, SIGINT and SIGHUP, once
 /// [`install`](Signals::install)ed: instead of ending the process, the first
 /// of them requests a stop ([`is_requested`](Signals::is_requested) becomes
 /// true, and [`stop_signal`](Signals::stop_signal) is stopped).
 ///
-/// A second signal ends the process at once, as if no handler were
+/// SIGHUP (the terminal hung up: a closed ssh session) is watched only if
+/// its disposition was the default, which ends the process, when
+/// [`install`](Signals::install) ran. One ignored (`nohup`, which asks
+/// that the process outlive its terminal) stays ignored, and one the
+/// program handles itself stays its own.
+///
+/// A second signal (a SIGHUP after the first is not counted: one hangup
+/// is often delivered twice) ends the process at once, as if no handler were
 /// installed (the usual "press Ctrl-C twice"), unless
 /// [`exit_on_repeat(false)`](Signals::exit_on_repeat) says that the program
 /// handles repeats itself (see [`count`](Signals::count) and
@@ -161,10 +173,14 @@ impl Signals {
             return Ok(Signals { state });
         }
         let requested = Arc::new(AtomicBool::new(false));
-        for sig in [SIGTERM, SIGINT] {
+        let mut watched = vec![SIGTERM, SIGINT];
+        if left_to_default(SIGHUP) {
+            watched.push(SIGHUP);
+        }
+        for &sig in &watched {
             signal_hook::flag::register(sig, Arc::clone(&requested))?;
         }
-        let mut iter = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+        let mut iter = signal_hook::iterator::Signals::new(&watched)?;
         let state = STATE.get_or_init(|| State {
             requested,
             received: Mutex::new(Received::default()),
@@ -182,12 +198,12 @@ impl Signals {
         Ok(Signals { state })
     }
 
-    /// True if and only if SIGTERM or SIGINT was received.
+    /// True if and only if SIGTERM, SIGINT or SIGHUP was received.
     pub fn is_requested(&self) -> bool {
         self.state.requested.load(Ordering::SeqCst)
     }
 
-    /// The first signal received (`SIGTERM` or `SIGINT`), if any. Once
+    /// The first signal received (`SIGTERM`, `SIGINT` or `SIGHUP`), if any. Once
     /// [`is_requested`](Signals::is_requested) is true this names the
     /// signal: the handler flags the request at once and the handling
     /// thread records which signal a moment later, so this waits for it.
@@ -202,13 +218,15 @@ impl Signals {
             .map_or_else(|e| e.into_inner().0.first, |(r, _)| r.first)
     }
 
-    /// How many signals were received in all.
+    /// How many signals were received in all (SIGHUP counts once: a
+    /// hangup often arrives twice).
     pub fn count(&self) -> usize {
         self.received().count
     }
 
     /// The conventional exit status of a process stopped by the first
-    /// signal: 128 + its number (143 for SIGTERM, 130 for SIGINT).
+    /// signal: 128 + its number (143 for SIGTERM, 130 for SIGINT, 129 for
+    /// SIGHUP).
     pub fn exit_code(&self) -> Option<i32> {
         self.signal().map(|s| 128 + s)
     }
@@ -277,6 +295,16 @@ impl fmt::Debug for Signals {
     }
 }
 
+/// True if `sig`'s disposition is the default one (not ignored, not
+/// handled).
+fn left_to_default(sig: i32) -> bool {
+    // SAFETY: with a null new action, sigaction(2) only reads the current
+    // one into `old`, a plain C struct for which all zeroes is valid.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+    rc == 0 && old.sa_sigaction == libc::SIG_DFL
+}
+
 /// Runs on the handling thread for each signal received.
 fn handle(state: &'static State, sig: i32) {
     // The signal is recorded before the stop can be seen, so whoever sees
@@ -284,6 +312,13 @@ fn handle(state: &'static State, sig: i32) {
     // code) finds which signal it was.
     let first = {
         let mut g = state.received();
+        // One hangup may arrive twice: from the kernel to the terminal's
+        // foreground group, and from the shell passing it on to its jobs.
+        // Only the first counts, so it cannot force an exit by itself.
+        if sig == SIGHUP && g.hung_up {
+            return;
+        }
+        g.hung_up |= sig == SIGHUP;
         let first = g.first.is_none();
         g.first.get_or_insert(sig);
         first

@@ -1,9 +1,11 @@
 //! `ckpt run`: run a command once per item with durable resume.
 //!
-//! SIGTERM and SIGINT stop a run gracefully (see [`children`]): nothing new
-//! starts, the items claimed ahead are given back, the running commands
-//! get `--grace` to finish, every outcome is committed, and ckpt exits 143
-//! (SIGTERM) or 130 (SIGINT) holding nothing in the store.
+//! SIGTERM, SIGINT and SIGHUP stop a run gracefully (see [`children`]):
+//! nothing new starts, the items claimed ahead are given back, the running
+//! commands get `--grace` to finish, every outcome is committed, and ckpt
+//! exits 143 (SIGTERM), 130 (SIGINT) or 129 (SIGHUP) holding nothing in the
+//! store. SIGHUP, a terminal that went away (a dropped ssh session), is
+//! left alone when ignored at start (`nohup ckpt run …` runs on).
 
 mod batch;
 mod capture;
@@ -131,7 +133,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         ..RunOptions::default()
     };
     let worker = queue.owner().to_string();
-    // From here on SIGTERM and SIGINT stop the run instead of killing ckpt
+    // From here on SIGTERM, SIGINT and SIGHUP stop the run instead of killing ckpt
     // (before, nothing is held: the enqueue is idempotent).
     let signals = Signals::install().context("cannot install the signal handlers")?;
     signals.exit_on_repeat(false);

@@ -1,13 +1,15 @@
-//! Graceful shutdown of `ckpt run`: SIGTERM and SIGINT stop claiming, let
-//! the running commands finish within `--grace`, give back everything not
-//! finished (pending again, no attempt counted) and exit 143 or 130, with
-//! nothing left running in the store. A rerun completes the rest.
+//! Graceful shutdown of `ckpt run`: SIGTERM, SIGINT and SIGHUP stop
+//! claiming, let the running commands finish within `--grace`, give back
+//! everything not finished (pending again, no attempt counted) and exit 143,
+//! 130 or 129, with nothing left running in the store. A rerun completes
+//! the rest.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::util::{assert_each_once, item_counts, items, process_gone, wait_until, Sandbox};
 
+const SIGHUP: i32 = 1;
 const SIGINT: i32 = 2;
 const SIGTERM: i32 = 15;
 
@@ -140,6 +142,63 @@ fn sigterm_lets_running_commands_finish_and_gives_back_the_rest() {
         "first attempts only: {log:?}"
     );
     assert_eq!(item_counts(&sb.status("J")), (0, 0, 20, 0, 0));
+}
+
+/// A dropped ssh session: the terminal's SIGHUP stops the run as SIGTERM
+/// does, and the same hangup delivered again (by the kernel, then by the
+/// shell) does not count as the second signal that kills the commands.
+#[test]
+fn a_hangup_stops_the_run_gracefully_even_when_delivered_twice() {
+    let sb = Sandbox::new();
+    let all = items("slow", 6);
+    let file = sb.write_items("items.txt", &all);
+    let run = run_command(&sb, &file, &[]).sighup_ignored(false).start();
+    wait_until(Duration::from_secs(30), "2 items to start", || {
+        sb.lines("started").len() == 2
+    });
+    run.signal(SIGHUP);
+    wait_for_shutdown(&run);
+    run.signal(SIGHUP);
+    // Had the second SIGHUP counted, the commands would be killed now.
+    std::thread::sleep(Duration::from_millis(300));
+    sb.write("go", "");
+    let out = run.wait(Duration::from_secs(60));
+    out.code(129);
+    assert!(
+        out.stderr.contains("SIGHUP received: starting no new item")
+            && out.stderr.contains("stopped by SIGHUP")
+            && !out.stderr.contains("killing the running commands now"),
+        "{}",
+        out.stderr
+    );
+    let log = logged(&sb);
+    assert_eq!(log.len(), 2, "the two running commands finished: {log:?}");
+    assert_eq!(sb.lines("started").len(), 2, "nothing started after SIGHUP");
+    assert_eq!(item_counts(&sb.status("J")), (4, 0, 2, 0, 0));
+    assert_pending_uncharged(&sb);
+    run_command(&sb, &file, &[]).run().success();
+    assert_eq!(item_counts(&sb.status("J")), (0, 0, 6, 0, 0));
+}
+
+/// `nohup ckpt run …` asks to outlive the terminal: an ignored SIGHUP
+/// stays ignored, and the run goes on to the end.
+#[test]
+fn a_hangup_ignored_at_start_stays_ignored() {
+    let sb = Sandbox::new();
+    let all = items("slow", 3);
+    let file = sb.write_items("items.txt", &all);
+    let run = run_command(&sb, &file, &[]).sighup_ignored(true).start();
+    wait_until(Duration::from_secs(30), "2 items to start", || {
+        sb.lines("started").len() == 2
+    });
+    run.signal(SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    sb.write("go", "");
+    let out = run.wait(Duration::from_secs(60));
+    out.code(0);
+    assert!(!out.stderr.contains("SIGHUP"), "{}", out.stderr);
+    assert_eq!(logged(&sb).len(), 3);
+    assert_eq!(item_counts(&sb.status("J")), (0, 0, 3, 0, 0));
 }
 
 /// Stopped while its last items run, which then finish: nothing is left,

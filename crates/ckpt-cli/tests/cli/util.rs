@@ -310,6 +310,25 @@ impl Ckpt {
         self
     }
 
+    /// Starts the command with SIGHUP ignored (as `nohup` does) or, with
+    /// `ignored` false, at its default (whatever the test runner left).
+    pub fn sighup_ignored(mut self, ignored: bool) -> Ckpt {
+        use std::os::unix::process::CommandExt;
+        let disposition = if ignored {
+            libc::SIG_IGN
+        } else {
+            libc::SIG_DFL
+        };
+        // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+        unsafe {
+            self.cmd.pre_exec(move || {
+                libc::signal(libc::SIGHUP, disposition);
+                Ok(())
+            });
+        }
+        self
+    }
+
     /// Pipes `bytes` to the command's standard input (otherwise it reads
     /// from /dev/null).
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Ckpt {

@@ -5,7 +5,8 @@
 //! do), which the [`Sentinel`] kills if ckpt dies. ckpt passes SIGINT on to
 //! those groups, so a Ctrl-C at the terminal still reaches the commands as
 //! well as ckpt, while SIGTERM sent to ckpt (`kill -TERM <pid>`) does not.
-//! After the first SIGTERM or SIGINT, ckpt starts nothing new and waits up
+//! SIGHUP (a terminal gone) is not passed on either: it stops ckpt as
+//! SIGTERM does. After the first of them, ckpt starts nothing new and waits up
 //! to `--grace` for the running commands. Then it sends SIGTERM to their
 //! process groups (and to their marked descendants), and SIGKILL to
 //! whatever is left [`KILL_AFTER`] later (or at once on a second signal).
