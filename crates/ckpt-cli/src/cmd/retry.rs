@@ -44,6 +44,26 @@ pub fn retry(url: &str, args: RetryArgs) -> Result<ExitCode> {
     };
     let keys = (!args.keys.is_empty()).then_some(args.keys.as_slice());
     let moved = queue.redrive(from, keys)?;
+    if let Some(keys) = keys {
+        // A key mistyped, or an item not (or no longer) in that state:
+        // said, not passed over as "0 back to pending".
+        let given = keys.iter().collect::<std::collections::HashSet<_>>().len() as u64;
+        let see = format!("see `ckpt items {} --status {from}`", args.job);
+        if moved == 0 {
+            return Err(ckpt::Error::NotFound(format!(
+                "job '{}' has no {from} item with the key(s) given; {see}",
+                args.job
+            ))
+            .into());
+        }
+        if moved < given {
+            errln!(
+                "ckpt: warning: {} of the {given} keys given match no {from} item of job '{}' (unknown, or not {from}); {see}",
+                given - moved,
+                args.job
+            );
+        }
+    }
     errln!(
         "ckpt: job '{}': {moved} {from} item(s) back to pending; run the job again to process them",
         args.job

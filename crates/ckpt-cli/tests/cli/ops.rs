@@ -35,17 +35,28 @@ fn dead_items_are_listed_and_retry_redrives_them() {
         .args(["--", "true"])
         .run()
         .code(1);
-    // ...until they are re-driven; only the given keys move.
-    sb.ckpt().args(["retry", "J", "nope"]).run().success();
+    // ...until they are re-driven; only the given keys move, and a key
+    // that matches no dead item is said so (exit 3, nothing changed).
+    let line = sb.ckpt().args(["retry", "J", "nope"]).run().error(3);
+    assert!(
+        line.contains("no dead item with the key(s) given")
+            && line.contains("ckpt items J --status dead"),
+        "{line}"
+    );
     assert_eq!(
         item_counts(&sb.status("J")).4,
         1,
         "an unknown key re-drives nothing"
     );
-    let out = sb.ckpt().args(["retry", "J"]).run();
+    let line = sb.ckpt().args(["retry", "J", "good"]).run().error(3);
+    assert!(line.contains("no dead item"), "a completed item: {line}");
+    let out = sb.ckpt().args(["retry", "J", "bad", "nope", "bad"]).run();
     out.success();
     assert!(
-        out.stderr.contains("1 dead item(s) back to pending"),
+        out.stderr.contains("1 dead item(s) back to pending")
+            && out
+                .stderr
+                .contains("1 of the 2 keys given match no dead item of job 'J'"),
         "{}",
         out.stderr
     );
