@@ -141,7 +141,7 @@ pub struct RunArgs {
     /// Print the run's summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// After SIGTERM or SIGINT, how long running commands may take to
+    /// After SIGTERM, SIGINT or SIGHUP, how long running commands may take to
     /// finish before they are killed; their items then go back to pending.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub grace: Duration,

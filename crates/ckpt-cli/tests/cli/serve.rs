@@ -553,3 +553,85 @@ fn serve_start_failures_are_one_line_with_their_exit_code() {
         "{line}"
     );
 }
+
+/// The job document's lists are cut to different lengths by the commands
+/// (20 history entries, or `show --history N`; 10 dead and 10 failed items)
+/// and by the API (100 of each), while the counts stay whole: as the README
+/// says.
+#[test]
+fn the_job_document_lists_are_cut_to_their_documented_lengths() {
+    let sb = Sandbox::new();
+    let ckpt = Ckpt::open(&sb.store_url()).expect("open the store");
+    for n in 1..=120 {
+        ckpt.set_checkpoint("export", &ckpt::Checkpoint::new(json!(n), n))
+            .unwrap();
+    }
+    let queue = ckpt
+        .queue_with(
+            "import",
+            QueueOptions {
+                // A failure waits an hour for its retry: it stays failed.
+                retry: RetryPolicy {
+                    max_attempts: 2,
+                    base_delay: Duration::from_secs(3600),
+                    ..RetryPolicy::default()
+                },
+                ..QueueOptions::default()
+            },
+        )
+        .unwrap();
+    queue
+        .enqueue((0..240).map(|i| ckpt::NewItem::key(format!("item-{i:03}"))))
+        .unwrap();
+    let claimed = queue.claim(240).unwrap();
+    let attempts: Vec<ckpt::Attempt> = claimed
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| ckpt::Attempt {
+            item,
+            outcome: if i % 2 == 0 {
+                ckpt::Outcome::Fatal("bad input".into())
+            } else {
+                ckpt::Outcome::Failed("flaky".into())
+            },
+            ran_for: None,
+        })
+        .collect();
+    queue.settle(&attempts).unwrap();
+
+    let lengths = |doc: &Value| -> [usize; 3] {
+        ["history", "dead_items", "failed_items"].map(|k| {
+            doc[k]
+                .as_array()
+                .unwrap_or_else(|| panic!("{k} in {doc}"))
+                .len()
+        })
+    };
+    let counts = |doc: &Value| (doc["items"]["dead"].clone(), doc["items"]["failed"].clone());
+    let cli = |args: &[&str]| -> Value {
+        let out = sb.ckpt().args(args.iter().copied()).run();
+        out.success();
+        out.json()
+    };
+
+    let status = cli(&["status", "export", "--json"]);
+    assert_eq!(lengths(&status)[0], 20, "status: 20 of 100 kept entries");
+    assert_eq!(status["history_len"], 100);
+    let status = cli(&["status", "import", "--json"]);
+    assert_eq!(lengths(&status)[1..], [10, 10]);
+    assert_eq!(counts(&status), (json!(120), json!(120)), "whole counts");
+    let show = cli(&["show", "export", "--json"]);
+    assert_eq!(lengths(&show)[0], 20);
+    let show = cli(&["show", "export", "--json", "--history", "5"]);
+    assert_eq!(lengths(&show)[0], 5);
+    let show = cli(&["show", "import", "--json"]);
+    assert_eq!(lengths(&show)[1..], [10, 10]);
+
+    let server = Server::start(&sb, &[]);
+    let api = server.get("/api/jobs/export").expect(200);
+    assert_eq!(lengths(&api)[0], 100);
+    let api = server.get("/api/jobs/import").expect(200);
+    assert_eq!(lengths(&api)[1..], [100, 100]);
+    assert_eq!(counts(&api), (json!(120), json!(120)));
+    server.stop();
+}
