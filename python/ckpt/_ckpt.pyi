@@ -200,7 +200,7 @@ class RunReport:
     lost: int
     stopped: bool
     signal: Optional[int]
-    """The signal (SIGTERM=15, SIGINT=2) that stopped the run, if any."""
+    """The signal (SIGTERM=15, SIGINT=2, SIGHUP=1) that stopped the run, if any."""
 
 class Retry:
     """What ``Queue.fail`` decided."""
@@ -229,7 +229,7 @@ class Queue:
         """Runs ``handler(item)`` on ``workers`` threads until no item is left. Returning completes
         the item, keeping a returned dict of JSON values as its stats (any other value is dropped,
         with a warning once per run); raising fails it (``Type: message`` becomes its error),
-        retried with backoff then dead. On SIGTERM/SIGINT (when called from the main thread) it
+        retried with backoff then dead. On SIGTERM/SIGINT/SIGHUP (when called from the main thread) it
         stops claiming, lets running handlers finish, gives unstarted items back and returns with
         ``stopped`` set; a second signal ends the process. Store errors raise. ``prefetch`` items
         are claimed ahead of the workers (default: twice the workers, at least 8, as ``ckpt run``)."""

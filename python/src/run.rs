@@ -4,13 +4,16 @@
 //! call the handler, so handlers that wait on I/O overlap. The calling
 //! thread waits without the GIL and wakes every 50 ms to let Python run its
 //! signal handlers: while the run lasts (and only when called from the main
-//! thread, where Python delivers signals), SIGTERM and SIGINT are handled as
-//! the `ckpt` CLI handles them. The first stops the run gracefully: nothing
-//! new is claimed, running handlers finish, items claimed but not started
-//! are given back. A second ends the process at once, as if no handler were
-//! installed. The previous handlers are restored when the run returns.
+//! thread, where Python delivers signals), SIGTERM, SIGINT and SIGHUP are
+//! handled as the `ckpt` CLI handles them. The first stops the run
+//! gracefully: nothing new is claimed, running handlers finish, items
+//! claimed but not started are given back. A second ends the process at
+//! once, as if no handler were installed (a second SIGHUP does not count:
+//! one hangup often arrives twice). SIGHUP is handled only if its handler
+//! was the default: one ignored (`nohup`) or the program's own is left
+//! alone. The previous handlers are restored when the run returns.
 
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -331,7 +334,7 @@ pub struct RunReport {
     lost: u64,
     /// True when the run was stopped (a signal) rather than finding no item left.
     stopped: bool,
-    /// The signal that stopped it (15 for SIGTERM, 2 for SIGINT), if any.
+    /// The signal that stopped it (15 for SIGTERM, 2 for SIGINT, 1 for SIGHUP), if any.
     signal: Option<i32>,
 }
 
@@ -350,7 +353,8 @@ impl RunReport {
     }
 }
 
-/// SIGTERM and SIGINT handled by a run, and the handlers they replaced.
+/// SIGTERM, SIGINT and SIGHUP handled by a run, and the handlers they
+/// replaced.
 struct Signals {
     state: Arc<SignalState>,
     previous: Vec<(i32, Py<PyAny>)>,
@@ -360,6 +364,7 @@ struct Signals {
 struct SignalState {
     received: AtomicUsize,
     first: AtomicI32,
+    hung_up: AtomicBool,
 }
 
 impl Signals {
@@ -376,6 +381,11 @@ impl Signals {
         let on_signal =
             move |args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
                 let signum: i32 = args.get_item(0)?.extract()?;
+                // A hangup counts once: the kernel and the shell often both
+                // send it.
+                if signum == libc::SIGHUP && seen.hung_up.swap(true, Ordering::SeqCst) {
+                    return Ok(());
+                }
                 if seen.received.fetch_add(1, Ordering::SeqCst) == 0 {
                     seen.first.store(signum, Ordering::SeqCst);
                     stop.stop();
@@ -402,7 +412,14 @@ impl Signals {
         let handler = PyCFunction::new_closure(py, Some(c"ckpt_stop_run"), None, on_signal)?;
         let signal = py.import("signal")?;
         let mut previous = Vec::new();
-        for signum in [libc::SIGTERM, libc::SIGINT] {
+        let mut handled = vec![libc::SIGTERM, libc::SIGINT];
+        if signal
+            .call_method1("getsignal", (libc::SIGHUP,))?
+            .eq(signal.getattr("SIG_DFL")?)?
+        {
+            handled.push(libc::SIGHUP);
+        }
+        for signum in handled {
             let old = signal.call_method1("signal", (signum, &handler))?;
             previous.push((signum, old.unbind()));
         }

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -142,7 +143,13 @@ def test_two_processes_share_a_queue_and_run_each_item_once(store_url, tmp_path)
     assert (c.completed, c.pending, c.running) == (200, 0, 0)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def sighup_default():
+    """For a child: SIGHUP at its default action, whatever the test runner inherited."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
+                         ids=["TERM", "INT", "HUP"])
 def test_sigterm_stops_the_run_and_gives_unstarted_items_back(store_url, tmp_path, signum):
     n = 30
     keys = [f"k{i:02d}" for i in range(n)]
@@ -151,13 +158,17 @@ def test_sigterm_stops_the_run_and_gives_unstarted_items_back(store_url, tmp_pat
     errors = tmp_path / "stderr"
     with open(errors, "w") as err_file:
         p = spawn(script("queue_sigterm.py"), store_url, "slow", ledger, go, 2,
-                  stdout=-1, stderr=err_file, text=True)
+                  stdout=-1, stderr=err_file, text=True, preexec_fn=sighup_default)
     # Both workers are inside a handler (they wait for `go`).
     wait_for_file(ledger, p, lambda t: t.count("start ") >= 2)
     os.kill(p.pid, signum)
     # Python runs signal handlers on the main thread between calls: wait until the run says it
     # is stopping (its log line) before letting the handlers return.
     wait_for_file(errors, p, lambda t: "stopping" in t)
+    if signum == signal.SIGHUP:
+        # One hangup often arrives twice (the kernel, then the shell): not a second signal.
+        os.kill(p.pid, signum)
+        time.sleep(0.3)
     go.write_text("go")
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 0, errors.read_text()
@@ -241,6 +252,23 @@ def test_a_retried_item_resumes_at_the_cursor_it_saved(any_store_url):
     (rec,) = q.items()
     assert rec.stats["from"] == 6
     assert rec.attempts == 2
+
+
+def test_a_sighup_ignored_at_start_stays_ignored(store_url, tmp_path):
+    # `nohup python job.py`: the run must outlive the terminal, not stop with it.
+    ckpt.open(store_url).queue("slow").enqueue(["a", "b", "c"])
+    ledger, go = tmp_path / "ledger", tmp_path / "go"
+    p = spawn(script("queue_sigterm.py"), store_url, "slow", ledger, go, 2, stdout=-1,
+              stderr=-1, text=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    wait_for_file(ledger, p, lambda t: t.count("start ") >= 2)
+    os.kill(p.pid, signal.SIGHUP)
+    time.sleep(0.3)
+    go.write_text("go")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "stopping" not in err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert (report["stopped"], report["completed"]) == (False, 3)
 
 
 def test_a_second_sigterm_ends_the_process_and_a_rerun_takes_its_items_over(store_url, tmp_path):
