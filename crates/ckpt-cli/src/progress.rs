@@ -6,8 +6,13 @@
 //! crashed one included) and the total is every item of the job, so a
 //! resumed run shows its true overall progress. The rate and the ETA are
 //! this run's.
+//!
+//! Before any of that, adding a long items file to the store takes a
+//! while (about a second per million lines): [`Progress::adding`] shows how
+//! far it got, so that a run of ten million items is not a silent minute.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -224,6 +229,61 @@ impl Progress {
                         let snap = Snapshot::new(&start, &live, began.elapsed());
                         bar.set_position(snap.done);
                         bar.set_message(snap.details());
+                        if wait(&done, Duration::from_millis(200)) {
+                            break;
+                        }
+                    }
+                    *BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    bar.finish_and_clear();
+                }))
+            }
+        };
+        Progress { done, thread }
+    }
+
+    /// Shows the items added to the store so far (`added`, of `total`)
+    /// while the run's items file is enqueued: on a terminal a bar, drawn
+    /// once it has taken half a second; otherwise a line each interval.
+    pub fn adding(mode: Mode, job: &str, total: u64, added: Arc<AtomicU64>) -> Progress {
+        let done = Arc::new((Mutex::new(false), Condvar::new()));
+        let prefix = format!("ckpt: {job}: adding items to the store");
+        let thread = match mode {
+            Mode::Quiet => None,
+            Mode::Lines(every) => {
+                let done = Arc::clone(&done);
+                Some(std::thread::spawn(move || {
+                    while !wait(&done, every) {
+                        let n = added.load(Ordering::Relaxed);
+                        let percent = if total == 0 {
+                            100.0
+                        } else {
+                            n as f64 * 100.0 / total as f64
+                        };
+                        errln!("{prefix}: {n} of {total} ({percent:.0}%)");
+                    }
+                }))
+            }
+            Mode::Bar => {
+                let done = Arc::clone(&done);
+                Some(std::thread::spawn(move || {
+                    // A short file is added before a bar is worth drawing.
+                    if wait(&done, Duration::from_millis(500)) {
+                        return;
+                    }
+                    let bar = ProgressBar::with_draw_target(
+                        Some(total),
+                        ProgressDrawTarget::stderr_with_hz(5),
+                    );
+                    let style = ProgressStyle::with_template(
+                        "{prefix}: [{elapsed_precise}] [{bar:30}] {pos}/{len} ({percent}%)",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
+                    bar.set_style(style);
+                    bar.set_prefix(prefix);
+                    *BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
+                    loop {
+                        bar.set_position(added.load(Ordering::Relaxed));
                         if wait(&done, Duration::from_millis(200)) {
                             break;
                         }

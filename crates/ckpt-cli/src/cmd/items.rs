@@ -11,6 +11,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, IsTerminal, Read, Seek};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 use ckpt::model::EnqueueReport;
@@ -83,8 +84,14 @@ impl ItemsFile {
     }
 
     /// Checks every line; the first bad one is a usage error naming it.
-    pub fn check(&self) -> Result<()> {
-        self.each(|_, _| Ok(()))
+    /// Returns how many items (non-empty lines) there are.
+    pub fn check(&self) -> Result<u64> {
+        let mut items = 0;
+        self.each(|_, _| {
+            items += 1;
+            Ok(())
+        })?;
+        Ok(items)
     }
 
     /// Calls `f` with each item and its line number (1-based, counting the
@@ -99,8 +106,10 @@ impl ItemsFile {
     }
 
     /// Enqueues every item, [`CHUNK`] per transaction. Idempotent per key,
-    /// so a run killed half-way through enqueueing loses nothing.
-    pub fn enqueue(&self, queue: &Queue) -> Result<EnqueueReport> {
+    /// so a run killed half-way through enqueueing loses nothing. `added`
+    /// counts the items enqueued so far (new or already known), for a
+    /// progress display.
+    pub fn enqueue(&self, queue: &Queue, added: &AtomicU64) -> Result<EnqueueReport> {
         let mut total = EnqueueReport::default();
         let mut lines = self.lines()?.peekable();
         while lines.peek().is_some() {
@@ -111,6 +120,7 @@ impl ItemsFile {
             let report = queue.enqueue(chunk)?;
             total.inserted += report.inserted;
             total.existing += report.existing;
+            added.store(total.inserted + total.existing, Ordering::Relaxed);
         }
         Ok(total)
     }

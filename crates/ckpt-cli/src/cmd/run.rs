@@ -23,6 +23,7 @@ use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -69,11 +70,12 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     // Every line is checked before the store is touched, so a bad items
     // file leaves the store as it was (and creates none).
     let items = ItemsFile::open(args.items.as_deref())?;
-    let lines = if template.uses_line() {
-        Some(LineIndex::build(&items)?)
+    let (lines, item_count) = if template.uses_line() {
+        let index = LineIndex::build(&items)?;
+        let count = index.items();
+        (Some(index), count)
     } else {
-        items.check()?;
-        None
+        (None, items.check()?)
     };
     // Before the store is touched: a --results that cannot hold the files
     // leaves the store as it was (and creates none).
@@ -118,7 +120,20 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             retry,
         },
     )?;
-    let enqueued = items.enqueue(&queue)?;
+    let mode = if args.quiet {
+        progress::Mode::Quiet
+    } else if std::io::stderr().is_terminal() {
+        progress::Mode::Bar
+    } else {
+        progress::Mode::Lines(args.progress_interval)
+    };
+    let enqueued = {
+        let added = Arc::new(AtomicU64::new(0));
+        let display = Progress::adding(mode, &args.job, item_count, Arc::clone(&added));
+        let enqueued = items.enqueue(&queue, &added);
+        display.finish();
+        enqueued?
+    };
     // After the enqueue, which reopens the job: a job pruned (or expired)
     // between the two is recreated by the enqueue, and the command must be
     // recorded in the job this run completes items of, not the old one.
@@ -150,13 +165,6 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         .map(|limit| Timeouts::start(limit, Arc::clone(&children)))
         .transpose()?;
     let runner = Runner::new(&queue, options).with_stop(signals.stop_signal());
-    let mode = if args.quiet {
-        progress::Mode::Quiet
-    } else if std::io::stderr().is_terminal() {
-        progress::Mode::Bar
-    } else {
-        progress::Mode::Lines(args.progress_interval)
-    };
     let at_start = match (mode, halt) {
         (progress::Mode::Quiet, None) => Default::default(),
         _ => queue.counts()?,

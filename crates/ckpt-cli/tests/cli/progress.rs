@@ -265,3 +265,54 @@ impl Screen {
             .collect()
     }
 }
+
+/// A long items file takes a while to add to the store before anything
+/// runs: lines say how far that got, before the run's own progress lines;
+/// `--quiet` prints none.
+#[test]
+fn adding_a_long_items_file_shows_how_far_it_got() {
+    let sb = Sandbox::new();
+    let n = 50_000;
+    let file = sb.write_items("items.txt", &items("i", n));
+    fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec!["run", "--job", "J", "-j", "2", "-n", "5000"];
+        all.extend(extra);
+        all
+    }
+    let out = sb
+        .ckpt()
+        .args(args(&["--progress-interval", "10ms", "--items"]))
+        .arg(&file)
+        .args(["--", "true"])
+        .run();
+    out.success();
+    let adding: Vec<(u64, u64)> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("ckpt: J: adding items to the store: "))
+        .map(|rest| {
+            let (added, rest) = rest.split_once(" of ").expect("N of TOTAL");
+            let total = rest.split_once(' ').expect("TOTAL (P%)").0;
+            (added.parse().unwrap(), total.parse().unwrap())
+        })
+        .collect();
+    assert!(!adding.is_empty(), "{}", out.stderr);
+    assert!(adding
+        .iter()
+        .all(|&(added, total)| added <= total && total == n as u64));
+    assert!(adding.windows(2).all(|w| w[0].0 <= w[1].0), "{adding:?}");
+    let first_done = out.stderr.find(" done (").unwrap_or(out.stderr.len());
+    let last_adding = out.stderr.rfind("adding items").unwrap();
+    assert!(last_adding < first_done, "{}", out.stderr);
+
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("i", n));
+    let out = sb
+        .ckpt()
+        .args(args(&["--progress-interval", "10ms", "-q", "--items"]))
+        .arg(&file)
+        .args(["--", "true"])
+        .run();
+    out.success();
+    assert_eq!(out.stderr, "", "--quiet");
+}

@@ -21,6 +21,8 @@ const CHUNK: usize = 50_000;
 /// The first line of each key in the input.
 pub struct LineIndex {
     conn: Mutex<Connection>,
+    /// Items (non-empty lines) in the input.
+    items: u64,
 }
 
 impl LineIndex {
@@ -37,7 +39,9 @@ impl LineIndex {
         )
         .context("cannot create the line index")?;
         let mut in_tx = 0;
+        let mut count = 0;
         items.each(|line, key| {
+            count += 1;
             // The first line of a duplicate key wins.
             conn.prepare_cached("INSERT OR IGNORE INTO lines (key, line) VALUES (?1, ?2)")
                 .and_then(|mut stmt| stmt.execute(params![key, line as i64]))
@@ -54,7 +58,13 @@ impl LineIndex {
             .context("cannot write the line index")?;
         Ok(LineIndex {
             conn: Mutex::new(conn),
+            items: count,
         })
+    }
+
+    /// How many items (non-empty lines) the input holds.
+    pub fn items(&self) -> u64 {
+        self.items
     }
 
     /// The first line of `key` in the input; 0 if it is not there (an item
