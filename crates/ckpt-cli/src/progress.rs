@@ -274,8 +274,10 @@ impl Progress {
                         Some(total),
                         ProgressDrawTarget::stderr_with_hz(5),
                     );
+                    // The bar takes what the terminal's width leaves, so the
+                    // line never wraps.
                     let style = ProgressStyle::with_template(
-                        "{prefix}: [{elapsed_precise}] [{bar:30}] {pos}/{len} ({percent}%)",
+                        "{prefix}: {pos}/{len} ({percent}%) [{wide_bar}]",
                     )
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> ");
