@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::util::{stored_items, Sandbox};
+use std::time::Duration;
+
+use crate::util::{process_gone, stored_items, wait_until, Sandbox};
 
 /// Appends its arguments, joined by `|`, as one line to `log`.
 const LOG_ARGS: &str = r#"IFS='|'; echo "$*" >> log"#;
@@ -313,27 +315,86 @@ fn dry_run_includes_the_jobs_unfinished_items_of_earlier_inputs() {
     assert_eq!(sorted(sb.lines("log")), ["w 1", "y 2", "z 0"]);
 }
 
+/// A run holding items `a` and `b` (claimed, `a` running) until the file
+/// `go` exists, started in the background.
+fn run_holding_a_and_b(sb: &Sandbox) -> crate::util::Running {
+    let items = sb.write("held.txt", "a\nb\n");
+    let run = sb
+        .ckpt()
+        .args(["run", "--job", "J", "-j", "1", "--items"])
+        .arg(&items)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "touch started; while [ ! -e go ]; do sleep 0.01; done",
+        ])
+        .start();
+    wait_until(Duration::from_secs(30), "the first item to start", || {
+        sb.join("started").exists()
+    });
+    run
+}
+
 /// Items a run that died still holds (running, their lease to lapse) are
 /// unfinished too: the next run takes them over, and its dry run lists
 /// them, though its input does not.
 #[test]
 fn dry_run_includes_the_items_a_dead_run_held() {
     let sb = Sandbox::new();
-    let ckpt = ckpt::Ckpt::open(&sb.store_url()).unwrap();
-    let queue = ckpt.queue("J").unwrap();
-    queue.enqueue(["a", "b"].map(ckpt::NewItem::key)).unwrap();
-    let held = queue.claim(1).unwrap();
-    assert_eq!(held[0].key, "a");
-    drop((queue, ckpt));
+    let run = run_holding_a_and_b(&sb);
+    let pid = run.pid();
+    run.signal(libc::SIGKILL);
+    wait_until(Duration::from_secs(30), "ckpt to die", || process_gone(pid));
     let empty = sb.write("empty.txt", "");
+    let dry = |sb: &Sandbox| {
+        let out = sb
+            .ckpt()
+            .args(["run", "--job", "J", "--dry-run", "--items"])
+            .arg(&empty)
+            .args(["--", "echo"])
+            .run();
+        out.success();
+        out.stdout
+    };
+    assert_eq!(dry(&sb), "echo a\necho b\n");
+    // The run does just that.
+    sb.write("go", "");
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "J", "--items"])
+        .arg(&empty)
+        .args(["--", "sh", "-c", "echo $0 >> log"])
+        .run();
+    out.success();
+    assert_eq!(sorted(sb.lines("log")), ["a", "b"]);
+}
+
+/// Items a live run holds are its own: a run started meanwhile leaves them
+/// to it, and so does its dry run, which says how many it left out.
+#[test]
+fn dry_run_leaves_out_the_items_a_live_run_holds() {
+    let sb = Sandbox::new();
+    let run = run_holding_a_and_b(&sb);
+    let items = sb.write("items.txt", "a\nb\nc\n");
     let out = sb
         .ckpt()
         .args(["run", "--job", "J", "--dry-run", "--items"])
-        .arg(&empty)
+        .arg(&items)
         .args(["--", "echo"])
         .run();
     out.success();
-    assert_eq!(out.stdout, "echo b\necho a\n");
+    assert_eq!(out.stdout, "echo c\n");
+    assert!(
+        out.stderr.contains("1 command(s) would run")
+            && out
+                .stderr
+                .contains("and 2 item(s) running under another live run"),
+        "{}",
+        out.stderr
+    );
+    sb.write("go", "");
+    run.wait(Duration::from_secs(60)).success();
 }
 
 #[test]

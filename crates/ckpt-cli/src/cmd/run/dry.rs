@@ -11,14 +11,17 @@
 //! runs once, at its first line. The store is opened only if it exists
 //! (a missing SQLite file stays missing: nothing is completed) and only
 //! read. `{%}` cannot be known before the run; it counts 1..=`-j` in turn,
-//! the slots the commands would get if each took as long.
+//! the slots the commands would get if each took as long. Items held by a
+//! live run (on this host or another, its lease not expired) are left out,
+//! wherever they are in the input, as a run leaves them to it; the summary
+//! counts them.
 //!
 //! With `-n N`, one line per batch: the command for up to N of those items
 //! at once, taken in input order. (A run forms its batches from the items
 //! ready at once, and runs an item tried before alone, so its batches may
 //! be cut differently; the items and their order are these.)
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 
@@ -38,9 +41,12 @@ use crate::cmd::items::ItemsFile;
 struct Finished {
     completed: HashSet<String>,
     dead: HashSet<String>,
-    /// Pending, failed (awaiting a retry) and running items, in the
-    /// store's order.
+    /// Pending, failed (awaiting a retry) and running items whose run is
+    /// gone, in the store's order.
     unfinished: Vec<String>,
+    /// Running items held by a live run: a run started now leaves them to
+    /// it.
+    live: HashSet<String>,
 }
 
 pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode> {
@@ -108,6 +114,9 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
             dead += 1;
             return Ok(());
         }
+        if finished.live.contains(key) {
+            return Ok(());
+        }
         would_run += 1;
         batch.push((key.to_string(), line));
         if batch.len() == size {
@@ -150,11 +159,15 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
     }
     if !args.quiet {
         errln!(
-            "ckpt: dry run of job '{}': {printed} command(s) would run{}; skipped {completed} completed and {dead} dead item(s) (`ckpt retry` re-drives dead ones); nothing was changed",
+            "ckpt: dry run of job '{}': {printed} command(s) would run{}; skipped {completed} completed and {dead} dead item(s) (`ckpt retry` re-drives dead ones){}; nothing was changed",
             args.job,
             match size {
                 1 => String::new(),
                 _ => format!(" for {would_run} item(s), up to {size} a command"),
+            },
+            match finished.live.len() {
+                0 => String::new(),
+                n => format!(", and {n} item(s) running under another live run"),
             }
         );
     }
@@ -217,10 +230,28 @@ fn finished(url: &str, job: &str) -> Result<Finished> {
     finished
         .unfinished
         .extend(keys(ItemStatus::Failed, counts.failed)?);
-    // Held by a run: one that died leaves them to be taken over, so a run
-    // runs them too (one that lives, once it gives them back).
-    finished
-        .unfinished
-        .extend(keys(ItemStatus::Running, counts.running)?);
+    // Held by a run: one that died (its process gone from this host, or its
+    // lease expired) leaves them to be taken over, so a run runs them too;
+    // one that lives keeps them.
+    let now = ckpt.now();
+    let mut dead_owners: HashMap<String, bool> = HashMap::new();
+    let mut owner_dead = |owner: &str| {
+        *dead_owners.entry(owner.to_string()).or_insert_with(|| {
+            // A run that died moments ago may still have its sentinel
+            // stopping its commands; a run waits for that, then takes
+            // its items over.
+            ckpt.wait_while_stopping(owner);
+            ckpt.is_dead_local_owner(owner)
+        })
+    };
+    for item in store.list_items(job, Some(ItemStatus::Running), limit(counts.running))? {
+        let gone = item.ready_at.is_some_and(|lease| lease <= now)
+            || item.owner.as_deref().is_some_and(&mut owner_dead);
+        if gone {
+            finished.unfinished.push(item.key);
+        } else {
+            finished.live.insert(item.key);
+        }
+    }
     Ok(finished)
 }

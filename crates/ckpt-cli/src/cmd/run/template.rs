@@ -123,7 +123,9 @@ impl Template {
         if self.append {
             // As GNU parallel: with --colsep, each column is an argument.
             match cx.colsep {
-                Some(sep) => out.extend(sep.split(cx.item).map(str::to_string)),
+                Some(sep) => {
+                    out.extend(split_columns(sep, cx.item).into_iter().map(str::to_string))
+                }
                 None => out.push(cx.item.to_string()),
             }
         }
@@ -192,7 +194,9 @@ impl Template {
         if self.append {
             for cx in cxs {
                 match cx.colsep {
-                    Some(sep) => out.extend(sep.split(cx.item).map(str::to_string)),
+                    Some(sep) => {
+                        out.extend(split_columns(sep, cx.item).into_iter().map(str::to_string))
+                    }
                     None => out.push(cx.item.to_string()),
                 }
             }
@@ -350,7 +354,7 @@ fn value<'a>(r: &Replacement, cx: &Context<'a>, columns: &mut Option<Vec<&'a str
         None => cx.item,
         Some(n) => {
             let columns = columns.get_or_insert_with(|| match cx.colsep {
-                Some(sep) => sep.split(cx.item).collect(),
+                Some(sep) => split_columns(sep, cx.item),
                 None => vec![cx.item],
             });
             column_at(columns, n)
@@ -501,6 +505,22 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The columns of `item` at the matches of `sep` (`--colsep`), each with
+/// the blanks at its ends trimmed, as GNU parallel's `--colsep` does (it
+/// implies `--trim rl`): `alice , 30` at `,` is `alice` and `30`. A match
+/// of no text (`\b`) is not a separator.
+pub fn split_columns<'i>(sep: &Regex, item: &'i str) -> Vec<&'i str> {
+    let trim = |s: &'i str| s.trim_matches([' ', '\t', '\r', '\x0b', '\x0c']);
+    let mut out = Vec::new();
+    let mut from = 0;
+    for m in sep.find_iter(item).filter(|m| !m.is_empty()) {
+        out.push(trim(&item[from..m.start()]));
+        from = m.end();
+    }
+    out.push(trim(&item[from..]));
+    out
+}
+
 /// `s` as one word of a POSIX shell, quoted only if it has to be (for
 /// printing command lines that read naturally and paste back exactly).
 /// A word holding characters that [`shown`](crate::output::shown)
@@ -530,7 +550,9 @@ pub fn posix_word(s: &str) -> String {
 }
 
 /// `s` in the shell's `$'…'` form: every escape written in full (`\xHH`,
-/// `\uHHHH`), so a digit after it cannot be read as part of it.
+/// two digits), so a digit after it cannot be read as part of it. A
+/// character beyond ASCII is written as its UTF-8 bytes, not as `\uHHHH`,
+/// which bash decodes only in a UTF-8 locale (not in cron's `C`).
 fn ansi_c_quote(s: &str) -> String {
     let mut out = String::from("$'");
     for c in s.chars() {
@@ -540,10 +562,11 @@ fn ansi_c_quote(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
-            c if crate::output::needs_escape(c) && (c as u32) < 0x80 => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
+            c if crate::output::needs_escape(c) => {
+                for byte in c.encode_utf8(&mut [0; 4]).bytes() {
+                    out.push_str(&format!("\\x{byte:02x}"));
+                }
             }
-            c if crate::output::needs_escape(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push(c),
         }
     }

@@ -159,6 +159,33 @@ fn columns() {
         expand_with(&["x", "{3}", "{2}", "{1}"], cx3),
         ["x", "c", "b", "a"]
     );
+    // Blanks at a column's ends are trimmed, as GNU parallel's --colsep
+    // implies --trim rl; those inside stay. The whole item stays as it is.
+    let comma = Regex::new(",").unwrap();
+    let cx4 = |item| Context {
+        item,
+        colsep: Some(&comma),
+        line: 1,
+        slot: 1,
+    };
+    assert_eq!(
+        expand_with(&["x", "{1}", "{2}", "{}"], cx4(" alice smith ,\t30 ")),
+        ["x", "alice smith", "30", " alice smith ,\t30 "]
+    );
+    assert_eq!(
+        expand_with(&["x"], cx4("a , b")),
+        ["x", "a", "b"],
+        "appended columns are trimmed too"
+    );
+    // A separator that matches no text (a word boundary) splits nothing.
+    let boundary = Regex::new(r"\b").unwrap();
+    let cx5 = Context {
+        item: "a,b",
+        colsep: Some(&boundary),
+        line: 1,
+        slot: 1,
+    };
+    assert_eq!(expand_with(&["x", "{1}", "{2}"], cx5), ["x", "a,b", ""]);
     // With no replacement string, each column is an argument.
     assert_eq!(
         expand_with(&["printf", "%s|%s"], cx("a b\tc")),
@@ -248,11 +275,16 @@ fn quoting() {
     assert_eq!(shell_word("ev\u{1b}[31mil"), r"$'ev\x1b[31mil'");
     assert_eq!(shell_word("a\tb\n"), r"$'a\tb\n'");
     assert_eq!(shell_word("\u{7}1 it's \\"), r"$'\x071 it\'s \\'");
-    assert_eq!(shell_word("x\u{9b}2J\u{202e}"), r"$'x\u009b2J\u202e'");
+    // Beyond ASCII, the UTF-8 bytes: `\u` needs a UTF-8 locale to read back.
+    assert_eq!(
+        shell_word("x\u{9b}2J\u{202e}"),
+        r"$'x\xc2\x9b2J\xe2\x80\xae'"
+    );
 }
 
 /// Every word `shell_word` prints reads back in bash as the same bytes,
-/// and a printed word holds no control character.
+/// in a UTF-8 locale and in the C locale (cron's), and a printed word
+/// holds no control character.
 #[test]
 fn shell_words_paste_back_into_bash() {
     if std::process::Command::new("bash")
@@ -284,16 +316,19 @@ fn shell_words_paste_back_into_bash() {
             !printed.chars().any(crate::output::needs_escape),
             "{printed:?}"
         );
-        let out = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(format!("printf %s {printed}"))
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            word,
-            "bash read {printed} back differently"
-        );
+        for locale in ["C.UTF-8", "C"] {
+            let out = std::process::Command::new("bash")
+                .env("LC_ALL", locale)
+                .arg("-c")
+                .arg(format!("printf %s {printed}"))
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                word,
+                "bash read {printed} back differently in the {locale} locale"
+            );
+        }
     }
 }
 
