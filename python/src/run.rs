@@ -8,12 +8,13 @@
 //! handled as the `ckpt` CLI handles them. The first stops the run
 //! gracefully: nothing new is claimed, running handlers finish, items
 //! claimed but not started are given back. A second ends the process at
-//! once, as if no handler were installed (a second SIGHUP does not count:
-//! one hangup often arrives twice). SIGHUP is handled only if its handler
+//! once, as if no handler were installed (a SIGHUP is never the second:
+//! one hangup often arrives twice, and a terminal closed after a Ctrl-C
+//! asks for nothing more). SIGHUP is handled only if its handler
 //! was the default: one ignored (`nohup`) or the program's own is left
 //! alone. The previous handlers are restored when the run returns.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -364,7 +365,6 @@ struct Signals {
 struct SignalState {
     received: AtomicUsize,
     first: AtomicI32,
-    hung_up: AtomicBool,
 }
 
 impl Signals {
@@ -381,9 +381,10 @@ impl Signals {
         let on_signal =
             move |args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
                 let signum: i32 = args.get_item(0)?.extract()?;
-                // A hangup counts once: the kernel and the shell often both
-                // send it.
-                if signum == libc::SIGHUP && seen.hung_up.swap(true, Ordering::SeqCst) {
+                // A hangup is never the second signal: the kernel and the
+                // shell often both send it, and a terminal closed after a
+                // Ctrl-C asks for nothing more.
+                if signum == libc::SIGHUP && seen.received.load(Ordering::SeqCst) > 0 {
                     return Ok(());
                 }
                 if seen.received.fetch_add(1, Ordering::SeqCst) == 0 {

@@ -119,10 +119,8 @@ pub const SIGHUP: i32 = signal_hook::consts::SIGHUP;
 struct Received {
     /// The first signal received.
     first: Option<i32>,
-    /// How many were received in all (a SIGHUP once).
+    /// How many were received in all (a SIGHUP only as the first).
     count: usize,
-    /// A SIGHUP was received.
-    hung_up: bool,
 }
 
 struct State {
@@ -148,8 +146,9 @@ static STATE: OnceLock<State> = OnceLock::new();
 /// that the process outlive its terminal) stays ignored, and one the
 /// program handles itself stays its own.
 ///
-/// A second signal (a SIGHUP after the first is not counted: one hangup
-/// is often delivered twice) ends the process at once, as if no handler were
+/// A second signal ends the process at once (a SIGHUP is not counted as a
+/// second signal: one hangup is often delivered twice, and a terminal
+/// closed after a Ctrl-C asks for nothing more), as if no handler were
 /// installed (the usual "press Ctrl-C twice"), unless
 /// [`exit_on_repeat(false)`](Signals::exit_on_repeat) says that the program
 /// handles repeats itself (see [`count`](Signals::count) and
@@ -218,8 +217,8 @@ impl Signals {
             .map_or_else(|e| e.into_inner().0.first, |(r, _)| r.first)
     }
 
-    /// How many signals were received in all (SIGHUP counts once: a
-    /// hangup often arrives twice).
+    /// How many signals were received in all (a SIGHUP after the first
+    /// signal is not counted).
     pub fn count(&self) -> usize {
         self.received().count
     }
@@ -312,13 +311,13 @@ fn handle(state: &'static State, sig: i32) {
     // code) finds which signal it was.
     let first = {
         let mut g = state.received();
-        // One hangup may arrive twice: from the kernel to the terminal's
-        // foreground group, and from the shell passing it on to its jobs.
-        // Only the first counts, so it cannot force an exit by itself.
-        if sig == SIGHUP && g.hung_up {
+        // A hangup after the first signal is not a second one: it may be
+        // the same hangup again (the kernel sends it to the terminal's
+        // foreground group, the shell to its jobs), or the terminal closed
+        // after a Ctrl-C; neither asks to kill the commands now.
+        if sig == SIGHUP && g.first.is_some() {
             return;
         }
-        g.hung_up |= sig == SIGHUP;
         let first = g.first.is_none();
         g.first.get_or_insert(sig);
         first

@@ -61,6 +61,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     if args.dry_run {
         return dry::run(url, &args, colsep.as_ref());
     }
+    capture::remember_terminals();
     let mut command = args.command.clone();
     if let Some(program) = resolve_program(&command[0])? {
         // Spawning by absolute path spares every item a walk of PATH.

@@ -191,6 +191,12 @@ fn pty(cols: u16, rows: u16) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
         )
     };
     assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // Close-on-exec, so that a child holds only the end it is given: a
+    // master inherited by ckpt would keep the terminal from hanging up.
+    for fd in [master, slave] {
+        // SAFETY: fcntl on a descriptor just opened, owned by nobody else.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     // SAFETY: both fds were just opened, and nothing else owns them.
     unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
 }
@@ -315,4 +321,43 @@ fn adding_a_long_items_file_shows_how_far_it_got() {
         .run();
     out.success();
     assert_eq!(out.stderr, "", "--quiet");
+}
+
+/// A terminal that hangs up (an ssh session dropped, the run disowned)
+/// fails every later write with EIO. Output a person would have read is
+/// dropped; the items whose commands finished are completed, in every
+/// output mode, even when a command's first output comes after the
+/// hangup.
+#[test]
+fn a_hung_up_terminal_drops_the_output_and_completes_the_items() {
+    for mode in ["--line-buffer", "--group", "--tag"] {
+        let sb = Sandbox::new();
+        let file = sb.write_items("items.txt", &items("i", 4));
+        let (master, slave) = pty(80, 24);
+        let run = sb
+            .ckpt()
+            .args(["run", "--job", "J", "-j", "2", mode, "--items"])
+            .arg(&file)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                r#"touch "started-$0"; while [ ! -e go ]; do sleep 0.01; done; echo "done $0""#,
+            ])
+            .stdout_to(std::fs::File::from(slave))
+            .start();
+        wait_until(Duration::from_secs(30), "two commands to start", || {
+            sb.join("started-i1").exists() && sb.join("started-i2").exists()
+        });
+        drop(master); // the terminal hangs up: writes to it now fail (EIO)
+        sb.write("go", "");
+        let out = run.wait(Duration::from_secs(60));
+        out.code(0);
+        assert_eq!(
+            crate::util::item_counts(&sb.status("J")),
+            (0, 0, 4, 0, 0),
+            "{mode}: {}",
+            out.stderr
+        );
+    }
 }

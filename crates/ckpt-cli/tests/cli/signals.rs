@@ -180,6 +180,34 @@ fn a_hangup_stops_the_run_gracefully_even_when_delivered_twice() {
     assert_eq!(item_counts(&sb.status("J")), (0, 0, 6, 0, 0));
 }
 
+/// A terminal closed while a stopped run waits for its commands (a Ctrl-C,
+/// then the ssh window closed) asks for nothing more: the SIGHUP is not the
+/// second signal that kills the commands.
+#[test]
+fn a_hangup_after_another_signal_is_not_a_second_signal() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("slow", 4));
+    let run = run_command(&sb, &file, &[]).sighup_ignored(false).start();
+    wait_until(Duration::from_secs(30), "2 items to start", || {
+        sb.lines("started").len() == 2
+    });
+    run.signal(SIGTERM);
+    wait_for_shutdown(&run);
+    run.signal(SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    sb.write("go", "");
+    let out = run.wait(Duration::from_secs(60));
+    out.code(143);
+    assert!(
+        !out.stderr.contains("killing the running commands now"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(logged(&sb).len(), 2, "the running commands finished");
+    assert_eq!(item_counts(&sb.status("J")), (2, 0, 2, 0, 0));
+    assert_pending_uncharged(&sb);
+}
+
 /// `nohup ckpt run …` asks to outlive the terminal: an ignored SIGHUP
 /// stays ignored, and the run goes on to the end.
 #[test]

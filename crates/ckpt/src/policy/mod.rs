@@ -9,9 +9,12 @@
 //!   can no longer prove it owns (self-fencing).
 //! - [`retention`]: which jobs a prune deletes, as a plan that
 //!   `--dry-run` prints and the real prune executes.
+//! - [`prefetch`]: how many items a runner keeps claimed ahead of its
+//!   workers, from the rate they finish them.
 
 pub mod fence;
 mod interval;
+pub mod prefetch;
 pub mod retention;
 mod retry;
 

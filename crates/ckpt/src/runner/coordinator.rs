@@ -9,6 +9,7 @@ use super::{RunProgress, RunReport, Runner};
 use crate::error::{Error, Result};
 use crate::model::{ClaimedItem, ItemId, ItemStatus};
 use crate::policy::fence::FenceReason;
+use crate::policy::prefetch::Throughput;
 use crate::queue::{Attempt, Outcome, Settled};
 
 /// How long items may stay due yet unclaimable by this run before it ends
@@ -31,8 +32,11 @@ pub(super) struct Coordinator<'r, 'q> {
     /// Since when items have been due that this run's claims do not get
     /// (see `round`).
     unclaimable_since: Option<Instant>,
-    /// Items held at most: a batch per worker, plus the prefetch.
-    capacity: usize,
+    /// A batch per worker: the items running at most.
+    running_max: usize,
+    /// The rate attempts end at and a round's store time, which size the
+    /// reserve claimed ahead (see `crate::policy::prefetch`).
+    throughput: Throughput,
 }
 
 /// What a round found in the shared state.
@@ -55,10 +59,21 @@ impl<'r, 'q> Coordinator<'r, 'q> {
             last_heartbeat: Instant::now(),
             last_reclaim: Instant::now(),
             unclaimable_since: None,
-            // A full batch for every worker, and the prefetch besides.
-            capacity: runner.options.workers.max(1) * runner.options.batch.max(1)
-                + runner.options.prefetch,
+            running_max: runner.options.workers.max(1) * runner.options.batch.max(1),
+            throughput: Throughput::default(),
         }
+    }
+
+    /// Items to hold at most: a full batch for every worker, and a reserve
+    /// claimed ahead that follows the rate (at least a batch, at most the
+    /// prefetch).
+    fn capacity(&self) -> usize {
+        let options = &self.runner.options;
+        let min = options.batch.max(1).min(options.prefetch);
+        self.running_max
+            + self
+                .throughput
+                .reserve(min, options.prefetch, self.running_max)
     }
 
     /// Runs rounds until the job has nothing left for this run, riding out
@@ -106,6 +121,8 @@ impl<'r, 'q> Coordinator<'r, 'q> {
             // The scope re-raises the worker's panic once this returns.
             return Err(Error::Storage("a worker thread panicked".into()));
         }
+        let store_work = Instant::now();
+        let recorded = !self.unsaved.is_empty() || !self.starts.is_empty();
         self.record()?;
         let lease = self.runner.queue.options().lease;
         // Renew on schedule, and at once when the store's liveness session
@@ -129,6 +146,9 @@ impl<'r, 'q> Coordinator<'r, 'q> {
         }
         let claimed_at = self.runner.queue.ckpt().now();
         let claimed = self.refill(snapshot.held)?;
+        if recorded || claimed > 0 {
+            self.throughput.round(store_work.elapsed());
+        }
         let in_hand = snapshot.held + claimed;
         let mut unclaimable = false;
         if in_hand == 0 && self.unsaved.is_empty() {
@@ -179,7 +199,11 @@ impl<'r, 'q> Coordinator<'r, 'q> {
         // Read under the lock after clearing `woken`: a stop requested from
         // now on wakes the wait of this round.
         g.woken = false;
+        g.starving = false;
         let stopping = self.runner.stop.is_stopped();
+        for ran in g.finished.iter().filter_map(|a| a.ran_for) {
+            self.throughput.ended(ran);
+        }
         self.unsaved.append(&mut g.finished);
         self.starts.append(&mut g.started);
         if stopping {
@@ -261,13 +285,18 @@ impl<'r, 'q> Coordinator<'r, 'q> {
             .all(|i| i.owner.as_deref() == Some(queue.owner())))
     }
 
-    /// Claims enough items to fill every slot; returns how many.
+    /// Claims enough items to fill every slot and the reserve; returns how
+    /// many.
     fn refill(&mut self, held: usize) -> Result<usize> {
-        if held >= self.capacity {
+        let capacity = self.capacity();
+        // Workers wake this thread once the reserve is half gone.
+        let low_water = (capacity - self.running_max).div_ceil(2).max(1);
+        self.state.lock().low_water = low_water;
+        if held >= capacity {
             return Ok(0);
         }
         let (sent, session) = (Instant::now(), self.dog.session_before());
-        let items = self.runner.queue.claim_ahead(self.capacity - held)?;
+        let items = self.runner.queue.claim_ahead(capacity - held)?;
         let by = self.dog.confirmation(sent, session);
         for item in &items {
             self.dog.hold(&item.lease, by);
@@ -285,7 +314,7 @@ impl<'r, 'q> Coordinator<'r, 'q> {
     /// run holds none); with every slot taken, until a worker finishes.
     fn wait(&self, in_hand: usize) -> Result<()> {
         let queue = self.runner.queue;
-        let wait = if in_hand < self.capacity {
+        let wait = if in_hand < self.capacity() {
             self.idle_wait()?
         } else {
             self.runner.options.idle_poll

@@ -28,6 +28,10 @@ pub(super) struct Shared {
     pub stop: bool,
     /// Set by a stop request, so that the coordinator's wait ends at once.
     pub woken: bool,
+    /// Set by a worker that found no ready item: the coordinator's wait
+    /// ends, and it claims more (a small reserve can run dry between its
+    /// rounds).
+    pub starving: bool,
     /// A worker thread panicked outside the handler (a bug): the run ends.
     pub worker_panicked: bool,
     /// Outcomes worth waking the coordinator for.
@@ -64,12 +68,14 @@ impl State {
     /// Waits up to `timeout` for an outcome or a stop request.
     pub(super) fn wait_for_progress(&self, timeout: Duration) {
         let g = self.lock();
-        if !g.finished.is_empty() || g.woken || timeout.is_zero() {
+        if !g.finished.is_empty() || g.woken || g.starving || timeout.is_zero() {
             return;
         }
         let _ = self
             .progress
-            .wait_timeout_while(g, timeout, |s| s.finished.is_empty() && !s.woken)
+            .wait_timeout_while(g, timeout, |s| {
+                s.finished.is_empty() && !s.woken && !s.starving
+            })
             .unwrap_or_else(|e| e.into_inner());
     }
 }
@@ -114,6 +120,12 @@ pub(super) fn worker_loop<H: Handler>(
                     let taken = take_batch(&mut g);
                     if !taken.is_empty() {
                         break taken;
+                    }
+                    // Idle for want of a claimed item: ask for more now,
+                    // not at the coordinator's next poll.
+                    if !g.starving {
+                        g.starving = true;
+                        state.progress.notify_one();
                     }
                 }
                 g = state.work.wait(g).unwrap_or_else(|e| e.into_inner());

@@ -348,3 +348,36 @@ fn a_batch_cut_by_the_handler_starts_only_what_it_runs(store: Option<Fixture>) {
     let beside = handler.started_beside.into_inner().unwrap();
     assert!(beside.is_empty(), "recorded as started unrun: {beside:?}");
 }
+
+/// Items that take a while are not hoarded: a run keeps a batch or two
+/// claimed ahead of its workers, not its whole prefetch, so that another
+/// run on the same job gets its share (see `ckpt::policy::prefetch`).
+#[apply(every_store)]
+fn slow_items_are_not_claimed_far_ahead(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let ckpt = Ckpt::new((f.another)());
+    let q = ckpt.queue_with("slow", queue_options(3)).unwrap();
+    q.enqueue(keys(8)).unwrap();
+    // The most items the store showed held (running) at any start.
+    let most = Mutex::new(0u64);
+    let handler = |_: &ckpt::ClaimedItem| {
+        let held = q.counts().map(|c| c.running).unwrap_or(0);
+        let mut most = most.lock().unwrap();
+        *most = (*most).max(held);
+        drop(most);
+        std::thread::sleep(Duration::from_millis(300));
+        Outcome::Completed(None)
+    };
+    let options = RunOptions {
+        workers: 2,
+        prefetch: 8,
+        idle_poll: Duration::from_millis(20),
+        ..RunOptions::default()
+    };
+    let report = Runner::new(&q, options).run(&handler).unwrap();
+    assert_eq!(report.completed, 8);
+    let most = most.into_inner().unwrap();
+    // 2 running and at most 2 ahead (a batch; 2 while the store's rounds
+    // take under 37 ms); the prefetch would make it 8.
+    assert!((2..=4).contains(&most), "held {most} at once");
+}

@@ -448,7 +448,9 @@ impl Stream {
     }
 
     /// Whether the stream is a terminal, where a progress bar is drawn on
-    /// the same screen (asked once).
+    /// the same screen: asked once, by [`remember_terminals`] at the start.
+    /// (Asked after a hangup, a terminal says it is none: `isatty` fails
+    /// with EIO, as every write does.)
     fn is_terminal(self) -> bool {
         static OUT: OnceLock<bool> = OnceLock::new();
         static ERR: OnceLock<bool> = OnceLock::new();
@@ -457,6 +459,15 @@ impl Stream {
             Stream::Err => *ERR.get_or_init(|| io::stderr().is_terminal()),
         }
     }
+}
+
+/// Asks now, while they work, whether ckpt's stdout and stderr are
+/// terminals: a terminal that hangs up later (a dropped ssh session) fails
+/// every write with EIO, and what was written to it is dropped, not taken
+/// for a lost result. Called before any command runs.
+pub fn remember_terminals() {
+    Stream::Out.is_terminal();
+    Stream::Err.is_terminal();
 }
 
 /// Writes all of `bytes` to `fd`, unbuffered, waiting for room when the
