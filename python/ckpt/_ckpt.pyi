@@ -231,8 +231,9 @@ class Queue:
         with a warning once per run); raising fails it (``Type: message`` becomes its error),
         retried with backoff then dead. On SIGTERM/SIGINT/SIGHUP (when called from the main thread) it
         stops claiming, lets running handlers finish, gives unstarted items back and returns with
-        ``stopped`` set; a second signal ends the process. Store errors raise. ``prefetch`` items
-        are claimed ahead of the workers (default: twice the workers, at least 8, as ``ckpt run``)."""
+        ``stopped`` set; a second signal ends the process. Store errors raise. At most
+        ``prefetch`` items are claimed ahead of the workers (default: twice the workers, at least 8,
+        as ``ckpt run``); slow handlers get one, so other processes get their share."""
     def claim(self, max: int = 1) -> list[Item]:
         """Claims up to ``max`` ready items (started now)."""
     def complete(self, item: Item, stats: Optional[Mapping[str, JSON]] = None) -> None: ...

@@ -99,9 +99,9 @@ impl Queue {
     /// is dropped, with a warning once per run); raising fails it (``Type: message`` becomes its
     /// error; the traceback is logged on the ``ckpt`` logger): it is retried
     /// with backoff, then dead. Leases are renewed while handlers run.
-    /// ``prefetch`` items are claimed ahead of the workers (default: twice
-    /// the workers, at least 8, as ``ckpt run``; more helps tiny items, and
-    /// holds more items away from other processes).
+    /// At most ``prefetch`` items are claimed ahead of the workers (default:
+    /// twice the workers, at least 8, as ``ckpt run``; more helps tiny
+    /// items); slow handlers get one, so other processes get their share.
     ///
     /// Called from the main thread, it handles SIGTERM and SIGINT while it
     /// runs: the first stops the run gracefully (nothing new starts,

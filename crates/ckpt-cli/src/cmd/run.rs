@@ -142,8 +142,8 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     let options = RunOptions {
         workers: args.jobs as usize,
         // Claiming ahead lets completions pile up and share one durable
-        // commit, while holding few enough items that other `ckpt run`
-        // processes on the same job still get their share.
+        // commit; the runner holds this many only while items are quick,
+        // so that other `ckpt run` processes on the job get their share.
         prefetch: (args.jobs as usize * 2).max(8) * args.max_args as usize,
         batch: args.max_args as usize,
         ..RunOptions::default()

@@ -7,7 +7,10 @@
 //! each round it commits every outcome that arrived (one transaction for all
 //! of them, so a durable commit is shared by many items), renews the leases
 //! it holds when a third of the lease has passed, and claims enough items to
-//! keep every worker busy plus `prefetch` in reserve. It ends when the job
+//! keep every worker busy plus a reserve: at most `prefetch`, as much as the
+//! workers get through in 100 ms or a few rounds (so slow items are not
+//! hoarded from other runs on the job: see [`crate::policy::prefetch`]).
+//! A worker that finds the reserve empty wakes it at once. It ends when the job
 //! has no unfinished item left, waiting for retries that are due and for
 //! items held by other live workers, and taking over at once the items of
 //! dead workers on this host.
@@ -50,7 +53,9 @@ use workers::{worker_loop, PanicAlarm, Shared, State};
 pub struct RunOptions {
     /// Worker threads (items run at once).
     pub workers: usize,
-    /// Items claimed ahead of the workers.
+    /// Items claimed ahead of the workers, at most: the reserve follows how
+    /// long an attempt takes (the whole prefetch for fast items, a batch
+    /// for slow ones: see [`crate::policy::prefetch`]).
     pub prefetch: usize,
     /// Longest wait between two looks at the store while idle.
     pub idle_poll: Duration,

@@ -18,7 +18,7 @@ fn repeated_kills(sb: &Sandbox, store: Option<ChaosStore>, n: usize) {
     let ledger = sb.join("ledger");
     let jobs = 8;
     // What one run holds at most: a slot per worker plus the prefetch
-    // (ckpt run claims max(2 × jobs, 8) ahead).
+    // (ckpt run claims up to max(2 × jobs, 8) ahead).
     let held = jobs + (2 * jobs).max(8);
     let kills = 10;
     let mut seed = std::process::id() as u64;
