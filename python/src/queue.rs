@@ -103,11 +103,11 @@ impl Queue {
     /// twice the workers, at least 8, as ``ckpt run``; more helps tiny
     /// items); slow handlers get one, so other processes get their share.
     ///
-    /// Called from the main thread, it handles SIGTERM and SIGINT while it
-    /// runs: the first stops the run gracefully (nothing new starts,
-    /// running handlers finish, unstarted items are given back) and it
-    /// returns with ``stopped`` and ``signal`` set; a second ends the
-    /// process at once. Returns a RunReport; store errors raise.
+    /// Called from the main thread, it handles SIGTERM, SIGINT and SIGHUP
+    /// (unless ignored or handled already) while it runs: the first stops
+    /// the run gracefully (nothing new starts, running handlers finish,
+    /// unstarted items are given back) and it returns with ``stopped`` and
+    /// ``signal`` set; a second SIGTERM or SIGINT ends the process at once. Returns a RunReport; store errors raise.
     #[pyo3(signature = (handler, *, workers=1, prefetch=None))]
     fn run(
         &self,

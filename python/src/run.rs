@@ -365,6 +365,8 @@ struct Signals {
 struct SignalState {
     received: AtomicUsize,
     first: AtomicI32,
+    /// SIGTERMs and SIGINTs received.
+    forcing: AtomicUsize,
 }
 
 impl Signals {
@@ -381,10 +383,25 @@ impl Signals {
         let on_signal =
             move |args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
                 let signum: i32 = args.get_item(0)?.extract()?;
+                let hangup = signum == libc::SIGHUP;
+                let first = seen.received.load(Ordering::SeqCst) == 0;
                 // A hangup is never the second signal: the kernel and the
                 // shell often both send it, and a terminal closed after a
                 // Ctrl-C asks for nothing more.
-                if signum == libc::SIGHUP && seen.received.load(Ordering::SeqCst) > 0 {
+                if hangup && !first {
+                    return Ok(());
+                }
+                let forcing = if hangup {
+                    0
+                } else {
+                    seen.forcing.fetch_add(1, Ordering::SeqCst) + 1
+                };
+                // Nor is it the first of two: the first SIGTERM or SIGINT
+                // after it is the stop's reason (Python runs the handlers of
+                // signals pending together lowest number first, so
+                // systemd's SIGTERM-then-SIGHUP comes as SIGHUP, SIGTERM).
+                if !first && forcing == 1 && seen.first.load(Ordering::SeqCst) == libc::SIGHUP {
+                    seen.first.store(signum, Ordering::SeqCst);
                     return Ok(());
                 }
                 if seen.received.fetch_add(1, Ordering::SeqCst) == 0 {

@@ -254,6 +254,27 @@ def test_a_retried_item_resumes_at_the_cursor_it_saved(any_store_url):
     assert rec.attempts == 2
 
 
+def test_sigterm_and_sighup_together_stop_the_run_once(store_url, tmp_path):
+    # systemd's SendSIGHUP: SIGTERM then SIGHUP at once. Python runs the handlers of pending
+    # signals lowest number first (SIGHUP, SIGTERM): neither is a second signal, and SIGTERM is
+    # the reason.
+    ckpt.open(store_url).queue("slow").enqueue([f"k{i}" for i in range(6)])
+    ledger, go, errors = tmp_path / "ledger", tmp_path / "go", tmp_path / "stderr"
+    with open(errors, "w") as err_file:
+        p = spawn(script("queue_sigterm.py"), store_url, "slow", ledger, go, 2,
+                  stdout=-1, stderr=err_file, text=True, preexec_fn=sighup_default)
+    wait_for_file(ledger, p, lambda t: t.count("start ") >= 2)
+    os.kill(p.pid, signal.SIGTERM)
+    os.kill(p.pid, signal.SIGHUP)
+    wait_for_file(errors, p, lambda t: "stopping" in t)
+    time.sleep(0.3)
+    go.write_text("go")
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0, errors.read_text()
+    report = json.loads(out.strip().splitlines()[-1])
+    assert (report["stopped"], report["signal"], report["completed"]) == (True, 15, 2)
+
+
 def test_a_sighup_ignored_at_start_stays_ignored(store_url, tmp_path):
     # `nohup python job.py`: the run must outlive the terminal, not stop with it.
     ckpt.open(store_url).queue("slow").enqueue(["a", "b", "c"])

@@ -119,8 +119,11 @@ pub const SIGHUP: i32 = signal_hook::consts::SIGHUP;
 struct Received {
     /// The first signal received.
     first: Option<i32>,
-    /// How many were received in all (a SIGHUP only as the first).
+    /// How many were received in all, as far as a repeat goes: a SIGHUP
+    /// counts only alone (see `handle`).
     count: usize,
+    /// SIGTERMs and SIGINTs received.
+    forcing: usize,
 }
 
 struct State {
@@ -202,7 +205,9 @@ impl Signals {
         self.state.requested.load(Ordering::SeqCst)
     }
 
-    /// The first signal received (`SIGTERM`, `SIGINT` or `SIGHUP`), if any. Once
+    /// The signal that requested the stop (`SIGTERM`, `SIGINT` or
+    /// `SIGHUP`), if any: the first received, except that a SIGTERM or
+    /// SIGINT following a first SIGHUP takes its place. Once
     /// [`is_requested`](Signals::is_requested) is true this names the
     /// signal: the handler flags the request at once and the handling
     /// thread records which signal a moment later, so this waits for it.
@@ -318,8 +323,17 @@ fn handle(state: &'static State, sig: i32) {
         if sig == SIGHUP && g.first.is_some() {
             return;
         }
+        if sig != SIGHUP {
+            g.forcing += 1;
+        }
         let first = g.first.is_none();
-        g.first.get_or_insert(sig);
+        // Nor is a hangup the first of two: the first SIGTERM or SIGINT
+        // after it is the stop's reason, not a repeat. (Signals pending
+        // together are handed over lowest number first, so systemd's
+        // SIGTERM-then-SIGHUP arrives here as SIGHUP, SIGTERM.)
+        if first || (g.first == Some(SIGHUP) && g.forcing == 1) {
+            g.first = Some(sig);
+        }
         first
     };
     if first {
@@ -327,11 +341,16 @@ fn handle(state: &'static State, sig: i32) {
         // stop signal is already stopped.
         state.stop.stop();
     }
-    state.received().count += 1;
+    let repeat = {
+        let mut g = state.received();
+        let was = g.count;
+        g.count = g.forcing.max(1);
+        g.count > was && !first
+    };
     state.changed.notify_all();
     if first {
         tracing::debug!(event = "shutdown_requested", signal = %signal_name(sig));
-    } else if state.exit_on_repeat.load(Ordering::SeqCst) {
+    } else if repeat && state.exit_on_repeat.load(Ordering::SeqCst) {
         // What the signal would have done without a handler: end the process.
         let _ = signal_hook::low_level::emulate_default_handler(sig);
         std::process::exit(128 + sig);
@@ -355,6 +374,41 @@ mod tests {
         fn wake(&self) {
             *self.0.lock().unwrap() += 1;
         }
+    }
+
+    /// `handle` on a state of its own, signal by signal: (the signal that
+    /// stopped, the count a repeat is judged by).
+    fn after(signals: &[i32]) -> (Option<i32>, usize) {
+        let state: &'static State = Box::leak(Box::new(State {
+            requested: Arc::new(AtomicBool::new(false)),
+            received: Mutex::new(Received::default()),
+            changed: Condvar::new(),
+            stop: StopSignal::new(),
+            exit_on_repeat: AtomicBool::new(false),
+        }));
+        for &sig in signals {
+            handle(state, sig);
+        }
+        assert_eq!(state.stop.is_stopped(), !signals.is_empty());
+        let g = state.received();
+        (g.first, g.count)
+    }
+
+    #[test]
+    fn a_hangup_is_never_a_repeat() {
+        assert_eq!(after(&[SIGTERM]), (Some(SIGTERM), 1));
+        assert_eq!(after(&[SIGTERM, SIGTERM]), (Some(SIGTERM), 2));
+        assert_eq!(after(&[SIGINT, SIGTERM]), (Some(SIGINT), 2));
+        assert_eq!(after(&[SIGHUP]), (Some(SIGHUP), 1));
+        // The same hangup twice; a window closed after a Ctrl-C.
+        assert_eq!(after(&[SIGHUP, SIGHUP]), (Some(SIGHUP), 1));
+        assert_eq!(after(&[SIGINT, SIGHUP]), (Some(SIGINT), 1));
+        // systemd's SIGTERM and SIGHUP, handed over lowest number first:
+        // SIGTERM is the reason, and nothing repeats.
+        assert_eq!(after(&[SIGHUP, SIGTERM]), (Some(SIGTERM), 1));
+        assert_eq!(after(&[SIGHUP, SIGTERM, SIGHUP]), (Some(SIGTERM), 1));
+        assert_eq!(after(&[SIGHUP, SIGTERM, SIGTERM]), (Some(SIGTERM), 2));
+        assert_eq!(after(&[SIGTERM, SIGHUP, SIGINT]), (Some(SIGTERM), 2));
     }
 
     #[test]

@@ -327,10 +327,10 @@ fn adding_a_long_items_file_shows_how_far_it_got() {
 /// fails every later write with EIO. Output a person would have read is
 /// dropped; the items whose commands finished are completed, in every
 /// output mode, even when a command's first output comes after the
-/// hangup.
+/// hangup; and the run ends well (`--json`'s summary is dropped too).
 #[test]
 fn a_hung_up_terminal_drops_the_output_and_completes_the_items() {
-    for mode in ["--line-buffer", "--group", "--tag"] {
+    for mode in ["--line-buffer", "--group", "--tag", "--json"] {
         let sb = Sandbox::new();
         let file = sb.write_items("items.txt", &items("i", 4));
         let (master, slave) = pty(80, 24);

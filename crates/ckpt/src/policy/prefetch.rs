@@ -17,8 +17,14 @@
 use std::time::Duration;
 
 /// Rounds of the runner that the reserve covers: a margin for a slow
-/// commit, a wake-up, a busy store.
+/// commit, a wake-up, a busy store; the time they take is counted up to
+/// [`ROUNDS_AT_MOST`].
 pub const ROUNDS_COVERED: u32 = 8;
+
+/// The most round time the reserve covers: rounds slowed by another run's
+/// writes (two runs on one SQLite store wait for each other's lock) must
+/// not grow the reserve of slow items back to the whole prefetch.
+pub const ROUNDS_AT_MOST: Duration = Duration::from_millis(400);
 
 /// The least work the reserve covers. Short rounds alone would shrink the
 /// reserve of tiny items, and with it the outcomes one commit carries
@@ -31,8 +37,8 @@ const WEIGHT: f64 = 0.3;
 
 /// Items to keep claimed ahead of `running` items at once, between `min`
 /// and `max` (`min` wins if it is larger): as many as the workers finish in
-/// [`AHEAD`] or in [`ROUNDS_COVERED`] rounds of `round`, whichever is
-/// longer, when an attempt of a whole batch takes `attempt`. `min` while no
+/// [`AHEAD`] or in [`ROUNDS_COVERED`] rounds of `round` (at most
+/// [`ROUNDS_AT_MOST`]), whichever is longer, when an attempt of a whole batch takes `attempt`. `min` while no
 /// attempt has been timed.
 pub fn reserve(
     min: usize,
@@ -44,7 +50,7 @@ pub fn reserve(
     let Some(attempt) = attempt else {
         return min;
     };
-    let covered = AHEAD.max(round * ROUNDS_COVERED);
+    let covered = AHEAD.max((round * ROUNDS_COVERED).min(ROUNDS_AT_MOST));
     let wanted = (running as f64 * covered.as_secs_f64() / attempt.as_secs_f64()).ceil();
     // `as` saturates a float (infinity for an instant attempt; NaN is 0):
     // nothing overflows.
@@ -60,8 +66,8 @@ pub struct Throughput {
 }
 
 impl Throughput {
-    /// Counts an attempt that ran for `took` (every item of a batch ran
-    /// for the batch's time).
+    /// Counts the attempts that ended in one round, which ran for `took`
+    /// on average (every item of a batch ran for the batch's time).
     pub fn ended(&mut self, took: Duration) {
         self.attempt = Some(average(self.attempt, took));
     }
@@ -101,8 +107,10 @@ mod tests {
         // In between: what the workers finish in 100 ms (4 workers, 40 ms
         // items: 10)...
         assert_eq!(reserve(1, 100, 4, Some(40 * MS), 5 * MS), 10);
-        // ... or in 8 rounds of a slow store (25 ms: 200 ms, so 20).
+        // ... or in 8 rounds of a slow store (25 ms: 200 ms, so 20)...
         assert_eq!(reserve(1, 100, 4, Some(40 * MS), 25 * MS), 20);
+        // ... counted up to 400 ms: 1 s items with 200 ms rounds get 2.
+        assert_eq!(reserve(1, 100, 4, Some(1000 * MS), 200 * MS), 2);
     }
 
     #[test]

@@ -201,8 +201,15 @@ impl<'r, 'q> Coordinator<'r, 'q> {
         g.woken = false;
         g.starving = false;
         let stopping = self.runner.stop.is_stopped();
-        for ran in g.finished.iter().filter_map(|a| a.ran_for) {
-            self.throughput.ended(ran);
+        // One measurement a round: the items of a `-n` batch all ran for
+        // the batch's time, and would each count as one.
+        let (mut ran, mut timed) = (Duration::ZERO, 0u32);
+        for took in g.finished.iter().filter_map(|a| a.ran_for) {
+            ran += took;
+            timed += 1;
+        }
+        if timed > 0 {
+            self.throughput.ended(ran / timed);
         }
         self.unsaved.append(&mut g.finished);
         self.starts.append(&mut g.started);

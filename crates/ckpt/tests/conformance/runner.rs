@@ -370,14 +370,15 @@ fn slow_items_are_not_claimed_far_ahead(store: Option<Fixture>) {
     };
     let options = RunOptions {
         workers: 2,
-        prefetch: 8,
+        prefetch: 12,
         idle_poll: Duration::from_millis(20),
         ..RunOptions::default()
     };
     let report = Runner::new(&q, options).run(&handler).unwrap();
     assert_eq!(report.completed, 8);
     let most = most.into_inner().unwrap();
-    // 2 running and at most 2 ahead (a batch; 2 while the store's rounds
-    // take under 37 ms); the prefetch would make it 8.
-    assert!((2..=4).contains(&most), "held {most} at once");
+    // 2 running and at most 3 ahead (a batch; 3 even if the store's rounds
+    // are slow: see policy::prefetch::ROUNDS_AT_MOST); the prefetch would
+    // hold all 8.
+    assert!((2..=5).contains(&most), "held {most} at once");
 }

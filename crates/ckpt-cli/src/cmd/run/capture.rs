@@ -470,6 +470,12 @@ pub fn remember_terminals() {
     Stream::Err.is_terminal();
 }
 
+/// Whether ckpt's stdout was a terminal when the run began (see
+/// [`remember_terminals`]).
+pub fn stdout_is_terminal() -> bool {
+    Stream::Out.is_terminal()
+}
+
 /// Writes all of `bytes` to `fd`, unbuffered, waiting for room when the
 /// descriptor is non-blocking (a terminal another program left
 /// `O_NONBLOCK`), where a plain `write_all` would give up and lose output.

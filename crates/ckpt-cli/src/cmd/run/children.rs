@@ -27,7 +27,7 @@ use super::sentinel::Sentinel;
 /// and the SIGKILL.
 pub const KILL_AFTER: Duration = Duration::from_secs(2);
 
-/// How long a command that died of SIGINT or SIGTERM waits for ckpt's own
+/// How long a command that died of SIGINT, SIGTERM or SIGHUP waits for ckpt's own
 /// stop request: a terminal's Ctrl-C reaches both, in either order.
 const SIGNAL_RACE: Duration = Duration::from_millis(500);
 
@@ -418,13 +418,15 @@ pub fn supervise(children: Arc<Children>, signals: Signals, grace: Duration) {
     }
 }
 
-/// SIGINT or SIGTERM, by which `status` says the command died (or exited
-/// 130 or 143, as shells do when they catch one).
+/// SIGINT, SIGTERM or SIGHUP, by which `status` says the command died (or
+/// exited 130, 143 or 129, as shells do when they catch one). A command
+/// on the terminal that hung up may get its SIGHUP too.
 fn interrupt_signal(status: ExitStatus) -> Option<&'static str> {
     use std::os::unix::process::ExitStatusExt;
     match (status.signal(), status.code()) {
         (Some(libc::SIGINT), _) | (_, Some(130)) => Some("SIGINT"),
         (Some(libc::SIGTERM), _) | (_, Some(143)) => Some("SIGTERM"),
+        (Some(libc::SIGHUP), _) | (_, Some(129)) => Some("SIGHUP"),
         _ => None,
     }
 }
