@@ -270,18 +270,9 @@ impl Progress {
                     if wait(&done, Duration::from_millis(500)) {
                         return;
                     }
-                    let bar = ProgressBar::with_draw_target(
-                        Some(total),
-                        ProgressDrawTarget::stderr_with_hz(5),
-                    );
                     // The bar takes what the terminal's width leaves, so the
                     // line never wraps.
-                    let style = ProgressStyle::with_template(
-                        "{prefix}: {pos}/{len} ({percent}%) [{wide_bar}]",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> ");
-                    bar.set_style(style);
+                    let bar = styled_bar(total, "{prefix}: {pos}/{len} ({percent}%) [{wide_bar}]");
                     bar.set_prefix(prefix);
                     *BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
                     loop {
@@ -318,17 +309,22 @@ impl Drop for Progress {
     }
 }
 
-fn new_bar(start: &Start) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(
-        Some(start.counts.total()),
-        ProgressDrawTarget::stderr_with_hz(5),
-    );
-    let style = ProgressStyle::with_template(
-        "{prefix}: [{elapsed_precise}] [{bar:30}] {pos}/{len} ({percent}%) {wide_msg}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
+/// A bar of `len` on stderr, redrawn at most 5 times a second, drawn by
+/// `template`.
+fn styled_bar(len: u64, template: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(5));
+    let style = ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
     bar.set_style(style);
+    bar
+}
+
+fn new_bar(start: &Start) -> ProgressBar {
+    let bar = styled_bar(
+        start.counts.total(),
+        "{prefix}: [{elapsed_precise}] [{bar:30}] {pos}/{len} ({percent}%) {wide_msg}",
+    );
     bar.set_prefix(format!("ckpt: {}", start.job));
     bar.set_position(start.counts.completed);
     bar
