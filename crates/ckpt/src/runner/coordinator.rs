@@ -34,7 +34,7 @@ pub(super) struct Coordinator<'r, 'q> {
     unclaimable_since: Option<Instant>,
     /// A batch per worker: the items running at most.
     running_max: usize,
-    /// The rate attempts end at and a round's store time, which size the
+    /// How long an attempt and a round's store work take, which size the
     /// reserve claimed ahead (see `crate::policy::prefetch`).
     throughput: Throughput,
 }
