@@ -207,84 +207,88 @@ pub struct Progress {
 
 impl Progress {
     pub fn start(mode: Mode, start: Start, live: RunProgress) -> Progress {
-        let done = Arc::new((Mutex::new(false), Condvar::new()));
         let began = Instant::now();
-        let thread = match mode {
-            Mode::Quiet => None,
-            Mode::Lines(every) => {
-                let done = Arc::clone(&done);
-                Some(std::thread::spawn(move || {
-                    while !wait(&done, every) {
-                        let snap = Snapshot::new(&start, &live, began.elapsed());
-                        errln!("{}", snap.line(&start.job));
-                    }
-                }))
-            }
-            Mode::Bar => {
-                let bar = new_bar(&start);
-                *BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
-                let done = Arc::clone(&done);
-                Some(std::thread::spawn(move || {
-                    loop {
-                        let snap = Snapshot::new(&start, &live, began.elapsed());
-                        bar.set_position(snap.done);
-                        bar.set_message(snap.details());
-                        if wait(&done, Duration::from_millis(200)) {
-                            break;
-                        }
-                    }
-                    *BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                    bar.finish_and_clear();
-                }))
-            }
-        };
-        Progress { done, thread }
+        let (for_line, for_bar) = ((start.clone(), live.clone()), start.clone());
+        Progress::spawn(
+            mode,
+            Duration::ZERO,
+            move || {
+                let (start, live) = &for_line;
+                Snapshot::new(start, live, began.elapsed()).line(&start.job)
+            },
+            move || new_bar(&for_bar),
+            move |bar| {
+                let snap = Snapshot::new(&start, &live, began.elapsed());
+                bar.set_position(snap.done);
+                bar.set_message(snap.details());
+            },
+        )
     }
 
     /// Shows the items added to the store so far (`added`, of `total`)
     /// while the run's items file is enqueued: on a terminal a bar, drawn
     /// once it has taken half a second; otherwise a line each interval.
     pub fn adding(mode: Mode, job: &str, total: u64, added: Arc<AtomicU64>) -> Progress {
-        let done = Arc::new((Mutex::new(false), Condvar::new()));
         let prefix = format!("ckpt: {job}: adding items to the store");
+        let (for_line, for_bar) = (Arc::clone(&added), prefix.clone());
+        Progress::spawn(
+            mode,
+            // A short file is added before a bar is worth drawing.
+            Duration::from_millis(500),
+            move || {
+                let n = for_line.load(Ordering::Relaxed);
+                let percent = if total == 0 {
+                    100.0
+                } else {
+                    n as f64 * 100.0 / total as f64
+                };
+                format!("{prefix}: {n} of {total} ({percent:.0}%)")
+            },
+            move || {
+                // The bar takes what the terminal's width leaves, so the
+                // line never wraps.
+                let bar = styled_bar(total, "{prefix}: {pos}/{len} ({percent}%) [{wide_bar}]");
+                bar.set_prefix(for_bar);
+                bar
+            },
+            move |bar| bar.set_position(added.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// A display on its own thread: `line()` printed each interval, or on
+    /// a terminal the bar `make_bar` draws (after `delay`), `update`d a
+    /// few times a second and cleared when finished.
+    fn spawn(
+        mode: Mode,
+        delay: Duration,
+        mut line: impl FnMut() -> String + Send + 'static,
+        make_bar: impl FnOnce() -> ProgressBar + Send + 'static,
+        mut update: impl FnMut(&ProgressBar) + Send + 'static,
+    ) -> Progress {
+        let done = Arc::new((Mutex::new(false), Condvar::new()));
+        let shared = Arc::clone(&done);
         let thread = match mode {
             Mode::Quiet => None,
-            Mode::Lines(every) => {
-                let done = Arc::clone(&done);
-                Some(std::thread::spawn(move || {
-                    while !wait(&done, every) {
-                        let n = added.load(Ordering::Relaxed);
-                        let percent = if total == 0 {
-                            100.0
-                        } else {
-                            n as f64 * 100.0 / total as f64
-                        };
-                        errln!("{prefix}: {n} of {total} ({percent:.0}%)");
+            Mode::Lines(every) => Some(std::thread::spawn(move || {
+                while !wait(&shared, every) {
+                    errln!("{}", line());
+                }
+            })),
+            Mode::Bar => Some(std::thread::spawn(move || {
+                if !delay.is_zero() && wait(&shared, delay) {
+                    return;
+                }
+                let bar = make_bar();
+                *BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
+                loop {
+                    update(&bar);
+                    if wait(&shared, Duration::from_millis(200)) {
+                        break;
                     }
-                }))
-            }
-            Mode::Bar => {
-                let done = Arc::clone(&done);
-                Some(std::thread::spawn(move || {
-                    // A short file is added before a bar is worth drawing.
-                    if wait(&done, Duration::from_millis(500)) {
-                        return;
-                    }
-                    // The bar takes what the terminal's width leaves, so the
-                    // line never wraps.
-                    let bar = styled_bar(total, "{prefix}: {pos}/{len} ({percent}%) [{wide_bar}]");
-                    bar.set_prefix(prefix);
-                    *BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
-                    loop {
-                        bar.set_position(added.load(Ordering::Relaxed));
-                        if wait(&done, Duration::from_millis(200)) {
-                            break;
-                        }
-                    }
-                    *BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                    bar.finish_and_clear();
-                }))
-            }
+                }
+                *BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                bar.finish_and_clear();
+            })),
         };
         Progress { done, thread }
     }
