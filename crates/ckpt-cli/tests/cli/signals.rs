@@ -208,6 +208,37 @@ fn a_hangup_after_another_signal_is_not_a_second_signal() {
     assert_pending_uncharged(&sb);
 }
 
+/// A SIGINT after a SIGHUP is the stop's reason (exit 130), and is passed
+/// on to the running commands as a first SIGINT is: they stop now, not
+/// after the hour of grace, and their items are given back uncharged.
+#[test]
+fn a_sigint_after_a_hangup_is_passed_on_to_the_commands() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("slow", 4));
+    let run = run_command(&sb, &file, &["--grace", "1h"])
+        .sighup_ignored(false)
+        .start();
+    wait_until(Duration::from_secs(30), "2 items to start", || {
+        sb.lines("started").len() == 2
+    });
+    run.signal(SIGHUP);
+    wait_for_shutdown(&run);
+    run.signal(SIGINT); // to ckpt alone, as `kill -INT` sends it
+    let out = run.wait(Duration::from_secs(60));
+    out.code(130);
+    assert!(
+        out.stderr.contains("passing it on to the running commands")
+            && out.stderr.contains("stopped by SIGINT")
+            && !out.stderr.contains("killing the running commands now")
+            && !out.stderr.contains("item failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(sb.lines("log").is_empty(), "the commands were interrupted");
+    assert_eq!(item_counts(&sb.status("J")), (4, 0, 0, 0, 0));
+    assert_pending_uncharged(&sb);
+}
+
 /// `nohup ckpt run …` asks to outlive the terminal: an ignored SIGHUP
 /// stays ignored, and the run goes on to the end.
 #[test]

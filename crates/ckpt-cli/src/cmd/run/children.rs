@@ -367,11 +367,47 @@ fn signal_registered(g: &mut State, sig: i32) {
     g.stopped.extend(pids);
 }
 
+/// Waits up to `grace` for a second signal (true if one came). A SIGINT
+/// that follows a first SIGHUP is the stop's reason, not a repeat (see
+/// [`Signals::signal`]); it is passed on to the commands as a first SIGINT
+/// is, unless `interrupted` says that was done.
+fn wait_for_repeat(
+    children: &Children,
+    signals: &Signals,
+    grace: Duration,
+    interrupted: &mut bool,
+) -> bool {
+    // A grace too long for the clock (`--grace 100y`) has no deadline.
+    let deadline = Instant::now().checked_add(grace);
+    loop {
+        let left = deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        // Short waits: the SIGINT replacing a SIGHUP does not move the count.
+        if signals.wait(2, Some(left.min(Duration::from_millis(50)))) {
+            return true;
+        }
+        if !*interrupted && signals.signal() == Some(SIGINT) {
+            *interrupted = true;
+            tracing::info!(
+                event = "shutdown",
+                signal = "SIGINT",
+                "SIGINT received after SIGHUP: passing it on to the running commands"
+            );
+            children.interrupt();
+        }
+        if left.is_zero() {
+            return false;
+        }
+    }
+}
+
 /// Runs on its own thread for the whole run: after the first signal, waits
 /// for the grace period (or a second signal), then stops the commands.
 pub fn supervise(children: Arc<Children>, signals: Signals, grace: Duration) {
     signals.wait(1, None);
-    if signals.signal() == Some(SIGINT) {
+    let mut interrupted = signals.signal() == Some(SIGINT);
+    if interrupted {
         children.interrupt();
     }
     let first = signals.signal().map_or_else(String::new, signal_name);
@@ -384,7 +420,7 @@ pub fn supervise(children: Arc<Children>, signals: Signals, grace: Duration) {
     );
     // Signals already acted on; the one after them forces the exit.
     let acted_on;
-    if !signals.wait(2, Some(grace)) {
+    if !wait_for_repeat(&children, &signals, grace, &mut interrupted) {
         let running = children.lock().pids.len();
         if running > 0 {
             tracing::warn!(
