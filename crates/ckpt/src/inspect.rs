@@ -116,8 +116,8 @@ pub fn job_documents(store: &dyn Store, now: Timestamp) -> Result<Vec<JobJson>> 
 }
 
 /// One job's full JSON document, or `None` when there is no such job: the
-/// newest `history_limit` history entries, and the first `items_limit`
-/// dead items and as many failed items. `ckpt status --json`, `ckpt show
+/// newest `history_limit` history entries, and the last `items_limit` dead
+/// items and as many failed items (in input order, the last first). `ckpt status --json`, `ckpt show
 /// --json` and `GET /api/jobs/{job}` all print it.
 pub fn job_detail(
     store: &dyn Store,
@@ -134,7 +134,7 @@ pub fn job_detail(
         if n == 0 || items_limit == 0 {
             return Ok(Vec::new());
         }
-        let list = store.list_items(job, Some(status), items_limit)?;
+        let list = store.last_items(job, status, items_limit)?;
         Ok(list.iter().map(ItemJson::new).collect())
     };
     let history = if history_limit == 0 {

@@ -147,14 +147,13 @@ pub fn show(url: &str, args: ShowArgs) -> Result<ExitCode> {
         .ok_or_else(|| not_found(&ckpt, &args.job))?;
     let summary = JobSummary::new(&record, store.item_counts(&args.job)?, now);
     let history = store.history(&args.job, args.history)?;
-    let mut failures = store.list_items(&args.job, Some(ItemStatus::Dead), FAILURES_SHOWN)?;
-    failures.extend(store.list_items(&args.job, Some(ItemStatus::Failed), FAILURES_SHOWN)?);
-    failures.truncate(FAILURES_SHOWN);
+    let failures = Failures::read(store.as_ref(), &args.job, &summary.items, FAILURES_SHOWN)?;
     let commands = store.commands(&args.job)?;
     // Everything read before anything is printed: an error is then the
     // only output, never the tail of a half-printed job.
     let cursor = record.checkpoint.as_ref().map(|c| &c.cursor);
-    print_show(&summary, cursor, &history, &failures, now)?;
+    print_show(&summary, cursor, &history, now)?;
+    failures.print(&summary.name, now)?;
     print_commands(&commands)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -202,7 +201,6 @@ fn print_show(
     s: &JobSummary,
     cursor: Option<&Value>,
     history: &[HistoryEntry],
-    failures: &[ItemRecord],
     now: Timestamp,
 ) -> Result<()> {
     outln!("job:        {}", shown(&s.name))?;
@@ -267,18 +265,95 @@ fn print_show(
             )?;
         }
     }
-    if !failures.is_empty() {
-        outln!("recent failures:")?;
-        for f in failures {
-            outln!(
-                "  {} ({}, attempt {}): {}",
-                shown(&f.key),
-                f.status,
-                f.attempts,
-                shown(f.last_error.as_deref().unwrap_or("-"))
-            )?;
-            print_output(f.last_output.as_deref())?;
+    Ok(())
+}
+
+/// A job's latest dead items and items awaiting a retry, as `ckpt show`
+/// and `ckpt status` list them: the last of each in input order, the last
+/// first (where items fail in input order, the latest failures), with how
+/// many more there are and where to see them.
+pub(super) struct Failures {
+    dead: Vec<ItemRecord>,
+    dead_count: u64,
+    failed: Vec<ItemRecord>,
+    failed_count: u64,
+}
+
+impl Failures {
+    /// Reads up to `limit` of each from `store` (none when `counts` has
+    /// none).
+    pub(super) fn read(
+        store: &dyn ckpt::store::Store,
+        job: &str,
+        counts: &ckpt::ItemCounts,
+        limit: usize,
+    ) -> Result<Failures> {
+        let last = |status, count: u64| -> Result<Vec<ItemRecord>> {
+            Ok(if count == 0 {
+                Vec::new()
+            } else {
+                store.last_items(job, status, limit)?
+            })
+        };
+        Ok(Failures {
+            dead: last(ItemStatus::Dead, counts.dead)?,
+            dead_count: counts.dead,
+            failed: last(ItemStatus::Failed, counts.failed)?,
+            failed_count: counts.failed,
+        })
+    }
+
+    pub(super) fn print(&self, job: &str, now: Timestamp) -> Result<()> {
+        let job = shown(job);
+        if !self.dead.is_empty() {
+            outln!("dead items, latest first (retry them with `ckpt retry {job}`):")?;
+            for item in &self.dead {
+                outln!(
+                    "  {}: {} (after {})",
+                    shown(&item.key),
+                    shown(item.last_error.as_deref().unwrap_or("no error recorded")),
+                    attempts(item.attempts)
+                )?;
+                print_output(item.last_output.as_deref())?;
+            }
+            more(self.dead_count, self.dead.len(), &job, "dead")?;
         }
+        if !self.failed.is_empty() {
+            outln!("failed items awaiting a retry, latest first:")?;
+            for item in &self.failed {
+                let next = match item.ready_at {
+                    Some(at) if at > now => {
+                        format!("; next try in {}", short_duration(at.since(now)))
+                    }
+                    Some(_) => "; due now".to_string(),
+                    None => String::new(),
+                };
+                outln!(
+                    "  {}: {} (after {}{next})",
+                    shown(&item.key),
+                    shown(item.last_error.as_deref().unwrap_or("no error recorded")),
+                    attempts(item.attempts)
+                )?;
+                print_output(item.last_output.as_deref())?;
+            }
+            more(self.failed_count, self.failed.len(), &job, "failed")?;
+        }
+        Ok(())
+    }
+}
+
+/// "1 attempt", "3 attempts".
+fn attempts(n: u32) -> String {
+    format!("{n} attempt{}", if n == 1 { "" } else { "s" })
+}
+
+/// The line under a list that shows `shown` of `count` items of `status`.
+fn more(count: u64, shown: usize, job: &str, status: &str) -> Result<()> {
+    if count > shown as u64 {
+        outln!(
+            "  ... and {} more (all of them: `ckpt items {job} --status {status}`)",
+            count - shown as u64
+        )?;
     }
     Ok(())
 }

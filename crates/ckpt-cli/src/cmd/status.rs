@@ -8,8 +8,7 @@ use ckpt::store::OpenMode;
 use crate::cli::StatusArgs;
 use crate::output::{rfc3339, short_duration, shown};
 
-/// Dead items listed by the human output, and dead and failed items by
-/// `--json`.
+/// Dead items and items awaiting a retry listed, of each.
 const DEAD_SHOWN: usize = 10;
 /// History entries in the `--json` document (as `ckpt show`'s default).
 const HISTORY_SHOWN: usize = 20;
@@ -38,11 +37,7 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
     // half-way prints one error line, not half a report.
     let job = store.get_job(&args.job)?.ok_or_else(not_found)?;
     let counts = store.item_counts(&args.job)?;
-    let dead = if counts.dead > 0 {
-        store.list_items(&args.job, Some(ckpt::ItemStatus::Dead), DEAD_SHOWN)?
-    } else {
-        Vec::new()
-    };
+    let failures = super::inspect::Failures::read(store.as_ref(), &args.job, &counts, DEAD_SHOWN)?;
     outln!("job:        {}", shown(&job.name))?;
     outln!("status:     {}", job.status)?;
     outln!(
@@ -87,25 +82,6 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
     if let Some(error) = &job.error {
         outln!("error:      {}", shown(error))?;
     }
-    if counts.dead > 0 {
-        outln!(
-            "dead items (retry them with `ckpt retry {}`):",
-            shown(&job.name)
-        )?;
-        for item in dead {
-            let error = item.last_error.as_deref().unwrap_or("no error recorded");
-            outln!(
-                "  {}: {} (after {} attempt{})",
-                shown(&item.key),
-                shown(error),
-                item.attempts,
-                if item.attempts == 1 { "" } else { "s" }
-            )?;
-            super::inspect::print_output(item.last_output.as_deref())?;
-        }
-        if counts.dead > DEAD_SHOWN as u64 {
-            outln!("  ... and {} more", counts.dead - DEAD_SHOWN as u64)?;
-        }
-    }
+    failures.print(&job.name, now)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -120,11 +120,83 @@ fn show_prints_checkpoint_history_and_failures() {
         "{doc}"
     );
     let out = sb.ckpt().args(["show", "files"]).run();
-    assert!(out.stdout.contains("recent failures:"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("dead items, latest first")
+            && out
+                .stdout
+                .contains("  bad: exit status 3 (after 1 attempt)"),
+        "{}",
+        out.stdout
+    );
 
     let err = sb.ckpt().args(["show", "nope"]).run().error(3);
     assert!(err.contains("no job named 'nope'"), "{err}");
     sb.ckpt().args(["show", " padded"]).run().error(2);
+}
+
+/// The failures an operator needs at 3 a.m. are the latest: `show` and
+/// `status` (text and JSON) list the last dead items first, and the items
+/// awaiting a retry even when many are dead, with how many more there are.
+#[test]
+fn show_and_status_list_the_latest_failures_first() {
+    let sb = Sandbox::new();
+    let fail = |items: &str, retries: &str, message: &str| {
+        let file = sb.write("items.txt", items);
+        sb.ckpt()
+            .args(["run", "--job", "j", "--items"])
+            .arg(&file)
+            .args(["--retries", retries, "--backoff", "1h", "--", "sh", "-c"])
+            .arg(format!("echo '{message}' >&2; exit 1"))
+    };
+    let old: String = (1..=12).map(|i| format!("old{i}\n")).collect();
+    fail(&old, "0", "yesterday").run().code(1);
+    fail("newdead\n", "0", "today").run().code(1);
+    // Failed once; the run would wait an hour for its retry: stopped.
+    let run = fail("newfailed\n", "3", "now").start();
+    crate::util::wait_until(
+        std::time::Duration::from_secs(30),
+        "the first attempt to fail",
+        || run.stderr_so_far().contains("item failed"),
+    );
+    run.signal(15);
+    run.wait(std::time::Duration::from_secs(30)).code(143);
+
+    for command in ["show", "status"] {
+        let out = sb.ckpt().args([command, "j"]).run();
+        out.success();
+        let text = &out.stdout;
+        let dead = text.find("dead items, latest first").expect(text);
+        let failed = text
+            .find("failed items awaiting a retry, latest first:")
+            .expect(text);
+        let newdead = text.find("  newdead: exit status 1").expect(text);
+        assert!(dead < newdead && newdead < text.find("  old12:").expect(text));
+        assert!(!text.contains("  old3:"), "only 10 dead items: {text}");
+        assert!(
+            text.contains("... and 3 more (all of them: `ckpt items j --status dead`)"),
+            "{text}"
+        );
+        assert!(
+            failed
+                < text
+                    .find("  newfailed: exit status 1 (after 1 attempt; next try in")
+                    .expect(text)
+        );
+        assert!(text.contains("      | now"), "its stderr: {text}");
+    }
+    let doc = sb.ckpt().args(["status", "j", "--json"]).run().json();
+    let keys = |field: &str| -> Vec<String> {
+        doc[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let dead = keys("dead_items");
+    assert_eq!(dead.len(), 10, "{dead:?}");
+    assert_eq!(&dead[..3], ["newdead", "old12", "old11"]);
+    assert_eq!(keys("failed_items"), ["newfailed"]);
 }
 
 #[test]

@@ -84,9 +84,10 @@ fn api_lists_jobs_and_shows_one_with_history_and_failures() {
             )
         })
         .collect();
+    // The last in input order first: the latest failures.
     assert_eq!(
         dead,
-        [("c", "exit status 3"), ("d", "<b>not bold</b> & timeout")]
+        [("d", "<b>not bold</b> & timeout"), ("c", "exit status 3")]
     );
     assert_eq!(detail["failed_items"], json!([]));
 

@@ -231,6 +231,11 @@ pub trait ItemStore: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Result<Vec<ItemRecord>>;
 
+    /// The last `limit` items of the job in `status`, in enqueue order, the
+    /// last first: the latest failures, where items fail in input order
+    /// (`ckpt show`, `ckpt status` and the dashboard list these).
+    fn last_items(&self, job: &str, status: ItemStatus, limit: usize) -> Result<Vec<ItemRecord>>;
+
     /// Distinct owners of the job's running items, ordered.
     fn running_owners(&self, job: &str) -> Result<Vec<String>>;
 

@@ -330,6 +330,10 @@ impl ItemStore for FaultStore {
         self.check_alive()?;
         self.inner.list_items(job, status, limit)
     }
+    fn last_items(&self, job: &str, status: ItemStatus, limit: usize) -> Result<Vec<ItemRecord>> {
+        self.check_alive()?;
+        self.inner.last_items(job, status, limit)
+    }
     fn running_owners(&self, job: &str) -> Result<Vec<String>> {
         self.check_alive()?;
         self.inner.running_owners(job)

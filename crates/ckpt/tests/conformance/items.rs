@@ -541,3 +541,56 @@ fn a_rerun_that_finds_nothing_keeps_the_completion_time(store: Option<Fixture>) 
     let now = clock_now(&clock);
     assert_eq!(c.get_job("rerun").unwrap().unwrap().completed_at, Some(now));
 }
+
+/// `last_items`: the last items of one status in enqueue order, the last
+/// first, at most the limit; no other status, and nothing for an unknown
+/// job.
+#[apply(every_store)]
+fn last_items_are_the_latest_of_one_status(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ManualClock::new(T0);
+    let ckpt = worker(f, &clock, "a");
+    let q = ckpt.queue_with("latest", queue_options(2)).unwrap();
+    // The same job with one attempt: a failure there is final.
+    let once = ckpt.queue_with("latest", queue_options(1)).unwrap();
+    q.enqueue(keys(8)).unwrap();
+    for item in q.claim(8).unwrap() {
+        let n: usize = item.key["item-".len()..].parse().unwrap();
+        match n % 3 {
+            0 => q.complete(&item, None).unwrap(),
+            // Failed once of two: awaiting a retry.
+            1 => assert!(matches!(
+                q.fail(&item, "once").unwrap(),
+                RetryDecision::RetryAt(_)
+            )),
+            _ => assert_eq!(once.fail(&item, "bad input").unwrap(), RetryDecision::Dead),
+        }
+    }
+    let store = ckpt.store();
+    let keys_of = |status, limit| -> Vec<String> {
+        store
+            .last_items("latest", status, limit)
+            .unwrap()
+            .into_iter()
+            .inspect(|r| assert_eq!(r.status, status, "{r:?}"))
+            .map(|r| r.key)
+            .collect()
+    };
+    assert_eq!(keys_of(ItemStatus::Dead, 2), ["item-0005", "item-0002"]);
+    assert_eq!(keys_of(ItemStatus::Dead, 10), ["item-0005", "item-0002"]);
+    assert_eq!(keys_of(ItemStatus::Dead, 1), ["item-0005"]);
+    assert_eq!(
+        keys_of(ItemStatus::Failed, 10),
+        ["item-0007", "item-0004", "item-0001"]
+    );
+    assert_eq!(
+        keys_of(ItemStatus::Completed, 2),
+        ["item-0006", "item-0003"]
+    );
+    assert!(keys_of(ItemStatus::Pending, 10).is_empty());
+    assert!(keys_of(ItemStatus::Dead, 0).is_empty());
+    assert!(store
+        .last_items("no-such-job", ItemStatus::Dead, 10)
+        .unwrap()
+        .is_empty());
+}

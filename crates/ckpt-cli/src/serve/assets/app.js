@@ -312,6 +312,12 @@
     } else {
       $('no-dead').textContent = 'No dead items.';
     }
+    if (job.items.failed > job.failed_items.length) {
+      $('no-failed').textContent = `… and ${fmtInt(job.items.failed - job.failed_items.length)} more items awaiting a retry.`;
+      show($('no-failed'), true);
+    } else {
+      $('no-failed').textContent = 'No items awaiting a retry.';
+    }
     updateButtons();
 
     renderCommands(job);

@@ -167,6 +167,18 @@ impl ItemStore for MemoryStore {
             .collect())
     }
 
+    fn last_items(&self, job: &str, status: ItemStatus, limit: usize) -> Result<Vec<ItemRecord>> {
+        let g = self.lock();
+        Ok(g.item_ids(job)
+            .iter()
+            .rev()
+            .map(|id| (*id, g.item(*id)))
+            .filter(|(_, it)| it.state.status == status)
+            .take(limit)
+            .map(|(id, it)| it.record(id))
+            .collect())
+    }
+
     fn running_owners(&self, job: &str) -> Result<Vec<String>> {
         let g = self.lock();
         let owners: BTreeSet<String> = g

@@ -319,6 +319,28 @@ impl ItemStore for PgStore {
         })
     }
 
+    fn last_items(&self, job: &str, status: ItemStatus, limit: usize) -> Result<Vec<ItemRecord>> {
+        with_client!(self, |c| {
+            let rows = c
+                .cquery(
+                    &format!(
+                        "SELECT {ITEM_COLUMNS} FROM items
+                         WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
+                           AND status = $2{} ORDER BY id DESC LIMIT $3",
+                        status_index_hint(status)
+                    ),
+                    &[
+                        &job,
+                        &status.as_str(),
+                        &(limit.min(i64::MAX as usize) as i64),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            rows.iter().map(item_from_row).collect()
+        })
+    }
+
     fn running_owners(&self, job: &str) -> Result<Vec<String>> {
         with_client!(self, |c| {
             let rows = c

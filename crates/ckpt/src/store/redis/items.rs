@@ -236,37 +236,11 @@ impl ItemStore for RedisStore {
         status: Option<ItemStatus>,
         limit: usize,
     ) -> Result<Vec<ItemRecord>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let reply = self.call(
-            &scripts::LIST_ITEMS,
-            vec![
-                job.to_string(),
-                status.map_or("", ItemStatus::as_str).to_string(),
-                count_arg(limit),
-            ],
-        )?;
-        let (tag, rest) = tagged(&reply)?;
-        if tag != "ok" {
-            return Err(unexpected(&tag));
-        }
-        let Some((job_num, rest)) = rest.split_first() else {
-            return Ok(Vec::new());
-        };
-        let job_num = int(job_num)?;
-        rest.chunks(2)
-            .map(|pair| match pair {
-                [seq, raw] => {
-                    let id = item_id(job_num, int(seq)?)?;
-                    let raw = text(raw)?.ok_or_else(|| {
-                        Error::Storage(format!("item {id} is indexed but has no record"))
-                    })?;
-                    item_record(id, &raw)
-                }
-                _ => Err(unexpected("an item list of odd length")),
-            })
-            .collect()
+        items_in_order(self, job, status, limit, "first")
+    }
+
+    fn last_items(&self, job: &str, status: ItemStatus, limit: usize) -> Result<Vec<ItemRecord>> {
+        items_in_order(self, job, Some(status), limit, "last")
     }
 
     fn running_owners(&self, job: &str) -> Result<Vec<String>> {
@@ -316,4 +290,47 @@ impl ItemStore for RedisStore {
             _ => Self::ok_count(&reply),
         }
     }
+}
+
+/// The first (`end` "first") or last ("last", the last first) `limit`
+/// items of the job, of `status` or of any (first only), in enqueue order.
+fn items_in_order(
+    store: &RedisStore,
+    job: &str,
+    status: Option<ItemStatus>,
+    limit: usize,
+    end: &str,
+) -> Result<Vec<ItemRecord>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let reply = store.call(
+        &scripts::LIST_ITEMS,
+        vec![
+            job.to_string(),
+            status.map_or("", ItemStatus::as_str).to_string(),
+            count_arg(limit),
+            end.to_string(),
+        ],
+    )?;
+    let (tag, rest) = tagged(&reply)?;
+    if tag != "ok" {
+        return Err(unexpected(&tag));
+    }
+    let Some((job_num, rest)) = rest.split_first() else {
+        return Ok(Vec::new());
+    };
+    let job_num = int(job_num)?;
+    rest.chunks(2)
+        .map(|pair| match pair {
+            [seq, raw] => {
+                let id = item_id(job_num, int(seq)?)?;
+                let raw = text(raw)?.ok_or_else(|| {
+                    Error::Storage(format!("item {id} is indexed but has no record"))
+                })?;
+                item_record(id, &raw)
+            }
+            _ => Err(unexpected("an item list of odd length")),
+        })
+        .collect()
 }

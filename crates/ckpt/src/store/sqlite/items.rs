@@ -262,6 +262,24 @@ impl ItemStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(sql_err)
     }
 
+    fn last_items(&self, job: &str, status: ItemStatus, limit: usize) -> Result<Vec<ItemRecord>> {
+        let conn = self.lock();
+        let Some(id) = job_id(&conn, job)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS} FROM items WHERE job_id = ?1
+                 AND status = ?2{} ORDER BY id DESC LIMIT ?3",
+                status_index_hint(status)
+            ))
+            .map_err(sql_err)?;
+        let rows = stmt
+            .query_map(params![id, status.as_str(), limit as i64], item_from_row)
+            .map_err(sql_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(sql_err)
+    }
+
     fn running_owners(&self, job: &str) -> Result<Vec<String>> {
         let conn = self.lock();
         let Some(id) = job_id(&conn, job)? else {

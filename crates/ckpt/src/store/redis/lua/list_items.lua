@@ -1,12 +1,17 @@
--- ARGV: name, status ('' for all), limit (> 0). Returns {'ok'} or
--- {'ok', job number, then seq and record per item}, in enqueue order.
-local n, status, limit = job_num(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+-- ARGV: name, status ('' for all), limit (> 0), and 'last' for the last
+-- items of one status, the last first. Returns {'ok'} or {'ok', job
+-- number, then seq and record per item}, in enqueue order (or its reverse).
+local n, status, limit, last = job_num(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6] == 'last'
 if not n then
   return {'ok'}
 end
 local seqs
 if status ~= '' then
-  seqs = redis.call('ZRANGE', jk(n, status), 0, limit - 1)
+  if last then
+    seqs = redis.call('ZREVRANGE', jk(n, status), 0, limit - 1)
+  else
+    seqs = redis.call('ZRANGE', jk(n, status), 0, limit - 1)
+  end
 else
   seqs = {}
   for _, s in ipairs(STATUSES) do
