@@ -81,7 +81,7 @@ pub use model::{
 };
 pub use policy::{CheckpointPolicy, RetryDecision, RetryPolicy};
 pub use queue::{Attempt, Outcome, Queue, QueueOptions, Settled};
-pub use runner::{Fence, Handler, RunOptions, RunProgress, RunReport, Runner};
+pub use runner::{EarlyOutcomes, Fence, Handler, RunOptions, RunProgress, RunReport, Runner};
 pub use shutdown::StopSignal;
 pub use store::{CommandStore, ItemStore, JobStore, Store};
 pub use time::{Alarm, Clock, ManualClock, Offset, SystemClock, Timestamp};

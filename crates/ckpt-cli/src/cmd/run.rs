@@ -30,7 +30,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use ckpt::shutdown::{signal_name, Signals, StopSignal};
 use ckpt::store::OpenMode;
-use ckpt::{ClaimedItem, Fence, Handler, Outcome, QueueOptions, RetryPolicy, RunOptions, Runner};
+use ckpt::{
+    ClaimedItem, EarlyOutcomes, Fence, Handler, Outcome, QueueOptions, RetryPolicy, RunOptions,
+    Runner,
+};
 
 use regex::Regex;
 
@@ -504,8 +507,13 @@ impl Handler for CommandHandler<'_> {
         outcome
     }
 
-    fn handle_batch(&self, items: &[ClaimedItem], fences: &[Fence]) -> Vec<Outcome> {
-        batch::run(self, items, fences)
+    fn handle_batch(
+        &self,
+        items: &[ClaimedItem],
+        fences: &[Fence],
+        early: &EarlyOutcomes<'_>,
+    ) -> Vec<Outcome> {
+        batch::run(self, items, fences, early)
     }
 
     fn batch_fits(&self, items: &[ClaimedItem]) -> usize {

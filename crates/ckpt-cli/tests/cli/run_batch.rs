@@ -231,6 +231,53 @@ for a in "$@"; do echo "$a" >> log; done"#;
     assert_eq!(logged, all.iter().collect(), "no item lost");
 }
 
+/// A failed batch's items run alone one after another; each that succeeds
+/// is recorded completed as it ends, not when the last has run: a run
+/// killed during the split runs none of them again, and charges none.
+#[test]
+fn items_done_alone_in_a_split_are_recorded_at_once() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &["a".into(), "b".into(), "c".into()]);
+    // The batch fails; alone, `b` waits for `go`, the others succeed.
+    let script = r#"echo "$#" "$@" >> log
+[ $# -gt 1 ] && exit 1
+[ "$1" = b ] && while [ ! -e go ]; do sleep 0.01; done
+exit 0"#;
+    let command = || {
+        sb.ckpt()
+            .args(["run", "--job", "S", "--items"])
+            .arg(&file)
+            .args(["-j", "1", "-n", "3", "--", "sh", "-c", script, "sh"])
+    };
+    let mut first = command().spawn();
+    wait_until(Duration::from_secs(20), "`b` to run alone", || {
+        sb.lines("log").contains(&"1 b".to_string())
+    });
+    wait_until(Duration::from_secs(20), "`a` to be recorded done", || {
+        stored(&sb, "S")
+            .get("a")
+            .is_some_and(|(s, _)| s == "completed")
+    });
+    first.kill().unwrap(); // SIGKILL, while `b` runs
+    assert_eq!(first.wait().unwrap().signal(), Some(9));
+
+    sb.write("go", "");
+    command().run().success();
+    // `a` ran in the batch and alone once, never again; `b` (whose run
+    // died with ckpt) and `c` (which never ran alone) ran again.
+    assert_eq!(
+        sb.lines("log"),
+        ["3 a b c", "1 a", "1 b", "1 b", "1 c"],
+        "{}",
+        sb.dump()
+    );
+    let stored = stored(&sb, "S");
+    assert!(
+        stored.values().all(|(status, _)| status == "completed"),
+        "{stored:?}"
+    );
+}
+
 /// The happy path on a server store: every item once, in batches.
 fn batches_on(sb: &Sandbox, url: &str) {
     let all = items("s", 20);

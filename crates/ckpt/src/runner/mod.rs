@@ -108,7 +108,19 @@ pub trait Handler: Sync {
     /// attempt. The default handles the items one by one. Work done for
     /// all the items at once should be stopped when any of their fences
     /// trips: see [`Fence::any`].
-    fn handle_batch(&self, items: &[ClaimedItem], fences: &[Fence]) -> Vec<Outcome> {
+    ///
+    /// An item's outcome known before the others' (a failed batch whose
+    /// items then run one by one) may be handed to `early` as soon as it
+    /// is: it is recorded at once, not after the whole batch, so a crash
+    /// later in the batch loses none of the work already done. The
+    /// returned outcomes of items handed to `early` are ignored.
+    fn handle_batch(
+        &self,
+        items: &[ClaimedItem],
+        fences: &[Fence],
+        early: &EarlyOutcomes<'_>,
+    ) -> Vec<Outcome> {
+        let _ = early;
         items
             .iter()
             .zip(fences)
@@ -124,6 +136,26 @@ pub trait Handler: Sync {
     /// worker. The default takes them all.
     fn batch_fits(&self, items: &[ClaimedItem]) -> usize {
         items.len()
+    }
+}
+
+/// Where [`Handler::handle_batch`] hands over an item's outcome before the
+/// batch's call returns (see there).
+pub struct EarlyOutcomes<'a> {
+    report: &'a (dyn Fn(usize, Outcome) + Sync),
+}
+
+impl<'a> EarlyOutcomes<'a> {
+    /// Calls `report(index, outcome)` for each outcome handed over.
+    pub fn new(report: &'a (dyn Fn(usize, Outcome) + Sync)) -> EarlyOutcomes<'a> {
+        EarlyOutcomes { report }
+    }
+
+    /// Records `outcome` for the batch's item `index` now, as if the batch
+    /// had ended for it. Later reports of the same index, and indexes out
+    /// of the batch, are ignored.
+    pub fn report(&self, index: usize, outcome: Outcome) {
+        (self.report)(index, outcome);
     }
 }
 

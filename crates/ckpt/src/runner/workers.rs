@@ -6,7 +6,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::fence::{Fence, Watchdog};
-use super::Handler;
+use super::{EarlyOutcomes, Handler};
 use crate::model::{ClaimedItem, ItemId};
 use crate::queue::Queue;
 use crate::queue::{Attempt, Outcome};
@@ -176,9 +176,28 @@ pub(super) fn worker_loop<H: Handler>(
         }
         record_starts(queue, state, &items);
         let started = Instant::now();
+        // Outcomes handed over early: pushed at once, each item once.
+        let reported = Mutex::new(vec![false; items.len()]);
+        let report = |index: usize, outcome: Outcome| {
+            let mut done = reported.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(item) = items.get(index).filter(|_| !done[index]) else {
+                return;
+            };
+            done[index] = true;
+            let mut g = state.lock();
+            g.running.remove(&item.lease.id);
+            g.finished.push(Attempt {
+                item: item.clone(),
+                outcome,
+                ran_for: Some(started.elapsed()),
+            });
+            drop(g);
+            state.progress.notify_one();
+        };
+        let early = EarlyOutcomes::new(&report);
         let outcomes = catch_unwind(AssertUnwindSafe(|| match (&items[..], &fences[..]) {
             ([item], [fence]) => vec![handler.handle_fenced(item, fence)],
-            _ => handler.handle_batch(&items, &fences),
+            _ => handler.handle_batch(&items, &fences, &early),
         }))
         .unwrap_or_else(|panic| {
             let msg = panic
@@ -189,15 +208,19 @@ pub(super) fn worker_loop<H: Handler>(
             vec![Outcome::Failed(format!("handler panicked: {msg}")); items.len()]
         });
         let took = started.elapsed();
+        let reported = reported.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut outcomes = outcomes.into_iter();
         let mut g = state.lock();
         // Pushed under one lock: the coordinator records a batch's
         // outcomes together, in one transaction.
-        for item in items {
-            g.running.remove(&item.lease.id);
+        for (item, reported) in items.into_iter().zip(reported) {
             let outcome = outcomes
                 .next()
                 .unwrap_or_else(|| Outcome::Failed("the handler returned no outcome".into()));
+            if reported {
+                continue;
+            }
+            g.running.remove(&item.lease.id);
             g.finished.push(Attempt {
                 item,
                 outcome,

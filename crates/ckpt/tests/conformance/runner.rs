@@ -294,7 +294,12 @@ fn a_batch_cut_by_the_handler_starts_only_what_it_runs(store: Option<Fixture>) {
             self.batches.lock().unwrap().push(vec![item.key.clone()]);
             Outcome::Completed(None)
         }
-        fn handle_batch(&self, items: &[ckpt::ClaimedItem], _: &[ckpt::Fence]) -> Vec<Outcome> {
+        fn handle_batch(
+            &self,
+            items: &[ckpt::ClaimedItem],
+            _: &[ckpt::Fence],
+            _: &ckpt::EarlyOutcomes<'_>,
+        ) -> Vec<Outcome> {
             let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
             let first = self.batches.lock().unwrap().is_empty();
             if first {
@@ -381,4 +386,67 @@ fn slow_items_are_not_claimed_far_ahead(store: Option<Fixture>) {
     // are slow: see policy::prefetch::ROUNDS_AT_MOST); the prefetch would
     // hold all 8.
     assert!((2..=5).contains(&most), "held {most} at once");
+}
+
+/// An outcome a batch handler hands over early is recorded before the
+/// batch's call returns, and is the item's: a second report of the same
+/// item, one out of the batch, and the outcome returned for it are ignored.
+#[apply(every_store)]
+fn early_outcomes_of_a_batch_are_recorded_before_it_returns(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let q = Ckpt::new((f.another)())
+        .queue_with("early", queue_options(1))
+        .unwrap();
+    q.enqueue(keys(3)).unwrap();
+    struct Early<'a> {
+        queue: &'a ckpt::Queue,
+        seen_completed: Mutex<Option<u64>>,
+    }
+    impl ckpt::Handler for Early<'_> {
+        fn handle(&self, _: &ckpt::ClaimedItem) -> Outcome {
+            Outcome::Failed("not a batch".into())
+        }
+        fn handle_batch(
+            &self,
+            items: &[ckpt::ClaimedItem],
+            _: &[ckpt::Fence],
+            early: &ckpt::EarlyOutcomes<'_>,
+        ) -> Vec<Outcome> {
+            early.report(0, Outcome::Completed(None));
+            early.report(0, Outcome::Failed("a second report".into()));
+            early.report(items.len(), Outcome::Failed("out of the batch".into()));
+            // The coordinator records it in its next round.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let completed = loop {
+                let completed = self.queue.counts().unwrap().completed;
+                if completed > 0 || std::time::Instant::now() > deadline {
+                    break completed;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            *self.seen_completed.lock().unwrap() = Some(completed);
+            let mut outcomes = vec![Outcome::Completed(None); items.len()];
+            outcomes[0] = Outcome::Failed("returned, and ignored".into());
+            outcomes
+        }
+    }
+    let handler = Early {
+        queue: &q,
+        seen_completed: Mutex::new(None),
+    };
+    let options = RunOptions {
+        workers: 1,
+        prefetch: 3,
+        batch: 3,
+        idle_poll: Duration::from_millis(20),
+        ..RunOptions::default()
+    };
+    let report = Runner::new(&q, options).run(&handler).unwrap();
+    assert_eq!(
+        *handler.seen_completed.lock().unwrap(),
+        Some(1),
+        "recorded while the batch ran"
+    );
+    assert_eq!((report.completed, report.failed), (3, 0), "{report:?}");
+    assert_eq!(q.counts().unwrap().completed, 3);
 }

@@ -10,7 +10,8 @@
 //! A batch whose command fails (an exit status, a signal not ours, a
 //! timeout, `--no-retry-exit` included) cannot say which item was bad, so
 //! each of its items is run again alone, at once, one after another by the
-//! same worker; that run's outcome is the item's. The batch is not charged to anyone: each
+//! same worker; that run's outcome is the item's, recorded as soon as it
+//! ends (not with the rest of the batch). The batch is not charged to anyone: each
 //! item's attempt is the batch and its lone run together, so the good
 //! items complete without losing an attempt, and only the bad one fails
 //! (and is retried alone, as a retry always is, or dies). A batch stopped
@@ -29,7 +30,7 @@
 use std::sync::OnceLock;
 
 use anyhow::Result;
-use ckpt::{ClaimedItem, Fence, Outcome};
+use ckpt::{ClaimedItem, EarlyOutcomes, Fence, Outcome};
 
 use super::template::Context as Expand;
 use super::{run_item, CommandHandler};
@@ -102,8 +103,15 @@ fn exec_budget() -> usize {
     })
 }
 
-/// Runs `items` as one command; on failure, each alone.
-pub(super) fn run(h: &CommandHandler<'_>, items: &[ClaimedItem], fences: &[Fence]) -> Vec<Outcome> {
+/// Runs `items` as one command; on failure, each alone, each lone
+/// outcome handed to `early` as it ends (recorded at once: a crash during
+/// the split loses none of the items already done).
+pub(super) fn run(
+    h: &CommandHandler<'_>,
+    items: &[ClaimedItem],
+    fences: &[Fence],
+    early: &EarlyOutcomes<'_>,
+) -> Vec<Outcome> {
     let fence = Fence::any(fences);
     let outcome = run_item(h, items, &fence);
     let failed = matches!(outcome.base(), Outcome::Failed(_) | Outcome::Fatal(_));
@@ -134,7 +142,8 @@ pub(super) fn run(h: &CommandHandler<'_>, items: &[ClaimedItem], fences: &[Fence
     items
         .iter()
         .zip(fences)
-        .map(|(item, fence)| {
+        .enumerate()
+        .map(|(index, (item, fence))| {
             // Given back unstarted, as the runner gives back what it
             // claimed ahead when it stops.
             if h.stop.is_stopped() {
@@ -145,6 +154,7 @@ pub(super) fn run(h: &CommandHandler<'_>, items: &[ClaimedItem], fences: &[Fence
             }
             let outcome = run_item(h, std::slice::from_ref(item), fence);
             h.observe(&outcome, item.attempt);
+            early.report(index, outcome.clone());
             outcome
         })
         .collect()
