@@ -11,6 +11,7 @@ use ckpt::{ItemStatus, Queue};
 
 use crate::cli::RetryArgs;
 use crate::exit::Usage;
+use crate::output::shown;
 
 pub fn retry(url: &str, args: RetryArgs) -> Result<ExitCode> {
     super::job_name(&args.job)?;
@@ -33,7 +34,7 @@ pub fn retry(url: &str, args: RetryArgs) -> Result<ExitCode> {
         };
         errln!(
             "ckpt: job '{}': {moved} item(s) completed {which} back to pending; run the job again to redo them",
-            args.job
+            shown(&args.job)
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -48,11 +49,11 @@ pub fn retry(url: &str, args: RetryArgs) -> Result<ExitCode> {
         // A key mistyped, or an item not (or no longer) in that state:
         // said, not passed over as "0 back to pending".
         let given = keys.iter().collect::<std::collections::HashSet<_>>().len() as u64;
-        let see = format!("see `ckpt items {} --status {from}`", args.job);
+        let see = format!("see `ckpt items {} --status {from}`", shown(&args.job));
         if moved == 0 {
             return Err(ckpt::Error::NotFound(format!(
                 "job '{}' has no {from} item with the key(s) given; {see}",
-                args.job
+                shown(&args.job)
             ))
             .into());
         }
@@ -60,13 +61,13 @@ pub fn retry(url: &str, args: RetryArgs) -> Result<ExitCode> {
             errln!(
                 "ckpt: warning: {} of the {given} keys given match no {from} item of job '{}' (unknown, or not {from}); {see}",
                 given - moved,
-                args.job
+                shown(&args.job)
             );
         }
     }
     errln!(
         "ckpt: job '{}': {moved} {from} item(s) back to pending; run the job again to process them",
-        args.job
+        shown(&args.job)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -78,7 +79,7 @@ fn completed_by(queue: &Queue, args: &RetryArgs) -> Result<Option<CompletedBy>> 
         let latest = commands.latest().ok_or_else(|| {
             Usage(format!(
                 "job '{}' has no recorded command (it was never run by `ckpt run` since ckpt recorded commands); use --completed-by unknown",
-                args.job
+                shown(&args.job)
             ))
         })?;
         return Ok(Some(CompletedBy::NotCommand(latest.id)));
@@ -97,7 +98,8 @@ fn completed_by(queue: &Queue, args: &RetryArgs) -> Result<Option<CompletedBy>> 
     if !queue.commands()?.commands.iter().any(|c| c.id == id) {
         return Err(Usage(format!(
             "job '{}' has no command {id} (see `ckpt show {}`)",
-            args.job, args.job
+            shown(&args.job),
+            shown(&args.job)
         ))
         .into());
     }

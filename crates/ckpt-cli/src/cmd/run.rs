@@ -279,7 +279,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     if let Some((why, success)) = halted {
         errln!(
             "ckpt: job '{}' halted: {why}; {} completed now, {} given back unfinished, {} failed attempts ({took}); {}",
-            args.job,
+            crate::output::shown(&args.job),
             report.completed,
             report.released,
             report.failed,
@@ -297,7 +297,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         let by = stopped_by.map_or_else(|| "a stop request".to_string(), signal_name);
         errln!(
             "ckpt: job '{}' stopped by {by}: {} completed now, {} given back unfinished, {} failed attempts; {} of {} completed in all ({took}); {}",
-            args.job,
+            crate::output::shown(&args.job),
             report.completed,
             report.released,
             report.failed,
@@ -313,18 +313,18 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     if counts.dead > 0 {
         errln!(
             "ckpt: job '{}' failed: {} dead item(s), {} of {} completed ({took}); see `ckpt status {}`",
-            args.job,
+            crate::output::shown(&args.job),
             counts.dead,
             counts.completed,
             counts.total(),
-            args.job
+            crate::output::shown(&args.job)
         );
         return Ok(ExitCode::from(FAILED));
     }
     if !args.quiet {
         errln!(
             "ckpt: job '{}' completed: {} items, {} run now, {} failed attempts ({took})",
-            args.job,
+            crate::output::shown(&args.job),
             counts.completed,
             report.completed,
             report.failed

@@ -114,3 +114,39 @@ fn keys_errors_and_stages_are_escaped_in_human_output() {
     assert_eq!(out.json()[0]["key"], KEY);
     assert!(!out.stdout.contains('\u{1b}'), "JSON escapes ESC");
 }
+
+/// `ckpt run`'s summary, its changed-command warning, its dry run and
+/// `ckpt retry` name the job escaped too.
+#[test]
+fn run_and_retry_messages_escape_the_job_name() {
+    let sb = Sandbox::new();
+    let file = sb.write("items.txt", "a\n");
+    let run = |command: &[&str], extra: &[&str]| {
+        sb.ckpt()
+            .args(["run", "--job", BIDI_JOB, "--retries", "0", "--items"])
+            .arg(&file)
+            .args(extra)
+            .arg("--")
+            .args(command)
+            .run()
+    };
+    let outputs = [
+        run(&["false"], &[]).code(1).stderr.clone(),
+        run(&["true"], &["--dry-run"]).code(0).stderr.clone(),
+        sb.ckpt()
+            .args(["retry", BIDI_JOB])
+            .run()
+            .code(0)
+            .stderr
+            .clone(),
+        run(&["true"], &[]).code(0).stderr.clone(),
+    ];
+    for (what, text) in ["failed run", "dry run", "retry", "changed command"]
+        .iter()
+        .zip(&outputs)
+    {
+        assert_no_raw_controls(what, text);
+        assert!(text.contains(r"job 'evil\u{202e}abc'"), "{what}: {text}");
+    }
+    assert!(outputs[3].contains("was last run with"), "{}", outputs[3]);
+}

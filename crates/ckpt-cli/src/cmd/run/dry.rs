@@ -160,7 +160,7 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
     if !args.quiet {
         errln!(
             "ckpt: dry run of job '{}': {printed} command(s) would run{}; skipped {completed} completed and {dead} dead item(s) (`ckpt retry` re-drives dead ones){}; nothing was changed",
-            args.job,
+            crate::output::shown(&args.job),
             match size {
                 1 => String::new(),
                 _ => format!(" for {would_run} item(s), up to {size} a command"),

@@ -42,11 +42,19 @@ pub const MAX_LAST_OUTPUT: usize = 64 * 1024;
 /// boundary (the end of an output says why it failed), each NUL replaced
 /// with U+FFFD: PostgreSQL's text holds no NUL, and a command's stderr may.
 pub fn bounded_output(output: &str) -> String {
-    let mut start = output.len().saturating_sub(MAX_LAST_OUTPUT);
-    while !output.is_char_boundary(start) {
+    // Cut before replacing (a handler may pass megabytes), and again after:
+    // each NUL's U+FFFD takes 3 bytes.
+    let replaced = last_bytes(output, MAX_LAST_OUTPUT).replace('\0', "\u{fffd}");
+    last_bytes(&replaced, MAX_LAST_OUTPUT).to_string()
+}
+
+/// The end of `text` within `max` bytes, from a character boundary.
+fn last_bytes(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
         start += 1;
     }
-    output[start..].replace('\0', "\u{fffd}")
+    &text[start..]
 }
 
 /// For the SQL stores: a condition implied by `status = X` that names the

@@ -283,6 +283,11 @@ fn a_failure_keeps_its_output_bounded_and_a_later_one_replaces_it() {
     // A multibyte character at the cut is dropped whole.
     let cut = bounded_output(&format!("{}{}", "é".repeat(MAX_LAST_OUTPUT / 2), "a"));
     assert!(cut.len() < MAX_LAST_OUTPUT && cut.ends_with('a'));
+    // NULs become U+FFFD (3 bytes each) within the same bound.
+    let nuls = bounded_output(&format!("{}end", "\0".repeat(MAX_LAST_OUTPUT + 10)));
+    assert!(nuls.len() <= MAX_LAST_OUTPUT, "{}", nuls.len());
+    assert!(nuls.ends_with("\u{fffd}end") && !nuls.contains('\0'));
+    assert_eq!(nuls.len(), (MAX_LAST_OUTPUT - 3) / 3 * 3 + 3);
 }
 
 #[test]
