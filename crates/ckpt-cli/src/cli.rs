@@ -138,7 +138,8 @@ pub struct RunArgs {
     /// are taken over when it expires (at once on the same host).
     #[arg(long, default_value = "30s", value_parser = parse_lease)]
     pub lease: Duration,
-    /// Print the run's summary as JSON on stdout.
+    /// Print the run's summary as JSON: one line, the last on stdout (the
+    /// commands' output shares stdout: `| tail -n 1` takes the summary).
     #[arg(long)]
     pub json: bool,
     /// After SIGTERM, SIGINT or SIGHUP, how long running commands may take to

@@ -268,7 +268,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         // terminal that hung up has no one to show it to. Otherwise (a
         // full disk) a run that ended well exits 4, as any command whose
         // output is lost does; one that did not keeps its own exit code.
-        if let Err(e) = outln!("{}", serde_json::to_string_pretty(&doc)?) {
+        if let Err(e) = outln!("{}", serde_json::to_string(&doc)?) {
             if !crate::output::is_broken_pipe(&e) && !capture::stdout_is_terminal() {
                 errln!("ckpt: error: {e:#}");
                 summary_lost = true;

@@ -6,6 +6,38 @@ use crate::util::{assert_each_once, item_counts, items, Sandbox};
 /// Appends the item (appended as the last argument, so `$0` of `sh -c`).
 const LOG_ITEM: &str = r#"echo "$0" >> log"#;
 
+/// `--json`'s summary is one line, the last on stdout, after whatever the
+/// commands print there.
+#[test]
+fn the_json_summary_is_the_last_line_of_stdout() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &items("i", 3));
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "J", "--json", "--items"])
+        .arg(&file)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            r#"echo "processing $1"; echo "{ not json""#,
+            "sh",
+        ])
+        .run();
+    out.success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 7, "{}", out.stdout);
+    let (last, before) = lines.split_last().unwrap();
+    assert!(before
+        .iter()
+        .all(|l| l.starts_with("processing") || l.starts_with("{ not")));
+    let doc: serde_json::Value = serde_json::from_str(last).expect(last);
+    assert_eq!(
+        (doc["job"].as_str(), doc["completed_now"].as_u64()),
+        (Some("J"), Some(3))
+    );
+}
+
 #[test]
 fn runs_every_item_once_and_reports_completed() {
     let sb = Sandbox::new();
