@@ -370,6 +370,47 @@ fn dry_run_includes_the_items_a_dead_run_held() {
     assert_eq!(sorted(sb.lines("log")), ["a", "b"]);
 }
 
+/// An item whose run died while running it, its attempts used up
+/// (`--retries 0`), is moved to the dead-letter list unrun by the next
+/// run: its dry run leaves it out and says so, as the run then does.
+#[test]
+fn dry_run_leaves_out_the_items_a_run_would_bury() {
+    let sb = Sandbox::new();
+    let run = run_holding_a_and_b(&sb);
+    wait_until(
+        Duration::from_secs(30),
+        "`a`'s start to be recorded",
+        || !crate::util::stored_items(&sb, "J")["a"]["started_at"].is_null(),
+    );
+    let pid = run.pid();
+    run.signal(libc::SIGKILL);
+    wait_until(Duration::from_secs(30), "ckpt to die", || process_gone(pid));
+    let empty = sb.write("empty.txt", "");
+    let run = |extra: &[&str], command: &[&str]| {
+        sb.ckpt()
+            .args(["run", "--job", "J", "--retries", "0", "--items"])
+            .arg(&empty)
+            .args(extra)
+            .arg("--")
+            .args(command)
+            .run()
+    };
+    let dry = run(&["--dry-run"], &["echo"]);
+    dry.success();
+    assert_eq!(dry.stdout, "echo b\n", "`a` started once already");
+    assert!(
+        dry.stderr
+            .contains("1 item(s) would move to the dead-letter list unrun"),
+        "{}",
+        dry.stderr
+    );
+    let out = run(&[], &["sh", "-c", "echo $0 >> log"]);
+    out.code(1);
+    assert_eq!(sb.lines("log"), ["b"]);
+    let dead = crate::util::stored_items(&sb, "J");
+    assert_eq!(dead["a"]["status"], "dead", "{dead:?}");
+}
+
 /// Items a live run holds are its own: a run started meanwhile leaves them
 /// to it, and so does its dry run, which says how many it left out.
 #[test]

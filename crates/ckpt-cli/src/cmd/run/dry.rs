@@ -47,6 +47,10 @@ struct Finished {
     /// Running items held by a live run: a run started now leaves them to
     /// it.
     live: HashSet<String>,
+    /// Running items whose run is gone, started as often as the retries
+    /// allow: a run moves them to the dead-letter list without running them
+    /// (their runs died while running them each time).
+    exhausted: HashSet<String>,
 }
 
 pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode> {
@@ -54,7 +58,7 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
     let items = ItemsFile::open(args.items.as_deref())?;
     // Checks every line first, as a run does, and tells duplicates apart.
     let index = LineIndex::build(&items)?;
-    let finished = finished(url, &args.job)?;
+    let finished = finished(url, &args.job, args.retries.saturating_add(1))?;
     let jobs = args.jobs as usize;
     let size = args.max_args.max(1) as usize;
     let mut out = BufWriter::new(std::io::stdout().lock());
@@ -114,6 +118,9 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
             dead += 1;
             return Ok(());
         }
+        if finished.exhausted.contains(key) {
+            return Ok(());
+        }
         if finished.live.contains(key) {
             return Ok(());
         }
@@ -159,7 +166,7 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
     }
     if !args.quiet {
         errln!(
-            "ckpt: dry run of job '{}': {printed} command(s) would run{}; skipped {completed} completed and {dead} dead item(s) (`ckpt retry` re-drives dead ones){}; nothing was changed",
+            "ckpt: dry run of job '{}': {printed} command(s) would run{}; skipped {completed} completed and {dead} dead item(s) (`ckpt retry` re-drives dead ones){}{}; nothing was changed",
             crate::output::shown(&args.job),
             match size {
                 1 => String::new(),
@@ -168,6 +175,12 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
             match finished.live.len() {
                 0 => String::new(),
                 n => format!(", and {n} item(s) running under another live run"),
+            },
+            match finished.exhausted.len() {
+                0 => String::new(),
+                n => format!(
+                    "; {n} item(s) would move to the dead-letter list unrun: runs died while running them as often as --retries allows"
+                ),
             }
         );
     }
@@ -192,7 +205,7 @@ fn command_word(program: &str) -> String {
 
 /// The completed and dead keys of `job`, and its unfinished ones (pending,
 /// failed, running); none if the store or the job does not exist. Opening with [`OpenMode::MustExist`] creates nothing.
-fn finished(url: &str, job: &str) -> Result<Finished> {
+fn finished(url: &str, job: &str, max_attempts: u32) -> Result<Finished> {
     let ckpt = match crate::cmd::open(url, OpenMode::MustExist) {
         Ok(ckpt) => ckpt,
         Err(e)
@@ -247,7 +260,12 @@ fn finished(url: &str, job: &str) -> Result<Finished> {
     for item in store.list_items(job, Some(ItemStatus::Running), limit(counts.running))? {
         let gone = item.ready_at.is_some_and(|lease| lease <= now)
             || item.owner.as_deref().is_some_and(&mut owner_dead);
-        if gone {
+        // As a takeover counts it (`Claim::attempts_added`): a started
+        // attempt that never came back is one more.
+        let attempt = item.attempts + u32::from(item.started_at.is_some());
+        if gone && attempt > max_attempts {
+            finished.exhausted.insert(item.key);
+        } else if gone {
             finished.unfinished.push(item.key);
         } else {
             finished.live.insert(item.key);
