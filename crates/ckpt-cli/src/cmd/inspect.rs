@@ -1,6 +1,7 @@
 //! `ckpt jobs`, `ckpt show JOB`, `ckpt items JOB`: read-only views.
 
 use std::process::ExitCode;
+use unicode_width::UnicodeWidthStr;
 
 use anyhow::Result;
 use ckpt::inspect::{job_detail, job_documents, job_summaries, JobSummary};
@@ -78,7 +79,8 @@ fn bytes(n: u64) -> String {
     }
 }
 
-/// Left-aligned columns, two spaces apart; every cell [`shown`].
+/// Left-aligned columns, two spaces apart, by the terminal columns each
+/// cell takes (a CJK character takes two); every cell [`shown`].
 fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> Result<()> {
     let rows: Vec<[String; N]> = rows
         .iter()
@@ -88,7 +90,7 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> Resu
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(UnicodeWidthStr::width(cell.as_str()));
         }
     }
     let line = |cells: Vec<&str>| {
@@ -97,7 +99,9 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> Resu
             if i + 1 == N {
                 out.push_str(cell);
             } else {
-                out.push_str(&format!("{cell:<w$}  "));
+                out.push_str(cell);
+                let pad = w.saturating_sub(UnicodeWidthStr::width(*cell)) + 2;
+                out.extend(std::iter::repeat_n(' ', pad));
             }
         }
         outln!("{}", out.trim_end())

@@ -618,3 +618,36 @@ fn checkpoint_complete_ends_a_script_job() {
         .success();
     sb.ckpt().args(["status", "export"]).run().error(3);
 }
+
+/// `ckpt items` lines its columns up by the terminal columns a key takes:
+/// a CJK character takes two.
+#[test]
+fn items_columns_line_up_with_wide_keys() {
+    use unicode_width::UnicodeWidthStr;
+    let sb = Sandbox::new();
+    let file = sb.write("items.txt", "日本語キー\nabc\n");
+    sb.ckpt()
+        .args(["run", "--job", "k", "--retries", "0", "--items"])
+        .arg(&file)
+        .args(["--", "false"])
+        .run()
+        .code(1);
+    let out = sb.ckpt().args(["items", "k"]).run();
+    out.success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    // Where the STATUS column starts, in terminal columns.
+    let column = |line: &str, word: &str| UnicodeWidthStr::width(&line[..line.find(word).unwrap()]);
+    assert_eq!(
+        column(lines[0], "STATUS"),
+        column(lines[1], "dead"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        column(lines[0], "STATUS"),
+        column(lines[2], "dead"),
+        "{}",
+        out.stdout
+    );
+}
