@@ -308,7 +308,8 @@ impl Failures {
     }
 
     pub(super) fn print(&self, job: &str, now: Timestamp) -> Result<()> {
-        let job = shown(job);
+        // Pasteable, and safe on a terminal ($'…' where it must be).
+        let job = super::run::shell_word(job);
         if !self.dead.is_empty() {
             outln!("dead items, latest first (retry them with `ckpt retry {job}`):")?;
             for item in &self.dead {

@@ -16,6 +16,7 @@ mod results;
 pub mod sentinel;
 mod slots;
 mod template;
+pub(crate) use template::shell_word;
 mod timeout;
 mod which;
 
@@ -268,7 +269,10 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         // terminal that hung up has no one to show it to. Otherwise (a
         // full disk) a run that ended well exits 4, as any command whose
         // output is lost does; one that did not keeps its own exit code.
-        if let Err(e) = outln!("{}", serde_json::to_string(&doc)?) {
+        // On a line of its own, after a command's output without a
+        // final newline.
+        let newline = if capture::stdout_mid_line() { "\n" } else { "" };
+        if let Err(e) = outln!("{newline}{}", serde_json::to_string(&doc)?) {
             if !crate::output::is_broken_pipe(&e) && !capture::stdout_is_terminal() {
                 errln!("ckpt: error: {e:#}");
                 summary_lost = true;

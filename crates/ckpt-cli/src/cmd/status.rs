@@ -9,7 +9,7 @@ use crate::cli::StatusArgs;
 use crate::output::{rfc3339, short_duration, shown};
 
 /// Dead items and items awaiting a retry listed, of each.
-const DEAD_SHOWN: usize = 10;
+const FAILURES_SHOWN: usize = 10;
 /// History entries in the `--json` document (as `ckpt show`'s default).
 const HISTORY_SHOWN: usize = 20;
 
@@ -27,9 +27,14 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
     let now = ckpt.now();
     if args.json {
         // The same document as `ckpt show --json` and the API's.
-        let detail =
-            ckpt::inspect::job_detail(store.as_ref(), &args.job, now, HISTORY_SHOWN, DEAD_SHOWN)?
-                .ok_or_else(not_found)?;
+        let detail = ckpt::inspect::job_detail(
+            store.as_ref(),
+            &args.job,
+            now,
+            HISTORY_SHOWN,
+            FAILURES_SHOWN,
+        )?
+        .ok_or_else(not_found)?;
         outln!("{}", serde_json::to_string_pretty(&detail)?)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -37,7 +42,8 @@ pub fn status(url: &str, args: StatusArgs) -> Result<ExitCode> {
     // half-way prints one error line, not half a report.
     let job = store.get_job(&args.job)?.ok_or_else(not_found)?;
     let counts = store.item_counts(&args.job)?;
-    let failures = super::inspect::Failures::read(store.as_ref(), &args.job, &counts, DEAD_SHOWN)?;
+    let failures =
+        super::inspect::Failures::read(store.as_ref(), &args.job, &counts, FAILURES_SHOWN)?;
     outln!("job:        {}", shown(&job.name))?;
     outln!("status:     {}", job.status)?;
     outln!(

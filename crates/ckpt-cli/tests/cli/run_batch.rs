@@ -233,7 +233,7 @@ for a in "$@"; do echo "$a" >> log; done"#;
 
 /// A failed batch's items run alone one after another; each that succeeds
 /// is recorded completed as it ends, not when the last has run: a run
-/// killed during the split runs none of them again, and charges none.
+/// killed during the split runs none of those again.
 #[test]
 fn items_done_alone_in_a_split_are_recorded_at_once() {
     let sb = Sandbox::new();
@@ -276,6 +276,10 @@ exit 0"#;
         stored.values().all(|(status, _)| status == "completed"),
         "{stored:?}"
     );
+    // `a` took one attempt (the batch and its lone run); `b` and `c` were
+    // running (their batch's start recorded) when ckpt died: one more.
+    let attempts: Vec<u64> = stored.values().map(|(_, n)| *n).collect();
+    assert_eq!(attempts, [1, 2, 2], "{stored:?}");
 }
 
 /// The happy path on a server store: every item once, in batches.

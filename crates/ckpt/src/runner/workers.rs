@@ -176,20 +176,26 @@ pub(super) fn worker_loop<H: Handler>(
         }
         record_starts(queue, state, &items);
         let started = Instant::now();
-        // Outcomes handed over early: pushed at once, each item once.
-        let reported = Mutex::new(vec![false; items.len()]);
+        // Outcomes handed over early: pushed at once, each item once, each
+        // timed from the one before (a split batch's items run one after
+        // another), so the throughput measured stays per item.
+        let reported = Mutex::new((vec![false; items.len()], started));
         let report = |index: usize, outcome: Outcome| {
-            let mut done = reported.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = reported.lock().unwrap_or_else(|e| e.into_inner());
+            let (done, since) = &mut *g;
             let Some(item) = items.get(index).filter(|_| !done[index]) else {
                 return;
             };
             done[index] = true;
+            let ran_for = since.elapsed();
+            *since = Instant::now();
+            drop(g);
             let mut g = state.lock();
             g.running.remove(&item.lease.id);
             g.finished.push(Attempt {
                 item: item.clone(),
                 outcome,
-                ran_for: Some(started.elapsed()),
+                ran_for: Some(ran_for),
             });
             drop(g);
             state.progress.notify_one();
@@ -208,7 +214,7 @@ pub(super) fn worker_loop<H: Handler>(
             vec![Outcome::Failed(format!("handler panicked: {msg}")); items.len()]
         });
         let took = started.elapsed();
-        let reported = reported.into_inner().unwrap_or_else(|e| e.into_inner());
+        let (reported, _) = reported.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut outcomes = outcomes.into_iter();
         let mut g = state.lock();
         // Pushed under one lock: the coordinator records a batch's

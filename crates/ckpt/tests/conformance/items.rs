@@ -553,7 +553,13 @@ fn last_items_are_the_latest_of_one_status(store: Option<Fixture>) {
     let q = ckpt.queue_with("latest", queue_options(2)).unwrap();
     // The same job with one attempt: a failure there is final.
     let once = ckpt.queue_with("latest", queue_options(1)).unwrap();
+    // Another job's dead item, enqueued last: never in this job's lists.
+    let other = ckpt.queue_with("other", queue_options(1)).unwrap();
     q.enqueue(keys(8)).unwrap();
+    other.enqueue(keys(9)).unwrap();
+    for item in other.claim(9).unwrap() {
+        other.fail(&item, "elsewhere").unwrap();
+    }
     for item in q.claim(8).unwrap() {
         let n: usize = item.key["item-".len()..].parse().unwrap();
         match n % 3 {

@@ -31,6 +31,7 @@ use std::io::{self, IsTerminal, Read, Seek, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,17 @@ const AFTER_EXIT: Duration = Duration::from_secs(1);
 /// ckpt's stdout and stderr are one file (`2>&1`), a line on one must not
 /// land inside a line on the other.
 static WRITING: Mutex<()> = Mutex::new(());
+
+/// Whether the last bytes of commands' output written to stdout ended
+/// mid-line (no newline): `--json`'s summary then starts a line of its own.
+static STDOUT_MID_LINE: AtomicBool = AtomicBool::new(false);
+
+/// Whether commands' output left stdout mid-line (see [`STDOUT_MID_LINE`];
+/// output `--ungroup` hands straight to stdout is not seen).
+pub fn stdout_mid_line() -> bool {
+    let _w = writing();
+    STDOUT_MID_LINE.load(Ordering::Relaxed)
+}
 
 fn writing() -> MutexGuard<'static, ()> {
     WRITING.lock().unwrap_or_else(|e| e.into_inner())
@@ -392,6 +404,7 @@ impl Stream {
         let result = crate::progress::with_bar_hidden(self.is_terminal(), || match self {
             Stream::Out => {
                 let _std = io::stdout().lock();
+                STDOUT_MID_LINE.store(bytes.last() != Some(&b'\n'), Ordering::Relaxed);
                 write_fully(self.fd(), bytes)
             }
             Stream::Err => {

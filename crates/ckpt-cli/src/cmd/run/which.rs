@@ -41,19 +41,13 @@ pub fn record(queue: Queue, job: &str, argv: &[String]) -> Result<Queue> {
 /// than `now`; `None` for the same command or a job's first.
 pub fn warning(job: &str, previous: Option<&CommandRecord>, now: &CommandRecord) -> Option<String> {
     let previous = previous.filter(|p| p.id != now.id)?;
-    // A name that must be escaped for the terminal cannot be pasted back.
-    let shown_job = shown(job);
-    let word = if shown_job == job {
-        shell_word(job)
-    } else {
-        shown_job.to_string()
-    };
     Some(format!(
-        "ckpt: warning: job '{shown_job}' was last run with `{}` (completed {} items); now `{}`; `ckpt retry {} --completed-by-other-command` re-runs the items other commands completed",
+        "ckpt: warning: job '{}' was last run with `{}` (completed {} items); now `{}`; `ckpt retry {} --completed-by-other-command` re-runs the items other commands completed",
+        shown(job),
         shown(&previous.command),
         previous.completed,
         shown(&now.command),
-        word,
+        shell_word(job),
     ))
 }
 
