@@ -15,10 +15,13 @@ mod lines;
 mod results;
 pub mod sentinel;
 mod slots;
+mod summary;
 mod template;
-pub(crate) use template::shell_word;
 mod timeout;
 mod which;
+
+use summary::{left_to_do, left_unfinished};
+pub(crate) use template::shell_word;
 
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
@@ -325,6 +328,15 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(FAILED));
     }
+    if let Some(why) = left_unfinished(&counts) {
+        errln!(
+            "ckpt: job '{}' not completed: {} of {} completed ({took}); {why}",
+            crate::output::shown(&args.job),
+            counts.completed,
+            counts.total(),
+        );
+        return Ok(ExitCode::from(FAILED));
+    }
     if !args.quiet {
         errln!(
             "ckpt: job '{}' completed: {} items, {} run now, {} failed attempts ({took})",
@@ -338,25 +350,6 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(crate::exit::STORE));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The end of a stopped or halted run's summary: what is left, and what
-/// to do about it.
-fn left_to_do(unfinished: u64, dead: u64, job: &str, verb: &str) -> String {
-    let dead = if dead > 0 {
-        format!(
-            "{dead} dead item(s): see `ckpt status {}`",
-            crate::output::shown(job)
-        )
-    } else {
-        String::new()
-    };
-    match (unfinished, dead.is_empty()) {
-        (0, true) => "nothing is left to run".into(),
-        (0, false) => dead,
-        (n, true) => format!("{n} item(s) left, run the same command again to {verb}"),
-        (n, false) => format!("{n} item(s) left, run the same command again to {verb}; {dead}"),
-    }
 }
 
 /// Open files a run needs besides its commands' (the store, its sockets,
