@@ -43,7 +43,7 @@ mod tests {
         counts.add(ItemStatus::Completed, 5);
         assert_eq!(left_unfinished(&counts), None);
         for status in [ItemStatus::Pending, ItemStatus::Failed, ItemStatus::Running] {
-            let mut c = counts.clone();
+            let mut c = counts;
             c.add(status, 3);
             let why = left_unfinished(&c).expect("not completed");
             assert!(why.starts_with("3 item(s) became unfinished"), "{why}");
