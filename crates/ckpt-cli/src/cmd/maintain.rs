@@ -162,7 +162,7 @@ pub fn prune(url: &str, args: PruneArgs) -> Result<ExitCode> {
     for job in &deleted {
         outln!(
             "{verb} {} (completed {}, {} items)",
-            job.job,
+            shown(&job.job),
             job.completed_at,
             job.items_total
         )?;

@@ -149,4 +149,15 @@ fn run_and_retry_messages_escape_the_job_name() {
         assert!(text.contains(r"job 'evil\u{202e}abc'"), "{what}: {text}");
     }
     assert!(outputs[3].contains("was last run with"), "{}", outputs[3]);
+    // The job is completed now: prune names it.
+    for extra in [&["--dry-run"][..], &[]] {
+        let out = sb
+            .ckpt()
+            .args(["prune", "--completed-before", "0s"])
+            .args(extra)
+            .run();
+        out.success();
+        assert_no_raw_controls("prune", &out.stdout);
+        assert!(out.stdout.contains(r"evil\u{202e}abc"), "{}", out.stdout);
+    }
 }
