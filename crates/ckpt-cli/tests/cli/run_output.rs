@@ -10,17 +10,30 @@ const LINES: usize = 300;
 
 /// Writes `LINES` numbered lines to stdout and to stderr, each line in two
 /// writes (the shell's `printf` writes at once), with padding so that a
-/// round of lines is bigger than a pipe's atomic write.
+/// round of lines is bigger than a pipe's atomic write. Half-way, item `kN`
+/// waits (10 s at most) until the 4 items of its round of 4 (`k1`-`k4`,
+/// `k5`-`k8`) are half-way too: the 4 running at once do write at once,
+/// however the machine schedules them (a command may write all its lines
+/// within one time slice).
 const CHATTY: &str = r#"pad=$(printf '%0150d' 0)
+round=$(( (${1#k} + 3) / 4 * 4 ))
 i=1
 while [ $i -le LINES ]; do
   printf 'out %s %s ' "$1" $i; printf '%s end\n' "$pad"
   printf 'err %s %s ' "$1" $i >&2; printf '%s end\n' "$pad" >&2
+  if [ $i -eq HALF ]; then
+    touch "half.$1"; waited=0
+    while [ "$(ls half.* | wc -l)" -lt $round ] && [ $waited -lt 1000 ]; do
+      sleep 0.01; waited=$((waited + 1))
+    done
+  fi
   i=$((i + 1))
 done"#;
 
 fn chatty() -> String {
-    CHATTY.replace("LINES", &LINES.to_string())
+    CHATTY
+        .replace("LINES", &LINES.to_string())
+        .replace("HALF", &(LINES / 2).to_string())
 }
 
 /// Runs 8 chatty items 4 at a time with `flags`; returns stdout and stderr.
@@ -83,9 +96,11 @@ fn by_default_lines_of_different_items_never_mix() {
     let (stdout, stderr) = run_chatty(&[]);
     let order = whole_lines(&stdout, "out", false);
     whole_lines(&stderr, "err", false);
-    // Live, not grouped: with 4 at a time, items' lines alternate.
+    // Live, not grouped: with 4 at a time, items' lines alternate. Each
+    // round of 4 writes its first halves before any second half, which
+    // takes 6 switches at the least; item by item would take 7 in all.
     let runs = order.windows(2).filter(|w| w[0] != w[1]).count();
-    assert!(runs > 8, "lines came item by item ({runs} switches)");
+    assert!(runs >= 12, "lines came item by item ({runs} switches)");
 }
 
 #[test]
