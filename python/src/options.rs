@@ -16,6 +16,14 @@ pub fn policy(
     target_overhead: f64,
     max_interval: f64,
 ) -> PyResult<CheckpointPolicy> {
+    // Checked whatever the policy, as every option is: a bad value is an
+    // error even where another option makes it unused.
+    if !(target_overhead.is_finite() && target_overhead > 0.0 && target_overhead < 1.0) {
+        return Err(InvalidInputError::new_err(format!(
+            "target_overhead must be between 0 and 1 (0.01 = 1 %), not {target_overhead}"
+        )));
+    }
+    let max_interval = seconds("max_interval", max_interval)?;
     if always {
         if every_items.is_some() || every_seconds.is_some() {
             return Err(InvalidInputError::new_err(
@@ -37,14 +45,9 @@ pub fn policy(
                 .transpose()?,
         });
     }
-    if !(target_overhead.is_finite() && target_overhead > 0.0 && target_overhead < 1.0) {
-        return Err(InvalidInputError::new_err(format!(
-            "target_overhead must be between 0 and 1 (0.01 = 1 %), not {target_overhead}"
-        )));
-    }
     Ok(CheckpointPolicy::Adaptive {
         target_overhead,
-        max_interval: seconds("max_interval", max_interval)?,
+        max_interval,
     })
 }
 

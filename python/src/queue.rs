@@ -104,10 +104,14 @@ impl Queue {
     /// items); slow handlers get one, so other processes get their share.
     ///
     /// Called from the main thread, it handles SIGTERM, SIGINT and SIGHUP
-    /// (unless ignored or handled already) while it runs: the first stops
-    /// the run gracefully (nothing new starts, running handlers finish,
-    /// unstarted items are given back) and it returns with ``stopped`` and
-    /// ``signal`` set; a second SIGTERM or SIGINT ends the process at once. Returns a RunReport; store errors raise.
+    /// (SIGHUP only if its handler is the default: under ``nohup``, or
+    /// with a handler of the program's own, it is left alone) while it
+    /// runs: the first stops the run gracefully (nothing new starts,
+    /// running handlers finish, unstarted items are given back) and it
+    /// returns with ``stopped`` and ``signal`` set; a second SIGTERM or
+    /// SIGINT ends the process at once (after a SIGHUP, the first SIGTERM
+    /// or SIGINT is the stop's reason, not the second). Returns a
+    /// RunReport; store errors raise.
     #[pyo3(signature = (handler, *, workers=1, prefetch=None))]
     fn run(
         &self,

@@ -33,6 +33,36 @@ const ASYNC_HANDLER: &str = "the handler is a coroutine function (async def): ck
      handlers on worker threads and does not await them; make it a plain function (it may \
      call asyncio.run)";
 
+/// Why a generator handler is refused: its call only makes a generator, so
+/// completing the item would record work that never ran.
+const GENERATOR_HANDLER: &str = "the handler is a generator function (it has yield): calling \
+     it only makes a generator, and none of its work runs; make it a plain function (it may \
+     consume its generator: list(gen(item)))";
+
+thread_local! {
+    /// The jobs (store, job) whose handlers this thread is running, for
+    /// as long as each runs: a `run` of one of them from inside its handler
+    /// would wait for ever for the item that handler holds.
+    static IN_HANDLER: std::cell::RefCell<Vec<(String, String)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Marks this thread as running a handler of `job` until dropped.
+struct InHandler;
+
+impl InHandler {
+    fn enter(store: String, job: String) -> InHandler {
+        IN_HANDLER.with(|h| h.borrow_mut().push((store, job)));
+        InHandler
+    }
+}
+
+impl Drop for InHandler {
+    fn drop(&mut self) {
+        IN_HANDLER.with(|h| h.borrow_mut().pop());
+    }
+}
+
 /// How often the waiting caller lets Python handle signals.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
@@ -60,6 +90,25 @@ pub fn run(
         .is_truthy()?;
     if is_async {
         return Err(PyTypeError::new_err(ASYNC_HANDLER));
+    }
+    let this_job = (shared.describe(), queue.job().to_string());
+    if IN_HANDLER.with(|h| h.borrow().contains(&this_job)) {
+        return Err(InvalidInputError::new_err(format!(
+            "run() of job '{}' called from one of its own handlers: it would wait for ever for the item that handler holds; enqueue the new items and return (the run takes them), or run them as another job",
+            queue.job()
+        )));
+    }
+    let is_generator = ["isgeneratorfunction", "isasyncgenfunction"]
+        .iter()
+        .map(|f| {
+            py.import("inspect")?
+                .call_method1(*f, (handler.bind(py),))?
+                .is_truthy()
+        })
+        .collect::<PyResult<Vec<bool>>>()?
+        .contains(&true);
+    if is_generator {
+        return Err(PyTypeError::new_err(GENERATOR_HANDLER));
     }
     let options = RunOptions {
         workers,
@@ -200,6 +249,7 @@ impl ckpt::Handler for PyHandler {
         if self.shared.is_closed() {
             return closed();
         }
+        let _in_handler = InHandler::enter(self.shared.describe(), self.queue.job().to_string());
         Python::attach(|py| {
             let arg = Item::new(self.shared.clone(), self.queue.clone(), item.clone());
             let result = Py::new(py, arg).and_then(|arg| self.handler.call1(py, (arg,)));
@@ -245,6 +295,24 @@ impl PyHandler {
             lock(&self.escaped).get_or_insert(PyTypeError::new_err(ASYNC_HANDLER));
             self.stop.stop();
             return Outcome::Interrupted("the handler returned an awaitable, not a result".into());
+        }
+        // A generator (sync or async; a callable object whose `__call__`
+        // yields): likewise, none of its work has run.
+        let is_generator = !value.is_none()
+            && ["isgenerator", "isasyncgen"].iter().any(|f| {
+                value
+                    .py()
+                    .import("inspect")
+                    .and_then(|m| m.call_method1(*f, (value,)))
+                    .and_then(|r| r.is_truthy())
+                    .unwrap_or(false)
+            });
+        if is_generator {
+            // An async generator has no `close` (its `aclose` must be awaited).
+            let _ = value.call_method0("close");
+            lock(&self.escaped).get_or_insert(PyTypeError::new_err(GENERATOR_HANDLER));
+            self.stop.stop();
+            return Outcome::Interrupted("the handler returned a generator, not a result".into());
         }
         match stats_json(Some(value)) {
             Ok(stats) => Outcome::Completed(stats),
@@ -409,12 +477,19 @@ impl Signals {
                     stop.stop();
                     let py = args.py();
                     let logger = py.import("logging")?.call_method1("getLogger", ("ckpt",))?;
+                    // A SIGHUP again is ignored (see above): say what ends it.
+                    let again = if signum == libc::SIGHUP {
+                        "send SIGTERM or SIGINT twice to end at once"
+                    } else {
+                        "send it again to end at once"
+                    };
                     logger.call_method1(
                         "warning",
                         (
                             "signal %d: stopping (running items finish, unstarted ones are given \
-                         back); send it again to end at once",
+                         back); %s",
                             signum,
+                            again,
                         ),
                     )?;
                 } else {

@@ -230,15 +230,39 @@ def test_a_zombie_item_holder_is_fenced_and_changes_nothing(store_url):
         lambda s: s.queue("q", backoff=0),
         lambda s: s.queue("q", jitter=1.5),
         lambda s: s.queue("q").run(lambda item: None, workers=0),
+        # Bad even where another option leaves it unused.
+        lambda s: s.job("j", every_items=5, max_interval=0),
+        lambda s: s.job("j", every_seconds=1, target_overhead=5),
+        lambda s: s.job("j", always=True, max_interval=-1),
+        lambda s: s.job("j", always=True, target_overhead=float("nan")),
     ],
     ids=["lease-0", "lease-negative", "every-items-0", "overhead-2", "attempts-0", "backoff-0",
-         "jitter-1.5", "workers-0"],
+         "jitter-1.5", "workers-0", "unused-max-interval-0", "unused-overhead-5",
+         "always-max-interval-negative", "always-overhead-nan"],
 )
 def test_a_bad_option_is_invalid_input_and_creates_nothing(any_store_url, make):
     store = ckpt.open(any_store_url)
     with pytest.raises(ckpt.InvalidInputError):
         make(store)
     assert store.status("j") is None
+
+
+def test_an_item_of_another_jobs_queue_is_refused(any_store_url):
+    store = ckpt.open(any_store_url)
+    images, videos = store.queue("images"), store.queue("videos")
+    images.enqueue(["cat.jpg"])
+    (item,) = images.claim(1)
+    for call in (
+        lambda: videos.complete(item, {"frames": 1}),
+        lambda: videos.fail(item, "x"),
+        lambda: videos.release(item),
+        lambda: videos.heartbeat([item]),
+    ):
+        with pytest.raises(ckpt.InvalidInputError, match="claimed from job 'images'"):
+            call()
+    assert images.counts().running == 1
+    images.complete(item)
+    assert images.counts().completed == 1
 
 
 def test_a_handler_that_is_not_callable_is_a_type_error(any_store_url):

@@ -381,6 +381,62 @@ def test_an_async_handler_is_refused_and_runs_nothing(any_store_url):
     assert ran == []
 
 
+def test_a_generator_handler_is_refused_and_runs_nothing(any_store_url):
+    # Its call only makes a generator: none of its work runs.
+    queue = ckpt.open(any_store_url).queue("q")
+    queue.enqueue(["a", "b"])
+    ran = []
+
+    def handler(item):
+        ran.append(item.key)
+        yield item.key
+
+    async def async_gen_handler(item):
+        ran.append(item.key)
+        yield item.key
+
+    for h in (handler, async_gen_handler):
+        with pytest.raises(TypeError, match="generator function"):
+            queue.run(h)
+    assert queue.counts().pending == 2
+    assert ran == []
+
+    class Handler:  # not a generator function, but its call makes a generator
+        def __call__(self, item):
+            ran.append(item.key)
+            yield item.key
+
+    with pytest.raises(TypeError, match="generator function"):
+        queue.run(Handler())
+    assert ran == []
+    assert [(i.status, i.attempts) for i in queue.items()] == [("pending", 0)] * 2
+
+
+def test_a_run_of_the_same_job_from_its_handler_is_refused(any_store_url):
+    # It would wait for ever for the item the outer handler holds.
+    store = ckpt.open(any_store_url)
+    queue = store.queue("fanout")
+    queue.enqueue(["parent"])
+    raised = []
+
+    def handler(item):
+        if item.key == "parent":
+            queue.enqueue(["child-1", "child-2"])
+            try:
+                queue.run(lambda it: None)
+            except ckpt.InvalidInputError as e:
+                raised.append(str(e))
+            # Another job may run from a handler.
+            other = store.queue("other")
+            other.enqueue(["x"])
+            assert other.run(lambda it: None).completed == 1
+
+    report = queue.run(handler)
+    assert len(raised) == 1 and "called from one of its own handlers" in raised[0], raised
+    assert report.completed == 3  # the parent, then the children it enqueued
+    assert queue.counts().completed == 3
+
+
 def test_a_handler_that_returns_an_awaitable_stops_the_run_uncharged(any_store_url):
     queue = ckpt.open(any_store_url).queue("q")
     queue.enqueue(["a", "b", "c"])

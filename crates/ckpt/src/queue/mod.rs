@@ -19,7 +19,7 @@ mod settle;
 pub use settle::{Attempt, Outcome, Settled};
 
 use crate::ckpt::Ckpt;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{
     ClaimedItem, EnqueueReport, ItemChange, ItemCounts, ItemRecord, ItemStatus, ItemUpdate,
     JobStatus, NewItem,
@@ -257,8 +257,22 @@ impl Queue {
         Ok(runnable)
     }
 
+    /// [`Error::InvalidInput`] for an item claimed from another job's
+    /// queue: its id would name another job's item (the lease fences
+    /// workers, not jobs).
+    fn check_own(&self, item: &ClaimedItem) -> Result<()> {
+        if item.job == self.job {
+            return Ok(());
+        }
+        Err(Error::InvalidInput(format!(
+            "item '{}' was claimed from job '{}', not from this queue's job '{}'",
+            item.key, item.job, self.job
+        )))
+    }
+
     /// Completes a claimed item with optional stats. Fenced.
     pub fn complete(&self, item: &ClaimedItem, stats: Option<Value>) -> Result<()> {
+        self.check_own(item)?;
         if let Some(stats) = &stats {
             validate::stats(stats)?;
         }
@@ -272,6 +286,7 @@ impl Queue {
     /// once, and the attempt its claim counted taken back (for a worker
     /// that stops before it could finish the item). Fenced.
     pub fn release(&self, item: &ClaimedItem) -> Result<()> {
+        self.check_own(item)?;
         // Not an outcome to record (the caller may or may not have started
         // the item): the change alone, as the runner's stop does it.
         self.apply_one(ItemUpdate {
@@ -283,6 +298,7 @@ impl Queue {
     /// Fails a claimed item: it is retried with backoff, or moved to the
     /// dead-letter list once its attempts are used up. Fenced.
     pub fn fail(&self, item: &ClaimedItem, error: &str) -> Result<RetryDecision> {
+        self.check_own(item)?;
         match self.settle_one(item, Outcome::Failed(error.to_string()))? {
             Settled::Retrying(at) => Ok(RetryDecision::RetryAt(at)),
             Settled::Lost(e) => Err(e),
@@ -303,6 +319,7 @@ impl Queue {
         f: impl FnOnce(&mut S::Tx<'_>) -> Result<T>,
     ) -> Result<T> {
         self.ckpt.check_same_store(store)?;
+        self.check_own(item)?;
         if let Some(stats) = &stats {
             validate::stats(stats)?;
         }
@@ -332,6 +349,7 @@ impl Queue {
     /// Saves a per-item cursor, so that a retry of this item resumes inside
     /// it, and renews the lease. Fenced.
     pub fn save_cursor(&self, item: &ClaimedItem, cursor: Value) -> Result<()> {
+        self.check_own(item)?;
         validate::stored_json("cursor", &cursor)?;
         let lease_until = self.ckpt.now().plus(self.options.lease);
         self.apply_one(ItemUpdate {
@@ -351,6 +369,10 @@ impl Queue {
         &self,
         items: I,
     ) -> Result<Vec<Result<()>>> {
+        let items: Vec<&ClaimedItem> = items.into_iter().collect();
+        for item in &items {
+            self.check_own(item)?;
+        }
         let lease_until = self.ckpt.now().plus(self.options.lease);
         self.apply(&lease_updates(items, ItemChange::Heartbeat { lease_until }))
     }

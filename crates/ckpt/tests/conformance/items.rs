@@ -600,3 +600,35 @@ fn last_items_are_the_latest_of_one_status(store: Option<Fixture>) {
         .unwrap()
         .is_empty());
 }
+
+/// An item claimed from one job's queue is refused by another job's (its
+/// id names an item of the first job): nothing changes.
+#[apply(every_store)]
+fn another_jobs_queue_refuses_an_item(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ManualClock::new(T0);
+    let ckpt = worker(f, &clock, "a");
+    let images = ckpt.queue_with("images", queue_options(3)).unwrap();
+    let videos = ckpt.queue_with("videos", queue_options(3)).unwrap();
+    images.enqueue([NewItem::key("cat.jpg")]).unwrap();
+    videos.enqueue([NewItem::key("cat.mp4")]).unwrap();
+    let item = images.claim(1).unwrap().pop().unwrap();
+    let refused = |r: Result<(), Error>| match r {
+        Err(Error::InvalidInput(m)) => {
+            assert!(m.contains("claimed from job 'images'"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    };
+    refused(videos.complete(&item, None));
+    refused(videos.fail(&item, "x").map(drop));
+    refused(videos.release(&item));
+    refused(videos.save_cursor(&item, json!(1)));
+    refused(videos.heartbeat([&item]).map(drop));
+    let (i, v) = (images.counts().unwrap(), videos.counts().unwrap());
+    assert_eq!(
+        (i.running, i.completed, v.pending, v.completed),
+        (1, 0, 1, 0)
+    );
+    images.complete(&item, None).unwrap();
+    assert_eq!(images.counts().unwrap().completed, 1);
+}
