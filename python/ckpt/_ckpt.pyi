@@ -229,9 +229,12 @@ class Queue:
         """Runs ``handler(item)`` on ``workers`` threads until no item is left. Returning completes
         the item, keeping a returned dict of JSON values as its stats (any other value is dropped,
         with a warning once per run); raising fails it (``Type: message`` becomes its error),
-        retried with backoff then dead. On SIGTERM/SIGINT/SIGHUP (when called from the main thread) it
-        stops claiming, lets running handlers finish, gives unstarted items back and returns with
-        ``stopped`` set; a second signal ends the process. Store errors raise. At most
+        retried with backoff then dead. An ``async def`` or generator handler (nothing of it would
+        run) raises ``TypeError``; a run of this job from inside its own handlers raises
+        ``InvalidInputError``. On SIGTERM/SIGINT/SIGHUP (when called from the main thread; SIGHUP
+        only if its handler is the default) it stops claiming, lets running handlers finish, gives
+        unstarted items back and returns with ``stopped`` set; a second SIGTERM or SIGINT ends the
+        process (after a SIGHUP, the first is the stop's reason). Store errors raise. At most
         ``prefetch`` items are claimed ahead of the workers (default: twice the workers, at least 8,
         as ``ckpt run``); slow handlers get one, so other processes get their share."""
     def claim(self, max: int = 1) -> list[Item]:

@@ -98,7 +98,10 @@ impl Queue {
     /// keeping a returned dict of JSON values as its stats (any other value
     /// is dropped, with a warning once per run); raising fails it (``Type: message`` becomes its
     /// error; the traceback is logged on the ``ckpt`` logger): it is retried
-    /// with backoff, then dead. Leases are renewed while handlers run.
+    /// with backoff, then dead. Leases are renewed while handlers run. An
+    /// ``async def`` or generator handler (none of its work would run)
+    /// raises ``TypeError``; a run of this job from inside its own handlers
+    /// (it would wait for ever for their items) ``InvalidInputError``.
     /// At most ``prefetch`` items are claimed ahead of the workers (default:
     /// twice the workers, at least 8, as ``ckpt run``; more helps tiny
     /// items); slow handlers get one, so other processes get their share.

@@ -39,27 +39,38 @@ const GENERATOR_HANDLER: &str = "the handler is a generator function (it has yie
      it only makes a generator, and none of its work runs; make it a plain function (it may \
      consume its generator: list(gen(item)))";
 
+/// A job: its store's identity (the same for two handles on the same
+/// data) and its name.
+type JobId = (String, String);
+
 thread_local! {
-    /// The jobs (store, job) whose handlers this thread is running, for
-    /// as long as each runs: a `run` of one of them from inside its handler
-    /// would wait for ever for the item that handler holds.
-    static IN_HANDLER: std::cell::RefCell<Vec<(String, String)>> =
+    /// The jobs whose handlers this thread is running inside of, directly
+    /// or through the runs those handlers started (A's handler runs B,
+    /// whose handler runs A): a `run` of one of them would wait for ever
+    /// for the item the outer handler holds.
+    static IN_HANDLER: std::cell::RefCell<Vec<JobId>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Marks this thread as running a handler of `job` until dropped.
-struct InHandler;
+/// Marks this thread as running inside the handlers of `jobs` until
+/// dropped (a worker thread of a run started by a handler inherits its
+/// caller's jobs).
+struct InHandler(usize);
 
 impl InHandler {
-    fn enter(store: String, job: String) -> InHandler {
-        IN_HANDLER.with(|h| h.borrow_mut().push((store, job)));
-        InHandler
+    fn enter(jobs: &[JobId]) -> InHandler {
+        IN_HANDLER.with(|h| h.borrow_mut().extend_from_slice(jobs));
+        InHandler(jobs.len())
     }
 }
 
 impl Drop for InHandler {
     fn drop(&mut self) {
-        IN_HANDLER.with(|h| h.borrow_mut().pop());
+        IN_HANDLER.with(|h| {
+            let mut h = h.borrow_mut();
+            let keep = h.len().saturating_sub(self.0);
+            h.truncate(keep);
+        });
     }
 }
 
@@ -91,13 +102,17 @@ pub fn run(
     if is_async {
         return Err(PyTypeError::new_err(ASYNC_HANDLER));
     }
-    let this_job = (shared.describe(), queue.job().to_string());
-    if IN_HANDLER.with(|h| h.borrow().contains(&this_job)) {
+    let this_job: JobId = (queue.ckpt().store().identity(), queue.job().to_string());
+    // What the handlers run inside of: this job, and whatever the caller
+    // (a handler itself, maybe) runs inside of.
+    let mut inside = IN_HANDLER.with(|h| h.borrow().clone());
+    if inside.contains(&this_job) {
         return Err(InvalidInputError::new_err(format!(
             "run() of job '{}' called from one of its own handlers: it would wait for ever for the item that handler holds; enqueue the new items and return (the run takes them), or run them as another job",
             queue.job()
         )));
     }
+    inside.push(this_job);
     let is_generator = ["isgeneratorfunction", "isasyncgenfunction"]
         .iter()
         .map(|f| {
@@ -125,6 +140,7 @@ pub fn run(
     // Set when the store's closing stopped the run (not a close after it).
     let stopped_by_close = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let handler = PyHandler {
+        inside,
         stopped_by_close: stopped_by_close.clone(),
         handler,
         live: live.clone(),
@@ -233,6 +249,8 @@ struct PyHandler {
     escaped: Arc<std::sync::Mutex<Option<PyErr>>>,
     /// Set when this handler stopped the run because the store closed.
     stopped_by_close: Arc<std::sync::atomic::AtomicBool>,
+    /// The jobs its calls run inside of (see `IN_HANDLER`).
+    inside: Vec<JobId>,
 }
 
 impl ckpt::Handler for PyHandler {
@@ -249,7 +267,7 @@ impl ckpt::Handler for PyHandler {
         if self.shared.is_closed() {
             return closed();
         }
-        let _in_handler = InHandler::enter(self.shared.describe(), self.queue.job().to_string());
+        let _in_handler = InHandler::enter(&self.inside);
         Python::attach(|py| {
             let arg = Item::new(self.shared.clone(), self.queue.clone(), item.clone());
             let result = Py::new(py, arg).and_then(|arg| self.handler.call1(py, (arg,)));
@@ -277,6 +295,24 @@ impl ckpt::Handler for PyHandler {
 }
 
 impl PyHandler {
+    /// Whether `value` is a generator (sync or async) of the handler's own
+    /// code: its `__code__`, or its `__call__`'s.
+    fn is_own_generator(&self, value: &Bound<'_, PyAny>) -> bool {
+        let Ok(code) = value
+            .getattr("gi_code")
+            .or_else(|_| value.getattr("ag_code"))
+        else {
+            return false;
+        };
+        let handler = self.handler.bind(value.py());
+        let own = handler.getattr("__code__").or_else(|_| {
+            handler
+                .getattr("__call__")
+                .and_then(|call| call.getattr("__code__"))
+        });
+        own.is_ok_and(|own| own.is(&code))
+    }
+
     /// What a handler's return value means: it returned, so the item's
     /// work is done and it completes. A dict of JSON values is kept as its
     /// stats; anything else (a value returned by habit, stats that are not
@@ -296,18 +332,11 @@ impl PyHandler {
             self.stop.stop();
             return Outcome::Interrupted("the handler returned an awaitable, not a result".into());
         }
-        // A generator (sync or async; a callable object whose `__call__`
-        // yields): likewise, none of its work has run.
-        let is_generator = !value.is_none()
-            && ["isgenerator", "isasyncgen"].iter().any(|f| {
-                value
-                    .py()
-                    .import("inspect")
-                    .and_then(|m| m.call_method1(*f, (value,)))
-                    .and_then(|r| r.is_truthy())
-                    .unwrap_or(false)
-            });
-        if is_generator {
+        // The handler's own generator (a callable object whose `__call__`
+        // yields): likewise, none of its work has run. (A generator made
+        // by work that did run, `(r.id for r in rows)`, is a return value
+        // like any other.)
+        if !value.is_none() && self.is_own_generator(value) {
             // An async generator has no `close` (its `aclose` must be awaited).
             let _ = value.call_method0("close");
             lock(&self.escaped).get_or_insert(PyTypeError::new_err(GENERATOR_HANDLER));

@@ -411,6 +411,15 @@ def test_a_generator_handler_is_refused_and_runs_nothing(any_store_url):
     assert ran == []
     assert [(i.status, i.attempts) for i in queue.items()] == [("pending", 0)] * 2
 
+    # A generator the work made is a return value like any other: the
+    # work ran, and the item completes.
+    def returns_a_generator_expression(item):
+        ran.append(item.key)
+        return (c for c in item.key)
+
+    assert queue.run(returns_a_generator_expression).completed == 2
+    assert sorted(ran) == ["a", "b"]
+
 
 def test_a_run_of_the_same_job_from_its_handler_is_refused(any_store_url):
     # It would wait for ever for the item the outer handler holds.
@@ -435,6 +444,25 @@ def test_a_run_of_the_same_job_from_its_handler_is_refused(any_store_url):
     assert len(raised) == 1 and "called from one of its own handlers" in raised[0], raised
     assert report.completed == 3  # the parent, then the children it enqueued
     assert queue.counts().completed == 3
+
+
+def test_a_run_of_a_job_from_a_run_its_handler_started_is_refused(any_store_url):
+    # A's handler runs B, whose handler runs A: the same wait for ever.
+    store = ckpt.open(any_store_url)
+    a, b = store.queue("a"), store.queue("b")
+    a.enqueue(["a1"])
+    b.enqueue(["b1"])
+    raised = []
+
+    def b_handler(item):
+        try:
+            a.run(lambda it: None)
+        except ckpt.InvalidInputError as e:
+            raised.append(str(e))
+
+    assert a.run(lambda item: b.run(b_handler) and None).completed == 1
+    assert len(raised) == 1 and "job 'a'" in raised[0], raised
+    assert b.counts().completed == 1
 
 
 def test_a_handler_that_returns_an_awaitable_stops_the_run_uncharged(any_store_url):

@@ -172,6 +172,10 @@ impl Queue {
         &self,
         items: I,
     ) -> Result<Vec<Result<()>>> {
+        let items: Vec<&ClaimedItem> = items.into_iter().collect();
+        for item in &items {
+            self.check_own(item)?;
+        }
         let lease_until = self.ckpt.now().plus(self.options.lease);
         self.apply(&lease_updates(items, ItemChange::Start { lease_until }))
     }
@@ -260,7 +264,7 @@ impl Queue {
     /// [`Error::InvalidInput`] for an item claimed from another job's
     /// queue: its id would name another job's item (the lease fences
     /// workers, not jobs).
-    fn check_own(&self, item: &ClaimedItem) -> Result<()> {
+    pub(super) fn check_own(&self, item: &ClaimedItem) -> Result<()> {
         if item.job == self.job {
             return Ok(());
         }

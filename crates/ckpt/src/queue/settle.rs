@@ -130,6 +130,9 @@ impl Queue {
         if attempts.is_empty() && started.is_empty() {
             return Ok(Vec::new());
         }
+        for item in started.iter().chain(attempts.iter().map(|a| &a.item)) {
+            self.check_own(item)?;
+        }
         let now = self.ckpt.now();
         let lease_until = now.plus(self.options.lease);
         let verdicts: Vec<Verdict> = attempts.iter().map(|a| self.verdict(a, now)).collect();

@@ -624,6 +624,13 @@ fn another_jobs_queue_refuses_an_item(store: Option<Fixture>) {
     refused(videos.release(&item));
     refused(videos.save_cursor(&item, json!(1)));
     refused(videos.heartbeat([&item]).map(drop));
+    refused(videos.start([&item]).map(drop));
+    let attempt = ckpt::Attempt {
+        item: item.clone(),
+        outcome: ckpt::Outcome::Completed(None),
+        ran_for: None,
+    };
+    refused(videos.settle(std::slice::from_ref(&attempt)).map(drop));
     let (i, v) = (images.counts().unwrap(), videos.counts().unwrap());
     assert_eq!(
         (i.running, i.completed, v.pending, v.completed),
