@@ -310,41 +310,54 @@ impl Failures {
     pub(super) fn print(&self, job: &str, now: Timestamp) -> Result<()> {
         // Pasteable, and safe on a terminal ($'…' where it must be).
         let job = super::run::shell_word(job);
-        if !self.dead.is_empty() {
-            outln!("dead items, latest first (retry them with `ckpt retry {job}`):")?;
-            for item in &self.dead {
-                outln!(
-                    "  {}: {} (after {})",
-                    shown(&item.key),
-                    shown(item.last_error.as_deref().unwrap_or("no error recorded")),
-                    attempts(item.attempts)
-                )?;
-                print_output(item.last_output.as_deref())?;
-            }
-            more(self.dead_count, self.dead.len(), &job, "dead")?;
-        }
-        if !self.failed.is_empty() {
-            outln!("failed items awaiting a retry, latest first:")?;
-            for item in &self.failed {
-                let next = match item.ready_at {
-                    Some(at) if at > now => {
-                        format!("; next try in {}", short_duration(at.since(now)))
-                    }
-                    Some(_) => "; due now".to_string(),
-                    None => String::new(),
-                };
-                outln!(
-                    "  {}: {} (after {}{next})",
-                    shown(&item.key),
-                    shown(item.last_error.as_deref().unwrap_or("no error recorded")),
-                    attempts(item.attempts)
-                )?;
-                print_output(item.last_output.as_deref())?;
-            }
-            more(self.failed_count, self.failed.len(), &job, "failed")?;
-        }
-        Ok(())
+        let heading = format!("dead items, latest first (retry them with `ckpt retry {job}`):");
+        print_failures(&heading, &self.dead, self.dead_count, &job, "dead", |_| {
+            String::new()
+        })?;
+        let heading = "failed items awaiting a retry, latest first:";
+        print_failures(
+            heading,
+            &self.failed,
+            self.failed_count,
+            &job,
+            "failed",
+            |item| match item.ready_at {
+                Some(at) if at > now => {
+                    format!("; next try in {}", short_duration(at.since(now)))
+                }
+                Some(_) => "; due now".to_string(),
+                None => String::new(),
+            },
+        )
     }
+}
+
+/// A list of `items` (of `count` of `status` in all) under `heading`, each
+/// with its error, its attempts and `then`, and the last lines of its
+/// output; nothing when there are none.
+fn print_failures(
+    heading: &str,
+    items: &[ItemRecord],
+    count: u64,
+    job: &str,
+    status: &str,
+    then: impl Fn(&ItemRecord) -> String,
+) -> Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    outln!("{heading}")?;
+    for item in items {
+        outln!(
+            "  {}: {} (after {}{})",
+            shown(&item.key),
+            shown(item.last_error.as_deref().unwrap_or("no error recorded")),
+            attempts(item.attempts),
+            then(item)
+        )?;
+        print_output(item.last_output.as_deref())?;
+    }
+    more(count, items.len(), job, status)
 }
 
 /// "1 attempt", "3 attempts".

@@ -298,47 +298,11 @@ impl ItemStore for PgStore {
         status: Option<ItemStatus>,
         limit: usize,
     ) -> Result<Vec<ItemRecord>> {
-        with_client!(self, |c| {
-            let rows = c
-                .cquery(
-                    &format!(
-                        "SELECT {ITEM_COLUMNS} FROM items
-                         WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
-                           AND ($2::TEXT IS NULL OR status = $2){} ORDER BY id LIMIT $3",
-                        status.map_or("", status_index_hint)
-                    ),
-                    &[
-                        &job,
-                        &status.map(ItemStatus::as_str),
-                        &(limit.min(i64::MAX as usize) as i64),
-                    ],
-                )
-                .await
-                .map_err(pg_err)?;
-            rows.iter().map(item_from_row).collect()
-        })
+        self.items_in_order(job, status, limit, "")
     }
 
     fn last_items(&self, job: &str, status: ItemStatus, limit: usize) -> Result<Vec<ItemRecord>> {
-        with_client!(self, |c| {
-            let rows = c
-                .cquery(
-                    &format!(
-                        "SELECT {ITEM_COLUMNS} FROM items
-                         WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
-                           AND status = $2{} ORDER BY id DESC LIMIT $3",
-                        status_index_hint(status)
-                    ),
-                    &[
-                        &job,
-                        &status.as_str(),
-                        &(limit.min(i64::MAX as usize) as i64),
-                    ],
-                )
-                .await
-                .map_err(pg_err)?;
-            rows.iter().map(item_from_row).collect()
-        })
+        self.items_in_order(job, Some(status), limit, " DESC")
     }
 
     fn running_owners(&self, job: &str) -> Result<Vec<String>> {
@@ -479,5 +443,35 @@ impl PgStore {
             .await
             .map_err(pg_err)?;
         Ok(())
+    }
+
+    /// Items of `job` (of `status`, or all), by id in `direction` (`""`
+    /// or `" DESC"`), at most `limit`.
+    fn items_in_order(
+        &self,
+        job: &str,
+        status: Option<ItemStatus>,
+        limit: usize,
+        direction: &str,
+    ) -> Result<Vec<ItemRecord>> {
+        with_client!(self, |c| {
+            let rows = c
+                .cquery(
+                    &format!(
+                        "SELECT {ITEM_COLUMNS} FROM items
+                         WHERE job_id = (SELECT id FROM jobs WHERE name = $1)
+                           AND ($2::TEXT IS NULL OR status = $2){} ORDER BY id{direction} LIMIT $3",
+                        status.map_or("", status_index_hint)
+                    ),
+                    &[
+                        &job,
+                        &status.map(ItemStatus::as_str),
+                        &(limit.min(i64::MAX as usize) as i64),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            rows.iter().map(item_from_row).collect()
+        })
     }
 }

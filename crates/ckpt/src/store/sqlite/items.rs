@@ -242,42 +242,11 @@ impl ItemStore for SqliteStore {
         status: Option<ItemStatus>,
         limit: usize,
     ) -> Result<Vec<ItemRecord>> {
-        let conn = self.lock();
-        let Some(id) = job_id(&conn, job)? else {
-            return Ok(Vec::new());
-        };
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {ITEM_COLUMNS} FROM items WHERE job_id = ?1
-                 AND (?2 IS NULL OR status = ?2){} ORDER BY id LIMIT ?3",
-                status.map_or("", status_index_hint)
-            ))
-            .map_err(sql_err)?;
-        let rows = stmt
-            .query_map(
-                params![id, status.map(ItemStatus::as_str), limit as i64],
-                item_from_row,
-            )
-            .map_err(sql_err)?;
-        rows.collect::<rusqlite::Result<_>>().map_err(sql_err)
+        self.items_in_order(job, status, limit, "")
     }
 
     fn last_items(&self, job: &str, status: ItemStatus, limit: usize) -> Result<Vec<ItemRecord>> {
-        let conn = self.lock();
-        let Some(id) = job_id(&conn, job)? else {
-            return Ok(Vec::new());
-        };
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {ITEM_COLUMNS} FROM items WHERE job_id = ?1
-                 AND status = ?2{} ORDER BY id DESC LIMIT ?3",
-                status_index_hint(status)
-            ))
-            .map_err(sql_err)?;
-        let rows = stmt
-            .query_map(params![id, status.as_str(), limit as i64], item_from_row)
-            .map_err(sql_err)?;
-        rows.collect::<rusqlite::Result<_>>().map_err(sql_err)
+        self.items_in_order(job, Some(status), limit, " DESC")
     }
 
     fn running_owners(&self, job: &str) -> Result<Vec<String>> {
@@ -357,5 +326,36 @@ impl ItemStore for SqliteStore {
             }
             Ok(moved)
         })
+    }
+}
+
+impl SqliteStore {
+    /// Items of `job` (of `status`, or all), by id in `direction` (`""`
+    /// or `" DESC"`), at most `limit`.
+    fn items_in_order(
+        &self,
+        job: &str,
+        status: Option<ItemStatus>,
+        limit: usize,
+        direction: &str,
+    ) -> Result<Vec<ItemRecord>> {
+        let conn = self.lock();
+        let Some(id) = job_id(&conn, job)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS} FROM items WHERE job_id = ?1
+                 AND (?2 IS NULL OR status = ?2){} ORDER BY id{direction} LIMIT ?3",
+                status.map_or("", status_index_hint)
+            ))
+            .map_err(sql_err)?;
+        let rows = stmt
+            .query_map(
+                params![id, status.map(ItemStatus::as_str), limit as i64],
+                item_from_row,
+            )
+            .map_err(sql_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(sql_err)
     }
 }
