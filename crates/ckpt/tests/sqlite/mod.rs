@@ -230,6 +230,60 @@ fn a_store_on_a_read_only_file_system_says_what_to_do() {
     assert!(!message.contains('\n'), "one line: {message}");
 }
 
+/// A store on a file system with no space left: even a read cannot open
+/// it (SQLite grows its -shm file first), and the error says the disk is
+/// full, not only "disk I/O error". Root only (a tmpfs is mounted).
+#[test]
+fn a_store_on_a_full_disk_says_the_disk_is_full() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().display().to_string();
+    let sh = |cmd: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !sh(&format!(
+        "mount -t tmpfs -o size=512k ckpt-test '{p}' 2> /dev/null"
+    )) {
+        eprintln!("skipped: cannot mount a tmpfs");
+        return;
+    }
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(p.clone());
+    let db = dir.path().join("s.db");
+    let ckpt = Ckpt::open(&format!("sqlite://{}", db.display())).unwrap();
+    ckpt.set_checkpoint("j", &Checkpoint::new(json!(5), 5))
+        .unwrap();
+    drop(ckpt);
+    // Fills it (dd stops with "no space left", as it should).
+    sh(&format!("dd if=/dev/zero of='{p}/fill' bs=4k 2> /dev/null"));
+    let err = open(&db, OpenMode::MustExist).unwrap_err();
+    let Error::Open(message) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        message.contains("the disk is full") && message.contains("free some space"),
+        "{message}"
+    );
+    std::fs::remove_file(dir.path().join("fill")).unwrap();
+    let ckpt = Ckpt::open(&format!("sqlite://{}", db.display())).unwrap();
+    assert!(
+        ckpt.get_job("j").unwrap().is_some(),
+        "readable once there is room"
+    );
+}
+
 #[test]
 fn url_options() {
     let dir = tempfile::tempdir().unwrap();

@@ -121,6 +121,12 @@ impl SqliteStore {
                     "{}: cannot open the store where it is ({why}): SQLite writes beside the file (its -wal and -shm) even to read it; copy the store, with its -wal file if there is one, to a writable directory to read it there",
                     self.path
                 )),
+                // SQLite says only "disk I/O error" when it cannot grow the
+                // -shm file it needs even to read.
+                None if no_space_left(Path::new(&self.path)) => Error::Open(format!(
+                    "{}: {m}: the disk is full (no space left where the store is; SQLite needs some beside the file, its -wal and -shm, even to read it): free some space",
+                    self.path
+                )),
                 None => Error::Open(format!("{}: {m}", self.path)),
             },
             other => other.with_store_path(&self.path),
@@ -175,6 +181,24 @@ pub(crate) fn sql_err(e: rusqlite::Error) -> Error {
         };
     }
     Error::Storage(e.to_string())
+}
+
+/// Whether the file system holding `file` has no space left for an
+/// unprivileged write (`statvfs`'s available blocks are 0).
+fn no_space_left(file: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path, and a plain C struct for which
+    // all zeroes is valid, which statvfs(3) fills.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    r == 0 && st.f_bavail == 0
 }
 
 /// Why the store file or its directory cannot be written (a read-only
