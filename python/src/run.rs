@@ -48,29 +48,32 @@ thread_local! {
     /// or through the runs those handlers started (A's handler runs B,
     /// whose handler runs A): a `run` of one of them would wait for ever
     /// for the item the outer handler holds.
-    static IN_HANDLER: std::cell::RefCell<Vec<JobId>> =
+    /// One list per handler call in progress on this thread, shared with
+    /// its run (a pointer pushed per call, nothing copied).
+    static IN_HANDLER: std::cell::RefCell<Vec<Arc<[JobId]>>> =
         const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The jobs this thread runs inside the handlers of.
+fn jobs_inside() -> Vec<JobId> {
+    IN_HANDLER.with(|h| h.borrow().iter().flat_map(|l| l.iter().cloned()).collect())
 }
 
 /// Marks this thread as running inside the handlers of `jobs` until
 /// dropped (a worker thread of a run started by a handler inherits its
 /// caller's jobs).
-struct InHandler(usize);
+struct InHandler;
 
 impl InHandler {
-    fn enter(jobs: &[JobId]) -> InHandler {
-        IN_HANDLER.with(|h| h.borrow_mut().extend_from_slice(jobs));
-        InHandler(jobs.len())
+    fn enter(jobs: &Arc<[JobId]>) -> InHandler {
+        IN_HANDLER.with(|h| h.borrow_mut().push(Arc::clone(jobs)));
+        InHandler
     }
 }
 
 impl Drop for InHandler {
     fn drop(&mut self) {
-        IN_HANDLER.with(|h| {
-            let mut h = h.borrow_mut();
-            let keep = h.len().saturating_sub(self.0);
-            h.truncate(keep);
-        });
+        IN_HANDLER.with(|h| h.borrow_mut().pop());
     }
 }
 
@@ -105,7 +108,7 @@ pub fn run(
     let this_job: JobId = (queue.ckpt().store().identity(), queue.job().to_string());
     // What the handlers run inside of: this job, and whatever the caller
     // (a handler itself, maybe) runs inside of.
-    let mut inside = IN_HANDLER.with(|h| h.borrow().clone());
+    let mut inside = jobs_inside();
     if inside.contains(&this_job) {
         return Err(InvalidInputError::new_err(format!(
             "run() of job '{}' called from one of its own handlers: it would wait for ever for the item that handler holds; enqueue the new items and return (the run takes them), or run them as another job",
@@ -113,6 +116,7 @@ pub fn run(
         )));
     }
     inside.push(this_job);
+    let inside: Arc<[JobId]> = inside.into();
     let is_generator = ["isgeneratorfunction", "isasyncgenfunction"]
         .iter()
         .map(|f| {
@@ -250,7 +254,7 @@ struct PyHandler {
     /// Set when this handler stopped the run because the store closed.
     stopped_by_close: Arc<std::sync::atomic::AtomicBool>,
     /// The jobs its calls run inside of (see `IN_HANDLER`).
-    inside: Vec<JobId>,
+    inside: Arc<[JobId]>,
 }
 
 impl ckpt::Handler for PyHandler {
