@@ -88,10 +88,17 @@ impl HaltPolicy {
         }
         let hint =
             "expected soon|now,fail|success|done=N or =P% (e.g. soon,fail=3 or now,fail=10%)";
-        if let Some(pct) = s.strip_suffix('%').filter(|p| !p.contains(',')) {
+        if let Some(pct) = s.strip_suffix('%').filter(|p| !p.contains([',', '='])) {
             return policy(When::Soon, Why::Fail, parse_threshold(&format!("{pct}%"))?);
         }
-        let (when, rest) = s.split_once(',').ok_or_else(|| hint.to_string())?;
+        let (when, rest) = s.split_once(',').ok_or_else(|| {
+            if s.contains('=') {
+                // `fail=10%`: the WHEN left out, not a bad percentage.
+                format!("'{s}' says no WHEN (soon or now): {hint}")
+            } else {
+                hint.to_string()
+            }
+        })?;
         let when = match when {
             "soon" => When::Soon,
             "now" => When::Now,
@@ -230,6 +237,15 @@ mod tests {
             "soon,fail",
         ] {
             assert!(HaltPolicy::parse(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn a_threshold_without_when_is_told_so_not_called_a_bad_percentage() {
+        for bad in ["success=50%", "fail=10%", "done=3"] {
+            let err = HaltPolicy::parse(bad).unwrap_err();
+            assert!(err.contains("no WHEN (soon or now)"), "{bad}: {err}");
+            assert!(!err.contains("percentage must be"), "{bad}: {err}");
         }
     }
 

@@ -172,6 +172,10 @@ fn halt_soon_leaves_the_rest_pending_uncharged_and_a_rerun_continues() {
     let doc = out.json();
     assert_eq!(doc["halted"], "2 failures (--halt soon,fail=2)");
     assert_eq!(doc["stopped_by"], serde_json::Value::Null);
+    assert_eq!(
+        doc["status"], "running",
+        "a halted run leaves its job running"
+    );
     let items = stored(&sb, "H");
     assert_eq!(items["bad-1"].0, "dead");
     assert_eq!(items["bad-2"].0, "dead");

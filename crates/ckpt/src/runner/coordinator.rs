@@ -350,9 +350,14 @@ impl<'r, 'q> Coordinator<'r, 'q> {
         })
     }
 
-    /// Marks the job done if nothing is left, and reports.
+    /// Marks the job done if nothing is left, and reports, with the job's
+    /// status either way (a stopped or halted run leaves it running).
     fn finish(&mut self) -> Result<RunReport> {
-        self.report.status = self.runner.queue.finish_if_done()?;
+        let queue = self.runner.queue;
+        self.report.status = match queue.finish_if_done()? {
+            Some(done) => Some(done),
+            None => queue.ckpt().get_job(queue.job())?.map(|job| job.status),
+        };
         self.report.counts = self.runner.queue.counts()?;
         Ok(self.report.clone())
     }

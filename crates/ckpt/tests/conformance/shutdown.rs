@@ -175,7 +175,11 @@ fn stopped_runner_finishes_running_items_and_gives_back_the_rest(store: Option<F
         }
     }
     assert_eq!(states(&q)[&interrupted], (ItemStatus::Pending, 0));
-    assert_ne!(report.status, Some(ckpt::JobStatus::Completed));
+    assert_eq!(
+        report.status,
+        Some(ckpt::JobStatus::Running),
+        "a stopped run reports its job's status: still running"
+    );
 
     // A runner stopped before it starts claims nothing.
     let idle = Runner::new(&q, RunOptions::default());
