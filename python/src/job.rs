@@ -38,6 +38,10 @@ pub struct Job {
     /// on every call raises it, whether or not it would write (a zombie
     /// learns it is one at its next call, whatever that call is).
     fenced: Option<String>,
+    /// Why the handle is spent, once a save failed in a way that dropped
+    /// the checkpoint (see `spend_on`): later calls raise this rather than
+    /// succeed without it.
+    spent: Option<String>,
     /// What the acquire found, kept apart from the held job so that it
     /// stays readable once the job is finished or fenced.
     acquired: Acquired,
@@ -63,6 +67,7 @@ impl Job {
             last_items: acquired.resumed.as_ref().map_or(0, |c| c.items_processed),
             job: Some(job),
             fenced: None,
+            spent: None,
             acquired,
         }
     }
@@ -72,6 +77,9 @@ impl Job {
         self.shared.ckpt()?;
         if let Some(why) = &self.fenced {
             return Err(FencedError::new_err(why.clone()));
+        }
+        if let Some(why) = &self.spent {
+            return Err(Error::new_err(why.clone()));
         }
         match self.job.as_mut() {
             Some(job) => Ok(job),
@@ -104,18 +112,29 @@ impl Job {
         let _call = exit::enter().py()?;
         let held = self.held()?;
         let flushed = py.detach(|| held.flush());
-        if let Err(e) = &flushed {
-            // Only a save refused for now keeps the checkpoint (see
-            // `Job::flush`); after any other failure it is gone, and a
-            // second call must not succeed without it: the handle is spent.
-            if !e.is_transient() {
-                self.job = None;
-            }
-        }
+        self.spend_on(&flushed);
         self.settle(flushed)?;
         let job = self.take()?;
         let result = py.detach(|| end(job));
         self.settle(result)
+    }
+
+    /// Spends the handle after `flushed`, a flush that ran, failed in a
+    /// way that dropped the checkpoint: only a save refused for now (busy,
+    /// unreachable) keeps it (see `ckpt::Job::flush`), and no later call
+    /// may succeed without it. A lost lease is remembered by `settle`.
+    fn spend_on(&mut self, flushed: &ckpt::Result<()>) {
+        if let Err(e) = flushed {
+            if !e.is_transient() && !e.is_fenced() {
+                self.job = None;
+                self.spent = Some(format!(
+                    "job '{}': the last checkpoint could not be saved ({e}), so this handle is \
+                     spent; the job stays held until its lease expires, then store.job() \
+                     resumes it from the checkpoint saved before",
+                    self.name
+                ));
+            }
+        }
     }
 
     /// `result`, remembering a lost lease (see `fenced`).
@@ -223,15 +242,25 @@ impl Job {
     /// saved now: build an expensive state only then.
     fn is_due(
         &mut self,
+        py: Python<'_>,
         #[pyo3(from_py_with = args::items_processed)] items_processed: u64,
     ) -> PyResult<bool> {
-        Ok(self.held()?.is_due(items_processed))
+        let job = self.held()?;
+        if job.is_quiet(items_processed) {
+            return Ok(job.is_due(items_processed));
+        }
+        // The policy may read the store's clock (a round trip on
+        // PostgreSQL and Redis): without the GIL, as every store call.
+        let job = &*job;
+        exit::detach(py, || Ok(job.is_due(items_processed))).py()
     }
 
     /// Persists the latest recorded checkpoint now, whatever the policy.
     fn flush(&mut self, py: Python<'_>) -> PyResult<()> {
+        let _call = exit::enter().py()?;
         let job = self.held()?;
-        let result = exit::detach(py, || job.flush());
+        let result = py.detach(|| job.flush());
+        self.spend_on(&result);
         self.settle(result)
     }
 
@@ -331,6 +360,8 @@ impl Job {
     fn __repr__(&self) -> String {
         let state = if self.fenced.is_some() {
             "fenced"
+        } else if self.spent.is_some() {
+            "spent"
         } else if self.job.is_some() {
             "held"
         } else {

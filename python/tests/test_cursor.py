@@ -240,8 +240,40 @@ def test_a_complete_whose_save_failed_for_good_never_succeeds_without_it(tmp_pat
             r.close()
         with pytest.raises(ckpt.StoreError, match="is gone"):
             job.complete()
-        with pytest.raises(ckpt.Error, match="already completed, failed or released"):
+        with pytest.raises(ckpt.Error, match="last checkpoint could not be saved .* spent"):
             job.complete()
-        assert "finished" in repr(job)
+        assert "spent" in repr(job)
+    finally:
+        next(urls, None)
+
+
+@pytest.mark.parametrize("retry", ["flush", "complete", "release", "checkpoint"])
+def test_a_flush_whose_save_failed_for_good_spends_the_handle(tmp_path, retry):
+    # As complete() above, for flush(): the failed save dropped the
+    # checkpoint, so no later call may report success without it (a second
+    # flush() used to find nothing pending and return as if saved).
+    from conftest import Redis, make_store_url
+
+    urls = make_store_url("redis", tmp_path)
+    url = next(urls)
+    try:
+        store = ckpt.open(url)
+        job = store.job("j", every_items=1000)
+        job.checkpoint(1, 1)
+        job.flush()
+        job.checkpoint(2, 2)
+        prefix = url.rsplit("prefix=", 1)[1]
+        r = Redis()
+        try:
+            r.cmd("DEL", *r.keys(f"{prefix}:*"))
+        finally:
+            r.close()
+        with pytest.raises(ckpt.StoreError, match="is gone"):
+            job.flush()
+        again = getattr(job, retry)
+        args = (3, 3) if retry == "checkpoint" else ()
+        with pytest.raises(ckpt.Error, match="last checkpoint could not be saved .* spent"):
+            again(*args)
+        assert "spent" in repr(job)
     finally:
         next(urls, None)
