@@ -129,8 +129,10 @@ impl Queue {
 
     /// Claims up to ``max`` ready items for this worker, started now: pending
     /// ones, failed ones whose retry time has come, and ones whose holder's
-    /// lease lapsed. Each must then be completed, failed or released (or
-    /// renewed with ``heartbeat()`` within the lease).
+    /// lease lapsed (another handle's: a handle never claims back an item it
+    /// holds itself, whose attempt may still be running). Each must then be
+    /// completed, failed or released (or renewed with ``heartbeat()`` within
+    /// the lease).
     #[pyo3(signature = (max=1))]
     fn claim(
         &self,

@@ -48,6 +48,23 @@ def test_a_new_job_resumes_from_nothing_then_from_its_checkpoint(any_store_url):
     assert store.status("no-such-job") is None
 
 
+def test_values_come_back_as_json_keys_sorted_on_every_store(any_store_url):
+    # As documented: JSON objects have no order and PostgreSQL's jsonb keeps
+    # none, so every store gives a dict's keys back sorted, and tuples as lists.
+    store = ckpt.open(any_store_url)
+    job = store.job("order", always=True)
+    state = {"stages": {"extract": 1, "transform": 2, "load": 3}, "b": 0, "a": (1, 2)}
+    job.checkpoint({"z": 1, "y": 2}, 1, state=state)
+    job.release()
+    again = store.job("order", always=True)
+    assert list(again.resume_cursor()) == ["y", "z"]
+    resumed = again.resume_state()
+    assert list(resumed) == ["a", "b", "stages"]
+    assert list(resumed["stages"]) == ["extract", "load", "transform"]
+    assert resumed["a"] == [1, 2]
+    again.release()
+
+
 def test_items_processed_defaults_to_the_previous_count_plus_one(any_store_url):
     store = ckpt.open(any_store_url)
     job = store.job("j", always=True)

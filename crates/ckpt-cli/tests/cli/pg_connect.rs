@@ -139,6 +139,60 @@ fn a_server_that_never_answers_times_out_after_connect_timeout() {
     drop(listener);
 }
 
+#[test]
+fn a_server_that_is_not_postgres_is_named_so() {
+    let sb = Sandbox::new();
+    // An HTTP server on the port: its reply reads as the start of a long
+    // message, then the stream ends.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let mut buf = [0u8; 4096];
+            let _ = client.read(&mut buf);
+            let _ = client.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let url = format!("postgres://postgres:hunter2@127.0.0.1:{port}/test?connect_timeout=5");
+    let out = jobs(&sb, &url, &[]);
+    refused(
+        &out,
+        &[
+            &format!("127.0.0.1:{port}"),
+            "is that host and port not a PostgreSQL server",
+        ],
+        &["hunter2"],
+    );
+
+    // A server that answers the startup with a message out of turn
+    // (ready for a query, before any authentication).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let mut buf = [0u8; 4096];
+            let _ = client.read(&mut buf);
+            let _ = client.write_all(b"Z\0\0\0\x05I");
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
+    let url =
+        format!("postgres://postgres@127.0.0.1:{port}/test?sslmode=disable&connect_timeout=5");
+    let out = jobs(&sb, &url, &[]);
+    refused(
+        &out,
+        &[
+            "unexpected message from server",
+            "is that host and port a PostgreSQL server",
+        ],
+        &[],
+    );
+}
+
 /// A private cluster with password (scram) and refusal rules for test
 /// roles, and `postgres` trusted for setup.
 fn auth_cluster() -> Option<PrivateCluster> {

@@ -175,7 +175,19 @@ fn describe(e: &tokio_postgres::Error, t: &ConnectTarget) -> (bool, String) {
         );
     }
     // The whole chain: a TLS handshake says why only in its causes.
-    (e.is_closed(), with_causes(e))
+    let chain = with_causes(e);
+    let text = e.to_string();
+    if text.starts_with("unexpected message from server")
+        || text.starts_with("error parsing response from server")
+    {
+        return (
+            false,
+            format!(
+                "{chain}; is that host and port a PostgreSQL server (or a pooler in front of one)?"
+            ),
+        );
+    }
+    (e.is_closed(), chain)
 }
 
 /// The next step for a server's refusal, and whether retrying may cure it.
@@ -305,9 +317,18 @@ fn io_cause(io: &std::io::Error, t: &ConnectTarget) -> (bool, String) {
                 t.where_()
             ),
         ),
+        // The stream ended inside a reply: a server going down mid-answer,
+        // or something else on the port whose bytes read as a long message.
+        _ if io.to_string().contains("bytes remaining on stream") => (
+            true,
+            format!("{tried}; {NOT_POSTGRES}"),
+        ),
         _ => (true, tried),
     }
 }
+
+/// The next step when what answered may not speak PostgreSQL's protocol.
+const NOT_POSTGRES: &str = "the connection closed in the middle of a reply: a server restarting, or is that host and port not a PostgreSQL server (or a pooler in front of one)?";
 
 /// The text between the double quotes after `prefix` in `s`.
 fn quoted_after<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {

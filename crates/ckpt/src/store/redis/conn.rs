@@ -76,7 +76,11 @@ pub(super) fn to_json(v: &serde_json::Value) -> Result<String> {
 /// message, and its password never appears there.
 pub(crate) fn redis_err(e: RedisError, url: &str) -> Error {
     let redacted = redact_url(url);
-    let message = scrub(&e.to_string(), url);
+    // One line: a driver's parse error spans several.
+    let message = scrub(&e.to_string(), url)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
         return Error::Unavailable(format!("cannot reach Redis at {redacted}: {message}"));
     }
@@ -90,6 +94,13 @@ pub(crate) fn redis_err(e: RedisError, url: &str) -> Error {
         ) => {
             return Error::Unavailable(format!(
                 "Redis at {redacted} cannot take writes right now: {message}"
+            ))
+        }
+        // What answered is not speaking Redis's protocol: the bytes the
+        // driver could not parse mean nothing to the user.
+        ErrorKind::Parse => {
+            return Error::Storage(format!(
+                "{redacted}: the reply is not in Redis's protocol; is that host and port a Redis server?"
             ))
         }
         ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig => {

@@ -297,3 +297,28 @@ fn a_prefix_holding_keys_of_another_application_is_refused_and_left_untouched() 
     scratch.open("");
     assert!(scratch.keys().contains("meta"));
 }
+
+#[test]
+fn a_server_that_does_not_speak_redis_is_named_so_in_one_line() {
+    // An HTTP server on the port, say: the driver's own message is lines of
+    // the byte values it could not parse.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let mut buf = [0u8; 4096];
+            let _ = client.read(&mut buf);
+            let _ = client.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let url = format!("redis://:hunter2@127.0.0.1:{port}/0?prefix=p");
+    let err = RedisStore::open(&url, OpenMode::CreateIfMissing)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the reply is not in Redis's protocol; is that host and port a Redis server?"),
+        "{err}"
+    );
+    assert!(!err.contains('\n') && !err.contains("hunter2"), "{err:?}");
+}
