@@ -99,6 +99,14 @@ impl fmt::Display for WorkerId {
 /// taken over, so an orphan never runs an item at the same time as its retry.
 pub const WORKER_ENV: &str = "CKPT_WORKER";
 
+/// The environment variable that marks a process as part of one command a
+/// worker started: `CKPT_COMMAND=<n>`, a number unique within that worker,
+/// beside [`WORKER_ENV`]. A command's descendants that left its process
+/// group (`set -m`, a wrapper that calls `setpgid`) still carry both, so
+/// the command can be stopped whole ([`signal_marked_command`]) without a
+/// signal to the worker's other commands.
+pub const COMMAND_ENV: &str = "CKPT_COMMAND";
+
 /// How long a worker waits for the sentinel of a dead local owner to stop
 /// the owner's commands before it runs the owner's items
 /// ([`Ckpt::wait_while_stopping`](crate::Ckpt::wait_while_stopping)):
@@ -170,6 +178,27 @@ impl ProcessProbe for LocalProcesses {
 /// there is no `/proc`. `ckpt run` uses it to stop its own commands at
 /// shutdown.
 pub fn signal_marked(owner: &WorkerId, signal: i32) -> usize {
+    signal_all_marked(&[format!("{WORKER_ENV}={owner}")], signal)
+}
+
+/// [`signal_marked`] for the processes of one command of `owner`: those
+/// whose environment also holds [`COMMAND_ENV`]` = command`.
+pub fn signal_marked_command(owner: &WorkerId, command: u64, signal: i32) -> usize {
+    signal_all_marked(
+        &[
+            format!("{WORKER_ENV}={owner}"),
+            format!("{COMMAND_ENV}={command}"),
+        ],
+        signal,
+    )
+}
+
+/// Signals the processes whose environment holds every one of `markers`.
+fn signal_all_marked(markers: &[String], signal: i32) -> usize {
+    let markers: Vec<Vec<u8>> = markers
+        .iter()
+        .map(|m| format!("{m}\0").into_bytes())
+        .collect();
     // A process may fork while /proc is scanned: scan again until a scan
     // finds no new process (bounded, in case something keeps respawning).
     // A signalled process can still show up in the next scan while it
@@ -177,7 +206,7 @@ pub fn signal_marked(owner: &WorkerId, signal: i32) -> usize {
     let mut killed = std::collections::HashSet::new();
     for _ in 0..5 {
         let before = killed.len();
-        kill_marked(owner, signal, &mut killed);
+        kill_marked(&markers, signal, &mut killed);
         if killed.len() == before {
             break;
         }
@@ -185,10 +214,10 @@ pub fn signal_marked(owner: &WorkerId, signal: i32) -> usize {
     killed.len()
 }
 
-/// One scan of `/proc`: sends `signal` to the processes marked as working
-/// for `owner` and adds their pids to `killed`.
-fn kill_marked(owner: &WorkerId, signal: i32, killed: &mut std::collections::HashSet<i32>) {
-    let marker = format!("{WORKER_ENV}={owner}\0").into_bytes();
+/// One scan of `/proc`: sends `signal` to the processes whose environment
+/// holds every one of `markers` (each `NAME=value\0`) and adds their pids
+/// to `killed`.
+fn kill_marked(markers: &[Vec<u8>], signal: i32, killed: &mut std::collections::HashSet<i32>) {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
     };
@@ -203,10 +232,15 @@ fn kill_marked(owner: &WorkerId, signal: i32, killed: &mut std::collections::Has
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        if environ
-            .windows(marker.len())
-            .any(|w| w == marker.as_slice())
-        {
+        // Each marker whole: at the start of the environment or after a
+        // NUL, so `CKPT_COMMAND=1` does not match `CKPT_COMMAND=21`.
+        let holds = |marker: &[u8]| {
+            environ.starts_with(marker)
+                || environ
+                    .windows(marker.len() + 1)
+                    .any(|w| w[0] == 0 && &w[1..] == marker)
+        };
+        if markers.iter().all(|m| holds(m)) {
             if killed.contains(&pid) {
                 continue;
             }

@@ -608,10 +608,12 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
     let program = &argv[0];
     let mut cmd = Command::new(program);
     cmd.args(&argv[1..]);
+    let mark = children.next_mark();
     cmd.env("CKPT_JOB", job)
         .env("CKPT_ITEM", batch::keys(items))
         .env("CKPT_ATTEMPT", items[0].attempt.to_string())
         .env(ckpt::worker::WORKER_ENV, worker)
+        .env(ckpt::worker::COMMAND_ENV, mark.to_string())
         .stdin(Stdio::null())
         .process_group(0);
     h.output.prepare(&mut cmd);
@@ -647,7 +649,7 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
         }
         Err(e) => return Outcome::Failed(format!("cannot run {program}: {e}")),
     };
-    children.started(&child);
+    children.started(&child, mark);
     if let Some(timeouts) = h.timeouts {
         timeouts.arm(child.id());
     }
@@ -716,7 +718,14 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
         ));
     }
     // A failure keeps the tail of the command's stderr beside its error.
-    ended(h, program, status, timed_out, stopped, fence).with_output(captured.tail)
+    let outcome = ended(h, program, status, timed_out, stopped, fence).with_output(captured.tail);
+    if !matches!(outcome, Outcome::Completed(_)) {
+        // What it left running outside its process group (`set -m`, a
+        // wrapper that calls `setpgid`) is this attempt's work too, and must
+        // not run on beside the retry.
+        children.kill_marked_command(mark);
+    }
+    outcome
 }
 
 /// How a command that ended with `status` went, its tail aside; `stopped`

@@ -94,6 +94,49 @@ wait $!"#;
 }
 
 #[test]
+fn a_failed_attempt_also_kills_what_left_its_process_group() {
+    // `set -m` puts the background `sleep` in a process group of its own
+    // (as a wrapper that calls setpgid does); it ignores SIGTERM. Each
+    // attempt first looks whether the previous attempt's `sleep` still
+    // runs: it must not, since the item's retry would run beside it.
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &["stuck".into()]);
+    let script = r#"set -m
+if [ -s left ]; then
+    p=$(cat left)
+    if [ -e /proc/$p ] && ! grep -q ') Z' /proc/$p/stat; then echo "overlap $p" >> log; fi
+fi
+echo "attempt $CKPT_ATTEMPT" >> log
+trap '' TERM
+sleep 60 &
+echo $! > left
+echo $! >> pids
+wait $!"#;
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "G", "--items"])
+        .arg(&file)
+        .args(["--timeout", "1s", "--retries", "1", "--backoff", "50ms"])
+        .args(["--", "bash", "-c", script])
+        .run();
+    out.code(1);
+    assert_eq!(
+        sb.lines("log"),
+        vec!["attempt 1".to_string(), "attempt 2".to_string()],
+        "the retry ran beside the first attempt's leftover"
+    );
+    let pids = sb.lines("pids");
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    for pid in pids {
+        let pid: u32 = pid.parse().unwrap();
+        assert!(
+            process_gone(pid),
+            "process {pid}, out of its command's group, lives on"
+        );
+    }
+}
+
+#[test]
 fn no_retry_exit_makes_the_item_dead_at_once_and_keeps_the_reason() {
     let sb = Sandbox::new();
     let file = sb.write_items("items.txt", &["ok".into(), "final".into(), "flaky".into()]);

@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ckpt::shutdown::{signal_name, Signals, SIGINT};
-use ckpt::worker::{signal_marked, WorkerId};
+use ckpt::worker::{signal_marked, signal_marked_command, WorkerId};
 
 use super::sentinel::Sentinel;
 
@@ -61,6 +61,10 @@ struct State {
     /// The running commands' deadlines as last sent to the sentinel (see
     /// [`Children::overdue`]).
     deadlines: HashMap<u32, i64>,
+    /// The running commands' marks (`CKPT_COMMAND`), by pid.
+    marks: HashMap<u32, u64>,
+    /// The mark of the next command.
+    next_mark: u64,
 }
 
 /// The commands running for one worker.
@@ -88,6 +92,8 @@ impl Children {
                 forced: false,
                 stopped: HashSet::new(),
                 deadlines: HashMap::new(),
+                marks: HashMap::new(),
+                next_mark: 1,
             }),
             changed: Condvar::new(),
         })
@@ -97,14 +103,24 @@ impl Children {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a command just started; one started while commands are
-    /// being stopped gets the same signal at once.
-    pub fn started(&self, child: &Child) {
+    /// A mark for the next command (`CKPT_COMMAND`, see
+    /// [`ckpt::worker::COMMAND_ENV`]): its descendants that leave its
+    /// process group still carry it, and are stopped with it.
+    pub fn next_mark(&self) -> u64 {
+        let mut g = self.lock();
+        g.next_mark += 1;
+        g.next_mark - 1
+    }
+
+    /// Registers a command just started, marked `mark`; one started while
+    /// commands are being stopped gets the same signal at once.
+    pub fn started(&self, child: &Child, mark: u64) {
         if let Some(sentinel) = &self.sentinel {
-            sentinel.started(child.id());
+            sentinel.started(child.id(), mark);
         }
         let mut g = self.lock();
         g.pids.insert(child.id());
+        g.marks.insert(child.id(), mark);
         if g.interrupted || g.phase > Phase::Running {
             g.stopped.insert(child.id());
         }
@@ -118,12 +134,15 @@ impl Children {
         }
     }
 
-    /// Stops one command whose lease was lost: SIGTERM to its process
-    /// group, then SIGKILL `grace` later if it has not been reaped by then.
-    /// Only a pid still registered is signalled: a command is unregistered
-    /// before it is reaped, so a reused pid is never hit.
+    /// Stops one command whose lease was lost or whose time is up: SIGTERM
+    /// to its process group and its marked descendants, then SIGKILL
+    /// `grace` later if it has not been reaped by then (what it leaves
+    /// running outside its group is killed when it is, see
+    /// [`Children::kill_marked_command`]). Only a pid still registered is
+    /// signalled: a command is unregistered before it is reaped, so a
+    /// reused pid is never hit.
     pub fn stop_one(self: &Arc<Self>, pid: u32, grace: Duration) {
-        {
+        let mark = {
             let mut g = self.lock();
             if !g.pids.contains(&pid) {
                 return;
@@ -132,6 +151,12 @@ impl Children {
             // Under the lock: the command cannot be unregistered (and then
             // reaped) between the check and the signal.
             signal_group(pid, libc::SIGTERM);
+            g.marks.get(&pid).copied()
+        };
+        // Marked processes are found by their environment, not by pid:
+        // nothing else carries the mark, so no lock is needed.
+        if let Some(mark) = mark {
+            self.signal_marked_command(mark, libc::SIGTERM);
         }
         let children = Arc::clone(self);
         let spawned = std::thread::Builder::new()
@@ -143,6 +168,10 @@ impl Children {
                     let left = until.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         signal_group(pid, libc::SIGKILL);
+                        drop(g);
+                        if let Some(mark) = mark {
+                            children.signal_marked_command(mark, libc::SIGKILL);
+                        }
                         return;
                     }
                     g = children
@@ -157,7 +186,26 @@ impl Children {
             let g = self.lock();
             if g.pids.contains(&pid) {
                 signal_group(pid, libc::SIGKILL);
+                drop(g);
+                if let Some(mark) = mark {
+                    self.signal_marked_command(mark, libc::SIGKILL);
+                }
             }
+        }
+    }
+
+    /// Sends SIGKILL to whatever the command marked `mark`, which ended
+    /// without completing its item, left running outside its process
+    /// group: it must not run on beside the item's retry or another
+    /// worker's copy. (A scan of `/proc`, so not done after every command:
+    /// a completed item runs no more.)
+    pub fn kill_marked_command(&self, mark: u64) {
+        self.signal_marked_command(mark, libc::SIGKILL);
+    }
+
+    fn signal_marked_command(&self, mark: u64, sig: i32) {
+        if let Some(worker) = &self.worker {
+            signal_marked_command(worker, mark, sig);
         }
     }
 
@@ -207,6 +255,7 @@ impl Children {
             let mut g = self.lock();
             g.pids.remove(&pid);
             g.deadlines.remove(&pid);
+            g.marks.remove(&pid);
             g.stopped.remove(&pid)
         };
         if let Some(sentinel) = &self.sentinel {

@@ -48,7 +48,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ckpt::worker::{process_start_ticks, signal_marked, WorkerId};
+use ckpt::worker::{process_start_ticks, signal_marked, signal_marked_command, WorkerId};
 
 /// The hidden first argument that makes `ckpt` a sentinel.
 pub const ARG: &str = "__sentinel";
@@ -110,9 +110,10 @@ impl Sentinel {
         self.send(&format!("={worker}\n"));
     }
 
-    /// Registers the process group of a command just started.
-    pub fn started(&self, pgid: u32) {
-        self.send(&format!("+{pgid}\n"));
+    /// Registers the process group of a command just started, and its
+    /// mark (`CKPT_COMMAND`).
+    pub fn started(&self, pgid: u32, mark: u64) {
+        self.send(&format!("+{pgid} {mark}\n"));
     }
 
     /// Tells the sentinel when the command of group `pgid` must be told to
@@ -195,7 +196,7 @@ pub fn main() -> ExitCode {
     unsafe {
         libc::prctl(libc::PR_SET_NAME, SENTINEL_NAME.as_ptr());
     }
-    let mut groups: BTreeMap<i32, Option<Deadline>> = BTreeMap::new();
+    let mut groups: BTreeMap<i32, Group> = BTreeMap::new();
     let mut worker = None;
     let mut input = Input {
         pending: Vec::new(),
@@ -206,7 +207,7 @@ pub fn main() -> ExitCode {
     // id is then free for another process. (A message sent after the drain
     // is applied at the next pass; ckpt reaps without waiting for it.)
     while input.drain(&mut groups, &mut worker) {
-        enforce(&mut groups);
+        enforce(&mut groups, worker.as_ref());
         let wait_ms = next_deadline(&groups).map_or(-1, |at| (at - now_ms()).clamp(0, 60_000));
         if readable(wait_ms as i32) {
             // Let messages gather in the socket for a moment rather than
@@ -248,11 +249,7 @@ impl Input {
     /// ckpt is gone (end of file, or the input cannot be read). Reads at
     /// most [`DRAIN_READS`] times, so that deadlines are enforced even if
     /// ckpt never stops writing.
-    fn drain(
-        &mut self,
-        groups: &mut BTreeMap<i32, Option<Deadline>>,
-        worker: &mut Option<WorkerId>,
-    ) -> bool {
+    fn drain(&mut self, groups: &mut BTreeMap<i32, Group>, worker: &mut Option<WorkerId>) -> bool {
         for _ in 0..DRAIN_READS {
             if !readable(0) {
                 break;
@@ -288,6 +285,15 @@ fn readable(wait_ms: i32) -> bool {
     unsafe { libc::poll(&mut fds, 1, wait_ms) > 0 }
 }
 
+/// A registered command: its process group's entry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Group {
+    /// Its `CKPT_COMMAND` mark.
+    mark: Option<u64>,
+    /// When it must be told to stop, once ckpt said.
+    deadline: Option<Deadline>,
+}
+
 /// When a registered command must be told to stop, and be gone.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Deadline {
@@ -298,14 +304,27 @@ struct Deadline {
 }
 
 /// Applies one line of the protocol.
-fn apply(line: &str, groups: &mut BTreeMap<i32, Option<Deadline>>, worker: &mut Option<WorkerId>) {
+fn apply(line: &str, groups: &mut BTreeMap<i32, Group>, worker: &mut Option<WorkerId>) {
     let (op, arg) = line.split_at(line.len().min(1));
     match op {
         "=" => *worker = WorkerId::parse(arg),
+        // `+PGID MARK`: a command started; `-PGID`: it exited.
         "+" | "-" => {
-            if let Some(pgid) = arg.parse::<i32>().ok().filter(|&p| p > 1) {
+            let mut f = arg.split(' ');
+            if let Some(pgid) = f
+                .next()
+                .and_then(|p| p.parse::<i32>().ok())
+                .filter(|&p| p > 1)
+            {
                 if op == "+" {
-                    groups.insert(pgid, None);
+                    let mark = f.next().and_then(|m| m.parse::<u64>().ok());
+                    groups.insert(
+                        pgid,
+                        Group {
+                            mark,
+                            deadline: None,
+                        },
+                    );
                 } else {
                     groups.remove(&pgid);
                 }
@@ -316,8 +335,8 @@ fn apply(line: &str, groups: &mut BTreeMap<i32, Option<Deadline>>, worker: &mut 
             if let (Some(Some(pgid)), Some(Some(term_ms)), Some(Some(kill_ms))) =
                 (f.next(), f.next(), f.next())
             {
-                if let Some(slot) = groups.get_mut(&(pgid as i32)) {
-                    *slot = Some(Deadline {
+                if let Some(group) = groups.get_mut(&(pgid as i32)) {
+                    group.deadline = Some(Deadline {
                         term_ms,
                         kill_ms,
                         termed: false,
@@ -331,10 +350,10 @@ fn apply(line: &str, groups: &mut BTreeMap<i32, Option<Deadline>>, worker: &mut 
 }
 
 /// The earliest deadline not yet acted on.
-fn next_deadline(groups: &BTreeMap<i32, Option<Deadline>>) -> Option<i64> {
+fn next_deadline(groups: &BTreeMap<i32, Group>) -> Option<i64> {
     groups
         .values()
-        .flatten()
+        .filter_map(|g| g.deadline.as_ref())
         .filter_map(|d| match (d.termed, d.killed) {
             (false, _) => Some(d.term_ms),
             (true, false) => Some(d.kill_ms),
@@ -343,12 +362,16 @@ fn next_deadline(groups: &BTreeMap<i32, Option<Deadline>>) -> Option<i64> {
         .min()
 }
 
-/// Signals the groups whose deadlines passed: their leases can no longer
-/// be proven, and ckpt (stopped, or hung) did not stop them itself.
-fn enforce(groups: &mut BTreeMap<i32, Option<Deadline>>) {
+/// Signals the groups whose deadlines passed, and the processes marked as
+/// their commands' (`worker`'s, with the command's mark) that left them:
+/// their leases can no longer be proven, and ckpt (stopped, or hung) did
+/// not stop them itself.
+fn enforce(groups: &mut BTreeMap<i32, Group>, worker: Option<&WorkerId>) {
     let now = now_ms();
-    for (&pgid, d) in groups.iter_mut() {
-        let Some(d) = d else { continue };
+    for (&pgid, group) in groups.iter_mut() {
+        let Some(d) = &mut group.deadline else {
+            continue;
+        };
         let sig = if !d.killed && now >= d.kill_ms {
             d.termed = true;
             d.killed = true;
@@ -362,6 +385,9 @@ fn enforce(groups: &mut BTreeMap<i32, Option<Deadline>>) {
         // SAFETY: kill(2) has no memory-safety preconditions.
         unsafe {
             libc::kill(-pgid, sig);
+        }
+        if let (Some(worker), Some(mark)) = (worker, group.mark) {
+            signal_marked_command(worker, mark, sig);
         }
     }
 }
@@ -492,7 +518,13 @@ mod deadline_tests {
         apply("+77", &mut groups, &mut worker);
         apply("@77 10 20", &mut groups, &mut worker);
         assert_eq!(next_deadline(&groups), Some(10));
-        groups.get_mut(&77).unwrap().as_mut().unwrap().termed = true;
+        groups
+            .get_mut(&77)
+            .unwrap()
+            .deadline
+            .as_mut()
+            .unwrap()
+            .termed = true;
         assert_eq!(next_deadline(&groups), Some(20), "after TERM, KILL is next");
         apply("@77 30 40", &mut groups, &mut worker);
         assert_eq!(next_deadline(&groups), Some(30), "a renewal starts over");
@@ -525,16 +557,51 @@ mod deadline_tests {
             &mut groups,
             &mut worker,
         );
-        enforce(&mut groups);
+        enforce(&mut groups, None);
         assert!(
             child.try_wait().unwrap().is_none(),
             "not before its deadline"
         );
         let past = now_ms() - 1;
         apply(&format!("@{pgid} {past} {later}"), &mut groups, &mut worker);
-        enforce(&mut groups);
+        enforce(&mut groups, None);
         let status = child.wait().unwrap();
         assert_eq!(status.signal(), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn a_passed_deadline_also_stops_what_left_the_group_with_the_commands_mark() {
+        use ckpt::worker::{COMMAND_ENV, WORKER_ENV};
+        let id = format!("host:{}:1:marktest", std::process::id());
+        let worker = WorkerId::parse(&id).unwrap();
+        let spawn = |mark: &str| {
+            Command::new("sleep")
+                .arg("30")
+                .env(WORKER_ENV, &id)
+                .env(COMMAND_ENV, mark)
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        };
+        // The command (its group registered), a descendant of it in a group
+        // of its own, and another command's descendant (mark 21, not 2).
+        let (mut command, mut left, mut other) = (spawn("2"), spawn("2"), spawn("21"));
+        let pgid = command.id() as i32;
+        let mut groups = BTreeMap::new();
+        let mut none = None;
+        apply(&format!("+{pgid} 2"), &mut groups, &mut none);
+        let (past, later) = (now_ms() - 1, now_ms() + 60_000);
+        apply(&format!("@{pgid} {past} {later}"), &mut groups, &mut none);
+        enforce(&mut groups, Some(&worker));
+        assert_eq!(command.wait().unwrap().signal(), Some(libc::SIGTERM));
+        assert_eq!(left.wait().unwrap().signal(), Some(libc::SIGTERM));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "another command's process is left alone"
+        );
+        other.kill().unwrap();
+        other.wait().unwrap();
     }
 
     #[test]
