@@ -64,6 +64,9 @@ pub fn to_py(e: ckpt::Error) -> PyErr {
         // A compare-and-set that lost: not a store failure, and not one of
         // the kinds above; the base class carries it.
         E::CursorMismatch { .. } => Error::new_err(message),
+        // A signal handler's exception (Ctrl-C) ended the wait: that one.
+        E::Interrupted(_) => crate::exit::take_raised()
+            .unwrap_or_else(|| pyo3::exceptions::PyKeyboardInterrupt::new_err(message)),
         _ => StoreError::new_err(message),
     }
 }

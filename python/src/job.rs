@@ -111,11 +111,11 @@ impl Job {
     ) -> PyResult<()> {
         let _call = exit::enter().py()?;
         let held = self.held()?;
-        let flushed = py.detach(|| held.flush());
+        let flushed = exit::interruptible(py, || held.flush());
         self.spend_on(&flushed);
         self.settle(flushed)?;
         let job = self.take()?;
-        let result = py.detach(|| end(job));
+        let result = exit::interruptible(py, || end(job));
         self.settle(result)
     }
 
@@ -259,7 +259,7 @@ impl Job {
     fn flush(&mut self, py: Python<'_>) -> PyResult<()> {
         let _call = exit::enter().py()?;
         let job = self.held()?;
-        let result = py.detach(|| job.flush());
+        let result = exit::interruptible(py, || job.flush());
         self.spend_on(&result);
         self.settle(result)
     }

@@ -99,6 +99,11 @@ pub enum Error {
     /// The backend failed (I/O error, disk full, corrupt data).
     #[error("store error: {0}")]
     Storage(String),
+    /// The caller's check (see [`crate::interrupt`]) abandoned a store
+    /// call while it waited for the server: it may or may not have taken
+    /// effect.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }
 
 impl Error {
@@ -112,10 +117,14 @@ impl Error {
         matches!(self, Error::Busy(_))
     }
 
-    /// True if and only if retrying later may succeed: [`Error::Busy`] or
-    /// [`Error::Unavailable`].
+    /// True if and only if retrying later may succeed: [`Error::Busy`],
+    /// [`Error::Unavailable`], or [`Error::Interrupted`] (the call was
+    /// abandoned, not refused; a checkpoint it carried stays pending).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Busy(_) | Error::Unavailable(_))
+        matches!(
+            self,
+            Error::Busy(_) | Error::Unavailable(_) | Error::Interrupted(_)
+        )
     }
 
     /// True if and only if the server refused a new connection because

@@ -61,6 +61,7 @@ pub mod bench;
 mod ckpt;
 mod error;
 pub mod inspect;
+pub mod interrupt;
 mod job;
 pub mod json;
 pub mod model;

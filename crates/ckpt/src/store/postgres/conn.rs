@@ -45,6 +45,7 @@ impl PgStore {
     /// pool's idle connections are dropped, as the stuck one may be among
     /// them; the next call connects anew.
     pub(super) fn call<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let f = crate::interrupt::interruptible(f);
         if UNBOUNDED.with(Cell::get) {
             return self.runtime.block_on(f);
         }
