@@ -222,6 +222,14 @@ pub fn run_with_baseline(
     let run_time = started.elapsed();
 
     let concurrent = concurrent_saves(store.clone(), CONCURRENT_JOBS, CONCURRENT_SAVES)?;
+    remove_jobs(
+        &ckpt,
+        &[
+            format!("bench-checkpoint-{suffix}"),
+            items_job,
+            format!("bench-runner-{suffix}"),
+        ],
+    )?;
 
     let per_s = |n: u64, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
     let checkpoints_per_s = per_s(options.saves, save_time);
@@ -282,7 +290,25 @@ pub fn concurrent_saves(store: Arc<dyn Store>, jobs: usize, per_job: u64) -> Res
             })
             .collect::<Result<Vec<()>>>()
     })?;
-    Ok((jobs as u64 * per_job) as f64 / started.elapsed().as_secs_f64().max(1e-9))
+    let rate = (jobs as u64 * per_job) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let names: Vec<String> = (0..jobs)
+        .map(|j| format!("bench-concurrent-{suffix}-{j}"))
+        .collect();
+    remove_jobs(&ckpt, &names)?;
+    Ok(rate)
+}
+
+/// Deletes the benchmark's own jobs, all finished by then, so that it
+/// leaves nothing in the store it measured (often the one in use). A job
+/// of items is marked completed first: its last item completing does not
+/// do that by itself.
+fn remove_jobs(ckpt: &Ckpt, names: &[String]) -> Result<()> {
+    let store = ckpt.store();
+    for name in names {
+        store.finish_if_done(name, ckpt.now())?;
+        store.delete_job(name, ckpt.now())?;
+    }
+    Ok(())
 }
 
 /// Raw rusqlite: `n` single-row UPSERTs, each its own transaction, in a

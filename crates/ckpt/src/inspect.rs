@@ -209,6 +209,20 @@ pub struct Finding {
 /// running items than this is checked on the first this many.
 const LEASE_SCAN: usize = 10_000;
 
+/// `s` as one argument of a POSIX shell: as it is if nothing in it is
+/// special, else single-quoted. (Control characters stay as they are: a
+/// terminal printer escapes them.)
+pub fn shell_arg(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-+=@%:,./".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 /// Checks every job against `options` at `now`.
 pub fn doctor(store: &dyn Store, options: &DoctorOptions, now: Timestamp) -> Result<Vec<Finding>> {
     let mut findings = Vec::new();
@@ -227,6 +241,8 @@ fn check_job(
     now: Timestamp,
 ) -> Result<Vec<Finding>> {
     let mut found = Vec::new();
+    // The name as the commands the messages suggest need it.
+    let name = shell_arg(&job.name);
     let mut add = |kind, message: String| {
         found.push(Finding {
             job: job.name.clone(),
@@ -252,7 +268,7 @@ fn check_job(
                     "running, {what} {} ago (threshold {}): is its worker alive? `ckpt show {}`",
                     humanize(age),
                     humanize(options.stale),
-                    job.name
+                    name
                 ),
             );
         }
@@ -262,7 +278,7 @@ fn check_job(
             FindingKind::ExcessiveHistory,
             format!(
                 "{} history entries (threshold {}): `ckpt history truncate {} --keep {}`",
-                job.history_len, options.max_history, job.name, options.max_history
+                job.history_len, options.max_history, name, options.max_history
             ),
         );
     }
@@ -280,7 +296,7 @@ fn check_job(
             FindingKind::DeadItems,
             format!(
                 "{} dead item(s): `ckpt items {} --status dead`, then `ckpt retry {} --dead`",
-                counts.dead, job.name, job.name
+                counts.dead, name, name
             ),
         );
     }

@@ -96,8 +96,9 @@ pub fn checkpoint(url: &str, cmd: CheckpointCommand) -> Result<ExitCode> {
             let left = counts.pending + counts.running + counts.failed + counts.dead;
             if left > 0 {
                 return Err(Usage(format!(
-                    "job '{job}' has {left} item(s) not completed ({} dead): it completes when they do (see `ckpt status {job}`)",
-                    counts.dead
+                    "job '{job}' has {left} item(s) not completed ({} dead): it completes when they do (see `ckpt status {}`)",
+                    counts.dead,
+                    super::run::shell_word(&job)
                 ))
                 .into());
             }

@@ -28,8 +28,9 @@ pub fn reset(url: &str, args: ResetArgs) -> Result<ExitCode> {
     let items = ckpt.store().item_counts(&args.job)?.total();
     if job.checkpoint.is_none() && items > 0 {
         return Err(Usage(format!(
-            "job '{job}' has no checkpoint to clear: `ckpt reset` clears a job's checkpoint (its cursor), and this job's {items} work items are kept as they are; `ckpt retry '{job}'` re-drives its dead ones, and a new job name runs them all again",
+            "job '{job}' has no checkpoint to clear: `ckpt reset` clears a job's checkpoint (its cursor), and this job's {items} work items are kept as they are; `ckpt retry {word}` re-drives its dead ones, and a new job name runs them all again",
             job = shown(&args.job),
+            word = super::run::shell_word(&args.job),
         ))
         .into());
     }

@@ -49,7 +49,10 @@ pub fn retry(url: &str, args: RetryArgs) -> Result<ExitCode> {
         // A key mistyped, or an item not (or no longer) in that state:
         // said, not passed over as "0 back to pending".
         let given = keys.iter().collect::<std::collections::HashSet<_>>().len() as u64;
-        let see = format!("see `ckpt items {} --status {from}`", shown(&args.job));
+        let see = format!(
+            "see `ckpt items {} --status {from}`",
+            super::run::shell_word(&args.job)
+        );
         if moved == 0 {
             return Err(ckpt::Error::NotFound(format!(
                 "job '{}' has no {from} item with the key(s) given; {see}",
@@ -99,7 +102,7 @@ fn completed_by(queue: &Queue, args: &RetryArgs) -> Result<Option<CompletedBy>> 
         return Err(Usage(format!(
             "job '{}' has no command {id} (see `ckpt show {}`)",
             shown(&args.job),
-            shown(&args.job)
+            super::run::shell_word(&args.job)
         ))
         .into());
     }

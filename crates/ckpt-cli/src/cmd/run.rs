@@ -324,7 +324,7 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
             counts.dead,
             counts.completed,
             counts.total(),
-            crate::output::shown(&args.job)
+            shell_word(&args.job)
         );
         return Ok(ExitCode::from(FAILED));
     }
@@ -679,7 +679,7 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
                 tracing::warn!(
                     event = "lease_lost",
                     job,
-                    key = %crate::output::shown(&tag),
+                    key = tag.as_str(),
                     reason = "unconfirmed",
                     "its command was seen ending {} past its deadline: not taken as done",
                     humantime::format_duration(Duration::from_millis(late.as_millis() as u64))

@@ -216,7 +216,7 @@ pub async fn retry(
         .ok_or_else(|| unknown_job(&job))?;
     tracing::info!(
         event = "retry",
-        job = %job,
+        job = job.as_str(),
         "{moved} {from} item(s) back to pending (requested over HTTP)"
     );
     Ok(ok(Moved { moved }))

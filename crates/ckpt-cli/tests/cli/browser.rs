@@ -25,6 +25,20 @@ fn dashboard_shows_jobs_and_retries_dead_items_with_the_token() {
     items_job(&sb, "thumbs"); // 2 completed, 1 pending, 2 dead of 5
     cursor_job(&sb, "export"); // 300 processed, 3 history entries
     stale_job(&sb, "nightly"); // running, checkpoint 20 minutes old
+                               // 199 of 200 completed, one awaiting its retry: 99.5%, shown as 99%.
+    let q = Ckpt::open(&sb.store_url())
+        .unwrap()
+        .queue("almost")
+        .unwrap();
+    q.enqueue((0..200).map(|i| NewItem::key(format!("k{i}"))))
+        .unwrap();
+    for item in q.claim(200).unwrap() {
+        if item.key == "k0" {
+            q.fail(&item, "not yet").unwrap();
+        } else {
+            q.complete(&item, None).unwrap();
+        }
+    }
     let server = Server::start(&sb, &["--token", TOKEN]);
     let driver = Driver::start(&chromedriver);
     let page = Session::new(&driver, &chromium);
@@ -36,6 +50,12 @@ fn dashboard_shows_jobs_and_retries_dead_items_with_the_token() {
     let number = |name| page.property(bar, name).and_then(|v| v.as_f64());
     assert_eq!((number("value"), number("max")), (Some(2.0), Some(5.0)));
     page.wait_text(r#"tr[data-job="thumbs"] .dead-note"#, "2 dead");
+    page.wait_text(r#"tr[data-job="almost"] .progress-text"#, "199/200");
+    assert_eq!(
+        page.attribute(r#"tr[data-job="almost"] progress"#, "title"),
+        Some(json!("99% completed")),
+        "rounded down, as the CLI does"
+    );
     page.wait_text(r#"tr[data-job="export"] .progress-text"#, "300 processed");
     page.wait_text(r#"tr[data-job="export"] .history"#, "3");
     page.wait_text(r#"tr[data-job="export"] .state"#, "13 B");

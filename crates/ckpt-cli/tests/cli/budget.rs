@@ -202,4 +202,11 @@ fn bench_with_64_workers_shares_one_pool() {
         (1..=20).contains(&peak),
         "{peak} connections at once for 64 workers"
     );
+    // It measured the store in use, and leaves none of its jobs there.
+    let jobs = sb
+        .ckpt_bare()
+        .args(["--store", &url, "jobs", "--json"])
+        .run();
+    jobs.success();
+    assert_eq!(jobs.json(), serde_json::json!([]), "{}", jobs.stdout);
 }

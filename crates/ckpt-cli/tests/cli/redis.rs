@@ -305,3 +305,34 @@ fn a_rediss_url_to_a_redis_without_tls_says_so() {
     assert!(line.contains("no answer to the TLS handshake"), "{line}");
     assert!(redis.pttls().is_empty(), "nothing was written");
 }
+
+#[test]
+fn bench_leaves_none_of_its_jobs_in_the_store_it_measured() {
+    let Some(redis) = RedisPrefix::new("bench") else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let url = redis.url();
+    sb.ckpt_bare()
+        .args(["--store", &url, "checkpoint", "set", "mine", "1"])
+        .run()
+        .success();
+    sb.ckpt_bare()
+        .args(["--store", &url, "bench", "--items", "100", "--saves", "10"])
+        .args(["--workers", "2", "--batch", "10"])
+        .run()
+        .success();
+    let jobs = sb
+        .ckpt_bare()
+        .args(["--store", &url, "jobs", "--json"])
+        .run();
+    jobs.success();
+    let names: Vec<_> = jobs
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job"].clone())
+        .collect();
+    assert_eq!(names, vec![serde_json::json!("mine")], "{}", jobs.stdout);
+}

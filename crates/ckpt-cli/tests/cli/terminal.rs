@@ -161,3 +161,81 @@ fn run_and_retry_messages_escape_the_job_name() {
         assert!(out.stdout.contains(r"evil\u{202e}abc"), "{}", out.stdout);
     }
 }
+
+#[test]
+fn debug_logs_quote_and_escape_keys_and_job_names() {
+    // A key with controls, and a job name a log parser would read as extra
+    // fields if it were left unquoted.
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &["k\u{1b}]0;pwned\u{7}\u{1b}[2J x=1".into()]);
+    let job = "j level=ERROR event=\"item_dead\"";
+    let out = sb
+        .ckpt()
+        .env("RUST_LOG", "ckpt=debug")
+        .args(["run", "-q", "--job", job, "--items"])
+        .arg(&file)
+        .args(["--", "true"])
+        .run();
+    out.success();
+    assert_no_raw_controls("debug log", &out.stderr);
+    for event in ["enqueued", "item_claimed", "item_completed"] {
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.contains(&format!("event=\"{event}\"")))
+            .unwrap_or_else(|| panic!("no {event} line:\n{}", out.stderr));
+        assert!(
+            line.contains(r#"job="j level=ERROR event=\"item_dead\"""#),
+            "{event}: the job name is one quoted field: {line}"
+        );
+        if event != "enqueued" {
+            assert!(line.contains(r#"key="k\u{1b}]0;pwned"#), "{event}: {line}");
+        }
+    }
+}
+
+#[test]
+fn suggested_commands_quote_the_job_name_for_the_shell() {
+    // Pasted into a shell, each suggestion must name the job: `it's`
+    // unquoted would open a quote, `a b` would be two arguments.
+    let sb = Sandbox::new();
+    let file = sb.write("items.txt", "a\n");
+    for (job, word) in [("it's", r"'it'\''s'"), ("a b", "'a b'")] {
+        let run = sb
+            .ckpt()
+            .args(["run", "--job", job, "--retries", "0", "--items"])
+            .arg(&file)
+            .args(["--", "false"])
+            .run();
+        run.code(1);
+        assert!(
+            run.stderr.contains(&format!("see `ckpt status {word}`")),
+            "{}",
+            run.stderr
+        );
+        let doctor = sb.ckpt().args(["doctor"]).run();
+        assert!(
+            doctor.stdout.contains(&format!(
+                "`ckpt items {word} --status dead`, then `ckpt retry {word} --dead`"
+            )),
+            "{}",
+            doctor.stdout
+        );
+        let reset = sb.ckpt().args(["reset", job, "-y"]).run();
+        assert!(
+            reset
+                .stderr
+                .contains(&format!("`ckpt retry {word}` re-drives")),
+            "{}",
+            reset.stderr
+        );
+        let complete = sb.ckpt().args(["checkpoint", "complete", job]).run();
+        assert!(
+            complete
+                .stderr
+                .contains(&format!("(see `ckpt status {word}`)")),
+            "{}",
+            complete.stderr
+        );
+    }
+}

@@ -145,7 +145,12 @@ impl Queue {
             .ckpt
             .store()
             .enqueue(&self.job, &mut checked, self.ckpt.now())?;
-        tracing::debug!(event = "enqueued", job = %self.job, inserted = report.inserted, existing = report.existing);
+        tracing::debug!(
+            event = "enqueued",
+            job = self.job.as_str(),
+            inserted = report.inserted,
+            existing = report.existing
+        );
         Ok(report)
     }
 
@@ -198,7 +203,7 @@ impl Queue {
         let mut taken_over = 0;
         let mut previous_owners = Vec::new();
         for item in &claimed {
-            tracing::debug!(event = "item_claimed", job = %self.job, key = %item.key, attempt = item.attempt, owner = %self.owner, from = item.taken_over_from.as_deref());
+            tracing::debug!(event = "item_claimed", job = self.job.as_str(), key = item.key.as_str(), attempt = item.attempt, owner = %self.owner, from = item.taken_over_from.as_deref());
             if let Some(from) = &item.taken_over_from {
                 taken_over += 1;
                 if !previous_owners.contains(from) {
@@ -207,7 +212,7 @@ impl Queue {
             }
         }
         if taken_over > 0 {
-            tracing::info!(event = "takeover", job = %self.job, items = taken_over, "took over {taken_over} item(s) whose previous lease had expired or whose owner was gone");
+            tracing::info!(event = "takeover", job = self.job.as_str(), items = taken_over, "took over {taken_over} item(s) whose previous lease had expired or whose owner was gone");
         }
         // A dead local owner may have left commands running on these items:
         // they must not run beside the retries. Its sentinel, if it names
@@ -393,7 +398,7 @@ impl Queue {
         let mut results = self.apply(std::slice::from_ref(&update))?;
         let result = results.pop().unwrap_or(Ok(()));
         if let Err(e) = &result {
-            tracing::warn!(event = "lease_lost", job = %self.job, item_id = update.lease.id, error = %e);
+            tracing::warn!(event = "lease_lost", job = self.job.as_str(), item_id = update.lease.id, error = %e);
         }
         result
     }
@@ -453,7 +458,7 @@ impl Queue {
             None => 0,
         };
         if freed > 0 {
-            tracing::info!(event = "takeover", job = %self.job, items = freed, "owners whose sessions ended: their items are claimable once the session grace has passed, unless the owner renews them under a new session");
+            tracing::info!(event = "takeover", job = self.job.as_str(), items = freed, "owners whose sessions ended: their items are claimable once the session grace has passed, unless the owner renews them under a new session");
         }
         for owner in self.ckpt.store().running_owners(&self.job)? {
             if owner != self.owner && self.ckpt.is_dead_local_owner(&owner) {
@@ -463,7 +468,7 @@ impl Queue {
                     .ckpt
                     .store()
                     .expire_owner(&self.job, &owner, self.ckpt.now())?;
-                tracing::info!(event = "takeover", job = %self.job, from = %owner, items = n, orphans_killed = orphans, "owner process is gone; its items are claimable now");
+                tracing::info!(event = "takeover", job = self.job.as_str(), from = %owner, items = n, orphans_killed = orphans, "owner process is gone; its items are claimable now");
                 freed += n;
             }
         }

@@ -566,7 +566,7 @@ impl Watchdog {
                 .increment(1);
             tracing::warn!(
                 event = "lease_lost",
-                job = %self.job,
+                job = self.job.as_str(),
                 item_id = lease.id,
                 reason = reason.as_str(),
                 "stopping item {}: {why}",

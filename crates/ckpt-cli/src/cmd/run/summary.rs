@@ -18,7 +18,7 @@ pub(super) fn left_to_do(unfinished: u64, dead: u64, job: &str, verb: &str) -> S
     let dead = if dead > 0 {
         format!(
             "{dead} dead item(s): see `ckpt status {}`",
-            crate::output::shown(job)
+            super::shell_word(job)
         )
     } else {
         String::new()

@@ -539,14 +539,7 @@ pub fn shell_word(s: &str) -> String {
 /// whatever it holds: the form a job's commands are recorded in (so the
 /// same command keeps the same text).
 pub fn posix_word(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-+=@%:,./".contains(&b));
-    if plain {
-        s.to_string()
-    } else {
-        shell_quote(s)
-    }
+    ckpt::inspect::shell_arg(s)
 }
 
 /// `s` in the shell's `$'…'` form: every escape written in full (`\xHH`,

@@ -160,11 +160,17 @@
       job.checkpoint_age_seconds > STALE_SECONDS;
   }
 
+  // Rounded down, as the CLI does: a job with one item of 200 left is at
+  // 99%, not 100%.
+  function percentDone(p) {
+    return Math.floor((100 * p.completed) / p.total);
+  }
+
   function progressCell(job) {
     const p = progressOf(job);
     const cell = el('td', { class: 'progress' });
     if (p.kind === 'items') {
-      const pct = Math.round((100 * p.completed) / p.total);
+      const pct = percentDone(p);
       cell.append(
         el('progress', { max: p.total, value: p.completed, title: `${pct}% completed` }),
         el('span', { class: 'progress-text' }, `${fmtInt(p.completed)}/${fmtInt(p.total)}`),
@@ -269,7 +275,7 @@
       bar.max = p.total;
       bar.value = p.completed;
       show(bar, true);
-      const pct = Math.round((100 * p.completed) / p.total);
+      const pct = percentDone(p);
       $('job-progress-text').textContent =
         `${fmtInt(p.completed)}/${fmtInt(p.total)} completed (${pct}%)`;
     } else {
