@@ -50,6 +50,24 @@ create_exception!(
      schema, closed, or opened before a fork (open a new one in the child)."
 );
 
+thread_local! {
+    /// The exception a signal handler raised while a store call of this
+    /// thread waited (see `exit::interruptible`): raised in the call's
+    /// place when it returns, as [`ckpt::Error::Interrupted`].
+    static RAISED: std::cell::RefCell<Option<PyErr>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Keeps `e`, raised by a signal handler while a store call waited.
+pub fn keep_raised(e: PyErr) {
+    RAISED.with(|r| *r.borrow_mut() = Some(e));
+}
+
+/// True if a signal handler raised while this thread's call waited, and
+/// its exception was not raised yet.
+pub fn signal_raised_meanwhile() -> bool {
+    RAISED.with(|r| r.borrow().is_some())
+}
+
 /// The Python exception for a library error.
 pub fn to_py(e: ckpt::Error) -> PyErr {
     use ckpt::Error as E;
@@ -65,7 +83,8 @@ pub fn to_py(e: ckpt::Error) -> PyErr {
         // the kinds above; the base class carries it.
         E::CursorMismatch { .. } => Error::new_err(message),
         // A signal handler's exception (Ctrl-C) ended the wait: that one.
-        E::Interrupted(_) => crate::exit::take_raised()
+        E::Interrupted(_) => RAISED
+            .with(|r| r.borrow_mut().take())
             .unwrap_or_else(|| pyo3::exceptions::PyKeyboardInterrupt::new_err(message)),
         _ => StoreError::new_err(message),
     }

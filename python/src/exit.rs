@@ -139,26 +139,21 @@ where
     interruptible(py, f)
 }
 
-thread_local! {
-    /// The exception a signal handler raised while a store call of this
-    /// thread waited: raised when the call returns (see [`interruptible`]).
-    static RAISED: std::cell::RefCell<Option<PyErr>> = const { std::cell::RefCell::new(None) };
-}
-
 /// `py.detach(f)`, with Python's signal handlers run while a store call
 /// of `f` waits for the server (every 100 ms, see `ckpt::interrupt`): they
 /// run only in the main thread, and otherwise would wait until the call
 /// returns, up to the response timeout (Ctrl-C doing nothing for a
 /// minute). One that raises (Ctrl-C's KeyboardInterrupt) abandons the call;
-/// the result is then [`ckpt::Error::Interrupted`], which [`to_py`](crate::errors::to_py)
-/// turns back into that exception, whatever the call returned.
+/// the result is then [`ckpt::Error::Interrupted`], which
+/// [`to_py`](crate::errors::to_py) turns back into that exception,
+/// whatever the call returned.
 pub fn interruptible<T, F>(py: Python<'_>, f: F) -> ckpt::Result<T>
 where
     F: Ungil + Send + FnOnce() -> ckpt::Result<T>,
     T: Send,
 {
     let out = py.detach(|| ckpt::interrupt::with_check(signal_raised, f));
-    if RAISED.with(|r| r.borrow().is_some()) {
+    if crate::errors::signal_raised_meanwhile() {
         return Err(ckpt::Error::Interrupted(
             "a signal handler raised while the store call waited".into(),
         ));
@@ -167,21 +162,16 @@ where
 }
 
 /// The check of `ckpt::interrupt`: runs the pending signal handlers; true
-/// if one raised, its exception kept for [`take_raised`].
+/// if one raised, its exception kept to be raised when the call returns
+/// (see `errors::keep_raised`).
 fn signal_raised() -> bool {
     Python::attach(|py| match py.check_signals() {
         Ok(()) => false,
         Err(e) => {
-            RAISED.with(|r| *r.borrow_mut() = Some(e));
+            crate::errors::keep_raised(e);
             true
         }
     })
-}
-
-/// The exception a signal handler raised during this thread's last
-/// interrupted call, once.
-pub fn take_raised() -> Option<PyErr> {
-    RAISED.with(|r| r.borrow_mut().take())
 }
 
 /// The `atexit` hook: stops the runs, waits until no call is in progress,

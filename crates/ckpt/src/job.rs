@@ -59,6 +59,10 @@ pub struct Job {
     options: JobOptions,
     tracker: IntervalTracker,
     pending: Option<Checkpoint>,
+    /// Why the last checkpoint recorded was dropped unsaved (a save that
+    /// failed for good), until a newer one is saved: `flush` fails with it
+    /// rather than succeed without that checkpoint.
+    unsaved: Option<String>,
     last_renewal: Timestamp,
     /// On a store with liveness sessions: when the last renewal that moved
     /// the lease to a session was sent, and that session (see
@@ -129,6 +133,7 @@ impl Job {
             options,
             tracker: IntervalTracker::starting_at(now, resumed_items),
             pending: None,
+            unsaved: None,
             last_renewal: now,
             session_proof,
             taken_over_from,
@@ -324,12 +329,21 @@ impl Job {
     /// store busy or unreachable) the checkpoint stays pending, so calling
     /// `flush` again saves it rather than succeeding without it; on any
     /// other error (a lost lease, a checkpoint the store refuses, a full
-    /// disk) it is dropped, and the stored one is kept. (`complete`,
-    /// `fail` and `release` take the handle whatever happens: flush first
-    /// to be able to retry a save.)
+    /// disk) it is dropped, and the stored one is kept; from then on
+    /// `flush` (and `complete`, `fail` and `release`, which flush first)
+    /// fails with [`Error::Storage`] saying so, until a newer checkpoint is
+    /// recorded and saved, so that none of them succeeds without it.
+    /// (`complete`, `fail` and `release` take the handle whatever happens:
+    /// flush first to be able to retry a save.)
     pub fn flush(&mut self) -> Result<()> {
         let Some(cp) = self.pending.take() else {
-            return Ok(());
+            return match &self.unsaved {
+                None => Ok(()),
+                Some(why) => Err(Error::Storage(format!(
+                    "job '{}': the last checkpoint recorded was not saved ({why}); record a newer one, or acquire the job again to resume from the one saved before",
+                    self.lease.job
+                ))),
+            };
         };
         let store = self.ckpt.store().clone();
         let result = self.persist(&cp, |lease, cp, keep, until, now| {
@@ -338,9 +352,20 @@ impl Job {
         if let Err(e) = &result {
             if e.is_transient() {
                 pace::store_pending(&mut self.pending, &mut self.pending_plain, cp);
+            } else {
+                self.dropped_unsaved(e);
             }
         }
         result
+    }
+
+    /// Remembers that a checkpoint was dropped unsaved because of `e` (see
+    /// `unsaved`); a lost lease needs no reminder: every later write is
+    /// fenced anyway.
+    fn dropped_unsaved(&mut self, e: &Error) {
+        if !e.is_fenced() {
+            self.unsaved = Some(e.to_string());
+        }
     }
 
     /// Saves `checkpoint` and runs `f` (the caller's own writes) in one
@@ -375,6 +400,8 @@ impl Job {
         if let (Err(e), Some(earlier)) = (&result, earlier) {
             if e.is_transient() && self.pending.is_none() {
                 pace::store_pending(&mut self.pending, &mut self.pending_plain, earlier);
+            } else if !e.is_transient() {
+                self.dropped_unsaved(e);
             }
         }
         result
@@ -411,6 +438,8 @@ impl Job {
                 return Err(e);
             }
         };
+        // A newer checkpoint is saved: none dropped before it is missed.
+        self.unsaved = None;
         let cost = started.elapsed();
         self.tracker
             .record_save(cp.items_processed, self.ckpt.now(), cost);

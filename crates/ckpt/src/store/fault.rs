@@ -42,6 +42,10 @@ pub enum Fault {
     /// The call fails with [`Error::Unavailable`] and changes nothing;
     /// later calls work (a transient outage).
     Fail,
+    /// The call fails with [`Error::Storage`] (a full disk, say) and
+    /// changes nothing; later calls work. Not transient: a caller must not
+    /// take it for an outage.
+    Refuse,
     /// The process "dies" before the call reaches the store: the call and
     /// every later call fail, and nothing of the call is applied.
     CrashBefore,
@@ -130,6 +134,7 @@ impl FaultStore {
                 Fault::Fail => Err(Error::Unavailable(format!(
                     "injected outage at {op:?} #{n}"
                 ))),
+                Fault::Refuse => Err(Error::Storage(format!("injected refusal at {op:?} #{n}"))),
                 Fault::CrashBefore => {
                     self.crashed.store(true, Ordering::SeqCst);
                     Err(Self::dead())

@@ -513,6 +513,56 @@ fn a_retried_flush_saves_what_the_failed_one_could_not(store: Option<Fixture>) {
     );
 }
 
+/// A flush that fails for good drops its checkpoint: later flushes, and
+/// complete(), fail until a newer checkpoint is saved, rather than
+/// succeed without it (and complete the job on the older one).
+#[apply(every_store)]
+fn a_checkpoint_dropped_by_a_failed_save_is_not_forgotten(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ManualClock::new(T0);
+    let store = FaultStore::new((f.another)()).inject(Op::SaveCheckpoint, 2, Fault::Refuse);
+    let c = Ckpt::new(Arc::new(store)).with_clock(Arc::new(clock.clone()));
+    let options = JobOptions {
+        lease: Duration::from_secs(10),
+        policy: CheckpointPolicy::Every {
+            items: Some(1_000),
+            interval: None,
+        },
+    };
+    let mut job = c.job_with("refused", options.clone()).unwrap();
+    job.save(&1, 1).unwrap();
+    job.flush().unwrap();
+    job.save(&2, 2).unwrap();
+    let err = job.flush().unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    let again = job.flush().unwrap_err().to_string();
+    assert!(
+        again.contains("the last checkpoint recorded was not saved (store error: injected refusal"),
+        "{again}"
+    );
+    // A newer checkpoint saved ends it.
+    job.save(&3, 3).unwrap();
+    job.flush().unwrap();
+    job.flush().unwrap();
+    job.complete().unwrap();
+    let rec = c.get_job("refused").unwrap().unwrap();
+    assert_eq!(rec.checkpoint.map(|cp| cp.cursor), Some(json!(3)));
+
+    // complete() right after the failure does not complete on the older one.
+    let store = FaultStore::new((f.another)()).inject(Op::SaveCheckpoint, 2, Fault::Refuse);
+    let c = Ckpt::new(Arc::new(store)).with_clock(Arc::new(clock.clone()));
+    let mut job = c.job_with("kept", options).unwrap();
+    job.save(&1, 1).unwrap();
+    job.flush().unwrap();
+    job.save(&2, 2).unwrap();
+    job.flush().unwrap_err();
+    let err = job.complete().unwrap_err();
+    assert!(err.to_string().contains("was not saved"), "{err}");
+    let rec = c.get_job("kept").unwrap().unwrap();
+    assert_eq!(rec.status, JobStatus::Running, "not completed without it");
+    assert_eq!(rec.checkpoint.map(|cp| cp.cursor), Some(json!(1)));
+}
+
 /// A cursor loop whose renewals keep failing stops itself before its lease
 /// can lapse: `heartbeat()` (and so `checkpoint()`) says the lease is lost
 /// once it can no longer be proven, not only once another worker took it.
