@@ -152,6 +152,12 @@ where
     F: Ungil + Send + FnOnce() -> ckpt::Result<T>,
     T: Send,
 {
+    // Signal handlers run in the main thread only: elsewhere the check
+    // could only take the GIL for nothing (and at interpreter exit, a
+    // thread that takes it back is ended mid-call).
+    if !is_main_thread() {
+        return py.detach(f);
+    }
     let out = py.detach(|| ckpt::interrupt::with_check(signal_raised, f));
     if crate::errors::signal_raised_meanwhile() {
         return Err(ckpt::Error::Interrupted(
@@ -161,10 +167,20 @@ where
     out
 }
 
+/// True on the process's first thread, where CPython runs signal handlers
+/// (its thread id is the process id).
+fn is_main_thread() -> bool {
+    // SAFETY: neither call has preconditions.
+    unsafe { libc::gettid() == libc::getpid() }
+}
+
 /// The check of `ckpt::interrupt`: runs the pending signal handlers; true
 /// if one raised, its exception kept to be raised when the call returns
 /// (see `errors::keep_raised`).
 fn signal_raised() -> bool {
+    if crate::errors::signal_raised_meanwhile() {
+        return true;
+    }
     Python::attach(|py| match py.check_signals() {
         Ok(()) => false,
         Err(e) => {

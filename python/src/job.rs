@@ -116,16 +116,27 @@ impl Job {
         self.settle(flushed)?;
         let job = self.take()?;
         let result = exit::interruptible(py, || end(job));
+        if result.as_ref().is_err_and(ckpt::Error::is_interrupted) {
+            self.spent = Some(format!(
+                "job '{0}': the call that was to end it was interrupted and may or may not have \
+                 taken effect; store.status('{0}') tells, and store.job('{0}') takes it again \
+                 once its lease expires",
+                self.name
+            ));
+        }
         self.settle(result)
     }
 
     /// Spends the handle after `flushed`, a flush that ran, failed in a
     /// way that dropped the checkpoint: only a save refused for now (busy,
-    /// unreachable) keeps it (see `ckpt::Job::flush`), and no later call
-    /// may succeed without it. A lost lease is remembered by `settle`.
+    /// unreachable) or abandoned (interrupted) keeps it (see
+    /// `ckpt::Job::flush`), and no later call may succeed without it. A
+    /// checkpoint refused as input spends nothing (the job goes on from the
+    /// one saved before, as when `checkpoint()` refuses it); a lost lease
+    /// is remembered by `settle`.
     fn spend_on(&mut self, flushed: &ckpt::Result<()>) {
         if let Err(e) = flushed {
-            if !e.is_transient() && !e.is_fenced() {
+            if !e.is_transient() && !e.is_interrupted() && !e.is_fenced() && !e.is_invalid_input() {
                 self.job = None;
                 self.spent = Some(format!(
                     "job '{}': the last checkpoint could not be saved ({e}), so this handle is \

@@ -129,3 +129,38 @@ def test_a_handler_that_does_not_raise_lets_the_call_go_on(tmp_path):
         signal.signal(signal.SIGUSR1, old)
         proxy.close()
         next(urls, None)
+
+
+def test_a_handler_may_call_ckpt_while_the_call_it_interrupts_waits(tmp_path):
+    # The handlers run between the waits, outside the store's async runtime: one that
+    # itself talks to a server (another store here) works, and the call goes on after it.
+    urls = make_store_url("redis", tmp_path)
+    url = next(urls)
+    others = make_store_url("redis", tmp_path)
+    other_url = next(others)
+    u = urlparse(url)
+    proxy = StallingProxy((u.hostname, u.port))
+    other = ckpt.open(other_url)
+    other.job("seen", always=True).checkpoint(0, 0)
+    seen = []
+
+    def on_usr1(*_):
+        seen.append(other.status("seen").cursor)
+
+    old = signal.signal(signal.SIGUSR1, on_usr1)
+    try:
+        store = ckpt.open(through(url, proxy))
+        job = store.job("j", every_items=1000)
+        job.checkpoint(1, 1)
+        proxy.flowing.clear()
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        threading.Timer(1.5, proxy.flowing.set).start()
+        job.flush()
+        assert seen == [0]
+        assert ckpt.open(url).status("j").cursor == 1
+        job.complete()
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        proxy.close()
+        next(urls, None)
+        next(others, None)

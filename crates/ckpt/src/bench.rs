@@ -229,7 +229,7 @@ pub fn run_with_baseline(
             items_job,
             format!("bench-runner-{suffix}"),
         ],
-    )?;
+    );
 
     let per_s = |n: u64, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
     let checkpoints_per_s = per_s(options.saves, save_time);
@@ -294,7 +294,7 @@ pub fn concurrent_saves(store: Arc<dyn Store>, jobs: usize, per_job: u64) -> Res
     let names: Vec<String> = (0..jobs)
         .map(|j| format!("bench-concurrent-{suffix}-{j}"))
         .collect();
-    remove_jobs(&ckpt, &names)?;
+    remove_jobs(&ckpt, &names);
     Ok(rate)
 }
 
@@ -302,13 +302,26 @@ pub fn concurrent_saves(store: Arc<dyn Store>, jobs: usize, per_job: u64) -> Res
 /// leaves nothing in the store it measured (often the one in use). A job
 /// of items is marked completed first: its last item completing does not
 /// do that by itself.
-fn remove_jobs(ckpt: &Ckpt, names: &[String]) -> Result<()> {
+/// One that cannot be deleted is named in a warning: the measurement
+/// stands.
+fn remove_jobs(ckpt: &Ckpt, names: &[String]) {
     let store = ckpt.store();
     for name in names {
-        store.finish_if_done(name, ckpt.now())?;
-        store.delete_job(name, ckpt.now())?;
+        let removed = store
+            .finish_if_done(name, ckpt.now())
+            .and_then(|_| store.delete_job(name, ckpt.now()));
+        match removed {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                job = name.as_str(),
+                "the benchmark's job is not finished, so it was left in the store"
+            ),
+            Err(e) => tracing::warn!(
+                job = name.as_str(),
+                "cannot delete the benchmark's job: {e}"
+            ),
+        }
     }
-    Ok(())
 }
 
 /// Raw rusqlite: `n` single-row UPSERTs, each its own transaction, in a

@@ -117,14 +117,25 @@ impl Error {
         matches!(self, Error::Busy(_))
     }
 
-    /// True if and only if retrying later may succeed: [`Error::Busy`],
-    /// [`Error::Unavailable`], or [`Error::Interrupted`] (the call was
-    /// abandoned, not refused; a checkpoint it carried stays pending).
+    /// True if and only if retrying later may succeed: [`Error::Busy`] or
+    /// [`Error::Unavailable`].
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Error::Busy(_) | Error::Unavailable(_) | Error::Interrupted(_)
-        )
+        matches!(self, Error::Busy(_) | Error::Unavailable(_))
+    }
+
+    /// True if and only if the input itself was refused ([`Error::InvalidInput`],
+    /// [`Error::LimitExceeded`]): no retry can save it, and nothing was
+    /// written.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, Error::InvalidInput(_) | Error::LimitExceeded { .. })
+    }
+
+    /// True if and only if this is [`Error::Interrupted`]: the caller asked
+    /// to abandon the call. Not transient (nothing retries it on the
+    /// caller's behalf), but nothing was refused either: a checkpoint the
+    /// call was saving stays pending.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, Error::Interrupted(_))
     }
 
     /// True if and only if the server refused a new connection because

@@ -24,47 +24,77 @@ pub const CHECK_EVERY: Duration = Duration::from_millis(100);
 
 thread_local! {
     static CHECK: Cell<Option<fn() -> bool>> = const { Cell::new(None) };
+    /// The check asked to abandon a call in this scope: every later call
+    /// of the scope is abandoned at once (an error swallowed on the way,
+    /// say by a clock reading that keeps its old offset, does not use the
+    /// request up).
+    static TRIPPED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `f` with `check` installed for the store calls it makes on this
-/// thread: `check` returns true to abandon the call waiting (it is run on
-/// this thread, between waits). The check in place before is restored
-/// after, even if `f` panics.
+/// thread: `check` returns true to abandon the call waiting. It runs on
+/// this thread between waits, outside the store's async runtime, so it may
+/// call the store itself. The check in place before is restored after,
+/// even if `f` panics.
 pub fn with_check<T>(check: fn() -> bool, f: impl FnOnce() -> T) -> T {
-    struct Restore(Option<fn() -> bool>);
+    scoped(Some(check), f)
+}
+
+/// Runs `f` with no check: for work a call does on behalf of other threads
+/// too (a group commit's batch), which one thread's request must not cut
+/// short.
+pub fn without_check<T>(f: impl FnOnce() -> T) -> T {
+    scoped(None, f)
+}
+
+fn scoped<T>(check: Option<fn() -> bool>, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<fn() -> bool>, bool);
     impl Drop for Restore {
         fn drop(&mut self) {
             CHECK.with(|c| c.set(self.0));
+            TRIPPED.with(|t| t.set(self.1));
         }
     }
-    let _restore = Restore(CHECK.with(|c| c.replace(Some(check))));
+    let _restore = Restore(
+        CHECK.with(|c| c.replace(check)),
+        TRIPPED.with(|t| t.replace(false)),
+    );
     f()
 }
 
+/// Drives `f` on `runtime` to its end, or until the check of this thread
+/// (see [`with_check`]) asks to abandon it: then [`Error::Interrupted`].
+/// Without a check, `runtime.block_on(f)`.
 #[cfg(any(feature = "postgres", feature = "redis"))]
-/// `f`, abandoned with [`Error::Interrupted`] when the check of this thread
-/// (see [`with_check`]) asks for it while `f` waits. Without a check, `f`
-/// as it is. Read on the thread that calls this, which is the one that
-/// blocks on the result.
-pub(crate) fn interruptible<T>(
+pub(crate) fn block_on<T>(
+    runtime: &tokio::runtime::Runtime,
     f: impl std::future::Future<Output = Result<T>>,
-) -> impl std::future::Future<Output = Result<T>> {
-    let check = CHECK.with(Cell::get);
-    async move {
-        let Some(check) = check else {
-            return f.await;
-        };
-        let mut f = std::pin::pin!(f);
-        loop {
-            match tokio::time::timeout(CHECK_EVERY, f.as_mut()).await {
-                Ok(out) => return out,
-                Err(_) if check() => {
-                    return Err(Error::Interrupted(
-                        "the store call was abandoned while it waited for the server; it may or may not have taken effect".into(),
-                    ))
-                }
-                Err(_) => {}
-            }
+) -> Result<T> {
+    let Some(check) = CHECK.with(Cell::get) else {
+        return runtime.block_on(f);
+    };
+    let abandoned = || {
+        TRIPPED.with(|t| t.set(true));
+        // Lets the runtime run what dropping the call left to do (a
+        // connection closed mid-transaction), so that its locks go now.
+        runtime.block_on(tokio::task::yield_now());
+        Err(Error::Interrupted(
+            "the store call was abandoned while it waited for the server; it may or may not have taken effect".into(),
+        ))
+    };
+    if TRIPPED.with(Cell::get) {
+        return abandoned();
+    }
+    let mut f = std::pin::pin!(f);
+    loop {
+        // The check runs between waits, outside the runtime.
+        // (The timer is made inside the runtime, which it needs.)
+        let waited =
+            runtime.block_on(async { tokio::time::timeout(CHECK_EVERY, f.as_mut()).await });
+        match waited {
+            Ok(out) => return out,
+            Err(_) if check() => return abandoned(),
+            Err(_) => {}
         }
     }
 }
@@ -98,11 +128,19 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok(())
         };
-        let out = with_check(after_two, || rt.block_on(interruptible(hang)));
-        assert!(matches!(out, Err(Error::Interrupted(_))), "{out:?}");
+        let (first, second) = with_check(after_two, || {
+            let first = block_on(&rt, hang);
+            // Sticky: the next call of the scope is abandoned at once.
+            let second = block_on(&rt, async { Ok(1) });
+            (first, second)
+        });
+        assert!(matches!(first, Err(Error::Interrupted(_))), "{first:?}");
+        assert!(matches!(second, Err(Error::Interrupted(_))), "{second:?}");
         assert_eq!(CHECKS.load(Ordering::SeqCst), 3);
-        // Restored: no check once the scope ends.
+        // Restored: no check, nothing tripped, once the scope ends.
         assert!(CHECK.with(Cell::get).is_none());
+        assert!(!TRIPPED.with(Cell::get));
+        assert_eq!(block_on(&rt, async { Ok(2) }).unwrap(), 2);
     }
 
     #[test]
@@ -112,9 +150,11 @@ mod tests {
             tokio::time::sleep(CHECK_EVERY * 3).await;
             Ok(7)
         };
-        let out = with_check(never, || rt.block_on(interruptible(slow)));
+        let out = with_check(never, || block_on(&rt, slow));
         assert_eq!(out.unwrap(), 7);
-        let out = rt.block_on(interruptible(async { Ok(8) }));
+        let out = with_check(after_two, || {
+            without_check(|| block_on(&rt, async { Ok(8) }))
+        });
         assert_eq!(out.unwrap(), 8);
     }
 }

@@ -326,13 +326,16 @@ impl Job {
 
     /// Persists the latest recorded checkpoint now, whatever the policy.
     /// On an error that a retry may get past ([`Error::is_transient`]: the
-    /// store busy or unreachable) the checkpoint stays pending, so calling
+    /// store busy or unreachable; or a call the caller abandoned,
+    /// [`Error::is_interrupted`]) the checkpoint stays pending, so calling
     /// `flush` again saves it rather than succeeding without it; on any
     /// other error (a lost lease, a checkpoint the store refuses, a full
-    /// disk) it is dropped, and the stored one is kept; from then on
-    /// `flush` (and `complete`, `fail` and `release`, which flush first)
-    /// fails with [`Error::Storage`] saying so, until a newer checkpoint is
-    /// recorded and saved, so that none of them succeeds without it.
+    /// disk) it is dropped, and the stored one is kept. After a store
+    /// failure (a full disk: not a lost lease, not a checkpoint refused as
+    /// input) `flush` (and `complete`, `fail` and `release`, which flush
+    /// first) then fails with [`Error::Storage`] saying so, until a newer
+    /// checkpoint is recorded and saved, so that none of them succeeds
+    /// without it.
     /// (`complete`, `fail` and `release` take the handle whatever happens:
     /// flush first to be able to retry a save.)
     pub fn flush(&mut self) -> Result<()> {
@@ -350,7 +353,7 @@ impl Job {
             store.save_checkpoint(lease, cp, keep, until, now)
         });
         if let Err(e) = &result {
-            if e.is_transient() {
+            if e.is_transient() || e.is_interrupted() {
                 pace::store_pending(&mut self.pending, &mut self.pending_plain, cp);
             } else {
                 self.dropped_unsaved(e);
@@ -360,10 +363,13 @@ impl Job {
     }
 
     /// Remembers that a checkpoint was dropped unsaved because of `e` (see
-    /// `unsaved`); a lost lease needs no reminder: every later write is
-    /// fenced anyway.
+    /// `unsaved`). Not for a checkpoint refused as input (too deep, too
+    /// large): no retry could save it, the caller was told so, and the job
+    /// goes on from the one saved before, as when `checkpoint` refuses it
+    /// at once. A lost lease needs no reminder: every later write is fenced
+    /// anyway.
     fn dropped_unsaved(&mut self, e: &Error) {
-        if !e.is_fenced() {
+        if !e.is_fenced() && !e.is_invalid_input() {
             self.unsaved = Some(e.to_string());
         }
     }
@@ -398,9 +404,10 @@ impl Job {
             store.with_tx(write, now, f)
         });
         if let (Err(e), Some(earlier)) = (&result, earlier) {
-            if e.is_transient() && self.pending.is_none() {
+            let kept = e.is_transient() || e.is_interrupted();
+            if kept && self.pending.is_none() {
                 pace::store_pending(&mut self.pending, &mut self.pending_plain, earlier);
-            } else if !e.is_transient() {
+            } else if !kept {
                 self.dropped_unsaved(e);
             }
         }

@@ -704,6 +704,7 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
     // completed: as when they cannot be created, the item goes back
     // uncharged (to run again, files and all) and the run stops.
     if let Some(e) = captured.results_error {
+        children.kill_marked_command(mark);
         return h.fault(format!(
             "--results: cannot write the output of item {}: {e}",
             crate::output::shown(&tag)
@@ -712,6 +713,7 @@ fn run_item(h: &CommandHandler<'_>, items: &[ClaimedItem], fence: &Fence) -> Out
     // The same for its output on ckpt's stdout, which is the run's result
     // when it is redirected to a file.
     if let Some(e) = captured.output_error {
+        children.kill_marked_command(mark);
         return h.fault(format!(
             "cannot write the output of item {} to stdout: {e}",
             crate::output::shown(&tag)

@@ -45,12 +45,13 @@ impl PgStore {
     /// pool's idle connections are dropped, as the stuck one may be among
     /// them; the next call connects anew.
     pub(super) fn call<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        let f = crate::interrupt::interruptible(f);
         if UNBOUNDED.with(Cell::get) {
-            return self.runtime.block_on(f);
+            return crate::interrupt::block_on(&self.runtime, f);
         }
         let limit = self.response_timeout;
-        let out = self.runtime.block_on(async {
+        // Abandoned by the caller's check (`crate::interrupt`) between
+        // waits, or by the response timeout within them.
+        crate::interrupt::block_on(&self.runtime, async {
             answered();
             let mut f = std::pin::pin!(f);
             loop {
@@ -58,19 +59,18 @@ impl PgStore {
                 match limit.checked_sub(since).filter(|left| !left.is_zero()) {
                     Some(left) => {
                         if let Ok(out) = tokio::time::timeout(left, f.as_mut()).await {
-                            return Some(out);
+                            return out;
                         }
                     }
-                    None => return None,
+                    None => {
+                        self.pool.retain(|_, _| false);
+                        return Err(Error::Unavailable(format!(
+                            "PostgreSQL did not answer within {}s (response_timeout)",
+                            limit.as_secs()
+                        )));
+                    }
                 }
             }
-        });
-        out.unwrap_or_else(|| {
-            self.pool.retain(|_, _| false);
-            Err(Error::Unavailable(format!(
-                "PostgreSQL did not answer within {}s (response_timeout)",
-                limit.as_secs()
-            )))
         })
     }
 

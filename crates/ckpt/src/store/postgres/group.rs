@@ -149,7 +149,9 @@ impl PgStore {
                 g.1 = true;
             }
         }
-        self.lead(&done)
+        // A batch carries other threads' saves: one thread's interrupt
+        // (`crate::interrupt`) must not abandon theirs.
+        crate::interrupt::without_check(|| self.lead(&done))
     }
 
     /// Runs batches until this caller's own save is done, then hands the

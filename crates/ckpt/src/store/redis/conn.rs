@@ -24,12 +24,12 @@ impl RedisStore {
             invocation.arg(arg);
         }
         let mut conn = self.conn.clone();
-        self.block(crate::interrupt::interruptible(async {
+        crate::interrupt::block_on(&self.runtime, async {
             invocation
                 .invoke_async::<Value>(&mut conn)
                 .await
                 .map_err(|e| redis_err(e, &self.url))
-        }))
+        })
     }
 
     /// Runs `lua` once per argument list, all in one `MULTI`/`EXEC`, so
@@ -46,11 +46,11 @@ impl RedisStore {
                 .arg(args);
         }
         let mut conn = self.conn.clone();
-        self.block(crate::interrupt::interruptible(async {
+        crate::interrupt::block_on(&self.runtime, async {
             pipe.query_async::<Vec<Value>>(&mut conn)
                 .await
                 .map_err(|e| redis_err(e, &self.url))
-        }))
+        })
     }
 
     /// A reply `{'ok', n}` as `n`.
