@@ -172,8 +172,9 @@ where
 /// taken for it, at the cost of some needless checks).
 fn is_main_thread() -> bool {
     #[cfg(target_os = "linux")]
-    // SAFETY: neither call has preconditions.
-    return unsafe { libc::gettid() == libc::getpid() };
+    // SAFETY: neither call has preconditions. (The system call, not glibc's
+    // gettid(), which only glibc 2.30 and later have.)
+    return unsafe { libc::syscall(libc::SYS_gettid) == libc::c_long::from(libc::getpid()) };
     #[cfg(not(target_os = "linux"))]
     return true;
 }

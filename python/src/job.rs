@@ -38,9 +38,8 @@ pub struct Job {
     /// on every call raises it, whether or not it would write (a zombie
     /// learns it is one at its next call, whatever that call is).
     fenced: Option<String>,
-    /// Why the handle is spent, once a save failed in a way that dropped
-    /// the checkpoint (see `spend_on`): later calls raise this rather than
-    /// succeed without it.
+    /// Why the handle is spent, once the call that was to end the job
+    /// failed after taking the job (see `end`): later calls raise this.
     spent: Option<String>,
     /// What the acquire found, kept apart from the held job so that it
     /// stays readable once the job is finished or fenced.
@@ -98,54 +97,45 @@ impl Job {
     }
 
     /// Ends the hold on the job with `end` (complete, fail or release),
-    /// without the GIL. The call is counted before the handle is taken, so
-    /// one refused at interpreter exit leaves the job as it was. The last
-    /// checkpoint is flushed while the handle still holds the job: a save
-    /// refused for now (busy, unreachable) leaves the handle and the
-    /// checkpoint as they were, so calling the same method again retries
-    /// it; any other failure spends the handle.
+    /// without the GIL, after `flush` (`ckpt::Job::flush` for complete,
+    /// `flush_pending` for the others). The call is counted before the
+    /// handle is taken, so one refused at interpreter exit leaves the job
+    /// as it was. The flush runs while the handle still holds the job: if
+    /// it fails, the handle and the job stay as they were (the library
+    /// keeps what it could not save, or refuses to complete without it),
+    /// so the same method, or release(), may be called again. Once the
+    /// handle is taken, a failure spends it, saying why.
     fn end(
         &mut self,
         py: Python<'_>,
+        flush: fn(&mut ckpt::Job) -> ckpt::Result<()>,
         end: impl FnOnce(ckpt::Job) -> ckpt::Result<()> + Send,
     ) -> PyResult<()> {
         let _call = exit::enter().py()?;
         let held = self.held()?;
-        let flushed = exit::interruptible(py, || held.flush());
-        self.spend_on(&flushed);
+        let flushed = exit::interruptible(py, || flush(held));
         self.settle(flushed)?;
         let job = self.take()?;
         let result = exit::interruptible(py, || end(job));
-        if result.as_ref().is_err_and(ckpt::Error::is_interrupted) {
-            self.spent = Some(format!(
-                "job '{0}': the call that was to end it was interrupted and may or may not have \
-                 taken effect; store.status('{0}') tells, and store.job('{0}') takes it again \
-                 once its lease expires",
-                self.name
-            ));
+        match &result {
+            Err(e) if e.is_interrupted() => {
+                self.spent = Some(format!(
+                    "job '{0}': the call that was to end it was interrupted and may or may not \
+                     have taken effect; store.status('{0}') tells",
+                    self.name
+                ))
+            }
+            Err(e) if !e.is_fenced() => {
+                self.spent = Some(format!(
+                    "job '{0}': the call that was to end it failed ({e}) after its checkpoint was \
+                     saved; store.status('{0}') tells where it stands, and store.job('{0}') takes \
+                     it again once its lease expires",
+                    self.name
+                ))
+            }
+            _ => {}
         }
         self.settle(result)
-    }
-
-    /// Spends the handle after `flushed`, a flush that ran, failed in a
-    /// way that dropped the checkpoint: only a save refused for now (busy,
-    /// unreachable) or abandoned (interrupted) keeps it (see
-    /// `ckpt::Job::flush`), and no later call may succeed without it. A
-    /// checkpoint refused as input spends nothing (the job goes on from the
-    /// one saved before, as when `checkpoint()` refuses it); a lost lease
-    /// is remembered by `settle`.
-    fn spend_on(&mut self, flushed: &ckpt::Result<()>) {
-        if let Err(e) = flushed {
-            if !e.is_transient() && !e.is_interrupted() && !e.is_fenced() && !e.is_invalid_input() {
-                self.job = None;
-                self.spent = Some(format!(
-                    "job '{}': the last checkpoint could not be saved ({e}), so this handle is \
-                     spent; the job stays held until its lease expires, then store.job() \
-                     resumes it from the checkpoint saved before",
-                    self.name
-                ));
-            }
-        }
     }
 
     /// `result`, remembering a lost lease (see `fenced`).
@@ -271,7 +261,6 @@ impl Job {
         let _call = exit::enter().py()?;
         let job = self.held()?;
         let result = exit::interruptible(py, || job.flush());
-        self.spend_on(&result);
         self.settle(result)
     }
 
@@ -315,20 +304,20 @@ impl Job {
 
     /// Flushes and marks the job completed; the final checkpoint is kept.
     fn complete(&mut self, py: Python<'_>) -> PyResult<()> {
-        self.end(py, |job| job.complete())
+        self.end(py, ckpt::Job::flush, |job| job.complete())
     }
 
     /// Flushes and marks the job failed with ``error``; the checkpoint is
     /// kept, so a later run resumes from it.
     fn fail(&mut self, py: Python<'_>, error: &Bound<'_, PyString>) -> PyResult<()> {
         let error = json::message(error)?;
-        self.end(py, move |job| job.fail(&error))
+        self.end(py, ckpt::Job::flush_pending, move |job| job.fail(&error))
     }
 
     /// Flushes and gives up the lease, leaving the job running for any
     /// worker to resume at once (a graceful stop).
     fn release(&mut self, py: Python<'_>) -> PyResult<()> {
-        self.end(py, |job| job.release())
+        self.end(py, ckpt::Job::flush_pending, |job| job.release())
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {

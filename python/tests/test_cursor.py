@@ -257,18 +257,19 @@ def test_a_complete_whose_save_failed_for_good_never_succeeds_without_it(tmp_pat
             r.close()
         with pytest.raises(ckpt.StoreError, match="is gone"):
             job.complete()
-        with pytest.raises(ckpt.Error, match="last checkpoint could not be saved .* spent"):
+        with pytest.raises(ckpt.StoreError, match="last checkpoint recorded was not saved"):
             job.complete()
-        assert "spent" in repr(job)
+        assert "held" in repr(job)
     finally:
         next(urls, None)
 
 
-@pytest.mark.parametrize("retry", ["flush", "complete", "release", "checkpoint"])
-def test_a_flush_whose_save_failed_for_good_spends_the_handle(tmp_path, retry):
+@pytest.mark.parametrize("retry", ["flush", "complete", "checkpoint"])
+def test_a_flush_whose_save_failed_for_good_is_not_forgotten(tmp_path, retry):
     # As complete() above, for flush(): the failed save dropped the
-    # checkpoint, so no later call may report success without it (a second
-    # flush() used to find nothing pending and return as if saved).
+    # checkpoint, so neither flush() nor complete() may report success
+    # without it (a second flush() used to find nothing pending and return
+    # as if saved); a newer checkpoint is tried afresh.
     from conftest import Redis, make_store_url
 
     urls = make_store_url("redis", tmp_path)
@@ -287,10 +288,40 @@ def test_a_flush_whose_save_failed_for_good_spends_the_handle(tmp_path, retry):
             r.close()
         with pytest.raises(ckpt.StoreError, match="is gone"):
             job.flush()
-        again = getattr(job, retry)
-        args = (3, 3) if retry == "checkpoint" else ()
-        with pytest.raises(ckpt.Error, match="last checkpoint could not be saved .* spent"):
-            again(*args)
+        if retry == "checkpoint":
+            assert job.checkpoint(3, 3) is False  # recorded, not due
+            with pytest.raises(ckpt.StoreError, match="is gone"):
+                job.flush()  # the newer one, tried afresh
+        else:
+            with pytest.raises(ckpt.StoreError, match="last checkpoint recorded was not saved"):
+                getattr(job, retry)()
+        assert "held" in repr(job)
+    finally:
+        next(urls, None)
+
+
+def test_a_complete_that_fails_after_its_save_spends_the_handle_saying_why(tmp_path):
+    # Nothing left to save, then marking the job fails (the store lost its data): the job was
+    # taken out of the handle, so later calls say what happened rather than "already completed".
+    from conftest import Redis, make_store_url
+
+    urls = make_store_url("redis", tmp_path)
+    url = next(urls)
+    try:
+        store = ckpt.open(url)
+        job = store.job("j", every_items=1000)
+        job.checkpoint(1, 1)
+        job.flush()
+        prefix = url.rsplit("prefix=", 1)[1]
+        r = Redis()
+        try:
+            r.cmd("DEL", *r.keys(f"{prefix}:*"))
+        finally:
+            r.close()
+        with pytest.raises(ckpt.StoreError, match="is gone"):
+            job.complete()
+        with pytest.raises(ckpt.Error, match="the call that was to end it failed .* is gone"):
+            job.release()
         assert "spent" in repr(job)
     finally:
         next(urls, None)

@@ -29,6 +29,17 @@ thread_local! {
     /// say by a clock reading that keeps its old offset, does not use the
     /// request up).
     static TRIPPED: Cell<bool> = const { Cell::new(false) };
+    /// The check is running (see [`in_check`]).
+    static IN_CHECK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True while this thread runs its check, between the waits of a store
+/// call it has in progress. What the check runs (a Python signal handler)
+/// may call the store again; such a call must not wait for anything that
+/// call holds (a group commit it leads, a clock measurement it makes), or
+/// the thread would wait for itself.
+pub(crate) fn in_check() -> bool {
+    IN_CHECK.with(Cell::get)
 }
 
 /// Runs `f` with `check` installed for the store calls it makes on this
@@ -73,30 +84,33 @@ pub(crate) fn block_on<T>(
     let Some(check) = CHECK.with(Cell::get) else {
         return runtime.block_on(f);
     };
-    let abandoned = || {
-        TRIPPED.with(|t| t.set(true));
-        // Lets the runtime run what dropping the call left to do (a
-        // connection closed mid-transaction), so that its locks go now.
-        runtime.block_on(tokio::task::yield_now());
-        Err(Error::Interrupted(
-            "the store call was abandoned while it waited for the server; it may or may not have taken effect".into(),
-        ))
-    };
-    if TRIPPED.with(Cell::get) {
-        return abandoned();
-    }
-    let mut f = std::pin::pin!(f);
-    loop {
-        // The check runs between waits, outside the runtime.
-        // (The timer is made inside the runtime, which it needs.)
-        let waited =
-            runtime.block_on(async { tokio::time::timeout(CHECK_EVERY, f.as_mut()).await });
-        match waited {
-            Ok(out) => return out,
-            Err(_) if check() => return abandoned(),
-            Err(_) => {}
+    if !TRIPPED.with(Cell::get) {
+        let mut f = std::pin::pin!(f);
+        loop {
+            // (The timer is made inside the runtime, which it needs.)
+            let waited =
+                runtime.block_on(async { tokio::time::timeout(CHECK_EVERY, f.as_mut()).await });
+            if let Ok(out) = waited {
+                return out;
+            }
+            // The check runs between waits, outside the runtime.
+            let previous = IN_CHECK.with(|c| c.replace(true));
+            let abandon = check();
+            IN_CHECK.with(|c| c.set(previous));
+            if abandon {
+                break;
+            }
         }
+        // `f` is dropped here: what that leaves to do (a connection closed
+        // mid-transaction) runs below.
     }
+    TRIPPED.with(|t| t.set(true));
+    // Lets the runtime run what dropping the call left to do, so that its
+    // locks go now rather than at the next call.
+    runtime.block_on(tokio::task::yield_now());
+    Err(Error::Interrupted(
+        "the store call was abandoned while it waited for the server; it may or may not have taken effect".into(),
+    ))
 }
 
 #[cfg(all(test, any(feature = "postgres", feature = "redis")))]

@@ -332,11 +332,10 @@ impl Job {
     /// other error (a lost lease, a checkpoint the store refuses, a full
     /// disk) it is dropped, and the stored one is kept. After a store
     /// failure (a full disk: not a lost lease, not a checkpoint refused as
-    /// input) `flush` (and `complete`, `fail` and `release`, which flush
-    /// first) then fails with [`Error::Storage`] saying so, until a newer
-    /// checkpoint is recorded and saved, so that none of them succeeds
-    /// without it.
-    /// (`complete`, `fail` and `release` take the handle whatever happens:
+    /// input) `flush` and `complete` then fail with [`Error::Storage`]
+    /// saying so, until a newer checkpoint is recorded and saved, so that
+    /// neither succeeds without it; `fail` and `release` still work (the
+    /// job resumes from the checkpoint stored). (`complete`, `fail` and `release` take the handle whatever happens:
     /// flush first to be able to retry a save.)
     pub fn flush(&mut self) -> Result<()> {
         let Some(cp) = self.pending.take() else {
@@ -360,6 +359,16 @@ impl Job {
             }
         }
         result
+    }
+
+    /// Saves the checkpoint recorded and not saved yet, if any: what
+    /// [`fail`](Job::fail) and [`release`](Job::release) do first. Unlike
+    /// [`flush`](Job::flush), it does not refuse after a checkpoint was
+    /// dropped unsaved, and forgets that: the job is to resume from what is
+    /// stored.
+    pub fn flush_pending(&mut self) -> Result<()> {
+        self.unsaved = None;
+        self.flush()
     }
 
     /// Remembers that a checkpoint was dropped unsaved because of `e` (see
@@ -404,7 +413,9 @@ impl Job {
             store.with_tx(write, now, f)
         });
         if let (Err(e), Some(earlier)) = (&result, earlier) {
-            let kept = e.is_transient() || e.is_interrupted();
+            // Refused as input, the transaction never committed: the
+            // earlier checkpoint is still the one to save.
+            let kept = e.is_transient() || e.is_interrupted() || e.is_invalid_input();
             if kept && self.pending.is_none() {
                 pace::store_pending(&mut self.pending, &mut self.pending_plain, earlier);
             } else if !kept {
@@ -589,9 +600,11 @@ impl Job {
             .finish_job(&self.lease, JobStatus::Completed, None, now)
     }
 
-    /// Flushes and marks the job failed; its checkpoint is kept for a resume.
+    /// Flushes and marks the job failed; its checkpoint is kept for a resume
+    /// (after a checkpoint dropped unsaved, the one saved before it: a
+    /// failed job resumes from what is stored).
     pub fn fail(mut self, error: &str) -> Result<()> {
-        self.flush()?;
+        self.flush_pending()?;
         let now = self.ckpt.now();
         // Recorded whatever it holds: PostgreSQL's text keeps no NUL.
         let error = error.replace('\0', "\u{fffd}");
@@ -601,9 +614,10 @@ impl Job {
     }
 
     /// Flushes and gives up the lease, leaving the job running for another
-    /// worker to resume (a graceful stop).
+    /// worker to resume (a graceful stop), from the checkpoint stored (after
+    /// one dropped unsaved, the one saved before it).
     pub fn release(mut self) -> Result<()> {
-        self.flush()?;
+        self.flush_pending()?;
         let now = self.ckpt.now();
         self.ckpt.store().release_job(&self.lease, now)
     }

@@ -187,7 +187,9 @@ impl StoreTime {
         }
         // Before any offset is known every caller waits for one; after,
         // one thread measures and the others use the old offset.
-        let guard = if due == UNKNOWN {
+        // (Not from within an interrupt check: the thread may be measuring
+        // already, in the call the check runs between the waits of.)
+        let guard = if due == UNKNOWN && !crate::interrupt::in_check() {
             Some(self.measuring.lock().unwrap_or_else(|e| e.into_inner()))
         } else {
             match self.measuring.try_lock() {

@@ -551,7 +551,7 @@ fn a_checkpoint_dropped_by_a_failed_save_is_not_forgotten(store: Option<Fixture>
     // complete() right after the failure does not complete on the older one.
     let store = FaultStore::new((f.another)()).inject(Op::SaveCheckpoint, 2, Fault::Refuse);
     let c = Ckpt::new(Arc::new(store)).with_clock(Arc::new(clock.clone()));
-    let mut job = c.job_with("kept", options).unwrap();
+    let mut job = c.job_with("kept", options.clone()).unwrap();
     job.save(&1, 1).unwrap();
     job.flush().unwrap();
     job.save(&2, 2).unwrap();
@@ -561,6 +561,19 @@ fn a_checkpoint_dropped_by_a_failed_save_is_not_forgotten(store: Option<Fixture>
     let rec = c.get_job("kept").unwrap().unwrap();
     assert_eq!(rec.status, JobStatus::Running, "not completed without it");
     assert_eq!(rec.checkpoint.map(|cp| cp.cursor), Some(json!(1)));
+
+    // release() still gives the job back, to resume from what is stored.
+    let store = FaultStore::new((f.another)()).inject(Op::SaveCheckpoint, 2, Fault::Refuse);
+    let c = Ckpt::new(Arc::new(store)).with_clock(Arc::new(clock.clone()));
+    let mut job = c.job_with("released", options.clone()).unwrap();
+    job.save(&1, 1).unwrap();
+    job.flush().unwrap();
+    job.save(&2, 2).unwrap();
+    job.flush().unwrap_err();
+    job.release().unwrap();
+    let again = c.job_with("released", options).unwrap();
+    assert_eq!(again.resume_cursor::<u64>().unwrap(), Some(1));
+    again.release().unwrap();
 }
 
 /// A cursor loop whose renewals keep failing stops itself before its lease

@@ -108,6 +108,14 @@ impl PgStore {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> Result<()> {
+        // From within an interrupt check (a signal handler run between the
+        // waits of this thread's own save): alone, since the group may be
+        // waiting for that save, which waits for this one.
+        if crate::interrupt::in_check() {
+            return with_client!(self, |client| {
+                save_fenced(client, lease, checkpoint, history_keep, lease_until, now).await
+            });
+        }
         // Fast path: nobody is saving, so save directly, without copying
         // the checkpoint into the queue; then pass the lead to whoever
         // queued meanwhile.
