@@ -295,7 +295,7 @@ fn reset_refuses_a_job_of_work_items_alone() {
     assert!(
         err.contains("job 'g' has no checkpoint to clear")
             && err.contains("2 work items are kept")
-            && err.contains("ckpt retry 'g'"),
+            && err.contains("`ckpt retry g` re-drives"),
         "{err}"
     );
     assert_eq!(sb.dump(), before, "a refused reset changes nothing");
