@@ -234,94 +234,70 @@ db.execute("ROLLBACK")
 """
 
 
-def test_a_complete_whose_save_failed_for_good_never_succeeds_without_it(tmp_path):
-    # A Redis store that lost its data under the handle: the save fails with
-    # StoreError, not for now but for good. The checkpoint is gone, so the
-    # handle is spent: a second complete() must say so, not complete the
-    # job without the checkpoint.
+@pytest.fixture
+def losing_redis(tmp_path):
+    """A job on a Redis store, saved at cursor 1, and a function that makes Redis lose the
+    store's data under it: a save then fails with StoreError, not for now but for good."""
     from conftest import Redis, make_store_url
 
     urls = make_store_url("redis", tmp_path)
     url = next(urls)
-    try:
-        store = ckpt.open(url)
-        job = store.job("j", every_items=1000)
-        job.checkpoint(1, 1)
-        job.flush()
-        job.checkpoint(2, 2)
+    job = ckpt.open(url).job("j", every_items=1000)
+    job.checkpoint(1, 1)
+    job.flush()
+
+    def lose():
         prefix = url.rsplit("prefix=", 1)[1]
         r = Redis()
         try:
             r.cmd("DEL", *r.keys(f"{prefix}:*"))
         finally:
             r.close()
-        with pytest.raises(ckpt.StoreError, match="is gone"):
-            job.complete()
-        with pytest.raises(ckpt.StoreError, match="last checkpoint recorded was not saved"):
-            job.complete()
-        assert "held" in repr(job)
-    finally:
-        next(urls, None)
+
+    yield job, lose
+    next(urls, None)
+
+
+def test_a_complete_whose_save_failed_for_good_never_succeeds_without_it(losing_redis):
+    # The checkpoint is gone with the failed save: a second complete() must say so, not
+    # complete the job without it.
+    job, lose = losing_redis
+    job.checkpoint(2, 2)
+    lose()
+    with pytest.raises(ckpt.StoreError, match="is gone"):
+        job.complete()
+    with pytest.raises(ckpt.StoreError, match="last checkpoint recorded was not saved"):
+        job.complete()
+    assert "held" in repr(job)
 
 
 @pytest.mark.parametrize("retry", ["flush", "complete", "checkpoint"])
-def test_a_flush_whose_save_failed_for_good_is_not_forgotten(tmp_path, retry):
-    # As complete() above, for flush(): the failed save dropped the
-    # checkpoint, so neither flush() nor complete() may report success
-    # without it (a second flush() used to find nothing pending and return
+def test_a_flush_whose_save_failed_for_good_is_not_forgotten(losing_redis, retry):
+    # As complete() above, for flush(): neither flush() nor complete() may report success
+    # without the dropped checkpoint (a second flush() used to find nothing pending and return
     # as if saved); a newer checkpoint is tried afresh.
-    from conftest import Redis, make_store_url
-
-    urls = make_store_url("redis", tmp_path)
-    url = next(urls)
-    try:
-        store = ckpt.open(url)
-        job = store.job("j", every_items=1000)
-        job.checkpoint(1, 1)
+    job, lose = losing_redis
+    job.checkpoint(2, 2)
+    lose()
+    with pytest.raises(ckpt.StoreError, match="is gone"):
         job.flush()
-        job.checkpoint(2, 2)
-        prefix = url.rsplit("prefix=", 1)[1]
-        r = Redis()
-        try:
-            r.cmd("DEL", *r.keys(f"{prefix}:*"))
-        finally:
-            r.close()
+    if retry == "checkpoint":
+        assert job.checkpoint(3, 3) is False  # recorded, not due
         with pytest.raises(ckpt.StoreError, match="is gone"):
-            job.flush()
-        if retry == "checkpoint":
-            assert job.checkpoint(3, 3) is False  # recorded, not due
-            with pytest.raises(ckpt.StoreError, match="is gone"):
-                job.flush()  # the newer one, tried afresh
-        else:
-            with pytest.raises(ckpt.StoreError, match="last checkpoint recorded was not saved"):
-                getattr(job, retry)()
-        assert "held" in repr(job)
-    finally:
-        next(urls, None)
+            job.flush()  # the newer one, tried afresh
+    else:
+        with pytest.raises(ckpt.StoreError, match="last checkpoint recorded was not saved"):
+            getattr(job, retry)()
+    assert "held" in repr(job)
 
 
-def test_a_complete_that_fails_after_its_save_spends_the_handle_saying_why(tmp_path):
-    # Nothing left to save, then marking the job fails (the store lost its data): the job was
-    # taken out of the handle, so later calls say what happened rather than "already completed".
-    from conftest import Redis, make_store_url
-
-    urls = make_store_url("redis", tmp_path)
-    url = next(urls)
-    try:
-        store = ckpt.open(url)
-        job = store.job("j", every_items=1000)
-        job.checkpoint(1, 1)
-        job.flush()
-        prefix = url.rsplit("prefix=", 1)[1]
-        r = Redis()
-        try:
-            r.cmd("DEL", *r.keys(f"{prefix}:*"))
-        finally:
-            r.close()
-        with pytest.raises(ckpt.StoreError, match="is gone"):
-            job.complete()
-        with pytest.raises(ckpt.Error, match="the call that was to end it failed .* is gone"):
-            job.release()
-        assert "spent" in repr(job)
-    finally:
-        next(urls, None)
+def test_a_complete_that_fails_after_its_save_spends_the_handle_saying_why(losing_redis):
+    # Nothing left to save, then marking the job fails: the job was taken out of the handle,
+    # so later calls say what happened rather than "already completed".
+    job, lose = losing_redis
+    lose()
+    with pytest.raises(ckpt.StoreError, match="is gone"):
+        job.complete()
+    with pytest.raises(ckpt.Error, match="the call that was to end it failed .* is gone"):
+        job.release()
+    assert "spent" in repr(job)

@@ -144,17 +144,10 @@ fn a_server_that_is_not_postgres_is_named_so() {
     let sb = Sandbox::new();
     // An HTTP server on the port: its reply reads as the start of a long
     // message, then the stream ends.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { return };
-            let mut buf = [0u8; 4096];
-            let _ = client.read(&mut buf);
-            let _ = client.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
-        }
-    });
+    let port = answering_server(
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+        Duration::ZERO,
+    );
     let url = format!("postgres://postgres:hunter2@127.0.0.1:{port}/test?connect_timeout=5");
     let out = jobs(&sb, &url, &[]);
     refused(
@@ -168,18 +161,7 @@ fn a_server_that_is_not_postgres_is_named_so() {
 
     // A server that answers the startup with a message out of turn
     // (ready for a query, before any authentication).
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { return };
-            let mut buf = [0u8; 4096];
-            let _ = client.read(&mut buf);
-            let _ = client.write_all(b"Z\0\0\0\x05I");
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    });
+    let port = answering_server(b"Z\0\0\0\x05I", Duration::from_secs(2));
     let url =
         format!("postgres://postgres@127.0.0.1:{port}/test?sslmode=disable&connect_timeout=5");
     let out = jobs(&sb, &url, &[]);
@@ -191,6 +173,25 @@ fn a_server_that_is_not_postgres_is_named_so() {
         ],
         &[],
     );
+}
+
+/// A server on a free port of its own that reads what a client sends
+/// first, writes `reply`, and closes the connection `hold` later; returns
+/// the port.
+fn answering_server(reply: &'static [u8], hold: Duration) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let mut buf = [0u8; 4096];
+            let _ = client.read(&mut buf);
+            let _ = client.write_all(reply);
+            std::thread::sleep(hold);
+        }
+    });
+    port
 }
 
 /// A private cluster with password (scram) and refusal rules for test
