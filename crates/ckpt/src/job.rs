@@ -335,8 +335,9 @@ impl Job {
     /// input) `flush` and `complete` then fail with [`Error::Storage`]
     /// saying so, until a newer checkpoint is recorded and saved, so that
     /// neither succeeds without it; `fail` and `release` still work (the
-    /// job resumes from the checkpoint stored). (`complete`, `fail` and `release` take the handle whatever happens:
-    /// flush first to be able to retry a save.)
+    /// job resumes from the checkpoint stored). (`complete`, `fail` and
+    /// `release` take the handle whatever happens: flush first to be able
+    /// to retry a save.)
     pub fn flush(&mut self) -> Result<()> {
         let Some(cp) = self.pending.take() else {
             return match &self.unsaved {
