@@ -210,8 +210,8 @@ pub struct Finding {
 const LEASE_SCAN: usize = 10_000;
 
 /// `s` as one argument of a POSIX shell: as it is if nothing in it is
-/// special, else single-quoted. (Control characters stay as they are: a
-/// terminal printer escapes them.)
+/// special, else single-quoted ([`shell_quote`]). (Control characters stay
+/// as they are: a terminal printer escapes them.)
 pub fn shell_arg(s: &str) -> String {
     let plain = !s.is_empty()
         && s.bytes()
@@ -219,8 +219,15 @@ pub fn shell_arg(s: &str) -> String {
     if plain {
         s.to_string()
     } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
+        shell_quote(s)
     }
+}
+
+/// `s` as one word of a POSIX shell: in single quotes, each `'` written as
+/// `'\''` (close, escaped quote, reopen). Nothing inside single quotes is
+/// special to the shell: no `$`, backquote, `;`, glob or newline.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// Checks every job against `options` at `now`.

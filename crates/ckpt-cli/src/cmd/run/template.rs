@@ -498,12 +498,7 @@ pub fn dirname(s: &str) -> &str {
     }
 }
 
-/// `s` as one word of a POSIX shell: in single quotes, each `'` written as
-/// `'\''` (close, escaped quote, reopen). Nothing inside single quotes is
-/// special to the shell: no `$`, backquote, `;`, glob or newline.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+pub use ckpt::inspect::shell_quote;
 
 /// The columns of `item` at the matches of `sep` (`--colsep`), each with
 /// the blanks at its ends trimmed, as GNU parallel's `--colsep` does (it

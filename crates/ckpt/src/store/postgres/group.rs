@@ -111,10 +111,13 @@ impl PgStore {
         // From within an interrupt check (a signal handler run between the
         // waits of this thread's own save): alone, since the group may be
         // waiting for that save, which waits for this one.
-        if crate::interrupt::in_check() {
-            return with_client!(self, |client| {
+        let alone = || {
+            with_client!(self, |client| {
                 save_fenced(client, lease, checkpoint, history_keep, lease_until, now).await
-            });
+            })
+        };
+        if crate::interrupt::in_check() {
+            return alone();
         }
         // Fast path: nobody is saving, so save directly, without copying
         // the checkpoint into the queue; then pass the lead to whoever
@@ -124,9 +127,7 @@ impl PgStore {
             if !g.1 {
                 g.1 = true;
                 drop(g);
-                let result = with_client!(self, |client| {
-                    save_fenced(client, lease, checkpoint, history_keep, lease_until, now).await
-                });
+                let result = alone();
                 let mut g = self.group.state.lock().unwrap_or_else(|e| e.into_inner());
                 match g.0.first() {
                     Some(next) => next.done.set(Turn::Lead),

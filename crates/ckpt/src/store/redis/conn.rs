@@ -24,11 +24,17 @@ impl RedisStore {
             invocation.arg(arg);
         }
         let mut conn = self.conn.clone();
+        self.run(invocation.invoke_async::<Value>(&mut conn))
+    }
+
+    /// Drives a driver call to its end (abandoned at the caller's request,
+    /// see [`crate::interrupt`]), its error as the library's.
+    pub(super) fn run<T>(
+        &self,
+        f: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+    ) -> Result<T> {
         crate::interrupt::block_on(&self.runtime, async {
-            invocation
-                .invoke_async::<Value>(&mut conn)
-                .await
-                .map_err(|e| redis_err(e, &self.url))
+            f.await.map_err(|e| redis_err(e, &self.url))
         })
     }
 
@@ -46,11 +52,7 @@ impl RedisStore {
                 .arg(args);
         }
         let mut conn = self.conn.clone();
-        crate::interrupt::block_on(&self.runtime, async {
-            pipe.query_async::<Vec<Value>>(&mut conn)
-                .await
-                .map_err(|e| redis_err(e, &self.url))
-        })
+        self.run(pipe.query_async::<Vec<Value>>(&mut conn))
     }
 
     /// A reply `{'ok', n}` as `n`.

@@ -316,12 +316,7 @@ impl Store for RedisStore {
     /// `TIME`: the server's clock (seconds and microseconds).
     fn server_time(&self) -> Result<Option<crate::time::Timestamp>> {
         let mut conn = self.conn.clone();
-        let (secs, micros): (i64, i64) = crate::interrupt::block_on(&self.runtime, async {
-            ::redis::cmd("TIME")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| redis_err(e, &self.url))
-        })?;
+        let (secs, micros): (i64, i64) = self.run(::redis::cmd("TIME").query_async(&mut conn))?;
         Ok(Some(crate::time::Timestamp(
             secs.saturating_mul(1000).saturating_add(micros / 1000),
         )))
