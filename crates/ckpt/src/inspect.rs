@@ -34,6 +34,10 @@ pub struct JobSummary {
     pub checkpoint_at: Option<Timestamp>,
     /// Seconds since then.
     pub checkpoint_age_seconds: Option<f64>,
+    /// Seconds since a running job without work items last showed
+    /// progress ([`last_progress`]): what `ckpt doctor` calls stale past
+    /// its threshold. `None` for other jobs.
+    pub progress_age_seconds: Option<f64>,
     /// Checkpoints saved in all.
     pub saves: u64,
     /// Entries in the bounded history.
@@ -67,6 +71,7 @@ impl JobSummary {
             stage: job.checkpoint.as_ref().and_then(|c| c.stage.clone()),
             checkpoint_at: job.checkpoint_at,
             checkpoint_age_seconds: job.checkpoint_at.map(|t| now.since(t).as_secs_f64()),
+            progress_age_seconds: last_progress(job, items).map(|t| now.since(t).as_secs_f64()),
             saves: job.saves,
             history_len: job.history_len,
             state_bytes: job.state_bytes,
@@ -230,6 +235,17 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// When a running job without work items last showed progress: its last
+/// checkpoint, or before the first its record's last change (its start).
+/// `None` for a job that is not running or has items: an item job's
+/// progress is its items, and its record changes only on enqueue and
+/// finish (its dead workers show as expired leases instead). The rule of
+/// `ckpt doctor`'s stale checkpoint and of the metrics' progress age.
+pub fn last_progress(job: &JobRecord, items: ItemCounts) -> Option<Timestamp> {
+    (job.status == JobStatus::Running && items.total() == 0)
+        .then(|| job.checkpoint_at.unwrap_or(job.updated_at))
+}
+
 /// Checks every job against `options` at `now`.
 pub fn doctor(store: &dyn Store, options: &DoctorOptions, now: Timestamp) -> Result<Vec<Finding>> {
     let mut findings = Vec::new();
@@ -257,11 +273,7 @@ fn check_job(
             message,
         })
     };
-    // An item job's progress is its items; its record changes only on
-    // enqueue and finish, so only a cursor job (no items) can be stale by
-    // its checkpoint. Item jobs with dead workers show as expired leases.
-    if job.status == JobStatus::Running && counts.total() == 0 {
-        let last = job.checkpoint_at.unwrap_or(job.updated_at);
+    if let Some(last) = last_progress(job, counts) {
         let age = now.since(last);
         if age > options.stale {
             let what = if job.checkpoint_at.is_some() {

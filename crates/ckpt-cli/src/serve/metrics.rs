@@ -70,6 +70,11 @@ fn describe() {
         "Seconds since the job's last checkpoint was saved (no series before the first)"
     );
     describe_gauge!(
+        "ckpt_progress_age_seconds",
+        Unit::Seconds,
+        "Seconds since a running job without work items last showed progress: its last checkpoint, or before the first its start (ckpt doctor's stale rule; no series for other jobs)"
+    );
+    describe_gauge!(
         "ckpt_checkpoint_history_size",
         "Entries in the job's bounded checkpoint history"
     );
@@ -89,13 +94,21 @@ fn describe() {
     );
 }
 
+/// `seconds` to the millisecond, as stored ("3.837", not
+/// "3.8369999999999997").
+fn millis(seconds: f64) -> f64 {
+    (seconds * 1e3).round() / 1e3
+}
+
 fn record_job(job: &JobSummary) {
     let name = job.name.clone();
     let running = job.status == JobStatus::Running;
     gauge!("ckpt_job_running", "job" => name.clone()).set(if running { 1.0 } else { 0.0 });
     if let Some(age) = job.checkpoint_age_seconds {
-        // Millisecond precision, as stored ("3.837", not "3.8369999999999997").
-        gauge!("ckpt_checkpoint_age_seconds", "job" => name.clone()).set((age * 1e3).round() / 1e3);
+        gauge!("ckpt_checkpoint_age_seconds", "job" => name.clone()).set(millis(age));
+    }
+    if let Some(age) = job.progress_age_seconds {
+        gauge!("ckpt_progress_age_seconds", "job" => name.clone()).set(millis(age));
     }
     gauge!("ckpt_checkpoint_history_size", "job" => name.clone()).set(job.history_len as f64);
     gauge!("ckpt_checkpoint_state_bytes", "job" => name.clone()).set(job.state_bytes as f64);

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use ckpt::Ckpt;
 
-use crate::server::{agent, cursor_job, http, items_job, stale_job, Server};
+use crate::server::{agent, cursor_job, http, items_job, silent_job, stale_job, Server};
 use crate::util::{item_counts, wait_until, Sandbox};
 
 // ----- metrics -----
@@ -141,6 +141,7 @@ fn metrics_show_every_job_from_the_store_and_drop_pruned_ones() {
     items_job(&sb, items);
     cursor_job(&sb, "export");
     stale_job(&sb, "stale");
+    silent_job(&sb, "silent");
     let ckpt = Ckpt::open(&sb.store_url()).unwrap();
     ckpt.job("gone").unwrap().complete().unwrap();
     let server = Server::start(&sb, &[]);
@@ -153,6 +154,7 @@ fn metrics_show_every_job_from_the_store_and_drop_pruned_ones() {
         "# TYPE ckpt_checkpoints_total counter",
         "# TYPE ckpt_items gauge",
         "# TYPE ckpt_checkpoint_age_seconds gauge",
+        "# TYPE ckpt_progress_age_seconds gauge",
         "# TYPE ckpt_checkpoint_history_size gauge",
         "# TYPE ckpt_checkpoint_state_bytes gauge",
         "# TYPE ckpt_job_running gauge",
@@ -188,6 +190,11 @@ fn metrics_show_every_job_from_the_store_and_drop_pruned_ones() {
         None,
         "no checkpoint, no age"
     );
+    assert_eq!(
+        value(&m, "ckpt_progress_age_seconds", &job(items)),
+        None,
+        "an item job's progress is its items"
+    );
 
     // The cursor job.
     let status = sb.status("export");
@@ -210,6 +217,8 @@ fn metrics_show_every_job_from_the_store_and_drop_pruned_ones() {
     );
     let age = value(&m, "ckpt_checkpoint_age_seconds", &job("export")).unwrap();
     assert!((0.0..120.0).contains(&age), "age {age}");
+    let progress = value(&m, "ckpt_progress_age_seconds", &job("export")).unwrap();
+    assert!((0.0..120.0).contains(&progress), "progress age {progress}");
     for status in ["pending", "running", "completed", "failed", "dead"] {
         assert_eq!(
             value(&m, "ckpt_items", &[("job", "export"), ("status", status)]),
@@ -221,9 +230,26 @@ fn metrics_show_every_job_from_the_store_and_drop_pruned_ones() {
     assert_eq!(value(&m, "ckpt_job_running", &job("stale")), Some(1.0));
     let age = value(&m, "ckpt_checkpoint_age_seconds", &job("stale")).unwrap();
     assert!((1200.0..1500.0).contains(&age), "age {age}");
+    let progress = value(&m, "ckpt_progress_age_seconds", &job("stale")).unwrap();
+    assert_eq!(progress, age, "a checkpoint is a cursor job's progress");
+
+    // Running 20 minutes without a checkpoint: no checkpoint age, but its
+    // progress age is what the stale alert (and `ckpt doctor`) sees.
+    assert_eq!(value(&m, "ckpt_job_running", &job("silent")), Some(1.0));
+    assert_eq!(
+        value(&m, "ckpt_checkpoint_age_seconds", &job("silent")),
+        None
+    );
+    let progress = value(&m, "ckpt_progress_age_seconds", &job("silent")).unwrap();
+    assert!((1200.0..1500.0).contains(&progress), "age {progress}");
 
     // The completed job, then pruned: its series go with it.
     assert_eq!(value(&m, "ckpt_job_running", &job("gone")), Some(0.0));
+    assert_eq!(
+        value(&m, "ckpt_progress_age_seconds", &job("gone")),
+        None,
+        "a completed job makes no progress"
+    );
     assert!(ckpt
         .store()
         .delete_job("gone", ckpt.now().plus(Duration::from_secs(1)))

@@ -304,12 +304,22 @@ pub fn cursor_job(sb: &Sandbox, job: &str) {
 
 /// A running cursor job whose only checkpoint was saved 20 minutes ago.
 pub fn stale_job(sb: &Sandbox, job: &str) {
-    let past = Timestamp(ckpt::SystemClock.now().millis() - 20 * 60 * 1000);
-    let ckpt = Ckpt::open(&sb.store_url())
-        .unwrap()
-        .with_clock(Arc::new(ManualClock::new(past)));
-    ckpt.set_checkpoint(job, &Checkpoint::new(json!(7), 7))
+    twenty_minutes_ago(sb)
+        .set_checkpoint(job, &Checkpoint::new(json!(7), 7))
         .unwrap();
+}
+
+/// A running job started 20 minutes ago that never saved a checkpoint.
+pub fn silent_job(sb: &Sandbox, job: &str) {
+    twenty_minutes_ago(sb).job(job).unwrap().release().unwrap();
+}
+
+/// The store of `sb`, its clock 20 minutes behind.
+fn twenty_minutes_ago(sb: &Sandbox) -> Ckpt {
+    let past = Timestamp(ckpt::SystemClock.now().millis() - 20 * 60 * 1000);
+    Ckpt::open(&sb.store_url())
+        .unwrap()
+        .with_clock(Arc::new(ManualClock::new(past)))
 }
 
 // ----- the API -----
