@@ -330,11 +330,13 @@ pub enum ItemChange {
     },
     /// Move the item to the dead list without running it, and take back
     /// the attempt this claim counted: for an item found with its attempts
-    /// used up by workers that died running it, which the claim that found
+    /// used up already (by workers that died running it, or by failures
+    /// under a retry policy that allowed more), which the claim that found
     /// it so never ran.
     Bury {
-        /// The error message kept as `last_error`.
-        error: String,
+        /// The error message kept as `last_error`; `None` keeps the one
+        /// recorded (and its output), the last attempt's own failure.
+        error: Option<String>,
     },
     /// Give the item back unfinished, as if this claim had not happened: it
     /// is pending again (claimable at once, in enqueue order) and the

@@ -411,6 +411,59 @@ fn dry_run_leaves_out_the_items_a_run_would_bury() {
     assert_eq!(dead["a"]["status"], "dead", "{dead:?}");
 }
 
+/// A failed item whose attempts a re-run's lower `--retries` has used up is
+/// moved to the dead-letter list unrun, its own failure kept as its error
+/// (its command did report back: nothing died), and the dry run says so
+/// beforehand.
+#[test]
+fn a_lower_retries_buries_a_failed_item_keeping_its_failure() {
+    let sb = Sandbox::new();
+    let items = sb.write("items.txt", "bad\ngood\n");
+    let script = [
+        "sh",
+        "-c",
+        "echo $0 >> log; [ $0 = good ] || { echo corrupt $0 >&2; exit 1; }",
+    ];
+    let run = |extra: &[&str]| {
+        sb.ckpt()
+            .args(["run", "--job", "J", "-j", "1", "--items"])
+            .arg(&items)
+            .args(extra)
+            .arg("--")
+            .args(script)
+    };
+    // One failed attempt of "bad", its retry (--retries 1) 2 s away: the
+    // run is stopped while it waits.
+    let first = run(&["--retries", "1", "--backoff", "2s"]).start();
+    wait_until(Duration::from_secs(30), "`bad` to fail once", || {
+        // Its command ran, so the store and the job exist.
+        sb.join("log").exists() && crate::util::stored_items(&sb, "J")["bad"]["status"] == "failed"
+    });
+    first.signal(libc::SIGTERM);
+    first.wait(Duration::from_secs(30)).code(143);
+    let run = |extra: &[&str]| run(extra).run();
+
+    let dry = run(&["--retries", "0", "--dry-run"]);
+    dry.success();
+    assert!(!dry.stdout.contains("bad"), "{}", dry.stdout);
+    assert!(
+        dry.stderr
+            .contains("1 item(s) would move to the dead-letter list unrun: they were tried as often as --retries allows"),
+        "{}",
+        dry.stderr
+    );
+    let out = run(&["--retries", "0"]);
+    out.code(1);
+    assert_eq!(sb.lines("log"), ["bad", "good"], "`bad` ran once");
+    let stored = crate::util::stored_items(&sb, "J");
+    let bad = &stored["bad"];
+    assert_eq!(bad["status"], "dead", "{stored:?}");
+    assert_eq!(bad["last_error"], "exit status 1", "{bad}");
+    assert_eq!(bad["last_output"], "corrupt bad\n", "{bad}");
+    assert_eq!(bad["attempts"], 1, "{bad}");
+    assert_eq!(stored["good"]["status"], "completed", "{stored:?}");
+}
+
 /// Items a live run holds are its own: a run started meanwhile leaves them
 /// to it, and so does its dry run, which says how many it left out.
 #[test]

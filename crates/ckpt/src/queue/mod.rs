@@ -229,8 +229,10 @@ impl Queue {
 
     /// Moves to the dead-letter list, without running them, the claimed
     /// items whose attempts are used up already: each of them started as
-    /// often as the retry policy allows and never came back (its worker
-    /// died while running it, every time). Returns the others.
+    /// often as the retry policy allows, and either never came back (its
+    /// worker died while running it, every time) or failed the last time
+    /// (the policy allowed more then: that failure stays its error).
+    /// Returns the others.
     fn bury_exhausted(&self, claimed: Vec<ClaimedItem>) -> Result<Vec<ClaimedItem>> {
         let max = self.options.retry.max_attempts;
         let (exhausted, runnable): (Vec<_>, Vec<_>) =
@@ -243,10 +245,13 @@ impl Queue {
         let verdicts: Vec<settle::Verdict> = exhausted
             .iter()
             .map(|item| {
-                settle::Verdict::Bury(format!(
-                    "started {} time(s) and its worker never reported back (it died while running it each time); not run again",
-                    item.attempt.saturating_sub(1)
-                ))
+                // Taken over: its last worker died running it; else its
+                // last attempt ended, failed (a completed or dead item is
+                // never claimed, a released one counts no attempt).
+                settle::Verdict::Bury(match item.taken_over_from {
+                    Some(_) => settle::Exhausted::WorkersDied,
+                    None => settle::Exhausted::Failed,
+                })
             })
             .collect();
         let updates: Vec<ItemUpdate> = exhausted

@@ -111,3 +111,40 @@ fn a_failures_output_is_kept_beside_its_error_and_bounded(store: Option<Fixture>
     assert_eq!(rec.status, ItemStatus::Completed);
     assert!(rec.last_output.unwrap().ends_with("the end\n"));
 }
+
+/// An item that failed under a retry policy allowing more attempts than a
+/// later queue's (a re-run with a lower `--retries`) is moved to the
+/// dead-letter list unrun by that queue, and its own failure stays its
+/// error and output: its worker did report back, it did not die.
+#[apply(every_store)]
+fn a_lowered_retry_policy_buries_a_failed_item_keeping_its_failure(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ManualClock::new(T0);
+    let generous = worker(f, &clock, "a")
+        .queue_with("lowered", queue_options(3))
+        .unwrap();
+    generous.enqueue([NewItem::key("a")]).unwrap();
+    let a = generous.claim(1).unwrap().pop().unwrap();
+    let why = "convert: corrupt JPEG data\n";
+    let settled = generous
+        .settle(&[attempt(
+            &a,
+            Outcome::Failed("exit status 1".into()).with_output(Some(why.into())),
+        )])
+        .unwrap();
+    assert!(matches!(settled[..], [Settled::Retrying(_)]), "{settled:?}");
+
+    // A queue allowing one attempt finds it used up once it is due.
+    clock.advance(Duration::from_secs(3600));
+    let strict = worker(f, &clock, "b")
+        .queue_with("lowered", queue_options(1))
+        .unwrap();
+    assert_eq!(strict.claim(1).unwrap(), []);
+    let rec = item(&strict, "a");
+    assert_eq!(rec.status, ItemStatus::Dead, "{rec:?}");
+    assert_eq!(rec.last_error.as_deref(), Some("exit status 1"));
+    assert_eq!(rec.last_output.as_deref(), Some(why));
+    assert_eq!(rec.attempts, 1, "the claim that found it so never ran it");
+    assert!(rec.finished_at.is_some(), "{rec:?}");
+    assert_eq!(strict.counts().unwrap().dead, 1);
+}

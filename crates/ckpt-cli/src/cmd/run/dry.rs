@@ -47,9 +47,10 @@ struct Finished {
     /// Running items held by a live run: a run started now leaves them to
     /// it.
     live: HashSet<String>,
-    /// Running items whose run is gone, started as often as the retries
-    /// allow: a run moves them to the dead-letter list without running them
-    /// (their runs died while running them each time).
+    /// Items tried as often as the retries allow: running ones whose run is
+    /// gone (their runs died while running them each time), and pending or
+    /// failed ones (a run with more retries failed them). A run moves them
+    /// to the dead-letter list without running them.
     exhausted: HashSet<String>,
 }
 
@@ -179,7 +180,7 @@ pub fn run(url: &str, args: &RunArgs, colsep: Option<&Regex>) -> Result<ExitCode
             match finished.exhausted.len() {
                 0 => String::new(),
                 n => format!(
-                    "; {n} item(s) would move to the dead-letter list unrun: runs died while running them as often as --retries allows"
+                    "; {n} item(s) would move to the dead-letter list unrun: they were tried as often as --retries allows"
                 ),
             }
         );
@@ -239,10 +240,21 @@ fn finished(url: &str, job: &str, max_attempts: u32) -> Result<Finished> {
         .into_iter()
         .collect();
     finished.dead = keys(ItemStatus::Dead, counts.dead)?.into_iter().collect();
-    finished.unfinished = keys(ItemStatus::Pending, counts.pending)?;
-    finished
-        .unfinished
-        .extend(keys(ItemStatus::Failed, counts.failed)?);
+    // Pending or failed, tried as often as this run's --retries allows
+    // already (a run with more retries failed them; one that stopped gave
+    // back its retry): a run moves them to the dead-letter list unrun.
+    for (status, n) in [
+        (ItemStatus::Pending, counts.pending),
+        (ItemStatus::Failed, counts.failed),
+    ] {
+        for item in store.list_items(job, Some(status), limit(n))? {
+            if item.attempts >= max_attempts {
+                finished.exhausted.insert(item.key);
+            } else {
+                finished.unfinished.push(item.key);
+            }
+        }
+    }
     // Held by a run: one that died (its process gone from this host, or its
     // lease expired) leaves them to be taken over, so a run runs them too;
     // one that lives keeps them.

@@ -337,8 +337,9 @@ impl ItemPatch {
     /// - complete: completed, finished now, the stats saved;
     /// - fail with a retry time: failed, ready at that time, the error kept;
     /// - fail without one: dead, finished now, the error kept;
-    /// - bury: dead, finished now, the error kept, and the attempt the
-    ///   claim counted taken back (it never ran);
+    /// - bury: dead, finished now, the error kept (or, none given, the
+    ///   recorded one and its output), and the attempt the claim counted
+    ///   taken back (it never ran);
     /// - release: pending again, claimable at once in enqueue order, and
     ///   the attempt the claim counted taken back (cursor, last error and
     ///   claim count are kept).
@@ -396,7 +397,7 @@ impl ItemPatch {
                 status: ItemStatus::Dead,
                 ready_at: None,
                 attempts_back: 1,
-                last_error: Some(error.replace('\0', "\u{fffd}")),
+                last_error: error.as_ref().map(|e| e.replace('\0', "\u{fffd}")),
                 last_output: None,
                 finished_at: Some(now),
                 ..running(now)
