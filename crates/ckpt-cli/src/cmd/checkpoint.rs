@@ -110,23 +110,58 @@ pub fn checkpoint(url: &str, cmd: CheckpointCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The text of `--state`: inline JSON, `@FILE`, or `-` for standard input.
+/// Most text `--state @FILE` or `--state -` reads: 16 times the state
+/// limit, room for any state within it however it is laid out, and a
+/// bound on what a wrong file (or an endless pipe) costs in memory.
+const MAX_STATE_INPUT: u64 = 16 * ckpt::validate::DEFAULT_STATE_LIMIT as u64;
+
+/// The text of `--state`: inline JSON, `@FILE`, or `-` for standard input
+/// (at most [`MAX_STATE_INPUT`] bytes of it).
 fn read_state_arg(arg: &str) -> Result<String> {
-    use std::io::Read;
-    let from = |what: String, r: std::io::Result<String>| {
-        r.map_err(|e| anyhow::Error::new(Usage(format!("cannot read state from {what}: {e}"))))
-    };
-    match arg {
-        "-" => {
-            let mut text = String::new();
-            from(
-                "standard input".into(),
-                std::io::stdin().read_to_string(&mut text).map(|_| text),
-            )
-        }
+    let (what, reader): (String, Box<dyn std::io::Read>) = match arg {
+        "-" => ("standard input".into(), Box::new(std::io::stdin())),
         _ => match arg.strip_prefix('@') {
-            Some(path) => from(path.to_string(), std::fs::read_to_string(path)),
-            None => Ok(arg.to_string()),
+            Some(path) => match std::fs::File::open(path) {
+                Ok(file) => (path.to_string(), Box::new(file)),
+                Err(e) => return Err(Usage(format!("cannot read state from {path}: {e}")).into()),
+            },
+            None => return Ok(arg.to_string()),
         },
+    };
+    read_bounded(reader, MAX_STATE_INPUT).map_err(|e| match e {
+        Bounded::Io(e) => Usage(format!("cannot read state from {what}: {e}")).into(),
+        Bounded::TooLong => Usage(format!(
+            "state from {what} is over {} MiB of text, and a state may be at most {} MiB serialised",
+            MAX_STATE_INPUT >> 20,
+            ckpt::validate::DEFAULT_STATE_LIMIT >> 20
+        ))
+        .into(),
+    })
+}
+
+/// Why [`read_bounded`] failed.
+enum Bounded {
+    Io(std::io::Error),
+    TooLong,
+}
+
+/// All of `reader` as UTF-8 text, if it holds at most `max` bytes: reading
+/// stops one byte past them.
+fn read_bounded(reader: impl std::io::Read, max: u64) -> std::result::Result<String, Bounded> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    reader
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(Bounded::Io)?;
+    // Before decoding: the cut may split a character.
+    if bytes.len() as u64 > max {
+        return Err(Bounded::TooLong);
     }
+    String::from_utf8(bytes).map_err(|_| {
+        Bounded::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })
 }

@@ -251,6 +251,52 @@ fn state_over_one_mib_exits_2_and_keeps_the_previous_checkpoint() {
     assert_eq!(out.json()["state"], json!({"sum": 1}));
 }
 
+/// `--state @FILE` and `--state -` read at most 16 MiB: a wrong file or an
+/// endless pipe (`/dev/zero`) is refused once past it, in bounded memory,
+/// with nothing written; a state laid out over more than 1 MiB of text but
+/// within the limit serialised is kept.
+#[test]
+fn state_input_is_read_up_to_16_mib_only() {
+    let sb = Sandbox::new();
+    for source in ["@/dev/zero", "-"] {
+        let cmd = sb
+            .ckpt()
+            .args(["checkpoint", "set", "J", "1", "--state", source]);
+        let cmd = match source {
+            "-" => cmd.stdin(vec![b' '; 17 << 20]),
+            _ => cmd,
+        };
+        let line = cmd.run().error(2);
+        assert!(
+            line.contains("is over 16 MiB of text, and a state may be at most 1 MiB serialised"),
+            "{line}"
+        );
+    }
+    assert!(
+        !sb.path().join("ckpt.db").exists(),
+        "no store for refused input"
+    );
+    // 16 MiB exactly is read (and refused for its size, serialised).
+    let file = sb.path().join("state.json");
+    let at_most = format!("\"{}\"", "x".repeat(16 * 1024 * 1024 - 2));
+    std::fs::write(&file, &at_most).unwrap();
+    let line = sb
+        .ckpt()
+        .args(["checkpoint", "set", "J", "1", "--state"])
+        .arg(format!("@{}", file.display()))
+        .run()
+        .error(2);
+    assert!(line.contains("over the limit"), "{line}");
+    // 2 MiB of text, most of it blanks: 3 bytes serialised.
+    std::fs::write(&file, format!("[{}1]", " ".repeat(2 * 1024 * 1024))).unwrap();
+    sb.ckpt()
+        .args(["checkpoint", "set", "J", "1", "--state"])
+        .arg(format!("@{}", file.display()))
+        .run()
+        .success();
+    assert_eq!(sb.status("J")["state_bytes"], 3);
+}
+
 /// `--expect`: a compare-and-set; a mismatch exits 5 naming the stored
 /// cursor and writes nothing.
 #[test]
