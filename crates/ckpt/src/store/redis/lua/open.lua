@@ -5,17 +5,21 @@ local t = redis.call('TYPE', meta)
 if type(t) == 'table' then
   t = t.ok
 end
-if t == 'none' and ARGV[3] == '1' then
+if t == 'none' then
   -- A prefix whose store-wide keys exist without the meta hash holds
   -- another application's keys, or a store that lost its meta: a new store
-  -- written over them would fail half-way (WRONGTYPE) or mix with them.
+  -- written over them would fail half-way (WRONGTYPE) or mix with them,
+  -- and a reader must not take them for no store at all (a script would
+  -- start over from its first record).
   for _, k in ipairs({P .. ':jobs', P .. ':jobseq'}) do
     if redis.call('EXISTS', k) == 1 then
       return {'taken', k}
     end
   end
-  redis.call('HSET', meta, 'application', 'ckpt', 'schema_version', ARGV[4])
-  t = 'hash'
+  if ARGV[3] == '1' then
+    redis.call('HSET', meta, 'application', 'ckpt', 'schema_version', ARGV[4])
+    t = 'hash'
+  end
 end
 if t ~= 'hash' then
   return {t}
