@@ -53,8 +53,7 @@ pub enum Error {
     /// one it expected (another writer got there first); nothing was
     /// written.
     #[error("job '{job}': the stored cursor is {}, not the expected {}; nothing was written",
-        .stored.as_deref().unwrap_or("none (no checkpoint)"),
-        .expected.as_deref().unwrap_or("none (no checkpoint)"))]
+        cursor_in_message(.stored), cursor_in_message(.expected))]
     CursorMismatch {
         /// The job.
         job: String,
@@ -106,6 +105,25 @@ pub enum Error {
     Interrupted(String),
 }
 
+/// Longest cursor an error message shows whole, in bytes.
+const CURSOR_SHOWN: usize = 200;
+
+/// A cursor (canonical JSON, `None`: no checkpoint) as a message shows it:
+/// whole up to [`CURSOR_SHOWN`] bytes, else its start and its size, so a
+/// large cursor does not make the error a line of 100 KiB.
+fn cursor_in_message(cursor: &Option<String>) -> String {
+    let Some(text) = cursor else {
+        return "none (no checkpoint)".into();
+    };
+    if text.len() <= CURSOR_SHOWN {
+        return text.clone();
+    }
+    let mut cut = CURSOR_SHOWN;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..cut], text.len())
+}
 impl Error {
     /// True if and only if this is [`Error::Fenced`].
     pub fn is_fenced(&self) -> bool {
@@ -183,4 +201,40 @@ fn corrupt_message(path: Option<&str>, detail: &str) -> String {
          backup, or salvage what is readable with `sqlite3 {file} .recover | sqlite3 recovered.db`",
         path.unwrap_or("(path unknown)")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mismatch(stored: Option<String>, expected: Option<String>) -> String {
+        Error::CursorMismatch {
+            job: "j".into(),
+            stored,
+            expected,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn a_cursor_mismatch_shows_small_cursors_whole_and_large_ones_cut() {
+        assert_eq!(
+            mismatch(Some("41".into()), None),
+            "job 'j': the stored cursor is 41, not the expected none (no checkpoint); nothing was written"
+        );
+        // A quote and 99 of 'é' (2 bytes each) make 199 bytes: the cut at 200 falls inside
+        // a character and moves back to its start.
+        let large = format!("\"{}\"", "é".repeat(100_000));
+        let message = mismatch(Some(large.clone()), Some("1".into()));
+        let shown = format!("\"{}… ({} bytes)", "é".repeat(99), large.len());
+        assert_eq!(
+            message,
+            format!(
+                "job 'j': the stored cursor is {shown}, not the expected 1; nothing was written"
+            )
+        );
+        // A cursor of exactly the limit is shown whole.
+        let at_limit = "x".repeat(CURSOR_SHOWN);
+        assert!(mismatch(Some(at_limit.clone()), None).contains(&at_limit));
+    }
 }
