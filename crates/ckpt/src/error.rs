@@ -222,8 +222,8 @@ mod tests {
             mismatch(Some("41".into()), None),
             "job 'j': the stored cursor is 41, not the expected none (no checkpoint); nothing was written"
         );
-        // A quote and 99 of 'é' (2 bytes each) make 199 bytes: the cut at 200 falls inside
-        // a character and moves back to its start.
+        // A quote and 99 of 'é' (2 bytes each) make 199 bytes: the cut at
+        // 200 falls inside a character and moves back to its start.
         let large = format!("\"{}\"", "é".repeat(100_000));
         let message = mismatch(Some(large.clone()), Some("1".into()));
         let shown = format!("\"{}… ({} bytes)", "é".repeat(99), large.len());
