@@ -60,6 +60,42 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(code_for(err))
 }
 
+/// The tips for a command-line error: clap's own (`rendered`), but where it
+/// names a similar argument or subcommand only that; for an unexpected
+/// short one (`-x`, `-1`: a value that starts with '-', most likely) both
+/// ways to give it, where clap suggests `-- -x` alone, which makes it a
+/// positional argument (for `ckpt run`, the command), not an option's
+/// value; for an unexpected long one, none.
+fn tips(err: &clap::Error, rendered: &str) -> Vec<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let clap_tips: Vec<&str> = rendered
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tip: "))
+        .collect();
+    let similar: Vec<String> = clap_tips
+        .iter()
+        .filter(|t| t.contains(" similar "))
+        .map(|t| t.to_string())
+        .collect();
+    if !similar.is_empty() {
+        return similar;
+    }
+    let unknown = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) if err.kind() == ErrorKind::UnknownArgument => arg,
+        _ => return clap_tips.into_iter().map(str::to_string).collect(),
+    };
+    if unknown.starts_with("--") {
+        // A mistyped option, most likely: no tip rather than a wrong one.
+        Vec::new()
+    } else if unknown.starts_with('-') {
+        vec![format!(
+            "a value that starts with '-' goes after '=' for an option (--NAME={unknown}), after '--' for an argument (-- {unknown})"
+        )]
+    } else {
+        clap_tips.into_iter().map(str::to_string).collect()
+    }
+}
+
 /// Reports a command-line error as one line (help and version print as
 /// usual) and returns the exit code.
 pub fn usage(err: clap::Error) -> ExitCode {
@@ -88,14 +124,19 @@ pub fn usage(err: clap::Error) -> ExitCode {
         );
     }
     // clap's message is its first paragraph, sometimes over several lines
-    // ("the following required arguments were not provided:" then names).
+    // ("the following required arguments were not provided:" then names),
+    // and its tips (a similar argument or subcommand, `--` before a value
+    // that starts with '-') are paragraphs of their own: kept, in brackets.
     let rendered = err.render().to_string();
     let paragraph: Vec<&str> = rendered
         .lines()
         .take_while(|l| !l.trim().is_empty())
         .map(str::trim)
         .collect();
-    let message = paragraph.join(" ");
+    let mut message = paragraph.join(" ");
+    for tip in tips(&err, &rendered) {
+        message.push_str(&format!(" (tip: {tip})"));
+    }
     let message = message.strip_prefix("error: ").unwrap_or(&message);
     errln!(
         "ckpt: error: {} (see ckpt --help)",

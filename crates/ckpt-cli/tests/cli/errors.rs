@@ -450,6 +450,50 @@ fn usage_errors_from_the_parser_exit_2() {
     assert!(!sb.db().exists());
 }
 
+/// A usage error stays one line and keeps the parser's tip: the similar
+/// option or subcommand; for a value that starts with '-', both ways to
+/// give it (clap's own `-- -1d` alone would make an option's value a
+/// positional argument); for an unknown long option, none.
+#[test]
+fn usage_errors_keep_their_tip_on_one_line() {
+    let sb = Sandbox::new();
+    for (args, line) in [
+        (
+            vec!["status", "--jsn", "J"],
+            "ckpt: error: unexpected argument '--jsn' found (tip: a similar argument exists: '--json') (see ckpt --help)",
+        ),
+        (
+            vec!["stauts", "J"],
+            "ckpt: error: unrecognized subcommand 'stauts' (tip: a similar subcommand exists: 'status') (see ckpt --help)",
+        ),
+        (
+            vec!["prune", "--completed-before", "-1d"],
+            "ckpt: error: unexpected argument '-1' found (tip: a value that starts with '-' goes after '=' for an option (--NAME=-1), after '--' for an argument (-- -1)) (see ckpt --help)",
+        ),
+        (
+            vec!["run", "--job", "J", "--itmes", "f", "--", "true"],
+            "ckpt: error: unexpected argument '--itmes' found (tip: a similar argument exists: '--items') (see ckpt --help)",
+        ),
+        (
+            vec!["show", "--frobnicate"],
+            "ckpt: error: unexpected argument '--frobnicate' found (see ckpt --help)",
+        ),
+    ] {
+        let out = sb.ckpt().args(&args).run();
+        out.code(2);
+        assert_eq!(out.stderr, format!("{line}\n"), "{args:?}");
+    }
+    // Both ways work: a job named "-x".
+    sb.ckpt()
+        .args(["checkpoint", "set", "--items-processed=3", "--", "-x", "1"])
+        .run()
+        .success();
+    let out = sb.ckpt().args(["show", "--", "-x"]).run();
+    out.success();
+    assert!(out.stdout.contains("-x"), "{}", out.stdout);
+    sb.ckpt().args(["show", "-x"]).run().code(2);
+}
+
 /// The "unchanged" checks above are only meaningful if a dump shows a change.
 #[test]
 fn dump_shows_a_change() {
