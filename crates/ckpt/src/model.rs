@@ -419,6 +419,17 @@ impl ItemCounts {
         self.unfinished() + self.completed + self.dead
     }
 
+    /// The count of `status`.
+    pub fn of(&self, status: ItemStatus) -> u64 {
+        match status {
+            ItemStatus::Pending => self.pending,
+            ItemStatus::Running => self.running,
+            ItemStatus::Completed => self.completed,
+            ItemStatus::Failed => self.failed,
+            ItemStatus::Dead => self.dead,
+        }
+    }
+
     /// Adds `n` to the count of `status`.
     pub fn add(&mut self, status: ItemStatus, n: u64) {
         match status {

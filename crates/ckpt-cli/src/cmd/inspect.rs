@@ -394,7 +394,19 @@ pub fn items(url: &str, args: ItemsArgs) -> Result<ExitCode> {
     if store.get_job(&args.job)?.is_none() {
         return Err(not_found(&ckpt, &args.job));
     }
-    let items = store.list_items(&args.job, args.status.map(Into::into), args.limit)?;
+    let status = args.status.map(Into::into);
+    let items = store.list_items(&args.job, status, args.limit)?;
+    if items.len() == args.limit {
+        // Cut: said on stderr, so that the list on stdout stays a list.
+        let counts = store.item_counts(&args.job)?;
+        let matching = status.map_or(counts.total(), |s| counts.of(s));
+        if matching > args.limit as u64 {
+            errln!(
+                "ckpt: the first {} of {matching} items shown (--limit {matching} for all)",
+                args.limit
+            );
+        }
+    }
     if args.json {
         let docs: Vec<ItemJson> = items.iter().map(ItemJson::new).collect();
         outln!("{}", serde_json::to_string_pretty(&docs)?)?;

@@ -235,6 +235,41 @@ fn items_filters_by_status() {
         .run()
         .error(2);
     sb.ckpt().args(["items", "nope"]).run().error(3);
+
+    // A list cut by --limit says so on stderr (stdout stays the list),
+    // counting the items of the status asked for; a list not cut says
+    // nothing.
+    let out = sb.ckpt().args(["items", "files", "--limit", "2"]).run();
+    out.success();
+    assert_eq!(out.stdout.lines().count(), 3);
+    assert_eq!(
+        out.stderr,
+        "ckpt: the first 2 of 3 items shown (--limit 3 for all)\n"
+    );
+    let out = sb
+        .ckpt()
+        .args([
+            "items",
+            "files",
+            "--status",
+            "completed",
+            "--limit",
+            "1",
+            "--json",
+        ])
+        .run();
+    assert_eq!(out.json().as_array().unwrap().len(), 1);
+    assert_eq!(
+        out.stderr,
+        "ckpt: the first 1 of 2 items shown (--limit 2 for all)\n"
+    );
+    // Exactly as many as the limit: nothing cut, nothing said.
+    let out = sb
+        .ckpt()
+        .args(["items", "files", "--status", "completed", "--limit", "2"])
+        .run();
+    out.success();
+    assert_eq!(out.stderr, "");
 }
 
 #[test]
