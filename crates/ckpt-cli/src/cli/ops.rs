@@ -113,8 +113,8 @@ pub struct DoctorArgs {
     #[arg(long)]
     pub json: bool,
     /// Check a SQLite store file with `PRAGMA integrity_check` instead of
-    /// `quick_check`: also whether every index matches its rows (about 3x
-    /// the time).
+    /// `quick_check`: also whether every index matches its rows (2 to 3
+    /// times the time).
     #[arg(long)]
     pub full: bool,
 }
