@@ -273,8 +273,14 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
         // full disk) a run that ended well exits 4, as any command whose
         // output is lost does; one that did not keeps its own exit code.
         // On a line of its own, after a command's output without a
-        // final newline.
-        let newline = if capture::stdout_mid_line() { "\n" } else { "" };
+        // final newline. Output `--ungroup` hands straight to stdout is not
+        // seen: with it, a line always starts (an empty one, if the
+        // output ended a line).
+        let newline = if capture::stdout_mid_line() || args.ungroup {
+            "\n"
+        } else {
+            ""
+        };
         if let Err(e) = outln!("{newline}{}", serde_json::to_string(&doc)?) {
             if !crate::output::is_broken_pipe(&e) && !capture::stdout_is_terminal() {
                 errln!("ckpt: error: {e:#}");

@@ -47,6 +47,21 @@ fn the_json_summary_is_the_last_line_of_stdout() {
         (doc["job"].as_str(), doc["completed_now"].as_u64()),
         (Some("J"), Some(3))
     );
+
+    // --ungroup hands the output straight to stdout, unseen: the summary
+    // still starts a line of its own.
+    let out = sb
+        .ckpt()
+        .args(["run", "--job", "U", "--json", "-u", "--items"])
+        .arg(&file)
+        .args(["--", "printf", "no-newline"])
+        .run();
+    out.success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert_eq!(lines[0], "no-newline".repeat(3));
+    let doc: serde_json::Value = serde_json::from_str(lines[1]).expect(lines[1]);
+    assert_eq!(doc["completed_now"], 3);
 }
 
 #[test]
