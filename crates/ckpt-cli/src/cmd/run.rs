@@ -59,18 +59,19 @@ pub fn run(url: &str, args: RunArgs) -> Result<ExitCode> {
     super::job_name(&args.job)?;
     let colsep = args.colsep.as_deref().map(colsep).transpose()?;
     if args.results.is_some() && args.max_args > 1 {
-        // One command's output cannot be told apart per item. Refused in a
-        // dry run too: it shows only a run that can happen.
+        // One command's output cannot be told apart per item.
         return Err(
             Usage("--results keeps each item's output: it cannot be used with -n".into()).into(),
         );
     }
+    // Refused in a dry run too, which shows only a run that can happen.
+    let program = resolve_program(&args.command[0])?;
     if args.dry_run {
         return dry::run(url, &args, colsep.as_ref());
     }
     capture::remember_terminals();
     let mut command = args.command.clone();
-    if let Some(program) = resolve_program(&command[0])? {
+    if let Some(program) = program {
         // Spawning by absolute path spares every item a walk of PATH.
         command[0] = program.to_string_lossy().into_owned();
     }

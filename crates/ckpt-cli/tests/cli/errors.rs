@@ -315,16 +315,21 @@ fn missing_items_file_exits_2() {
 #[test]
 fn command_not_found_exits_2_before_enqueueing() {
     let sb = Sandbox::new();
-    let line = sb
-        .ckpt()
-        .args(["run", "--job", "J", "--", "no-such-command-ckpt-test", "{}"])
-        .stdin("a\n")
-        .run()
-        .error(2);
-    assert!(
-        line.contains("command not found: no-such-command-ckpt-test"),
-        "{line}"
-    );
+    // A dry run too: it shows only a run that can happen.
+    for dry in [false, true] {
+        let line = sb
+            .ckpt()
+            .args(["run", "--job", "J"])
+            .args(dry.then_some("--dry-run"))
+            .args(["--", "no-such-command-ckpt-test", "{}"])
+            .stdin("a\n")
+            .run()
+            .error(2);
+        assert!(
+            line.contains("command not found: no-such-command-ckpt-test"),
+            "{line}"
+        );
+    }
     assert!(!sb.db().exists(), "the store was not created");
 
     sb.ckpt()
