@@ -99,7 +99,8 @@ fn completed_by(queue: &Queue, args: &RetryArgs) -> Result<Option<CompletedBy>> 
         ))
     })?;
     if !queue.commands()?.commands.iter().any(|c| c.id == id) {
-        return Err(Usage(format!(
+        // Not found (exit 3), as keys that match no item are.
+        return Err(ckpt::Error::NotFound(format!(
             "job '{}' has no command {id} (see `ckpt show {}`)",
             shown(&args.job),
             super::run::shell_word(&args.job)

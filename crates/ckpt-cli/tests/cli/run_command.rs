@@ -112,8 +112,15 @@ fn retry_by_command_id() {
     let sb = Sandbox::new();
     run(&sb, &["a"], V1);
     run(&sb, &["a", "b"], V2);
-    let bad = sb.ckpt().args(["retry", "J", "--completed-by", "9"]).run();
-    bad.code(2);
+    let line = sb
+        .ckpt()
+        .args(["retry", "J", "--completed-by", "9"])
+        .run()
+        .error(3);
+    assert_eq!(
+        line,
+        "ckpt: error: not found: job 'J' has no command 9 (see `ckpt show J`)"
+    );
     let bad = sb.ckpt().args(["retry", "J", "--completed-by", "x"]).run();
     bad.code(2);
     let mixed = sb

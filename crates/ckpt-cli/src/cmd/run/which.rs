@@ -42,10 +42,11 @@ pub fn record(queue: Queue, job: &str, argv: &[String]) -> Result<Queue> {
 pub fn warning(job: &str, previous: Option<&CommandRecord>, now: &CommandRecord) -> Option<String> {
     let previous = previous.filter(|p| p.id != now.id)?;
     Some(format!(
-        "ckpt: warning: job '{}' was last run with `{}` (completed {} items); now `{}`; `ckpt retry {} --completed-by-other-command` re-runs the items other commands completed",
+        "ckpt: warning: job '{}' was last run with `{}` (completed {} item{}); now `{}`; `ckpt retry {} --completed-by-other-command` re-runs the items other commands completed",
         shown(job),
         shown(&previous.command),
         previous.completed,
+        if previous.completed == 1 { "" } else { "s" },
         shown(&now.command),
         shell_word(job),
     ))
@@ -97,5 +98,7 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('\n'));
+        let one = warning("j", Some(&record(1, "echo {}", 1)), &new).unwrap();
+        assert!(one.contains("(completed 1 item);"), "{one}");
     }
 }
