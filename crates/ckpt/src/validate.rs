@@ -170,9 +170,54 @@ pub fn nesting(what: &str, value: &Value) -> Result<()> {
     Ok(())
 }
 
-/// Parses JSON text given by a user (a cursor or state on the command line).
+/// Parses JSON text given by a user (a cursor or state on the command
+/// line). An integer beyond 64 bits is refused: it would be kept as the
+/// nearest float (`18446744073709551616` read back as
+/// `1.8446744073709552e19`), so a cursor would resume from elsewhere.
 pub fn parse_json(what: &str, text: &str) -> Result<Value> {
-    serde_json::from_str(text).map_err(|e| Error::InvalidInput(format!("{what} is not JSON: {e}")))
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Error::InvalidInput(format!("{what} is not JSON: {e}")))?;
+    if let Some(integer) = wide_integer(text) {
+        return Err(Error::InvalidInput(format!(
+            "{what} holds the integer {integer}, beyond the 64 bits a JSON number is kept in \
+             (-2^63 to 2^64-1): it would be read back rounded; write it as a string"
+        )));
+    }
+    Ok(value)
+}
+
+/// The first integer literal of the JSON text `json` (valid JSON) that fits
+/// neither an `i64` nor a `u64`, if any.
+fn wide_integer(json: &str) -> Option<&str> {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Skip the string, escapes included.
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let number = &json[start..i];
+                let integer = !number.contains(['.', 'e', 'E']);
+                if integer && number.parse::<i64>().is_err() && number.parse::<u64>().is_err() {
+                    return Some(number);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -222,6 +267,41 @@ mod tests {
         obj["a"][1]["b"] = nested(MAX_JSON_NESTING - 2);
         assert!(nesting("state", &obj).is_err());
         assert!(nesting("state", &Value::from("flat")).is_ok());
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_refused_not_rounded() {
+        for fits in [
+            "9223372036854775807",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "1e30",
+            "1.5",
+            "-0",
+            r#"{"id": 18446744073709551615, "s": "123456789012345678901234567890"}"#,
+            r#"["\"", 1, "\\", 2]"#,
+        ] {
+            assert!(parse_json("cursor", fits).is_ok(), "{fits}");
+        }
+        for (wide, named) in [
+            ("18446744073709551616", "18446744073709551616"),
+            ("-9223372036854775809", "-9223372036854775809"),
+            (
+                r#"{"s": "\"1\"", "id": 123456789012345678901234567890}"#,
+                "123456789012345678901234567890",
+            ),
+            ("[1, [2, 99999999999999999999]]", "99999999999999999999"),
+        ] {
+            let err = parse_json("cursor", wide).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidInput(m) if m.starts_with(&format!("cursor holds the integer {named}, beyond"))),
+                "{wide}: {err}"
+            );
+        }
+        assert!(parse_json("cursor", "{")
+            .unwrap_err()
+            .to_string()
+            .contains("is not JSON"));
     }
 
     #[test]

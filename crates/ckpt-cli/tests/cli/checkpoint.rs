@@ -172,6 +172,21 @@ fn cursor_that_is_not_json_exits_2() {
         .run()
         .error(2);
     assert!(line.contains("state is not JSON"), "{line}");
+    // An integer that a JSON number cannot keep exactly, as a cursor, a
+    // state or an expected cursor: refused, not rounded.
+    for args in [
+        vec!["18446744073709551616"],
+        vec!["8", "--state", r#"{"id":123456789012345678901234567890}"#],
+        vec!["8", "--expect", "-9223372036854775809"],
+    ] {
+        let line = sb
+            .ckpt()
+            .args(["checkpoint", "set", "J"])
+            .args(&args)
+            .run()
+            .error(2);
+        assert!(line.contains("beyond the 64 bits"), "{args:?}: {line}");
+    }
     assert_eq!(sb.dump(), before);
     let out = sb.ckpt().args(["checkpoint", "get", "J"]).run();
     out.success();
