@@ -296,3 +296,42 @@ fn a_server_that_stops_answering_fails_the_call_after_the_response_timeout() {
     let stored = ckpt.get_job("hung").unwrap().unwrap().checkpoint.unwrap();
     assert_eq!(stored.cursor, json!(3));
 }
+
+/// A save waiting for a row lock another session holds (one left idle in a
+/// transaction after `SELECT … FOR UPDATE`) fails after `response_timeout`
+/// as unavailable, and the message names that cause beside a hung server;
+/// once the lock is gone, the next save works.
+#[test]
+fn a_save_behind_another_sessions_row_lock_says_where_to_look() {
+    let Some(mut sc) = Scratch::new(format!("ckpt_locked_{}", std::process::id()), 2) else {
+        return;
+    };
+    let url = format!("{}&response_timeout=1", sc.url);
+    let ckpt = Ckpt::new(Arc::new(
+        PgStore::open(&url, OpenMode::CreateIfMissing).unwrap(),
+    ));
+    let cp = |n: u64| Checkpoint::new(json!(n), n);
+    ckpt.set_checkpoint("locked", &cp(1)).unwrap();
+    let mut tx = sc.raw.transaction().unwrap();
+    tx.execute(
+        &format!(
+            "SELECT 1 FROM {}.jobs WHERE name = 'locked' FOR UPDATE",
+            sc.schema
+        ),
+        &[],
+    )
+    .unwrap();
+    match ckpt.set_checkpoint("locked", &cp(2)) {
+        Err(ckpt::Error::Unavailable(m)) => assert!(
+            m.contains("did not answer within 1s")
+                && m.contains("waits for a lock another session holds")
+                && m.contains("idle in transaction"),
+            "{m}"
+        ),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    tx.rollback().unwrap();
+    ckpt.set_checkpoint("locked", &cp(3)).unwrap();
+    let stored = ckpt.get_job("locked").unwrap().unwrap().checkpoint.unwrap();
+    assert_eq!(stored.cursor, json!(3));
+}

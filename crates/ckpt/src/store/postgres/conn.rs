@@ -64,8 +64,11 @@ impl PgStore {
                     }
                     None => {
                         self.pool.retain(|_, _| false);
+                        // Either the server (or a pooler) hangs, or the
+                        // statement waits for a row lock: most often
+                        // another session's, left idle in a transaction.
                         return Err(Error::Unavailable(format!(
-                            "PostgreSQL did not answer within {}s (response_timeout)",
+                            "PostgreSQL did not answer within {}s (response_timeout): the server or a pooler hangs, or the statement waits for a lock another session holds (look for 'idle in transaction' in pg_stat_activity)",
                             limit.as_secs()
                         )));
                     }
