@@ -168,7 +168,17 @@ impl PgStore {
         };
         let mut config: tokio_postgres::Config =
             conn_str.parse().map_err(|e: tokio_postgres::Error| {
-                Error::Open(format!("{redacted}: {}", scrub(&e.to_string(), url)))
+                // "invalid connection string" says little; its cause names
+                // the option ("unknown option `bogus`", "invalid value for
+                // option `port`").
+                let why = match std::error::Error::source(&e) {
+                    Some(cause) if cause.to_string().starts_with("unknown option") => format!(
+                        "{e}: {cause} (ckpt's own are schema, pool_size, pooler, group_commit, response_timeout, sslmode, sslrootcert, sslcert and sslkey; the others libpq's, as the driver knows them)"
+                    ),
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                };
+                Error::Open(format!("{redacted}: {}", scrub(&why, url)))
             })?;
         if pooler == Pooler::None {
             // The schema in the startup packet: no round trip. Poolers
@@ -417,7 +427,15 @@ mod tests {
                 "postgres://u:pw1@127.0.0.1/db?pool_size=99999999999999",
                 "pool_size",
             ),
-            ("postgres://u:pw1@127.0.0.1:notaport/db", "127.0.0.1"),
+            (
+                "postgres://u:pw1@127.0.0.1:notaport/db",
+                "invalid connection string: invalid value for option `port`",
+            ),
+            // The option named, and ckpt's own listed.
+            (
+                "postgres://u:pw1@127.0.0.1/db?bogus=1",
+                "unknown option `bogus` (ckpt's own are schema, pool_size",
+            ),
             // An unencoded `@` in the password: the driver would take
             // `1@127.0.0.1` for the host.
             ("postgres://u:pw1@1@127.0.0.1/db", "%40"),
