@@ -57,11 +57,17 @@ pub struct Snapshot {
     pub eta: Option<Duration>,
     /// The run is stopping (waiting for its running commands).
     pub stopping: bool,
+    /// The run holds no item and waits this long for the next to become
+    /// due (a retry's backoff, another run's lease).
+    pub waiting: Option<Duration>,
 }
 
 impl Snapshot {
     pub fn new(start: &Start, live: &RunProgress, elapsed: Duration) -> Snapshot {
         let stopping = start.stop.is_stopped();
+        let waiting = live
+            .waiting_until()
+            .map(|until| until.saturating_duration_since(std::time::Instant::now()));
         let start = &start.counts;
         let total = start.total();
         let done = (start.completed + live.completed()).min(total);
@@ -76,7 +82,9 @@ impl Snapshot {
         let eta = if left == 0 {
             Some(Duration::ZERO)
         } else if rate > 0.0 {
-            Some(Duration::from_secs_f64(left as f64 / rate))
+            // Not before the item it waits for is due.
+            let at_rate = Duration::from_secs_f64(left as f64 / rate);
+            Some(waiting.map_or(at_rate, |w| w.max(at_rate)))
         } else {
             None
         };
@@ -88,6 +96,7 @@ impl Snapshot {
             rate,
             eta,
             stopping,
+            waiting,
         }
     }
 
@@ -99,15 +108,21 @@ impl Snapshot {
         }
     }
 
-    /// "56 items/s, eta 1m07s, 0 dead, 3 failed attempts[, stopping]"
+    /// "56 items/s, eta 1m07s, 0 dead, 3 failed attempts[, stopping |
+    /// , waiting: next item due in 59m12s]"
     fn details(&self) -> String {
         let eta = self.eta.map_or_else(|| "unknown".to_string(), compact);
+        let state = match (self.stopping, self.waiting) {
+            (true, _) => ", stopping".to_string(),
+            // Else a run that waits out a long backoff looks hung.
+            (false, Some(left)) => format!(", waiting: next item due in {}", compact(left)),
+            (false, None) => String::new(),
+        };
         format!(
-            "{} items/s, eta {eta}, {} dead, {} failed attempts{}",
+            "{} items/s, eta {eta}, {} dead, {} failed attempts{state}",
             rate(self.rate),
             self.dead,
             self.failed,
-            if self.stopping { ", stopping" } else { "" }
         )
     }
 
@@ -391,10 +406,29 @@ mod tests {
             rate: 56.0,
             eta: Some(Duration::from_secs_f64((5000.0 - 1234.0) / 56.0)),
             stopping: false,
+            waiting: None,
         };
         assert_eq!(
             snap.line("J"),
             "ckpt: J: 1234/5000 done (24.7%), 56 items/s, eta 1m07s, 0 dead, 3 failed attempts"
         );
+        let waiting = Snapshot {
+            waiting: Some(Duration::from_secs(3552)),
+            ..snap.clone()
+        };
+        assert!(
+            waiting
+                .line("J")
+                .ends_with(", 3 failed attempts, waiting: next item due in 59m12s"),
+            "{}",
+            waiting.line("J")
+        );
+        let stopping = Snapshot {
+            stopping: true,
+            ..waiting
+        };
+        assert!(stopping
+            .line("J")
+            .ends_with(", 3 failed attempts, stopping"));
     }
 }

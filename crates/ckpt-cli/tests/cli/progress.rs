@@ -361,3 +361,52 @@ fn a_hung_up_terminal_drops_the_output_and_completes_the_items() {
         );
     }
 }
+
+/// A run that holds no item and waits for one to become due (here a
+/// retry an hour away) says so in its progress, rather than looking hung,
+/// and its eta is no sooner.
+#[test]
+fn a_run_waiting_for_a_retry_says_when_it_is_due() {
+    let sb = Sandbox::new();
+    let file = sb.write_items("items.txt", &["bad".to_string(), "ok".to_string()]);
+    let running = sb
+        .ckpt()
+        .args(["run", "--job", "J", "--items"])
+        .arg(&file)
+        .args([
+            "--retries",
+            "1",
+            "--backoff",
+            "1h",
+            "--progress-interval",
+            "50ms",
+        ])
+        .args(["--", "sh", "-c", "[ $0 = ok ]"])
+        .start();
+    wait_until(Duration::from_secs(30), "a line saying it waits", || {
+        progress_lines(&running.stderr_so_far())
+            .iter()
+            .any(|l| l.contains(", waiting: next item due in "))
+    });
+    let lines = progress_lines(&running.stderr_so_far());
+    let line = lines.iter().find(|l| l.contains(", waiting: ")).unwrap();
+    assert!(
+        line.starts_with("ckpt: J: 1/2 done (50.0%), ")
+            && line.contains(", 1 failed attempts, waiting: next item due in "),
+        "{line}"
+    );
+    // Minutes in "1h07m" or "54m45s" (the backoff is an hour, give or
+    // take 20 % jitter).
+    let minutes = |after: &str| -> u64 {
+        let text = line.split(after).nth(1).unwrap();
+        match text.split_once('h') {
+            Some((h, rest)) => h.parse::<u64>().unwrap() * 60 + rest[..2].parse::<u64>().unwrap(),
+            None => text.split_once('m').expect(line).0.parse().unwrap(),
+        }
+    };
+    let due = minutes("due in ");
+    assert!((47..=73).contains(&due), "{line}");
+    assert!(minutes("eta ") >= due, "{line}");
+    running.signal(libc::SIGTERM);
+    running.wait(Duration::from_secs(30)).code(143);
+}

@@ -151,9 +151,14 @@ impl<'r, 'q> Coordinator<'r, 'q> {
         }
         let in_hand = snapshot.held + claimed;
         let mut unclaimable = false;
+        let mut waiting_until = None;
         if in_hand == 0 && self.unsaved.is_empty() {
             // An index lookup, where counting would scan every item.
-            match self.runner.queue.next_ready_at()? {
+            let next = self.runner.queue.next_ready_at()?;
+            if let Some(due) = next.filter(|due| *due > claimed_at) {
+                waiting_until = Some(Instant::now() + due.since(claimed_at));
+            }
+            match next {
                 None => return self.finish().map(Some),
                 // Due when this round claimed, yet it got nothing. For a
                 // moment that is another worker's claim in flight (a row it
@@ -188,6 +193,7 @@ impl<'r, 'q> Coordinator<'r, 'q> {
         if !unclaimable {
             self.unclaimable_since = None;
         }
+        self.runner.progress.set_waiting_until(waiting_until);
         self.wait(in_hand)?;
         Ok(None)
     }

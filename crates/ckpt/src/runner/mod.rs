@@ -203,6 +203,8 @@ struct ProgressCounts {
     dead: AtomicU64,
     released: AtomicU64,
     lost: AtomicU64,
+    /// See [`RunProgress::waiting_until`].
+    waiting_until: Mutex<Option<std::time::Instant>>,
 }
 
 impl RunProgress {
@@ -229,6 +231,25 @@ impl RunProgress {
     /// Outcomes refused because the lease was lost.
     pub fn lost(&self) -> u64 {
         self.inner.lost.load(Ordering::Relaxed)
+    }
+
+    /// While the run holds no item and waits for one to become due (a
+    /// retry's backoff, an item another run holds until its lease ends):
+    /// when the next one is. `None` while it has items in hand.
+    pub fn waiting_until(&self) -> Option<std::time::Instant> {
+        *self
+            .inner
+            .waiting_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_waiting_until(&self, until: Option<std::time::Instant>) {
+        *self
+            .inner
+            .waiting_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = until;
     }
 
     fn add(counter: &AtomicU64) {
