@@ -604,9 +604,9 @@ impl Watchdog {
                 if h.fence.is_lost() {
                     continue;
                 }
-                let (left, reason, since) = self.until_stop(h, now);
+                let (left, _, _) = self.until_stop(h, now);
                 if left.is_zero() {
-                    due.push((*k, h.fence.clone(), reason, since));
+                    due.push((*k, h.fence.clone()));
                 } else {
                     next = next.min(left);
                     deadlines.push((h.fence.clone(), now + left));
@@ -625,6 +625,19 @@ impl Watchdog {
                 }
             }
             if !due.is_empty() {
+                // Looked at again under the lock: a renewal confirmed while
+                // it was let go (a process resumed after a stop renews at
+                // once, and a worker may start the item it confirmed) must
+                // not be fenced on what was read before it.
+                let now = Instant::now();
+                let due: Vec<_> = due
+                    .into_iter()
+                    .filter_map(|(k, fence)| {
+                        let h = g.held.get(&k).filter(|_| !fence.is_lost())?;
+                        let (left, reason, since) = self.until_stop(h, now);
+                        left.is_zero().then_some((k, fence, reason, since))
+                    })
+                    .collect();
                 drop(g);
                 for ((id, token), fence, reason, since) in due {
                     let lease = ItemLease {
@@ -768,6 +781,64 @@ mod tests {
         assert!(dog.fence(&lease(1, 2)).is_none());
         dog.release(&lease(1, 1));
         assert!(dog.fence(&lease(1, 1)).is_none());
+        dog.stop();
+        thread.join().unwrap();
+    }
+
+    /// A renewal confirmed while the watchdog has let its lock go (to
+    /// publish other deadlines) is seen before it trips anything: a lease
+    /// found lapsed a moment before, now confirmed, keeps its fence. (A
+    /// process resumed after a stop renews at once, and a worker may start
+    /// the item it confirmed.)
+    #[test]
+    fn a_renewal_confirmed_while_the_watchdog_publishes_is_not_fenced() {
+        use std::sync::atomic::AtomicBool;
+        let store: Arc<dyn Store> = Arc::new(crate::store::MemoryStore::new());
+        let dog = Arc::new(Watchdog::new(Duration::from_secs(2), "j", store));
+        let now = Instant::now();
+        let at = |sent| Confirmation {
+            sent,
+            session: None,
+        };
+        let Some(lapsed) = now.checked_sub(Duration::from_secs(60)) else {
+            eprintln!("skipped: the monotonic clock is under a minute old");
+            return;
+        };
+        let (a, b) = (lease(1, 1), lease(2, 1));
+        dog.hold(&a, at(lapsed));
+        dog.hold(&b, at(now));
+        // B's deadline moves (a newer renewal, heard by its hook only from
+        // the watchdog), and its hook confirms A: the renewal lands while
+        // the watchdog publishes, after it found A lapsed.
+        let armed = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let hook = {
+            let (dog, armed, a) = (Arc::clone(&dog), Arc::clone(&armed), a.clone());
+            let tx = std::sync::Mutex::new(tx);
+            move |_: Instant, _: Instant| {
+                if armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    dog.confirm(&a, at(Instant::now()));
+                    let _ = tx.lock().unwrap().send(Instant::now());
+                }
+            }
+        };
+        dog.lock().held[&key(&b)].fence.on_deadline(hook);
+        std::thread::sleep(Duration::from_millis(50));
+        dog.confirm(&b, at(Instant::now()));
+        armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let thread = {
+            let dog = Arc::clone(&dog);
+            std::thread::spawn(move || dog.watch())
+        };
+        let confirmed_at = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the hook ran");
+        // The watchdog went on to sleep after that: it has done with A.
+        while dog.lock().next_look.is_none_or(|look| look <= confirmed_at) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let fence_a = dog.lock().held[&key(&a)].fence.clone();
+        assert!(!fence_a.is_lost(), "fenced: {:?}", fence_a.reason());
         dog.stop();
         thread.join().unwrap();
     }
