@@ -334,9 +334,10 @@ pub enum ItemChange {
     /// under a retry policy that allowed more), which the claim that found
     /// it so never ran.
     Bury {
-        /// The error message kept as `last_error`; `None` keeps the one
-        /// recorded (and its output), the last attempt's own failure.
-        error: Option<String>,
+        /// The error message kept as `last_error` when the item has none
+        /// recorded; one recorded (its last failure) is kept, with its
+        /// output.
+        error: String,
     },
     /// Give the item back unfinished, as if this claim had not happened: it
     /// is pending again (claimable at once, in enqueue order) and the

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use std::time::Duration;
 
+use serde_json::{json, Value};
+
 use crate::util::{process_gone, stored_items, wait_until, Sandbox};
 
 /// Appends its arguments, joined by `|`, as one line to `log`.
@@ -413,16 +415,19 @@ fn dry_run_leaves_out_the_items_a_run_would_bury() {
 
 /// A failed item whose attempts a re-run's lower `--retries` has used up is
 /// moved to the dead-letter list unrun, its own failure kept as its error
-/// (its command did report back: nothing died), and the dry run says so
-/// beforehand.
+/// and output (its command did report back: nothing died); the dry run
+/// says so beforehand, and the run counts it as dead now.
 #[test]
 fn a_lower_retries_buries_a_failed_item_keeping_its_failure() {
     let sb = Sandbox::new();
     let items = sb.write("items.txt", "bad\ngood\n");
+    // `bad` fails once, then blocks in its retry until stopped.
     let script = [
         "sh",
         "-c",
-        "echo $0 >> log; [ $0 = good ] || { echo corrupt $0 >&2; exit 1; }",
+        r#"echo $0 >> log; [ $0 = good ] && exit 0
+if [ -e failed-once ]; then touch blocked; while :; do sleep 0.05; done; fi
+touch failed-once; echo corrupt $0 >&2; exit 1"#,
     ];
     let run = |extra: &[&str]| {
         sb.ckpt()
@@ -432,29 +437,41 @@ fn a_lower_retries_buries_a_failed_item_keeping_its_failure() {
             .arg("--")
             .args(script)
     };
-    // One failed attempt of "bad", its retry (--retries 1) 2 s away: the
-    // run is stopped while it waits.
-    let first = run(&["--retries", "1", "--backoff", "2s"]).start();
-    wait_until(Duration::from_secs(30), "`bad` to fail once", || {
-        // Its command ran, so the store and the job exist.
-        sb.join("log").exists() && crate::util::stored_items(&sb, "J")["bad"]["status"] == "failed"
+    // Stopped during the retry (--retries 1), killed at once (--grace 0s):
+    // it is given back, pending, its one failed attempt and that failure
+    // kept.
+    let first = run(&["--retries", "1", "--backoff", "1ms", "--grace", "0s"]).start();
+    wait_until(Duration::from_secs(30), "the retry to start", || {
+        sb.join("blocked").exists()
     });
     first.signal(libc::SIGTERM);
     first.wait(Duration::from_secs(30)).code(143);
-    let run = |extra: &[&str]| run(extra).run();
+    let stored = crate::util::stored_items(&sb, "J");
+    assert_eq!(
+        (&stored["bad"]["status"], &stored["bad"]["attempts"]),
+        (&json!("pending"), &json!(1)),
+        "{stored:?}"
+    );
 
-    let dry = run(&["--retries", "0", "--dry-run"]);
+    let dry = run(&["--retries", "0", "--dry-run"]).run();
     dry.success();
-    assert!(!dry.stdout.contains("bad"), "{}", dry.stdout);
+    assert!(!dry.stdout.contains(" bad"), "{}", dry.stdout);
     assert!(
         dry.stderr
             .contains("1 item(s) would move to the dead-letter list unrun: they were tried as often as --retries allows"),
         "{}",
         dry.stderr
     );
-    let out = run(&["--retries", "0"]);
+    let out = run(&["--retries", "0", "--json"]).run();
     out.code(1);
-    assert_eq!(sb.lines("log"), ["bad", "good"], "`bad` ran once");
+    let summary: Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["dead_now"], 1, "{summary}");
+    let ran = sb.lines("log");
+    assert_eq!(
+        ran.iter().filter(|l| *l == "bad").count(),
+        2,
+        "`bad` not run again: {ran:?}"
+    );
     let stored = crate::util::stored_items(&sb, "J");
     let bad = &stored["bad"];
     assert_eq!(bad["status"], "dead", "{stored:?}");

@@ -158,7 +158,7 @@ impl Queue {
     /// expired lease) for this worker, which starts them now: each claim
     /// counts an attempt.
     pub fn claim(&self, max: usize) -> Result<Vec<ClaimedItem>> {
-        self.claim_as(max, true)
+        self.claim_as(max, true).map(|(claimed, _)| claimed)
     }
 
     /// Claims up to `max` ready items ahead of starting them: mark each
@@ -166,6 +166,16 @@ impl Queue {
     /// gives them back before that, they cost no attempt: attempts count
     /// executions. (The [`Runner`](crate::Runner) claims this way.)
     pub fn claim_ahead(&self, max: usize) -> Result<Vec<ClaimedItem>> {
+        self.claim_as(max, false).map(|(claimed, _)| claimed)
+    }
+
+    /// [`claim_ahead`](Queue::claim_ahead), and how many items the claim
+    /// moved to the dead-letter list unrun, their attempts used up already
+    /// (see `bury_exhausted`): the runner counts them as this run's dead.
+    pub(crate) fn claim_ahead_counting_buried(
+        &self,
+        max: usize,
+    ) -> Result<(Vec<ClaimedItem>, u64)> {
         self.claim_as(max, false)
     }
 
@@ -185,7 +195,8 @@ impl Queue {
         self.apply(&lease_updates(items, ItemChange::Start { lease_until }))
     }
 
-    fn claim_as(&self, max: usize, started: bool) -> Result<Vec<ClaimedItem>> {
+    /// The items claimed, and how many more were buried.
+    fn claim_as(&self, max: usize, started: bool) -> Result<(Vec<ClaimedItem>, u64)> {
         let now = self.ckpt.now();
         let claimed = self.ckpt.store().claim(
             &self.job,
@@ -195,7 +206,7 @@ impl Queue {
             started,
             now,
         )?;
-        let claimed = self.bury_exhausted(claimed)?;
+        let (claimed, buried) = self.bury_exhausted(claimed)?;
         if !claimed.is_empty() {
             metrics::counter!("ckpt_item_attempts_total", "job" => self.job.clone())
                 .increment(claimed.len() as u64);
@@ -224,34 +235,32 @@ impl Queue {
                 self.ckpt.kill_orphans_of(&owner);
             }
         }
-        Ok(claimed)
+        Ok((claimed, buried))
     }
 
     /// Moves to the dead-letter list, without running them, the claimed
     /// items whose attempts are used up already: each of them started as
-    /// often as the retry policy allows, and either never came back (its
-    /// worker died while running it, every time) or failed the last time
-    /// (the policy allowed more then: that failure stays its error).
-    /// Returns the others.
-    fn bury_exhausted(&self, claimed: Vec<ClaimedItem>) -> Result<Vec<ClaimedItem>> {
+    /// often as the retry policy allows (a policy that allowed more when
+    /// it last failed, or its workers died running it every time). Its
+    /// last failure stays its error; with none recorded, every attempt
+    /// ended with its worker gone, and the error says so. Returns the
+    /// others, and how many it buried.
+    fn bury_exhausted(&self, claimed: Vec<ClaimedItem>) -> Result<(Vec<ClaimedItem>, u64)> {
         let max = self.options.retry.max_attempts;
         let (exhausted, runnable): (Vec<_>, Vec<_>) =
             claimed.into_iter().partition(|i| i.attempt > max);
         if exhausted.is_empty() {
-            return Ok(runnable);
+            return Ok((runnable, 0));
         }
         // Dead unrun: the claim that found them so takes its attempt back,
         // so the count says how often each ran.
         let verdicts: Vec<settle::Verdict> = exhausted
             .iter()
             .map(|item| {
-                // Taken over: its last worker died running it; else its
-                // last attempt ended, failed (a completed or dead item is
-                // never claimed, a released one counts no attempt).
-                settle::Verdict::Bury(match item.taken_over_from {
-                    Some(_) => settle::Exhausted::WorkersDied,
-                    None => settle::Exhausted::Failed,
-                })
+                settle::Verdict::Bury(format!(
+                    "started {} time(s) and its worker never reported back (it died while running it each time); not run again",
+                    item.attempt.saturating_sub(1)
+                ))
             })
             .collect();
         let updates: Vec<ItemUpdate> = exhausted
@@ -260,15 +269,18 @@ impl Queue {
             .map(|(item, verdict)| verdict.update(item, None))
             .collect();
         let results = self.apply(&updates)?;
+        let mut buried = 0;
         for ((item, verdict), result) in exhausted.into_iter().zip(verdicts).zip(results) {
             let attempt = Attempt {
                 item,
                 outcome: Outcome::Fatal(String::new()),
                 ran_for: None,
             };
-            self.record(&attempt, verdict, result);
+            if matches!(self.record(&attempt, verdict, result), Settled::Dead) {
+                buried += 1;
+            }
         }
-        Ok(runnable)
+        Ok((runnable, buried))
     }
 
     /// [`Error::InvalidInput`] for an item claimed from another job's

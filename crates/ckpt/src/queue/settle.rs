@@ -264,21 +264,14 @@ impl Queue {
                 );
                 Settled::Retrying(at)
             }
-            Verdict::Bury(why) => {
-                let ran = n.saturating_sub(1);
-                let why = match why.error(&attempt.item) {
-                    Some(error) => error,
-                    None => format!(
-                        "failed on its last attempt, and {ran} attempt(s) are as many as the retry policy allows (max_attempts {}); not run again, its last failure kept",
-                        self.options.retry.max_attempts
-                    ),
-                };
+            Verdict::Bury(error) => {
                 tracing::error!(
                     event = "item_dead",
                     job,
                     key,
-                    attempt = ran,
-                    "item {why}; moved to the dead-letter list"
+                    attempt = n.saturating_sub(1),
+                    "item tried as often as the retry policy allows (max_attempts {}), not run again: moved to the dead-letter list with its last recorded error, or, none recorded, as {error}",
+                    self.options.retry.max_attempts
                 );
                 Settled::Dead
             }
@@ -342,34 +335,9 @@ pub(super) enum Verdict {
     /// Given back unfinished.
     Release,
     /// Dead unrun, its attempts used up before this claim (see
-    /// `Queue::bury_exhausted`): the claim's attempt is taken back.
-    Bury(Exhausted),
-}
-
-/// How an item's attempts were used up before the claim that found it so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Exhausted {
-    /// Its workers died while running it, every time (it was taken over
-    /// from the last): its error says so.
-    WorkersDied,
-    /// Its last attempt failed, and was recorded so, under a retry policy
-    /// that allowed more than this queue's (lowered since, or another
-    /// queue's): that failure stays its error.
-    Failed,
-}
-
-impl Exhausted {
-    /// The error to record: for a failed item, none (the recorded one
-    /// stays).
-    fn error(self, item: &ClaimedItem) -> Option<String> {
-        match self {
-            Exhausted::WorkersDied => Some(format!(
-                "started {} time(s) and its worker never reported back (it died while running it each time); not run again",
-                item.attempt.saturating_sub(1)
-            )),
-            Exhausted::Failed => None,
-        }
-    }
+    /// `Queue::bury_exhausted`): the claim's attempt is taken back, and
+    /// the error kept unless the item has one recorded.
+    Bury(String),
 }
 
 impl Verdict {
@@ -391,8 +359,8 @@ impl Verdict {
                 output: output.clone(),
             },
             Verdict::Release => ItemChange::Release,
-            Verdict::Bury(why) => ItemChange::Bury {
-                error: why.error(item),
+            Verdict::Bury(error) => ItemChange::Bury {
+                error: error.clone(),
             },
         };
         ItemUpdate {

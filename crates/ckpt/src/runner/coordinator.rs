@@ -309,7 +309,17 @@ impl<'r, 'q> Coordinator<'r, 'q> {
             return Ok(0);
         }
         let (sent, session) = (Instant::now(), self.dog.session_before());
-        let items = self.runner.queue.claim_ahead(capacity - held)?;
+        let (items, buried) = self
+            .runner
+            .queue
+            .claim_ahead_counting_buried(capacity - held)?;
+        // Dead unrun (no attempt of this run): this run's dead all the same.
+        self.report.dead += buried;
+        self.runner
+            .progress
+            .inner
+            .dead
+            .fetch_add(buried, std::sync::atomic::Ordering::Relaxed);
         let by = self.dog.confirmation(sent, session);
         for item in &items {
             self.dog.hold(&item.lease, by);

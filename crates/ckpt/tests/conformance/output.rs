@@ -148,3 +148,41 @@ fn a_lowered_retry_policy_buries_a_failed_item_keeping_its_failure(store: Option
     assert!(rec.finished_at.is_some(), "{rec:?}");
     assert_eq!(strict.counts().unwrap().dead, 1);
 }
+
+/// An item whose worker died running it, taken over and then given back
+/// unfinished (a run stopped), has no failure recorded: a queue allowing
+/// one attempt buries it saying its worker never reported back.
+#[apply(every_store)]
+fn a_buried_item_without_a_recorded_failure_says_its_worker_died(store: Option<Fixture>) {
+    let Some(f) = &store else { return };
+    let clock = ManualClock::new(T0);
+    let opts = queue_options(3);
+    let lease = opts.lease;
+    let w1 = worker(f, &clock, "w1")
+        .queue_with("released", opts.clone())
+        .unwrap();
+    w1.enqueue([NewItem::key("x")]).unwrap();
+    let x = w1.claim(1).unwrap().pop().unwrap();
+    assert!(w1.start([&x]).unwrap().iter().all(|r| r.is_ok()));
+    // W1 dies; w2 takes x over, then stops and gives it back.
+    clock.advance(lease);
+    let w2 = worker(f, &clock, "w2")
+        .queue_with("released", opts)
+        .unwrap();
+    let taken = w2.claim(1).unwrap().pop().unwrap();
+    assert_eq!(taken.attempt, 2);
+    assert!(taken.taken_over_from.is_some());
+    w2.release(&taken).unwrap();
+    let strict = worker(f, &clock, "w3")
+        .queue_with("released", queue_options(1))
+        .unwrap();
+    assert_eq!(strict.claim(1).unwrap(), []);
+    let rec = item(&strict, "x");
+    assert_eq!(rec.status, ItemStatus::Dead, "{rec:?}");
+    assert_eq!(
+        rec.last_error.as_deref(),
+        Some("started 1 time(s) and its worker never reported back (it died while running it each time); not run again")
+    );
+    assert_eq!(rec.last_output, None);
+    assert_eq!(rec.attempts, 1, "{rec:?}");
+}

@@ -175,6 +175,8 @@ impl ItemState {
             // The output goes with its error: a failure without output
             // leaves none of an earlier failure's beside it.
             self.last_output = patch.last_output.clone();
+        } else if self.last_error.is_none() {
+            self.last_error = patch.error_unless_recorded.clone();
         }
         if let Some(at) = patch.finished_at {
             self.finished_at = Some(at);
@@ -317,6 +319,10 @@ pub struct ItemPatch {
     pub stats: Option<Value>,
     /// A new last error.
     pub last_error: Option<String>,
+    /// The error written when `last_error` is `None` and the item has none
+    /// recorded (a bury: see [`ItemPatch::new`]); its output is left as it
+    /// is (none).
+    pub error_unless_recorded: Option<String>,
     /// Its output, written whenever `last_error` is (`None` then clears
     /// it), at most [`MAX_LAST_OUTPUT`] bytes.
     pub last_output: Option<String>,
@@ -337,9 +343,9 @@ impl ItemPatch {
     /// - complete: completed, finished now, the stats saved;
     /// - fail with a retry time: failed, ready at that time, the error kept;
     /// - fail without one: dead, finished now, the error kept;
-    /// - bury: dead, finished now, the error kept (or, none given, the
-    ///   recorded one and its output), and the attempt the claim counted
-    ///   taken back (it never ran);
+    /// - bury: dead, finished now, the error kept unless the item has one
+    ///   recorded (its last failure, kept with its output), and the
+    ///   attempt the claim counted taken back (it never ran);
     /// - release: pending again, claimable at once in enqueue order, and
     ///   the attempt the claim counted taken back (cursor, last error and
     ///   claim count are kept).
@@ -351,6 +357,7 @@ impl ItemPatch {
             cursor: None,
             stats: None,
             last_error: None,
+            error_unless_recorded: None,
             last_output: None,
             finished_at: None,
             started_at: None,
@@ -397,8 +404,7 @@ impl ItemPatch {
                 status: ItemStatus::Dead,
                 ready_at: None,
                 attempts_back: 1,
-                last_error: error.as_ref().map(|e| e.replace('\0', "\u{fffd}")),
-                last_output: None,
+                error_unless_recorded: Some(error.replace('\0', "\u{fffd}")),
                 finished_at: Some(now),
                 ..running(now)
             },
@@ -432,6 +438,10 @@ impl ItemPatch {
             cursor: next.cursor.clone().or_else(|| self.cursor.clone()),
             stats: next.stats.clone().or_else(|| self.stats.clone()),
             last_error: next.last_error.clone().or_else(|| self.last_error.clone()),
+            error_unless_recorded: next
+                .error_unless_recorded
+                .clone()
+                .or_else(|| self.error_unless_recorded.clone()),
             // The output goes with the error it is written beside.
             last_output: match next.last_error {
                 Some(_) => next.last_output.clone(),

@@ -33,7 +33,7 @@ pub(super) async fn apply_update(
         .cexecute(
             "UPDATE items SET status = $4, ready_at = $5, attempts = GREATEST(attempts - $6, 0),
                  cursor = COALESCE($7, cursor), stats = COALESCE($8, stats),
-                 last_error = COALESCE($9, last_error), finished_at = COALESCE($10, finished_at),
+                 last_error = COALESCE($9, last_error, $15), finished_at = COALESCE($10, finished_at),
                  owner_key = COALESCE($11, owner_key), started_at = COALESCE($12, started_at),
                  command_id = COALESCE($13, command_id),
                  last_output = CASE WHEN $9::TEXT IS NULL THEN last_output ELSE $14 END
@@ -53,6 +53,7 @@ pub(super) async fn apply_update(
                 &p.started_at.map(|t| t.0),
                 &p.command,
                 &p.last_output,
+                &p.error_unless_recorded,
             ],
         )
         .await
@@ -112,6 +113,7 @@ pub(super) async fn update_batch(
     let mut started = Vec::with_capacity(n);
     let mut commands = Vec::with_capacity(n);
     let mut outputs = Vec::with_capacity(n);
+    let mut defaults = Vec::with_capacity(n);
     for u in updates {
         let p = ItemPatch::new(&u.change, now);
         ids.push(u.lease.id);
@@ -127,13 +129,14 @@ pub(super) async fn update_batch(
         started.push(p.started_at.map(|t| t.0));
         commands.push(p.command);
         outputs.push(p.last_output);
+        defaults.push(p.error_unless_recorded);
     }
     let applied: HashSet<i64> = tx
         .cquery(
             "UPDATE items i SET status = u.status, ready_at = u.ready_at,
                  attempts = GREATEST(i.attempts - u.back, 0),
                  cursor = COALESCE(u.cursor, i.cursor), stats = COALESCE(u.stats, i.stats),
-                 last_error = COALESCE(u.last_error, i.last_error),
+                 last_error = COALESCE(u.last_error, i.last_error, u.error_unless_recorded),
                  finished_at = COALESCE(u.finished_at, i.finished_at),
                  owner_key = COALESCE($11, i.owner_key),
                  started_at = COALESCE(u.started_at, i.started_at),
@@ -142,9 +145,9 @@ pub(super) async fn update_batch(
                                     ELSE u.last_output END
              FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[],
                          $6::INT[], $7::JSONB[], $8::JSONB[], $9::TEXT[], $10::BIGINT[],
-                         $12::BIGINT[], $13::BIGINT[], $14::TEXT[])
+                         $12::BIGINT[], $13::BIGINT[], $14::TEXT[], $15::TEXT[])
                  AS u(id, owner, token, status, ready_at, back, cursor, stats, last_error,
-                      finished_at, started_at, command_id, last_output)
+                      finished_at, started_at, command_id, last_output, error_unless_recorded)
              WHERE i.id = u.id AND i.status = 'running' AND i.owner = u.owner
                AND i.claims = u.token
              RETURNING i.id",
@@ -163,6 +166,7 @@ pub(super) async fn update_batch(
                 &started,
                 &commands,
                 &outputs,
+                &defaults,
             ],
         )
         .await

@@ -46,7 +46,7 @@ impl RedisStore {
 
 /// The script arguments of one update: the item, its lease, and its
 /// change's [`ItemPatch`].
-fn update_args(u: &ItemUpdate, now: Timestamp) -> Result<[String; 14]> {
+fn update_args(u: &ItemUpdate, now: Timestamp) -> Result<[String; 15]> {
     let (job_num, seq) = split_item_id(u.lease.id).unwrap_or((0, 0));
     let p = ItemPatch::new(&u.change, now);
     let json = |v: &Option<serde_json::Value>| v.as_ref().map(to_json).transpose();
@@ -66,6 +66,7 @@ fn update_args(u: &ItemUpdate, now: Timestamp) -> Result<[String; 14]> {
         opt_arg(time(p.started_at).as_deref()),
         opt_arg(p.command.map(|c| c.to_string()).as_deref()),
         opt_arg(p.last_output.as_deref()),
+        opt_arg(p.error_unless_recorded.as_deref()),
     ])
 }
 

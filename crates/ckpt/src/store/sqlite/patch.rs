@@ -19,7 +19,7 @@ macro_rules! patch_set {
     () => {
         "status = :status, ready_at = :ready_at, attempts = max(attempts - :attempts_back, 0),
          cursor = coalesce(:cursor, cursor), stats = coalesce(:stats, stats),
-         last_error = coalesce(:last_error, last_error),
+         last_error = coalesce(:last_error, last_error, :error_unless_recorded),
          finished_at = coalesce(:finished_at, finished_at),
          started_at = coalesce(:started_at, started_at),
          command_id = coalesce(:command, command_id),
@@ -66,6 +66,7 @@ impl<'p> PatchValues<'p> {
             (":cursor", &self.cursor),
             (":stats", &self.stats),
             (":last_error", &p.last_error),
+            (":error_unless_recorded", &p.error_unless_recorded),
             (":finished_at", &self.finished_at),
             (":started_at", &self.started_at),
             (":command", &p.command),

@@ -2,7 +2,8 @@
 -- the change's values as the item state machine computed them (the
 -- caller's ItemPatch): status, ready_at, attempts taken back, cursor,
 -- stats, last error, finished_at, started_at, command id, last output
--- (written whenever the last error is: '' then clears it). Optional values arrive as '' (keep the
+-- (written whenever the last error is: '' then clears it), the error to
+-- write when there is none and the item has none recorded (a bury). Optional values arrive as '' (keep the
 -- stored value) or '+' .. value. A pending item's ready time is its place
 -- in the `pending` set (enqueue order), so it is not stored.
 -- Returns {'ok', result per update}: {'ok'}, {'fenced', key, status,
@@ -12,13 +13,13 @@ local touched = {}
 -- Every record read (and checked) before the first write. Updates of one
 -- item share its record, so a later one sees what an earlier one changed.
 local recs = {}
-for i = 3, #ARGV, 14 do
+for i = 3, #ARGV, 15 do
   local id = ARGV[i] .. ':' .. ARGV[i + 1]
   if recs[id] == nil then
     recs[id] = redis.call('EXISTS', jk(ARGV[i])) == 1 and get_item(ARGV[i], ARGV[i + 1]) or false
   end
 end
-for i = 3, #ARGV, 14 do
+for i = 3, #ARGV, 15 do
   local n, seq, owner, token = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local rec = recs[n .. ':' .. seq]
   if not rec then
@@ -39,6 +40,8 @@ for i = 3, #ARGV, 14 do
     if last_error then
       rec.last_error = last_error
       rec.last_output = opt(ARGV[i + 13])
+    elseif not rec.last_error then
+      rec.last_error = opt(ARGV[i + 14])
     end
     rec.finished_at = opt(ARGV[i + 10]) or rec.finished_at
     rec.started_at = opt(ARGV[i + 11]) or rec.started_at
