@@ -60,40 +60,42 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(code_for(err))
 }
 
-/// The tips for a command-line error: clap's own (`rendered`), but where it
-/// names a similar argument or subcommand only that; for an unexpected
-/// short one (`-x`, `-1`: a value that starts with '-', most likely) both
-/// ways to give it, where clap suggests `-- -x` alone, which makes it a
-/// positional argument (for `ckpt run`, the command), not an option's
-/// value; for an unexpected long one, none.
-fn tips(err: &clap::Error, rendered: &str) -> Vec<String> {
+/// The tips for a command-line error: clap's own (`rendered`), but in
+/// place of its "to pass '-1' as a value, use '-- -1'", which makes an
+/// option's value a positional argument (for `ckpt run`, the command) and
+/// names only the start of a token clap read as short options (`-1` of
+/// `-1d`), the whole token (found in `argv`) after '=' when it follows an
+/// option, else after `--`; for an unknown long option, no such tip (a
+/// typo, most likely).
+fn tips(err: &clap::Error, rendered: &str, argv: &[String]) -> Vec<String> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    let clap_tips: Vec<&str> = rendered
+    let mut tips: Vec<String> = rendered
         .lines()
         .filter_map(|l| l.trim().strip_prefix("tip: "))
+        .filter(|t| !t.starts_with("to pass '"))
+        .map(str::to_string)
         .collect();
-    let similar: Vec<String> = clap_tips
-        .iter()
-        .filter(|t| t.contains(" similar "))
-        .map(|t| t.to_string())
-        .collect();
-    if !similar.is_empty() {
-        return similar;
-    }
     let unknown = match err.get(ContextKind::InvalidArg) {
         Some(ContextValue::String(arg)) if err.kind() == ErrorKind::UnknownArgument => arg,
-        _ => return clap_tips.into_iter().map(str::to_string).collect(),
+        _ => return tips,
     };
-    if unknown.starts_with("--") {
-        // A mistyped option, most likely: no tip rather than a wrong one.
-        Vec::new()
-    } else if unknown.starts_with('-') {
-        vec![format!(
-            "a value that starts with '-' goes after '=' for an option (--NAME={unknown}), after '--' for an argument (-- {unknown})"
-        )]
-    } else {
-        clap_tips.into_iter().map(str::to_string).collect()
+    if unknown.starts_with('-') && !unknown.starts_with("--") && tips.is_empty() {
+        let at = argv
+            .iter()
+            .skip(1)
+            .position(|a| a.starts_with(unknown.as_str()));
+        let (previous, token) = match at {
+            Some(i) => (argv.get(i).filter(|_| i > 0), argv[i + 1].as_str()),
+            None => (None, unknown.as_str()),
+        };
+        tips.push(match previous {
+            Some(option) if option.starts_with("--") && !option.contains('=') => {
+                format!("a value that starts with '-' goes after '=': {option}={token}")
+            }
+            _ => format!("a value that starts with '-' goes after '--': -- {token}"),
+        });
     }
+    tips
 }
 
 /// Reports a command-line error as one line (help and version print as
@@ -134,7 +136,10 @@ pub fn usage(err: clap::Error) -> ExitCode {
         .map(str::trim)
         .collect();
     let mut message = paragraph.join(" ");
-    for tip in tips(&err, &rendered) {
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    for tip in tips(&err, &rendered, &argv) {
         message.push_str(&format!(" (tip: {tip})"));
     }
     let message = message.strip_prefix("error: ").unwrap_or(&message);

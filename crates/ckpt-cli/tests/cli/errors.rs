@@ -455,10 +455,11 @@ fn usage_errors_from_the_parser_exit_2() {
     assert!(!sb.db().exists());
 }
 
-/// A usage error stays one line and keeps the parser's tip: the similar
-/// option or subcommand; for a value that starts with '-', both ways to
-/// give it (clap's own `-- -1d` alone would make an option's value a
-/// positional argument); for an unknown long option, none.
+/// A usage error stays one line and keeps the parser's tips (a similar
+/// option or subcommand, where an option belongs); for a value that starts
+/// with '-', the whole of it after '=' when it follows an option (clap's
+/// own `-- -1` would make it a positional argument, and names only `-1` of
+/// `-1d`), else after `--`; for an unknown long option, none.
 #[test]
 fn usage_errors_keep_their_tip_on_one_line() {
     let sb = Sandbox::new();
@@ -473,7 +474,15 @@ fn usage_errors_keep_their_tip_on_one_line() {
         ),
         (
             vec!["prune", "--completed-before", "-1d"],
-            "ckpt: error: unexpected argument '-1' found (tip: a value that starts with '-' goes after '=' for an option (--NAME=-1), after '--' for an argument (-- -1)) (see ckpt --help)",
+            "ckpt: error: unexpected argument '-1' found (tip: a value that starts with '-' goes after '=': --completed-before=-1d) (see ckpt --help)",
+        ),
+        (
+            vec!["show", "-x"],
+            "ckpt: error: unexpected argument '-x' found (tip: a value that starts with '-' goes after '--': -- -x) (see ckpt --help)",
+        ),
+        (
+            vec!["--json", "status", "J"],
+            "ckpt: error: unexpected argument '--json' found (tip: 'status --json' exists) (see ckpt --help)",
         ),
         (
             vec!["run", "--job", "J", "--itmes", "f", "--", "true"],
