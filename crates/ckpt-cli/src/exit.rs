@@ -5,7 +5,7 @@
 //! | 0 | success |
 //! | 1 | the work failed: dead items after `ckpt run` |
 //! | 2 | usage error or invalid input (bad name, JSON, items file) |
-//! | 3 | not found: unknown job, no checkpoint, no store file, `retry` keys matching no item |
+//! | 3 | not found: unknown job, no checkpoint, no store file, `retry` keys matching no item or an unknown `--completed-by` command |
 //! | 4 | store error: cannot open, not a ckpt store, newer schema, I/O |
 //! | 5 | busy or fenced: a live worker holds the job; or `--expect` found another cursor |
 //! | 129 | `ckpt run` stopped by SIGHUP (its terminal went away) |

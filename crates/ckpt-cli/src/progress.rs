@@ -109,13 +109,13 @@ impl Snapshot {
     }
 
     /// "56 items/s, eta 1m07s, 0 dead, 3 failed attempts[, stopping |
-    /// , waiting: next item due in 59m12s]"
+    /// , waiting: next item ready in 59m12s]"
     fn details(&self) -> String {
         let eta = self.eta.map_or_else(|| "unknown".to_string(), compact);
         let state = match (self.stopping, self.waiting) {
             (true, _) => ", stopping".to_string(),
             // Else a run that waits out a long backoff looks hung.
-            (false, Some(left)) => format!(", waiting: next item due in {}", compact(left)),
+            (false, Some(left)) => format!(", waiting: next item ready in {}", compact(left)),
             (false, None) => String::new(),
         };
         format!(
@@ -419,7 +419,7 @@ mod tests {
         assert!(
             waiting
                 .line("J")
-                .ends_with(", 3 failed attempts, waiting: next item due in 59m12s"),
+                .ends_with(", 3 failed attempts, waiting: next item ready in 59m12s"),
             "{}",
             waiting.line("J")
         );

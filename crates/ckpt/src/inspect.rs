@@ -236,7 +236,8 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// When a running job without work items last showed progress: its last
-/// checkpoint, or before the first its record's last change (its start).
+/// checkpoint, or before the first its record's last change (its start,
+/// a renewal of its lease).
 /// `None` for a job that is not running or has items: an item job's
 /// progress is its items, and its record changes only on enqueue and
 /// finish (its dead workers show as expired leases instead). The rule of

@@ -72,7 +72,7 @@ fn describe() {
     describe_gauge!(
         "ckpt_progress_age_seconds",
         Unit::Seconds,
-        "Seconds since a running job without work items last showed progress: its last checkpoint, or before the first its start (ckpt doctor's stale rule; no series for other jobs)"
+        "Seconds since a running job without work items last showed progress: its last checkpoint, or before the first its last change: its start or a lease renewal (ckpt doctor's stale rule; no series for other jobs)"
     );
     describe_gauge!(
         "ckpt_checkpoint_history_size",

@@ -386,13 +386,13 @@ fn a_run_waiting_for_a_retry_says_when_it_is_due() {
     wait_until(Duration::from_secs(30), "a line saying it waits", || {
         progress_lines(&running.stderr_so_far())
             .iter()
-            .any(|l| l.contains(", waiting: next item due in "))
+            .any(|l| l.contains(", waiting: next item ready in "))
     });
     let lines = progress_lines(&running.stderr_so_far());
     let line = lines.iter().find(|l| l.contains(", waiting: ")).unwrap();
     assert!(
         line.starts_with("ckpt: J: 1/2 done (50.0%), ")
-            && line.contains(", 1 failed attempts, waiting: next item due in "),
+            && line.contains(", 1 failed attempts, waiting: next item ready in "),
         "{line}"
     );
     // Minutes in "1h07m" or "54m45s" (the backoff is an hour, give or
@@ -404,7 +404,7 @@ fn a_run_waiting_for_a_retry_says_when_it_is_due() {
             None => text.split_once('m').expect(line).0.parse().unwrap(),
         }
     };
-    let due = minutes("due in ");
+    let due = minutes("ready in ");
     assert!((47..=73).contains(&due), "{line}");
     assert!(minutes("eta ") >= due, "{line}");
     running.signal(libc::SIGTERM);

@@ -135,6 +135,7 @@ impl<'r, 'q> Coordinator<'r, 'q> {
             self.last_heartbeat = sent;
         }
         if snapshot.stopping {
+            self.runner.progress.set_waiting_until(None);
             // Claim nothing more; wait for the running items.
             if snapshot.held == 0 && self.unsaved.is_empty() {
                 self.report.stopped = true;

@@ -306,7 +306,7 @@ fn a_save_behind_another_sessions_row_lock_says_where_to_look() {
     let Some(mut sc) = Scratch::new(format!("ckpt_locked_{}", std::process::id()), 2) else {
         return;
     };
-    let url = format!("{}&response_timeout=1", sc.url);
+    let url = format!("{}&response_timeout=2", sc.url);
     let ckpt = Ckpt::new(Arc::new(
         PgStore::open(&url, OpenMode::CreateIfMissing).unwrap(),
     ));
@@ -323,7 +323,7 @@ fn a_save_behind_another_sessions_row_lock_says_where_to_look() {
     .unwrap();
     match ckpt.set_checkpoint("locked", &cp(2)) {
         Err(ckpt::Error::Unavailable(m)) => assert!(
-            m.contains("did not answer within 1s")
+            m.contains("did not answer within 2s")
                 && m.contains("waits for a lock another session holds")
                 && m.contains("idle in transaction"),
             "{m}"
